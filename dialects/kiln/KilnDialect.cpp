@@ -1,0 +1,86 @@
+//===- KilnDialect.cpp - The kiln dialect ---------------------------------===//
+//
+// Registers the kiln ops and attributes and verifies the argument attributes
+// that bind function arguments to checkpoint tensors and runtime inputs.
+//
+//===----------------------------------------------------------------------===//
+
+#include "dialects/kiln/KilnDialect.h"
+#include "dialects/kiln/KilnOps.h"
+
+#include "mlir/IR/Builders.h"
+#include "mlir/IR/DialectImplementation.h"
+#include "llvm/ADT/TypeSwitch.h"
+
+using namespace mlir;
+using namespace mlir::kiln;
+
+#include "dialects/kiln/KilnDialect.cpp.inc"
+#include "dialects/kiln/KilnEnums.cpp.inc"
+
+#define GET_ATTRDEF_CLASSES
+#include "dialects/kiln/KilnAttrs.cpp.inc"
+
+void KilnDialect::initialize() {
+  addOperations<
+#define GET_OP_LIST
+#include "dialects/kiln/KilnOps.cpp.inc"
+      >();
+  addAttributes<
+#define GET_ATTRDEF_LIST
+#include "dialects/kiln/KilnAttrs.cpp.inc"
+      >();
+}
+
+LogicalResult KilnDialect::verifyRegionArgAttribute(Operation *op,
+                                                    unsigned regionIndex,
+                                                    unsigned argIndex,
+                                                    NamedAttribute attr) {
+  Region &region = op->getRegion(regionIndex);
+  if (region.empty() || argIndex >= region.front().getNumArguments())
+    return success();
+  Type argType = region.front().getArgument(argIndex).getType();
+  auto tensorType = dyn_cast<RankedTensorType>(argType);
+
+  if (attr.getName() == getWeightAttrName()) {
+    auto name = dyn_cast<StringAttr>(attr.getValue());
+    if (!name || name.getValue().empty())
+      return op->emitError() << "'" << getWeightAttrName() << "' on argument "
+                             << argIndex
+                             << " must be a non-empty string naming a "
+                                "checkpoint tensor";
+    // Weights are read from checkpoints with fixed shapes; an unknown extent
+    // could not be bound.
+    if (!tensorType || !tensorType.hasStaticShape() ||
+        !isa<Float32Type, Float16Type, BFloat16Type>(
+            tensorType.getElementType()))
+      return op->emitError()
+             << "weight argument " << argIndex << " ('" << name.getValue()
+             << "') must be a statically shaped tensor of f32, f16 or bf16, "
+                "got "
+             << argType;
+    return success();
+  }
+
+  if (attr.getName() == getInputAttrName()) {
+    auto kind = dyn_cast<StringAttr>(attr.getValue());
+    if (!kind ||
+        (kind.getValue() != "tokens" && kind.getValue() != "positions"))
+      return op->emitError() << "'" << getInputAttrName() << "' on argument "
+                             << argIndex
+                             << " must be \"tokens\" or \"positions\"";
+    bool isTokens = kind.getValue() == "tokens";
+    bool ok = tensorType && tensorType.getRank() == 1 &&
+              (tensorType.getElementType().isInteger(64) ||
+               (isTokens && tensorType.getElementType().isInteger(32)));
+    if (!ok)
+      return op->emitError()
+             << "input argument " << argIndex << " (" << kind.getValue()
+             << ") must be a 1-D tensor of "
+             << (isTokens ? "i32 or i64" : "i64") << ", got " << argType;
+    return success();
+  }
+
+  return op->emitError() << "unknown kiln argument attribute '"
+                         << attr.getName().getValue() << "'";
+}

@@ -1,0 +1,43 @@
+//===- KilnDialect.td - The kiln dialect -------------------*- tablegen -*-===//
+//
+// The kiln dialect describes a transformer decoder at the level a model
+// author thinks in: embedding lookup, norms, projections, RoPE, attention,
+// SwiGLU and mixture-of-experts blocks. Weights are never embedded: they are
+// function arguments bound to checkpoint tensors by name.
+//
+//===----------------------------------------------------------------------===//
+
+#ifndef KILN_DIALECT_TD
+#define KILN_DIALECT_TD
+
+include "mlir/IR/OpBase.td"
+
+def Kiln_Dialect : Dialect {
+  let name = "kiln";
+  let cppNamespace = "::mlir::kiln";
+  let summary = "Transformer graph dialect of the Kiln compiler";
+  let description = [{
+    Ops for Llama 4 class decoder graphs on tensors. Activations are
+    `tensor<?xNxf32>` (the token dimension is dynamic); weights are function
+    arguments carrying a `kiln.weight = "<checkpoint tensor name>"` argument
+    attribute; runtime inputs carry `kiln.input = "tokens" | "positions"`.
+    See docs/dialect.md.
+  }];
+  let useDefaultAttributePrinterParser = 1;
+  let hasRegionArgAttrVerify = 1;
+  let extraClassDeclaration = [{
+    /// Argument attribute naming the checkpoint tensor bound to an argument.
+    static constexpr ::llvm::StringLiteral getWeightAttrName() {
+      return ::llvm::StringLiteral("kiln.weight");
+    }
+    /// Argument attribute naming a runtime input ("tokens" or "positions").
+    static constexpr ::llvm::StringLiteral getInputAttrName() {
+      return ::llvm::StringLiteral("kiln.input");
+    }
+  }];
+}
+
+class Kiln_Op<string mnemonic, list<Trait> traits = []>
+    : Op<Kiln_Dialect, mnemonic, traits>;
+
+#endif // KILN_DIALECT_TD

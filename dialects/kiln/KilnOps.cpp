@@ -1,0 +1,293 @@
+//===- KilnOps.cpp - Verifiers of the kiln ops ----------------------------===//
+//
+// Shape, dtype and attribute checks for every kiln op. The token dimension may
+// be dynamic, so extents are compared only when both are known. Each check is
+// tagged with its constraint id in docs/dialect.md.
+//
+//===----------------------------------------------------------------------===//
+
+#include "dialects/kiln/KilnOps.h"
+
+#include "mlir/IR/Builders.h"
+#include "mlir/IR/OpImplementation.h"
+
+#include <cmath>
+
+using namespace mlir;
+using namespace mlir::kiln;
+
+/// True when two extents can describe the same size at run time.
+static bool compatibleDims(int64_t a, int64_t b) {
+  return ShapedType::isDynamic(a) || ShapedType::isDynamic(b) || a == b;
+}
+
+static std::string dimStr(int64_t d) {
+  return ShapedType::isDynamic(d) ? std::string("?") : std::to_string(d);
+}
+
+/// Checks that `value` has rank `rank`; `what` names it in the message.
+static LogicalResult checkRank(Operation *op, StringRef what,
+                               RankedTensorType type, int64_t rank) {
+  if (type.getRank() != rank)
+    return op->emitOpError() << "expected " << rank << "-D " << what
+                             << ", got rank " << type.getRank();
+  return success();
+}
+
+/// Checks that the token dimension of `type` can match `tokens`.
+static LogicalResult checkTokenDim(Operation *op, StringRef what,
+                                   RankedTensorType type, int64_t tokens) {
+  if (!compatibleDims(type.getDimSize(0), tokens))
+    return op->emitOpError()
+           << "token dimension of " << what << " (" << dimStr(type.getDimSize(0))
+           << ") does not match " << dimStr(tokens);
+  return success();
+}
+
+/// A static, positive head count that divides `width` (when known).
+static LogicalResult checkHeads(Operation *op, StringRef attrName,
+                                int64_t heads, int64_t width) {
+  if (heads <= 0)
+    return op->emitOpError() << "expected positive " << attrName << ", got "
+                             << heads;
+  if (ShapedType::isDynamic(width))
+    return op->emitOpError() << "expected a static feature dimension";
+  if (width % heads != 0)
+    return op->emitOpError() << "feature dimension " << width
+                             << " is not divisible by " << attrName << " = "
+                             << heads;
+  return success();
+}
+
+static LogicalResult checkEpsilon(Operation *op, double eps) {
+  if (!(eps > 0.0) || !std::isfinite(eps))
+    return op->emitOpError() << "expected a positive finite epsilon, got "
+                             << eps;
+  return success();
+}
+
+//===----------------------------------------------------------------------===//
+// EmbeddingOp
+//===----------------------------------------------------------------------===//
+
+LogicalResult EmbeddingOp::verify() {
+  auto table = getTable().getType();
+  auto tokens = getTokens().getType();
+  auto result = getResult().getType();
+  if (failed(checkRank(*this, "table", table, 2)) || // embedding_c1
+      failed(checkRank(*this, "tokens", tokens, 1)) ||
+      failed(checkRank(*this, "result", result, 2)))
+    return failure();
+  if (failed(checkTokenDim(*this, "result", result, tokens.getDimSize(0))))
+    return failure(); // embedding_c2
+  if (!compatibleDims(result.getDimSize(1), table.getDimSize(1)))
+    return emitOpError() << "result width " << dimStr(result.getDimSize(1))
+                         << " does not match table width "
+                         << dimStr(table.getDimSize(1)); // embedding_c3
+  return success();
+}
+
+//===----------------------------------------------------------------------===//
+// RmsNormOp
+//===----------------------------------------------------------------------===//
+
+LogicalResult RmsNormOp::verify() {
+  auto input = getInput().getType();
+  auto weight = getWeight().getType();
+  if (failed(checkRank(*this, "input", input, 2)) || // rms_norm_c1
+      failed(checkRank(*this, "weight", weight, 1)))
+    return failure();
+  if (!compatibleDims(weight.getDimSize(0), input.getDimSize(1)))
+    return emitOpError() << "weight size " << dimStr(weight.getDimSize(0))
+                         << " does not match feature dimension "
+                         << dimStr(input.getDimSize(1)); // rms_norm_c2
+  return checkEpsilon(*this, getEpsilon().convertToDouble()); // rms_norm_c3
+}
+
+//===----------------------------------------------------------------------===//
+// QkNormOp
+//===----------------------------------------------------------------------===//
+
+LogicalResult QkNormOp::verify() {
+  auto input = getInput().getType();
+  if (failed(checkRank(*this, "input", input, 2)) || // qk_norm_c1
+      failed(checkHeads(*this, "num_heads", getNumHeads(),
+                        input.getDimSize(1)))) // qk_norm_c2
+    return failure();
+  return checkEpsilon(*this, getEpsilon().convertToDouble()); // qk_norm_c3
+}
+
+//===----------------------------------------------------------------------===//
+// LinearOp
+//===----------------------------------------------------------------------===//
+
+LogicalResult LinearOp::verify() {
+  auto input = getInput().getType();
+  auto weight = getWeight().getType();
+  auto result = getResult().getType();
+  if (failed(checkRank(*this, "input", input, 2)) || // linear_c1
+      failed(checkRank(*this, "weight", weight, 2)) ||
+      failed(checkRank(*this, "result", result, 2)))
+    return failure();
+  if (!compatibleDims(input.getDimSize(1), weight.getDimSize(1)))
+    return emitOpError() << "input features " << dimStr(input.getDimSize(1))
+                         << " do not match weight [out, in] = ["
+                         << dimStr(weight.getDimSize(0)) << ", "
+                         << dimStr(weight.getDimSize(1)) << "]"; // linear_c2
+  if (failed(checkTokenDim(*this, "result", result, input.getDimSize(0))))
+    return failure(); // linear_c3
+  if (!compatibleDims(result.getDimSize(1), weight.getDimSize(0)))
+    return emitOpError() << "result features " << dimStr(result.getDimSize(1))
+                         << " do not match weight rows "
+                         << dimStr(weight.getDimSize(0)); // linear_c4
+  return success();
+}
+
+//===----------------------------------------------------------------------===//
+// RopeOp
+//===----------------------------------------------------------------------===//
+
+LogicalResult RopeOp::verify() {
+  auto input = getInput().getType();
+  auto positions = getPositions().getType();
+  if (failed(checkRank(*this, "input", input, 2)) || // rope_c1
+      failed(checkRank(*this, "positions", positions, 1)) ||
+      failed(checkTokenDim(*this, "positions", positions, input.getDimSize(0))) ||
+      failed(checkHeads(*this, "num_heads", getNumHeads(),
+                        input.getDimSize(1)))) // rope_c2
+    return failure();
+  int64_t headDim = input.getDimSize(1) / getNumHeads();
+  if (headDim % 2 != 0)
+    return emitOpError() << "head dimension " << headDim
+                         << " must be even to form rotation pairs"; // rope_c3
+  ArrayRef<double> freqs = getInvFreq();
+  if (static_cast<int64_t>(freqs.size()) != headDim / 2)
+    return emitOpError() << "expected " << headDim / 2
+                         << " inv_freq values (head_dim / 2), got "
+                         << freqs.size(); // rope_c4
+  for (auto [i, f] : llvm::enumerate(freqs))
+    if (!std::isfinite(f) || f < 0.0)
+      return emitOpError() << "inv_freq[" << i
+                           << "] must be finite and non-negative, got "
+                           << f; // rope_c5
+  return success();
+}
+
+//===----------------------------------------------------------------------===//
+// AttentionOp
+//===----------------------------------------------------------------------===//
+
+LogicalResult AttentionOp::verify() {
+  auto q = getQuery().getType();
+  auto k = getKey().getType();
+  auto v = getValue().getType();
+  auto positions = getPositions().getType();
+  if (failed(checkRank(*this, "query", q, 2)) || // attention_c1
+      failed(checkRank(*this, "key", k, 2)) ||
+      failed(checkRank(*this, "value", v, 2)) ||
+      failed(checkRank(*this, "positions", positions, 1)))
+    return failure();
+  if (k != v)
+    return emitOpError() << "key and value types differ: " << k << " vs "
+                         << v; // attention_c2
+  if (failed(checkTokenDim(*this, "key", k, q.getDimSize(0))) ||
+      failed(checkTokenDim(*this, "positions", positions, q.getDimSize(0))))
+    return failure(); // attention_c3
+  if (failed(checkHeads(*this, "num_heads", getNumHeads(), q.getDimSize(1))) ||
+      failed(checkHeads(*this, "num_kv_heads", getNumKvHeads(),
+                        k.getDimSize(1))))
+    return failure(); // attention_c4
+  int64_t headDim = q.getDimSize(1) / getNumHeads();
+  int64_t kvHeadDim = k.getDimSize(1) / getNumKvHeads();
+  if (headDim != kvHeadDim)
+    return emitOpError() << "query head dimension " << headDim
+                         << " differs from key/value head dimension "
+                         << kvHeadDim; // attention_c5
+  if (getNumHeads() % getNumKvHeads() != 0)
+    return emitOpError() << "num_heads = " << getNumHeads()
+                         << " is not a multiple of num_kv_heads = "
+                         << getNumKvHeads(); // attention_c6
+  double scale = getScale().convertToDouble();
+  if (!(scale > 0.0) || !std::isfinite(scale))
+    return emitOpError() << "expected a positive finite scale, got "
+                         << scale; // attention_c7
+  std::optional<int64_t> chunk = getChunkSize();
+  if (getMask() == MaskKind::Chunked) {
+    if (!chunk || *chunk <= 0)
+      return emitOpError()
+             << "chunked mask requires a positive chunk_size"; // attention_c8
+  } else if (chunk) {
+    return emitOpError()
+           << "chunk_size is only valid with a chunked mask"; // attention_c8
+  }
+  if (getAttnScale().has_value() != getFloorScale().has_value())
+    return emitOpError() << "temperature tuning needs both attn_scale and "
+                            "floor_scale"; // attention_c9
+  if (std::optional<int64_t> floor = getFloorScale(); floor && *floor <= 0)
+    return emitOpError() << "expected a positive floor_scale, got "
+                         << *floor; // attention_c9
+  if (std::optional<llvm::APFloat> attnScale = getAttnScale();
+      attnScale && !std::isfinite(attnScale->convertToDouble()))
+    return emitOpError() << "expected a finite attn_scale"; // attention_c9
+  return success();
+}
+
+//===----------------------------------------------------------------------===//
+// MoeOp
+//===----------------------------------------------------------------------===//
+
+LogicalResult MoeOp::verify() {
+  auto input = getInput().getType();
+  auto router = getRouter().getType();
+  auto gateUp = getGateUp().getType();
+  auto down = getDown().getType();
+  if (failed(checkRank(*this, "input", input, 2)) || // moe_c1
+      failed(checkRank(*this, "router", router, 2)) ||
+      failed(checkRank(*this, "gate_up", gateUp, 3)) ||
+      failed(checkRank(*this, "down", down, 3)))
+    return failure();
+  if (ShapedType::isDynamic(input.getDimSize(1)))
+    return emitOpError() << "expected a static hidden dimension";
+  if (!router.hasStaticShape() || !gateUp.hasStaticShape() ||
+      !down.hasStaticShape())
+    return emitOpError() << "expected statically shaped expert weights";
+  int64_t hidden = input.getDimSize(1);
+  int64_t experts = router.getDimSize(0);
+  if (router.getDimSize(1) != hidden)
+    return emitOpError() << "router must be [experts, " << hidden
+                         << "], got [" << experts << ", "
+                         << router.getDimSize(1) << "]"; // moe_c2
+  if (gateUp.getDimSize(0) != experts || gateUp.getDimSize(1) != hidden ||
+      gateUp.getDimSize(2) % 2 != 0)
+    return emitOpError() << "gate_up must be [" << experts << ", " << hidden
+                         << ", 2 * F], got " << gateUp; // moe_c3
+  int64_t ffn = gateUp.getDimSize(2) / 2;
+  if (down.getDimSize(0) != experts || down.getDimSize(1) != ffn ||
+      down.getDimSize(2) != hidden)
+    return emitOpError() << "down must be [" << experts << ", " << ffn << ", "
+                         << hidden << "], got " << down; // moe_c4
+  int64_t topK = getTopK();
+  if (topK < 1 || topK > experts)
+    return emitOpError() << "top_k must be in [1, " << experts << "], got "
+                         << topK; // moe_c5
+  if (Value sharedGate = getSharedGate()) {
+    auto g = cast<RankedTensorType>(sharedGate.getType());
+    auto u = cast<RankedTensorType>(getSharedUp().getType());
+    auto d = cast<RankedTensorType>(getSharedDown().getType());
+    if (g.getRank() != 2 || !g.hasStaticShape() || g.getDimSize(1) != hidden)
+      return emitOpError() << "shared_gate must be [F, " << hidden
+                           << "], got " << g; // moe_c6
+    int64_t sharedFfn = g.getDimSize(0);
+    if (u != g)
+      return emitOpError() << "shared_up must have the type of shared_gate ("
+                           << g << "), got " << u; // moe_c6
+    if (d.getRank() != 2 || d.getDimSize(0) != hidden ||
+        d.getDimSize(1) != sharedFfn)
+      return emitOpError() << "shared_down must be [" << hidden << ", "
+                           << sharedFfn << "], got " << d; // moe_c6
+  }
+  return success();
+}
+
+#define GET_OP_CLASSES
+#include "dialects/kiln/KilnOps.cpp.inc"

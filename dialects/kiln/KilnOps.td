@@ -1,0 +1,266 @@
+//===- KilnOps.td - Operations of the kiln dialect ---------*- tablegen -*-===//
+//
+// Every op works on ranked tensors whose first dimension is the token
+// dimension T (dynamic in imported graphs). Per-head tensors stay flattened
+// as [T, heads * head_dim]; ops that need the head structure take a
+// `num_heads` attribute. Each op's semantics are specified in
+// docs/dialect.md; verifier checks are tagged with the constraint ids used
+// there (e.g. `attention_c3`).
+//
+//===----------------------------------------------------------------------===//
+
+#ifndef KILN_OPS_TD
+#define KILN_OPS_TD
+
+include "dialects/kiln/KilnDialect.td"
+include "dialects/kiln/KilnAttrs.td"
+include "mlir/Interfaces/SideEffectInterfaces.td"
+include "mlir/Interfaces/InferTypeOpInterface.td"
+
+// Floating-point element types a checkpoint stores or activations use.
+def Kiln_Float : AnyTypeOf<[F32, F16, BF16]>;
+def Kiln_FloatTensor : RankedTensorOf<[F32, F16, BF16]>;
+def Kiln_IntTensor : RankedTensorOf<[I32, I64]>;
+def Kiln_PositionTensor : RankedTensorOf<[I64]>;
+
+//===----------------------------------------------------------------------===//
+// Embedding and element-wise ops
+//===----------------------------------------------------------------------===//
+
+def Kiln_EmbeddingOp : Kiln_Op<"embedding", [Pure]> {
+  let summary = "token embedding lookup";
+  let description = [{
+    Gathers row `tokens[t]` of `table` ([vocab, hidden], checkpoint layout)
+    for every token t. No scaling. Token ids outside [0, vocab) are a runtime
+    error of the evaluator. See docs/dialect.md#kilnembedding.
+
+    ```mlir
+    %x = kiln.embedding %table[%tokens]
+        : tensor<202048x5120xbf16>, tensor<?xi32> -> tensor<?x5120xf32>
+    ```
+  }];
+  let arguments = (ins Kiln_FloatTensor:$table, Kiln_IntTensor:$tokens);
+  let results = (outs Kiln_FloatTensor:$result);
+  let assemblyFormat = [{
+    $table `[` $tokens `]` attr-dict `:` type($table) `,` type($tokens)
+    `->` type($result)
+  }];
+  let hasVerifier = 1;
+}
+
+def Kiln_AddOp : Kiln_Op<"add", [Pure, Commutative, SameOperandsAndResultType]> {
+  let summary = "element-wise addition (residual connections)";
+  let description = [{
+    `result = lhs + rhs`. See docs/dialect.md#kilnadd.
+
+    ```mlir
+    %y = kiln.add %x, %attn : tensor<?x5120xf32>
+    ```
+  }];
+  let arguments = (ins Kiln_FloatTensor:$lhs, Kiln_FloatTensor:$rhs);
+  let results = (outs Kiln_FloatTensor:$result);
+  let assemblyFormat = "$lhs `,` $rhs attr-dict `:` type($result)";
+}
+
+def Kiln_SwiGluOp : Kiln_Op<"swiglu", [Pure, SameOperandsAndResultType]> {
+  let summary = "SwiGLU activation: silu(gate) * up";
+  let description = [{
+    `result = gate * sigmoid(gate) * up`, element-wise.
+    See docs/dialect.md#kilnswiglu.
+
+    ```mlir
+    %h = kiln.swiglu %g, %u : tensor<?x8192xf32>
+    ```
+  }];
+  let arguments = (ins Kiln_FloatTensor:$gate, Kiln_FloatTensor:$up);
+  let results = (outs Kiln_FloatTensor:$result);
+  let assemblyFormat = "$gate `,` $up attr-dict `:` type($result)";
+}
+
+//===----------------------------------------------------------------------===//
+// Norms
+//===----------------------------------------------------------------------===//
+
+def Kiln_RmsNormOp : Kiln_Op<"rms_norm", [Pure, AllTypesMatch<["input", "result"]>]> {
+  let summary = "RMS normalisation over the last dimension, with a weight";
+  let description = [{
+    For each row x of `input` ([T, D]):
+    `result = x / sqrt(mean(x^2) + epsilon) * weight` with `weight` of shape
+    [D]. See docs/dialect.md#kilnrms_norm.
+
+    ```mlir
+    %h = kiln.rms_norm %x, %w {epsilon = 1.0e-05 : f64}
+        : tensor<?x5120xf32>, tensor<5120xbf16>
+    ```
+  }];
+  let arguments = (ins Kiln_FloatTensor:$input, Kiln_FloatTensor:$weight,
+                   F64Attr:$epsilon);
+  let results = (outs Kiln_FloatTensor:$result);
+  let assemblyFormat = [{
+    $input `,` $weight attr-dict `:` type($input) `,` type($weight)
+  }];
+  let hasVerifier = 1;
+}
+
+def Kiln_QkNormOp : Kiln_Op<"qk_norm", [Pure, SameOperandsAndResultType]> {
+  let summary = "weightless per-head RMS normalisation (Llama 4 QK norm)";
+  let description = [{
+    `input` is [T, num_heads * head_dim]; every head slice y of every row is
+    replaced by `y / sqrt(mean(y^2) + epsilon)`. There is no weight. (Hugging
+    Face calls it an L2 norm; it divides by the RMS.)
+    See docs/dialect.md#kilnqk_norm.
+
+    ```mlir
+    %qn = kiln.qk_norm %q {num_heads = 40 : i64, epsilon = 1.0e-05 : f64}
+        : tensor<?x5120xf32>
+    ```
+  }];
+  let arguments = (ins Kiln_FloatTensor:$input, I64Attr:$num_heads,
+                   F64Attr:$epsilon);
+  let results = (outs Kiln_FloatTensor:$result);
+  let assemblyFormat = "$input attr-dict `:` type($input)";
+  let hasVerifier = 1;
+}
+
+//===----------------------------------------------------------------------===//
+// Projections
+//===----------------------------------------------------------------------===//
+
+def Kiln_LinearOp : Kiln_Op<"linear", [Pure]> {
+  let summary = "projection by a weight in checkpoint [out, in] layout";
+  let description = [{
+    `result[t, o] = sum_i input[t, i] * weight[o, i]`, i.e. `x W^T` with the
+    weight stored as Hugging Face `nn.Linear` stores it. No bias.
+    See docs/dialect.md#kilnlinear.
+
+    ```mlir
+    %q = kiln.linear %h, %wq
+        : tensor<?x5120xf32>, tensor<5120x5120xbf16> -> tensor<?x5120xf32>
+    ```
+  }];
+  let arguments = (ins Kiln_FloatTensor:$input, Kiln_FloatTensor:$weight);
+  let results = (outs Kiln_FloatTensor:$result);
+  let assemblyFormat = [{
+    $input `,` $weight attr-dict `:` type($input) `,` type($weight)
+    `->` type($result)
+  }];
+  let hasVerifier = 1;
+}
+
+//===----------------------------------------------------------------------===//
+// Attention
+//===----------------------------------------------------------------------===//
+
+def Kiln_RopeOp : Kiln_Op<"rope", [Pure, AllTypesMatch<["input", "result"]>]> {
+  let summary = "rotary position embedding on interleaved pairs";
+  let description = [{
+    `input` is [T, num_heads * head_dim]. Within each head, the pair
+    (x[2m], x[2m+1]) of row t is rotated by the angle
+    `positions[t] * inv_freq[m]`, m = 0 .. head_dim/2 - 1:
+    `x'[2m] = x[2m] cos - x[2m+1] sin`, `x'[2m+1] = x[2m] sin + x[2m+1] cos`.
+    This is the interleaved ("complex", GPT-J) layout Llama 4 checkpoints
+    use, not rotate-half. `inv_freq` holds the final per-pair frequencies
+    (llama3 scaling already applied). See docs/dialect.md#kilnrope.
+
+    ```mlir
+    %qr = kiln.rope %q, %pos {num_heads = 40 : i64,
+                              inv_freq = array<f64: 1.0, 0.8, ...>}
+        : tensor<?x5120xf32>, tensor<?xi64>
+    ```
+  }];
+  let arguments = (ins Kiln_FloatTensor:$input, Kiln_PositionTensor:$positions,
+                   I64Attr:$num_heads, DenseF64ArrayAttr:$inv_freq);
+  let results = (outs Kiln_FloatTensor:$result);
+  let assemblyFormat = [{
+    $input `,` $positions attr-dict `:` type($input) `,` type($positions)
+  }];
+  let hasVerifier = 1;
+}
+
+def Kiln_AttentionOp : Kiln_Op<"attention", [Pure,
+    AllTypesMatch<["query", "result"]>]> {
+  let summary = "masked multi-head self-attention with grouped KV heads";
+  let description = [{
+    Self-attention over the token sequence. `query` is
+    [T, num_heads * d], `key` and `value` are [T, num_kv_heads * d];
+    query head h reads KV head `h / (num_heads / num_kv_heads)`.
+    `positions` gives the absolute position of every token. Token s is
+    visible to token t iff `positions[s] <= positions[t]` and, for
+    `mask = #kiln.mask<chunked>`, both lie in the same block of
+    `chunk_size` positions aligned at 0 (not a sliding window).
+
+    When `attn_scale` and `floor_scale` are given (temperature tuning),
+    the query row of token t is first multiplied by
+    `1 + attn_scale * ln(1 + floor((positions[t] + 1) / floor_scale))`.
+    Scores are `q . k * scale`, softmax over visible keys, output
+    `sum_s p_s v_s`. See docs/dialect.md#kilnattention.
+
+    ```mlir
+    %o = kiln.attention %q, %k, %v, %pos {
+        num_heads = 40 : i64, num_kv_heads = 8 : i64,
+        scale = 0.08838834764831845 : f64,
+        mask = #kiln.mask<chunked>, chunk_size = 8192 : i64}
+        : tensor<?x5120xf32>, tensor<?x1024xf32>, tensor<?x1024xf32>,
+          tensor<?xi64>
+    ```
+  }];
+  let arguments = (ins Kiln_FloatTensor:$query, Kiln_FloatTensor:$key,
+                   Kiln_FloatTensor:$value, Kiln_PositionTensor:$positions,
+                   I64Attr:$num_heads, I64Attr:$num_kv_heads, F64Attr:$scale,
+                   Kiln_MaskKindAttr:$mask, OptionalAttr<I64Attr>:$chunk_size,
+                   OptionalAttr<F64Attr>:$attn_scale,
+                   OptionalAttr<I64Attr>:$floor_scale);
+  let results = (outs Kiln_FloatTensor:$result);
+  let assemblyFormat = [{
+    $query `,` $key `,` $value `,` $positions attr-dict `:` type($query) `,`
+    type($key) `,` type($value) `,` type($positions)
+  }];
+  let hasVerifier = 1;
+}
+
+//===----------------------------------------------------------------------===//
+// Mixture of experts
+//===----------------------------------------------------------------------===//
+
+def Kiln_MoeOp : Kiln_Op<"moe", [Pure, AttrSizedOperandSegments,
+    AllTypesMatch<["input", "result"]>]> {
+  let summary = "Llama 4 mixture-of-experts block (top-k sigmoid routing)";
+  let description = [{
+    For each row u of `input` ([T, D]):
+    router logits `r = u router^T` (`router` is [E, D]); the `top_k` largest
+    logits select experts; expert e receives the *scaled input*
+    `sigmoid(r_e) * u` (sigmoid, no renormalisation, applied to the expert
+    input, not its output) and computes
+    `(silu(z G_e) * (z U_e)) Dn_e` with `G_e = gate_up[e, :, 0:F]`,
+    `U_e = gate_up[e, :, F:2F]` (gate first; [E, D, 2F] is [in, out]) and
+    `Dn_e = down[e]` ([E, F, D], [in, out]). When the three `shared_*`
+    weights are present, the shared expert
+    `(silu(u Wg^T) * (u Wu^T)) Wd^T` (checkpoint [out, in] layout) is added,
+    ungated. See docs/dialect.md#kilnmoe.
+
+    ```mlir
+    %y = kiln.moe %u router %wr experts %gu, %dn
+           shared %sg, %su, %sd {top_k = 1 : i64}
+        : tensor<?x5120xf32>, tensor<16x5120xbf16>, tensor<16x5120x16384xbf16>,
+          tensor<16x8192x5120xbf16>, tensor<8192x5120xbf16>,
+          tensor<8192x5120xbf16>, tensor<5120x8192xbf16>
+    ```
+  }];
+  let arguments = (ins Kiln_FloatTensor:$input, Kiln_FloatTensor:$router,
+                   Kiln_FloatTensor:$gate_up, Kiln_FloatTensor:$down,
+                   Optional<Kiln_FloatTensor>:$shared_gate,
+                   Optional<Kiln_FloatTensor>:$shared_up,
+                   Optional<Kiln_FloatTensor>:$shared_down,
+                   I64Attr:$top_k);
+  let results = (outs Kiln_FloatTensor:$result);
+  let assemblyFormat = [{
+    $input `router` $router `experts` $gate_up `,` $down
+    (`shared` $shared_gate^ `,` $shared_up `,` $shared_down)?
+    attr-dict `:` type($input) `,` type($router) `,` type($gate_up) `,`
+    type($down) (`,` type($shared_gate)^ `,` type($shared_up) `,`
+    type($shared_down))?
+  }];
+  let hasVerifier = 1;
+}
+
+#endif // KILN_OPS_TD

@@ -1,0 +1,55 @@
+// RUN: kiln-opt %s | kiln-opt | FileCheck %s
+// RUN: kiln-opt %s -mlir-print-op-generic | kiln-opt | FileCheck %s
+
+// CHECK-LABEL: func.func @decoder_layer
+// CHECK-SAME: {kiln.input = "tokens"}
+// CHECK-SAME: {kiln.weight = "model.embed_tokens.weight"}
+func.func @decoder_layer(
+    %tokens: tensor<?xi32> {kiln.input = "tokens"},
+    %pos: tensor<?xi64> {kiln.input = "positions"},
+    %emb: tensor<32x16xbf16> {kiln.weight = "model.embed_tokens.weight"},
+    %ln: tensor<16xbf16> {kiln.weight = "model.layers.0.input_layernorm.weight"},
+    %wq: tensor<16x16xbf16> {kiln.weight = "model.layers.0.self_attn.q_proj.weight"},
+    %wk: tensor<8x16xbf16> {kiln.weight = "model.layers.0.self_attn.k_proj.weight"},
+    %wv: tensor<8x16xbf16> {kiln.weight = "model.layers.0.self_attn.v_proj.weight"},
+    %wr: tensor<4x16xbf16>, %gu: tensor<4x16x24xbf16>, %dn: tensor<4x12x16xbf16>,
+    %sg: tensor<12x16xbf16>, %su: tensor<12x16xbf16>, %sd: tensor<16x12xbf16>)
+    -> tensor<?x16xf32> {
+  // CHECK: kiln.embedding %{{.*}}[%{{.*}}] : tensor<32x16xbf16>, tensor<?xi32> -> tensor<?x16xf32>
+  %x = kiln.embedding %emb[%tokens] : tensor<32x16xbf16>, tensor<?xi32> -> tensor<?x16xf32>
+  // CHECK: kiln.rms_norm %{{.*}}, %{{.*}} {epsilon = 1.000000e-05 : f64}
+  %h = kiln.rms_norm %x, %ln {epsilon = 1.0e-05 : f64} : tensor<?x16xf32>, tensor<16xbf16>
+  // CHECK: kiln.linear
+  %q = kiln.linear %h, %wq : tensor<?x16xf32>, tensor<16x16xbf16> -> tensor<?x16xf32>
+  %k = kiln.linear %h, %wk : tensor<?x16xf32>, tensor<8x16xbf16> -> tensor<?x8xf32>
+  %v = kiln.linear %h, %wv : tensor<?x16xf32>, tensor<8x16xbf16> -> tensor<?x8xf32>
+  // CHECK: kiln.rope %{{.*}}, %{{.*}} {inv_freq = array<f64: 1.000000e+00, 1.250000e-01>, num_heads = 4 : i64}
+  %qr = kiln.rope %q, %pos {num_heads = 4 : i64, inv_freq = array<f64: 1.0, 0.125>} : tensor<?x16xf32>, tensor<?xi64>
+  %kr = kiln.rope %k, %pos {num_heads = 2 : i64, inv_freq = array<f64: 1.0, 0.125>} : tensor<?x8xf32>, tensor<?xi64>
+  // CHECK: kiln.qk_norm %{{.*}} {epsilon = 1.000000e-05 : f64, num_heads = 4 : i64} : tensor<?x16xf32>
+  %qn = kiln.qk_norm %qr {num_heads = 4 : i64, epsilon = 1.0e-05 : f64} : tensor<?x16xf32>
+  %kn = kiln.qk_norm %kr {num_heads = 2 : i64, epsilon = 1.0e-05 : f64} : tensor<?x8xf32>
+  // CHECK: kiln.attention {{.*}}chunk_size = 4 : i64, mask = #kiln.mask<chunked>
+  %o = kiln.attention %qn, %kn, %v, %pos {num_heads = 4 : i64, num_kv_heads = 2 : i64,
+      scale = 0.5 : f64, mask = #kiln.mask<chunked>, chunk_size = 4 : i64}
+      : tensor<?x16xf32>, tensor<?x8xf32>, tensor<?x8xf32>, tensor<?xi64>
+  // CHECK: kiln.attention {{.*}}attn_scale = 1.000000e-01 : f64, floor_scale = 8 : i64, mask = #kiln.mask<causal>
+  %o2 = kiln.attention %q, %k, %v, %pos {num_heads = 4 : i64, num_kv_heads = 2 : i64,
+      scale = 0.5 : f64, mask = #kiln.mask<causal>, attn_scale = 0.1 : f64, floor_scale = 8 : i64}
+      : tensor<?x16xf32>, tensor<?x8xf32>, tensor<?x8xf32>, tensor<?xi64>
+  // CHECK: kiln.add %{{.*}}, %{{.*}} : tensor<?x16xf32>
+  %r = kiln.add %x, %o : tensor<?x16xf32>
+  %r2 = kiln.add %r, %o2 : tensor<?x16xf32>
+  // CHECK: kiln.moe %{{.*}} router %{{.*}} experts %{{.*}}, %{{.*}} shared %{{.*}}, %{{.*}}, %{{.*}} {top_k = 1 : i64}
+  %m = kiln.moe %r2 router %wr experts %gu, %dn shared %sg, %su, %sd {top_k = 1 : i64}
+      : tensor<?x16xf32>, tensor<4x16xbf16>, tensor<4x16x24xbf16>, tensor<4x12x16xbf16>,
+        tensor<12x16xbf16>, tensor<12x16xbf16>, tensor<16x12xbf16>
+  // CHECK: kiln.moe %{{.*}} router %{{.*}} experts %{{.*}}, %{{.*}} {top_k = 2 : i64} :
+  %m2 = kiln.moe %m router %wr experts %gu, %dn {top_k = 2 : i64}
+      : tensor<?x16xf32>, tensor<4x16xbf16>, tensor<4x16x24xbf16>, tensor<4x12x16xbf16>
+  %g = kiln.linear %m2, %sg : tensor<?x16xf32>, tensor<12x16xbf16> -> tensor<?x12xf32>
+  // CHECK: kiln.swiglu %{{.*}}, %{{.*}} : tensor<?x12xf32>
+  %s = kiln.swiglu %g, %g : tensor<?x12xf32>
+  %y = kiln.linear %s, %sd : tensor<?x12xf32>, tensor<16x12xbf16> -> tensor<?x16xf32>
+  return %y : tensor<?x16xf32>
+}

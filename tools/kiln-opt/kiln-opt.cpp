@@ -1,0 +1,18 @@
+//===- kiln-opt.cpp - mlir-opt with Kiln registered -----------------------===//
+//
+// The driver for lit tests of the dialect and its passes.
+//
+//===----------------------------------------------------------------------===//
+
+#include "kiln/InitAll.h"
+#include "mlir/Tools/mlir-opt/MlirOptMain.h"
+#include "mlir/Transforms/Passes.h"
+
+int main(int argc, char **argv) {
+  mlir::registerCanonicalizerPass();
+  mlir::registerCSEPass();
+  mlir::DialectRegistry registry;
+  mlir::kiln::registerAllKilnDialects(registry);
+  return mlir::asMainReturnCode(
+      mlir::MlirOptMain(argc, argv, "Kiln optimizer driver\n", registry));
+}
