@@ -1,0 +1,57 @@
+//===- Evaluator.h - Reference evaluator of kiln graphs ---------*- C++ -*-===//
+//
+// Evaluates a kiln function on the CPU in float32 or float64, weights widened
+// exactly from the checkpoint, no intermediate rounding. Every kiln op except
+// kiln.attention acts on each token independently, so a sequence can be
+// evaluated in steps: each call appends its tokens to a per-attention-op KV
+// state (kept in the evaluation precision), and the result equals evaluating
+// the whole sequence at once.
+//
+//===----------------------------------------------------------------------===//
+
+#ifndef KILN_REFERENCE_EVALUATOR_H
+#define KILN_REFERENCE_EVALUATOR_H
+
+#include "mlir/Dialect/Func/IR/FuncOps.h"
+#include "llvm/ADT/ArrayRef.h"
+#include "llvm/Support/Error.h"
+
+#include <memory>
+#include <vector>
+
+namespace kiln {
+class Checkpoint;
+
+namespace ref {
+
+enum class Precision { F32, F64 };
+
+class Evaluator {
+public:
+  virtual ~Evaluator();
+
+  /// Binds the weights of `func` (arguments with `kiln.weight`) from
+  /// `checkpoint`, checking names, shapes and dtypes. `func` must have one
+  /// "tokens" and one "positions" input and return one 2-D tensor.
+  static llvm::Expected<std::unique_ptr<Evaluator>>
+  create(mlir::func::FuncOp func, const Checkpoint &checkpoint,
+         Precision precision);
+
+  /// Evaluates `tokens` at absolute `positions`, after every token passed to
+  /// earlier calls since the last reset(). `result` receives the returned
+  /// [tokens, width] tensor, row-major, widened to double.
+  virtual llvm::Error run(llvm::ArrayRef<int64_t> tokens,
+                          llvm::ArrayRef<int64_t> positions,
+                          std::vector<double> &result, int64_t &width) = 0;
+
+  /// Forgets every token seen so far.
+  virtual void reset() = 0;
+
+  /// Tokens held in the KV state.
+  virtual int64_t numCachedTokens() const = 0;
+};
+
+} // namespace ref
+} // namespace kiln
+
+#endif // KILN_REFERENCE_EVALUATOR_H

@@ -1,0 +1,378 @@
+//===- Evaluator.cpp - Reference evaluator of kiln graphs ------------------===//
+//
+// Interprets the body of a kiln function op by op with the kernels of
+// Kernels.cpp. Values live in dense row-major buffers of the evaluation type
+// and are released after their last use.
+//
+//===----------------------------------------------------------------------===//
+
+#include "kiln/Reference/Evaluator.h"
+#include "dialects/kiln/KilnOps.h"
+#include "kiln/Reference/Kernels.h"
+#include "kiln/runtime/Safetensors.h"
+
+#include "llvm/ADT/DenseMap.h"
+#include "llvm/ADT/TypeSwitch.h"
+#include "llvm/Support/FormatVariadic.h"
+
+using namespace mlir;
+using ::kiln::Checkpoint;
+using ::kiln::TensorInfo;
+using ::kiln::ref::Evaluator;
+using ::kiln::ref::Precision;
+
+Evaluator::~Evaluator() = default;
+
+static llvm::Error makeError(const llvm::Twine &message) {
+  return llvm::createStringError(llvm::inconvertibleErrorCode(), message);
+}
+
+static std::string locString(Location loc) {
+  std::string s;
+  llvm::raw_string_ostream os(s);
+  loc.print(os);
+  return s;
+}
+
+static llvm::Error opError(Operation *op, const llvm::Twine &message) {
+  return makeError(locString(op->getLoc()) + ": '" +
+                   op->getName().getStringRef() + "': " + message);
+}
+
+static const char *storageName(Type type) {
+  if (type.isF32())
+    return "F32";
+  if (type.isF16())
+    return "F16";
+  if (type.isBF16())
+    return "BF16";
+  return "?";
+}
+
+namespace {
+
+template <typename T> struct Buffer {
+  std::vector<int64_t> shape;
+  std::vector<T> data;
+  int64_t rows() const { return shape.empty() ? 1 : shape[0]; }
+  int64_t cols() const { return shape.size() < 2 ? 1 : shape[1]; }
+};
+
+template <typename T> struct KvState {
+  std::vector<T> key, value;
+  std::vector<int64_t> positions;
+};
+
+template <typename T> class EvaluatorImpl final : public Evaluator {
+public:
+  explicit EvaluatorImpl(func::FuncOp func) : func(func) {}
+
+  llvm::Error bindWeights(const Checkpoint &checkpoint);
+  llvm::Error run(llvm::ArrayRef<int64_t> tokens,
+                  llvm::ArrayRef<int64_t> positions,
+                  std::vector<double> &result, int64_t &width) override;
+  void reset() override { kvStates.clear(); cached = 0; }
+  int64_t numCachedTokens() const override { return cached; }
+
+private:
+  const Buffer<T> &get(Value v) {
+    auto it = weights.find(v);
+    if (it != weights.end())
+      return it->second;
+    return values.find(v)->second;
+  }
+  llvm::Error evaluate(Operation *op);
+
+  func::FuncOp func;
+  llvm::DenseMap<Value, Buffer<T>> weights;
+  llvm::DenseMap<Value, Buffer<T>> values;
+  Value tokensArg, positionsArg;
+  std::vector<int64_t> currentTokens, currentPositions;
+  llvm::DenseMap<Operation *, KvState<T>> kvStates;
+  int64_t cached = 0;
+};
+
+} // namespace
+
+template <typename T>
+llvm::Error EvaluatorImpl<T>::bindWeights(const Checkpoint &checkpoint) {
+  Block &body = func.getBody().front();
+  for (BlockArgument arg : body.getArguments()) {
+    unsigned i = arg.getArgNumber();
+    auto type = dyn_cast<RankedTensorType>(arg.getType());
+    if (auto input = func.getArgAttrOfType<StringAttr>(
+            i, mlir::kiln::KilnDialect::getInputAttrName())) {
+      (input.getValue() == "tokens" ? tokensArg : positionsArg) = arg;
+      continue;
+    }
+    auto name = func.getArgAttrOfType<StringAttr>(
+        i, mlir::kiln::KilnDialect::getWeightAttrName());
+    if (!name)
+      return makeError(llvm::formatv(
+          "@{0}: argument {1} has neither 'kiln.weight' nor 'kiln.input'",
+          func.getName(), i));
+    const TensorInfo *info = checkpoint.find(name.getValue().str());
+    if (!info)
+      return makeError(llvm::formatv("{0}: missing tensor '{1}' bound to "
+                                     "argument {2} of @{3}",
+                                     checkpoint.locationOf(name.str()),
+                                     name.getValue(), i, func.getName()));
+    if (llvm::ArrayRef<int64_t>(info->shape) != type.getShape()) {
+      std::string expected;
+      llvm::raw_string_ostream os(expected);
+      os << type;
+      return makeError(llvm::formatv(
+          "{0}: tensor '{1}' has shape {2} but argument {3} is {4}",
+          info->file->path(), name.getValue(), info->shapeString(), i,
+          expected));
+    }
+    if (std::string(::kiln::dtypeName(info->dtype)) !=
+        storageName(type.getElementType()))
+      return makeError(llvm::formatv(
+          "{0}: tensor '{1}' is stored as {2} but argument {3} expects {4}",
+          info->file->path(), name.getValue(), ::kiln::dtypeName(info->dtype),
+          i, storageName(type.getElementType())));
+    Buffer<T> buffer;
+    buffer.shape = info->shape;
+    std::string error;
+    if (!::kiln::readAsFloat(*info, buffer.data, error))
+      return makeError(error);
+    weights[arg] = std::move(buffer);
+  }
+  if (!tokensArg || !positionsArg)
+    return makeError(llvm::formatv("@{0}: expected one argument with "
+                                   "kiln.input = \"tokens\" and one with "
+                                   "kiln.input = \"positions\"",
+                                   func.getName()));
+  if (func.getNumResults() != 1 ||
+      cast<RankedTensorType>(func.getResultTypes()[0]).getRank() != 2)
+    return makeError(llvm::formatv("@{0}: expected exactly one 2-D result",
+                                   func.getName()));
+  return llvm::Error::success();
+}
+
+template <typename T>
+llvm::Error EvaluatorImpl<T>::run(llvm::ArrayRef<int64_t> tokens,
+                                  llvm::ArrayRef<int64_t> positions,
+                                  std::vector<double> &result,
+                                  int64_t &width) {
+  if (tokens.size() != positions.size())
+    return makeError(llvm::formatv("{0} tokens but {1} positions",
+                                   tokens.size(), positions.size()));
+  if (tokens.empty())
+    return makeError("no tokens to evaluate");
+  for (int64_t p : positions)
+    if (p < 0)
+      return makeError(llvm::formatv("negative position {0}", p));
+  currentTokens.assign(tokens.begin(), tokens.end());
+  currentPositions.assign(positions.begin(), positions.end());
+
+  // Release each value after the op that uses it last.
+  Block &body = func.getBody().front();
+  llvm::DenseMap<Operation *, llvm::SmallVector<Value>> dying;
+  llvm::DenseMap<Value, Operation *> lastUse;
+  for (Operation &op : body)
+    for (Value operand : op.getOperands())
+      lastUse[operand] = &op;
+  for (auto &[value, op] : lastUse)
+    if (!isa<BlockArgument>(value))
+      dying[op].push_back(value);
+
+  values.clear();
+  for (Operation &op : body) {
+    if (auto ret = dyn_cast<func::ReturnOp>(op)) {
+      const Buffer<T> &out = get(ret.getOperand(0));
+      width = out.cols();
+      result.assign(out.data.begin(), out.data.end());
+      break;
+    }
+    if (llvm::Error e = evaluate(&op)) {
+      values.clear();
+      return e;
+    }
+    for (Value v : dying.lookup(&op))
+      values.erase(v);
+  }
+  values.clear();
+  cached += static_cast<int64_t>(tokens.size());
+  return llvm::Error::success();
+}
+
+template <typename T>
+llvm::Error EvaluatorImpl<T>::evaluate(Operation *op) {
+  int64_t numTokens = static_cast<int64_t>(currentTokens.size());
+  auto output = [&](Value v, int64_t cols) -> Buffer<T> & {
+    Buffer<T> &b = values[v];
+    b.shape = {numTokens, cols};
+    b.data.assign(static_cast<size_t>(numTokens * cols), T(0));
+    return b;
+  };
+  auto width = [](Value v) {
+    return cast<RankedTensorType>(v.getType()).getDimSize(1);
+  };
+  auto checkTokens = [&](Value v) -> llvm::Error {
+    if (v != tokensArg && v != positionsArg)
+      return opError(op, "index operands must be the function's tokens or "
+                         "positions argument");
+    return llvm::Error::success();
+  };
+  auto ints = [&](Value v) -> const std::vector<int64_t> & {
+    return v == tokensArg ? currentTokens : currentPositions;
+  };
+
+  return llvm::TypeSwitch<Operation *, llvm::Error>(op)
+      .Case([&](mlir::kiln::EmbeddingOp e) -> llvm::Error {
+        if (llvm::Error err = checkTokens(e.getTokens()))
+          return err;
+        const Buffer<T> &table = get(e.getTable());
+        const std::vector<int64_t> &ids = ints(e.getTokens());
+        for (int64_t id : ids)
+          if (id < 0 || id >= table.rows())
+            return opError(op, llvm::formatv("token id {0} is outside the "
+                                             "vocabulary [0, {1})",
+                                             id, table.rows()));
+        Buffer<T> &out = output(e.getResult(), table.cols());
+        ::kiln::ref::embedding(table.data.data(), table.cols(), ids.data(),
+                               numTokens, out.data.data());
+        return llvm::Error::success();
+      })
+      .Case([&](mlir::kiln::RmsNormOp n) -> llvm::Error {
+        const Buffer<T> &x = get(n.getInput());
+        Buffer<T> &out = output(n.getResult(), x.cols());
+        ::kiln::ref::rmsNorm(x.data.data(), numTokens, x.cols(),
+                             get(n.getWeight()).data.data(),
+                             n.getEpsilon().convertToDouble(), out.data.data());
+        return llvm::Error::success();
+      })
+      .Case([&](mlir::kiln::QkNormOp n) -> llvm::Error {
+        const Buffer<T> &x = get(n.getInput());
+        Buffer<T> &out = output(n.getResult(), x.cols());
+        int64_t headDim = x.cols() / n.getNumHeads();
+        // Each head slice is one row of the weightless norm.
+        ::kiln::ref::rmsNorm<T>(x.data.data(), numTokens * n.getNumHeads(),
+                                headDim, nullptr,
+                                n.getEpsilon().convertToDouble(),
+                                out.data.data());
+        return llvm::Error::success();
+      })
+      .Case([&](mlir::kiln::LinearOp l) -> llvm::Error {
+        const Buffer<T> &x = get(l.getInput());
+        const Buffer<T> &w = get(l.getWeight());
+        Buffer<T> &out = output(l.getResult(), w.rows());
+        ::kiln::ref::linear(x.data.data(), numTokens, x.cols(), w.data.data(),
+                            w.rows(), out.data.data());
+        return llvm::Error::success();
+      })
+      .Case([&](mlir::kiln::RopeOp r) -> llvm::Error {
+        if (llvm::Error err = checkTokens(r.getPositions()))
+          return err;
+        const Buffer<T> &x = get(r.getInput());
+        Buffer<T> &out = output(r.getResult(), x.cols());
+        out.data = x.data;
+        std::vector<double> freqs(r.getInvFreq().begin(), r.getInvFreq().end());
+        ::kiln::ref::rope(out.data.data(), numTokens, r.getNumHeads(),
+                          x.cols() / r.getNumHeads(),
+                          ints(r.getPositions()).data(), freqs);
+        return llvm::Error::success();
+      })
+      .Case([&](mlir::kiln::AttentionOp a) -> llvm::Error {
+        if (llvm::Error err = checkTokens(a.getPositions()))
+          return err;
+        const Buffer<T> &q = get(a.getQuery());
+        const Buffer<T> &k = get(a.getKey());
+        const Buffer<T> &v = get(a.getValue());
+        // Append this step's keys and values to the op's KV state.
+        KvState<T> &kv = kvStates[op];
+        kv.key.insert(kv.key.end(), k.data.begin(), k.data.end());
+        kv.value.insert(kv.value.end(), v.data.begin(), v.data.end());
+        const std::vector<int64_t> &pos = ints(a.getPositions());
+        kv.positions.insert(kv.positions.end(), pos.begin(), pos.end());
+        ::kiln::ref::AttentionParams p;
+        p.numHeads = a.getNumHeads();
+        p.numKvHeads = a.getNumKvHeads();
+        p.headDim = q.cols() / p.numHeads;
+        p.scale = a.getScale().convertToDouble();
+        p.chunkSize = a.getMask() == mlir::kiln::MaskKind::Chunked
+                          ? a.getChunkSize().value_or(0)
+                          : 0;
+        if (a.getFloorScale()) {
+          p.floorScale = *a.getFloorScale();
+          p.attnScale = a.getAttnScale()->convertToDouble();
+        }
+        Buffer<T> &out = output(a.getResult(), q.cols());
+        ::kiln::ref::attention(q.data.data(), pos.data(), numTokens,
+                               kv.key.data(), kv.value.data(),
+                               kv.positions.data(),
+                               static_cast<int64_t>(kv.positions.size()), p,
+                               out.data.data());
+        return llvm::Error::success();
+      })
+      .Case([&](mlir::kiln::SwiGluOp s) -> llvm::Error {
+        const Buffer<T> &g = get(s.getGate());
+        const Buffer<T> &u = get(s.getUp());
+        Buffer<T> &out = output(s.getResult(), g.cols());
+        ::kiln::ref::swiglu(g.data.data(), u.data.data(),
+                            static_cast<int64_t>(g.data.size()),
+                            out.data.data());
+        return llvm::Error::success();
+      })
+      .Case([&](mlir::kiln::AddOp s) -> llvm::Error {
+        const Buffer<T> &l = get(s.getLhs());
+        const Buffer<T> &r = get(s.getRhs());
+        Buffer<T> &out = output(s.getResult(), l.cols());
+        for (size_t i = 0; i < out.data.size(); ++i)
+          out.data[i] = l.data[i] + r.data[i];
+        return llvm::Error::success();
+      })
+      .Case([&](mlir::kiln::MoeOp m) -> llvm::Error {
+        const Buffer<T> &x = get(m.getInput());
+        const Buffer<T> &router = get(m.getRouter());
+        const Buffer<T> &down = get(m.getDown());
+        ::kiln::ref::MoeParams p;
+        p.hidden = x.cols();
+        p.numExperts = router.rows();
+        p.ffn = down.shape[1];
+        p.topK = m.getTopK();
+        const T *sg = nullptr, *su = nullptr, *sd = nullptr;
+        if (m.getSharedGate()) {
+          const Buffer<T> &g = get(m.getSharedGate());
+          p.sharedFfn = g.rows();
+          sg = g.data.data();
+          su = get(m.getSharedUp()).data.data();
+          sd = get(m.getSharedDown()).data.data();
+        }
+        Buffer<T> &out = output(m.getResult(), x.cols());
+        ::kiln::ref::moe(x.data.data(), numTokens, router.data.data(),
+                         get(m.getGateUp()).data.data(), down.data.data(), sg,
+                         su, sd, p, out.data.data());
+        return llvm::Error::success();
+      })
+      .Default([&](Operation *other) -> llvm::Error {
+        return opError(other, "the reference evaluator does not support this "
+                              "op");
+      });
+  (void)width;
+}
+
+llvm::Expected<std::unique_ptr<Evaluator>>
+Evaluator::create(func::FuncOp func, const Checkpoint &checkpoint,
+                  Precision precision) {
+  if (func.getBody().empty())
+    return makeError("@" + func.getName() + " has no body");
+  if (!func.getBody().hasOneBlock())
+    return makeError("@" + func.getName() + " must have a single block");
+  std::unique_ptr<Evaluator> evaluator;
+  llvm::Error e = llvm::Error::success();
+  if (precision == Precision::F64) {
+    auto impl = std::make_unique<EvaluatorImpl<double>>(func);
+    e = impl->bindWeights(checkpoint);
+    evaluator = std::move(impl);
+  } else {
+    auto impl = std::make_unique<EvaluatorImpl<float>>(func);
+    e = impl->bindWeights(checkpoint);
+    evaluator = std::move(impl);
+  }
+  if (e)
+    return std::move(e);
+  return evaluator;
+}

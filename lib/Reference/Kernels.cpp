@@ -1,0 +1,219 @@
+//===- Kernels.cpp - Reference math of the kiln ops ------------------------===//
+//
+// Straight transcriptions of docs/dialect.md. Accumulations run in the
+// evaluation type T; transcendental functions of positions (RoPE angles,
+// attention temperature) are computed in double, then rounded to T.
+//
+//===----------------------------------------------------------------------===//
+
+#include "kiln/Reference/Kernels.h"
+
+#include <algorithm>
+#include <cassert>
+#include <cmath>
+#include <numeric>
+
+namespace kiln::ref {
+
+template <typename T>
+void embedding(const T *table, int64_t width, const int64_t *tokens,
+               int64_t numTokens, T *out) {
+  for (int64_t t = 0; t < numTokens; ++t)
+    std::copy(table + tokens[t] * width, table + (tokens[t] + 1) * width,
+              out + t * width);
+}
+
+template <typename T>
+void rmsNorm(const T *x, int64_t rows, int64_t cols, const T *weight,
+             double eps, T *out) {
+  for (int64_t r = 0; r < rows; ++r) {
+    const T *row = x + r * cols;
+    T sumSq = 0;
+    for (int64_t c = 0; c < cols; ++c)
+      sumSq += row[c] * row[c];
+    T inv = T(1) / std::sqrt(sumSq / T(cols) + T(eps));
+    for (int64_t c = 0; c < cols; ++c)
+      out[r * cols + c] = row[c] * inv * (weight ? weight[c] : T(1));
+  }
+}
+
+template <typename T>
+void linear(const T *x, int64_t rows, int64_t in, const T *weight,
+            int64_t out, T *result) {
+  for (int64_t r = 0; r < rows; ++r)
+    for (int64_t o = 0; o < out; ++o) {
+      T acc = 0;
+      for (int64_t i = 0; i < in; ++i)
+        acc += x[r * in + i] * weight[o * in + i];
+      result[r * out + o] = acc;
+    }
+}
+
+template <typename T>
+void rope(T *x, int64_t rows, int64_t numHeads, int64_t headDim,
+          const int64_t *positions, const std::vector<double> &invFreq) {
+  int64_t pairs = headDim / 2;
+  for (int64_t r = 0; r < rows; ++r)
+    for (int64_t m = 0; m < pairs; ++m) {
+      double angle = static_cast<double>(positions[r]) * invFreq[m];
+      T c = static_cast<T>(std::cos(angle));
+      T s = static_cast<T>(std::sin(angle));
+      for (int64_t h = 0; h < numHeads; ++h) {
+        T *pair = x + r * numHeads * headDim + h * headDim + 2 * m;
+        T x0 = pair[0], x1 = pair[1];
+        pair[0] = x0 * c - x1 * s;
+        pair[1] = x0 * s + x1 * c;
+      }
+    }
+}
+
+template <typename T>
+void swiglu(const T *gate, const T *up, int64_t count, T *out) {
+  for (int64_t i = 0; i < count; ++i)
+    out[i] = gate[i] / (T(1) + std::exp(-gate[i])) * up[i];
+}
+
+double attentionTemperature(int64_t position, double attnScale,
+                            int64_t floorScale) {
+  // floor((p + 1) / floorScale) on integers: exact for any position.
+  int64_t steps = (position + 1) / floorScale;
+  return 1.0 + attnScale * std::log(1.0 + static_cast<double>(steps));
+}
+
+bool attentionVisible(int64_t q, int64_t k, int64_t chunkSize) {
+  if (k > q)
+    return false;
+  // Chunks are fixed blocks aligned at position 0 (not a sliding window).
+  return chunkSize == 0 || k / chunkSize == q / chunkSize;
+}
+
+template <typename T>
+void attention(const T *query, const int64_t *queryPositions,
+               int64_t numQueries, const T *key, const T *value,
+               const int64_t *keyPositions, int64_t numKeys,
+               const AttentionParams &p, T *out) {
+  int64_t d = p.headDim;
+  int64_t group = p.numHeads / p.numKvHeads;
+  int64_t qStride = p.numHeads * d, kvStride = p.numKvHeads * d;
+  std::vector<T> scores(numKeys), q(d);
+  std::vector<int64_t> visible;
+  visible.reserve(numKeys);
+  for (int64_t t = 0; t < numQueries; ++t) {
+    int64_t qPos = queryPositions[t];
+    visible.clear();
+    for (int64_t s = 0; s < numKeys; ++s)
+      if (attentionVisible(qPos, keyPositions[s], p.chunkSize))
+        visible.push_back(s);
+    T temperature = p.floorScale > 0
+                        ? static_cast<T>(attentionTemperature(
+                              qPos, p.attnScale, p.floorScale))
+                        : T(1);
+    for (int64_t h = 0; h < p.numHeads; ++h) {
+      int64_t kvHead = h / group;
+      T *o = out + t * qStride + h * d;
+      std::fill(o, o + d, T(0));
+      if (visible.empty())
+        continue; // no visible key: the row is zero (never for self-attention)
+      for (int64_t i = 0; i < d; ++i)
+        q[i] = query[t * qStride + h * d + i] * temperature;
+      T maxScore = -INFINITY;
+      for (size_t j = 0; j < visible.size(); ++j) {
+        const T *k = key + visible[j] * kvStride + kvHead * d;
+        T dot = 0;
+        for (int64_t i = 0; i < d; ++i)
+          dot += q[i] * k[i];
+        scores[j] = dot * T(p.scale);
+        maxScore = std::max(maxScore, scores[j]);
+      }
+      T sum = 0;
+      for (size_t j = 0; j < visible.size(); ++j) {
+        scores[j] = std::exp(scores[j] - maxScore);
+        sum += scores[j];
+      }
+      for (size_t j = 0; j < visible.size(); ++j) {
+        const T *v = value + visible[j] * kvStride + kvHead * d;
+        T weight = scores[j] / sum;
+        for (int64_t i = 0; i < d; ++i)
+          o[i] += weight * v[i];
+      }
+    }
+  }
+}
+
+template <typename T>
+void moe(const T *x, int64_t rows, const T *router, const T *gateUp,
+         const T *down, const T *sharedGate, const T *sharedUp,
+         const T *sharedDown, const MoeParams &p, T *out) {
+  int64_t dModel = p.hidden, f = p.ffn, e = p.numExperts;
+  std::vector<T> logits(e), z(dModel), g(f), u(f), h(f);
+  std::vector<int64_t> order(e);
+  for (int64_t r = 0; r < rows; ++r) {
+    const T *xr = x + r * dModel;
+    T *yr = out + r * dModel;
+    std::fill(yr, yr + dModel, T(0));
+    linear(xr, 1, dModel, router, e, logits.data());
+    // Top-k on the raw logits; ties go to the lower expert index.
+    std::iota(order.begin(), order.end(), 0);
+    std::sort(order.begin(), order.end(), [&](int64_t a, int64_t b) {
+      return logits[a] > logits[b] || (logits[a] == logits[b] && a < b);
+    });
+    for (int64_t k = 0; k < p.topK; ++k) {
+      int64_t ex = order[k];
+      // The sigmoid gate scales the expert's input, not its output.
+      T gate = T(1) / (T(1) + std::exp(-logits[ex]));
+      for (int64_t i = 0; i < dModel; ++i)
+        z[i] = gate * xr[i];
+      // gate_up[ex] is [D, 2F] in [in, out] layout: gate columns first.
+      const T *gu = gateUp + ex * dModel * 2 * f;
+      for (int64_t j = 0; j < f; ++j) {
+        T accG = 0, accU = 0;
+        for (int64_t i = 0; i < dModel; ++i) {
+          accG += z[i] * gu[i * 2 * f + j];
+          accU += z[i] * gu[i * 2 * f + f + j];
+        }
+        g[j] = accG;
+        u[j] = accU;
+      }
+      swiglu(g.data(), u.data(), f, h.data());
+      const T *dn = down + ex * f * dModel; // [F, D], [in, out]
+      for (int64_t i = 0; i < dModel; ++i) {
+        T acc = 0;
+        for (int64_t j = 0; j < f; ++j)
+          acc += h[j] * dn[j * dModel + i];
+        yr[i] += acc;
+      }
+    }
+    if (sharedGate) {
+      int64_t sf = p.sharedFfn;
+      std::vector<T> sg(sf), su(sf), sh(sf), sy(dModel);
+      linear(xr, 1, dModel, sharedGate, sf, sg.data());
+      linear(xr, 1, dModel, sharedUp, sf, su.data());
+      swiglu(sg.data(), su.data(), sf, sh.data());
+      linear(sh.data(), 1, sf, sharedDown, dModel, sy.data());
+      for (int64_t i = 0; i < dModel; ++i)
+        yr[i] += sy[i];
+    }
+  }
+}
+
+#define KILN_INSTANTIATE(T)                                                    \
+  template void embedding<T>(const T *, int64_t, const int64_t *, int64_t,     \
+                             T *);                                             \
+  template void rmsNorm<T>(const T *, int64_t, int64_t, const T *, double,     \
+                           T *);                                               \
+  template void linear<T>(const T *, int64_t, int64_t, const T *, int64_t,     \
+                          T *);                                                \
+  template void rope<T>(T *, int64_t, int64_t, int64_t, const int64_t *,       \
+                        const std::vector<double> &);                          \
+  template void swiglu<T>(const T *, const T *, int64_t, T *);                 \
+  template void attention<T>(const T *, const int64_t *, int64_t, const T *,   \
+                             const T *, const int64_t *, int64_t,              \
+                             const AttentionParams &, T *);                    \
+  template void moe<T>(const T *, int64_t, const T *, const T *, const T *,    \
+                       const T *, const T *, const T *, const MoeParams &,     \
+                       T *);
+KILN_INSTANTIATE(float)
+KILN_INSTANTIATE(double)
+#undef KILN_INSTANTIATE
+
+} // namespace kiln::ref

@@ -1,0 +1,213 @@
+//===- kiln-ref.cpp - The reference evaluator's command line --------------===//
+//
+//   kiln-ref <checkpoint-dir> (--tokens 1,2,3 | --tokens-file FILE)
+//            [--dump-logits OUT.npy] [--max-new-tokens N] [--f64]
+//
+// Imports the checkpoint, evaluates the prompt with the reference evaluator
+// and optionally continues it greedily. This command line is a contract other
+// tools and checks depend on: change it only compatibly.
+//
+//===----------------------------------------------------------------------===//
+
+#include "kiln/Import/Llama4Import.h"
+#include "kiln/InitAll.h"
+#include "kiln/Reference/Evaluator.h"
+#include "kiln/runtime/Npy.h"
+#include "kiln/runtime/Safetensors.h"
+
+#include "mlir/IR/MLIRContext.h"
+#include "mlir/IR/Verifier.h"
+#include "mlir/Parser/Parser.h"
+#include "llvm/ADT/StringExtras.h"
+#include "llvm/Support/CommandLine.h"
+#include "llvm/Support/InitLLVM.h"
+#include "llvm/Support/MemoryBuffer.h"
+#include "llvm/Support/SourceMgr.h"
+#include "llvm/Support/WithColor.h"
+
+#include <chrono>
+
+using namespace llvm;
+
+static cl::OptionCategory category("kiln-ref options");
+static cl::opt<std::string> checkpointDir(cl::Positional, cl::Required,
+                                          cl::desc("<checkpoint-dir>"),
+                                          cl::cat(category));
+static cl::opt<std::string> tokensText("tokens", cl::cat(category),
+                                       cl::desc("Prompt token ids: 1,2,3"));
+static cl::opt<std::string>
+    tokensFile("tokens-file", cl::cat(category),
+               cl::desc("File of token ids separated by white space and/or "
+                        "commas"));
+static cl::opt<std::string>
+    dumpLogits("dump-logits", cl::cat(category),
+               cl::desc("Write the float32 logits of every prompt position "
+                        "([T, vocab], .npy)"));
+static cl::opt<unsigned> maxNewTokens("max-new-tokens", cl::init(0),
+                                      cl::cat(category),
+                                      cl::desc("Greedy continuation length"));
+static cl::opt<bool> useF64("f64", cl::cat(category),
+                            cl::desc("Evaluate in float64 (default float32)"));
+static cl::opt<bool> ignoreEos("ignore-eos", cl::cat(category),
+                               cl::desc("Do not stop the continuation at an "
+                                        "end-of-sequence token"));
+static cl::opt<std::string>
+    graphFile("graph", cl::cat(category),
+              cl::desc("Evaluate this kiln MLIR file (its @forward) instead "
+                       "of importing the checkpoint's config"));
+
+static int fail(const Twine &message) {
+  WithColor::error(errs(), "kiln-ref") << message << "\n";
+  return 1;
+}
+
+/// Parses integers separated by white space and/or commas. `source` names the
+/// input in messages.
+static bool parseTokens(StringRef text, StringRef source,
+                        std::vector<int64_t> &out, std::string &error) {
+  size_t pos = 0;
+  int64_t index = 0;
+  while (pos < text.size()) {
+    char c = text[pos];
+    if (c == ',' || isSpace(c)) {
+      ++pos;
+      continue;
+    }
+    size_t end = pos;
+    while (end < text.size() && text[end] != ',' && !isSpace(text[end]))
+      ++end;
+    StringRef word = text.slice(pos, end);
+    int64_t value;
+    if (word.getAsInteger(10, value) || value < 0) {
+      error = (source + ": token " + Twine(index) + " ('" + word +
+               "') is not a non-negative integer")
+                  .str();
+      return false;
+    }
+    out.push_back(value);
+    ++index;
+    pos = end;
+  }
+  if (out.empty()) {
+    error = (source + ": no tokens given").str();
+    return false;
+  }
+  return true;
+}
+
+static int64_t argmax(const std::vector<double> &row, size_t begin,
+                      size_t width) {
+  size_t best = 0;
+  for (size_t i = 1; i < width; ++i)
+    if (row[begin + i] > row[begin + best])
+      best = i;
+  return static_cast<int64_t>(best);
+}
+
+int main(int argc, char **argv) {
+  InitLLVM init(argc, argv);
+  cl::HideUnrelatedOptions(category);
+  cl::ParseCommandLineOptions(argc, argv,
+                              "Kiln reference evaluator (the oracle)\n");
+
+  if (tokensText.empty() == tokensFile.empty())
+    return fail("give exactly one of --tokens and --tokens-file");
+  std::vector<int64_t> prompt;
+  std::string error;
+  if (!tokensFile.empty()) {
+    auto buffer = MemoryBuffer::getFile(tokensFile, /*IsText=*/true);
+    if (!buffer)
+      return fail(tokensFile + ": cannot read: " + buffer.getError().message());
+    if (!parseTokens((*buffer)->getBuffer(), tokensFile, prompt, error))
+      return fail(error);
+  } else if (!parseTokens(tokensText, "--tokens", prompt, error)) {
+    return fail(error);
+  }
+
+  mlir::DialectRegistry registry;
+  mlir::kiln::registerAllKilnDialects(registry);
+  mlir::MLIRContext context(registry);
+  mlir::OwningOpRef<mlir::ModuleOp> module;
+  std::vector<int64_t> eosIds;
+  if (!graphFile.empty()) {
+    module = mlir::parseSourceFile<mlir::ModuleOp>(graphFile, &context);
+    if (!module)
+      return fail(graphFile + ": cannot parse the kiln graph");
+  } else {
+    auto imported = kiln::importLlama4Checkpoint(context, checkpointDir);
+    if (!imported)
+      return fail(toString(imported.takeError()));
+    module = std::move(*imported);
+  }
+  if (auto eos = (*module)->getAttrOfType<mlir::DenseI64ArrayAttr>(
+          "kiln.eos_token_ids"))
+    eosIds.assign(eos.asArrayRef().begin(), eos.asArrayRef().end());
+  auto forward = module->lookupSymbol<mlir::func::FuncOp>("forward");
+  if (!forward)
+    return fail("the graph has no @forward function");
+
+  std::unique_ptr<kiln::Checkpoint> checkpoint =
+      kiln::Checkpoint::open(checkpointDir, error);
+  if (!checkpoint)
+    return fail(error);
+  if (!checkpoint->hasWeights())
+    return fail(checkpointDir +
+                ": no weights (model.safetensors or "
+                "model.safetensors.index.json) to evaluate with");
+  auto evaluator = kiln::ref::Evaluator::create(
+      forward, *checkpoint,
+      useF64 ? kiln::ref::Precision::F64 : kiln::ref::Precision::F32);
+  if (!evaluator)
+    return fail(toString(evaluator.takeError()));
+
+  std::vector<int64_t> positions(prompt.size());
+  for (size_t i = 0; i < prompt.size(); ++i)
+    positions[i] = static_cast<int64_t>(i);
+  std::vector<double> logits;
+  int64_t vocab = 0;
+  auto start = std::chrono::steady_clock::now();
+  if (Error e = (*evaluator)->run(prompt, positions, logits, vocab))
+    return fail(toString(std::move(e)));
+  double seconds = std::chrono::duration<double>(
+                       std::chrono::steady_clock::now() - start)
+                       .count();
+  errs() << "kiln-ref: prefill of " << prompt.size() << " tokens in "
+         << format("%.2f", seconds) << " s (" << (useF64 ? "f64" : "f32")
+         << ")\n";
+
+  if (!dumpLogits.empty()) {
+    std::vector<float> narrow(logits.begin(), logits.end());
+    if (!kiln::writeNpyF32(dumpLogits,
+                           {static_cast<int64_t>(prompt.size()), vocab},
+                           narrow.data(), error))
+      return fail(error);
+  }
+
+  int64_t next = argmax(logits, (prompt.size() - 1) * vocab, vocab);
+  outs() << "next token: " << next << "\n";
+  if (maxNewTokens == 0)
+    return 0;
+
+  std::vector<int64_t> generated;
+  int64_t position = static_cast<int64_t>(prompt.size());
+  bool stoppedAtEos = false;
+  for (unsigned step = 0; step < maxNewTokens; ++step) {
+    generated.push_back(next);
+    if (!ignoreEos && llvm::is_contained(eosIds, next)) {
+      stoppedAtEos = true;
+      break;
+    }
+    if (step + 1 == maxNewTokens)
+      break;
+    std::vector<double> stepLogits;
+    if (Error e = (*evaluator)->run({next}, {position}, stepLogits, vocab))
+      return fail(toString(std::move(e)));
+    ++position;
+    next = argmax(stepLogits, 0, vocab);
+  }
+  outs() << "generated:";
+  for (int64_t t : generated)
+    outs() << " " << t;
+  outs() << (stoppedAtEos ? " (end of sequence)" : "") << "\n";
+  return 0;
+}
