@@ -15,6 +15,8 @@
 #include "llvm/ADT/TypeSwitch.h"
 #include "llvm/Support/FormatVariadic.h"
 
+#include <map>
+
 using namespace mlir;
 using ::kiln::Checkpoint;
 using ::kiln::TensorInfo;
@@ -79,13 +81,15 @@ private:
     auto it = weights.find(v);
     if (it != weights.end())
       return it->second;
-    return values.find(v)->second;
+    return values.find(v.getAsOpaquePointer())->second;
   }
   llvm::Error evaluate(Operation *op);
 
   func::FuncOp func;
   llvm::DenseMap<Value, Buffer<T>> weights;
-  llvm::DenseMap<Value, Buffer<T>> values;
+  /// Intermediate values. A node-based map: kernels hold references to
+  /// their operands while their result is inserted.
+  std::map<void *, Buffer<T>> values;
   Value tokensArg, positionsArg;
   std::vector<int64_t> currentTokens, currentPositions;
   llvm::DenseMap<Operation *, KvState<T>> kvStates;
@@ -191,7 +195,7 @@ llvm::Error EvaluatorImpl<T>::run(llvm::ArrayRef<int64_t> tokens,
       return e;
     }
     for (Value v : dying.lookup(&op))
-      values.erase(v);
+      values.erase(v.getAsOpaquePointer());
   }
   values.clear();
   cached += static_cast<int64_t>(tokens.size());
@@ -202,7 +206,7 @@ template <typename T>
 llvm::Error EvaluatorImpl<T>::evaluate(Operation *op) {
   int64_t numTokens = static_cast<int64_t>(currentTokens.size());
   auto output = [&](Value v, int64_t cols) -> Buffer<T> & {
-    Buffer<T> &b = values[v];
+    Buffer<T> &b = values[v.getAsOpaquePointer()];
     b.shape = {numTokens, cols};
     b.data.assign(static_cast<size_t>(numTokens * cols), T(0));
     return b;

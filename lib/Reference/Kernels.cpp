@@ -154,8 +154,12 @@ void moe(const T *x, int64_t rows, const T *router, const T *gateUp,
     linear(xr, 1, dModel, router, e, logits.data());
     // Top-k on the raw logits; ties go to the lower expert index.
     std::iota(order.begin(), order.end(), 0);
+    // NaN logits rank last so that the order stays a strict weak ordering.
+    auto rank = [&](int64_t i) {
+      return std::isnan(logits[i]) ? T(-INFINITY) : logits[i];
+    };
     std::sort(order.begin(), order.end(), [&](int64_t a, int64_t b) {
-      return logits[a] > logits[b] || (logits[a] == logits[b] && a < b);
+      return rank(a) > rank(b) || (rank(a) == rank(b) && a < b);
     });
     for (int64_t k = 0; k < p.topK; ++k) {
       int64_t ex = order[k];

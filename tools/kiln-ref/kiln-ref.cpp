@@ -51,6 +51,10 @@ static cl::opt<bool> useF64("f64", cl::cat(category),
 static cl::opt<bool> ignoreEos("ignore-eos", cl::cat(category),
                                cl::desc("Do not stop the continuation at an "
                                         "end-of-sequence token"));
+static cl::opt<unsigned> stepSize(
+    "step", cl::init(0), cl::cat(category),
+    cl::desc("Evaluate the prompt in steps of this many tokens through the "
+             "KV state (1 = token-by-token decode; default: all at once)"));
 static cl::opt<std::string>
     graphFile("graph", cl::cat(category),
               cl::desc("Evaluate this kiln MLIR file (its @forward) instead "
@@ -166,8 +170,16 @@ int main(int argc, char **argv) {
   std::vector<double> logits;
   int64_t vocab = 0;
   auto start = std::chrono::steady_clock::now();
-  if (Error e = (*evaluator)->run(prompt, positions, logits, vocab))
-    return fail(toString(std::move(e)));
+  size_t step = stepSize == 0 ? prompt.size() : stepSize;
+  for (size_t begin = 0; begin < prompt.size(); begin += step) {
+    size_t count = std::min(step, prompt.size() - begin);
+    std::vector<double> part;
+    if (Error e = (*evaluator)->run(ArrayRef(prompt).slice(begin, count),
+                                    ArrayRef(positions).slice(begin, count),
+                                    part, vocab))
+      return fail(toString(std::move(e)));
+    logits.insert(logits.end(), part.begin(), part.end());
+  }
   double seconds = std::chrono::duration<double>(
                        std::chrono::steady_clock::now() - start)
                        .count();
