@@ -1,0 +1,428 @@
+// RUN: kiln-opt %s -split-input-file -verify-diagnostics
+
+// One case per verifier error a user can hit; each function is named
+// after its failure.
+
+func.func @embedding_table_rank(%t: tensor<32xbf16>, %i: tensor<?xi32>) {
+  // expected-error @+1 {{'kiln.embedding' op expected 2-D table, got rank 1}}
+  %0 = kiln.embedding %t[%i] : tensor<32xbf16>, tensor<?xi32> -> tensor<?x16xf32>
+  return
+}
+
+// -----
+
+func.func @embedding_tokens_rank(%t: tensor<32x16xbf16>, %i: tensor<?x1xi32>) {
+  // expected-error @+1 {{'kiln.embedding' op expected 1-D tokens, got rank 2}}
+  %0 = kiln.embedding %t[%i] : tensor<32x16xbf16>, tensor<?x1xi32> -> tensor<?x16xf32>
+  return
+}
+
+// -----
+
+func.func @embedding_token_dim(%t: tensor<32x16xbf16>, %i: tensor<3xi32>) {
+  // expected-error @+1 {{'kiln.embedding' op token dimension of result (4) does not match 3}}
+  %0 = kiln.embedding %t[%i] : tensor<32x16xbf16>, tensor<3xi32> -> tensor<4x16xf32>
+  return
+}
+
+// -----
+
+func.func @embedding_width(%t: tensor<32x16xbf16>, %i: tensor<?xi32>) {
+  // expected-error @+1 {{'kiln.embedding' op result width 8 does not match table width 16}}
+  %0 = kiln.embedding %t[%i] : tensor<32x16xbf16>, tensor<?xi32> -> tensor<?x8xf32>
+  return
+}
+
+// -----
+
+func.func @embedding_float_tokens(%t: tensor<32x16xbf16>, %i: tensor<?xf32>) {
+  // expected-error @+1 {{'kiln.embedding' op operand #1 must be ranked tensor of 32-bit signless integer or 64-bit signless integer values}}
+  %0 = kiln.embedding %t[%i] : tensor<32x16xbf16>, tensor<?xf32> -> tensor<?x16xf32>
+  return
+}
+
+// -----
+
+func.func @rms_norm_input_rank(%x: tensor<16xf32>, %w: tensor<16xbf16>) {
+  // expected-error @+1 {{'kiln.rms_norm' op expected 2-D input, got rank 1}}
+  %0 = kiln.rms_norm %x, %w {epsilon = 1.0e-05 : f64} : tensor<16xf32>, tensor<16xbf16>
+  return
+}
+
+// -----
+
+func.func @rms_norm_weight_rank(%x: tensor<?x16xf32>, %w: tensor<2x16xbf16>) {
+  // expected-error @+1 {{'kiln.rms_norm' op expected 1-D weight, got rank 2}}
+  %0 = kiln.rms_norm %x, %w {epsilon = 1.0e-05 : f64} : tensor<?x16xf32>, tensor<2x16xbf16>
+  return
+}
+
+// -----
+
+func.func @rms_norm_weight_size(%x: tensor<?x16xf32>, %w: tensor<8xbf16>) {
+  // expected-error @+1 {{'kiln.rms_norm' op weight size 8 does not match feature dimension 16}}
+  %0 = kiln.rms_norm %x, %w {epsilon = 1.0e-05 : f64} : tensor<?x16xf32>, tensor<8xbf16>
+  return
+}
+
+// -----
+
+func.func @rms_norm_epsilon(%x: tensor<?x16xf32>, %w: tensor<16xbf16>) {
+  // expected-error @+1 {{'kiln.rms_norm' op expected a positive finite epsilon, got 0}}
+  %0 = kiln.rms_norm %x, %w {epsilon = 0.0 : f64} : tensor<?x16xf32>, tensor<16xbf16>
+  return
+}
+
+// -----
+
+func.func @qk_norm_rank(%x: tensor<?x2x8xf32>) {
+  // expected-error @+1 {{'kiln.qk_norm' op expected 2-D input, got rank 3}}
+  %0 = kiln.qk_norm %x {num_heads = 2 : i64, epsilon = 1.0e-05 : f64} : tensor<?x2x8xf32>
+  return
+}
+
+// -----
+
+func.func @qk_norm_heads(%x: tensor<?x16xf32>) {
+  // expected-error @+1 {{'kiln.qk_norm' op feature dimension 16 is not divisible by num_heads = 3}}
+  %0 = kiln.qk_norm %x {num_heads = 3 : i64, epsilon = 1.0e-05 : f64} : tensor<?x16xf32>
+  return
+}
+
+// -----
+
+func.func @qk_norm_zero_heads(%x: tensor<?x16xf32>) {
+  // expected-error @+1 {{'kiln.qk_norm' op expected positive num_heads, got 0}}
+  %0 = kiln.qk_norm %x {num_heads = 0 : i64, epsilon = 1.0e-05 : f64} : tensor<?x16xf32>
+  return
+}
+
+// -----
+
+func.func @qk_norm_dynamic_features(%x: tensor<?x?xf32>) {
+  // expected-error @+1 {{'kiln.qk_norm' op expected a static feature dimension}}
+  %0 = kiln.qk_norm %x {num_heads = 2 : i64, epsilon = 1.0e-05 : f64} : tensor<?x?xf32>
+  return
+}
+
+// -----
+
+func.func @qk_norm_epsilon(%x: tensor<?x16xf32>) {
+  // expected-error @+1 {{'kiln.qk_norm' op expected a positive finite epsilon, got -1}}
+  %0 = kiln.qk_norm %x {num_heads = 2 : i64, epsilon = -1.0 : f64} : tensor<?x16xf32>
+  return
+}
+
+// -----
+
+func.func @linear_weight_rank(%x: tensor<?x16xf32>, %w: tensor<16xbf16>) {
+  // expected-error @+1 {{'kiln.linear' op expected 2-D weight, got rank 1}}
+  %0 = kiln.linear %x, %w : tensor<?x16xf32>, tensor<16xbf16> -> tensor<?x16xf32>
+  return
+}
+
+// -----
+
+func.func @linear_in_features(%x: tensor<?x16xf32>, %w: tensor<16x8xbf16>) {
+  // expected-error @+1 {{'kiln.linear' op input features 16 do not match weight [out, in] = [16, 8]}}
+  %0 = kiln.linear %x, %w : tensor<?x16xf32>, tensor<16x8xbf16> -> tensor<?x16xf32>
+  return
+}
+
+// -----
+
+func.func @linear_token_dim(%x: tensor<3x16xf32>, %w: tensor<8x16xbf16>) {
+  // expected-error @+1 {{'kiln.linear' op token dimension of result (2) does not match 3}}
+  %0 = kiln.linear %x, %w : tensor<3x16xf32>, tensor<8x16xbf16> -> tensor<2x8xf32>
+  return
+}
+
+// -----
+
+func.func @linear_out_features(%x: tensor<?x16xf32>, %w: tensor<8x16xbf16>) {
+  // expected-error @+1 {{'kiln.linear' op result features 16 do not match weight rows 8}}
+  %0 = kiln.linear %x, %w : tensor<?x16xf32>, tensor<8x16xbf16> -> tensor<?x16xf32>
+  return
+}
+
+// -----
+
+func.func @rope_positions_rank(%x: tensor<?x16xf32>, %p: tensor<?x1xi64>) {
+  // expected-error @+1 {{'kiln.rope' op expected 1-D positions, got rank 2}}
+  %0 = kiln.rope %x, %p {num_heads = 4 : i64, inv_freq = array<f64: 1.0, 0.5>} : tensor<?x16xf32>, tensor<?x1xi64>
+  return
+}
+
+// -----
+
+func.func @rope_positions_tokens(%x: tensor<4x16xf32>, %p: tensor<5xi64>) {
+  // expected-error @+1 {{'kiln.rope' op token dimension of positions (5) does not match 4}}
+  %0 = kiln.rope %x, %p {num_heads = 4 : i64, inv_freq = array<f64: 1.0, 0.5>} : tensor<4x16xf32>, tensor<5xi64>
+  return
+}
+
+// -----
+
+func.func @rope_heads(%x: tensor<?x16xf32>, %p: tensor<?xi64>) {
+  // expected-error @+1 {{'kiln.rope' op feature dimension 16 is not divisible by num_heads = 5}}
+  %0 = kiln.rope %x, %p {num_heads = 5 : i64, inv_freq = array<f64: 1.0, 0.5>} : tensor<?x16xf32>, tensor<?xi64>
+  return
+}
+
+// -----
+
+func.func @rope_odd_head_dim(%x: tensor<?x12xf32>, %p: tensor<?xi64>) {
+  // expected-error @+1 {{'kiln.rope' op head dimension 3 must be even to form rotation pairs}}
+  %0 = kiln.rope %x, %p {num_heads = 4 : i64, inv_freq = array<f64: 1.0>} : tensor<?x12xf32>, tensor<?xi64>
+  return
+}
+
+// -----
+
+func.func @rope_freq_count(%x: tensor<?x16xf32>, %p: tensor<?xi64>) {
+  // expected-error @+1 {{'kiln.rope' op expected 2 inv_freq values (head_dim / 2), got 3}}
+  %0 = kiln.rope %x, %p {num_heads = 4 : i64, inv_freq = array<f64: 1.0, 0.5, 0.25>} : tensor<?x16xf32>, tensor<?xi64>
+  return
+}
+
+// -----
+
+func.func @rope_freq_negative(%x: tensor<?x16xf32>, %p: tensor<?xi64>) {
+  // expected-error @+1 {{'kiln.rope' op inv_freq[1] must be finite and non-negative, got -5.000000e-01}}
+  %0 = kiln.rope %x, %p {num_heads = 4 : i64, inv_freq = array<f64: 1.0, -0.5>} : tensor<?x16xf32>, tensor<?xi64>
+  return
+}
+
+// -----
+
+func.func @rope_i32_positions(%x: tensor<?x16xf32>, %p: tensor<?xi32>) {
+  // expected-error @+1 {{'kiln.rope' op operand #1 must be ranked tensor of 64-bit signless integer values}}
+  %0 = kiln.rope %x, %p {num_heads = 4 : i64, inv_freq = array<f64: 1.0, 0.5>} : tensor<?x16xf32>, tensor<?xi32>
+  return
+}
+
+// -----
+
+func.func @attention_query_rank(%q: tensor<?x4x4xf32>, %k: tensor<?x8xf32>, %v: tensor<?x8xf32>, %p: tensor<?xi64>) {
+  // expected-error @+1 {{'kiln.attention' op expected 2-D query, got rank 3}}
+  %0 = kiln.attention %q, %k, %v, %p {num_heads = 4 : i64, num_kv_heads = 2 : i64, scale = 0.5 : f64, mask = #kiln.mask<causal>} : tensor<?x4x4xf32>, tensor<?x8xf32>, tensor<?x8xf32>, tensor<?xi64>
+  return
+}
+
+// -----
+
+func.func @attention_kv_types(%q: tensor<?x16xf32>, %k: tensor<?x8xf32>, %v: tensor<?x8xbf16>, %p: tensor<?xi64>) {
+  // expected-error @+1 {{'kiln.attention' op key and value types differ: 'tensor<?x8xf32>' vs 'tensor<?x8xbf16>'}}
+  %0 = kiln.attention %q, %k, %v, %p {num_heads = 4 : i64, num_kv_heads = 2 : i64, scale = 0.5 : f64, mask = #kiln.mask<causal>} : tensor<?x16xf32>, tensor<?x8xf32>, tensor<?x8xbf16>, tensor<?xi64>
+  return
+}
+
+// -----
+
+func.func @attention_token_dim(%q: tensor<4x16xf32>, %k: tensor<3x8xf32>, %v: tensor<3x8xf32>, %p: tensor<?xi64>) {
+  // expected-error @+1 {{'kiln.attention' op token dimension of key (3) does not match 4}}
+  %0 = kiln.attention %q, %k, %v, %p {num_heads = 4 : i64, num_kv_heads = 2 : i64, scale = 0.5 : f64, mask = #kiln.mask<causal>} : tensor<4x16xf32>, tensor<3x8xf32>, tensor<3x8xf32>, tensor<?xi64>
+  return
+}
+
+// -----
+
+func.func @attention_kv_heads(%q: tensor<?x16xf32>, %k: tensor<?x8xf32>, %v: tensor<?x8xf32>, %p: tensor<?xi64>) {
+  // expected-error @+1 {{'kiln.attention' op feature dimension 8 is not divisible by num_kv_heads = 3}}
+  %0 = kiln.attention %q, %k, %v, %p {num_heads = 4 : i64, num_kv_heads = 3 : i64, scale = 0.5 : f64, mask = #kiln.mask<causal>} : tensor<?x16xf32>, tensor<?x8xf32>, tensor<?x8xf32>, tensor<?xi64>
+  return
+}
+
+// -----
+
+func.func @attention_head_dim(%q: tensor<?x16xf32>, %k: tensor<?x8xf32>, %v: tensor<?x8xf32>, %p: tensor<?xi64>) {
+  // expected-error @+1 {{'kiln.attention' op query head dimension 8 differs from key/value head dimension 4}}
+  %0 = kiln.attention %q, %k, %v, %p {num_heads = 2 : i64, num_kv_heads = 2 : i64, scale = 0.5 : f64, mask = #kiln.mask<causal>} : tensor<?x16xf32>, tensor<?x8xf32>, tensor<?x8xf32>, tensor<?xi64>
+  return
+}
+
+// -----
+
+func.func @attention_gqa_ratio(%q: tensor<?x12xf32>, %k: tensor<?x8xf32>, %v: tensor<?x8xf32>, %p: tensor<?xi64>) {
+  // expected-error @+1 {{'kiln.attention' op num_heads = 3 is not a multiple of num_kv_heads = 2}}
+  %0 = kiln.attention %q, %k, %v, %p {num_heads = 3 : i64, num_kv_heads = 2 : i64, scale = 0.5 : f64, mask = #kiln.mask<causal>} : tensor<?x12xf32>, tensor<?x8xf32>, tensor<?x8xf32>, tensor<?xi64>
+  return
+}
+
+// -----
+
+func.func @attention_scale(%q: tensor<?x16xf32>, %k: tensor<?x8xf32>, %v: tensor<?x8xf32>, %p: tensor<?xi64>) {
+  // expected-error @+1 {{'kiln.attention' op expected a positive finite scale, got 0}}
+  %0 = kiln.attention %q, %k, %v, %p {num_heads = 4 : i64, num_kv_heads = 2 : i64, scale = 0.0 : f64, mask = #kiln.mask<causal>} : tensor<?x16xf32>, tensor<?x8xf32>, tensor<?x8xf32>, tensor<?xi64>
+  return
+}
+
+// -----
+
+func.func @attention_chunked_without_size(%q: tensor<?x16xf32>, %k: tensor<?x8xf32>, %v: tensor<?x8xf32>, %p: tensor<?xi64>) {
+  // expected-error @+1 {{'kiln.attention' op chunked mask requires a positive chunk_size}}
+  %0 = kiln.attention %q, %k, %v, %p {num_heads = 4 : i64, num_kv_heads = 2 : i64, scale = 0.5 : f64, mask = #kiln.mask<chunked>} : tensor<?x16xf32>, tensor<?x8xf32>, tensor<?x8xf32>, tensor<?xi64>
+  return
+}
+
+// -----
+
+func.func @attention_chunk_zero(%q: tensor<?x16xf32>, %k: tensor<?x8xf32>, %v: tensor<?x8xf32>, %p: tensor<?xi64>) {
+  // expected-error @+1 {{'kiln.attention' op chunked mask requires a positive chunk_size}}
+  %0 = kiln.attention %q, %k, %v, %p {num_heads = 4 : i64, num_kv_heads = 2 : i64, scale = 0.5 : f64, mask = #kiln.mask<chunked>, chunk_size = 0 : i64} : tensor<?x16xf32>, tensor<?x8xf32>, tensor<?x8xf32>, tensor<?xi64>
+  return
+}
+
+// -----
+
+func.func @attention_causal_with_size(%q: tensor<?x16xf32>, %k: tensor<?x8xf32>, %v: tensor<?x8xf32>, %p: tensor<?xi64>) {
+  // expected-error @+1 {{'kiln.attention' op chunk_size is only valid with a chunked mask}}
+  %0 = kiln.attention %q, %k, %v, %p {num_heads = 4 : i64, num_kv_heads = 2 : i64, scale = 0.5 : f64, mask = #kiln.mask<causal>, chunk_size = 8 : i64} : tensor<?x16xf32>, tensor<?x8xf32>, tensor<?x8xf32>, tensor<?xi64>
+  return
+}
+
+// -----
+
+func.func @attention_half_temperature(%q: tensor<?x16xf32>, %k: tensor<?x8xf32>, %v: tensor<?x8xf32>, %p: tensor<?xi64>) {
+  // expected-error @+1 {{'kiln.attention' op temperature tuning needs both attn_scale and floor_scale}}
+  %0 = kiln.attention %q, %k, %v, %p {num_heads = 4 : i64, num_kv_heads = 2 : i64, scale = 0.5 : f64, mask = #kiln.mask<causal>, attn_scale = 0.1 : f64} : tensor<?x16xf32>, tensor<?x8xf32>, tensor<?x8xf32>, tensor<?xi64>
+  return
+}
+
+// -----
+
+func.func @attention_floor_scale(%q: tensor<?x16xf32>, %k: tensor<?x8xf32>, %v: tensor<?x8xf32>, %p: tensor<?xi64>) {
+  // expected-error @+1 {{'kiln.attention' op expected a positive floor_scale, got 0}}
+  %0 = kiln.attention %q, %k, %v, %p {num_heads = 4 : i64, num_kv_heads = 2 : i64, scale = 0.5 : f64, mask = #kiln.mask<causal>, attn_scale = 0.1 : f64, floor_scale = 0 : i64} : tensor<?x16xf32>, tensor<?x8xf32>, tensor<?x8xf32>, tensor<?xi64>
+  return
+}
+
+// -----
+
+func.func @attention_attn_scale_inf(%q: tensor<?x16xf32>, %k: tensor<?x8xf32>, %v: tensor<?x8xf32>, %p: tensor<?xi64>) {
+  // expected-error @+1 {{'kiln.attention' op expected a finite attn_scale}}
+  %0 = kiln.attention %q, %k, %v, %p {num_heads = 4 : i64, num_kv_heads = 2 : i64, scale = 0.5 : f64, mask = #kiln.mask<causal>, attn_scale = 0x7FF0000000000000 : f64, floor_scale = 8 : i64} : tensor<?x16xf32>, tensor<?x8xf32>, tensor<?x8xf32>, tensor<?xi64>
+  return
+}
+
+// -----
+
+func.func @moe_gate_up_rank(%x: tensor<?x16xf32>, %r: tensor<4x16xbf16>, %gu: tensor<16x24xbf16>, %dn: tensor<4x12x16xbf16>) {
+  // expected-error @+1 {{'kiln.moe' op expected 3-D gate_up, got rank 2}}
+  %0 = kiln.moe %x router %r experts %gu, %dn {top_k = 1 : i64} : tensor<?x16xf32>, tensor<4x16xbf16>, tensor<16x24xbf16>, tensor<4x12x16xbf16>
+  return
+}
+
+// -----
+
+func.func @moe_dynamic_hidden(%x: tensor<?x?xf32>, %r: tensor<4x16xbf16>, %gu: tensor<4x16x24xbf16>, %dn: tensor<4x12x16xbf16>) {
+  // expected-error @+1 {{'kiln.moe' op expected a static hidden dimension}}
+  %0 = kiln.moe %x router %r experts %gu, %dn {top_k = 1 : i64} : tensor<?x?xf32>, tensor<4x16xbf16>, tensor<4x16x24xbf16>, tensor<4x12x16xbf16>
+  return
+}
+
+// -----
+
+func.func @moe_router_shape(%x: tensor<?x16xf32>, %r: tensor<4x8xbf16>, %gu: tensor<4x16x24xbf16>, %dn: tensor<4x12x16xbf16>) {
+  // expected-error @+1 {{'kiln.moe' op router must be [experts, 16], got [4, 8]}}
+  %0 = kiln.moe %x router %r experts %gu, %dn {top_k = 1 : i64} : tensor<?x16xf32>, tensor<4x8xbf16>, tensor<4x16x24xbf16>, tensor<4x12x16xbf16>
+  return
+}
+
+// -----
+
+func.func @moe_gate_up_shape(%x: tensor<?x16xf32>, %r: tensor<4x16xbf16>, %gu: tensor<4x16x25xbf16>, %dn: tensor<4x12x16xbf16>) {
+  // expected-error @+1 {{'kiln.moe' op gate_up must be [4, 16, 2 * F], got 'tensor<4x16x25xbf16>'}}
+  %0 = kiln.moe %x router %r experts %gu, %dn {top_k = 1 : i64} : tensor<?x16xf32>, tensor<4x16xbf16>, tensor<4x16x25xbf16>, tensor<4x12x16xbf16>
+  return
+}
+
+// -----
+
+func.func @moe_down_shape(%x: tensor<?x16xf32>, %r: tensor<4x16xbf16>, %gu: tensor<4x16x24xbf16>, %dn: tensor<4x16x12xbf16>) {
+  // expected-error @+1 {{'kiln.moe' op down must be [4, 12, 16], got 'tensor<4x16x12xbf16>'}}
+  %0 = kiln.moe %x router %r experts %gu, %dn {top_k = 1 : i64} : tensor<?x16xf32>, tensor<4x16xbf16>, tensor<4x16x24xbf16>, tensor<4x16x12xbf16>
+  return
+}
+
+// -----
+
+func.func @moe_top_k(%x: tensor<?x16xf32>, %r: tensor<4x16xbf16>, %gu: tensor<4x16x24xbf16>, %dn: tensor<4x12x16xbf16>) {
+  // expected-error @+1 {{'kiln.moe' op top_k must be in [1, 4], got 5}}
+  %0 = kiln.moe %x router %r experts %gu, %dn {top_k = 5 : i64} : tensor<?x16xf32>, tensor<4x16xbf16>, tensor<4x16x24xbf16>, tensor<4x12x16xbf16>
+  return
+}
+
+// -----
+
+func.func @moe_shared_gate(%x: tensor<?x16xf32>, %r: tensor<4x16xbf16>, %gu: tensor<4x16x24xbf16>, %dn: tensor<4x12x16xbf16>, %sg: tensor<12x8xbf16>, %su: tensor<12x8xbf16>, %sd: tensor<16x12xbf16>) {
+  // expected-error @+1 {{'kiln.moe' op shared_gate must be [F, 16], got 'tensor<12x8xbf16>'}}
+  %0 = kiln.moe %x router %r experts %gu, %dn shared %sg, %su, %sd {top_k = 1 : i64} : tensor<?x16xf32>, tensor<4x16xbf16>, tensor<4x16x24xbf16>, tensor<4x12x16xbf16>, tensor<12x8xbf16>, tensor<12x8xbf16>, tensor<16x12xbf16>
+  return
+}
+
+// -----
+
+func.func @moe_shared_up(%x: tensor<?x16xf32>, %r: tensor<4x16xbf16>, %gu: tensor<4x16x24xbf16>, %dn: tensor<4x12x16xbf16>, %sg: tensor<12x16xbf16>, %su: tensor<10x16xbf16>, %sd: tensor<16x12xbf16>) {
+  // expected-error @+1 {{'kiln.moe' op shared_up must have the type of shared_gate ('tensor<12x16xbf16>'), got 'tensor<10x16xbf16>'}}
+  %0 = kiln.moe %x router %r experts %gu, %dn shared %sg, %su, %sd {top_k = 1 : i64} : tensor<?x16xf32>, tensor<4x16xbf16>, tensor<4x16x24xbf16>, tensor<4x12x16xbf16>, tensor<12x16xbf16>, tensor<10x16xbf16>, tensor<16x12xbf16>
+  return
+}
+
+// -----
+
+func.func @moe_shared_down(%x: tensor<?x16xf32>, %r: tensor<4x16xbf16>, %gu: tensor<4x16x24xbf16>, %dn: tensor<4x12x16xbf16>, %sg: tensor<12x16xbf16>, %su: tensor<12x16xbf16>, %sd: tensor<12x16xbf16>) {
+  // expected-error @+1 {{'kiln.moe' op shared_down must be [16, 12], got 'tensor<12x16xbf16>'}}
+  %0 = kiln.moe %x router %r experts %gu, %dn shared %sg, %su, %sd {top_k = 1 : i64} : tensor<?x16xf32>, tensor<4x16xbf16>, tensor<4x16x24xbf16>, tensor<4x12x16xbf16>, tensor<12x16xbf16>, tensor<12x16xbf16>, tensor<12x16xbf16>
+  return
+}
+
+// -----
+
+func.func @add_type_mismatch(%a: tensor<?x16xf32>, %b: tensor<?x8xf32>) {
+  // expected-error @+1 {{'kiln.add' op requires the same type for all operands and results}}
+  %0 = "kiln.add"(%a, %b) : (tensor<?x16xf32>, tensor<?x8xf32>) -> tensor<?x16xf32>
+  return
+}
+
+// -----
+
+// expected-error @+1 {{'kiln.weight' on argument 0 must be a non-empty string naming a checkpoint tensor}}
+func.func @weight_attr_not_string(%w: tensor<4xbf16> {kiln.weight = 3 : i64}) {
+  return
+}
+
+// -----
+
+// expected-error @+1 {{weight argument 0 ('w') must be a statically shaped tensor of f32, f16 or bf16, got 'tensor<?xbf16>'}}
+func.func @weight_dynamic_shape(%w: tensor<?xbf16> {kiln.weight = "w"}) {
+  return
+}
+
+// -----
+
+// expected-error @+1 {{weight argument 0 ('w') must be a statically shaped tensor of f32, f16 or bf16, got 'tensor<4xi8>'}}
+func.func @weight_integer(%w: tensor<4xi8> {kiln.weight = "w"}) {
+  return
+}
+
+// -----
+
+// expected-error @+1 {{'kiln.input' on argument 0 must be "tokens" or "positions"}}
+func.func @input_unknown(%t: tensor<?xi32> {kiln.input = "images"}) {
+  return
+}
+
+// -----
+
+// expected-error @+1 {{input argument 0 (positions) must be a 1-D tensor of i64, got 'tensor<?xi32>'}}
+func.func @input_positions_i32(%p: tensor<?xi32> {kiln.input = "positions"}) {
+  return
+}
+
+// -----
+
+// expected-error @+1 {{unknown kiln argument attribute 'kiln.wieght'}}
+func.func @unknown_kiln_arg_attr(%w: tensor<4xbf16> {kiln.wieght = "w"}) {
+  return
+}
