@@ -235,10 +235,22 @@ static llvm::Error intList(const FieldReader &r, llvm::StringRef key,
 llvm::Expected<Llama4Config> kiln::parseLlama4Config(const std::string &text,
                                                      const std::string &path) {
   llvm::Expected<Value> parsed = llvm::json::parse(text);
-  if (!parsed)
-    return llvm::createStringError(
-        llvm::inconvertibleErrorCode(),
-        path + ": malformed JSON: " + llvm::toString(parsed.takeError()));
+  if (!parsed) {
+    // llvm::json reports "[line:column, byte=N]: message".
+    std::string message = llvm::toString(parsed.takeError());
+    unsigned line = 0, column = 0;
+    llvm::StringRef rest(message);
+    if (rest.consume_front("[") && !rest.consumeInteger(10, line) &&
+        rest.consume_front(":") && !rest.consumeInteger(10, column)) {
+      size_t colon = rest.find("]: ");
+      if (colon != llvm::StringRef::npos)
+        message = llvm::formatv("line {0}, column {1}: {2}", line, column,
+                                rest.drop_front(colon + 3))
+                      .str();
+    }
+    return llvm::createStringError(llvm::inconvertibleErrorCode(),
+                                   path + ": malformed JSON at " + message);
+  }
   const Object *root = parsed->getAsObject();
   if (!root)
     return llvm::createStringError(llvm::inconvertibleErrorCode(),

@@ -111,5 +111,5 @@ TEST(Llama4ConfigTest, ErrorsNameFileAndField) {
   EXPECT_NE(errorOf("{\"text_config\": 3}").find("text_config"),
             std::string::npos);
   EXPECT_NE(errorOf("[1]").find("expected a JSON object"), std::string::npos);
-  EXPECT_NE(errorOf("{").find("malformed JSON"), std::string::npos);
+  EXPECT_NE(errorOf("{").find("malformed JSON at line 1"), std::string::npos);
 }
