@@ -45,10 +45,10 @@ LogicalResult KilnDialect::verifyRegionArgAttribute(Operation *op,
   if (attr.getName() == getWeightAttrName()) {
     auto name = dyn_cast<StringAttr>(attr.getValue());
     if (!name || name.getValue().empty())
-      return op->emitError() << "'" << getWeightAttrName() << "' on argument "
-                             << argIndex
-                             << " must be a non-empty string naming a "
-                                "checkpoint tensor";
+      return op->emitError()
+             << "'" << getWeightAttrName() << "' on argument " << argIndex
+             << " must be a non-empty string naming a "
+                "checkpoint tensor";
     // Weights are read from checkpoints with fixed shapes; an unknown extent
     // could not be bound.
     if (!tensorType || !tensorType.hasStaticShape() ||
@@ -66,9 +66,9 @@ LogicalResult KilnDialect::verifyRegionArgAttribute(Operation *op,
     auto kind = dyn_cast<StringAttr>(attr.getValue());
     if (!kind ||
         (kind.getValue() != "tokens" && kind.getValue() != "positions"))
-      return op->emitError() << "'" << getInputAttrName() << "' on argument "
-                             << argIndex
-                             << " must be \"tokens\" or \"positions\"";
+      return op->emitError()
+             << "'" << getInputAttrName() << "' on argument " << argIndex
+             << " must be \"tokens\" or \"positions\"";
     bool isTokens = kind.getValue() == "tokens";
     bool ok = tensorType && tensorType.getRank() == 1 &&
               (tensorType.getElementType().isInteger(64) ||

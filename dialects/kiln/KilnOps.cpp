@@ -38,9 +38,9 @@ static LogicalResult checkRank(Operation *op, StringRef what,
 static LogicalResult checkTokenDim(Operation *op, StringRef what,
                                    RankedTensorType type, int64_t tokens) {
   if (!compatibleDims(type.getDimSize(0), tokens))
-    return op->emitOpError()
-           << "token dimension of " << what << " (" << dimStr(type.getDimSize(0))
-           << ") does not match " << dimStr(tokens);
+    return op->emitOpError() << "token dimension of " << what << " ("
+                             << dimStr(type.getDimSize(0))
+                             << ") does not match " << dimStr(tokens);
   return success();
 }
 
@@ -48,21 +48,21 @@ static LogicalResult checkTokenDim(Operation *op, StringRef what,
 static LogicalResult checkHeads(Operation *op, StringRef attrName,
                                 int64_t heads, int64_t width) {
   if (heads <= 0)
-    return op->emitOpError() << "expected positive " << attrName << ", got "
-                             << heads;
+    return op->emitOpError()
+           << "expected positive " << attrName << ", got " << heads;
   if (ShapedType::isDynamic(width))
     return op->emitOpError() << "expected a static feature dimension";
   if (width % heads != 0)
-    return op->emitOpError() << "feature dimension " << width
-                             << " is not divisible by " << attrName << " = "
-                             << heads;
+    return op->emitOpError()
+           << "feature dimension " << width << " is not divisible by "
+           << attrName << " = " << heads;
   return success();
 }
 
 static LogicalResult checkEpsilon(Operation *op, double eps) {
   if (!(eps > 0.0) || !std::isfinite(eps))
-    return op->emitOpError() << "expected a positive finite epsilon, got "
-                             << eps;
+    return op->emitOpError()
+           << "expected a positive finite epsilon, got " << eps;
   return success();
 }
 
@@ -100,7 +100,7 @@ LogicalResult RmsNormOp::verify() {
   if (!compatibleDims(weight.getDimSize(0), input.getDimSize(1)))
     return emitOpError() << "weight size " << dimStr(weight.getDimSize(0))
                          << " does not match feature dimension "
-                         << dimStr(input.getDimSize(1)); // rms_norm_c2
+                         << dimStr(input.getDimSize(1));      // rms_norm_c2
   return checkEpsilon(*this, getEpsilon().convertToDouble()); // rms_norm_c3
 }
 
@@ -152,7 +152,8 @@ LogicalResult RopeOp::verify() {
   auto positions = getPositions().getType();
   if (failed(checkRank(*this, "input", input, 2)) || // rope_c1
       failed(checkRank(*this, "positions", positions, 1)) ||
-      failed(checkTokenDim(*this, "positions", positions, input.getDimSize(0))) ||
+      failed(
+          checkTokenDim(*this, "positions", positions, input.getDimSize(0))) ||
       failed(checkHeads(*this, "num_heads", getNumHeads(),
                         input.getDimSize(1)))) // rope_c2
     return failure();
@@ -194,8 +195,8 @@ LogicalResult AttentionOp::verify() {
       failed(checkTokenDim(*this, "positions", positions, q.getDimSize(0))))
     return failure(); // attention_c3
   if (failed(checkHeads(*this, "num_heads", getNumHeads(), q.getDimSize(1))) ||
-      failed(checkHeads(*this, "num_kv_heads", getNumKvHeads(),
-                        k.getDimSize(1))))
+      failed(
+          checkHeads(*this, "num_kv_heads", getNumKvHeads(), k.getDimSize(1))))
     return failure(); // attention_c4
   int64_t headDim = q.getDimSize(1) / getNumHeads();
   int64_t kvHeadDim = k.getDimSize(1) / getNumKvHeads();
@@ -254,9 +255,9 @@ LogicalResult MoeOp::verify() {
   int64_t hidden = input.getDimSize(1);
   int64_t experts = router.getDimSize(0);
   if (router.getDimSize(1) != hidden)
-    return emitOpError() << "router must be [experts, " << hidden
-                         << "], got [" << experts << ", "
-                         << router.getDimSize(1) << "]"; // moe_c2
+    return emitOpError() << "router must be [experts, " << hidden << "], got ["
+                         << experts << ", " << router.getDimSize(1)
+                         << "]"; // moe_c2
   if (gateUp.getDimSize(0) != experts || gateUp.getDimSize(1) != hidden ||
       gateUp.getDimSize(2) % 2 != 0)
     return emitOpError() << "gate_up must be [" << experts << ", " << hidden
@@ -275,8 +276,8 @@ LogicalResult MoeOp::verify() {
     auto u = cast<RankedTensorType>(getSharedUp().getType());
     auto d = cast<RankedTensorType>(getSharedDown().getType());
     if (g.getRank() != 2 || !g.hasStaticShape() || g.getDimSize(1) != hidden)
-      return emitOpError() << "shared_gate must be [F, " << hidden
-                           << "], got " << g; // moe_c6
+      return emitOpError() << "shared_gate must be [F, " << hidden << "], got "
+                           << g; // moe_c6
     int64_t sharedFfn = g.getDimSize(0);
     if (u != g)
       return emitOpError() << "shared_up must have the type of shared_gate ("

@@ -1,4 +1,5 @@
-//===- Llama4Config.cpp - Hugging Face Llama 4 configuration ---------------===//
+//===- Llama4Config.cpp - Hugging Face Llama 4 configuration
+//---------------===//
 //
 // Validates every text-model field Kiln reads (spec section 1 of
 // llama4-architecture.md), applies Hugging Face's defaults for absent keys,
@@ -30,10 +31,10 @@ public:
       : object(object), path(std::move(path)), prefix(std::move(prefix)) {}
 
   llvm::Error fail(llvm::StringRef key, const llvm::Twine &what) const {
-    return llvm::createStringError(
-        llvm::inconvertibleErrorCode(),
-        llvm::formatv("{0}: field '{1}{2}': {3}", path, prefix, key,
-                      what.str()));
+    return llvm::createStringError(llvm::inconvertibleErrorCode(),
+                                   llvm::formatv("{0}: field '{1}{2}': {3}",
+                                                 path, prefix, key,
+                                                 what.str()));
   }
 
   static std::string show(const Value &v) {
@@ -60,14 +61,15 @@ public:
     if (!i) {
       // Hugging Face writes some counts as floats (8192.0): accept exact ones.
       std::optional<double> d = v->getAsNumber();
-      if (d && std::isfinite(*d) && std::floor(*d) == *d && std::fabs(*d) < 9e15)
+      if (d && std::isfinite(*d) && std::floor(*d) == *d &&
+          std::fabs(*d) < 9e15)
         i = static_cast<int64_t>(*d);
     }
     if (!i)
       return fail(key, "expected an integer, got " + show(*v));
     if (*i < min)
-      return fail(key, llvm::formatv("expected an integer >= {0}, got {1}", min,
-                                     *i));
+      return fail(
+          key, llvm::formatv("expected an integer >= {0}, got {1}", min, *i));
     out = *i;
     return llvm::Error::success();
   }
@@ -81,9 +83,9 @@ public:
     if (!d || !std::isfinite(*d))
       return fail(key, "expected a number, got " + show(*v));
     if (positive ? !(*d > 0) : !(*d >= 0))
-      return fail(key, llvm::formatv("expected a {0} number, got {1}",
-                                     positive ? "positive" : "non-negative",
-                                     *d));
+      return fail(key,
+                  llvm::formatv("expected a {0} number, got {1}",
+                                positive ? "positive" : "non-negative", *d));
     out = *d;
     return llvm::Error::success();
   }
@@ -220,13 +222,15 @@ static llvm::Error intList(const FieldReader &r, llvm::StringRef key,
     return llvm::Error::success();
   const llvm::json::Array *arr = v->getAsArray();
   if (!arr)
-    return r.fail(key, "expected a list of integers, got " + FieldReader::show(*v));
+    return r.fail(key,
+                  "expected a list of integers, got " + FieldReader::show(*v));
   present = true;
   for (auto [i, e] : llvm::enumerate(*arr)) {
     std::optional<int64_t> n = e.getAsInteger();
     if (!n)
-      return r.fail(key, llvm::formatv("element {0}: expected an integer, got {1}",
-                                       i, FieldReader::show(e)));
+      return r.fail(key,
+                    llvm::formatv("element {0}: expected an integer, got {1}",
+                                  i, FieldReader::show(e)));
     out.push_back(*n);
   }
   return llvm::Error::success();
@@ -296,7 +300,8 @@ llvm::Expected<Llama4Config> kiln::parseLlama4Config(const std::string &text,
   if (auto e = t.string("model_type", modelType))
     return std::move(e);
   if (!modelType.empty() && modelType != "llama4_text" && modelType != "llama4")
-    return t.fail("model_type", "expected 'llama4_text', got '" + modelType + "'");
+    return t.fail("model_type",
+                  "expected 'llama4_text', got '" + modelType + "'");
 
   // Top-level keys of a multimodal config may carry the dtype and tying.
   if (config.multimodal) {
@@ -339,7 +344,8 @@ llvm::Expected<Llama4Config> kiln::parseLlama4Config(const std::string &text,
   if (const Value *chunk = t.get("attention_chunk_size");
       chunk && chunk->kind() == Value::Null)
     config.attentionChunkSize = 0;
-  else if (auto e = t.integer("attention_chunk_size", config.attentionChunkSize, 1))
+  else if (auto e =
+               t.integer("attention_chunk_size", config.attentionChunkSize, 1))
     return std::move(e);
 
   if (auto e = t.number("rope_theta", config.ropeTheta, true))
@@ -350,7 +356,8 @@ llvm::Expected<Llama4Config> kiln::parseLlama4Config(const std::string &text,
     return std::move(e);
   if (auto e = t.boolean("use_qk_norm", config.useQkNorm))
     return std::move(e);
-  if (auto e = t.boolean("attn_temperature_tuning", config.attnTemperatureTuning))
+  if (auto e =
+          t.boolean("attn_temperature_tuning", config.attnTemperatureTuning))
     return std::move(e);
   if (auto e = t.boolean("tie_word_embeddings", config.tieWordEmbeddings))
     return std::move(e);
@@ -363,8 +370,8 @@ llvm::Expected<Llama4Config> kiln::parseLlama4Config(const std::string &text,
   if (auto e = t.string("hidden_act", act))
     return std::move(e);
   if (act != "silu")
-    return t.fail("hidden_act", "unsupported activation '" + act +
-                                    "' (Llama 4 uses 'silu')");
+    return t.fail("hidden_act",
+                  "unsupported activation '" + act + "' (Llama 4 uses 'silu')");
   bool attentionBias = false;
   if (auto e = t.boolean("attention_bias", attentionBias))
     return std::move(e);
@@ -373,11 +380,13 @@ llvm::Expected<Llama4Config> kiln::parseLlama4Config(const std::string &text,
                   "attention biases are not part of Llama 4 and unsupported");
   if (config.torchDtype != "bfloat16" && config.torchDtype != "float16" &&
       config.torchDtype != "float32")
-    return t.fail("torch_dtype", "expected bfloat16, float16 or float32, got '" +
-                                     config.torchDtype + "'");
+    return t.fail("torch_dtype",
+                  "expected bfloat16, float16 or float32, got '" +
+                      config.torchDtype + "'");
 
   // eos_token_id: an integer or a list of integers.
-  if (const Value *eos = t.get("eos_token_id"); eos && eos->kind() != Value::Null) {
+  if (const Value *eos = t.get("eos_token_id");
+      eos && eos->kind() != Value::Null) {
     if (std::optional<int64_t> one = eos->getAsInteger()) {
       config.eosTokenIds.push_back(*one);
     } else {
@@ -387,9 +396,10 @@ llvm::Expected<Llama4Config> kiln::parseLlama4Config(const std::string &text,
     }
     for (int64_t id : config.eosTokenIds)
       if (id < 0 || id >= config.vocabSize)
-        return t.fail("eos_token_id",
-                      llvm::formatv("token {0} is outside the vocabulary [0, {1})",
-                                    id, config.vocabSize));
+        return t.fail(
+            "eos_token_id",
+            llvm::formatv("token {0} is outside the vocabulary [0, {1})", id,
+                          config.vocabSize));
   }
 
   // Cross-field checks.
@@ -399,12 +409,14 @@ llvm::Expected<Llama4Config> kiln::parseLlama4Config(const std::string &text,
                                 config.numKeyValueHeads,
                                 config.numAttentionHeads));
   if (config.headDim % 2 != 0)
-    return t.fail("head_dim", llvm::formatv("must be even for RoPE pairs, got {0}",
-                                            config.headDim));
+    return t.fail(
+        "head_dim",
+        llvm::formatv("must be even for RoPE pairs, got {0}", config.headDim));
   if (config.numExpertsPerTok > config.numLocalExperts)
     return t.fail("num_experts_per_tok",
                   llvm::formatv("{0} exceeds num_local_experts = {1}",
-                                config.numExpertsPerTok, config.numLocalExperts));
+                                config.numExpertsPerTok,
+                                config.numLocalExperts));
   int64_t layers = config.numHiddenLayers;
 
   // MoE layers: explicit list, else every `interleave_moe_layer_step`-th layer
@@ -417,8 +429,9 @@ llvm::Expected<Llama4Config> kiln::parseLlama4Config(const std::string &text,
   if (moeGiven) {
     for (int64_t i : moeList) {
       if (i < 0 || i >= layers)
-        return t.fail("moe_layers", llvm::formatv("layer {0} is outside [0, {1})",
-                                                  i, layers));
+        return t.fail(
+            "moe_layers",
+            llvm::formatv("layer {0} is outside [0, {1})", i, layers));
       config.moeLayer[i] = true;
     }
   } else {
@@ -438,14 +451,16 @@ llvm::Expected<Llama4Config> kiln::parseLlama4Config(const std::string &text,
   config.ropeLayer.assign(layers, true);
   if (!noRope.empty()) {
     if (static_cast<int64_t>(noRope.size()) != layers)
-      return t.fail("no_rope_layers",
-                    llvm::formatv("expected {0} entries (one per layer), got {1}",
-                                  layers, noRope.size()));
+      return t.fail(
+          "no_rope_layers",
+          llvm::formatv("expected {0} entries (one per layer), got {1}", layers,
+                        noRope.size()));
     for (auto [i, flag] : llvm::enumerate(noRope)) {
       if (flag != 0 && flag != 1)
         return t.fail("no_rope_layers",
                       llvm::formatv("element {0}: expected 0 (NoPE) or 1 "
-                                    "(RoPE), got {1}", i, flag));
+                                    "(RoPE), got {1}",
+                                    i, flag));
       config.ropeLayer[i] = flag == 1;
     }
   } else {
@@ -467,7 +482,8 @@ llvm::Expected<Llama4Config> kiln::parseLlama4Config(const std::string &text,
       if (!s || (*s != "chunked_attention" && *s != "full_attention"))
         return t.fail("layer_types",
                       llvm::formatv("element {0}: expected 'chunked_attention' "
-                                    "or 'full_attention'", i));
+                                    "or 'full_attention'",
+                                    i));
       config.chunkedLayer[i] = *s == "chunked_attention";
     }
   }
@@ -476,7 +492,8 @@ llvm::Expected<Llama4Config> kiln::parseLlama4Config(const std::string &text,
       if (config.chunkedLayer[i])
         return t.fail("attention_chunk_size",
                       llvm::formatv("is null but layer {0} uses chunked "
-                                    "attention", i));
+                                    "attention",
+                                    i));
   return config;
 }
 
@@ -485,8 +502,8 @@ llvm::Expected<Llama4Config> kiln::readLlama4Config(const std::string &dir) {
   llvm::ErrorOr<std::unique_ptr<llvm::MemoryBuffer>> buffer =
       llvm::MemoryBuffer::getFile(path, /*IsText=*/true);
   if (!buffer)
-    return llvm::createStringError(buffer.getError(),
-                                   path + ": cannot read: " +
-                                       buffer.getError().message());
+    return llvm::createStringError(
+        buffer.getError(),
+        path + ": cannot read: " + buffer.getError().message());
   return parseLlama4Config((*buffer)->getBuffer().str(), path);
 }

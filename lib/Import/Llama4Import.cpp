@@ -1,4 +1,5 @@
-//===- Llama4Import.cpp - Hugging Face Llama 4 -> kiln ---------------------===//
+//===- Llama4Import.cpp - Hugging Face Llama 4 -> kiln
+//---------------------===//
 //
 // Emits the text decoder of a Llama 4 checkpoint as one function,
 //
@@ -29,7 +30,8 @@ using namespace mlir;
 using namespace ::kiln;
 using ::kiln::Checkpoint;
 
-std::vector<::kiln::Llama4Weight> (::kiln::listLlama4Weights)(const Llama4Config &c) {
+std::vector<::kiln::Llama4Weight>(::kiln::listLlama4Weights)(
+    const Llama4Config &c) {
   std::vector<Llama4Weight> w;
   std::string p = c.modelPrefix();
   int64_t d = c.hiddenSize, hd = c.headDim;
@@ -71,8 +73,8 @@ static std::string shapeString(const std::vector<int64_t> &shape) {
   return s + "]";
 }
 
-llvm::Error (::kiln::checkLlama4Weights)(const Llama4Config &config,
-                                     const Checkpoint &checkpoint) {
+llvm::Error(::kiln::checkLlama4Weights)(const Llama4Config &config,
+                                        const Checkpoint &checkpoint) {
   for (const Llama4Weight &w : listLlama4Weights(config)) {
     const TensorInfo *info = checkpoint.find(w.name);
     if (!info)
@@ -84,9 +86,10 @@ llvm::Error (::kiln::checkLlama4Weights)(const Llama4Config &config,
     if (info->shape != w.shape)
       return llvm::createStringError(
           llvm::inconvertibleErrorCode(),
-          llvm::formatv("{0}: tensor '{1}' has shape {2}; expected {3} from {4}",
-                        info->file->path(), w.name, info->shapeString(),
-                        shapeString(w.shape), config.path));
+          llvm::formatv(
+              "{0}: tensor '{1}' has shape {2}; expected {3} from {4}",
+              info->file->path(), w.name, info->shapeString(),
+              shapeString(w.shape), config.path));
     if (info->dtype != DType::BF16 && info->dtype != DType::F16 &&
         info->dtype != DType::F32)
       return llvm::createStringError(
@@ -124,17 +127,20 @@ public:
   }
 
   Value linear(Value x, const std::string &name, int64_t out) {
-    return mlir::kiln::LinearOp::create(b, loc(name), act(out), x, weight(name));
+    return mlir::kiln::LinearOp::create(b, loc(name), act(out), x,
+                                        weight(name));
   }
 
   Value rmsNorm(Value x, const std::string &name) {
-    return mlir::kiln::RmsNormOp::create(b, loc(name), x.getType(), x, weight(name),
-                                   b.getF64FloatAttr(c.rmsNormEps));
+    return mlir::kiln::RmsNormOp::create(b, loc(name), x.getType(), x,
+                                         weight(name),
+                                         b.getF64FloatAttr(c.rmsNormEps));
   }
 
   Value attention(Value x, int64_t layer, const std::string &l) {
     int64_t hd = c.headDim;
-    int64_t qWidth = c.numAttentionHeads * hd, kvWidth = c.numKeyValueHeads * hd;
+    int64_t qWidth = c.numAttentionHeads * hd,
+            kvWidth = c.numKeyValueHeads * hd;
     std::string a = l + "self_attn.";
     Value q = linear(x, a + "q_proj.weight", qWidth);
     Value k = linear(x, a + "k_proj.weight", kvWidth);
@@ -142,27 +148,27 @@ public:
     bool rope = c.ropeLayer[layer];
     if (rope) {
       DenseF64ArrayAttr freqs = b.getDenseF64ArrayAttr(c.ropeInvFreq());
-      q = mlir::kiln::RopeOp::create(b, loc(a + "rope"), q.getType(), q, positions,
-                               c.numAttentionHeads, freqs);
-      k = mlir::kiln::RopeOp::create(b, loc(a + "rope"), k.getType(), k, positions,
-                               c.numKeyValueHeads, freqs);
+      q = mlir::kiln::RopeOp::create(b, loc(a + "rope"), q.getType(), q,
+                                     positions, c.numAttentionHeads, freqs);
+      k = mlir::kiln::RopeOp::create(b, loc(a + "rope"), k.getType(), k,
+                                     positions, c.numKeyValueHeads, freqs);
       // QK norm only on RoPE layers, after RoPE (reference order).
       if (c.useQkNorm) {
         FloatAttr eps = b.getF64FloatAttr(c.rmsNormEps);
         q = mlir::kiln::QkNormOp::create(
-            b, loc(a + "qk_norm"), q,
-            b.getI64IntegerAttr(c.numAttentionHeads), eps);
+            b, loc(a + "qk_norm"), q, b.getI64IntegerAttr(c.numAttentionHeads),
+            eps);
         k = mlir::kiln::QkNormOp::create(
-            b, loc(a + "qk_norm"), k,
-            b.getI64IntegerAttr(c.numKeyValueHeads), eps);
+            b, loc(a + "qk_norm"), k, b.getI64IntegerAttr(c.numKeyValueHeads),
+            eps);
       }
     }
     bool chunked = c.chunkedLayer[layer];
-    auto mask = mlir::kiln::MaskKindAttr::get(b.getContext(), chunked
-                                                            ? mlir::kiln::MaskKind::Chunked
-                                                            : mlir::kiln::MaskKind::Causal);
-    IntegerAttr chunk = chunked ? b.getI64IntegerAttr(c.attentionChunkSize)
-                                : IntegerAttr();
+    auto mask = mlir::kiln::MaskKindAttr::get(
+        b.getContext(),
+        chunked ? mlir::kiln::MaskKind::Chunked : mlir::kiln::MaskKind::Causal);
+    IntegerAttr chunk =
+        chunked ? b.getI64IntegerAttr(c.attentionChunkSize) : IntegerAttr();
     // Temperature tuning acts on NoPE layers only.
     bool temperature = !rope && c.attnTemperatureTuning;
     FloatAttr attnScale =
@@ -172,7 +178,8 @@ public:
     Value o = mlir::kiln::AttentionOp::create(
         b, loc(a + "attention"), q.getType(), q, k, v, positions,
         b.getI64IntegerAttr(c.numAttentionHeads),
-        b.getI64IntegerAttr(c.numKeyValueHeads), b.getF64FloatAttr(1.0 / std::sqrt(static_cast<double>(hd))), mask,
+        b.getI64IntegerAttr(c.numKeyValueHeads),
+        b.getF64FloatAttr(1.0 / std::sqrt(static_cast<double>(hd))), mask,
         chunk, attnScale, floorScale);
     return linear(o, a + "o_proj.weight", c.hiddenSize);
   }
@@ -195,16 +202,17 @@ public:
 
   Value build(Value tokens) {
     std::string p = c.modelPrefix();
-    Value x = mlir::kiln::EmbeddingOp::create(b, loc(p + "embed_tokens"),
-                                        act(c.hiddenSize),
-                                        weight(p + "embed_tokens.weight"),
-                                        tokens);
+    Value x = mlir::kiln::EmbeddingOp::create(
+        b, loc(p + "embed_tokens"), act(c.hiddenSize),
+        weight(p + "embed_tokens.weight"), tokens);
     for (int64_t i = 0; i < c.numHiddenLayers; ++i) {
       std::string l = p + "layers." + std::to_string(i) + ".";
       Value h = rmsNorm(x, l + "input_layernorm.weight");
-      x = mlir::kiln::AddOp::create(b, loc(l + "residual"), x, attention(h, i, l));
+      x = mlir::kiln::AddOp::create(b, loc(l + "residual"), x,
+                                    attention(h, i, l));
       Value u = rmsNorm(x, l + "post_attention_layernorm.weight");
-      x = mlir::kiln::AddOp::create(b, loc(l + "residual"), x, feedForward(u, i, l));
+      x = mlir::kiln::AddOp::create(b, loc(l + "residual"), x,
+                                    feedForward(u, i, l));
     }
     Value y = rmsNorm(x, p + "norm.weight");
     return linear(y, c.lmHeadName(), c.vocabSize);
@@ -231,20 +239,21 @@ static Type elementTypeFor(MLIRContext &ctx, DType dtype) {
   }
 }
 
-OwningOpRef<ModuleOp> (::kiln::buildLlama4Module)(MLIRContext &context,
-                                              const Llama4Config &config,
-                                              const Checkpoint *checkpoint) {
+OwningOpRef<ModuleOp>(::kiln::buildLlama4Module)(MLIRContext &context,
+                                                 const Llama4Config &config,
+                                                 const Checkpoint *checkpoint) {
   context.loadDialect<mlir::kiln::KilnDialect, func::FuncDialect>();
   OpBuilder b(&context);
   Location fileLoc = FileLineColLoc::get(&context, config.path, 1, 1);
   OwningOpRef<ModuleOp> module = ModuleOp::create(fileLoc);
   module->getOperation()->setAttr("kiln.architecture",
                                   b.getStringAttr(config.architecture));
-  module->getOperation()->setAttr("kiln.max_position_embeddings",
-                                  b.getI64IntegerAttr(config.maxPositionEmbeddings));
+  module->getOperation()->setAttr(
+      "kiln.max_position_embeddings",
+      b.getI64IntegerAttr(config.maxPositionEmbeddings));
   if (!config.eosTokenIds.empty())
-    module->getOperation()->setAttr(
-        "kiln.eos_token_ids", b.getDenseI64ArrayAttr(config.eosTokenIds));
+    module->getOperation()->setAttr("kiln.eos_token_ids",
+                                    b.getDenseI64ArrayAttr(config.eosTokenIds));
 
   DType defaultDType = config.torchDtype == "float32"   ? DType::F32
                        : config.torchDtype == "float16" ? DType::F16
@@ -252,15 +261,17 @@ OwningOpRef<ModuleOp> (::kiln::buildLlama4Module)(MLIRContext &context,
   std::vector<Llama4Weight> weights = listLlama4Weights(config);
   SmallVector<Type> argTypes;
   SmallVector<Attribute> argAttrs;
-  auto tokensType = RankedTensorType::get({ShapedType::kDynamic}, b.getI32Type());
+  auto tokensType =
+      RankedTensorType::get({ShapedType::kDynamic}, b.getI32Type());
   auto positionsType =
       RankedTensorType::get({ShapedType::kDynamic}, b.getI64Type());
   argTypes.push_back(tokensType);
   argAttrs.push_back(b.getDictionaryAttr(b.getNamedAttr(
       mlir::kiln::KilnDialect::getInputAttrName(), b.getStringAttr("tokens"))));
   argTypes.push_back(positionsType);
-  argAttrs.push_back(b.getDictionaryAttr(b.getNamedAttr(
-      mlir::kiln::KilnDialect::getInputAttrName(), b.getStringAttr("positions"))));
+  argAttrs.push_back(b.getDictionaryAttr(
+      b.getNamedAttr(mlir::kiln::KilnDialect::getInputAttrName(),
+                     b.getStringAttr("positions"))));
   for (const Llama4Weight &w : weights) {
     DType dtype = defaultDType;
     if (checkpoint && checkpoint->hasWeights())
@@ -268,8 +279,9 @@ OwningOpRef<ModuleOp> (::kiln::buildLlama4Module)(MLIRContext &context,
         dtype = info->dtype;
     argTypes.push_back(
         RankedTensorType::get(w.shape, elementTypeFor(context, dtype)));
-    argAttrs.push_back(b.getDictionaryAttr(b.getNamedAttr(
-        mlir::kiln::KilnDialect::getWeightAttrName(), b.getStringAttr(w.name))));
+    argAttrs.push_back(b.getDictionaryAttr(
+        b.getNamedAttr(mlir::kiln::KilnDialect::getWeightAttrName(),
+                       b.getStringAttr(w.name))));
   }
   auto logitsType = RankedTensorType::get(
       {ShapedType::kDynamic, config.vocabSize}, b.getF32Type());
@@ -289,8 +301,8 @@ OwningOpRef<ModuleOp> (::kiln::buildLlama4Module)(MLIRContext &context,
   return module;
 }
 
-llvm::Expected<OwningOpRef<ModuleOp>>
-(::kiln::importLlama4Checkpoint)(MLIRContext &context, const std::string &dir) {
+llvm::Expected<OwningOpRef<ModuleOp>>(::kiln::importLlama4Checkpoint)(
+    MLIRContext &context, const std::string &dir) {
   llvm::Expected<Llama4Config> config = readLlama4Config(dir);
   if (!config)
     return config.takeError();
@@ -301,10 +313,11 @@ llvm::Expected<OwningOpRef<ModuleOp>>
   if (checkpoint->hasWeights())
     if (llvm::Error e = checkLlama4Weights(*config, *checkpoint))
       return std::move(e);
-  OwningOpRef<ModuleOp> module = buildLlama4Module(context, *config,
-                                                   checkpoint.get());
+  OwningOpRef<ModuleOp> module =
+      buildLlama4Module(context, *config, checkpoint.get());
   if (failed(verify(*module)))
     return llvm::createStringError(llvm::inconvertibleErrorCode(),
-                                   dir + ": the imported graph does not verify");
+                                   dir +
+                                       ": the imported graph does not verify");
   return module;
 }

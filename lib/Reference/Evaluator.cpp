@@ -1,4 +1,5 @@
-//===- Evaluator.cpp - Reference evaluator of kiln graphs ------------------===//
+//===- Evaluator.cpp - Reference evaluator of kiln graphs
+//------------------===//
 //
 // Interprets the body of a kiln function op by op with the kernels of
 // Kernels.cpp. Values live in dense row-major buffers of the evaluation type
@@ -73,7 +74,10 @@ public:
   llvm::Error run(llvm::ArrayRef<int64_t> tokens,
                   llvm::ArrayRef<int64_t> positions,
                   std::vector<double> &result, int64_t &width) override;
-  void reset() override { kvStates.clear(); cached = 0; }
+  void reset() override {
+    kvStates.clear();
+    cached = 0;
+  }
   int64_t numCachedTokens() const override { return cached; }
 
 private:
@@ -150,16 +154,15 @@ llvm::Error EvaluatorImpl<T>::bindWeights(const Checkpoint &checkpoint) {
                                    func.getName()));
   if (func.getNumResults() != 1 ||
       cast<RankedTensorType>(func.getResultTypes()[0]).getRank() != 2)
-    return makeError(llvm::formatv("@{0}: expected exactly one 2-D result",
-                                   func.getName()));
+    return makeError(
+        llvm::formatv("@{0}: expected exactly one 2-D result", func.getName()));
   return llvm::Error::success();
 }
 
 template <typename T>
 llvm::Error EvaluatorImpl<T>::run(llvm::ArrayRef<int64_t> tokens,
                                   llvm::ArrayRef<int64_t> positions,
-                                  std::vector<double> &result,
-                                  int64_t &width) {
+                                  std::vector<double> &result, int64_t &width) {
   if (tokens.size() != positions.size())
     return makeError(llvm::formatv("{0} tokens but {1} positions",
                                    tokens.size(), positions.size()));
@@ -202,8 +205,7 @@ llvm::Error EvaluatorImpl<T>::run(llvm::ArrayRef<int64_t> tokens,
   return llvm::Error::success();
 }
 
-template <typename T>
-llvm::Error EvaluatorImpl<T>::evaluate(Operation *op) {
+template <typename T> llvm::Error EvaluatorImpl<T>::evaluate(Operation *op) {
   int64_t numTokens = static_cast<int64_t>(currentTokens.size());
   auto output = [&](Value v, int64_t cols) -> Buffer<T> & {
     Buffer<T> &b = values[v.getAsOpaquePointer()];
@@ -253,10 +255,9 @@ llvm::Error EvaluatorImpl<T>::evaluate(Operation *op) {
         Buffer<T> &out = output(n.getResult(), x.cols());
         int64_t headDim = x.cols() / n.getNumHeads();
         // Each head slice is one row of the weightless norm.
-        ::kiln::ref::rmsNorm<T>(x.data.data(), numTokens * n.getNumHeads(),
-                                headDim, nullptr,
-                                n.getEpsilon().convertToDouble(),
-                                out.data.data());
+        ::kiln::ref::rmsNorm<T>(
+            x.data.data(), numTokens * n.getNumHeads(), headDim, nullptr,
+            n.getEpsilon().convertToDouble(), out.data.data());
         return llvm::Error::success();
       })
       .Case([&](mlir::kiln::LinearOp l) -> llvm::Error {
@@ -304,11 +305,10 @@ llvm::Error EvaluatorImpl<T>::evaluate(Operation *op) {
           p.attnScale = a.getAttnScale()->convertToDouble();
         }
         Buffer<T> &out = output(a.getResult(), q.cols());
-        ::kiln::ref::attention(q.data.data(), pos.data(), numTokens,
-                               kv.key.data(), kv.value.data(),
-                               kv.positions.data(),
-                               static_cast<int64_t>(kv.positions.size()), p,
-                               out.data.data());
+        ::kiln::ref::attention(
+            q.data.data(), pos.data(), numTokens, kv.key.data(),
+            kv.value.data(), kv.positions.data(),
+            static_cast<int64_t>(kv.positions.size()), p, out.data.data());
         return llvm::Error::success();
       })
       .Case([&](mlir::kiln::SwiGluOp s) -> llvm::Error {

@@ -1,4 +1,5 @@
-//===- Kernels.cpp - Reference math of the kiln ops ------------------------===//
+//===- Kernels.cpp - Reference math of the kiln ops
+//------------------------===//
 //
 // Straight transcriptions of docs/dialect.md. Accumulations run in the
 // evaluation type T; transcendental functions of positions (RoPE angles,
@@ -38,8 +39,8 @@ void rmsNorm(const T *x, int64_t rows, int64_t cols, const T *weight,
 }
 
 template <typename T>
-void linear(const T *x, int64_t rows, int64_t in, const T *weight,
-            int64_t out, T *result) {
+void linear(const T *x, int64_t rows, int64_t in, const T *weight, int64_t out,
+            T *result) {
   for (int64_t r = 0; r < rows; ++r)
     for (int64_t o = 0; o < out; ++o) {
       T acc = 0;
@@ -104,10 +105,9 @@ void attention(const T *query, const int64_t *queryPositions,
     for (int64_t s = 0; s < numKeys; ++s)
       if (attentionVisible(qPos, keyPositions[s], p.chunkSize))
         visible.push_back(s);
-    T temperature = p.floorScale > 0
-                        ? static_cast<T>(attentionTemperature(
-                              qPos, p.attnScale, p.floorScale))
-                        : T(1);
+    T temperature = p.floorScale > 0 ? static_cast<T>(attentionTemperature(
+                                           qPos, p.attnScale, p.floorScale))
+                                     : T(1);
     for (int64_t h = 0; h < p.numHeads; ++h) {
       int64_t kvHead = h / group;
       T *o = out + t * qStride + h * d;

@@ -1,4 +1,5 @@
-//===- Json.cpp - Minimal JSON reader and writer ---------------------------===//
+//===- Json.cpp - Minimal JSON reader and writer
+//---------------------------===//
 //
 // A recursive-descent parser for RFC 8259 JSON. Nesting depth is bounded so a
 // hostile header cannot exhaust the stack.
@@ -209,14 +210,30 @@ private:
         break;
       char e = text[pos++];
       switch (e) {
-      case '"': out += '"'; break;
-      case '\\': out += '\\'; break;
-      case '/': out += '/'; break;
-      case 'b': out += '\b'; break;
-      case 'f': out += '\f'; break;
-      case 'n': out += '\n'; break;
-      case 'r': out += '\r'; break;
-      case 't': out += '\t'; break;
+      case '"':
+        out += '"';
+        break;
+      case '\\':
+        out += '\\';
+        break;
+      case '/':
+        out += '/';
+        break;
+      case 'b':
+        out += '\b';
+        break;
+      case 'f':
+        out += '\f';
+        break;
+      case 'n':
+        out += '\n';
+        break;
+      case 'r':
+        out += '\r';
+        break;
+      case 't':
+        out += '\t';
+        break;
       case 'u': {
         uint32_t cp;
         if (!parseHex4(cp))
@@ -293,11 +310,21 @@ void kiln::json::writeString(std::string &out, const std::string &s) {
   out += '"';
   for (char c : s) {
     switch (c) {
-    case '"': out += "\\\""; break;
-    case '\\': out += "\\\\"; break;
-    case '\n': out += "\\n"; break;
-    case '\t': out += "\\t"; break;
-    case '\r': out += "\\r"; break;
+    case '"':
+      out += "\\\"";
+      break;
+    case '\\':
+      out += "\\\\";
+      break;
+    case '\n':
+      out += "\\n";
+      break;
+    case '\t':
+      out += "\\t";
+      break;
+    case '\r':
+      out += "\\r";
+      break;
     default:
       if (static_cast<unsigned char>(c) < 0x20) {
         char buf[8];
@@ -313,12 +340,18 @@ void kiln::json::writeString(std::string &out, const std::string &s) {
 
 const char *kiln::json::kindName(Kind kind) {
   switch (kind) {
-  case Kind::Null: return "null";
-  case Kind::Bool: return "boolean";
-  case Kind::Number: return "number";
-  case Kind::String: return "string";
-  case Kind::Array: return "array";
-  case Kind::Object: return "object";
+  case Kind::Null:
+    return "null";
+  case Kind::Bool:
+    return "boolean";
+  case Kind::Number:
+    return "number";
+  case Kind::String:
+    return "string";
+  case Kind::Array:
+    return "array";
+  case Kind::Object:
+    return "object";
   }
   return "value";
 }

@@ -1,4 +1,5 @@
-//===- Npy.cpp - NumPy .npy arrays -----------------------------------------===//
+//===- Npy.cpp - NumPy .npy arrays
+//-----------------------------------------===//
 //
 // Format 1.0: magic "\x93NUMPY", version 1.0, a 2-byte header length, then a
 // Python dict literal padded with spaces and a newline so that the data starts

@@ -1,4 +1,5 @@
-//===- Safetensors.cpp - Safetensors checkpoints ---------------------------===//
+//===- Safetensors.cpp - Safetensors checkpoints
+//---------------------------===//
 //
 // Layout of a safetensors file: an 8-byte little-endian header length N, N
 // bytes of JSON ({name: {dtype, shape, data_offsets}, "__metadata__": {...}}),
@@ -145,8 +146,8 @@ static bool asCount(const json::Value &v, uint64_t &out) {
   return true;
 }
 
-std::unique_ptr<SafetensorsFile>
-SafetensorsFile::open(const std::string &path, std::string &error) {
+std::unique_ptr<SafetensorsFile> SafetensorsFile::open(const std::string &path,
+                                                       std::string &error) {
   std::unique_ptr<SafetensorsFile> file(new SafetensorsFile());
   file->filePath = path;
   int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
@@ -241,9 +242,10 @@ SafetensorsFile::open(const std::string &path, std::string &error) {
       return bad("'data_offsets' must be [begin, end] with begin <= end");
     uint64_t expected = numel * dtypeSize(info.dtype);
     if (info.end - info.begin != expected)
-      return bad("'data_offsets' span " + std::to_string(info.end - info.begin) +
-                 " bytes but " + dtype->string + " " + info.shapeString() +
-                 " needs " + std::to_string(expected));
+      return bad("'data_offsets' span " +
+                 std::to_string(info.end - info.begin) + " bytes but " +
+                 dtype->string + " " + info.shapeString() + " needs " +
+                 std::to_string(expected));
     if (info.end > dataSize)
       return bad("truncated file: data ends at byte " +
                  std::to_string(info.end) + " of a " +

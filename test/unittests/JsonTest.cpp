@@ -10,7 +10,9 @@ TEST(JsonTest, ParsesNestedValues) {
   json::Value v;
   std::string error;
   ASSERT_TRUE(json::parse(R"( {"a": [1, -2.5e3, "x\"y\u00e9"], "b": {"c": null,
-      "d": true}, "big": 9007199254740993} )", v, error)) << error;
+      "d": true}, "big": 9007199254740993} )",
+                          v, error))
+      << error;
   const json::Value *a = v.find("a");
   ASSERT_TRUE(a && a->isArray());
   ASSERT_EQ(a->array.size(), 3u);

@@ -90,9 +90,11 @@ TEST(TemperatureTest, ValuesAroundFloorScale) {
   EXPECT_DOUBLE_EQ(attentionTemperature(0, 0.1, 8192), 1.0);
   EXPECT_DOUBLE_EQ(attentionTemperature(8190, 0.1, 8192), 1.0);
   // floor((8191 + 1) / 8192) = 1: p + 1, not p.
-  EXPECT_DOUBLE_EQ(attentionTemperature(8191, 0.1, 8192), 1.0 + 0.1 * std::log(2.0));
+  EXPECT_DOUBLE_EQ(attentionTemperature(8191, 0.1, 8192),
+                   1.0 + 0.1 * std::log(2.0));
   EXPECT_NEAR(attentionTemperature(8191, 0.1, 8192), 1.0693, 5e-5);
-  EXPECT_DOUBLE_EQ(attentionTemperature(16383, 0.1, 8192), 1.0 + 0.1 * std::log(3.0));
+  EXPECT_DOUBLE_EQ(attentionTemperature(16383, 0.1, 8192),
+                   1.0 + 0.1 * std::log(3.0));
   EXPECT_NEAR(attentionTemperature(65535, 0.1, 8192), 1.2197, 5e-5);
   EXPECT_NEAR(attentionTemperature(1048575, 0.1, 8192), 1.4860, 5e-5);
 }
@@ -110,7 +112,8 @@ TEST(TemperatureTest, ScalesQueriesInsideAttention) {
     std::vector<int64_t> keyPos = {qPos - 1, qPos};
     double q = 1.0, out;
     attention(&q, &qPos, 1, k.data(), v.data(), keyPos.data(), 2, p, &out);
-    double tau = qPos == 8190 ? 1.0 : 1.0 + 0.1 * std::log((qPos + 1) / 8192 + 1.0);
+    double tau =
+        qPos == 8190 ? 1.0 : 1.0 + 0.1 * std::log((qPos + 1) / 8192 + 1.0);
     EXPECT_NEAR(out, sigmoid(tau), 1e-12) << "position " << qPos;
   }
 }
@@ -138,8 +141,8 @@ TEST(MoeTest, SigmoidGateScalesTheExpertInput) {
   p.ffn = 1;
   p.topK = 1;
   double out;
-  moe<double>(&u, 1, router.data(), gateUp.data(), down.data(), nullptr, nullptr,
-      nullptr, p, &out);
+  moe<double>(&u, 1, router.data(), gateUp.data(), down.data(), nullptr,
+              nullptr, nullptr, p, &out);
   double s = sigmoid(2.0);
   double z = s * u;
   EXPECT_NEAR(out, silu(z) * z, 1e-12);
@@ -156,8 +159,8 @@ TEST(MoeTest, GateColumnsComeFirstInGateUp) {
   p.hidden = 1;
   p.numExperts = 1;
   p.ffn = 1;
-  moe<double>(&u, 1, router.data(), gateUp.data(), down.data(), nullptr, nullptr,
-      nullptr, p, &out);
+  moe<double>(&u, 1, router.data(), gateUp.data(), down.data(), nullptr,
+              nullptr, nullptr, p, &out);
   double z = sigmoid(10.0) * u;
   EXPECT_NEAR(out, silu(z) * 3 * z, 1e-12);
   EXPECT_GT(std::fabs(out - silu(3 * z) * z), 1e-3);
@@ -171,7 +174,8 @@ TEST(MoeTest, SharedExpertIsAlwaysOnAndUngated) {
   // gate_up [E=2, D=2, 2F=2]; down [E=2, F=1, D=2].
   std::vector<double> gateUp = {0, 0, 0, 0, /*e1*/ 1, 1, 0, 0};
   std::vector<double> down = {0, 0, /*e1*/ 1, 2};
-  std::vector<double> sg = {1, 0}, su = {0, -1}, sd = {1, 1}; // [F,D],[F,D],[D,F]
+  std::vector<double> sg = {1, 0}, su = {0, -1},
+                      sd = {1, 1}; // [F,D],[F,D],[D,F]
   MoeParams p;
   p.hidden = 2;
   p.numExperts = 2;
@@ -181,8 +185,8 @@ TEST(MoeTest, SharedExpertIsAlwaysOnAndUngated) {
   moe(u.data(), 1, router.data(), gateUp.data(), down.data(), sg.data(),
       su.data(), sd.data(), p, out.data());
   double z0 = sigmoid(2.0) * u[0];
-  double routed = silu(z0) * z0;      // expert 1 gate = up = z[0]
-  double shared = silu(1.0) * 1.0;    // silu(u0) * (-u1)
+  double routed = silu(z0) * z0;   // expert 1 gate = up = z[0]
+  double shared = silu(1.0) * 1.0; // silu(u0) * (-u1)
   EXPECT_NEAR(out[0], routed * 1 + shared, 1e-12);
   EXPECT_NEAR(out[1], routed * 2 + shared, 1e-12);
 }
@@ -195,8 +199,8 @@ TEST(MoeTest, TopKTiesGoToTheLowerExpert) {
   p.hidden = 1;
   p.numExperts = 2;
   p.ffn = 1;
-  moe<double>(&u, 1, router.data(), gateUp.data(), down.data(), nullptr, nullptr,
-      nullptr, p, &out);
+  moe<double>(&u, 1, router.data(), gateUp.data(), down.data(), nullptr,
+              nullptr, nullptr, p, &out);
   double z = sigmoid(0.5);
   EXPECT_NEAR(out, silu(z) * z, 1e-12);
 }

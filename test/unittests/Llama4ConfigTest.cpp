@@ -93,8 +93,8 @@ TEST(Llama4ConfigTest, ExplicitNoRopeLayers) {
 }
 
 TEST(Llama4ConfigTest, ErrorsNameFileAndField) {
-  EXPECT_EQ(errorOf(textConfig(R"("hidden_size": -5)")).find(
-                "cfg.json: field 'hidden_size'"),
+  EXPECT_EQ(errorOf(textConfig(R"("hidden_size": -5)"))
+                .find("cfg.json: field 'hidden_size'"),
             0u);
   EXPECT_NE(errorOf(textConfig(R"("num_key_value_heads": 3)"))
                 .find("does not divide"),

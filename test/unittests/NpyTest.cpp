@@ -20,8 +20,8 @@ TEST(NpyTest, RoundTripAndHeaderLayout) {
   EXPECT_EQ(bytes.substr(0, 6), "\x93NUMPY");
   EXPECT_EQ(bytes[6], 1);
   EXPECT_EQ(bytes[7], 0);
-  size_t headerLen = static_cast<uint8_t>(bytes[8]) |
-                     (static_cast<uint8_t>(bytes[9]) << 8);
+  size_t headerLen =
+      static_cast<uint8_t>(bytes[8]) | (static_cast<uint8_t>(bytes[9]) << 8);
   // Data is 64-byte aligned and the header ends with a newline.
   EXPECT_EQ((10 + headerLen) % 64, 0u);
   EXPECT_EQ(bytes[10 + headerLen - 1], '\n');

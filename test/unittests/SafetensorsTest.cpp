@@ -89,7 +89,8 @@ TEST(SafetensorsTest, RejectsTruncatedAndMalformedFiles) {
     out.write(reinterpret_cast<const char *>(&n), 8);
     out << "{}";
   }
-  EXPECT_NE(openError(path).find("header claims 1000 bytes"), std::string::npos);
+  EXPECT_NE(openError(path).find("header claims 1000 bytes"),
+            std::string::npos);
 
   writeRaw(path, "{\"t\": {\"dtype\": \"BF16\"", "");
   EXPECT_NE(openError(path).find("malformed safetensors header"),

@@ -48,8 +48,9 @@ int main(int argc, char **argv) {
     }
   }
   if (files.size() != 2) {
-    std::fprintf(stderr, "usage: kiln-compare ACTUAL.npy EXPECTED.npy [--tol T] "
-                         "[--metric max-rel|rel-l2]\n");
+    std::fprintf(stderr,
+                 "usage: kiln-compare ACTUAL.npy EXPECTED.npy [--tol T] "
+                 "[--metric max-rel|rel-l2]\n");
     return 2;
   }
   std::vector<int64_t> shapeA, shapeE;
@@ -75,9 +76,11 @@ int main(int argc, char **argv) {
     diffSq += d * d;
     refSq += static_cast<double>(e[i]) * e[i];
   }
-  double err = metric == "max-rel" ? maxDiff / maxRef : std::sqrt(diffSq / refSq);
+  double err =
+      metric == "max-rel" ? maxDiff / maxRef : std::sqrt(diffSq / refSq);
   int64_t rows = shapeA.size() == 2 ? shapeA[0] : 1;
-  int64_t cols = shapeA.size() == 2 ? shapeA[1] : static_cast<int64_t>(a.size());
+  int64_t cols =
+      shapeA.size() == 2 ? shapeA[1] : static_cast<int64_t>(a.size());
   int64_t agree = 0;
   for (int64_t r = 0; r < rows; ++r) {
     int64_t ba = 0, be = 0;

@@ -44,15 +44,15 @@ static cl::opt<uint64_t> seed("seed", cl::init(0), cl::cat(category),
                               cl::desc("Random seed"));
 static cl::opt<unsigned> shards("shards", cl::init(1), cl::cat(category),
                                 cl::desc("Number of safetensors shards"));
-static cl::opt<bool> textOnly(
-    "text-only", cl::cat(category),
-    cl::desc("Write a text-only Llama4ForCausalLM checkpoint"));
+static cl::opt<bool>
+    textOnly("text-only", cl::cat(category),
+             cl::desc("Write a text-only Llama4ForCausalLM checkpoint"));
 static cl::opt<bool> configOnly("config-only", cl::cat(category),
                                 cl::desc("Write config.json but no weights"));
 
 // Size overrides; -1 keeps the preset's value.
 #define KILN_INT_OPT(var, flag, help)                                          \
-  static cl::opt<int64_t> var(flag, cl::init(-1), cl::cat(category),          \
+  static cl::opt<int64_t> var(flag, cl::init(-1), cl::cat(category),           \
                               cl::desc(help))
 KILN_INT_OPT(hiddenSize, "hidden-size", "hidden_size");
 KILN_INT_OPT(numLayers, "layers", "num_hidden_layers");
@@ -60,7 +60,8 @@ KILN_INT_OPT(numHeads, "heads", "num_attention_heads");
 KILN_INT_OPT(numKvHeads, "kv-heads", "num_key_value_heads");
 KILN_INT_OPT(headDim, "head-dim", "head_dim");
 KILN_INT_OPT(vocabSize, "vocab", "vocab_size");
-KILN_INT_OPT(intermediateSize, "intermediate-size", "intermediate_size (experts)");
+KILN_INT_OPT(intermediateSize, "intermediate-size",
+             "intermediate_size (experts)");
 KILN_INT_OPT(intermediateSizeMlp, "intermediate-size-mlp",
              "intermediate_size_mlp (dense FFN)");
 KILN_INT_OPT(numExperts, "experts", "num_local_experts");
@@ -68,7 +69,8 @@ KILN_INT_OPT(topK, "top-k", "num_experts_per_tok");
 KILN_INT_OPT(moeStep, "interleave-moe-layer-step", "interleave_moe_layer_step");
 KILN_INT_OPT(chunkSize, "attention-chunk-size", "attention_chunk_size");
 KILN_INT_OPT(floorScale, "floor-scale", "floor_scale");
-KILN_INT_OPT(maxPositions, "max-position-embeddings", "max_position_embeddings");
+KILN_INT_OPT(maxPositions, "max-position-embeddings",
+             "max_position_embeddings");
 #undef KILN_INT_OPT
 static cl::opt<double> attnScale("attn-scale", cl::init(-1), cl::cat(category),
                                  cl::desc("attn_scale"));
@@ -79,9 +81,9 @@ static cl::opt<std::string> qkNorm("qk-norm", cl::init(""), cl::cat(category),
 static cl::opt<std::string> ropeScaling(
     "rope-scaling", cl::init(""), cl::cat(category),
     cl::desc("none, or llama3:<factor>:<low>:<high>:<original-max>"));
-static cl::opt<std::string> temperatureTuning(
-    "temperature-tuning", cl::init(""), cl::cat(category),
-    cl::desc("attn_temperature_tuning: on or off"));
+static cl::opt<std::string>
+    temperatureTuning("temperature-tuning", cl::init(""), cl::cat(category),
+                      cl::desc("attn_temperature_tuning: on or off"));
 
 namespace {
 
@@ -145,7 +147,8 @@ static std::string number(double v) {
 static std::string configJson(const kiln::Llama4Config &c) {
   std::string t;
   raw_string_ostream os(t);
-  auto field = [&](const char *key, const std::string &value, bool last = false) {
+  auto field = [&](const char *key, const std::string &value,
+                   bool last = false) {
     os << "    \"" << key << "\": " << value << (last ? "\n" : ",\n");
   };
   os << "{\n";
@@ -199,10 +202,12 @@ static std::string configJson(const kiln::Llama4Config &c) {
            "  \"model_type\": \"llama4\",\n"
            "  \"tie_word_embeddings\": false,\n"
            "  \"torch_dtype\": \"bfloat16\",\n"
-           "  \"text_config\": " + text + "\n";
+           "  \"text_config\": " +
+           text + "\n";
   } else {
     // A text-only config carries the fields at the top level.
-    std::string body = text.substr(2, text.size() - 5); // strip "{\n" and "\n  }"
+    std::string body =
+        text.substr(2, text.size() - 5); // strip "{\n" and "\n  }"
     out += "  \"architectures\": [\"Llama4ForCausalLM\"],\n" + body + "\n";
   }
   out += "}\n";
@@ -212,7 +217,8 @@ static std::string configJson(const kiln::Llama4Config &c) {
 /// Standard deviation of the random values of a tensor, by role: norms near
 /// 1 (so that a forgotten weight shows), projections scaled by fan-in so
 /// activations stay O(1) through every layer.
-static void fillTensor(const std::string &name, const std::vector<int64_t> &shape,
+static void fillTensor(const std::string &name,
+                       const std::vector<int64_t> &shape,
                        std::vector<float> &values) {
   Random rng(hashName(name, seed));
   int64_t n = 1;
@@ -223,7 +229,8 @@ static void fillTensor(const std::string &name, const std::vector<int64_t> &shap
   bool isEmbedding = name.find("embed_tokens") != std::string::npos;
   // Expert tensors are [E, in, out]; nn.Linear weights are [out, in].
   int64_t fanIn = shape.size() == 3 ? shape[1] : shape.back();
-  double stddev = isEmbedding ? 1.0 : 1.0 / std::sqrt(static_cast<double>(fanIn));
+  double stddev =
+      isEmbedding ? 1.0 : 1.0 / std::sqrt(static_cast<double>(fanIn));
   for (float &v : values)
     v = isNorm ? static_cast<float>(1.0 + 0.1 * rng.normal())
                : static_cast<float>(stddev * rng.normal());
@@ -237,8 +244,8 @@ static int fail(const Twine &message) {
 int main(int argc, char **argv) {
   InitLLVM init(argc, argv);
   cl::HideUnrelatedOptions(category);
-  cl::ParseCommandLineOptions(argc, argv,
-                              "Write a random Llama 4 checkpoint (HF layout)\n");
+  cl::ParseCommandLineOptions(
+      argc, argv, "Write a random Llama 4 checkpoint (HF layout)\n");
 
   kiln::Llama4Config c;
   c.hiddenSize = 64;
@@ -344,8 +351,7 @@ int main(int argc, char **argv) {
   std::vector<kiln::Llama4Weight> weights = kiln::listLlama4Weights(*parsed);
   std::vector<kiln::SafetensorsWriter> writers(shards);
   std::vector<std::string> shardNames(shards);
-  for (unsigned s = 0; s < shards; ++s)
-  {
+  for (unsigned s = 0; s < shards; ++s) {
     char buf[64];
     std::snprintf(buf, sizeof(buf), "model-%05u-of-%05u.safetensors", s + 1,
                   static_cast<unsigned>(shards));

@@ -174,15 +174,16 @@ int main(int argc, char **argv) {
   for (size_t begin = 0; begin < prompt.size(); begin += step) {
     size_t count = std::min(step, prompt.size() - begin);
     std::vector<double> part;
-    if (Error e = (*evaluator)->run(ArrayRef(prompt).slice(begin, count),
-                                    ArrayRef(positions).slice(begin, count),
-                                    part, vocab))
+    if (Error e =
+            (*evaluator)
+                ->run(ArrayRef(prompt).slice(begin, count),
+                      ArrayRef(positions).slice(begin, count), part, vocab))
       return fail(toString(std::move(e)));
     logits.insert(logits.end(), part.begin(), part.end());
   }
-  double seconds = std::chrono::duration<double>(
-                       std::chrono::steady_clock::now() - start)
-                       .count();
+  double seconds =
+      std::chrono::duration<double>(std::chrono::steady_clock::now() - start)
+          .count();
   errs() << "kiln-ref: prefill of " << prompt.size() << " tokens in "
          << format("%.2f", seconds) << " s (" << (useF64 ? "f64" : "f32")
          << ")\n";

@@ -24,9 +24,9 @@ static cl::SubCommand importCommand(
 static cl::opt<std::string> checkpointDir(cl::Positional, cl::Required,
                                           cl::desc("<checkpoint-dir>"),
                                           cl::sub(importCommand));
-static cl::opt<std::string> outputPath("o", cl::desc("Output file (default: stdout)"),
-                                       cl::value_desc("file"), cl::init("-"),
-                                       cl::sub(importCommand));
+static cl::opt<std::string>
+    outputPath("o", cl::desc("Output file (default: stdout)"),
+               cl::value_desc("file"), cl::init("-"), cl::sub(importCommand));
 
 static int runImport() {
   mlir::DialectRegistry registry;

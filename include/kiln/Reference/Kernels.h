@@ -28,8 +28,8 @@ void rmsNorm(const T *x, int64_t rows, int64_t cols, const T *weight,
 
 /// out = x W^T with W in [out, in] layout.
 template <typename T>
-void linear(const T *x, int64_t rows, int64_t in, const T *weight,
-            int64_t out, T *result);
+void linear(const T *x, int64_t rows, int64_t in, const T *weight, int64_t out,
+            T *result);
 
 /// In place: rotate pairs (2m, 2m+1) of every head by positions[t] *
 /// invFreq[m]. Angles and their sine/cosine are computed in double.

@@ -19,7 +19,20 @@
 
 namespace kiln {
 
-enum class DType { F64, F32, F16, BF16, F8E4M3, F8E5M2, I64, I32, I16, I8, U8, Bool };
+enum class DType {
+  F64,
+  F32,
+  F16,
+  BF16,
+  F8E4M3,
+  F8E5M2,
+  I64,
+  I32,
+  I16,
+  I8,
+  U8,
+  Bool
+};
 
 /// The safetensors spelling ("BF16", ...).
 const char *dtypeName(DType dtype);
