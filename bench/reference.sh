@@ -23,15 +23,16 @@ for preset in tiny-scout tiny-maverick; do
         --tokens-file "$work/tokens-$n" --out "$work/np-$preset-$n.npy" >/dev/null
     for prec in f32 f64; do
       flag=""; [ $prec = f64 ] && flag=--f64
-      start=$(date +%s.%N)
+      start=$(date +%s%N)
       "$bin/kiln-ref" "$work/$preset" --tokens-file "$work/tokens-$n" $flag \
           --dump-logits "$work/k.npy" >/dev/null 2>&1
-      secs=$(echo "$(date +%s.%N) - $start" | bc)
+      secs=$(( ($(date +%s%N) - start) / 1000000 ))
+      secs=$(printf "%d.%02d" $((secs / 1000)) $(((secs % 1000) / 10)))
       err="n/a (no NumPy)"
       if [ $have_numpy = 1 ]; then
         err=$($py -c "import numpy as np; a=np.load('$work/k.npy').astype(float); b=np.load('$work/np-$preset-$n.npy').astype(float); print('%.2e' % (abs(a-b).max()/abs(b).max()))")
       fi
-      printf "| %s | %d | %s | %.2f | %s |\n" $preset $n $prec $secs "$err"
+      printf "| %s | %d | %s | %s | %s |\n" $preset $n $prec $secs "$err"
     done
   done
 done

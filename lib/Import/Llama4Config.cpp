@@ -329,6 +329,7 @@ llvm::Expected<Llama4Config> kiln::parseLlama4Config(const std::string &text,
       {"floor_scale", &config.floorScale, 1},
       {"max_position_embeddings", &config.maxPositionEmbeddings, 1},
       {"bos_token_id", &config.bosTokenId, 0},
+      {"pad_token_id", &config.padTokenId, 0},
   };
   for (const IntField &f : ints)
     if (auto e = t.integer(f.key, *f.out, f.min))

@@ -60,6 +60,7 @@ struct Llama4Config {
   /// "bfloat16", "float16" or "float32": weight type when no weights exist.
   std::string torchDtype = "bfloat16";
   int64_t bosTokenId = -1;
+  int64_t padTokenId = -1;
   std::vector<int64_t> eosTokenIds;
 
   /// Per layer: MoE (true) or dense FFN.
