@@ -290,5 +290,107 @@ LogicalResult MoeOp::verify() {
   return success();
 }
 
+//===----------------------------------------------------------------------===//
+// ConcatOp
+//===----------------------------------------------------------------------===//
+
+LogicalResult ConcatOp::verify() {
+  if (getInputs().size() < 2)
+    return emitOpError() << "expected at least 2 inputs, got "
+                         << getInputs().size(); // concat_c1
+  auto result = getResult().getType();
+  int64_t axis = getAxis();
+  if (axis < 0 || axis >= result.getRank())
+    return emitOpError() << "axis " << axis << " is out of range for rank "
+                         << result.getRank(); // concat_c2
+  int64_t total = 0;
+  for (auto [i, value] : llvm::enumerate(getInputs())) {
+    auto type = cast<RankedTensorType>(value.getType());
+    if (!type.hasStaticShape() || type.getRank() != result.getRank() ||
+        type.getElementType() != result.getElementType())
+      return emitOpError() << "input " << i << " (" << type
+                           << ") must be statically shaped with the rank and "
+                              "element type of the result"; // concat_c3
+    for (int64_t d = 0; d < type.getRank(); ++d)
+      if (d != axis && type.getDimSize(d) != result.getDimSize(d))
+        return emitOpError() << "input " << i << " differs from the result "
+                             << "in dimension " << d; // concat_c4
+    total += type.getDimSize(axis);
+  }
+  if (result.getDimSize(axis) != total)
+    return emitOpError() << "result dimension " << axis << " is "
+                         << dimStr(result.getDimSize(axis))
+                         << " but the inputs add up to " << total; // concat_c5
+  return success();
+}
+
+//===----------------------------------------------------------------------===//
+// SplitOp
+//===----------------------------------------------------------------------===//
+
+LogicalResult SplitOp::verify() {
+  auto input = getInput().getType();
+  if (failed(checkRank(*this, "input", input, 2))) // split_c1
+    return failure();
+  if (getResults().empty())
+    return emitOpError() << "expected at least one result"; // split_c1
+  int64_t total = 0;
+  for (auto [i, value] : llvm::enumerate(getResults())) {
+    auto type = cast<RankedTensorType>(value.getType());
+    if (type.getRank() != 2 || ShapedType::isDynamic(type.getDimSize(1)) ||
+        type.getElementType() != input.getElementType())
+      return emitOpError() << "result " << i << " (" << type
+                           << ") must be 2-D with a static width and the "
+                              "input's element type"; // split_c2
+    if (failed(checkTokenDim(*this, "result", type, input.getDimSize(0))))
+      return failure(); // split_c3
+    total += type.getDimSize(1);
+  }
+  if (!compatibleDims(input.getDimSize(1), total))
+    return emitOpError() << "result widths add up to " << total
+                         << " but the input has "
+                         << dimStr(input.getDimSize(1)); // split_c4
+  return success();
+}
+
+//===----------------------------------------------------------------------===//
+// PackedSwiGluOp
+//===----------------------------------------------------------------------===//
+
+LogicalResult PackedSwiGluOp::verify() {
+  auto input = getInput().getType();
+  auto result = getResult().getType();
+  if (failed(checkRank(*this, "input", input, 2)) ||
+      failed(checkRank(*this, "result", result, 2)) ||
+      failed(checkTokenDim(*this, "result", result, input.getDimSize(0))))
+    return failure(); // packed_swiglu_c1
+  if (input.getElementType() != result.getElementType())
+    return emitOpError() << "input and result element types differ";
+  if (ShapedType::isDynamic(input.getDimSize(1)) ||
+      input.getDimSize(1) != 2 * result.getDimSize(1))
+    return emitOpError() << "input width " << dimStr(input.getDimSize(1))
+                         << " must be twice the result width "
+                         << dimStr(result.getDimSize(1)); // packed_swiglu_c2
+  return success();
+}
+
+//===----------------------------------------------------------------------===//
+// AddRmsNormOp
+//===----------------------------------------------------------------------===//
+
+LogicalResult AddRmsNormOp::verify() {
+  auto input = getInput().getType();
+  auto weight = getWeight().getType();
+  if (failed(checkRank(*this, "input", input, 2)) ||
+      failed(checkRank(*this, "weight", weight, 1)))
+    return failure(); // add_rms_norm_c1
+  if (!compatibleDims(weight.getDimSize(0), input.getDimSize(1)))
+    return emitOpError() << "weight size " << dimStr(weight.getDimSize(0))
+                         << " does not match feature dimension "
+                         << dimStr(input.getDimSize(1)); // add_rms_norm_c2
+  return checkEpsilon(*this,
+                      getEpsilon().convertToDouble()); // add_rms_norm_c3
+}
+
 #define GET_OP_CLASSES
 #include "dialects/kiln/KilnOps.cpp.inc"

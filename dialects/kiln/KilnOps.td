@@ -263,4 +263,87 @@ def Kiln_MoeOp : Kiln_Op<"moe", [Pure, AttrSizedOperandSegments,
   let hasVerifier = 1;
 }
 
+//===----------------------------------------------------------------------===//
+// Fused forms (produced by the graph passes of lib/Transforms)
+//===----------------------------------------------------------------------===//
+
+def Kiln_ConcatOp : Kiln_Op<"concat", [Pure]> {
+  let summary = "concatenation of weights along one axis (repacking)";
+  let description = [{
+    Concatenates statically shaped tensors along `axis`. Fusion passes use it
+    to repack checkpoint weights (e.g. q, k and v projections into one
+    `[Hq*d + 2*Hkv*d, D]` matrix); an engine performs it once when weights are
+    bound. See docs/dialect.md#kilnconcat.
+
+    ```mlir
+    %wqkv = kiln.concat %wq, %wk, %wv {axis = 0 : i64}
+        : tensor<5120x5120xbf16>, tensor<1024x5120xbf16>, tensor<1024x5120xbf16>
+        -> tensor<7168x5120xbf16>
+    ```
+  }];
+  let arguments = (ins Variadic<Kiln_FloatTensor>:$inputs, I64Attr:$axis);
+  let results = (outs Kiln_FloatTensor:$result);
+  let assemblyFormat = [{
+    $inputs attr-dict `:` type($inputs) `->` type($result)
+  }];
+  let hasVerifier = 1;
+}
+
+def Kiln_SplitOp : Kiln_Op<"split", [Pure]> {
+  let summary = "split of the feature dimension into consecutive parts";
+  let description = [{
+    `input` is [T, N]; result i holds the next `width(result i)` columns, in
+    order. The widths must add up to N. See docs/dialect.md#kilnsplit.
+
+    ```mlir
+    %q, %k, %v = kiln.split %qkv : tensor<?x7168xf32>
+        -> tensor<?x5120xf32>, tensor<?x1024xf32>, tensor<?x1024xf32>
+    ```
+  }];
+  let arguments = (ins Kiln_FloatTensor:$input);
+  let results = (outs Variadic<Kiln_FloatTensor>:$results);
+  let assemblyFormat = "$input attr-dict `:` type($input) `->` type($results)";
+  let hasVerifier = 1;
+}
+
+def Kiln_PackedSwiGluOp : Kiln_Op<"packed_swiglu", [Pure]> {
+  let summary = "SwiGLU of a packed [gate | up] tensor";
+  let description = [{
+    `input` is [T, 2F] with the gate in columns 0..F-1 and up in F..2F-1;
+    `result = silu(gate) * up`, [T, F]. The epilogue of a fused gate/up
+    projection. See docs/dialect.md#kilnpacked_swiglu.
+
+    ```mlir
+    %h = kiln.packed_swiglu %gu : tensor<?x32768xf32> -> tensor<?x16384xf32>
+    ```
+  }];
+  let arguments = (ins Kiln_FloatTensor:$input);
+  let results = (outs Kiln_FloatTensor:$result);
+  let assemblyFormat = "$input attr-dict `:` type($input) `->` type($result)";
+  let hasVerifier = 1;
+}
+
+def Kiln_AddRmsNormOp : Kiln_Op<"add_rms_norm", [Pure,
+    AllTypesMatch<["input", "residual", "sum", "normed"]>]> {
+  let summary = "residual add followed by RMS normalisation";
+  let description = [{
+    `sum = input + residual`; `normed = rms_norm(sum, weight, epsilon)`. One
+    pass over the residual stream yields both the new residual and the
+    normalised input of the next block. See docs/dialect.md#kilnadd_rms_norm.
+
+    ```mlir
+    %x1, %h = kiln.add_rms_norm %x, %attn, %w {epsilon = 1.0e-05 : f64}
+        : tensor<?x5120xf32>, tensor<5120xbf16>
+    ```
+  }];
+  let arguments = (ins Kiln_FloatTensor:$input, Kiln_FloatTensor:$residual,
+                   Kiln_FloatTensor:$weight, F64Attr:$epsilon);
+  let results = (outs Kiln_FloatTensor:$sum, Kiln_FloatTensor:$normed);
+  let assemblyFormat = [{
+    $input `,` $residual `,` $weight attr-dict `:` type($input) `,`
+    type($weight)
+  }];
+  let hasVerifier = 1;
+}
+
 #endif // KILN_OPS_TD

@@ -8,6 +8,7 @@
 #define KILN_INITALL_H
 
 #include "dialects/kiln/KilnDialect.h"
+#include "kiln/Transforms/Passes.h"
 #include "mlir/Dialect/Func/IR/FuncOps.h"
 #include "mlir/IR/DialectRegistry.h"
 
@@ -17,6 +18,9 @@ namespace mlir::kiln {
 inline void registerAllKilnDialects(DialectRegistry &registry) {
   registry.insert<KilnDialect, func::FuncDialect>();
 }
+
+/// Registers every Kiln pass with the global pass registry.
+inline void registerAllKilnPasses() { registerKilnPasses(); }
 
 } // namespace mlir::kiln
 

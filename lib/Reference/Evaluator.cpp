@@ -351,11 +351,69 @@ template <typename T> llvm::Error EvaluatorImpl<T>::evaluate(Operation *op) {
                          su, sd, p, out.data.data());
         return llvm::Error::success();
       })
+      .Case([&](mlir::kiln::ConcatOp c) -> llvm::Error {
+        // Weight repacking: a static N-D concatenation along `axis`.
+        auto type = cast<RankedTensorType>(c.getType());
+        int64_t axis = c.getAxis();
+        int64_t outer = 1, inner = 1;
+        for (int64_t d = 0; d < axis; ++d)
+          outer *= type.getDimSize(d);
+        for (int64_t d = axis + 1; d < type.getRank(); ++d)
+          inner *= type.getDimSize(d);
+        Buffer<T> result;
+        result.shape.assign(type.getShape().begin(), type.getShape().end());
+        result.data.reserve(type.getNumElements());
+        for (int64_t o = 0; o < outer; ++o)
+          for (Value input : c.getInputs()) {
+            const Buffer<T> &part = get(input);
+            int64_t block = part.shape[axis] * inner;
+            auto begin = part.data.begin() + o * block;
+            result.data.insert(result.data.end(), begin, begin + block);
+          }
+        values[c.getResult().getAsOpaquePointer()] = std::move(result);
+        return llvm::Error::success();
+      })
+      .Case([&](mlir::kiln::SplitOp sp) -> llvm::Error {
+        const Buffer<T> &x = get(sp.getInput());
+        int64_t offset = 0;
+        for (Value part : sp.getResults()) {
+          int64_t w = width(part);
+          Buffer<T> &out = output(part, w);
+          for (int64_t t = 0; t < numTokens; ++t)
+            std::copy(x.data.begin() + t * x.cols() + offset,
+                      x.data.begin() + t * x.cols() + offset + w,
+                      out.data.begin() + t * w);
+          offset += w;
+        }
+        return llvm::Error::success();
+      })
+      .Case([&](mlir::kiln::PackedSwiGluOp s) -> llvm::Error {
+        const Buffer<T> &x = get(s.getInput());
+        int64_t f = x.cols() / 2;
+        Buffer<T> &out = output(s.getResult(), f);
+        for (int64_t t = 0; t < numTokens; ++t)
+          ::kiln::ref::swiglu(x.data.data() + t * 2 * f,
+                              x.data.data() + t * 2 * f + f, f,
+                              out.data.data() + t * f);
+        return llvm::Error::success();
+      })
+      .Case([&](mlir::kiln::AddRmsNormOp a) -> llvm::Error {
+        const Buffer<T> &l = get(a.getInput());
+        const Buffer<T> &r = get(a.getResidual());
+        Buffer<T> &sum = output(a.getSum(), l.cols());
+        for (size_t i = 0; i < sum.data.size(); ++i)
+          sum.data[i] = l.data[i] + r.data[i];
+        Buffer<T> &normed = output(a.getNormed(), l.cols());
+        ::kiln::ref::rmsNorm(sum.data.data(), numTokens, l.cols(),
+                             get(a.getWeight()).data.data(),
+                             a.getEpsilon().convertToDouble(),
+                             normed.data.data());
+        return llvm::Error::success();
+      })
       .Default([&](Operation *other) -> llvm::Error {
         return opError(other, "the reference evaluator does not support this "
                               "op");
       });
-  (void)width;
 }
 
 llvm::Expected<std::unique_ptr<Evaluator>>

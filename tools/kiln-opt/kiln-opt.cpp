@@ -11,6 +11,7 @@
 int main(int argc, char **argv) {
   mlir::registerCanonicalizerPass();
   mlir::registerCSEPass();
+  mlir::kiln::registerAllKilnPasses();
   mlir::DialectRegistry registry;
   mlir::kiln::registerAllKilnDialects(registry);
   return mlir::asMainReturnCode(

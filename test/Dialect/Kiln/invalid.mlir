@@ -387,6 +387,110 @@ func.func @add_type_mismatch(%a: tensor<?x16xf32>, %b: tensor<?x8xf32>) {
 
 // -----
 
+func.func @concat_one_input(%a: tensor<4x4xbf16>) {
+  // expected-error @+1 {{'kiln.concat' op expected at least 2 inputs, got 1}}
+  %0 = kiln.concat %a {axis = 0 : i64} : tensor<4x4xbf16> -> tensor<4x4xbf16>
+  return
+}
+
+// -----
+
+func.func @concat_axis(%a: tensor<4x4xbf16>, %b: tensor<4x4xbf16>) {
+  // expected-error @+1 {{'kiln.concat' op axis 2 is out of range for rank 2}}
+  %0 = kiln.concat %a, %b {axis = 2 : i64} : tensor<4x4xbf16>, tensor<4x4xbf16> -> tensor<8x4xbf16>
+  return
+}
+
+// -----
+
+func.func @concat_element_type(%a: tensor<4x4xbf16>, %b: tensor<4x4xf32>) {
+  // expected-error @+1 {{'kiln.concat' op input 1 ('tensor<4x4xf32>') must be statically shaped with the rank and element type of the result}}
+  %0 = kiln.concat %a, %b {axis = 0 : i64} : tensor<4x4xbf16>, tensor<4x4xf32> -> tensor<8x4xbf16>
+  return
+}
+
+// -----
+
+func.func @concat_other_dim(%a: tensor<4x4xbf16>, %b: tensor<4x5xbf16>) {
+  // expected-error @+1 {{'kiln.concat' op input 1 differs from the result in dimension 1}}
+  %0 = kiln.concat %a, %b {axis = 0 : i64} : tensor<4x4xbf16>, tensor<4x5xbf16> -> tensor<8x4xbf16>
+  return
+}
+
+// -----
+
+func.func @concat_total(%a: tensor<4x4xbf16>, %b: tensor<4x4xbf16>) {
+  // expected-error @+1 {{'kiln.concat' op result dimension 0 is 9 but the inputs add up to 8}}
+  %0 = kiln.concat %a, %b {axis = 0 : i64} : tensor<4x4xbf16>, tensor<4x4xbf16> -> tensor<9x4xbf16>
+  return
+}
+
+// -----
+
+func.func @split_rank(%x: tensor<?x4x4xf32>) {
+  // expected-error @+1 {{'kiln.split' op expected 2-D input, got rank 3}}
+  %0 = kiln.split %x : tensor<?x4x4xf32> -> tensor<?x16xf32>
+  return
+}
+
+// -----
+
+func.func @split_result_type(%x: tensor<?x16xf32>) {
+  // expected-error @+1 {{'kiln.split' op result 1 ('tensor<?x8xbf16>') must be 2-D with a static width and the input's element type}}
+  %0:2 = kiln.split %x : tensor<?x16xf32> -> tensor<?x8xf32>, tensor<?x8xbf16>
+  return
+}
+
+// -----
+
+func.func @split_tokens(%x: tensor<4x16xf32>) {
+  // expected-error @+1 {{'kiln.split' op token dimension of result (5) does not match 4}}
+  %0:2 = kiln.split %x : tensor<4x16xf32> -> tensor<4x8xf32>, tensor<5x8xf32>
+  return
+}
+
+// -----
+
+func.func @split_widths(%x: tensor<?x16xf32>) {
+  // expected-error @+1 {{'kiln.split' op result widths add up to 12 but the input has 16}}
+  %0:2 = kiln.split %x : tensor<?x16xf32> -> tensor<?x8xf32>, tensor<?x4xf32>
+  return
+}
+
+// -----
+
+func.func @packed_swiglu_width(%x: tensor<?x16xf32>) {
+  // expected-error @+1 {{'kiln.packed_swiglu' op input width 16 must be twice the result width 6}}
+  %0 = kiln.packed_swiglu %x : tensor<?x16xf32> -> tensor<?x6xf32>
+  return
+}
+
+// -----
+
+func.func @packed_swiglu_element_type(%x: tensor<?x16xf32>) {
+  // expected-error @+1 {{'kiln.packed_swiglu' op input and result element types differ}}
+  %0 = kiln.packed_swiglu %x : tensor<?x16xf32> -> tensor<?x8xbf16>
+  return
+}
+
+// -----
+
+func.func @add_rms_norm_weight(%x: tensor<?x16xf32>, %w: tensor<8xbf16>) {
+  // expected-error @+1 {{'kiln.add_rms_norm' op weight size 8 does not match feature dimension 16}}
+  %0:2 = kiln.add_rms_norm %x, %x, %w {epsilon = 1.0e-05 : f64} : tensor<?x16xf32>, tensor<8xbf16>
+  return
+}
+
+// -----
+
+func.func @add_rms_norm_epsilon(%x: tensor<?x16xf32>, %w: tensor<16xbf16>) {
+  // expected-error @+1 {{'kiln.add_rms_norm' op expected a positive finite epsilon, got 0}}
+  %0:2 = kiln.add_rms_norm %x, %x, %w {epsilon = 0.0 : f64} : tensor<?x16xf32>, tensor<16xbf16>
+  return
+}
+
+// -----
+
 // expected-error @+1 {{'kiln.weight' on argument 0 must be a non-empty string naming a checkpoint tensor}}
 func.func @weight_attr_not_string(%w: tensor<4xbf16> {kiln.weight = 3 : i64}) {
   return

@@ -53,3 +53,20 @@ func.func @decoder_layer(
   %y = kiln.linear %s, %sd : tensor<?x12xf32>, tensor<16x12xbf16> -> tensor<?x16xf32>
   return %y : tensor<?x16xf32>
 }
+
+// CHECK-LABEL: func.func @fused_forms
+func.func @fused_forms(%x: tensor<?x16xf32>, %r: tensor<?x16xf32>, %ln: tensor<16xbf16>,
+                       %wq: tensor<16x16xbf16>, %wk: tensor<8x16xbf16>)
+    -> (tensor<?x16xf32>, tensor<?x8xf32>, tensor<?x4xf32>) {
+  // CHECK: %[[S:.*]], %[[N:.*]] = kiln.add_rms_norm %{{.*}}, %{{.*}}, %{{.*}} {epsilon = 1.000000e-05 : f64} : tensor<?x16xf32>, tensor<16xbf16>
+  %s, %n = kiln.add_rms_norm %x, %r, %ln {epsilon = 1.0e-05 : f64} : tensor<?x16xf32>, tensor<16xbf16>
+  // CHECK: kiln.concat %{{.*}}, %{{.*}} {axis = 0 : i64} : tensor<16x16xbf16>, tensor<8x16xbf16> -> tensor<24x16xbf16>
+  %w = kiln.concat %wq, %wk {axis = 0 : i64} : tensor<16x16xbf16>, tensor<8x16xbf16> -> tensor<24x16xbf16>
+  %qk = kiln.linear %n, %w : tensor<?x16xf32>, tensor<24x16xbf16> -> tensor<?x24xf32>
+  // CHECK: kiln.split %{{.*}} : tensor<?x24xf32> -> tensor<?x16xf32>, tensor<?x8xf32>
+  %q, %k = kiln.split %qk : tensor<?x24xf32> -> tensor<?x16xf32>, tensor<?x8xf32>
+  // CHECK: kiln.packed_swiglu %{{.*}} : tensor<?x8xf32> -> tensor<?x4xf32>
+  %h = kiln.packed_swiglu %k : tensor<?x8xf32> -> tensor<?x4xf32>
+  %y = kiln.add %q, %s : tensor<?x16xf32>
+  return %y, %k, %h : tensor<?x16xf32>, tensor<?x8xf32>, tensor<?x4xf32>
+}

@@ -1,0 +1,82 @@
+//===- Passes.td - Kiln graph passes -----------------------*- tablegen -*-===//
+//
+// Graph-level passes on the kiln dialect. Each preserves the graph's
+// semantics exactly: test/e2e/fusion.test evaluates graphs before and after
+// with the reference evaluator.
+//
+//===----------------------------------------------------------------------===//
+
+#ifndef KILN_TRANSFORMS_PASSES_TD
+#define KILN_TRANSFORMS_PASSES_TD
+
+include "mlir/Pass/PassBase.td"
+
+//===----------------------------------------------------------------------===//
+// Fusion
+//===----------------------------------------------------------------------===//
+
+def FuseAddRmsNorm : Pass<"kiln-fuse-add-rms-norm", "mlir::func::FuncOp"> {
+  let summary = "Fuse a residual add with the RMS norm that reads it";
+  let description = [{
+    Rewrites `rms_norm(add(x, r), w)` into one `kiln.add_rms_norm` producing
+    both the sum (the new residual stream, which replaces every use of the
+    add) and the normalised value: one read of the residual stream instead of
+    three.
+
+    ```mlir
+    %s = kiln.add %x, %r : tensor<?x64xf32>
+    %h = kiln.rms_norm %s, %w {epsilon = 1.0e-05 : f64} : tensor<?x64xf32>, tensor<64xbf16>
+    // becomes
+    %s, %h = kiln.add_rms_norm %x, %r, %w {epsilon = 1.0e-05 : f64} : tensor<?x64xf32>, tensor<64xbf16>
+    ```
+    The fusion is skipped when the norm's weight is defined after the add.
+  }];
+  let dependentDialects = ["mlir::kiln::KilnDialect"];
+}
+
+def FuseGateUp : Pass<"kiln-fuse-gate-up", "mlir::func::FuncOp"> {
+  let summary = "Fuse the gate and up projections of a SwiGLU into one GEMM";
+  let description = [{
+    Rewrites `swiglu(linear(u, Wg), linear(u, Wu))` into
+    `packed_swiglu(linear(u, concat(Wg, Wu)))`: one GEMM over the repacked
+    `[2F, D]` weight with a SwiGLU epilogue. Applies to dense FFNs and shared
+    experts written with separate projections. Both projections must read the
+    same input and have no other users.
+
+    ```mlir
+    %g = kiln.linear %u, %wg : tensor<?x64xf32>, tensor<128x64xbf16> -> tensor<?x128xf32>
+    %v = kiln.linear %u, %wu : tensor<?x64xf32>, tensor<128x64xbf16> -> tensor<?x128xf32>
+    %h = kiln.swiglu %g, %v : tensor<?x128xf32>
+    // becomes
+    %w = kiln.concat %wg, %wu {axis = 0 : i64} : ... -> tensor<256x64xbf16>
+    %gu = kiln.linear %u, %w : tensor<?x64xf32>, tensor<256x64xbf16> -> tensor<?x256xf32>
+    %h = kiln.packed_swiglu %gu : tensor<?x256xf32> -> tensor<?x128xf32>
+    ```
+  }];
+  let dependentDialects = ["mlir::kiln::KilnDialect"];
+}
+
+def FuseQkv : Pass<"kiln-fuse-qkv", "mlir::func::FuncOp"> {
+  let summary = "Fuse the q, k and v projections of an attention into one GEMM";
+  let description = [{
+    For every `kiln.attention` whose query, key and value come (possibly
+    through `kiln.rope` / `kiln.qk_norm`) from three `kiln.linear`s of the
+    same input, concatenates the three weights (`[Hq*d + 2*Hkv*d, D]`), runs
+    one `kiln.linear` and splits its result back into q, k and v.
+
+    ```mlir
+    %q = kiln.linear %h, %wq ...
+    %k = kiln.linear %h, %wk ...
+    %v = kiln.linear %h, %wv ...
+    // becomes
+    %w = kiln.concat %wq, %wk, %wv {axis = 0 : i64} : ...
+    %qkv = kiln.linear %h, %w : ...
+    %q, %k, %v = kiln.split %qkv : ...
+    ```
+    The weights must share an element type and be defined before the first
+    of the three projections.
+  }];
+  let dependentDialects = ["mlir::kiln::KilnDialect"];
+}
+
+#endif // KILN_TRANSFORMS_PASSES_TD
