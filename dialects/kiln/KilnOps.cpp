@@ -392,5 +392,64 @@ LogicalResult AddRmsNormOp::verify() {
                       getEpsilon().convertToDouble()); // add_rms_norm_c3
 }
 
+//===----------------------------------------------------------------------===//
+// QkvEpilogueOp
+//===----------------------------------------------------------------------===//
+
+LogicalResult QkvEpilogueOp::verify() {
+  auto qkv = getQkv().getType();
+  auto q = getQuery().getType();
+  auto k = getKey().getType();
+  auto v = getValue().getType();
+  if (failed(checkRank(*this, "qkv", qkv, 2)) || // qkv_epilogue_c1
+      failed(checkRank(*this, "positions", getPositions().getType(), 1)) ||
+      failed(checkRank(*this, "query", q, 2)) ||
+      failed(checkTokenDim(*this, "positions", getPositions().getType(),
+                           qkv.getDimSize(0))))
+    return failure();
+  if (k != v)
+    return emitOpError() << "key and value types differ: " << k << " vs "
+                         << v; // qkv_epilogue_c2
+  for (RankedTensorType part : {q, k})
+    if (part.getElementType() != qkv.getElementType() ||
+        failed(checkTokenDim(*this, "result", part, qkv.getDimSize(0))))
+      return emitOpError() << "results must have the token count and element "
+                              "type of qkv"; // qkv_epilogue_c2
+  if (failed(checkHeads(*this, "num_heads", getNumHeads(), q.getDimSize(1))) ||
+      failed(checkHeads(*this, "num_kv_heads", getNumKvHeads(),
+                        k.getDimSize(1))))
+    return failure(); // qkv_epilogue_c3
+  int64_t headDim = q.getDimSize(1) / getNumHeads();
+  if (k.getDimSize(1) / static_cast<int64_t>(getNumKvHeads()) != headDim)
+    return emitOpError() << "query and key/value head dimensions differ";
+  if (!compatibleDims(qkv.getDimSize(1), q.getDimSize(1) + 2 * k.getDimSize(1)))
+    return emitOpError() << "qkv width " << dimStr(qkv.getDimSize(1))
+                         << " is not q + k + v = "
+                         << q.getDimSize(1) + 2 * k.getDimSize(1)
+                         << " columns"; // qkv_epilogue_c4
+  if (std::optional<ArrayRef<double>> freqs = getInvFreq()) {
+    if (headDim % 2 != 0 ||
+        static_cast<int64_t>(freqs->size()) != headDim / 2)
+      return emitOpError() << "expected " << headDim / 2
+                           << " inv_freq values (head_dim / 2), got "
+                           << freqs->size(); // qkv_epilogue_c5
+    for (auto [i, f] : llvm::enumerate(*freqs))
+      if (!std::isfinite(f) || f < 0.0)
+        return emitOpError() << "inv_freq[" << i
+                             << "] must be finite and non-negative, got "
+                             << f; // qkv_epilogue_c5
+  }
+  if (std::optional<llvm::APFloat> eps = getQkNormEpsilon())
+    if (failed(checkEpsilon(*this, eps->convertToDouble())))
+      return failure(); // qkv_epilogue_c6
+  if (getAttnScale().has_value() != getFloorScale().has_value())
+    return emitOpError() << "temperature tuning needs both attn_scale and "
+                            "floor_scale"; // qkv_epilogue_c7
+  if (std::optional<int64_t> floor = getFloorScale(); floor && *floor <= 0)
+    return emitOpError() << "expected a positive floor_scale, got "
+                         << *floor; // qkv_epilogue_c7
+  return success();
+}
+
 #define GET_OP_CLASSES
 #include "dialects/kiln/KilnOps.cpp.inc"

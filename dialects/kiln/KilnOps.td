@@ -346,4 +346,38 @@ def Kiln_AddRmsNormOp : Kiln_Op<"add_rms_norm", [Pure,
   let hasVerifier = 1;
 }
 
+def Kiln_QkvEpilogueOp : Kiln_Op<"qkv_epilogue", [Pure]> {
+  let summary = "split of a fused QKV projection with RoPE, QK norm and temperature";
+  let description = [{
+    `qkv` is `[T, (num_heads + 2 * num_kv_heads) * d]` (q, then k, then v
+    columns). Returns q `[T, num_heads * d]`, k and v `[T, num_kv_heads * d]`
+    after, in this order: RoPE on q and k when `inv_freq` is present (as
+    `kiln.rope`), weightless QK norm on q and k when `qk_norm_epsilon` is
+    present (as `kiln.qk_norm`), and the attention temperature on q when
+    `attn_scale` and `floor_scale` are present (as in `kiln.attention`).
+    It is the epilogue of the QKV GEMM. See docs/dialect.md#kilnqkv_epilogue.
+
+    ```mlir
+    %q, %k, %v = kiln.qkv_epilogue %qkv, %pos {num_heads = 40 : i64,
+        num_kv_heads = 8 : i64, inv_freq = array<f64: ...>,
+        qk_norm_epsilon = 1.0e-05 : f64}
+        : tensor<?x7168xf32>, tensor<?xi64>
+        -> tensor<?x5120xf32>, tensor<?x1024xf32>, tensor<?x1024xf32>
+    ```
+  }];
+  let arguments = (ins Kiln_FloatTensor:$qkv, Kiln_PositionTensor:$positions,
+                   I64Attr:$num_heads, I64Attr:$num_kv_heads,
+                   OptionalAttr<DenseF64ArrayAttr>:$inv_freq,
+                   OptionalAttr<F64Attr>:$qk_norm_epsilon,
+                   OptionalAttr<F64Attr>:$attn_scale,
+                   OptionalAttr<I64Attr>:$floor_scale);
+  let results = (outs Kiln_FloatTensor:$query, Kiln_FloatTensor:$key,
+                      Kiln_FloatTensor:$value);
+  let assemblyFormat = [{
+    $qkv `,` $positions attr-dict `:` type($qkv) `,` type($positions) `->`
+    type($query) `,` type($key) `,` type($value)
+  }];
+  let hasVerifier = 1;
+}
+
 #endif // KILN_OPS_TD

@@ -410,6 +410,55 @@ template <typename T> llvm::Error EvaluatorImpl<T>::evaluate(Operation *op) {
                              normed.data.data());
         return llvm::Error::success();
       })
+      .Case([&](mlir::kiln::QkvEpilogueOp e) -> llvm::Error {
+        if (llvm::Error err = checkTokens(e.getPositions()))
+          return err;
+        const Buffer<T> &qkv = get(e.getQkv());
+        const std::vector<int64_t> &pos = ints(e.getPositions());
+        int64_t numHeads = e.getNumHeads(), numKvHeads = e.getNumKvHeads();
+        int64_t qWidth = width(e.getQuery()), kvWidth = width(e.getKey());
+        int64_t headDim = qWidth / numHeads;
+        Buffer<T> &q = output(e.getQuery(), qWidth);
+        Buffer<T> &k = output(e.getKey(), kvWidth);
+        Buffer<T> &v = output(e.getValue(), kvWidth);
+        for (int64_t t = 0; t < numTokens; ++t) {
+          const T *row = qkv.data.data() + t * qkv.cols();
+          std::copy(row, row + qWidth, q.data.begin() + t * qWidth);
+          std::copy(row + qWidth, row + qWidth + kvWidth,
+                    k.data.begin() + t * kvWidth);
+          std::copy(row + qWidth + kvWidth, row + qWidth + 2 * kvWidth,
+                    v.data.begin() + t * kvWidth);
+        }
+        // Same order as the unfused graph: RoPE, then QK norm, then the
+        // temperature on q.
+        if (std::optional<ArrayRef<double>> f = e.getInvFreq()) {
+          std::vector<double> freqs(f->begin(), f->end());
+          ::kiln::ref::rope(q.data.data(), numTokens, numHeads, headDim,
+                            pos.data(), freqs);
+          ::kiln::ref::rope(k.data.data(), numTokens, numKvHeads, headDim,
+                            pos.data(), freqs);
+        }
+        if (std::optional<llvm::APFloat> eps = e.getQkNormEpsilon()) {
+          std::vector<T> tmp(q.data);
+          ::kiln::ref::rmsNorm<T>(tmp.data(), numTokens * numHeads, headDim,
+                                  nullptr, eps->convertToDouble(),
+                                  q.data.data());
+          tmp = k.data;
+          ::kiln::ref::rmsNorm<T>(tmp.data(), numTokens * numKvHeads, headDim,
+                                  nullptr, eps->convertToDouble(),
+                                  k.data.data());
+        }
+        if (std::optional<int64_t> floor = e.getFloorScale()) {
+          double attnScale = e.getAttnScale()->convertToDouble();
+          for (int64_t t = 0; t < numTokens; ++t) {
+            T tau = static_cast<T>(
+                ::kiln::ref::attentionTemperature(pos[t], attnScale, *floor));
+            for (int64_t i = 0; i < qWidth; ++i)
+              q.data[t * qWidth + i] *= tau;
+          }
+        }
+        return llvm::Error::success();
+      })
       .Default([&](Operation *other) -> llvm::Error {
         return opError(other, "the reference evaluator does not support this "
                               "op");

@@ -79,4 +79,30 @@ def FuseQkv : Pass<"kiln-fuse-qkv", "mlir::func::FuncOp"> {
   let dependentDialects = ["mlir::kiln::KilnDialect"];
 }
 
+def FuseQkvEpilogue : Pass<"kiln-fuse-qkv-epilogue", "mlir::func::FuncOp"> {
+  let summary = "Fold RoPE, QK norm and temperature into the QKV GEMM's epilogue";
+  let description = [{
+    After `kiln-fuse-qkv`, the split q and k pass through `kiln.rope` and
+    `kiln.qk_norm`, and `kiln.attention` scales q by the temperature. All of
+    it is per-token work on the GEMM's output rows; this pass replaces the
+    split and those ops with one `kiln.qkv_epilogue` and removes the
+    temperature from the attention.
+
+    ```mlir
+    %q, %k, %v = kiln.split %qkv : ...
+    %qr = kiln.rope %q, %pos {...}
+    %kr = kiln.rope %k, %pos {...}
+    %qn = kiln.qk_norm %qr {...}
+    %kn = kiln.qk_norm %kr {...}
+    %o = kiln.attention %qn, %kn, %v, %pos {...}
+    // becomes
+    %q, %k, %v = kiln.qkv_epilogue %qkv, %pos {inv_freq = ..., qk_norm_epsilon = ...}
+    %o = kiln.attention %q, %k, %v, %pos {...}
+    ```
+    q and k must get the same treatment (same frequencies, same epsilon), and
+    every intermediate must have no other user.
+  }];
+  let dependentDialects = ["mlir::kiln::KilnDialect"];
+}
+
 #endif // KILN_TRANSFORMS_PASSES_TD

@@ -491,6 +491,78 @@ func.func @add_rms_norm_epsilon(%x: tensor<?x16xf32>, %w: tensor<16xbf16>) {
 
 // -----
 
+func.func @qkv_epilogue_kv_types(%qkv: tensor<?x32xf32>, %pos: tensor<?xi64>) {
+  // expected-error @+1 {{'kiln.qkv_epilogue' op key and value types differ: 'tensor<?x8xf32>' vs 'tensor<?x8xbf16>'}}
+  %0:3 = kiln.qkv_epilogue %qkv, %pos {num_heads = 4 : i64, num_kv_heads = 2 : i64} : tensor<?x32xf32>, tensor<?xi64> -> tensor<?x16xf32>, tensor<?x8xf32>, tensor<?x8xbf16>
+  return
+}
+
+// -----
+
+func.func @qkv_epilogue_result_type(%qkv: tensor<?x32xf32>, %pos: tensor<?xi64>) {
+  // expected-error @+1 {{'kiln.qkv_epilogue' op results must have the token count and element type of qkv}}
+  %0:3 = kiln.qkv_epilogue %qkv, %pos {num_heads = 4 : i64, num_kv_heads = 2 : i64} : tensor<?x32xf32>, tensor<?xi64> -> tensor<?x16xbf16>, tensor<?x8xf32>, tensor<?x8xf32>
+  return
+}
+
+// -----
+
+func.func @qkv_epilogue_heads(%qkv: tensor<?x32xf32>, %pos: tensor<?xi64>) {
+  // expected-error @+1 {{'kiln.qkv_epilogue' op feature dimension 16 is not divisible by num_heads = 3}}
+  %0:3 = kiln.qkv_epilogue %qkv, %pos {num_heads = 3 : i64, num_kv_heads = 2 : i64} : tensor<?x32xf32>, tensor<?xi64> -> tensor<?x16xf32>, tensor<?x8xf32>, tensor<?x8xf32>
+  return
+}
+
+// -----
+
+func.func @qkv_epilogue_width(%qkv: tensor<?x40xf32>, %pos: tensor<?xi64>) {
+  // expected-error @+1 {{'kiln.qkv_epilogue' op qkv width 40 is not q + k + v = 32 columns}}
+  %0:3 = kiln.qkv_epilogue %qkv, %pos {num_heads = 4 : i64, num_kv_heads = 2 : i64} : tensor<?x40xf32>, tensor<?xi64> -> tensor<?x16xf32>, tensor<?x8xf32>, tensor<?x8xf32>
+  return
+}
+
+// -----
+
+func.func @qkv_epilogue_freq_count(%qkv: tensor<?x32xf32>, %pos: tensor<?xi64>) {
+  // expected-error @+1 {{'kiln.qkv_epilogue' op expected 2 inv_freq values (head_dim / 2), got 1}}
+  %0:3 = kiln.qkv_epilogue %qkv, %pos {num_heads = 4 : i64, num_kv_heads = 2 : i64, inv_freq = array<f64: 1.0>} : tensor<?x32xf32>, tensor<?xi64> -> tensor<?x16xf32>, tensor<?x8xf32>, tensor<?x8xf32>
+  return
+}
+
+// -----
+
+func.func @qkv_epilogue_freq_nan(%qkv: tensor<?x32xf32>, %pos: tensor<?xi64>) {
+  // expected-error @+1 {{'kiln.qkv_epilogue' op inv_freq[1] must be finite and non-negative, got nan}}
+  %0:3 = kiln.qkv_epilogue %qkv, %pos {num_heads = 4 : i64, num_kv_heads = 2 : i64, inv_freq = array<f64: 1.0, 0x7FF8000000000000>} : tensor<?x32xf32>, tensor<?xi64> -> tensor<?x16xf32>, tensor<?x8xf32>, tensor<?x8xf32>
+  return
+}
+
+// -----
+
+func.func @qkv_epilogue_epsilon(%qkv: tensor<?x32xf32>, %pos: tensor<?xi64>) {
+  // expected-error @+1 {{'kiln.qkv_epilogue' op expected a positive finite epsilon, got 0}}
+  %0:3 = kiln.qkv_epilogue %qkv, %pos {num_heads = 4 : i64, num_kv_heads = 2 : i64, qk_norm_epsilon = 0.0 : f64} : tensor<?x32xf32>, tensor<?xi64> -> tensor<?x16xf32>, tensor<?x8xf32>, tensor<?x8xf32>
+  return
+}
+
+// -----
+
+func.func @qkv_epilogue_half_temperature(%qkv: tensor<?x32xf32>, %pos: tensor<?xi64>) {
+  // expected-error @+1 {{'kiln.qkv_epilogue' op temperature tuning needs both attn_scale and floor_scale}}
+  %0:3 = kiln.qkv_epilogue %qkv, %pos {num_heads = 4 : i64, num_kv_heads = 2 : i64, floor_scale = 8 : i64} : tensor<?x32xf32>, tensor<?xi64> -> tensor<?x16xf32>, tensor<?x8xf32>, tensor<?x8xf32>
+  return
+}
+
+// -----
+
+func.func @qkv_epilogue_floor_scale(%qkv: tensor<?x32xf32>, %pos: tensor<?xi64>) {
+  // expected-error @+1 {{'kiln.qkv_epilogue' op expected a positive floor_scale, got -1}}
+  %0:3 = kiln.qkv_epilogue %qkv, %pos {num_heads = 4 : i64, num_kv_heads = 2 : i64, attn_scale = 0.1 : f64, floor_scale = -1 : i64} : tensor<?x32xf32>, tensor<?xi64> -> tensor<?x16xf32>, tensor<?x8xf32>, tensor<?x8xf32>
+  return
+}
+
+// -----
+
 // expected-error @+1 {{'kiln.weight' on argument 0 must be a non-empty string naming a checkpoint tensor}}
 func.func @weight_attr_not_string(%w: tensor<4xbf16> {kiln.weight = 3 : i64}) {
   return

@@ -70,3 +70,13 @@ func.func @fused_forms(%x: tensor<?x16xf32>, %r: tensor<?x16xf32>, %ln: tensor<1
   %y = kiln.add %q, %s : tensor<?x16xf32>
   return %y, %k, %h : tensor<?x16xf32>, tensor<?x8xf32>, tensor<?x4xf32>
 }
+
+// CHECK-LABEL: func.func @qkv_epilogue
+// CHECK: kiln.qkv_epilogue %{{.*}}, %{{.*}} {attn_scale = 1.000000e-01 : f64, floor_scale = 8 : i64, inv_freq = array<f64: 1.000000e+00, 5.000000e-01>, num_heads = 4 : i64, num_kv_heads = 2 : i64, qk_norm_epsilon = 1.000000e-05 : f64} : tensor<?x32xf32>, tensor<?xi64> -> tensor<?x16xf32>, tensor<?x8xf32>, tensor<?x8xf32>
+func.func @qkv_epilogue(%qkv: tensor<?x32xf32>, %pos: tensor<?xi64>) -> tensor<?x16xf32> {
+  %q, %k, %v = kiln.qkv_epilogue %qkv, %pos {num_heads = 4 : i64, num_kv_heads = 2 : i64,
+      inv_freq = array<f64: 1.0, 0.5>, qk_norm_epsilon = 1.0e-05 : f64,
+      attn_scale = 0.1 : f64, floor_scale = 8 : i64}
+      : tensor<?x32xf32>, tensor<?xi64> -> tensor<?x16xf32>, tensor<?x8xf32>, tensor<?x8xf32>
+  return %q : tensor<?x16xf32>
+}
