@@ -82,12 +82,21 @@ public:
 
 private:
   const Buffer<T> &get(Value v) {
+    auto alias = aliases.find(v.getAsOpaquePointer());
+    if (alias != aliases.end())
+      return *alias->second;
     auto it = weights.find(v);
     if (it != weights.end())
       return it->second;
     return values.find(v.getAsOpaquePointer())->second;
   }
+  /// The function input (tokens or positions) an index value stands for.
+  Value resolveIndex(Value v) const {
+    auto it = indexAliases.find(v.getAsOpaquePointer());
+    return it == indexAliases.end() ? v : it->second;
+  }
   llvm::Error evaluate(Operation *op);
+  llvm::Error evaluateCall(func::CallOp call);
 
   func::FuncOp func;
   llvm::DenseMap<Value, Buffer<T>> weights;
@@ -96,7 +105,13 @@ private:
   std::map<void *, Buffer<T>> values;
   Value tokensArg, positionsArg;
   std::vector<int64_t> currentTokens, currentPositions;
-  llvm::DenseMap<Operation *, KvState<T>> kvStates;
+  /// Kernel arguments bound to the caller's buffers during a call.
+  std::map<void *, const Buffer<T> *> aliases;
+  std::map<void *, Value> indexAliases;
+  /// The call being evaluated: a kernel shared by several layers is called
+  /// once per layer, and each call site has its own KV state.
+  Operation *currentCall = nullptr;
+  std::map<std::pair<Operation *, Operation *>, KvState<T>> kvStates;
   int64_t cached = 0;
 };
 
@@ -217,13 +232,14 @@ template <typename T> llvm::Error EvaluatorImpl<T>::evaluate(Operation *op) {
     return cast<RankedTensorType>(v.getType()).getDimSize(1);
   };
   auto checkTokens = [&](Value v) -> llvm::Error {
+    v = resolveIndex(v);
     if (v != tokensArg && v != positionsArg)
       return opError(op, "index operands must be the function's tokens or "
                          "positions argument");
     return llvm::Error::success();
   };
   auto ints = [&](Value v) -> const std::vector<int64_t> & {
-    return v == tokensArg ? currentTokens : currentPositions;
+    return resolveIndex(v) == tokensArg ? currentTokens : currentPositions;
   };
 
   return llvm::TypeSwitch<Operation *, llvm::Error>(op)
@@ -287,7 +303,7 @@ template <typename T> llvm::Error EvaluatorImpl<T>::evaluate(Operation *op) {
         const Buffer<T> &k = get(a.getKey());
         const Buffer<T> &v = get(a.getValue());
         // Append this step's keys and values to the op's KV state.
-        KvState<T> &kv = kvStates[op];
+        KvState<T> &kv = kvStates[{currentCall, op}];
         kv.key.insert(kv.key.end(), k.data.begin(), k.data.end());
         kv.value.insert(kv.value.end(), v.data.begin(), v.data.end());
         const std::vector<int64_t> &pos = ints(a.getPositions());
@@ -459,10 +475,51 @@ template <typename T> llvm::Error EvaluatorImpl<T>::evaluate(Operation *op) {
         }
         return llvm::Error::success();
       })
+      .Case([&](func::CallOp call) { return evaluateCall(call); })
       .Default([&](Operation *other) -> llvm::Error {
         return opError(other, "the reference evaluator does not support this "
                               "op");
       });
+}
+
+template <typename T>
+llvm::Error EvaluatorImpl<T>::evaluateCall(func::CallOp call) {
+  auto callee = SymbolTable::lookupNearestSymbolFrom<func::FuncOp>(
+      call, call.getCalleeAttr());
+  if (!callee || callee.isExternal() || !callee.getBody().hasOneBlock())
+    return opError(call, "callee @" + call.getCallee() +
+                             " is not a single-block function");
+  if (currentCall)
+    return opError(call, "nested kernel calls are not supported");
+  Block &body = callee.getBody().front();
+  for (auto [arg, operand] : llvm::zip(body.getArguments(), call.getOperands())) {
+    aliases[arg.getAsOpaquePointer()] = &get(operand);
+    indexAliases[arg.getAsOpaquePointer()] = resolveIndex(operand);
+  }
+  currentCall = call;
+  llvm::Error error = llvm::Error::success();
+  for (Operation &op : body) {
+    if (auto ret = dyn_cast<func::ReturnOp>(op)) {
+      // Copy out before the kernel's values are released.
+      std::vector<Buffer<T>> results;
+      for (Value v : ret.getOperands())
+        results.push_back(get(v));
+      for (auto [result, buffer] : llvm::zip(call.getResults(), results))
+        values[result.getAsOpaquePointer()] = std::move(buffer);
+      break;
+    }
+    if ((error = evaluate(&op)))
+      break;
+  }
+  currentCall = nullptr;
+  for (Operation &op : body)
+    for (Value result : op.getResults())
+      values.erase(result.getAsOpaquePointer());
+  for (BlockArgument arg : body.getArguments()) {
+    aliases.erase(arg.getAsOpaquePointer());
+    indexAliases.erase(arg.getAsOpaquePointer());
+  }
+  return error;
 }
 
 llvm::Expected<std::unique_ptr<Evaluator>>

@@ -105,4 +105,40 @@ def FuseQkvEpilogue : Pass<"kiln-fuse-qkv-epilogue", "mlir::func::FuncOp"> {
   let dependentDialects = ["mlir::kiln::KilnDialect"];
 }
 
+//===----------------------------------------------------------------------===//
+// Kernel partition
+//===----------------------------------------------------------------------===//
+
+def PartitionKernels : Pass<"kiln-partition-kernels", "mlir::ModuleOp"> {
+  let summary = "Partition each graph into kernels, one function per kernel";
+  let description = [{
+    Groups the ops of every public function into kernels (one group = one
+    launch) and outlines each group into a private function carrying
+    `kiln.kernel = "<kind>"`:
+
+    - `gemm`: a `kiln.linear` plus the epilogue that consumes its only result
+      (`kiln.packed_swiglu` or `kiln.qkv_epilogue`);
+    - `attention`: a `kiln.attention`;
+    - `moe`: a `kiln.moe` (router, dispatch, grouped expert GEMMs, shared
+      expert, combine);
+    - `memory`: every other op (norms, residual adds, the embedding gather):
+      memory-bound work.
+
+    `kiln.concat` (weight repacking) stays in the graph: it is done once when
+    weights are bound, not per step. The graph becomes a sequence of
+    `func.call`s to kernels. Kernels whose bodies are identical (the same
+    layer shape with other weights) are merged, so every distinct layer shape
+    is compiled once.
+
+    ```mlir
+    %qkv = kiln.linear %h, %w : ...
+    %q, %k, %v = kiln.qkv_epilogue %qkv, %pos {...} : ...
+    // becomes
+    %q, %k, %v = func.call @gemm_1(%h, %w, %pos) : (...) -> (...)
+    func.func private @gemm_1(...) attributes {kiln.kernel = "gemm"} {...}
+    ```
+  }];
+  let dependentDialects = ["mlir::kiln::KilnDialect", "mlir::func::FuncDialect"];
+}
+
 #endif // KILN_TRANSFORMS_PASSES_TD
