@@ -5,6 +5,7 @@
 //===----------------------------------------------------------------------===//
 
 #include "kiln/InitAll.h"
+#include "kiln/Pipelines/Pipelines.h"
 #include "mlir/Tools/mlir-opt/MlirOptMain.h"
 #include "mlir/Transforms/Passes.h"
 
@@ -12,6 +13,7 @@ int main(int argc, char **argv) {
   mlir::registerCanonicalizerPass();
   mlir::registerCSEPass();
   mlir::kiln::registerAllKilnPasses();
+  mlir::kiln::registerGraphPipeline();
   mlir::DialectRegistry registry;
   mlir::kiln::registerAllKilnDialects(registry);
   return mlir::asMainReturnCode(

@@ -1,16 +1,21 @@
 //===- kilnc.cpp - The Kiln compiler driver -------------------------------===//
 //
 //   kilnc import <checkpoint-dir> [-o model.mlir]
-//
-// imports a Hugging Face Llama 4 checkpoint folder into the kiln dialect.
-// Later stages (fusion, code generation, engines) add subcommands here.
+//     imports a Hugging Face Llama 4 checkpoint folder into the kiln dialect;
+//   kilnc <checkpoint-dir> [--report] [-o kernels.mlir]
+//     imports, fuses and partitions it into kernels, prints the cost report
+//     and/or writes the kernel graph.
 //
 //===----------------------------------------------------------------------===//
 
 #include "kiln/Import/Llama4Import.h"
+#include "kiln/Analysis/CostReport.h"
 #include "kiln/InitAll.h"
+#include "kiln/Pipelines/Pipelines.h"
 
 #include "mlir/IR/MLIRContext.h"
+#include "mlir/Pass/PassManager.h"
+#include "llvm/Support/Process.h"
 #include "mlir/Support/FileUtilities.h"
 #include "llvm/Support/CommandLine.h"
 #include "llvm/Support/InitLLVM.h"
@@ -27,6 +32,73 @@ static cl::opt<std::string> checkpointDir(cl::Positional, cl::Required,
 static cl::opt<std::string>
     outputPath("o", cl::desc("Output file (default: stdout)"),
                cl::value_desc("file"), cl::init("-"), cl::sub(importCommand));
+
+// The main command: import, fuse, partition; report and/or write the kernel
+// graph. (Engines and code generation come with the host and sm_90a targets.)
+static cl::opt<std::string> mainDir(cl::Positional, cl::desc("<checkpoint-dir>"));
+static cl::opt<std::string> mainOutput(
+    "o", cl::desc("Write the fused, partitioned kiln graph to this file"),
+    cl::value_desc("file"));
+static cl::opt<bool> report("report",
+                            cl::desc("Print the per-kernel cost report"));
+static cl::opt<int64_t> reportPrefill("report-prefill-tokens", cl::init(4096),
+                                      cl::desc("Prefill length in the report"));
+static cl::opt<int64_t> reportContext(
+    "report-decode-context", cl::init(4096),
+    cl::desc("Cached tokens before the reported decode step"));
+static cl::opt<int64_t> reportMaxContext(
+    "report-max-context", cl::init(131072),
+    cl::desc("Context length the KV cache pools are sized for"));
+
+static int runCompile() {
+  mlir::DialectRegistry registry;
+  mlir::kiln::registerAllKilnDialects(registry);
+  mlir::MLIRContext context(registry);
+  bool progress = sys::Process::StandardErrIsDisplayed();
+  auto stage = [&](const char *name) {
+    if (progress)
+      errs() << "kilnc: " << name << "\n";
+  };
+  stage("importing");
+  auto module = kiln::importLlama4Checkpoint(context, mainDir);
+  if (!module) {
+    WithColor::error(errs(), "kilnc") << toString(module.takeError()) << "\n";
+    return 1;
+  }
+  stage("fusing and partitioning");
+  mlir::PassManager pm(&context);
+  mlir::kiln::buildGraphPipeline(pm);
+  if (mlir::failed(pm.run(**module)))
+    return 1;
+  if (report) {
+    mlir::kiln::ReportOptions options;
+    options.prefillTokens = reportPrefill;
+    options.decodeContext = reportContext;
+    options.maxContext = reportMaxContext;
+    if (options.prefillTokens < 1 || options.decodeContext < 0 ||
+        options.maxContext < 1) {
+      WithColor::error(errs(), "kilnc")
+          << "report sizes must be positive\n";
+      return 1;
+    }
+    if (mlir::failed(mlir::kiln::writeCostReport(**module, options, outs())))
+      return 1;
+  }
+  if (!mainOutput.empty()) {
+    std::string error;
+    auto output = mlir::openOutputFile(mainOutput, &error);
+    if (!output) {
+      WithColor::error(errs(), "kilnc") << error << "\n";
+      return 1;
+    }
+    (*module)->print(output->os());
+    output->os() << "\n";
+    output->keep();
+  }
+  if (!report && mainOutput.empty())
+    errs() << "kilnc: compiled; nothing requested (use --report or -o)\n";
+  return 0;
+}
 
 static int runImport() {
   mlir::DialectRegistry registry;
@@ -54,8 +126,10 @@ int main(int argc, char **argv) {
   cl::ParseCommandLineOptions(argc, argv, "Kiln: a compiler for Llama 4\n");
   if (importCommand)
     return runImport();
+  if (!mainDir.empty())
+    return runCompile();
   WithColor::error(errs(), "kilnc")
-      << "no command given; try 'kilnc import <checkpoint-dir>' or "
-         "'kilnc --help'\n";
+      << "no checkpoint given; try 'kilnc <checkpoint-dir> --report', "
+         "'kilnc import <checkpoint-dir>' or 'kilnc --help'\n";
   return 1;
 }

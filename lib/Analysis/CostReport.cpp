@@ -1,0 +1,424 @@
+//===- CostReport.cpp - Kernel costs, rooflines and the memory plan --------===//
+//
+// Counting rules (multiply-add = 2 FLOPs; norms, RoPE, softmax and
+// activations, all O(T * D), are not counted):
+//   linear          2 T N K
+//   attention       4 H d per visible (query, key) pair
+//   moe             router 2 T E D; routed 6 k T D F; shared 6 T D F'
+// HBM bytes of a launch: every input and output once. Activations and KV
+// entries are counted at `activationBytes` / `kvBytes` (bf16 on the GPU);
+// weights at their storage type. Only the gathered rows of an embedding table
+// and the experts a step can reach (min(E, k T)) are counted. An attention
+// launch also reads the cached keys/values its queries can see and writes the
+// new ones. Roofline time = max(FLOPs / peak, bytes / bandwidth).
+//
+//===----------------------------------------------------------------------===//
+
+#include "kiln/Analysis/CostReport.h"
+#include "dialects/kiln/KilnOps.h"
+
+#include "mlir/Dialect/Func/IR/FuncOps.h"
+#include "mlir/IR/SymbolTable.h"
+#include "llvm/ADT/MapVector.h"
+#include "llvm/Support/Format.h"
+
+#include <algorithm>
+
+using namespace mlir;
+using namespace mlir::kiln;
+
+namespace {
+
+struct Device {
+  const char *name;
+  double flopsPerSecond; // dense BF16 tensor-core peak
+  double bytesPerSecond; // HBM bandwidth
+};
+
+// NVIDIA datasheets, SXM parts: H100 989.4 dense BF16 TFLOP/s and 3.35 TB/s
+// HBM3; H200 the same compute and 4.8 TB/s HBM3e.
+constexpr Device kDevices[] = {{"H100", 989.4e12, 3.35e12},
+                               {"H200", 989.4e12, 4.8e12}};
+
+struct Step {
+  const char *name;
+  int64_t tokens; // new tokens in the step
+  int64_t start;  // position of the first new token
+};
+
+struct Cost {
+  double flops = 0;
+  double bytes = 0;
+  Cost &operator+=(const Cost &o) {
+    flops += o.flops;
+    bytes += o.bytes;
+    return *this;
+  }
+};
+
+/// Storage bytes of one element of a weight or index tensor.
+int64_t elementBytes(Type type) {
+  if (type.isBF16() || type.isF16())
+    return 2;
+  if (type.isInteger(64) || type.isF64())
+    return 8;
+  return 4;
+}
+
+/// Keys visible to a query at position p.
+int64_t visibleKeys(int64_t p, int64_t chunk) {
+  return chunk > 0 ? p % chunk + 1 : p + 1;
+}
+
+class Reporter {
+public:
+  Reporter(ModuleOp module, func::FuncOp graph, const ReportOptions &options,
+           llvm::raw_ostream &os)
+      : module(module), graph(graph), options(options), os(os) {}
+
+  /// Bytes of one tensor crossing HBM in a step of `tokens` tokens.
+  double tensorBytes(Type type, int64_t tokens) const {
+    auto t = cast<RankedTensorType>(type);
+    if (t.getRank() > 0 && ShapedType::isDynamic(t.getDimSize(0))) {
+      int64_t perToken = 1;
+      for (int64_t d : t.getShape().drop_front())
+        perToken *= d;
+      int64_t bytes = isa<IntegerType>(t.getElementType())
+                          ? elementBytes(t.getElementType())
+                          : options.activationBytes;
+      return static_cast<double>(tokens) * perToken * bytes;
+    }
+    return static_cast<double>(t.getNumElements()) *
+           elementBytes(t.getElementType());
+  }
+
+  /// Cost of one launch of `kernel` in `step`.
+  Cost kernelCost(func::FuncOp kernel, const Step &step) const {
+    Cost cost;
+    int64_t T = step.tokens;
+    Block &body = kernel.getBody().front();
+    llvm::DenseMap<Value, double> argFraction; // weights read only in part
+    for (Operation &op : body) {
+      if (auto linear = dyn_cast<LinearOp>(op)) {
+        auto w = cast<RankedTensorType>(linear.getWeight().getType());
+        cost.flops += 2.0 * T * w.getDimSize(0) * w.getDimSize(1);
+      } else if (auto attention = dyn_cast<AttentionOp>(op)) {
+        int64_t chunk = attention.getMask() == MaskKind::Chunked
+                            ? attention.getChunkSize().value_or(0)
+                            : 0;
+        auto q = cast<RankedTensorType>(attention.getQuery().getType());
+        auto k = cast<RankedTensorType>(attention.getKey().getType());
+        double pairs = 0;
+        for (int64_t p = step.start; p < step.start + T; ++p)
+          pairs += visibleKeys(p, chunk);
+        cost.flops += 4.0 * q.getDimSize(1) * pairs; // 4 H d per pair
+        // Cached keys/values visible to the step, read once; new ones written.
+        int64_t cached = chunk > 0 ? step.start % chunk : step.start;
+        double kvRow = 2.0 * k.getDimSize(1) * options.kvBytes;
+        cost.bytes += kvRow * (cached + T);
+      } else if (auto moe = dyn_cast<MoeOp>(op)) {
+        auto router = cast<RankedTensorType>(moe.getRouter().getType());
+        auto down = cast<RankedTensorType>(moe.getDown().getType());
+        int64_t e = router.getDimSize(0), d = router.getDimSize(1);
+        int64_t f = down.getDimSize(1), k = moe.getTopK();
+        cost.flops += 2.0 * T * e * d + 6.0 * k * T * d * f;
+        if (Value sg = moe.getSharedGate())
+          cost.flops +=
+              6.0 * T * d * cast<RankedTensorType>(sg.getType()).getDimSize(0);
+        double reached = std::min<double>(e, static_cast<double>(k) * T) / e;
+        for (Value w : {moe.getGateUp(), moe.getDown()})
+          if (auto arg = dyn_cast<BlockArgument>(w))
+            argFraction[arg] = reached;
+      } else if (auto embedding = dyn_cast<EmbeddingOp>(op)) {
+        auto table = cast<RankedTensorType>(embedding.getTable().getType());
+        if (auto arg = dyn_cast<BlockArgument>(embedding.getTable()))
+          argFraction[arg] =
+              std::min<double>(T, table.getDimSize(0)) / table.getDimSize(0);
+      }
+    }
+    for (BlockArgument arg : body.getArguments()) {
+      double fraction = argFraction.count(arg) ? argFraction.lookup(arg) : 1.0;
+      cost.bytes += fraction * tensorBytes(arg.getType(), T);
+    }
+    for (Type result : kernel.getResultTypes())
+      cost.bytes += tensorBytes(result, T);
+    return cost;
+  }
+
+  static std::string shapeSummary(func::FuncOp kernel, int64_t tokens) {
+    std::string s;
+    llvm::raw_string_ostream os(s);
+    for (Operation &op : kernel.getBody().front()) {
+      if (auto linear = dyn_cast<LinearOp>(op)) {
+        auto w = cast<RankedTensorType>(linear.getWeight().getType());
+        os << "M=" << tokens << " N=" << w.getDimSize(0)
+           << " K=" << w.getDimSize(1);
+      } else if (isa<PackedSwiGluOp>(op)) {
+        os << " +swiglu";
+      } else if (auto e = dyn_cast<QkvEpilogueOp>(op)) {
+        os << (e.getInvFreq() ? " +rope" : "")
+           << (e.getQkNormEpsilon() ? " +qknorm" : "")
+           << (e.getFloorScale() ? " +temperature" : "");
+      } else if (auto a = dyn_cast<AttentionOp>(op)) {
+        auto q = cast<RankedTensorType>(a.getQuery().getType());
+        os << "H=" << a.getNumHeads() << " Hkv=" << a.getNumKvHeads()
+           << " d=" << q.getDimSize(1) / a.getNumHeads() << " "
+           << (a.getMask() == MaskKind::Chunked
+                   ? "chunked " + std::to_string(*a.getChunkSize())
+                   : std::string("causal"));
+      } else if (auto m = dyn_cast<MoeOp>(op)) {
+        auto down = cast<RankedTensorType>(m.getDown().getType());
+        os << "E=" << down.getDimSize(0) << " top" << m.getTopK()
+           << " D=" << down.getDimSize(2) << " F=" << down.getDimSize(1)
+           << (m.getSharedGate() ? " +shared" : "");
+      } else if (!isa<func::ReturnOp>(op)) {
+        os << (s.empty() ? "" : " ") << op.getName().stripDialect();
+      }
+    }
+    return s;
+  }
+
+  void reportStep(const Step &step, double &idealOut, double &plannedOut) {
+    struct Row {
+      func::FuncOp kernel;
+      int64_t launches = 0;
+      Cost cost;
+    };
+    llvm::MapVector<Operation *, Row> rows;
+    llvm::DenseSet<Value> weightsSeen;
+    double idealWeights = 0, idealKv = 0;
+    graph.walk([&](func::CallOp call) {
+      auto kernel =
+          SymbolTable::lookupNearestSymbolFrom<func::FuncOp>(call, call.getCalleeAttr());
+      Row &row = rows[kernel];
+      row.kernel = kernel;
+      ++row.launches;
+      Cost c = kernelCost(kernel, step);
+      row.cost += c;
+      // Ideal traffic: every weight once (what a step can reach of it) and
+      // the KV cache once. Counted from the same per-launch rules.
+      Block &body = kernel.getBody().front();
+      for (auto [operand, arg] : llvm::zip(call.getOperands(), body.getArguments())) {
+        auto t = cast<RankedTensorType>(operand.getType());
+        if (!t.hasStaticShape() || !weightsSeen.insert(operand).second)
+          continue;
+        idealWeights += tensorBytes(t, step.tokens) *
+                        weightFraction(kernel, arg, step.tokens);
+      }
+      for (Operation &op : body)
+        if (auto a = dyn_cast<AttentionOp>(op)) {
+          int64_t chunk = a.getMask() == MaskKind::Chunked
+                              ? a.getChunkSize().value_or(0)
+                              : 0;
+          int64_t cached = chunk > 0 ? step.start % chunk : step.start;
+          auto k = cast<RankedTensorType>(a.getKey().getType());
+          idealKv += 2.0 * k.getDimSize(1) * options.kvBytes * (cached + step.tokens);
+        }
+    });
+
+    os << "\n" << step.name << ": " << step.tokens << " token"
+       << (step.tokens == 1 ? "" : "s") << " at positions " << step.start
+       << ".." << step.start + step.tokens - 1 << "\n";
+    os << llvm::format("%-14s %-9s %8s  %-44s %12s %12s %12s %12s\n", "kernel",
+                       "kind", "launches", "shape (one launch)", "GFLOP",
+                       "HBM GB", "H100 us", "H200 us");
+    Cost total;
+    double time[2] = {0, 0};
+    for (auto &[op, row] : rows) {
+      std::string kind =
+          row.kernel->getAttrOfType<StringAttr>("kiln.kernel").str();
+      double t[2];
+      for (int i = 0; i < 2; ++i) {
+        // The roofline of each launch, summed: launches do not overlap.
+        Cost one = kernelCost(row.kernel, step);
+        t[i] = row.launches *
+               std::max(one.flops / kDevices[i].flopsPerSecond,
+                        one.bytes / kDevices[i].bytesPerSecond);
+        time[i] += t[i];
+      }
+      std::string shape = shapeSummary(row.kernel, step.tokens);
+      if (shape.size() > 44)
+        shape = shape.substr(0, 41) + "...";
+      os << llvm::format("%-14s %-9s %8lld  %-44s %12.3f %12.4f %12.1f %12.1f\n",
+                         row.kernel.getSymName().str().c_str(), kind.c_str(),
+                         static_cast<long long>(row.launches), shape.c_str(),
+                         row.cost.flops / 1e9, row.cost.bytes / 1e9,
+                         t[0] * 1e6, t[1] * 1e6);
+      total += row.cost;
+    }
+    os << llvm::format("%-14s %-9s %8s  %-44s %12.3f %12.4f %12.1f %12.1f\n",
+                       "total", "", "", "", total.flops / 1e9,
+                       total.bytes / 1e9, time[0] * 1e6, time[1] * 1e6);
+    double perToken = 1.0 / step.tokens;
+    os << llvm::format("per token: %.3f GFLOP, %.4f GB; roofline %.2f us (H100), "
+                       "%.2f us (H200); %.0f tokens/s (H100), %.0f tokens/s (H200)\n",
+                       total.flops / 1e9 * perToken,
+                       total.bytes / 1e9 * perToken, time[0] * 1e6 * perToken,
+                       time[1] * 1e6 * perToken, step.tokens / time[0],
+                       step.tokens / time[1]);
+    double ideal = idealWeights + idealKv;
+    os << llvm::format("planned HBM bytes / ideal (weights and KV once): "
+                       "%.4f GB / %.4f GB = %.3f\n",
+                       total.bytes / 1e9, ideal / 1e9, total.bytes / ideal);
+    idealOut = ideal;
+    plannedOut = total.bytes;
+  }
+
+  double weightFraction(func::FuncOp kernel, BlockArgument arg,
+                        int64_t tokens) const {
+    for (Operation &op : kernel.getBody().front()) {
+      if (auto e = dyn_cast<EmbeddingOp>(op); e && e.getTable() == arg) {
+        auto t = cast<RankedTensorType>(arg.getType());
+        return std::min<double>(tokens, t.getDimSize(0)) / t.getDimSize(0);
+      }
+      if (auto m = dyn_cast<MoeOp>(op);
+          m && (m.getGateUp() == arg || m.getDown() == arg)) {
+        double e = cast<RankedTensorType>(m.getRouter().getType()).getDimSize(0);
+        return std::min<double>(e, static_cast<double>(m.getTopK()) * tokens) / e;
+      }
+    }
+    return 1.0;
+  }
+
+  void reportMemoryPlan() {
+    // Activation buffers: one per call result, live from its call to its
+    // last use; offsets assigned first-fit in program order.
+    SmallVector<func::CallOp> calls;
+    graph.walk([&](func::CallOp call) { calls.push_back(call); });
+    llvm::DenseMap<Operation *, int64_t> index;
+    for (auto [i, call] : llvm::enumerate(calls))
+      index[call] = i;
+    struct Live {
+      int64_t begin, end, size, offset = 0;
+    };
+    std::vector<Live> buffers;
+    int64_t naive = 0;
+    for (auto [i, call] : llvm::enumerate(calls))
+      for (Value result : call.getResults()) {
+        int64_t end = i;
+        for (Operation *user : result.getUsers())
+          end = std::max<int64_t>(end, index.lookup(user));
+        if (isa<func::ReturnOp>(*result.getUsers().begin()))
+          end = calls.size();
+        int64_t size =
+            static_cast<int64_t>(tensorBytes(result.getType(), 1));
+        naive += size;
+        buffers.push_back({static_cast<int64_t>(i), end, size});
+      }
+    int64_t peak = 0;
+    std::vector<Live *> active;
+    for (Live &b : buffers) {
+      llvm::erase_if(active, [&](Live *a) { return a->end < b.begin; });
+      std::sort(active.begin(), active.end(),
+                [](Live *x, Live *y) { return x->offset < y->offset; });
+      int64_t offset = 0;
+      for (Live *a : active) {
+        if (a->offset - offset >= b.size)
+          break;
+        offset = std::max(offset, a->offset + a->size);
+      }
+      b.offset = offset;
+      active.push_back(&b);
+      peak = std::max(peak, offset + b.size);
+    }
+    os << "\nmemory plan (activations at " << options.activationBytes
+       << " B/element):\n";
+    os << llvm::format("  %zu activation buffers; peak %lld B per token by "
+                       "liveness (%lld B without reuse); %.3f GB for a "
+                       "%lld-token prefill\n",
+                       buffers.size(), static_cast<long long>(peak),
+                       static_cast<long long>(naive),
+                       peak * static_cast<double>(options.prefillTokens) / 1e9,
+                       static_cast<long long>(options.prefillTokens));
+
+    // KV cache pools: chunked layers keep at most one chunk, full layers the
+    // whole context.
+    struct Pool {
+      int64_t layers = 0;
+      double bytes = 0;
+    };
+    std::map<int64_t, Pool> pools; // chunk size (0 = full) -> pool
+    for (func::CallOp call : calls) {
+      auto kernel = SymbolTable::lookupNearestSymbolFrom<func::FuncOp>(
+          call, call.getCalleeAttr());
+      kernel.walk([&](AttentionOp a) {
+        int64_t chunk = a.getMask() == MaskKind::Chunked
+                            ? a.getChunkSize().value_or(0)
+                            : 0;
+        int64_t entries = chunk > 0 ? std::min(options.maxContext, chunk)
+                                    : options.maxContext;
+        auto k = cast<RankedTensorType>(a.getKey().getType());
+        Pool &pool = pools[chunk];
+        ++pool.layers;
+        pool.bytes += 2.0 * entries * k.getDimSize(1) * options.kvBytes;
+      });
+    }
+    double kvTotal = 0;
+    for (auto &[chunk, pool] : pools) {
+      os << llvm::format("  KV pool, %s layers: %lld layers x %lld entries: "
+                         "%.3f GB\n",
+                         chunk ? ("chunked(" + std::to_string(chunk) + ")").c_str()
+                               : "full-attention",
+                         static_cast<long long>(pool.layers),
+                         static_cast<long long>(
+                             chunk ? std::min(options.maxContext, chunk)
+                                   : options.maxContext),
+                         pool.bytes / 1e9);
+      kvTotal += pool.bytes;
+    }
+    os << llvm::format("  KV cache for a %lld-token context: %.3f GB; peak "
+                       "(KV + prefill activations): %.3f GB\n",
+                       static_cast<long long>(options.maxContext), kvTotal / 1e9,
+                       (kvTotal + peak * static_cast<double>(options.prefillTokens)) /
+                           1e9);
+  }
+
+  LogicalResult run() {
+    int64_t kernels = 0;
+    for (auto f : module.getOps<func::FuncOp>())
+      kernels += f->hasAttr("kiln.kernel");
+    int64_t launches = 0;
+    graph.walk([&](func::CallOp) { ++launches; });
+    os << "Kiln cost report for @" << graph.getSymName() << ": " << kernels
+       << " kernels, " << launches << " launches per step\n";
+    os << "rates (datasheet, dense BF16, SXM): ";
+    for (const Device &d : kDevices)
+      os << llvm::format("%s %.1f TFLOP/s %.2f TB/s; ", d.name,
+                         d.flopsPerSecond / 1e12, d.bytesPerSecond / 1e12);
+    os << "activations and KV at " << options.activationBytes << " B\n";
+    double ideal, planned;
+    reportStep({"prefill", options.prefillTokens, 0}, ideal, planned);
+    reportStep({"decode step", 1, options.decodeContext}, ideal, planned);
+    reportMemoryPlan();
+    return success();
+  }
+
+private:
+  ModuleOp module;
+  func::FuncOp graph;
+  const ReportOptions &options;
+  llvm::raw_ostream &os;
+};
+
+} // namespace
+
+LogicalResult mlir::kiln::writeCostReport(ModuleOp module,
+                                          const ReportOptions &options,
+                                          llvm::raw_ostream &os) {
+  func::FuncOp graph;
+  for (auto f : module.getOps<func::FuncOp>())
+    if (f.isPublic() && !f.isExternal())
+      graph = f;
+  if (!graph)
+    return module.emitError("cost report: no public function to report on");
+  bool partitioned = true;
+  graph.walk([&](Operation *op) {
+    if (op->getDialect() && isa<KilnDialect>(op->getDialect()) &&
+        !isa<ConcatOp>(op))
+      partitioned = false;
+  });
+  if (!partitioned)
+    return graph.emitError("cost report: the graph is not partitioned into "
+                           "kernels (run kiln-partition-kernels first)");
+  return Reporter(module, graph, options, os).run();
+}
