@@ -451,5 +451,106 @@ LogicalResult QkvEpilogueOp::verify() {
   return success();
 }
 
+//===----------------------------------------------------------------------===//
+// MoeRouteOp, ExpertGateUpOp, ExpertDownOp
+//===----------------------------------------------------------------------===//
+
+/// Checks the dispatch operands shared by the expert ops: 1-D indices and
+/// gates of one length, offsets [experts + 1].
+static LogicalResult checkDispatch(Operation *op, RankedTensorType indices,
+                                   RankedTensorType offsets,
+                                   RankedTensorType gates, int64_t experts) {
+  if (failed(checkRank(op, "token_indices", indices, 1)) ||
+      failed(checkRank(op, "expert_offsets", offsets, 1)) ||
+      (gates && failed(checkRank(op, "gates", gates, 1))))
+    return failure(); // dispatch_c1
+  if (gates && !compatibleDims(gates.getDimSize(0), indices.getDimSize(0)))
+    return op->emitOpError() << "gates and token_indices differ in length";
+  if (offsets.getDimSize(0) != experts + 1)
+    return op->emitOpError()
+           << "expert_offsets must have " << experts + 1
+           << " entries (experts + 1), got "
+           << dimStr(offsets.getDimSize(0)); // dispatch_c2
+  return success();
+}
+
+LogicalResult MoeRouteOp::verify() {
+  auto input = getInput().getType();
+  auto router = getRouter().getType();
+  if (failed(checkRank(*this, "input", input, 2)) ||
+      failed(checkRank(*this, "router", router, 2)))
+    return failure(); // moe_route_c1
+  if (!router.hasStaticShape() || !compatibleDims(router.getDimSize(1),
+                                                  input.getDimSize(1)))
+    return emitOpError() << "router must be a static [experts, "
+                         << dimStr(input.getDimSize(1)) << "], got "
+                         << router; // moe_route_c2
+  int64_t experts = router.getDimSize(0);
+  int64_t topK = getTopK();
+  if (topK < 1 || topK > experts)
+    return emitOpError() << "top_k must be in [1, " << experts << "], got "
+                         << topK; // moe_route_c3
+  if (failed(checkDispatch(*this, getTokenIndices().getType(),
+                           getExpertOffsets().getType(), getGates().getType(),
+                           experts)))
+    return failure();
+  int64_t tokens = input.getDimSize(0);
+  int64_t pairs = getTokenIndices().getType().getDimSize(0);
+  if (!ShapedType::isDynamic(tokens) && !compatibleDims(pairs, tokens * topK))
+    return emitOpError() << "expected " << tokens * topK
+                         << " dispatched pairs, got " << pairs; // moe_route_c4
+  return success();
+}
+
+LogicalResult ExpertGateUpOp::verify() {
+  auto input = getInput().getType();
+  auto gateUp = getGateUp().getType();
+  auto result = getResult().getType();
+  if (failed(checkRank(*this, "input", input, 2)) ||
+      failed(checkRank(*this, "gate_up", gateUp, 3)) ||
+      failed(checkRank(*this, "result", result, 2)))
+    return failure(); // expert_gate_up_c1
+  if (!gateUp.hasStaticShape() ||
+      !compatibleDims(gateUp.getDimSize(1), input.getDimSize(1)) ||
+      gateUp.getDimSize(2) != 2 * result.getDimSize(1))
+    return emitOpError() << "gate_up must be a static [E, "
+                         << dimStr(input.getDimSize(1)) << ", 2 * "
+                         << dimStr(result.getDimSize(1)) << "], got "
+                         << gateUp; // expert_gate_up_c2
+  if (failed(checkDispatch(*this, getTokenIndices().getType(),
+                           getExpertOffsets().getType(), getGates().getType(),
+                           gateUp.getDimSize(0))))
+    return failure();
+  if (failed(checkTokenDim(*this, "result", result,
+                           getTokenIndices().getType().getDimSize(0))))
+    return failure(); // expert_gate_up_c3
+  return success();
+}
+
+LogicalResult ExpertDownOp::verify() {
+  auto hidden = getHidden().getType();
+  auto down = getDown().getType();
+  auto addend = getAddend().getType();
+  if (failed(checkRank(*this, "hidden", hidden, 2)) ||
+      failed(checkRank(*this, "down", down, 3)) ||
+      failed(checkRank(*this, "addend", addend, 2)))
+    return failure(); // expert_down_c1
+  if (!down.hasStaticShape() ||
+      !compatibleDims(down.getDimSize(1), hidden.getDimSize(1)) ||
+      !compatibleDims(down.getDimSize(2), addend.getDimSize(1)))
+    return emitOpError() << "down must be a static [E, "
+                         << dimStr(hidden.getDimSize(1)) << ", "
+                         << dimStr(addend.getDimSize(1)) << "], got "
+                         << down; // expert_down_c2
+  if (failed(checkDispatch(*this, getTokenIndices().getType(),
+                           getExpertOffsets().getType(), nullptr,
+                           down.getDimSize(0))))
+    return failure();
+  if (failed(checkTokenDim(*this, "hidden", hidden,
+                           getTokenIndices().getType().getDimSize(0))))
+    return failure(); // expert_down_c3
+  return success();
+}
+
 #define GET_OP_CLASSES
 #include "dialects/kiln/KilnOps.cpp.inc"

@@ -380,4 +380,95 @@ def Kiln_QkvEpilogueOp : Kiln_Op<"qkv_epilogue", [Pure]> {
   let hasVerifier = 1;
 }
 
+//===----------------------------------------------------------------------===//
+// Decomposed mixture of experts (kiln-decompose-moe)
+//===----------------------------------------------------------------------===//
+
+def Kiln_MoeRouteOp : Kiln_Op<"moe_route", [Pure]> {
+  let summary = "router GEMM, top-k, sigmoid gate and dispatch by expert";
+  let description = [{
+    For each token t of `input` ([T, D]): router logits `r = u router^T`
+    (`router` is [E, D]); the `top_k` largest select experts (ties to the
+    lower index). The T * top_k (token, expert) pairs are sorted by expert,
+    keeping token order within an expert. Results: `token_indices` (the
+    token of each sorted pair), `expert_offsets` ([E + 1]: expert e owns
+    pairs `expert_offsets[e] .. expert_offsets[e + 1] - 1`) and `gates`
+    (`sigmoid(r_e)` of each pair). See docs/dialect.md#kilnmoe_route.
+
+    ```mlir
+    %idx, %offsets, %gates = kiln.moe_route %u, %router {top_k = 1 : i64}
+        : tensor<?x5120xf32>, tensor<16x5120xbf16>
+        -> tensor<?xi64>, tensor<17xi64>, tensor<?xf32>
+    ```
+  }];
+  let arguments = (ins Kiln_FloatTensor:$input, Kiln_FloatTensor:$router,
+                   I64Attr:$top_k);
+  let results = (outs Kiln_PositionTensor:$token_indices,
+                      Kiln_PositionTensor:$expert_offsets,
+                      Kiln_FloatTensor:$gates);
+  let assemblyFormat = [{
+    $input `,` $router attr-dict `:` type($input) `,` type($router) `->`
+    type($token_indices) `,` type($expert_offsets) `,` type($gates)
+  }];
+  let hasVerifier = 1;
+}
+
+def Kiln_ExpertGateUpOp : Kiln_Op<"expert_gate_up", [Pure]> {
+  let summary = "grouped gate/up GEMM of the routed experts with SwiGLU";
+  let description = [{
+    One row per dispatched pair i (expert e, `expert_offsets[e] <= i <
+    expert_offsets[e + 1]`): with the gated input
+    `z = gates[i] * input[token_indices[i]]`, the row is
+    `silu(z G_e) * (z U_e)` where `G_e = gate_up[e, :, 0:F]` and
+    `U_e = gate_up[e, :, F:2F]`. Result [pairs, F].
+    See docs/dialect.md#kilnexpert_gate_up.
+
+    ```mlir
+    %h = kiln.expert_gate_up %u, %idx, %offsets, %gates, %gate_up
+        : tensor<?x5120xf32>, tensor<?xi64>, tensor<17xi64>, tensor<?xf32>,
+          tensor<16x5120x16384xbf16> -> tensor<?x8192xf32>
+    ```
+  }];
+  let arguments = (ins Kiln_FloatTensor:$input,
+                   Kiln_PositionTensor:$token_indices,
+                   Kiln_PositionTensor:$expert_offsets,
+                   Kiln_FloatTensor:$gates, Kiln_FloatTensor:$gate_up);
+  let results = (outs Kiln_FloatTensor:$result);
+  let assemblyFormat = [{
+    $input `,` $token_indices `,` $expert_offsets `,` $gates `,` $gate_up
+    attr-dict `:` type($input) `,` type($token_indices) `,`
+    type($expert_offsets) `,` type($gates) `,` type($gate_up) `->`
+    type($result)
+  }];
+  let hasVerifier = 1;
+}
+
+def Kiln_ExpertDownOp : Kiln_Op<"expert_down", [Pure,
+    AllTypesMatch<["addend", "result"]>]> {
+  let summary = "grouped down GEMM of the routed experts, combined per token";
+  let description = [{
+    `result = addend`, then for every dispatched pair i of expert e:
+    `result[token_indices[i]] += hidden[i] Dn_e` with `Dn_e = down[e]`
+    ([E, F, D], [in, out]). `addend` carries what the block adds
+    unconditionally (the shared expert). See docs/dialect.md#kilnexpert_down.
+
+    ```mlir
+    %y = kiln.expert_down %h, %idx, %offsets, %down, %shared
+        : tensor<?x8192xf32>, tensor<?xi64>, tensor<17xi64>,
+          tensor<16x8192x5120xbf16>, tensor<?x5120xf32>
+    ```
+  }];
+  let arguments = (ins Kiln_FloatTensor:$hidden,
+                   Kiln_PositionTensor:$token_indices,
+                   Kiln_PositionTensor:$expert_offsets,
+                   Kiln_FloatTensor:$down, Kiln_FloatTensor:$addend);
+  let results = (outs Kiln_FloatTensor:$result);
+  let assemblyFormat = [{
+    $hidden `,` $token_indices `,` $expert_offsets `,` $down `,` $addend
+    attr-dict `:` type($hidden) `,` type($token_indices) `,`
+    type($expert_offsets) `,` type($down) `,` type($addend)
+  }];
+  let hasVerifier = 1;
+}
+
 #endif // KILN_OPS_TD

@@ -5,12 +5,16 @@
 //   linear          2 T N K
 //   attention       4 H d per visible (query, key) pair
 //   moe             router 2 T E D; routed 6 k T D F; shared 6 T D F'
+//   moe_route       2 T E D
+//   expert_gate_up  4 R D F, expert_down 2 R F D (R = k T dispatched rows)
 // HBM bytes of a launch: every input and output once. Activations and KV
 // entries are counted at `activationBytes` / `kvBytes` (bf16 on the GPU);
 // weights at their storage type. Only the gathered rows of an embedding table
 // and the experts a step can reach (min(E, k T)) are counted. An attention
 // launch also reads the cached keys/values its queries can see and writes the
 // new ones. Roofline time = max(FLOPs / peak, bytes / bandwidth).
+// Per-pair tensors of a decomposed MoE ([R, F], indices, gates) are counted
+// as k rows per token, k the largest top_k of the module (1 for Llama 4).
 //
 //===----------------------------------------------------------------------===//
 
@@ -65,6 +69,15 @@ int64_t elementBytes(Type type) {
   return 4;
 }
 
+/// The [E, in, out] weights of a grouped expert GEMM, or null.
+Value expertWeights(Operation *op) {
+  if (auto g = dyn_cast<ExpertGateUpOp>(op))
+    return g.getGateUp();
+  if (auto d = dyn_cast<ExpertDownOp>(op))
+    return d.getDown();
+  return nullptr;
+}
+
 /// Keys visible to a query at position p.
 int64_t visibleKeys(int64_t p, int64_t chunk) {
   return chunk > 0 ? p % chunk + 1 : p + 1;
@@ -74,7 +87,11 @@ class Reporter {
 public:
   Reporter(ModuleOp module, func::FuncOp graph, const ReportOptions &options,
            llvm::raw_ostream &os)
-      : module(module), graph(graph), options(options), os(os) {}
+      : module(module), graph(graph), options(options), os(os) {
+    module.walk([&](MoeRouteOp r) {
+      routedPerToken = std::max<int64_t>(routedPerToken, r.getTopK());
+    });
+  }
 
   /// Bytes of one tensor crossing HBM in a step of `tokens` tokens.
   double tensorBytes(Type type, int64_t tokens) const {
@@ -129,6 +146,17 @@ public:
         for (Value w : {moe.getGateUp(), moe.getDown()})
           if (auto arg = dyn_cast<BlockArgument>(w))
             argFraction[arg] = reached;
+      } else if (auto route = dyn_cast<MoeRouteOp>(op)) {
+        auto router = cast<RankedTensorType>(route.getRouter().getType());
+        cost.flops += 2.0 * T * router.getDimSize(0) * router.getDimSize(1);
+      } else if (Value weights = expertWeights(&op)) {
+        auto w = cast<RankedTensorType>(weights.getType());
+        double rows = static_cast<double>(routedPerToken) * T;
+        // Per expert row: 2 * (weights of one expert) FLOPs.
+        cost.flops += 2.0 * rows * w.getDimSize(1) * w.getDimSize(2);
+        double experts = w.getDimSize(0);
+        if (auto arg = dyn_cast<BlockArgument>(weights))
+          argFraction[arg] = std::min(experts, rows) / experts;
       } else if (auto embedding = dyn_cast<EmbeddingOp>(op)) {
         auto table = cast<RankedTensorType>(embedding.getTable().getType());
         if (auto arg = dyn_cast<BlockArgument>(embedding.getTable()))
@@ -145,7 +173,7 @@ public:
     return cost;
   }
 
-  static std::string shapeSummary(func::FuncOp kernel, int64_t tokens) {
+  std::string shapeSummary(func::FuncOp kernel, int64_t tokens) const {
     std::string s;
     llvm::raw_string_ostream os(s);
     for (Operation &op : kernel.getBody().front()) {
@@ -166,6 +194,15 @@ public:
            << (a.getMask() == MaskKind::Chunked
                    ? "chunked " + std::to_string(*a.getChunkSize())
                    : std::string("causal"));
+      } else if (auto r = dyn_cast<MoeRouteOp>(op)) {
+        auto router = cast<RankedTensorType>(r.getRouter().getType());
+        os << "E=" << router.getDimSize(0) << " D=" << router.getDimSize(1)
+           << " top" << r.getTopK() << " +sigmoid +dispatch";
+      } else if (Value weights = expertWeights(&op)) {
+        auto w = cast<RankedTensorType>(weights.getType());
+        os << "E=" << w.getDimSize(0) << " rows=" << tokens * routedPerToken
+           << " N=" << w.getDimSize(2) << " K=" << w.getDimSize(1)
+           << (isa<ExpertGateUpOp>(op) ? " +gate +swiglu" : " +combine");
       } else if (auto m = dyn_cast<MoeOp>(op)) {
         auto down = cast<RankedTensorType>(m.getDown().getType());
         os << "E=" << down.getDimSize(0) << " top" << m.getTopK()
@@ -219,7 +256,7 @@ public:
     os << "\n" << step.name << ": " << step.tokens << " token"
        << (step.tokens == 1 ? "" : "s") << " at positions " << step.start
        << ".." << step.start + step.tokens - 1 << "\n";
-    os << llvm::format("%-14s %-9s %8s  %-44s %12s %12s %12s %12s\n", "kernel",
+    os << llvm::format("%-16s %-12s %8s  %-44s %12s %12s %12s %12s\n", "kernel",
                        "kind", "launches", "shape (one launch)", "GFLOP",
                        "HBM GB", "H100 us", "H200 us");
     Cost total;
@@ -239,14 +276,14 @@ public:
       std::string shape = shapeSummary(row.kernel, step.tokens);
       if (shape.size() > 44)
         shape = shape.substr(0, 41) + "...";
-      os << llvm::format("%-14s %-9s %8lld  %-44s %12.3f %12.4f %12.1f %12.1f\n",
+      os << llvm::format("%-16s %-12s %8lld  %-44s %12.3f %12.4f %12.1f %12.1f\n",
                          row.kernel.getSymName().str().c_str(), kind.c_str(),
                          static_cast<long long>(row.launches), shape.c_str(),
                          row.cost.flops / 1e9, row.cost.bytes / 1e9,
                          t[0] * 1e6, t[1] * 1e6);
       total += row.cost;
     }
-    os << llvm::format("%-14s %-9s %8s  %-44s %12.3f %12.4f %12.1f %12.1f\n",
+    os << llvm::format("%-16s %-12s %8s  %-44s %12.3f %12.4f %12.1f %12.1f\n",
                        "total", "", "", "", total.flops / 1e9,
                        total.bytes / 1e9, time[0] * 1e6, time[1] * 1e6);
     double perToken = 1.0 / step.tokens;
@@ -270,6 +307,10 @@ public:
       if (auto e = dyn_cast<EmbeddingOp>(op); e && e.getTable() == arg) {
         auto t = cast<RankedTensorType>(arg.getType());
         return std::min<double>(tokens, t.getDimSize(0)) / t.getDimSize(0);
+      }
+      if (expertWeights(&op) == arg) {
+        double e = cast<RankedTensorType>(arg.getType()).getDimSize(0);
+        return std::min<double>(e, static_cast<double>(routedPerToken) * tokens) / e;
       }
       if (auto m = dyn_cast<MoeOp>(op);
           m && (m.getGateUp() == arg || m.getDown() == arg)) {
@@ -295,6 +336,9 @@ public:
     int64_t naive = 0;
     for (auto [i, call] : llvm::enumerate(calls))
       for (Value result : call.getResults()) {
+        // Statically shaped results (MoE expert offsets) are a few bytes.
+        if (cast<RankedTensorType>(result.getType()).hasStaticShape())
+          continue;
         int64_t end = i;
         for (Operation *user : result.getUsers())
           end = std::max<int64_t>(end, index.lookup(user));
@@ -398,6 +442,7 @@ private:
   func::FuncOp graph;
   const ReportOptions &options;
   llvm::raw_ostream &os;
+  int64_t routedPerToken = 1;
 };
 
 } // namespace

@@ -10,8 +10,9 @@ using namespace mlir;
 
 void mlir::kiln::buildGraphPipeline(OpPassManager &pm) {
   OpPassManager &func = pm.nest<func::FuncOp>();
-  // QKV before its epilogue; both before the add + norm fusion, which does
-  // not touch projections.
+  // MoE first (its shared expert comes out already fused); QKV before its
+  // epilogue; the add + norm fusion does not touch projections.
+  func.addPass(createDecomposeMoe());
   func.addPass(createFuseQkv());
   func.addPass(createFuseQkvEpilogue());
   func.addPass(createFuseGateUp());

@@ -95,6 +95,18 @@ private:
     auto it = indexAliases.find(v.getAsOpaquePointer());
     return it == indexAliases.end() ? v : it->second;
   }
+  const std::vector<int64_t> &indexValues(Value v) {
+    v = resolveIndex(v);
+    if (v == tokensArg)
+      return currentTokens;
+    if (v == positionsArg)
+      return currentPositions;
+    return intValues.find(v.getAsOpaquePointer())->second;
+  }
+  void release(Value v) {
+    values.erase(v.getAsOpaquePointer());
+    intValues.erase(v.getAsOpaquePointer());
+  }
   llvm::Error evaluate(Operation *op);
   llvm::Error evaluateCall(func::CallOp call);
 
@@ -103,6 +115,8 @@ private:
   /// Intermediate values. A node-based map: kernels hold references to
   /// their operands while their result is inserted.
   std::map<void *, Buffer<T>> values;
+  /// Intermediate index tensors (MoE dispatch).
+  std::map<void *, std::vector<int64_t>> intValues;
   Value tokensArg, positionsArg;
   std::vector<int64_t> currentTokens, currentPositions;
   /// Kernel arguments bound to the caller's buffers during a call.
@@ -210,12 +224,14 @@ llvm::Error EvaluatorImpl<T>::run(llvm::ArrayRef<int64_t> tokens,
     }
     if (llvm::Error e = evaluate(&op)) {
       values.clear();
+      intValues.clear();
       return e;
     }
     for (Value v : dying.lookup(&op))
-      values.erase(v.getAsOpaquePointer());
+      release(v);
   }
   values.clear();
+  intValues.clear();
   cached += static_cast<int64_t>(tokens.size());
   return llvm::Error::success();
 }
@@ -239,7 +255,7 @@ template <typename T> llvm::Error EvaluatorImpl<T>::evaluate(Operation *op) {
     return llvm::Error::success();
   };
   auto ints = [&](Value v) -> const std::vector<int64_t> & {
-    return resolveIndex(v) == tokensArg ? currentTokens : currentPositions;
+    return indexValues(v);
   };
 
   return llvm::TypeSwitch<Operation *, llvm::Error>(op)
@@ -476,6 +492,50 @@ template <typename T> llvm::Error EvaluatorImpl<T>::evaluate(Operation *op) {
         return llvm::Error::success();
       })
       .Case([&](func::CallOp call) { return evaluateCall(call); })
+      .Case([&](mlir::kiln::MoeRouteOp r) -> llvm::Error {
+        const Buffer<T> &x = get(r.getInput());
+        const Buffer<T> &router = get(r.getRouter());
+        std::vector<int64_t> indices, offsets;
+        Buffer<T> gates;
+        ::kiln::ref::moeRoute(x.data.data(), numTokens, x.cols(),
+                              router.data.data(), router.rows(), r.getTopK(),
+                              indices, offsets, gates.data);
+        gates.shape = {static_cast<int64_t>(gates.data.size())};
+        intValues[r.getTokenIndices().getAsOpaquePointer()] = std::move(indices);
+        intValues[r.getExpertOffsets().getAsOpaquePointer()] = std::move(offsets);
+        values[r.getGates().getAsOpaquePointer()] = std::move(gates);
+        return llvm::Error::success();
+      })
+      .Case([&](mlir::kiln::ExpertGateUpOp g) -> llvm::Error {
+        const Buffer<T> &x = get(g.getInput());
+        const std::vector<int64_t> &indices = ints(g.getTokenIndices());
+        const std::vector<int64_t> &offsets = ints(g.getExpertOffsets());
+        int64_t ffn = width(g.getResult());
+        Buffer<T> &out = values[g.getResult().getAsOpaquePointer()];
+        out.shape = {static_cast<int64_t>(indices.size()), ffn};
+        out.data.assign(indices.size() * ffn, T(0));
+        ::kiln::ref::expertGateUp(x.data.data(), x.cols(), indices.data(),
+                                  offsets.data(),
+                                  static_cast<int64_t>(offsets.size()) - 1,
+                                  get(g.getGates()).data.data(),
+                                  get(g.getGateUp()).data.data(), ffn,
+                                  out.data.data());
+        return llvm::Error::success();
+      })
+      .Case([&](mlir::kiln::ExpertDownOp d) -> llvm::Error {
+        const Buffer<T> &h = get(d.getHidden());
+        const Buffer<T> &addend = get(d.getAddend());
+        const std::vector<int64_t> &offsets = ints(d.getExpertOffsets());
+        Buffer<T> &out = output(d.getResult(), addend.cols());
+        ::kiln::ref::expertDown(h.data.data(), h.cols(),
+                                ints(d.getTokenIndices()).data(),
+                                offsets.data(),
+                                static_cast<int64_t>(offsets.size()) - 1,
+                                get(d.getDown()).data.data(),
+                                addend.data.data(), numTokens, addend.cols(),
+                                out.data.data());
+        return llvm::Error::success();
+      })
       .Default([&](Operation *other) -> llvm::Error {
         return opError(other, "the reference evaluator does not support this "
                               "op");
@@ -493,19 +553,22 @@ llvm::Error EvaluatorImpl<T>::evaluateCall(func::CallOp call) {
     return opError(call, "nested kernel calls are not supported");
   Block &body = callee.getBody().front();
   for (auto [arg, operand] : llvm::zip(body.getArguments(), call.getOperands())) {
-    aliases[arg.getAsOpaquePointer()] = &get(operand);
-    indexAliases[arg.getAsOpaquePointer()] = resolveIndex(operand);
+    if (isa<IntegerType>(getElementTypeOrSelf(operand.getType())))
+      indexAliases[arg.getAsOpaquePointer()] = resolveIndex(operand);
+    else
+      aliases[arg.getAsOpaquePointer()] = &get(operand);
   }
   currentCall = call;
   llvm::Error error = llvm::Error::success();
   for (Operation &op : body) {
     if (auto ret = dyn_cast<func::ReturnOp>(op)) {
       // Copy out before the kernel's values are released.
-      std::vector<Buffer<T>> results;
-      for (Value v : ret.getOperands())
-        results.push_back(get(v));
-      for (auto [result, buffer] : llvm::zip(call.getResults(), results))
-        values[result.getAsOpaquePointer()] = std::move(buffer);
+      for (auto [result, v] : llvm::zip(call.getResults(), ret.getOperands())) {
+        if (isa<IntegerType>(getElementTypeOrSelf(v.getType())))
+          intValues[result.getAsOpaquePointer()] = indexValues(v);
+        else
+          values[result.getAsOpaquePointer()] = get(v);
+      }
       break;
     }
     if ((error = evaluate(&op)))
@@ -514,7 +577,7 @@ llvm::Error EvaluatorImpl<T>::evaluateCall(func::CallOp call) {
   currentCall = nullptr;
   for (Operation &op : body)
     for (Value result : op.getResults())
-      values.erase(result.getAsOpaquePointer());
+      release(result);
   for (BlockArgument arg : body.getArguments()) {
     aliases.erase(arg.getAsOpaquePointer());
     indexAliases.erase(arg.getAsOpaquePointer());

@@ -200,6 +200,90 @@ void moe(const T *x, int64_t rows, const T *router, const T *gateUp,
   }
 }
 
+template <typename T>
+void moeRoute(const T *x, int64_t rows, int64_t hidden, const T *router,
+              int64_t numExperts, int64_t topK,
+              std::vector<int64_t> &tokenIndices,
+              std::vector<int64_t> &offsets, std::vector<T> &gates) {
+  struct Pair {
+    int64_t expert, token, rank;
+    T gate;
+  };
+  std::vector<Pair> pairs;
+  std::vector<T> logits(numExperts);
+  std::vector<int64_t> order(numExperts);
+  for (int64_t t = 0; t < rows; ++t) {
+    linear(x + t * hidden, 1, hidden, router, numExperts, logits.data());
+    std::iota(order.begin(), order.end(), 0);
+    auto rank = [&](int64_t i) {
+      return std::isnan(logits[i]) ? T(-INFINITY) : logits[i];
+    };
+    std::sort(order.begin(), order.end(), [&](int64_t a, int64_t b) {
+      return rank(a) > rank(b) || (rank(a) == rank(b) && a < b);
+    });
+    for (int64_t k = 0; k < topK; ++k)
+      pairs.push_back({order[k], t, k,
+                       T(1) / (T(1) + std::exp(-logits[order[k]]))});
+  }
+  // By expert, then token, then selection rank: a total order.
+  std::sort(pairs.begin(), pairs.end(), [](const Pair &a, const Pair &b) {
+    if (a.expert != b.expert)
+      return a.expert < b.expert;
+    return a.token != b.token ? a.token < b.token : a.rank < b.rank;
+  });
+  tokenIndices.resize(pairs.size());
+  gates.resize(pairs.size());
+  offsets.assign(numExperts + 1, 0);
+  for (size_t i = 0; i < pairs.size(); ++i) {
+    tokenIndices[i] = pairs[i].token;
+    gates[i] = pairs[i].gate;
+    ++offsets[pairs[i].expert + 1];
+  }
+  for (int64_t e = 0; e < numExperts; ++e)
+    offsets[e + 1] += offsets[e];
+}
+
+template <typename T>
+void expertGateUp(const T *x, int64_t hidden, const int64_t *tokenIndices,
+                  const int64_t *offsets, int64_t numExperts, const T *gates,
+                  const T *gateUp, int64_t ffn, T *out) {
+  std::vector<T> z(hidden), g(ffn), u(ffn);
+  for (int64_t e = 0; e < numExperts; ++e) {
+    const T *w = gateUp + e * hidden * 2 * ffn; // [D, 2F], gate columns first
+    for (int64_t i = offsets[e]; i < offsets[e + 1]; ++i) {
+      for (int64_t c = 0; c < hidden; ++c)
+        z[c] = gates[i] * x[tokenIndices[i] * hidden + c];
+      std::fill(g.begin(), g.end(), T(0));
+      std::fill(u.begin(), u.end(), T(0));
+      for (int64_t c = 0; c < hidden; ++c)
+        for (int64_t j = 0; j < ffn; ++j) {
+          g[j] += z[c] * w[c * 2 * ffn + j];
+          u[j] += z[c] * w[c * 2 * ffn + ffn + j];
+        }
+      swiglu(g.data(), u.data(), ffn, out + i * ffn);
+    }
+  }
+}
+
+template <typename T>
+void expertDown(const T *h, int64_t ffn, const int64_t *tokenIndices,
+                const int64_t *offsets, int64_t numExperts, const T *down,
+                const T *addend, int64_t rows, int64_t hidden, T *out) {
+  std::copy(addend, addend + rows * hidden, out);
+  for (int64_t e = 0; e < numExperts; ++e) {
+    const T *w = down + e * ffn * hidden; // [F, D], [in, out]
+    for (int64_t i = offsets[e]; i < offsets[e + 1]; ++i) {
+      T *y = out + tokenIndices[i] * hidden;
+      for (int64_t c = 0; c < hidden; ++c) {
+        T acc = 0;
+        for (int64_t j = 0; j < ffn; ++j)
+          acc += h[i * ffn + j] * w[j * hidden + c];
+        y[c] += acc;
+      }
+    }
+  }
+}
+
 #define KILN_INSTANTIATE(T)                                                    \
   template void embedding<T>(const T *, int64_t, const int64_t *, int64_t,     \
                              T *);                                             \
@@ -215,7 +299,16 @@ void moe(const T *x, int64_t rows, const T *router, const T *gateUp,
                              const AttentionParams &, T *);                    \
   template void moe<T>(const T *, int64_t, const T *, const T *, const T *,    \
                        const T *, const T *, const T *, const MoeParams &,     \
-                       T *);
+                       T *);                                                   \
+  template void moeRoute<T>(const T *, int64_t, int64_t, const T *, int64_t,   \
+                            int64_t, std::vector<int64_t> &,                   \
+                            std::vector<int64_t> &, std::vector<T> &);         \
+  template void expertGateUp<T>(const T *, int64_t, const int64_t *,           \
+                                const int64_t *, int64_t, const T *,           \
+                                const T *, int64_t, T *);                      \
+  template void expertDown<T>(const T *, int64_t, const int64_t *,             \
+                              const int64_t *, int64_t, const T *, const T *,  \
+                              int64_t, int64_t, T *);
 KILN_INSTANTIATE(float)
 KILN_INSTANTIATE(double)
 #undef KILN_INSTANTIATE

@@ -57,6 +57,10 @@ SmallVector<KernelGroup> formGroups(Block &block) {
       group.kind = "attention";
     } else if (isa<MoeOp>(op)) {
       group.kind = "moe";
+    } else if (isa<MoeRouteOp>(op)) {
+      group.kind = "router";
+    } else if (isa<ExpertGateUpOp, ExpertDownOp>(op)) {
+      group.kind = "grouped_gemm";
     } else {
       group.kind = "memory";
     }

@@ -86,6 +86,30 @@ void moe(const T *x, int64_t rows, const T *router, const T *gateUp,
          const T *down, const T *sharedGate, const T *sharedUp,
          const T *sharedDown, const MoeParams &params, T *out);
 
+/// Routing of a decomposed MoE block: top-k of the router logits per token
+/// (ties to the lower expert), pairs sorted by expert (token order within an
+/// expert). Fills `tokenIndices` and `gates` (rows * topK entries, sigmoid of
+/// the logit) and `offsets` (numExperts + 1 entries).
+template <typename T>
+void moeRoute(const T *x, int64_t rows, int64_t hidden, const T *router,
+              int64_t numExperts, int64_t topK,
+              std::vector<int64_t> &tokenIndices,
+              std::vector<int64_t> &offsets, std::vector<T> &gates);
+
+/// Grouped gate/up GEMM: for dispatched pair i of expert e,
+/// out[i] = silu(z G_e) * (z U_e) with z = gates[i] * x[tokenIndices[i]].
+template <typename T>
+void expertGateUp(const T *x, int64_t hidden, const int64_t *tokenIndices,
+                  const int64_t *offsets, int64_t numExperts, const T *gates,
+                  const T *gateUp, int64_t ffn, T *out);
+
+/// Grouped down GEMM and combine: out = addend, then for pair i of expert e,
+/// out[tokenIndices[i]] += h[i] Dn_e.
+template <typename T>
+void expertDown(const T *h, int64_t ffn, const int64_t *tokenIndices,
+                const int64_t *offsets, int64_t numExperts, const T *down,
+                const T *addend, int64_t rows, int64_t hidden, T *out);
+
 } // namespace kiln::ref
 
 #endif // KILN_REFERENCE_KERNELS_H

@@ -105,6 +105,26 @@ def FuseQkvEpilogue : Pass<"kiln-fuse-qkv-epilogue", "mlir::func::FuncOp"> {
   let dependentDialects = ["mlir::kiln::KilnDialect"];
 }
 
+def DecomposeMoe : Pass<"kiln-decompose-moe", "mlir::func::FuncOp"> {
+  let summary = "Split kiln.moe into routing, grouped expert GEMMs and the shared expert";
+  let description = [{
+    Rewrites each `kiln.moe` that has a shared expert into
+
+    - `kiln.moe_route`: router GEMM, top-k, sigmoid and the dispatch of
+      (token, expert) pairs sorted by expert, in one step;
+    - `kiln.expert_gate_up`: one grouped GEMM over the dispatched rows with
+      the gate applied to the expert input and a SwiGLU epilogue;
+    - the shared expert as an ordinary fused gate/up GEMM
+      (`concat` + `linear` + `packed_swiglu`) and its down `linear`, alongside;
+    - `kiln.expert_down`: the grouped down GEMM, scattered back to tokens and
+      added to the shared expert's output.
+
+    Only the experts a token was routed to do any work (the Hugging Face code
+    runs every expert on every token).
+  }];
+  let dependentDialects = ["mlir::kiln::KilnDialect"];
+}
+
 //===----------------------------------------------------------------------===//
 // Kernel partition
 //===----------------------------------------------------------------------===//
@@ -119,8 +139,9 @@ def PartitionKernels : Pass<"kiln-partition-kernels", "mlir::ModuleOp"> {
     - `gemm`: a `kiln.linear` plus the epilogue that consumes its only result
       (`kiln.packed_swiglu` or `kiln.qkv_epilogue`);
     - `attention`: a `kiln.attention`;
-    - `moe`: a `kiln.moe` (router, dispatch, grouped expert GEMMs, shared
-      expert, combine);
+    - `moe`: a `kiln.moe` not decomposed by kiln-decompose-moe;
+    - `router`: a `kiln.moe_route` (router GEMM, top-k, sigmoid, dispatch);
+    - `grouped_gemm`: a `kiln.expert_gate_up` or `kiln.expert_down`;
     - `memory`: every other op (norms, residual adds, the embedding gather):
       memory-bound work.
 

@@ -563,6 +563,86 @@ func.func @qkv_epilogue_floor_scale(%qkv: tensor<?x32xf32>, %pos: tensor<?xi64>)
 
 // -----
 
+func.func @moe_route_router(%u: tensor<?x16xf32>, %r: tensor<4x8xbf16>) {
+  // expected-error @+1 {{'kiln.moe_route' op router must be a static [experts, 16], got 'tensor<4x8xbf16>'}}
+  %0:3 = kiln.moe_route %u, %r {top_k = 1 : i64} : tensor<?x16xf32>, tensor<4x8xbf16> -> tensor<?xi64>, tensor<5xi64>, tensor<?xf32>
+  return
+}
+
+// -----
+
+func.func @moe_route_top_k(%u: tensor<?x16xf32>, %r: tensor<4x16xbf16>) {
+  // expected-error @+1 {{'kiln.moe_route' op top_k must be in [1, 4], got 0}}
+  %0:3 = kiln.moe_route %u, %r {top_k = 0 : i64} : tensor<?x16xf32>, tensor<4x16xbf16> -> tensor<?xi64>, tensor<5xi64>, tensor<?xf32>
+  return
+}
+
+// -----
+
+func.func @moe_route_offsets(%u: tensor<?x16xf32>, %r: tensor<4x16xbf16>) {
+  // expected-error @+1 {{'kiln.moe_route' op expert_offsets must have 5 entries (experts + 1), got 4}}
+  %0:3 = kiln.moe_route %u, %r {top_k = 1 : i64} : tensor<?x16xf32>, tensor<4x16xbf16> -> tensor<?xi64>, tensor<4xi64>, tensor<?xf32>
+  return
+}
+
+// -----
+
+func.func @moe_route_pairs(%u: tensor<3x16xf32>, %r: tensor<4x16xbf16>) {
+  // expected-error @+1 {{'kiln.moe_route' op expected 6 dispatched pairs, got 3}}
+  %0:3 = kiln.moe_route %u, %r {top_k = 2 : i64} : tensor<3x16xf32>, tensor<4x16xbf16> -> tensor<3xi64>, tensor<5xi64>, tensor<3xf32>
+  return
+}
+
+// -----
+
+func.func @moe_route_gates_length(%u: tensor<?x16xf32>, %r: tensor<4x16xbf16>) {
+  // expected-error @+1 {{'kiln.moe_route' op gates and token_indices differ in length}}
+  %0:3 = kiln.moe_route %u, %r {top_k = 1 : i64} : tensor<?x16xf32>, tensor<4x16xbf16> -> tensor<3xi64>, tensor<5xi64>, tensor<4xf32>
+  return
+}
+
+// -----
+
+func.func @expert_gate_up_weights(%u: tensor<?x16xf32>, %i: tensor<?xi64>, %o: tensor<5xi64>, %g: tensor<?xf32>, %gu: tensor<4x16x20xbf16>) {
+  // expected-error @+1 {{'kiln.expert_gate_up' op gate_up must be a static [E, 16, 2 * 12], got 'tensor<4x16x20xbf16>'}}
+  %0 = kiln.expert_gate_up %u, %i, %o, %g, %gu : tensor<?x16xf32>, tensor<?xi64>, tensor<5xi64>, tensor<?xf32>, tensor<4x16x20xbf16> -> tensor<?x12xf32>
+  return
+}
+
+// -----
+
+func.func @expert_gate_up_rows(%u: tensor<?x16xf32>, %i: tensor<3xi64>, %o: tensor<5xi64>, %g: tensor<3xf32>, %gu: tensor<4x16x24xbf16>) {
+  // expected-error @+1 {{'kiln.expert_gate_up' op token dimension of result (4) does not match 3}}
+  %0 = kiln.expert_gate_up %u, %i, %o, %g, %gu : tensor<?x16xf32>, tensor<3xi64>, tensor<5xi64>, tensor<3xf32>, tensor<4x16x24xbf16> -> tensor<4x12xf32>
+  return
+}
+
+// -----
+
+func.func @expert_down_weights(%h: tensor<?x12xf32>, %i: tensor<?xi64>, %o: tensor<5xi64>, %dn: tensor<4x12x8xbf16>, %a: tensor<?x16xf32>) {
+  // expected-error @+1 {{'kiln.expert_down' op down must be a static [E, 12, 16], got 'tensor<4x12x8xbf16>'}}
+  %0 = kiln.expert_down %h, %i, %o, %dn, %a : tensor<?x12xf32>, tensor<?xi64>, tensor<5xi64>, tensor<4x12x8xbf16>, tensor<?x16xf32>
+  return
+}
+
+// -----
+
+func.func @expert_down_offsets(%h: tensor<?x12xf32>, %i: tensor<?xi64>, %o: tensor<3xi64>, %dn: tensor<4x12x16xbf16>, %a: tensor<?x16xf32>) {
+  // expected-error @+1 {{'kiln.expert_down' op expert_offsets must have 5 entries (experts + 1), got 3}}
+  %0 = kiln.expert_down %h, %i, %o, %dn, %a : tensor<?x12xf32>, tensor<?xi64>, tensor<3xi64>, tensor<4x12x16xbf16>, tensor<?x16xf32>
+  return
+}
+
+// -----
+
+func.func @expert_down_rows(%h: tensor<2x12xf32>, %i: tensor<3xi64>, %o: tensor<5xi64>, %dn: tensor<4x12x16xbf16>, %a: tensor<?x16xf32>) {
+  // expected-error @+1 {{'kiln.expert_down' op token dimension of hidden (2) does not match 3}}
+  %0 = kiln.expert_down %h, %i, %o, %dn, %a : tensor<2x12xf32>, tensor<3xi64>, tensor<5xi64>, tensor<4x12x16xbf16>, tensor<?x16xf32>
+  return
+}
+
+// -----
+
 // expected-error @+1 {{'kiln.weight' on argument 0 must be a non-empty string naming a checkpoint tensor}}
 func.func @weight_attr_not_string(%w: tensor<4xbf16> {kiln.weight = 3 : i64}) {
   return

@@ -80,3 +80,18 @@ func.func @qkv_epilogue(%qkv: tensor<?x32xf32>, %pos: tensor<?xi64>) -> tensor<?
       : tensor<?x32xf32>, tensor<?xi64> -> tensor<?x16xf32>, tensor<?x8xf32>, tensor<?x8xf32>
   return %q : tensor<?x16xf32>
 }
+
+// CHECK-LABEL: func.func @decomposed_moe
+func.func @decomposed_moe(%u: tensor<?x16xf32>, %r: tensor<4x16xbf16>, %gu: tensor<4x16x24xbf16>,
+                          %dn: tensor<4x12x16xbf16>, %shared: tensor<?x16xf32>) -> tensor<?x16xf32> {
+  // CHECK: kiln.moe_route %{{.*}}, %{{.*}} {top_k = 2 : i64} : tensor<?x16xf32>, tensor<4x16xbf16> -> tensor<?xi64>, tensor<5xi64>, tensor<?xf32>
+  %idx, %off, %g = kiln.moe_route %u, %r {top_k = 2 : i64}
+      : tensor<?x16xf32>, tensor<4x16xbf16> -> tensor<?xi64>, tensor<5xi64>, tensor<?xf32>
+  // CHECK: kiln.expert_gate_up
+  %h = kiln.expert_gate_up %u, %idx, %off, %g, %gu
+      : tensor<?x16xf32>, tensor<?xi64>, tensor<5xi64>, tensor<?xf32>, tensor<4x16x24xbf16> -> tensor<?x12xf32>
+  // CHECK: kiln.expert_down
+  %y = kiln.expert_down %h, %idx, %off, %dn, %shared
+      : tensor<?x12xf32>, tensor<?xi64>, tensor<5xi64>, tensor<4x12x16xbf16>, tensor<?x16xf32>
+  return %y : tensor<?x16xf32>
+}
