@@ -71,6 +71,8 @@ public:
   explicit EvaluatorImpl(func::FuncOp func) : func(func) {}
 
   llvm::Error bindWeights(const Checkpoint &checkpoint);
+  llvm::Expected<std::vector<::kiln::ref::KernelValue>>
+  runKernel(llvm::ArrayRef<::kiln::ref::KernelValue> args);
   llvm::Error run(llvm::ArrayRef<int64_t> tokens,
                   llvm::ArrayRef<int64_t> positions,
                   std::vector<double> &result, int64_t &width) override;
@@ -583,6 +585,77 @@ llvm::Error EvaluatorImpl<T>::evaluateCall(func::CallOp call) {
     indexAliases.erase(arg.getAsOpaquePointer());
   }
   return error;
+}
+
+template <typename T>
+llvm::Expected<std::vector<::kiln::ref::KernelValue>>
+EvaluatorImpl<T>::runKernel(llvm::ArrayRef<::kiln::ref::KernelValue> args) {
+  Block &body = func.getBody().front();
+  if (args.size() != body.getNumArguments())
+    return makeError(llvm::formatv("@{0} takes {1} arguments, got {2}",
+                                   func.getName(), body.getNumArguments(),
+                                   args.size()));
+  int64_t tokens = -1;
+  for (auto [argument, value] : llvm::zip(body.getArguments(), args)) {
+    BlockArgument arg = argument;
+    auto type = cast<RankedTensorType>(arg.getType());
+    if (isa<IntegerType>(type.getElementType())) {
+      bool isTokens = llvm::any_of(arg.getUsers(), [&](Operation *user) {
+        auto e = dyn_cast<mlir::kiln::EmbeddingOp>(user);
+        return e && e.getTokens() == arg;
+      });
+      (isTokens ? tokensArg : positionsArg) = arg;
+      (isTokens ? currentTokens : currentPositions) = value.ints;
+      tokens = static_cast<int64_t>(value.ints.size());
+      continue;
+    }
+    Buffer<T> buffer;
+    buffer.shape = value.shape;
+    buffer.data.assign(value.floats.begin(), value.floats.end());
+    if (type.isDynamicDim(0))
+      tokens = value.shape[0];
+    if (type.hasStaticShape())
+      weights[arg] = std::move(buffer);
+    else
+      values[arg.getAsOpaquePointer()] = std::move(buffer);
+  }
+  if (tokens < 0)
+    return makeError("cannot tell the token count of @" + func.getName());
+  if (!tokensArg)
+    currentTokens.assign(tokens, 0);
+  if (!positionsArg)
+    currentPositions.assign(tokens, 0);
+  std::vector<::kiln::ref::KernelValue> results;
+  for (Operation &op : body) {
+    if (auto ret = dyn_cast<func::ReturnOp>(op)) {
+      for (Value v : ret.getOperands()) {
+        ::kiln::ref::KernelValue out;
+        if (isa<IntegerType>(getElementTypeOrSelf(v.getType()))) {
+          out.ints = indexValues(v);
+          out.shape = {static_cast<int64_t>(out.ints.size())};
+        } else {
+          const Buffer<T> &b = get(v);
+          out.shape = b.shape;
+          out.floats.assign(b.data.begin(), b.data.end());
+        }
+        results.push_back(std::move(out));
+      }
+      break;
+    }
+    if (llvm::Error e = evaluate(&op))
+      return std::move(e);
+  }
+  return results;
+}
+
+llvm::Expected<std::vector<::kiln::ref::KernelValue>>(::kiln::ref::evaluateKernel)(
+    func::FuncOp kernel, llvm::ArrayRef<::kiln::ref::KernelValue> args,
+    Precision precision) {
+  if (kernel.isExternal() || !kernel.getBody().hasOneBlock())
+    return makeError("@" + kernel.getName() + " must have a single block");
+  if (precision == Precision::F64)
+    return EvaluatorImpl<double>(kernel).runKernel(args);
+  return EvaluatorImpl<float>(kernel).runKernel(args);
 }
 
 llvm::Expected<std::unique_ptr<Evaluator>>

@@ -4,6 +4,7 @@
 //
 //===----------------------------------------------------------------------===//
 
+#include "kiln/Conversion/Passes.h"
 #include "kiln/InitAll.h"
 #include "kiln/Pipelines/Pipelines.h"
 #include "mlir/Tools/mlir-opt/MlirOptMain.h"
@@ -14,6 +15,7 @@ int main(int argc, char **argv) {
   mlir::registerCSEPass();
   mlir::kiln::registerAllKilnPasses();
   mlir::kiln::registerGraphPipeline();
+  mlir::kiln::registerKilnConversionPasses();
   mlir::DialectRegistry registry;
   mlir::kiln::registerAllKilnDialects(registry);
   return mlir::asMainReturnCode(

@@ -51,6 +51,22 @@ public:
   virtual int64_t numCachedTokens() const = 0;
 };
 
+/// A tensor passed to or returned by evaluateKernel: float data (weights
+/// already widened) or, for index tensors, integers.
+struct KernelValue {
+  std::vector<int64_t> shape;
+  std::vector<double> floats;
+  std::vector<int64_t> ints;
+};
+
+/// Evaluates one kernel function (from kiln-partition-kernels) on explicit
+/// arguments, as a fresh sequence (attention sees only these tokens). Index
+/// arguments read by a `kiln.embedding` are its tokens; any other index
+/// argument is the positions. Used to check generated kernels one by one.
+llvm::Expected<std::vector<KernelValue>>
+evaluateKernel(mlir::func::FuncOp kernel, llvm::ArrayRef<KernelValue> args,
+               Precision precision);
+
 } // namespace ref
 } // namespace kiln
 

@@ -1,0 +1,58 @@
+// RUN: kiln-opt %s -split-input-file -kiln-convert-kernels-to-loops -verify-diagnostics | FileCheck %s
+
+// A GEMM with its SwiGLU epilogue: inputs then outputs as memrefs, the GEMM
+// result a temporary freed at the end, weights widened from bf16 on load.
+// CHECK-LABEL: func.func @gemm_0
+// CHECK-SAME: (%[[X:.*]]: memref<?x16xf32>, %[[W:.*]]: memref<48x16xbf16>, %[[OUT:.*]]: memref<?x24xf32>)
+// CHECK-SAME: attributes {kiln.kernel = "gemm", llvm.emit_c_interface}
+// CHECK: %[[T:.*]] = memref.dim %[[X]], %{{.*}} : memref<?x16xf32>
+// CHECK: %[[TMP:.*]] = memref.alloc(%[[T]]) : memref<?x48xf32>
+// CHECK: scf.for
+// CHECK: scf.for
+// CHECK: scf.for {{.*}} iter_args
+// CHECK: memref.load %[[W]]
+// CHECK: arith.extf {{.*}} : bf16 to f32
+// CHECK: memref.store {{.*}}, %[[TMP]]
+// CHECK: math.exp
+// CHECK: memref.store {{.*}}, %[[OUT]]
+// CHECK: memref.dealloc %[[TMP]]
+// CHECK-NEXT: return
+func.func private @gemm_0(%x: tensor<?x16xf32>, %w: tensor<48x16xbf16>) -> tensor<?x24xf32>
+    attributes {kiln.kernel = "gemm"} {
+  %0 = kiln.linear %x, %w : tensor<?x16xf32>, tensor<48x16xbf16> -> tensor<?x48xf32>
+  %1 = kiln.packed_swiglu %0 : tensor<?x48xf32> -> tensor<?x24xf32>
+  return %1 : tensor<?x24xf32>
+}
+
+// -----
+
+// Both results of add_rms_norm go straight to the outputs.
+// CHECK-LABEL: func.func @memory_0
+// CHECK-SAME: (%{{.*}}: memref<?x16xf32>, %{{.*}}: memref<?x16xf32>, %{{.*}}: memref<16xbf16>, %[[SUM:.*]]: memref<?x16xf32>, %[[NORMED:.*]]: memref<?x16xf32>)
+// CHECK-NOT: memref.alloc
+// CHECK: math.sqrt
+// CHECK-NOT: memref.dealloc
+func.func private @memory_0(%x: tensor<?x16xf32>, %r: tensor<?x16xf32>, %w: tensor<16xbf16>)
+    -> (tensor<?x16xf32>, tensor<?x16xf32>) attributes {kiln.kernel = "memory"} {
+  %s, %n = kiln.add_rms_norm %x, %r, %w {epsilon = 1.0e-05 : f64} : tensor<?x16xf32>, tensor<16xbf16>
+  return %s, %n : tensor<?x16xf32>, tensor<?x16xf32>
+}
+
+// -----
+
+func.func private @attention_0(%q: tensor<?x16xf32>, %k: tensor<?x8xf32>, %v: tensor<?x8xf32>,
+                               %p: tensor<?xi64>) -> tensor<?x16xf32>
+    attributes {kiln.kernel = "attention"} {
+  // expected-error @+1 {{'kiln.attention' op has no host loop lowering yet (kernel kind 'attention')}}
+  %o = kiln.attention %q, %k, %v, %p {num_heads = 2 : i64, num_kv_heads = 1 : i64,
+      scale = 0.25 : f64, mask = #kiln.mask<causal>}
+      : tensor<?x16xf32>, tensor<?x8xf32>, tensor<?x8xf32>, tensor<?xi64>
+  return %o : tensor<?x16xf32>
+}
+
+// -----
+
+// expected-error @+1 {{lower kernels in a module of their own: @forward is not a kernel}}
+func.func @forward(%x: tensor<?x16xf32>) -> tensor<?x16xf32> {
+  return %x : tensor<?x16xf32>
+}
