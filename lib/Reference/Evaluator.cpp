@@ -595,24 +595,41 @@ EvaluatorImpl<T>::runKernel(llvm::ArrayRef<::kiln::ref::KernelValue> args) {
     return makeError(llvm::formatv("@{0} takes {1} arguments, got {2}",
                                    func.getName(), body.getNumArguments(),
                                    args.size()));
+  // The token count comes from the first argument with a dynamic token
+  // dimension that is not a dispatch vector (those have k rows per token).
   int64_t tokens = -1;
   for (auto [argument, value] : llvm::zip(body.getArguments(), args)) {
     BlockArgument arg = argument;
     auto type = cast<RankedTensorType>(arg.getType());
+    bool dispatch = llvm::any_of(arg.getUsers(), [&](Operation *user) {
+      if (isa<mlir::kiln::ExpertGateUpOp>(user))
+        return arg != user->getOperand(0); // all but the token rows
+      if (isa<mlir::kiln::ExpertDownOp>(user))
+        return arg != user->getOperand(4); // all but the addend
+      return false;
+    });
     if (isa<IntegerType>(type.getElementType())) {
       bool isTokens = llvm::any_of(arg.getUsers(), [&](Operation *user) {
         auto e = dyn_cast<mlir::kiln::EmbeddingOp>(user);
         return e && e.getTokens() == arg;
       });
-      (isTokens ? tokensArg : positionsArg) = arg;
-      (isTokens ? currentTokens : currentPositions) = value.ints;
-      tokens = static_cast<int64_t>(value.ints.size());
+      if (isTokens) {
+        tokensArg = arg;
+        currentTokens = value.ints;
+      } else if (!dispatch) {
+        positionsArg = arg;
+        currentPositions = value.ints;
+      } else {
+        intValues[arg.getAsOpaquePointer()] = value.ints;
+      }
+      if (!dispatch && tokens < 0)
+        tokens = static_cast<int64_t>(value.ints.size());
       continue;
     }
     Buffer<T> buffer;
     buffer.shape = value.shape;
     buffer.data.assign(value.floats.begin(), value.floats.end());
-    if (type.isDynamicDim(0))
+    if (type.isDynamicDim(0) && !dispatch && tokens < 0)
       tokens = value.shape[0];
     if (type.hasStaticShape())
       weights[arg] = std::move(buffer);

@@ -1,10 +1,11 @@
 //===- HostKernelsTest.cpp - Generated host kernels vs the reference ------===//
 //
 // Builds the tiny Scout- and Maverick-shaped graphs, runs the graph pipeline,
-// lowers every GEMM and memory-bound kernel to host loops, compiles them into
-// a shared object, then calls each generated kernel on random inputs and
-// compares it with the reference evaluator running the same kernel function.
-// Positions straddle floor_scale so the temperature epilogue is exercised.
+// lowers every kernel (GEMMs, memory-bound, attention, MoE routing and
+// grouped expert GEMMs) to host loops, compiles them into a shared object,
+// then calls each generated kernel on random inputs and compares it with the
+// reference evaluator running the same kernel function. Positions straddle
+// floor_scale (temperature) and a chunk boundary (a chunk of 8 is used).
 //
 //===----------------------------------------------------------------------===//
 
@@ -41,7 +42,7 @@ std::string tinyConfig(bool scout) {
   return R"({"architectures": ["Llama4ForCausalLM"], "hidden_size": 64,
       "num_hidden_layers": 4, "num_attention_heads": 4, "num_key_value_heads": 2,
       "head_dim": 16, "vocab_size": 256, "intermediate_size": 32,
-      "intermediate_size_mlp": 64, "attention_chunk_size": 8192,
+      "intermediate_size_mlp": 64, "attention_chunk_size": 8,
       "floor_scale": 8192, )" +
          moe + "}";
 }
@@ -79,11 +80,15 @@ void call(void *fn, std::vector<P> &a) {
 #define KILN_REPEAT_5 P, P, P, P, P
 #define KILN_REPEAT_6 P, P, P, P, P, P
 #define KILN_REPEAT_7 P, P, P, P, P, P, P
+#define KILN_REPEAT_8 P, P, P, P, P, P, P, P
+#define KILN_REPEAT_9 P, P, P, P, P, P, P, P, P
     KILN_CALL(3, a[0], a[1], a[2])
     KILN_CALL(4, a[0], a[1], a[2], a[3])
     KILN_CALL(5, a[0], a[1], a[2], a[3], a[4])
     KILN_CALL(6, a[0], a[1], a[2], a[3], a[4], a[5])
     KILN_CALL(7, a[0], a[1], a[2], a[3], a[4], a[5], a[6])
+    KILN_CALL(8, a[0], a[1], a[2], a[3], a[4], a[5], a[6], a[7])
+    KILN_CALL(9, a[0], a[1], a[2], a[3], a[4], a[5], a[6], a[7], a[8])
   default:
     FAIL() << "unexpected kernel arity " << a.size();
   }
@@ -105,13 +110,12 @@ void checkPreset(bool scout) {
   OwningOpRef<ModuleOp> kernels = ModuleOp::create(UnknownLoc::get(&context));
   SmallVector<func::FuncOp> checked;
   for (auto f : model->getOps<func::FuncOp>()) {
-    auto kind = f->getAttrOfType<StringAttr>("kiln.kernel");
-    if (kind && (kind.getValue() == "gemm" || kind.getValue() == "memory")) {
+    if (f->hasAttr("kiln.kernel")) {
       kernels->push_back(f->clone());
       checked.push_back(f);
     }
   }
-  ASSERT_GE(checked.size(), 8u);
+  ASSERT_GE(checked.size(), 14u);
   PassManager lower(&context);
   lower.addPass(mlir::kiln::createConvertKilnToLoops());
   ASSERT_TRUE(succeeded(lower.run(*kernels)));
@@ -131,7 +135,31 @@ void checkPreset(bool scout) {
   for (func::FuncOp kernel : checked) {
     SCOPED_TRACE(kernel.getSymName().str());
     std::vector<::kiln::ref::KernelValue> inputs;
-    std::vector<Arg> args(kernel.getNumArguments() + kernel.getNumResults());
+    // A valid dispatch: each of the 7 pairs (top-1) goes to a random expert.
+    int64_t experts = 0;
+    kernel.walk([&](Operation *op) {
+      if (auto g = dyn_cast<mlir::kiln::ExpertGateUpOp>(op))
+        experts = cast<RankedTensorType>(g.getGateUp().getType()).getDimSize(0);
+      if (auto d = dyn_cast<mlir::kiln::ExpertDownOp>(op))
+        experts = cast<RankedTensorType>(d.getDown().getType()).getDimSize(0);
+    });
+    std::vector<int64_t> pairExpert(tokens), dispatchTokens, dispatchOffsets;
+    if (experts) {
+      for (int64_t &e : pairExpert)
+        e = static_cast<int64_t>(rng() % experts);
+      dispatchOffsets.assign(experts + 1, 0);
+      for (int64_t ex = 0; ex < experts; ++ex) {
+        for (int64_t t = 0; t < tokens; ++t)
+          if (pairExpert[t] == ex)
+            dispatchTokens.push_back((t * 5 + 3) % tokens);
+        dispatchOffsets[ex + 1] = static_cast<int64_t>(dispatchTokens.size());
+      }
+    }
+    int64_t numAttention = 0;
+    kernel.walk([&](mlir::kiln::AttentionOp) { ++numAttention; });
+    std::vector<Arg> args(kernel.getNumArguments() + numAttention +
+                          kernel.getNumResults());
+    std::vector<int64_t> positionValues;
     for (auto [i, arg] : llvm::enumerate(kernel.getArguments())) {
       auto type = cast<RankedTensorType>(arg.getType());
       std::vector<int64_t> shape(type.getShape());
@@ -146,9 +174,25 @@ void checkPreset(bool scout) {
       if (element.isInteger(32) || element.isInteger(64)) {
         bool isTokens = llvm::any_of(arg.getUsers(),
                                      [](Operation *u) { return isa<mlir::kiln::EmbeddingOp>(u); });
-        for (int64_t t = 0; t < n; ++t)
-          value.ints.push_back(isTokens ? static_cast<int64_t>(rng() % 256)
-                                        : 8188 + t); // crosses floor_scale
+        auto dispatchOperand = [&](unsigned index) {
+          return llvm::any_of(arg.getUses(), [&](OpOperand &use) {
+            return isa<mlir::kiln::ExpertGateUpOp, mlir::kiln::ExpertDownOp>(
+                       use.getOwner()) &&
+                   use.getOperandNumber() == index;
+          });
+        };
+        if (dispatchOperand(1)) {
+          value.ints = dispatchTokens;
+        } else if (dispatchOperand(2)) {
+          value.ints = dispatchOffsets;
+        } else {
+          // Positions crossing floor_scale (8192) and a chunk boundary.
+          for (int64_t t = 0; t < n; ++t)
+            value.ints.push_back(isTokens ? static_cast<int64_t>(rng() % 256)
+                                          : 8188 + t);
+          if (!isTokens)
+            positionValues = value.ints;
+        }
         if (element.isInteger(32)) {
           args[i].i32.assign(value.ints.begin(), value.ints.end());
           args[i].describe(args[i].i32.data(), shape);
@@ -174,11 +218,23 @@ void checkPreset(bool scout) {
     auto expected =
         ::kiln::ref::evaluateKernel(kernel, inputs, ::kiln::ref::Precision::F32);
     ASSERT_TRUE(static_cast<bool>(expected)) << llvm::toString(expected.takeError());
+    // Host attention kernels take their keys' positions (here: the same
+    // tokens, a fresh sequence) after the inputs.
+    unsigned firstOutput = kernel.getNumArguments() + numAttention;
+    for (unsigned a = kernel.getNumArguments(); a < firstOutput; ++a) {
+      args[a].i64 = positionValues;
+      args[a].describe(args[a].i64.data(), {tokens});
+    }
     for (size_t r = 0; r < expected->size(); ++r) {
-      Arg &out = args[kernel.getNumArguments() + r];
-      int64_t n = static_cast<int64_t>((*expected)[r].floats.size());
-      out.f32.assign(n, std::nanf(""));
-      out.describe(out.f32.data(), (*expected)[r].shape);
+      Arg &out = args[firstOutput + r];
+      const ::kiln::ref::KernelValue &want = (*expected)[r];
+      if (!want.ints.empty()) {
+        out.i64.assign(want.ints.size(), -1);
+        out.describe(out.i64.data(), want.shape);
+      } else {
+        out.f32.assign(want.floats.size(), std::nanf(""));
+        out.describe(out.f32.data(), want.shape);
+      }
     }
     std::vector<P> pointers;
     for (Arg &a : args)
@@ -188,8 +244,12 @@ void checkPreset(bool scout) {
     ASSERT_NE(fn, nullptr) << symbol;
     call(fn, pointers);
     for (size_t r = 0; r < expected->size(); ++r) {
+      if (!(*expected)[r].ints.empty()) {
+        EXPECT_EQ(args[firstOutput + r].i64, (*expected)[r].ints) << "result " << r;
+        continue;
+      }
       const std::vector<double> &want = (*expected)[r].floats;
-      const std::vector<float> &got = args[kernel.getNumArguments() + r].f32;
+      const std::vector<float> &got = args[firstOutput + r].f32;
       double maxDiff = 0, maxRef = 0;
       for (size_t j = 0; j < want.size(); ++j) {
         maxDiff = std::max(maxDiff, std::fabs(got[j] - want[j]));
@@ -204,7 +264,7 @@ void checkPreset(bool scout) {
   std::remove((stem + ".so").c_str());
 }
 
-TEST(HostKernelsTest, TinyScoutGemmAndMemoryKernels) { checkPreset(true); }
-TEST(HostKernelsTest, TinyMaverickGemmAndMemoryKernels) { checkPreset(false); }
+TEST(HostKernelsTest, TinyScoutKernels) { checkPreset(true); }
+TEST(HostKernelsTest, TinyMaverickKernels) { checkPreset(false); }
 
 } // namespace

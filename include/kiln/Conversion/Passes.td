@@ -21,10 +21,14 @@ def ConvertKilnToLoops : Pass<"kiln-convert-kernels-to-loops", "mlir::ModuleOp">
     `_mlir_ciface_<kernel>`. Intermediates inside a kernel (a GEMM's output
     before its epilogue) are allocated and freed inside it.
 
-    Kernels of kinds `gemm` and `memory` are supported; attention and MoE
-    kernels are reported as errors (their host lowering, with the KV cache
-    and the dispatch, comes next). The module must hold only kernels: the
-    graph that calls them keeps tensor semantics.
+    Every kernel kind of the graph pipeline is supported: `gemm`, `memory`,
+    `attention`, `router` and `grouped_gemm` (an undecomposed `kiln.moe` is
+    reported as an error: run kiln-decompose-moe first). Host attention
+    kernels get one more argument per attention, after the inputs: the
+    positions of their keys, because on the host the key and value arguments
+    hold every cached token followed by the new ones (the runtime appends
+    new keys/values to its KV pools before the launch). The module must hold
+    only kernels: the graph that calls them keeps tensor semantics.
   }];
   let dependentDialects = ["mlir::arith::ArithDialect",
                            "mlir::math::MathDialect",

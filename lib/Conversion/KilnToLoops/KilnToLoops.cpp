@@ -17,6 +17,8 @@
 #include "mlir/IR/Builders.h"
 #include "llvm/ADT/TypeSwitch.h"
 
+#include <limits>
+
 namespace mlir::kiln {
 #define GEN_PASS_DEF_CONVERTKILNTOLOOPS
 #include "kiln/Conversion/Passes.h.inc"
@@ -95,6 +97,42 @@ public:
     return loop.getResult(0);
   }
 
+  Value cmpIndex(arith::CmpIPredicate pred, Value x, Value y) {
+    return arith::CmpIOp::create(*b, loc, pred, x, y);
+  }
+  Value select(Value c, Value x, Value y) {
+    return arith::SelectOp::create(*b, loc, c, x, y);
+  }
+  Value toIndex(Value v) {
+    return arith::IndexCastOp::create(*b, loc, b->getIndexType(), v);
+  }
+  Value toI64(Value v) {
+    return arith::IndexCastOp::create(*b, loc, b->getI64Type(), v);
+  }
+  /// scf.for iv in [lb, ub) with loop-carried values.
+  ValueRange loopWith(Value lb, Value ub, ValueRange init,
+                      function_ref<SmallVector<Value>(Value, ValueRange)> body) {
+    auto loop = scf::ForOp::create(
+        *b, loc, lb, ub, index(1), init,
+        [&](OpBuilder &nested, Location, Value iv, ValueRange args) {
+          OpBuilder *outer = b;
+          b = &nested;
+          SmallVector<Value> next = body(iv, args);
+          scf::YieldOp::create(*b, loc, next);
+          b = outer;
+        });
+    return loop.getResults();
+  }
+  /// if (cond) body().
+  void when(Value cond, function_ref<void()> body) {
+    auto op = scf::IfOp::create(*b, loc, cond, /*withElseRegion=*/false);
+    OpBuilder *outer = b;
+    OpBuilder nested = op.getThenBodyBuilder();
+    b = &nested;
+    body();
+    b = outer;
+  }
+
   /// silu(g) * u as the reference writes it: g / (1 + exp(-g)) * u.
   Value swiglu(Value g, Value u) {
     Value negated = arith::NegFOp::create(*b, loc, g);
@@ -122,6 +160,8 @@ public:
 
 private:
   LogicalResult lowerOp(Operation *op, Emitter &e);
+  LogicalResult lowerAttention(AttentionOp a, Emitter &e);
+  LogicalResult lowerRoute(MoeRouteOp r, Emitter &e);
   Value buffer(Value tensor) { return buffers.lookup(tensor); }
   /// The destination of a result: the output argument when the result is
   /// returned, else a fresh allocation freed at the end of the kernel.
@@ -131,6 +171,8 @@ private:
   func::FuncOp kernel;
   llvm::DenseMap<Value, Value> buffers;
   llvm::DenseMap<Value, Value> outputs;
+  /// For attention kernels: the key argument -> its positions argument.
+  llvm::DenseMap<Value, Value> keyPositions;
   SmallVector<Value> temporaries;
 };
 
@@ -206,6 +248,32 @@ static void emitRmsNorm(Emitter &e, Value in, Value weight, Value out,
       e.store(e.mul(v, e.load(weight, {c[0]})), out, {t[0], c[0]});
     });
   });
+}
+
+/// tau(p) = 1 + attn_scale * ln(1 + floor((p + 1) / floor_scale)) as f32,
+/// the floor on integers and the rest in f64, like the reference.
+static Value emitTemperature(Emitter &e, Value position, double attnScale,
+                             int64_t floorScale) {
+  Value one = arith::ConstantIntOp::create(*e.b, e.loc, 1, 64);
+  Value steps = arith::DivSIOp::create(
+      *e.b, e.loc, arith::AddIOp::create(*e.b, e.loc, position, one),
+      arith::ConstantIntOp::create(*e.b, e.loc, floorScale, 64));
+  Value stepsF = arith::SIToFPOp::create(*e.b, e.loc, e.b->getF64Type(), steps);
+  Value log = math::LogOp::create(*e.b, e.loc, e.add(e.f64(1.0), stepsF));
+  return arith::TruncFOp::create(*e.b, e.loc, e.b->getF32Type(),
+                                 e.add(e.f64(1.0), e.mul(e.f64(attnScale), log)));
+}
+
+/// Key visibility: k <= q, and the same chunk for chunked masks.
+static Value emitVisible(Emitter &e, Value q, Value k, int64_t chunk) {
+  Value causal = e.cmpIndex(arith::CmpIPredicate::sle, k, q);
+  if (chunk == 0)
+    return causal;
+  Value c = arith::ConstantIntOp::create(*e.b, e.loc, chunk, 64);
+  Value same = e.cmpIndex(arith::CmpIPredicate::eq,
+                          arith::DivSIOp::create(*e.b, e.loc, k, c),
+                          arith::DivSIOp::create(*e.b, e.loc, q, c));
+  return arith::AndIOp::create(*e.b, e.loc, causal, same);
 }
 
 static int64_t width(Value v) {
@@ -352,20 +420,8 @@ LogicalResult KernelLowering::lowerOp(Operation *op, Emitter &e) {
         if (std::optional<int64_t> floor = q.getFloorScale()) {
           double attnScale = q.getAttnScale()->convertToDouble();
           e.loops({t}, [&](ValueRange tv) {
-            // tau = 1 + attn_scale * ln(1 + floor((p + 1) / floor_scale)),
-            // the floor on integers, the rest in f64.
             Value p = memref::LoadOp::create(*e.b, e.loc, positions, tv[0]);
-            Value one = arith::ConstantIntOp::create(*e.b, e.loc, 1, 64);
-            Value steps = arith::DivSIOp::create(
-                *e.b, e.loc, arith::AddIOp::create(*e.b, e.loc, p, one),
-                arith::ConstantIntOp::create(*e.b, e.loc, *floor, 64));
-            Value stepsF =
-                arith::SIToFPOp::create(*e.b, e.loc, e.b->getF64Type(), steps);
-            Value log = math::LogOp::create(*e.b, e.loc,
-                                            e.add(e.f64(1.0), stepsF));
-            Value tau = arith::TruncFOp::create(
-                *e.b, e.loc, e.b->getF32Type(),
-                e.add(e.f64(1.0), e.mul(e.f64(attnScale), log)));
+            Value tau = emitTemperature(e, p, attnScale, *floor);
             e.loops({e.index(qWidth)}, [&](ValueRange c) {
               e.store(e.mul(e.load(parts[0], {tv[0], c[0]}), tau), parts[0],
                       {tv[0], c[0]});
@@ -374,12 +430,263 @@ LogicalResult KernelLowering::lowerOp(Operation *op, Emitter &e) {
         }
         return success();
       })
+      .Case([&](AttentionOp a) { return lowerAttention(a, e); })
+      .Case([&](MoeRouteOp r) { return lowerRoute(r, e); })
+      .Case([&](ExpertGateUpOp g) {
+        Value x = buffer(g.getInput()), idx = buffer(g.getTokenIndices());
+        Value off = buffer(g.getExpertOffsets()), gates = buffer(g.getGates());
+        Value w = buffer(g.getGateUp());
+        Value out = destination(g.getResult(), e.dim(idx, 0), e);
+        auto wType = cast<RankedTensorType>(g.getGateUp().getType());
+        int64_t experts = wType.getDimSize(0), d = wType.getDimSize(1);
+        int64_t f = wType.getDimSize(2) / 2;
+        Value z = memref::AllocOp::create(
+            *e.b, e.loc, MemRefType::get({d}, e.b->getF32Type()));
+        temporaries.push_back(z);
+        e.loops({e.index(experts)}, [&](ValueRange ex) {
+          Value begin = e.loadIndex(off, {ex[0]});
+          Value end = e.loadIndex(off, {e.addIndex(ex[0], e.index(1))});
+          e.loopWith(begin, end, {}, [&](Value i, ValueRange) {
+            Value token = e.loadIndex(idx, {i});
+            Value gate = e.load(gates, {i});
+            e.loops({e.index(d)}, [&](ValueRange c) {
+              e.store(e.mul(gate, e.load(x, {token, c[0]})), z, c);
+            });
+            e.loops({e.index(f)}, [&](ValueRange j) {
+              Value up = e.addIndex(j[0], e.index(f));
+              Value gv = e.sum(e.index(d), [&](Value c) {
+                return e.mul(e.load(z, {c}), e.load(w, {ex[0], c, j[0]}));
+              });
+              Value uv = e.sum(e.index(d), [&](Value c) {
+                return e.mul(e.load(z, {c}), e.load(w, {ex[0], c, up}));
+              });
+              e.store(e.swiglu(gv, uv), out, {i, j[0]});
+            });
+            return SmallVector<Value>();
+          });
+        });
+        return success();
+      })
+      .Case([&](ExpertDownOp dn) {
+        Value h = buffer(dn.getHidden()), idx = buffer(dn.getTokenIndices());
+        Value off = buffer(dn.getExpertOffsets()), w = buffer(dn.getDown());
+        Value addend = buffer(dn.getAddend());
+        Value t = rows(dn.getAddend(), e);
+        Value out = destination(dn.getResult(), t, e);
+        auto wType = cast<RankedTensorType>(dn.getDown().getType());
+        int64_t experts = wType.getDimSize(0), f = wType.getDimSize(1);
+        int64_t d = wType.getDimSize(2);
+        e.loops({t, e.index(d)}, [&](ValueRange ivs) {
+          e.store(e.load(addend, ivs), out, ivs);
+        });
+        e.loops({e.index(experts)}, [&](ValueRange ex) {
+          Value begin = e.loadIndex(off, {ex[0]});
+          Value end = e.loadIndex(off, {e.addIndex(ex[0], e.index(1))});
+          e.loopWith(begin, end, {}, [&](Value i, ValueRange) {
+            Value token = e.loadIndex(idx, {i});
+            e.loops({e.index(d)}, [&](ValueRange c) {
+              Value acc = e.sum(e.index(f), [&](Value j) {
+                return e.mul(e.load(h, {i, j}), e.load(w, {ex[0], j, c[0]}));
+              });
+              e.store(e.add(e.load(out, {token, c[0]}), acc), out,
+                      {token, c[0]});
+            });
+            return SmallVector<Value>();
+          });
+        });
+        return success();
+      })
       .Default([&](Operation *other) {
         return other->emitOpError()
                << "has no host loop lowering yet (kernel kind '"
                << kernel->getAttrOfType<StringAttr>("kiln.kernel").getValue()
                << "')";
       });
+}
+
+/// Attention over the keys the runtime passes: the kernel's key and value
+/// arguments hold every cached token followed by the new ones, and an extra
+/// argument holds their positions (the host ABI: see docs/design.md). Same
+/// operation order as the reference: scores of visible keys, max, exp, sum,
+/// then the weighted sum of values in key order.
+LogicalResult KernelLowering::lowerAttention(AttentionOp a, Emitter &e) {
+  Value q = buffer(a.getQuery()), k = buffer(a.getKey()), v = buffer(a.getValue());
+  Value qPositions = buffer(a.getPositions());
+  Value kPositions = keyPositions.lookup(a.getKey());
+  if (!kPositions)
+    return a.emitOpError() << "the key of a host attention kernel must be a "
+                              "kernel argument";
+  Value t = rows(a.getQuery(), e);
+  Value keys = e.dim(k, 0);
+  Value out = destination(a.getResult(), t, e);
+  int64_t heads = a.getNumHeads(), kvHeads = a.getNumKvHeads();
+  int64_t d = width(a.getQuery()) / heads, group = heads / kvHeads;
+  int64_t chunk = a.getMask() == MaskKind::Chunked ? a.getChunkSize().value_or(0) : 0;
+  double scale = a.getScale().convertToDouble();
+  Value scores = memref::AllocOp::create(
+      *e.b, e.loc, MemRefType::get({ShapedType::kDynamic}, e.b->getF32Type()),
+      ValueRange{keys});
+  temporaries.push_back(scores);
+  e.loops({t, e.index(heads)}, [&](ValueRange ivs) {
+    Value tok = ivs[0];
+    Value qBase = e.mulIndex(ivs[1], d);
+    Value kvBase = e.mulIndex(
+        arith::DivUIOp::create(*e.b, e.loc, ivs[1], e.index(group)), d);
+    Value qPos = memref::LoadOp::create(*e.b, e.loc, qPositions, tok);
+    Value tau = a.getFloorScale()
+                    ? emitTemperature(e, qPos, a.getAttnScale()->convertToDouble(),
+                                      *a.getFloorScale())
+                    : e.f32(1.0);
+    Value negInf = e.f32(-std::numeric_limits<double>::infinity());
+    Value maxScore = e.loopWith(e.index(0), keys, {negInf}, [&](Value s, ValueRange acc) {
+      Value kPos = memref::LoadOp::create(*e.b, e.loc, kPositions, s);
+      Value visible = emitVisible(e, qPos, kPos, chunk);
+      Value dot = e.sum(e.index(d), [&](Value i) {
+        Value qi = e.mul(e.load(q, {tok, e.addIndex(qBase, i)}), tau);
+        return e.mul(qi, e.load(k, {s, e.addIndex(kvBase, i)}));
+      });
+      Value score = e.mul(dot, e.f32(scale));
+      e.store(score, scores, {s});
+      Value larger = arith::CmpFOp::create(*e.b, e.loc, arith::CmpFPredicate::OLT,
+                                           acc[0], score);
+      Value next = e.select(larger, score, acc[0]);
+      return SmallVector<Value>{e.select(visible, next, acc[0])};
+    })[0];
+    Value total = e.loopWith(e.index(0), keys, {e.f32(0.0)}, [&](Value s, ValueRange acc) {
+      Value kPos = memref::LoadOp::create(*e.b, e.loc, kPositions, s);
+      Value visible = emitVisible(e, qPos, kPos, chunk);
+      Value p = math::ExpOp::create(
+          *e.b, e.loc,
+          arith::SubFOp::create(*e.b, e.loc, e.load(scores, {s}), maxScore));
+      e.store(p, scores, {s});
+      return SmallVector<Value>{e.select(visible, e.add(acc[0], p), acc[0])};
+    })[0];
+    e.loops({e.index(d)}, [&](ValueRange i) {
+      e.store(e.f32(0.0), out, {tok, e.addIndex(qBase, i[0])});
+    });
+    e.loopWith(e.index(0), keys, {}, [&](Value s, ValueRange) {
+      Value kPos = memref::LoadOp::create(*e.b, e.loc, kPositions, s);
+      e.when(emitVisible(e, qPos, kPos, chunk), [&] {
+        Value weight = e.div(e.load(scores, {s}), total);
+        e.loops({e.index(d)}, [&](ValueRange i) {
+          Value col = e.addIndex(qBase, i[0]);
+          Value contribution = e.mul(weight, e.load(v, {s, e.addIndex(kvBase, i[0])}));
+          e.store(e.add(e.load(out, {tok, col}), contribution), out, {tok, col});
+        });
+      });
+      return SmallVector<Value>();
+    });
+  });
+  return success();
+}
+
+/// Router logits, top-k (ties to the lower expert), sigmoid gates, then a
+/// counting sort of the (token, rank) pairs by expert that keeps token and
+/// rank order within an expert, as the reference's sort does.
+LogicalResult KernelLowering::lowerRoute(MoeRouteOp r, Emitter &e) {
+  Value x = buffer(r.getInput()), router = buffer(r.getRouter());
+  Value t = rows(r.getInput(), e);
+  int64_t experts = cast<RankedTensorType>(r.getRouter().getType()).getDimSize(0);
+  int64_t d = width(r.getInput()), topK = r.getTopK();
+  Value pairs = e.b->createOrFold<arith::MulIOp>(e.loc, t, e.index(topK));
+  Value indices = destination(r.getTokenIndices(), pairs, e);
+  Value offsets = destination(r.getExpertOffsets(), pairs, e);
+  Value gates = destination(r.getGates(), pairs, e);
+  auto f32 = e.b->getF32Type();
+  auto i64 = e.b->getI64Type();
+  auto alloc = [&](ArrayRef<int64_t> shape, Type type, ValueRange dynamic) {
+    Value m = memref::AllocOp::create(*e.b, e.loc, MemRefType::get(shape, type),
+                                      dynamic);
+    temporaries.push_back(m);
+    return m;
+  };
+  int64_t dyn = ShapedType::kDynamic;
+  Value logits = alloc({experts}, f32, {});
+  Value taken = alloc({experts}, e.b->getI1Type(), {});
+  Value pairExpert = alloc({dyn}, i64, {pairs});
+  Value pairGate = alloc({dyn}, f32, {pairs});
+  Value cursor = alloc({experts + 1}, i64, {});
+  Value zero64 = arith::ConstantIntOp::create(*e.b, e.loc, 0, 64);
+  Value one64 = arith::ConstantIntOp::create(*e.b, e.loc, 1, 64);
+  e.loops({e.index(experts + 1)}, [&](ValueRange i) {
+    memref::StoreOp::create(*e.b, e.loc, zero64, cursor, i);
+  });
+  e.loops({t}, [&](ValueRange tv) {
+    e.loops({e.index(experts)}, [&](ValueRange ex) {
+      Value l = e.sum(e.index(d), [&](Value c) {
+        return e.mul(e.load(x, {tv[0], c}), e.load(router, {ex[0], c}));
+      });
+      e.store(l, logits, ex);
+      memref::StoreOp::create(
+          *e.b, e.loc, arith::ConstantIntOp::create(*e.b, e.loc, 0, 1), taken, ex);
+    });
+    e.loops({e.index(topK)}, [&](ValueRange kv) {
+      // The first untaken expert with the largest logit (NaN ranks last).
+      Value negInf = e.f32(-std::numeric_limits<double>::infinity());
+      ValueRange best = e.loopWith(
+          e.index(0), e.index(experts), {e.index(-1), negInf},
+          [&](Value ex, ValueRange acc) {
+            Value isTaken = memref::LoadOp::create(*e.b, e.loc, taken, ex);
+            Value l = e.load(logits, {ex});
+            Value isNan = arith::CmpFOp::create(*e.b, e.loc,
+                                                arith::CmpFPredicate::UNO, l, l);
+            Value rank = e.select(isNan, negInf, l);
+            Value none = e.cmpIndex(arith::CmpIPredicate::slt, acc[0], e.index(0));
+            Value better = arith::CmpFOp::create(*e.b, e.loc,
+                                                 arith::CmpFPredicate::OGT, rank, acc[1]);
+            Value take = arith::AndIOp::create(
+                *e.b, e.loc,
+                arith::XOrIOp::create(*e.b, e.loc, isTaken,
+                                      arith::ConstantIntOp::create(*e.b, e.loc, 1, 1)),
+                arith::OrIOp::create(*e.b, e.loc, none, better));
+            return SmallVector<Value>{e.select(take, ex, acc[0]),
+                                      e.select(take, rank, acc[1])};
+          });
+      Value chosen = best[0];
+      memref::StoreOp::create(*e.b, e.loc,
+                              arith::ConstantIntOp::create(*e.b, e.loc, 1, 1),
+                              taken, chosen);
+      Value pair = e.addIndex(e.mulIndex(tv[0], topK), kv[0]);
+      memref::StoreOp::create(*e.b, e.loc, e.toI64(chosen), pairExpert, pair);
+      Value l = e.load(logits, {chosen});
+      Value gate = e.div(e.f32(1.0),
+                         e.add(e.f32(1.0), math::ExpOp::create(
+                                               *e.b, e.loc,
+                                               arith::NegFOp::create(*e.b, e.loc, l))));
+      e.store(gate, pairGate, {pair});
+      Value slot = e.addIndex(chosen, e.index(1));
+      Value count = memref::LoadOp::create(*e.b, e.loc, cursor, slot);
+      memref::StoreOp::create(*e.b, e.loc,
+                              arith::AddIOp::create(*e.b, e.loc, count, one64),
+                              cursor, slot);
+    });
+  });
+  // Prefix sums give the offsets; the cursor then walks each expert's range.
+  memref::StoreOp::create(*e.b, e.loc, zero64, offsets, ValueRange{e.index(0)});
+  e.loops({e.index(experts)}, [&](ValueRange ex) {
+    Value next = e.addIndex(ex[0], e.index(1));
+    Value sum = arith::AddIOp::create(
+        *e.b, e.loc, memref::LoadOp::create(*e.b, e.loc, offsets, ex[0]),
+        memref::LoadOp::create(*e.b, e.loc, cursor, next));
+    memref::StoreOp::create(*e.b, e.loc, sum, offsets, next);
+  });
+  e.loops({e.index(experts)}, [&](ValueRange ex) {
+    memref::StoreOp::create(*e.b, e.loc,
+                            memref::LoadOp::create(*e.b, e.loc, offsets, ex[0]),
+                            cursor, ex[0]);
+  });
+  e.loops({pairs}, [&](ValueRange p) {
+    Value ex = e.toIndex(memref::LoadOp::create(*e.b, e.loc, pairExpert, p[0]));
+    Value at = memref::LoadOp::create(*e.b, e.loc, cursor, ex);
+    Value slot = e.toIndex(at);
+    Value token = arith::DivUIOp::create(*e.b, e.loc, p[0], e.index(topK));
+    memref::StoreOp::create(*e.b, e.loc, e.toI64(token), indices, slot);
+    e.store(e.load(pairGate, {p[0]}), gates, {slot});
+    memref::StoreOp::create(*e.b, e.loc,
+                            arith::AddIOp::create(*e.b, e.loc, at, one64),
+                            cursor, ex);
+  });
+  return success();
 }
 
 LogicalResult KernelLowering::run() {
@@ -395,19 +702,33 @@ LogicalResult KernelLowering::run() {
   };
   for (Type t : kernel.getArgumentTypes())
     types.push_back(toMemRef(t));
+  // Attention kernels also take the positions of their keys (which, on
+  // the host, include every cached token): one i64 vector per attention,
+  // after the original inputs.
+  SmallVector<Value> attentionKeys;
+  for (Operation &op : body)
+    if (auto a = dyn_cast<AttentionOp>(op))
+      attentionKeys.push_back(a.getKey());
+  auto positionsType =
+      MemRefType::get({ShapedType::kDynamic}, IntegerType::get(ctx, 64));
+  for (size_t i = 0; i < attentionKeys.size(); ++i)
+    types.push_back(positionsType);
+  unsigned numInputs = types.size();
   for (Type t : kernel.getResultTypes())
     types.push_back(toMemRef(t));
   OpBuilder builder(ctx);
   Block *entry = new Block();
   for (Type t : types)
     entry->addArgument(t, kernel.getLoc());
+  for (auto [i, key] : llvm::enumerate(attentionKeys))
+    if (isa<BlockArgument>(key))
+      keyPositions[key] = entry->getArgument(body.getNumArguments() + i);
   for (auto [arg, memref] : llvm::zip(body.getArguments(),
                                       entry->getArguments().take_front(
                                           body.getNumArguments())))
     buffers[arg] = memref;
-  for (auto [value, memref] : llvm::zip(
-           ret.getOperands(),
-           entry->getArguments().drop_front(body.getNumArguments())))
+  for (auto [value, memref] :
+       llvm::zip(ret.getOperands(), entry->getArguments().drop_front(numInputs)))
     if (!outputs.count(value))
       outputs[value] = memref;
 
@@ -423,9 +744,8 @@ LogicalResult KernelLowering::run() {
   e.loc = kernel.getLoc();
   // A value returned twice, or a kernel argument returned as is, still
   // fills every output.
-  for (auto [value, memref] : llvm::zip(
-           ret.getOperands(),
-           entry->getArguments().drop_front(body.getNumArguments())))
+  for (auto [value, memref] :
+       llvm::zip(ret.getOperands(), entry->getArguments().drop_front(numInputs)))
     if (buffers.lookup(value) != memref)
       memref::CopyOp::create(builder, e.loc, buffers.lookup(value), memref);
   for (Value tmp : temporaries)

@@ -40,14 +40,36 @@ func.func private @memory_0(%x: tensor<?x16xf32>, %r: tensor<?x16xf32>, %w: tens
 
 // -----
 
+// An attention kernel takes the positions of its keys (cached + new) after
+// its inputs.
+// CHECK-LABEL: func.func @attention_0
+// CHECK-SAME: (%[[Q:.*]]: memref<?x16xf32>, %[[K:.*]]: memref<?x8xf32>, %[[V:.*]]: memref<?x8xf32>, %[[P:.*]]: memref<?xi64>, %[[KP:.*]]: memref<?xi64>, %[[O:.*]]: memref<?x16xf32>)
+// CHECK: %[[S:.*]] = memref.dim %[[K]]
+// CHECK: %[[SCORES:.*]] = memref.alloc(%[[S]]) : memref<?xf32>
+// CHECK: memref.load %[[KP]]
+// CHECK: arith.cmpi sle
+// CHECK: arith.divsi
+// CHECK: math.exp
+// CHECK: scf.if
+// CHECK: memref.dealloc %[[SCORES]]
 func.func private @attention_0(%q: tensor<?x16xf32>, %k: tensor<?x8xf32>, %v: tensor<?x8xf32>,
                                %p: tensor<?xi64>) -> tensor<?x16xf32>
     attributes {kiln.kernel = "attention"} {
-  // expected-error @+1 {{'kiln.attention' op has no host loop lowering yet (kernel kind 'attention')}}
   %o = kiln.attention %q, %k, %v, %p {num_heads = 2 : i64, num_kv_heads = 1 : i64,
-      scale = 0.25 : f64, mask = #kiln.mask<causal>}
+      scale = 0.25 : f64, mask = #kiln.mask<chunked>, chunk_size = 8 : i64}
       : tensor<?x16xf32>, tensor<?x8xf32>, tensor<?x8xf32>, tensor<?xi64>
   return %o : tensor<?x16xf32>
+}
+
+// -----
+
+func.func private @moe_0(%u: tensor<?x16xf32>, %r: tensor<4x16xbf16>, %gu: tensor<4x16x24xbf16>,
+                         %dn: tensor<4x12x16xbf16>) -> tensor<?x16xf32>
+    attributes {kiln.kernel = "moe"} {
+  // expected-error @+1 {{'kiln.moe' op has no host loop lowering yet (kernel kind 'moe')}}
+  %y = kiln.moe %u router %r experts %gu, %dn {top_k = 1 : i64}
+      : tensor<?x16xf32>, tensor<4x16xbf16>, tensor<4x16x24xbf16>, tensor<4x12x16xbf16>
+  return %y : tensor<?x16xf32>
 }
 
 // -----
