@@ -416,8 +416,8 @@ LogicalResult QkvEpilogueOp::verify() {
       return emitOpError() << "results must have the token count and element "
                               "type of qkv"; // qkv_epilogue_c2
   if (failed(checkHeads(*this, "num_heads", getNumHeads(), q.getDimSize(1))) ||
-      failed(checkHeads(*this, "num_kv_heads", getNumKvHeads(),
-                        k.getDimSize(1))))
+      failed(
+          checkHeads(*this, "num_kv_heads", getNumKvHeads(), k.getDimSize(1))))
     return failure(); // qkv_epilogue_c3
   int64_t headDim = q.getDimSize(1) / getNumHeads();
   if (k.getDimSize(1) / static_cast<int64_t>(getNumKvHeads()) != headDim)
@@ -428,16 +428,15 @@ LogicalResult QkvEpilogueOp::verify() {
                          << q.getDimSize(1) + 2 * k.getDimSize(1)
                          << " columns"; // qkv_epilogue_c4
   if (std::optional<ArrayRef<double>> freqs = getInvFreq()) {
-    if (headDim % 2 != 0 ||
-        static_cast<int64_t>(freqs->size()) != headDim / 2)
+    if (headDim % 2 != 0 || static_cast<int64_t>(freqs->size()) != headDim / 2)
       return emitOpError() << "expected " << headDim / 2
                            << " inv_freq values (head_dim / 2), got "
                            << freqs->size(); // qkv_epilogue_c5
     for (auto [i, f] : llvm::enumerate(*freqs))
       if (!std::isfinite(f) || f < 0.0)
-        return emitOpError() << "inv_freq[" << i
-                             << "] must be finite and non-negative, got "
-                             << f; // qkv_epilogue_c5
+        return emitOpError()
+               << "inv_freq[" << i << "] must be finite and non-negative, got "
+               << f; // qkv_epilogue_c5
   }
   if (std::optional<llvm::APFloat> eps = getQkNormEpsilon())
     if (failed(checkEpsilon(*this, eps->convertToDouble())))
@@ -467,10 +466,9 @@ static LogicalResult checkDispatch(Operation *op, RankedTensorType indices,
   if (gates && !compatibleDims(gates.getDimSize(0), indices.getDimSize(0)))
     return op->emitOpError() << "gates and token_indices differ in length";
   if (offsets.getDimSize(0) != experts + 1)
-    return op->emitOpError()
-           << "expert_offsets must have " << experts + 1
-           << " entries (experts + 1), got "
-           << dimStr(offsets.getDimSize(0)); // dispatch_c2
+    return op->emitOpError() << "expert_offsets must have " << experts + 1
+                             << " entries (experts + 1), got "
+                             << dimStr(offsets.getDimSize(0)); // dispatch_c2
   return success();
 }
 
@@ -480,8 +478,8 @@ LogicalResult MoeRouteOp::verify() {
   if (failed(checkRank(*this, "input", input, 2)) ||
       failed(checkRank(*this, "router", router, 2)))
     return failure(); // moe_route_c1
-  if (!router.hasStaticShape() || !compatibleDims(router.getDimSize(1),
-                                                  input.getDimSize(1)))
+  if (!router.hasStaticShape() ||
+      !compatibleDims(router.getDimSize(1), input.getDimSize(1)))
     return emitOpError() << "router must be a static [experts, "
                          << dimStr(input.getDimSize(1)) << "], got "
                          << router; // moe_route_c2

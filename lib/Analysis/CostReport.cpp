@@ -1,4 +1,5 @@
-//===- CostReport.cpp - Kernel costs, rooflines and the memory plan --------===//
+//===- CostReport.cpp - Kernel costs, rooflines and the memory plan
+//--------===//
 //
 // Counting rules (multiply-add = 2 FLOPs; norms, RoPE, softmax and
 // activations, all O(T * D), are not counted):
@@ -225,8 +226,8 @@ public:
     llvm::DenseSet<Value> weightsSeen;
     double idealWeights = 0, idealKv = 0;
     graph.walk([&](func::CallOp call) {
-      auto kernel =
-          SymbolTable::lookupNearestSymbolFrom<func::FuncOp>(call, call.getCalleeAttr());
+      auto kernel = SymbolTable::lookupNearestSymbolFrom<func::FuncOp>(
+          call, call.getCalleeAttr());
       Row &row = rows[kernel];
       row.kernel = kernel;
       ++row.launches;
@@ -235,7 +236,8 @@ public:
       // Ideal traffic: every weight once (what a step can reach of it) and
       // the KV cache once. Counted from the same per-launch rules.
       Block &body = kernel.getBody().front();
-      for (auto [operand, arg] : llvm::zip(call.getOperands(), body.getArguments())) {
+      for (auto [operand, arg] :
+           llvm::zip(call.getOperands(), body.getArguments())) {
         auto t = cast<RankedTensorType>(operand.getType());
         if (!t.hasStaticShape() || !weightsSeen.insert(operand).second)
           continue;
@@ -249,11 +251,13 @@ public:
                               : 0;
           int64_t cached = chunk > 0 ? step.start % chunk : step.start;
           auto k = cast<RankedTensorType>(a.getKey().getType());
-          idealKv += 2.0 * k.getDimSize(1) * options.kvBytes * (cached + step.tokens);
+          idealKv +=
+              2.0 * k.getDimSize(1) * options.kvBytes * (cached + step.tokens);
         }
     });
 
-    os << "\n" << step.name << ": " << step.tokens << " token"
+    os << "\n"
+       << step.name << ": " << step.tokens << " token"
        << (step.tokens == 1 ? "" : "s") << " at positions " << step.start
        << ".." << step.start + step.tokens - 1 << "\n";
     os << llvm::format("%-16s %-12s %8s  %-44s %12s %12s %12s %12s\n", "kernel",
@@ -268,31 +272,30 @@ public:
       for (int i = 0; i < 2; ++i) {
         // The roofline of each launch, summed: launches do not overlap.
         Cost one = kernelCost(row.kernel, step);
-        t[i] = row.launches *
-               std::max(one.flops / kDevices[i].flopsPerSecond,
-                        one.bytes / kDevices[i].bytesPerSecond);
+        t[i] = row.launches * std::max(one.flops / kDevices[i].flopsPerSecond,
+                                       one.bytes / kDevices[i].bytesPerSecond);
         time[i] += t[i];
       }
       std::string shape = shapeSummary(row.kernel, step.tokens);
       if (shape.size() > 44)
         shape = shape.substr(0, 41) + "...";
-      os << llvm::format("%-16s %-12s %8lld  %-44s %12.3f %12.4f %12.1f %12.1f\n",
-                         row.kernel.getSymName().str().c_str(), kind.c_str(),
-                         static_cast<long long>(row.launches), shape.c_str(),
-                         row.cost.flops / 1e9, row.cost.bytes / 1e9,
-                         t[0] * 1e6, t[1] * 1e6);
+      os << llvm::format(
+          "%-16s %-12s %8lld  %-44s %12.3f %12.4f %12.1f %12.1f\n",
+          row.kernel.getSymName().str().c_str(), kind.c_str(),
+          static_cast<long long>(row.launches), shape.c_str(),
+          row.cost.flops / 1e9, row.cost.bytes / 1e9, t[0] * 1e6, t[1] * 1e6);
       total += row.cost;
     }
     os << llvm::format("%-16s %-12s %8s  %-44s %12.3f %12.4f %12.1f %12.1f\n",
                        "total", "", "", "", total.flops / 1e9,
                        total.bytes / 1e9, time[0] * 1e6, time[1] * 1e6);
     double perToken = 1.0 / step.tokens;
-    os << llvm::format("per token: %.3f GFLOP, %.4f GB; roofline %.2f us (H100), "
-                       "%.2f us (H200); %.0f tokens/s (H100), %.0f tokens/s (H200)\n",
-                       total.flops / 1e9 * perToken,
-                       total.bytes / 1e9 * perToken, time[0] * 1e6 * perToken,
-                       time[1] * 1e6 * perToken, step.tokens / time[0],
-                       step.tokens / time[1]);
+    os << llvm::format(
+        "per token: %.3f GFLOP, %.4f GB; roofline %.2f us (H100), "
+        "%.2f us (H200); %.0f tokens/s (H100), %.0f tokens/s (H200)\n",
+        total.flops / 1e9 * perToken, total.bytes / 1e9 * perToken,
+        time[0] * 1e6 * perToken, time[1] * 1e6 * perToken,
+        step.tokens / time[0], step.tokens / time[1]);
     double ideal = idealWeights + idealKv;
     os << llvm::format("planned HBM bytes / ideal (weights and KV once): "
                        "%.4f GB / %.4f GB = %.3f\n",
@@ -310,12 +313,16 @@ public:
       }
       if (expertWeights(&op) == arg) {
         double e = cast<RankedTensorType>(arg.getType()).getDimSize(0);
-        return std::min<double>(e, static_cast<double>(routedPerToken) * tokens) / e;
+        return std::min<double>(e,
+                                static_cast<double>(routedPerToken) * tokens) /
+               e;
       }
       if (auto m = dyn_cast<MoeOp>(op);
           m && (m.getGateUp() == arg || m.getDown() == arg)) {
-        double e = cast<RankedTensorType>(m.getRouter().getType()).getDimSize(0);
-        return std::min<double>(e, static_cast<double>(m.getTopK()) * tokens) / e;
+        double e =
+            cast<RankedTensorType>(m.getRouter().getType()).getDimSize(0);
+        return std::min<double>(e, static_cast<double>(m.getTopK()) * tokens) /
+               e;
       }
     }
     return 1.0;
@@ -344,8 +351,7 @@ public:
           end = std::max<int64_t>(end, index.lookup(user));
         if (isa<func::ReturnOp>(*result.getUsers().begin()))
           end = calls.size();
-        int64_t size =
-            static_cast<int64_t>(tensorBytes(result.getType(), 1));
+        int64_t size = static_cast<int64_t>(tensorBytes(result.getType(), 1));
         naive += size;
         buffers.push_back({static_cast<int64_t>(i), end, size});
       }
@@ -386,9 +392,8 @@ public:
       auto kernel = SymbolTable::lookupNearestSymbolFrom<func::FuncOp>(
           call, call.getCalleeAttr());
       kernel.walk([&](AttentionOp a) {
-        int64_t chunk = a.getMask() == MaskKind::Chunked
-                            ? a.getChunkSize().value_or(0)
-                            : 0;
+        int64_t chunk =
+            a.getMask() == MaskKind::Chunked ? a.getChunkSize().value_or(0) : 0;
         int64_t entries = chunk > 0 ? std::min(options.maxContext, chunk)
                                     : options.maxContext;
         auto k = cast<RankedTensorType>(a.getKey().getType());
@@ -399,22 +404,22 @@ public:
     }
     double kvTotal = 0;
     for (auto &[chunk, pool] : pools) {
-      os << llvm::format("  KV pool, %s layers: %lld layers x %lld entries: "
-                         "%.3f GB\n",
-                         chunk ? ("chunked(" + std::to_string(chunk) + ")").c_str()
-                               : "full-attention",
-                         static_cast<long long>(pool.layers),
-                         static_cast<long long>(
-                             chunk ? std::min(options.maxContext, chunk)
-                                   : options.maxContext),
-                         pool.bytes / 1e9);
+      os << llvm::format(
+          "  KV pool, %s layers: %lld layers x %lld entries: "
+          "%.3f GB\n",
+          chunk ? ("chunked(" + std::to_string(chunk) + ")").c_str()
+                : "full-attention",
+          static_cast<long long>(pool.layers),
+          static_cast<long long>(chunk ? std::min(options.maxContext, chunk)
+                                       : options.maxContext),
+          pool.bytes / 1e9);
       kvTotal += pool.bytes;
     }
-    os << llvm::format("  KV cache for a %lld-token context: %.3f GB; peak "
-                       "(KV + prefill activations): %.3f GB\n",
-                       static_cast<long long>(options.maxContext), kvTotal / 1e9,
-                       (kvTotal + peak * static_cast<double>(options.prefillTokens)) /
-                           1e9);
+    os << llvm::format(
+        "  KV cache for a %lld-token context: %.3f GB; peak "
+        "(KV + prefill activations): %.3f GB\n",
+        static_cast<long long>(options.maxContext), kvTotal / 1e9,
+        (kvTotal + peak * static_cast<double>(options.prefillTokens)) / 1e9);
   }
 
   LogicalResult run() {

@@ -1,4 +1,5 @@
-//===- Pipelines.cpp - Kiln pass pipelines ---------------------------------===//
+//===- Pipelines.cpp - Kiln pass pipelines
+//---------------------------------===//
 
 #include "kiln/Pipelines/Pipelines.h"
 #include "kiln/Transforms/Passes.h"

@@ -503,8 +503,10 @@ template <typename T> llvm::Error EvaluatorImpl<T>::evaluate(Operation *op) {
                               router.data.data(), router.rows(), r.getTopK(),
                               indices, offsets, gates.data);
         gates.shape = {static_cast<int64_t>(gates.data.size())};
-        intValues[r.getTokenIndices().getAsOpaquePointer()] = std::move(indices);
-        intValues[r.getExpertOffsets().getAsOpaquePointer()] = std::move(offsets);
+        intValues[r.getTokenIndices().getAsOpaquePointer()] =
+            std::move(indices);
+        intValues[r.getExpertOffsets().getAsOpaquePointer()] =
+            std::move(offsets);
         values[r.getGates().getAsOpaquePointer()] = std::move(gates);
         return llvm::Error::success();
       })
@@ -516,12 +518,11 @@ template <typename T> llvm::Error EvaluatorImpl<T>::evaluate(Operation *op) {
         Buffer<T> &out = values[g.getResult().getAsOpaquePointer()];
         out.shape = {static_cast<int64_t>(indices.size()), ffn};
         out.data.assign(indices.size() * ffn, T(0));
-        ::kiln::ref::expertGateUp(x.data.data(), x.cols(), indices.data(),
-                                  offsets.data(),
-                                  static_cast<int64_t>(offsets.size()) - 1,
-                                  get(g.getGates()).data.data(),
-                                  get(g.getGateUp()).data.data(), ffn,
-                                  out.data.data());
+        ::kiln::ref::expertGateUp(
+            x.data.data(), x.cols(), indices.data(), offsets.data(),
+            static_cast<int64_t>(offsets.size()) - 1,
+            get(g.getGates()).data.data(), get(g.getGateUp()).data.data(), ffn,
+            out.data.data());
         return llvm::Error::success();
       })
       .Case([&](mlir::kiln::ExpertDownOp d) -> llvm::Error {
@@ -529,13 +530,11 @@ template <typename T> llvm::Error EvaluatorImpl<T>::evaluate(Operation *op) {
         const Buffer<T> &addend = get(d.getAddend());
         const std::vector<int64_t> &offsets = ints(d.getExpertOffsets());
         Buffer<T> &out = output(d.getResult(), addend.cols());
-        ::kiln::ref::expertDown(h.data.data(), h.cols(),
-                                ints(d.getTokenIndices()).data(),
-                                offsets.data(),
-                                static_cast<int64_t>(offsets.size()) - 1,
-                                get(d.getDown()).data.data(),
-                                addend.data.data(), numTokens, addend.cols(),
-                                out.data.data());
+        ::kiln::ref::expertDown(
+            h.data.data(), h.cols(), ints(d.getTokenIndices()).data(),
+            offsets.data(), static_cast<int64_t>(offsets.size()) - 1,
+            get(d.getDown()).data.data(), addend.data.data(), numTokens,
+            addend.cols(), out.data.data());
         return llvm::Error::success();
       })
       .Default([&](Operation *other) -> llvm::Error {
@@ -554,7 +553,8 @@ llvm::Error EvaluatorImpl<T>::evaluateCall(func::CallOp call) {
   if (currentCall)
     return opError(call, "nested kernel calls are not supported");
   Block &body = callee.getBody().front();
-  for (auto [arg, operand] : llvm::zip(body.getArguments(), call.getOperands())) {
+  for (auto [arg, operand] :
+       llvm::zip(body.getArguments(), call.getOperands())) {
     if (isa<IntegerType>(getElementTypeOrSelf(operand.getType())))
       indexAliases[arg.getAsOpaquePointer()] = resolveIndex(operand);
     else
@@ -665,9 +665,10 @@ EvaluatorImpl<T>::runKernel(llvm::ArrayRef<::kiln::ref::KernelValue> args) {
   return results;
 }
 
-llvm::Expected<std::vector<::kiln::ref::KernelValue>>(::kiln::ref::evaluateKernel)(
-    func::FuncOp kernel, llvm::ArrayRef<::kiln::ref::KernelValue> args,
-    Precision precision) {
+llvm::Expected<std::vector<::kiln::ref::KernelValue>>(
+    ::kiln::ref::evaluateKernel)(func::FuncOp kernel,
+                                 llvm::ArrayRef<::kiln::ref::KernelValue> args,
+                                 Precision precision) {
   if (kernel.isExternal() || !kernel.getBody().hasOneBlock())
     return makeError("@" + kernel.getName() + " must have a single block");
   if (precision == Precision::F64)

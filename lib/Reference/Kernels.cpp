@@ -203,8 +203,8 @@ void moe(const T *x, int64_t rows, const T *router, const T *gateUp,
 template <typename T>
 void moeRoute(const T *x, int64_t rows, int64_t hidden, const T *router,
               int64_t numExperts, int64_t topK,
-              std::vector<int64_t> &tokenIndices,
-              std::vector<int64_t> &offsets, std::vector<T> &gates) {
+              std::vector<int64_t> &tokenIndices, std::vector<int64_t> &offsets,
+              std::vector<T> &gates) {
   struct Pair {
     int64_t expert, token, rank;
     T gate;
@@ -222,8 +222,8 @@ void moeRoute(const T *x, int64_t rows, int64_t hidden, const T *router,
       return rank(a) > rank(b) || (rank(a) == rank(b) && a < b);
     });
     for (int64_t k = 0; k < topK; ++k)
-      pairs.push_back({order[k], t, k,
-                       T(1) / (T(1) + std::exp(-logits[order[k]]))});
+      pairs.push_back(
+          {order[k], t, k, T(1) / (T(1) + std::exp(-logits[order[k]]))});
   }
   // By expert, then token, then selection rank: a total order.
   std::sort(pairs.begin(), pairs.end(), [](const Pair &a, const Pair &b) {

@@ -1,4 +1,5 @@
-//===- DecomposeMoe.cpp - Routing, grouped expert GEMMs, shared expert -----===//
+//===- DecomposeMoe.cpp - Routing, grouped expert GEMMs, shared expert
+//-----===//
 //
 // A Llama 4 MoE block is three different kinds of work: a small GEMM plus a
 // sort (routing), two GEMMs over token rows grouped by expert, and a dense
@@ -7,8 +8,8 @@
 //
 //===----------------------------------------------------------------------===//
 
-#include "kiln/Transforms/Passes.h"
 #include "dialects/kiln/KilnOps.h"
+#include "kiln/Transforms/Passes.h"
 
 #include "mlir/IR/Builders.h"
 
@@ -22,8 +23,7 @@ using namespace mlir::kiln;
 
 namespace {
 
-struct DecomposeMoePass
-    : mlir::kiln::impl::DecomposeMoeBase<DecomposeMoePass> {
+struct DecomposeMoePass : mlir::kiln::impl::DecomposeMoeBase<DecomposeMoePass> {
   void runOnOperation() override {
     SmallVector<MoeOp> blocks;
     getOperation().walk([&](MoeOp op) { blocks.push_back(op); });
@@ -43,11 +43,11 @@ struct DecomposeMoePass
     int64_t experts = router.getDimSize(0), ffn = down.getDimSize(1);
     int64_t dyn = ShapedType::kDynamic;
 
-    auto route = MoeRouteOp::create(
-        b, loc, RankedTensorType::get({dyn}, b.getI64Type()),
-        RankedTensorType::get({experts + 1}, b.getI64Type()),
-        RankedTensorType::get({dyn}, element), input, moe.getRouter(),
-        moe.getTopKAttr());
+    auto route =
+        MoeRouteOp::create(b, loc, RankedTensorType::get({dyn}, b.getI64Type()),
+                           RankedTensorType::get({experts + 1}, b.getI64Type()),
+                           RankedTensorType::get({dyn}, element), input,
+                           moe.getRouter(), moe.getTopKAttr());
     Value hidden = ExpertGateUpOp::create(
         b, loc, RankedTensorType::get({dyn, ffn}, element), input,
         route.getTokenIndices(), route.getExpertOffsets(), route.getGates(),
@@ -55,20 +55,21 @@ struct DecomposeMoePass
 
     // The shared expert, already in the fused gate/up form.
     auto sharedGate = cast<RankedTensorType>(moe.getSharedGate().getType());
-    int64_t sharedFfn = sharedGate.getDimSize(0), hiddenSize = sharedGate.getDimSize(1);
-    Value packedWeight = ConcatOp::create(
-        b, loc,
-        RankedTensorType::get({2 * sharedFfn, hiddenSize},
-                              sharedGate.getElementType()),
-        ValueRange{moe.getSharedGate(), moe.getSharedUp()},
-        b.getI64IntegerAttr(0));
+    int64_t sharedFfn = sharedGate.getDimSize(0),
+            hiddenSize = sharedGate.getDimSize(1);
+    Value packedWeight =
+        ConcatOp::create(b, loc,
+                         RankedTensorType::get({2 * sharedFfn, hiddenSize},
+                                               sharedGate.getElementType()),
+                         ValueRange{moe.getSharedGate(), moe.getSharedUp()},
+                         b.getI64IntegerAttr(0));
     Value gateUp = LinearOp::create(
         b, loc, RankedTensorType::get({dyn, 2 * sharedFfn}, element), input,
         packedWeight);
     Value activated = PackedSwiGluOp::create(
         b, loc, RankedTensorType::get({dyn, sharedFfn}, element), gateUp);
-    Value shared = LinearOp::create(b, loc, moe.getType(), activated,
-                                    moe.getSharedDown());
+    Value shared =
+        LinearOp::create(b, loc, moe.getType(), activated, moe.getSharedDown());
 
     Value result = ExpertDownOp::create(
         b, loc, moe.getType(), hidden, route.getTokenIndices(),

@@ -1,4 +1,5 @@
-//===- FuseAddRmsNorm.cpp - Residual add + RMS norm in one op --------------===//
+//===- FuseAddRmsNorm.cpp - Residual add + RMS norm in one op
+//--------------===//
 //
 // Every decoder block ends with x + f(x) and the next one starts with
 // rms_norm(x + f(x)). Fused, the residual stream is read once and both the new
@@ -22,7 +23,8 @@ using namespace mlir::kiln;
 
 namespace {
 
-struct FuseAddRmsNormPass : mlir::kiln::impl::FuseAddRmsNormBase<FuseAddRmsNormPass> {
+struct FuseAddRmsNormPass
+    : mlir::kiln::impl::FuseAddRmsNormBase<FuseAddRmsNormPass> {
   void runOnOperation() override {
     SmallVector<RmsNormOp> norms;
     getOperation().walk([&](RmsNormOp op) { norms.push_back(op); });

@@ -1,4 +1,5 @@
-//===- FuseGateUp.cpp - One GEMM with a SwiGLU epilogue --------------------===//
+//===- FuseGateUp.cpp - One GEMM with a SwiGLU epilogue
+//--------------------===//
 //
 // silu(u Wg^T) * (u Wu^T) reads u twice and writes two [T, F] intermediates.
 // With Wg and Wu stacked into one [2F, D] weight it is one GEMM whose epilogue
@@ -33,8 +34,8 @@ struct FuseGateUpPass : mlir::kiln::impl::FuseGateUpBase<FuseGateUpPass> {
           !gate->hasOneUse() || !up->hasOneUse() ||
           gate->getBlock() != up->getBlock())
         continue;
-      Operation *first = gate->isBeforeInBlock(up) ? gate.getOperation()
-                                                   : up.getOperation();
+      Operation *first =
+          gate->isBeforeInBlock(up) ? gate.getOperation() : up.getOperation();
       OpBuilder builder(first);
       Location loc = builder.getFusedLoc({gate.getLoc(), up.getLoc()});
       SmallVector<LinearOp> projections = {gate, up};

@@ -59,12 +59,14 @@ struct FuseQkvPass : mlir::kiln::impl::FuseQkvBase<FuseQkvPass> {
       OpBuilder builder(first);
       Location loc = builder.getFusedLoc({q.getLoc(), k.getLoc(), v.getLoc()});
       SmallVector<LinearOp> projections = {q, k, v};
-      Value qkv = buildConcatenatedLinear(builder, loc, input, projections, first);
+      Value qkv =
+          buildConcatenatedLinear(builder, loc, input, projections, first);
       if (!qkv)
         continue;
       auto split = SplitOp::create(
           builder, loc, TypeRange{q.getType(), k.getType(), v.getType()}, qkv);
-      for (auto [projection, part] : llvm::zip(projections, split.getResults())) {
+      for (auto [projection, part] :
+           llvm::zip(projections, split.getResults())) {
         projection.getResult().replaceAllUsesWith(part);
         projection.erase();
       }

@@ -1,4 +1,5 @@
-//===- FuseQkvEpilogue.cpp - RoPE, QK norm, temperature as GEMM epilogue ---===//
+//===- FuseQkvEpilogue.cpp - RoPE, QK norm, temperature as GEMM epilogue
+//---===//
 //
 // RoPE, the QK norm (per head) and the attention temperature (per token) only
 // need one output row of the QKV GEMM at a time, so they can run on the
@@ -23,9 +24,9 @@ namespace {
 
 /// What sits between one split result and the attention operand.
 struct Chain {
-  Value source;          // the split result
-  RopeOp rope;           // optional
-  QkNormOp norm;         // optional, after the rope
+  Value source;  // the split result
+  RopeOp rope;   // optional
+  QkNormOp norm; // optional, after the rope
   SmallVector<Operation *> ops;
 };
 

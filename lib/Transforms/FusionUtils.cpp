@@ -1,4 +1,5 @@
-//===- FusionUtils.cpp - Helpers shared by the fusion passes ---------------===//
+//===- FusionUtils.cpp - Helpers shared by the fusion passes
+//---------------===//
 
 #include "FusionUtils.h"
 
@@ -21,11 +22,13 @@ Value mlir::kiln::buildConcatenatedLinear(OpBuilder &builder, Location loc,
   SmallVector<Value> weights;
   Type elementType;
   int64_t rows = 0, cols = 0;
-  for (LinearOp projection : projections) { // copies: op accessors are non-const
+  for (LinearOp projection :
+       projections) { // copies: op accessors are non-const
     auto type = cast<RankedTensorType>(projection.getWeight().getType());
     if (elementType && type.getElementType() != elementType)
       return nullptr;
-    if (!type.hasStaticShape() || !isDefinedBefore(projection.getWeight(), point))
+    if (!type.hasStaticShape() ||
+        !isDefinedBefore(projection.getWeight(), point))
       return nullptr;
     elementType = type.getElementType();
     rows += type.getDimSize(0);
@@ -36,8 +39,8 @@ Value mlir::kiln::buildConcatenatedLinear(OpBuilder &builder, Location loc,
   auto concatType = RankedTensorType::get({rows, cols}, elementType);
   Value weight = ConcatOp::create(builder, loc, concatType, weights,
                                   builder.getI64IntegerAttr(0));
-  auto firstResult = cast<RankedTensorType>(
-      LinearOp(projections[0]).getResult().getType());
+  auto firstResult =
+      cast<RankedTensorType>(LinearOp(projections[0]).getResult().getType());
   auto resultType = RankedTensorType::get({firstResult.getDimSize(0), rows},
                                           firstResult.getElementType());
   return LinearOp::create(builder, loc, resultType, input, weight);

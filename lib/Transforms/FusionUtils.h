@@ -20,8 +20,7 @@ bool isDefinedBefore(Value value, Operation *point);
 /// result ([T, sum of output widths]). Returns null, building nothing, when
 /// the weights differ in element type or are not available at `point`.
 Value buildConcatenatedLinear(OpBuilder &builder, Location loc, Value input,
-                              ArrayRef<LinearOp> projections,
-                              Operation *point);
+                              ArrayRef<LinearOp> projections, Operation *point);
 
 } // namespace mlir::kiln
 

@@ -1,4 +1,5 @@
-//===- PartitionKernels.cpp - One function per launched kernel -------------===//
+//===- PartitionKernels.cpp - One function per launched kernel
+//-------------===//
 //
 // Kernel boundaries are decided here, once, independently of the target: each
 // group of ops becomes a private function (the unit a code generator
@@ -9,8 +10,8 @@
 //
 //===----------------------------------------------------------------------===//
 
-#include "kiln/Transforms/Passes.h"
 #include "dialects/kiln/KilnOps.h"
+#include "kiln/Transforms/Passes.h"
 
 #include "mlir/IR/Builders.h"
 #include "mlir/IR/IRMapping.h"
@@ -123,8 +124,7 @@ struct PartitionKernelsPass
 
     OpBuilder builder(module.getContext());
     builder.setInsertionPointToEnd(module.getBody());
-    std::string name =
-        (group.kind + "_" + Twine(counters[group.kind]++)).str();
+    std::string name = (group.kind + "_" + Twine(counters[group.kind]++)).str();
     SmallVector<Type> inputTypes, outputTypes;
     for (Value v : inputs)
       inputTypes.push_back(v.getType());
@@ -150,9 +150,8 @@ struct PartitionKernelsPass
     // The call goes where the group's last op was: every input is available
     // there and every outside user follows it.
     builder.setInsertionPoint(group.ops.back());
-    auto call = func::CallOp::create(builder, loc, kernel,
-                                     SmallVector<Value>(inputs.begin(),
-                                                        inputs.end()));
+    auto call = func::CallOp::create(
+        builder, loc, kernel, SmallVector<Value>(inputs.begin(), inputs.end()));
     for (auto [value, result] : llvm::zip(outputs, call.getResults()))
       value.replaceAllUsesWith(result);
     for (Operation *op : llvm::reverse(group.ops))
@@ -181,9 +180,9 @@ struct PartitionKernelsPass
       auto kind = kernel->getAttrOfType<StringAttr>("kiln.kernel");
       if (!kind)
         continue;
-      auto name = StringAttr::get(
-          module.getContext(),
-          kind.getValue() + "_" + Twine(counters[kind.getValue()]++));
+      auto name = StringAttr::get(module.getContext(),
+                                  kind.getValue() + "_" +
+                                      Twine(counters[kind.getValue()]++));
       StringAttr old = kernel.getSymNameAttr();
       for (auto &[from, to] : renamed)
         if (to == old)

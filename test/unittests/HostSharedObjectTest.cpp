@@ -62,8 +62,10 @@ TEST(HostSharedObjectTest, CompileLinkLoadAndCall) {
   ASSERT_TRUE(mlir::succeeded(mlir::kiln::lowerToLLVMDialect(*module)));
 
   std::string dir = ::testing::TempDir();
-  std::string object = dir + "/kiln_host_test_" + std::to_string(getpid()) + ".o";
-  std::string library = dir + "/kiln_host_test_" + std::to_string(getpid()) + ".so";
+  std::string object =
+      dir + "/kiln_host_test_" + std::to_string(getpid()) + ".o";
+  std::string library =
+      dir + "/kiln_host_test_" + std::to_string(getpid()) + ".so";
   llvm::Error e = mlir::kiln::emitHostObject(*module, object);
   ASSERT_FALSE(e) << llvm::toString(std::move(e));
   e = mlir::kiln::linkSharedObject({object}, library);

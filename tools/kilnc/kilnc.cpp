@@ -8,17 +8,17 @@
 //
 //===----------------------------------------------------------------------===//
 
-#include "kiln/Import/Llama4Import.h"
 #include "kiln/Analysis/CostReport.h"
+#include "kiln/Import/Llama4Import.h"
 #include "kiln/InitAll.h"
 #include "kiln/Pipelines/Pipelines.h"
 
 #include "mlir/IR/MLIRContext.h"
 #include "mlir/Pass/PassManager.h"
-#include "llvm/Support/Process.h"
 #include "mlir/Support/FileUtilities.h"
 #include "llvm/Support/CommandLine.h"
 #include "llvm/Support/InitLLVM.h"
+#include "llvm/Support/Process.h"
 #include "llvm/Support/ToolOutputFile.h"
 #include "llvm/Support/WithColor.h"
 
@@ -35,17 +35,19 @@ static cl::opt<std::string>
 
 // The main command: import, fuse, partition; report and/or write the kernel
 // graph. (Engines and code generation come with the host and sm_90a targets.)
-static cl::opt<std::string> mainDir(cl::Positional, cl::desc("<checkpoint-dir>"));
-static cl::opt<std::string> mainOutput(
-    "o", cl::desc("Write the fused, partitioned kiln graph to this file"),
-    cl::value_desc("file"));
+static cl::opt<std::string> mainDir(cl::Positional,
+                                    cl::desc("<checkpoint-dir>"));
+static cl::opt<std::string>
+    mainOutput("o",
+               cl::desc("Write the fused, partitioned kiln graph to this file"),
+               cl::value_desc("file"));
 static cl::opt<bool> report("report",
                             cl::desc("Print the per-kernel cost report"));
 static cl::opt<int64_t> reportPrefill("report-prefill-tokens", cl::init(4096),
                                       cl::desc("Prefill length in the report"));
-static cl::opt<int64_t> reportContext(
-    "report-decode-context", cl::init(4096),
-    cl::desc("Cached tokens before the reported decode step"));
+static cl::opt<int64_t>
+    reportContext("report-decode-context", cl::init(4096),
+                  cl::desc("Cached tokens before the reported decode step"));
 static cl::opt<int64_t> reportMaxContext(
     "report-max-context", cl::init(131072),
     cl::desc("Context length the KV cache pools are sized for"));
@@ -77,8 +79,7 @@ static int runCompile() {
     options.maxContext = reportMaxContext;
     if (options.prefillTokens < 1 || options.decodeContext < 0 ||
         options.maxContext < 1) {
-      WithColor::error(errs(), "kilnc")
-          << "report sizes must be positive\n";
+      WithColor::error(errs(), "kilnc") << "report sizes must be positive\n";
       return 1;
     }
     if (mlir::failed(mlir::kiln::writeCostReport(**module, options, outs())))

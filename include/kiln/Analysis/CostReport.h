@@ -1,4 +1,5 @@
-//===- CostReport.h - Kernel costs, rooflines and the memory plan -*- C++ -*-===//
+//===- CostReport.h - Kernel costs, rooflines and the memory plan -*- C++
+//-*-===//
 //
 // Reads a partitioned kiln module (after kiln-partition-kernels) and reports,
 // per kernel, its FLOPs, HBM bytes and roofline time on datasheet H100/H200

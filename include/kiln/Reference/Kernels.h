@@ -93,8 +93,8 @@ void moe(const T *x, int64_t rows, const T *router, const T *gateUp,
 template <typename T>
 void moeRoute(const T *x, int64_t rows, int64_t hidden, const T *router,
               int64_t numExperts, int64_t topK,
-              std::vector<int64_t> &tokenIndices,
-              std::vector<int64_t> &offsets, std::vector<T> &gates);
+              std::vector<int64_t> &tokenIndices, std::vector<int64_t> &offsets,
+              std::vector<T> &gates);
 
 /// Grouped gate/up GEMM: for dispatched pair i of expert e,
 /// out[i] = silu(z G_e) * (z U_e) with z = gates[i] * x[tokenIndices[i]].

@@ -1,4 +1,5 @@
-//===- KilnToLoops.cpp - Kernel functions to host loop nests ---------------===//
+//===- KilnToLoops.cpp - Kernel functions to host loop nests
+//---------------===//
 //
 // Each kernel function becomes a destination-passing function on memrefs
 // whose body is plain loop nests. The arithmetic follows the reference
@@ -10,8 +11,8 @@
 //
 //===----------------------------------------------------------------------===//
 
-#include "kiln/Conversion/Passes.h"
 #include "dialects/kiln/KilnOps.h"
+#include "kiln/Conversion/Passes.h"
 
 #include "mlir/Dialect/Func/IR/FuncOps.h"
 #include "mlir/IR/Builders.h"
@@ -110,8 +111,9 @@ public:
     return arith::IndexCastOp::create(*b, loc, b->getI64Type(), v);
   }
   /// scf.for iv in [lb, ub) with loop-carried values.
-  ValueRange loopWith(Value lb, Value ub, ValueRange init,
-                      function_ref<SmallVector<Value>(Value, ValueRange)> body) {
+  ValueRange
+  loopWith(Value lb, Value ub, ValueRange init,
+           function_ref<SmallVector<Value>(Value, ValueRange)> body) {
     auto loop = scf::ForOp::create(
         *b, loc, lb, ub, index(1), init,
         [&](OpBuilder &nested, Location, Value iv, ValueRange args) {
@@ -198,10 +200,12 @@ static void emitRope(Emitter &e, Value x, Value rows, Value positions,
     Value pf = arith::SIToFPOp::create(*e.b, e.loc, e.b->getF64Type(), p);
     for (size_t m = 0; m < freqs.size(); ++m) {
       Value angle = e.mul(pf, e.f64(freqs[m]));
-      Value c = arith::TruncFOp::create(*e.b, e.loc, e.b->getF32Type(),
-                                        math::CosOp::create(*e.b, e.loc, angle));
-      Value s = arith::TruncFOp::create(*e.b, e.loc, e.b->getF32Type(),
-                                        math::SinOp::create(*e.b, e.loc, angle));
+      Value c =
+          arith::TruncFOp::create(*e.b, e.loc, e.b->getF32Type(),
+                                  math::CosOp::create(*e.b, e.loc, angle));
+      Value s =
+          arith::TruncFOp::create(*e.b, e.loc, e.b->getF32Type(),
+                                  math::SinOp::create(*e.b, e.loc, angle));
       e.loops({e.index(heads)}, [&](ValueRange h) {
         Value base = e.addIndex(e.mulIndex(h[0], headDim),
                                 e.index(2 * static_cast<int64_t>(m)));
@@ -260,8 +264,9 @@ static Value emitTemperature(Emitter &e, Value position, double attnScale,
       arith::ConstantIntOp::create(*e.b, e.loc, floorScale, 64));
   Value stepsF = arith::SIToFPOp::create(*e.b, e.loc, e.b->getF64Type(), steps);
   Value log = math::LogOp::create(*e.b, e.loc, e.add(e.f64(1.0), stepsF));
-  return arith::TruncFOp::create(*e.b, e.loc, e.b->getF32Type(),
-                                 e.add(e.f64(1.0), e.mul(e.f64(attnScale), log)));
+  return arith::TruncFOp::create(
+      *e.b, e.loc, e.b->getF32Type(),
+      e.add(e.f64(1.0), e.mul(e.f64(attnScale), log)));
 }
 
 /// Key visibility: k <= q, and the same chunk for chunked masks.
@@ -368,9 +373,8 @@ LogicalResult KernelLowering::lowerOp(Operation *op, Emitter &e) {
         Value x = buffer(r.getInput());
         Value t = rows(r.getInput(), e);
         Value out = destination(r.getResult(), t, e);
-        e.loops({t, e.index(width(r.getInput()))}, [&](ValueRange ivs) {
-          e.store(e.load(x, ivs), out, ivs);
-        });
+        e.loops({t, e.index(width(r.getInput()))},
+                [&](ValueRange ivs) { e.store(e.load(x, ivs), out, ivs); });
         int64_t heads = r.getNumHeads();
         emitRope(e, out, t, buffer(r.getPositions()), heads,
                  width(r.getInput()) / heads, r.getInvFreq());
@@ -510,7 +514,8 @@ LogicalResult KernelLowering::lowerOp(Operation *op, Emitter &e) {
 /// operation order as the reference: scores of visible keys, max, exp, sum,
 /// then the weighted sum of values in key order.
 LogicalResult KernelLowering::lowerAttention(AttentionOp a, Emitter &e) {
-  Value q = buffer(a.getQuery()), k = buffer(a.getKey()), v = buffer(a.getValue());
+  Value q = buffer(a.getQuery()), k = buffer(a.getKey()),
+        v = buffer(a.getValue());
   Value qPositions = buffer(a.getPositions());
   Value kPositions = keyPositions.lookup(a.getKey());
   if (!kPositions)
@@ -521,7 +526,8 @@ LogicalResult KernelLowering::lowerAttention(AttentionOp a, Emitter &e) {
   Value out = destination(a.getResult(), t, e);
   int64_t heads = a.getNumHeads(), kvHeads = a.getNumKvHeads();
   int64_t d = width(a.getQuery()) / heads, group = heads / kvHeads;
-  int64_t chunk = a.getMask() == MaskKind::Chunked ? a.getChunkSize().value_or(0) : 0;
+  int64_t chunk =
+      a.getMask() == MaskKind::Chunked ? a.getChunkSize().value_or(0) : 0;
   double scale = a.getScale().convertToDouble();
   Value scores = memref::AllocOp::create(
       *e.b, e.loc, MemRefType::get({ShapedType::kDynamic}, e.b->getF32Type()),
@@ -533,34 +539,39 @@ LogicalResult KernelLowering::lowerAttention(AttentionOp a, Emitter &e) {
     Value kvBase = e.mulIndex(
         arith::DivUIOp::create(*e.b, e.loc, ivs[1], e.index(group)), d);
     Value qPos = memref::LoadOp::create(*e.b, e.loc, qPositions, tok);
-    Value tau = a.getFloorScale()
-                    ? emitTemperature(e, qPos, a.getAttnScale()->convertToDouble(),
-                                      *a.getFloorScale())
-                    : e.f32(1.0);
+    Value tau =
+        a.getFloorScale()
+            ? emitTemperature(e, qPos, a.getAttnScale()->convertToDouble(),
+                              *a.getFloorScale())
+            : e.f32(1.0);
     Value negInf = e.f32(-std::numeric_limits<double>::infinity());
-    Value maxScore = e.loopWith(e.index(0), keys, {negInf}, [&](Value s, ValueRange acc) {
-      Value kPos = memref::LoadOp::create(*e.b, e.loc, kPositions, s);
-      Value visible = emitVisible(e, qPos, kPos, chunk);
-      Value dot = e.sum(e.index(d), [&](Value i) {
-        Value qi = e.mul(e.load(q, {tok, e.addIndex(qBase, i)}), tau);
-        return e.mul(qi, e.load(k, {s, e.addIndex(kvBase, i)}));
-      });
-      Value score = e.mul(dot, e.f32(scale));
-      e.store(score, scores, {s});
-      Value larger = arith::CmpFOp::create(*e.b, e.loc, arith::CmpFPredicate::OLT,
-                                           acc[0], score);
-      Value next = e.select(larger, score, acc[0]);
-      return SmallVector<Value>{e.select(visible, next, acc[0])};
-    })[0];
-    Value total = e.loopWith(e.index(0), keys, {e.f32(0.0)}, [&](Value s, ValueRange acc) {
-      Value kPos = memref::LoadOp::create(*e.b, e.loc, kPositions, s);
-      Value visible = emitVisible(e, qPos, kPos, chunk);
-      Value p = math::ExpOp::create(
-          *e.b, e.loc,
-          arith::SubFOp::create(*e.b, e.loc, e.load(scores, {s}), maxScore));
-      e.store(p, scores, {s});
-      return SmallVector<Value>{e.select(visible, e.add(acc[0], p), acc[0])};
-    })[0];
+    Value maxScore =
+        e.loopWith(e.index(0), keys, {negInf}, [&](Value s, ValueRange acc) {
+          Value kPos = memref::LoadOp::create(*e.b, e.loc, kPositions, s);
+          Value visible = emitVisible(e, qPos, kPos, chunk);
+          Value dot = e.sum(e.index(d), [&](Value i) {
+            Value qi = e.mul(e.load(q, {tok, e.addIndex(qBase, i)}), tau);
+            return e.mul(qi, e.load(k, {s, e.addIndex(kvBase, i)}));
+          });
+          Value score = e.mul(dot, e.f32(scale));
+          e.store(score, scores, {s});
+          Value larger = arith::CmpFOp::create(
+              *e.b, e.loc, arith::CmpFPredicate::OLT, acc[0], score);
+          Value next = e.select(larger, score, acc[0]);
+          return SmallVector<Value>{e.select(visible, next, acc[0])};
+        })[0];
+    Value total = e.loopWith(
+        e.index(0), keys, {e.f32(0.0)}, [&](Value s, ValueRange acc) {
+          Value kPos = memref::LoadOp::create(*e.b, e.loc, kPositions, s);
+          Value visible = emitVisible(e, qPos, kPos, chunk);
+          Value p = math::ExpOp::create(
+              *e.b, e.loc,
+              arith::SubFOp::create(*e.b, e.loc, e.load(scores, {s}),
+                                    maxScore));
+          e.store(p, scores, {s});
+          return SmallVector<Value>{
+              e.select(visible, e.add(acc[0], p), acc[0])};
+        })[0];
     e.loops({e.index(d)}, [&](ValueRange i) {
       e.store(e.f32(0.0), out, {tok, e.addIndex(qBase, i[0])});
     });
@@ -570,8 +581,10 @@ LogicalResult KernelLowering::lowerAttention(AttentionOp a, Emitter &e) {
         Value weight = e.div(e.load(scores, {s}), total);
         e.loops({e.index(d)}, [&](ValueRange i) {
           Value col = e.addIndex(qBase, i[0]);
-          Value contribution = e.mul(weight, e.load(v, {s, e.addIndex(kvBase, i[0])}));
-          e.store(e.add(e.load(out, {tok, col}), contribution), out, {tok, col});
+          Value contribution =
+              e.mul(weight, e.load(v, {s, e.addIndex(kvBase, i[0])}));
+          e.store(e.add(e.load(out, {tok, col}), contribution), out,
+                  {tok, col});
         });
       });
       return SmallVector<Value>();
@@ -586,7 +599,8 @@ LogicalResult KernelLowering::lowerAttention(AttentionOp a, Emitter &e) {
 LogicalResult KernelLowering::lowerRoute(MoeRouteOp r, Emitter &e) {
   Value x = buffer(r.getInput()), router = buffer(r.getRouter());
   Value t = rows(r.getInput(), e);
-  int64_t experts = cast<RankedTensorType>(r.getRouter().getType()).getDimSize(0);
+  int64_t experts =
+      cast<RankedTensorType>(r.getRouter().getType()).getDimSize(0);
   int64_t d = width(r.getInput()), topK = r.getTopK();
   Value pairs = e.b->createOrFold<arith::MulIOp>(e.loc, t, e.index(topK));
   Value indices = destination(r.getTokenIndices(), pairs, e);
@@ -617,8 +631,9 @@ LogicalResult KernelLowering::lowerRoute(MoeRouteOp r, Emitter &e) {
         return e.mul(e.load(x, {tv[0], c}), e.load(router, {ex[0], c}));
       });
       e.store(l, logits, ex);
-      memref::StoreOp::create(
-          *e.b, e.loc, arith::ConstantIntOp::create(*e.b, e.loc, 0, 1), taken, ex);
+      memref::StoreOp::create(*e.b, e.loc,
+                              arith::ConstantIntOp::create(*e.b, e.loc, 0, 1),
+                              taken, ex);
     });
     e.loops({e.index(topK)}, [&](ValueRange kv) {
       // The first untaken expert with the largest logit (NaN ranks last).
@@ -628,16 +643,18 @@ LogicalResult KernelLowering::lowerRoute(MoeRouteOp r, Emitter &e) {
           [&](Value ex, ValueRange acc) {
             Value isTaken = memref::LoadOp::create(*e.b, e.loc, taken, ex);
             Value l = e.load(logits, {ex});
-            Value isNan = arith::CmpFOp::create(*e.b, e.loc,
-                                                arith::CmpFPredicate::UNO, l, l);
+            Value isNan = arith::CmpFOp::create(
+                *e.b, e.loc, arith::CmpFPredicate::UNO, l, l);
             Value rank = e.select(isNan, negInf, l);
-            Value none = e.cmpIndex(arith::CmpIPredicate::slt, acc[0], e.index(0));
-            Value better = arith::CmpFOp::create(*e.b, e.loc,
-                                                 arith::CmpFPredicate::OGT, rank, acc[1]);
+            Value none =
+                e.cmpIndex(arith::CmpIPredicate::slt, acc[0], e.index(0));
+            Value better = arith::CmpFOp::create(
+                *e.b, e.loc, arith::CmpFPredicate::OGT, rank, acc[1]);
             Value take = arith::AndIOp::create(
                 *e.b, e.loc,
-                arith::XOrIOp::create(*e.b, e.loc, isTaken,
-                                      arith::ConstantIntOp::create(*e.b, e.loc, 1, 1)),
+                arith::XOrIOp::create(
+                    *e.b, e.loc, isTaken,
+                    arith::ConstantIntOp::create(*e.b, e.loc, 1, 1)),
                 arith::OrIOp::create(*e.b, e.loc, none, better));
             return SmallVector<Value>{e.select(take, ex, acc[0]),
                                       e.select(take, rank, acc[1])};
@@ -649,10 +666,11 @@ LogicalResult KernelLowering::lowerRoute(MoeRouteOp r, Emitter &e) {
       Value pair = e.addIndex(e.mulIndex(tv[0], topK), kv[0]);
       memref::StoreOp::create(*e.b, e.loc, e.toI64(chosen), pairExpert, pair);
       Value l = e.load(logits, {chosen});
-      Value gate = e.div(e.f32(1.0),
-                         e.add(e.f32(1.0), math::ExpOp::create(
-                                               *e.b, e.loc,
-                                               arith::NegFOp::create(*e.b, e.loc, l))));
+      Value gate =
+          e.div(e.f32(1.0),
+                e.add(e.f32(1.0),
+                      math::ExpOp::create(
+                          *e.b, e.loc, arith::NegFOp::create(*e.b, e.loc, l))));
       e.store(gate, pairGate, {pair});
       Value slot = e.addIndex(chosen, e.index(1));
       Value count = memref::LoadOp::create(*e.b, e.loc, cursor, slot);
@@ -682,9 +700,8 @@ LogicalResult KernelLowering::lowerRoute(MoeRouteOp r, Emitter &e) {
     Value token = arith::DivUIOp::create(*e.b, e.loc, p[0], e.index(topK));
     memref::StoreOp::create(*e.b, e.loc, e.toI64(token), indices, slot);
     e.store(e.load(pairGate, {p[0]}), gates, {slot});
-    memref::StoreOp::create(*e.b, e.loc,
-                            arith::AddIOp::create(*e.b, e.loc, at, one64),
-                            cursor, ex);
+    memref::StoreOp::create(
+        *e.b, e.loc, arith::AddIOp::create(*e.b, e.loc, at, one64), cursor, ex);
   });
   return success();
 }
@@ -723,12 +740,12 @@ LogicalResult KernelLowering::run() {
   for (auto [i, key] : llvm::enumerate(attentionKeys))
     if (isa<BlockArgument>(key))
       keyPositions[key] = entry->getArgument(body.getNumArguments() + i);
-  for (auto [arg, memref] : llvm::zip(body.getArguments(),
-                                      entry->getArguments().take_front(
-                                          body.getNumArguments())))
+  for (auto [arg, memref] :
+       llvm::zip(body.getArguments(),
+                 entry->getArguments().take_front(body.getNumArguments())))
     buffers[arg] = memref;
-  for (auto [value, memref] :
-       llvm::zip(ret.getOperands(), entry->getArguments().drop_front(numInputs)))
+  for (auto [value, memref] : llvm::zip(
+           ret.getOperands(), entry->getArguments().drop_front(numInputs)))
     if (!outputs.count(value))
       outputs[value] = memref;
 
@@ -744,8 +761,8 @@ LogicalResult KernelLowering::run() {
   e.loc = kernel.getLoc();
   // A value returned twice, or a kernel argument returned as is, still
   // fills every output.
-  for (auto [value, memref] :
-       llvm::zip(ret.getOperands(), entry->getArguments().drop_front(numInputs)))
+  for (auto [value, memref] : llvm::zip(
+           ret.getOperands(), entry->getArguments().drop_front(numInputs)))
     if (buffers.lookup(value) != memref)
       memref::CopyOp::create(builder, e.loc, buffers.lookup(value), memref);
   for (Value tmp : temporaries)
@@ -765,7 +782,8 @@ struct ConvertKilnToLoopsPass
   void runOnOperation() override {
     ModuleOp module = getOperation();
     bool failedAny = false;
-    for (auto func : llvm::make_early_inc_range(module.getOps<func::FuncOp>())) {
+    for (auto func :
+         llvm::make_early_inc_range(module.getOps<func::FuncOp>())) {
       if (!func->hasAttr("kiln.kernel")) {
         if (!func.isExternal()) {
           func.emitError() << "lower kernels in a module of their own: @"

@@ -1,4 +1,5 @@
-//===- SharedObject.cpp - LLVM-dialect modules to host shared objects ------===//
+//===- SharedObject.cpp - LLVM-dialect modules to host shared objects
+//------===//
 //
 // Host objects are compiled in-process through LLVM's TargetMachine (PIC,
 // the native target); only the final link runs an external driver, because
@@ -113,13 +114,15 @@ llvm::Error mlir::kiln::emitHostObject(ModuleOp module,
     builder.registerFunctionAnalyses(fam);
     builder.registerLoopAnalyses(lam);
     builder.crossRegisterProxies(lam, fam, cam, mam);
-    llvm::OptimizationLevel opt = options.optLevel >= 3   ? llvm::OptimizationLevel::O3
-                                  : options.optLevel == 2 ? llvm::OptimizationLevel::O2
-                                  : options.optLevel == 1 ? llvm::OptimizationLevel::O1
-                                                          : llvm::OptimizationLevel::O0;
-    llvm::ModulePassManager mpm = opt == llvm::OptimizationLevel::O0
-                                      ? builder.buildO0DefaultPipeline(opt)
-                                      : builder.buildPerModuleDefaultPipeline(opt);
+    llvm::OptimizationLevel opt =
+        options.optLevel >= 3   ? llvm::OptimizationLevel::O3
+        : options.optLevel == 2 ? llvm::OptimizationLevel::O2
+        : options.optLevel == 1 ? llvm::OptimizationLevel::O1
+                                : llvm::OptimizationLevel::O0;
+    llvm::ModulePassManager mpm =
+        opt == llvm::OptimizationLevel::O0
+            ? builder.buildO0DefaultPipeline(opt)
+            : builder.buildPerModuleDefaultPipeline(opt);
     mpm.run(*llvmModule, mam);
   }
 
@@ -146,17 +149,18 @@ llvm::Error mlir::kiln::linkSharedObject(llvm::ArrayRef<std::string> objects,
     }
   if (driver.empty())
     return makeError("no C compiler driver (clang-22, clang, cc or gcc) found "
-                     "to link " + outputPath);
+                     "to link " +
+                     outputPath);
   SmallVector<llvm::StringRef> args = {driver, "-shared", "-o", outputPath};
   for (const std::string &object : objects)
     args.push_back(object);
   args.push_back("-lm");
   std::string message;
-  int rc = llvm::sys::ExecuteAndWait(driver, args, std::nullopt, {}, 0, 0,
-                                     &message);
+  int rc =
+      llvm::sys::ExecuteAndWait(driver, args, std::nullopt, {}, 0, 0, &message);
   if (rc != 0)
     return makeError("linking " + outputPath + " with " + driver + " failed" +
-                     (message.empty() ? "" : ": " + message) +
-                     " (exit code " + llvm::Twine(rc) + ")");
+                     (message.empty() ? "" : ": " + message) + " (exit code " +
+                     llvm::Twine(rc) + ")");
   return llvm::Error::success();
 }

@@ -1,4 +1,5 @@
-//===- SharedObject.h - LLVM-dialect modules to host shared objects -*- C++ -*-===//
+//===- SharedObject.h - LLVM-dialect modules to host shared objects -*- C++
+//-*-===//
 //
 // The last step of host code generation: an MLIR module already lowered to
 // the LLVM dialect becomes LLVM IR, is optimised and compiled for the host
