@@ -14,6 +14,7 @@
 #include "kiln/Reference/Evaluator.h"
 #include "kiln/runtime/Npy.h"
 #include "kiln/runtime/Safetensors.h"
+#include "kiln/runtime/Tokens.h"
 
 #include "mlir/IR/MLIRContext.h"
 #include "mlir/IR/Verifier.h"
@@ -65,40 +66,6 @@ static int fail(const Twine &message) {
   return 1;
 }
 
-/// Parses integers separated by white space and/or commas. `source` names the
-/// input in messages.
-static bool parseTokens(StringRef text, StringRef source,
-                        std::vector<int64_t> &out, std::string &error) {
-  size_t pos = 0;
-  int64_t index = 0;
-  while (pos < text.size()) {
-    char c = text[pos];
-    if (c == ',' || isSpace(c)) {
-      ++pos;
-      continue;
-    }
-    size_t end = pos;
-    while (end < text.size() && text[end] != ',' && !isSpace(text[end]))
-      ++end;
-    StringRef word = text.slice(pos, end);
-    int64_t value;
-    if (word.getAsInteger(10, value) || value < 0) {
-      error = (source + ": token " + Twine(index) + " ('" + word +
-               "') is not a non-negative integer")
-                  .str();
-      return false;
-    }
-    out.push_back(value);
-    ++index;
-    pos = end;
-  }
-  if (out.empty()) {
-    error = (source + ": no tokens given").str();
-    return false;
-  }
-  return true;
-}
-
 static int64_t argmax(const std::vector<double> &row, size_t begin,
                       size_t width) {
   size_t best = 0;
@@ -119,12 +86,9 @@ int main(int argc, char **argv) {
   std::vector<int64_t> prompt;
   std::string error;
   if (!tokensFile.empty()) {
-    auto buffer = MemoryBuffer::getFile(tokensFile, /*IsText=*/true);
-    if (!buffer)
-      return fail(tokensFile + ": cannot read: " + buffer.getError().message());
-    if (!parseTokens((*buffer)->getBuffer(), tokensFile, prompt, error))
+    if (!kiln::readTokenFile(tokensFile, prompt, error))
       return fail(error);
-  } else if (!parseTokens(tokensText, "--tokens", prompt, error)) {
+  } else if (!kiln::parseTokenList(tokensText, "--tokens", prompt, error)) {
     return fail(error);
   }
 

@@ -4,7 +4,9 @@
 //     imports a Hugging Face Llama 4 checkpoint folder into the kiln dialect;
 //   kilnc <checkpoint-dir> [--report] [-o kernels.mlir]
 //     imports, fuses and partitions it into kernels, prints the cost report
-//     and/or writes the kernel graph.
+//     and/or writes the kernel graph;
+//   kilnc <checkpoint-dir> --target host -o model.kiln
+//     also generates the kernels and writes an engine for kiln-run.
 //
 //===----------------------------------------------------------------------===//
 
@@ -12,12 +14,14 @@
 #include "kiln/Import/Llama4Import.h"
 #include "kiln/InitAll.h"
 #include "kiln/Pipelines/Pipelines.h"
+#include "kiln/Target/Host/EngineWriter.h"
 
 #include "mlir/IR/MLIRContext.h"
 #include "mlir/Pass/PassManager.h"
 #include "mlir/Support/FileUtilities.h"
 #include "llvm/Support/CommandLine.h"
 #include "llvm/Support/InitLLVM.h"
+#include "llvm/Support/FileSystem.h"
 #include "llvm/Support/Process.h"
 #include "llvm/Support/ToolOutputFile.h"
 #include "llvm/Support/WithColor.h"
@@ -41,6 +45,9 @@ static cl::opt<std::string>
     mainOutput("o",
                cl::desc("Write the fused, partitioned kiln graph to this file"),
                cl::value_desc("file"));
+static cl::opt<std::string> target(
+    "target", cl::desc("Write an engine for this target to -o (host)"),
+    cl::value_desc("target"));
 static cl::opt<bool> report("report",
                             cl::desc("Print the per-kernel cost report"));
 static cl::opt<int64_t> reportPrefill("report-prefill-tokens", cl::init(4096),
@@ -84,6 +91,34 @@ static int runCompile() {
     }
     if (mlir::failed(mlir::kiln::writeCostReport(**module, options, outs())))
       return 1;
+  }
+  if (!target.empty()) {
+    if (target != "host") {
+      WithColor::error(errs(), "kilnc")
+          << "unknown target '" << target << "' (available: host)\n";
+      return 1;
+    }
+    if (mainOutput.empty()) {
+      WithColor::error(errs(), "kilnc") << "--target needs -o <engine>\n";
+      return 1;
+    }
+    stage("generating host code");
+    llvm::SmallString<128> workDir;
+    if (std::error_code ec =
+            sys::fs::createUniqueDirectory("kilnc", workDir)) {
+      WithColor::error(errs(), "kilnc")
+          << "cannot create a work directory: " << ec.message() << "\n";
+      return 1;
+    }
+    llvm::Error e =
+        mlir::kiln::writeHostEngine(**module, mainOutput, workDir);
+    sys::fs::remove_directories(workDir);
+    if (e) {
+      WithColor::error(errs(), "kilnc") << toString(std::move(e)) << "\n";
+      return 1;
+    }
+    stage("done");
+    return 0;
   }
   if (!mainOutput.empty()) {
     std::string error;

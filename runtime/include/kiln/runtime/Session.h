@@ -1,0 +1,54 @@
+//===- Session.h - Running host engines -------------------------*- C++ -*-===//
+//
+// Loads a host engine (plan + kernels shared object), binds the checkpoint's
+// weights to it (zero-copy from the mapped safetensors files; repacked
+// weights are built once), and runs the plan on token sequences, keeping one
+// KV pool per attention call site so that prefill and decode steps continue
+// one sequence. No MLIR, no LLVM: this is what ships.
+//
+//===----------------------------------------------------------------------===//
+
+#ifndef KILN_RUNTIME_SESSION_H
+#define KILN_RUNTIME_SESSION_H
+
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <vector>
+
+namespace kiln {
+
+class Checkpoint;
+
+class Session {
+public:
+  ~Session();
+  Session(const Session &) = delete;
+  Session &operator=(const Session &) = delete;
+
+  /// Loads `enginePath` (target host-x86_64) and binds weights from the
+  /// checkpoint folder. Null with `error` on any failure.
+  static std::unique_ptr<Session> create(const std::string &enginePath,
+                                         const std::string &checkpointDir,
+                                         std::string &error);
+
+  /// Runs `tokens` at `positions` after everything run since the last
+  /// reset(); `logits` receives [tokens, vocab] float32 rows.
+  bool run(const std::vector<int64_t> &tokens,
+           const std::vector<int64_t> &positions, std::vector<float> &logits,
+           int64_t &vocab, std::string &error);
+
+  void reset();
+  int64_t vocabSize() const;
+  const std::vector<int64_t> &eosTokenIds() const;
+
+  struct Impl;
+
+private:
+  explicit Session(std::unique_ptr<Impl> impl);
+  std::unique_ptr<Impl> impl;
+};
+
+} // namespace kiln
+
+#endif // KILN_RUNTIME_SESSION_H

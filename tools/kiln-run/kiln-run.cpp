@@ -1,0 +1,223 @@
+//===- kiln-run.cpp - Run a compiled engine -------------------------------===//
+//
+//   kiln-run model.kiln --checkpoint <dir> (--tokens 1,2,3 | --tokens-file F)
+//            [--dump-logits OUT.npy] [--max-new-tokens N] [--temperature T]
+//            [--top-k K] [--top-p P] [--seed S] [--ignore-eos] [--step N]
+//
+// Same logits contract as kiln-ref (float32 [T, vocab] .npy of every prompt
+// position); prints the continuation and prefill / decode tokens per second.
+// MLIR-free: it links only the runtime.
+//
+//===----------------------------------------------------------------------===//
+
+#include "kiln/runtime/Npy.h"
+#include "kiln/runtime/Session.h"
+#include "kiln/runtime/Tokens.h"
+
+#include <algorithm>
+#include <chrono>
+#include <cmath>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <numeric>
+#include <random>
+#include <string>
+#include <vector>
+
+namespace {
+
+int fail(const std::string &message) {
+  std::fprintf(stderr, "kiln-run: error: %s\n", message.c_str());
+  return 1;
+}
+
+void usage() {
+  std::fprintf(stderr,
+               "usage: kiln-run MODEL.kiln --checkpoint DIR (--tokens LIST | "
+               "--tokens-file FILE)\n"
+               "                [--dump-logits OUT.npy] [--max-new-tokens N]\n"
+               "                [--temperature T] [--top-k K] [--top-p P] "
+               "[--seed S]\n"
+               "                [--ignore-eos] [--step N]\n");
+}
+
+struct Sampler {
+  double temperature = 0.0; // 0: greedy
+  int64_t topK = 0;         // 0: all
+  double topP = 1.0;
+  std::mt19937_64 rng{0};
+
+  int64_t pick(const float *logits, int64_t vocab) {
+    if (temperature <= 0.0)
+      return std::max_element(logits, logits + vocab) - logits;
+    std::vector<int64_t> order(vocab);
+    std::iota(order.begin(), order.end(), 0);
+    std::sort(order.begin(), order.end(), [&](int64_t a, int64_t b) {
+      return logits[a] > logits[b] || (logits[a] == logits[b] && a < b);
+    });
+    int64_t keep = topK > 0 ? std::min(topK, vocab) : vocab;
+    std::vector<double> probs(keep);
+    double top = logits[order[0]] / temperature, total = 0;
+    for (int64_t i = 0; i < keep; ++i)
+      total += probs[i] = std::exp(logits[order[i]] / temperature - top);
+    // Nucleus: the smallest prefix whose mass reaches top_p.
+    double mass = 0;
+    int64_t n = 0;
+    while (n < keep) {
+      mass += probs[n++] / total;
+      if (mass >= topP)
+        break;
+    }
+    double r = std::uniform_real_distribution<double>(0.0, 1.0)(rng);
+    double sum = std::accumulate(probs.begin(), probs.begin() + n, 0.0);
+    double acc = 0;
+    for (int64_t i = 0; i < n; ++i) {
+      acc += probs[i] / sum;
+      if (r < acc)
+        return order[i];
+    }
+    return order[n - 1];
+  }
+};
+
+bool parseNumber(const char *text, double &out) {
+  char *end;
+  out = std::strtod(text, &end);
+  return *text && !*end && std::isfinite(out);
+}
+
+} // namespace
+
+int main(int argc, char **argv) {
+  std::string engine, checkpoint, tokensText, tokensFile, dumpLogits;
+  long maxNew = 0, step = 0;
+  bool ignoreEos = false;
+  Sampler sampler;
+  for (int i = 1; i < argc; ++i) {
+    std::string arg = argv[i];
+    auto value = [&](const char *name) -> const char * {
+      if (i + 1 >= argc) {
+        fail(std::string("missing value for ") + name);
+        std::exit(1);
+      }
+      return argv[++i];
+    };
+    double number;
+    if (arg == "--checkpoint")
+      checkpoint = value("--checkpoint");
+    else if (arg == "--tokens")
+      tokensText = value("--tokens");
+    else if (arg == "--tokens-file")
+      tokensFile = value("--tokens-file");
+    else if (arg == "--dump-logits")
+      dumpLogits = value("--dump-logits");
+    else if (arg == "--ignore-eos")
+      ignoreEos = true;
+    else if (arg == "--max-new-tokens" || arg == "--top-k" || arg == "--seed" ||
+             arg == "--step") {
+      const char *text = value(arg.c_str());
+      if (!parseNumber(text, number) || number < 0 || number != std::floor(number))
+        return fail(arg + " expects a non-negative integer, got '" + text + "'");
+      if (arg == "--max-new-tokens")
+        maxNew = static_cast<long>(number);
+      else if (arg == "--top-k")
+        sampler.topK = static_cast<int64_t>(number);
+      else if (arg == "--seed")
+        sampler.rng.seed(static_cast<uint64_t>(number));
+      else
+        step = static_cast<long>(number);
+    } else if (arg == "--temperature" || arg == "--top-p") {
+      const char *text = value(arg.c_str());
+      if (!parseNumber(text, number) || number < 0 ||
+          (arg == "--top-p" && (number <= 0 || number > 1)))
+        return fail(arg + " got an invalid value '" + text + "'");
+      (arg == "--temperature" ? sampler.temperature : sampler.topP) = number;
+    } else if (arg == "-h" || arg == "--help") {
+      usage();
+      return 0;
+    } else if (!arg.empty() && arg[0] == '-') {
+      usage();
+      return fail("unknown option '" + arg + "'");
+    } else if (engine.empty()) {
+      engine = arg;
+    } else {
+      usage();
+      return fail("unexpected argument '" + arg + "'");
+    }
+  }
+  if (engine.empty() || checkpoint.empty()) {
+    usage();
+    return fail("an engine and --checkpoint are required");
+  }
+  if (tokensText.empty() == tokensFile.empty())
+    return fail("give exactly one of --tokens and --tokens-file");
+  std::vector<int64_t> prompt;
+  std::string error;
+  if (!(tokensFile.empty()
+            ? kiln::parseTokenList(tokensText, "--tokens", prompt, error)
+            : kiln::readTokenFile(tokensFile, prompt, error)))
+    return fail(error);
+
+  std::fprintf(stderr, "kiln-run: loading %s and binding weights from %s\n",
+               engine.c_str(), checkpoint.c_str());
+  auto session = kiln::Session::create(engine, checkpoint, error);
+  if (!session)
+    return fail(error);
+
+  using Clock = std::chrono::steady_clock;
+  std::vector<float> logits, part;
+  int64_t vocab = 0;
+  auto start = Clock::now();
+  size_t chunk = step > 0 ? static_cast<size_t>(step) : prompt.size();
+  for (size_t begin = 0; begin < prompt.size(); begin += chunk) {
+    size_t n = std::min(chunk, prompt.size() - begin);
+    std::vector<int64_t> ids(prompt.begin() + begin, prompt.begin() + begin + n);
+    std::vector<int64_t> positions(n);
+    std::iota(positions.begin(), positions.end(), static_cast<int64_t>(begin));
+    if (!session->run(ids, positions, part, vocab, error))
+      return fail(error);
+    logits.insert(logits.end(), part.begin(), part.end());
+  }
+  double prefill = std::chrono::duration<double>(Clock::now() - start).count();
+  std::printf("prefill: %zu tokens in %.3f s (%.1f tokens/s)\n", prompt.size(),
+              prefill, prompt.size() / prefill);
+  if (!dumpLogits.empty() &&
+      !kiln::writeNpyF32(dumpLogits,
+                         {static_cast<int64_t>(prompt.size()), vocab},
+                         logits.data(), error))
+    return fail(error);
+
+  int64_t next = sampler.pick(logits.data() + (prompt.size() - 1) * vocab, vocab);
+  std::printf("next token: %lld\n", static_cast<long long>(next));
+  if (maxNew == 0)
+    return 0;
+  std::vector<int64_t> generated;
+  const std::vector<int64_t> &eos = session->eosTokenIds();
+  int64_t position = static_cast<int64_t>(prompt.size());
+  bool stopped = false;
+  start = Clock::now();
+  long decoded = 0;
+  for (long i = 0; i < maxNew; ++i) {
+    generated.push_back(next);
+    if (!ignoreEos && std::find(eos.begin(), eos.end(), next) != eos.end()) {
+      stopped = true;
+      break;
+    }
+    if (i + 1 == maxNew)
+      break;
+    if (!session->run({next}, {position++}, part, vocab, error))
+      return fail(error);
+    ++decoded;
+    next = sampler.pick(part.data(), vocab);
+  }
+  double decode = std::chrono::duration<double>(Clock::now() - start).count();
+  std::printf("generated:");
+  for (int64_t t : generated)
+    std::printf(" %lld", static_cast<long long>(t));
+  std::printf("%s\n", stopped ? " (end of sequence)" : "");
+  if (decoded > 0)
+    std::printf("decode: %ld steps in %.3f s (%.1f tokens/s)\n", decoded,
+                decode, decoded / decode);
+  return 0;
+}
