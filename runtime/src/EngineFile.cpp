@@ -9,7 +9,7 @@
 using namespace kiln;
 
 uint64_t kiln::fnv1a64(const uint8_t *data, size_t size) {
-  uint64_t h = 1469598103934665603ull;
+  uint64_t h = 0xcbf29ce484222325ull; // FNV-1a 64 offset basis
   for (size_t i = 0; i < size; ++i)
     h = (h ^ data[i]) * 1099511628211ull;
   return h;
