@@ -1,4 +1,5 @@
-//===- EngineFile.cpp - The versioned engine container ---------------------===//
+//===- EngineFile.cpp - The versioned engine container
+//---------------------===//
 
 #include "kiln/runtime/EngineFile.h"
 
@@ -56,8 +57,8 @@ bool EngineFile::write(const std::string &path, std::string &error) const {
   putU32(header, static_cast<uint32_t>(sections.size()));
   header += fixed(target, 32);
   header += fixed(compilerVersion, 32);
-  putU64(header, fnv1a64(reinterpret_cast<const uint8_t *>(body.data()),
-                         body.size()));
+  putU64(header,
+         fnv1a64(reinterpret_cast<const uint8_t *>(body.data()), body.size()));
   std::ofstream out(path, std::ios::binary | std::ios::trunc);
   if (!out) {
     error = path + ": cannot create: " + std::strerror(errno);
@@ -95,8 +96,8 @@ bool EngineFile::read(const std::string &path,
     return false;
   }
   if (!expectedTarget.empty() && out.target != expectedTarget) {
-    error = path + ": engine built for target '" + out.target +
-            "', not '" + expectedTarget + "'";
+    error = path + ": engine built for target '" + out.target + "', not '" +
+            expectedTarget + "'";
     return false;
   }
   uint64_t checksum = getU(bytes, 80, 8);

@@ -1,4 +1,5 @@
-//===- Session.cpp - Running host engines ----------------------------------===//
+//===- Session.cpp - Running host engines
+//----------------------------------===//
 //
 // Kernels are called through their C interface, `_mlir_ciface_<kernel>`,
 // with one memref descriptor per argument: {allocated, aligned, offset,
@@ -108,11 +109,10 @@ void invoke(void *fn, std::vector<P> &a) {
     reinterpret_cast<void (*)(KILN_TYPES_##N)>(fn)(KILN_ARGS_##N);             \
     return;
   switch (a.size()) {
-    KILN_CASE(1) KILN_CASE(2) KILN_CASE(3) KILN_CASE(4) KILN_CASE(5)
-    KILN_CASE(6) KILN_CASE(7) KILN_CASE(8) KILN_CASE(9) KILN_CASE(10)
-    KILN_CASE(11) KILN_CASE(12)
-  default:
-    break;
+    KILN_CASE(1)
+    KILN_CASE(2) KILN_CASE(3) KILN_CASE(4) KILN_CASE(5) KILN_CASE(6)
+        KILN_CASE(7) KILN_CASE(8) KILN_CASE(9) KILN_CASE(10) KILN_CASE(11)
+            KILN_CASE(12) default : break;
   }
 }
 
@@ -269,7 +269,8 @@ bool Session::Impl::bindWeights(std::string &error) {
       if (info->shape != v.shape || dtypeName(info->dtype) != v.dtype) {
         error = info->file->path() + ": tensor '" + v.name + "' is " +
                 dtypeName(info->dtype) + " " + info->shapeString() +
-                "; the engine was compiled for " + v.dtype + " of another "
+                "; the engine was compiled for " + v.dtype +
+                " of another "
                 "shape: recompile it for this checkpoint";
         return false;
       }
@@ -340,7 +341,8 @@ std::unique_ptr<Session> Session::create(const std::string &enginePath,
       return nullptr;
     }
     if (l.args.size() + l.attention.size() + l.results.size() > 12) {
-      error = enginePath + ": kernel '" + l.kernel + "' takes too many arguments";
+      error =
+          enginePath + ": kernel '" + l.kernel + "' takes too many arguments";
       return nullptr;
     }
   }
@@ -379,8 +381,8 @@ bool Session::run(const std::vector<int64_t> &tokens,
   }
   for (int64_t id : tokens)
     if (id < 0 || id >= s.vocab) {
-      error = "token id " + std::to_string(id) + " is outside the vocabulary [0, " +
-              std::to_string(s.vocab) + ")";
+      error = "token id " + std::to_string(id) +
+              " is outside the vocabulary [0, " + std::to_string(s.vocab) + ")";
       return false;
     }
   s.tokens32.assign(tokens.begin(), tokens.end());
@@ -392,8 +394,9 @@ bool Session::run(const std::vector<int64_t> &tokens,
       if (v.input == "positions")
         v.data = s.positions.data();
       else
-        v.data = v.dtype == "I32" ? static_cast<const void *>(s.tokens32.data())
-                                  : static_cast<const void *>(s.tokens64.data());
+        v.data = v.dtype == "I32"
+                     ? static_cast<const void *>(s.tokens32.data())
+                     : static_cast<const void *>(s.tokens64.data());
     }
 
   std::vector<std::vector<int64_t>> descriptors;
@@ -433,8 +436,9 @@ bool Session::run(const std::vector<int64_t> &tokens,
     }
     for (const AttentionUse &a : l.attention) {
       KvSlot &slot = s.slots[a.slot];
-      descriptors.push_back(describe(
-          slot.positions.data(), {static_cast<int64_t>(slot.positions.size())}));
+      descriptors.push_back(
+          describe(slot.positions.data(),
+                   {static_cast<int64_t>(slot.positions.size())}));
     }
     for (int64_t id : l.results) {
       const PlanValue &v = s.values[id];

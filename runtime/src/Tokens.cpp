@@ -1,4 +1,5 @@
-//===- Tokens.cpp - Token id lists -----------------------------------------===//
+//===- Tokens.cpp - Token id lists
+//-----------------------------------------===//
 
 #include "kiln/runtime/Tokens.h"
 

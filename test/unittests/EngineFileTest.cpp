@@ -17,7 +17,9 @@ EngineFile sample() {
   e.target = "host-x86_64";
   e.compilerVersion = "kiln test";
   e.sections[SectionKind::Plan] = "{\"values\": []}";
-  e.sections[SectionKind::HostKernels] = std::string("\x7f" "ELF\0\1\2", 7);
+  e.sections[SectionKind::HostKernels] = std::string("\x7f"
+                                                     "ELF\0\1\2",
+                                                     7);
   return e;
 }
 
@@ -52,7 +54,8 @@ TEST(EngineFileTest, RefusesOtherTargetsVersionsAndCorruption) {
 
   // Flip one byte of a section: the checksum catches it.
   {
-    std::fstream f(path("bad.kiln"), std::ios::in | std::ios::out | std::ios::binary);
+    std::fstream f(path("bad.kiln"),
+                   std::ios::in | std::ios::out | std::ios::binary);
     f.seekp(100);
     f.put('#');
   }

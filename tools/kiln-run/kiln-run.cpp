@@ -117,8 +117,10 @@ int main(int argc, char **argv) {
     else if (arg == "--max-new-tokens" || arg == "--top-k" || arg == "--seed" ||
              arg == "--step") {
       const char *text = value(arg.c_str());
-      if (!parseNumber(text, number) || number < 0 || number != std::floor(number))
-        return fail(arg + " expects a non-negative integer, got '" + text + "'");
+      if (!parseNumber(text, number) || number < 0 ||
+          number != std::floor(number))
+        return fail(arg + " expects a non-negative integer, got '" + text +
+                    "'");
       if (arg == "--max-new-tokens")
         maxNew = static_cast<long>(number);
       else if (arg == "--top-k")
@@ -172,7 +174,8 @@ int main(int argc, char **argv) {
   size_t chunk = step > 0 ? static_cast<size_t>(step) : prompt.size();
   for (size_t begin = 0; begin < prompt.size(); begin += chunk) {
     size_t n = std::min(chunk, prompt.size() - begin);
-    std::vector<int64_t> ids(prompt.begin() + begin, prompt.begin() + begin + n);
+    std::vector<int64_t> ids(prompt.begin() + begin,
+                             prompt.begin() + begin + n);
     std::vector<int64_t> positions(n);
     std::iota(positions.begin(), positions.end(), static_cast<int64_t>(begin));
     if (!session->run(ids, positions, part, vocab, error))
@@ -188,7 +191,8 @@ int main(int argc, char **argv) {
                          logits.data(), error))
     return fail(error);
 
-  int64_t next = sampler.pick(logits.data() + (prompt.size() - 1) * vocab, vocab);
+  int64_t next =
+      sampler.pick(logits.data() + (prompt.size() - 1) * vocab, vocab);
   std::printf("next token: %lld\n", static_cast<long long>(next));
   if (maxNew == 0)
     return 0;

@@ -20,8 +20,8 @@
 #include "mlir/Pass/PassManager.h"
 #include "mlir/Support/FileUtilities.h"
 #include "llvm/Support/CommandLine.h"
-#include "llvm/Support/InitLLVM.h"
 #include "llvm/Support/FileSystem.h"
+#include "llvm/Support/InitLLVM.h"
 #include "llvm/Support/Process.h"
 #include "llvm/Support/ToolOutputFile.h"
 #include "llvm/Support/WithColor.h"
@@ -45,9 +45,9 @@ static cl::opt<std::string>
     mainOutput("o",
                cl::desc("Write the fused, partitioned kiln graph to this file"),
                cl::value_desc("file"));
-static cl::opt<std::string> target(
-    "target", cl::desc("Write an engine for this target to -o (host)"),
-    cl::value_desc("target"));
+static cl::opt<std::string>
+    target("target", cl::desc("Write an engine for this target to -o (host)"),
+           cl::value_desc("target"));
 static cl::opt<bool> report("report",
                             cl::desc("Print the per-kernel cost report"));
 static cl::opt<int64_t> reportPrefill("report-prefill-tokens", cl::init(4096),
@@ -104,14 +104,12 @@ static int runCompile() {
     }
     stage("generating host code");
     llvm::SmallString<128> workDir;
-    if (std::error_code ec =
-            sys::fs::createUniqueDirectory("kilnc", workDir)) {
+    if (std::error_code ec = sys::fs::createUniqueDirectory("kilnc", workDir)) {
       WithColor::error(errs(), "kilnc")
           << "cannot create a work directory: " << ec.message() << "\n";
       return 1;
     }
-    llvm::Error e =
-        mlir::kiln::writeHostEngine(**module, mainOutput, workDir);
+    llvm::Error e = mlir::kiln::writeHostEngine(**module, mainOutput, workDir);
     sys::fs::remove_directories(workDir);
     if (e) {
       WithColor::error(errs(), "kilnc") << toString(std::move(e)) << "\n";

@@ -1,4 +1,5 @@
-//===- EngineWriter.cpp - Host engines from kernel graphs ------------------===//
+//===- EngineWriter.cpp - Host engines from kernel graphs
+//------------------===//
 //
 // The plan is a list of values (runtime inputs, checkpoint weights, weight
 // repackings, activation buffers) and a list of launches reading and writing
@@ -170,7 +171,8 @@ llvm::Error mlir::kiln::writeHostEngine(ModuleOp module, llvm::StringRef path,
                     {"launches", std::move(launches)},
                     {"kv_slots", std::move(slots)},
                     {"logits", ids.lookup(logits)}};
-  if (auto eos = module->getAttrOfType<DenseI64ArrayAttr>("kiln.eos_token_ids")) {
+  if (auto eos =
+          module->getAttrOfType<DenseI64ArrayAttr>("kiln.eos_token_ids")) {
     json::Array list;
     for (int64_t id : eos.asArrayRef())
       list.push_back(id);

@@ -1,4 +1,5 @@
-//===- Tokens.h - Token id lists ---------------------------------*- C++ -*-===//
+//===- Tokens.h - Token id lists ---------------------------------*- C++
+//-*-===//
 //
 // The `--tokens` / `--tokens-file` syntax shared by kiln-ref and kiln-run:
 // non-negative integers separated by white space and/or commas.
