@@ -59,6 +59,20 @@ static cl::opt<int64_t> reportMaxContext(
     "report-max-context", cl::init(131072),
     cl::desc("Context length the KV cache pools are sized for"));
 
+/// Prints `module` to `path` ("-" for stdout).
+static int writeModule(mlir::ModuleOp module, StringRef path) {
+  std::string error;
+  auto output = mlir::openOutputFile(path, &error);
+  if (!output) {
+    WithColor::error(errs(), "kilnc") << error << "\n";
+    return 1;
+  }
+  module->print(output->os());
+  output->os() << "\n";
+  output->keep();
+  return 0;
+}
+
 static int runCompile() {
   mlir::DialectRegistry registry;
   mlir::kiln::registerAllKilnDialects(registry);
@@ -118,17 +132,8 @@ static int runCompile() {
     stage("done");
     return 0;
   }
-  if (!mainOutput.empty()) {
-    std::string error;
-    auto output = mlir::openOutputFile(mainOutput, &error);
-    if (!output) {
-      WithColor::error(errs(), "kilnc") << error << "\n";
-      return 1;
-    }
-    (*module)->print(output->os());
-    output->os() << "\n";
-    output->keep();
-  }
+  if (!mainOutput.empty() && writeModule(**module, mainOutput) != 0)
+    return 1;
   if (!report && mainOutput.empty())
     errs() << "kilnc: compiled; nothing requested (use --report or -o)\n";
   return 0;
@@ -143,16 +148,7 @@ static int runImport() {
     WithColor::error(errs(), "kilnc") << toString(module.takeError()) << "\n";
     return 1;
   }
-  std::string error;
-  auto output = mlir::openOutputFile(outputPath, &error);
-  if (!output) {
-    WithColor::error(errs(), "kilnc") << error << "\n";
-    return 1;
-  }
-  (*module)->print(output->os());
-  output->os() << "\n";
-  output->keep();
-  return 0;
+  return writeModule(**module, outputPath);
 }
 
 int main(int argc, char **argv) {
