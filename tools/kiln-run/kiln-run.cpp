@@ -6,12 +6,12 @@
 //
 // Same logits contract as kiln-ref (float32 [T, vocab] .npy of every prompt
 // position); prints the continuation and prefill / decode tokens per second.
-// MLIR-free: it links only the runtime.
+// MLIR-free: it links only the runtime, through its C API (kiln/kiln.h).
 //
 //===----------------------------------------------------------------------===//
 
+#include "kiln/kiln.hpp"
 #include "kiln/runtime/Npy.h"
-#include "kiln/runtime/Session.h"
 #include "kiln/runtime/Tokens.h"
 
 #include <algorithm>
@@ -163,13 +163,13 @@ int main(int argc, char **argv) {
 
   std::fprintf(stderr, "kiln-run: loading %s and binding weights from %s\n",
                engine.c_str(), checkpoint.c_str());
-  auto session = kiln::Session::create(engine, checkpoint, error);
+  auto session = kiln::api::Session::open(engine, checkpoint, error);
   if (!session)
     return fail(error);
+  int64_t vocab = session->vocabSize();
 
   using Clock = std::chrono::steady_clock;
   std::vector<float> logits, part;
-  int64_t vocab = 0;
   auto start = Clock::now();
   size_t chunk = step > 0 ? static_cast<size_t>(step) : prompt.size();
   for (size_t begin = 0; begin < prompt.size(); begin += chunk) {
@@ -178,7 +178,7 @@ int main(int argc, char **argv) {
                              prompt.begin() + begin + n);
     std::vector<int64_t> positions(n);
     std::iota(positions.begin(), positions.end(), static_cast<int64_t>(begin));
-    if (!session->run(ids, positions, part, vocab, error))
+    if (!(error = session->run(ids, positions, part)).empty())
       return fail(error);
     logits.insert(logits.end(), part.begin(), part.end());
   }
@@ -197,7 +197,7 @@ int main(int argc, char **argv) {
   if (maxNew == 0)
     return 0;
   std::vector<int64_t> generated;
-  const std::vector<int64_t> &eos = session->eosTokenIds();
+  const std::vector<int64_t> eos = session->eosTokens();
   int64_t position = static_cast<int64_t>(prompt.size());
   bool stopped = false;
   start = Clock::now();
@@ -210,7 +210,7 @@ int main(int argc, char **argv) {
     }
     if (i + 1 == maxNew)
       break;
-    if (!session->run({next}, {position++}, part, vocab, error))
+    if (!(error = session->run({next}, {position++}, part)).empty())
       return fail(error);
     ++decoded;
     next = sampler.pick(part.data(), vocab);

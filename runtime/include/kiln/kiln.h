@@ -1,0 +1,67 @@
+/*===- kiln.h - The Kiln runtime C API ---------------------------*- C -*-===*
+ *
+ * Run compiled Kiln engines from any language. Conventions:
+ * - Handles are opaque; every object a function hands out is freed with the
+ *   matching *_free function.
+ * - Functions that can fail return a kiln_status*: NULL on success, else an
+ *   owned status carrying a message (free it with kiln_status_free).
+ *   Nothing aborts; bad arguments are reported, not asserted.
+ * - Parameter structs are initialised with their *_init function, which
+ *   records the struct size so that later versions can add fields.
+ * - Output parameters come last.
+ *
+ *===----------------------------------------------------------------------===*/
+
+#ifndef KILN_KILN_H
+#define KILN_KILN_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+typedef struct kiln_status kiln_status;
+
+/* The message of a failed call; valid until the status is freed. */
+const char *kiln_status_message(const kiln_status *status);
+void kiln_status_free(kiln_status *status);
+
+typedef struct kiln_session kiln_session;
+
+typedef struct kiln_session_params {
+  size_t struct_size;         /* set by kiln_session_params_init */
+  const char *engine_path;    /* a .kiln file */
+  const char *checkpoint_dir; /* the Hugging Face folder with the weights */
+} kiln_session_params;
+
+void kiln_session_params_init(kiln_session_params *params);
+
+/* Loads the engine and binds the checkpoint's weights. On success
+ * *out_session owns a new session. */
+kiln_status *kiln_session_create(const kiln_session_params *params,
+                                 kiln_session **out_session);
+void kiln_session_free(kiln_session *session);
+
+int64_t kiln_session_vocab_size(const kiln_session *session);
+
+/* The end-of-sequence token ids of the model (owned by the session). */
+size_t kiln_session_eos_tokens(const kiln_session *session,
+                               const int64_t **out_tokens);
+
+/* Runs `count` tokens at absolute `positions`, continuing the sequence held
+ * in the session's KV cache, and writes count * vocab float32 logits (row
+ * per token) to `out_logits`, which holds `logits_capacity` floats. */
+kiln_status *kiln_session_run(kiln_session *session, const int64_t *tokens,
+                              const int64_t *positions, size_t count,
+                              float *out_logits, size_t logits_capacity);
+
+/* Forgets every token run so far. */
+void kiln_session_reset(kiln_session *session);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif /* KILN_KILN_H */

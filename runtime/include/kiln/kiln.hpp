@@ -1,0 +1,71 @@
+//===- kiln.hpp - Thin C++ wrapper over the Kiln C API ----------*- C++ -*-===//
+//
+// RAII and std::string errors over kiln.h; no behaviour of its own.
+//
+//===----------------------------------------------------------------------===//
+
+#ifndef KILN_KILN_HPP
+#define KILN_KILN_HPP
+
+#include "kiln/kiln.h"
+
+#include <memory>
+#include <string>
+#include <vector>
+
+namespace kiln::api {
+
+/// Takes a status; returns its message ("" on success) and frees it.
+inline std::string consume(kiln_status *status) {
+  if (!status)
+    return "";
+  std::string message = kiln_status_message(status);
+  kiln_status_free(status);
+  return message;
+}
+
+class Session {
+public:
+  /// Empty `error` on success.
+  static std::unique_ptr<Session> open(const std::string &engine,
+                                       const std::string &checkpoint,
+                                       std::string &error) {
+    kiln_session_params params;
+    kiln_session_params_init(&params);
+    params.engine_path = engine.c_str();
+    params.checkpoint_dir = checkpoint.c_str();
+    kiln_session *handle = nullptr;
+    error = consume(kiln_session_create(&params, &handle));
+    if (!error.empty())
+      return nullptr;
+    return std::unique_ptr<Session>(new Session(handle));
+  }
+  ~Session() { kiln_session_free(handle); }
+  Session(const Session &) = delete;
+  Session &operator=(const Session &) = delete;
+
+  int64_t vocabSize() const { return kiln_session_vocab_size(handle); }
+  std::vector<int64_t> eosTokens() const {
+    const int64_t *ids = nullptr;
+    size_t n = kiln_session_eos_tokens(handle, &ids);
+    return std::vector<int64_t>(ids, ids + n);
+  }
+  /// Empty string on success.
+  std::string run(const std::vector<int64_t> &tokens,
+                  const std::vector<int64_t> &positions,
+                  std::vector<float> &logits) {
+    logits.resize(tokens.size() * static_cast<size_t>(vocabSize()));
+    return consume(kiln_session_run(handle, tokens.data(), positions.data(),
+                                    tokens.size(), logits.data(),
+                                    logits.size()));
+  }
+  void reset() { kiln_session_reset(handle); }
+
+private:
+  explicit Session(kiln_session *handle) : handle(handle) {}
+  kiln_session *handle;
+};
+
+} // namespace kiln::api
+
+#endif // KILN_KILN_HPP

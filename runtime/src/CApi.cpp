@@ -1,0 +1,99 @@
+//===- CApi.cpp - The Kiln runtime C API
+//-----------------------------------===//
+
+#include "kiln/kiln.h"
+#include "kiln/runtime/Session.h"
+
+#include <new>
+#include <string>
+
+struct kiln_status {
+  std::string message;
+};
+
+struct kiln_session {
+  std::unique_ptr<kiln::Session> session;
+};
+
+static kiln_status *makeStatus(std::string message) {
+  return new (std::nothrow) kiln_status{std::move(message)};
+}
+
+extern "C" {
+
+const char *kiln_status_message(const kiln_status *status) {
+  return status ? status->message.c_str() : "";
+}
+
+void kiln_status_free(kiln_status *status) { delete status; }
+
+void kiln_session_params_init(kiln_session_params *params) {
+  if (!params)
+    return;
+  *params = kiln_session_params{};
+  params->struct_size = sizeof(kiln_session_params);
+}
+
+kiln_status *kiln_session_create(const kiln_session_params *params,
+                                 kiln_session **out_session) {
+  if (!out_session)
+    return makeStatus("kiln_session_create: out_session is NULL");
+  *out_session = nullptr;
+  if (!params || params->struct_size < sizeof(kiln_session_params))
+    return makeStatus("kiln_session_create: params not initialised with "
+                      "kiln_session_params_init");
+  if (!params->engine_path || !params->checkpoint_dir)
+    return makeStatus(
+        "kiln_session_create: engine_path and checkpoint_dir are required");
+  std::string error;
+  auto session =
+      kiln::Session::create(params->engine_path, params->checkpoint_dir, error);
+  if (!session)
+    return makeStatus(error);
+  *out_session = new (std::nothrow) kiln_session{std::move(session)};
+  if (!*out_session)
+    return makeStatus("kiln_session_create: out of memory");
+  return nullptr;
+}
+
+void kiln_session_free(kiln_session *session) { delete session; }
+
+int64_t kiln_session_vocab_size(const kiln_session *session) {
+  return session ? session->session->vocabSize() : 0;
+}
+
+size_t kiln_session_eos_tokens(const kiln_session *session,
+                               const int64_t **out_tokens) {
+  if (!session || !out_tokens)
+    return 0;
+  const std::vector<int64_t> &eos = session->session->eosTokenIds();
+  *out_tokens = eos.data();
+  return eos.size();
+}
+
+kiln_status *kiln_session_run(kiln_session *session, const int64_t *tokens,
+                              const int64_t *positions, size_t count,
+                              float *out_logits, size_t logits_capacity) {
+  if (!session || !tokens || !positions || !out_logits)
+    return makeStatus("kiln_session_run: NULL argument");
+  int64_t vocab = session->session->vocabSize();
+  if (logits_capacity < count * static_cast<size_t>(vocab))
+    return makeStatus("kiln_session_run: logits buffer holds " +
+                      std::to_string(logits_capacity) + " floats, " +
+                      std::to_string(count * vocab) + " needed");
+  std::vector<int64_t> ids(tokens, tokens + count);
+  std::vector<int64_t> at(positions, positions + count);
+  std::vector<float> logits;
+  std::string error;
+  if (!session->session->run(ids, at, logits, vocab, error))
+    return makeStatus(error);
+  std::copy(logits.begin(), logits.end(), out_logits);
+  return nullptr;
+}
+
+void kiln_session_reset(kiln_session *session) {
+  if (session)
+    session->session->reset();
+}
+
+} // extern "C"

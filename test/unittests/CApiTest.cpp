@@ -1,0 +1,70 @@
+//===- CApiTest.cpp - The runtime C API's error paths ---------------------===//
+//
+// Successful runs are covered end to end by kiln-run (which uses this API)
+// in test/e2e/kiln-run*.test; here, every misuse returns a status.
+//
+//===----------------------------------------------------------------------===//
+
+#include "kiln/kiln.h"
+#include "kiln/kiln.hpp"
+
+#include <gtest/gtest.h>
+#include <string>
+
+namespace {
+
+std::string messageOf(kiln_status *status) {
+  EXPECT_NE(status, nullptr);
+  return kiln::api::consume(status);
+}
+
+} // namespace
+
+TEST(CApiTest, CreateReportsMisuse) {
+  kiln_session *session = reinterpret_cast<kiln_session *>(0x1);
+  EXPECT_NE(messageOf(kiln_session_create(nullptr, &session))
+                .find("kiln_session_params_init"),
+            std::string::npos);
+  EXPECT_EQ(session, nullptr);
+
+  kiln_session_params params;
+  kiln_session_params_init(&params);
+  EXPECT_EQ(params.struct_size, sizeof(kiln_session_params));
+  EXPECT_NE(messageOf(kiln_session_create(&params, &session))
+                .find("engine_path and checkpoint_dir are required"),
+            std::string::npos);
+  EXPECT_NE(
+      messageOf(kiln_session_create(&params, nullptr)).find("out_session"),
+      std::string::npos);
+
+  params.engine_path = "/nonexistent/model.kiln";
+  params.checkpoint_dir = "/nonexistent";
+  std::string message = messageOf(kiln_session_create(&params, &session));
+  EXPECT_NE(message.find("/nonexistent/model.kiln: cannot open"),
+            std::string::npos)
+      << message;
+  EXPECT_EQ(session, nullptr);
+}
+
+TEST(CApiTest, NullSessionsAreHarmless) {
+  EXPECT_EQ(kiln_session_vocab_size(nullptr), 0);
+  const int64_t *eos = nullptr;
+  EXPECT_EQ(kiln_session_eos_tokens(nullptr, &eos), 0u);
+  kiln_session_reset(nullptr);
+  kiln_session_free(nullptr);
+  kiln_status_free(nullptr);
+  EXPECT_STREQ(kiln_status_message(nullptr), "");
+  float logits[4];
+  int64_t token = 1, position = 0;
+  EXPECT_NE(
+      messageOf(kiln_session_run(nullptr, &token, &position, 1, logits, 4))
+          .find("NULL argument"),
+      std::string::npos);
+}
+
+TEST(CApiTest, CppWrapperReturnsErrors) {
+  std::string error;
+  auto session = kiln::api::Session::open("/nonexistent.kiln", "/x", error);
+  EXPECT_EQ(session, nullptr);
+  EXPECT_NE(error.find("/nonexistent.kiln"), std::string::npos) << error;
+}
