@@ -20,6 +20,7 @@
 //===----------------------------------------------------------------------===//
 
 #include "kiln/Analysis/CostReport.h"
+#include "kiln/Analysis/MemoryPlan.h"
 #include "dialects/kiln/KilnOps.h"
 
 #include "mlir/Dialect/Func/IR/FuncOps.h"
@@ -329,48 +330,14 @@ public:
   }
 
   void reportMemoryPlan() {
-    // Activation buffers: one per call result, live from its call to its
-    // last use; offsets assigned first-fit in program order.
     SmallVector<func::CallOp> calls;
     graph.walk([&](func::CallOp call) { calls.push_back(call); });
-    llvm::DenseMap<Operation *, int64_t> index;
-    for (auto [i, call] : llvm::enumerate(calls))
-      index[call] = i;
-    struct Live {
-      int64_t begin, end, size, offset = 0;
-    };
-    std::vector<Live> buffers;
-    int64_t naive = 0;
-    for (auto [i, call] : llvm::enumerate(calls))
-      for (Value result : call.getResults()) {
-        // Statically shaped results (MoE expert offsets) are a few bytes.
-        if (cast<RankedTensorType>(result.getType()).hasStaticShape())
-          continue;
-        int64_t end = i;
-        for (Operation *user : result.getUsers())
-          end = std::max<int64_t>(end, index.lookup(user));
-        if (isa<func::ReturnOp>(*result.getUsers().begin()))
-          end = calls.size();
-        int64_t size = static_cast<int64_t>(tensorBytes(result.getType(), 1));
-        naive += size;
-        buffers.push_back({static_cast<int64_t>(i), end, size});
-      }
-    int64_t peak = 0;
-    std::vector<Live *> active;
-    for (Live &b : buffers) {
-      llvm::erase_if(active, [&](Live *a) { return a->end < b.begin; });
-      std::sort(active.begin(), active.end(),
-                [](Live *x, Live *y) { return x->offset < y->offset; });
-      int64_t offset = 0;
-      for (Live *a : active) {
-        if (a->offset - offset >= b.size)
-          break;
-        offset = std::max(offset, a->offset + a->size);
-      }
-      b.offset = offset;
-      active.push_back(&b);
-      peak = std::max(peak, offset + b.size);
-    }
+    ActivationPlan activations = planActivations(graph, [&](Value v) {
+      return static_cast<int64_t>(tensorBytes(v.getType(), 1));
+    });
+    int64_t peak = activations.peakPerToken;
+    int64_t naive = activations.totalPerToken;
+    const auto &buffers = activations.buffers;
     os << "\nmemory plan (activations at " << options.activationBytes
        << " B/element):\n";
     os << llvm::format("  %zu activation buffers; peak %lld B per token by "

@@ -15,6 +15,7 @@
 #include "kiln/runtime/Json.h"
 #include "kiln/runtime/Safetensors.h"
 
+#include <algorithm>
 #include <cstring>
 #include <dlfcn.h>
 #include <fstream>
@@ -39,6 +40,8 @@ struct PlanValue {
   const void *data = nullptr;
   std::vector<uint8_t> owned;
   int64_t rows = 0; // current dynamic extent
+  /// Offset in the activation arena, per token of the step; -1: own storage.
+  int64_t arenaOffset = -1;
 };
 
 struct AttentionUse {
@@ -54,6 +57,8 @@ struct Launch {
 
 struct KvSlot {
   int64_t width = 0;
+  /// Chunk size of a chunked layer (0: full attention keeps everything).
+  int64_t chunk = 0;
   std::vector<float> keys, values;
   std::vector<int64_t> positions;
 };
@@ -143,6 +148,8 @@ struct Session::Impl {
   std::vector<KvSlot> slots;
   int64_t logits = -1;
   int64_t vocab = 0;
+  int64_t arenaBytesPerToken = 0;
+  std::vector<uint64_t> arena; // 8-byte aligned
   std::vector<int64_t> eos;
   std::vector<int32_t> tokens32;
   std::vector<int64_t> tokens64, positions;
@@ -210,6 +217,8 @@ bool Session::Impl::parsePlan(const std::string &text, const std::string &path,
       v.kind = ValueKind::Buffer;
       if (const json::Value *r = entry.find("rows_per_token"))
         v.rowsPerToken = r->integer;
+      if (const json::Value *o = entry.find("arena_offset"))
+        v.arenaOffset = o->integer;
     } else {
       return bad("unknown value kind '" + kind->string + "'");
     }
@@ -246,8 +255,16 @@ bool Session::Impl::parsePlan(const std::string &text, const std::string &path,
       KvSlot slot;
       if (const json::Value *w = s.find("width"))
         slot.width = w->integer;
+      if (const json::Value *c = s.find("chunk"))
+        slot.chunk = c->integer;
       slots.push_back(std::move(slot));
     }
+  if (const json::Value *a = plan.find("arena_bytes_per_token"))
+    arenaBytesPerToken = a->integer;
+  for (const PlanValue &v : values)
+    if (v.arenaOffset >= 0 &&
+        (v.kind != ValueKind::Buffer || v.arenaOffset >= arenaBytesPerToken))
+      return bad("arena offset out of range");
   const json::Value *out = plan.find("logits");
   if (!out || !out->isInteger || out->integer < 0 ||
       out->integer >= static_cast<int64_t>(values.size()))
@@ -400,12 +417,19 @@ bool Session::run(const std::vector<int64_t> &tokens,
                      : static_cast<const void *>(s.tokens64.data());
     }
 
+  // One arena for the step's activations, laid out by the plan.
+  s.arena.resize((s.arenaBytesPerToken * t + 7) / 8);
+  uint8_t *arena = reinterpret_cast<uint8_t *>(s.arena.data());
   std::vector<std::vector<int64_t>> descriptors;
   std::vector<P> pointers;
   for (Launch &l : s.launches) {
     for (int64_t id : l.results) {
       PlanValue &v = s.values[id];
       v.rows = t * v.rowsPerToken;
+      if (v.arenaOffset >= 0) {
+        v.data = arena + v.arenaOffset * t;
+        continue;
+      }
       std::vector<int64_t> shape = s.shapeOf(v);
       int64_t n = 1;
       for (int64_t d : shape)
@@ -422,6 +446,24 @@ bool Session::run(const std::vector<int64_t> &tokens,
     // the whole pool with its positions.
     for (const AttentionUse &a : l.attention) {
       KvSlot &slot = s.slots[a.slot];
+      // A chunked layer never sees keys before the chunk of the step's first
+      // token: drop them, so its pool holds at most one chunk (plus the
+      // step's own tokens).
+      if (slot.chunk > 0 && !slot.positions.empty()) {
+        int64_t first = *std::min_element(positions.begin(), positions.end());
+        int64_t chunkStart = first / slot.chunk * slot.chunk;
+        size_t keep = 0;
+        while (keep < slot.positions.size() && slot.positions[keep] < chunkStart)
+          ++keep;
+        if (keep > 0) {
+          slot.positions.erase(slot.positions.begin(),
+                               slot.positions.begin() + keep);
+          slot.keys.erase(slot.keys.begin(),
+                          slot.keys.begin() + keep * slot.width);
+          slot.values.erase(slot.values.begin(),
+                            slot.values.begin() + keep * slot.width);
+        }
+      }
       const PlanValue &k = s.values[l.args[a.keyArg]];
       const PlanValue &v = s.values[l.args[a.valueArg]];
       const float *kd = static_cast<const float *>(k.data);

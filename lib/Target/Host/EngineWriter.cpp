@@ -9,6 +9,7 @@
 //===----------------------------------------------------------------------===//
 
 #include "kiln/Target/Host/EngineWriter.h"
+#include "kiln/Analysis/MemoryPlan.h"
 #include "dialects/kiln/KilnOps.h"
 #include "kiln/Conversion/Passes.h"
 #include "kiln/Target/Host/SharedObject.h"
@@ -149,7 +150,11 @@ llvm::Error mlir::kiln::writeHostEngine(ModuleOp module, llvm::StringRef path,
           attention.push_back(json::Object{{"key_arg", key.getArgNumber()},
                                            {"value_arg", value.getArgNumber()},
                                            {"slot", slotCount}});
-          slots.push_back(json::Object{{"width", width}});
+          // Chunked layers only ever look inside the current chunk.
+          int64_t chunk = a.getMask() == MaskKind::Chunked
+                              ? a.getChunkSize().value_or(0)
+                              : 0;
+          slots.push_back(json::Object{{"width", width}, {"chunk", chunk}});
           ++slotCount;
         }
       launches.push_back(json::Object{{"kernel", kernel.getSymName()},
@@ -167,7 +172,28 @@ llvm::Error mlir::kiln::writeHostEngine(ModuleOp module, llvm::StringRef path,
     }
   }
 
+  // Activation buffers share one arena, placed by liveness.
+  llvm::DenseMap<Value, int64_t> rowsPerTokenOf;
+  for (Operation &op : body)
+    if (auto call = dyn_cast<func::CallOp>(op)) {
+      auto kernel = SymbolTable::lookupNearestSymbolFrom<func::FuncOp>(
+          call, call.getCalleeAttr());
+      for (auto [i, result] : llvm::enumerate(call.getResults()))
+        rowsPerTokenOf[result] = rowsPerToken(kernel, i);
+    }
+  ActivationPlan arena = planActivations(graph, [&](Value v) {
+    auto type = cast<RankedTensorType>(v.getType());
+    int64_t row = type.getElementType().isInteger(64) ? 8 : 4;
+    for (int64_t d : type.getShape().drop_front())
+      row *= d;
+    return rowsPerTokenOf.lookup(v) * row;
+  });
+  for (const BufferPlacement &b : arena.buffers)
+    (*values[ids.lookup(b.value)].getAsObject())["arena_offset"] =
+        b.offsetPerToken;
+
   json::Object plan{{"values", std::move(values)},
+                    {"arena_bytes_per_token", arena.peakPerToken},
                     {"launches", std::move(launches)},
                     {"kv_slots", std::move(slots)},
                     {"logits", ids.lookup(logits)}};
