@@ -20,8 +20,8 @@
 //===----------------------------------------------------------------------===//
 
 #include "kiln/Analysis/CostReport.h"
-#include "kiln/Analysis/MemoryPlan.h"
 #include "dialects/kiln/KilnOps.h"
+#include "kiln/Analysis/MemoryPlan.h"
 
 #include "mlir/Dialect/Func/IR/FuncOps.h"
 #include "mlir/IR/SymbolTable.h"

@@ -1,4 +1,5 @@
-//===- MemoryPlan.cpp - Activation buffers by liveness ---------------------===//
+//===- MemoryPlan.cpp - Activation buffers by liveness
+//---------------------===//
 
 #include "kiln/Analysis/MemoryPlan.h"
 
@@ -7,9 +8,10 @@
 using namespace mlir;
 using namespace mlir::kiln;
 
-ActivationPlan mlir::kiln::planActivations(
-    func::FuncOp graph, function_ref<int64_t(Value)> bytesPerToken,
-    int64_t alignment) {
+ActivationPlan
+mlir::kiln::planActivations(func::FuncOp graph,
+                            function_ref<int64_t(Value)> bytesPerToken,
+                            int64_t alignment) {
   SmallVector<func::CallOp> calls;
   graph.walk([&](func::CallOp call) { calls.push_back(call); });
   llvm::DenseMap<Operation *, int64_t> index;
@@ -29,9 +31,8 @@ ActivationPlan mlir::kiln::planActivations(
         continue;
       int64_t end = static_cast<int64_t>(i);
       for (Operation *user : result.getUsers())
-        end = isa<func::ReturnOp>(user)
-                  ? static_cast<int64_t>(calls.size())
-                  : std::max(end, index.lookup(user));
+        end = isa<func::ReturnOp>(user) ? static_cast<int64_t>(calls.size())
+                                        : std::max(end, index.lookup(user));
       int64_t size = bytesPerToken(result);
       size = (size + alignment - 1) / alignment * alignment;
       plan.totalPerToken += size;

@@ -116,9 +116,9 @@ void invoke(void *fn, std::vector<P> &a) {
   switch (a.size()) {
     KILN_CASE(1)
     KILN_CASE(2)
-    KILN_CASE(3) KILN_CASE(4) KILN_CASE(5) KILN_CASE(6) KILN_CASE(7)
-        KILN_CASE(8) KILN_CASE(9) KILN_CASE(10) KILN_CASE(11)
-            KILN_CASE(12) default : break;
+    KILN_CASE(3)
+    KILN_CASE(4) KILN_CASE(5) KILN_CASE(6) KILN_CASE(7) KILN_CASE(8)
+        KILN_CASE(9) KILN_CASE(10) KILN_CASE(11) KILN_CASE(12) default : break;
   }
 }
 
@@ -453,7 +453,8 @@ bool Session::run(const std::vector<int64_t> &tokens,
         int64_t first = *std::min_element(positions.begin(), positions.end());
         int64_t chunkStart = first / slot.chunk * slot.chunk;
         size_t keep = 0;
-        while (keep < slot.positions.size() && slot.positions[keep] < chunkStart)
+        while (keep < slot.positions.size() &&
+               slot.positions[keep] < chunkStart)
           ++keep;
         if (keep > 0) {
           slot.positions.erase(slot.positions.begin(),

@@ -1,4 +1,5 @@
-//===- MemoryPlan.h - Activation buffers by liveness -------------*- C++ -*-===//
+//===- MemoryPlan.h - Activation buffers by liveness -------------*- C++
+//-*-===//
 //
 // Places the activation buffers of a partitioned graph in one arena. Every
 // buffer with a dynamic token dimension scales with the step's token count,

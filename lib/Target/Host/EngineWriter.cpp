@@ -9,8 +9,8 @@
 //===----------------------------------------------------------------------===//
 
 #include "kiln/Target/Host/EngineWriter.h"
-#include "kiln/Analysis/MemoryPlan.h"
 #include "dialects/kiln/KilnOps.h"
+#include "kiln/Analysis/MemoryPlan.h"
 #include "kiln/Conversion/Passes.h"
 #include "kiln/Target/Host/SharedObject.h"
 #include "kiln/runtime/EngineFile.h"
