@@ -2,7 +2,10 @@
 //-----------------------------------===//
 
 #include "kiln/kiln.h"
+#include "kiln/runtime/Sampler.h"
 #include "kiln/runtime/Session.h"
+
+#include <cmath>
 
 #include <new>
 #include <string>
@@ -13,6 +16,10 @@ struct kiln_status {
 
 struct kiln_session {
   std::unique_ptr<kiln::Session> session;
+};
+
+struct kiln_sampler {
+  kiln::Sampler sampler;
 };
 
 static kiln_status *makeStatus(std::string message) {
@@ -94,6 +101,49 @@ kiln_status *kiln_session_run(kiln_session *session, const int64_t *tokens,
 void kiln_session_reset(kiln_session *session) {
   if (session)
     session->session->reset();
+}
+
+void kiln_sampler_params_init(kiln_sampler_params *params) {
+  if (!params)
+    return;
+  *params = kiln_sampler_params{};
+  params->struct_size = sizeof(kiln_sampler_params);
+  params->top_p = 1.0;
+}
+
+kiln_status *kiln_sampler_create(const kiln_sampler_params *params,
+                                 kiln_sampler **out_sampler) {
+  if (!out_sampler)
+    return makeStatus("kiln_sampler_create: out_sampler is NULL");
+  *out_sampler = nullptr;
+  if (!params || params->struct_size < sizeof(kiln_sampler_params))
+    return makeStatus("kiln_sampler_create: params not initialised with "
+                      "kiln_sampler_params_init");
+  if (!(params->temperature >= 0) || !std::isfinite(params->temperature))
+    return makeStatus("kiln_sampler_create: temperature must be >= 0");
+  if (params->top_k < 0)
+    return makeStatus("kiln_sampler_create: top_k must be >= 0");
+  if (!(params->top_p > 0 && params->top_p <= 1))
+    return makeStatus("kiln_sampler_create: top_p must be in (0, 1]");
+  kiln::SamplingParams p;
+  p.temperature = params->temperature;
+  p.topK = params->top_k;
+  p.topP = params->top_p;
+  p.seed = params->seed;
+  *out_sampler = new (std::nothrow) kiln_sampler{kiln::Sampler(p)};
+  if (!*out_sampler)
+    return makeStatus("kiln_sampler_create: out of memory");
+  return nullptr;
+}
+
+void kiln_sampler_free(kiln_sampler *sampler) { delete sampler; }
+
+kiln_status *kiln_sampler_pick(kiln_sampler *sampler, const float *logits,
+                               int64_t vocab, int64_t *out_token) {
+  if (!sampler || !logits || !out_token || vocab <= 0)
+    return makeStatus("kiln_sampler_pick: NULL argument or empty vocabulary");
+  *out_token = sampler->sampler.pick(logits, vocab);
+  return nullptr;
 }
 
 } // extern "C"

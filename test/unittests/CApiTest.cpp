@@ -68,3 +68,45 @@ TEST(CApiTest, CppWrapperReturnsErrors) {
   EXPECT_EQ(session, nullptr);
   EXPECT_NE(error.find("/nonexistent.kiln"), std::string::npos) << error;
 }
+
+TEST(CApiTest, Sampler) {
+  float logits[4] = {0.5f, 3.0f, 3.0f, -1.0f};
+  std::string error;
+  // Greedy: the first of the tied maxima.
+  auto greedy = kiln::api::Sampler::create(0.0, 0, 1.0, 0, error);
+  ASSERT_TRUE(greedy) << error;
+  EXPECT_EQ(greedy->pick(logits, 4), 1);
+  // top_k = 1 is greedy at any temperature.
+  auto top1 = kiln::api::Sampler::create(5.0, 1, 1.0, 42, error);
+  ASSERT_TRUE(top1) << error;
+  for (int i = 0; i < 20; ++i)
+    EXPECT_EQ(top1->pick(logits, 4), 1);
+  // top_p small enough keeps only the two tied leaders.
+  auto nucleus = kiln::api::Sampler::create(1.0, 0, 0.5, 7, error);
+  ASSERT_TRUE(nucleus) << error;
+  for (int i = 0; i < 50; ++i) {
+    int64_t t = nucleus->pick(logits, 4);
+    EXPECT_TRUE(t == 1 || t == 2) << t;
+  }
+  // The same seed gives the same sequence; sampling reaches several tokens.
+  auto a = kiln::api::Sampler::create(2.0, 0, 1.0, 9, error);
+  auto b = kiln::api::Sampler::create(2.0, 0, 1.0, 9, error);
+  bool varied = false;
+  int64_t first = a->pick(logits, 4);
+  EXPECT_EQ(first, b->pick(logits, 4));
+  for (int i = 0; i < 50; ++i) {
+    int64_t x = a->pick(logits, 4);
+    EXPECT_EQ(x, b->pick(logits, 4));
+    varied |= x != first;
+  }
+  EXPECT_TRUE(varied);
+  // Invalid parameters are reported.
+  EXPECT_FALSE(kiln::api::Sampler::create(-1.0, 0, 1.0, 0, error));
+  EXPECT_NE(error.find("temperature"), std::string::npos) << error;
+  EXPECT_FALSE(kiln::api::Sampler::create(1.0, 0, 0.0, 0, error));
+  EXPECT_NE(error.find("top_p"), std::string::npos) << error;
+  int64_t token;
+  EXPECT_NE(
+      messageOf(kiln_sampler_pick(nullptr, logits, 4, &token)).find("NULL"),
+      std::string::npos);
+}

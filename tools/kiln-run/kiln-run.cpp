@@ -2,7 +2,8 @@
 //
 //   kiln-run model.kiln --checkpoint <dir> (--tokens 1,2,3 | --tokens-file F)
 //            [--dump-logits OUT.npy] [--max-new-tokens N] [--temperature T]
-//            [--top-k K] [--top-p P] [--seed S] [--ignore-eos] [--step N]
+//            [--top-k K] [--top-p P] [--seed S] [--ignore-eos]
+//            [--step N | --decode-from N]
 //
 // Same logits contract as kiln-ref (float32 [T, vocab] .npy of every prompt
 // position); prints the continuation and prefill / decode tokens per second.
@@ -39,47 +40,8 @@ void usage() {
                "                [--dump-logits OUT.npy] [--max-new-tokens N]\n"
                "                [--temperature T] [--top-k K] [--top-p P] "
                "[--seed S]\n"
-               "                [--ignore-eos] [--step N]\n");
+               "                [--ignore-eos] [--step N | --decode-from N]\n");
 }
-
-struct Sampler {
-  double temperature = 0.0; // 0: greedy
-  int64_t topK = 0;         // 0: all
-  double topP = 1.0;
-  std::mt19937_64 rng{0};
-
-  int64_t pick(const float *logits, int64_t vocab) {
-    if (temperature <= 0.0)
-      return std::max_element(logits, logits + vocab) - logits;
-    std::vector<int64_t> order(vocab);
-    std::iota(order.begin(), order.end(), 0);
-    std::sort(order.begin(), order.end(), [&](int64_t a, int64_t b) {
-      return logits[a] > logits[b] || (logits[a] == logits[b] && a < b);
-    });
-    int64_t keep = topK > 0 ? std::min(topK, vocab) : vocab;
-    std::vector<double> probs(keep);
-    double top = logits[order[0]] / temperature, total = 0;
-    for (int64_t i = 0; i < keep; ++i)
-      total += probs[i] = std::exp(logits[order[i]] / temperature - top);
-    // Nucleus: the smallest prefix whose mass reaches top_p.
-    double mass = 0;
-    int64_t n = 0;
-    while (n < keep) {
-      mass += probs[n++] / total;
-      if (mass >= topP)
-        break;
-    }
-    double r = std::uniform_real_distribution<double>(0.0, 1.0)(rng);
-    double sum = std::accumulate(probs.begin(), probs.begin() + n, 0.0);
-    double acc = 0;
-    for (int64_t i = 0; i < n; ++i) {
-      acc += probs[i] / sum;
-      if (r < acc)
-        return order[i];
-    }
-    return order[n - 1];
-  }
-};
 
 bool parseNumber(const char *text, double &out) {
   char *end;
@@ -91,9 +53,11 @@ bool parseNumber(const char *text, double &out) {
 
 int main(int argc, char **argv) {
   std::string engine, checkpoint, tokensText, tokensFile, dumpLogits;
-  long maxNew = 0, step = 0;
+  long maxNew = 0, step = 0, decodeFrom = 0;
   bool ignoreEos = false;
-  Sampler sampler;
+  double temperature = 0, topP = 1;
+  int64_t topK = 0;
+  uint64_t seed = 0;
   for (int i = 1; i < argc; ++i) {
     std::string arg = argv[i];
     auto value = [&](const char *name) -> const char * {
@@ -115,7 +79,7 @@ int main(int argc, char **argv) {
     else if (arg == "--ignore-eos")
       ignoreEos = true;
     else if (arg == "--max-new-tokens" || arg == "--top-k" || arg == "--seed" ||
-             arg == "--step") {
+             arg == "--step" || arg == "--decode-from") {
       const char *text = value(arg.c_str());
       if (!parseNumber(text, number) || number < 0 ||
           number != std::floor(number))
@@ -124,9 +88,11 @@ int main(int argc, char **argv) {
       if (arg == "--max-new-tokens")
         maxNew = static_cast<long>(number);
       else if (arg == "--top-k")
-        sampler.topK = static_cast<int64_t>(number);
+        topK = static_cast<int64_t>(number);
       else if (arg == "--seed")
-        sampler.rng.seed(static_cast<uint64_t>(number));
+        seed = static_cast<uint64_t>(number);
+      else if (arg == "--decode-from")
+        decodeFrom = static_cast<long>(number);
       else
         step = static_cast<long>(number);
     } else if (arg == "--temperature" || arg == "--top-p") {
@@ -134,7 +100,7 @@ int main(int argc, char **argv) {
       if (!parseNumber(text, number) || number < 0 ||
           (arg == "--top-p" && (number <= 0 || number > 1)))
         return fail(arg + " got an invalid value '" + text + "'");
-      (arg == "--temperature" ? sampler.temperature : sampler.topP) = number;
+      (arg == "--temperature" ? temperature : topP) = number;
     } else if (arg == "-h" || arg == "--help") {
       usage();
       return 0;
@@ -161,6 +127,10 @@ int main(int argc, char **argv) {
             : kiln::readTokenFile(tokensFile, prompt, error)))
     return fail(error);
 
+  auto sampler =
+      kiln::api::Sampler::create(temperature, topK, topP, seed, error);
+  if (!sampler)
+    return fail(error);
   std::fprintf(stderr, "kiln-run: loading %s and binding weights from %s\n",
                engine.c_str(), checkpoint.c_str());
   auto session = kiln::api::Session::open(engine, checkpoint, error);
@@ -171,9 +141,13 @@ int main(int argc, char **argv) {
   using Clock = std::chrono::steady_clock;
   std::vector<float> logits, part;
   auto start = Clock::now();
+  // The prompt goes in one step, or in steps of --step tokens, or (with
+  // --decode-from N) as an N-token prefill followed by one token at a time.
   size_t chunk = step > 0 ? static_cast<size_t>(step) : prompt.size();
-  for (size_t begin = 0; begin < prompt.size(); begin += chunk) {
+  for (size_t begin = 0; begin < prompt.size();) {
     size_t n = std::min(chunk, prompt.size() - begin);
+    if (decodeFrom > 0)
+      n = begin == 0 ? std::min<size_t>(decodeFrom, prompt.size()) : 1;
     std::vector<int64_t> ids(prompt.begin() + begin,
                              prompt.begin() + begin + n);
     std::vector<int64_t> positions(n);
@@ -181,6 +155,7 @@ int main(int argc, char **argv) {
     if (!(error = session->run(ids, positions, part)).empty())
       return fail(error);
     logits.insert(logits.end(), part.begin(), part.end());
+    begin += n;
   }
   double prefill = std::chrono::duration<double>(Clock::now() - start).count();
   std::printf("prefill: %zu tokens in %.3f s (%.1f tokens/s)\n", prompt.size(),
@@ -192,7 +167,7 @@ int main(int argc, char **argv) {
     return fail(error);
 
   int64_t next =
-      sampler.pick(logits.data() + (prompt.size() - 1) * vocab, vocab);
+      sampler->pick(logits.data() + (prompt.size() - 1) * vocab, vocab);
   std::printf("next token: %lld\n", static_cast<long long>(next));
   if (maxNew == 0)
     return 0;
@@ -213,7 +188,7 @@ int main(int argc, char **argv) {
     if (!(error = session->run({next}, {position++}, part)).empty())
       return fail(error);
     ++decoded;
-    next = sampler.pick(part.data(), vocab);
+    next = sampler->pick(part.data(), vocab);
   }
   double decode = std::chrono::duration<double>(Clock::now() - start).count();
   std::printf("generated:");

@@ -60,6 +60,26 @@ kiln_status *kiln_session_run(kiln_session *session, const int64_t *tokens,
 /* Forgets every token run so far. */
 void kiln_session_reset(kiln_session *session);
 
+typedef struct kiln_sampler kiln_sampler;
+
+typedef struct kiln_sampler_params {
+  size_t struct_size; /* set by kiln_sampler_params_init */
+  double temperature; /* 0: greedy (the default) */
+  int64_t top_k;      /* 0: no limit */
+  double top_p;       /* 1: no nucleus cut (the default) */
+  uint64_t seed;
+} kiln_sampler_params;
+
+void kiln_sampler_params_init(kiln_sampler_params *params);
+
+kiln_status *kiln_sampler_create(const kiln_sampler_params *params,
+                                 kiln_sampler **out_sampler);
+void kiln_sampler_free(kiln_sampler *sampler);
+
+/* Picks the next token from one row of `vocab` logits. */
+kiln_status *kiln_sampler_pick(kiln_sampler *sampler, const float *logits,
+                               int64_t vocab, int64_t *out_token);
+
 #ifdef __cplusplus
 }
 #endif

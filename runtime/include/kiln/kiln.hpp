@@ -66,6 +66,39 @@ private:
   kiln_session *handle;
 };
 
+class Sampler {
+public:
+  /// Empty `error` on success.
+  static std::unique_ptr<Sampler> create(double temperature, int64_t topK,
+                                         double topP, uint64_t seed,
+                                         std::string &error) {
+    kiln_sampler_params params;
+    kiln_sampler_params_init(&params);
+    params.temperature = temperature;
+    params.top_k = topK;
+    params.top_p = topP;
+    params.seed = seed;
+    kiln_sampler *handle = nullptr;
+    error = consume(kiln_sampler_create(&params, &handle));
+    if (!error.empty())
+      return nullptr;
+    return std::unique_ptr<Sampler>(new Sampler(handle));
+  }
+  ~Sampler() { kiln_sampler_free(handle); }
+  Sampler(const Sampler &) = delete;
+  Sampler &operator=(const Sampler &) = delete;
+
+  int64_t pick(const float *logits, int64_t vocab) {
+    int64_t token = 0;
+    consume(kiln_sampler_pick(handle, logits, vocab, &token));
+    return token;
+  }
+
+private:
+  explicit Sampler(kiln_sampler *handle) : handle(handle) {}
+  kiln_sampler *handle;
+};
+
 } // namespace kiln::api
 
 #endif // KILN_KILN_HPP
