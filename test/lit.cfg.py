@@ -41,6 +41,14 @@ else:
                     ": NumPy cross-checks are skipped "
                     "(apt-get install python3-numpy)")
 
+# A usable CUDA driver changes what `kiln-run --device cuda` says.
+try:
+    import ctypes
+    ctypes.CDLL("libcuda.so.1")
+    config.available_features.add("cuda-driver")
+except OSError:
+    pass
+
 if config.kiln_cuda_found:
     config.available_features.add("ptxas")
     config.substitutions.append(("%ptxas", config.kiln_ptxas))

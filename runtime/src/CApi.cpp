@@ -2,6 +2,7 @@
 //-----------------------------------===//
 
 #include "kiln/kiln.h"
+#include "kiln/runtime/CudaDriver.h"
 #include "kiln/runtime/Sampler.h"
 #include "kiln/runtime/Session.h"
 
@@ -101,6 +102,18 @@ kiln_status *kiln_session_run(kiln_session *session, const int64_t *tokens,
 void kiln_session_reset(kiln_session *session) {
   if (session)
     session->session->reset();
+}
+
+kiln_status *kiln_cuda_probe(int *out_device_count) {
+  if (!out_device_count)
+    return makeStatus("kiln_cuda_probe: out_device_count is NULL");
+  *out_device_count = 0;
+  std::string error;
+  auto driver = kiln::cuda::Driver::load(error);
+  if (!driver)
+    return makeStatus(error);
+  *out_device_count = driver->deviceCount();
+  return nullptr;
 }
 
 void kiln_sampler_params_init(kiln_sampler_params *params) {

@@ -40,7 +40,8 @@ void usage() {
                "                [--dump-logits OUT.npy] [--max-new-tokens N]\n"
                "                [--temperature T] [--top-k K] [--top-p P] "
                "[--seed S]\n"
-               "                [--ignore-eos] [--step N | --decode-from N]\n");
+               "                [--ignore-eos] [--step N | --decode-from N]\n"
+               "                [--device auto|host|cuda]\n");
 }
 
 bool parseNumber(const char *text, double &out) {
@@ -53,6 +54,7 @@ bool parseNumber(const char *text, double &out) {
 
 int main(int argc, char **argv) {
   std::string engine, checkpoint, tokensText, tokensFile, dumpLogits;
+  std::string device = "auto";
   long maxNew = 0, step = 0, decodeFrom = 0;
   bool ignoreEos = false;
   double temperature = 0, topP = 1;
@@ -78,8 +80,13 @@ int main(int argc, char **argv) {
       dumpLogits = value("--dump-logits");
     else if (arg == "--ignore-eos")
       ignoreEos = true;
-    else if (arg == "--max-new-tokens" || arg == "--top-k" || arg == "--seed" ||
-             arg == "--step" || arg == "--decode-from") {
+    else if (arg == "--device") {
+      device = value("--device");
+      if (device != "auto" && device != "host" && device != "cuda")
+        return fail("--device must be auto, host or cuda, got '" + device +
+                    "'");
+    } else if (arg == "--max-new-tokens" || arg == "--top-k" ||
+               arg == "--seed" || arg == "--step" || arg == "--decode-from") {
       const char *text = value(arg.c_str());
       if (!parseNumber(text, number) || number < 0 ||
           number != std::floor(number))
@@ -127,6 +134,14 @@ int main(int argc, char **argv) {
             : kiln::readTokenFile(tokensFile, prompt, error)))
     return fail(error);
 
+  // Engines are compiled for one target; today that is the host. `auto`
+  // runs them there; `cuda` says why it cannot.
+  if (device == "cuda") {
+    if (kiln::api::cudaDevices(error) == 0)
+      return fail(error);
+    return fail("CUDA engines (kilnc --target sm_90a) do not exist yet; "
+                "this engine runs with --device host");
+  }
   auto sampler =
       kiln::api::Sampler::create(temperature, topK, topP, seed, error);
   if (!sampler)

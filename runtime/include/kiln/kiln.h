@@ -60,6 +60,11 @@ kiln_status *kiln_session_run(kiln_session *session, const int64_t *tokens,
 /* Forgets every token run so far. */
 void kiln_session_reset(kiln_session *session);
 
+/* Looks for a usable CUDA driver and GPU (libcuda.so.1, or the file named
+ * by KILN_LIBCUDA). On success *out_device_count is the number of GPUs;
+ * otherwise the status says in one line what is missing. */
+kiln_status *kiln_cuda_probe(int *out_device_count);
+
 typedef struct kiln_sampler kiln_sampler;
 
 typedef struct kiln_sampler_params {

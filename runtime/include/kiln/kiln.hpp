@@ -66,6 +66,13 @@ private:
   kiln_session *handle;
 };
 
+/// Number of usable GPUs; 0 with `error` saying what is missing.
+inline int cudaDevices(std::string &error) {
+  int count = 0;
+  error = consume(kiln_cuda_probe(&count));
+  return count;
+}
+
 class Sampler {
 public:
   /// Empty `error` on success.

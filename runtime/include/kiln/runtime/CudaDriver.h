@@ -1,0 +1,94 @@
+//===- CudaDriver.h - The CUDA driver, loaded at run time -------*- C++ -*-===//
+//
+// The runtime never links libcuda: it dlopen()s `libcuda.so.1` (or the file
+// named by KILN_LIBCUDA) and resolves every entry point it uses from one
+// table, so one binary runs on machines with and without GPUs and says
+// plainly what is missing. The types are declared here, with the ABI of the
+// driver API, so that building needs no CUDA toolkit.
+//
+//===----------------------------------------------------------------------===//
+
+#ifndef KILN_RUNTIME_CUDADRIVER_H
+#define KILN_RUNTIME_CUDADRIVER_H
+
+#include <cstddef>
+#include <cstdint>
+#include <memory>
+#include <string>
+
+namespace kiln::cuda {
+
+using CUresult = int;
+using CUdevice = int;
+using CUcontext = struct CUctx_st *;
+using CUmodule = struct CUmod_st *;
+using CUfunction = struct CUfunc_st *;
+using CUstream = struct CUstream_st *;
+using CUdeviceptr = unsigned long long;
+
+constexpr CUresult CUDA_SUCCESS = 0;
+constexpr CUresult CUDA_ERROR_STUB_LIBRARY = 34;
+
+// One line per entry point: name, versioned symbol, signature.
+#define KILN_CUDA_ENTRY_POINTS(X)                                              \
+  X(cuInit, "cuInit", CUresult (*)(unsigned))                                  \
+  X(cuDriverGetVersion, "cuDriverGetVersion", CUresult (*)(int *))             \
+  X(cuDeviceGetCount, "cuDeviceGetCount", CUresult (*)(int *))                 \
+  X(cuDeviceGet, "cuDeviceGet", CUresult (*)(CUdevice *, int))                 \
+  X(cuDeviceGetName, "cuDeviceGetName", CUresult (*)(char *, int, CUdevice))   \
+  X(cuDeviceGetAttribute, "cuDeviceGetAttribute",                              \
+    CUresult (*)(int *, int, CUdevice))                                        \
+  X(cuCtxCreate, "cuCtxCreate_v2",                                             \
+    CUresult (*)(CUcontext *, unsigned, CUdevice))                             \
+  X(cuCtxDestroy, "cuCtxDestroy_v2", CUresult (*)(CUcontext))                  \
+  X(cuModuleLoadData, "cuModuleLoadData",                                      \
+    CUresult (*)(CUmodule *, const void *))                                    \
+  X(cuModuleUnload, "cuModuleUnload", CUresult (*)(CUmodule))                  \
+  X(cuModuleGetFunction, "cuModuleGetFunction",                                \
+    CUresult (*)(CUfunction *, CUmodule, const char *))                        \
+  X(cuLaunchKernel, "cuLaunchKernel",                                          \
+    CUresult (*)(CUfunction, unsigned, unsigned, unsigned, unsigned, unsigned, \
+                 unsigned, unsigned, CUstream, void **, void **))              \
+  X(cuMemAlloc, "cuMemAlloc_v2", CUresult (*)(CUdeviceptr *, size_t))          \
+  X(cuMemFree, "cuMemFree_v2", CUresult (*)(CUdeviceptr))                      \
+  X(cuMemcpyHtoD, "cuMemcpyHtoD_v2",                                           \
+    CUresult (*)(CUdeviceptr, const void *, size_t))                           \
+  X(cuMemcpyDtoH, "cuMemcpyDtoH_v2",                                           \
+    CUresult (*)(void *, CUdeviceptr, size_t))                                 \
+  X(cuStreamCreate, "cuStreamCreate", CUresult (*)(CUstream *, unsigned))      \
+  X(cuStreamSynchronize, "cuStreamSynchronize", CUresult (*)(CUstream))        \
+  X(cuGetErrorName, "cuGetErrorName", CUresult (*)(CUresult, const char **))   \
+  X(cuGetErrorString, "cuGetErrorString", CUresult (*)(CUresult, const char **))
+
+class Driver {
+public:
+  ~Driver();
+  Driver(const Driver &) = delete;
+  Driver &operator=(const Driver &) = delete;
+
+  /// Loads the driver and calls cuInit. Null with a one-line `error` when
+  /// there is no driver, only the toolkit's stub, or no GPU.
+  static std::unique_ptr<Driver> load(std::string &error);
+
+  /// "cuInit failed: CUDA_ERROR_... (text)" for a failed call.
+  std::string describe(const char *call, CUresult result) const;
+
+  int version() const { return driverVersion; }
+  int deviceCount() const { return devices; }
+
+#define KILN_CUDA_MEMBER(name, symbol, type)                                   \
+  using name##Fn = type;                                                       \
+  name##Fn name = nullptr;
+  KILN_CUDA_ENTRY_POINTS(KILN_CUDA_MEMBER)
+#undef KILN_CUDA_MEMBER
+
+private:
+  Driver() = default;
+  void *library = nullptr;
+  int driverVersion = 0;
+  int devices = 0;
+};
+
+} // namespace kiln::cuda
+
+#endif // KILN_RUNTIME_CUDADRIVER_H
