@@ -80,6 +80,11 @@ Value expertWeights(Operation *op) {
   return nullptr;
 }
 
+/// Chunk size of a chunked attention, 0 for a causal one.
+int64_t chunkOf(AttentionOp a) {
+  return a.getMask() == MaskKind::Chunked ? a.getChunkSize().value_or(0) : 0;
+}
+
 /// Keys visible to a query at position p.
 int64_t visibleKeys(int64_t p, int64_t chunk) {
   return chunk > 0 ? p % chunk + 1 : p + 1;
@@ -111,30 +116,59 @@ public:
            elementBytes(t.getElementType());
   }
 
+  /// KV traffic of one attention launch: the cached keys/values visible to
+  /// the step, read once, and the step's own, written once.
+  double kvBytes(AttentionOp a, const Step &step) const {
+    int64_t chunk = chunkOf(a);
+    int64_t cached = chunk > 0 ? step.start % chunk : step.start;
+    auto k = cast<RankedTensorType>(a.getKey().getType());
+    return 2.0 * k.getDimSize(1) * options.kvBytes * (cached + step.tokens);
+  }
+
+  /// The fraction of each weight argument a step can reach: the gathered
+  /// rows of an embedding table, the experts a step can route to. Weights
+  /// not listed are read whole.
+  llvm::DenseMap<Value, double> argFractions(func::FuncOp kernel,
+                                             int64_t tokens) const {
+    llvm::DenseMap<Value, double> fractions;
+    auto reach = [&](Value weights, double experts, double rows) {
+      if (isa<BlockArgument>(weights))
+        fractions[weights] = std::min(experts, rows) / experts;
+    };
+    for (Operation &op : kernel.getBody().front()) {
+      if (auto e = dyn_cast<EmbeddingOp>(op)) {
+        auto table = cast<RankedTensorType>(e.getTable().getType());
+        reach(e.getTable(), table.getDimSize(0), tokens);
+      } else if (Value weights = expertWeights(&op)) {
+        reach(weights, cast<RankedTensorType>(weights.getType()).getDimSize(0),
+              static_cast<double>(routedPerToken) * tokens);
+      } else if (auto m = dyn_cast<MoeOp>(op)) {
+        double e =
+            cast<RankedTensorType>(m.getRouter().getType()).getDimSize(0);
+        for (Value w : {m.getGateUp(), m.getDown()})
+          reach(w, e, static_cast<double>(m.getTopK()) * tokens);
+      }
+    }
+    return fractions;
+  }
+
   /// Cost of one launch of `kernel` in `step`.
   Cost kernelCost(func::FuncOp kernel, const Step &step) const {
     Cost cost;
     int64_t T = step.tokens;
     Block &body = kernel.getBody().front();
-    llvm::DenseMap<Value, double> argFraction; // weights read only in part
     for (Operation &op : body) {
       if (auto linear = dyn_cast<LinearOp>(op)) {
         auto w = cast<RankedTensorType>(linear.getWeight().getType());
         cost.flops += 2.0 * T * w.getDimSize(0) * w.getDimSize(1);
       } else if (auto attention = dyn_cast<AttentionOp>(op)) {
-        int64_t chunk = attention.getMask() == MaskKind::Chunked
-                            ? attention.getChunkSize().value_or(0)
-                            : 0;
+        int64_t chunk = chunkOf(attention);
         auto q = cast<RankedTensorType>(attention.getQuery().getType());
-        auto k = cast<RankedTensorType>(attention.getKey().getType());
         double pairs = 0;
         for (int64_t p = step.start; p < step.start + T; ++p)
           pairs += visibleKeys(p, chunk);
         cost.flops += 4.0 * q.getDimSize(1) * pairs; // 4 H d per pair
-        // Cached keys/values visible to the step, read once; new ones written.
-        int64_t cached = chunk > 0 ? step.start % chunk : step.start;
-        double kvRow = 2.0 * k.getDimSize(1) * options.kvBytes;
-        cost.bytes += kvRow * (cached + T);
+        cost.bytes += kvBytes(attention, step);
       } else if (auto moe = dyn_cast<MoeOp>(op)) {
         auto router = cast<RankedTensorType>(moe.getRouter().getType());
         auto down = cast<RankedTensorType>(moe.getDown().getType());
@@ -144,32 +178,20 @@ public:
         if (Value sg = moe.getSharedGate())
           cost.flops +=
               6.0 * T * d * cast<RankedTensorType>(sg.getType()).getDimSize(0);
-        double reached = std::min<double>(e, static_cast<double>(k) * T) / e;
-        for (Value w : {moe.getGateUp(), moe.getDown()})
-          if (auto arg = dyn_cast<BlockArgument>(w))
-            argFraction[arg] = reached;
       } else if (auto route = dyn_cast<MoeRouteOp>(op)) {
         auto router = cast<RankedTensorType>(route.getRouter().getType());
         cost.flops += 2.0 * T * router.getDimSize(0) * router.getDimSize(1);
       } else if (Value weights = expertWeights(&op)) {
         auto w = cast<RankedTensorType>(weights.getType());
-        double rows = static_cast<double>(routedPerToken) * T;
-        // Per expert row: 2 * (weights of one expert) FLOPs.
-        cost.flops += 2.0 * rows * w.getDimSize(1) * w.getDimSize(2);
-        double experts = w.getDimSize(0);
-        if (auto arg = dyn_cast<BlockArgument>(weights))
-          argFraction[arg] = std::min(experts, rows) / experts;
-      } else if (auto embedding = dyn_cast<EmbeddingOp>(op)) {
-        auto table = cast<RankedTensorType>(embedding.getTable().getType());
-        if (auto arg = dyn_cast<BlockArgument>(embedding.getTable()))
-          argFraction[arg] =
-              std::min<double>(T, table.getDimSize(0)) / table.getDimSize(0);
+        // Per dispatched row: 2 * (weights of one expert) FLOPs.
+        cost.flops +=
+            2.0 * routedPerToken * T * w.getDimSize(1) * w.getDimSize(2);
       }
     }
-    for (BlockArgument arg : body.getArguments()) {
-      double fraction = argFraction.count(arg) ? argFraction.lookup(arg) : 1.0;
-      cost.bytes += fraction * tensorBytes(arg.getType(), T);
-    }
+    llvm::DenseMap<Value, double> fractions = argFractions(kernel, T);
+    for (BlockArgument arg : body.getArguments())
+      cost.bytes +=
+          fractions.lookup_or(arg, 1.0) * tensorBytes(arg.getType(), T);
     for (Type result : kernel.getResultTypes())
       cost.bytes += tensorBytes(result, T);
     return cost;
@@ -217,11 +239,11 @@ public:
     return s;
   }
 
-  void reportStep(const Step &step, double &idealOut, double &plannedOut) {
+  void reportStep(const Step &step) {
     struct Row {
       func::FuncOp kernel;
       int64_t launches = 0;
-      Cost cost;
+      Cost perLaunch;
     };
     llvm::MapVector<Operation *, Row> rows;
     llvm::DenseSet<Value> weightsSeen;
@@ -230,31 +252,24 @@ public:
       auto kernel = SymbolTable::lookupNearestSymbolFrom<func::FuncOp>(
           call, call.getCalleeAttr());
       Row &row = rows[kernel];
-      row.kernel = kernel;
-      ++row.launches;
-      Cost c = kernelCost(kernel, step);
-      row.cost += c;
+      if (row.launches++ == 0) {
+        row.kernel = kernel;
+        row.perLaunch = kernelCost(kernel, step);
+      }
       // Ideal traffic: every weight once (what a step can reach of it) and
       // the KV cache once. Counted from the same per-launch rules.
       Block &body = kernel.getBody().front();
+      llvm::DenseMap<Value, double> fractions =
+          argFractions(kernel, step.tokens);
       for (auto [operand, arg] :
            llvm::zip(call.getOperands(), body.getArguments())) {
         auto t = cast<RankedTensorType>(operand.getType());
         if (!t.hasStaticShape() || !weightsSeen.insert(operand).second)
           continue;
-        idealWeights += tensorBytes(t, step.tokens) *
-                        weightFraction(kernel, arg, step.tokens);
+        idealWeights +=
+            tensorBytes(t, step.tokens) * fractions.lookup_or(arg, 1.0);
       }
-      for (Operation &op : body)
-        if (auto a = dyn_cast<AttentionOp>(op)) {
-          int64_t chunk = a.getMask() == MaskKind::Chunked
-                              ? a.getChunkSize().value_or(0)
-                              : 0;
-          int64_t cached = chunk > 0 ? step.start % chunk : step.start;
-          auto k = cast<RankedTensorType>(a.getKey().getType());
-          idealKv +=
-              2.0 * k.getDimSize(1) * options.kvBytes * (cached + step.tokens);
-        }
+      kernel.walk([&](AttentionOp a) { idealKv += kvBytes(a, step); });
     });
 
     os << "\n"
@@ -269,10 +284,11 @@ public:
     for (auto &[op, row] : rows) {
       std::string kind =
           row.kernel->getAttrOfType<StringAttr>("kiln.kernel").str();
+      const Cost &one = row.perLaunch;
+      Cost all{one.flops * row.launches, one.bytes * row.launches};
       double t[2];
       for (int i = 0; i < 2; ++i) {
         // The roofline of each launch, summed: launches do not overlap.
-        Cost one = kernelCost(row.kernel, step);
         t[i] = row.launches * std::max(one.flops / kDevices[i].flopsPerSecond,
                                        one.bytes / kDevices[i].bytesPerSecond);
         time[i] += t[i];
@@ -283,9 +299,9 @@ public:
       os << llvm::format(
           "%-16s %-12s %8lld  %-44s %12.3f %12.4f %12.1f %12.1f\n",
           row.kernel.getSymName().str().c_str(), kind.c_str(),
-          static_cast<long long>(row.launches), shape.c_str(),
-          row.cost.flops / 1e9, row.cost.bytes / 1e9, t[0] * 1e6, t[1] * 1e6);
-      total += row.cost;
+          static_cast<long long>(row.launches), shape.c_str(), all.flops / 1e9,
+          all.bytes / 1e9, t[0] * 1e6, t[1] * 1e6);
+      total += all;
     }
     os << llvm::format("%-16s %-12s %8s  %-44s %12.3f %12.4f %12.1f %12.1f\n",
                        "total", "", "", "", total.flops / 1e9,
@@ -301,32 +317,6 @@ public:
     os << llvm::format("planned HBM bytes / ideal (weights and KV once): "
                        "%.4f GB / %.4f GB = %.3f\n",
                        total.bytes / 1e9, ideal / 1e9, total.bytes / ideal);
-    idealOut = ideal;
-    plannedOut = total.bytes;
-  }
-
-  double weightFraction(func::FuncOp kernel, BlockArgument arg,
-                        int64_t tokens) const {
-    for (Operation &op : kernel.getBody().front()) {
-      if (auto e = dyn_cast<EmbeddingOp>(op); e && e.getTable() == arg) {
-        auto t = cast<RankedTensorType>(arg.getType());
-        return std::min<double>(tokens, t.getDimSize(0)) / t.getDimSize(0);
-      }
-      if (expertWeights(&op) == arg) {
-        double e = cast<RankedTensorType>(arg.getType()).getDimSize(0);
-        return std::min<double>(e,
-                                static_cast<double>(routedPerToken) * tokens) /
-               e;
-      }
-      if (auto m = dyn_cast<MoeOp>(op);
-          m && (m.getGateUp() == arg || m.getDown() == arg)) {
-        double e =
-            cast<RankedTensorType>(m.getRouter().getType()).getDimSize(0);
-        return std::min<double>(e, static_cast<double>(m.getTopK()) * tokens) /
-               e;
-      }
-    }
-    return 1.0;
   }
 
   void reportMemoryPlan() {
@@ -359,8 +349,7 @@ public:
       auto kernel = SymbolTable::lookupNearestSymbolFrom<func::FuncOp>(
           call, call.getCalleeAttr());
       kernel.walk([&](AttentionOp a) {
-        int64_t chunk =
-            a.getMask() == MaskKind::Chunked ? a.getChunkSize().value_or(0) : 0;
+        int64_t chunk = chunkOf(a);
         int64_t entries = chunk > 0 ? std::min(options.maxContext, chunk)
                                     : options.maxContext;
         auto k = cast<RankedTensorType>(a.getKey().getType());
@@ -402,9 +391,8 @@ public:
       os << llvm::format("%s %.1f TFLOP/s %.2f TB/s; ", d.name,
                          d.flopsPerSecond / 1e12, d.bytesPerSecond / 1e12);
     os << "activations and KV at " << options.activationBytes << " B\n";
-    double ideal, planned;
-    reportStep({"prefill", options.prefillTokens, 0}, ideal, planned);
-    reportStep({"decode step", 1, options.decodeContext}, ideal, planned);
+    reportStep({"prefill", options.prefillTokens, 0});
+    reportStep({"decode step", 1, options.decodeContext});
     reportMemoryPlan();
     return success();
   }

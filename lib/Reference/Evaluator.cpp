@@ -120,6 +120,9 @@ private:
   /// Intermediate index tensors (MoE dispatch).
   std::map<void *, std::vector<int64_t>> intValues;
   Value tokensArg, positionsArg;
+  /// The values each op of the graph reads for the last time, released
+  /// after it (computed once, in bindWeights).
+  llvm::DenseMap<Operation *, llvm::SmallVector<Value>> dying;
   std::vector<int64_t> currentTokens, currentPositions;
   /// Kernel arguments bound to the caller's buffers during a call.
   std::map<void *, const Buffer<T> *> aliases;
@@ -178,6 +181,13 @@ llvm::Error EvaluatorImpl<T>::bindWeights(const Checkpoint &checkpoint) {
       return makeError(error);
     weights[arg] = std::move(buffer);
   }
+  llvm::DenseMap<Value, Operation *> lastUse;
+  for (Operation &op : body)
+    for (Value operand : op.getOperands())
+      lastUse[operand] = &op;
+  for (auto &[value, op] : lastUse)
+    if (!isa<BlockArgument>(value))
+      dying[op].push_back(value);
   if (!tokensArg || !positionsArg)
     return makeError(llvm::formatv("@{0}: expected one argument with "
                                    "kiln.input = \"tokens\" and one with "
@@ -205,17 +215,7 @@ llvm::Error EvaluatorImpl<T>::run(llvm::ArrayRef<int64_t> tokens,
   currentTokens.assign(tokens.begin(), tokens.end());
   currentPositions.assign(positions.begin(), positions.end());
 
-  // Release each value after the op that uses it last.
   Block &body = func.getBody().front();
-  llvm::DenseMap<Operation *, llvm::SmallVector<Value>> dying;
-  llvm::DenseMap<Value, Operation *> lastUse;
-  for (Operation &op : body)
-    for (Value operand : op.getOperands())
-      lastUse[operand] = &op;
-  for (auto &[value, op] : lastUse)
-    if (!isa<BlockArgument>(value))
-      dying[op].push_back(value);
-
   values.clear();
   for (Operation &op : body) {
     if (auto ret = dyn_cast<func::ReturnOp>(op)) {
