@@ -5,8 +5,10 @@
 //   kilnc <checkpoint-dir> [--report] [-o kernels.mlir]
 //     imports, fuses and partitions it into kernels, prints the cost report
 //     and/or writes the kernel graph;
-//   kilnc <checkpoint-dir> --target host -o model.kiln
-//     also generates the kernels and writes an engine for kiln-run.
+//   kilnc <checkpoint-dir> --target host|sm_90a -o model.kiln
+//     also generates the kernels and writes an engine for kiln-run;
+//     for sm_90a, --emit-ptx writes the PTX and --kernel-resources prints
+//     what ptxas reports per GPU function.
 //
 //===----------------------------------------------------------------------===//
 
@@ -14,6 +16,7 @@
 #include "kiln/Import/Llama4Import.h"
 #include "kiln/InitAll.h"
 #include "kiln/Pipelines/Pipelines.h"
+#include "kiln/Target/Cuda/EngineWriter.h"
 #include "kiln/Target/Host/EngineWriter.h"
 
 #include "mlir/IR/MLIRContext.h"
@@ -46,8 +49,16 @@ static cl::opt<std::string>
                cl::desc("Write the fused, partitioned kiln graph to this file"),
                cl::value_desc("file"));
 static cl::opt<std::string>
-    target("target", cl::desc("Write an engine for this target to -o (host)"),
+    target("target",
+           cl::desc("Write an engine for this target to -o (host, sm_90a)"),
            cl::value_desc("target"));
+static cl::opt<std::string>
+    emitPtx("emit-ptx", cl::desc("sm_90a: also write the kernels' PTX here"),
+            cl::value_desc("file"));
+static cl::opt<bool> kernelResources(
+    "kernel-resources",
+    cl::desc("sm_90a: print registers, spills and shared memory per GPU "
+             "function (from ptxas)"));
 static cl::opt<bool> report("report",
                             cl::desc("Print the per-kernel cost report"));
 static cl::opt<int64_t> reportPrefill("report-prefill-tokens", cl::init(4096),
@@ -107,28 +118,57 @@ static int runCompile() {
       return 1;
   }
   if (!target.empty()) {
-    if (target != "host") {
+    if (target != "host" && target != "sm_90a") {
       WithColor::error(errs(), "kilnc")
-          << "unknown target '" << target << "' (available: host)\n";
+          << "unknown target '" << target << "' (available: host, sm_90a)\n";
       return 1;
     }
-    if (mainOutput.empty()) {
+    if (mainOutput.empty() &&
+        !(target == "sm_90a" && (kernelResources || !emitPtx.empty()))) {
       WithColor::error(errs(), "kilnc") << "--target needs -o <engine>\n";
       return 1;
     }
-    stage("generating host code");
     llvm::SmallString<128> workDir;
     if (std::error_code ec = sys::fs::createUniqueDirectory("kilnc", workDir)) {
       WithColor::error(errs(), "kilnc")
           << "cannot create a work directory: " << ec.message() << "\n";
       return 1;
     }
-    llvm::Error e = mlir::kiln::writeHostEngine(**module, mainOutput, workDir);
-    sys::fs::remove_directories(workDir);
-    if (e) {
+    auto fail = [&](llvm::Error e) {
+      sys::fs::remove_directories(workDir);
       WithColor::error(errs(), "kilnc") << toString(std::move(e)) << "\n";
       return 1;
+    };
+    if (target == "host") {
+      stage("generating host code");
+      if (llvm::Error e =
+              mlir::kiln::writeHostEngine(**module, mainOutput, workDir))
+        return fail(std::move(e));
+    } else {
+      stage("generating sm_90a code");
+      auto engine = mlir::kiln::cuda::buildCudaEngine(**module, workDir);
+      if (!engine)
+        return fail(engine.takeError());
+      if (engine->code.cubin.empty())
+        WithColor::warning(errs(), "kilnc")
+            << "no ptxas found (set CUDA_HOME or KILN_PTXAS): the engine "
+               "holds PTX only, which the driver compiles at load time\n";
+      if (!emitPtx.empty()) {
+        std::string error;
+        auto out = mlir::openOutputFile(emitPtx, &error);
+        if (!out)
+          return fail(llvm::createStringError(error));
+        out->os() << engine->code.ptx;
+        out->keep();
+      }
+      if (kernelResources)
+        mlir::kiln::cuda::printKernelResources(*engine, outs());
+      if (!mainOutput.empty())
+        if (llvm::Error e =
+                mlir::kiln::cuda::writeCudaEngine(*engine, mainOutput))
+          return fail(std::move(e));
     }
+    sys::fs::remove_directories(workDir);
     stage("done");
     return 0;
   }

@@ -70,8 +70,13 @@ static int64_t rowsPerToken(func::FuncOp kernel, unsigned resultIndex) {
   return 1;
 }
 
-llvm::Error mlir::kiln::writeHostEngine(ModuleOp module, llvm::StringRef path,
-                                        llvm::StringRef workDir) {
+llvm::Expected<json::Object> mlir::kiln::buildEnginePlan(
+    ModuleOp module, function_ref<Type(Value)> storageOf,
+    function_ref<llvm::Error(func::CallOp, json::Object &)> decorateLaunch) {
+  auto elementOf = [&](Value v) {
+    Type t = storageOf ? storageOf(v) : Type();
+    return t ? t : cast<RankedTensorType>(v.getType()).getElementType();
+  };
   func::FuncOp graph;
   for (auto f : module.getOps<func::FuncOp>())
     if (f.isPublic() && !f.isExternal())
@@ -132,7 +137,7 @@ llvm::Error mlir::kiln::writeHostEngine(ModuleOp module, llvm::StringRef path,
       for (auto [i, result] : llvm::enumerate(call.getResults())) {
         auto type = cast<RankedTensorType>(result.getType());
         json::Object entry{{"kind", "buffer"},
-                           {"dtype", dtypeName(type.getElementType())},
+                           {"dtype", dtypeName(elementOf(result))},
                            {"shape", shapeOf(type)}};
         if (type.isDynamicDim(0))
           entry["rows_per_token"] = rowsPerToken(kernel, i);
@@ -157,10 +162,14 @@ llvm::Error mlir::kiln::writeHostEngine(ModuleOp module, llvm::StringRef path,
           slots.push_back(json::Object{{"width", width}, {"chunk", chunk}});
           ++slotCount;
         }
-      launches.push_back(json::Object{{"kernel", kernel.getSymName()},
-                                      {"args", std::move(args)},
-                                      {"results", std::move(results)},
-                                      {"attention", std::move(attention)}});
+      json::Object launch{{"kernel", kernel.getSymName()},
+                          {"args", std::move(args)},
+                          {"results", std::move(results)},
+                          {"attention", std::move(attention)}};
+      if (decorateLaunch)
+        if (llvm::Error e = decorateLaunch(call, launch))
+          return std::move(e);
+      launches.push_back(std::move(launch));
     } else if (auto ret = dyn_cast<func::ReturnOp>(op)) {
       if (ret.getNumOperands() != 1)
         return makeError("the graph must return exactly the logits");
@@ -183,7 +192,7 @@ llvm::Error mlir::kiln::writeHostEngine(ModuleOp module, llvm::StringRef path,
     }
   ActivationPlan arena = planActivations(graph, [&](Value v) {
     auto type = cast<RankedTensorType>(v.getType());
-    int64_t row = type.getElementType().isInteger(64) ? 8 : 4;
+    int64_t row = elementOf(v).getIntOrFloatBitWidth() / 8;
     for (int64_t d : type.getShape().drop_front())
       row *= d;
     return rowsPerTokenOf.lookup(v) * row;
@@ -204,6 +213,14 @@ llvm::Error mlir::kiln::writeHostEngine(ModuleOp module, llvm::StringRef path,
       list.push_back(id);
     plan["eos_token_ids"] = std::move(list);
   }
+  return plan;
+}
+
+llvm::Error mlir::kiln::writeHostEngine(ModuleOp module, llvm::StringRef path,
+                                        llvm::StringRef workDir) {
+  llvm::Expected<json::Object> plan = buildEnginePlan(module);
+  if (!plan)
+    return plan.takeError();
 
   // Kernels: clone, lower to loops and LLVM, compile, link.
   OwningOpRef<ModuleOp> kernels = ModuleOp::create(module.getLoc());
@@ -234,7 +251,7 @@ llvm::Error mlir::kiln::writeHostEngine(ModuleOp module, llvm::StringRef path,
   engine.compilerVersion = "kiln 0.1.0";
   std::string planText;
   llvm::raw_string_ostream os(planText);
-  os << json::Value(std::move(plan));
+  os << json::Value(std::move(*plan));
   engine.sections[::kiln::SectionKind::Plan] = planText;
   engine.sections[::kiln::SectionKind::HostKernels] =
       (*shared)->getBuffer().str();

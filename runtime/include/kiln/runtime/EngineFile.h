@@ -34,6 +34,11 @@ enum class SectionKind : uint32_t {
   Plan = 1,
   /// A shared object holding the host kernels.
   HostKernels = 2,
+  /// sm_90a cubin of every GPU function (absent when the compiling machine
+  /// had no ptxas; the runtime then JIT-compiles the PTX).
+  CudaCubin = 3,
+  /// The PTX the cubin was assembled from.
+  CudaPtx = 4,
 };
 
 struct EngineFile {

@@ -1,0 +1,94 @@
+//===- GpuKernels.h - sm_90a kernels for a partitioned graph ----*- C++ -*-===//
+//
+// Every kernel function of a partitioned graph (kiln-graph-pipeline) gets
+// one or more GPU functions in one gpu.module, and a description of how the
+// runtime launches them: the grid as a function of the step's row counts,
+// the block size, the dynamic shared memory, and how each kernel parameter
+// is filled (a memref descriptor of a kernel operand, a TMA descriptor, a
+// row count). A kernel is a sequence of steps; a step may have variants
+// (decode vs prefill tiles) chosen by a row count at run time.
+//
+//===----------------------------------------------------------------------===//
+
+#ifndef KILN_TARGET_CUDA_GPUKERNELS_H
+#define KILN_TARGET_CUDA_GPUKERNELS_H
+
+#include "mlir/IR/BuiltinOps.h"
+#include "mlir/Support/LLVM.h"
+#include "llvm/ADT/DenseMap.h"
+
+#include <string>
+#include <vector>
+
+namespace mlir::kiln::cuda {
+
+/// One grid extent: ceil((rows(operand) * perRow + constant) / divisor), or
+/// constant / divisor (rounded up) when `rowsOf` is negative.
+struct GridExtent {
+  int rowsOf = -1;
+  int64_t perRow = 0;
+  int64_t constant = 1;
+  int64_t divisor = 1;
+};
+
+/// How the runtime fills one parameter of a GPU function. Operands are
+/// numbered like the launch's values: the kernel's arguments, then its
+/// results.
+struct GpuParam {
+  enum class Kind {
+    /// A memref descriptor (allocated, aligned, offset, sizes, strides).
+    Memref,
+    /// A pointer to a 128-byte CUtensorMap for a bf16 operand viewed as a
+    /// 2-D row-major matrix [rows, cols] (3-D weights: [d0 * d1, d2]), box
+    /// {boxCols, boxRows}, 128-byte swizzle, zero fill out of bounds.
+    TensorMap,
+    /// The positions (i64 [keys]) of the KV slot bound to operand `operand`
+    /// (an attention key argument), as a memref descriptor.
+    KeyPositions,
+    /// Device scratch memory (i64 [rows(operand) * perRow]) private to the
+    /// launch sequence of one kernel call.
+    Scratch,
+  };
+  Kind kind;
+  unsigned operand;
+  int64_t boxCols = 0, boxRows = 0;
+  /// Scratch: i64 elements per row of `operand`.
+  int64_t perRow = 0;
+};
+
+struct GpuLaunch {
+  std::string function;
+  int64_t blockThreads = 0;
+  int64_t dynamicSharedBytes = 0;
+  GridExtent grid[3];
+  std::vector<GpuParam> params;
+  /// A variant applies when rows(selectOperand) <= maxRows (the last
+  /// variant of a step applies otherwise).
+  int selectOperand = -1;
+  int64_t maxRows = -1;
+};
+
+struct GpuStep {
+  std::vector<GpuLaunch> variants;
+};
+
+struct GpuKernel {
+  std::string name;
+  std::vector<GpuStep> steps;
+};
+
+struct GpuProgram {
+  /// The gpu.module, as MLIR text, before lowering.
+  std::string moduleText;
+  std::vector<GpuKernel> kernels;
+  /// Storage element type of every graph value produced by a kernel call
+  /// (activations feeding GEMMs and attention are kept in bf16 on the GPU).
+  llvm::DenseMap<Value, Type> storage;
+};
+
+/// Generates the GPU functions of every kernel in `module`.
+FailureOr<GpuProgram> generateGpuKernels(ModuleOp module);
+
+} // namespace mlir::kiln::cuda
+
+#endif // KILN_TARGET_CUDA_GPUKERNELS_H

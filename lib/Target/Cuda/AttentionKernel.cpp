@@ -1,0 +1,289 @@
+//===- AttentionKernel.cpp - Flash-style attention over a KV slot ---------===//
+//
+// One warp per (query row, query head); the four warps of a block take four
+// consecutive (row, head) pairs of one KV head, so the key and value tiles
+// they stage in shared memory serve the whole GQA group. Lanes split the
+// head dimension. Scores use the online softmax (running max and sum, the
+// output rescaled when the max grows), so a key is read once; key tiles that
+// no warp of the block can see (after every query, or before the chunk of
+// the earliest query) are skipped: the slot's key positions ascend.
+//
+// This is the SIMT baseline; the wgmma (FlashAttention-3 style) kernel and
+// a split-KV decode kernel are to replace it (docs/design.md).
+//
+//===----------------------------------------------------------------------===//
+
+#include "Generators.h"
+
+#include "dialects/kiln/KilnOps.h"
+
+using namespace mlir;
+using namespace mlir::kiln;
+using namespace mlir::kiln::cuda;
+
+namespace {
+constexpr int64_t kWarps = 4;
+constexpr int64_t kKeyTile = 16;
+} // namespace
+
+LogicalResult
+mlir::kiln::cuda::generateAttentionKernel(const KernelContext &ctx,
+                                          GpuKernel &out, std::string &text) {
+  AttentionOp a;
+  for (Operation &op : ctx.kernel.getBody().front().without_terminator()) {
+    a = dyn_cast<AttentionOp>(op);
+    if (!a)
+      return op.emitOpError("cannot be part of an sm_90a attention kernel");
+  }
+  int q = ctx.operandOf(a.getQuery()), key = ctx.operandOf(a.getKey()),
+      value = ctx.operandOf(a.getValue()),
+      positions = ctx.operandOf(a.getPositions()),
+      result = ctx.operandOf(a.getResult());
+  int64_t heads = a.getNumHeads(), kvHeads = a.getNumKvHeads();
+  int64_t d = ctx.width(q) / heads, group = heads / kvHeads;
+  if (d % 8 != 0 || (d > 32 && d % 32 != 0))
+    return a.emitOpError() << "the sm_90a attention kernel needs a head "
+                              "dimension that is a multiple of 8 (up to 32) "
+                              "or of 32 (got "
+                           << d << ")";
+  int64_t perLane = std::max<int64_t>(1, d / 32);
+  int64_t chunk =
+      a.getMask() == MaskKind::Chunked ? a.getChunkSize().value_or(0) : 0;
+
+  std::string params;
+  for (unsigned i = 0; i < ctx.operands.size(); ++i)
+    params += (i ? ", " : "") + ctx.memrefParam(i);
+  params += ", %kpos: memref<?xi64>";
+  std::string name = ctx.name();
+  KernelText k(name, params, 32 * kWarps);
+  std::string smemType = "memref<" + std::to_string(kKeyTile) + "x" +
+                         std::to_string(d) + "xbf16, 3>";
+  std::string kTile = k.workgroup(smemType), vTile = k.workgroup(smemType);
+  std::string kposTile =
+      k.workgroup("memref<" + std::to_string(kKeyTile) + "xi64, 3>");
+
+  auto mem = [&](int i) { return "%o" + std::to_string(i); };
+  std::string tid = k.threadId();
+  std::string warp = k.div(tid, k.index(32));
+  std::string lane = k.rem(tid, k.index(32));
+  std::string rows = k.op("memref.dim " + mem(q) + ", " + k.index(0) + " : " +
+                          ctx.memrefType(q));
+  std::string keys = k.op("memref.dim " + mem(key) + ", " + k.index(0) + " : " +
+                          ctx.memrefType(key));
+  std::string kvHead = k.blockId('y');
+  // Pair p = row * group + head-in-group.
+  std::string firstPair = k.mul(k.blockId('x'), k.index(kWarps));
+  std::string pair = k.add(firstPair, warp);
+  std::string pairs = k.mul(rows, k.index(group));
+  std::string active = k.cmp("ult", pair, pairs);
+  std::string safePair =
+      k.select(active, pair, k.sub(pairs, k.index(1)), "index");
+  std::string row = k.div(safePair, k.index(group));
+  std::string head =
+      k.add(k.mul(kvHead, k.index(group)), k.rem(safePair, k.index(group)));
+  std::string lastPair = k.minIndex(k.add(firstPair, k.index(kWarps - 1)),
+                                    k.sub(pairs, k.index(1)));
+  std::string firstRow = k.div(firstPair, k.index(group));
+  std::string lastRow = k.div(lastPair, k.index(group));
+  auto loadPos = [&](const std::string &m, const std::string &type,
+                     const std::string &at) {
+    return k.op("memref.load " + m + "[" + at + "] : " + type);
+  };
+  std::string qPos = loadPos(mem(positions), ctx.memrefType(positions), row);
+  std::string minPos =
+      loadPos(mem(positions), ctx.memrefType(positions), firstRow);
+  std::string maxPos =
+      loadPos(mem(positions), ctx.memrefType(positions), lastRow);
+  std::string chunkStart = k.i64(0);
+  if (chunk)
+    chunkStart =
+        k.op("arith.muli " +
+             k.op("arith.divsi " + minPos + ", " + k.i64(chunk) + " : i64") +
+             ", " + k.i64(chunk) + " : i64");
+
+  // This lane's slice of the query, scaled (and tempered) once.
+  std::string tau = k.f32(1.0);
+  if (a.getFloorScale()) {
+    std::string steps =
+        k.op("arith.divsi " +
+             k.op("arith.addi " + qPos + ", " + k.i64(1) + " : i64") + ", " +
+             k.i64(*a.getFloorScale()) + " : i64");
+    std::string f = k.op("arith.sitofp " + steps + " : i64 to f32");
+    tau = k.fadd(k.f32(1.0), k.fmul(k.f32(a.getAttnScale()->convertToDouble()),
+                                    k.log(k.fadd(k.f32(1.0), f))));
+  }
+  std::string scale = k.fmul(tau, k.f32(a.getScale().convertToDouble()));
+  std::string laneActive =
+      k.cmp("ult", k.mul(lane, k.index(perLane)), k.index(d));
+  std::string laneCol =
+      k.select(laneActive, k.mul(lane, k.index(perLane)), k.index(0), "index");
+  std::vector<std::string> qv;
+  std::string qCol = k.add(k.mul(head, k.index(d)), laneCol);
+  for (int64_t e = 0; e < perLane; ++e) {
+    std::string v =
+        k.toF32(k.op("memref.load " + mem(q) + "[" + row + ", " +
+                     k.add(qCol, k.index(e)) + "] : " + ctx.memrefType(q)),
+                ctx.elements[q]);
+    v = k.fmul(v, scale);
+    qv.push_back(k.select(laneActive, v, k.f32(0.0), "f32"));
+  }
+
+  // Online softmax state: max, sum, output slice.
+  std::string carriedTypes = "f32, f32";
+  std::string init =
+      k.f32(-std::numeric_limits<double>::infinity()) + ", " + k.f32(0.0);
+  for (int64_t e = 0; e < perLane; ++e) {
+    carriedTypes += ", f32";
+    init += ", " + k.f32(0.0);
+  }
+  std::string mName = k.fresh(), lName = k.fresh();
+  std::vector<std::string> oNames;
+  std::string carried =
+      mName + " = " + k.f32(-1e30) + ", " + lName + " = " + k.f32(0.0);
+  for (int64_t e = 0; e < perLane; ++e) {
+    oNames.push_back(k.fresh());
+    carried += ", " + oNames.back() + " = " + k.f32(0.0);
+  }
+  std::string loopResult = k.fresh();
+  std::string tiles =
+      k.div(k.add(keys, k.index(kKeyTile - 1)), k.index(kKeyTile));
+  std::string t = k.beginFor(k.index(0), tiles, k.index(1),
+                             loopResult + ":" + std::to_string(2 + perLane),
+                             carried + " : " + carriedTypes);
+  std::string kBase = k.mul(t, k.index(kKeyTile));
+  std::string kLast =
+      k.minIndex(k.add(kBase, k.index(kKeyTile - 1)), k.sub(keys, k.index(1)));
+  // Ascending positions: the tile is visible to someone iff its first key
+  // is not after the latest query and its last key is not before the
+  // earliest query's chunk.
+  std::string firstKeyPos = loadPos("%kpos", "memref<?xi64>", kBase);
+  std::string lastKeyPos = loadPos("%kpos", "memref<?xi64>", kLast);
+  std::string useful = k.cmp("sle", firstKeyPos, maxPos, "i64");
+  if (chunk)
+    useful = k.op("arith.andi " + useful + ", " +
+                  k.cmp("sge", lastKeyPos, chunkStart, "i64") + " : i1");
+  std::string stepResult = k.fresh();
+  std::string stateNames = mName + ", " + lName;
+  for (const std::string &o : oNames)
+    stateNames += ", " + o;
+  k.line(stepResult + ":" + std::to_string(2 + perLane) + " = scf.if " +
+         useful + " -> (" + carriedTypes + ") {");
+  {
+    // Stage K, V (bf16) and the key positions.
+    int64_t vectors = kKeyTile * d / 8;
+    for (int64_t i0 = 0; i0 < vectors; i0 += 32 * kWarps) {
+      std::string idx = k.add(k.index(i0), tid);
+      k.beginIf(k.cmp("ult", idx, k.index(vectors)));
+      std::string kr = k.div(idx, k.index(d / 8));
+      std::string kc = k.mul(k.rem(idx, k.index(d / 8)), k.index(8));
+      std::string src = k.add(kBase, kr);
+      std::string inRange = k.cmp("ult", src, keys);
+      std::string safe = k.select(inRange, src, k.index(0), "index");
+      std::string gcol = k.add(k.mul(kvHead, k.index(d)), kc);
+      for (auto [m, tile] : {std::pair{key, kTile}, std::pair{value, vTile}}) {
+        std::string vecT = "vector<8x" + ctx.elements[m] + ">";
+        std::string v = k.op("vector.load " + mem(m) + "[" + safe + ", " +
+                             gcol + "] : " + ctx.memrefType(m) + ", " + vecT);
+        if (ctx.elements[m] == "f32")
+          v = k.op("arith.truncf " + v + " : " + vecT + " to vector<8xbf16>");
+        std::string zero = k.op("arith.constant dense<0.0> : vector<8xbf16>");
+        v = k.op("arith.select " + inRange + ", " + v + ", " + zero +
+                 " : vector<8xbf16>");
+        k.line("vector.store " + v + ", " + tile + "[" + kr + ", " + kc +
+               "] : " + smemType + ", vector<8xbf16>");
+      }
+      k.endIf();
+    }
+    k.beginIf(k.cmp("ult", tid, k.index(kKeyTile)));
+    std::string src = k.add(kBase, tid);
+    std::string inRange = k.cmp("ult", src, keys);
+    std::string safe = k.select(inRange, src, k.index(0), "index");
+    std::string p = loadPos("%kpos", "memref<?xi64>", safe);
+    // Keys past the end get a position no query sees.
+    p = k.select(inRange, p, k.i64(std::numeric_limits<int64_t>::max()), "i64");
+    k.line("memref.store " + p + ", " + kposTile + "[" + tid + "] : memref<" +
+           std::to_string(kKeyTile) + "xi64, 3>");
+    k.endIf();
+    k.line("gpu.barrier");
+
+    std::vector<std::string> scores;
+    std::string tileMax = k.f32(-1e30);
+    std::vector<std::string> visible;
+    for (int64_t j = 0; j < kKeyTile; ++j) {
+      std::string dot = k.f32(0.0);
+      for (int64_t e = 0; e < perLane; ++e) {
+        std::string kv = k.op("memref.load " + kTile + "[" + k.index(j) + ", " +
+                              k.add(laneCol, k.index(e)) + "] : " + smemType);
+        dot = k.fadd(dot, k.fmul(qv[e], k.toF32(kv, "bf16")));
+      }
+      std::string score = k.warpSum(dot);
+      std::string kp =
+          k.op("memref.load " + kposTile + "[" + k.index(j) + "] : memref<" +
+               std::to_string(kKeyTile) + "xi64, 3>");
+      std::string vis = k.cmp("sle", kp, qPos, "i64");
+      if (chunk) {
+        std::string same = k.cmp(
+            "eq", k.op("arith.divsi " + kp + ", " + k.i64(chunk) + " : i64"),
+            k.op("arith.divsi " + qPos + ", " + k.i64(chunk) + " : i64"),
+            "i64");
+        vis = k.op("arith.andi " + vis + ", " + same + " : i1");
+      }
+      visible.push_back(vis);
+      scores.push_back(score);
+      tileMax = k.select(vis, k.fmax(tileMax, score), tileMax, "f32");
+    }
+    std::string mNew = k.fmax(mName, tileMax);
+    std::string correction = k.exp(k.fsub(mName, mNew));
+    std::string l = k.fmul(lName, correction);
+    std::vector<std::string> o;
+    for (int64_t e = 0; e < perLane; ++e)
+      o.push_back(k.fmul(oNames[e], correction));
+    for (int64_t j = 0; j < kKeyTile; ++j) {
+      std::string p = k.select(visible[j], k.exp(k.fsub(scores[j], mNew)),
+                               k.f32(0.0), "f32");
+      l = k.fadd(l, p);
+      for (int64_t e = 0; e < perLane; ++e) {
+        std::string vv = k.op("memref.load " + vTile + "[" + k.index(j) + ", " +
+                              k.add(laneCol, k.index(e)) + "] : " + smemType);
+        o[e] = k.fadd(o[e], k.fmul(p, k.toF32(vv, "bf16")));
+      }
+    }
+    // The tiles are reloaded next round.
+    k.line("gpu.barrier");
+    std::string yielded = mNew + ", " + l;
+    for (const std::string &oe : o)
+      yielded += ", " + oe;
+    k.line("  scf.yield " + yielded + " : " + carriedTypes);
+  }
+  k.line("} else {");
+  k.line("  scf.yield " + stateNames + " : " + carriedTypes);
+  k.line("}");
+  std::string yielded;
+  for (int64_t i = 0; i < 2 + perLane; ++i)
+    yielded += (i ? ", " : "") + stepResult + "#" + std::to_string(i);
+  k.endFor(yielded + " : " + carriedTypes);
+
+  std::string total = loopResult + "#1";
+  std::string inv = k.fdiv(k.f32(1.0), total);
+  k.beginIf(k.op("arith.andi " + active + ", " + laneActive + " : i1"));
+  for (int64_t e = 0; e < perLane; ++e) {
+    std::string v = k.fmul(loopResult + "#" + std::to_string(2 + e), inv);
+    k.line("memref.store " + k.fromF32(v, ctx.elements[result]) + ", " +
+           mem(result) + "[" + row + ", " + k.add(qCol, k.index(e)) +
+           "] : " + ctx.memrefType(result));
+  }
+  k.endIf();
+  text += k.finish();
+
+  GpuLaunch launch;
+  launch.function = name;
+  launch.blockThreads = 32 * kWarps;
+  launch.grid[0] = rowsGrid(q, kWarps, group);
+  launch.grid[1] = fixedGrid(kvHeads);
+  for (unsigned i = 0; i < ctx.operands.size(); ++i)
+    launch.params.push_back({GpuParam::Kind::Memref, i});
+  launch.params.push_back(
+      {GpuParam::Kind::KeyPositions, static_cast<unsigned>(key)});
+  out.steps.push_back({{launch}});
+  return success();
+}

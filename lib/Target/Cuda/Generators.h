@@ -1,0 +1,62 @@
+//===- Generators.h - The per-kind sm_90a kernel generators -----*- C++ -*-===//
+
+#ifndef KILN_LIB_TARGET_CUDA_GENERATORS_H
+#define KILN_LIB_TARGET_CUDA_GENERATORS_H
+
+#include "KernelText.h"
+#include "kiln/Target/Cuda/GpuKernels.h"
+
+#include "mlir/Dialect/Func/IR/FuncOps.h"
+
+namespace mlir::kiln::cuda {
+
+/// A kernel function seen from its GPU functions: every operand (arguments,
+/// then results) with its tensor type and its storage element type.
+struct KernelContext {
+  mutable func::FuncOp kernel;
+  SmallVector<Value> operands;
+  SmallVector<RankedTensorType> types;
+  SmallVector<std::string> elements;
+  unsigned numArgs = 0;
+
+  /// Operand index of `v` (a kernel argument or a returned value), or -1.
+  int operandOf(Value v) const;
+  /// `%oI: memref<...>` for operand `i`.
+  std::string memrefParam(unsigned i) const;
+  std::string memrefType(unsigned i) const;
+  /// The static inner extent of operand `i` (its last dimension).
+  int64_t width(unsigned i) const { return types[i].getShape().back(); }
+  std::string name() const { return kernel.getSymName().str(); }
+};
+
+/// Each generator appends its gpu.funcs to `text` and its steps to `out`.
+LogicalResult generateMemoryKernel(const KernelContext &ctx, GpuKernel &out,
+                                   std::string &text);
+LogicalResult generateGemmKernel(const KernelContext &ctx, GpuKernel &out,
+                                 std::string &text);
+LogicalResult generateAttentionKernel(const KernelContext &ctx, GpuKernel &out,
+                                      std::string &text);
+LogicalResult generateRouterKernel(const KernelContext &ctx, GpuKernel &out,
+                                   std::string &text);
+LogicalResult generateGroupedGemmKernel(const KernelContext &ctx,
+                                        GpuKernel &out, std::string &text);
+
+/// Grid extent over the rows of operand `i`, `perBlock` rows per block.
+inline GridExtent rowsGrid(unsigned operand, int64_t perBlock = 1,
+                           int64_t perRow = 1) {
+  GridExtent g;
+  g.rowsOf = static_cast<int>(operand);
+  g.perRow = perRow;
+  g.constant = 0;
+  g.divisor = perBlock;
+  return g;
+}
+inline GridExtent fixedGrid(int64_t n) {
+  GridExtent g;
+  g.constant = n;
+  return g;
+}
+
+} // namespace mlir::kiln::cuda
+
+#endif // KILN_LIB_TARGET_CUDA_GENERATORS_H

@@ -1,0 +1,160 @@
+//===- GpuKernels.cpp - sm_90a kernels for a partitioned graph ------------===//
+//
+// Storage types: on the GPU, activations that feed GEMMs and attention
+// (normalized rows, attention outputs, SwiGLU products, q/k/v) are kept in
+// bf16, the operand type of wgmma and half the bytes; the residual stream,
+// plain GEMM outputs that are added into it, router gates and logits stay
+// f32. The rule follows the op that produces a value, so every call site of
+// a shared kernel agrees on its operand types.
+//
+//===----------------------------------------------------------------------===//
+
+#include "kiln/Target/Cuda/GpuKernels.h"
+#include "Generators.h"
+
+#include "dialects/kiln/KilnOps.h"
+
+#include "mlir/IR/SymbolTable.h"
+#include "llvm/Support/raw_ostream.h"
+
+using namespace mlir;
+using namespace mlir::kiln;
+using namespace mlir::kiln::cuda;
+
+int KernelContext::operandOf(Value v) const {
+  for (unsigned i = 0; i < operands.size(); ++i)
+    if (operands[i] == v)
+      return static_cast<int>(i);
+  return -1;
+}
+
+std::string KernelContext::memrefType(unsigned i) const {
+  // Weights keep their static shape; activations have a dynamic row count.
+  SmallVector<int64_t> shape(types[i].getShape());
+  for (int64_t &d : shape)
+    if (ShapedType::isDynamic(d))
+      d = -1;
+  if (!types[i].isDynamicDim(0) && !shape.empty())
+    return "memref<" +
+           [&] {
+             std::string s;
+             for (int64_t d : shape)
+               s += std::to_string(d) + "x";
+             return s;
+           }() +
+           elements[i] + ">";
+  return memrefOf(elements[i], shape);
+}
+
+std::string KernelContext::memrefParam(unsigned i) const {
+  return "%o" + std::to_string(i) + ": " + memrefType(i);
+}
+
+static std::string elementName(Type t) {
+  std::string s;
+  llvm::raw_string_ostream os(s);
+  os << t;
+  return s;
+}
+
+/// Whether result `index` of `kernel` is kept in bf16 on the GPU.
+static bool storedAsBf16(func::FuncOp kernel, unsigned index) {
+  auto ret = cast<func::ReturnOp>(kernel.getBody().front().getTerminator());
+  Value v = ret.getOperand(index);
+  if (!isa<FloatType>(cast<RankedTensorType>(v.getType()).getElementType()))
+    return false;
+  Operation *def = v.getDefiningOp();
+  if (!def)
+    return false;
+  if (auto n = dyn_cast<AddRmsNormOp>(def))
+    return v == n.getNormed();
+  return isa<RmsNormOp, AttentionOp, PackedSwiGluOp, SwiGluOp, QkvEpilogueOp,
+             ExpertGateUpOp, RopeOp, QkNormOp>(def);
+}
+
+FailureOr<GpuProgram> mlir::kiln::cuda::generateGpuKernels(ModuleOp module) {
+  GpuProgram program;
+  func::FuncOp graph;
+  for (auto f : module.getOps<func::FuncOp>())
+    if (f.isPublic() && !f.isExternal())
+      graph = f;
+  if (!graph)
+    return module.emitError("no graph function to compile"), failure();
+
+  // Element types of every kernel's operands, from its call sites.
+  llvm::StringMap<SmallVector<Type>> operandTypes;
+  Builder b(module.getContext());
+  for (Operation &op : graph.getBody().front()) {
+    auto call = dyn_cast<func::CallOp>(op);
+    if (!call)
+      continue;
+    auto kernel = SymbolTable::lookupNearestSymbolFrom<func::FuncOp>(
+        call, call.getCalleeAttr());
+    if (!kernel)
+      return call.emitOpError("calls an unknown kernel"), failure();
+    for (auto [i, r] : llvm::enumerate(call.getResults())) {
+      Type element = cast<RankedTensorType>(r.getType()).getElementType();
+      program.storage[r] = storedAsBf16(kernel, i) ? b.getBF16Type() : element;
+    }
+    SmallVector<Type> types;
+    for (Value v : call.getOperands()) {
+      Type element = cast<RankedTensorType>(v.getType()).getElementType();
+      types.push_back(program.storage.lookup(v) ? program.storage.lookup(v)
+                                                : element);
+    }
+    for (Value r : call.getResults())
+      types.push_back(program.storage.lookup(r));
+    auto [it, inserted] = operandTypes.try_emplace(kernel.getSymName(), types);
+    if (!inserted && it->second != types)
+      return call.emitOpError()
+                 << "@" << kernel.getSymName()
+                 << " is called with operands stored in different types",
+             failure();
+  }
+
+  std::string text = "gpu.module @kiln_kernels {\n";
+  for (auto kernel : module.getOps<func::FuncOp>()) {
+    auto kind = kernel->getAttrOfType<StringAttr>("kiln.kernel");
+    if (!kind)
+      continue;
+    auto types = operandTypes.find(kernel.getSymName());
+    if (types == operandTypes.end())
+      continue; // never launched
+    KernelContext ctx;
+    ctx.kernel = kernel;
+    ctx.numArgs = kernel.getNumArguments();
+    for (BlockArgument arg : kernel.getArguments())
+      ctx.operands.push_back(arg);
+    auto ret = cast<func::ReturnOp>(kernel.getBody().front().getTerminator());
+    for (Value v : ret.getOperands())
+      ctx.operands.push_back(v);
+    for (auto [v, element] : llvm::zip(ctx.operands, types->second)) {
+      ctx.types.push_back(cast<RankedTensorType>(v.getType()));
+      ctx.elements.push_back(elementName(element));
+    }
+    GpuKernel out;
+    out.name = kernel.getSymName().str();
+    StringRef k = kind.getValue();
+    LogicalResult ok = failure();
+    if (k == "memory")
+      ok = generateMemoryKernel(ctx, out, text);
+    else if (k == "gemm")
+      ok = generateGemmKernel(ctx, out, text);
+    else if (k == "attention")
+      ok = generateAttentionKernel(ctx, out, text);
+    else if (k == "router")
+      ok = generateRouterKernel(ctx, out, text);
+    else if (k == "grouped_gemm")
+      ok = generateGroupedGemmKernel(ctx, out, text);
+    else
+      return kernel.emitError()
+                 << "no sm_90a code generator for kernel kind '" << k << "'",
+             failure();
+    if (failed(ok))
+      return failure();
+    program.kernels.push_back(std::move(out));
+  }
+  text += "}\n";
+  program.moduleText = std::move(text);
+  return program;
+}
