@@ -44,6 +44,7 @@ static constexpr const char *kPipeline =
     "reconcile-unrealized-casts),gpu-module-to-binary{format=isa}";
 
 std::string mlir::kiln::cuda::findPtxas() {
+  // KILN_PTXAS names the assembler; set but empty, it disables assembly.
   if (const char *p = std::getenv("KILN_PTXAS"))
     return p;
   SmallVector<std::string> candidates;

@@ -123,13 +123,18 @@ void mlir::kiln::cuda::printKernelResources(const CudaEngine &engine,
   }
   os << llvm::format("%-34s %5s %6s %6s %8s %8s\n", "function", "block", "regs",
                      "spill", "smem", "dynsmem");
+  int64_t spilling = 0, maxRegisters = 0;
   for (const auto &[name, shape] : engine.launchShapes) {
     auto it = engine.code.resources.find(name);
     FunctionResources r =
         it == engine.code.resources.end() ? FunctionResources{} : it->second;
+    spilling += (r.spillStores + r.spillLoads) > 0;
+    maxRegisters = std::max(maxRegisters, r.registers);
     os << llvm::format("%-34s %5lld %6lld %6lld %8lld %8lld\n", name.c_str(),
                        (long long)shape.first, (long long)r.registers,
                        (long long)(r.spillStores + r.spillLoads),
                        (long long)r.staticSharedBytes, (long long)shape.second);
   }
+  os << engine.launchShapes.size() << " GPU functions, " << spilling
+     << " with spills, at most " << maxRegisters << " registers\n";
 }

@@ -34,7 +34,7 @@ struct CompiledModule {
 };
 
 /// The ptxas of $KILN_PTXAS, $CUDA_HOME/bin, /usr/local/cuda/bin or PATH;
-/// empty if none.
+/// empty if none (or if KILN_PTXAS is set to the empty string).
 std::string findPtxas();
 
 /// Parses, lowers and assembles `moduleText` (one gpu.module).
