@@ -52,5 +52,9 @@ except OSError:
 if config.kiln_cuda_found:
     config.available_features.add("ptxas")
     config.substitutions.append(("%ptxas", config.kiln_ptxas))
+    # The toolkit's stub libcuda (cuInit fails with CUDA_ERROR_STUB_LIBRARY).
+    config.substitutions.append(
+        ("%cuda_stub", os.path.join(os.path.dirname(os.path.dirname(
+            config.kiln_ptxas)), "lib64", "stubs", "libcuda.so")))
 else:
     lit_config.note("no CUDA toolkit: PTX checks are skipped")

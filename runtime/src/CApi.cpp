@@ -6,6 +6,8 @@
 #include "kiln/runtime/Sampler.h"
 #include "kiln/runtime/Session.h"
 
+#include <cstddef>
+
 #include <cmath>
 
 #include <new>
@@ -47,15 +49,25 @@ kiln_status *kiln_session_create(const kiln_session_params *params,
   if (!out_session)
     return makeStatus("kiln_session_create: out_session is NULL");
   *out_session = nullptr;
-  if (!params || params->struct_size < sizeof(kiln_session_params))
+  // Callers built against an older header (no `device`) get AUTO.
+  if (!params || params->struct_size < offsetof(kiln_session_params, device))
     return makeStatus("kiln_session_create: params not initialised with "
                       "kiln_session_params_init");
+  kiln_device requested = params->struct_size >= sizeof(kiln_session_params)
+                              ? params->device
+                              : KILN_DEVICE_AUTO;
   if (!params->engine_path || !params->checkpoint_dir)
     return makeStatus(
         "kiln_session_create: engine_path and checkpoint_dir are required");
+  if (requested < KILN_DEVICE_AUTO || requested > KILN_DEVICE_CUDA)
+    return makeStatus("kiln_session_create: unknown device " +
+                      std::to_string(static_cast<int>(requested)));
   std::string error;
-  auto session =
-      kiln::Session::create(params->engine_path, params->checkpoint_dir, error);
+  auto device = requested == KILN_DEVICE_HOST   ? kiln::Session::Device::Host
+                : requested == KILN_DEVICE_CUDA ? kiln::Session::Device::Cuda
+                                                : kiln::Session::Device::Auto;
+  auto session = kiln::Session::create(params->engine_path,
+                                       params->checkpoint_dir, error, device);
   if (!session)
     return makeStatus(error);
   *out_session = new (std::nothrow) kiln_session{std::move(session)};

@@ -11,6 +11,8 @@
 //===----------------------------------------------------------------------===//
 
 #include "kiln/runtime/Session.h"
+#include "CudaSession.h"
+#include "Plan.h"
 #include "kiln/runtime/EngineFile.h"
 #include "kiln/runtime/Json.h"
 #include "kiln/runtime/Safetensors.h"
@@ -25,63 +27,19 @@ using namespace kiln;
 
 namespace {
 
-enum class ValueKind { Input, Weight, Concat, Buffer };
+using plan::AttentionUse;
+using plan::elementSize;
+using plan::Launch;
+using plan::ValueKind;
+using PlanValue = plan::Value;
 
-struct PlanValue {
-  ValueKind kind;
-  std::string input; // "tokens" / "positions"
-  std::string name;  // checkpoint tensor
-  std::string dtype;
-  std::vector<int64_t> shape; // -1: rows set per run
-  int64_t rowsPerToken = 1;
-  std::vector<int64_t> of; // concat inputs
-  int64_t axis = 0;
-  // Storage.
-  const void *data = nullptr;
-  std::vector<uint8_t> owned;
-  int64_t rows = 0; // current dynamic extent
-  /// Offset in the activation arena, per token of the step; -1: own storage.
-  int64_t arenaOffset = -1;
-};
-
-struct AttentionUse {
-  int64_t keyArg, valueArg, slot;
-};
-
-struct Launch {
-  std::string kernel;
-  void *entry = nullptr;
-  std::vector<int64_t> args, results;
-  std::vector<AttentionUse> attention;
-};
-
+/// A host KV pool: cached rows in f32, then their positions.
 struct KvSlot {
   int64_t width = 0;
-  /// Chunk size of a chunked layer (0: full attention keeps everything).
   int64_t chunk = 0;
   std::vector<float> keys, values;
   std::vector<int64_t> positions;
 };
-
-size_t elementSize(const std::string &dtype) {
-  if (dtype == "F32" || dtype == "I32")
-    return 4;
-  if (dtype == "I64")
-    return 8;
-  return 2; // BF16, F16
-}
-
-bool intsOf(const json::Value *v, std::vector<int64_t> &out) {
-  if (!v || !v->isArray())
-    return false;
-  out.clear();
-  for (const json::Value &e : v->array) {
-    if (!e.isNumber() || !e.isInteger)
-      return false;
-    out.push_back(e.integer);
-  }
-  return true;
-}
 
 using P = void *;
 void invoke(void *fn, std::vector<P> &a) {
@@ -119,8 +77,9 @@ void invoke(void *fn, std::vector<P> &a) {
     KILN_CASE(3)
     KILN_CASE(4)
     KILN_CASE(5)
-    KILN_CASE(6) KILN_CASE(7) KILN_CASE(8) KILN_CASE(9) KILN_CASE(10)
-        KILN_CASE(11) KILN_CASE(12) default : break;
+    KILN_CASE(6)
+    KILN_CASE(7) KILN_CASE(8) KILN_CASE(9) KILN_CASE(10) KILN_CASE(11)
+        KILN_CASE(12) default : break;
   }
 }
 
@@ -141,20 +100,16 @@ std::vector<int64_t> describe(const void *data,
 
 } // namespace
 
-struct Session::Impl {
+struct Session::Impl : plan::Plan {
   std::unique_ptr<Checkpoint> checkpoint;
   void *library = nullptr;
   std::string libraryPath;
-  std::vector<PlanValue> values;
-  std::vector<Launch> launches;
   std::vector<KvSlot> slots;
-  int64_t logits = -1;
-  int64_t vocab = 0;
-  int64_t arenaBytesPerToken = 0;
   std::vector<uint64_t> arena; // 8-byte aligned
-  std::vector<int64_t> eos;
   std::vector<int32_t> tokens32;
   std::vector<int64_t> tokens64, positions;
+  /// Set for sm_90a engines: the CUDA backend runs them.
+  std::unique_ptr<CudaSession> cuda;
 
   ~Impl() {
     if (library)
@@ -163,9 +118,6 @@ struct Session::Impl {
       std::remove(libraryPath.c_str());
   }
 
-  bool parsePlan(const std::string &text, const std::string &path,
-                 std::string &error);
-  bool bindWeights(std::string &error);
   std::vector<int64_t> shapeOf(const PlanValue &v) const {
     std::vector<int64_t> s = v.shape;
     if (!s.empty() && s[0] < 0)
@@ -174,165 +126,69 @@ struct Session::Impl {
   }
 };
 
-bool Session::Impl::parsePlan(const std::string &text, const std::string &path,
-                              std::string &error) {
-  json::Value plan;
-  std::string jsonError;
-  if (!json::parse(text, plan, jsonError)) {
-    error = path + ": malformed plan: " + jsonError;
-    return false;
-  }
-  auto bad = [&](const std::string &what) {
-    error = path + ": malformed plan: " + what;
-    return false;
-  };
-  const json::Value *list = plan.find("values");
-  if (!list || !list->isArray())
-    return bad("no 'values'");
-  for (const json::Value &entry : list->array) {
-    PlanValue v;
-    const json::Value *kind = entry.find("kind");
-    const json::Value *dtype = entry.find("dtype");
-    if (!kind || !kind->isString() || !dtype || !dtype->isString() ||
-        !intsOf(entry.find("shape"), v.shape))
-      return bad("value " + std::to_string(values.size()));
-    v.dtype = dtype->string;
-    if (kind->string == "input") {
-      v.kind = ValueKind::Input;
-      const json::Value *input = entry.find("input");
-      if (!input || !input->isString())
-        return bad("input without a name");
-      v.input = input->string;
-    } else if (kind->string == "weight") {
-      v.kind = ValueKind::Weight;
-      const json::Value *name = entry.find("name");
-      if (!name || !name->isString())
-        return bad("weight without a name");
-      v.name = name->string;
-    } else if (kind->string == "concat") {
-      v.kind = ValueKind::Concat;
-      if (!intsOf(entry.find("of"), v.of))
-        return bad("concat without inputs");
-      if (const json::Value *axis = entry.find("axis"))
-        v.axis = axis->integer;
-    } else if (kind->string == "buffer") {
-      v.kind = ValueKind::Buffer;
-      if (const json::Value *r = entry.find("rows_per_token"))
-        v.rowsPerToken = r->integer;
-      if (const json::Value *o = entry.find("arena_offset"))
-        v.arenaOffset = o->integer;
-    } else {
-      return bad("unknown value kind '" + kind->string + "'");
-    }
-    values.push_back(std::move(v));
-  }
-  const json::Value *launchList = plan.find("launches");
-  if (!launchList || !launchList->isArray())
-    return bad("no 'launches'");
-  for (const json::Value &entry : launchList->array) {
-    Launch l;
-    const json::Value *kernel = entry.find("kernel");
-    if (!kernel || !kernel->isString() || !intsOf(entry.find("args"), l.args) ||
-        !intsOf(entry.find("results"), l.results))
-      return bad("launch " + std::to_string(launches.size()));
-    l.kernel = kernel->string;
-    if (const json::Value *att = entry.find("attention"))
-      for (const json::Value &a : att->array) {
-        const json::Value *k = a.find("key_arg"), *v = a.find("value_arg"),
-                          *s = a.find("slot");
-        if (!k || !v || !s)
-          return bad("attention of launch " + std::to_string(launches.size()));
-        l.attention.push_back({k->integer, v->integer, s->integer});
-      }
-    for (int64_t id : l.args)
-      if (id < 0 || id >= static_cast<int64_t>(values.size()))
-        return bad("launch argument out of range");
-    for (int64_t id : l.results)
-      if (id < 0 || id >= static_cast<int64_t>(values.size()))
-        return bad("launch result out of range");
-    launches.push_back(std::move(l));
-  }
-  if (const json::Value *kv = plan.find("kv_slots"))
-    for (const json::Value &s : kv->array) {
-      KvSlot slot;
-      if (const json::Value *w = s.find("width"))
-        slot.width = w->integer;
-      if (const json::Value *c = s.find("chunk"))
-        slot.chunk = c->integer;
-      slots.push_back(std::move(slot));
-    }
-  if (const json::Value *a = plan.find("arena_bytes_per_token"))
-    arenaBytesPerToken = a->integer;
-  for (const PlanValue &v : values)
-    if (v.arenaOffset >= 0 &&
-        (v.kind != ValueKind::Buffer || v.arenaOffset >= arenaBytesPerToken))
-      return bad("arena offset out of range");
-  const json::Value *out = plan.find("logits");
-  if (!out || !out->isInteger || out->integer < 0 ||
-      out->integer >= static_cast<int64_t>(values.size()))
-    return bad("no valid 'logits'");
-  logits = out->integer;
-  vocab = values[logits].shape.back();
-  intsOf(plan.find("eos_token_ids"), eos);
-  return true;
-}
-
-bool Session::Impl::bindWeights(std::string &error) {
-  for (PlanValue &v : values) {
-    if (v.kind == ValueKind::Weight) {
-      const TensorInfo *info = checkpoint->find(v.name);
-      if (!info) {
-        error = checkpoint->locationOf(v.name) + ": missing tensor '" + v.name +
-                "' the engine binds";
-        return false;
-      }
-      if (info->shape != v.shape || dtypeName(info->dtype) != v.dtype) {
-        error = info->file->path() + ": tensor '" + v.name + "' is " +
-                dtypeName(info->dtype) + " " + info->shapeString() +
-                "; the engine was compiled for " + v.dtype +
-                " of another "
-                "shape: recompile it for this checkpoint";
-        return false;
-      }
-      v.data = info->data(); // zero-copy from the mapping
-    } else if (v.kind == ValueKind::Concat) {
-      if (v.axis != 0) {
-        error = "engine: weight repacking along axis " +
-                std::to_string(v.axis) + " is not supported";
-        return false;
-      }
-      for (int64_t part : v.of) {
-        const PlanValue &p = values[part];
-        int64_t n = 1;
-        for (int64_t d : p.shape)
-          n *= d;
-        const uint8_t *bytes = static_cast<const uint8_t *>(p.data);
-        v.owned.insert(v.owned.end(), bytes, bytes + n * elementSize(p.dtype));
-      }
-      v.data = v.owned.data();
-    }
-  }
-  return true;
-}
-
 Session::Session(std::unique_ptr<Impl> impl) : impl(std::move(impl)) {}
 Session::~Session() = default;
 
 std::unique_ptr<Session> Session::create(const std::string &enginePath,
                                          const std::string &checkpointDir,
-                                         std::string &error) {
+                                         std::string &error, Device device) {
   EngineFile engine;
-  if (!EngineFile::read(enginePath, "host-x86_64", engine, error))
+  if (!EngineFile::read(enginePath, "", engine, error))
     return nullptr;
+  bool gpu = engine.target == "sm_90a";
+  if (!gpu && engine.target != "host-x86_64") {
+    error = enginePath + ": engine built for target '" + engine.target +
+            "'; this runtime runs 'host-x86_64' and 'sm_90a' engines";
+    return nullptr;
+  }
+  if (gpu && device == Device::Host) {
+    error = enginePath + ": engine built for target 'sm_90a', not "
+                         "'host-x86_64' (compile with kilnc --target host)";
+    return nullptr;
+  }
+  if (!gpu && device == Device::Cuda) {
+    error = enginePath + ": engine built for target 'host-x86_64'; --device "
+                         "cuda runs sm_90a engines (kilnc --target sm_90a)";
+    return nullptr;
+  }
   auto impl = std::make_unique<Impl>();
+  if (gpu) {
+    auto plan = engine.sections.find(SectionKind::Plan);
+    if (plan == engine.sections.end()) {
+      error = enginePath + ": engine lacks its plan";
+      return nullptr;
+    }
+    if (!impl->parse(plan->second, enginePath, error))
+      return nullptr;
+    impl->cuda = CudaSession::open(engine, *impl, enginePath, error);
+    if (!impl->cuda)
+      return nullptr;
+    impl->checkpoint = Checkpoint::open(checkpointDir, error);
+    if (!impl->checkpoint)
+      return nullptr;
+    if (!impl->checkpoint->hasWeights()) {
+      error = checkpointDir + ": no weights to run the engine with";
+      return nullptr;
+    }
+    if (!impl->bindWeights(*impl->checkpoint, error) ||
+        !impl->cuda->upload(*impl, error))
+      return nullptr;
+    return std::unique_ptr<Session>(new Session(std::move(impl)));
+  }
   auto plan = engine.sections.find(SectionKind::Plan);
   auto kernels = engine.sections.find(SectionKind::HostKernels);
   if (plan == engine.sections.end() || kernels == engine.sections.end()) {
     error = enginePath + ": engine lacks its plan or its kernels";
     return nullptr;
   }
-  if (!impl->parsePlan(plan->second, enginePath, error))
+  if (!impl->parse(plan->second, enginePath, error))
     return nullptr;
+  for (const plan::Slot &info : impl->slotInfo) {
+    KvSlot slot;
+    slot.width = info.width;
+    slot.chunk = info.chunk;
+    impl->slots.push_back(std::move(slot));
+  }
   // dlopen needs a file: write the kernels next to the system's temp files.
   char pattern[] = "/tmp/kiln-kernels-XXXXXX";
   int fd = mkstemp(pattern);
@@ -373,12 +229,14 @@ std::unique_ptr<Session> Session::create(const std::string &enginePath,
     error = checkpointDir + ": no weights to run the engine with";
     return nullptr;
   }
-  if (!impl->bindWeights(error))
+  if (!impl->bindWeights(*impl->checkpoint, error))
     return nullptr;
   return std::unique_ptr<Session>(new Session(std::move(impl)));
 }
 
 void Session::reset() {
+  if (impl->cuda)
+    impl->cuda->reset();
   for (KvSlot &s : impl->slots) {
     s.keys.clear();
     s.values.clear();
@@ -405,6 +263,10 @@ bool Session::run(const std::vector<int64_t> &tokens,
               " is outside the vocabulary [0, " + std::to_string(s.vocab) + ")";
       return false;
     }
+  if (s.cuda) {
+    vocab = s.vocab;
+    return s.cuda->run(s, tokens, positions, logits, error);
+  }
   s.tokens32.assign(tokens.begin(), tokens.end());
   s.tokens64 = tokens;
   s.positions = positions;

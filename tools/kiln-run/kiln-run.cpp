@@ -134,21 +134,20 @@ int main(int argc, char **argv) {
             : kiln::readTokenFile(tokensFile, prompt, error)))
     return fail(error);
 
-  // Engines are compiled for one target; today that is the host. `auto`
-  // runs them there; `cuda` says why it cannot.
-  if (device == "cuda") {
-    if (kiln::api::cudaDevices(error) == 0)
-      return fail(error);
-    return fail("CUDA engines (kilnc --target sm_90a) do not exist yet; "
-                "this engine runs with --device host");
-  }
+  // An engine is compiled for one target: `auto` runs it there (an sm_90a
+  // engine on the GPU), `host` and `cuda` insist on one and say why not.
+  kiln_device where = device == "host"   ? KILN_DEVICE_HOST
+                      : device == "cuda" ? KILN_DEVICE_CUDA
+                                         : KILN_DEVICE_AUTO;
+  if (where == KILN_DEVICE_CUDA && kiln::api::cudaDevices(error) == 0)
+    return fail(error);
   auto sampler =
       kiln::api::Sampler::create(temperature, topK, topP, seed, error);
   if (!sampler)
     return fail(error);
   std::fprintf(stderr, "kiln-run: loading %s and binding weights from %s\n",
                engine.c_str(), checkpoint.c_str());
-  auto session = kiln::api::Session::open(engine, checkpoint, error);
+  auto session = kiln::api::Session::open(engine, checkpoint, error, where);
   if (!session)
     return fail(error);
   int64_t vocab = session->vocabSize();

@@ -30,10 +30,17 @@ void kiln_status_free(kiln_status *status);
 
 typedef struct kiln_session kiln_session;
 
+typedef enum kiln_device {
+  KILN_DEVICE_AUTO = 0, /* where the engine's target runs */
+  KILN_DEVICE_HOST = 1, /* refuse engines that are not host engines */
+  KILN_DEVICE_CUDA = 2  /* refuse engines that are not sm_90a engines */
+} kiln_device;
+
 typedef struct kiln_session_params {
   size_t struct_size;         /* set by kiln_session_params_init */
   const char *engine_path;    /* a .kiln file */
   const char *checkpoint_dir; /* the Hugging Face folder with the weights */
+  kiln_device device;         /* KILN_DEVICE_AUTO unless set */
 } kiln_session_params;
 
 void kiln_session_params_init(kiln_session_params *params);

@@ -29,11 +29,13 @@ public:
   /// Empty `error` on success.
   static std::unique_ptr<Session> open(const std::string &engine,
                                        const std::string &checkpoint,
-                                       std::string &error) {
+                                       std::string &error,
+                                       kiln_device device = KILN_DEVICE_AUTO) {
     kiln_session_params params;
     kiln_session_params_init(&params);
     params.engine_path = engine.c_str();
     params.checkpoint_dir = checkpoint.c_str();
+    params.device = device;
     kiln_session *handle = nullptr;
     error = consume(kiln_session_create(&params, &handle));
     if (!error.empty())

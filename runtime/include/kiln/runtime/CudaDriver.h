@@ -28,6 +28,17 @@ using CUdeviceptr = unsigned long long;
 
 constexpr CUresult CUDA_SUCCESS = 0;
 constexpr CUresult CUDA_ERROR_STUB_LIBRARY = 34;
+constexpr int CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT = 16;
+constexpr int CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MAJOR = 75;
+constexpr int CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MINOR = 76;
+constexpr int CU_DEVICE_ATTRIBUTE_MAX_SHARED_MEMORY_PER_BLOCK_OPTIN = 97;
+constexpr int CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES = 8;
+// cuTensorMapEncodeTiled enums (cuda.h).
+constexpr int CU_TENSOR_MAP_DATA_TYPE_BFLOAT16 = 9;
+constexpr int CU_TENSOR_MAP_INTERLEAVE_NONE = 0;
+constexpr int CU_TENSOR_MAP_SWIZZLE_128B = 3;
+constexpr int CU_TENSOR_MAP_L2_PROMOTION_L2_256B = 3;
+constexpr int CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE = 0; // zeros
 
 // One line per entry point: name, versioned symbol, signature.
 #define KILN_CUDA_ENTRY_POINTS(X)                                              \
@@ -38,14 +49,18 @@ constexpr CUresult CUDA_ERROR_STUB_LIBRARY = 34;
   X(cuDeviceGetName, "cuDeviceGetName", CUresult (*)(char *, int, CUdevice))   \
   X(cuDeviceGetAttribute, "cuDeviceGetAttribute",                              \
     CUresult (*)(int *, int, CUdevice))                                        \
-  X(cuCtxCreate, "cuCtxCreate_v2",                                             \
-    CUresult (*)(CUcontext *, unsigned, CUdevice))                             \
-  X(cuCtxDestroy, "cuCtxDestroy_v2", CUresult (*)(CUcontext))                  \
+  X(cuDevicePrimaryCtxRetain, "cuDevicePrimaryCtxRetain",                      \
+    CUresult (*)(CUcontext *, CUdevice))                                       \
+  X(cuDevicePrimaryCtxRelease, "cuDevicePrimaryCtxRelease_v2",                 \
+    CUresult (*)(CUdevice))                                                    \
+  X(cuCtxSetCurrent, "cuCtxSetCurrent", CUresult (*)(CUcontext))               \
   X(cuModuleLoadData, "cuModuleLoadData",                                      \
     CUresult (*)(CUmodule *, const void *))                                    \
   X(cuModuleUnload, "cuModuleUnload", CUresult (*)(CUmodule))                  \
   X(cuModuleGetFunction, "cuModuleGetFunction",                                \
     CUresult (*)(CUfunction *, CUmodule, const char *))                        \
+  X(cuFuncSetAttribute, "cuFuncSetAttribute",                                  \
+    CUresult (*)(CUfunction, int, int))                                        \
   X(cuLaunchKernel, "cuLaunchKernel",                                          \
     CUresult (*)(CUfunction, unsigned, unsigned, unsigned, unsigned, unsigned, \
                  unsigned, unsigned, CUstream, void **, void **))              \
@@ -55,8 +70,19 @@ constexpr CUresult CUDA_ERROR_STUB_LIBRARY = 34;
     CUresult (*)(CUdeviceptr, const void *, size_t))                           \
   X(cuMemcpyDtoH, "cuMemcpyDtoH_v2",                                           \
     CUresult (*)(void *, CUdeviceptr, size_t))                                 \
+  X(cuMemcpyHtoDAsync, "cuMemcpyHtoDAsync_v2",                                 \
+    CUresult (*)(CUdeviceptr, const void *, size_t, CUstream))                 \
+  X(cuMemcpyDtoHAsync, "cuMemcpyDtoHAsync_v2",                                 \
+    CUresult (*)(void *, CUdeviceptr, size_t, CUstream))                       \
+  X(cuMemcpyDtoDAsync, "cuMemcpyDtoDAsync_v2",                                 \
+    CUresult (*)(CUdeviceptr, CUdeviceptr, size_t, CUstream))                  \
+  X(cuTensorMapEncodeTiled, "cuTensorMapEncodeTiled",                          \
+    CUresult (*)(void *, int, unsigned, void *, const uint64_t *,              \
+                 const uint64_t *, const unsigned *, const unsigned *, int,    \
+                 int, int, int))                                               \
   X(cuStreamCreate, "cuStreamCreate", CUresult (*)(CUstream *, unsigned))      \
   X(cuStreamSynchronize, "cuStreamSynchronize", CUresult (*)(CUstream))        \
+  X(cuStreamDestroy, "cuStreamDestroy_v2", CUresult (*)(CUstream))             \
   X(cuGetErrorName, "cuGetErrorName", CUresult (*)(CUresult, const char **))   \
   X(cuGetErrorString, "cuGetErrorString", CUresult (*)(CUresult, const char **))
 

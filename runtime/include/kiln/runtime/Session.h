@@ -26,11 +26,17 @@ public:
   Session(const Session &) = delete;
   Session &operator=(const Session &) = delete;
 
-  /// Loads `enginePath` (target host-x86_64) and binds weights from the
-  /// checkpoint folder. Null with `error` on any failure.
+  /// Where an engine runs: its target decides (Auto), or the caller
+  /// insists and gets a clear error when the engine is for the other one.
+  enum class Device { Auto, Host, Cuda };
+
+  /// Loads `enginePath` (target host-x86_64, or sm_90a on the CUDA backend)
+  /// and binds weights from the checkpoint folder. Null with `error` on any
+  /// failure.
   static std::unique_ptr<Session> create(const std::string &enginePath,
                                          const std::string &checkpointDir,
-                                         std::string &error);
+                                         std::string &error,
+                                         Device device = Device::Auto);
 
   /// Runs `tokens` at `positions` after everything run since the last
   /// reset(); `logits` receives [tokens, vocab] float32 rows.

@@ -1,0 +1,562 @@
+//===- CudaSession.cpp - Running sm_90a engines ---------------------------===//
+//
+// Per step: inputs are copied up, every launch of the plan runs its GPU
+// steps on one stream (choosing the decode or prefill variant by row count),
+// and the logits come back. Activations live in one device arena laid out
+// by the plan; KV pools are device buffers per attention call site that
+// grow by doubling, where a chunked layer drops the keys before the chunk
+// of the step's first token by moving its start. Kernel parameters follow
+// the lowered signatures: each memref is expanded into (allocated, aligned,
+// offset, sizes, strides), each TMA descriptor is a pointer to a 128-byte
+// CUtensorMap encoded here and cached while its tensor does not move.
+//
+// Errors name the CUDA call and the kernel. Launch errors surface at once;
+// faults inside a kernel at the end of the step, or at the kernel itself
+// when KILN_CUDA_SYNC=1 (one synchronization per launch).
+//
+//===----------------------------------------------------------------------===//
+
+#include "../CudaSession.h"
+#include "../Plan.h"
+#include "kiln/runtime/CudaDriver.h"
+#include "kiln/runtime/EngineFile.h"
+
+#include <algorithm>
+#include <cstdlib>
+#include <cstring>
+#include <map>
+#include <tuple>
+
+using namespace kiln;
+using namespace kiln::cuda;
+using plan::GpuParam;
+using plan::GpuVariant;
+
+namespace {
+
+struct DeviceBuffer {
+  CUdeviceptr ptr = 0;
+  size_t bytes = 0;
+};
+
+struct GpuSlot {
+  int64_t width = 0, chunk = 0, elementBytes = 2;
+  DeviceBuffer keys, values, positions;
+  int64_t start = 0, count = 0, capacity = 0;
+  std::vector<int64_t> hostPositions; // of rows [start, start + count)
+};
+
+/// An operand as a kernel sees it this step.
+struct Operand {
+  CUdeviceptr ptr = 0;
+  std::vector<int64_t> shape;
+  std::string dtype;
+};
+
+struct alignas(64) TensorMapBytes {
+  uint8_t bytes[128];
+};
+
+struct CachedMap {
+  DeviceBuffer device;
+  CUdeviceptr source = 0;
+  int64_t rows = -1;
+};
+
+} // namespace
+
+struct CudaSession::State {
+  std::unique_ptr<Driver> driver;
+  CUdevice device = 0;
+  CUcontext context = nullptr;
+  CUstream stream = nullptr;
+  CUmodule module = nullptr;
+  std::map<std::string, CUfunction> functions;
+  std::vector<DeviceBuffer> owned;      // weights, repacks
+  std::vector<CUdeviceptr> valuePtr;    // per plan value
+  std::vector<DeviceBuffer> ownBuffers; // per plan value (non-arena)
+  DeviceBuffer arena, tokens, positions, scratch;
+  std::vector<GpuSlot> slots;
+  std::map<std::tuple<size_t, size_t, size_t, size_t>, CachedMap> maps;
+  std::vector<int32_t> tokens32;
+  std::vector<int64_t> tokens64, positionsHost;
+  bool syncEachLaunch = false;
+
+  ~State() {
+    if (!driver)
+      return;
+    if (context)
+      driver->cuCtxSetCurrent(context);
+    auto release = [&](DeviceBuffer &b) {
+      if (b.ptr)
+        driver->cuMemFree(b.ptr);
+      b = {};
+    };
+    for (DeviceBuffer &b : owned)
+      release(b);
+    for (DeviceBuffer &b : ownBuffers)
+      release(b);
+    release(arena);
+    release(tokens);
+    release(positions);
+    release(scratch);
+    for (GpuSlot &s : slots) {
+      release(s.keys);
+      release(s.values);
+      release(s.positions);
+    }
+    for (auto &[key, map] : maps)
+      release(map.device);
+    if (module)
+      driver->cuModuleUnload(module);
+    if (stream)
+      driver->cuStreamDestroy(stream);
+    if (context)
+      driver->cuDevicePrimaryCtxRelease(device);
+  }
+
+  bool check(CUresult r, const std::string &call, std::string &error) {
+    if (r == CUDA_SUCCESS)
+      return true;
+    error = driver->describe(call.c_str(), r);
+    return false;
+  }
+
+  /// Grows `b` to at least `bytes` (contents are not kept).
+  bool ensure(DeviceBuffer &b, size_t bytes, std::string &error) {
+    if (b.bytes >= bytes && b.ptr)
+      return true;
+    if (b.ptr)
+      driver->cuMemFree(b.ptr);
+    b = {};
+    size_t size = std::max<size_t>(bytes, 256);
+    if (!check(driver->cuMemAlloc(&b.ptr, size),
+               "cuMemAlloc(" + std::to_string(size) + " bytes)", error))
+      return false;
+    b.bytes = size;
+    return true;
+  }
+
+  bool appendToSlot(GpuSlot &slot, CUdeviceptr keys, CUdeviceptr values,
+                    const std::vector<int64_t> &stepPositions,
+                    std::string &error);
+};
+
+CudaSession::CudaSession(std::unique_ptr<State> state)
+    : state(std::move(state)) {}
+CudaSession::~CudaSession() = default;
+
+std::unique_ptr<CudaSession> CudaSession::open(const EngineFile &engine,
+                                               const plan::Plan &plan,
+                                               const std::string &enginePath,
+                                               std::string &error) {
+  auto s = std::make_unique<State>();
+  s->driver = Driver::load(error);
+  if (!s->driver)
+    return nullptr;
+  Driver &d = *s->driver;
+  if (!s->check(d.cuDeviceGet(&s->device, 0), "cuDeviceGet", error))
+    return nullptr;
+  int major = 0, minor = 0;
+  d.cuDeviceGetAttribute(&major, CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MAJOR,
+                         s->device);
+  d.cuDeviceGetAttribute(&minor, CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MINOR,
+                         s->device);
+  if (major != 9 || minor != 0) {
+    char name[128] = {0};
+    d.cuDeviceGetName(name, sizeof name - 1, s->device);
+    error = enginePath +
+            ": sm_90a code runs on H100/H200 (compute capability "
+            "9.0); GPU 0 (" +
+            name + ") is " + std::to_string(major) + "." +
+            std::to_string(minor);
+    return nullptr;
+  }
+  if (!s->check(d.cuDevicePrimaryCtxRetain(&s->context, s->device),
+                "cuDevicePrimaryCtxRetain", error) ||
+      !s->check(d.cuCtxSetCurrent(s->context), "cuCtxSetCurrent", error) ||
+      !s->check(d.cuStreamCreate(&s->stream, 0), "cuStreamCreate", error))
+    return nullptr;
+
+  auto cubin = engine.sections.find(SectionKind::CudaCubin);
+  auto ptx = engine.sections.find(SectionKind::CudaPtx);
+  if (cubin != engine.sections.end()) {
+    if (!s->check(d.cuModuleLoadData(&s->module, cubin->second.data()),
+                  "cuModuleLoadData(" + enginePath + " cubin)", error))
+      return nullptr;
+  } else if (ptx != engine.sections.end()) {
+    std::string text = ptx->second; // NUL-terminated for the JIT
+    if (!s->check(d.cuModuleLoadData(&s->module, text.c_str()),
+                  "cuModuleLoadData(" + enginePath + " PTX)", error))
+      return nullptr;
+  } else {
+    error = enginePath + ": sm_90a engine without a cubin or PTX section";
+    return nullptr;
+  }
+  int optIn = 0;
+  d.cuDeviceGetAttribute(
+      &optIn, CU_DEVICE_ATTRIBUTE_MAX_SHARED_MEMORY_PER_BLOCK_OPTIN, s->device);
+  for (const plan::Launch &l : plan.launches) {
+    if (l.gpu.empty()) {
+      error = enginePath + ": kernel '" + l.kernel + "' has no GPU code";
+      return nullptr;
+    }
+    for (const auto &step : l.gpu)
+      for (const GpuVariant &v : step) {
+        if (s->functions.count(v.function))
+          continue;
+        CUfunction f = nullptr;
+        if (!s->check(d.cuModuleGetFunction(&f, s->module, v.function.c_str()),
+                      "cuModuleGetFunction(" + v.function + ")", error))
+          return nullptr;
+        if (v.sharedBytes > optIn) {
+          error = enginePath + ": " + v.function + " needs " +
+                  std::to_string(v.sharedBytes) +
+                  " bytes of shared memory; GPU 0 allows " +
+                  std::to_string(optIn);
+          return nullptr;
+        }
+        if (v.sharedBytes > 48 * 1024 &&
+            !s->check(d.cuFuncSetAttribute(
+                          f, CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
+                          static_cast<int>(v.sharedBytes)),
+                      "cuFuncSetAttribute(" + v.function + ")", error))
+          return nullptr;
+        s->functions[v.function] = f;
+      }
+  }
+  for (const plan::Slot &info : plan.slotInfo) {
+    GpuSlot slot;
+    slot.width = info.width;
+    slot.chunk = info.chunk;
+    s->slots.push_back(std::move(slot));
+  }
+  s->valuePtr.assign(plan.values.size(), 0);
+  s->ownBuffers.resize(plan.values.size());
+  const char *sync = std::getenv("KILN_CUDA_SYNC");
+  s->syncEachLaunch = sync && *sync && std::string(sync) != "0";
+  return std::unique_ptr<CudaSession>(new CudaSession(std::move(s)));
+}
+
+bool CudaSession::upload(const plan::Plan &plan, std::string &error) {
+  State &s = *state;
+  std::vector<bool> used(plan.values.size(), false);
+  for (const plan::Launch &l : plan.launches) {
+    for (int64_t id : l.args)
+      used[id] = true;
+  }
+  for (size_t id = 0; id < plan.values.size(); ++id) {
+    const plan::Value &v = plan.values[id];
+    if (!used[id] || (v.kind != plan::ValueKind::Weight &&
+                      v.kind != plan::ValueKind::Concat))
+      continue;
+    int64_t n = 1;
+    for (int64_t dim : v.shape)
+      n *= dim;
+    size_t bytes = static_cast<size_t>(n) * plan::elementSize(v.dtype);
+    DeviceBuffer b;
+    if (!s.ensure(b, bytes, error))
+      return false;
+    s.owned.push_back(b);
+    if (!s.check(s.driver->cuMemcpyHtoD(b.ptr, v.data, bytes),
+                 "cuMemcpyHtoD(" +
+                     (v.name.empty() ? "repacked weight" : v.name) + ")",
+                 error))
+      return false;
+    s.valuePtr[id] = b.ptr;
+  }
+  return true;
+}
+
+void CudaSession::reset() {
+  for (GpuSlot &slot : state->slots) {
+    slot.start = slot.count = 0;
+    slot.hostPositions.clear();
+  }
+}
+
+bool CudaSession::State::appendToSlot(GpuSlot &slot, CUdeviceptr newKeys,
+                                      CUdeviceptr newValues,
+                                      const std::vector<int64_t> &stepPositions,
+                                      std::string &error) {
+  int64_t t = static_cast<int64_t>(stepPositions.size());
+  size_t row = static_cast<size_t>(slot.width * slot.elementBytes);
+  if (slot.chunk > 0 && !slot.hostPositions.empty()) {
+    int64_t first =
+        *std::min_element(stepPositions.begin(), stepPositions.end());
+    size_t drop = plan::chunkedKeep(slot.hostPositions, slot.chunk, first);
+    slot.hostPositions.erase(slot.hostPositions.begin(),
+                             slot.hostPositions.begin() + drop);
+    slot.start += static_cast<int64_t>(drop);
+    slot.count -= static_cast<int64_t>(drop);
+  }
+  if (slot.start + slot.count + t > slot.capacity) {
+    // Compact into a larger pool: the live rows move to the front.
+    int64_t capacity = std::max<int64_t>(2 * (slot.count + t), 256);
+    DeviceBuffer keys, values, positions;
+    if (!ensure(keys, capacity * row, error) ||
+        !ensure(values, capacity * row, error) ||
+        !ensure(positions, capacity * 8, error))
+      return false;
+    if (slot.count > 0) {
+      size_t live = static_cast<size_t>(slot.count) * row;
+      if (!check(driver->cuMemcpyDtoDAsync(
+                     keys.ptr, slot.keys.ptr + slot.start * row, live, stream),
+                 "cuMemcpyDtoDAsync(KV pool)", error) ||
+          !check(driver->cuMemcpyDtoDAsync(values.ptr,
+                                           slot.values.ptr + slot.start * row,
+                                           live, stream),
+                 "cuMemcpyDtoDAsync(KV pool)", error))
+        return false;
+    }
+    // The old pools may still be read by queued copies: free after them.
+    driver->cuStreamSynchronize(stream);
+    for (DeviceBuffer *b : {&slot.keys, &slot.values, &slot.positions})
+      if (b->ptr)
+        driver->cuMemFree(b->ptr);
+    slot.keys = keys;
+    slot.values = values;
+    slot.positions = positions;
+    slot.capacity = capacity;
+    slot.start = 0;
+    // Positions are rewritten from the host copy.
+    if (!slot.hostPositions.empty() &&
+        !check(driver->cuMemcpyHtoD(slot.positions.ptr,
+                                    slot.hostPositions.data(),
+                                    slot.hostPositions.size() * 8),
+               "cuMemcpyHtoD(key positions)", error))
+      return false;
+  }
+  int64_t at = slot.start + slot.count;
+  if (!check(driver->cuMemcpyDtoDAsync(slot.keys.ptr + at * row, newKeys,
+                                       t * row, stream),
+             "cuMemcpyDtoDAsync(new keys)", error) ||
+      !check(driver->cuMemcpyDtoDAsync(slot.values.ptr + at * row, newValues,
+                                       t * row, stream),
+             "cuMemcpyDtoDAsync(new values)", error) ||
+      !check(driver->cuMemcpyHtoDAsync(slot.positions.ptr + at * 8,
+                                       stepPositions.data(), t * 8, stream),
+             "cuMemcpyHtoDAsync(key positions)", error))
+    return false;
+  slot.hostPositions.insert(slot.hostPositions.end(), stepPositions.begin(),
+                            stepPositions.end());
+  slot.count += t;
+  return true;
+}
+
+/// (allocated, aligned, offset, sizes, strides) of a row-major tensor.
+static void appendDescriptor(std::vector<int64_t> &fields, CUdeviceptr ptr,
+                             const std::vector<int64_t> &shape) {
+  fields.push_back(static_cast<int64_t>(ptr));
+  fields.push_back(static_cast<int64_t>(ptr));
+  fields.push_back(0);
+  for (int64_t d : shape)
+    fields.push_back(d);
+  int64_t stride = 1;
+  std::vector<int64_t> strides(shape.size());
+  for (size_t i = shape.size(); i-- > 0;) {
+    strides[i] = stride;
+    stride *= shape[i];
+  }
+  fields.insert(fields.end(), strides.begin(), strides.end());
+}
+
+bool CudaSession::run(plan::Plan &plan, const std::vector<int64_t> &tokens,
+                      const std::vector<int64_t> &positions,
+                      std::vector<float> &logits, std::string &error) {
+  State &s = *state;
+  Driver &d = *s.driver;
+  if (!s.check(d.cuCtxSetCurrent(s.context), "cuCtxSetCurrent", error))
+    return false;
+  int64_t t = static_cast<int64_t>(tokens.size());
+  s.tokens32.assign(tokens.begin(), tokens.end());
+  s.tokens64 = tokens;
+  s.positionsHost = positions;
+  if (!s.ensure(s.tokens, t * 8, error) ||
+      !s.ensure(s.positions, t * 8, error) ||
+      !s.ensure(s.arena, std::max<int64_t>(plan.arenaBytesPerToken * t, 1),
+                error))
+    return false;
+
+  std::vector<int64_t> rows(plan.values.size(), 0);
+  for (size_t id = 0; id < plan.values.size(); ++id) {
+    plan::Value &v = plan.values[id];
+    if (v.kind != plan::ValueKind::Input)
+      continue;
+    rows[id] = t;
+    bool isPositions = v.input == "positions";
+    const void *src = isPositions ? static_cast<const void *>(positions.data())
+                      : v.dtype == "I32"
+                          ? static_cast<const void *>(s.tokens32.data())
+                          : static_cast<const void *>(s.tokens64.data());
+    DeviceBuffer &dst = isPositions ? s.positions : s.tokens;
+    size_t bytes = t * plan::elementSize(v.dtype);
+    if (!s.check(d.cuMemcpyHtoDAsync(dst.ptr, src, bytes, s.stream),
+                 "cuMemcpyHtoDAsync(" + v.input + ")", error))
+      return false;
+    s.valuePtr[id] = dst.ptr;
+  }
+
+  auto shapeOf = [&](size_t id) {
+    std::vector<int64_t> shape = plan.values[id].shape;
+    if (!shape.empty() && shape[0] < 0)
+      shape[0] = rows[id];
+    return shape;
+  };
+
+  std::vector<int64_t> fields;
+  std::vector<void *> params;
+  std::vector<CUdeviceptr> mapPointers;
+  std::string lastKernel;
+  for (size_t li = 0; li < plan.launches.size(); ++li) {
+    plan::Launch &l = plan.launches[li];
+    for (int64_t id : l.results) {
+      plan::Value &v = plan.values[id];
+      rows[id] = t * v.rowsPerToken;
+      if (v.arenaOffset >= 0) {
+        s.valuePtr[id] = s.arena.ptr + v.arenaOffset * t;
+        continue;
+      }
+      int64_t n = 1;
+      for (int64_t dim : shapeOf(id))
+        n *= dim;
+      if (!s.ensure(s.ownBuffers[id], n * plan::elementSize(v.dtype), error))
+        return false;
+      s.valuePtr[id] = s.ownBuffers[id].ptr;
+    }
+    std::vector<Operand> operands(l.operandCount());
+    for (size_t i = 0; i < operands.size(); ++i) {
+      int64_t id = l.operand(i);
+      operands[i] = {s.valuePtr[id], shapeOf(id), plan.values[id].dtype};
+    }
+    // Attention reads the whole pool of its call site.
+    std::map<int64_t, GpuSlot *> slotOfKey;
+    for (const plan::AttentionUse &a : l.attention) {
+      GpuSlot &slot = s.slots[a.slot];
+      slot.elementBytes =
+          static_cast<int64_t>(plan::elementSize(operands[a.keyArg].dtype));
+      if (!s.appendToSlot(slot, operands[a.keyArg].ptr,
+                          operands[a.valueArg].ptr, positions, error))
+        return false;
+      size_t row = slot.width * slot.elementBytes;
+      operands[a.keyArg].ptr = slot.keys.ptr + slot.start * row;
+      operands[a.keyArg].shape = {slot.count, slot.width};
+      operands[a.valueArg].ptr = slot.values.ptr + slot.start * row;
+      operands[a.valueArg].shape = {slot.count, slot.width};
+      slotOfKey[a.keyArg] = &slot;
+    }
+    auto rowsOf = [&](int64_t operand) {
+      const std::vector<int64_t> &shape = operands[operand].shape;
+      return shape.empty() ? int64_t(1) : shape[0];
+    };
+
+    for (size_t si = 0; si < l.gpu.size(); ++si) {
+      const std::vector<GpuVariant> &variants = l.gpu[si];
+      size_t vi = variants.size() - 1;
+      for (size_t i = 0; i + 1 < variants.size(); ++i)
+        if (variants[i].selectOperand >= 0 &&
+            rowsOf(variants[i].selectOperand) <= variants[i].maxRows) {
+          vi = i;
+          break;
+        }
+      const GpuVariant &v = variants[vi];
+      // Parameter storage first (addresses must not move), then pointers.
+      fields.clear();
+      mapPointers.clear();
+      for (size_t pi = 0; pi < v.params.size(); ++pi) {
+        const GpuParam &p = v.params[pi];
+        const Operand &op = operands[p.operand];
+        switch (p.kind) {
+        case GpuParam::Kind::Memref:
+          appendDescriptor(fields, op.ptr, op.shape);
+          break;
+        case GpuParam::Kind::KeyPositions: {
+          GpuSlot *slot =
+              slotOfKey.count(p.operand) ? slotOfKey[p.operand] : nullptr;
+          if (!slot) {
+            error = "engine: " + v.function +
+                    " reads key positions of an operand without a KV slot";
+            return false;
+          }
+          appendDescriptor(fields, slot->positions.ptr + slot->start * 8,
+                           {slot->count});
+          break;
+        }
+        case GpuParam::Kind::Scratch: {
+          int64_t n = std::max<int64_t>(rowsOf(p.operand) * p.perRow, 1);
+          if (!s.ensure(s.scratch, n * 8, error))
+            return false;
+          appendDescriptor(fields, s.scratch.ptr, {n});
+          break;
+        }
+        case GpuParam::Kind::TensorMap: {
+          // bf16 viewed as [rows, cols]: 3-D weights fold their first two
+          // dimensions.
+          int64_t cols = op.shape.back(), total = 1;
+          for (int64_t dim : op.shape)
+            total *= dim;
+          int64_t mapRows = total / cols;
+          CachedMap &cache = s.maps[{li, si, vi, pi}];
+          if (cache.source != op.ptr || cache.rows != mapRows) {
+            TensorMapBytes map;
+            uint64_t dims[2] = {static_cast<uint64_t>(cols),
+                                static_cast<uint64_t>(mapRows)};
+            uint64_t strides[1] = {static_cast<uint64_t>(cols * 2)};
+            unsigned box[2] = {static_cast<unsigned>(p.boxCols),
+                               static_cast<unsigned>(p.boxRows)};
+            unsigned elementStrides[2] = {1, 1};
+            if (!s.check(d.cuTensorMapEncodeTiled(
+                             &map, CU_TENSOR_MAP_DATA_TYPE_BFLOAT16, 2,
+                             reinterpret_cast<void *>(op.ptr), dims, strides,
+                             box, elementStrides, CU_TENSOR_MAP_INTERLEAVE_NONE,
+                             CU_TENSOR_MAP_SWIZZLE_128B,
+                             CU_TENSOR_MAP_L2_PROMOTION_L2_256B,
+                             CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE),
+                         "cuTensorMapEncodeTiled(" + v.function + ")", error) ||
+                !s.ensure(cache.device, sizeof map, error) ||
+                !s.check(d.cuMemcpyHtoD(cache.device.ptr, &map, sizeof map),
+                         "cuMemcpyHtoD(tensor map)", error))
+              return false;
+            cache.source = op.ptr;
+            cache.rows = mapRows;
+          }
+          fields.push_back(static_cast<int64_t>(cache.device.ptr));
+          break;
+        }
+        }
+      }
+      params.clear();
+      for (int64_t &f : fields)
+        params.push_back(&f);
+
+      unsigned grid[3];
+      for (int dim = 0; dim < 3; ++dim) {
+        const plan::GpuExtent &g = v.grid[dim];
+        int64_t numerator =
+            (g.rowsOf >= 0 ? rowsOf(g.rowsOf) * g.perRow : 0) + g.constant;
+        int64_t n = (numerator + g.divisor - 1) / g.divisor;
+        grid[dim] = static_cast<unsigned>(std::max<int64_t>(n, 1));
+      }
+      lastKernel = v.function + " (kernel " + l.kernel + ")";
+      if (!s.check(d.cuLaunchKernel(s.functions[v.function], grid[0], grid[1],
+                                    grid[2], static_cast<unsigned>(v.block), 1,
+                                    1, static_cast<unsigned>(v.sharedBytes),
+                                    s.stream, params.data(), nullptr),
+                   "cuLaunchKernel(" + lastKernel + ")", error))
+        return false;
+      if (s.syncEachLaunch && !s.check(d.cuStreamSynchronize(s.stream),
+                                       "running " + lastKernel, error))
+        return false;
+    }
+  }
+  logits.resize(static_cast<size_t>(t * plan.vocab));
+  if (!s.check(d.cuMemcpyDtoHAsync(logits.data(), s.valuePtr[plan.logits],
+                                   logits.size() * sizeof(float), s.stream),
+               "cuMemcpyDtoHAsync(logits)", error) ||
+      !s.check(d.cuStreamSynchronize(s.stream),
+               "the step (last launch: " + lastKernel +
+                   "; KILN_CUDA_SYNC=1 names the failing kernel)",
+               error))
+    return false;
+  return true;
+}
