@@ -10,6 +10,9 @@
 // offset, sizes, strides), each TMA descriptor is a pointer to a 128-byte
 // CUtensorMap encoded here and cached while its tensor does not move.
 //
+// KILN_PROFILE=1 times every launch with events and prints, when the session
+// ends, the time per GPU function and step size (bench/device.sh reads it).
+//
 // Errors name the CUDA call and the kernel. Launch errors surface at once;
 // faults inside a kernel at the end of the step, or at the kernel itself
 // when KILN_CUDA_SYNC=1 (one synchronization per launch).
@@ -22,6 +25,7 @@
 #include "kiln/runtime/EngineFile.h"
 
 #include <algorithm>
+#include <cstdio>
 #include <cstdlib>
 #include <cstring>
 #include <map>
@@ -82,11 +86,67 @@ struct CudaSession::State {
   std::vector<int64_t> tokens64, positionsHost;
   bool syncEachLaunch = false;
 
+  // KILN_PROFILE: events around each launch, read after the step.
+  bool profile = false;
+  struct Timed {
+    std::string key;
+    CUevent begin, end;
+  };
+  std::vector<Timed> pending;
+  std::vector<CUevent> spareEvents;
+  struct Total {
+    int64_t calls = 0;
+    double ms = 0;
+  };
+  std::map<std::string, Total> totals;
+
+  CUevent event() {
+    if (!spareEvents.empty()) {
+      CUevent e = spareEvents.back();
+      spareEvents.pop_back();
+      return e;
+    }
+    CUevent e = nullptr;
+    driver->cuEventCreate(&e, 0);
+    return e;
+  }
+  void collectProfile() {
+    for (Timed &t : pending) {
+      float ms = 0;
+      if (driver->cuEventElapsedTime(&ms, t.begin, t.end) == CUDA_SUCCESS) {
+        totals[t.key].calls += 1;
+        totals[t.key].ms += ms;
+      }
+      spareEvents.push_back(t.begin);
+      spareEvents.push_back(t.end);
+    }
+    pending.clear();
+  }
+  void printProfile() {
+    if (totals.empty())
+      return;
+    std::fprintf(stderr, "kiln-profile: %-36s %7s %6s %11s %11s\n",
+                 "function", "tokens", "calls", "total_ms", "mean_us");
+    for (const auto &[key, t] : totals) {
+      size_t at = key.find('@');
+      std::fprintf(stderr, "kiln-profile: %-36s %7s %6lld %11.3f %11.2f\n",
+                   key.substr(0, at).c_str(), key.substr(at + 1).c_str(),
+                   static_cast<long long>(t.calls), t.ms,
+                   1000.0 * t.ms / t.calls);
+    }
+  }
+
   ~State() {
     if (!driver)
       return;
     if (context)
       driver->cuCtxSetCurrent(context);
+    printProfile();
+    for (Timed &t : pending)
+      spareEvents.insert(spareEvents.end(), {t.begin, t.end});
+    for (CUevent e : spareEvents)
+      if (e)
+        driver->cuEventDestroy(e);
     auto release = [&](DeviceBuffer &b) {
       if (b.ptr)
         driver->cuMemFree(b.ptr);
@@ -235,6 +295,8 @@ std::unique_ptr<CudaSession> CudaSession::open(const EngineFile &engine,
   s->ownBuffers.resize(plan.values.size());
   const char *sync = std::getenv("KILN_CUDA_SYNC");
   s->syncEachLaunch = sync && *sync && std::string(sync) != "0";
+  const char *profile = std::getenv("KILN_PROFILE");
+  s->profile = profile && *profile && std::string(profile) != "0";
   return std::unique_ptr<CudaSession>(new CudaSession(std::move(s)));
 }
 
@@ -538,12 +600,21 @@ bool CudaSession::run(plan::Plan &plan, const std::vector<int64_t> &tokens,
         grid[dim] = static_cast<unsigned>(std::max<int64_t>(n, 1));
       }
       lastKernel = v.function + " (kernel " + l.kernel + ")";
+      State::Timed timed;
+      if (s.profile) {
+        timed = {v.function + "@" + std::to_string(t), s.event(), s.event()};
+        d.cuEventRecord(timed.begin, s.stream);
+      }
       if (!s.check(d.cuLaunchKernel(s.functions[v.function], grid[0], grid[1],
                                     grid[2], static_cast<unsigned>(v.block), 1,
                                     1, static_cast<unsigned>(v.sharedBytes),
                                     s.stream, params.data(), nullptr),
                    "cuLaunchKernel(" + lastKernel + ")", error))
         return false;
+      if (s.profile) {
+        d.cuEventRecord(timed.end, s.stream);
+        s.pending.push_back(timed);
+      }
       if (s.syncEachLaunch && !s.check(d.cuStreamSynchronize(s.stream),
                                        "running " + lastKernel, error))
         return false;
@@ -558,5 +629,7 @@ bool CudaSession::run(plan::Plan &plan, const std::vector<int64_t> &tokens,
                    "; KILN_CUDA_SYNC=1 names the failing kernel)",
                error))
     return false;
+  if (s.profile)
+    s.collectProfile();
   return true;
 }

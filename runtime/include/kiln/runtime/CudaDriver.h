@@ -25,6 +25,7 @@ using CUmodule = struct CUmod_st *;
 using CUfunction = struct CUfunc_st *;
 using CUstream = struct CUstream_st *;
 using CUdeviceptr = unsigned long long;
+using CUevent = struct CUevent_st *;
 
 constexpr CUresult CUDA_SUCCESS = 0;
 constexpr CUresult CUDA_ERROR_STUB_LIBRARY = 34;
@@ -83,6 +84,11 @@ constexpr int CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE = 0; // zeros
   X(cuStreamCreate, "cuStreamCreate", CUresult (*)(CUstream *, unsigned))      \
   X(cuStreamSynchronize, "cuStreamSynchronize", CUresult (*)(CUstream))        \
   X(cuStreamDestroy, "cuStreamDestroy_v2", CUresult (*)(CUstream))             \
+  X(cuEventCreate, "cuEventCreate", CUresult (*)(CUevent *, unsigned))         \
+  X(cuEventRecord, "cuEventRecord", CUresult (*)(CUevent, CUstream))           \
+  X(cuEventElapsedTime, "cuEventElapsedTime",                                  \
+    CUresult (*)(float *, CUevent, CUevent))                                   \
+  X(cuEventDestroy, "cuEventDestroy_v2", CUresult (*)(CUevent))                \
   X(cuGetErrorName, "cuGetErrorName", CUresult (*)(CUresult, const char **))   \
   X(cuGetErrorString, "cuGetErrorString", CUresult (*)(CUresult, const char **))
 

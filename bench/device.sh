@@ -1,0 +1,103 @@
+#!/usr/bin/env bash
+# The device check, for an H100/H200 machine (CUDA 13, CMake, a C++
+# compiler, PyTorch, transformers; no MLIR, no network). Fits in 8 minutes.
+#
+#   bench/prepare-device.sh            # here, with the compiler: engines
+#   KILN_BENCH_OUT=out bench/device.sh # there, with bench-inputs/ carried
+#
+# 1. builds the MLIR-free runtime (kiln-run, kiln-compare);
+# 2. correctness: the sm_90a engine's logits against the host engine's on
+#    tiny-scout, tiny-maverick and a chunk-16 tiny-scout whose 40-token
+#    prefill crosses chunks (relative L2 <= 1e-2), and 32 greedy tokens
+#    identical;
+# 3. speed on a 4-layer real-size Scout-shaped random model, with
+#    KILN_PROFILE per-kernel times: prefill 4096, 64-token steps (the GEMM
+#    shapes of batch-64 decode), batch-1 decode, a 16k prefill; against
+#    torch.matmul (cuBLAS), SDPA, the copy bandwidth, and transformers'
+#    Llama 4 eager and compiled, each under a time limit;
+# 4. prints the table (also in $KILN_BENCH_OUT/table.md).
+# Without a GPU it builds, runs the host engines and says what it skipped.
+set -uo pipefail
+root=$(cd "$(dirname "$0")/.." && pwd)
+in=${KILN_BENCH_INPUTS:-$root/bench-inputs}
+out=${KILN_BENCH_OUT:-$root/bench-out}
+logs=$out/logs
+build=${KILN_BENCH_BUILD:-/tmp/kiln-device-build}
+py=${PYTHON:-python3}
+mkdir -p "$logs"
+: > "$logs/correctness.jsonl"
+log() { echo "device.sh: $*" | tee -a "$logs/device.log"; }
+[ -f "$in/scout4.sm90.kiln" ] ||
+  { log "no $in/scout4.sm90.kiln: run bench/prepare-device.sh first"; exit 1; }
+
+log "building the runtime in $build"
+cmake -S "$root" -B "$build" -DKILN_RUNTIME_ONLY=ON -DCMAKE_BUILD_TYPE=Release \
+  > "$logs/build.txt" 2>&1 &&
+  cmake --build "$build" -j "$(nproc)" >> "$logs/build.txt" 2>&1 ||
+  { log "runtime build failed (logs/build.txt)"; tail -20 "$logs/build.txt"; exit 1; }
+run=$build/bin/kiln-run
+compare=$build/bin/kiln-compare
+
+gpu=0
+if nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader \
+     > "$logs/gpu.txt" 2>/dev/null; then
+  gpu=1
+  log "GPU: $(cat "$logs/gpu.txt")"
+else
+  echo "no GPU" > "$logs/gpu.txt"
+  log "no GPU: running the host engines only"
+fi
+
+# --- correctness ----------------------------------------------------------
+for m in tiny-scout tiny-maverick tiny-scout-chunk16; do
+  args=(--checkpoint "$in/$m" --tokens-file "$in/prompt40" --max-new-tokens 32
+        --ignore-eos)
+  "$run" "$in/$m.host.kiln" "${args[@]}" --device host \
+    --dump-logits "$logs/$m.host.npy" > "$logs/$m.host.txt" 2>&1 ||
+    { log "$m: host engine failed"; echo "{\"model\":\"$m\",\"result\":\"host failed\"}" >> "$logs/correctness.jsonl"; continue; }
+  if [ $gpu = 0 ]; then
+    echo "{\"model\":\"$m\",\"result\":\"host only (no GPU)\"}" >> "$logs/correctness.jsonl"
+    continue
+  fi
+  if ! KILN_CUDA_SYNC=1 timeout 120 "$run" "$in/$m.sm90.kiln" "${args[@]}" \
+       --device cuda --dump-logits "$logs/$m.gpu.npy" > "$logs/$m.gpu.txt" 2>&1; then
+    log "$m: GPU run failed: $(tail -1 "$logs/$m.gpu.txt")"
+    echo "{\"model\":\"$m\",\"result\":\"GPU run failed\"}" >> "$logs/correctness.jsonl"
+    continue
+  fi
+  cmp=$("$compare" "$logs/$m.gpu.npy" "$logs/$m.host.npy" --metric rel-l2 --tol 1e-2 2>&1)
+  ok=$?
+  rel=$(grep -oE 'rel-l2 = [0-9.e+-]+' <<<"$cmp" | awk '{print $3}')
+  same=no
+  [ "$(grep '^generated:' "$logs/$m.gpu.txt")" = "$(grep '^generated:' "$logs/$m.host.txt")" ] && same=yes
+  result=pass; { [ $ok = 0 ] && [ $same = yes ]; } || result=FAIL
+  log "$m: rel-l2 ${rel:-?}, greedy identical: $same ($result)"
+  echo "{\"model\":\"$m\",\"rel_l2\":\"${rel:-?}\",\"greedy\":\"$same\",\"result\":\"$result\"}" >> "$logs/correctness.jsonl"
+done
+
+# --- speed ----------------------------------------------------------------
+if [ $gpu = 1 ]; then
+  ckpt=${KILN_BENCH_CHECKPOINT:-/tmp/kiln-scout4}
+  [ -f "$ckpt/model.safetensors.index.json" ] ||
+    timeout 240 $py "$root/bench/device/random_checkpoint.py" "$in/scout4.sm90.kiln" \
+      "$in/scout4" "$ckpt" 2>&1 | tee -a "$logs/device.log"
+  engine=$in/scout4.sm90.kiln
+  speed() { # name timeout kiln-run-args...
+    local name=$1 limit=$2; shift 2
+    KILN_PROFILE=1 timeout "$limit" "$run" "$engine" --checkpoint "$ckpt" \
+      --ignore-eos --device cuda "$@" > "$logs/run-$name.txt" 2> "$logs/profile-$name.txt" ||
+      log "$name: failed or over ${limit}s: $(tail -1 "$logs/profile-$name.txt")"
+    log "$name: $(grep -E '^(prefill|decode):' "$logs/run-$name.txt" | tr '\n' ' ')"
+  }
+  speed 4k 120 --tokens-file "$in/prompt4k" --max-new-tokens 33
+  speed step64 60 --tokens-file "$in/prompt128" --step 64 --max-new-tokens 1
+  timeout 150 $py "$root/bench/device/baselines.py" "$engine" "$logs/baselines.json" \
+    2>&1 | tee -a "$logs/device.log"
+  speed 16k 150 --tokens-file "$in/prompt16k" --max-new-tokens 1
+  timeout 150 $py "$root/bench/device/hf_e2e.py" "$in/scout4" 4096 32 \
+    "$logs/hf-eager.json" 2>&1 | tail -1 | tee -a "$logs/device.log"
+  timeout 200 $py "$root/bench/device/hf_e2e.py" "$in/scout4" 4096 32 \
+    "$logs/hf-compile.json" --compile 2>&1 | tail -1 | tee -a "$logs/device.log"
+fi
+
+$py "$root/bench/device/report.py" "$out" "$in"

@@ -1,0 +1,40 @@
+#!/usr/bin/env bash
+# Prepares what bench/device.sh needs on a GPU machine, which has no MLIR:
+# tiny checkpoints with their host and sm_90a engines, the sm_90a engine of a
+# 4-layer real-size Scout-shaped model (config only: device.sh draws random
+# weights there), and the prompts. Run here, then carry the folder:
+#   bench/prepare-device.sh [out-dir=bench-inputs] [build-dir=build]
+set -euo pipefail
+root=$(cd "$(dirname "$0")/.." && pwd)
+out=${1:-$root/bench-inputs}
+bin=${2:-$root/build}/bin
+py=/usr/bin/python3
+rm -rf "$out" && mkdir -p "$out"
+model() {
+  local name=$1; shift
+  "$bin/kiln-mkmodel" "$@" -o "$out/$name"
+  "$bin/kilnc" "$out/$name" --target host -o "$out/$name.host.kiln"
+  "$bin/kilnc" "$out/$name" --target sm_90a -o "$out/$name.sm90.kiln"
+}
+model tiny-scout --preset tiny-scout
+model tiny-maverick --preset tiny-maverick
+# A prefill of 40 tokens crosses two chunk boundaries.
+model tiny-scout-chunk16 --preset tiny-scout --attention-chunk-size 16
+
+mkdir -p "$out/scout4"
+$py - "$root/test/Inputs/models/llama4-scout-17b-16e/config.json" \
+  "$out/scout4/config.json" <<'PY'
+import json, sys
+c = json.load(open(sys.argv[1]))
+c["text_config"]["num_hidden_layers"] = 4
+json.dump(c, open(sys.argv[2], "w"), indent=1)
+PY
+"$bin/kilnc" "$out/scout4" --target sm_90a --kernel-resources \
+  -o "$out/scout4.sm90.kiln" > "$out/scout4.resources.txt"
+
+tokens="$root/test/e2e/Inputs/make_tokens.py"
+$py "$tokens" 40 256 3 > "$out/prompt40"
+$py "$tokens" 128 202048 5 > "$out/prompt128"
+$py "$tokens" 4096 202048 7 > "$out/prompt4k"
+$py "$tokens" 16384 202048 11 > "$out/prompt16k"
+du -sh "$out"
