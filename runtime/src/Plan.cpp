@@ -48,6 +48,8 @@ static bool parseVariant(const json::Value &entry, size_t operands,
   if (!function || !function->isString())
     return false;
   out.function = function->string;
+  if (out.function.empty())
+    return true; // a variant that launches nothing
   out.block = intField(entry, "block", 0, ok);
   out.sharedBytes = intField(entry, "shared_bytes", 0, ok);
   out.selectOperand = intField(entry, "select_operand", -1, ok);
@@ -85,6 +87,8 @@ static bool parseVariant(const json::Value &entry, size_t operands,
       return false;
     param.operand = intField(p, "operand", -1, ok);
     param.perRow = intField(p, "per_row", 0, ok);
+    if (const json::Value *dtype = p.find("dtype"))
+      param.floatScratch = dtype->isString() && dtype->string == "F32";
     std::vector<int64_t> box;
     if (param.kind == GpuParam::Kind::TensorMap) {
       if (!intsOf(p.find("box"), box) || box.size() != 2)

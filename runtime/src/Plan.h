@@ -51,9 +51,12 @@ struct GpuParam {
   int64_t operand = 0;
   int64_t boxCols = 0, boxRows = 0;
   int64_t perRow = 0;
+  /// Scratch element type: F32 or I64 (8 or 4 bytes per element).
+  bool floatScratch = false;
 };
 
 struct GpuVariant {
+  /// Empty: this variant launches nothing.
   std::string function;
   int64_t block = 0, sharedBytes = 0;
   GpuExtent grid[3];

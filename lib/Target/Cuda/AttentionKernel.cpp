@@ -24,28 +24,22 @@ using namespace mlir::kiln::cuda;
 namespace {
 constexpr int64_t kWarps = 4;
 constexpr int64_t kKeyTile = 16;
-} // namespace
+/// Decode (at most this many query rows) splits the keys over this many
+/// blocks per (row group, KV head), then combines the partial softmaxes.
+constexpr int64_t kDecodeRows = 4;
+constexpr int64_t kSplits = 16;
 
-LogicalResult
-mlir::kiln::cuda::generateAttentionKernel(const KernelContext &ctx,
-                                          GpuKernel &out, std::string &text) {
-  AttentionOp a;
-  for (Operation &op : ctx.kernel.getBody().front().without_terminator()) {
-    a = dyn_cast<AttentionOp>(op);
-    if (!a)
-      return op.emitOpError("cannot be part of an sm_90a attention kernel");
-  }
+/// Writes the attention function; with `split`, block z covers 1/kSplits
+/// of the key tiles and writes (max, sum, unnormalized output) partials to
+/// %partials instead of the result.
+std::string writeAttention(const KernelContext &ctx, AttentionOp a,
+                           StringRef name, bool split) {
   int q = ctx.operandOf(a.getQuery()), key = ctx.operandOf(a.getKey()),
       value = ctx.operandOf(a.getValue()),
       positions = ctx.operandOf(a.getPositions()),
       result = ctx.operandOf(a.getResult());
   int64_t heads = a.getNumHeads(), kvHeads = a.getNumKvHeads();
   int64_t d = ctx.width(q) / heads, group = heads / kvHeads;
-  if (d % 8 != 0 || (d > 32 && d % 32 != 0))
-    return a.emitOpError() << "the sm_90a attention kernel needs a head "
-                              "dimension that is a multiple of 8 (up to 32) "
-                              "or of 32 (got "
-                           << d << ")";
   int64_t perLane = std::max<int64_t>(1, d / 32);
   int64_t chunk =
       a.getMask() == MaskKind::Chunked ? a.getChunkSize().value_or(0) : 0;
@@ -54,7 +48,8 @@ mlir::kiln::cuda::generateAttentionKernel(const KernelContext &ctx,
   for (unsigned i = 0; i < ctx.operands.size(); ++i)
     params += (i ? ", " : "") + ctx.memrefParam(i);
   params += ", %kpos: memref<?xi64>";
-  std::string name = ctx.name();
+  if (split)
+    params += ", %partials: memref<?xf32>";
   KernelText k(name, params, 32 * kWarps);
   std::string smemType = "memref<" + std::to_string(kKeyTile) + "x" +
                          std::to_string(d) + "xbf16, 3>";
@@ -147,7 +142,14 @@ mlir::kiln::cuda::generateAttentionKernel(const KernelContext &ctx,
   std::string loopResult = k.fresh();
   std::string tiles =
       k.div(k.add(keys, k.index(kKeyTile - 1)), k.index(kKeyTile));
-  std::string t = k.beginFor(k.index(0), tiles, k.index(1),
+  std::string firstTile = k.index(0), endTile = tiles;
+  if (split) {
+    std::string perSplit =
+        k.div(k.add(tiles, k.index(kSplits - 1)), k.index(kSplits));
+    firstTile = k.mul(k.blockId('z'), perSplit);
+    endTile = k.minIndex(tiles, k.add(firstTile, perSplit));
+  }
+  std::string t = k.beginFor(firstTile, endTile, k.index(1),
                              loopResult + ":" + std::to_string(2 + perLane),
                              carried + " : " + carriedTypes);
   std::string kBase = k.mul(t, k.index(kKeyTile));
@@ -263,6 +265,27 @@ mlir::kiln::cuda::generateAttentionKernel(const KernelContext &ctx,
     yielded += (i ? ", " : "") + stepResult + "#" + std::to_string(i);
   k.endFor(yielded + " : " + carriedTypes);
 
+  if (split) {
+    // Partial p of pair (row, head): [max, sum, o_0 .. o_{d-1}].
+    std::string slotIndex =
+        k.add(k.mul(k.add(k.mul(row, k.index(heads)), head), k.index(kSplits)),
+              k.blockId('z'));
+    std::string base = k.mul(slotIndex, k.index(d + 2));
+    k.beginIf(k.op("arith.andi " + active + ", " +
+                   k.cmp("eq", lane, k.index(0)) + " : i1"));
+    k.line("memref.store " + loopResult + "#0, %partials[" + base +
+           "] : memref<?xf32>");
+    k.line("memref.store " + loopResult + "#1, %partials[" +
+           k.add(base, k.index(1)) + "] : memref<?xf32>");
+    k.endIf();
+    k.beginIf(k.op("arith.andi " + active + ", " + laneActive + " : i1"));
+    for (int64_t e = 0; e < perLane; ++e)
+      k.line("memref.store " + loopResult + "#" + std::to_string(2 + e) +
+             ", %partials[" + k.add(base, k.add(k.index(2 + e), laneCol)) +
+             "] : memref<?xf32>");
+    k.endIf();
+    return k.finish();
+  }
   std::string total = loopResult + "#1";
   std::string inv = k.fdiv(k.f32(1.0), total);
   k.beginIf(k.op("arith.andi " + active + ", " + laneActive + " : i1"));
@@ -273,17 +296,132 @@ mlir::kiln::cuda::generateAttentionKernel(const KernelContext &ctx,
            "] : " + ctx.memrefType(result));
   }
   k.endIf();
-  text += k.finish();
+  return k.finish();
+}
 
-  GpuLaunch launch;
-  launch.function = name;
-  launch.blockThreads = 32 * kWarps;
-  launch.grid[0] = rowsGrid(q, kWarps, group);
-  launch.grid[1] = fixedGrid(kvHeads);
+/// Combines the kSplits partials of each (row, head): one warp per pair,
+/// lanes along the head dimension.
+std::string writeCombine(const KernelContext &ctx, AttentionOp a,
+                         StringRef name) {
+  int q = ctx.operandOf(a.getQuery()), result = ctx.operandOf(a.getResult());
+  int64_t heads = a.getNumHeads();
+  int64_t d = ctx.width(q) / heads;
+  int64_t perLane = std::max<int64_t>(1, d / 32);
+  std::string params;
   for (unsigned i = 0; i < ctx.operands.size(); ++i)
-    launch.params.push_back({GpuParam::Kind::Memref, i});
-  launch.params.push_back(
-      {GpuParam::Kind::KeyPositions, static_cast<unsigned>(key)});
-  out.steps.push_back({{launch}});
+    params += (i ? ", " : "") + ctx.memrefParam(i);
+  params += ", %partials: memref<?xf32>";
+  KernelText k(name, params, 32 * kWarps);
+  std::string tid = k.threadId();
+  std::string lane = k.rem(tid, k.index(32));
+  std::string rows = k.op("memref.dim %o" + std::to_string(q) + ", " +
+                          k.index(0) + " : " + ctx.memrefType(q));
+  std::string pair =
+      k.add(k.mul(k.blockId('x'), k.index(kWarps)), k.div(tid, k.index(32)));
+  std::string active = k.cmp("ult", pair, k.mul(rows, k.index(heads)));
+  std::string laneActive =
+      k.cmp("ult", k.mul(lane, k.index(perLane)), k.index(d));
+  k.beginIf(k.op("arith.andi " + active + ", " + laneActive + " : i1"));
+  std::string row = k.div(pair, k.index(heads));
+  std::string head = k.rem(pair, k.index(heads));
+  std::string first = k.mul(pair, k.index(kSplits * (d + 2)));
+  auto at = [&](int64_t split, const std::string &offset) {
+    std::string i = k.add(first, k.add(k.index(split * (d + 2)), offset));
+    return k.op("memref.load %partials[" + i + "] : memref<?xf32>");
+  };
+  std::string m = k.f32(-1e30);
+  std::vector<std::string> maxes;
+  for (int64_t sp = 0; sp < kSplits; ++sp) {
+    maxes.push_back(at(sp, k.index(0)));
+    m = k.fmax(m, maxes.back());
+  }
+  std::string l = k.f32(0.0);
+  std::vector<std::string> o(perLane, k.f32(0.0));
+  std::string laneCol = k.mul(lane, k.index(perLane));
+  for (int64_t sp = 0; sp < kSplits; ++sp) {
+    std::string w = k.exp(k.fsub(maxes[sp], m));
+    l = k.fadd(l, k.fmul(w, at(sp, k.index(1))));
+    for (int64_t e = 0; e < perLane; ++e)
+      o[e] = k.fadd(o[e], k.fmul(w, at(sp, k.add(k.index(2 + e), laneCol))));
+  }
+  std::string inv = k.fdiv(k.f32(1.0), l);
+  for (int64_t e = 0; e < perLane; ++e) {
+    std::string col =
+        k.add(k.mul(head, k.index(d)), k.add(laneCol, k.index(e)));
+    k.line("memref.store " +
+           k.fromF32(k.fmul(o[e], inv), ctx.elements[result]) + ", %o" +
+           std::to_string(result) + "[" + row + ", " + col +
+           "] : " + ctx.memrefType(result));
+  }
+  k.endIf();
+  return k.finish();
+}
+
+} // namespace
+
+LogicalResult
+mlir::kiln::cuda::generateAttentionKernel(const KernelContext &ctx,
+                                          GpuKernel &out, std::string &text) {
+  AttentionOp a;
+  for (Operation &op : ctx.kernel.getBody().front().without_terminator()) {
+    a = dyn_cast<AttentionOp>(op);
+    if (!a)
+      return op.emitOpError("cannot be part of an sm_90a attention kernel");
+  }
+  int q = ctx.operandOf(a.getQuery()), key = ctx.operandOf(a.getKey());
+  int64_t heads = a.getNumHeads(), kvHeads = a.getNumKvHeads();
+  int64_t d = ctx.width(q) / heads, group = heads / kvHeads;
+  if (d % 8 != 0 || (d > 32 && d % 32 != 0))
+    return a.emitOpError() << "the sm_90a attention kernel needs a head "
+                              "dimension that is a multiple of 8 (up to 32) "
+                              "or of 32 (got "
+                           << d << ")";
+  std::string name = ctx.name();
+  text += writeAttention(ctx, a, name + "_split", /*split=*/true);
+  text += writeAttention(ctx, a, name, /*split=*/false);
+  text += writeCombine(ctx, a, name + "_combine");
+
+  auto memrefs = [&](GpuLaunch &launch) {
+    for (unsigned i = 0; i < ctx.operands.size(); ++i)
+      launch.params.push_back({GpuParam::Kind::Memref, i});
+  };
+  GpuParam partials{GpuParam::Kind::Scratch, static_cast<unsigned>(q)};
+  partials.perRow = heads * kSplits * (d + 2);
+  partials.floatScratch = true;
+  GpuParam keyPositions{GpuParam::Kind::KeyPositions,
+                        static_cast<unsigned>(key)};
+
+  GpuLaunch split;
+  split.function = name + "_split";
+  split.blockThreads = 32 * kWarps;
+  split.grid[0] = rowsGrid(q, kWarps, group);
+  split.grid[1] = fixedGrid(kvHeads);
+  split.grid[2] = fixedGrid(kSplits);
+  memrefs(split);
+  split.params.push_back(keyPositions);
+  split.params.push_back(partials);
+  split.selectOperand = q;
+  split.maxRows = kDecodeRows;
+
+  GpuLaunch whole;
+  whole.function = name;
+  whole.blockThreads = 32 * kWarps;
+  whole.grid[0] = rowsGrid(q, kWarps, group);
+  whole.grid[1] = fixedGrid(kvHeads);
+  memrefs(whole);
+  whole.params.push_back(keyPositions);
+
+  GpuLaunch combine;
+  combine.function = name + "_combine";
+  combine.blockThreads = 32 * kWarps;
+  combine.grid[0] = rowsGrid(q, kWarps, heads);
+  memrefs(combine);
+  combine.params.push_back(partials);
+  combine.selectOperand = q;
+  combine.maxRows = kDecodeRows;
+  GpuLaunch nothing; // prefill: no combine step
+
+  out.steps.push_back({{split, whole}});
+  out.steps.push_back({{combine, nothing}});
   return success();
 }

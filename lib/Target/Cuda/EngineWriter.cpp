@@ -54,8 +54,9 @@ mlir::kiln::cuda::buildCudaEngine(ModuleOp module, StringRef workDir) {
     byName[k.name] = &k;
     for (const GpuStep &step : k.steps)
       for (const GpuLaunch &l : step.variants)
-        engine.launchShapes[l.function] = {l.blockThreads,
-                                           l.dynamicSharedBytes};
+        if (!l.function.empty())
+          engine.launchShapes[l.function] = {l.blockThreads,
+                                             l.dynamicSharedBytes};
   }
 
   llvm::Expected<CompiledModule> code =

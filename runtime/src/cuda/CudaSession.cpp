@@ -125,8 +125,8 @@ struct CudaSession::State {
   void printProfile() {
     if (totals.empty())
       return;
-    std::fprintf(stderr, "kiln-profile: %-36s %7s %6s %11s %11s\n",
-                 "function", "tokens", "calls", "total_ms", "mean_us");
+    std::fprintf(stderr, "kiln-profile: %-36s %7s %6s %11s %11s\n", "function",
+                 "tokens", "calls", "total_ms", "mean_us");
     for (const auto &[key, t] : totals) {
       size_t at = key.find('@');
       std::fprintf(stderr, "kiln-profile: %-36s %7s %6lld %11.3f %11.2f\n",
@@ -263,7 +263,7 @@ std::unique_ptr<CudaSession> CudaSession::open(const EngineFile &engine,
     }
     for (const auto &step : l.gpu)
       for (const GpuVariant &v : step) {
-        if (s->functions.count(v.function))
+        if (v.function.empty() || s->functions.count(v.function))
           continue;
         CUfunction f = nullptr;
         if (!s->check(d.cuModuleGetFunction(&f, s->module, v.function.c_str()),
@@ -522,6 +522,8 @@ bool CudaSession::run(plan::Plan &plan, const std::vector<int64_t> &tokens,
           break;
         }
       const GpuVariant &v = variants[vi];
+      if (v.function.empty())
+        continue;
       // Parameter storage first (addresses must not move), then pointers.
       fields.clear();
       mapPointers.clear();
@@ -546,7 +548,7 @@ bool CudaSession::run(plan::Plan &plan, const std::vector<int64_t> &tokens,
         }
         case GpuParam::Kind::Scratch: {
           int64_t n = std::max<int64_t>(rowsOf(p.operand) * p.perRow, 1);
-          if (!s.ensure(s.scratch, n * 8, error))
+          if (!s.ensure(s.scratch, n * (p.floatScratch ? 4 : 8), error))
             return false;
           appendDescriptor(fields, s.scratch.ptr, {n});
           break;

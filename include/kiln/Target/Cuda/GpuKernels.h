@@ -52,11 +52,13 @@ struct GpuParam {
   Kind kind;
   unsigned operand;
   int64_t boxCols = 0, boxRows = 0;
-  /// Scratch: i64 elements per row of `operand`.
+  /// Scratch: elements per row of `operand`, i64 or (floatScratch) f32.
   int64_t perRow = 0;
+  bool floatScratch = false;
 };
 
 struct GpuLaunch {
+  /// Empty: the variant launches nothing (a step only some variants need).
   std::string function;
   int64_t blockThreads = 0;
   int64_t dynamicSharedBytes = 0;
