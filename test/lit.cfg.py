@@ -41,6 +41,11 @@ else:
                     ": NumPy cross-checks are skipped "
                     "(apt-get install python3-numpy)")
 
+# A driver without a GPU (test/fakecuda) for the CUDA backend's host side.
+config.substitutions.append(
+    ("%fake_cuda", os.path.join(config.kiln_obj_root, "lib",
+                                "libkiln-fake-cuda.so")))
+
 # A usable CUDA driver changes what `kiln-run --device cuda` says.
 try:
     import ctypes

@@ -592,6 +592,9 @@ bool CudaSession::run(plan::Plan &plan, const std::vector<int64_t> &tokens,
       params.clear();
       for (int64_t &f : fields)
         params.push_back(&f);
+      // The driver reads exactly the function's parameter count; the null
+      // after them lets test/fakecuda check that count.
+      params.push_back(nullptr);
 
       unsigned grid[3];
       for (int dim = 0; dim < 3; ++dim) {
