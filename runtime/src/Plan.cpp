@@ -81,6 +81,10 @@ static bool parseVariant(const json::Value &entry, size_t operands,
       param.kind = GpuParam::Kind::TensorMap;
     else if (kind->string == "key_positions")
       param.kind = GpuParam::Kind::KeyPositions;
+    else if (kind->string == "kv_pool")
+      param.kind = GpuParam::Kind::KvPool;
+    else if (kind->string == "key_count")
+      param.kind = GpuParam::Kind::KeyCount;
     else if (kind->string == "scratch")
       param.kind = GpuParam::Kind::Scratch;
     else

@@ -47,7 +47,14 @@ struct GpuExtent {
 };
 
 struct GpuParam {
-  enum class Kind { Memref, TensorMap, KeyPositions, Scratch } kind;
+  enum class Kind {
+    Memref,
+    TensorMap,
+    KeyPositions,
+    KvPool,
+    KeyCount,
+    Scratch
+  } kind;
   int64_t operand = 0;
   int64_t boxCols = 0, boxRows = 0;
   int64_t perRow = 0;

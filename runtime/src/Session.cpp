@@ -79,8 +79,8 @@ void invoke(void *fn, std::vector<P> &a) {
     KILN_CASE(5)
     KILN_CASE(6)
     KILN_CASE(7)
-    KILN_CASE(8) KILN_CASE(9) KILN_CASE(10) KILN_CASE(11) KILN_CASE(12) default
-        : break;
+    KILN_CASE(8)
+    KILN_CASE(9) KILN_CASE(10) KILN_CASE(11) KILN_CASE(12) default : break;
   }
 }
 

@@ -15,9 +15,12 @@
 //   address and strides, box extents 1..256, a 128-byte-swizzle inner box
 //   of at most 128 bytes, the 64-byte-aligned map);
 // - copies must stay inside one allocation.
-// With KILN_FAKE_CUDA_LOG=FILE each launch and tensor map is logged (one
-// line each); KILN_FAKE_CUDA_FAIL=FUNCTION makes launches of that function
-// fail, to test the runtime's error reporting.
+// - while a stream is being captured into a graph, copies, allocations and
+//   synchronizations are refused (the rule that keeps real captures valid),
+//   and launches are recorded; cuGraphLaunch replays the record.
+// With KILN_FAKE_CUDA_LOG=FILE each launch, tensor map, capture and graph
+// launch is logged (one line each); KILN_FAKE_CUDA_FAIL=FUNCTION makes launches
+// of that function fail, to test the runtime's error reporting.
 //
 //===----------------------------------------------------------------------===//
 
@@ -46,6 +49,12 @@ struct Function {
 struct Module {
   std::map<std::string, Function> functions;
 };
+
+bool capturing = false;
+struct Graph {
+  std::vector<std::string> launches;
+};
+Graph *captured = nullptr;
 
 std::map<uintptr_t, size_t> &allocations() {
   static std::map<uintptr_t, size_t> a;
@@ -212,12 +221,20 @@ CUresult cuLaunchKernel(void *fn, unsigned gx, unsigned gy, unsigned gz,
             f->params);
     return kInvalidValue;
   }
+  if (capturing) {
+    captured->launches.push_back(f->name);
+    return kSuccess;
+  }
   logLine("launch %s grid=%u,%u,%u block=%u shared=%u params=%d",
           f->name.c_str(), gx, gy, gz, bx, shared, f->params);
   return kSuccess;
 }
 
 CUresult cuMemAlloc_v2(unsigned long long *p, size_t n) {
+  if (capturing) {
+    logLine("REFUSED a copy or allocation during stream capture");
+    return 900; // CUDA_ERROR_STREAM_CAPTURE_UNSUPPORTED
+  }
   void *m = std::calloc(1, n);
   if (!m)
     return 2; // out of memory
@@ -226,18 +243,30 @@ CUresult cuMemAlloc_v2(unsigned long long *p, size_t n) {
   return kSuccess;
 }
 CUresult cuMemFree_v2(unsigned long long p) {
+  if (capturing) {
+    logLine("REFUSED a copy or allocation during stream capture");
+    return 900; // CUDA_ERROR_STREAM_CAPTURE_UNSUPPORTED
+  }
   if (!allocations().erase(p))
     return kInvalidValue;
   std::free(reinterpret_cast<void *>(p));
   return kSuccess;
 }
 CUresult cuMemcpyHtoD_v2(unsigned long long dst, const void *src, size_t n) {
+  if (capturing) {
+    logLine("REFUSED a copy or allocation during stream capture");
+    return 900; // CUDA_ERROR_STREAM_CAPTURE_UNSUPPORTED
+  }
   if (!inside(dst, n))
     return kInvalidValue;
   std::memcpy(reinterpret_cast<void *>(dst), src, n);
   return kSuccess;
 }
 CUresult cuMemcpyDtoH_v2(void *dst, unsigned long long src, size_t n) {
+  if (capturing) {
+    logLine("REFUSED a copy or allocation during stream capture");
+    return 900; // CUDA_ERROR_STREAM_CAPTURE_UNSUPPORTED
+  }
   if (!inside(src, n))
     return kInvalidValue;
   std::memcpy(dst, reinterpret_cast<void *>(src), n);
@@ -253,6 +282,10 @@ CUresult cuMemcpyDtoHAsync_v2(void *dst, unsigned long long src, size_t n,
 }
 CUresult cuMemcpyDtoDAsync_v2(unsigned long long dst, unsigned long long src,
                               size_t n, void *) {
+  if (capturing) {
+    logLine("REFUSED a copy or allocation during stream capture");
+    return 900; // CUDA_ERROR_STREAM_CAPTURE_UNSUPPORTED
+  }
   if (!inside(dst, n) || !inside(src, n))
     return kInvalidValue;
   std::memmove(reinterpret_cast<void *>(dst), reinterpret_cast<void *>(src), n);
@@ -304,7 +337,49 @@ CUresult cuStreamCreate(void **s, unsigned) {
   *s = &stream;
   return kSuccess;
 }
-CUresult cuStreamSynchronize(void *) { return kSuccess; }
+CUresult cuStreamSynchronize(void *) {
+  if (capturing) {
+    logLine("REFUSED a synchronization during stream capture");
+    return 900;
+  }
+  return kSuccess;
+}
+CUresult cuStreamBeginCapture_v2(void *, int) {
+  if (capturing)
+    return kInvalidValue;
+  capturing = true;
+  captured = new Graph();
+  return kSuccess;
+}
+CUresult cuStreamEndCapture(void *, void **graph) {
+  if (!capturing)
+    return kInvalidValue;
+  capturing = false;
+  logLine("captured %zu launches", captured->launches.size());
+  *graph = captured;
+  captured = nullptr;
+  return kSuccess;
+}
+CUresult cuGraphInstantiateWithFlags(void **exec, void *graph,
+                                     unsigned long long) {
+  *exec = new Graph(*static_cast<Graph *>(graph));
+  return kSuccess;
+}
+CUresult cuGraphLaunch(void *exec, void *) {
+  if (capturing)
+    return kInvalidValue;
+  logLine("graph launch of %zu kernels",
+          static_cast<Graph *>(exec)->launches.size());
+  return kSuccess;
+}
+CUresult cuGraphExecDestroy(void *exec) {
+  delete static_cast<Graph *>(exec);
+  return kSuccess;
+}
+CUresult cuGraphDestroy(void *graph) {
+  delete static_cast<Graph *>(graph);
+  return kSuccess;
+}
 CUresult cuStreamDestroy_v2(void *) { return kSuccess; }
 CUresult cuEventCreate(void **e, unsigned) {
   *e = new int(0);

@@ -47,7 +47,7 @@ std::string writeAttention(const KernelContext &ctx, AttentionOp a,
   std::string params;
   for (unsigned i = 0; i < ctx.operands.size(); ++i)
     params += (i ? ", " : "") + ctx.memrefParam(i);
-  params += ", %kpos: memref<?xi64>";
+  params += ", %kpos: memref<?xi64>, %kcount: memref<1xi64>";
   if (split)
     params += ", %partials: memref<?xf32>";
   KernelText k(name, params, 32 * kWarps);
@@ -63,8 +63,12 @@ std::string writeAttention(const KernelContext &ctx, AttentionOp a,
   std::string lane = k.rem(tid, k.index(32));
   std::string rows = k.op("memref.dim " + mem(q) + ", " + k.index(0) + " : " +
                           ctx.memrefType(q));
-  std::string keys = k.op("memref.dim " + mem(key) + ", " + k.index(0) + " : " +
-                          ctx.memrefType(key));
+  // The pool's rows past the count are stale: the count comes from device
+  // memory (see GpuParam::Kind::KeyCount).
+  std::string keys =
+      k.op("arith.index_cast " +
+           k.op("memref.load %kcount[" + k.index(0) + "] : memref<1xi64>") +
+           " : i64 to index");
   std::string kvHead = k.blockId('y');
   // Pair p = row * group + head-in-group.
   std::string firstPair = k.mul(k.blockId('x'), k.index(kWarps));
@@ -357,6 +361,49 @@ std::string writeCombine(const KernelContext &ctx, AttentionOp a,
   return k.finish();
 }
 
+/// Appends the step's new key and value rows (and their positions) to the
+/// call site's pools, after the `count - rows` cached ones: one block per
+/// new row, 16-byte copies.
+std::string writeAppend(const KernelContext &ctx, AttentionOp a,
+                        StringRef name) {
+  int key = ctx.operandOf(a.getKey()), value = ctx.operandOf(a.getValue()),
+      positions = ctx.operandOf(a.getPositions());
+  int64_t width = ctx.width(key);
+  std::string params;
+  for (unsigned i = 0; i < ctx.operands.size(); ++i)
+    params += (i ? ", " : "") + ctx.memrefParam(i);
+  std::string pool = ctx.memrefType(key);
+  params += ", %poolK: " + pool + ", %poolV: " + pool +
+            ", %kpos: memref<?xi64>, %kcount: memref<1xi64>";
+  KernelText k(name, params, 128);
+  std::string row = k.blockId('x');
+  std::string rows = k.op("memref.dim %o" + std::to_string(key) + ", " +
+                          k.index(0) + " : " + ctx.memrefType(key));
+  std::string count =
+      k.op("arith.index_cast " +
+           k.op("memref.load %kcount[" + k.index(0) + "] : memref<1xi64>") +
+           " : i64 to index");
+  std::string dst = k.add(k.sub(count, rows), row);
+  std::string element = ctx.elements[key];
+  std::string vec = "vector<8x" + element + ">";
+  std::string c = k.beginFor(k.mul(k.threadId(), k.index(8)), k.index(width),
+                             k.index(8 * 128));
+  for (auto [from, to] : {std::pair{key, std::string("%poolK")},
+                          std::pair{value, std::string("%poolV")}}) {
+    std::string v = k.op("vector.load %o" + std::to_string(from) + "[" + row +
+                         ", " + c + "] : " + ctx.memrefType(from) + ", " + vec);
+    k.line("vector.store " + v + ", " + to + "[" + dst + ", " + c +
+           "] : " + pool + ", " + vec);
+  }
+  k.endFor();
+  k.beginIf(k.cmp("eq", k.threadId(), k.index(0)));
+  std::string p = k.op("memref.load %o" + std::to_string(positions) + "[" +
+                       row + "] : " + ctx.memrefType(positions));
+  k.line("memref.store " + p + ", %kpos[" + dst + "] : memref<?xi64>");
+  k.endIf();
+  return k.finish();
+}
+
 } // namespace
 
 LogicalResult
@@ -376,15 +423,26 @@ mlir::kiln::cuda::generateAttentionKernel(const KernelContext &ctx,
                               "dimension that is a multiple of 8 (up to 32) "
                               "or of 32 (got "
                            << d << ")";
+  int value = ctx.operandOf(a.getValue());
+  if (ctx.width(key) % 8 != 0 || ctx.elements[key] != ctx.elements[value])
+    return a.emitOpError("the sm_90a KV pools need rows of a multiple of 8 "
+                         "elements of one type");
   std::string name = ctx.name();
+  text += writeAppend(ctx, a, name + "_append");
   text += writeAttention(ctx, a, name + "_split", /*split=*/true);
   text += writeAttention(ctx, a, name, /*split=*/false);
   text += writeCombine(ctx, a, name + "_combine");
 
+  // Attention reads the pools where the launch's key and value operands are.
   auto memrefs = [&](GpuLaunch &launch) {
     for (unsigned i = 0; i < ctx.operands.size(); ++i)
-      launch.params.push_back({GpuParam::Kind::Memref, i});
+      launch.params.push_back(
+          {static_cast<int>(i) == key || static_cast<int>(i) == value
+               ? GpuParam::Kind::KvPool
+               : GpuParam::Kind::Memref,
+           i});
   };
+  GpuParam keyCount{GpuParam::Kind::KeyCount, static_cast<unsigned>(key)};
   GpuParam partials{GpuParam::Kind::Scratch, static_cast<unsigned>(q)};
   partials.perRow = heads * kSplits * (d + 2);
   partials.floatScratch = true;
@@ -399,6 +457,7 @@ mlir::kiln::cuda::generateAttentionKernel(const KernelContext &ctx,
   split.grid[2] = fixedGrid(kSplits);
   memrefs(split);
   split.params.push_back(keyPositions);
+  split.params.push_back(keyCount);
   split.params.push_back(partials);
   split.selectOperand = q;
   split.maxRows = kDecodeRows;
@@ -410,6 +469,7 @@ mlir::kiln::cuda::generateAttentionKernel(const KernelContext &ctx,
   whole.grid[1] = fixedGrid(kvHeads);
   memrefs(whole);
   whole.params.push_back(keyPositions);
+  whole.params.push_back(keyCount);
 
   GpuLaunch combine;
   combine.function = name + "_combine";
@@ -421,6 +481,19 @@ mlir::kiln::cuda::generateAttentionKernel(const KernelContext &ctx,
   combine.maxRows = kDecodeRows;
   GpuLaunch nothing; // prefill: no combine step
 
+  GpuLaunch append;
+  append.function = name + "_append";
+  append.blockThreads = 128;
+  append.grid[0] = rowsGrid(key);
+  for (unsigned i = 0; i < ctx.operands.size(); ++i)
+    append.params.push_back({GpuParam::Kind::Memref, i});
+  append.params.push_back({GpuParam::Kind::KvPool, static_cast<unsigned>(key)});
+  append.params.push_back(
+      {GpuParam::Kind::KvPool, static_cast<unsigned>(value)});
+  append.params.push_back(keyPositions);
+  append.params.push_back(keyCount);
+
+  out.steps.push_back({{append}});
   out.steps.push_back({{split, whole}});
   out.steps.push_back({{combine, nothing}});
   return success();

@@ -36,6 +36,10 @@ static json::Object paramJson(const GpuParam &p) {
                         {"swizzle", 128}};
   case GpuParam::Kind::KeyPositions:
     return json::Object{{"kind", "key_positions"}, {"operand", p.operand}};
+  case GpuParam::Kind::KvPool:
+    return json::Object{{"kind", "kv_pool"}, {"operand", p.operand}};
+  case GpuParam::Kind::KeyCount:
+    return json::Object{{"kind", "key_count"}, {"operand", p.operand}};
   case GpuParam::Kind::Scratch:
     return json::Object{
         {"kind", "scratch"}, {"operand", p.operand}, {"per_row", p.perRow}};

@@ -45,6 +45,15 @@ struct GpuParam {
     /// The positions (i64 [keys]) of the KV slot bound to operand `operand`
     /// (an attention key argument), as a memref descriptor.
     KeyPositions,
+    /// The KV pool bound to `operand` (an attention key or value argument):
+    /// a memref descriptor over the pool's capacity; rows past the key
+    /// count are not read.
+    KvPool,
+    /// The key count (memref<1xi64>, in device memory) of the KV slot bound
+    /// to `operand` (an attention key argument), counting this step's rows.
+    /// Read on the device so a decode step's parameters do not change from
+    /// step to step (CUDA graphs replay them).
+    KeyCount,
     /// Device scratch memory (i64 [rows(operand) * perRow]) private to the
     /// launch sequence of one kernel call.
     Scratch,

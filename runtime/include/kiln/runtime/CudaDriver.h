@@ -26,6 +26,8 @@ using CUfunction = struct CUfunc_st *;
 using CUstream = struct CUstream_st *;
 using CUdeviceptr = unsigned long long;
 using CUevent = struct CUevent_st *;
+using CUgraph = void *;
+using CUgraphExec = void *;
 
 constexpr CUresult CUDA_SUCCESS = 0;
 constexpr CUresult CUDA_ERROR_STUB_LIBRARY = 34;
@@ -34,6 +36,7 @@ constexpr int CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MAJOR = 75;
 constexpr int CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MINOR = 76;
 constexpr int CU_DEVICE_ATTRIBUTE_MAX_SHARED_MEMORY_PER_BLOCK_OPTIN = 97;
 constexpr int CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES = 8;
+constexpr int CU_STREAM_CAPTURE_MODE_RELAXED = 2;
 // cuTensorMapEncodeTiled enums (cuda.h).
 constexpr int CU_TENSOR_MAP_DATA_TYPE_BFLOAT16 = 9;
 constexpr int CU_TENSOR_MAP_INTERLEAVE_NONE = 0;
@@ -84,6 +87,15 @@ constexpr int CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE = 0; // zeros
   X(cuStreamCreate, "cuStreamCreate", CUresult (*)(CUstream *, unsigned))      \
   X(cuStreamSynchronize, "cuStreamSynchronize", CUresult (*)(CUstream))        \
   X(cuStreamDestroy, "cuStreamDestroy_v2", CUresult (*)(CUstream))             \
+  X(cuStreamBeginCapture, "cuStreamBeginCapture_v2",                           \
+    CUresult (*)(CUstream, int))                                               \
+  X(cuStreamEndCapture, "cuStreamEndCapture",                                  \
+    CUresult (*)(CUstream, CUgraph *))                                         \
+  X(cuGraphInstantiateWithFlags, "cuGraphInstantiateWithFlags",                \
+    CUresult (*)(CUgraphExec *, CUgraph, unsigned long long))                  \
+  X(cuGraphLaunch, "cuGraphLaunch", CUresult (*)(CUgraphExec, CUstream))       \
+  X(cuGraphExecDestroy, "cuGraphExecDestroy", CUresult (*)(CUgraphExec))       \
+  X(cuGraphDestroy, "cuGraphDestroy", CUresult (*)(CUgraph))                   \
   X(cuEventCreate, "cuEventCreate", CUresult (*)(CUevent *, unsigned))         \
   X(cuEventRecord, "cuEventRecord", CUresult (*)(CUevent, CUstream))           \
   X(cuEventElapsedTime, "cuEventElapsedTime",                                  \
