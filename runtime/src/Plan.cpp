@@ -95,10 +95,12 @@ static bool parseVariant(const json::Value &entry, size_t operands,
       param.floatScratch = dtype->isString() && dtype->string == "F32";
     std::vector<int64_t> box;
     if (param.kind == GpuParam::Kind::TensorMap) {
-      if (!intsOf(p.find("box"), box) || box.size() != 2)
+      if (!intsOf(p.find("box"), box) || box.size() < 2 || box.size() > 3 ||
+          (box.size() == 3 && box[2] != 1))
         return false;
       param.boxCols = box[0];
       param.boxRows = box[1];
+      param.box3 = box.size() == 3;
     }
     if (param.operand < 0 || param.operand >= static_cast<int64_t>(operands))
       return false;

@@ -57,6 +57,9 @@ struct GpuParam {
   } kind;
   int64_t operand = 0;
   int64_t boxCols = 0, boxRows = 0;
+  /// A 3-D tensor map (box {boxCols, boxRows, 1}) instead of a folded 2-D
+  /// one.
+  bool box3 = false;
   int64_t perRow = 0;
   /// Scratch element type: F32 or I64 (8 or 4 bytes per element).
   bool floatScratch = false;

@@ -326,9 +326,14 @@ CUresult cuTensorMapEncodeTiled(void *map, int dtype, unsigned rank,
   if (!inside(a, extent))
     return bad("tensor outside its allocation");
   std::memset(map, 0, 128);
-  logLine("tensor_map dims=%llu,%llu box=%u,%u", (unsigned long long)dims[0],
-          (unsigned long long)(rank > 1 ? dims[1] : 1), box[0],
-          rank > 1 ? box[1] : 1);
+  if (rank == 3)
+    logLine("tensor_map dims=%llu,%llu,%llu box=%u,%u,%u",
+            (unsigned long long)dims[0], (unsigned long long)dims[1],
+            (unsigned long long)dims[2], box[0], box[1], box[2]);
+  else
+    logLine("tensor_map dims=%llu,%llu box=%u,%u", (unsigned long long)dims[0],
+            (unsigned long long)(rank > 1 ? dims[1] : 1), box[0],
+            rank > 1 ? box[1] : 1);
   return kSuccess;
 }
 

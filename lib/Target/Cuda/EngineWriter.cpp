@@ -32,7 +32,8 @@ static json::Object paramJson(const GpuParam &p) {
   case GpuParam::Kind::TensorMap:
     return json::Object{{"kind", "tensor_map"},
                         {"operand", p.operand},
-                        {"box", json::Array{p.boxCols, p.boxRows}},
+                        {"box", p.box3 ? json::Array{p.boxCols, p.boxRows, 1}
+                                       : json::Array{p.boxCols, p.boxRows}},
                         {"swizzle", 128}};
   case GpuParam::Kind::KeyPositions:
     return json::Object{{"kind", "key_positions"}, {"operand", p.operand}};

@@ -29,6 +29,7 @@
 //===----------------------------------------------------------------------===//
 
 #include "Generators.h"
+#include "Wgmma.h"
 
 #include "dialects/kiln/KilnOps.h"
 
@@ -40,7 +41,8 @@ using namespace mlir::kiln::cuda;
 
 namespace {
 
-constexpr int64_t kTileK = 64; // 128 bytes of bf16: one swizzle row
+using namespace mlir::kiln::cuda::wgmma;
+
 constexpr int64_t kDecodeRows = 64;
 
 struct GemmShape {
@@ -55,24 +57,9 @@ struct TileConfig {
   int64_t tileM() const { return 64 * consumers; }
 };
 
-std::string tensorMapType(int64_t rows) {
-  return "!nvgpu.tensormap.descriptor<tensor = memref<" + std::to_string(rows) +
-         "x" + std::to_string(kTileK) +
-         "xbf16, 3>, swizzle = swizzle_128b, l2promo = l2promo_256b, oob = "
-         "zero, interleave = none>";
-}
-
-std::string barrierType(int64_t stages) {
-  return "!nvgpu.mbarrier.group<memorySpace = #gpu.address_space<workgroup>, "
-         "num_barriers = " +
-         std::to_string(stages) + ">";
-}
-
-std::string accType(int64_t n) {
-  std::string t = "!llvm.struct<(";
-  for (int64_t i = 0; i < n / 2; ++i)
-    t += i ? ", f32" : "f32";
-  return t + ")>";
+/// "RxC" of a tile with R rows of kTileK elements.
+std::string rowsOf(int64_t rows) {
+  return std::to_string(rows) + "x" + std::to_string(kTileK);
 }
 
 class GemmWriter {
@@ -119,9 +106,9 @@ private:
   void prologue() {
     std::string bar = barrierType(c.stages);
     k.line("%dA = builtin.unrealized_conversion_cast %tmA : !llvm.ptr to " +
-           tensorMapType(c.tileM()));
+           tensorMapType(rowsOf(c.tileM())));
     k.line("%dB = builtin.unrealized_conversion_cast %tmB : !llvm.ptr to " +
-           tensorMapType(boxRowsB()));
+           tensorMapType(rowsOf(boxRowsB())));
     rows = k.op("memref.dim " + operand(s.a) + ", " + k.index(0) + " : " +
                 ctx.memrefType(s.a));
     dyn = k.op("gpu.dynamic_shared_memory : memref<?xi8, "
@@ -149,8 +136,10 @@ private:
            k.index(c.consumers) + " : " + bar);
     k.endFor();
     k.line("nvvm.fence.mbarrier.init");
-    k.line("nvgpu.tma.prefetch.descriptor %dA : " + tensorMapType(c.tileM()));
-    k.line("nvgpu.tma.prefetch.descriptor %dB : " + tensorMapType(boxRowsB()));
+    k.line("nvgpu.tma.prefetch.descriptor %dA : " +
+           tensorMapType(rowsOf(c.tileM())));
+    k.line("nvgpu.tma.prefetch.descriptor %dB : " +
+           tensorMapType(rowsOf(boxRowsB())));
     k.endIf();
     k.line("gpu.barrier");
   }
@@ -187,46 +176,30 @@ private:
                   std::to_string(kTileK) +
                   "xbf16, #gpu.address_space<workgroup>>");
     };
-    auto tileType = [&](int64_t r) {
-      return "memref<" + std::to_string(r) + "x" + std::to_string(kTileK) +
-             "xbf16, #gpu.address_space<workgroup>>";
-    };
+    auto tile = [&](int64_t r) { return tileType(rowsOf(r)); };
     std::string kc = k.mul(it, k.index(kTileK));
     std::string bufA = view(offA, c.tileM());
     k.line("nvgpu.tma.async.load %dA[" + kc + ", " + mBase + "], " + full +
-           "[" + st + "] to " + bufA + " : " + tensorMapType(c.tileM()) + ", " +
-           bar + " -> " + tileType(c.tileM()));
+           "[" + st + "] to " + bufA + " : " +
+           tensorMapType(rowsOf(c.tileM())) + ", " + bar + " -> " +
+           tile(c.tileM()));
     int64_t boxB = boxRowsB();
     std::string nRow = k.mul(tileX, k.index(boxB));
     std::string bufB = view(offB, boxB);
     k.line("nvgpu.tma.async.load %dB[" + kc + ", " + nRow + "], " + full + "[" +
-           st + "] to " + bufB + " : " + tensorMapType(boxB) + ", " + bar +
-           " -> " + tileType(boxB));
+           st + "] to " + bufB + " : " + tensorMapType(rowsOf(boxB)) + ", " +
+           bar + " -> " + tile(boxB));
     if (swiglu()) {
       // The up half of the tile: the same output columns, F rows further.
       std::string upRow = k.add(nRow, k.index(s.n / 2));
       std::string offUp = k.add(offB, k.index(boxB * kTileK * 2));
       std::string bufUp = view(offUp, boxB);
       k.line("nvgpu.tma.async.load %dB[" + kc + ", " + upRow + "], " + full +
-             "[" + st + "] to " + bufUp + " : " + tensorMapType(boxB) + ", " +
-             bar + " -> " + tileType(boxB));
+             "[" + st + "] to " + bufUp + " : " + tensorMapType(rowsOf(boxB)) +
+             ", " + bar + " -> " + tile(boxB));
     }
     k.endFor();
     k.endIf();
-  }
-
-  /// The wgmma shared-memory descriptor of a K-major, 128-byte swizzled tile
-  /// starting at shared address `addr` (i64).
-  std::string descriptor(const std::string &addr) {
-    std::string masked =
-        k.op("arith.andi " + addr + ", " + k.i64(0x3FFFF) + " : i64");
-    std::string start =
-        k.op("arith.shrui " + masked + ", " + k.i64(4) + " : i64");
-    // leading byte offset 1 (unused when swizzled), stride 1024 B >> 4 = 64,
-    // swizzle mode 1 (128 B) in bits 62-63.
-    int64_t fixed =
-        (int64_t(1) << 16) | (int64_t(64) << 32) | (int64_t(1) << 62);
-    return k.op("arith.ori " + start + ", " + k.i64(fixed) + " : i64");
   }
 
   void consumer() {
@@ -257,7 +230,7 @@ private:
         " : i64");
     std::string bAddr = k.op("arith.addi " + stage + ", " +
                              k.i64(c.tileM() * kTileK * 2) + " : i64");
-    std::string descA = descriptor(aAddr), descB = descriptor(bAddr);
+    std::string descA = descriptor(k, aAddr), descB = descriptor(k, bAddr);
     k.line("nvvm.wgmma.fence.aligned");
     std::string running = carried;
     for (int64_t kk = 0; kk < kTileK / 16; ++kk) {
@@ -268,12 +241,7 @@ private:
       std::string b =
           kk ? k.op("arith.addi " + descB + ", " + k.i64(2 * kk) + " : i64")
              : descB;
-      running = k.op("nvvm.wgmma.mma_async " + a + ", " + b + ", " + running +
-                     ", #nvvm.shape<m = 64, n = " + std::to_string(c.tileN) +
-                     ", k = 16>, D [<f32>, #nvvm.wgmma_scale_out<one>], A "
-                     "[<bf16>, #nvvm.wgmma_scale_in<one>, <row>], B [<bf16>, "
-                     "#nvvm.wgmma_scale_in<one>, <col>] : " +
-                     acc + " -> " + acc);
+      running = mma(k, a, b, running, c.tileN);
     }
     k.line("nvvm.wgmma.commit.group.sync.aligned");
     // Keep this group in flight; the previous one has retired, so its

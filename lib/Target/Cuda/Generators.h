@@ -40,6 +40,11 @@ LogicalResult generateRouterKernel(const KernelContext &ctx, GpuKernel &out,
                                    std::string &text);
 LogicalResult generateGroupedGemmKernel(const KernelContext &ctx,
                                         GpuKernel &out, std::string &text);
+/// The wgmma version; fails (with a diagnostic) on shapes it cannot tile.
+LogicalResult generateGroupedWgmmaKernel(const KernelContext &ctx,
+                                         GpuKernel &out, std::string &text);
+/// Whether the wgmma grouped GEMM can tile this kernel's shapes.
+bool groupedWgmmaFits(const KernelContext &ctx);
 
 /// Grid extent over the rows of operand `i`, `perBlock` rows per block.
 inline GridExtent rowsGrid(unsigned operand, int64_t perBlock = 1,

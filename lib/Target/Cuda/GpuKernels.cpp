@@ -145,7 +145,10 @@ FailureOr<GpuProgram> mlir::kiln::cuda::generateGpuKernels(ModuleOp module) {
     else if (k == "router")
       ok = generateRouterKernel(ctx, out, text);
     else if (k == "grouped_gemm")
-      ok = generateGroupedGemmKernel(ctx, out, text);
+      // Shapes the wgmma tiles cannot cover (tiny test models) keep the
+      // SIMT version.
+      ok = groupedWgmmaFits(ctx) ? generateGroupedWgmmaKernel(ctx, out, text)
+                                 : generateGroupedGemmKernel(ctx, out, text);
     else
       return kernel.emitError()
                  << "no sm_90a code generator for kernel kind '" << k << "'",

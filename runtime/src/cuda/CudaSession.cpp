@@ -648,15 +648,23 @@ bool CudaSession::run(plan::Plan &plan, const std::vector<int64_t> &tokens,
           int64_t mapRows = total / cols;
           CachedMap &cache = s.maps[{li, si, vi, pi}];
           if (cache.source != op.ptr || cache.rows != mapRows) {
+            // 2-D: [rows, cols]; 3-D: [d0, d1, d2] innermost first.
+            bool three = param.box3 && op.shape.size() == 3;
+            unsigned rank = three ? 3 : 2;
             TensorMapBytes map;
-            uint64_t dims[2] = {static_cast<uint64_t>(cols),
-                                static_cast<uint64_t>(mapRows)};
-            uint64_t strides[1] = {static_cast<uint64_t>(cols * 2)};
-            unsigned box[2] = {static_cast<unsigned>(param.boxCols),
-                               static_cast<unsigned>(param.boxRows)};
-            unsigned elementStrides[2] = {1, 1};
+            uint64_t dims[3] = {static_cast<uint64_t>(cols),
+                                static_cast<uint64_t>(mapRows), 1};
+            uint64_t strides[2] = {static_cast<uint64_t>(cols * 2), 0};
+            if (three) {
+              dims[1] = static_cast<uint64_t>(op.shape[1]);
+              dims[2] = static_cast<uint64_t>(op.shape[0]);
+              strides[1] = static_cast<uint64_t>(op.shape[1] * cols * 2);
+            }
+            unsigned box[3] = {static_cast<unsigned>(param.boxCols),
+                               static_cast<unsigned>(param.boxRows), 1};
+            unsigned elementStrides[3] = {1, 1, 1};
             if (!s.check(d.cuTensorMapEncodeTiled(
-                             &map, CU_TENSOR_MAP_DATA_TYPE_BFLOAT16, 2,
+                             &map, CU_TENSOR_MAP_DATA_TYPE_BFLOAT16, rank,
                              reinterpret_cast<void *>(op.ptr), dims, strides,
                              box, elementStrides, CU_TENSOR_MAP_INTERLEAVE_NONE,
                              CU_TENSOR_MAP_SWIZZLE_128B,

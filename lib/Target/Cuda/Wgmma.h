@@ -1,0 +1,74 @@
+//===- Wgmma.h - Pieces shared by the wgmma kernels -------------*- C++ -*-===//
+//
+// Type spellings and shared-memory descriptors for the TMA + mbarrier +
+// wgmma kernels (GemmKernel.cpp, GroupedGemmKernel.cpp). Tiles are bf16,
+// 64 elements (128 bytes, one swizzle row) wide, 128-byte swizzled.
+//
+//===----------------------------------------------------------------------===//
+
+#ifndef KILN_LIB_TARGET_CUDA_WGMMA_H
+#define KILN_LIB_TARGET_CUDA_WGMMA_H
+
+#include "KernelText.h"
+
+#include <string>
+
+namespace mlir::kiln::cuda::wgmma {
+
+constexpr int64_t kTileK = 64; // 128 bytes of bf16: one swizzle row
+
+/// An nvgpu tensor-map type whose box is `shape` (outermost first).
+inline std::string tensorMapType(const std::string &shape) {
+  return "!nvgpu.tensormap.descriptor<tensor = memref<" + shape +
+         "xbf16, 3>, swizzle = swizzle_128b, l2promo = l2promo_256b, oob = "
+         "zero, interleave = none>";
+}
+inline std::string tileType(const std::string &shape) {
+  return "memref<" + shape + "xbf16, #gpu.address_space<workgroup>>";
+}
+inline std::string barrierType(int64_t stages) {
+  return "!nvgpu.mbarrier.group<memorySpace = #gpu.address_space<workgroup>, "
+         "num_barriers = " +
+         std::to_string(stages) + ">";
+}
+/// The accumulator of one m64nNk16 wgmma: N / 2 f32 per thread.
+inline std::string accType(int64_t n) {
+  std::string t = "!llvm.struct<(";
+  for (int64_t i = 0; i < n / 2; ++i)
+    t += i ? ", f32" : "f32";
+  return t + ")>";
+}
+
+/// The wgmma shared-memory descriptor of a 128-byte swizzled tile at shared
+/// address `addr` (i64): start address >> 4, leading and stride byte
+/// offsets >> 4, swizzle mode 1 (128 B) in bits 62-63. K-major tiles use
+/// stride 1024 (8 rows of 128 B; the leading offset is unused); MN-major
+/// tiles (64-element-wide boxes, K rows) use stride 1024 between 8-row
+/// groups along K and `leadingBytes` between 64-element boxes along N.
+inline std::string descriptor(KernelText &k, const std::string &addr,
+                              int64_t leadingBytes = 16) {
+  std::string masked =
+      k.op("arith.andi " + addr + ", " + k.i64(0x3FFFF) + " : i64");
+  std::string start =
+      k.op("arith.shrui " + masked + ", " + k.i64(4) + " : i64");
+  int64_t fixed = ((leadingBytes >> 4) << 16) | (int64_t(1024 >> 4) << 32) |
+                  (int64_t(1) << 62);
+  return k.op("arith.ori " + start + ", " + k.i64(fixed) + " : i64");
+}
+
+/// One m64nNk16 bf16 wgmma; `bLayout` is "col" for a K-major B, "row" for
+/// an MN-major B (transposed).
+inline std::string mma(KernelText &k, const std::string &a,
+                       const std::string &b, const std::string &acc, int64_t n,
+                       const char *bLayout = "col") {
+  return k.op("nvvm.wgmma.mma_async " + a + ", " + b + ", " + acc +
+              ", #nvvm.shape<m = 64, n = " + std::to_string(n) +
+              ", k = 16>, D [<f32>, #nvvm.wgmma_scale_out<one>], A [<bf16>, "
+              "#nvvm.wgmma_scale_in<one>, <row>], B [<bf16>, "
+              "#nvvm.wgmma_scale_in<one>, <" +
+              bLayout + ">] : " + accType(n) + " -> " + accType(n));
+}
+
+} // namespace mlir::kiln::cuda::wgmma
+
+#endif // KILN_LIB_TARGET_CUDA_WGMMA_H
