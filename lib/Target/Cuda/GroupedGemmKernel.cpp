@@ -22,8 +22,8 @@
 //   routing gate scales the output row (the same as scaling the input).
 //   The epilogue is SwiGLU on the gate and up halves a thread holds.
 // - down reads its A (the gate_up output, already in pair order) by TMA and
-//   adds each row into the token's output row (red.global.add, since top-k
-//   pairs of one token add up); a first launch copies the shared expert's
+//   adds each row into the token's output row with global atomic adds
+//   (the top-k pairs of one token add up); a first launch copies the shared expert's
 //   output (the addend) into the result.
 //
 //===----------------------------------------------------------------------===//
