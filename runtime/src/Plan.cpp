@@ -101,6 +101,8 @@ static bool parseVariant(const json::Value &entry, size_t operands,
       param.boxCols = box[0];
       param.boxRows = box[1];
       param.box3 = box.size() == 3;
+      if (const json::Value *pool = p.find("pool"))
+        param.pool = pool->isBool() && pool->boolean;
     }
     if (param.operand < 0 || param.operand >= static_cast<int64_t>(operands))
       return false;

@@ -60,6 +60,8 @@ struct GpuParam {
   /// A 3-D tensor map (box {boxCols, boxRows, 1}) instead of a folded 2-D
   /// one.
   bool box3 = false;
+  /// A tensor map over the KV pool bound to the operand.
+  bool pool = false;
   int64_t perRow = 0;
   /// Scratch element type: F32 or I64 (8 or 4 bytes per element).
   bool floatScratch = false;

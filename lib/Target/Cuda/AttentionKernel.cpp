@@ -494,7 +494,16 @@ mlir::kiln::cuda::generateAttentionKernel(const KernelContext &ctx,
   append.params.push_back(keyCount);
 
   out.steps.push_back({{append}});
-  out.steps.push_back({{split, whole}});
+  if (flashAttentionFits(ctx, a)) {
+    // Steps of up to 64 rows keep the SIMT kernel; longer prefills use
+    // wgmma.
+    GpuLaunch flash = writeFlashAttention(ctx, a, name + "_flash", text);
+    whole.selectOperand = q;
+    whole.maxRows = 64;
+    out.steps.push_back({{split, whole, flash}});
+  } else {
+    out.steps.push_back({{split, whole}});
+  }
   out.steps.push_back({{combine, nothing}});
   return success();
 }

@@ -34,7 +34,8 @@ static json::Object paramJson(const GpuParam &p) {
                         {"operand", p.operand},
                         {"box", p.box3 ? json::Array{p.boxCols, p.boxRows, 1}
                                        : json::Array{p.boxCols, p.boxRows}},
-                        {"swizzle", 128}};
+                        {"swizzle", 128},
+                        {"pool", p.pool}};
   case GpuParam::Kind::KeyPositions:
     return json::Object{{"kind", "key_positions"}, {"operand", p.operand}};
   case GpuParam::Kind::KvPool:

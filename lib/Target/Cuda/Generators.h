@@ -6,6 +6,8 @@
 #include "KernelText.h"
 #include "kiln/Target/Cuda/GpuKernels.h"
 
+#include "dialects/kiln/KilnOps.h"
+
 #include "mlir/Dialect/Func/IR/FuncOps.h"
 
 namespace mlir::kiln::cuda {
@@ -45,6 +47,11 @@ LogicalResult generateGroupedWgmmaKernel(const KernelContext &ctx,
                                          GpuKernel &out, std::string &text);
 /// Whether the wgmma grouped GEMM can tile this kernel's shapes.
 bool groupedWgmmaFits(const KernelContext &ctx);
+
+/// Prefill attention on wgmma (FlashAttentionKernel.cpp).
+bool flashAttentionFits(const KernelContext &ctx, AttentionOp a);
+GpuLaunch writeFlashAttention(const KernelContext &ctx, AttentionOp a,
+                              StringRef name, std::string &text);
 
 /// Grid extent over the rows of operand `i`, `perBlock` rows per block.
 inline GridExtent rowsGrid(unsigned operand, int64_t perBlock = 1,

@@ -23,8 +23,8 @@
 //   The epilogue is SwiGLU on the gate and up halves a thread holds.
 // - down reads its A (the gate_up output, already in pair order) by TMA and
 //   adds each row into the token's output row with global atomic adds
-//   (the top-k pairs of one token add up); a first launch copies the shared expert's
-//   output (the addend) into the result.
+//   (the top-k pairs of one token add up); a first launch copies the shared
+//   expert's output (the addend) into the result.
 //
 //===----------------------------------------------------------------------===//
 

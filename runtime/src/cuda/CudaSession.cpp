@@ -607,7 +607,7 @@ bool CudaSession::run(plan::Plan &plan, const std::vector<int64_t> &tokens,
         }
         bool needsSlot = param.kind == GpuParam::Kind::KvPool ||
                          param.kind == GpuParam::Kind::KeyPositions ||
-                         param.kind == GpuParam::Kind::KeyCount;
+                         param.kind == GpuParam::Kind::KeyCount || param.pool;
         if (needsSlot && !slot) {
           error = "engine: " + v.function +
                   " reads a KV pool through an operand without a KV slot";
@@ -641,32 +641,40 @@ bool CudaSession::run(plan::Plan &plan, const std::vector<int64_t> &tokens,
         }
         case GpuParam::Kind::TensorMap: {
           // bf16 viewed as [rows, cols]: 3-D weights fold their first two
-          // dimensions.
-          int64_t cols = op.shape.back(), total = 1;
-          for (int64_t dim : op.shape)
+          // dimensions. A pool map covers the pool's capacity.
+          Operand target = op;
+          if (param.pool) {
+            size_t row = slot->width * slot->elementBytes;
+            target.ptr =
+                (isKey ? slot->keys.ptr : slot->values.ptr) + slot->start * row;
+            target.shape = {slot->capacity - slot->start, slot->width};
+          }
+          int64_t cols = target.shape.back(), total = 1;
+          for (int64_t dim : target.shape)
             total *= dim;
           int64_t mapRows = total / cols;
           CachedMap &cache = s.maps[{li, si, vi, pi}];
-          if (cache.source != op.ptr || cache.rows != mapRows) {
+          if (cache.source != target.ptr || cache.rows != mapRows) {
             // 2-D: [rows, cols]; 3-D: [d0, d1, d2] innermost first.
-            bool three = param.box3 && op.shape.size() == 3;
+            bool three = param.box3 && target.shape.size() == 3;
             unsigned rank = three ? 3 : 2;
             TensorMapBytes map;
             uint64_t dims[3] = {static_cast<uint64_t>(cols),
                                 static_cast<uint64_t>(mapRows), 1};
             uint64_t strides[2] = {static_cast<uint64_t>(cols * 2), 0};
             if (three) {
-              dims[1] = static_cast<uint64_t>(op.shape[1]);
-              dims[2] = static_cast<uint64_t>(op.shape[0]);
-              strides[1] = static_cast<uint64_t>(op.shape[1] * cols * 2);
+              dims[1] = static_cast<uint64_t>(target.shape[1]);
+              dims[2] = static_cast<uint64_t>(target.shape[0]);
+              strides[1] = static_cast<uint64_t>(target.shape[1] * cols * 2);
             }
             unsigned box[3] = {static_cast<unsigned>(param.boxCols),
                                static_cast<unsigned>(param.boxRows), 1};
             unsigned elementStrides[3] = {1, 1, 1};
             if (!s.check(d.cuTensorMapEncodeTiled(
                              &map, CU_TENSOR_MAP_DATA_TYPE_BFLOAT16, rank,
-                             reinterpret_cast<void *>(op.ptr), dims, strides,
-                             box, elementStrides, CU_TENSOR_MAP_INTERLEAVE_NONE,
+                             reinterpret_cast<void *>(target.ptr), dims,
+                             strides, box, elementStrides,
+                             CU_TENSOR_MAP_INTERLEAVE_NONE,
                              CU_TENSOR_MAP_SWIZZLE_128B,
                              CU_TENSOR_MAP_L2_PROMOTION_L2_256B,
                              CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE),
@@ -675,7 +683,7 @@ bool CudaSession::run(plan::Plan &plan, const std::vector<int64_t> &tokens,
                 !s.check(d.cuMemcpyHtoD(cache.device.ptr, &map, sizeof map),
                          "cuMemcpyHtoD(tensor map)", error))
               return false;
-            cache.source = op.ptr;
+            cache.source = target.ptr;
             cache.rows = mapRows;
           }
           fields.push_back(static_cast<int64_t>(cache.device.ptr));

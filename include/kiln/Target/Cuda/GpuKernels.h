@@ -64,6 +64,9 @@ struct GpuParam {
   /// TensorMap of a 3-D tensor [d0, d1, d2] kept 3-D (dims {d2, d1, d0},
   /// box {boxCols, boxRows, 1}), so boxes never run into the next d0 slice.
   bool box3 = false;
+  /// TensorMap over the KV pool bound to `operand` (an attention key or
+  /// value argument) rather than the operand's own buffer.
+  bool pool = false;
   /// Scratch: elements per row of `operand`, i64 or (floatScratch) f32.
   int64_t perRow = 0;
   bool floatScratch = false;

@@ -1,0 +1,521 @@
+//===- FlashAttentionKernel.cpp - Prefill attention on wgmma --------------===//
+//
+// FlashAttention on the Hopper pipeline, for prefill steps (head_dim a
+// multiple of 64, up to 256): a block owns one query head and 64 query rows
+// per consumer warpgroup; a producer warpgroup streams the KV pool's key and
+// value tiles (64 keys) by TMA into a two-stage ring (full/empty mbarriers).
+// Each consumer:
+//   S = Q·Kᵀ    SS-wgmma m64n64k16 over head_dim (Q and K both K-major);
+//   softmax     online, on the S fragments in registers: scale (and the
+//               temperature when the op has one), causal/chunk masks from
+//               the key and query positions, row max over the quad, the
+//               output and the partial row sums rescaled;
+//   O += P·V    RS-wgmma m64n{d}k16 with P converted to bf16 in registers
+//               (the S accumulator layout is the A-fragment layout, so no
+//               shuffles), V MN-major from its TMA boxes, through inline
+//               PTX because no op takes A from registers.
+// The key tiles a block visits are bounded by the positions (ascending in
+// the pool): none after the block's last query, none before its first
+// query's chunk. Decode steps keep the split-KV kernel (AttentionKernel.cpp).
+//
+//===----------------------------------------------------------------------===//
+
+#include "Generators.h"
+#include "Wgmma.h"
+
+#include "dialects/kiln/KilnOps.h"
+
+using namespace mlir;
+using namespace mlir::kiln;
+using namespace mlir::kiln::cuda;
+using namespace mlir::kiln::cuda::wgmma;
+
+namespace {
+
+constexpr int64_t kKeys = 64;     // keys per tile
+constexpr int64_t kConsumers = 2; // 128 query rows per block
+constexpr int64_t kStages = 2;
+constexpr int64_t kBox = 64 * 64 * 2; // one 64x64 bf16 box
+
+class FlashWriter {
+public:
+  FlashWriter(const KernelContext &ctx, AttentionOp a, StringRef name)
+      : ctx(ctx), a(a), k(name, params(ctx, a), 128 * (1 + kConsumers),
+                          "nvvm.minctasm = 1 : i32") {
+    q = ctx.operandOf(a.getQuery());
+    key = ctx.operandOf(a.getKey());
+    value = ctx.operandOf(a.getValue());
+    positions = ctx.operandOf(a.getPositions());
+    result = ctx.operandOf(a.getResult());
+    heads = a.getNumHeads();
+    d = ctx.width(q) / heads;
+    group = heads / a.getNumKvHeads();
+    boxes = d / 64;
+    chunk = a.getMask() == MaskKind::Chunked ? a.getChunkSize().value_or(0) : 0;
+  }
+
+  int64_t qBytes() const { return kConsumers * boxes * kBox; }
+  int64_t stageBytes() const { return 2 * boxes * kBox; }
+  int64_t dynamicSharedBytes() const {
+    return qBytes() + kStages * stageBytes() + 1024;
+  }
+
+  std::string write() {
+    setup();
+    k.beginIf(k.cmp("eq", wg, k.index(0)));
+    producer();
+    k.beginElse();
+    consumer();
+    k.endIf();
+    return k.finish();
+  }
+
+private:
+  const KernelContext &ctx;
+  AttentionOp a;
+  KernelText k;
+  int q, key, value, positions, result;
+  int64_t heads, d, group, boxes, chunk;
+  std::string wg, lane, tid, dyn, pad, aligned, qFull, full, empty, head,
+      kvHead, m0, rows, keys, tileLo, tileHi;
+
+  static std::string params(const KernelContext &ctx, AttentionOp a) {
+    std::string p = "%tmQ: !llvm.ptr {llvm.align = 64 : i64}, %tmK: "
+                    "!llvm.ptr {llvm.align = 64 : i64}, %tmV: !llvm.ptr "
+                    "{llvm.align = 64 : i64}";
+    for (unsigned i = 0; i < ctx.operands.size(); ++i)
+      p += ", " + ctx.memrefParam(i);
+    return p + ", %kpos: memref<?xi64>, %kcount: memref<1xi64>";
+  }
+  std::string mem(int i) const { return "%o" + std::to_string(i); }
+  std::string map() const { return tensorMapType("64x64"); }
+  std::string bar(int64_t n) const { return barrierType(n); }
+
+  std::string loadIndex(const std::string &m, const std::string &type,
+                        const std::string &at) {
+    return k.op("memref.load " + m + "[" + at + "] : " + type);
+  }
+
+  void setup() {
+    for (const char *t : {"Q", "K", "V"})
+      k.line(std::string("%d") + t +
+             " = builtin.unrealized_conversion_cast "
+             "%tm" +
+             t + " : !llvm.ptr to " + map());
+    dyn = k.op("gpu.dynamic_shared_memory : memref<?xi8, "
+               "#gpu.address_space<workgroup>>");
+    std::string base =
+        k.op("memref.extract_aligned_pointer_as_index " + dyn +
+             " : memref<?xi8, #gpu.address_space<workgroup>> -> index");
+    pad =
+        k.rem(k.sub(k.index(1024), k.rem(base, k.index(1024))), k.index(1024));
+    aligned = k.add(base, pad);
+    qFull = k.op("nvgpu.mbarrier.create -> " + bar(1));
+    full = k.op("nvgpu.mbarrier.create -> " + bar(kStages));
+    empty = k.op("nvgpu.mbarrier.create -> " + bar(kStages));
+    tid = k.threadId();
+    wg = k.div(tid, k.index(128));
+    lane = k.rem(tid, k.index(128));
+    head = k.blockId('y');
+    kvHead = k.div(head, k.index(group));
+    m0 = k.mul(k.blockId('x'), k.index(64 * kConsumers));
+    rows = k.op("memref.dim " + mem(q) + ", " + k.index(0) + " : " +
+                ctx.memrefType(q));
+    keys = k.op("arith.index_cast " +
+                loadIndex("%kcount", "memref<1xi64>", k.index(0)) +
+                " : i64 to index");
+    // Key tiles this block can see: positions ascend in the pool.
+    std::string lastRow = k.minIndex(k.add(m0, k.index(64 * kConsumers - 1)),
+                                     k.sub(rows, k.index(1)));
+    std::string maxPos =
+        loadIndex(mem(positions), ctx.memrefType(positions), lastRow);
+    std::string minPos =
+        loadIndex(mem(positions), ctx.memrefType(positions), m0);
+    std::string tiles = k.div(k.add(keys, k.index(kKeys - 1)), k.index(kKeys));
+    // hi: tiles whose first key is not after the last query.
+    std::string hiRes = k.fresh(), hiAcc = k.fresh();
+    std::string t = k.beginFor(k.index(0), tiles, k.index(1), hiRes,
+                               hiAcc + " = " + k.index(0) + " : index");
+    std::string firstPos =
+        loadIndex("%kpos", "memref<?xi64>", k.mul(t, k.index(kKeys)));
+    std::string before = k.cmp("sle", firstPos, maxPos, "i64");
+    k.endFor(k.select(before, k.add(t, k.index(1)), hiAcc, "index") +
+             " : index");
+    tileHi = hiRes;
+    tileLo = k.index(0);
+    if (chunk) {
+      std::string start =
+          k.op("arith.muli " +
+               k.op("arith.divsi " + minPos + ", " + k.i64(chunk) + " : i64") +
+               ", " + k.i64(chunk) + " : i64");
+      // lo: tiles whose last key is before the first query's chunk.
+      std::string loRes = k.fresh(), loAcc = k.fresh();
+      std::string u = k.beginFor(k.index(0), tileHi, k.index(1), loRes,
+                                 loAcc + " = " + k.index(0) + " : index");
+      std::string last =
+          k.minIndex(k.add(k.mul(u, k.index(kKeys)), k.index(kKeys - 1)),
+                     k.sub(keys, k.index(1)));
+      std::string lastPos = loadIndex("%kpos", "memref<?xi64>", last);
+      std::string stale = k.cmp("slt", lastPos, start, "i64");
+      k.endFor(k.select(stale, k.add(u, k.index(1)), loAcc, "index") +
+               " : index");
+      tileLo = loRes;
+    }
+    k.beginIf(k.cmp("eq", tid, k.index(0)));
+    k.line("nvgpu.mbarrier.init " + qFull + "[" + k.index(0) + "], " +
+           k.index(1) + " : " + bar(1));
+    std::string st = k.beginFor(k.index(0), k.index(kStages), k.index(1));
+    k.line("nvgpu.mbarrier.init " + full + "[" + st + "], " + k.index(1) +
+           " : " + bar(kStages));
+    k.line("nvgpu.mbarrier.init " + empty + "[" + st + "], " +
+           k.index(kConsumers) + " : " + bar(kStages));
+    k.endFor();
+    k.line("nvvm.fence.mbarrier.init");
+    k.endIf();
+    k.line("gpu.barrier");
+  }
+
+  std::string view(const std::string &off) {
+    return k.op("memref.view " + dyn + "[" + off +
+                "][] : memref<?xi8, #gpu.address_space<workgroup>> to " +
+                tileType("64x64"));
+  }
+
+  std::string phase(const std::string &i, bool flip) {
+    std::string bit =
+        k.op("arith.trunci " +
+             k.op("arith.index_cast " + k.div(i, k.index(kStages)) +
+                  " : index to i64") +
+             " : i64 to i1");
+    return flip ? k.op("arith.xori " + bit + ", " +
+                       k.op("arith.constant true") + " : i1")
+                : bit;
+  }
+
+  void producer() {
+    k.line("nvvm.setmaxregister decrease 40");
+    k.beginIf(k.cmp("eq", lane, k.index(0)));
+    k.line("nvgpu.mbarrier.arrive.expect_tx " + qFull + "[" + k.index(0) +
+           "], " + k.index(qBytes()) + " : " + bar(1));
+    for (int64_t c = 0; c < kConsumers; ++c)
+      for (int64_t b = 0; b < boxes; ++b) {
+        std::string off = k.add(pad, k.index((c * boxes + b) * kBox));
+        std::string col = k.add(k.mul(head, k.index(d)), k.index(64 * b));
+        std::string row = k.add(m0, k.index(64 * c));
+        k.line("nvgpu.tma.async.load %dQ[" + col + ", " + row + "], " + qFull +
+               "[" + k.index(0) + "] to " + view(off) + " : " + map() + ", " +
+               bar(1) + " -> " + tileType("64x64"));
+      }
+    std::string t = k.beginFor(tileLo, tileHi, k.index(1));
+    std::string i = k.sub(t, tileLo);
+    std::string st = k.rem(i, k.index(kStages));
+    k.line("nvgpu.mbarrier.try_wait.parity " + empty + "[" + st + "], " +
+           phase(i, true) + ", " + k.index(10000000) + " : " + bar(kStages));
+    k.line("nvgpu.mbarrier.arrive.expect_tx " + full + "[" + st + "], " +
+           k.index(stageBytes()) + " : " + bar(kStages));
+    std::string stage =
+        k.add(k.add(pad, k.index(qBytes())), k.mul(st, k.index(stageBytes())));
+    std::string keyRow = k.mul(t, k.index(kKeys));
+    for (int which = 0; which < 2; ++which)
+      for (int64_t b = 0; b < boxes; ++b) {
+        std::string off = k.add(stage, k.index((which * boxes + b) * kBox));
+        std::string col = k.add(k.mul(kvHead, k.index(d)), k.index(64 * b));
+        k.line(std::string("nvgpu.tma.async.load ") +
+               (which ? "%dV[" : "%dK[") + col + ", " + keyRow + "], " + full +
+               "[" + st + "] to " + view(off) + " : " + map() + ", " +
+               bar(kStages) + " -> " + tileType("64x64"));
+      }
+    k.endFor();
+    k.endIf();
+  }
+
+  /// Packs two f32 into one register of bf16x2 (the low half first).
+  std::string pack(const std::string &lo, const std::string &hi) {
+    std::string v =
+        k.op("vector.from_elements " + lo + ", " + hi + " : vector<2xf32>");
+    std::string h =
+        k.op("arith.truncf " + v + " : vector<2xf32> to vector<2xbf16>");
+    std::string i =
+        k.op("vector.bitcast " + h + " : vector<2xbf16> to vector<1xi32>");
+    return k.op("vector.extract " + i + "[0] : i32 from vector<1xi32>");
+  }
+
+  /// O += P·V_tile for one k16 slice: A (P) in registers, B by descriptor.
+  std::string pvMma(const std::string a[4], const std::string &desc,
+                    const std::string &acc) {
+    int64_t outs = d / 2;
+    std::string regs, constraints, operands;
+    for (int64_t r = 0; r < outs; ++r) {
+      regs += (r ? ", $" : "$") + std::to_string(r);
+      constraints += "=f,";
+    }
+    std::string asmText =
+        "wgmma.mma_async.sync.aligned.m64n" + std::to_string(d) +
+        "k16.f32.bf16.bf16 {" + regs + "}, {$" + std::to_string(outs) + ", $" +
+        std::to_string(outs + 1) + ", $" + std::to_string(outs + 2) + ", $" +
+        std::to_string(outs + 3) + "}, $" + std::to_string(outs + 4) +
+        ", 1, 1, 1, 1;";
+    constraints += "r,r,r,r,l";
+    for (int64_t r = 0; r < outs; ++r)
+      constraints += "," + std::to_string(r);
+    operands = a[0] + ", " + a[1] + ", " + a[2] + ", " + a[3] + ", " + desc;
+    std::string types = "i32, i32, i32, i32, i64";
+    std::vector<std::string> in(outs);
+    for (int64_t r = 0; r < outs; ++r) {
+      in[r] = fragment(acc, r, d);
+      operands += ", " + in[r];
+      types += ", f32";
+    }
+    return k.op("llvm.inline_asm has_side_effects \"" + asmText + "\", \"" +
+                constraints + "\" " + operands + " : (" + types + ") -> " +
+                accType(d));
+  }
+
+  std::string fragment(const std::string &acc, int64_t i, int64_t n) {
+    return k.op("llvm.extractvalue " + acc + "[" + std::to_string(i) +
+                "] : " + accType(n));
+  }
+
+  void consumer() {
+    k.line("nvvm.setmaxregister increase 232");
+    std::string cw = k.sub(wg, k.index(1));
+    std::string l = k.rem(lane, k.index(32));
+    std::string w = k.div(lane, k.index(32));
+    std::string quad2 = k.mul(k.rem(l, k.index(4)), k.index(2));
+    std::string row0 =
+        k.add(k.add(m0, k.mul(cw, k.index(64))),
+              k.add(k.mul(w, k.index(16)), k.div(l, k.index(4))));
+    std::string rowOf[2] = {row0, k.add(row0, k.index(8))};
+    std::string qpos[2], tau[2];
+    for (int h = 0; h < 2; ++h) {
+      std::string safe =
+          k.select(k.cmp("ult", rowOf[h], rows), rowOf[h], k.index(0), "index");
+      qpos[h] = loadIndex(mem(positions), ctx.memrefType(positions), safe);
+      tau[h] = k.f32(a.getScale().convertToDouble());
+      if (a.getFloorScale()) {
+        std::string steps =
+            k.op("arith.divsi " +
+                 k.op("arith.addi " + qpos[h] + ", " + k.i64(1) + " : i64") +
+                 ", " + k.i64(*a.getFloorScale()) + " : i64");
+        std::string f = k.op("arith.sitofp " + steps + " : i64 to f32");
+        tau[h] = k.fmul(
+            tau[h], k.fadd(k.f32(1.0),
+                           k.fmul(k.f32(a.getAttnScale()->convertToDouble()),
+                                  k.log(k.fadd(k.f32(1.0), f)))));
+      }
+    }
+    k.line("nvgpu.mbarrier.try_wait.parity " + qFull + "[" + k.index(0) +
+           "], " + k.op("arith.constant false") + ", " + k.index(10000000) +
+           " : " + bar(1));
+    std::string base64 =
+        k.op("arith.index_cast " + aligned + " : index to i64");
+    std::string cw64 = k.op("arith.index_cast " + cw + " : index to i64");
+    std::string qAddr = k.op(
+        "arith.addi " + base64 + ", " +
+        k.op("arith.muli " + cw64 + ", " + k.i64(boxes * kBox) + " : i64") +
+        " : i64");
+    std::string oType = accType(d), sType = accType(kKeys);
+    std::string zeroO = k.op("llvm.mlir.zero : " + oType);
+    std::string negInf = k.f32(-std::numeric_limits<double>::infinity());
+    // Carried: O, max (2 rows), partial sums (2 rows).
+    std::string res = k.fresh(), oIn = k.fresh(), mIn0 = k.fresh(),
+                mIn1 = k.fresh(), lIn0 = k.fresh(), lIn1 = k.fresh();
+    std::string t = k.beginFor(
+        tileLo, tileHi, k.index(1), res + ":5",
+        oIn + " = " + zeroO + ", " + mIn0 + " = " + negInf + ", " + mIn1 +
+            " = " + negInf + ", " + lIn0 + " = " + k.f32(0.0) + ", " + lIn1 +
+            " = " + k.f32(0.0) + " : " + oType + ", f32, f32, f32, f32");
+    std::string i = k.sub(t, tileLo);
+    std::string st = k.rem(i, k.index(kStages));
+    k.line("nvgpu.mbarrier.try_wait.parity " + full + "[" + st + "], " +
+           phase(i, false) + ", " + k.index(10000000) + " : " + bar(kStages));
+    std::string st64 = k.op("arith.index_cast " + st + " : index to i64");
+    std::string stage = k.op("arith.addi " + base64 + ", " +
+                             k.op("arith.addi " + k.i64(qBytes()) + ", " +
+                                  k.op("arith.muli " + st64 + ", " +
+                                       k.i64(stageBytes()) + " : i64") +
+                                  " : i64") +
+                             " : i64");
+    // S = Q Kᵀ over head_dim, box by box.
+    std::string s = k.op("llvm.mlir.zero : " + sType);
+    k.line("nvvm.wgmma.fence.aligned");
+    for (int64_t b = 0; b < boxes; ++b) {
+      std::string qa = descriptor(
+          k, k.op("arith.addi " + qAddr + ", " + k.i64(b * kBox) + " : i64"));
+      std::string kb = descriptor(
+          k, k.op("arith.addi " + stage + ", " + k.i64(b * kBox) + " : i64"));
+      for (int64_t kk = 0; kk < 4; ++kk) {
+        std::string da =
+            kk ? k.op("arith.addi " + qa + ", " + k.i64(2 * kk) + " : i64")
+               : qa;
+        std::string db =
+            kk ? k.op("arith.addi " + kb + ", " + k.i64(2 * kk) + " : i64")
+               : kb;
+        s = mma(k, da, db, s, kKeys);
+      }
+    }
+    k.line("nvvm.wgmma.commit.group.sync.aligned");
+    k.line("nvvm.wgmma.wait.group.sync.aligned 0");
+
+    // Online softmax on the fragments.
+    std::string keyBase = k.mul(t, k.index(kKeys));
+    std::string mIn[2] = {mIn0, mIn1}, lIn[2] = {lIn0, lIn1};
+    std::string mOut[2], lOut[2], corr[2];
+    std::vector<std::string> p(kKeys / 2);
+    for (int h = 0; h < 2; ++h) {
+      std::vector<std::string> sc(kKeys / 4);
+      std::string rowMax = negInf;
+      for (int64_t j = 0; j < kKeys / 8; ++j)
+        for (int e = 0; e < 2; ++e) {
+          std::string col =
+              k.add(k.add(keyBase, k.index(8 * j)), k.add(quad2, k.index(e)));
+          std::string inKeys = k.cmp("ult", col, keys);
+          std::string kp =
+              loadIndex("%kpos", "memref<?xi64>",
+                        k.select(inKeys, col, k.index(0), "index"));
+          std::string vis = k.op("arith.andi " + inKeys + ", " +
+                                 k.cmp("sle", kp, qpos[h], "i64") + " : i1");
+          if (chunk)
+            vis = k.op("arith.andi " + vis + ", " +
+                       k.cmp("eq",
+                             k.op("arith.divsi " + kp + ", " + k.i64(chunk) +
+                                  " : i64"),
+                             k.op("arith.divsi " + qpos[h] + ", " +
+                                  k.i64(chunk) + " : i64"),
+                             "i64") +
+                       " : i1");
+          std::string v = k.fmul(fragment(s, 4 * j + 2 * h + e, kKeys), tau[h]);
+          v = k.select(vis, v, negInf, "f32");
+          sc[2 * j + e] = v;
+          rowMax = k.fmax(rowMax, v);
+        }
+      // The four lanes of a quad hold a row's 64 keys.
+      for (int off : {1, 2}) {
+        std::string other = k.fresh();
+        k.line(other + ", " + k.fresh() + " = gpu.shuffle xor " + rowMax +
+               ", " + k.i32(off) + ", " + k.i32(32) + " : f32");
+        rowMax = k.fmax(rowMax, other);
+      }
+      mOut[h] = k.fmax(mIn[h], rowMax);
+      // A row that has seen no visible key yet keeps exp(-inf) = 0 terms.
+      std::string isInf =
+          k.op("arith.cmpf oeq, " + mOut[h] + ", " + negInf + " : f32");
+      std::string mUse = k.select(isInf, k.f32(0.0), mOut[h], "f32");
+      corr[h] = k.exp(k.fsub(mIn[h], mUse));
+      std::string sum = k.f32(0.0);
+      for (int64_t j = 0; j < kKeys / 4; ++j) {
+        std::string e = k.exp(k.fsub(sc[j], mUse));
+        sum = k.fadd(sum, e);
+        p[(j / 2) * 4 + 2 * h + (j % 2)] = e;
+      }
+      lOut[h] = k.fadd(k.fmul(lIn[h], corr[h]), sum);
+    }
+    // Rescale O, then O += P V.
+    std::string o = k.op("llvm.mlir.undef : " + oType);
+    for (int64_t r = 0; r < d / 2; ++r) {
+      int h = (r % 4) / 2;
+      std::string v = k.fmul(fragment(oIn, r, d), corr[h]);
+      o = k.op("llvm.insertvalue " + v + ", " + o + "[" + std::to_string(r) +
+               "] : " + oType);
+    }
+    std::string vAddr =
+        k.op("arith.addi " + stage + ", " + k.i64(boxes * kBox) + " : i64");
+    std::string vDesc = descriptor(k, vAddr, kBox);
+    k.line("nvvm.wgmma.fence.aligned");
+    for (int64_t step = 0; step < kKeys / 16; ++step) {
+      // Keys 16*step.. : S blocks 2*step and 2*step+1.
+      std::string regs[4] = {
+          pack(p[(2 * step) * 4 + 0], p[(2 * step) * 4 + 1]),
+          pack(p[(2 * step) * 4 + 2], p[(2 * step) * 4 + 3]),
+          pack(p[(2 * step + 1) * 4 + 0], p[(2 * step + 1) * 4 + 1]),
+          pack(p[(2 * step + 1) * 4 + 2], p[(2 * step + 1) * 4 + 3])};
+      // 16 key rows of the MN-major V boxes: 2048 bytes.
+      std::string desc = step ? k.op("arith.addi " + vDesc + ", " +
+                                     k.i64(128 * step) + " : i64")
+                              : vDesc;
+      o = pvMma(regs, desc, o);
+    }
+    k.line("nvvm.wgmma.commit.group.sync.aligned");
+    k.line("nvvm.wgmma.wait.group.sync.aligned 0");
+    k.beginIf(k.cmp("eq", lane, k.index(0)));
+    k.op("nvgpu.mbarrier.arrive " + empty + "[" + st + "] : " + bar(kStages) +
+         " -> !nvgpu.mbarrier.token");
+    k.endIf();
+    k.endFor(o + ", " + mOut[0] + ", " + mOut[1] + ", " + lOut[0] + ", " +
+             lOut[1] + " : " + oType + ", f32, f32, f32, f32");
+
+    // O / l, the quad's partial sums added first.
+    std::string element = ctx.elements[result];
+    for (int h = 0; h < 2; ++h) {
+      std::string total = res + "#" + std::to_string(3 + h);
+      for (int off : {1, 2}) {
+        std::string other = k.fresh();
+        k.line(other + ", " + k.fresh() + " = gpu.shuffle xor " + total + ", " +
+               k.i32(off) + ", " + k.i32(32) + " : f32");
+        total = k.fadd(total, other);
+      }
+      std::string inv = k.fdiv(k.f32(1.0), total);
+      k.beginIf(k.cmp("ult", rowOf[h], rows));
+      for (int64_t j = 0; j < d / 8; ++j) {
+        std::string col =
+            k.add(k.add(k.mul(head, k.index(d)), k.index(8 * j)), quad2);
+        std::string v0 = k.fromF32(
+            k.fmul(fragment(res + "#0", 4 * j + 2 * h, d), inv), element);
+        std::string v1 = k.fromF32(
+            k.fmul(fragment(res + "#0", 4 * j + 2 * h + 1, d), inv), element);
+        std::string vec = k.op("vector.from_elements " + v0 + ", " + v1 +
+                               " : vector<2x" + element + ">");
+        k.line("vector.store " + vec + ", " + mem(result) + "[" + rowOf[h] +
+               ", " + col + "] : " + ctx.memrefType(result) + ", vector<2x" +
+               element + ">");
+      }
+      k.endIf();
+    }
+  }
+};
+
+} // namespace
+
+bool mlir::kiln::cuda::flashAttentionFits(const KernelContext &ctx,
+                                          AttentionOp a) {
+  int q = ctx.operandOf(a.getQuery()), key = ctx.operandOf(a.getKey()),
+      value = ctx.operandOf(a.getValue());
+  int64_t d = ctx.width(q) / a.getNumHeads();
+  return d % 64 == 0 && d <= 256 && ctx.elements[q] == "bf16" &&
+         ctx.elements[key] == "bf16" && ctx.elements[value] == "bf16";
+}
+
+GpuLaunch mlir::kiln::cuda::writeFlashAttention(const KernelContext &ctx,
+                                                AttentionOp a, StringRef name,
+                                                std::string &text) {
+  FlashWriter writer(ctx, a, name);
+  text += writer.write();
+  int q = ctx.operandOf(a.getQuery()), key = ctx.operandOf(a.getKey()),
+      value = ctx.operandOf(a.getValue());
+  GpuLaunch launch;
+  launch.function = name.str();
+  launch.blockThreads = 128 * (1 + kConsumers);
+  launch.dynamicSharedBytes = writer.dynamicSharedBytes();
+  launch.grid[0] = rowsGrid(q, 64 * kConsumers);
+  launch.grid[1] = fixedGrid(a.getNumHeads());
+  launch.params.push_back(
+      {GpuParam::Kind::TensorMap, static_cast<unsigned>(q), 64, 64});
+  GpuParam kMap{GpuParam::Kind::TensorMap, static_cast<unsigned>(key), 64, 64};
+  kMap.pool = true;
+  GpuParam vMap{GpuParam::Kind::TensorMap, static_cast<unsigned>(value), 64,
+                64};
+  vMap.pool = true;
+  launch.params.push_back(kMap);
+  launch.params.push_back(vMap);
+  for (unsigned i = 0; i < ctx.operands.size(); ++i)
+    launch.params.push_back(
+        {static_cast<int>(i) == key || static_cast<int>(i) == value
+             ? GpuParam::Kind::KvPool
+             : GpuParam::Kind::Memref,
+         i});
+  launch.params.push_back(
+      {GpuParam::Kind::KeyPositions, static_cast<unsigned>(key)});
+  launch.params.push_back(
+      {GpuParam::Kind::KeyCount, static_cast<unsigned>(key)});
+  return launch;
+}
