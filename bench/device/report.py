@@ -29,7 +29,7 @@ def profile(path):
         if not m:
             continue
         fn, tokens, calls, total = m[1], int(m[2]), int(m[3]), float(m[4])
-        kernel = re.sub(r"_(decode|prefill|select|sort|init|tiles)$", "", fn)
+        kernel = re.sub(r"_(decode|prefill|select|sort|init|tiles|flash|split|combine|append)$", "", fn)
         key = (kernel, tokens)
         # Several call sites share a kernel: report the mean per call site.
         times.setdefault(key, [0.0, 0])
