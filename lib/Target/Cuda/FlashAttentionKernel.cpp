@@ -102,14 +102,10 @@ private:
              " = builtin.unrealized_conversion_cast "
              "%tm" +
              t + " : !llvm.ptr to " + map());
-    dyn = k.op("gpu.dynamic_shared_memory : memref<?xi8, "
-               "#gpu.address_space<workgroup>>");
-    std::string base =
-        k.op("memref.extract_aligned_pointer_as_index " + dyn +
-             " : memref<?xi8, #gpu.address_space<workgroup>> -> index");
-    pad =
-        k.rem(k.sub(k.index(1024), k.rem(base, k.index(1024))), k.index(1024));
-    aligned = k.add(base, pad);
+    SharedArena arena = alignedDynamicShared(k);
+    dyn = arena.memory;
+    pad = arena.pad;
+    aligned = arena.aligned;
     qFull = k.op("nvgpu.mbarrier.create -> " + bar(1));
     full = k.op("nvgpu.mbarrier.create -> " + bar(kStages));
     empty = k.op("nvgpu.mbarrier.create -> " + bar(kStages));
@@ -182,14 +178,7 @@ private:
   }
 
   std::string phase(const std::string &i, bool flip) {
-    std::string bit =
-        k.op("arith.trunci " +
-             k.op("arith.index_cast " + k.div(i, k.index(kStages)) +
-                  " : index to i64") +
-             " : i64 to i1");
-    return flip ? k.op("arith.xori " + bit + ", " +
-                       k.op("arith.constant true") + " : i1")
-                : bit;
+    return parity(k, i, kStages, flip);
   }
 
   void producer() {
@@ -209,8 +198,7 @@ private:
     std::string t = k.beginFor(tileLo, tileHi, k.index(1));
     std::string i = k.sub(t, tileLo);
     std::string st = k.rem(i, k.index(kStages));
-    k.line("nvgpu.mbarrier.try_wait.parity " + empty + "[" + st + "], " +
-           phase(i, true) + ", " + k.index(10000000) + " : " + bar(kStages));
+    waitParity(k, empty, st, phase(i, true), bar(kStages));
     k.line("nvgpu.mbarrier.arrive.expect_tx " + full + "[" + st + "], " +
            k.index(stageBytes()) + " : " + bar(kStages));
     std::string stage =
@@ -279,13 +267,9 @@ private:
   void consumer() {
     k.line("nvvm.setmaxregister increase 232");
     std::string cw = k.sub(wg, k.index(1));
-    std::string l = k.rem(lane, k.index(32));
-    std::string w = k.div(lane, k.index(32));
-    std::string quad2 = k.mul(k.rem(l, k.index(4)), k.index(2));
-    std::string row0 =
-        k.add(k.add(m0, k.mul(cw, k.index(64))),
-              k.add(k.mul(w, k.index(16)), k.div(l, k.index(4))));
-    std::string rowOf[2] = {row0, k.add(row0, k.index(8))};
+    Fragments frag = fragmentsOf(k, lane, m0, cw);
+    std::string quad2 = frag.pairColumn;
+    std::string *rowOf = frag.rows;
     std::string qpos[2], tau[2];
     for (int h = 0; h < 2; ++h) {
       std::string safe =
@@ -304,16 +288,10 @@ private:
                                   k.log(k.fadd(k.f32(1.0), f)))));
       }
     }
-    k.line("nvgpu.mbarrier.try_wait.parity " + qFull + "[" + k.index(0) +
-           "], " + k.op("arith.constant false") + ", " + k.index(10000000) +
-           " : " + bar(1));
+    waitParity(k, qFull, k.index(0), k.op("arith.constant false"), bar(1));
     std::string base64 =
         k.op("arith.index_cast " + aligned + " : index to i64");
-    std::string cw64 = k.op("arith.index_cast " + cw + " : index to i64");
-    std::string qAddr = k.op(
-        "arith.addi " + base64 + ", " +
-        k.op("arith.muli " + cw64 + ", " + k.i64(boxes * kBox) + " : i64") +
-        " : i64");
+    std::string qAddr = addressOf(k, base64, cw, boxes * kBox);
     std::string oType = accType(d), sType = accType(kKeys);
     std::string zeroO = k.op("llvm.mlir.zero : " + oType);
     std::string negInf = k.f32(-std::numeric_limits<double>::infinity());
@@ -327,15 +305,10 @@ private:
             " = " + k.f32(0.0) + " : " + oType + ", f32, f32, f32, f32");
     std::string i = k.sub(t, tileLo);
     std::string st = k.rem(i, k.index(kStages));
-    k.line("nvgpu.mbarrier.try_wait.parity " + full + "[" + st + "], " +
-           phase(i, false) + ", " + k.index(10000000) + " : " + bar(kStages));
-    std::string st64 = k.op("arith.index_cast " + st + " : index to i64");
-    std::string stage = k.op("arith.addi " + base64 + ", " +
-                             k.op("arith.addi " + k.i64(qBytes()) + ", " +
-                                  k.op("arith.muli " + st64 + ", " +
-                                       k.i64(stageBytes()) + " : i64") +
-                                  " : i64") +
-                             " : i64");
+    waitParity(k, full, st, phase(i, false), bar(kStages));
+    std::string stage = addressOf(
+        k, k.op("arith.addi " + base64 + ", " + k.i64(qBytes()) + " : i64"), st,
+        stageBytes());
     // S = Q Kᵀ over head_dim, box by box.
     std::string s = k.op("llvm.mlir.zero : " + sType);
     k.line("nvvm.wgmma.fence.aligned");

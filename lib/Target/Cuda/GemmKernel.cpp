@@ -111,16 +111,10 @@ private:
            tensorMapType(rowsOf(boxRowsB())));
     rows = k.op("memref.dim " + operand(s.a) + ", " + k.index(0) + " : " +
                 ctx.memrefType(s.a));
-    dyn = k.op("gpu.dynamic_shared_memory : memref<?xi8, "
-               "#gpu.address_space<workgroup>>");
-    std::string base =
-        k.op("memref.extract_aligned_pointer_as_index " + dyn +
-             " : memref<?xi8, #gpu.address_space<workgroup>> -> index");
-    // 128-byte swizzled tiles need 1024-byte alignment.
-    std::string misalign = k.rem(base, k.index(1024));
-    std::string pad = k.rem(k.sub(k.index(1024), misalign), k.index(1024));
-    padding = pad;
-    aligned = k.add(base, pad);
+    SharedArena arena = alignedDynamicShared(k);
+    dyn = arena.memory;
+    padding = arena.pad;
+    aligned = arena.aligned;
     full = k.op("nvgpu.mbarrier.create -> " + bar);
     empty = k.op("nvgpu.mbarrier.create -> " + bar);
     mBase = k.mul(k.blockId('y'), k.index(c.tileM()));
@@ -147,13 +141,7 @@ private:
   std::string kTiles() { return k.index((s.k + kTileK - 1) / kTileK); }
 
   std::string phaseOf(const std::string &iter, bool flip) {
-    std::string round = k.div(iter, k.index(c.stages));
-    std::string r64 = k.op("arith.index_cast " + round + " : index to i64");
-    std::string bit = k.op("arith.trunci " + r64 + " : i64 to i1");
-    if (!flip)
-      return bit;
-    std::string one = k.op("arith.constant true");
-    return k.op("arith.xori " + bit + ", " + one + " : i1");
+    return parity(k, iter, c.stages, flip);
   }
 
   void producer() {
@@ -163,8 +151,7 @@ private:
     std::string it = k.beginFor(k.index(0), kTiles(), k.index(1));
     std::string st = k.rem(it, k.index(c.stages));
     // A fresh "empty" barrier passes parity 1: the first round never waits.
-    k.line("nvgpu.mbarrier.try_wait.parity " + empty + "[" + st + "], " +
-           phaseOf(it, /*flip=*/true) + ", " + k.index(10000000) + " : " + bar);
+    waitParity(k, empty, st, phaseOf(it, /*flip=*/true), bar);
     k.line("nvgpu.mbarrier.arrive.expect_tx " + full + "[" + st + "], " +
            k.index(stageBytes()) + " : " + bar);
     std::string offA = k.add(padding, k.mul(st, k.index(stageBytes())));
@@ -215,19 +202,9 @@ private:
     std::string it = k.beginFor(k.index(0), kTiles(), k.index(1), result,
                                 carried + " = " + zero + " : " + acc);
     std::string st = k.rem(it, k.index(c.stages));
-    k.line("nvgpu.mbarrier.try_wait.parity " + full + "[" + st + "], " +
-           phaseOf(it, /*flip=*/false) + ", " + k.index(10000000) + " : " +
-           bar);
-    std::string st64 = k.op("arith.index_cast " + st + " : index to i64");
-    std::string stage = k.op(
-        "arith.addi " + base64 + ", " +
-        k.op("arith.muli " + st64 + ", " + k.i64(stageBytes()) + " : i64") +
-        " : i64");
-    std::string cw64 = k.op("arith.index_cast " + cw + " : index to i64");
-    std::string aAddr = k.op(
-        "arith.addi " + stage + ", " +
-        k.op("arith.muli " + cw64 + ", " + k.i64(64 * kTileK * 2) + " : i64") +
-        " : i64");
+    waitParity(k, full, st, phaseOf(it, /*flip=*/false), bar);
+    std::string stage = addressOf(k, base64, st, stageBytes());
+    std::string aAddr = addressOf(k, stage, cw, 64 * kTileK * 2);
     std::string bAddr = k.op("arith.addi " + stage + ", " +
                              k.i64(c.tileM() * kTileK * 2) + " : i64");
     std::string descA = descriptor(k, aAddr), descB = descriptor(k, bAddr);
@@ -286,13 +263,11 @@ private:
   }
 
   void epilogue(const std::string &acc, const std::string &cw) {
-    std::string l = k.rem(lane, k.index(32));
-    std::string w = k.div(lane, k.index(32));
-    quad = k.rem(l, k.index(4));
-    pairCol = k.mul(quad, k.index(2));
-    row0 = k.add(k.add(mBase, k.mul(cw, k.index(64))),
-                 k.add(k.mul(w, k.index(16)), k.div(l, k.index(4))));
-    row1 = k.add(row0, k.index(8));
+    Fragments frag = fragmentsOf(k, lane, mBase, cw);
+    quad = k.rem(k.rem(lane, k.index(32)), k.index(4));
+    pairCol = frag.pairColumn;
+    row0 = frag.rows[0];
+    row1 = frag.rows[1];
     int64_t blocks = c.tileN / 8;
     if (!s.epilogue) {
       int out = ctx.numArgs;

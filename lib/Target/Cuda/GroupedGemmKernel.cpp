@@ -154,14 +154,10 @@ private:
     if (!s.gateUp)
       k.line("%dA = builtin.unrealized_conversion_cast %tmA : !llvm.ptr to " +
              aMap());
-    dyn = k.op("gpu.dynamic_shared_memory : memref<?xi8, "
-               "#gpu.address_space<workgroup>>");
-    std::string base =
-        k.op("memref.extract_aligned_pointer_as_index " + dyn +
-             " : memref<?xi8, #gpu.address_space<workgroup>> -> index");
-    pad =
-        k.rem(k.sub(k.index(1024), k.rem(base, k.index(1024))), k.index(1024));
-    aligned = k.add(base, pad);
+    SharedArena arena = alignedDynamicShared(k);
+    dyn = arena.memory;
+    pad = arena.pad;
+    aligned = arena.aligned;
     full = k.op("nvgpu.mbarrier.create -> " + bar);
     empty = k.op("nvgpu.mbarrier.create -> " + bar);
     tileX = k.blockId('x');
@@ -184,14 +180,7 @@ private:
   }
 
   std::string phaseOf(const std::string &iter, bool flip) {
-    std::string round = k.div(iter, k.index(stages));
-    std::string bit = k.op(
-        "arith.trunci " +
-        k.op("arith.index_cast " + round + " : index to i64") + " : i64 to i1");
-    if (!flip)
-      return bit;
-    return k.op("arith.xori " + bit + ", " + k.op("arith.constant true") +
-                " : i1");
+    return parity(k, iter, stages, flip);
   }
 
   std::string view(const std::string &off, const std::string &shape) {
@@ -212,17 +201,15 @@ private:
     // registers): each stage reloads its rows' tokens (L1 hits).
     std::string it = k.beginFor(k.index(0), kTiles(), k.index(1));
     std::string st = k.rem(it, k.index(stages));
-    std::string waitEmpty = "nvgpu.mbarrier.try_wait.parity " + empty + "[" +
-                            st + "], " + phaseOf(it, /*flip=*/true) + ", " +
-                            k.index(10000000) + " : " + bar;
+    std::string phase = phaseOf(it, /*flip=*/true);
     std::string offA = k.add(pad, k.mul(st, k.index(stageBytes())));
     std::string offB = k.add(offA, k.index(aBytes()));
     std::string kc = k.mul(it, k.index(kTileK));
-    if (s.gateUp)
-      k.line(waitEmpty); // every producer thread writes the stage
+    if (s.gateUp) // every producer thread writes the stage
+      waitParity(k, empty, st, phase, bar);
     k.beginIf(leader);
     if (!s.gateUp)
-      k.line(waitEmpty);
+      waitParity(k, empty, st, phase, bar);
     k.line("nvgpu.mbarrier.arrive.expect_tx " + full + "[" + st + "], " +
            k.index(s.gateUp ? bBytes() : stageBytes()) + " : " + bar);
     if (!s.gateUp) {
@@ -312,19 +299,9 @@ private:
     std::string it = k.beginFor(k.index(0), kTiles(), k.index(1), result,
                                 carried + " = " + zero + " : " + acc);
     std::string st = k.rem(it, k.index(stages));
-    k.line("nvgpu.mbarrier.try_wait.parity " + full + "[" + st + "], " +
-           phaseOf(it, /*flip=*/false) + ", " + k.index(10000000) + " : " +
-           bar);
-    std::string st64 = k.op("arith.index_cast " + st + " : index to i64");
-    std::string stage = k.op(
-        "arith.addi " + base64 + ", " +
-        k.op("arith.muli " + st64 + ", " + k.i64(stageBytes()) + " : i64") +
-        " : i64");
-    std::string cw64 = k.op("arith.index_cast " + cw + " : index to i64");
-    std::string aAddr = k.op(
-        "arith.addi " + stage + ", " +
-        k.op("arith.muli " + cw64 + ", " + k.i64(64 * kTileK * 2) + " : i64") +
-        " : i64");
+    waitParity(k, full, st, phaseOf(it, /*flip=*/false), bar);
+    std::string stage = addressOf(k, base64, st, stageBytes());
+    std::string aAddr = addressOf(k, stage, cw, 64 * kTileK * 2);
     std::string bAddr =
         k.op("arith.addi " + stage + ", " + k.i64(aBytes()) + " : i64");
     std::string descA = descriptor(k, aAddr);
@@ -362,13 +339,9 @@ private:
   }
 
   void epilogue(const std::string &acc, const std::string &cw) {
-    std::string l = k.rem(lane, k.index(32));
-    std::string w = k.div(lane, k.index(32));
-    std::string pairCol = k.mul(k.rem(l, k.index(4)), k.index(2));
-    std::string row0 =
-        k.add(k.add(first, k.mul(cw, k.index(64))),
-              k.add(k.mul(w, k.index(16)), k.div(l, k.index(4))));
-    std::string rowsOf[2] = {row0, k.add(row0, k.index(8))};
+    Fragments frag = fragmentsOf(k, lane, first, cw);
+    std::string pairCol = frag.pairColumn;
+    std::string *rowsOf = frag.rows;
     int64_t blocks = kTileN / 8;
     std::string resultType = ctx.memrefType(s.result);
     std::string element = ctx.elements[s.result];

@@ -69,6 +69,77 @@ inline std::string mma(KernelText &k, const std::string &a,
               bLayout + ">] : " + accType(n) + " -> " + accType(n));
 }
 
+/// Dynamic shared memory, its offset to the next 1024-byte boundary (which
+/// 128-byte swizzled tiles need) and that boundary's address.
+struct SharedArena {
+  std::string memory, pad, aligned;
+};
+inline SharedArena alignedDynamicShared(KernelText &k) {
+  SharedArena a;
+  a.memory = k.op("gpu.dynamic_shared_memory : memref<?xi8, "
+                  "#gpu.address_space<workgroup>>");
+  std::string base =
+      k.op("memref.extract_aligned_pointer_as_index " + a.memory +
+           " : memref<?xi8, #gpu.address_space<workgroup>> -> index");
+  a.pad =
+      k.rem(k.sub(k.index(1024), k.rem(base, k.index(1024))), k.index(1024));
+  a.aligned = k.add(base, a.pad);
+  return a;
+}
+
+/// The mbarrier parity of ring iteration `iter`: (iter / stages) & 1,
+/// flipped for a producer waiting on a stage's "empty" barrier (a fresh
+/// barrier passes parity 1, so the first round never waits).
+inline std::string parity(KernelText &k, const std::string &iter,
+                          int64_t stages, bool flip) {
+  std::string bit =
+      k.op("arith.trunci " +
+           k.op("arith.index_cast " + k.div(iter, k.index(stages)) +
+                " : index to i64") +
+           " : i64 to i1");
+  if (!flip)
+    return bit;
+  return k.op("arith.xori " + bit + ", " + k.op("arith.constant true") +
+              " : i1");
+}
+
+/// Blocks until `barrier[index]` completes the phase of parity `phase`.
+inline void waitParity(KernelText &k, const std::string &barrier,
+                       const std::string &index, const std::string &phase,
+                       const std::string &type) {
+  k.line("nvgpu.mbarrier.try_wait.parity " + barrier + "[" + index + "], " +
+         phase + ", " + k.index(10000000) + " : " + type);
+}
+
+/// base + index * bytes as an i64 shared address.
+inline std::string addressOf(KernelText &k, const std::string &base,
+                             const std::string &index, int64_t bytes) {
+  std::string i = k.op("arith.index_cast " + index + " : index to i64");
+  return k.op("arith.addi " + base + ", " +
+              k.op("arith.muli " + i + ", " + k.i64(bytes) + " : i64") +
+              " : i64");
+}
+
+/// Where a thread's accumulator fragments of an m64nNk16 wgmma sit: thread
+/// (warp w, lane l) of consumer warpgroup `cw` holds rows
+/// firstRow + 64 cw + 16 w + l/4 (and + 8), columns 8j + 2 (l mod 4) (+1);
+/// register 4j + 2h + e is (row h, column 8j + 2 (l mod 4) + e).
+struct Fragments {
+  std::string rows[2], pairColumn;
+};
+inline Fragments fragmentsOf(KernelText &k, const std::string &laneInGroup,
+                             const std::string &firstRow,
+                             const std::string &cw) {
+  std::string l = k.rem(laneInGroup, k.index(32));
+  std::string w = k.div(laneInGroup, k.index(32));
+  Fragments f;
+  f.pairColumn = k.mul(k.rem(l, k.index(4)), k.index(2));
+  f.rows[0] = k.add(k.add(firstRow, k.mul(cw, k.index(64))),
+                    k.add(k.mul(w, k.index(16)), k.div(l, k.index(4))));
+  f.rows[1] = k.add(f.rows[0], k.index(8));
+  return f;
+}
+
 } // namespace mlir::kiln::cuda::wgmma
 
 #endif // KILN_LIB_TARGET_CUDA_WGMMA_H
