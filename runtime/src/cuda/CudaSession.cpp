@@ -283,17 +283,31 @@ std::unique_ptr<CudaSession> CudaSession::open(const EngineFile &engine,
 
   auto cubin = engine.sections.find(SectionKind::CudaCubin);
   auto ptx = engine.sections.find(SectionKind::CudaPtx);
-  if (cubin != engine.sections.end()) {
-    if (!s->check(d.cuModuleLoadData(&s->module, cubin->second.data()),
-                  "cuModuleLoadData(" + enginePath + " cubin)", error))
-      return nullptr;
-  } else if (ptx != engine.sections.end()) {
-    std::string text = ptx->second; // NUL-terminated for the JIT
-    if (!s->check(d.cuModuleLoadData(&s->module, text.c_str()),
-                  "cuModuleLoadData(" + enginePath + " PTX)", error))
-      return nullptr;
-  } else {
+  if (cubin == engine.sections.end() && ptx == engine.sections.end()) {
     error = enginePath + ": sm_90a engine without a cubin or PTX section";
+    return nullptr;
+  }
+  CUresult loaded = CUDA_ERROR_STUB_LIBRARY;
+  std::string failure;
+  if (cubin != engine.sections.end()) {
+    loaded = d.cuModuleLoadData(&s->module, cubin->second.data());
+    if (loaded != CUDA_SUCCESS)
+      failure = d.describe(
+          ("cuModuleLoadData(" + enginePath + " cubin)").c_str(), loaded);
+  }
+  // The PTX is the fallback: a cubin the driver refuses (another ptxas,
+  // another sm_9x part) is compiled again from it.
+  if (loaded != CUDA_SUCCESS && ptx != engine.sections.end()) {
+    std::string text = ptx->second; // NUL-terminated for the JIT
+    loaded = d.cuModuleLoadData(&s->module, text.c_str());
+    if (loaded != CUDA_SUCCESS)
+      failure +=
+          (failure.empty() ? "" : "; ") +
+          d.describe(("cuModuleLoadData(" + enginePath + " PTX)").c_str(),
+                     loaded);
+  }
+  if (loaded != CUDA_SUCCESS) {
+    error = failure;
     return nullptr;
   }
   int optIn = 0;
