@@ -91,24 +91,40 @@ size_t kiln_session_eos_tokens(const kiln_session *session,
   return eos.size();
 }
 
-kiln_status *kiln_session_run(kiln_session *session, const int64_t *tokens,
-                              const int64_t *positions, size_t count,
-                              float *out_logits, size_t logits_capacity) {
+static kiln_status *runSession(const char *name, kiln_session *session,
+                               const int64_t *tokens, const int64_t *positions,
+                               size_t count, float *out_logits,
+                               size_t logits_capacity, bool lastOnly) {
   if (!session || !tokens || !positions || !out_logits)
-    return makeStatus("kiln_session_run: NULL argument");
+    return makeStatus(std::string(name) + ": NULL argument");
   int64_t vocab = session->session->vocabSize();
-  if (logits_capacity < count * static_cast<size_t>(vocab))
-    return makeStatus("kiln_session_run: logits buffer holds " +
+  size_t needed = (lastOnly ? 1 : count) * static_cast<size_t>(vocab);
+  if (logits_capacity < needed)
+    return makeStatus(std::string(name) + ": logits buffer holds " +
                       std::to_string(logits_capacity) + " floats, " +
-                      std::to_string(count * vocab) + " needed");
+                      std::to_string(needed) + " needed");
   std::vector<int64_t> ids(tokens, tokens + count);
   std::vector<int64_t> at(positions, positions + count);
   std::vector<float> logits;
   std::string error;
-  if (!session->session->run(ids, at, logits, vocab, error))
+  if (!session->session->run(ids, at, logits, vocab, error, lastOnly))
     return makeStatus(error);
   std::copy(logits.begin(), logits.end(), out_logits);
   return nullptr;
+}
+
+kiln_status *kiln_session_run(kiln_session *session, const int64_t *tokens,
+                              const int64_t *positions, size_t count,
+                              float *out_logits, size_t logits_capacity) {
+  return runSession("kiln_session_run", session, tokens, positions, count,
+                    out_logits, logits_capacity, /*lastOnly=*/false);
+}
+
+kiln_status *kiln_session_run_last(kiln_session *session, const int64_t *tokens,
+                                   const int64_t *positions, size_t count,
+                                   float *out_logits, size_t logits_capacity) {
+  return runSession("kiln_session_run_last", session, tokens, positions, count,
+                    out_logits, logits_capacity, /*lastOnly=*/true);
 }
 
 void kiln_session_reset(kiln_session *session) {

@@ -33,7 +33,7 @@ public:
 
   bool run(plan::Plan &plan, const std::vector<int64_t> &tokens,
            const std::vector<int64_t> &positions, std::vector<float> &logits,
-           std::string &error);
+           std::string &error, bool lastOnly = false);
   void reset();
 
   struct State;

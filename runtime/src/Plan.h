@@ -115,6 +115,22 @@ struct Plan {
 
 size_t elementSize(const std::string &dtype);
 
+/// Bytes of one row of a value (its first extent excluded).
+inline size_t rowBytes(const Value &v) {
+  size_t n = elementSize(v.dtype);
+  for (size_t i = 1; i < v.shape.size(); ++i)
+    n *= static_cast<size_t>(v.shape[i]);
+  return n;
+}
+
+/// Whether `l` writes the plan's logits.
+inline bool producesLogits(const Plan &plan, const Launch &l) {
+  for (int64_t id : l.results)
+    if (id == plan.logits)
+      return true;
+  return false;
+}
+
 /// Index of the first key position of a chunked pool to keep when a step
 /// starts at `firstPosition`.
 template <typename Positions>

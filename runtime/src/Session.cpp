@@ -251,7 +251,7 @@ const std::vector<int64_t> &Session::eosTokenIds() const { return impl->eos; }
 bool Session::run(const std::vector<int64_t> &tokens,
                   const std::vector<int64_t> &positions,
                   std::vector<float> &logits, int64_t &vocab,
-                  std::string &error) {
+                  std::string &error, bool lastOnly) {
   Impl &s = *impl;
   int64_t t = static_cast<int64_t>(tokens.size());
   if (t == 0 || positions.size() != tokens.size()) {
@@ -266,7 +266,7 @@ bool Session::run(const std::vector<int64_t> &tokens,
     }
   if (s.cuda) {
     vocab = s.vocab;
-    return s.cuda->run(s, tokens, positions, logits, error);
+    return s.cuda->run(s, tokens, positions, logits, error, lastOnly);
   }
   s.tokens32.assign(tokens.begin(), tokens.end());
   s.tokens64 = tokens;
@@ -288,9 +288,11 @@ bool Session::run(const std::vector<int64_t> &tokens,
   std::vector<std::vector<int64_t>> descriptors;
   std::vector<P> pointers;
   for (Launch &l : s.launches) {
+    // The LM head of a last-row-only step reads the last row and writes one.
+    bool lastRow = lastOnly && t > 1 && plan::producesLogits(s, l);
     for (int64_t id : l.results) {
       PlanValue &v = s.values[id];
-      v.rows = t * v.rowsPerToken;
+      v.rows = lastRow ? 1 : t * v.rowsPerToken;
       if (v.arenaOffset >= 0) {
         v.data = arena + v.arenaOffset * t;
         continue;
@@ -305,7 +307,13 @@ bool Session::run(const std::vector<int64_t> &tokens,
     descriptors.clear();
     for (size_t i = 0; i < l.args.size(); ++i) {
       const PlanValue &v = s.values[l.args[i]];
-      descriptors.push_back(describe(v.data, s.shapeOf(v)));
+      std::vector<int64_t> shape = s.shapeOf(v);
+      const uint8_t *data = static_cast<const uint8_t *>(v.data);
+      if (lastRow && !v.shape.empty() && v.shape[0] < 0) {
+        data += (shape[0] - 1) * plan::rowBytes(v);
+        shape[0] = 1;
+      }
+      descriptors.push_back(describe(data, shape));
     }
     // Attention: append the new keys/values to the call site's pool and pass
     // the whole pool with its positions.
@@ -360,7 +368,10 @@ bool Session::run(const std::vector<int64_t> &tokens,
   }
   const PlanValue &out = s.values[s.logits];
   const float *data = static_cast<const float *>(out.data);
-  logits.assign(data, data + t * s.vocab);
+  // Without lastOnly (or with one token) every row was computed.
+  int64_t rows = out.rows;
+  logits.assign(data + (lastOnly ? (rows - 1) * s.vocab : 0),
+                data + rows * s.vocab);
   vocab = s.vocab;
   return true;
 }

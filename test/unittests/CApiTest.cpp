@@ -110,3 +110,12 @@ TEST(CApiTest, Sampler) {
       messageOf(kiln_sampler_pick(nullptr, logits, 4, &token)).find("NULL"),
       std::string::npos);
 }
+
+TEST(CApiTest, RunLastReportsMisuse) {
+  float logits[4];
+  int64_t token = 1, position = 0;
+  EXPECT_NE(messageOf(kiln_session_run_last(nullptr, &token, &position, 1,
+                                            logits, 4))
+                .find("kiln_session_run_last: NULL argument"),
+            std::string::npos);
+}

@@ -166,9 +166,16 @@ int main(int argc, char **argv) {
                              prompt.begin() + begin + n);
     std::vector<int64_t> positions(n);
     std::iota(positions.begin(), positions.end(), static_cast<int64_t>(begin));
-    if (!(error = session->run(ids, positions, part)).empty())
+    // Every row's logits only when they are dumped: otherwise the LM head
+    // runs on the step's last row alone.
+    error = dumpLogits.empty() ? session->runLast(ids, positions, part)
+                               : session->run(ids, positions, part);
+    if (!error.empty())
       return fail(error);
-    logits.insert(logits.end(), part.begin(), part.end());
+    if (dumpLogits.empty())
+      logits = part;
+    else
+      logits.insert(logits.end(), part.begin(), part.end());
     begin += n;
   }
   double prefill = std::chrono::duration<double>(Clock::now() - start).count();
@@ -180,8 +187,7 @@ int main(int argc, char **argv) {
                          logits.data(), error))
     return fail(error);
 
-  int64_t next =
-      sampler->pick(logits.data() + (prompt.size() - 1) * vocab, vocab);
+  int64_t next = sampler->pick(logits.data() + logits.size() - vocab, vocab);
   std::printf("next token: %lld\n", static_cast<long long>(next));
   if (maxNew == 0)
     return 0;

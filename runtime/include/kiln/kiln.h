@@ -64,6 +64,12 @@ kiln_status *kiln_session_run(kiln_session *session, const int64_t *tokens,
                               const int64_t *positions, size_t count,
                               float *out_logits, size_t logits_capacity);
 
+/* The same, writing only the last token's vocab logits: the LM head runs on
+ * that row alone, which is what generation needs after a long prefill. */
+kiln_status *kiln_session_run_last(kiln_session *session, const int64_t *tokens,
+                                   const int64_t *positions, size_t count,
+                                   float *out_logits, size_t logits_capacity);
+
 /* Forgets every token run so far. */
 void kiln_session_reset(kiln_session *session);
 

@@ -61,6 +61,15 @@ public:
                                     tokens.size(), logits.data(),
                                     logits.size()));
   }
+  /// Only the last token's logits (vocab floats).
+  std::string runLast(const std::vector<int64_t> &tokens,
+                      const std::vector<int64_t> &positions,
+                      std::vector<float> &logits) {
+    logits.resize(static_cast<size_t>(vocabSize()));
+    return consume(kiln_session_run_last(handle, tokens.data(),
+                                         positions.data(), tokens.size(),
+                                         logits.data(), logits.size()));
+  }
   void reset() { kiln_session_reset(handle); }
 
 private:

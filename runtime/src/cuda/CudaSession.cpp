@@ -513,7 +513,8 @@ static void appendDescriptor(std::vector<int64_t> &fields, CUdeviceptr ptr,
 
 bool CudaSession::run(plan::Plan &plan, const std::vector<int64_t> &tokens,
                       const std::vector<int64_t> &positions,
-                      std::vector<float> &logits, std::string &error) {
+                      std::vector<float> &logits, std::string &error,
+                      bool lastOnly) {
   State &s = *state;
   Driver &d = *s.driver;
   if (!s.check(d.cuCtxSetCurrent(s.context), "cuCtxSetCurrent", error))
@@ -559,9 +560,11 @@ bool CudaSession::run(plan::Plan &plan, const std::vector<int64_t> &tokens,
   s.prepared.clear();
   for (size_t li = 0; li < plan.launches.size(); ++li) {
     plan::Launch &l = plan.launches[li];
+    // The LM head of a last-row-only step reads the last row and writes one.
+    bool lastRow = lastOnly && t > 1 && plan::producesLogits(plan, l);
     for (int64_t id : l.results) {
       plan::Value &v = plan.values[id];
-      rows[id] = t * v.rowsPerToken;
+      rows[id] = lastRow ? 1 : t * v.rowsPerToken;
       if (v.arenaOffset >= 0) {
         s.valuePtr[id] = s.arena.ptr + v.arenaOffset * t;
         continue;
@@ -577,6 +580,11 @@ bool CudaSession::run(plan::Plan &plan, const std::vector<int64_t> &tokens,
     for (size_t i = 0; i < operands.size(); ++i) {
       int64_t id = l.operand(i);
       operands[i] = {s.valuePtr[id], shapeOf(id), plan.values[id].dtype};
+      const plan::Value &v = plan.values[id];
+      if (lastRow && i < l.args.size() && !v.shape.empty() && v.shape[0] < 0) {
+        operands[i].ptr += (operands[i].shape[0] - 1) * plan::rowBytes(v);
+        operands[i].shape[0] = 1;
+      }
     }
     // The KV slot bound to a key or value operand, and which of the two.
     std::map<int64_t, std::pair<int64_t, bool>> slotOf;
@@ -754,8 +762,15 @@ bool CudaSession::run(plan::Plan &plan, const std::vector<int64_t> &tokens,
         return false;
   }
 
-  logits.resize(static_cast<size_t>(t * plan.vocab));
-  if (!s.check(d.cuMemcpyDtoHAsync(logits.data(), s.valuePtr[plan.logits],
+  int64_t logitRows = rows[plan.logits];
+  logits.resize(static_cast<size_t>(logitRows * plan.vocab));
+  // The last row only, when that is all the caller wants.
+  CUdeviceptr from = s.valuePtr[plan.logits];
+  if (lastOnly && logitRows > 1) {
+    from += (logitRows - 1) * plan.vocab * sizeof(float);
+    logits.resize(static_cast<size_t>(plan.vocab));
+  }
+  if (!s.check(d.cuMemcpyDtoHAsync(logits.data(), from,
                                    logits.size() * sizeof(float), s.stream),
                "cuMemcpyDtoHAsync(logits)", error) ||
       !s.check(d.cuStreamSynchronize(s.stream),

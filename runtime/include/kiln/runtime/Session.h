@@ -39,10 +39,12 @@ public:
                                          Device device = Device::Auto);
 
   /// Runs `tokens` at `positions` after everything run since the last
-  /// reset(); `logits` receives [tokens, vocab] float32 rows.
+  /// reset(); `logits` receives [tokens, vocab] float32 rows, or with
+  /// `lastOnly` the last token's row alone (the LM head then runs on that
+  /// row only: a long prefill skips tokens x vocab x hidden of work).
   bool run(const std::vector<int64_t> &tokens,
            const std::vector<int64_t> &positions, std::vector<float> &logits,
-           int64_t &vocab, std::string &error);
+           int64_t &vocab, std::string &error, bool lastOnly = false);
 
   void reset();
   int64_t vocabSize() const;
