@@ -503,6 +503,11 @@ LogicalResult mlir::kiln::cuda::generateGemmKernel(const KernelContext &ctx,
     int64_t maxRows;
   } variants[] = {{"_decode", {1, 64, 8}, kDecodeRows},
                   {"_prefill", {2, 128, 4}, -1}};
+  // Decode is bound by reading W: narrower tiles when 64-wide ones would
+  // leave SMs idle (fewer than 1.5 blocks per SM of an H100/H200).
+  constexpr int64_t kBusyBlocks = 198;
+  if (s.n / 64 < kBusyBlocks)
+    variants[0].config.tileN = 32;
   for (const Variant &v : variants) {
     TileConfig config = v.config;
     FailureOr<int64_t> tileN = tileFor(config.tileN);
