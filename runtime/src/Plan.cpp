@@ -63,6 +63,7 @@ static bool parseVariant(const json::Value &entry, size_t operands,
     out.grid[d].perRow = intField(g, "per_row", 0, ok);
     out.grid[d].constant = intField(g, "constant", 1, ok);
     out.grid[d].divisor = intField(g, "divisor", 1, ok);
+    out.grid[d].perSm = intField(g, "per_sm", 0, ok);
     if (out.grid[d].divisor <= 0 ||
         out.grid[d].rowsOf >= static_cast<int64_t>(operands))
       return false;

@@ -44,6 +44,8 @@ struct AttentionUse {
 
 struct GpuExtent {
   int64_t rowsOf = -1, perRow = 0, constant = 1, divisor = 1;
+  /// Blocks per SM (persistent kernels), when positive.
+  int64_t perSm = 0;
 };
 
 struct GpuParam {

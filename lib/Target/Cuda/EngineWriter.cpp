@@ -19,10 +19,13 @@ static llvm::Error makeError(const llvm::Twine &message) {
 }
 
 static json::Object gridJson(const GridExtent &g) {
-  return json::Object{{"rows_of", g.rowsOf},
-                      {"per_row", g.perRow},
-                      {"constant", g.constant},
-                      {"divisor", g.divisor}};
+  json::Object o{{"rows_of", g.rowsOf},
+                 {"per_row", g.perRow},
+                 {"constant", g.constant},
+                 {"divisor", g.divisor}};
+  if (g.perSm)
+    o["per_sm"] = g.perSm;
+  return o;
 }
 
 static json::Object paramJson(const GpuParam &p) {

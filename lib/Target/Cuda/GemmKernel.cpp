@@ -90,6 +90,23 @@ private:
   TileConfig c;
   KernelText k;
   std::string wg, lane, mBase, tileX, aligned, rows, full, empty, dyn;
+  std::string tilesN, totalTiles, gridSize;
+
+  /// Opens the loop over this block's tiles, carrying the ring iteration
+  /// count across tiles; sets mBase and tileX. Returns the count at the
+  /// tile's start.
+  std::string beginTiles(std::string &loopResult) {
+    loopResult = k.fresh();
+    std::string ring = k.fresh();
+    std::string t = k.beginFor(k.blockId('x'), totalTiles, gridSize, loopResult,
+                               ring + " = " + k.index(0) + " : index");
+    mBase = k.mul(k.div(t, tilesN), k.index(c.tileM()));
+    tileX = k.rem(t, tilesN);
+    return ring;
+  }
+  void endTiles(const std::string &ring) {
+    k.endFor(k.add(ring, kTiles()) + " : index");
+  }
 
   bool swiglu() const { return isa_and_nonnull<PackedSwiGluOp>(s.epilogue); }
 
@@ -117,8 +134,13 @@ private:
     aligned = arena.aligned;
     full = k.op("nvgpu.mbarrier.create -> " + bar);
     empty = k.op("nvgpu.mbarrier.create -> " + bar);
-    mBase = k.mul(k.blockId('y'), k.index(c.tileM()));
-    tileX = k.blockId('x');
+    // Persistent: the grid is one block per SM; block b takes tiles b,
+    // b + grid, ... (N fastest, so the blocks at work share their A rows).
+    tilesN = k.index(tilesAcross());
+    std::string tilesM =
+        k.div(k.add(rows, k.index(c.tileM() - 1)), k.index(c.tileM()));
+    totalTiles = k.mul(tilesM, tilesN);
+    gridSize = k.op("gpu.grid_dim x");
     std::string tid = k.threadId();
     wg = k.div(tid, k.index(128));
     lane = k.rem(tid, k.index(128));
@@ -148,10 +170,13 @@ private:
     std::string bar = barrierType(c.stages);
     k.line("nvvm.setmaxregister decrease 40");
     k.beginIf(k.cmp("eq", lane, k.index(0)));
+    std::string tilesDone;
+    std::string ring = beginTiles(tilesDone);
     std::string it = k.beginFor(k.index(0), kTiles(), k.index(1));
-    std::string st = k.rem(it, k.index(c.stages));
+    std::string g = k.add(ring, it);
+    std::string st = k.rem(g, k.index(c.stages));
     // A fresh "empty" barrier passes parity 1: the first round never waits.
-    waitParity(k, empty, st, phaseOf(it, /*flip=*/true), bar);
+    waitParity(k, empty, st, phaseOf(g, /*flip=*/true), bar);
     k.line("nvgpu.mbarrier.arrive.expect_tx " + full + "[" + st + "], " +
            k.index(stageBytes()) + " : " + bar);
     std::string offA = k.add(padding, k.mul(st, k.index(stageBytes())));
@@ -186,6 +211,7 @@ private:
              ", " + bar + " -> " + tile(boxB));
     }
     k.endFor();
+    endTiles(ring);
     k.endIf();
   }
 
@@ -197,12 +223,15 @@ private:
     std::string base64 =
         k.op("arith.index_cast " + aligned + " : index to i64");
     std::string zero = k.op("llvm.mlir.zero : " + acc);
+    std::string tilesDone;
+    std::string ring = beginTiles(tilesDone);
     std::string result = k.fresh();
     std::string carried = k.fresh();
     std::string it = k.beginFor(k.index(0), kTiles(), k.index(1), result,
                                 carried + " = " + zero + " : " + acc);
-    std::string st = k.rem(it, k.index(c.stages));
-    waitParity(k, full, st, phaseOf(it, /*flip=*/false), bar);
+    std::string g = k.add(ring, it);
+    std::string st = k.rem(g, k.index(c.stages));
+    waitParity(k, full, st, phaseOf(g, /*flip=*/false), bar);
     std::string stage = addressOf(k, base64, st, stageBytes());
     std::string aAddr = addressOf(k, stage, cw, 64 * kTileK * 2);
     std::string bAddr = k.op("arith.addi " + stage + ", " +
@@ -228,13 +257,29 @@ private:
     std::string leader = k.cmp("eq", lane, k.index(0));
     k.beginIf(k.op("arith.andi " + notFirst + ", " + leader + " : i1"));
     std::string prev =
-        k.rem(k.add(it, k.index(c.stages - 1)), k.index(c.stages));
+        k.rem(k.add(g, k.index(c.stages - 1)), k.index(c.stages));
     k.line("%tok_" + std::to_string(tokens++) + " = nvgpu.mbarrier.arrive " +
            empty + "[" + prev + "] : " + bar + " -> !nvgpu.mbarrier.token");
     k.endIf();
     k.endFor(running + " : " + acc);
     k.line("nvvm.wgmma.wait.group.sync.aligned 0");
+    // The tile's last stage is free too: the next tile's loads may use it
+    // while this one's epilogue runs.
+    k.beginIf(k.cmp("eq", lane, k.index(0)));
+    std::string last =
+        k.rem(k.add(ring, k.sub(kTiles(), k.index(1))), k.index(c.stages));
+    k.line("%tok_" + std::to_string(tokens++) + " = nvgpu.mbarrier.arrive " +
+           empty + "[" + last + "] : " + bar + " -> !nvgpu.mbarrier.token");
+    k.endIf();
     epilogue(result, cw);
+    endTiles(ring);
+  }
+
+  /// Output tiles across N (the grid of a non-persistent launch).
+  int64_t tilesAcross() const {
+    int64_t columns = swiglu() ? s.n / 2 : s.n;
+    int64_t perTile = swiglu() ? c.tileN / 2 : c.tileN;
+    return (columns + perTile - 1) / perTile;
   }
 
   // Fragment coordinates.
@@ -522,13 +567,7 @@ LogicalResult mlir::kiln::cuda::generateGemmKernel(const KernelContext &ctx,
     launch.function = name;
     launch.blockThreads = 128 * (1 + config.consumers);
     launch.dynamicSharedBytes = writer.dynamicSharedBytes();
-    int64_t columns =
-        isa_and_nonnull<PackedSwiGluOp>(s.epilogue) ? s.n / 2 : s.n;
-    int64_t perTile = isa_and_nonnull<PackedSwiGluOp>(s.epilogue)
-                          ? config.tileN / 2
-                          : config.tileN;
-    launch.grid[0] = fixedGrid((columns + perTile - 1) / perTile);
-    launch.grid[1] = rowsGrid(s.a, config.tileM());
+    launch.grid[0] = smGrid();
     launch.params.push_back({GpuParam::Kind::TensorMap,
                              static_cast<unsigned>(s.a), kTileK,
                              config.tileM()});

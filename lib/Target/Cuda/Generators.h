@@ -63,6 +63,11 @@ inline GridExtent rowsGrid(unsigned operand, int64_t perBlock = 1,
   g.divisor = perBlock;
   return g;
 }
+inline GridExtent smGrid(int64_t perSm = 1) {
+  GridExtent g;
+  g.perSm = perSm;
+  return g;
+}
 inline GridExtent fixedGrid(int64_t n) {
   GridExtent g;
   g.constant = n;

@@ -84,6 +84,7 @@ struct CudaSession::State {
   CUcontext context = nullptr;
   CUstream stream = nullptr;
   CUmodule module = nullptr;
+  int64_t sms = 1; // streaming multiprocessors of the GPU
   std::map<std::string, CUfunction> functions;
   std::vector<DeviceBuffer> owned;      // weights, repacks
   std::vector<CUdeviceptr> valuePtr;    // per plan value
@@ -310,6 +311,10 @@ std::unique_ptr<CudaSession> CudaSession::open(const EngineFile &engine,
     error = failure;
     return nullptr;
   }
+  int smCount = 0;
+  d.cuDeviceGetAttribute(&smCount, CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT,
+                         s->device);
+  s->sms = std::max(smCount, 1);
   int optIn = 0;
   d.cuDeviceGetAttribute(
       &optIn, CU_DEVICE_ATTRIBUTE_MAX_SHARED_MEMORY_PER_BLOCK_OPTIN, s->device);
@@ -717,7 +722,8 @@ bool CudaSession::run(plan::Plan &plan, const std::vector<int64_t> &tokens,
         const plan::GpuExtent &g = v.grid[dim];
         int64_t numerator =
             (g.rowsOf >= 0 ? rowsOf(g.rowsOf) * g.perRow : 0) + g.constant;
-        int64_t n = (numerator + g.divisor - 1) / g.divisor;
+        int64_t n = g.perSm > 0 ? g.perSm * s.sms
+                                : (numerator + g.divisor - 1) / g.divisor;
         p.grid[dim] = static_cast<unsigned>(std::max<int64_t>(n, 1));
       }
       s.prepared.push_back(std::move(p));

@@ -23,12 +23,14 @@
 namespace mlir::kiln::cuda {
 
 /// One grid extent: ceil((rows(operand) * perRow + constant) / divisor), or
-/// constant / divisor (rounded up) when `rowsOf` is negative.
+/// constant / divisor (rounded up) when `rowsOf` is negative; with
+/// `perSm`, that many blocks per SM of the GPU (persistent kernels).
 struct GridExtent {
   int rowsOf = -1;
   int64_t perRow = 0;
   int64_t constant = 1;
   int64_t divisor = 1;
+  int64_t perSm = 0;
 };
 
 /// How the runtime fills one parameter of a GPU function. Operands are
