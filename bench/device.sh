@@ -9,7 +9,8 @@
 # 2. correctness: the sm_90a engine's logits against the host engine's on
 #    tiny-scout, tiny-maverick and a chunk-16 tiny-scout whose 40-token
 #    prefill crosses chunks (relative L2 <= 1e-2), and 32 greedy tokens
-#    identical;
+#    identical; on a failure, per-launch dumps of both engines name the
+#    first kernel that disagrees (logs/<model>.dumps.txt);
 # 3. speed on a 4-layer real-size Scout-shaped random model, with
 #    KILN_PROFILE per-kernel times: prefill 4096, 64-token steps (the GEMM
 #    shapes of batch-64 decode), batch-1 decode, a 16k prefill; against
@@ -72,6 +73,17 @@ for m in tiny-scout tiny-maverick tiny-scout-chunk16; do
   [ "$(grep '^generated:' "$logs/$m.gpu.txt")" = "$(grep '^generated:' "$logs/$m.host.txt")" ] && same=yes
   result=pass; { [ $ok = 0 ] && [ $same = yes ]; } || result=FAIL
   log "$m: rel-l2 ${rel:-?}, greedy identical: $same ($result)"
+  if [ $result = FAIL ]; then
+    # Find the first launch where the GPU engine leaves the host engine.
+    rm -rf "$logs/$m.dump-host" "$logs/$m.dump-gpu"
+    mkdir -p "$logs/$m.dump-host" "$logs/$m.dump-gpu"
+    dargs=(--checkpoint "$in/$m" --tokens-file "$in/prompt40" --max-new-tokens 2 --ignore-eos)
+    KILN_DUMP_DIR="$logs/$m.dump-host" "$run" "$in/$m.host.kiln" "${dargs[@]}" --device host > /dev/null 2>&1
+    KILN_DUMP_DIR="$logs/$m.dump-gpu" timeout 120 "$run" "$in/$m.sm90.kiln" "${dargs[@]}" --device cuda > /dev/null 2>&1
+    $py "$root/bench/device/compare_dumps.py" "$logs/$m.dump-gpu" "$logs/$m.dump-host" \
+      > "$logs/$m.dumps.txt" 2>&1
+    log "$m: $(tail -1 "$logs/$m.dumps.txt")"
+  fi
   echo "{\"model\":\"$m\",\"rel_l2\":\"${rel:-?}\",\"greedy\":\"$same\",\"result\":\"$result\"}" >> "$logs/correctness.jsonl"
 done
 

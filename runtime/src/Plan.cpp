@@ -2,7 +2,12 @@
 
 #include "Plan.h"
 
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+
 #include "kiln/runtime/Json.h"
+#include "kiln/runtime/Npy.h"
 #include "kiln/runtime/Safetensors.h"
 
 using namespace kiln;
@@ -14,6 +19,43 @@ size_t kiln::plan::elementSize(const std::string &dtype) {
   if (dtype == "I64")
     return 8;
   return 2; // BF16, F16
+}
+
+std::string kiln::plan::dumpDirectory() {
+  const char *dir = std::getenv("KILN_DUMP_DIR");
+  return dir && *dir ? dir : "";
+}
+
+bool kiln::plan::dumpValue(const std::string &dir, size_t step, size_t launch,
+                           const std::string &kernel, size_t result,
+                           const std::string &dtype,
+                           const std::vector<int64_t> &shape, const void *data,
+                           std::string &error) {
+  int64_t n = 1;
+  for (int64_t d : shape)
+    n *= d;
+  std::vector<float> values(static_cast<size_t>(n));
+  for (int64_t i = 0; i < n; ++i) {
+    if (dtype == "F32") {
+      values[i] = static_cast<const float *>(data)[i];
+    } else if (dtype == "BF16") {
+      uint32_t bits =
+          static_cast<uint32_t>(static_cast<const uint16_t *>(data)[i]) << 16;
+      std::memcpy(&values[i], &bits, sizeof bits);
+    } else if (dtype == "I64") {
+      values[i] = static_cast<float>(static_cast<const int64_t *>(data)[i]);
+    } else if (dtype == "I32") {
+      values[i] = static_cast<float>(static_cast<const int32_t *>(data)[i]);
+    } else {
+      error = "cannot dump values of type " + dtype;
+      return false;
+    }
+  }
+  char name[64];
+  std::snprintf(name, sizeof name, "/%03zu_%04zu_", step, launch);
+  std::string path =
+      dir + name + kernel + "_" + std::to_string(result) + ".npy";
+  return writeNpyF32(path, shape, values.data(), error);
 }
 
 static bool intsOf(const json::Value *v, std::vector<int64_t> &out) {

@@ -125,6 +125,20 @@ inline size_t rowBytes(const Value &v) {
   return n;
 }
 
+/// KILN_DUMP_DIR: when set, both backends write every launch's results as
+/// float32 .npy files named <step>_<launch>_<kernel>_<result>.npy (steps
+/// counted from the session's start), so the
+/// first launch where two engines of one model disagree can be found
+/// (bench/device/compare_dumps.py). Returns the folder or "".
+std::string dumpDirectory();
+
+/// Writes `count` elements of `dtype` at host address `data` with `shape`
+/// to <dir>/<launch>_<kernel>_<result>.npy as float32.
+bool dumpValue(const std::string &dir, size_t step, size_t launch,
+               const std::string &kernel, size_t result,
+               const std::string &dtype, const std::vector<int64_t> &shape,
+               const void *data, std::string &error);
+
 /// Whether `l` writes the plan's logits.
 inline bool producesLogits(const Plan &plan, const Launch &l) {
   for (int64_t id : l.results)

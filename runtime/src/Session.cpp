@@ -109,6 +109,7 @@ struct Session::Impl : plan::Plan {
   std::vector<uint64_t> arena; // 8-byte aligned
   std::vector<int32_t> tokens32;
   std::vector<int64_t> tokens64, positions;
+  size_t steps = 0; // runs so far (names KILN_DUMP_DIR files)
   /// Set for sm_90a engines: the CUDA backend runs them.
   std::unique_ptr<CudaSession> cuda;
 
@@ -282,6 +283,8 @@ bool Session::run(const std::vector<int64_t> &tokens,
                      : static_cast<const void *>(s.tokens64.data());
     }
 
+  std::string dumpDir = plan::dumpDirectory();
+  ++s.steps;
   // One arena for the step's activations, laid out by the plan.
   s.arena.resize((s.arenaBytesPerToken * t + 7) / 8);
   uint8_t *arena = reinterpret_cast<uint8_t *>(s.arena.data());
@@ -365,6 +368,14 @@ bool Session::run(const std::vector<int64_t> &tokens,
     for (auto &d : descriptors)
       pointers.push_back(d.data());
     invoke(l.entry, pointers);
+    if (!dumpDir.empty())
+      for (size_t r = 0; r < l.results.size(); ++r) {
+        const PlanValue &v = s.values[l.results[r]];
+        if (!plan::dumpValue(dumpDir, s.steps,
+                             static_cast<size_t>(&l - s.launches.data()),
+                             l.kernel, r, v.dtype, s.shapeOf(v), v.data, error))
+          return false;
+      }
   }
   const PlanValue &out = s.values[s.logits];
   const float *data = static_cast<const float *>(out.data);

@@ -95,6 +95,8 @@ struct CudaSession::State {
   std::vector<int64_t> countsHost;
 
   struct Prepared {
+    /// The plan launch this GPU launch belongs to.
+    size_t launch = 0;
     CUfunction function;
     unsigned grid[3];
     unsigned block, shared;
@@ -114,6 +116,7 @@ struct CudaSession::State {
   std::vector<int32_t> tokens32;
   std::vector<int64_t> tokens64, positionsHost;
   bool syncEachLaunch = false;
+  size_t steps = 0; // runs so far (names KILN_DUMP_DIR files)
 
   // KILN_PROFILE: events around each launch, read after the step.
   bool profile = false;
@@ -615,6 +618,7 @@ bool CudaSession::run(plan::Plan &plan, const std::vector<int64_t> &tokens,
       if (v.function.empty())
         continue;
       State::Prepared p;
+      p.launch = li;
       p.function = s.functions[v.function];
       p.block = static_cast<unsigned>(v.block);
       p.shared = static_cast<unsigned>(v.sharedBytes);
@@ -733,7 +737,10 @@ bool CudaSession::run(plan::Plan &plan, const std::vector<int64_t> &tokens,
   // Phase 2: launches only, replayed from a graph for repeated decode steps.
   std::string lastKernel =
       s.prepared.empty() ? std::string("none") : s.prepared.back().name;
-  bool graphable = t == 1 && s.useGraphs && !s.profile && !s.syncEachLaunch;
+  std::string dumpDir = plan::dumpDirectory();
+  ++s.steps;
+  bool graphable = t == 1 && s.useGraphs && !s.profile && !s.syncEachLaunch &&
+                   dumpDir.empty();
   if (graphable && (s.graphExec == nullptr || s.prepared != s.graphed)) {
     s.dropGraph();
     if (!s.check(
@@ -763,9 +770,32 @@ bool CudaSession::run(plan::Plan &plan, const std::vector<int64_t> &tokens,
       return false;
     ++s.graphLaunches;
   } else {
-    for (const State::Prepared &p : s.prepared)
-      if (!s.enqueue(p, error))
+    for (size_t i = 0; i < s.prepared.size(); ++i) {
+      if (!s.enqueue(s.prepared[i], error))
         return false;
+      // KILN_DUMP_DIR: after a plan launch's last GPU launch, its results.
+      size_t li = s.prepared[i].launch;
+      if (dumpDir.empty() ||
+          (i + 1 < s.prepared.size() && s.prepared[i + 1].launch == li))
+        continue;
+      const plan::Launch &l = plan.launches[li];
+      for (size_t r = 0; r < l.results.size(); ++r) {
+        int64_t id = l.results[r];
+        std::vector<int64_t> shape = shapeOf(id);
+        int64_t n = 1;
+        for (int64_t dim : shape)
+          n *= dim;
+        std::vector<uint8_t> host(n * plan::elementSize(plan.values[id].dtype));
+        if (!s.check(d.cuMemcpyDtoHAsync(host.data(), s.valuePtr[id],
+                                         host.size(), s.stream),
+                     "cuMemcpyDtoHAsync(dump)", error) ||
+            !s.check(d.cuStreamSynchronize(s.stream),
+                     "running " + s.prepared[i].name, error) ||
+            !plan::dumpValue(dumpDir, s.steps, li, l.kernel, r,
+                             plan.values[id].dtype, shape, host.data(), error))
+          return false;
+      }
+    }
   }
 
   int64_t logitRows = rows[plan.logits];
