@@ -120,6 +120,18 @@ struct Session::Impl : plan::Plan {
       std::remove(libraryPath.c_str());
   }
 
+  /// Opens the checkpoint and binds its weights to the plan.
+  bool bindCheckpoint(const std::string &dir, std::string &error) {
+    checkpoint = Checkpoint::open(dir, error);
+    if (!checkpoint)
+      return false;
+    if (!checkpoint->hasWeights()) {
+      error = dir + ": no weights to run the engine with";
+      return false;
+    }
+    return bindWeights(*checkpoint, error);
+  }
+
   std::vector<int64_t> shapeOf(const PlanValue &v) const {
     std::vector<int64_t> s = v.shape;
     if (!s.empty() && s[0] < 0)
@@ -163,16 +175,7 @@ std::unique_ptr<Session> Session::create(const std::string &enginePath,
     if (!impl->parse(plan->second, enginePath, error))
       return nullptr;
     impl->cuda = CudaSession::open(engine, *impl, enginePath, error);
-    if (!impl->cuda)
-      return nullptr;
-    impl->checkpoint = Checkpoint::open(checkpointDir, error);
-    if (!impl->checkpoint)
-      return nullptr;
-    if (!impl->checkpoint->hasWeights()) {
-      error = checkpointDir + ": no weights to run the engine with";
-      return nullptr;
-    }
-    if (!impl->bindWeights(*impl->checkpoint, error) ||
+    if (!impl->cuda || !impl->bindCheckpoint(checkpointDir, error) ||
         !impl->cuda->upload(*impl, error))
       return nullptr;
     return std::unique_ptr<Session>(new Session(std::move(impl)));
@@ -224,14 +227,7 @@ std::unique_ptr<Session> Session::create(const std::string &enginePath,
       return nullptr;
     }
   }
-  impl->checkpoint = Checkpoint::open(checkpointDir, error);
-  if (!impl->checkpoint)
-    return nullptr;
-  if (!impl->checkpoint->hasWeights()) {
-    error = checkpointDir + ": no weights to run the engine with";
-    return nullptr;
-  }
-  if (!impl->bindWeights(*impl->checkpoint, error))
+  if (!impl->bindCheckpoint(checkpointDir, error))
     return nullptr;
   return std::unique_ptr<Session>(new Session(std::move(impl)));
 }
