@@ -190,7 +190,12 @@ llvm::Expected<json::Object> mlir::kiln::buildEnginePlan(
       for (auto [i, result] : llvm::enumerate(call.getResults()))
         rowsPerTokenOf[result] = rowsPerToken(kernel, i);
     }
+  // The logits live outside the arena: a step that wants only its last
+  // row's logits allocates one row, not tokens x vocab (0.8 MB a token for
+  // Llama 4).
   ActivationPlan arena = planActivations(graph, [&](Value v) {
+    if (v == logits)
+      return int64_t(0);
     auto type = cast<RankedTensorType>(v.getType());
     int64_t row = elementOf(v).getIntOrFloatBitWidth() / 8;
     for (int64_t d : type.getShape().drop_front())
@@ -198,8 +203,9 @@ llvm::Expected<json::Object> mlir::kiln::buildEnginePlan(
     return rowsPerTokenOf.lookup(v) * row;
   });
   for (const BufferPlacement &b : arena.buffers)
-    (*values[ids.lookup(b.value)].getAsObject())["arena_offset"] =
-        b.offsetPerToken;
+    if (b.value != logits)
+      (*values[ids.lookup(b.value)].getAsObject())["arena_offset"] =
+          b.offsetPerToken;
 
   json::Object plan{{"values", std::move(values)},
                     {"arena_bytes_per_token", arena.peakPerToken},
