@@ -127,6 +127,20 @@ kiln_status *kiln_session_run_last(kiln_session *session, const int64_t *tokens,
                     out_logits, logits_capacity, /*lastOnly=*/true);
 }
 
+kiln_status *kiln_session_run_greedy(kiln_session *session,
+                                     const int64_t *tokens,
+                                     const int64_t *positions, size_t count,
+                                     int64_t *out_token) {
+  if (!session || !tokens || !positions || !out_token)
+    return makeStatus("kiln_session_run_greedy: NULL argument");
+  std::vector<int64_t> ids(tokens, tokens + count);
+  std::vector<int64_t> at(positions, positions + count);
+  std::string error;
+  if (!session->session->runGreedy(ids, at, *out_token, error))
+    return makeStatus(error);
+  return nullptr;
+}
+
 void kiln_session_reset(kiln_session *session) {
   if (session)
     session->session->reset();

@@ -31,9 +31,12 @@ public:
   /// Copies the weights bound in `plan` (and its repackings) to the GPU.
   bool upload(const plan::Plan &plan, std::string &error);
 
+  /// With `greedyToken`, the last row's argmax is computed on the GPU and
+  /// written there instead of copying logits back.
   bool run(plan::Plan &plan, const std::vector<int64_t> &tokens,
            const std::vector<int64_t> &positions, std::vector<float> &logits,
-           std::string &error, bool lastOnly = false);
+           std::string &error, bool lastOnly = false,
+           int64_t *greedyToken = nullptr);
   void reset();
 
   struct State;

@@ -279,6 +279,15 @@ bool Plan::parse(const std::string &text, const std::string &path,
   logits = out->integer;
   vocab = values[logits].shape.back();
   intsOf(plan.find("eos_token_ids"), eos);
+  if (const json::Value *argmax = plan.find("argmax")) {
+    const json::Value *function = argmax->find("function");
+    const json::Value *block = argmax->find("block");
+    if (!function || !function->isString() || !block || !block->isInteger ||
+        block->integer <= 0)
+      return bad("argmax");
+    argmaxFunction = function->string;
+    argmaxBlock = block->integer;
+  }
   return true;
 }
 

@@ -106,6 +106,10 @@ struct Plan {
   int64_t vocab = 0;
   int64_t arenaBytesPerToken = 0;
   std::vector<int64_t> eos;
+  /// sm_90a: the greedy-sampling GPU function (argmax of the last logits
+  /// row), or empty.
+  std::string argmaxFunction;
+  int64_t argmaxBlock = 0;
 
   /// Parses and checks the plan; `path` names the engine in errors.
   bool parse(const std::string &text, const std::string &path,

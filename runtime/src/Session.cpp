@@ -18,6 +18,7 @@
 #include "kiln/runtime/Safetensors.h"
 
 #include <algorithm>
+#include <cmath>
 #include <cstring>
 #include <dlfcn.h>
 #include <fstream>
@@ -118,6 +119,22 @@ struct Session::Impl : plan::Plan {
       dlclose(library);
     if (!libraryPath.empty())
       std::remove(libraryPath.c_str());
+  }
+
+  bool checkInputs(const std::vector<int64_t> &tokens,
+                   const std::vector<int64_t> &positions,
+                   std::string &error) const {
+    if (tokens.empty() || positions.size() != tokens.size()) {
+      error = "expected one position per token and at least one token";
+      return false;
+    }
+    for (int64_t id : tokens)
+      if (id < 0 || id >= vocab) {
+        error = "token id " + std::to_string(id) +
+                " is outside the vocabulary [0, " + std::to_string(vocab) + ")";
+        return false;
+      }
+    return true;
   }
 
   /// Opens the checkpoint and binds its weights to the plan.
@@ -251,16 +268,8 @@ bool Session::run(const std::vector<int64_t> &tokens,
                   std::string &error, bool lastOnly) {
   Impl &s = *impl;
   int64_t t = static_cast<int64_t>(tokens.size());
-  if (t == 0 || positions.size() != tokens.size()) {
-    error = "expected one position per token and at least one token";
+  if (!s.checkInputs(tokens, positions, error))
     return false;
-  }
-  for (int64_t id : tokens)
-    if (id < 0 || id >= s.vocab) {
-      error = "token id " + std::to_string(id) +
-              " is outside the vocabulary [0, " + std::to_string(s.vocab) + ")";
-      return false;
-    }
   if (s.cuda) {
     vocab = s.vocab;
     return s.cuda->run(s, tokens, positions, logits, error, lastOnly);
@@ -380,5 +389,31 @@ bool Session::run(const std::vector<int64_t> &tokens,
   logits.assign(data + (lastOnly ? (rows - 1) * s.vocab : 0),
                 data + rows * s.vocab);
   vocab = s.vocab;
+  return true;
+}
+
+bool Session::runGreedy(const std::vector<int64_t> &tokens,
+                        const std::vector<int64_t> &positions, int64_t &token,
+                        std::string &error) {
+  std::vector<float> logits;
+  int64_t vocab = 0;
+  if (impl->cuda)
+    return impl->checkInputs(tokens, positions, error) &&
+           impl->cuda->run(*impl, tokens, positions, logits, error,
+                           /*lastOnly=*/true, &token);
+  if (!run(tokens, positions, logits, vocab, error, /*lastOnly=*/true))
+    return false;
+  // NaN ranks lowest; the first of equal logits wins, as on the GPU.
+  token = 0;
+  float best = -INFINITY;
+  bool found = false;
+  for (int64_t i = 0; i < vocab; ++i) {
+    float v = std::isnan(logits[i]) ? -INFINITY : logits[i];
+    if (!found || v > best) {
+      best = v;
+      token = i;
+      found = true;
+    }
+  }
   return true;
 }

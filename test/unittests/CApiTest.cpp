@@ -119,3 +119,11 @@ TEST(CApiTest, RunLastReportsMisuse) {
                 .find("kiln_session_run_last: NULL argument"),
             std::string::npos);
 }
+
+TEST(CApiTest, RunGreedyReportsMisuse) {
+  int64_t token = 1, position = 0, next = -1;
+  EXPECT_NE(messageOf(kiln_session_run_greedy(nullptr, &token, &position, 1,
+                                              &next))
+                .find("kiln_session_run_greedy: NULL argument"),
+            std::string::npos);
+}

@@ -158,6 +158,10 @@ int main(int argc, char **argv) {
   // The prompt goes in one step, or in steps of --step tokens, or (with
   // --decode-from N) as an N-token prefill followed by one token at a time.
   size_t chunk = step > 0 ? static_cast<size_t>(step) : prompt.size();
+  // Greedy decoding without dumps picks each token where the engine runs
+  // (on the GPU for sm_90a engines): no logits are copied back.
+  bool greedy = temperature <= 0 && dumpLogits.empty();
+  int64_t next = -1;
   for (size_t begin = 0; begin < prompt.size();) {
     size_t n = std::min(chunk, prompt.size() - begin);
     if (decodeFrom > 0)
@@ -168,8 +172,9 @@ int main(int argc, char **argv) {
     std::iota(positions.begin(), positions.end(), static_cast<int64_t>(begin));
     // Every row's logits only when they are dumped: otherwise the LM head
     // runs on the step's last row alone.
-    error = dumpLogits.empty() ? session->runLast(ids, positions, part)
-                               : session->run(ids, positions, part);
+    error = greedy               ? session->runGreedy(ids, positions, next)
+            : dumpLogits.empty() ? session->runLast(ids, positions, part)
+                                 : session->run(ids, positions, part);
     if (!error.empty())
       return fail(error);
     if (dumpLogits.empty())
@@ -187,7 +192,8 @@ int main(int argc, char **argv) {
                          logits.data(), error))
     return fail(error);
 
-  int64_t next = sampler->pick(logits.data() + logits.size() - vocab, vocab);
+  if (!greedy)
+    next = sampler->pick(logits.data() + logits.size() - vocab, vocab);
   std::printf("next token: %lld\n", static_cast<long long>(next));
   if (maxNew == 0)
     return 0;
@@ -205,10 +211,14 @@ int main(int argc, char **argv) {
     }
     if (i + 1 == maxNew)
       break;
-    if (!(error = session->run({next}, {position++}, part)).empty())
+    int64_t at = position++;
+    error = greedy ? session->runGreedy({next}, {at}, next)
+                   : session->run({next}, {at}, part);
+    if (!error.empty())
       return fail(error);
     ++decoded;
-    next = sampler->pick(part.data(), vocab);
+    if (!greedy)
+      next = sampler->pick(part.data(), vocab);
   }
   double decode = std::chrono::duration<double>(Clock::now() - start).count();
   std::printf("generated:");

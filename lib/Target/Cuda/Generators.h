@@ -48,6 +48,9 @@ LogicalResult generateGroupedWgmmaKernel(const KernelContext &ctx,
 /// Whether the wgmma grouped GEMM can tile this kernel's shapes.
 bool groupedWgmmaFits(const KernelContext &ctx);
 
+/// Greedy sampling: argmax of the last logits row (MemoryKernels.cpp).
+GpuLaunch writeArgmax(int64_t vocab, std::string &text);
+
 /// Prefill attention on wgmma (FlashAttentionKernel.cpp).
 bool flashAttentionFits(const KernelContext &ctx, AttentionOp a);
 GpuLaunch writeFlashAttention(const KernelContext &ctx, AttentionOp a,

@@ -157,6 +157,11 @@ FailureOr<GpuProgram> mlir::kiln::cuda::generateGpuKernels(ModuleOp module) {
       return failure();
     program.kernels.push_back(std::move(out));
   }
+  auto ret = cast<func::ReturnOp>(graph.getBody().front().getTerminator());
+  if (ret.getNumOperands() == 1) {
+    auto logits = cast<RankedTensorType>(ret.getOperand(0).getType());
+    program.argmax = writeArgmax(logits.getShape().back(), text);
+  }
   text += "}\n";
   program.moduleText = std::move(text);
   return program;

@@ -12,6 +12,8 @@
 
 #include "dialects/kiln/KilnOps.h"
 
+#include <limits>
+
 using namespace mlir;
 using namespace mlir::kiln;
 using namespace mlir::kiln::cuda;
@@ -245,4 +247,75 @@ LogicalResult mlir::kiln::cuda::generateMemoryKernel(const KernelContext &ctx,
     launch.params.push_back({GpuParam::Kind::Memref, i});
   out.steps.push_back({{launch}});
   return success();
+}
+
+GpuLaunch mlir::kiln::cuda::writeArgmax(int64_t vocab, std::string &text) {
+  constexpr int64_t kThreads = 1024;
+  std::string logitsType = "memref<?x" + std::to_string(vocab) + "xf32>";
+  KernelText k("kiln_argmax",
+               "%logits: " + logitsType + ", %token: memref<1xi64>", kThreads);
+  std::string bestValue = k.workgroup("memref<32xf32, 3>");
+  std::string bestIndex = k.workgroup("memref<32xi32, 3>");
+  std::string tid = k.threadId();
+  std::string row =
+      k.sub(k.op("memref.dim %logits, " + k.index(0) + " : " + logitsType),
+            k.index(1));
+  std::string negInf = k.f32(-std::numeric_limits<double>::infinity());
+  // (value, index) beats (best, at) when larger, or equal at a lower index.
+  auto better = [&](const std::string &v, const std::string &i,
+                    const std::string &best, const std::string &at) {
+    std::string larger = k.op("arith.cmpf ogt, " + v + ", " + best + " : f32");
+    std::string tie = k.op(
+        "arith.andi " + k.op("arith.cmpf oeq, " + v + ", " + best + " : f32") +
+        ", " + k.cmp("slt", i, at, "i32") + " : i1");
+    return k.op("arith.ori " + larger + ", " + tie + " : i1");
+  };
+  std::string res = k.fresh(), value = k.fresh(), index = k.fresh();
+  std::string c = k.beginFor(tid, k.index(vocab), k.index(kThreads), res + ":2",
+                             value + " = " + negInf + ", " + index + " = " +
+                                 k.i32(vocab) + " : f32, i32");
+  std::string v =
+      k.op("memref.load %logits[" + row + ", " + c + "] : " + logitsType);
+  std::string isNan = k.op("arith.cmpf uno, " + v + ", " + v + " : f32");
+  v = k.select(isNan, negInf, v, "f32");
+  std::string i = k.op("arith.index_cast " + c + " : index to i32");
+  std::string take = better(v, i, value, index);
+  k.endFor(k.select(take, v, value, "f32") + ", " +
+           k.select(take, i, index, "i32") + " : f32, i32");
+  std::string best = res + "#0", at = res + "#1";
+  auto reduce = [&]() {
+    for (int64_t off = 16; off >= 1; off /= 2) {
+      std::string ov = k.fresh(), oi = k.fresh();
+      k.line(ov + ", " + k.fresh() + " = gpu.shuffle xor " + best + ", " +
+             k.i32(off) + ", " + k.i32(32) + " : f32");
+      k.line(oi + ", " + k.fresh() + " = gpu.shuffle xor " + at + ", " +
+             k.i32(off) + ", " + k.i32(32) + " : i32");
+      std::string take = better(ov, oi, best, at);
+      best = k.select(take, ov, best, "f32");
+      at = k.select(take, oi, at, "i32");
+    }
+  };
+  reduce();
+  std::string warp = k.div(tid, k.index(32)), lane = k.rem(tid, k.index(32));
+  k.beginIf(k.cmp("eq", lane, k.index(0)));
+  k.line("memref.store " + best + ", " + bestValue + "[" + warp +
+         "] : memref<32xf32, 3>");
+  k.line("memref.store " + at + ", " + bestIndex + "[" + warp +
+         "] : memref<32xi32, 3>");
+  k.endIf();
+  k.line("gpu.barrier");
+  k.beginIf(k.cmp("ult", tid, k.index(32)));
+  best = k.op("memref.load " + bestValue + "[" + tid + "] : memref<32xf32, 3>");
+  at = k.op("memref.load " + bestIndex + "[" + tid + "] : memref<32xi32, 3>");
+  reduce();
+  k.beginIf(k.cmp("eq", tid, k.index(0)));
+  k.line("memref.store " + k.op("arith.extsi " + at + " : i32 to i64") +
+         ", %token[" + k.index(0) + "] : memref<1xi64>");
+  k.endIf();
+  k.endIf();
+  text += k.finish();
+  GpuLaunch launch;
+  launch.function = "kiln_argmax";
+  launch.blockThreads = kThreads;
+  return launch;
 }

@@ -64,6 +64,14 @@ kiln_status *kiln_session_run(kiln_session *session, const int64_t *tokens,
                               const int64_t *positions, size_t count,
                               float *out_logits, size_t logits_capacity);
 
+/* Runs like kiln_session_run_last and writes the greedy next token (the
+ * largest last-row logit, ties to the lower id) to *out_token; for sm_90a
+ * engines the choice is made on the GPU and no logits are copied back. */
+kiln_status *kiln_session_run_greedy(kiln_session *session,
+                                     const int64_t *tokens,
+                                     const int64_t *positions, size_t count,
+                                     int64_t *out_token);
+
 /* The same, writing only the last token's vocab logits: the LM head runs on
  * that row alone, which is what generation needs after a long prefill. */
 kiln_status *kiln_session_run_last(kiln_session *session, const int64_t *tokens,

@@ -70,6 +70,12 @@ public:
                                          positions.data(), tokens.size(),
                                          logits.data(), logits.size()));
   }
+  /// The greedy next token (on the GPU for sm_90a engines).
+  std::string runGreedy(const std::vector<int64_t> &tokens,
+                        const std::vector<int64_t> &positions, int64_t &token) {
+    return consume(kiln_session_run_greedy(
+        handle, tokens.data(), positions.data(), tokens.size(), &token));
+  }
   void reset() { kiln_session_reset(handle); }
 
 private:

@@ -89,7 +89,7 @@ struct CudaSession::State {
   std::vector<DeviceBuffer> owned;      // weights, repacks
   std::vector<CUdeviceptr> valuePtr;    // per plan value
   std::vector<DeviceBuffer> ownBuffers; // per plan value (non-arena)
-  DeviceBuffer arena, tokens, positions, scratch;
+  DeviceBuffer arena, tokens, positions, scratch, greedy;
   std::vector<GpuSlot> slots;
   DeviceBuffer counts; // int64 key count per slot, this step's rows included
   std::vector<int64_t> countsHost;
@@ -198,6 +198,7 @@ struct CudaSession::State {
     release(positions);
     release(scratch);
     release(counts);
+    release(greedy);
     for (GpuSlot &s : slots) {
       release(s.keys);
       release(s.values);
@@ -349,6 +350,14 @@ std::unique_ptr<CudaSession> CudaSession::open(const EngineFile &engine,
           return nullptr;
         s->functions[v.function] = f;
       }
+  }
+  if (!plan.argmaxFunction.empty()) {
+    CUfunction f = nullptr;
+    if (!s->check(
+            d.cuModuleGetFunction(&f, s->module, plan.argmaxFunction.c_str()),
+            "cuModuleGetFunction(" + plan.argmaxFunction + ")", error))
+      return nullptr;
+    s->functions[plan.argmaxFunction] = f;
   }
   for (const plan::Slot &info : plan.slotInfo) {
     GpuSlot slot;
@@ -522,7 +531,7 @@ static void appendDescriptor(std::vector<int64_t> &fields, CUdeviceptr ptr,
 bool CudaSession::run(plan::Plan &plan, const std::vector<int64_t> &tokens,
                       const std::vector<int64_t> &positions,
                       std::vector<float> &logits, std::string &error,
-                      bool lastOnly) {
+                      bool lastOnly, int64_t *greedyToken) {
   State &s = *state;
   Driver &d = *s.driver;
   if (!s.check(d.cuCtxSetCurrent(s.context), "cuCtxSetCurrent", error))
@@ -734,6 +743,27 @@ bool CudaSession::run(plan::Plan &plan, const std::vector<int64_t> &tokens,
     }
   }
 
+  // Greedy sampling on the GPU: the argmax of the last logits row.
+  if (greedyToken) {
+    if (plan.argmaxFunction.empty()) {
+      error = "engine: no GPU sampling function (recompile the engine)";
+      return false;
+    }
+    if (!s.ensure(s.greedy, sizeof(int64_t), error))
+      return false;
+    State::Prepared p;
+    p.launch = plan.launches.size();
+    p.function = s.functions[plan.argmaxFunction];
+    p.grid[0] = p.grid[1] = p.grid[2] = 1;
+    p.block = static_cast<unsigned>(plan.argmaxBlock);
+    p.shared = 0;
+    p.name = plan.argmaxFunction;
+    p.profileKey = plan.argmaxFunction + "@" + std::to_string(t);
+    appendDescriptor(p.fields, s.valuePtr[plan.logits], shapeOf(plan.logits));
+    appendDescriptor(p.fields, s.greedy.ptr, {1});
+    s.prepared.push_back(std::move(p));
+  }
+
   // Phase 2: launches only, replayed from a graph for repeated decode steps.
   std::string lastKernel =
       s.prepared.empty() ? std::string("none") : s.prepared.back().name;
@@ -775,7 +805,7 @@ bool CudaSession::run(plan::Plan &plan, const std::vector<int64_t> &tokens,
         return false;
       // KILN_DUMP_DIR: after a plan launch's last GPU launch, its results.
       size_t li = s.prepared[i].launch;
-      if (dumpDir.empty() ||
+      if (dumpDir.empty() || li >= plan.launches.size() ||
           (i + 1 < s.prepared.size() && s.prepared[i + 1].launch == li))
         continue;
       const plan::Launch &l = plan.launches[li];
@@ -798,6 +828,20 @@ bool CudaSession::run(plan::Plan &plan, const std::vector<int64_t> &tokens,
     }
   }
 
+  if (greedyToken) {
+    if (!s.check(d.cuMemcpyDtoHAsync(greedyToken, s.greedy.ptr, sizeof(int64_t),
+                                     s.stream),
+                 "cuMemcpyDtoHAsync(token)", error) ||
+        !s.check(d.cuStreamSynchronize(s.stream),
+                 "the step (last launch: " + lastKernel +
+                     "; KILN_CUDA_SYNC=1 names the failing kernel)",
+                 error))
+      return false;
+    logits.clear();
+    if (s.profile)
+      s.collectProfile();
+    return true;
+  }
   int64_t logitRows = rows[plan.logits];
   logits.resize(static_cast<size_t>(logitRows * plan.vocab));
   // The last row only, when that is all the caller wants.

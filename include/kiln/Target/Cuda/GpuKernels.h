@@ -103,6 +103,9 @@ struct GpuProgram {
   /// Storage element type of every graph value produced by a kernel call
   /// (activations feeding GEMMs and attention are kept in bf16 on the GPU).
   llvm::DenseMap<Value, Type> storage;
+  /// Greedy sampling on the GPU: the index of the largest logit of the last
+  /// row (ties to the lower index, NaN as -inf), one block.
+  GpuLaunch argmax;
 };
 
 /// Generates the GPU functions of every kernel in `module`.

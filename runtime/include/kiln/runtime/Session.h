@@ -46,6 +46,13 @@ public:
            const std::vector<int64_t> &positions, std::vector<float> &logits,
            int64_t &vocab, std::string &error, bool lastOnly = false);
 
+  /// Runs like run(lastOnly) and picks the greedy next token (the largest
+  /// last-row logit, ties to the lower id): on the GPU for sm_90a engines,
+  /// so the logits never leave the device.
+  bool runGreedy(const std::vector<int64_t> &tokens,
+                 const std::vector<int64_t> &positions, int64_t &token,
+                 std::string &error);
+
   void reset();
   int64_t vocabSize() const;
   const std::vector<int64_t> &eosTokenIds() const;
