@@ -129,12 +129,8 @@ std::string writeAttention(const KernelContext &ctx, AttentionOp a,
 
   // Online softmax state: max, sum, output slice.
   std::string carriedTypes = "f32, f32";
-  std::string init =
-      k.f32(-std::numeric_limits<double>::infinity()) + ", " + k.f32(0.0);
-  for (int64_t e = 0; e < perLane; ++e) {
+  for (int64_t e = 0; e < perLane; ++e)
     carriedTypes += ", f32";
-    init += ", " + k.f32(0.0);
-  }
   std::string mName = k.fresh(), lName = k.fresh();
   std::vector<std::string> oNames;
   std::string carried =

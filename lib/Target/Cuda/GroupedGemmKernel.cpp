@@ -193,12 +193,11 @@ private:
     std::string bar = barrierType(stages);
     k.line("nvvm.setmaxregister decrease " + std::to_string(producerRegs()));
     std::string leader = k.cmp("eq", lane, k.index(0));
-    // gate_up: each producer thread gathers fixed (row, chunk) pairs of the
-    // A tile; the token of each row is looked up once.
-    int64_t chunks = tileM() * 8 / 128; // 16-byte chunks per thread
-    (void)chunks;
-    // Nothing per chunk stays live across the K loop (the producer has 40
-    // registers): each stage reloads its rows' tokens (L1 hits).
+    // gate_up: each producer thread gathers `chunks` 16-byte pieces of the
+    // A tile per stage. Nothing per chunk stays live across the K loop (the
+    // producer runs in few registers): each stage reloads its rows' tokens
+    // (L1 hits).
+    int64_t chunks = tileM() * 8 / 128;
     std::string it = k.beginFor(k.index(0), kTiles(), k.index(1));
     std::string st = k.rem(it, k.index(stages));
     std::string phase = phaseOf(it, /*flip=*/true);
@@ -238,7 +237,7 @@ private:
       std::string aTile =
           std::to_string(tileM()) + "x" + std::to_string(kTileK);
       std::string bufA = view(offA, aTile);
-      // A loop, not unrolled: the producer warpgroup runs in 40 registers.
+      // A loop, not unrolled: the producer warpgroup runs in 56 registers.
       std::string j = k.beginFor(k.index(0), k.index(chunks), k.index(1));
       {
         std::string idx = k.add(k.mul(j, k.index(128)), lane);

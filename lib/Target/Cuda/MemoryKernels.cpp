@@ -44,8 +44,7 @@ struct RowKernel {
 
   /// First column of chunk `c` for this thread, and whether it is in range.
   std::pair<std::string, std::string> column(int64_t c) {
-    std::string lane =
-        k.add(k.mul(k.index(c * threads), k.index(1)), k.threadId());
+    std::string lane = k.add(k.index(c * threads), k.threadId());
     std::string col = k.mul(lane, k.index(kVector));
     std::string ok = k.cmp("ult", col, k.index(cols));
     return {col, ok};
