@@ -45,8 +45,7 @@ std::string writeAttention(const KernelContext &ctx, AttentionOp a,
       a.getMask() == MaskKind::Chunked ? a.getChunkSize().value_or(0) : 0;
 
   std::string params;
-  for (unsigned i = 0; i < ctx.operands.size(); ++i)
-    params += (i ? ", " : "") + ctx.memrefParam(i);
+  params += ctx.memrefParams();
   params += ", %kpos: memref<?xi64>, %kcount: memref<1xi64>";
   if (split)
     params += ", %partials: memref<?xf32>";
@@ -308,8 +307,7 @@ std::string writeCombine(const KernelContext &ctx, AttentionOp a,
   int64_t d = ctx.width(q) / heads;
   int64_t perLane = std::max<int64_t>(1, d / 32);
   std::string params;
-  for (unsigned i = 0; i < ctx.operands.size(); ++i)
-    params += (i ? ", " : "") + ctx.memrefParam(i);
+  params += ctx.memrefParams();
   params += ", %partials: memref<?xf32>";
   KernelText k(name, params, 32 * kWarps);
   std::string tid = k.threadId();
@@ -366,8 +364,7 @@ std::string writeAppend(const KernelContext &ctx, AttentionOp a,
       positions = ctx.operandOf(a.getPositions());
   int64_t width = ctx.width(key);
   std::string params;
-  for (unsigned i = 0; i < ctx.operands.size(); ++i)
-    params += (i ? ", " : "") + ctx.memrefParam(i);
+  params += ctx.memrefParams();
   std::string pool = ctx.memrefType(key);
   params += ", %poolK: " + pool + ", %poolV: " + pool +
             ", %kpos: memref<?xi64>, %kcount: memref<1xi64>";
@@ -431,12 +428,7 @@ mlir::kiln::cuda::generateAttentionKernel(const KernelContext &ctx,
 
   // Attention reads the pools where the launch's key and value operands are.
   auto memrefs = [&](GpuLaunch &launch) {
-    for (unsigned i = 0; i < ctx.operands.size(); ++i)
-      launch.params.push_back(
-          {static_cast<int>(i) == key || static_cast<int>(i) == value
-               ? GpuParam::Kind::KvPool
-               : GpuParam::Kind::Memref,
-           i});
+    addOperandParams(ctx, launch, key, value);
   };
   GpuParam keyCount{GpuParam::Kind::KeyCount, static_cast<unsigned>(key)};
   GpuParam partials{GpuParam::Kind::Scratch, static_cast<unsigned>(q)};
@@ -481,8 +473,7 @@ mlir::kiln::cuda::generateAttentionKernel(const KernelContext &ctx,
   append.function = name + "_append";
   append.blockThreads = 128;
   append.grid[0] = rowsGrid(key);
-  for (unsigned i = 0; i < ctx.operands.size(); ++i)
-    append.params.push_back({GpuParam::Kind::Memref, i});
+  addOperandParams(ctx, append);
   append.params.push_back({GpuParam::Kind::KvPool, static_cast<unsigned>(key)});
   append.params.push_back(
       {GpuParam::Kind::KvPool, static_cast<unsigned>(value)});

@@ -83,8 +83,7 @@ private:
     std::string p = "%tmQ: !llvm.ptr {llvm.align = 64 : i64}, %tmK: "
                     "!llvm.ptr {llvm.align = 64 : i64}, %tmV: !llvm.ptr "
                     "{llvm.align = 64 : i64}";
-    for (unsigned i = 0; i < ctx.operands.size(); ++i)
-      p += ", " + ctx.memrefParam(i);
+    p += ", " + ctx.memrefParams();
     return p + ", %kpos: memref<?xi64>, %kcount: memref<1xi64>";
   }
   std::string mem(int i) const { return "%o" + std::to_string(i); }
@@ -480,12 +479,7 @@ GpuLaunch mlir::kiln::cuda::writeFlashAttention(const KernelContext &ctx,
   vMap.pool = true;
   launch.params.push_back(kMap);
   launch.params.push_back(vMap);
-  for (unsigned i = 0; i < ctx.operands.size(); ++i)
-    launch.params.push_back(
-        {static_cast<int>(i) == key || static_cast<int>(i) == value
-             ? GpuParam::Kind::KvPool
-             : GpuParam::Kind::Memref,
-         i});
+  addOperandParams(ctx, launch, key, value);
   launch.params.push_back(
       {GpuParam::Kind::KeyPositions, static_cast<unsigned>(key)});
   launch.params.push_back(

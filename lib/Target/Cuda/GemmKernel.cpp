@@ -113,8 +113,7 @@ private:
   static std::string params(const KernelContext &ctx) {
     std::string p = "%tmA: !llvm.ptr {llvm.align = 64 : i64}, %tmB: !llvm.ptr "
                     "{llvm.align = 64 : i64}";
-    for (unsigned i = 0; i < ctx.operands.size(); ++i)
-      p += ", " + ctx.memrefParam(i);
+    p += ", " + ctx.memrefParams();
     return p;
   }
 
@@ -574,8 +573,7 @@ LogicalResult mlir::kiln::cuda::generateGemmKernel(const KernelContext &ctx,
     launch.params.push_back({GpuParam::Kind::TensorMap,
                              static_cast<unsigned>(s.w), kTileK,
                              writer.boxRowsB()});
-    for (unsigned i = 0; i < ctx.operands.size(); ++i)
-      launch.params.push_back({GpuParam::Kind::Memref, i});
+    addOperandParams(ctx, launch);
     launch.selectOperand = s.a;
     launch.maxRows = v.maxRows;
     step.variants.push_back(std::move(launch));

@@ -25,6 +25,8 @@ struct KernelContext {
   int operandOf(Value v) const;
   /// `%oI: memref<...>` for operand `i`.
   std::string memrefParam(unsigned i) const;
+  /// Every operand's memref parameter, comma-separated, in operand order.
+  std::string memrefParams() const;
   std::string memrefType(unsigned i) const;
   /// The static inner extent of operand `i` (its last dimension).
   int64_t width(unsigned i) const { return types[i].getShape().back(); }
@@ -51,10 +53,27 @@ bool groupedWgmmaFits(const KernelContext &ctx);
 /// Greedy sampling: argmax of the last logits row (MemoryKernels.cpp).
 GpuLaunch writeArgmax(int64_t vocab, std::string &text);
 
+/// expert_down's first launch: the result starts as the addend (the shared
+/// expert's output), one block per row (MoeKernels.cpp).
+void addExpertDownInit(const KernelContext &ctx, int addend, int result,
+                       GpuKernel &out, std::string &text);
+
 /// Prefill attention on wgmma (FlashAttentionKernel.cpp).
 bool flashAttentionFits(const KernelContext &ctx, AttentionOp a);
 GpuLaunch writeFlashAttention(const KernelContext &ctx, AttentionOp a,
                               StringRef name, std::string &text);
+
+/// Appends one memref parameter per operand, in operand order; `key` and
+/// `value` (attention operands, or -1) are passed as their KV pools.
+inline void addOperandParams(const KernelContext &ctx, GpuLaunch &launch,
+                             int key = -1, int value = -1) {
+  for (unsigned i = 0; i < ctx.operands.size(); ++i)
+    launch.params.push_back(
+        {static_cast<int>(i) == key || static_cast<int>(i) == value
+             ? GpuParam::Kind::KvPool
+             : GpuParam::Kind::Memref,
+         i});
+}
 
 /// Grid extent over the rows of operand `i`, `perBlock` rows per block.
 inline GridExtent rowsGrid(unsigned operand, int64_t perBlock = 1,

@@ -46,6 +46,13 @@ std::string KernelContext::memrefType(unsigned i) const {
   return memrefOf(elements[i], shape);
 }
 
+std::string KernelContext::memrefParams() const {
+  std::string params;
+  for (unsigned i = 0; i < operands.size(); ++i)
+    params += (i ? ", " : "") + memrefParam(i);
+  return params;
+}
+
 std::string KernelContext::memrefParam(unsigned i) const {
   return "%o" + std::to_string(i) + ": " + memrefType(i);
 }

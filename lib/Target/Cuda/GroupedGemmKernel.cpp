@@ -93,8 +93,7 @@ private:
     std::string p = "%tmB: !llvm.ptr {llvm.align = 64 : i64}";
     if (!s.gateUp)
       p += ", %tmA: !llvm.ptr {llvm.align = 64 : i64}";
-    for (unsigned i = 0; i < ctx.operands.size(); ++i)
-      p += ", " + ctx.memrefParam(i);
+    p += ", " + ctx.memrefParams();
     return p;
   }
   std::string mem(int i) const { return "%o" + std::to_string(i); }
@@ -451,36 +450,8 @@ LogicalResult mlir::kiln::cuda::generateGroupedWgmmaKernel(
            << kBoxN << " (K = " << s.k << ", N = " << s.n << ")";
   std::string name = ctx.name();
 
-  if (!s.gateUp) {
-    // The result starts as the addend (the shared expert's output).
-    KernelText k(
-        name + "_init",
-        [&] {
-          std::string p;
-          for (unsigned i = 0; i < ctx.operands.size(); ++i)
-            p += (i ? ", " : "") + ctx.memrefParam(i);
-          return p;
-        }(),
-        128);
-    std::string row = k.blockId('x');
-    std::string c = k.beginFor(k.threadId(), k.index(s.n), k.index(128));
-    std::string v =
-        k.toF32(k.op("memref.load %o" + std::to_string(s.addend) + "[" + row +
-                     ", " + c + "] : " + ctx.memrefType(s.addend)),
-                ctx.elements[s.addend]);
-    k.line("memref.store " + k.fromF32(v, ctx.elements[s.result]) + ", %o" +
-           std::to_string(s.result) + "[" + row + ", " + c +
-           "] : " + ctx.memrefType(s.result));
-    k.endFor();
-    text += k.finish();
-    GpuLaunch init;
-    init.function = name + "_init";
-    init.blockThreads = 128;
-    init.grid[0] = rowsGrid(s.result);
-    for (unsigned i = 0; i < ctx.operands.size(); ++i)
-      init.params.push_back({GpuParam::Kind::Memref, i});
-    out.steps.push_back({{init}});
-  }
+  if (!s.gateUp)
+    addExpertDownInit(ctx, s.addend, s.result, out, text);
 
   GpuStep step;
   struct Variant {
@@ -510,8 +481,7 @@ LogicalResult mlir::kiln::cuda::generateGroupedWgmmaKernel(
       launch.params.push_back({GpuParam::Kind::TensorMap,
                                static_cast<unsigned>(s.input), kTileK,
                                writer.tileM()});
-    for (unsigned i = 0; i < ctx.operands.size(); ++i)
-      launch.params.push_back({GpuParam::Kind::Memref, i});
+    addOperandParams(ctx, launch);
     launch.selectOperand = s.indices;
     launch.maxRows = v.maxRows;
     step.variants.push_back(std::move(launch));

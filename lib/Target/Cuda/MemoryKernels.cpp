@@ -141,8 +141,7 @@ LogicalResult mlir::kiln::cuda::generateMemoryKernel(const KernelContext &ctx,
   Operation *op = &body.front();
 
   std::string params;
-  for (unsigned i = 0; i < ctx.operands.size(); ++i)
-    params += (i ? ", " : "") + ctx.memrefParam(i);
+  params += ctx.memrefParams();
   unsigned firstResult = ctx.numArgs;
   int64_t cols = ctx.width(firstResult);
   if (cols % kVector != 0)
@@ -242,8 +241,7 @@ LogicalResult mlir::kiln::cuda::generateMemoryKernel(const KernelContext &ctx,
   launch.function = ctx.name();
   launch.blockThreads = r.threads;
   launch.grid[0] = rowsGrid(firstResult);
-  for (unsigned i = 0; i < ctx.operands.size(); ++i)
-    launch.params.push_back({GpuParam::Kind::Memref, i});
+  addOperandParams(ctx, launch);
   out.steps.push_back({{launch}});
   return success();
 }

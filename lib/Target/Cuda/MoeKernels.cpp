@@ -33,13 +33,32 @@ constexpr int64_t kTileRows = 16;
 constexpr int64_t kColumns = 128;
 constexpr int64_t kStage = 128; // hidden elements staged per round
 
-std::string allParams(const KernelContext &ctx) {
-  std::string p;
-  for (unsigned i = 0; i < ctx.operands.size(); ++i)
-    p += (i ? ", " : "") + ctx.memrefParam(i);
-  return p;
-}
 } // namespace
+
+void mlir::kiln::cuda::addExpertDownInit(const KernelContext &ctx, int addend,
+                                         int result, GpuKernel &out,
+                                         std::string &text) {
+  std::string name = ctx.name() + "_init";
+  int64_t cols = ctx.width(result);
+  KernelText k(name, ctx.memrefParams(), 128);
+  std::string row = k.blockId('x');
+  std::string c = k.beginFor(k.threadId(), k.index(cols), k.index(128));
+  std::string v =
+      k.toF32(k.op("memref.load %o" + std::to_string(addend) + "[" + row +
+                   ", " + c + "] : " + ctx.memrefType(addend)),
+              ctx.elements[addend]);
+  k.line("memref.store " + k.fromF32(v, ctx.elements[result]) + ", %o" +
+         std::to_string(result) + "[" + row + ", " + c +
+         "] : " + ctx.memrefType(result));
+  k.endFor();
+  text += k.finish();
+  GpuLaunch launch;
+  launch.function = name;
+  launch.blockThreads = 128;
+  launch.grid[0] = rowsGrid(result);
+  addOperandParams(ctx, launch);
+  out.steps.push_back({{launch}});
+}
 
 LogicalResult mlir::kiln::cuda::generateRouterKernel(const KernelContext &ctx,
                                                      GpuKernel &out,
@@ -60,7 +79,8 @@ LogicalResult mlir::kiln::cuda::generateRouterKernel(const KernelContext &ctx,
 
   // Launch 1: logits, top-k, gates.
   {
-    KernelText k(ctx.name() + "_select", allParams(ctx) + scratchParam, 128);
+    KernelText k(ctx.name() + "_select", ctx.memrefParams() + scratchParam,
+                 128);
     std::string logits =
         k.workgroup("memref<" + std::to_string(experts) + "xf32, 3>");
     std::string row = k.blockId('x');
@@ -143,8 +163,7 @@ LogicalResult mlir::kiln::cuda::generateRouterKernel(const KernelContext &ctx,
     launch.function = ctx.name() + "_select";
     launch.blockThreads = 128;
     launch.grid[0] = rowsGrid(x);
-    for (unsigned i = 0; i < ctx.operands.size(); ++i)
-      launch.params.push_back({GpuParam::Kind::Memref, i});
+    addOperandParams(ctx, launch);
     GpuParam scratch{GpuParam::Kind::Scratch, static_cast<unsigned>(x)};
     scratch.perRow = topK;
     launch.params.push_back(scratch);
@@ -153,7 +172,7 @@ LogicalResult mlir::kiln::cuda::generateRouterKernel(const KernelContext &ctx,
 
   // Launch 2: one block sorts the pairs by expert.
   {
-    KernelText k(ctx.name() + "_sort", allParams(ctx) + scratchParam,
+    KernelText k(ctx.name() + "_sort", ctx.memrefParams() + scratchParam,
                  kSortThreads);
     std::string countType =
         "memref<" + std::to_string(experts + 1) + "xi32, 3>";
@@ -251,8 +270,7 @@ LogicalResult mlir::kiln::cuda::generateRouterKernel(const KernelContext &ctx,
     GpuLaunch launch;
     launch.function = ctx.name() + "_sort";
     launch.blockThreads = kSortThreads;
-    for (unsigned i = 0; i < ctx.operands.size(); ++i)
-      launch.params.push_back({GpuParam::Kind::Memref, i});
+    addOperandParams(ctx, launch);
     GpuParam scratch{GpuParam::Kind::Scratch, static_cast<unsigned>(x)};
     scratch.perRow = topK;
     launch.params.push_back(scratch);
@@ -332,30 +350,10 @@ mlir::kiln::cuda::generateGroupedGemmKernel(const KernelContext &ctx,
   int64_t outCols = up ? cols / 2 : cols;
   std::string name = ctx.name();
 
-  if (down) {
-    // Step 1: the result starts as the addend (the shared expert's output).
-    int addend = ctx.operandOf(down.getAddend());
-    KernelText k(name + "_init", allParams(ctx), 128);
-    std::string row = k.blockId('x');
-    std::string c = k.beginFor(k.threadId(), k.index(outCols), k.index(128));
-    std::string v = k.toF32(k.op("memref.load " + mem(addend) + "[" + row +
-                                 ", " + c + "] : " + ctx.memrefType(addend)),
-                            ctx.elements[addend]);
-    k.line("memref.store " + k.fromF32(v, ctx.elements[result]) + ", " +
-           mem(result) + "[" + row + ", " + c +
-           "] : " + ctx.memrefType(result));
-    k.endFor();
-    text += k.finish();
-    GpuLaunch launch;
-    launch.function = name + "_init";
-    launch.blockThreads = 128;
-    launch.grid[0] = rowsGrid(result);
-    for (unsigned i = 0; i < ctx.operands.size(); ++i)
-      launch.params.push_back({GpuParam::Kind::Memref, i});
-    out.steps.push_back({{launch}});
-  }
+  if (down)
+    addExpertDownInit(ctx, ctx.operandOf(down.getAddend()), result, out, text);
 
-  KernelText k(name + "_tiles", allParams(ctx), kColumns);
+  KernelText k(name + "_tiles", ctx.memrefParams(), kColumns);
   std::string stageType = "memref<" + std::to_string(kTileRows) + "x" +
                           std::to_string(kStage) + "xf32, 3>";
   std::string stage = k.workgroup(stageType);
@@ -484,8 +482,7 @@ mlir::kiln::cuda::generateGroupedGemmKernel(const KernelContext &ctx,
   GridExtent y = rowsGrid(indices, kTileRows);
   y.constant = experts * kTileRows;
   launch.grid[1] = y;
-  for (unsigned i = 0; i < ctx.operands.size(); ++i)
-    launch.params.push_back({GpuParam::Kind::Memref, i});
+  addOperandParams(ctx, launch);
   out.steps.push_back({{launch}});
   return success();
 }
