@@ -316,15 +316,7 @@ private:
           k, k.op("arith.addi " + qAddr + ", " + k.i64(b * kBox) + " : i64"));
       std::string kb = descriptor(
           k, k.op("arith.addi " + stage + ", " + k.i64(b * kBox) + " : i64"));
-      for (int64_t kk = 0; kk < 4; ++kk) {
-        std::string da =
-            kk ? k.op("arith.addi " + qa + ", " + k.i64(2 * kk) + " : i64")
-               : qa;
-        std::string db =
-            kk ? k.op("arith.addi " + kb + ", " + k.i64(2 * kk) + " : i64")
-               : kb;
-        s = mma(k, da, db, s, kKeys);
-      }
+      s = mmaKTile(k, qa, kb, s, kKeys);
     }
     k.line("nvvm.wgmma.commit.group.sync.aligned");
     k.line("nvvm.wgmma.wait.group.sync.aligned 0");

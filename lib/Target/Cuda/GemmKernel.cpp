@@ -237,17 +237,7 @@ private:
                              k.i64(c.tileM() * kTileK * 2) + " : i64");
     std::string descA = descriptor(k, aAddr), descB = descriptor(k, bAddr);
     k.line("nvvm.wgmma.fence.aligned");
-    std::string running = carried;
-    for (int64_t kk = 0; kk < kTileK / 16; ++kk) {
-      // 16 bf16 = 32 bytes further along K: +2 in the address field.
-      std::string a =
-          kk ? k.op("arith.addi " + descA + ", " + k.i64(2 * kk) + " : i64")
-             : descA;
-      std::string b =
-          kk ? k.op("arith.addi " + descB + ", " + k.i64(2 * kk) + " : i64")
-             : descB;
-      running = mma(k, a, b, running, c.tileN);
-    }
+    std::string running = mmaKTile(k, descA, descB, carried, c.tileN);
     k.line("nvvm.wgmma.commit.group.sync.aligned");
     // Keep this group in flight; the previous one has retired, so its
     // stage can be refilled.

@@ -306,17 +306,7 @@ private:
     // MN-major B: 8 KB between the two 64-column boxes.
     std::string descB = descriptor(k, bAddr, kBoxN * kTileK * 2);
     k.line("nvvm.wgmma.fence.aligned");
-    std::string running = carried;
-    for (int64_t kk = 0; kk < kTileK / 16; ++kk) {
-      // A: +32 bytes along its 128-byte rows; B: +16 K rows (2048 bytes).
-      std::string a =
-          kk ? k.op("arith.addi " + descA + ", " + k.i64(2 * kk) + " : i64")
-             : descA;
-      std::string b =
-          kk ? k.op("arith.addi " + descB + ", " + k.i64(128 * kk) + " : i64")
-             : descB;
-      running = mma(k, a, b, running, kTileN, "row");
-    }
+    std::string running = mmaKTile(k, descA, descB, carried, kTileN, "row");
     k.line("nvvm.wgmma.commit.group.sync.aligned");
     k.line("nvvm.wgmma.wait.group.sync.aligned 1");
     std::string notFirst = k.cmp("ugt", it, k.index(0));

@@ -69,6 +69,22 @@ inline std::string mma(KernelText &k, const std::string &a,
               bLayout + ">] : " + accType(n) + " -> " + accType(n));
 }
 
+/// The four m64nNk16 wgmmas of one 64-wide K tile: A (K-major) steps 32
+/// bytes (+2 in the descriptor's address field) per k16; B steps the same
+/// when K-major, or 16 rows of 128 bytes (+128) when MN-major ("row").
+inline std::string mmaKTile(KernelText &k, const std::string &descA,
+                            const std::string &descB, std::string acc,
+                            int64_t n, const char *bLayout = "col") {
+  int64_t bStep = std::string(bLayout) == "row" ? 128 : 2;
+  auto advance = [&](const std::string &desc, int64_t by) {
+    return by ? k.op("arith.addi " + desc + ", " + k.i64(by) + " : i64") : desc;
+  };
+  for (int64_t kk = 0; kk < kTileK / 16; ++kk)
+    acc = mma(k, advance(descA, 2 * kk), advance(descB, bStep * kk), acc, n,
+              bLayout);
+  return acc;
+}
+
 /// Dynamic shared memory, its offset to the next 1024-byte boundary (which
 /// 128-byte swizzled tiles need) and that boundary's address.
 struct SharedArena {
