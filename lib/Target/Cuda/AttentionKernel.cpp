@@ -1,15 +1,16 @@
-//===- AttentionKernel.cpp - Flash-style attention over a KV slot ---------===//
+//===- AttentionKernel.cpp - Decode and short-prefill attention -----------===//
 //
-// One warp per (query row, query head); the four warps of a block take four
-// consecutive (row, head) pairs of one KV head, so the key and value tiles
-// they stage in shared memory serve the whole GQA group. Lanes split the
-// head dimension. Scores use the online softmax (running max and sum, the
-// output rescaled when the max grows), so a key is read once; key tiles that
-// no warp of the block can see (after every query, or before the chunk of
-// the earliest query) are skipped: the slot's key positions ascend.
-//
-// This is the SIMT baseline; the wgmma (FlashAttention-3 style) kernel and
-// a split-KV decode kernel are to replace it (docs/design.md).
+// Three SIMT kernels around the wgmma prefill kernel
+// (FlashAttentionKernel.cpp), all on the online softmax (running max and
+// sum, the output rescaled when the max grows) so a key is read once:
+//  - decode (up to kDecodeRows query rows): split-KV over the keys, the
+//    whole GQA group of a KV head in one block, then a combine kernel;
+//  - steps of up to 64 rows: one warp per (query row, query head), four
+//    consecutive (row, head) pairs of one KV head per block sharing the
+//    staged key and value tiles; lanes split the head dimension;
+//  - the append kernel that writes a step's keys and values to the pools.
+// Key tiles no query of a block can see (after every query, or before the
+// chunk of the earliest query) are skipped: a slot's key positions ascend.
 //
 //===----------------------------------------------------------------------===//
 
@@ -25,15 +26,275 @@ namespace {
 constexpr int64_t kWarps = 4;
 constexpr int64_t kKeyTile = 16;
 /// Decode (at most this many query rows) splits the keys over this many
-/// blocks per (row group, KV head), then combines the partial softmaxes.
+/// blocks per (row, KV head), then combines the partial softmaxes.
 constexpr int64_t kDecodeRows = 4;
-constexpr int64_t kSplits = 16;
+constexpr int64_t kSplits = 32;
+/// Keys per decode tile: one per lane.
+constexpr int64_t kDecodeKeys = 32;
+constexpr int64_t kStaticSharedBytes = 48 * 1024;
 
-/// Writes the attention function; with `split`, block z covers 1/kSplits
-/// of the key tiles and writes (max, sum, unnormalized output) partials to
-/// %partials instead of the result.
+/// Warps of a decode block: one per query head of the group, at most 8
+/// (larger groups take several blocks per row).
+int64_t decodeWarps(int64_t group) { return std::min<int64_t>(group, 8); }
+
+/// Ring stages of the decode kernel that fit in static shared memory.
+int64_t decodeStages(int64_t d, int64_t warps) {
+  int64_t stageBytes = kDecodeKeys * (2 * d + 8) * 2;
+  int64_t fixed = warps * d * 4;
+  return fixed + 2 * stageBytes <= kStaticSharedBytes ? 2 : 1;
+}
+
+/// Decode (split-KV): block (row, KV head, split z) holds every query head
+/// of the KV head's GQA group, one warp each, so a key and value tile is
+/// read from memory once for the whole group. Tiles of 32 keys stream
+/// through a cp.async ring (zero-filled past the count) while the previous
+/// tile is used. Lane j scores key j against the query (broadcast from
+/// shared memory), so the softmax needs one max and one sum reduction per
+/// tile rather than a reduction per key; P·V then runs with lanes along the
+/// head dimension. Block z covers 1/kSplits of the key tiles and writes a
+/// (max, sum, unnormalized output) partial that the combine kernel merges.
+std::string writeDecode(const KernelContext &ctx, AttentionOp a,
+                        StringRef name) {
+  int q = ctx.operandOf(a.getQuery()), key = ctx.operandOf(a.getKey()),
+      value = ctx.operandOf(a.getValue()),
+      positions = ctx.operandOf(a.getPositions());
+  int64_t heads = a.getNumHeads(), kvHeads = a.getNumKvHeads();
+  int64_t d = ctx.width(q) / heads, group = heads / kvHeads;
+  int64_t warps = decodeWarps(group), headBlocks = llvm::divideCeil(group, warps);
+  int64_t perLane = std::max<int64_t>(1, d / 32);
+  int64_t chunk =
+      a.getMask() == MaskKind::Chunked ? a.getChunkSize().value_or(0) : 0;
+  int64_t stages = decodeStages(d, warps);
+  int64_t kStride = d + 8; // padded: lanes read different key rows
+
+  std::string params = ctx.memrefParams();
+  params += ", %kpos: memref<?xi64>, %kcount: memref<1xi64>, %partials: "
+            "memref<?xf32>";
+  KernelText k(name, params, 32 * warps);
+  auto dims = [](std::initializer_list<int64_t> extents, StringRef element) {
+    std::string t = "memref<";
+    for (int64_t e : extents)
+      t += std::to_string(e) + "x";
+    return t + element.str() + ", 3>";
+  };
+  std::string kType = dims({stages, kDecodeKeys, kStride}, "bf16");
+  std::string vType = dims({stages, kDecodeKeys, d}, "bf16");
+  std::string qType = dims({warps, d}, "f32");
+  std::string kTile = k.workgroup(kType), vTile = k.workgroup(vType),
+              qTile = k.workgroup(qType);
+
+  auto mem = [&](int i) { return "%o" + std::to_string(i); };
+  std::string tid = k.threadId();
+  std::string warp = k.div(tid, k.index(32));
+  std::string lane = k.rem(tid, k.index(32));
+  std::string keys =
+      k.op("arith.index_cast " +
+           k.op("memref.load %kcount[" + k.index(0) + "] : memref<1xi64>") +
+           " : i64 to index");
+  std::string row = k.div(k.blockId('x'), k.index(headBlocks));
+  std::string inGroup = k.add(
+      k.mul(k.rem(k.blockId('x'), k.index(headBlocks)), k.index(warps)), warp);
+  std::string active = k.cmp("ult", inGroup, k.index(group));
+  std::string kvHead = k.blockId('y');
+  std::string head = k.add(k.mul(kvHead, k.index(group)),
+                           k.select(active, inGroup, k.index(0), "index"));
+  std::string qPos = k.op("memref.load " + mem(positions) + "[" + row +
+                          "] : " + ctx.memrefType(positions));
+
+  // The query, scaled (and tempered) once, into this warp's row of qTile.
+  std::string scale = k.f32(a.getScale().convertToDouble());
+  if (a.getFloorScale()) {
+    std::string steps =
+        k.op("arith.divsi " +
+             k.op("arith.addi " + qPos + ", " + k.i64(1) + " : i64") + ", " +
+             k.i64(*a.getFloorScale()) + " : i64");
+    std::string f = k.op("arith.sitofp " + steps + " : i64 to f32");
+    scale = k.fmul(
+        scale, k.fadd(k.f32(1.0),
+                      k.fmul(k.f32(a.getAttnScale()->convertToDouble()),
+                             k.log(k.fadd(k.f32(1.0), f)))));
+  }
+  std::string c = k.beginFor(lane, k.index(d), k.index(32));
+  std::string qv = k.toF32(
+      k.op("memref.load " + mem(q) + "[" + row + ", " +
+           k.add(k.mul(head, k.index(d)), c) + "] : " + ctx.memrefType(q)),
+      ctx.elements[q]);
+  k.line("memref.store " + k.fmul(qv, scale) + ", " + qTile + "[" + warp +
+         ", " + c + "] : " + qType);
+  k.endFor();
+
+  std::string laneActive =
+      k.cmp("ult", k.mul(lane, k.index(perLane)), k.index(d));
+  std::string laneCol =
+      k.select(laneActive, k.mul(lane, k.index(perLane)), k.index(0), "index");
+
+  // This split's key tiles.
+  std::string tiles =
+      k.div(k.add(keys, k.index(kDecodeKeys - 1)), k.index(kDecodeKeys));
+  std::string perSplit =
+      k.div(k.add(tiles, k.index(kSplits - 1)), k.index(kSplits));
+  std::string firstTile =
+      k.minIndex(tiles, k.mul(k.blockId('z'), perSplit));
+  std::string endTile = k.minIndex(tiles, k.add(firstTile, perSplit));
+
+  // Copies tile `t` (when it exists) into ring stage `stage`: key rows past
+  // the count are zero-filled, so they add nothing to P·V.
+  int64_t vectors = kDecodeKeys * d / 8;
+  auto load = [&](const std::string &t, const std::string &stage) {
+    k.beginIf(k.cmp("ult", t, endTile));
+    std::string base = k.mul(t, k.index(kDecodeKeys));
+    for (int64_t i0 = 0; i0 < vectors; i0 += 32 * warps) {
+      std::string idx = k.add(k.index(i0), tid);
+      if (i0 + 32 * warps > vectors)
+        k.beginIf(k.cmp("ult", idx, k.index(vectors)));
+      std::string r = k.div(idx, k.index(d / 8));
+      std::string col = k.mul(k.rem(idx, k.index(d / 8)), k.index(8));
+      std::string src = k.add(base, r);
+      std::string inRange = k.cmp("ult", src, keys);
+      std::string safe = k.select(inRange, src, k.index(0), "index");
+      std::string n = k.select(inRange, k.index(8), k.index(0), "index");
+      std::string gcol = k.add(k.mul(kvHead, k.index(d)), col);
+      for (auto [m, tile, type] : {std::tuple{key, kTile, kType},
+                                   std::tuple{value, vTile, vType}}) {
+        std::string at = tile + "[" + stage + ", " + r + ", " + col + "]";
+        if (ctx.elements[m] == "bf16") {
+          k.op("nvgpu.device_async_copy " + mem(m) + "[" + safe + ", " + gcol +
+               "], " + at + ", 8, " + n + " {bypassL1} : " + ctx.memrefType(m) +
+               " to " + type);
+          continue;
+        }
+        // f32 pools (unfused graphs) are narrowed on the way.
+        std::string wide = k.op("vector.load " + mem(m) + "[" + safe + ", " +
+                                gcol + "] : " + ctx.memrefType(m) +
+                                ", vector<8xf32>");
+        std::string v = k.op("arith.truncf " + wide +
+                             " : vector<8xf32> to vector<8xbf16>");
+        std::string zero = k.op("arith.constant dense<0.0> : vector<8xbf16>");
+        v = k.op("arith.select " + inRange + ", " + v + ", " + zero +
+                 " : vector<8xbf16>");
+        k.line("vector.store " + v + ", " + at + " : " + type +
+               ", vector<8xbf16>");
+      }
+      if (i0 + 32 * warps > vectors)
+        k.endIf();
+    }
+    k.endIf();
+    k.line("nvvm.cp.async.commit.group");
+  };
+  for (int64_t s = 0; s + 1 < stages; ++s)
+    load(k.add(firstTile, k.index(s)), k.index(s));
+  k.line("gpu.barrier");
+
+  std::string carriedTypes = "f32, f32";
+  std::string mName = k.fresh(), lName = k.fresh();
+  std::string carried =
+      mName + " = " + k.f32(-1e30) + ", " + lName + " = " + k.f32(0.0);
+  std::vector<std::string> oNames;
+  for (int64_t e = 0; e < perLane; ++e) {
+    oNames.push_back(k.fresh());
+    carried += ", " + oNames.back() + " = " + k.f32(0.0);
+    carriedTypes += ", f32";
+  }
+  std::string loop = k.fresh();
+  std::string t = k.beginFor(firstTile, endTile, k.index(1),
+                             loop + ":" + std::to_string(2 + perLane),
+                             carried + " : " + carriedTypes);
+  std::string i = k.sub(t, firstTile);
+  load(k.add(t, k.index(stages - 1)),
+       k.rem(k.add(i, k.index(stages - 1)), k.index(stages)));
+  k.line("nvvm.cp.async.wait.group " + std::to_string(stages - 1));
+  k.line("gpu.barrier");
+  std::string st = k.rem(i, k.index(stages));
+
+  // Lane j: the score of key j.
+  std::string keyIndex = k.add(k.mul(t, k.index(kDecodeKeys)), lane);
+  std::string inRange = k.cmp("ult", keyIndex, keys);
+  std::string kp =
+      k.op("memref.load %kpos[" +
+           k.select(inRange, keyIndex, k.index(0), "index") +
+           "] : memref<?xi64>");
+  std::string visible = k.op("arith.andi " + inRange + ", " +
+                             k.cmp("sle", kp, qPos, "i64") + " : i1");
+  if (chunk)
+    visible = k.op(
+        "arith.andi " + visible + ", " +
+        k.cmp("eq",
+              k.op("arith.divsi " + kp + ", " + k.i64(chunk) + " : i64"),
+              k.op("arith.divsi " + qPos + ", " + k.i64(chunk) + " : i64"),
+              "i64") +
+        " : i1");
+  std::string acc = k.op("arith.constant dense<0.0> : vector<8xf32>");
+  for (int64_t c0 = 0; c0 < d; c0 += 8) {
+    std::string kv = k.op("vector.load " + kTile + "[" + st + ", " + lane +
+                          ", " + k.index(c0) + "] {alignment = 16} : " + kType +
+                          ", vector<8xbf16>");
+    kv = k.op("arith.extf " + kv + " : vector<8xbf16> to vector<8xf32>");
+    std::string qs = k.op("vector.load " + qTile + "[" + warp + ", " +
+                          k.index(c0) + "] {alignment = 16} : " + qType +
+                          ", vector<8xf32>");
+    acc = k.op("vector.fma " + kv + ", " + qs + ", " + acc +
+               " : vector<8xf32>");
+  }
+  std::string score =
+      k.op("vector.reduction <add>, " + acc + " : vector<8xf32> into f32");
+  score = k.select(visible, score,
+                   k.f32(-std::numeric_limits<double>::infinity()), "f32");
+
+  // Online softmax: the running max starts finite, so masked keys give 0.
+  std::string mNew = k.fmax(mName, k.warpMax(score));
+  std::string correction = k.exp(k.fsub(mName, mNew));
+  std::string p = k.exp(k.fsub(score, mNew));
+  std::string l = k.fadd(k.fmul(lName, correction), k.warpSum(p));
+  std::vector<std::string> o;
+  for (int64_t e = 0; e < perLane; ++e)
+    o.push_back(k.fmul(oNames[e], correction));
+  std::string vecType = "vector<" + std::to_string(perLane) + "xbf16>";
+  for (int64_t j = 0; j < kDecodeKeys; ++j) {
+    std::string pj = k.fresh();
+    k.line(pj + ", " + k.fresh() + " = gpu.shuffle idx " + p + ", " +
+           k.i32(j) + ", " + k.i32(32) + " : f32");
+    std::string vv = k.op("vector.load " + vTile + "[" + st + ", " +
+                          k.index(j) + ", " + laneCol + "] {alignment = " +
+                          std::to_string(2 * perLane) + "} : " + vType + ", " +
+                          vecType);
+    for (int64_t e = 0; e < perLane; ++e) {
+      std::string x = k.op("vector.extract " + vv + "[" + std::to_string(e) +
+                           "] : bf16 from " + vecType);
+      o[e] = k.fma(pj, k.toF32(x, "bf16"), o[e]);
+    }
+  }
+  // The stage is refilled next round.
+  k.line("gpu.barrier");
+  std::string yielded = mNew + ", " + l;
+  for (const std::string &oe : o)
+    yielded += ", " + oe;
+  k.endFor(yielded + " : " + carriedTypes);
+  k.line("nvvm.cp.async.wait.group 0");
+
+  // Partial of pair (row, head) from split z: [max, sum, o_0 .. o_{d-1}].
+  std::string slotIndex = k.add(
+      k.mul(k.add(k.mul(row, k.index(heads)), head), k.index(kSplits)),
+      k.blockId('z'));
+  std::string base = k.mul(slotIndex, k.index(d + 2));
+  k.beginIf(k.op("arith.andi " + active + ", " +
+                 k.cmp("eq", lane, k.index(0)) + " : i1"));
+  k.line("memref.store " + loop + "#0, %partials[" + base +
+         "] : memref<?xf32>");
+  k.line("memref.store " + loop + "#1, %partials[" + k.add(base, k.index(1)) +
+         "] : memref<?xf32>");
+  k.endIf();
+  k.beginIf(k.op("arith.andi " + active + ", " + laneActive + " : i1"));
+  for (int64_t e = 0; e < perLane; ++e)
+    k.line("memref.store " + loop + "#" + std::to_string(2 + e) +
+           ", %partials[" + k.add(base, k.add(k.index(2 + e), laneCol)) +
+           "] : memref<?xf32>");
+  k.endIf();
+  return k.finish();
+}
+
+/// Writes the attention function for steps of up to 64 rows.
 std::string writeAttention(const KernelContext &ctx, AttentionOp a,
-                           StringRef name, bool split) {
+                           StringRef name) {
   int q = ctx.operandOf(a.getQuery()), key = ctx.operandOf(a.getKey()),
       value = ctx.operandOf(a.getValue()),
       positions = ctx.operandOf(a.getPositions()),
@@ -47,8 +308,6 @@ std::string writeAttention(const KernelContext &ctx, AttentionOp a,
   std::string params;
   params += ctx.memrefParams();
   params += ", %kpos: memref<?xi64>, %kcount: memref<1xi64>";
-  if (split)
-    params += ", %partials: memref<?xf32>";
   KernelText k(name, params, 32 * kWarps);
   std::string smemType = "memref<" + std::to_string(kKeyTile) + "x" +
                          std::to_string(d) + "xbf16, 3>";
@@ -141,14 +400,7 @@ std::string writeAttention(const KernelContext &ctx, AttentionOp a,
   std::string loopResult = k.fresh();
   std::string tiles =
       k.div(k.add(keys, k.index(kKeyTile - 1)), k.index(kKeyTile));
-  std::string firstTile = k.index(0), endTile = tiles;
-  if (split) {
-    std::string perSplit =
-        k.div(k.add(tiles, k.index(kSplits - 1)), k.index(kSplits));
-    firstTile = k.mul(k.blockId('z'), perSplit);
-    endTile = k.minIndex(tiles, k.add(firstTile, perSplit));
-  }
-  std::string t = k.beginFor(firstTile, endTile, k.index(1),
+  std::string t = k.beginFor(k.index(0), tiles, k.index(1),
                              loopResult + ":" + std::to_string(2 + perLane),
                              carried + " : " + carriedTypes);
   std::string kBase = k.mul(t, k.index(kKeyTile));
@@ -264,27 +516,6 @@ std::string writeAttention(const KernelContext &ctx, AttentionOp a,
     yielded += (i ? ", " : "") + stepResult + "#" + std::to_string(i);
   k.endFor(yielded + " : " + carriedTypes);
 
-  if (split) {
-    // Partial p of pair (row, head): [max, sum, o_0 .. o_{d-1}].
-    std::string slotIndex =
-        k.add(k.mul(k.add(k.mul(row, k.index(heads)), head), k.index(kSplits)),
-              k.blockId('z'));
-    std::string base = k.mul(slotIndex, k.index(d + 2));
-    k.beginIf(k.op("arith.andi " + active + ", " +
-                   k.cmp("eq", lane, k.index(0)) + " : i1"));
-    k.line("memref.store " + loopResult + "#0, %partials[" + base +
-           "] : memref<?xf32>");
-    k.line("memref.store " + loopResult + "#1, %partials[" +
-           k.add(base, k.index(1)) + "] : memref<?xf32>");
-    k.endIf();
-    k.beginIf(k.op("arith.andi " + active + ", " + laneActive + " : i1"));
-    for (int64_t e = 0; e < perLane; ++e)
-      k.line("memref.store " + loopResult + "#" + std::to_string(2 + e) +
-             ", %partials[" + k.add(base, k.add(k.index(2 + e), laneCol)) +
-             "] : memref<?xf32>");
-    k.endIf();
-    return k.finish();
-  }
   std::string total = loopResult + "#1";
   std::string inv = k.fdiv(k.f32(1.0), total);
   k.beginIf(k.op("arith.andi " + active + ", " + laneActive + " : i1"));
@@ -422,8 +653,8 @@ mlir::kiln::cuda::generateAttentionKernel(const KernelContext &ctx,
                          "elements of one type");
   std::string name = ctx.name();
   text += writeAppend(ctx, a, name + "_append");
-  text += writeAttention(ctx, a, name + "_split", /*split=*/true);
-  text += writeAttention(ctx, a, name, /*split=*/false);
+  text += writeDecode(ctx, a, name + "_split");
+  text += writeAttention(ctx, a, name);
   text += writeCombine(ctx, a, name + "_combine");
 
   // Attention reads the pools where the launch's key and value operands are.
@@ -439,8 +670,9 @@ mlir::kiln::cuda::generateAttentionKernel(const KernelContext &ctx,
 
   GpuLaunch split;
   split.function = name + "_split";
-  split.blockThreads = 32 * kWarps;
-  split.grid[0] = rowsGrid(q, kWarps, group);
+  int64_t warps = decodeWarps(group);
+  split.blockThreads = 32 * warps;
+  split.grid[0] = rowsGrid(q, 1, llvm::divideCeil(group, warps));
   split.grid[1] = fixedGrid(kvHeads);
   split.grid[2] = fixedGrid(kSplits);
   memrefs(split);

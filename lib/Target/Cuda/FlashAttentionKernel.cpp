@@ -2,7 +2,8 @@
 //
 // FlashAttention on the Hopper pipeline, for prefill steps (head_dim a
 // multiple of 64, up to 256): a block owns one query head and 64 query rows
-// per consumer warpgroup; a producer warpgroup streams the KV pool's key and
+// per consumer warpgroup (GQA: the group's heads are neighbouring blocks,
+// so a KV tile is fetched from memory once and from L2 by the others); a producer warpgroup streams the KV pool's key and
 // value tiles (64 keys) by TMA into a two-stage ring (full/empty mbarriers).
 // Each consumer:
 //   S = Q·Kᵀ    SS-wgmma m64n64k16 over head_dim (Q and K both K-major);
@@ -111,9 +112,14 @@ private:
     tid = k.threadId();
     wg = k.div(tid, k.index(128));
     lane = k.rem(tid, k.index(128));
-    head = k.blockId('y');
+    // Heads vary fastest, so the blocks in flight share a KV head's tiles
+    // in L2; row tiles run last to first, so the longest (causal) ones
+    // start first and the short ones fill the tail.
+    head = k.blockId('x');
     kvHead = k.div(head, k.index(group));
-    m0 = k.mul(k.blockId('x'), k.index(64 * kConsumers));
+    std::string rowTile =
+        k.sub(k.sub(k.op("gpu.grid_dim y"), k.index(1)), k.blockId('y'));
+    m0 = k.mul(rowTile, k.index(64 * kConsumers));
     rows = k.op("memref.dim " + mem(q) + ", " + k.index(0) + " : " +
                 ctx.memrefType(q));
     keys = k.op("arith.index_cast " +
@@ -460,8 +466,8 @@ GpuLaunch mlir::kiln::cuda::writeFlashAttention(const KernelContext &ctx,
   launch.function = name.str();
   launch.blockThreads = 128 * (1 + kConsumers);
   launch.dynamicSharedBytes = writer.dynamicSharedBytes();
-  launch.grid[0] = rowsGrid(q, 64 * kConsumers);
-  launch.grid[1] = fixedGrid(a.getNumHeads());
+  launch.grid[0] = fixedGrid(a.getNumHeads());
+  launch.grid[1] = rowsGrid(q, 64 * kConsumers);
   launch.params.push_back(
       {GpuParam::Kind::TensorMap, static_cast<unsigned>(q), 64, 64});
   GpuParam kMap{GpuParam::Kind::TensorMap, static_cast<unsigned>(key), 64, 64};

@@ -117,6 +117,11 @@ std::string KernelText::fsub(const std::string &a, const std::string &b) {
 std::string KernelText::fmul(const std::string &a, const std::string &b) {
   return op("arith.mulf " + a + ", " + b + " : f32");
 }
+std::string KernelText::fma(const std::string &a, const std::string &b,
+                            const std::string &c) {
+  return op("llvm.intr.fma(" + a + ", " + b + ", " + c +
+            ") : (f32, f32, f32) -> f32");
+}
 std::string KernelText::fdiv(const std::string &a, const std::string &b) {
   return op("arith.divf " + a + ", " + b + " : f32");
 }

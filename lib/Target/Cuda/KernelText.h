@@ -56,6 +56,9 @@ public:
   std::string fsub(const std::string &a, const std::string &b);
   std::string fmul(const std::string &a, const std::string &b);
   std::string fdiv(const std::string &a, const std::string &b);
+  /// a * b + c, rounded once (arith keeps mulf and addf apart).
+  std::string fma(const std::string &a, const std::string &b,
+                  const std::string &c);
   std::string fmax(const std::string &a, const std::string &b);
   std::string select(const std::string &c, const std::string &a,
                      const std::string &b, llvm::StringRef type);
