@@ -9,7 +9,13 @@
 #include "kiln/kiln.hpp"
 
 #include <gtest/gtest.h>
+
+#include <algorithm>
+#include <cmath>
+#include <numeric>
+#include <random>
 #include <string>
+#include <vector>
 
 namespace {
 
@@ -17,6 +23,50 @@ std::string messageOf(kiln_status *status) {
   EXPECT_NE(status, nullptr);
   return kiln::api::consume(status);
 }
+
+/// The sampling rule written the plain way: rank the whole vocabulary, cut
+/// it at top_k, then at the first prefix whose mass reaches top_p, and draw
+/// from the prefix with the same generator the runtime seeds.
+class SortingSampler {
+public:
+  SortingSampler(double temperature, int64_t topK, double topP, uint64_t seed)
+      : temperature(temperature), topK(topK), topP(topP), rng(seed) {}
+
+  int64_t pick(const std::vector<float> &logits) {
+    int64_t vocab = static_cast<int64_t>(logits.size());
+    std::vector<int64_t> order(vocab);
+    std::iota(order.begin(), order.end(), 0);
+    std::sort(order.begin(), order.end(), [&](int64_t a, int64_t b) {
+      return logits[a] > logits[b] || (logits[a] == logits[b] && a < b);
+    });
+    int64_t keep = topK > 0 ? std::min(topK, vocab) : vocab;
+    std::vector<double> w(keep);
+    double total = 0;
+    for (int64_t i = 0; i < keep; ++i)
+      total += w[i] = std::exp(logits[order[i]] / temperature -
+                               logits[order[0]] / temperature);
+    double mass = 0, kept = 0;
+    int64_t n = 0;
+    while (n < keep) {
+      kept += w[n];
+      mass += w[n++] / total;
+      if (mass >= topP)
+        break;
+    }
+    double r = std::uniform_real_distribution<double>(0.0, kept)(rng);
+    double acc = 0;
+    for (int64_t i = 0; i < n; ++i)
+      if (r < (acc += w[i]))
+        return order[i];
+    return order[n - 1];
+  }
+
+private:
+  double temperature;
+  int64_t topK;
+  double topP;
+  std::mt19937_64 rng;
+};
 
 } // namespace
 
@@ -111,19 +161,54 @@ TEST(CApiTest, Sampler) {
       std::string::npos);
 }
 
+// The runtime never sorts the whole vocabulary; it must still draw exactly
+// what the plain rule draws, including nuclei longer than its first sorted
+// stretches and ties at the top-k cut.
+TEST(CApiTest, SamplerMatchesTheSortingRule) {
+  const int64_t vocab = 202048;
+  std::mt19937 gen(5);
+  std::normal_distribution<float> normal(0.0f, 3.0f);
+  std::vector<float> peaked(vocab), flat(vocab), tied(vocab);
+  for (int64_t i = 0; i < vocab; ++i) {
+    peaked[i] = normal(gen);
+    flat[i] = 0.01f * normal(gen);
+    tied[i] = static_cast<float>(static_cast<int>(normal(gen)));
+  }
+  struct Case {
+    const std::vector<float> *logits;
+    double temperature;
+    int64_t topK;
+    double topP;
+  } cases[] = {{&peaked, 0.7, 0, 0.9},  {&peaked, 1.0, 50, 0.95},
+               {&peaked, 1.3, 0, 1.0},  {&flat, 1.0, 0, 0.9},
+               {&flat, 0.5, 3000, 0.5}, {&tied, 1.0, 1000, 1.0},
+               {&tied, 2.0, 0, 0.3}};
+  for (const Case &c : cases) {
+    std::string error;
+    auto fast =
+        kiln::api::Sampler::create(c.temperature, c.topK, c.topP, 11, error);
+    ASSERT_TRUE(fast) << error;
+    SortingSampler plain(c.temperature, c.topK, c.topP, 11);
+    for (int draw = 0; draw < 8; ++draw)
+      EXPECT_EQ(fast->pick(c.logits->data(), vocab), plain.pick(*c.logits))
+          << "temperature " << c.temperature << " top_k " << c.topK << " top_p "
+          << c.topP << " draw " << draw;
+  }
+}
+
 TEST(CApiTest, RunLastReportsMisuse) {
   float logits[4];
   int64_t token = 1, position = 0;
-  EXPECT_NE(messageOf(kiln_session_run_last(nullptr, &token, &position, 1,
-                                            logits, 4))
-                .find("kiln_session_run_last: NULL argument"),
-            std::string::npos);
+  EXPECT_NE(
+      messageOf(kiln_session_run_last(nullptr, &token, &position, 1, logits, 4))
+          .find("kiln_session_run_last: NULL argument"),
+      std::string::npos);
 }
 
 TEST(CApiTest, RunGreedyReportsMisuse) {
   int64_t token = 1, position = 0, next = -1;
-  EXPECT_NE(messageOf(kiln_session_run_greedy(nullptr, &token, &position, 1,
-                                              &next))
-                .find("kiln_session_run_greedy: NULL argument"),
-            std::string::npos);
+  EXPECT_NE(
+      messageOf(kiln_session_run_greedy(nullptr, &token, &position, 1, &next))
+          .find("kiln_session_run_greedy: NULL argument"),
+      std::string::npos);
 }

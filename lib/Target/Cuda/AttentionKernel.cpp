@@ -60,7 +60,8 @@ std::string writeDecode(const KernelContext &ctx, AttentionOp a,
       positions = ctx.operandOf(a.getPositions());
   int64_t heads = a.getNumHeads(), kvHeads = a.getNumKvHeads();
   int64_t d = ctx.width(q) / heads, group = heads / kvHeads;
-  int64_t warps = decodeWarps(group), headBlocks = llvm::divideCeil(group, warps);
+  int64_t warps = decodeWarps(group),
+          headBlocks = llvm::divideCeil(group, warps);
   int64_t perLane = std::max<int64_t>(1, d / 32);
   int64_t chunk =
       a.getMask() == MaskKind::Chunked ? a.getChunkSize().value_or(0) : 0;
@@ -109,16 +110,16 @@ std::string writeDecode(const KernelContext &ctx, AttentionOp a,
              k.op("arith.addi " + qPos + ", " + k.i64(1) + " : i64") + ", " +
              k.i64(*a.getFloorScale()) + " : i64");
     std::string f = k.op("arith.sitofp " + steps + " : i64 to f32");
-    scale = k.fmul(
-        scale, k.fadd(k.f32(1.0),
-                      k.fmul(k.f32(a.getAttnScale()->convertToDouble()),
-                             k.log(k.fadd(k.f32(1.0), f)))));
+    scale =
+        k.fmul(scale, k.fadd(k.f32(1.0),
+                             k.fmul(k.f32(a.getAttnScale()->convertToDouble()),
+                                    k.log(k.fadd(k.f32(1.0), f)))));
   }
   std::string c = k.beginFor(lane, k.index(d), k.index(32));
-  std::string qv = k.toF32(
-      k.op("memref.load " + mem(q) + "[" + row + ", " +
-           k.add(k.mul(head, k.index(d)), c) + "] : " + ctx.memrefType(q)),
-      ctx.elements[q]);
+  std::string qv = k.toF32(k.op("memref.load " + mem(q) + "[" + row + ", " +
+                                k.add(k.mul(head, k.index(d)), c) +
+                                "] : " + ctx.memrefType(q)),
+                           ctx.elements[q]);
   k.line("memref.store " + k.fmul(qv, scale) + ", " + qTile + "[" + warp +
          ", " + c + "] : " + qType);
   k.endFor();
@@ -133,8 +134,7 @@ std::string writeDecode(const KernelContext &ctx, AttentionOp a,
       k.div(k.add(keys, k.index(kDecodeKeys - 1)), k.index(kDecodeKeys));
   std::string perSplit =
       k.div(k.add(tiles, k.index(kSplits - 1)), k.index(kSplits));
-  std::string firstTile =
-      k.minIndex(tiles, k.mul(k.blockId('z'), perSplit));
+  std::string firstTile = k.minIndex(tiles, k.mul(k.blockId('z'), perSplit));
   std::string endTile = k.minIndex(tiles, k.add(firstTile, perSplit));
 
   // Copies tile `t` (when it exists) into ring stage `stage`: key rows past
@@ -154,8 +154,8 @@ std::string writeDecode(const KernelContext &ctx, AttentionOp a,
       std::string safe = k.select(inRange, src, k.index(0), "index");
       std::string n = k.select(inRange, k.index(8), k.index(0), "index");
       std::string gcol = k.add(k.mul(kvHead, k.index(d)), col);
-      for (auto [m, tile, type] : {std::tuple{key, kTile, kType},
-                                   std::tuple{value, vTile, vType}}) {
+      for (auto [m, tile, type] :
+           {std::tuple{key, kTile, kType}, std::tuple{value, vTile, vType}}) {
         std::string at = tile + "[" + stage + ", " + r + ", " + col + "]";
         if (ctx.elements[m] == "bf16") {
           k.op("nvgpu.device_async_copy " + mem(m) + "[" + safe + ", " + gcol +
@@ -164,11 +164,11 @@ std::string writeDecode(const KernelContext &ctx, AttentionOp a,
           continue;
         }
         // f32 pools (unfused graphs) are narrowed on the way.
-        std::string wide = k.op("vector.load " + mem(m) + "[" + safe + ", " +
-                                gcol + "] : " + ctx.memrefType(m) +
-                                ", vector<8xf32>");
-        std::string v = k.op("arith.truncf " + wide +
-                             " : vector<8xf32> to vector<8xbf16>");
+        std::string wide =
+            k.op("vector.load " + mem(m) + "[" + safe + ", " + gcol +
+                 "] : " + ctx.memrefType(m) + ", vector<8xf32>");
+        std::string v =
+            k.op("arith.truncf " + wide + " : vector<8xf32> to vector<8xbf16>");
         std::string zero = k.op("arith.constant dense<0.0> : vector<8xbf16>");
         v = k.op("arith.select " + inRange + ", " + v + ", " + zero +
                  " : vector<8xbf16>");
@@ -209,17 +209,15 @@ std::string writeDecode(const KernelContext &ctx, AttentionOp a,
   // Lane j: the score of key j.
   std::string keyIndex = k.add(k.mul(t, k.index(kDecodeKeys)), lane);
   std::string inRange = k.cmp("ult", keyIndex, keys);
-  std::string kp =
-      k.op("memref.load %kpos[" +
-           k.select(inRange, keyIndex, k.index(0), "index") +
-           "] : memref<?xi64>");
+  std::string kp = k.op("memref.load %kpos[" +
+                        k.select(inRange, keyIndex, k.index(0), "index") +
+                        "] : memref<?xi64>");
   std::string visible = k.op("arith.andi " + inRange + ", " +
                              k.cmp("sle", kp, qPos, "i64") + " : i1");
   if (chunk)
     visible = k.op(
         "arith.andi " + visible + ", " +
-        k.cmp("eq",
-              k.op("arith.divsi " + kp + ", " + k.i64(chunk) + " : i64"),
+        k.cmp("eq", k.op("arith.divsi " + kp + ", " + k.i64(chunk) + " : i64"),
               k.op("arith.divsi " + qPos + ", " + k.i64(chunk) + " : i64"),
               "i64") +
         " : i1");
@@ -229,11 +227,11 @@ std::string writeDecode(const KernelContext &ctx, AttentionOp a,
                           ", " + k.index(c0) + "] {alignment = 16} : " + kType +
                           ", vector<8xbf16>");
     kv = k.op("arith.extf " + kv + " : vector<8xbf16> to vector<8xf32>");
-    std::string qs = k.op("vector.load " + qTile + "[" + warp + ", " +
-                          k.index(c0) + "] {alignment = 16} : " + qType +
-                          ", vector<8xf32>");
-    acc = k.op("vector.fma " + kv + ", " + qs + ", " + acc +
-               " : vector<8xf32>");
+    std::string qs =
+        k.op("vector.load " + qTile + "[" + warp + ", " + k.index(c0) +
+             "] {alignment = 16} : " + qType + ", vector<8xf32>");
+    acc =
+        k.op("vector.fma " + kv + ", " + qs + ", " + acc + " : vector<8xf32>");
   }
   std::string score =
       k.op("vector.reduction <add>, " + acc + " : vector<8xf32> into f32");
@@ -251,12 +249,12 @@ std::string writeDecode(const KernelContext &ctx, AttentionOp a,
   std::string vecType = "vector<" + std::to_string(perLane) + "xbf16>";
   for (int64_t j = 0; j < kDecodeKeys; ++j) {
     std::string pj = k.fresh();
-    k.line(pj + ", " + k.fresh() + " = gpu.shuffle idx " + p + ", " +
-           k.i32(j) + ", " + k.i32(32) + " : f32");
-    std::string vv = k.op("vector.load " + vTile + "[" + st + ", " +
-                          k.index(j) + ", " + laneCol + "] {alignment = " +
-                          std::to_string(2 * perLane) + "} : " + vType + ", " +
-                          vecType);
+    k.line(pj + ", " + k.fresh() + " = gpu.shuffle idx " + p + ", " + k.i32(j) +
+           ", " + k.i32(32) + " : f32");
+    std::string vv =
+        k.op("vector.load " + vTile + "[" + st + ", " + k.index(j) + ", " +
+             laneCol + "] {alignment = " + std::to_string(2 * perLane) +
+             "} : " + vType + ", " + vecType);
     for (int64_t e = 0; e < perLane; ++e) {
       std::string x = k.op("vector.extract " + vv + "[" + std::to_string(e) +
                            "] : bf16 from " + vecType);
@@ -272,12 +270,12 @@ std::string writeDecode(const KernelContext &ctx, AttentionOp a,
   k.line("nvvm.cp.async.wait.group 0");
 
   // Partial of pair (row, head) from split z: [max, sum, o_0 .. o_{d-1}].
-  std::string slotIndex = k.add(
-      k.mul(k.add(k.mul(row, k.index(heads)), head), k.index(kSplits)),
-      k.blockId('z'));
+  std::string slotIndex =
+      k.add(k.mul(k.add(k.mul(row, k.index(heads)), head), k.index(kSplits)),
+            k.blockId('z'));
   std::string base = k.mul(slotIndex, k.index(d + 2));
-  k.beginIf(k.op("arith.andi " + active + ", " +
-                 k.cmp("eq", lane, k.index(0)) + " : i1"));
+  k.beginIf(k.op("arith.andi " + active + ", " + k.cmp("eq", lane, k.index(0)) +
+                 " : i1"));
   k.line("memref.store " + loop + "#0, %partials[" + base +
          "] : memref<?xf32>");
   k.line("memref.store " + loop + "#1, %partials[" + k.add(base, k.index(1)) +

@@ -3,9 +3,9 @@
 // FlashAttention on the Hopper pipeline, for prefill steps (head_dim a
 // multiple of 64, up to 256): a block owns one query head and 64 query rows
 // per consumer warpgroup (GQA: the group's heads are neighbouring blocks,
-// so a KV tile is fetched from memory once and from L2 by the others); a producer warpgroup streams the KV pool's key and
-// value tiles (64 keys) by TMA into a two-stage ring (full/empty mbarriers).
-// Each consumer:
+// so a KV tile is fetched from memory once and from L2 by the others); a
+// producer warpgroup streams the KV pool's key and value tiles (64 keys) by TMA
+// into a two-stage ring (full/empty mbarriers). Each consumer:
 //   S = Q·Kᵀ    SS-wgmma m64n64k16 over head_dim (Q and K both K-major);
 //   softmax     online, on the S fragments in registers: scale (and the
 //               temperature when the op has one), causal/chunk masks from
