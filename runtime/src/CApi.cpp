@@ -141,6 +141,22 @@ kiln_status *kiln_session_run_greedy(kiln_session *session,
   return nullptr;
 }
 
+kiln_status *kiln_session_run_sample(kiln_session *session,
+                                     const int64_t *tokens,
+                                     const int64_t *positions, size_t count,
+                                     kiln_sampler *sampler,
+                                     int64_t *out_token) {
+  if (!session || !tokens || !positions || !sampler || !out_token)
+    return makeStatus("kiln_session_run_sample: NULL argument");
+  std::vector<int64_t> ids(tokens, tokens + count);
+  std::vector<int64_t> at(positions, positions + count);
+  std::string error;
+  if (!session->session->runSample(ids, at, sampler->sampler, *out_token,
+                                   error))
+    return makeStatus(error);
+  return nullptr;
+}
+
 void kiln_session_reset(kiln_session *session) {
   if (session)
     session->session->reset();

@@ -31,12 +31,13 @@ public:
   /// Copies the weights bound in `plan` (and its repackings) to the GPU.
   bool upload(const plan::Plan &plan, std::string &error);
 
-  /// With `greedyToken`, the last row's argmax is computed on the GPU and
-  /// written there instead of copying logits back.
+  /// With `token`, the next token is picked on the GPU from the last row
+  /// and written there instead of copying logits back: the argmax, or with
+  /// `sample` ({temperature, top_k, top_p, u}) a draw by the sampler's rule.
   bool run(plan::Plan &plan, const std::vector<int64_t> &tokens,
            const std::vector<int64_t> &positions, std::vector<float> &logits,
-           std::string &error, bool lastOnly = false,
-           int64_t *greedyToken = nullptr);
+           std::string &error, bool lastOnly = false, int64_t *token = nullptr,
+           const double *sample = nullptr);
   void reset();
 
   struct State;

@@ -279,14 +279,19 @@ bool Plan::parse(const std::string &text, const std::string &path,
   logits = out->integer;
   vocab = values[logits].shape.back();
   intsOf(plan.find("eos_token_ids"), eos);
-  if (const json::Value *argmax = plan.find("argmax")) {
-    const json::Value *function = argmax->find("function");
-    const json::Value *block = argmax->find("block");
-    if (!function || !function->isString() || !block || !block->isInteger ||
-        block->integer <= 0)
-      return bad("argmax");
-    argmaxFunction = function->string;
-    argmaxBlock = block->integer;
+  for (auto [key, function, block] :
+       {std::tuple{"argmax", &argmaxFunction, &argmaxBlock},
+        std::tuple{"sample", &sampleFunction, &sampleBlock}}) {
+    const json::Value *entry = plan.find(key);
+    if (!entry)
+      continue;
+    const json::Value *name = entry->find("function");
+    const json::Value *threads = entry->find("block");
+    if (!name || !name->isString() || !threads || !threads->isInteger ||
+        threads->integer <= 0)
+      return bad(key);
+    *function = name->string;
+    *block = threads->integer;
   }
   return true;
 }

@@ -110,6 +110,10 @@ struct Plan {
   /// row), or empty.
   std::string argmaxFunction;
   int64_t argmaxBlock = 0;
+  /// sm_90a: the temperature / top-k / top-p sampling GPU function, or
+  /// empty.
+  std::string sampleFunction;
+  int64_t sampleBlock = 0;
 
   /// Parses and checks the plan; `path` names the engine in errors.
   bool parse(const std::string &text, const std::string &path,

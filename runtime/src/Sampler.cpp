@@ -70,7 +70,8 @@ int64_t rankedCut(std::vector<int64_t> &order, int64_t size,
 
 } // namespace
 
-int64_t Sampler::pick(const float *logits, int64_t vocab) {
+int64_t Sampler::pickWith(const SamplingParams &params, const float *logits,
+                          int64_t vocab, double u) {
   if (params.temperature <= 0.0)
     return std::max_element(logits, logits + vocab) - logits;
   auto ranksBefore = [&](int64_t a, int64_t b) {
@@ -97,7 +98,8 @@ int64_t Sampler::pick(const float *logits, int64_t vocab) {
   double kept = 0;
   for (int64_t i = 0; i < n; ++i)
     kept += weight(order[i]);
-  double r = std::uniform_real_distribution<double>(0.0, kept)(rng);
+  // As std::uniform_real_distribution(0, kept) draws from the same u.
+  double r = u * kept;
   int64_t m = rankedCut(order, n, ranksBefore, weight,
                         [&](double running) { return r < running; });
   return order[m - 1];

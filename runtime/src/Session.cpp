@@ -15,6 +15,7 @@
 #include "Plan.h"
 #include "kiln/runtime/EngineFile.h"
 #include "kiln/runtime/Json.h"
+#include "kiln/runtime/Sampler.h"
 #include "kiln/runtime/Safetensors.h"
 
 #include <algorithm>
@@ -389,6 +390,29 @@ bool Session::run(const std::vector<int64_t> &tokens,
   logits.assign(data + (lastOnly ? (rows - 1) * s.vocab : 0),
                 data + rows * s.vocab);
   vocab = s.vocab;
+  return true;
+}
+
+bool Session::runSample(const std::vector<int64_t> &tokens,
+                        const std::vector<int64_t> &positions,
+                        Sampler &sampler, int64_t &token, std::string &error) {
+  const SamplingParams &p = sampler.parameters();
+  if (p.temperature <= 0.0)
+    return runGreedy(tokens, positions, token, error);
+  double u = sampler.nextUniform();
+  if (impl->cuda) {
+    double request[4] = {p.temperature, static_cast<double>(p.topK), p.topP,
+                         u};
+    std::vector<float> logits;
+    return impl->checkInputs(tokens, positions, error) &&
+           impl->cuda->run(*impl, tokens, positions, logits, error,
+                           /*lastOnly=*/true, &token, request);
+  }
+  std::vector<float> logits;
+  int64_t vocab = 0;
+  if (!run(tokens, positions, logits, vocab, error, /*lastOnly=*/true))
+    return false;
+  token = Sampler::pickWith(p, logits.data(), vocab, u);
   return true;
 }
 

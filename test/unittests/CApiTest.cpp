@@ -205,6 +205,24 @@ TEST(CApiTest, RunLastReportsMisuse) {
       std::string::npos);
 }
 
+TEST(CApiTest, RunSampleReportsMisuse) {
+  int64_t token = 1, position = 0, next = -1;
+  kiln_sampler_params params;
+  kiln_sampler_params_init(&params);
+  kiln_sampler *sampler = nullptr;
+  ASSERT_EQ(kiln_sampler_create(&params, &sampler), nullptr);
+  EXPECT_NE(messageOf(kiln_session_run_sample(nullptr, &token, &position, 1,
+                                              sampler, &next))
+                .find("kiln_session_run_sample: NULL argument"),
+            std::string::npos);
+  kiln_session *session = reinterpret_cast<kiln_session *>(0x1);
+  EXPECT_NE(messageOf(kiln_session_run_sample(session, &token, &position, 1,
+                                              nullptr, &next))
+                .find("NULL argument"),
+            std::string::npos);
+  kiln_sampler_free(sampler);
+}
+
 TEST(CApiTest, RunGreedyReportsMisuse) {
   int64_t token = 1, position = 0, next = -1;
   EXPECT_NE(

@@ -158,9 +158,9 @@ int main(int argc, char **argv) {
   // The prompt goes in one step, or in steps of --step tokens, or (with
   // --decode-from N) as an N-token prefill followed by one token at a time.
   size_t chunk = step > 0 ? static_cast<size_t>(step) : prompt.size();
-  // Greedy decoding without dumps picks each token where the engine runs
-  // (on the GPU for sm_90a engines): no logits are copied back.
-  bool greedy = temperature <= 0 && dumpLogits.empty();
+  // Without dumps each token is picked where the engine runs (on the GPU
+  // for sm_90a engines, greedy or sampled): no logits are copied back.
+  bool onDevice = dumpLogits.empty();
   int64_t next = -1;
   for (size_t begin = 0; begin < prompt.size();) {
     size_t n = std::min(chunk, prompt.size() - begin);
@@ -172,9 +172,11 @@ int main(int argc, char **argv) {
     std::iota(positions.begin(), positions.end(), static_cast<int64_t>(begin));
     // Every row's logits only when they are dumped: otherwise the LM head
     // runs on the step's last row alone.
-    error = greedy               ? session->runGreedy(ids, positions, next)
-            : dumpLogits.empty() ? session->runLast(ids, positions, part)
-                                 : session->run(ids, positions, part);
+    // The sampler draws once per generated token: the prompt's last step.
+    bool last = begin + n == prompt.size();
+    error = !onDevice ? session->run(ids, positions, part)
+            : last    ? session->runSample(ids, positions, *sampler, next)
+                      : session->runGreedy(ids, positions, next);
     if (!error.empty())
       return fail(error);
     if (dumpLogits.empty())
@@ -192,7 +194,7 @@ int main(int argc, char **argv) {
                          logits.data(), error))
     return fail(error);
 
-  if (!greedy)
+  if (!onDevice)
     next = sampler->pick(logits.data() + logits.size() - vocab, vocab);
   std::printf("next token: %lld\n", static_cast<long long>(next));
   if (maxNew == 0)
@@ -212,12 +214,12 @@ int main(int argc, char **argv) {
     if (i + 1 == maxNew)
       break;
     int64_t at = position++;
-    error = greedy ? session->runGreedy({next}, {at}, next)
-                   : session->run({next}, {at}, part);
+    error = onDevice ? session->runSample({next}, {at}, *sampler, next)
+                     : session->run({next}, {at}, part);
     if (!error.empty())
       return fail(error);
     ++decoded;
-    if (!greedy)
+    if (!onDevice)
       next = sampler->pick(part.data(), vocab);
   }
   double decode = std::chrono::duration<double>(Clock::now() - start).count();

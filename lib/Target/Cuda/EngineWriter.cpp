@@ -105,11 +105,13 @@ mlir::kiln::cuda::buildCudaEngine(ModuleOp module, StringRef workDir) {
       buildEnginePlan(module, storage, decorate);
   if (!plan)
     return plan.takeError();
-  if (!program->argmax.function.empty()) {
-    (*plan)["argmax"] = json::Object{{"function", program->argmax.function},
-                                     {"block", program->argmax.blockThreads}};
-    engine.launchShapes[program->argmax.function] = {
-        program->argmax.blockThreads, 0};
+  for (auto [key, launch] : {std::pair{"argmax", &program->argmax},
+                             std::pair{"sample", &program->sample}}) {
+    if (launch->function.empty())
+      continue;
+    (*plan)[key] = json::Object{{"function", launch->function},
+                                {"block", launch->blockThreads}};
+    engine.launchShapes[launch->function] = {launch->blockThreads, 0};
   }
   llvm::raw_string_ostream os(engine.plan);
   os << json::Value(std::move(*plan));

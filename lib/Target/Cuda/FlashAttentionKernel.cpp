@@ -314,15 +314,16 @@ private:
     std::string stage = addressOf(
         k, k.op("arith.addi " + base64 + ", " + k.i64(qBytes()) + " : i64"), st,
         stageBytes());
-    // S = Q Kᵀ over head_dim, box by box.
-    std::string s = k.op("llvm.mlir.zero : " + sType);
+    // S = Q Kᵀ over head_dim, box by box; the first wgmma overwrites S, so
+    // it needs no zeroing (which would also make ptxas fence the registers).
+    std::string s = k.op("llvm.mlir.undef : " + sType);
     k.line("nvvm.wgmma.fence.aligned");
     for (int64_t b = 0; b < boxes; ++b) {
       std::string qa = descriptor(
           k, k.op("arith.addi " + qAddr + ", " + k.i64(b * kBox) + " : i64"));
       std::string kb = descriptor(
           k, k.op("arith.addi " + stage + ", " + k.i64(b * kBox) + " : i64"));
-      s = mmaKTile(k, qa, kb, s, kKeys);
+      s = mmaKTile(k, qa, kb, s, kKeys, "col", /*overwrite=*/b == 0);
     }
     k.line("nvvm.wgmma.commit.group.sync.aligned");
     k.line("nvvm.wgmma.wait.group.sync.aligned 0");
@@ -391,19 +392,25 @@ private:
     std::string vAddr =
         k.op("arith.addi " + stage + ", " + k.i64(boxes * kBox) + " : i64");
     std::string vDesc = descriptor(k, vAddr, kBox);
-    k.line("nvvm.wgmma.fence.aligned");
+    // Every register the wgmmas read (P and the rescaled O) is written
+    // before the fence.
+    std::string regs[kKeys / 16][4];
     for (int64_t step = 0; step < kKeys / 16; ++step) {
       // Keys 16*step.. : S blocks 2*step and 2*step+1.
-      std::string regs[4] = {
-          pack(p[(2 * step) * 4 + 0], p[(2 * step) * 4 + 1]),
-          pack(p[(2 * step) * 4 + 2], p[(2 * step) * 4 + 3]),
-          pack(p[(2 * step + 1) * 4 + 0], p[(2 * step + 1) * 4 + 1]),
-          pack(p[(2 * step + 1) * 4 + 2], p[(2 * step + 1) * 4 + 3])};
+      regs[step][0] = pack(p[(2 * step) * 4 + 0], p[(2 * step) * 4 + 1]);
+      regs[step][1] = pack(p[(2 * step) * 4 + 2], p[(2 * step) * 4 + 3]);
+      regs[step][2] =
+          pack(p[(2 * step + 1) * 4 + 0], p[(2 * step + 1) * 4 + 1]);
+      regs[step][3] =
+          pack(p[(2 * step + 1) * 4 + 2], p[(2 * step + 1) * 4 + 3]);
+    }
+    k.line("nvvm.wgmma.fence.aligned");
+    for (int64_t step = 0; step < kKeys / 16; ++step) {
       // 16 key rows of the MN-major V boxes: 2048 bytes.
       std::string desc = step ? k.op("arith.addi " + vDesc + ", " +
                                      k.i64(128 * step) + " : i64")
                               : vDesc;
-      o = pvMma(regs, desc, o);
+      o = pvMma(regs[step], desc, o);
     }
     k.line("nvvm.wgmma.commit.group.sync.aligned");
     k.line("nvvm.wgmma.wait.group.sync.aligned 0");

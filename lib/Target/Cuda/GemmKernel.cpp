@@ -221,36 +221,45 @@ private:
     std::string cw = k.sub(wg, k.index(1));
     std::string base64 =
         k.op("arith.index_cast " + aligned + " : index to i64");
-    std::string zero = k.op("llvm.mlir.zero : " + acc);
+    std::string fresh = k.op("llvm.mlir.undef : " + acc);
     std::string tilesDone;
     std::string ring = beginTiles(tilesDone);
+    // One K tile; the first of an output tile overwrites the accumulator
+    // (scale-d 0), so no zeroing is needed between tiles.
+    auto kStep = [&](const std::string &it, const std::string &accIn,
+                     bool first) {
+      std::string g = k.add(ring, it);
+      std::string st = k.rem(g, k.index(c.stages));
+      waitParity(k, full, st, phaseOf(g, /*flip=*/false), bar);
+      std::string stage = addressOf(k, base64, st, stageBytes());
+      std::string aAddr = addressOf(k, stage, cw, 64 * kTileK * 2);
+      std::string bAddr = k.op("arith.addi " + stage + ", " +
+                               k.i64(c.tileM() * kTileK * 2) + " : i64");
+      std::string descA = descriptor(k, aAddr), descB = descriptor(k, bAddr);
+      k.line("nvvm.wgmma.fence.aligned");
+      std::string running =
+          mmaKTile(k, descA, descB, accIn, c.tileN, "col", first);
+      k.line("nvvm.wgmma.commit.group.sync.aligned");
+      // Keep this group in flight; the previous one has retired, so its
+      // stage can be refilled.
+      k.line("nvvm.wgmma.wait.group.sync.aligned 1");
+      if (!first) {
+        k.beginIf(k.cmp("eq", lane, k.index(0)));
+        std::string prev =
+            k.rem(k.add(g, k.index(c.stages - 1)), k.index(c.stages));
+        k.line("%tok_" + std::to_string(tokens++) +
+               " = nvgpu.mbarrier.arrive " + empty + "[" + prev + "] : " +
+               bar + " -> !nvgpu.mbarrier.token");
+        k.endIf();
+      }
+      return running;
+    };
+    std::string firstTile = kStep(k.index(0), fresh, /*first=*/true);
     std::string result = k.fresh();
     std::string carried = k.fresh();
-    std::string it = k.beginFor(k.index(0), kTiles(), k.index(1), result,
-                                carried + " = " + zero + " : " + acc);
-    std::string g = k.add(ring, it);
-    std::string st = k.rem(g, k.index(c.stages));
-    waitParity(k, full, st, phaseOf(g, /*flip=*/false), bar);
-    std::string stage = addressOf(k, base64, st, stageBytes());
-    std::string aAddr = addressOf(k, stage, cw, 64 * kTileK * 2);
-    std::string bAddr = k.op("arith.addi " + stage + ", " +
-                             k.i64(c.tileM() * kTileK * 2) + " : i64");
-    std::string descA = descriptor(k, aAddr), descB = descriptor(k, bAddr);
-    k.line("nvvm.wgmma.fence.aligned");
-    std::string running = mmaKTile(k, descA, descB, carried, c.tileN);
-    k.line("nvvm.wgmma.commit.group.sync.aligned");
-    // Keep this group in flight; the previous one has retired, so its
-    // stage can be refilled.
-    k.line("nvvm.wgmma.wait.group.sync.aligned 1");
-    std::string notFirst = k.cmp("ugt", it, k.index(0));
-    std::string leader = k.cmp("eq", lane, k.index(0));
-    k.beginIf(k.op("arith.andi " + notFirst + ", " + leader + " : i1"));
-    std::string prev =
-        k.rem(k.add(g, k.index(c.stages - 1)), k.index(c.stages));
-    k.line("%tok_" + std::to_string(tokens++) + " = nvgpu.mbarrier.arrive " +
-           empty + "[" + prev + "] : " + bar + " -> !nvgpu.mbarrier.token");
-    k.endIf();
-    k.endFor(running + " : " + acc);
+    std::string it = k.beginFor(k.index(1), kTiles(), k.index(1), result,
+                                carried + " = " + firstTile + " : " + acc);
+    k.endFor(kStep(it, carried, /*first=*/false) + " : " + acc);
     k.line("nvvm.wgmma.wait.group.sync.aligned 0");
     // The tile's last stage is free too: the next tile's loads may use it
     // while this one's epilogue runs.

@@ -52,6 +52,9 @@ bool groupedWgmmaFits(const KernelContext &ctx);
 
 /// Greedy sampling: argmax of the last logits row (MemoryKernels.cpp).
 GpuLaunch writeArgmax(int64_t vocab, std::string &text);
+/// Temperature / top-k / top-p sampling of the last logits row
+/// (SamplingKernel.cpp); no function for vocabularies of 2^22 or more.
+GpuLaunch writeSampler(int64_t vocab, std::string &text);
 
 /// expert_down's first launch: the result starts as the addend (the shared
 /// expert's output), one block per row (MoeKernels.cpp).

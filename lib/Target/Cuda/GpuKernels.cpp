@@ -168,6 +168,7 @@ FailureOr<GpuProgram> mlir::kiln::cuda::generateGpuKernels(ModuleOp module) {
   if (ret.getNumOperands() == 1) {
     auto logits = cast<RankedTensorType>(ret.getOperand(0).getType());
     program.argmax = writeArgmax(logits.getShape().back(), text);
+    program.sample = writeSampler(logits.getShape().back(), text);
   }
   text += "}\n";
   program.moduleText = std::move(text);

@@ -292,31 +292,40 @@ private:
     std::string cw = k.sub(wg, k.index(1));
     std::string base64 =
         k.op("arith.index_cast " + aligned + " : index to i64");
-    std::string zero = k.op("llvm.mlir.zero : " + acc);
+    // One K tile; the first overwrites the accumulator (scale-d 0), so it
+    // needs no zeroing.
+    auto kStep = [&](const std::string &it, const std::string &accIn,
+                     bool first) {
+      std::string st = k.rem(it, k.index(stages));
+      waitParity(k, full, st, phaseOf(it, /*flip=*/false), bar);
+      std::string stage = addressOf(k, base64, st, stageBytes());
+      std::string aAddr = addressOf(k, stage, cw, 64 * kTileK * 2);
+      std::string bAddr =
+          k.op("arith.addi " + stage + ", " + k.i64(aBytes()) + " : i64");
+      std::string descA = descriptor(k, aAddr);
+      // MN-major B: 8 KB between the two 64-column boxes.
+      std::string descB = descriptor(k, bAddr, kBoxN * kTileK * 2);
+      k.line("nvvm.wgmma.fence.aligned");
+      std::string running =
+          mmaKTile(k, descA, descB, accIn, kTileN, "row", first);
+      k.line("nvvm.wgmma.commit.group.sync.aligned");
+      k.line("nvvm.wgmma.wait.group.sync.aligned 1");
+      if (!first) {
+        k.beginIf(k.cmp("eq", lane, k.index(0)));
+        std::string prev =
+            k.rem(k.add(it, k.index(stages - 1)), k.index(stages));
+        k.op("nvgpu.mbarrier.arrive " + empty + "[" + prev + "] : " + bar +
+             " -> !nvgpu.mbarrier.token");
+        k.endIf();
+      }
+      return running;
+    };
+    std::string firstTile =
+        kStep(k.index(0), k.op("llvm.mlir.undef : " + acc), /*first=*/true);
     std::string result = k.fresh(), carried = k.fresh();
-    std::string it = k.beginFor(k.index(0), kTiles(), k.index(1), result,
-                                carried + " = " + zero + " : " + acc);
-    std::string st = k.rem(it, k.index(stages));
-    waitParity(k, full, st, phaseOf(it, /*flip=*/false), bar);
-    std::string stage = addressOf(k, base64, st, stageBytes());
-    std::string aAddr = addressOf(k, stage, cw, 64 * kTileK * 2);
-    std::string bAddr =
-        k.op("arith.addi " + stage + ", " + k.i64(aBytes()) + " : i64");
-    std::string descA = descriptor(k, aAddr);
-    // MN-major B: 8 KB between the two 64-column boxes.
-    std::string descB = descriptor(k, bAddr, kBoxN * kTileK * 2);
-    k.line("nvvm.wgmma.fence.aligned");
-    std::string running = mmaKTile(k, descA, descB, carried, kTileN, "row");
-    k.line("nvvm.wgmma.commit.group.sync.aligned");
-    k.line("nvvm.wgmma.wait.group.sync.aligned 1");
-    std::string notFirst = k.cmp("ugt", it, k.index(0));
-    k.beginIf(k.op("arith.andi " + notFirst + ", " +
-                   k.cmp("eq", lane, k.index(0)) + " : i1"));
-    std::string prev = k.rem(k.add(it, k.index(stages - 1)), k.index(stages));
-    k.op("nvgpu.mbarrier.arrive " + empty + "[" + prev + "] : " + bar +
-         " -> !nvgpu.mbarrier.token");
-    k.endIf();
-    k.endFor(running + " : " + acc);
+    std::string it = k.beginFor(k.index(1), kTiles(), k.index(1), result,
+                                carried + " = " + firstTile + " : " + acc);
+    k.endFor(kStep(it, carried, /*first=*/false) + " : " + acc);
     k.line("nvvm.wgmma.wait.group.sync.aligned 0");
     epilogue(result, cw);
   }

@@ -57,13 +57,15 @@ inline std::string descriptor(KernelText &k, const std::string &addr,
 }
 
 /// One m64nNk16 bf16 wgmma; `bLayout` is "col" for a K-major B, "row" for
-/// an MN-major B (transposed).
+/// an MN-major B (transposed). With `overwrite`, D = A·B and `acc` is not
+/// read (scale-d 0), so a fresh accumulator needs no zeroing.
 inline std::string mma(KernelText &k, const std::string &a,
                        const std::string &b, const std::string &acc, int64_t n,
-                       const char *bLayout = "col") {
+                       const char *bLayout = "col", bool overwrite = false) {
   return k.op("nvvm.wgmma.mma_async " + a + ", " + b + ", " + acc +
               ", #nvvm.shape<m = 64, n = " + std::to_string(n) +
-              ", k = 16>, D [<f32>, #nvvm.wgmma_scale_out<one>], A [<bf16>, "
+              ", k = 16>, D [<f32>, #nvvm.wgmma_scale_out<" +
+              (overwrite ? "zero" : "one") + ">], A [<bf16>, "
               "#nvvm.wgmma_scale_in<one>, <row>], B [<bf16>, "
               "#nvvm.wgmma_scale_in<one>, <" +
               bLayout + ">] : " + accType(n) + " -> " + accType(n));
@@ -72,16 +74,18 @@ inline std::string mma(KernelText &k, const std::string &a,
 /// The four m64nNk16 wgmmas of one 64-wide K tile: A (K-major) steps 32
 /// bytes (+2 in the descriptor's address field) per k16; B steps the same
 /// when K-major, or 16 rows of 128 bytes (+128) when MN-major ("row").
+/// With `overwrite`, the first one starts the accumulator afresh.
 inline std::string mmaKTile(KernelText &k, const std::string &descA,
                             const std::string &descB, std::string acc,
-                            int64_t n, const char *bLayout = "col") {
+                            int64_t n, const char *bLayout = "col",
+                            bool overwrite = false) {
   int64_t bStep = std::string(bLayout) == "row" ? 128 : 2;
   auto advance = [&](const std::string &desc, int64_t by) {
     return by ? k.op("arith.addi " + desc + ", " + k.i64(by) + " : i64") : desc;
   };
   for (int64_t kk = 0; kk < kTileK / 16; ++kk)
     acc = mma(k, advance(descA, 2 * kk), advance(descB, bStep * kk), acc, n,
-              bLayout);
+              bLayout, overwrite && kk == 0);
   return acc;
 }
 

@@ -106,6 +106,18 @@ void kiln_sampler_free(kiln_sampler *sampler);
 kiln_status *kiln_sampler_pick(kiln_sampler *sampler, const float *logits,
                                int64_t vocab, int64_t *out_token);
 
+/* Runs like kiln_session_run_last and draws the next token with `sampler`
+ * (its parameters and seeded generator, one draw per call; greedy at
+ * temperature 0) into *out_token. For sm_90a engines the draw is made on
+ * the GPU and no logits are copied back; it follows kiln_sampler_pick's
+ * rule, so a seed gives the same tokens on either backend up to the
+ * rounding of the logits. */
+kiln_status *kiln_session_run_sample(kiln_session *session,
+                                     const int64_t *tokens,
+                                     const int64_t *positions, size_t count,
+                                     kiln_sampler *sampler,
+                                     int64_t *out_token);
+
 #ifdef __cplusplus
 }
 #endif

@@ -24,6 +24,40 @@ inline std::string consume(kiln_status *status) {
   return message;
 }
 
+class Sampler {
+public:
+  /// Empty `error` on success.
+  static std::unique_ptr<Sampler> create(double temperature, int64_t topK,
+                                         double topP, uint64_t seed,
+                                         std::string &error) {
+    kiln_sampler_params params;
+    kiln_sampler_params_init(&params);
+    params.temperature = temperature;
+    params.top_k = topK;
+    params.top_p = topP;
+    params.seed = seed;
+    kiln_sampler *handle = nullptr;
+    error = consume(kiln_sampler_create(&params, &handle));
+    if (!error.empty())
+      return nullptr;
+    return std::unique_ptr<Sampler>(new Sampler(handle));
+  }
+  ~Sampler() { kiln_sampler_free(handle); }
+  Sampler(const Sampler &) = delete;
+  Sampler &operator=(const Sampler &) = delete;
+
+  int64_t pick(const float *logits, int64_t vocab) {
+    int64_t token = 0;
+    consume(kiln_sampler_pick(handle, logits, vocab, &token));
+    return token;
+  }
+  kiln_sampler *get() { return handle; }
+
+private:
+  explicit Sampler(kiln_sampler *handle) : handle(handle) {}
+  kiln_sampler *handle;
+};
+
 class Session {
 public:
   /// Empty `error` on success.
@@ -76,6 +110,14 @@ public:
     return consume(kiln_session_run_greedy(
         handle, tokens.data(), positions.data(), tokens.size(), &token));
   }
+  /// The next token drawn with `sampler` (on the GPU for sm_90a engines).
+  std::string runSample(const std::vector<int64_t> &tokens,
+                        const std::vector<int64_t> &positions, Sampler &sampler,
+                        int64_t &token) {
+    return consume(kiln_session_run_sample(handle, tokens.data(),
+                                           positions.data(), tokens.size(),
+                                           sampler.get(), &token));
+  }
   void reset() { kiln_session_reset(handle); }
 
 private:
@@ -89,39 +131,6 @@ inline int cudaDevices(std::string &error) {
   error = consume(kiln_cuda_probe(&count));
   return count;
 }
-
-class Sampler {
-public:
-  /// Empty `error` on success.
-  static std::unique_ptr<Sampler> create(double temperature, int64_t topK,
-                                         double topP, uint64_t seed,
-                                         std::string &error) {
-    kiln_sampler_params params;
-    kiln_sampler_params_init(&params);
-    params.temperature = temperature;
-    params.top_k = topK;
-    params.top_p = topP;
-    params.seed = seed;
-    kiln_sampler *handle = nullptr;
-    error = consume(kiln_sampler_create(&params, &handle));
-    if (!error.empty())
-      return nullptr;
-    return std::unique_ptr<Sampler>(new Sampler(handle));
-  }
-  ~Sampler() { kiln_sampler_free(handle); }
-  Sampler(const Sampler &) = delete;
-  Sampler &operator=(const Sampler &) = delete;
-
-  int64_t pick(const float *logits, int64_t vocab) {
-    int64_t token = 0;
-    consume(kiln_sampler_pick(handle, logits, vocab, &token));
-    return token;
-  }
-
-private:
-  explicit Sampler(kiln_sampler *handle) : handle(handle) {}
-  kiln_sampler *handle;
-};
 
 } // namespace kiln::api
 

@@ -89,7 +89,9 @@ struct CudaSession::State {
   std::vector<DeviceBuffer> owned;      // weights, repacks
   std::vector<CUdeviceptr> valuePtr;    // per plan value
   std::vector<DeviceBuffer> ownBuffers; // per plan value (non-arena)
-  DeviceBuffer arena, tokens, positions, scratch, greedy;
+  DeviceBuffer arena, tokens, positions, scratch, greedy, sampleRequest;
+  /// {temperature, top_k, top_p, u} of the step being sampled.
+  double sampleHost[4] = {};
   std::vector<GpuSlot> slots;
   DeviceBuffer counts; // int64 key count per slot, this step's rows included
   std::vector<int64_t> countsHost;
@@ -199,6 +201,7 @@ struct CudaSession::State {
     release(scratch);
     release(counts);
     release(greedy);
+    release(sampleRequest);
     for (GpuSlot &s : slots) {
       release(s.keys);
       release(s.values);
@@ -351,13 +354,14 @@ std::unique_ptr<CudaSession> CudaSession::open(const EngineFile &engine,
         s->functions[v.function] = f;
       }
   }
-  if (!plan.argmaxFunction.empty()) {
+  for (const std::string *name : {&plan.argmaxFunction, &plan.sampleFunction}) {
+    if (name->empty())
+      continue;
     CUfunction f = nullptr;
-    if (!s->check(
-            d.cuModuleGetFunction(&f, s->module, plan.argmaxFunction.c_str()),
-            "cuModuleGetFunction(" + plan.argmaxFunction + ")", error))
+    if (!s->check(d.cuModuleGetFunction(&f, s->module, name->c_str()),
+                  "cuModuleGetFunction(" + *name + ")", error))
       return nullptr;
-    s->functions[plan.argmaxFunction] = f;
+    s->functions[*name] = f;
   }
   for (const plan::Slot &info : plan.slotInfo) {
     GpuSlot slot;
@@ -531,7 +535,8 @@ static void appendDescriptor(std::vector<int64_t> &fields, CUdeviceptr ptr,
 bool CudaSession::run(plan::Plan &plan, const std::vector<int64_t> &tokens,
                       const std::vector<int64_t> &positions,
                       std::vector<float> &logits, std::string &error,
-                      bool lastOnly, int64_t *greedyToken) {
+                      bool lastOnly, int64_t *greedyToken,
+                      const double *sample) {
   State &s = *state;
   Driver &d = *s.driver;
   if (!s.check(d.cuCtxSetCurrent(s.context), "cuCtxSetCurrent", error))
@@ -743,23 +748,39 @@ bool CudaSession::run(plan::Plan &plan, const std::vector<int64_t> &tokens,
     }
   }
 
-  // Greedy sampling on the GPU: the argmax of the last logits row.
+  // The next token picked on the GPU from the last logits row: the argmax,
+  // or a draw whose parameters and uniform number are copied in before the
+  // launches (so a decode graph replays with each step's draw).
   if (greedyToken) {
-    if (plan.argmaxFunction.empty()) {
-      error = "engine: no GPU sampling function (recompile the engine)";
+    const std::string &function =
+        sample ? plan.sampleFunction : plan.argmaxFunction;
+    if (function.empty()) {
+      error = std::string("engine: no GPU ") +
+              (sample ? "sampling" : "argmax") +
+              " function (recompile the engine)";
       return false;
     }
     if (!s.ensure(s.greedy, sizeof(int64_t), error))
       return false;
     State::Prepared p;
     p.launch = plan.launches.size();
-    p.function = s.functions[plan.argmaxFunction];
+    p.function = s.functions[function];
     p.grid[0] = p.grid[1] = p.grid[2] = 1;
-    p.block = static_cast<unsigned>(plan.argmaxBlock);
+    p.block = static_cast<unsigned>(sample ? plan.sampleBlock
+                                           : plan.argmaxBlock);
     p.shared = 0;
-    p.name = plan.argmaxFunction;
-    p.profileKey = plan.argmaxFunction + "@" + std::to_string(t);
+    p.name = function;
+    p.profileKey = function + "@" + std::to_string(t);
     appendDescriptor(p.fields, s.valuePtr[plan.logits], shapeOf(plan.logits));
+    if (sample) {
+      std::copy(sample, sample + 4, s.sampleHost);
+      if (!s.ensure(s.sampleRequest, sizeof s.sampleHost, error) ||
+          !s.check(d.cuMemcpyHtoDAsync(s.sampleRequest.ptr, s.sampleHost,
+                                       sizeof s.sampleHost, s.stream),
+                   "cuMemcpyHtoDAsync(sampling request)", error))
+        return false;
+      appendDescriptor(p.fields, s.sampleRequest.ptr, {4});
+    }
     appendDescriptor(p.fields, s.greedy.ptr, {1});
     s.prepared.push_back(std::move(p));
   }

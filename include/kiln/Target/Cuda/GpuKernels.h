@@ -106,6 +106,9 @@ struct GpuProgram {
   /// Greedy sampling on the GPU: the index of the largest logit of the last
   /// row (ties to the lower index, NaN as -inf), one block.
   GpuLaunch argmax;
+  /// Sampling on the GPU (temperature, top-k, top-p) by the host sampler's
+  /// rule, with the uniform draw passed in; one block.
+  GpuLaunch sample;
 };
 
 /// Generates the GPU functions of every kernel in `module`.

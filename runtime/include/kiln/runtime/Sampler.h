@@ -9,6 +9,7 @@
 #define KILN_RUNTIME_SAMPLER_H
 
 #include <cstdint>
+#include <limits>
 #include <random>
 
 namespace kiln {
@@ -28,7 +29,23 @@ public:
   explicit Sampler(const SamplingParams &params)
       : params(params), rng(params.seed) {}
   /// Picks a token from one row of `vocab` logits.
-  int64_t pick(const float *logits, int64_t vocab);
+  int64_t pick(const float *logits, int64_t vocab) {
+    if (params.temperature <= 0.0)
+      return pickWith(params, logits, vocab, 0.0);
+    return pickWith(params, logits, vocab, nextUniform());
+  }
+
+  /// The rule itself, for temperature > 0: the token is the first of the
+  /// kept prefix (in rank order) whose running weight exceeds `u` (in
+  /// [0, 1)) times the prefix's mass. With temperature 0, the argmax.
+  static int64_t pickWith(const SamplingParams &params, const float *logits,
+                          int64_t vocab, double u);
+  /// The draw pick() would use next (one per sampled token).
+  double nextUniform() {
+    return std::generate_canonical<double,
+                                   std::numeric_limits<double>::digits>(rng);
+  }
+  const SamplingParams &parameters() const { return params; }
 
 private:
   SamplingParams params;

@@ -19,6 +19,7 @@
 namespace kiln {
 
 class Checkpoint;
+class Sampler;
 
 class Session {
 public:
@@ -52,6 +53,14 @@ public:
   bool runGreedy(const std::vector<int64_t> &tokens,
                  const std::vector<int64_t> &positions, int64_t &token,
                  std::string &error);
+
+  /// Runs like run(lastOnly) and draws the next token by `sampler`'s rule
+  /// and generator (greedy at temperature 0): on the GPU for sm_90a
+  /// engines, with the uniform number drawn here, so the same seed gives
+  /// the same tokens on either backend up to the logits' rounding.
+  bool runSample(const std::vector<int64_t> &tokens,
+                 const std::vector<int64_t> &positions, Sampler &sampler,
+                 int64_t &token, std::string &error);
 
   void reset();
   int64_t vocabSize() const;
