@@ -10,7 +10,9 @@
 #    tiny-scout, tiny-maverick and a chunk-16 tiny-scout whose 40-token
 #    prefill crosses chunks (relative L2 <= 1e-2), and 32 greedy tokens
 #    identical; on a failure, per-launch dumps of both engines name the
-#    first kernel that disagrees (logs/<model>.dumps.txt);
+#    first kernel that disagrees (logs/<model>.dumps.txt); the tokens
+#    picked on the GPU (greedy and sampled) against the host rule on the
+#    same logits;
 # 3. speed on a 4-layer real-size Scout-shaped random model, with
 #    KILN_PROFILE per-kernel times: prefill 4096, 64-token steps (the GEMM
 #    shapes of batch-64 decode), batch-1 decode, a 16k prefill; against
@@ -86,6 +88,27 @@ for m in tiny-scout tiny-maverick tiny-scout-chunk16; do
   fi
   echo "{\"model\":\"$m\",\"rel_l2\":\"${rel:-?}\",\"greedy\":\"$same\",\"result\":\"$result\"}" >> "$logs/correctness.jsonl"
 done
+
+# The tokens picked on the GPU (kiln_argmax, kiln_sample) against the host
+# rule on the same logits, copied back each step (KILN_CHECK_SAMPLER).
+if [ $gpu = 1 ]; then
+  for spec in "0 0 1.0" "0.8 50 0.9" "1.0 0 1.0" "0.6 0 0.8"; do
+    read -r t k p <<<"$spec"
+    name="tiny-scout picks (T $t, top-k $k, top-p $p)"
+    txt="$logs/picks-$t-$k-$p.txt"
+    KILN_CHECK_SAMPLER=1 timeout 60 "$run" "$in/tiny-scout.sm90.kiln" \
+      --checkpoint "$in/tiny-scout" --tokens-file "$in/prompt40" \
+      --max-new-tokens 32 --ignore-eos --device cuda --temperature "$t" \
+      --top-k "$k" --top-p "$p" --seed 5 > "$txt" 2>&1
+    summary=$(grep 'sampler check:' "$txt" | tail -1)
+    picked=$(sed -nE 's/.* ([0-9]+) tokens picked on the GPU.*/\1/p' <<<"$summary")
+    differ=$(sed -nE 's/.*, ([0-9]+) differ.*/\1/p' <<<"$summary")
+    result=FAIL
+    [ -n "$picked" ] && [ "$picked" -gt 0 ] && [ "$differ" = 0 ] && result=pass
+    log "$name: ${summary:-no summary (logs/$(basename "$txt"))} ($result)"
+    echo "{\"model\":\"$name\",\"greedy\":\"${differ:-?} of ${picked:-?} differ\",\"result\":\"$result\"}" >> "$logs/correctness.jsonl"
+  done
+fi
 
 # --- speed ----------------------------------------------------------------
 if [ $gpu = 1 ]; then

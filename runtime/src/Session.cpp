@@ -15,8 +15,8 @@
 #include "Plan.h"
 #include "kiln/runtime/EngineFile.h"
 #include "kiln/runtime/Json.h"
-#include "kiln/runtime/Sampler.h"
 #include "kiln/runtime/Safetensors.h"
+#include "kiln/runtime/Sampler.h"
 
 #include <algorithm>
 #include <cmath>
@@ -394,15 +394,14 @@ bool Session::run(const std::vector<int64_t> &tokens,
 }
 
 bool Session::runSample(const std::vector<int64_t> &tokens,
-                        const std::vector<int64_t> &positions,
-                        Sampler &sampler, int64_t &token, std::string &error) {
+                        const std::vector<int64_t> &positions, Sampler &sampler,
+                        int64_t &token, std::string &error) {
   const SamplingParams &p = sampler.parameters();
   if (p.temperature <= 0.0)
     return runGreedy(tokens, positions, token, error);
   double u = sampler.nextUniform();
   if (impl->cuda) {
-    double request[4] = {p.temperature, static_cast<double>(p.topK), p.topP,
-                         u};
+    double request[4] = {p.temperature, static_cast<double>(p.topK), p.topP, u};
     std::vector<float> logits;
     return impl->checkInputs(tokens, positions, error) &&
            impl->cuda->run(*impl, tokens, positions, logits, error,

@@ -248,8 +248,8 @@ private:
         std::string prev =
             k.rem(k.add(g, k.index(c.stages - 1)), k.index(c.stages));
         k.line("%tok_" + std::to_string(tokens++) +
-               " = nvgpu.mbarrier.arrive " + empty + "[" + prev + "] : " +
-               bar + " -> !nvgpu.mbarrier.token");
+               " = nvgpu.mbarrier.arrive " + empty + "[" + prev + "] : " + bar +
+               " -> !nvgpu.mbarrier.token");
         k.endIf();
       }
       return running;

@@ -58,8 +58,7 @@ public:
     row = k.sub(k.op("memref.dim %logits, " + k.index(0) + " : " + logitsType),
                 k.index(1));
     auto request = [&](int i) {
-      return k.op("memref.load %request[" + k.index(i) +
-                  "] : memref<4xf64>");
+      return k.op("memref.load %request[" + k.index(i) + "] : memref<4xf64>");
     };
     std::string temperature =
         k.op("arith.truncf " + request(0) + " : f64 to f32");
@@ -69,19 +68,18 @@ public:
 
     // The top logit: weights are relative to it.
     std::string res = k.fresh(), acc = k.fresh();
-    std::string c =
-        k.beginFor(tid, k.index(vocab), k.index(kThreads), res,
-                   acc + " = " +
-                       k.f32(-std::numeric_limits<double>::infinity()) +
-                       " : f32");
+    std::string c = k.beginFor(
+        tid, k.index(vocab), k.index(kThreads), res,
+        acc + " = " + k.f32(-std::numeric_limits<double>::infinity()) +
+            " : f32");
     k.endFor(k.fmax(acc, logitAt(c)) + " : f32");
     top = blockMax(res);
 
     // top-k: the k-th key bounds the candidates.
     std::string all = k.i64(-1);
-    std::string limited = k.op(
-        "arith.andi " + k.cmp("sgt", topK, k.i64(0), "i64") + ", " +
-        k.cmp("slt", topK, k.i64(vocab), "i64") + " : i1");
+    std::string limited =
+        k.op("arith.andi " + k.cmp("sgt", topK, k.i64(0), "i64") + ", " +
+             k.cmp("slt", topK, k.i64(vocab), "i64") + " : i1");
     std::string bound = k.fresh();
     k.line(bound + " = scf.if " + limited + " -> (i64) {");
     {
@@ -111,13 +109,12 @@ public:
       // ceil(top_p * total); the product is positive.
       std::string x = k.op("arith.mulf " + topP + ", " + totalF + " : f64");
       std::string whole = k.op("arith.fptosi " + x + " : f64 to i64");
-      std::string below = k.op(
-          "arith.cmpf olt, " +
-          k.op("arith.sitofp " + whole + " : i64 to f64") + ", " + x +
-          " : f64");
-      std::string target = k.op(
-          "arith.addi " + whole + ", " +
-          k.op("arith.extui " + below + " : i1 to i64") + " : i64");
+      std::string below = k.op("arith.cmpf olt, " +
+                               k.op("arith.sitofp " + whole + " : i64 to f64") +
+                               ", " + x + " : f64");
+      std::string target =
+          k.op("arith.addi " + whole + ", " +
+               k.op("arith.extui " + below + " : i1 to i64") + " : i64");
       target = clamp(target, total);
       Cut cut = select(/*mass=*/true, target, bound);
       k.line("  scf.yield " + cut.key + ", " + cut.through + " : i64, i64");
@@ -138,8 +135,8 @@ public:
     target = clamp(target, prefixMass);
     Cut drawn = select(/*mass=*/true, target, prefixEnd);
     k.beginIf(k.cmp("eq", tid, k.index(0)));
-    std::string id = k.op("arith.andi " + drawn.key + ", " +
-                          k.i64(0xFFFFFFFF) + " : i64");
+    std::string id =
+        k.op("arith.andi " + drawn.key + ", " + k.i64(0xFFFFFFFF) + " : i64");
     k.line("memref.store " + id + ", %token[" + k.index(0) +
            "] : memref<1xi64>");
     k.endIf();
@@ -178,9 +175,9 @@ private:
         k.op("arith.ori " + bits + ", " + k.i32(INT32_MIN) + " : i32"), "i32");
     std::string order =
         k.op("arith.xori " + ascending + ", " + k.i32(-1) + " : i32");
-    std::string high = k.op(
-        "arith.shli " + k.op("arith.extui " + order + " : i32 to i64") + ", " +
-        k.i64(32) + " : i64");
+    std::string high =
+        k.op("arith.shli " + k.op("arith.extui " + order + " : i32 to i64") +
+             ", " + k.i64(32) + " : i64");
     std::string id = k.op("arith.index_cast " + c + " : index to i64");
     return k.op("arith.ori " + high + ", " + id + " : i64");
   }
@@ -200,10 +197,10 @@ private:
   /// 64-bit shuffles as two 32-bit ones.
   std::string shuffle(const std::string &v, StringRef mode, int64_t offset) {
     std::string lo = k.op("arith.trunci " + v + " : i64 to i32");
-    std::string hi = k.op(
-        "arith.trunci " +
-        k.op("arith.shrui " + v + ", " + k.i64(32) + " : i64") +
-        " : i64 to i32");
+    std::string hi =
+        k.op("arith.trunci " +
+             k.op("arith.shrui " + v + ", " + k.i64(32) + " : i64") +
+             " : i64 to i32");
     std::string parts[2];
     for (int i = 0; i < 2; ++i) {
       parts[i] = k.fresh();
@@ -212,9 +209,9 @@ private:
              " : i32");
     }
     std::string wideLo = k.op("arith.extui " + parts[0] + " : i32 to i64");
-    std::string wideHi = k.op(
-        "arith.shli " + k.op("arith.extui " + parts[1] + " : i32 to i64") +
-        ", " + k.i64(32) + " : i64");
+    std::string wideHi =
+        k.op("arith.shli " + k.op("arith.extui " + parts[1] + " : i32 to i64") +
+             ", " + k.i64(32) + " : i64");
     return k.op("arith.ori " + wideHi + ", " + wideLo + " : i64");
   }
 
@@ -262,18 +259,18 @@ private:
     std::string hType = "memref<" + std::to_string(kBins) + "xi64, 3>";
     for (auto [shift, bits] : kPasses) {
       std::string z = k.beginFor(tid, k.index(kBins), k.index(kThreads));
-      k.line("memref.store " + k.i64(0) + ", " + hist + "[" + z + "] : " +
-             hType);
+      k.line("memref.store " + k.i64(0) + ", " + hist + "[" + z +
+             "] : " + hType);
       k.endFor();
       k.line("gpu.barrier");
       std::string c = k.beginFor(tid, k.index(vocab), k.index(kThreads));
       std::string v = logitAt(c);
       std::string key = rankKey(v, c);
-      std::string candidate = k.op(
-          "arith.andi " + k.cmp("ule", key, bound, "i64") + ", " +
-          k.cmp("eq", k.op("arith.andi " + key + ", " + mask + " : i64"),
-                prefix, "i64") +
-          " : i1");
+      std::string candidate =
+          k.op("arith.andi " + k.cmp("ule", key, bound, "i64") + ", " +
+               k.cmp("eq", k.op("arith.andi " + key + ", " + mask + " : i64"),
+                     prefix, "i64") +
+               " : i1");
       k.beginIf(candidate);
       std::string digit = k.op(
           "arith.index_cast " +
@@ -291,10 +288,8 @@ private:
       // Thread t owns bins 2t and 2t+1: a block-wide exclusive scan of
       // their sums finds the bin where the running total meets the target.
       std::string b0 = k.mul(tid, k.index(2)), b1 = k.add(b0, k.index(1));
-      std::string h0 =
-          k.op("memref.load " + hist + "[" + b0 + "] : " + hType);
-      std::string h1 =
-          k.op("memref.load " + hist + "[" + b1 + "] : " + hType);
+      std::string h0 = k.op("memref.load " + hist + "[" + b0 + "] : " + hType);
+      std::string h1 = k.op("memref.load " + hist + "[" + b1 + "] : " + hType);
       std::string own = k.op("arith.addi " + h0 + ", " + h1 + " : i64");
       std::string inclusive = own;
       for (int64_t off = 1; off < 32; off *= 2) {
@@ -312,14 +307,16 @@ private:
       for (int64_t w = 0; w < kThreads / 32; ++w) {
         std::string s = k.op("memref.load " + warpSums + "[" + k.index(w) +
                              "] : memref<32xi64, 3>");
-        earlier = k.select(k.cmp("ult", k.index(w), warp), k.op("arith.addi " + earlier + ", " + s + " : i64"), earlier, "i64");
+        earlier = k.select(k.cmp("ult", k.index(w), warp),
+                           k.op("arith.addi " + earlier + ", " + s + " : i64"),
+                           earlier, "i64");
       }
-      std::string start = k.op(
-          "arith.addi " + before + ", " +
-          k.op("arith.addi " + earlier + ", " +
-               k.op("arith.subi " + inclusive + ", " + own + " : i64") +
-               " : i64") +
-          " : i64");
+      std::string start =
+          k.op("arith.addi " + before + ", " +
+               k.op("arith.addi " + earlier + ", " +
+                    k.op("arith.subi " + inclusive + ", " + own + " : i64") +
+                    " : i64") +
+               " : i64");
       std::string end0 = k.op("arith.addi " + start + ", " + h0 + " : i64");
       std::string end1 = k.op("arith.addi " + end0 + ", " + h1 + " : i64");
       auto crosses = [&](const std::string &from, const std::string &to) {
@@ -341,12 +338,12 @@ private:
       record(b1, end0, end1);
       k.endIf();
       k.line("gpu.barrier");
-      std::string d =
-          k.op("memref.load " + found + "[" + k.index(0) + "] : memref<3xi64, 3>");
-      before =
-          k.op("memref.load " + found + "[" + k.index(1) + "] : memref<3xi64, 3>");
-      through =
-          k.op("memref.load " + found + "[" + k.index(2) + "] : memref<3xi64, 3>");
+      std::string d = k.op("memref.load " + found + "[" + k.index(0) +
+                           "] : memref<3xi64, 3>");
+      before = k.op("memref.load " + found + "[" + k.index(1) +
+                    "] : memref<3xi64, 3>");
+      through = k.op("memref.load " + found + "[" + k.index(2) +
+                     "] : memref<3xi64, 3>");
       // Every thread has read the bins and the result before either is
       // rewritten.
       k.line("gpu.barrier");

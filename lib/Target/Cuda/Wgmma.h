@@ -65,7 +65,8 @@ inline std::string mma(KernelText &k, const std::string &a,
   return k.op("nvvm.wgmma.mma_async " + a + ", " + b + ", " + acc +
               ", #nvvm.shape<m = 64, n = " + std::to_string(n) +
               ", k = 16>, D [<f32>, #nvvm.wgmma_scale_out<" +
-              (overwrite ? "zero" : "one") + ">], A [<bf16>, "
+              (overwrite ? "zero" : "one") +
+              ">], A [<bf16>, "
               "#nvvm.wgmma_scale_in<one>, <row>], B [<bf16>, "
               "#nvvm.wgmma_scale_in<one>, <" +
               bLayout + ">] : " + accType(n) + " -> " + accType(n));

@@ -115,8 +115,7 @@ kiln_status *kiln_sampler_pick(kiln_sampler *sampler, const float *logits,
 kiln_status *kiln_session_run_sample(kiln_session *session,
                                      const int64_t *tokens,
                                      const int64_t *positions, size_t count,
-                                     kiln_sampler *sampler,
-                                     int64_t *out_token);
+                                     kiln_sampler *sampler, int64_t *out_token);
 
 #ifdef __cplusplus
 }

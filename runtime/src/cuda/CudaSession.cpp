@@ -32,6 +32,7 @@
 #include "../Plan.h"
 #include "kiln/runtime/CudaDriver.h"
 #include "kiln/runtime/EngineFile.h"
+#include "kiln/runtime/Sampler.h"
 
 #include <algorithm>
 #include <cstdio>
@@ -119,6 +120,10 @@ struct CudaSession::State {
   std::vector<int64_t> tokens64, positionsHost;
   bool syncEachLaunch = false;
   size_t steps = 0; // runs so far (names KILN_DUMP_DIR files)
+  // KILN_CHECK_SAMPLER: every token picked on the GPU is picked again on
+  // the host from the same logits (copied back) by the same rule.
+  bool checkSampler = false;
+  int64_t samplerChecks = 0, samplerMismatches = 0;
 
   // KILN_PROFILE: events around each launch, read after the step.
   bool profile = false;
@@ -176,6 +181,12 @@ struct CudaSession::State {
     if (context)
       driver->cuCtxSetCurrent(context);
     printProfile();
+    if (checkSampler)
+      std::fprintf(stderr,
+                   "kiln: sampler check: %lld tokens picked on the GPU, %lld "
+                   "differ from the host rule\n",
+                   static_cast<long long>(samplerChecks),
+                   static_cast<long long>(samplerMismatches));
     dropGraph();
     if (const char *v = std::getenv("KILN_CUDA_GRAPH_STATS"); v && *v)
       std::fprintf(stderr, "kiln-cuda: %lld graph launches, %lld captures\n",
@@ -377,6 +388,9 @@ std::unique_ptr<CudaSession> CudaSession::open(const EngineFile &engine,
   s->ownBuffers.resize(plan.values.size());
   const char *sync = std::getenv("KILN_CUDA_SYNC");
   s->syncEachLaunch = sync && *sync && std::string(sync) != "0";
+  const char *checkSampler = std::getenv("KILN_CHECK_SAMPLER");
+  s->checkSampler =
+      checkSampler && *checkSampler && std::string(checkSampler) != "0";
   const char *profile = std::getenv("KILN_PROFILE");
   s->profile = profile && *profile && std::string(profile) != "0";
   const char *graphs = std::getenv("KILN_CUDA_GRAPH");
@@ -766,8 +780,8 @@ bool CudaSession::run(plan::Plan &plan, const std::vector<int64_t> &tokens,
     p.launch = plan.launches.size();
     p.function = s.functions[function];
     p.grid[0] = p.grid[1] = p.grid[2] = 1;
-    p.block = static_cast<unsigned>(sample ? plan.sampleBlock
-                                           : plan.argmaxBlock);
+    p.block =
+        static_cast<unsigned>(sample ? plan.sampleBlock : plan.argmaxBlock);
     p.shared = 0;
     p.name = function;
     p.profileKey = function + "@" + std::to_string(t);
@@ -861,6 +875,34 @@ bool CudaSession::run(plan::Plan &plan, const std::vector<int64_t> &tokens,
     logits.clear();
     if (s.profile)
       s.collectProfile();
+    if (s.checkSampler) {
+      std::vector<float> row(static_cast<size_t>(plan.vocab));
+      CUdeviceptr last = s.valuePtr[plan.logits] +
+                         (rows[plan.logits] - 1) * plan.vocab * sizeof(float);
+      if (!s.check(d.cuMemcpyDtoH(row.data(), last, row.size() * 4),
+                   "cuMemcpyDtoH(logits for KILN_CHECK_SAMPLER)", error))
+        return false;
+      SamplingParams params; // temperature 0: the argmax
+      double u = 0;
+      if (sample) {
+        params.temperature = sample[0];
+        params.topK = static_cast<int64_t>(sample[1]);
+        params.topP = sample[2];
+        u = sample[3];
+      }
+      int64_t host = Sampler::pickWith(params, row.data(), plan.vocab, u);
+      ++s.samplerChecks;
+      if (host != *greedyToken) {
+        ++s.samplerMismatches;
+        std::fprintf(stderr,
+                     "kiln: sampler check: step %zu: GPU picked %lld, the "
+                     "host rule %lld (temperature %g, top_k %lld, top_p %g, "
+                     "u %.17g)\n",
+                     s.steps, static_cast<long long>(*greedyToken),
+                     static_cast<long long>(host), params.temperature,
+                     static_cast<long long>(params.topK), params.topP, u);
+      }
+    }
     return true;
   }
   int64_t logitRows = rows[plan.logits];

@@ -42,8 +42,8 @@ public:
                           int64_t vocab, double u);
   /// The draw pick() would use next (one per sampled token).
   double nextUniform() {
-    return std::generate_canonical<double,
-                                   std::numeric_limits<double>::digits>(rng);
+    return std::generate_canonical<double, std::numeric_limits<double>::digits>(
+        rng);
   }
   const SamplingParams &parameters() const { return params; }
 
