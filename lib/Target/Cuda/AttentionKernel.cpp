@@ -5,9 +5,10 @@
 // sum, the output rescaled when the max grows) so a key is read once:
 //  - decode (up to kDecodeRows query rows): split-KV over the keys, the
 //    whole GQA group of a KV head in one block, then a combine kernel;
-//  - steps of up to 64 rows: one warp per (query row, query head), four
-//    consecutive (row, head) pairs of one KV head per block sharing the
-//    staged key and value tiles; lanes split the head dimension;
+//  - longer steps whose head_dim the wgmma kernel cannot tile: one warp
+//    per (query row, query head), four consecutive (row, head) pairs of
+//    one KV head per block sharing the staged key and value tiles; lanes
+//    split the head dimension;
 //  - the append kernel that writes a step's keys and values to the pools.
 // Key tiles no query of a block can see (after every query, or before the
 // chunk of the earliest query) are skipped: a slot's key positions ascend.
@@ -27,7 +28,7 @@ constexpr int64_t kWarps = 4;
 constexpr int64_t kKeyTile = 16;
 /// Decode (at most this many query rows) splits the keys over this many
 /// blocks per (row, KV head), then combines the partial softmaxes.
-constexpr int64_t kDecodeRows = 4;
+constexpr int64_t kDecodeRows = 8;
 constexpr int64_t kSplits = 32;
 /// Keys per decode tile: one per lane.
 constexpr int64_t kDecodeKeys = 32;
@@ -652,7 +653,12 @@ mlir::kiln::cuda::generateAttentionKernel(const KernelContext &ctx,
   std::string name = ctx.name();
   text += writeAppend(ctx, a, name + "_append");
   text += writeDecode(ctx, a, name + "_split");
-  text += writeAttention(ctx, a, name);
+  // Steps past the decode rows take the wgmma kernel where it fits (even a
+  // half-empty 128-row tile beats a warp per (row, head) well before 64
+  // rows), else the SIMT one.
+  bool flashFits = flashAttentionFits(ctx, a);
+  if (!flashFits)
+    text += writeAttention(ctx, a, name);
   text += writeCombine(ctx, a, name + "_combine");
 
   // Attention reads the pools where the launch's key and value operands are.
@@ -711,16 +717,11 @@ mlir::kiln::cuda::generateAttentionKernel(const KernelContext &ctx,
   append.params.push_back(keyCount);
 
   out.steps.push_back({{append}});
-  if (flashAttentionFits(ctx, a)) {
-    // Steps of up to 64 rows keep the SIMT kernel; longer prefills use
-    // wgmma.
-    GpuLaunch flash = writeFlashAttention(ctx, a, name + "_flash", text);
-    whole.selectOperand = q;
-    whole.maxRows = 64;
-    out.steps.push_back({{split, whole, flash}});
-  } else {
+  if (flashFits)
+    out.steps.push_back(
+        {{split, writeFlashAttention(ctx, a, name + "_flash", text)}});
+  else
     out.steps.push_back({{split, whole}});
-  }
   out.steps.push_back({{combine, nothing}});
   return success();
 }
