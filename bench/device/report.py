@@ -52,7 +52,7 @@ def main():
              if os.path.exists(os.path.join(logs, "gpu.txt")) else "# Kiln",
              ""]
     lines += ["## Correctness (GPU vs host engine)", "",
-              "| model | rel L2 (<= 1e-2) | greedy 32 identical | result |",
+              "| model | rel L2 (<= 1e-2) | greedy 32 identical (picks: GPU vs host rule) | result |",
               "| --- | --- | --- | --- |"]
     path = os.path.join(logs, "correctness.jsonl")
     for line in open(path) if os.path.exists(path) else []:
