@@ -5,7 +5,7 @@
 // per consumer warpgroup (GQA: the group's heads are neighbouring blocks,
 // so a KV tile is fetched from memory once and from L2 by the others); a
 // producer warpgroup streams the KV pool's key and value tiles (64 keys) by TMA
-// into a two-stage ring (full/empty mbarriers). Each consumer:
+// into a ring of up to four stages (full/empty mbarriers). Each consumer:
 //   S = Q·Kᵀ    SS-wgmma m64n64k16 over head_dim (Q and K both K-major);
 //   softmax     online, on the S fragments in registers: scale (and the
 //               temperature when the op has one), causal/chunk masks from
@@ -35,7 +35,8 @@ namespace {
 
 constexpr int64_t kKeys = 64;     // keys per tile
 constexpr int64_t kConsumers = 2; // 128 query rows per block
-constexpr int64_t kStages = 2;
+/// Dynamic shared memory a block may opt into on sm_90.
+constexpr int64_t kSharedLimit = 232448;
 constexpr int64_t kBox = 64 * 64 * 2; // one 64x64 bf16 box
 
 class FlashWriter {
@@ -52,13 +53,17 @@ public:
     d = ctx.width(q) / heads;
     group = heads / a.getNumKvHeads();
     boxes = d / 64;
+    // As many K/V stages as fit (up to 4): more tiles in flight hide the
+    // TMA latency behind the consumers' softmax.
+    stages = std::clamp<int64_t>(
+        (kSharedLimit - qBytes() - 1024) / stageBytes(), 2, 4);
     chunk = a.getMask() == MaskKind::Chunked ? a.getChunkSize().value_or(0) : 0;
   }
 
   int64_t qBytes() const { return kConsumers * boxes * kBox; }
   int64_t stageBytes() const { return 2 * boxes * kBox; }
   int64_t dynamicSharedBytes() const {
-    return qBytes() + kStages * stageBytes() + 1024;
+    return qBytes() + stages * stageBytes() + 1024;
   }
 
   std::string write() {
@@ -76,7 +81,7 @@ private:
   AttentionOp a;
   KernelText k;
   int q, key, value, positions, result;
-  int64_t heads, d, group, boxes, chunk;
+  int64_t heads, d, group, boxes, chunk, stages;
   std::string wg, lane, tid, dyn, pad, aligned, qFull, full, empty, head,
       kvHead, m0, rows, keys, tileLo, tileHi;
 
@@ -107,8 +112,8 @@ private:
     pad = arena.pad;
     aligned = arena.aligned;
     qFull = k.op("nvgpu.mbarrier.create -> " + bar(1));
-    full = k.op("nvgpu.mbarrier.create -> " + bar(kStages));
-    empty = k.op("nvgpu.mbarrier.create -> " + bar(kStages));
+    full = k.op("nvgpu.mbarrier.create -> " + bar(stages));
+    empty = k.op("nvgpu.mbarrier.create -> " + bar(stages));
     tid = k.threadId();
     wg = k.div(tid, k.index(128));
     lane = k.rem(tid, k.index(128));
@@ -165,11 +170,11 @@ private:
     k.beginIf(k.cmp("eq", tid, k.index(0)));
     k.line("nvgpu.mbarrier.init " + qFull + "[" + k.index(0) + "], " +
            k.index(1) + " : " + bar(1));
-    std::string st = k.beginFor(k.index(0), k.index(kStages), k.index(1));
+    std::string st = k.beginFor(k.index(0), k.index(stages), k.index(1));
     k.line("nvgpu.mbarrier.init " + full + "[" + st + "], " + k.index(1) +
-           " : " + bar(kStages));
+           " : " + bar(stages));
     k.line("nvgpu.mbarrier.init " + empty + "[" + st + "], " +
-           k.index(kConsumers) + " : " + bar(kStages));
+           k.index(kConsumers) + " : " + bar(stages));
     k.endFor();
     k.line("nvvm.fence.mbarrier.init");
     k.endIf();
@@ -183,7 +188,7 @@ private:
   }
 
   std::string phase(const std::string &i, bool flip) {
-    return parity(k, i, kStages, flip);
+    return parity(k, i, stages, flip);
   }
 
   void producer() {
@@ -202,10 +207,10 @@ private:
       }
     std::string t = k.beginFor(tileLo, tileHi, k.index(1));
     std::string i = k.sub(t, tileLo);
-    std::string st = k.rem(i, k.index(kStages));
-    waitParity(k, empty, st, phase(i, true), bar(kStages));
+    std::string st = k.rem(i, k.index(stages));
+    waitParity(k, empty, st, phase(i, true), bar(stages));
     k.line("nvgpu.mbarrier.arrive.expect_tx " + full + "[" + st + "], " +
-           k.index(stageBytes()) + " : " + bar(kStages));
+           k.index(stageBytes()) + " : " + bar(stages));
     std::string stage =
         k.add(k.add(pad, k.index(qBytes())), k.mul(st, k.index(stageBytes())));
     std::string keyRow = k.mul(t, k.index(kKeys));
@@ -216,7 +221,7 @@ private:
         k.line(std::string("nvgpu.tma.async.load ") +
                (which ? "%dV[" : "%dK[") + col + ", " + keyRow + "], " + full +
                "[" + st + "] to " + view(off) + " : " + map() + ", " +
-               bar(kStages) + " -> " + tileType("64x64"));
+               bar(stages) + " -> " + tileType("64x64"));
       }
     k.endFor();
     k.endIf();
@@ -309,8 +314,8 @@ private:
             " = " + negInf + ", " + lIn0 + " = " + k.f32(0.0) + ", " + lIn1 +
             " = " + k.f32(0.0) + " : " + oType + ", f32, f32, f32, f32");
     std::string i = k.sub(t, tileLo);
-    std::string st = k.rem(i, k.index(kStages));
-    waitParity(k, full, st, phase(i, false), bar(kStages));
+    std::string st = k.rem(i, k.index(stages));
+    waitParity(k, full, st, phase(i, false), bar(stages));
     std::string stage = addressOf(
         k, k.op("arith.addi " + base64 + ", " + k.i64(qBytes()) + " : i64"), st,
         stageBytes());
@@ -415,7 +420,7 @@ private:
     k.line("nvvm.wgmma.commit.group.sync.aligned");
     k.line("nvvm.wgmma.wait.group.sync.aligned 0");
     k.beginIf(k.cmp("eq", lane, k.index(0)));
-    k.op("nvgpu.mbarrier.arrive " + empty + "[" + st + "] : " + bar(kStages) +
+    k.op("nvgpu.mbarrier.arrive " + empty + "[" + st + "] : " + bar(stages) +
          " -> !nvgpu.mbarrier.token");
     k.endIf();
     k.endFor(o + ", " + mOut[0] + ", " + mOut[1] + ", " + lOut[0] + ", " +
