@@ -53,9 +53,20 @@ kiln_status *kiln_session_create(const kiln_session_params *params,
   if (!params || params->struct_size < offsetof(kiln_session_params, device))
     return makeStatus("kiln_session_create: params not initialised with "
                       "kiln_session_params_init");
-  kiln_device requested = params->struct_size >= sizeof(kiln_session_params)
-                              ? params->device
-                              : KILN_DEVICE_AUTO;
+  auto has = [&](size_t offset, size_t size) {
+    return params->struct_size >= offset + size;
+  };
+  kiln_device requested =
+      has(offsetof(kiln_session_params, device), sizeof(kiln_device))
+          ? params->device
+          : KILN_DEVICE_AUTO;
+  int64_t kvTokens =
+      has(offsetof(kiln_session_params, kv_tokens), sizeof(int64_t))
+          ? params->kv_tokens
+          : 0;
+  if (kvTokens < 0)
+    return makeStatus("kiln_session_create: kv_tokens must be >= 0 (got " +
+                      std::to_string(kvTokens) + ")");
   if (!params->engine_path || !params->checkpoint_dir)
     return makeStatus(
         "kiln_session_create: engine_path and checkpoint_dir are required");
@@ -66,8 +77,8 @@ kiln_status *kiln_session_create(const kiln_session_params *params,
   auto device = requested == KILN_DEVICE_HOST   ? kiln::Session::Device::Host
                 : requested == KILN_DEVICE_CUDA ? kiln::Session::Device::Cuda
                                                 : kiln::Session::Device::Auto;
-  auto session = kiln::Session::create(params->engine_path,
-                                       params->checkpoint_dir, error, device);
+  auto session = kiln::Session::create(
+      params->engine_path, params->checkpoint_dir, error, device, kvTokens);
   if (!session)
     return makeStatus(error);
   *out_session = new (std::nothrow) kiln_session{std::move(session)};

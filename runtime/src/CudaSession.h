@@ -30,6 +30,8 @@ public:
 
   /// Copies the weights bound in `plan` (and its repackings) to the GPU.
   bool upload(const plan::Plan &plan, std::string &error);
+  /// Allocates every KV pool for `tokens` of context (none when 0).
+  bool reserve(const plan::Plan &plan, int64_t tokens, std::string &error);
 
   /// With `token`, the next token is picked on the GPU from the last row
   /// and written there instead of copying logits back: the argmax, or with

@@ -9,6 +9,7 @@
 #ifndef KILN_RUNTIME_SRC_PLAN_H
 #define KILN_RUNTIME_SRC_PLAN_H
 
+#include <algorithm>
 #include <cstdint>
 #include <string>
 #include <vector>
@@ -153,6 +154,12 @@ inline bool producesLogits(const Plan &plan, const Launch &l) {
     if (id == plan.logits)
       return true;
   return false;
+}
+
+/// Rows a KV pool reserves for `tokens` of context: a chunked layer's pool
+/// never holds more than one chunk plus a step, so two chunks do.
+inline int64_t reservedRows(const Slot &slot, int64_t tokens) {
+  return slot.chunk > 0 ? std::min(tokens, 2 * slot.chunk) : tokens;
 }
 
 /// Index of the first key position of a chunked pool to keep when a step

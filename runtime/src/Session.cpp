@@ -158,12 +158,19 @@ struct Session::Impl : plan::Plan {
   }
 };
 
+static std::string gib(double bytes) {
+  char text[32];
+  std::snprintf(text, sizeof text, "%.2f", bytes / (1024.0 * 1024 * 1024));
+  return text;
+}
+
 Session::Session(std::unique_ptr<Impl> impl) : impl(std::move(impl)) {}
 Session::~Session() = default;
 
 std::unique_ptr<Session> Session::create(const std::string &enginePath,
                                          const std::string &checkpointDir,
-                                         std::string &error, Device device) {
+                                         std::string &error, Device device,
+                                         int64_t kvTokens) {
   EngineFile engine;
   if (!EngineFile::read(enginePath, "", engine, error))
     return nullptr;
@@ -194,7 +201,8 @@ std::unique_ptr<Session> Session::create(const std::string &enginePath,
       return nullptr;
     impl->cuda = CudaSession::open(engine, *impl, enginePath, error);
     if (!impl->cuda || !impl->bindCheckpoint(checkpointDir, error) ||
-        !impl->cuda->upload(*impl, error))
+        !impl->cuda->upload(*impl, error) ||
+        !impl->cuda->reserve(*impl, kvTokens, error))
       return nullptr;
     return std::unique_ptr<Session>(new Session(std::move(impl)));
   }
@@ -206,10 +214,30 @@ std::unique_ptr<Session> Session::create(const std::string &enginePath,
   }
   if (!impl->parse(plan->second, enginePath, error))
     return nullptr;
+  if (kvTokens > 0) {
+    // Host pools hold f32 keys and values and i64 positions.
+    double bytes = 0;
+    for (const plan::Slot &info : impl->slotInfo)
+      bytes += double(plan::reservedRows(info, kvTokens)) *
+               (2.0 * info.width * sizeof(float) + sizeof(int64_t));
+    double memory = double(sysconf(_SC_PHYS_PAGES)) * sysconf(_SC_PAGESIZE);
+    if (bytes > memory) {
+      error = enginePath + ": the KV caches for " + std::to_string(kvTokens) +
+              " tokens need " + gib(bytes) + " GiB; this machine has " +
+              gib(memory) + " GiB";
+      return nullptr;
+    }
+  }
   for (const plan::Slot &info : impl->slotInfo) {
     KvSlot slot;
     slot.width = info.width;
     slot.chunk = info.chunk;
+    if (kvTokens > 0) {
+      size_t rows = static_cast<size_t>(plan::reservedRows(info, kvTokens));
+      slot.keys.reserve(rows * info.width);
+      slot.values.reserve(rows * info.width);
+      slot.positions.reserve(rows);
+    }
     impl->slots.push_back(std::move(slot));
   }
   // dlopen needs a file: write the kernels next to the system's temp files.

@@ -235,6 +235,14 @@ CUresult cuMemAlloc_v2(unsigned long long *p, size_t n) {
     logLine("REFUSED a copy or allocation during stream capture");
     return 900; // CUDA_ERROR_STREAM_CAPTURE_UNSUPPORTED
   }
+  // KILN_FAKE_CUDA_MEMORY: the device's size in bytes (default: unlimited).
+  if (const char *limit = std::getenv("KILN_FAKE_CUDA_MEMORY")) {
+    size_t used = 0;
+    for (const auto &[ptr, bytes] : allocations())
+      used += bytes;
+    if (used + n > std::strtoull(limit, nullptr, 10))
+      return 2; // CUDA_ERROR_OUT_OF_MEMORY
+  }
   void *m = std::calloc(1, n);
   if (!m)
     return 2; // out of memory
@@ -415,6 +423,9 @@ CUresult cuGetErrorName(CUresult r, const char **name) {
     break;
   case kLaunchFailed:
     *name = "CUDA_ERROR_LAUNCH_FAILED";
+    break;
+  case 2:
+    *name = "CUDA_ERROR_OUT_OF_MEMORY";
     break;
   default:
     *name = "CUDA_ERROR_UNKNOWN";

@@ -11,6 +11,7 @@
 #include <gtest/gtest.h>
 
 #include <algorithm>
+#include <cstddef>
 #include <cmath>
 #include <numeric>
 #include <random>
@@ -94,6 +95,18 @@ TEST(CApiTest, CreateReportsMisuse) {
             std::string::npos)
       << message;
   EXPECT_EQ(session, nullptr);
+
+  params.kv_tokens = -1;
+  EXPECT_NE(messageOf(kiln_session_create(&params, &session))
+                .find("kv_tokens must be >= 0 (got -1)"),
+            std::string::npos);
+  // A caller built before kv_tokens existed passes a shorter struct: the
+  // field is not read.
+  params.struct_size = offsetof(kiln_session_params, kv_tokens);
+  message = messageOf(kiln_session_create(&params, &session));
+  EXPECT_NE(message.find("/nonexistent/model.kiln: cannot open"),
+            std::string::npos)
+      << message;
 }
 
 TEST(CApiTest, NullSessionsAreHarmless) {

@@ -3,7 +3,7 @@
 //   kiln-run model.kiln --checkpoint <dir> (--tokens 1,2,3 | --tokens-file F)
 //            [--dump-logits OUT.npy] [--max-new-tokens N] [--temperature T]
 //            [--top-k K] [--top-p P] [--seed S] [--ignore-eos]
-//            [--step N | --decode-from N]
+//            [--step N | --decode-from N] [--kv-tokens N]
 //
 // Same logits contract as kiln-ref (float32 [T, vocab] .npy of every prompt
 // position); prints the continuation and prefill / decode tokens per second.
@@ -41,7 +41,10 @@ void usage() {
                "                [--temperature T] [--top-k K] [--top-p P] "
                "[--seed S]\n"
                "                [--ignore-eos] [--step N | --decode-from N]\n"
-               "                [--device auto|host|cuda]\n");
+               "                [--device auto|host|cuda] [--kv-tokens N]\n"
+               "--kv-tokens: context to reserve KV caches for (default: the "
+               "prompt plus\n"
+               "             --max-new-tokens; 0 grows them as needed)\n");
 }
 
 bool parseNumber(const char *text, double &out) {
@@ -55,7 +58,7 @@ bool parseNumber(const char *text, double &out) {
 int main(int argc, char **argv) {
   std::string engine, checkpoint, tokensText, tokensFile, dumpLogits;
   std::string device = "auto";
-  long maxNew = 0, step = 0, decodeFrom = 0;
+  long maxNew = 0, step = 0, decodeFrom = 0, kvTokens = -1;
   bool ignoreEos = false;
   double temperature = 0, topP = 1;
   int64_t topK = 0;
@@ -86,7 +89,8 @@ int main(int argc, char **argv) {
         return fail("--device must be auto, host or cuda, got '" + device +
                     "'");
     } else if (arg == "--max-new-tokens" || arg == "--top-k" ||
-               arg == "--seed" || arg == "--step" || arg == "--decode-from") {
+               arg == "--seed" || arg == "--step" || arg == "--decode-from" ||
+               arg == "--kv-tokens") {
       const char *text = value(arg.c_str());
       if (!parseNumber(text, number) || number < 0 ||
           number != std::floor(number))
@@ -100,6 +104,8 @@ int main(int argc, char **argv) {
         seed = static_cast<uint64_t>(number);
       else if (arg == "--decode-from")
         decodeFrom = static_cast<long>(number);
+      else if (arg == "--kv-tokens")
+        kvTokens = static_cast<long>(number);
       else
         step = static_cast<long>(number);
     } else if (arg == "--temperature" || arg == "--top-p") {
@@ -147,7 +153,12 @@ int main(int argc, char **argv) {
     return fail(error);
   std::fprintf(stderr, "kiln-run: loading %s and binding weights from %s\n",
                engine.c_str(), checkpoint.c_str());
-  auto session = kiln::api::Session::open(engine, checkpoint, error, where);
+  // The run's whole context, reserved up front: the KV caches never grow
+  // (and a decode graph is never recaptured for it) within the run.
+  if (kvTokens < 0)
+    kvTokens = static_cast<long>(prompt.size()) + maxNew;
+  auto session =
+      kiln::api::Session::open(engine, checkpoint, error, where, kvTokens);
   if (!session)
     return fail(error);
   int64_t vocab = session->vocabSize();

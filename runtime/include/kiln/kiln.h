@@ -41,6 +41,11 @@ typedef struct kiln_session_params {
   const char *engine_path;    /* a .kiln file */
   const char *checkpoint_dir; /* the Hugging Face folder with the weights */
   kiln_device device;         /* KILN_DEVICE_AUTO unless set */
+  /* Tokens of context to hold KV caches for from the start (0: grow them as
+   * the sequence does). Creating the session fails, naming the size, when
+   * the device cannot hold them; a longer sequence still grows the caches.
+   * Chunked-attention layers reserve at most two chunks. */
+  int64_t kv_tokens;
 } kiln_session_params;
 
 void kiln_session_params_init(kiln_session_params *params);

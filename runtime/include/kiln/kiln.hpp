@@ -64,12 +64,14 @@ public:
   static std::unique_ptr<Session> open(const std::string &engine,
                                        const std::string &checkpoint,
                                        std::string &error,
-                                       kiln_device device = KILN_DEVICE_AUTO) {
+                                       kiln_device device = KILN_DEVICE_AUTO,
+                                       int64_t kvTokens = 0) {
     kiln_session_params params;
     kiln_session_params_init(&params);
     params.engine_path = engine.c_str();
     params.checkpoint_dir = checkpoint.c_str();
     params.device = device;
+    params.kv_tokens = kvTokens;
     kiln_session *handle = nullptr;
     error = consume(kiln_session_create(&params, &handle));
     if (!error.empty())

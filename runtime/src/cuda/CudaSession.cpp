@@ -57,6 +57,7 @@ struct GpuSlot {
   int64_t width = 0, chunk = 0, elementBytes = 2;
   DeviceBuffer keys, values, positions;
   int64_t start = 0, count = 0, capacity = 0;
+  int64_t reserved = 0; // rows the session reserved: pools never shrink below
   std::vector<int64_t> hostPositions; // of rows [start, start + count)
 };
 
@@ -432,6 +433,34 @@ bool CudaSession::upload(const plan::Plan &plan, std::string &error) {
   return true;
 }
 
+bool CudaSession::reserve(const plan::Plan &plan, int64_t tokens,
+                          std::string &error) {
+  State &s = *state;
+  if (tokens <= 0)
+    return true;
+  double total = 0;
+  for (size_t i = 0; i < s.slots.size(); ++i)
+    total += double(plan::reservedRows(plan.slotInfo[i], tokens)) *
+             (2.0 * s.slots[i].width * s.slots[i].elementBytes + 8);
+  for (size_t i = 0; i < s.slots.size(); ++i) {
+    GpuSlot &slot = s.slots[i];
+    int64_t rows = plan::reservedRows(plan.slotInfo[i], tokens);
+    size_t row = static_cast<size_t>(slot.width * slot.elementBytes);
+    std::string why;
+    if (!s.ensure(slot.keys, rows * row, why) ||
+        !s.ensure(slot.values, rows * row, why) ||
+        !s.ensure(slot.positions, rows * 8, why)) {
+      char gib[32];
+      std::snprintf(gib, sizeof gib, "%.2f", total / (1024.0 * 1024 * 1024));
+      error = "reserving the KV caches for " + std::to_string(tokens) +
+              " tokens of context (" + gib + " GiB on the GPU): " + why;
+      return false;
+    }
+    slot.capacity = slot.reserved = rows;
+  }
+  return true;
+}
+
 void CudaSession::reset() {
   for (GpuSlot &slot : state->slots) {
     slot.start = slot.count = 0;
@@ -483,7 +512,8 @@ bool CudaSession::State::prepareSlots(const std::vector<int64_t> &stepPositions,
     }
     if (slot.start + slot.count + t > slot.capacity) {
       // Compact into a larger pool: the live rows move to the front.
-      int64_t capacity = std::max<int64_t>(2 * (slot.count + t), 256);
+      int64_t capacity =
+          std::max({2 * (slot.count + t), int64_t(256), slot.reserved});
       DeviceBuffer keys, values, positions;
       if (!ensure(keys, capacity * row, error) ||
           !ensure(values, capacity * row, error) ||

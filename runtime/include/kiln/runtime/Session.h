@@ -33,11 +33,14 @@ public:
 
   /// Loads `enginePath` (target host-x86_64, or sm_90a on the CUDA backend)
   /// and binds weights from the checkpoint folder. Null with `error` on any
-  /// failure.
+  /// failure. `kvTokens` > 0 reserves the KV caches for that many tokens of
+  /// context up front (chunked layers: at most two chunks), so a sequence
+  /// within it never grows them, and fails here if they do not fit.
   static std::unique_ptr<Session> create(const std::string &enginePath,
                                          const std::string &checkpointDir,
                                          std::string &error,
-                                         Device device = Device::Auto);
+                                         Device device = Device::Auto,
+                                         int64_t kvTokens = 0);
 
   /// Runs `tokens` at `positions` after everything run since the last
   /// reset(); `logits` receives [tokens, vocab] float32 rows, or with
