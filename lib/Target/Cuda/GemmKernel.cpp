@@ -551,6 +551,15 @@ LogicalResult mlir::kiln::cuda::generateGemmKernel(const KernelContext &ctx,
   constexpr int64_t kBusyBlocks = 198;
   if (s.n / 64 < kBusyBlocks)
     variants[0].config.tileN = 32;
+  // Prefill: 128x256 tiles (each consumer an m64n256 wgmma, 128 accumulator
+  // registers) read 25% less shared memory per multiply-add than 128x128
+  // and are what saturates the tensor cores; narrow GEMMs keep 128 so the
+  // N edge does not waste half a tile, and so does the RoPE epilogue, whose
+  // f64 angles would spill next to 128 accumulators.
+  constexpr int64_t kWideN = 2048;
+  auto qkv = dyn_cast_or_null<QkvEpilogueOp>(s.epilogue);
+  if (s.n >= kWideN && !(qkv && qkv.getInvFreq()))
+    variants[1].config.tileN = 256;
   for (const Variant &v : variants) {
     TileConfig config = v.config;
     FailureOr<int64_t> tileN = tileFor(config.tileN);
