@@ -44,6 +44,8 @@ namespace {
 using namespace mlir::kiln::cuda::wgmma;
 
 constexpr int64_t kDecodeRows = 64;
+/// Row tiles per band of the persistent tile order.
+constexpr int64_t kBandM = 8;
 
 struct GemmShape {
   LinearOp linear;
@@ -90,7 +92,7 @@ private:
   TileConfig c;
   KernelText k;
   std::string wg, lane, mBase, tileX, aligned, rows, full, empty, dyn;
-  std::string tilesN, totalTiles, gridSize;
+  std::string tilesN, tilesM, totalTiles, gridSize;
 
   /// Opens the loop over this block's tiles, carrying the ring iteration
   /// count across tiles; sets mBase and tileX. Returns the count at the
@@ -100,8 +102,17 @@ private:
     std::string ring = k.fresh();
     std::string t = k.beginFor(k.blockId('x'), totalTiles, gridSize, loopResult,
                                ring + " = " + k.index(0) + " : index");
-    mBase = k.mul(k.div(t, tilesN), k.index(c.tileM()));
-    tileX = k.rem(t, tilesN);
+    // Tiles go in bands of kBandM row tiles, row tile fastest: the blocks
+    // at work share a few weight tiles and a band's activation rows, which
+    // stay in L2, so a large GEMM reads its weight about tilesM / kBandM
+    // times instead of once per pair of row tiles (one band for decode).
+    std::string bandTiles = k.mul(k.index(kBandM), tilesN);
+    std::string band = k.div(t, bandTiles);
+    std::string firstM = k.mul(band, k.index(kBandM));
+    std::string rowsInBand = k.minIndex(k.index(kBandM), k.sub(tilesM, firstM));
+    std::string local = k.rem(t, bandTiles);
+    mBase = k.mul(k.add(firstM, k.rem(local, rowsInBand)), k.index(c.tileM()));
+    tileX = k.div(local, rowsInBand);
     return ring;
   }
   void endTiles(const std::string &ring) {
@@ -134,10 +145,9 @@ private:
     full = k.op("nvgpu.mbarrier.create -> " + bar);
     empty = k.op("nvgpu.mbarrier.create -> " + bar);
     // Persistent: the grid is one block per SM; block b takes tiles b,
-    // b + grid, ... (N fastest, so the blocks at work share their A rows).
+    // b + grid, ... in the banded order of beginTiles.
     tilesN = k.index(tilesAcross());
-    std::string tilesM =
-        k.div(k.add(rows, k.index(c.tileM() - 1)), k.index(c.tileM()));
+    tilesM = k.div(k.add(rows, k.index(c.tileM() - 1)), k.index(c.tileM()));
     totalTiles = k.mul(tilesM, tilesN);
     gridSize = k.op("gpu.grid_dim x");
     std::string tid = k.threadId();
