@@ -5,9 +5,9 @@
 // warpgroup fills a ring of shared-memory stages, consumer warpgroups run
 // wgmma.mma_async, full/empty mbarriers between them.
 //
-// - Block y is the y-th (expert, row tile) in expert order, found from the
-//   router's offsets; rows past the expert's segment are computed but never
-//   stored.
+// - Block b is (expert, N tile, row tile), row tiles fastest, found from
+//   the router's offsets; rows past the expert's segment are computed but
+//   never stored.
 // - B is the expert's weight as the checkpoint stores it, [K, N] with N
 //   contiguous ("MN-major"): TMA loads 64 K rows x 64 N columns per box of
 //   a 3-D map [E, K, N] (so K tails read zeros, never the next expert), two
@@ -107,18 +107,22 @@ private:
   }
   std::string kTiles() { return k.index((s.k + kTileK - 1) / kTileK); }
 
-  /// Block y -> the y-th (expert, row tile) in expert order.
+  /// Block b -> (expert, N tile, row tile), experts in order, then N
+  /// tiles, row tiles fastest: the blocks at work are one expert's row
+  /// tiles over a run of N tiles, so each expert's weight tile is read from
+  /// memory once for all its rows and its gathered rows stay in L2.
   void prologue() {
-    std::string target = k.blockId('y');
+    std::string target = k.blockId('x');
     std::string res = k.fresh();
     std::string seen = k.fresh(), found = k.fresh(), ff = k.fresh(),
-                fe = k.fresh(), fx = k.fresh();
-    std::string e = k.beginFor(
-        k.index(0), k.index(s.experts), k.index(1), res + ":5",
-        seen + " = " + k.index(0) + ", " + found + " = " +
-            k.op("arith.constant false") + ", " + ff + " = " + k.index(0) +
-            ", " + fe + " = " + k.index(0) + ", " + fx + " = " + k.index(0) +
-            " : index, i1, index, index, index");
+                fe = k.fresh(), fx = k.fresh(), fn = k.fresh();
+    std::string e =
+        k.beginFor(k.index(0), k.index(s.experts), k.index(1), res + ":6",
+                   seen + " = " + k.index(0) + ", " + found + " = " +
+                       k.op("arith.constant false") + ", " + ff + " = " +
+                       k.index(0) + ", " + fe + " = " + k.index(0) + ", " + fx +
+                       " = " + k.index(0) + ", " + fn + " = " + k.index(0) +
+                       " : index, i1, index, index, index, index");
     auto offsetAt = [&](const std::string &i) {
       return k.op("arith.index_cast " +
                   k.op("memref.load " + mem(s.offsets) + "[" + i +
@@ -128,22 +132,40 @@ private:
     std::string lo = offsetAt(e), hi = offsetAt(k.add(e, k.index(1)));
     std::string tiles =
         k.div(k.add(k.sub(hi, lo), k.index(tileM() - 1)), k.index(tileM()));
-    std::string end = k.add(seen, tiles);
+    std::string end = k.add(seen, k.mul(tiles, k.index(tilesN())));
     std::string here = k.op("arith.andi " + k.cmp("ult", target, end) + ", " +
                             k.op("arith.xori " + found + ", " +
                                  k.op("arith.constant true") + " : i1") +
                             " : i1");
-    std::string start = k.add(lo, k.mul(k.sub(target, seen), k.index(tileM())));
+    std::string local = k.sub(target, seen);
+    // An expert without rows has no blocks (`here` is false for it).
+    std::string safeTiles =
+        k.select(k.cmp("eq", tiles, k.index(0)), k.index(1), tiles, "index");
+    std::string start =
+        k.add(lo, k.mul(k.rem(local, safeTiles), k.index(tileM())));
+    std::string nTile = k.div(local, safeTiles);
     k.endFor(end + ", " + k.op("arith.ori " + found + ", " + here + " : i1") +
              ", " + k.select(here, start, ff, "index") + ", " +
              k.select(here, hi, fe, "index") + ", " +
-             k.select(here, e, fx, "index") +
-             " : index, i1, index, index, index");
+             k.select(here, e, fx, "index") + ", " +
+             k.select(here, nTile, fn, "index") +
+             " : index, i1, index, index, index, index");
     valid = res + "#1";
     first = res + "#2";
     segmentEnd = res + "#3";
     expert = res + "#4";
+    tileX = res + "#5";
   }
+
+public:
+  /// Output tiles across N.
+  int64_t tilesN() const {
+    int64_t outCols = s.gateUp ? s.n / 2 : s.n;
+    int64_t perTile = s.gateUp ? kBoxN : kTileN;
+    return (outCols + perTile - 1) / perTile;
+  }
+
+private:
   std::string expert;
 
   void setup() {
@@ -159,7 +181,6 @@ private:
     aligned = arena.aligned;
     full = k.op("nvgpu.mbarrier.create -> " + bar);
     empty = k.op("nvgpu.mbarrier.create -> " + bar);
-    tileX = k.blockId('x');
     tid = k.threadId();
     wg = k.div(tid, k.index(128));
     lane = k.rem(tid, k.index(128));
@@ -465,13 +486,12 @@ LogicalResult mlir::kiln::cuda::generateGroupedWgmmaKernel(
     launch.function = fn;
     launch.blockThreads = 128 * (1 + v.consumers);
     launch.dynamicSharedBytes = writer.dynamicSharedBytes();
-    int64_t outCols = s.gateUp ? s.n / 2 : s.n;
-    int64_t perTile = s.gateUp ? kBoxN : kTileN;
-    launch.grid[0] = fixedGrid((outCols + perTile - 1) / perTile);
-    // At most ceil(pairs / rows) tiles plus one partial tile per expert.
-    GridExtent y = rowsGrid(s.indices, writer.tileM());
-    y.constant = s.experts * writer.tileM();
-    launch.grid[1] = y;
+    // At most ceil(pairs / rows) row tiles plus one partial tile per
+    // expert, each across every N tile; blocks past the count exit.
+    GridExtent blocks =
+        rowsGrid(s.indices, writer.tileM(), /*perRow=*/writer.tilesN());
+    blocks.constant = s.experts * writer.tileM() * writer.tilesN();
+    launch.grid[0] = blocks;
     GpuParam b{GpuParam::Kind::TensorMap, static_cast<unsigned>(s.weight),
                kBoxN, kTileK};
     b.box3 = true;
