@@ -22,9 +22,10 @@
 //   so a thread holds both) and the per-head QK norm (a quad shuffle) need no
 //   shared memory.
 //
-// Two tile shapes per GEMM: decode (≤ 64 rows: one consumer warpgroup, 64-
-// column tiles, 8 stages, so more CTAs stream the weight) and prefill (two
-// consumer warpgroups, 128×128 tiles, 4 stages).
+// Two tile shapes per GEMM: decode (≤ 64 rows: one consumer warpgroup, 32-
+// to 128-column tiles so more CTAs stream the weight, and as many stages as
+// shared memory holds) and prefill (two consumer warpgroups, 128×256 or
+// 128×128 tiles, 4 stages).
 //
 //===----------------------------------------------------------------------===//
 
@@ -46,6 +47,8 @@ using namespace mlir::kiln::cuda::wgmma;
 constexpr int64_t kDecodeRows = 64;
 /// Row tiles per band of the persistent tile order.
 constexpr int64_t kBandM = 8;
+/// Dynamic shared memory a block may opt into on sm_90.
+constexpr int64_t kSharedLimit = 232448;
 
 struct GemmShape {
   LinearOp linear;
@@ -576,6 +579,13 @@ LogicalResult mlir::kiln::cuda::generateGemmKernel(const KernelContext &ctx,
     if (failed(tileN))
       return failure();
     config.tileN = *tileN;
+    if (v.maxRows > 0) {
+      // Decode streams W: as many stages as shared memory holds (up to 16)
+      // keep the most bytes in flight per SM, which narrow tiles need.
+      int64_t stageBytes = (config.tileM() + config.tileN) * kTileK * 2;
+      config.stages =
+          std::clamp<int64_t>((kSharedLimit - 1024) / stageBytes, 2, 16);
+    }
     std::string name = ctx.name() + v.suffix.str();
     GemmWriter writer(ctx, s, config, name);
     text += writer.write();

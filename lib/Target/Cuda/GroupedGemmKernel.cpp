@@ -477,7 +477,7 @@ LogicalResult mlir::kiln::cuda::generateGroupedWgmmaKernel(
   struct Variant {
     StringRef suffix;
     int64_t consumers, stages, maxRows;
-  } variants[] = {{"_decode", 1, 6, 64}, {"_prefill", 2, 4, -1}};
+  } variants[] = {{"_decode", 1, 9, 64}, {"_prefill", 2, 4, -1}};
   for (const Variant &v : variants) {
     std::string fn = name + v.suffix.str();
     GroupedWriter writer(ctx, s, v.consumers, v.stages, fn);
