@@ -104,18 +104,7 @@ std::string writeDecode(const KernelContext &ctx, AttentionOp a,
                           "] : " + ctx.memrefType(positions));
 
   // The query, scaled (and tempered) once, into this warp's row of qTile.
-  std::string scale = k.f32(a.getScale().convertToDouble());
-  if (a.getFloorScale()) {
-    std::string steps =
-        k.op("arith.divsi " +
-             k.op("arith.addi " + qPos + ", " + k.i64(1) + " : i64") + ", " +
-             k.i64(*a.getFloorScale()) + " : i64");
-    std::string f = k.op("arith.sitofp " + steps + " : i64 to f32");
-    scale =
-        k.fmul(scale, k.fadd(k.f32(1.0),
-                             k.fmul(k.f32(a.getAttnScale()->convertToDouble()),
-                                    k.log(k.fadd(k.f32(1.0), f)))));
-  }
+  std::string scale = attentionScale(k, a, qPos);
   std::string c = k.beginFor(lane, k.index(d), k.index(32));
   std::string qv = k.toF32(k.op("memref.load " + mem(q) + "[" + row + ", " +
                                 k.add(k.mul(head, k.index(d)), c) +
@@ -358,17 +347,7 @@ std::string writeAttention(const KernelContext &ctx, AttentionOp a,
              ", " + k.i64(chunk) + " : i64");
 
   // This lane's slice of the query, scaled (and tempered) once.
-  std::string tau = k.f32(1.0);
-  if (a.getFloorScale()) {
-    std::string steps =
-        k.op("arith.divsi " +
-             k.op("arith.addi " + qPos + ", " + k.i64(1) + " : i64") + ", " +
-             k.i64(*a.getFloorScale()) + " : i64");
-    std::string f = k.op("arith.sitofp " + steps + " : i64 to f32");
-    tau = k.fadd(k.f32(1.0), k.fmul(k.f32(a.getAttnScale()->convertToDouble()),
-                                    k.log(k.fadd(k.f32(1.0), f))));
-  }
-  std::string scale = k.fmul(tau, k.f32(a.getScale().convertToDouble()));
+  std::string scale = attentionScale(k, a, qPos);
   std::string laneActive =
       k.cmp("ult", k.mul(lane, k.index(perLane)), k.index(d));
   std::string laneCol =

@@ -285,18 +285,7 @@ private:
       std::string safe =
           k.select(k.cmp("ult", rowOf[h], rows), rowOf[h], k.index(0), "index");
       qpos[h] = loadIndex(mem(positions), ctx.memrefType(positions), safe);
-      tau[h] = k.f32(a.getScale().convertToDouble());
-      if (a.getFloorScale()) {
-        std::string steps =
-            k.op("arith.divsi " +
-                 k.op("arith.addi " + qpos[h] + ", " + k.i64(1) + " : i64") +
-                 ", " + k.i64(*a.getFloorScale()) + " : i64");
-        std::string f = k.op("arith.sitofp " + steps + " : i64 to f32");
-        tau[h] = k.fmul(
-            tau[h], k.fadd(k.f32(1.0),
-                           k.fmul(k.f32(a.getAttnScale()->convertToDouble()),
-                                  k.log(k.fadd(k.f32(1.0), f)))));
-      }
+      tau[h] = attentionScale(k, a, qpos[h]);
     }
     waitParity(k, qFull, k.index(0), k.op("arith.constant false"), bar(1));
     std::string base64 =

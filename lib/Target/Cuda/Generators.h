@@ -61,6 +61,23 @@ GpuLaunch writeSampler(int64_t vocab, std::string &text);
 void addExpertDownInit(const KernelContext &ctx, int addend, int result,
                        GpuKernel &out, std::string &text);
 
+/// The softmax scale of `a` for a query at position `qPos` (i64): the op's
+/// scale, times the NoPE temperature 1 + attn_scale * log(1 + floor((pos +
+/// 1) / floor_scale)) when the op has one.
+inline std::string attentionScale(KernelText &k, AttentionOp a,
+                                  const std::string &qPos) {
+  std::string scale = k.f32(a.getScale().convertToDouble());
+  if (!a.getFloorScale())
+    return scale;
+  std::string steps = k.op(
+      "arith.divsi " + k.op("arith.addi " + qPos + ", " + k.i64(1) + " : i64") +
+      ", " + k.i64(*a.getFloorScale()) + " : i64");
+  std::string f = k.op("arith.sitofp " + steps + " : i64 to f32");
+  return k.fmul(scale, k.fadd(k.f32(1.0),
+                              k.fmul(k.f32(a.getAttnScale()->convertToDouble()),
+                                     k.log(k.fadd(k.f32(1.0), f)))));
+}
+
 /// Prefill attention on wgmma (FlashAttentionKernel.cpp).
 bool flashAttentionFits(const KernelContext &ctx, AttentionOp a);
 GpuLaunch writeFlashAttention(const KernelContext &ctx, AttentionOp a,
