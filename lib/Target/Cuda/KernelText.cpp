@@ -7,6 +7,7 @@
 
 #include <cmath>
 #include <cstring>
+#include <limits>
 
 using namespace mlir::kiln::cuda;
 
@@ -185,6 +186,29 @@ std::string KernelText::warpMax(const std::string &v, int64_t width) {
     acc = fmax(acc, shuffled);
   }
   return acc;
+}
+
+std::string KernelText::blockCombine(const std::string &v, bool max,
+                                     const std::string &scratch,
+                                     llvm::StringRef scratchType,
+                                     int64_t warps) {
+  std::string warpValue = max ? warpMax(v) : warpSum(v);
+  std::string tidValue = threadId();
+  std::string warp = div(tidValue, index(32));
+  beginIf(cmp("eq", rem(tidValue, index(32)), index(0)));
+  line("memref.store " + warpValue + ", " + scratch + "[" + warp +
+       "] : " + scratchType.str());
+  endIf();
+  line("gpu.barrier");
+  std::string total =
+      max ? f32(-std::numeric_limits<double>::infinity()) : f32(0.0);
+  for (int64_t w = 0; w < warps; ++w) {
+    std::string x = op("memref.load " + scratch + "[" + index(w) +
+                       "] : " + scratchType.str());
+    total = max ? fmax(total, x) : fadd(total, x);
+  }
+  line("gpu.barrier");
+  return total;
 }
 
 std::string KernelText::toF32(const std::string &v, llvm::StringRef from) {

@@ -76,6 +76,12 @@ public:
   /// Sum over the `width` lanes of each aligned lane group (xor butterfly).
   std::string warpSum(const std::string &v, int64_t width = 32);
   std::string warpMax(const std::string &v, int64_t width = 32);
+  /// `v` summed (or with `max`, maxed) over the block's `warps` warps, in
+  /// every thread, through `scratch` (a workgroup memref<Nxf32, 3>, N >=
+  /// warps); ends on a barrier, so the scratch may be reused.
+  std::string blockCombine(const std::string &v, bool max,
+                           const std::string &scratch,
+                           llvm::StringRef scratchType, int64_t warps);
 
   /// Widens a loaded float to f32 / narrows an f32 for a store.
   std::string toF32(const std::string &v, llvm::StringRef from);

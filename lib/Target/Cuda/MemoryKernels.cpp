@@ -93,23 +93,6 @@ struct RowKernel {
     k.endIf();
   }
 
-  /// Sum of `v` over the block (every thread gets the total).
-  std::string blockSum(const std::string &v, const std::string &scratch) {
-    std::string warpTotal = k.warpSum(v);
-    std::string warp = k.div(k.threadId(), k.index(32));
-    std::string lane = k.rem(k.threadId(), k.index(32));
-    k.beginIf(k.cmp("eq", lane, k.index(0)));
-    k.line("memref.store " + warpTotal + ", " + scratch + "[" + warp +
-           "] : memref<8xf32, 3>");
-    k.endIf();
-    k.line("gpu.barrier");
-    std::string total = k.f32(0.0);
-    for (int64_t w = 0; w < threads / 32; ++w)
-      total = k.fadd(total, k.op("memref.load " + scratch + "[" + k.index(w) +
-                                 "] : memref<8xf32, 3>"));
-    return total;
-  }
-
   std::string sumSquares(const std::string &v) {
     std::string sq =
         k.op("arith.mulf " + v + ", " + v + " : " + vecType("f32"));
@@ -163,7 +146,8 @@ LogicalResult mlir::kiln::cuda::generateMemoryKernel(const KernelContext &ctx,
     std::string ss = k.f32(0.0);
     for (const std::string &v : values)
       ss = k.fadd(ss, r.sumSquares(v));
-    std::string total = r.blockSum(ss, scratch);
+    std::string total = k.blockCombine(ss, /*max=*/false, scratch,
+                                       "memref<8xf32, 3>", r.threads / 32);
     std::string mean = k.fdiv(total, k.f32(static_cast<double>(cols)));
     std::string inv = k.rsqrt(k.fadd(mean, k.f32(epsilon)));
     unsigned resultIndex = resultOperand(0);

@@ -73,7 +73,8 @@ public:
         acc + " = " + k.f32(-std::numeric_limits<double>::infinity()) +
             " : f32");
     k.endFor(k.fmax(acc, logitAt(c)) + " : f32");
-    top = blockMax(res);
+    top = k.blockCombine(res, /*max=*/true, warpMaxes, "memref<32xf32, 3>",
+                         kThreads / 32);
 
     // top-k: the k-th key bounds the candidates.
     std::string all = k.i64(-1);
@@ -213,21 +214,6 @@ private:
         k.op("arith.shli " + k.op("arith.extui " + parts[1] + " : i32 to i64") +
              ", " + k.i64(32) + " : i64");
     return k.op("arith.ori " + wideHi + ", " + wideLo + " : i64");
-  }
-
-  std::string blockMax(const std::string &v) {
-    std::string m = k.warpMax(v);
-    k.beginIf(k.cmp("eq", lane, k.index(0)));
-    k.line("memref.store " + m + ", " + warpMaxes + "[" + warp +
-           "] : memref<32xf32, 3>");
-    k.endIf();
-    k.line("gpu.barrier");
-    std::string best = k.f32(-std::numeric_limits<double>::infinity());
-    for (int64_t w = 0; w < kThreads / 32; ++w)
-      best = k.fmax(best, k.op("memref.load " + warpMaxes + "[" + k.index(w) +
-                               "] : memref<32xf32, 3>"));
-    k.line("gpu.barrier");
-    return best;
   }
 
   /// The sum over the block, in every thread.
