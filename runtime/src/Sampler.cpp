@@ -70,12 +70,22 @@ int64_t rankedCut(std::vector<int64_t> &order, int64_t size,
 
 } // namespace
 
-int64_t Sampler::pickWith(const SamplingParams &params, const float *logits,
+int64_t Sampler::pickWith(const SamplingParams &params, const float *raw,
                           int64_t vocab, double u) {
-  if (params.temperature <= 0.0)
-    return std::max_element(logits, logits + vocab) - logits;
+  // NaN ranks last and weighs nothing, as on the GPU.
+  auto logit = [&](int64_t token) {
+    return std::isnan(raw[token]) ? -INFINITY : raw[token];
+  };
+  int64_t best = 0;
+  for (int64_t i = 1; i < vocab; ++i)
+    if (logit(i) > logit(best))
+      best = i;
+  // Greedy; also when nothing has a finite logit to weigh.
+  if (params.temperature <= 0.0 || logit(best) == -INFINITY)
+    return best;
   auto ranksBefore = [&](int64_t a, int64_t b) {
-    return logits[a] > logits[b] || (logits[a] == logits[b] && a < b);
+    float la = logit(a), lb = logit(b);
+    return la > lb || (la == lb && a < b);
   };
   std::vector<int64_t> order(vocab);
   std::iota(order.begin(), order.end(), 0);
@@ -83,9 +93,9 @@ int64_t Sampler::pickWith(const SamplingParams &params, const float *logits,
   if (keep < vocab)
     std::nth_element(order.begin(), order.begin() + keep, order.end(),
                      ranksBefore);
-  double top = *std::max_element(logits, logits + vocab) / params.temperature;
+  double top = logit(best) / params.temperature;
   auto weight = [&](int64_t token) {
-    return std::exp(logits[token] / params.temperature - top);
+    return std::exp(logit(token) / params.temperature - top);
   };
   double total = 0;
   for (int64_t i = 0; i < keep; ++i)

@@ -136,8 +136,15 @@ public:
     target = clamp(target, prefixMass);
     Cut drawn = select(/*mass=*/true, target, prefixEnd);
     k.beginIf(k.cmp("eq", tid, k.index(0)));
-    std::string id =
-        k.op("arith.andi " + drawn.key + ", " + k.i64(0xFFFFFFFF) + " : i64");
+    // Nothing with a finite logit to weigh (all -inf or NaN): the lowest id,
+    // as the host rule gives.
+    std::string weighable =
+        k.op("arith.cmpf ogt, " + top + ", " +
+             k.f32(-std::numeric_limits<double>::infinity()) + " : f32");
+    std::string id = k.select(
+        weighable,
+        k.op("arith.andi " + drawn.key + ", " + k.i64(0xFFFFFFFF) + " : i64"),
+        k.i64(0), "i64");
     k.line("memref.store " + id + ", %token[" + k.index(0) +
            "] : memref<1xi64>");
     k.endIf();
