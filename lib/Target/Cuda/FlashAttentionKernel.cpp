@@ -239,8 +239,9 @@ private:
   }
 
   /// O += P·V_tile for one k16 slice: A (P) in registers, B by descriptor.
+  /// `accumulate` (i32): 0 overwrites O (scale-d 0).
   std::string pvMma(const std::string a[4], const std::string &desc,
-                    const std::string &acc) {
+                    const std::string &acc, const std::string &accumulate) {
     int64_t outs = d / 2;
     std::string regs, constraints, operands;
     for (int64_t r = 0; r < outs; ++r) {
@@ -248,16 +249,18 @@ private:
       constraints += "=f,";
     }
     std::string asmText =
-        "wgmma.mma_async.sync.aligned.m64n" + std::to_string(d) +
+        "{ .reg .pred p; setp.ne.b32 p, $" + std::to_string(outs + 5) +
+        ", 0; wgmma.mma_async.sync.aligned.m64n" + std::to_string(d) +
         "k16.f32.bf16.bf16 {" + regs + "}, {$" + std::to_string(outs) + ", $" +
         std::to_string(outs + 1) + ", $" + std::to_string(outs + 2) + ", $" +
         std::to_string(outs + 3) + "}, $" + std::to_string(outs + 4) +
-        ", 1, 1, 1, 1;";
-    constraints += "r,r,r,r,l";
+        ", p, 1, 1, 1; }";
+    constraints += "r,r,r,r,l,r";
     for (int64_t r = 0; r < outs; ++r)
       constraints += "," + std::to_string(r);
-    operands = a[0] + ", " + a[1] + ", " + a[2] + ", " + a[3] + ", " + desc;
-    std::string types = "i32, i32, i32, i32, i64";
+    operands = a[0] + ", " + a[1] + ", " + a[2] + ", " + a[3] + ", " + desc +
+               ", " + accumulate;
+    std::string types = "i32, i32, i32, i32, i64, i32";
     std::vector<std::string> in(outs);
     for (int64_t r = 0; r < outs; ++r) {
       in[r] = fragment(acc, r, d);
@@ -292,133 +295,213 @@ private:
         k.op("arith.index_cast " + aligned + " : index to i64");
     std::string qAddr = addressOf(k, base64, cw, boxes * kBox);
     std::string oType = accType(d), sType = accType(kKeys);
-    std::string zeroO = k.op("llvm.mlir.zero : " + oType);
     std::string negInf = k.f32(-std::numeric_limits<double>::infinity());
-    // Carried: O, max (2 rows), partial sums (2 rows).
-    std::string res = k.fresh(), oIn = k.fresh(), mIn0 = k.fresh(),
-                mIn1 = k.fresh(), lIn0 = k.fresh(), lIn1 = k.fresh();
-    std::string t = k.beginFor(
-        tileLo, tileHi, k.index(1), res + ":5",
-        oIn + " = " + zeroO + ", " + mIn0 + " = " + negInf + ", " + mIn1 +
-            " = " + negInf + ", " + lIn0 + " = " + k.f32(0.0) + ", " + lIn1 +
-            " = " + k.f32(0.0) + " : " + oType + ", f32, f32, f32, f32");
-    std::string i = k.sub(t, tileLo);
-    std::string st = k.rem(i, k.index(stages));
-    waitParity(k, full, st, phase(i, false), bar(stages));
-    std::string stage = addressOf(
-        k, k.op("arith.addi " + base64 + ", " + k.i64(qBytes()) + " : i64"), st,
-        stageBytes());
-    // S = Q Kᵀ over head_dim, box by box; the first wgmma overwrites S, so
-    // it needs no zeroing (which would also make ptxas fence the registers).
-    std::string s = k.op("llvm.mlir.undef : " + sType);
-    k.line("nvvm.wgmma.fence.aligned");
-    for (int64_t b = 0; b < boxes; ++b) {
-      std::string qa = descriptor(
-          k, k.op("arith.addi " + qAddr + ", " + k.i64(b * kBox) + " : i64"));
-      std::string kb = descriptor(
-          k, k.op("arith.addi " + stage + ", " + k.i64(b * kBox) + " : i64"));
-      s = mmaKTile(k, qa, kb, s, kKeys, "col", /*overwrite=*/b == 0);
-    }
-    k.line("nvvm.wgmma.commit.group.sync.aligned");
-    k.line("nvvm.wgmma.wait.group.sync.aligned 0");
-
-    // Online softmax on the fragments.
-    std::string keyBase = k.mul(t, k.index(kKeys));
-    std::string mIn[2] = {mIn0, mIn1}, lIn[2] = {lIn0, lIn1};
-    std::string mOut[2], lOut[2], corr[2];
-    std::vector<std::string> p(kKeys / 2);
-    for (int h = 0; h < 2; ++h) {
-      std::vector<std::string> sc(kKeys / 4);
-      std::string rowMax = negInf;
-      for (int64_t j = 0; j < kKeys / 8; ++j)
-        for (int e = 0; e < 2; ++e) {
-          std::string col =
-              k.add(k.add(keyBase, k.index(8 * j)), k.add(quad2, k.index(e)));
-          std::string inKeys = k.cmp("ult", col, keys);
-          std::string kp =
-              loadIndex("%kpos", "memref<?xi64>",
-                        k.select(inKeys, col, k.index(0), "index"));
-          std::string vis = k.op("arith.andi " + inKeys + ", " +
-                                 k.cmp("sle", kp, qpos[h], "i64") + " : i1");
-          if (chunk)
-            vis = k.op("arith.andi " + vis + ", " +
-                       k.cmp("eq",
-                             k.op("arith.divsi " + kp + ", " + k.i64(chunk) +
-                                  " : i64"),
-                             k.op("arith.divsi " + qpos[h] + ", " +
-                                  k.i64(chunk) + " : i64"),
-                             "i64") +
-                       " : i1");
-          std::string v = k.fmul(fragment(s, 4 * j + 2 * h + e, kKeys), tau[h]);
-          v = k.select(vis, v, negInf, "f32");
-          sc[2 * j + e] = v;
-          rowMax = k.fmax(rowMax, v);
+    std::string stages0 =
+        k.op("arith.addi " + base64 + ", " + k.i64(qBytes()) + " : i64");
+    auto stageOf = [&](const std::string &tile) {
+      return k.rem(k.sub(tile, tileLo), k.index(stages));
+    };
+    auto awaitStage = [&](const std::string &tile) {
+      std::string ti = k.sub(tile, tileLo);
+      waitParity(k, full, stageOf(tile), phase(ti, false), bar(stages));
+    };
+    auto stageAddress = [&](const std::string &tile) {
+      return addressOf(k, stages0, stageOf(tile), stageBytes());
+    };
+    // S = Q·Kᵀ of a stage, box by box, issued (after a fence) without
+    // waiting; the first wgmma overwrites S, so S needs no zeroing.
+    auto issueScores = [&](const std::string &stage) {
+      std::string s = k.op("llvm.mlir.undef : " + sType);
+      for (int64_t b = 0; b < boxes; ++b) {
+        std::string qa = descriptor(
+            k, k.op("arith.addi " + qAddr + ", " + k.i64(b * kBox) + " : i64"));
+        std::string kb = descriptor(
+            k, k.op("arith.addi " + stage + ", " + k.i64(b * kBox) + " : i64"));
+        s = mmaKTile(k, qa, kb, s, kKeys, "col", /*overwrite=*/b == 0);
+      }
+      k.line("nvvm.wgmma.commit.group.sync.aligned");
+      return s;
+    };
+    // O += P·V of a stage, issued without waiting; `first` (i1) overwrites
+    // O instead, so O needs no zeroing either.
+    auto issuePv = [&](const std::vector<std::string> &packs,
+                       const std::string &stage, std::string o,
+                       const std::string &first) {
+      std::string vDesc = descriptor(
+          k, k.op("arith.addi " + stage + ", " + k.i64(boxes * kBox) + " : i64"),
+          kBox);
+      std::string accumulate = k.select(first, k.i32(0), k.i32(1), "i32");
+      for (int64_t step = 0; step < kKeys / 16; ++step) {
+        // 16 key rows of the MN-major V boxes: 2048 bytes.
+        std::string desc = step ? k.op("arith.addi " + vDesc + ", " +
+                                       k.i64(128 * step) + " : i64")
+                                : vDesc;
+        std::string regs[4] = {packs[4 * step], packs[4 * step + 1],
+                               packs[4 * step + 2], packs[4 * step + 3]};
+        o = pvMma(regs, desc, o, step ? k.i32(1) : accumulate);
+      }
+      k.line("nvvm.wgmma.commit.group.sync.aligned");
+      return o;
+    };
+    auto release = [&](const std::string &tile) {
+      k.beginIf(k.cmp("eq", lane, k.index(0)));
+      k.op("nvgpu.mbarrier.arrive " + empty + "[" + stageOf(tile) + "] : " +
+           bar(stages) + " -> !nvgpu.mbarrier.token");
+      k.endIf();
+    };
+    struct Softmax {
+      std::string m[2], l[2], corr[2];
+      std::vector<std::string> packs; // P as bf16 A fragments
+    };
+    // Online softmax of one key tile on the S fragments.
+    auto softmax = [&](const std::string &s, const std::string &tile,
+                       const std::string &mIn0, const std::string &mIn1,
+                       const std::string &lIn0, const std::string &lIn1) {
+      // Online softmax on the fragments.
+      std::string keyBase = k.mul(tile, k.index(kKeys));
+      std::string mIn[2] = {mIn0, mIn1}, lIn[2] = {lIn0, lIn1};
+      std::string mOut[2], lOut[2], corr[2];
+      std::vector<std::string> p(kKeys / 2);
+      for (int h = 0; h < 2; ++h) {
+        std::vector<std::string> sc(kKeys / 4);
+        std::string rowMax = negInf;
+        for (int64_t j = 0; j < kKeys / 8; ++j)
+          for (int e = 0; e < 2; ++e) {
+            std::string col =
+                k.add(k.add(keyBase, k.index(8 * j)), k.add(quad2, k.index(e)));
+            std::string inKeys = k.cmp("ult", col, keys);
+            std::string kp =
+                loadIndex("%kpos", "memref<?xi64>",
+                          k.select(inKeys, col, k.index(0), "index"));
+            std::string vis = k.op("arith.andi " + inKeys + ", " +
+                                   k.cmp("sle", kp, qpos[h], "i64") + " : i1");
+            if (chunk)
+              vis = k.op("arith.andi " + vis + ", " +
+                         k.cmp("eq",
+                               k.op("arith.divsi " + kp + ", " + k.i64(chunk) +
+                                    " : i64"),
+                               k.op("arith.divsi " + qpos[h] + ", " +
+                                    k.i64(chunk) + " : i64"),
+                               "i64") +
+                         " : i1");
+            std::string v = k.fmul(fragment(s, 4 * j + 2 * h + e, kKeys), tau[h]);
+            v = k.select(vis, v, negInf, "f32");
+            sc[2 * j + e] = v;
+            rowMax = k.fmax(rowMax, v);
+          }
+        // The four lanes of a quad hold a row's 64 keys.
+        for (int off : {1, 2}) {
+          std::string other = k.fresh();
+          k.line(other + ", " + k.fresh() + " = gpu.shuffle xor " + rowMax +
+                 ", " + k.i32(off) + ", " + k.i32(32) + " : f32");
+          rowMax = k.fmax(rowMax, other);
         }
-      // The four lanes of a quad hold a row's 64 keys.
-      for (int off : {1, 2}) {
-        std::string other = k.fresh();
-        k.line(other + ", " + k.fresh() + " = gpu.shuffle xor " + rowMax +
-               ", " + k.i32(off) + ", " + k.i32(32) + " : f32");
-        rowMax = k.fmax(rowMax, other);
+        mOut[h] = k.fmax(mIn[h], rowMax);
+        // A row that has seen no visible key yet keeps exp(-inf) = 0 terms.
+        std::string isInf =
+            k.op("arith.cmpf oeq, " + mOut[h] + ", " + negInf + " : f32");
+        std::string mUse = k.select(isInf, k.f32(0.0), mOut[h], "f32");
+        corr[h] = k.exp(k.fsub(mIn[h], mUse));
+        std::string sum = k.f32(0.0);
+        for (int64_t j = 0; j < kKeys / 4; ++j) {
+          std::string e = k.exp(k.fsub(sc[j], mUse));
+          sum = k.fadd(sum, e);
+          p[(j / 2) * 4 + 2 * h + (j % 2)] = e;
+        }
+        lOut[h] = k.fadd(k.fmul(lIn[h], corr[h]), sum);
       }
-      mOut[h] = k.fmax(mIn[h], rowMax);
-      // A row that has seen no visible key yet keeps exp(-inf) = 0 terms.
-      std::string isInf =
-          k.op("arith.cmpf oeq, " + mOut[h] + ", " + negInf + " : f32");
-      std::string mUse = k.select(isInf, k.f32(0.0), mOut[h], "f32");
-      corr[h] = k.exp(k.fsub(mIn[h], mUse));
-      std::string sum = k.f32(0.0);
-      for (int64_t j = 0; j < kKeys / 4; ++j) {
-        std::string e = k.exp(k.fsub(sc[j], mUse));
-        sum = k.fadd(sum, e);
-        p[(j / 2) * 4 + 2 * h + (j % 2)] = e;
+      Softmax out;
+      for (int h = 0; h < 2; ++h) {
+        out.m[h] = mOut[h];
+        out.l[h] = lOut[h];
+        out.corr[h] = corr[h];
       }
-      lOut[h] = k.fadd(k.fmul(lIn[h], corr[h]), sum);
+      for (int64_t step = 0; step < kKeys / 16; ++step) {
+        // Keys 16*step.. : S blocks 2*step and 2*step+1.
+        out.packs.push_back(
+            pack(p[(2 * step) * 4 + 0], p[(2 * step) * 4 + 1]));
+        out.packs.push_back(
+            pack(p[(2 * step) * 4 + 2], p[(2 * step) * 4 + 3]));
+        out.packs.push_back(
+            pack(p[(2 * step + 1) * 4 + 0], p[(2 * step + 1) * 4 + 1]));
+        out.packs.push_back(
+            pack(p[(2 * step + 1) * 4 + 2], p[(2 * step + 1) * 4 + 3]));
+      }
+      return out;
+    };
+
+    // FA3's intra-warpgroup overlap: iteration t issues S(t) and the P·V of
+    // tile t-1 together, waits for S(t) alone and runs its softmax while
+    // the tensor cores finish P·V(t-1); O is rescaled only once that P·V
+    // has completed, with no wgmma in flight, and P crosses iterations as
+    // bf16 registers. ptxas sees no accumulator touched in flight.
+    // (Every query sees at least its own key, so there is a first tile.)
+    k.beginIf(k.cmp("ult", tileLo, tileHi));
+    awaitStage(tileLo);
+    k.endIf();
+    k.line("nvvm.wgmma.fence.aligned");
+    std::string firstS = issueScores(stageAddress(tileLo));
+    k.line("nvvm.wgmma.wait.group.sync.aligned 0");
+    Softmax first = softmax(firstS, tileLo, negInf, negInf, k.f32(0.0),
+                            k.f32(0.0));
+    int64_t packCount = static_cast<int64_t>(first.packs.size());
+    std::string res = k.fresh(), oIn = k.fresh();
+    std::string mIn[2] = {k.fresh(), k.fresh()}, lIn[2] = {k.fresh(), k.fresh()};
+    std::vector<std::string> pIn(packCount);
+    std::string carried = oIn + " = " + k.op("llvm.mlir.undef : " + oType);
+    std::string types = oType;
+    for (int h = 0; h < 2; ++h) {
+      carried += ", " + mIn[h] + " = " + first.m[h] + ", " + lIn[h] + " = " +
+                 first.l[h];
+      types += ", f32, f32";
     }
-    // Rescale O, then O += P V.
+    for (int64_t j = 0; j < packCount; ++j) {
+      pIn[j] = k.fresh();
+      carried += ", " + pIn[j] + " = " + first.packs[j];
+      types += ", i32";
+    }
+    std::string t =
+        k.beginFor(k.add(tileLo, k.index(1)), tileHi, k.index(1),
+                   res + ":" + std::to_string(5 + packCount),
+                   carried + " : " + types);
+    std::string prev = k.sub(t, k.index(1));
+    awaitStage(t);
+    k.line("nvvm.wgmma.fence.aligned");
+    std::string s = issueScores(stageAddress(t));
+    std::string oPv = issuePv(pIn, stageAddress(prev), oIn,
+                              k.cmp("eq", prev, tileLo));
+    k.line("nvvm.wgmma.wait.group.sync.aligned 1");
+    Softmax cur = softmax(s, t, mIn[0], mIn[1], lIn[0], lIn[1]);
+    k.line("nvvm.wgmma.wait.group.sync.aligned 0");
+    release(prev);
+    // Rescale O.
     std::string o = k.op("llvm.mlir.undef : " + oType);
     for (int64_t r = 0; r < d / 2; ++r) {
       int h = (r % 4) / 2;
-      std::string v = k.fmul(fragment(oIn, r, d), corr[h]);
+      std::string v = k.fmul(fragment(oPv, r, d), cur.corr[h]);
       o = k.op("llvm.insertvalue " + v + ", " + o + "[" + std::to_string(r) +
                "] : " + oType);
     }
-    std::string vAddr =
-        k.op("arith.addi " + stage + ", " + k.i64(boxes * kBox) + " : i64");
-    std::string vDesc = descriptor(k, vAddr, kBox);
-    // Every register the wgmmas read (P and the rescaled O) is written
-    // before the fence.
-    std::string regs[kKeys / 16][4];
-    for (int64_t step = 0; step < kKeys / 16; ++step) {
-      // Keys 16*step.. : S blocks 2*step and 2*step+1.
-      regs[step][0] = pack(p[(2 * step) * 4 + 0], p[(2 * step) * 4 + 1]);
-      regs[step][1] = pack(p[(2 * step) * 4 + 2], p[(2 * step) * 4 + 3]);
-      regs[step][2] =
-          pack(p[(2 * step + 1) * 4 + 0], p[(2 * step + 1) * 4 + 1]);
-      regs[step][3] =
-          pack(p[(2 * step + 1) * 4 + 2], p[(2 * step + 1) * 4 + 3]);
-    }
+    std::string yielded = o;
+    for (int h = 0; h < 2; ++h)
+      yielded += ", " + cur.m[h] + ", " + cur.l[h];
+    for (const std::string &pk : cur.packs)
+      yielded += ", " + pk;
+    k.endFor(yielded + " : " + types);
+    // The last tile's P·V.
+    std::vector<std::string> lastPacks;
+    for (int64_t j = 0; j < packCount; ++j)
+      lastPacks.push_back(res + "#" + std::to_string(5 + j));
+    std::string last = k.sub(tileHi, k.index(1));
     k.line("nvvm.wgmma.fence.aligned");
-    for (int64_t step = 0; step < kKeys / 16; ++step) {
-      // 16 key rows of the MN-major V boxes: 2048 bytes.
-      std::string desc = step ? k.op("arith.addi " + vDesc + ", " +
-                                     k.i64(128 * step) + " : i64")
-                              : vDesc;
-      o = pvMma(regs[step], desc, o);
-    }
-    k.line("nvvm.wgmma.commit.group.sync.aligned");
+    std::string finalO = issuePv(lastPacks, stageAddress(last), res + "#0",
+                                 k.cmp("eq", last, tileLo));
     k.line("nvvm.wgmma.wait.group.sync.aligned 0");
-    k.beginIf(k.cmp("eq", lane, k.index(0)));
-    k.op("nvgpu.mbarrier.arrive " + empty + "[" + st + "] : " + bar(stages) +
-         " -> !nvgpu.mbarrier.token");
-    k.endIf();
-    k.endFor(o + ", " + mOut[0] + ", " + mOut[1] + ", " + lOut[0] + ", " +
-             lOut[1] + " : " + oType + ", f32, f32, f32, f32");
-
+    std::string finalL[2] = {res + "#2", res + "#4"};
     // O / l, the quad's partial sums added first.
     std::string element = ctx.elements[result];
     for (int h = 0; h < 2; ++h) {
-      std::string total = res + "#" + std::to_string(3 + h);
+      std::string total = finalL[h];
       for (int off : {1, 2}) {
         std::string other = k.fresh();
         k.line(other + ", " + k.fresh() + " = gpu.shuffle xor " + total + ", " +
@@ -431,9 +514,9 @@ private:
         std::string col =
             k.add(k.add(k.mul(head, k.index(d)), k.index(8 * j)), quad2);
         std::string v0 = k.fromF32(
-            k.fmul(fragment(res + "#0", 4 * j + 2 * h, d), inv), element);
+            k.fmul(fragment(finalO, 4 * j + 2 * h, d), inv), element);
         std::string v1 = k.fromF32(
-            k.fmul(fragment(res + "#0", 4 * j + 2 * h + 1, d), inv), element);
+            k.fmul(fragment(finalO, 4 * j + 2 * h + 1, d), inv), element);
         std::string vec = k.op("vector.from_elements " + v0 + ", " + v1 +
                                " : vector<2x" + element + ">");
         k.line("vector.store " + vec + ", " + mem(result) + "[" + rowOf[h] +
