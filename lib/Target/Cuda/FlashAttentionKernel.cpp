@@ -328,7 +328,8 @@ private:
                        const std::string &stage, std::string o,
                        const std::string &first) {
       std::string vDesc = descriptor(
-          k, k.op("arith.addi " + stage + ", " + k.i64(boxes * kBox) + " : i64"),
+          k,
+          k.op("arith.addi " + stage + ", " + k.i64(boxes * kBox) + " : i64"),
           kBox);
       std::string accumulate = k.select(first, k.i32(0), k.i32(1), "i32");
       for (int64_t step = 0; step < kKeys / 16; ++step) {
@@ -345,8 +346,8 @@ private:
     };
     auto release = [&](const std::string &tile) {
       k.beginIf(k.cmp("eq", lane, k.index(0)));
-      k.op("nvgpu.mbarrier.arrive " + empty + "[" + stageOf(tile) + "] : " +
-           bar(stages) + " -> !nvgpu.mbarrier.token");
+      k.op("nvgpu.mbarrier.arrive " + empty + "[" + stageOf(tile) +
+           "] : " + bar(stages) + " -> !nvgpu.mbarrier.token");
       k.endIf();
     };
     struct Softmax {
@@ -384,7 +385,8 @@ private:
                                     k.i64(chunk) + " : i64"),
                                "i64") +
                          " : i1");
-            std::string v = k.fmul(fragment(s, 4 * j + 2 * h + e, kKeys), tau[h]);
+            std::string v =
+                k.fmul(fragment(s, 4 * j + 2 * h + e, kKeys), tau[h]);
             v = k.select(vis, v, negInf, "f32");
             sc[2 * j + e] = v;
             rowMax = k.fmax(rowMax, v);
@@ -418,10 +420,8 @@ private:
       }
       for (int64_t step = 0; step < kKeys / 16; ++step) {
         // Keys 16*step.. : S blocks 2*step and 2*step+1.
-        out.packs.push_back(
-            pack(p[(2 * step) * 4 + 0], p[(2 * step) * 4 + 1]));
-        out.packs.push_back(
-            pack(p[(2 * step) * 4 + 2], p[(2 * step) * 4 + 3]));
+        out.packs.push_back(pack(p[(2 * step) * 4 + 0], p[(2 * step) * 4 + 1]));
+        out.packs.push_back(pack(p[(2 * step) * 4 + 2], p[(2 * step) * 4 + 3]));
         out.packs.push_back(
             pack(p[(2 * step + 1) * 4 + 0], p[(2 * step + 1) * 4 + 1]));
         out.packs.push_back(
@@ -442,11 +442,12 @@ private:
     k.line("nvvm.wgmma.fence.aligned");
     std::string firstS = issueScores(stageAddress(tileLo));
     k.line("nvvm.wgmma.wait.group.sync.aligned 0");
-    Softmax first = softmax(firstS, tileLo, negInf, negInf, k.f32(0.0),
-                            k.f32(0.0));
+    Softmax first =
+        softmax(firstS, tileLo, negInf, negInf, k.f32(0.0), k.f32(0.0));
     int64_t packCount = static_cast<int64_t>(first.packs.size());
     std::string res = k.fresh(), oIn = k.fresh();
-    std::string mIn[2] = {k.fresh(), k.fresh()}, lIn[2] = {k.fresh(), k.fresh()};
+    std::string mIn[2] = {k.fresh(), k.fresh()},
+                lIn[2] = {k.fresh(), k.fresh()};
     std::vector<std::string> pIn(packCount);
     std::string carried = oIn + " = " + k.op("llvm.mlir.undef : " + oType);
     std::string types = oType;
@@ -460,16 +461,15 @@ private:
       carried += ", " + pIn[j] + " = " + first.packs[j];
       types += ", i32";
     }
-    std::string t =
-        k.beginFor(k.add(tileLo, k.index(1)), tileHi, k.index(1),
-                   res + ":" + std::to_string(5 + packCount),
-                   carried + " : " + types);
+    std::string t = k.beginFor(k.add(tileLo, k.index(1)), tileHi, k.index(1),
+                               res + ":" + std::to_string(5 + packCount),
+                               carried + " : " + types);
     std::string prev = k.sub(t, k.index(1));
     awaitStage(t);
     k.line("nvvm.wgmma.fence.aligned");
     std::string s = issueScores(stageAddress(t));
-    std::string oPv = issuePv(pIn, stageAddress(prev), oIn,
-                              k.cmp("eq", prev, tileLo));
+    std::string oPv =
+        issuePv(pIn, stageAddress(prev), oIn, k.cmp("eq", prev, tileLo));
     k.line("nvvm.wgmma.wait.group.sync.aligned 1");
     Softmax cur = softmax(s, t, mIn[0], mIn[1], lIn[0], lIn[1]);
     k.line("nvvm.wgmma.wait.group.sync.aligned 0");
@@ -513,8 +513,8 @@ private:
       for (int64_t j = 0; j < d / 8; ++j) {
         std::string col =
             k.add(k.add(k.mul(head, k.index(d)), k.index(8 * j)), quad2);
-        std::string v0 = k.fromF32(
-            k.fmul(fragment(finalO, 4 * j + 2 * h, d), inv), element);
+        std::string v0 =
+            k.fromF32(k.fmul(fragment(finalO, 4 * j + 2 * h, d), inv), element);
         std::string v1 = k.fromF32(
             k.fmul(fragment(finalO, 4 * j + 2 * h + 1, d), inv), element);
         std::string vec = k.op("vector.from_elements " + v0 + ", " + v1 +
