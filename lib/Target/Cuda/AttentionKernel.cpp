@@ -45,6 +45,35 @@ int64_t decodeStages(int64_t d, int64_t warps) {
   return fixed + 2 * stageBytes <= kStaticSharedBytes ? 2 : 1;
 }
 
+/// Copies the 8 elements at column `col` of row `row` of KV pool operand
+/// `m` to `dst` (an element "tile[...]" of the bf16 tile type `dstType`),
+/// zeros when `inRange` is false: a cp.async for bf16 pools (the caller
+/// commits and waits), through registers and narrowed for f32 pools
+/// (unfused graphs).
+void copyKvChunk(KernelText &k, const KernelContext &ctx, int m,
+                 const std::string &row, const std::string &inRange,
+                 const std::string &col, const std::string &dst,
+                 const std::string &dstType) {
+  std::string pool = "%o" + std::to_string(m);
+  std::string safe = k.select(inRange, row, k.index(0), "index");
+  if (ctx.elements[m] == "bf16") {
+    std::string n = k.select(inRange, k.index(8), k.index(0), "index");
+    k.op("nvgpu.device_async_copy " + pool + "[" + safe + ", " + col + "], " +
+         dst + ", 8, " + n + " {bypassL1} : " + ctx.memrefType(m) + " to " +
+         dstType);
+    return;
+  }
+  std::string wide = k.op("vector.load " + pool + "[" + safe + ", " + col +
+                          "] : " + ctx.memrefType(m) + ", vector<8xf32>");
+  std::string v =
+      k.op("arith.truncf " + wide + " : vector<8xf32> to vector<8xbf16>");
+  std::string zero = k.op("arith.constant dense<0.0> : vector<8xbf16>");
+  v = k.op("arith.select " + inRange + ", " + v + ", " + zero +
+           " : vector<8xbf16>");
+  k.line("vector.store " + v + ", " + dst + " : " + dstType +
+         ", vector<8xbf16>");
+}
+
 /// Decode (split-KV): block (row, KV head, split z) holds every query head
 /// of the KV head's GQA group, one warp each, so a key and value tile is
 /// read from memory once for the whole group. Tiles of 32 keys stream
@@ -141,30 +170,11 @@ std::string writeDecode(const KernelContext &ctx, AttentionOp a,
       std::string col = k.mul(k.rem(idx, k.index(d / 8)), k.index(8));
       std::string src = k.add(base, r);
       std::string inRange = k.cmp("ult", src, keys);
-      std::string safe = k.select(inRange, src, k.index(0), "index");
-      std::string n = k.select(inRange, k.index(8), k.index(0), "index");
       std::string gcol = k.add(k.mul(kvHead, k.index(d)), col);
       for (auto [m, tile, type] :
-           {std::tuple{key, kTile, kType}, std::tuple{value, vTile, vType}}) {
-        std::string at = tile + "[" + stage + ", " + r + ", " + col + "]";
-        if (ctx.elements[m] == "bf16") {
-          k.op("nvgpu.device_async_copy " + mem(m) + "[" + safe + ", " + gcol +
-               "], " + at + ", 8, " + n + " {bypassL1} : " + ctx.memrefType(m) +
-               " to " + type);
-          continue;
-        }
-        // f32 pools (unfused graphs) are narrowed on the way.
-        std::string wide =
-            k.op("vector.load " + mem(m) + "[" + safe + ", " + gcol +
-                 "] : " + ctx.memrefType(m) + ", vector<8xf32>");
-        std::string v =
-            k.op("arith.truncf " + wide + " : vector<8xf32> to vector<8xbf16>");
-        std::string zero = k.op("arith.constant dense<0.0> : vector<8xbf16>");
-        v = k.op("arith.select " + inRange + ", " + v + ", " + zero +
-                 " : vector<8xbf16>");
-        k.line("vector.store " + v + ", " + at + " : " + type +
-               ", vector<8xbf16>");
-      }
+           {std::tuple{key, kTile, kType}, std::tuple{value, vTile, vType}})
+        copyKvChunk(k, ctx, m, src, inRange, gcol,
+                    tile + "[" + stage + ", " + r + ", " + col + "]", type);
       if (i0 + 32 * warps > vectors)
         k.endIf();
     }
@@ -409,22 +419,14 @@ std::string writeAttention(const KernelContext &ctx, AttentionOp a,
       std::string kc = k.mul(k.rem(idx, k.index(d / 8)), k.index(8));
       std::string src = k.add(kBase, kr);
       std::string inRange = k.cmp("ult", src, keys);
-      std::string safe = k.select(inRange, src, k.index(0), "index");
       std::string gcol = k.add(k.mul(kvHead, k.index(d)), kc);
-      for (auto [m, tile] : {std::pair{key, kTile}, std::pair{value, vTile}}) {
-        std::string vecT = "vector<8x" + ctx.elements[m] + ">";
-        std::string v = k.op("vector.load " + mem(m) + "[" + safe + ", " +
-                             gcol + "] : " + ctx.memrefType(m) + ", " + vecT);
-        if (ctx.elements[m] == "f32")
-          v = k.op("arith.truncf " + v + " : " + vecT + " to vector<8xbf16>");
-        std::string zero = k.op("arith.constant dense<0.0> : vector<8xbf16>");
-        v = k.op("arith.select " + inRange + ", " + v + ", " + zero +
-                 " : vector<8xbf16>");
-        k.line("vector.store " + v + ", " + tile + "[" + kr + ", " + kc +
-               "] : " + smemType + ", vector<8xbf16>");
-      }
+      for (auto [m, tile] : {std::pair{key, kTile}, std::pair{value, vTile}})
+        copyKvChunk(k, ctx, m, src, inRange, gcol,
+                    tile + "[" + kr + ", " + kc + "]", smemType);
       k.endIf();
     }
+    k.line("nvvm.cp.async.commit.group");
+    k.line("nvvm.cp.async.wait.group 0");
     k.beginIf(k.cmp("ult", tid, k.index(kKeyTile)));
     std::string src = k.add(kBase, tid);
     std::string inRange = k.cmp("ult", src, keys);
@@ -665,15 +667,6 @@ mlir::kiln::cuda::generateAttentionKernel(const KernelContext &ctx,
   split.selectOperand = q;
   split.maxRows = kDecodeRows;
 
-  GpuLaunch whole;
-  whole.function = name;
-  whole.blockThreads = 32 * kWarps;
-  whole.grid[0] = rowsGrid(q, kWarps, group);
-  whole.grid[1] = fixedGrid(kvHeads);
-  memrefs(whole);
-  whole.params.push_back(keyPositions);
-  whole.params.push_back(keyCount);
-
   GpuLaunch combine;
   combine.function = name + "_combine";
   combine.blockThreads = 32 * kWarps;
@@ -696,11 +689,20 @@ mlir::kiln::cuda::generateAttentionKernel(const KernelContext &ctx,
   append.params.push_back(keyCount);
 
   out.steps.push_back({{append}});
-  if (flashFits)
+  if (flashFits) {
     out.steps.push_back(
         {{split, writeFlashAttention(ctx, a, name + "_flash", text)}});
-  else
+  } else {
+    GpuLaunch whole;
+    whole.function = name;
+    whole.blockThreads = 32 * kWarps;
+    whole.grid[0] = rowsGrid(q, kWarps, group);
+    whole.grid[1] = fixedGrid(kvHeads);
+    memrefs(whole);
+    whole.params.push_back(keyPositions);
+    whole.params.push_back(keyCount);
     out.steps.push_back({{split, whole}});
+  }
   out.steps.push_back({{combine, nothing}});
   return success();
 }

@@ -286,9 +286,11 @@ std::string KernelText::finish() {
   std::string text = "  gpu.func @" + name + "(" + args + ")";
   if (!workgroupTypes.empty()) {
     text += " workgroup(";
+    // 16-byte aligned, as 16-byte vector accesses and cp.async need (the
+    // lowering would otherwise align a buffer to its element only).
     for (size_t i = 0; i < workgroupTypes.size(); ++i)
-      text +=
-          (i ? ", %wg" : "%wg") + std::to_string(i) + " : " + workgroupTypes[i];
+      text += (i ? ", %wg" : "%wg") + std::to_string(i) + " : " +
+              workgroupTypes[i] + " {llvm.align = 16 : i64}";
     text += ")";
   }
   text += " kernel attributes {" + attributes + "} {\n";
