@@ -1,0 +1,167 @@
+//===- Ptx.h - PTX modules decoded for the emulator -------------*- C++ -*-===//
+//
+// A PTX module is parsed once into functions of decoded instructions:
+// registers resolved to slot numbers (inline-asm `{}` scopes respected),
+// labels to instruction indices, symbols to their state space, and every
+// opcode with its modifiers to one `Op` plus types and flags. A form the
+// emulator does not implement is refused at load, naming the PTX line, so a
+// kernel never runs with an instruction silently misread.
+//
+//===----------------------------------------------------------------------===//
+
+#ifndef KILN_EMU_PTX_H
+#define KILN_EMU_PTX_H
+
+#include <cstdint>
+#include <map>
+#include <memory>
+#include <string>
+#include <vector>
+
+namespace kiln::emu {
+
+enum class Type : uint8_t {
+  None,
+  Pred,
+  B8, B16, B32, B64, B128,
+  U8, U16, U32, U64,
+  S8, S16, S32, S64,
+  F16, BF16, F32, F64,
+  F16x2, BF16x2,
+};
+
+/// Bytes of one value of `t` (predicates: 1).
+unsigned typeBytes(Type t);
+bool isSigned(Type t);
+bool isFloat(Type t);
+Type parseType(const std::string &name); // "f32" -> F32, else None
+
+enum class Space : uint8_t { Generic, Global, Shared, SharedCluster, Local,
+                             Param, Const };
+
+enum class Op : uint16_t {
+  // Integer and float ALU.
+  Add, Sub, Mul, MulHi, MulWide, Mad, MadHi, MadWide, Fma, Div, Rem, Min, Max,
+  Neg, Abs, Not, And, Or, Xor, Shl, Shr, Bfe, Bfi, Popc, Clz, Brev, Selp,
+  Setp, Mov, Cvt, Cvta, CvtaTo, Ex2, Lg2, Sin, Cos, Rsqrt, Rcp, Sqrt, Tanh,
+  Copysign, Testp,
+  // Memory.
+  Ld, St, Atom, Red, Prefetch, PrefetchTensormap,
+  // Control.
+  Bra, Ret, Exit, Call, BarSync, BarArrive, Shfl, Vote, ElectSync, Membar,
+  Trap,
+  // Hopper asynchronous machinery.
+  MbarInit, MbarArrive, MbarArriveExpectTx, MbarExpectTx, MbarTryWait,
+  MbarTestWait, MbarInval, FenceProxyAsync, FenceMbarInit, Setmaxnreg,
+  WgmmaFence, WgmmaMma, WgmmaCommit, WgmmaWait, CpAsync, CpAsyncCommit,
+  CpAsyncWait, CpAsyncBulkTensor, CpAsyncBulkCommit, CpAsyncBulkWait,
+  Nop,
+};
+
+/// Special registers (%tid.x, ...).
+enum class Special : uint8_t {
+  TidX, TidY, TidZ, NtidX, NtidY, NtidZ, CtaidX, CtaidY, CtaidZ, NctaidX,
+  NctaidY, NctaidZ, LaneId, WarpId, NWarpId, SmId, NSmId, Clock, Clock64,
+  GlobalTimer, ClusterCtaRank, ClusterNCtaRank, ClusterIdX, DynSmemSize,
+  LanemaskLt, LanemaskEq,
+};
+
+struct Operand {
+  enum class Kind : uint8_t { None, Reg, Imm, Special, Addr, Vec, Label,
+                              Symbol, TensorCoords };
+  Kind kind = Kind::None;
+  bool negate = false; // `!%p` as a source predicate
+  int32_t reg = -1;    // Reg; Addr base register (-1: none)
+  int32_t symbol = -1; // Addr/Symbol: index into Function::symbols
+  int64_t imm = 0;     // Imm bits; Addr byte offset; Label target; Special id
+  std::vector<int32_t> regs; // Vec; TensorCoords (coordinates)
+  std::vector<Operand> items; // Vec with immediates (rare); unused otherwise
+};
+
+/// The compare of setp.
+enum class Cmp : uint8_t { Eq, Ne, Lt, Le, Gt, Ge, Lo, Ls, Hi, Hs, Equ, Neu,
+                           Ltu, Leu, Gtu, Geu, Num, Nan };
+
+struct Instruction {
+  Op op = Op::Nop;
+  Type type = Type::None;   // the instruction's (destination) type
+  Type srcType = Type::None; // cvt source; wgmma A/B element type
+  Space space = Space::Generic;
+  uint8_t vector = 1;       // .v2 / .v4
+  Cmp cmp = Cmp::Eq;
+  uint8_t boolOp = 0;       // setp/ vote: 0 none, 1 and, 2 or, 3 xor
+  uint8_t rounding = 0;     // 0 default, 1 rn, 2 rz, 3 rm, 3 rp, int variants
+  bool ftz = false, sat = false, approx = false, full = false, nanMode = false;
+  bool uni = false, lo = false, hi = false, wide = false;
+  uint8_t sub = 0;          // per-op selector (shfl mode, atom op, ...)
+  uint16_t shapeN = 0;      // wgmma N; cp.async.bulk.tensor rank
+  uint8_t shapeM = 0, shapeK = 0;
+  int8_t guard = -1;        // unused marker (see guardReg)
+  int32_t guardReg = -1;    // @%p
+  bool guardNeg = false;    // @!%p
+  uint32_t line = 0;        // 1-based line in the PTX text
+  std::vector<Operand> ops;
+  std::string form;         // the full opcode text, e.g. "add.rn.f32"
+};
+
+struct RegisterInfo {
+  std::string name;
+  Type type = Type::B32;
+};
+
+struct Symbol {
+  std::string name;
+  Space space = Space::Generic;
+  uint64_t size = 0, align = 1;
+  bool isExtern = false;      // .extern .shared (dynamic shared memory)
+  bool moduleScope = false;
+  std::vector<uint8_t> init;  // .global initializer bytes
+  uint64_t offset = 0;        // param: byte offset; shared: assigned at load
+  int64_t moduleSymbol = -1;  // index into Module::globals for .global
+};
+
+struct Function {
+  std::string name;
+  bool isEntry = false;
+  std::vector<Symbol> params; // entry parameters, in order
+  uint64_t paramBytes = 0;
+  int reqntid[3] = {0, 0, 0}, maxntid[3] = {0, 0, 0};
+  std::vector<RegisterInfo> registers;
+  std::vector<Symbol> symbols; // everything Addr/Symbol operands name
+  std::vector<Instruction> code;
+  /// Per instruction: for a conditional branch, where its paths meet again
+  /// (the first instruction of the immediate post-dominator block;
+  /// code.size() when they only meet at exit).
+  std::vector<uint32_t> reconvergence;
+  // Shared memory layout (bytes): static variables first, then dynamic.
+  uint64_t staticShared = 0;
+  uint64_t localBytes = 0;     // .local per thread
+  uint64_t callParamBytes = 0; // .param declared in the body (call sites)
+};
+
+struct GlobalVar {
+  std::string name;
+  uint64_t size = 0, align = 1;
+  std::vector<uint8_t> init;
+};
+
+struct Module {
+  std::string version, target;
+  std::vector<Function> functions;
+  std::vector<GlobalVar> globals;
+  std::vector<Symbol> moduleShared; // module-scope .shared
+  std::vector<std::string> externFunctions; // e.g. vprintf
+  const Function *find(const std::string &name) const;
+};
+
+/// Parses PTX text. On failure returns null and sets `error` to
+/// "ptx:LINE: what".
+std::unique_ptr<Module> parsePtx(const std::string &text, std::string &error);
+
+/// Every distinct instruction form (`Instruction::form`) in a module with
+/// its static count, sorted by form.
+std::map<std::string, int> instructionForms(const Module &module);
+
+} // namespace kiln::emu
+
+#endif // KILN_EMU_PTX_H
