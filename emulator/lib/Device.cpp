@@ -2,6 +2,7 @@
 
 #include "kiln/emu/Device.h"
 
+#include <algorithm>
 #include <cstdlib>
 #include <cstring>
 
@@ -28,6 +29,10 @@ Options Options::fromEnvironment() {
     o.memoryBytes = std::strtoull(s, nullptr, 10);
   if (const char *s = std::getenv("KILN_EMU_MAX_INSTRUCTIONS"))
     o.maxWarpInstructions = std::strtoull(s, nullptr, 10);
+  o.strictSharedLayout = flag("KILN_EMU_STRICT_SHARED", false);
+  o.trace = flag("KILN_EMU_TRACE", false);
+  if (const char *s = std::getenv("KILN_EMU_QUANTUM"))
+    o.quantum = std::max(1u, static_cast<unsigned>(std::strtoul(s, nullptr, 10)));
   return o;
 }
 
@@ -85,6 +90,9 @@ std::unique_ptr<LoadedModule> Device::load(const std::string &ptx,
             " (the emulated device is sm_90a)";
     return nullptr;
   }
+  if (options.strictSharedLayout)
+    for (Function &f : m->ptx->functions)
+      layoutShared(f, /*bareB8IsDynamic=*/false);
   for (const GlobalVar &g : m->ptx->globals) {
     uint64_t a;
     if (!allocate(a, g.size ? g.size : 1, error))

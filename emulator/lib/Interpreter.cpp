@@ -98,6 +98,7 @@ struct TmaOp {
   TensorMap map{};
   int32_t coords[5] = {};
   uint64_t bytes = 0;
+  uint64_t rowsDone = 0, rows = 0; // lands one box row at a time
 };
 
 struct CpAsyncOp {
@@ -145,6 +146,7 @@ struct Warp {
 
 struct Shadow {
   std::vector<uint8_t> pendingAsync;  // TMA/cp.async writes in flight
+  std::vector<uint8_t> initialized;   // written since the block started
   std::vector<uint8_t> wgmmaReading;  // in-flight wgmma operand reads
   std::vector<uint16_t> genericWriter; // thread+1 of an unfenced write
   std::vector<uint32_t> writerFence;   // writer's fence count at the write
@@ -173,10 +175,8 @@ public:
     threadsPerBlock = block[0] * block[1] * block[2];
     numWarps = (threadsPerBlock + 31) / 32;
     numRegs = fn.registers.size();
-    sharedSize = fn.staticShared;
-    uint64_t dynBase = (fn.staticShared + 15) / 16 * 16;
-    if (dynamicShared)
-      sharedSize = dynBase + dynamicShared;
+    sharedSize = std::max(kReservedShared + fn.staticShared,
+                          fn.dynamicBase + dynamicShared);
     rng.seed(opts.seed);
   }
 
@@ -330,6 +330,8 @@ private:
   }
 
   void set(Warp &w, const Operand &o, unsigned lane, uint64_t v) {
+    if (o.kind == Operand::Kind::Sink)
+      return;
     if (o.kind != Operand::Kind::Reg)
       fail("destination is not a register");
     regs[(size_t(w.index) * numRegs + o.reg) * 32 + lane] = v;
@@ -407,11 +409,22 @@ private:
       return {Space::Global, reinterpret_cast<uint8_t *>(addr), 0};
     }
     case Space::Shared: case Space::SharedCluster: {
+      if (addr < kReservedShared) {
+        char b[200];
+        std::snprintf(b, sizeof b,
+                      "shared %s at offset %llu, inside the 1 KB that sm_90 "
+                      "reserves (user shared memory starts at %llu)",
+                      write ? "store" : "load",
+                      static_cast<unsigned long long>(addr),
+                      static_cast<unsigned long long>(kReservedShared));
+        fail(b, lane);
+      }
       if (addr + size > sharedSize || addr >= sharedSize) {
         char b[200];
         std::snprintf(b, sizeof b,
                       "out-of-bounds shared %s of %u bytes at offset %llu "
-                      "(the block has %llu bytes: %llu static + %u dynamic)",
+                      "(the block's window ends at %llu: %llu static + %u "
+                      "dynamic bytes after the reserved 1 KB)",
                       write ? "store" : "load", size,
                       static_cast<unsigned long long>(addr),
                       static_cast<unsigned long long>(sharedSize),
@@ -454,8 +467,11 @@ private:
   }
 
   void checkSharedRead(uint64_t off, unsigned size, unsigned lane) {
-    if (!opts.hazards)
+    if (!opts.hazards) {
+      if (pendingWrites)
+        landPending(off, size);
       return;
+    }
     if (pendingWrites)
       for (unsigned i = 0; i < size; ++i)
         if (shadow.pendingAsync[off + i])
@@ -463,6 +479,11 @@ private:
                    " whose asynchronous copy (TMA or cp.async) has not "
                    "completed: a missing or early wait",
                lane);
+    for (unsigned i = 0; i < size; ++i)
+      if (!shadow.initialized[off + i])
+        fail("read of shared memory at offset " + std::to_string(off + i) +
+                 " that nothing has written since the block started",
+             lane);
     if (racecheckOn) {
       uint16_t me = static_cast<uint16_t>(current->index * 32 + lane + 1);
       for (unsigned i = 0; i < size; ++i) {
@@ -481,9 +502,15 @@ private:
     }
   }
 
-  void checkSharedWrite(uint64_t off, unsigned size, unsigned lane) {
-    if (!opts.hazards)
+  void checkSharedWrite(uint64_t off, unsigned size, unsigned lane,
+                        bool race = true) {
+    if (!opts.hazards) {
+      if (pendingWrites)
+        landPending(off, size);
       return;
+    }
+    for (unsigned i = 0; i < size; ++i)
+      shadow.initialized[off + i] = 1;
     if (pendingWrites)
       for (unsigned i = 0; i < size; ++i)
         if (shadow.pendingAsync[off + i])
@@ -501,7 +528,7 @@ private:
       shadow.genericWriter[off + i] = me;
       shadow.writerFence[off + i] = fenceCount[me - 1];
     }
-    if (racecheckOn) {
+    if (racecheckOn && race) {
       for (unsigned i = 0; i < size; ++i) {
         size_t b = off + i;
         bool otherWarp = [&](uint16_t t) {
@@ -556,9 +583,12 @@ private:
     regs.assign(size_t(numWarps) * numRegs * 32, 0);
     // Fresh shared memory is poisoned like device memory: a read of a byte
     // nobody wrote gives NaN, not a lucky zero.
-    shared.assign(sharedSize, opts.poison ? 0xff : 0);
+    // Without checks shared memory starts zeroed, as a fresh block on a GPU
+    // usually finds it.
+    shared.assign(sharedSize, opts.poison && opts.hazards ? 0xff : 0);
     size_t sb = opts.hazards ? sharedSize : 0;
-    shadow.pendingAsync.assign(sb, 0);
+    shadow.pendingAsync.assign(sharedSize, 0);
+    shadow.initialized.assign(sb, 0);
     shadow.wgmmaReading.assign(sb, 0);
     shadow.genericWriter.assign(sb, 0);
     shadow.writerFence.assign(sb, 0);
@@ -610,6 +640,15 @@ private:
         // never reads); its errors are still errors.
         while (asyncPending)
           completeOne();
+        if (opts.hazards)
+          for (const auto &[addr, m] : mbarriers)
+            if (m.tx != 0)
+              fail("the block ended with the mbarrier at shared offset " +
+                   std::to_string(addr) + " holding a tx-count of " +
+                   std::to_string(m.tx) +
+                   (m.tx < 0 ? ": more bytes arrived than expect_tx announced"
+                             : ": expect_tx announced bytes that never "
+                               "arrived"));
         break;
       }
       if (progressed)
@@ -641,6 +680,10 @@ private:
         o << w.waitWhat << " (line " << w.waitLine << ")";
       o << ";";
     }
+    for (const auto &[addr, m] : mbarriers)
+      o << " mbarrier at shared offset " << addr << ": phase " << m.phase
+        << ", " << m.pending << " of " << m.expected
+        << " arrivals pending, tx-count " << m.tx << ";";
     current = nullptr;
     currentInst = nullptr;
     fail(o.str());
@@ -663,7 +706,8 @@ private:
   bool runWarp(Warp &w) {
     current = &w;
     bool progressed = false;
-    unsigned quantum = opts.seed ? 1 + static_cast<unsigned>(rng() % 64) : 4096;
+    unsigned quantum = opts.seed ? 1 + static_cast<unsigned>(rng() % 64)
+                                 : opts.quantum;
     for (unsigned n = 0; n < quantum; ++n) {
       if (!w.readyMask)
         break;
@@ -818,10 +862,16 @@ private:
   }
 
   void complete(AsyncOp &a) {
+    if (a.kind == AsyncOp::Kind::Tma) {
+      if (!completeTmaRow(tmas[a.index])) {
+        wakeAll();
+        return;
+      }
+    }
     a.done = true;
     --asyncPending;
     switch (a.kind) {
-    case AsyncOp::Kind::Tma: completeTma(tmas[a.index]); break;
+    case AsyncOp::Kind::Tma: break;
     case AsyncOp::Kind::CpAsync: completeCp(cps[a.index]); break;
     case AsyncOp::Kind::Wgmma: completeWgmma(wgmmas[a.index]); break;
     }
@@ -831,44 +881,84 @@ private:
     wakeAll();
   }
 
-  void markPending(uint32_t off, uint64_t n, int delta) {
-    if (!opts.hazards)
-      return;
+  /// Shared bytes an asynchronous copy will write. Tracked in both modes:
+  /// with checks a generic access to them is reported, without checks it
+  /// waits for them (the copy lands first, as it would within nanoseconds
+  /// on a GPU).
+  void markPending(uint32_t off, uint64_t n, int delta, bool count = true) {
     for (uint64_t i = 0; i < n; ++i)
       shadow.pendingAsync[off + i] =
           static_cast<uint8_t>(shadow.pendingAsync[off + i] + delta);
+    if (!count)
+      return;
     if (delta > 0)
       pendingWrites += 1;
     else
       pendingWrites -= 1;
   }
 
-  void completeTma(TmaOp &t) {
+  /// Without checks: completes the asynchronous copies that cover
+  /// [off, off + n) so a generic access sees their data.
+  void landPending(uint64_t off, unsigned n) {
+    auto covered = [&]() {
+      for (unsigned i = 0; i < n; ++i)
+        if (shadow.pendingAsync[off + i])
+          return true;
+      return false;
+    };
+    const Warp *savedWarp = current;
+    const Instruction *savedInst = currentInst;
+    uint32_t savedLane = currentLane;
+    while (covered()) {
+      bool any = false;
+      for (AsyncOp &a : async)
+        if (!a.done && a.kind != AsyncOp::Kind::Wgmma) {
+          complete(a);
+          any = true;
+          break;
+        }
+      if (!any)
+        break;
+    }
+    current = savedWarp;
+    currentInst = savedInst;
+    currentLane = savedLane;
+  }
+
+  /// Lands the next row of the box (innermost dimension) and signals its
+  /// bytes on the mbarrier, as the TMA engine reports progress piecewise:
+  /// a phase whose expect_tx is short completes before the copy does.
+  /// Returns whether the copy is complete.
+  bool completeTmaRow(TmaOp &t) {
     const TensorMap &m = t.map;
     unsigned e = m.elementBytes;
-    uint64_t boxElems = 1;
-    for (unsigned i = 0; i < m.rank; ++i)
-      boxElems *= m.box[i];
-    markPending(t.dst, t.bytes, -1);
+    uint64_t rowBytes = uint64_t(m.box[0]) * e;
+    uint64_t row = t.rowsDone++;
+    uint32_t rowStart = static_cast<uint32_t>(t.dst + row * rowBytes);
+    markPending(rowStart, rowBytes, -1, /*count=*/t.rowsDone == t.rows);
     Swizzle sw = tensorMapSwizzle(m.swizzle);
-    unsigned idx[5] = {};
-    for (uint64_t n = 0; n < boxElems; ++n) {
-      uint64_t rem = n;
-      bool inside = true;
-      uint64_t src = m.address;
-      for (unsigned i = 0; i < m.rank; ++i) {
-        idx[i] = static_cast<unsigned>(rem % m.box[i]);
-        rem /= m.box[i];
-        int64_t g = int64_t(t.coords[i]) + idx[i];
-        if (g < 0 || g >= int64_t(m.dims[i]))
-          inside = false;
-        else
-          src += uint64_t(g) * m.strides[i];
-      }
-      uint32_t dst = swizzleAddress(static_cast<uint32_t>(t.dst + n * e), sw);
+    // Coordinates of this row's first element.
+    int64_t g[5] = {};
+    uint64_t rem = row;
+    bool rowInside = true;
+    uint64_t rowSrc = m.address;
+    for (unsigned i = 1; i < m.rank; ++i) {
+      uint64_t idx = rem % m.box[i];
+      rem /= m.box[i];
+      g[i] = int64_t(t.coords[i]) + int64_t(idx);
+      if (g[i] < 0 || g[i] >= int64_t(m.dims[i]))
+        rowInside = false;
+      else
+        rowSrc += uint64_t(g[i]) * m.strides[i];
+    }
+    for (unsigned x = 0; x < m.box[0]; ++x) {
+      int64_t g0 = int64_t(t.coords[0]) + x;
+      bool inside = rowInside && g0 >= 0 && g0 < int64_t(m.dims[0]);
+      uint32_t dst = swizzleAddress(rowStart + x * e, sw);
       if (dst + e > sharedSize)
         fail("TMA writes past the block's shared memory");
       if (inside) {
+        uint64_t src = rowSrc + uint64_t(g0) * e;
         if (!dev.contains(src, e))
           fail("TMA reads global memory outside any allocation (tensor map "
                "address or strides wrong)");
@@ -882,10 +972,13 @@ private:
         std::memset(shared.data() + dst, 0, e);
       }
       if (opts.hazards)
-        for (unsigned b = 0; b < e; ++b)
+        for (unsigned b = 0; b < e; ++b) {
           shadow.genericWriter[dst + b] = 0; // written by the async proxy
+          shadow.initialized[dst + b] = 1;
+        }
     }
-    completeTx(t.mbar, static_cast<int64_t>(t.bytes));
+    completeTx(t.mbar, static_cast<int64_t>(rowBytes));
+    return t.rowsDone == t.rows;
   }
 
   void completeTx(uint32_t mbarAddr, int64_t bytes) {
@@ -894,12 +987,16 @@ private:
       fail("complete_tx on shared offset " + std::to_string(mbarAddr) +
            ", which holds no initialized mbarrier");
     Mbarrier &m = it->second;
+    // The ISA lets the tx-count go below zero for a while (a copy may land
+    // before its expect_tx); bytes nobody announces show at block end.
     m.tx -= bytes;
-    if (m.tx < 0 && opts.hazards)
+    if (m.tx <= -(1 << 20))
       fail("mbarrier at shared offset " + std::to_string(mbarAddr) +
-           ": tx-count went negative (" + std::to_string(m.tx) +
-           "): more bytes arrived than expect_tx announced in this phase");
+           ": tx-count below -(2^20-1)");
+    uint32_t before = m.phase;
     maybeCompletePhase(m);
+    if (m.phase != before)
+      wakeAll();
   }
 
   void maybeCompletePhase(Mbarrier &m) {
@@ -919,6 +1016,9 @@ private:
       std::memcpy(shared.data() + c.dst, reinterpret_cast<void *>(c.src),
                   c.srcSize);
     std::memset(shared.data() + c.dst + c.srcSize, 0, c.size - c.srcSize);
+    if (opts.hazards)
+      for (unsigned b = 0; b < c.size; ++b)
+        shadow.initialized[c.dst + b] = 1;
     Warp &w = warps[c.warp];
     ThreadAsync &t = w.threads[c.lane];
     if (--t.outstanding[c.group] == 0)
@@ -1007,6 +1107,11 @@ private:
     currentInst = &in;
     currentLane = ctz(mask);
     ++stats.warpInstructions;
+    if (opts.trace)
+      std::fprintf(stderr, "kiln-emu trace: %s block %u,%u,%u warp %u mask %08x "
+                           "line %u %s\n",
+                   fn.name.c_str(), blockId[0], blockId[1], blockId[2],
+                   w.index, mask, in.line, in.form.c_str());
     uint32_t active = mask;
     if (in.guardReg >= 0) {
       active = 0;
@@ -1966,11 +2071,18 @@ void Interpreter::executeSpecialLanes(Warp &w, const Instruction &in,
   // All lanes of the member mask must execute this instruction together.
   size_t maskOp = in.op == Op::Shfl ? 4 : 2;
   uint32_t member = static_cast<uint32_t>(get(w, o[maskOp], ctz(active)));
+  // Without checks the lanes that execute it take part, whatever the mask
+  // says (the hardware does not stop on these undefined cases).
+  if (!opts.hazards)
+    member = active;
   FOR_LANES(active, l) {
-    if (static_cast<uint32_t>(get(w, o[maskOp], l)) != member)
+    if (opts.hazards && static_cast<uint32_t>(get(w, o[maskOp], l)) != member)
       fail("lanes of one " + in.form + " disagree on the member mask", l);
-    if (!(member >> l & 1))
-      fail(in.form + " executed by a lane outside its member mask", l);
+    if (!(member >> l & 1)) {
+      char b[64];
+      std::snprintf(b, sizeof b, " 0x%08x", member);
+      fail(in.form + " executed by a lane outside its member mask" + b, l);
+    }
   }
   uint32_t missing = member & ~active;
   if (missing)
@@ -1994,7 +2106,8 @@ void Interpreter::executeSpecialLanes(Warp &w, const Instruction &in,
   }
   // shfl.sync.mode.b32 d[|p], a, b, c, membermask
   uint64_t src[32];
-  FOR_LANES(active, l) src[l] = get(w, o[1], l);
+  for (unsigned l = 0; l < 32; ++l)
+    src[l] = (w.allMask >> l & 1) ? get(w, o[1], l) : 0;
   uint64_t out[32];
   bool valid[32];
   FOR_LANES(active, l) {
@@ -2012,7 +2125,7 @@ void Interpreter::executeSpecialLanes(Warp &w, const Instruction &in,
     }
     if (!p)
       j = l;
-    if (!(active >> j & 1))
+    if (!(active >> j & 1) && opts.hazards)
       fail("shfl.sync reads lane " + std::to_string(j) +
                ", which does not execute it (an undefined value)",
            l);
@@ -2119,7 +2232,19 @@ void Interpreter::executeAsync(Warp &w, const Instruction &in,
         fail("mbarrier.init count " + std::to_string(count) +
                  " outside 1..2^20-1",
              l);
-      checkSharedWrite(a, 8, l);
+      // Several threads may initialize one mbarrier with the same count
+      // (MLIR's nvgpu.mbarrier.init runs on every thread): not a race, as
+      // long as nobody has used it in between.
+      checkSharedWrite(a, 8, l, /*race=*/false);
+      auto old = mbarriers.find(static_cast<uint32_t>(a));
+      if (old != mbarriers.end() && opts.hazards &&
+          (old->second.pending != old->second.expected || old->second.tx ||
+           old->second.phase || old->second.expected != count))
+        fail("mbarrier.init of the mbarrier at shared offset " +
+                 std::to_string(a) +
+                 " while it is in use (arrivals, tx-count or completed "
+                 "phases since its last init; mbarrier.inval first)",
+             l);
       Mbarrier m;
       m.expected = m.pending = static_cast<uint32_t>(count);
       mbarriers[static_cast<uint32_t>(a)] = m;
@@ -2223,6 +2348,7 @@ void Interpreter::executeAsync(Warp &w, const Instruction &in,
                    "in-flight wgmma reads",
                    l);
       }
+      t.rows = t.bytes / (uint64_t(t.map.box[0]) * t.map.elementBytes);
       markPending(t.dst, t.bytes, +1);
       tmas.push_back(t);
       async.push_back({AsyncOp::Kind::Tma, tmas.size() - 1});

@@ -37,6 +37,13 @@ struct Options {
   bool racecheck = true; // shared-memory races between barriers
   uint64_t memoryBytes = 80ull << 30; // what the device reports and allows
   uint64_t maxWarpInstructions = 0;   // 0: no limit (a runaway guard)
+  /// Without a seed, warps take turns every `quantum` instructions (as the
+  /// hardware's warp schedulers interleave them), or earlier when they block.
+  unsigned quantum = 1;
+  bool trace = false; // every warp instruction on stderr (KILN_EMU_TRACE)
+  /// Give `.b8 name;` shared scalars their one byte, as ptxas does, instead
+  /// of reading them as zero-length arrays at the dynamic base (layoutShared).
+  bool strictSharedLayout = false;
   static Options fromEnvironment();
 };
 

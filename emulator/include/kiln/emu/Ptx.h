@@ -68,7 +68,7 @@ enum class Special : uint8_t {
 
 struct Operand {
   enum class Kind : uint8_t { None, Reg, Imm, Special, Addr, Vec, Label,
-                              Symbol, TensorCoords };
+                              Symbol, TensorCoords, Sink };
   Kind kind = Kind::None;
   bool negate = false; // `!%p` as a source predicate
   int32_t reg = -1;    // Reg; Addr base register (-1: none)
@@ -114,6 +114,7 @@ struct Symbol {
   Space space = Space::Generic;
   uint64_t size = 0, align = 1;
   bool isExtern = false;      // .extern .shared (dynamic shared memory)
+  bool bareB8 = false;        // `.b8 name;`: how LLVM prints a [0 x i8]
   bool moduleScope = false;
   std::vector<uint8_t> init;  // .global initializer bytes
   uint64_t offset = 0;        // param: byte offset; shared: assigned at load
@@ -133,8 +134,10 @@ struct Function {
   /// (the first instruction of the immediate post-dominator block;
   /// code.size() when they only meet at exit).
   std::vector<uint32_t> reconvergence;
-  // Shared memory layout (bytes): static variables first, then dynamic.
-  uint64_t staticShared = 0;
+  // Shared memory layout (see layoutShared): offsets count from the start
+  // of the block's window, whose first kReservedShared bytes sm_90 keeps.
+  uint64_t staticShared = 0; // bytes of static variables
+  uint64_t dynamicBase = 0;  // offset where dynamic shared memory starts
   uint64_t localBytes = 0;     // .local per thread
   uint64_t callParamBytes = 0; // .param declared in the body (call sites)
 };
@@ -153,6 +156,18 @@ struct Module {
   std::vector<std::string> externFunctions; // e.g. vprintf
   const Function *find(const std::string &name) const;
 };
+
+/// sm_90 reserves the first 1 KB of every block's shared memory window
+/// (ptxas reports it as .nv.reservedSmem); variables start after it.
+constexpr uint64_t kReservedShared = 1024;
+
+/// Assigns shared offsets as ptxas does (measured on its section sizes):
+/// function-scope variables in declaration order, then module-scope ones,
+/// then the dynamic area. With `bareB8IsDynamic`, a `.b8 name;` scalar (how
+/// LLVM prints a zero-length array, MLIR's dynamic shared memory) aliases
+/// the dynamic area like `.extern .shared .b8 name[]`; without it, it gets
+/// the single byte ptxas gives it.
+void layoutShared(Function &fn, bool bareB8IsDynamic);
 
 /// Parses PTX text. On failure returns null and sets `error` to
 /// "ptx:LINE: what".
