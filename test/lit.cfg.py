@@ -17,7 +17,8 @@ config.test_exec_root = os.path.join(config.kiln_obj_root, "test")
 
 llvm_config.use_default_substitutions()
 llvm_config.add_tool_substitutions(
-    ["kiln-opt", "kilnc", "kiln-ref", "kiln-mkmodel", "kiln-compare", "kiln-run"],
+    ["kiln-opt", "kilnc", "kiln-ref", "kiln-mkmodel", "kiln-compare", "kiln-run",
+     "kiln-mlir-runner"],
     [config.kiln_tools_dir])
 llvm_config.add_tool_substitutions(
     ["FileCheck", "not", "count", "split-file"], [config.llvm_tools_dir])
@@ -45,6 +46,24 @@ else:
 config.substitutions.append(
     ("%fake_cuda", os.path.join(config.kiln_obj_root, "lib",
                                 "libkiln-fake-cuda.so")))
+
+# The sm_90a emulator (emulator/): a CUDA driver that runs the PTX.
+config.substitutions.append(
+    ("%kiln_emu", os.path.join(config.kiln_obj_root, "lib",
+                               "libkiln-cuda-emu.so")))
+
+# Upstream MLIR's sm90 integration tests, kept verbatim outside the project
+# (shared/third_party/mlir-sm90-tests beside the checkout, or
+# KILN_SM90_TESTS): the emulator is proven on them where they are present.
+sm90_tests = os.environ.get("KILN_SM90_TESTS") or os.path.join(
+    config.kiln_src_root, "..", "shared", "third_party", "mlir-sm90-tests")
+if os.path.isfile(os.path.join(sm90_tests, "gemm_f32_f16_f16_128x128x128.mlir")):
+    config.available_features.add("mlir-sm90-tests")
+    config.substitutions.append(("%sm90_tests", os.path.abspath(sm90_tests)))
+else:
+    lit_config.note("upstream MLIR sm90 tests not found at " + sm90_tests +
+                    ": the emulator's proof on them is skipped "
+                    "(set KILN_SM90_TESTS)")
 
 # A usable CUDA driver changes what `kiln-run --device cuda` says.
 try:

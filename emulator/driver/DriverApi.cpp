@@ -15,6 +15,7 @@
 #include <chrono>
 #include <cstdint>
 #include <cstdio>
+#include <cstdlib>
 #include <cstring>
 #include <map>
 #include <memory>
@@ -125,6 +126,24 @@ CUresult copyChecked(uint64_t dst, bool dstDevice, uint64_t src,
 
 extern "C" {
 
+/// KILN_EMU_STATS=1: totals on stderr when the driver is unloaded or the
+/// process exits.
+__attribute__((destructor)) void printStats() {
+  const char *stats = std::getenv("KILN_EMU_STATS");
+  if (!stats || !*stats || std::strcmp(stats, "0") == 0)
+    return;
+  const LaunchStats &t = Device::get().totals;
+  std::fprintf(stderr,
+               "kiln-emu: %llu launches, %llu blocks, %llu warp instructions "
+               "(%llu thread instructions) in %.3f s: %.2f M warp "
+               "instructions/s\n",
+               static_cast<unsigned long long>(t.launches),
+               static_cast<unsigned long long>(t.blocks),
+               static_cast<unsigned long long>(t.warpInstructions),
+               static_cast<unsigned long long>(t.threadInstructions), t.seconds,
+               t.seconds > 0 ? t.warpInstructions / t.seconds / 1e6 : 0.0);
+}
+
 __attribute__((visibility("default"))) CUresult cuInit(unsigned flags) {
   if (flags)
     return kInvalidValue;
@@ -217,8 +236,31 @@ cuModuleLoadData(void **module, const void *image) {
   if (std::strncmp(text, "\x7f" "ELF", 4) == 0 ||
       std::memcmp(text, "\x50\xed\x55\xba", 4) == 0)
     return kNoBinaryForGpu;
+  std::string ptx(text);
+  // KILN_EMU_PTX_REPLACE="OLD=>NEW": a test-only edit of the PTX (every
+  // occurrence), to build broken variants of a kernel for mutation tests. An
+  // edit that matches nothing is refused, so such a test cannot pass by
+  // testing the unbroken kernel.
+  if (const char *edit = std::getenv("KILN_EMU_PTX_REPLACE")) {
+    std::string e(edit);
+    size_t arrow = e.find("=>");
+    if (arrow == std::string::npos || arrow == 0) {
+      report("kiln-emu: KILN_EMU_PTX_REPLACE must read OLD=>NEW");
+      return kInvalidPtx;
+    }
+    std::string from = e.substr(0, arrow), to = e.substr(arrow + 2);
+    size_t count = 0;
+    for (size_t at = 0; (at = ptx.find(from, at)) != std::string::npos;
+         at += to.size(), ++count)
+      ptx.replace(at, from.size(), to);
+    if (!count) {
+      report("kiln-emu: KILN_EMU_PTX_REPLACE: '" + from +
+             "' does not occur in the PTX");
+      return kInvalidPtx;
+    }
+  }
   std::string error;
-  auto loaded = Device::get().load(text, error);
+  auto loaded = Device::get().load(ptx, error);
   if (!loaded) {
     report("kiln-emu: cuModuleLoadData: " + error);
     return kInvalidPtx;

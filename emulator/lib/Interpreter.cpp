@@ -87,6 +87,7 @@ struct WgmmaOp {
   int retiredWarps = 0;
   bool completed = false;
   uint64_t descA[4] = {}, descB[4] = {};
+  uint64_t firstDescA = 0, firstDescB = 0;
   bool scaleD[4] = {};
   bool aFromRegisters = false;
   std::vector<uint32_t> aRegs[4]; // per warp: 32 lanes x 4 registers
@@ -1291,11 +1292,13 @@ private:
           continue;
         if (op.retiredWarps & (1 << (w.index % 4)))
           continue;
-        op.retiredWarps |= 1 << (w.index % 4);
-        releaseOwnership(w, op);
-        if (op.retiredWarps == 0xf)
+        // The first warp that waits for it knows the whole MMA is done:
+        // its operands are free from then on.
+        if (!op.retiredWarps)
           for (auto &r : op.readRanges)
             markWgmmaRead(r.first, r.second, -1);
+        op.retiredWarps |= 1 << (w.index % 4);
+        releaseOwnership(w, op);
       }
       advance(w, active, pc);
       return true;
@@ -2454,13 +2457,15 @@ void Interpreter::executeWgmma(Warp &w, const Instruction &in,
     if (get(w, o[2], l) != descB || (!aRegs && get(w, o[1], l) != descA) ||
         (get(w, o[3], l) != 0) != scaleD)
       fail("wgmma descriptors or scale-d differ between lanes", l);
+  if (op->issuedWarps == 0) {
+    op->firstDescA = descA;
+    op->firstDescB = descB;
+  } else if (descB != op->firstDescB || (!aRegs && descA != op->firstDescA)) {
+    fail("wgmma descriptors differ between the warps of the warpgroup");
+  }
   op->descA[wi] = descA;
   op->descB[wi] = descB;
   op->scaleD[wi] = scaleD;
-  if (wi != 0 && (op->descB[wi] != op->descB[0] ||
-                  (!aRegs && op->descA[wi] != op->descA[0])) &&
-      op->issuedWarps > 0)
-    fail("wgmma descriptors differ between the warps of the warpgroup");
   if (aRegs) {
     if (o[1].regs.size() != 4)
       fail("wgmma with A from registers needs 4 registers for k16");
@@ -2534,6 +2539,7 @@ bool Device::launch(const LoadedModule &module, const Function &fn,
   totals.warpInstructions += interp.stats.warpInstructions;
   totals.threadInstructions += interp.stats.threadInstructions;
   totals.blocks += interp.stats.blocks;
+  ++totals.launches;
   totals.seconds += interp.stats.seconds;
   return ok;
 }

@@ -58,6 +58,7 @@ struct DeviceProperties {
 };
 
 struct LaunchStats {
+  uint64_t launches = 0;
   uint64_t warpInstructions = 0;
   uint64_t threadInstructions = 0;
   uint64_t blocks = 0;
