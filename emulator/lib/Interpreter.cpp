@@ -315,13 +315,20 @@ private:
     }
   }
 
-  uint64_t get(const Warp &w, const Operand &o, unsigned lane) {
-    switch (o.kind) {
-    case Operand::Kind::Reg: {
+  __attribute__((always_inline)) uint64_t get(const Warp &w, const Operand &o,
+                                               unsigned lane) {
+    if (__builtin_expect(o.kind == Operand::Kind::Reg, 1)) {
       uint64_t v = regs[(size_t(w.index) * numRegs + o.reg) * 32 + lane];
       return o.negate ? !v : v;
     }
-    case Operand::Kind::Imm: return static_cast<uint64_t>(o.imm);
+    if (o.kind == Operand::Kind::Imm)
+      return static_cast<uint64_t>(o.imm);
+    return getSlow(w, o, lane);
+  }
+
+  __attribute__((noinline)) uint64_t getSlow(const Warp &w, const Operand &o,
+                                             unsigned lane) {
+    switch (o.kind) {
     case Operand::Kind::Special:
       return special(static_cast<Special>(o.imm), w, lane);
     case Operand::Kind::Symbol: return symbolValue(o.symbol);
@@ -330,12 +337,14 @@ private:
     }
   }
 
-  void set(Warp &w, const Operand &o, unsigned lane, uint64_t v) {
-    if (o.kind == Operand::Kind::Sink)
+  __attribute__((always_inline)) void set(Warp &w, const Operand &o,
+                                          unsigned lane, uint64_t v) {
+    if (__builtin_expect(o.kind == Operand::Kind::Reg, 1)) {
+      regs[(size_t(w.index) * numRegs + o.reg) * 32 + lane] = v;
       return;
-    if (o.kind != Operand::Kind::Reg)
+    }
+    if (o.kind != Operand::Kind::Sink)
       fail("destination is not a register");
-    regs[(size_t(w.index) * numRegs + o.reg) * 32 + lane] = v;
   }
 
   // ---- Memory ------------------------------------------------------------
@@ -433,6 +442,7 @@ private:
                       dynamicShared);
         fail(b, lane);
       }
+      touch(addr, size);
       return {Space::Shared, shared.data() + addr, addr};
     }
     case Space::Local: {
@@ -579,26 +589,62 @@ private:
 
   // ---- Blocks ------------------------------------------------------------
 
+  /// Shared bytes a block may have touched (everything in [dirtyLo,
+  /// dirtyHi)): the next block clears only those, since most blocks of a
+  /// big grid touch little of a 227 KB window (or exit at once).
+  uint64_t dirtyLo = UINT64_MAX, dirtyHi = 0;
+  bool sharedReady = false;
+
+  void touch(uint64_t off, uint64_t n) {
+    dirtyLo = std::min(dirtyLo, off);
+    dirtyHi = std::max(dirtyHi, off + n);
+  }
+
+  /// Fresh shared memory for a block: poisoned like device memory (a read
+  /// of a byte nobody wrote gives NaN, not a lucky zero), or zeroed without
+  /// checks, as a fresh block on a GPU usually finds it.
+  void resetShared() {
+    racecheckOn = opts.hazards && opts.racecheck;
+    uint8_t fill = opts.poison && opts.hazards ? 0xff : 0;
+    size_t sb = opts.hazards ? sharedSize : 0;
+    size_t rb = racecheckOn ? sharedSize : 0;
+    if (!sharedReady) {
+      shared.assign(sharedSize, fill);
+      shadow.pendingAsync.assign(sharedSize, 0);
+      shadow.initialized.assign(sb, 0);
+      shadow.wgmmaReading.assign(sb, 0);
+      shadow.genericWriter.assign(sb, 0);
+      shadow.writerFence.assign(sb, 0);
+      shadow.lastWriter.assign(rb, 0);
+      shadow.lastReader.assign(rb, 0);
+      shadow.writeEpoch.assign(rb, 0);
+      shadow.readEpoch.assign(rb, 0);
+      sharedReady = true;
+    } else if (dirtyLo < dirtyHi) {
+      uint64_t lo = dirtyLo, n = std::min<uint64_t>(dirtyHi, sharedSize) - lo;
+      auto clear = [&](auto &v, auto value) {
+        if (!v.empty())
+          std::fill(v.begin() + lo, v.begin() + lo + n, value);
+      };
+      clear(shared, fill);
+      clear(shadow.pendingAsync, uint8_t(0));
+      clear(shadow.initialized, uint8_t(0));
+      clear(shadow.wgmmaReading, uint8_t(0));
+      clear(shadow.genericWriter, uint16_t(0));
+      clear(shadow.writerFence, uint32_t(0));
+      clear(shadow.lastWriter, uint16_t(0));
+      clear(shadow.lastReader, uint16_t(0));
+      clear(shadow.writeEpoch, uint32_t(0));
+      clear(shadow.readEpoch, uint32_t(0));
+    }
+    dirtyLo = UINT64_MAX;
+    dirtyHi = 0;
+  }
+
   void runBlock() {
     warps.assign(numWarps, Warp());
     regs.assign(size_t(numWarps) * numRegs * 32, 0);
-    // Fresh shared memory is poisoned like device memory: a read of a byte
-    // nobody wrote gives NaN, not a lucky zero.
-    // Without checks shared memory starts zeroed, as a fresh block on a GPU
-    // usually finds it.
-    shared.assign(sharedSize, opts.poison && opts.hazards ? 0xff : 0);
-    size_t sb = opts.hazards ? sharedSize : 0;
-    shadow.pendingAsync.assign(sharedSize, 0);
-    shadow.initialized.assign(sb, 0);
-    shadow.wgmmaReading.assign(sb, 0);
-    shadow.genericWriter.assign(sb, 0);
-    shadow.writerFence.assign(sb, 0);
-    racecheckOn = opts.hazards && opts.racecheck;
-    size_t rb = racecheckOn ? sharedSize : 0;
-    shadow.lastWriter.assign(rb, 0);
-    shadow.lastReader.assign(rb, 0);
-    shadow.writeEpoch.assign(rb, 0);
-    shadow.readEpoch.assign(rb, 0);
+    resetShared();
     fenceCount.assign(size_t(numWarps) * 32, 0);
     local.assign(size_t(numWarps) * 32 * fn.localBytes, 0);
     callParams.assign(size_t(numWarps) * 32 * fn.callParamBytes, 0);
@@ -2238,6 +2284,7 @@ void Interpreter::executeAsync(Warp &w, const Instruction &in,
       // Several threads may initialize one mbarrier with the same count
       // (MLIR's nvgpu.mbarrier.init runs on every thread): not a race, as
       // long as nobody has used it in between.
+      touch(a, 8);
       checkSharedWrite(a, 8, l, /*race=*/false);
       auto old = mbarriers.find(static_cast<uint32_t>(a));
       if (old != mbarriers.end() && opts.hazards &&
@@ -2352,6 +2399,7 @@ void Interpreter::executeAsync(Warp &w, const Instruction &in,
                    l);
       }
       t.rows = t.bytes / (uint64_t(t.map.box[0]) * t.map.elementBytes);
+      touch(t.dst, t.bytes);
       markPending(t.dst, t.bytes, +1);
       tmas.push_back(t);
       async.push_back({AsyncOp::Kind::Tma, tmas.size() - 1});
@@ -2379,6 +2427,7 @@ void Interpreter::executeAsync(Warp &w, const Instruction &in,
         fail("cp.async writes past the block's shared memory", l);
       if (c.srcSize && !dev.contains(c.src, c.srcSize))
         fail("cp.async reads global memory outside any allocation", l);
+      touch(dst, c.size);
       checkSharedWrite(dst, c.size, l);
       c.dst = static_cast<uint32_t>(dst);
       c.warp = w.index;

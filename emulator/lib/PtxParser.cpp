@@ -18,29 +18,6 @@
 
 namespace kiln::emu {
 
-unsigned typeBytes(Type t) {
-  switch (t) {
-  case Type::None: return 0;
-  case Type::Pred: case Type::B8: case Type::U8: case Type::S8: return 1;
-  case Type::B16: case Type::U16: case Type::S16: case Type::F16:
-  case Type::BF16: return 2;
-  case Type::B32: case Type::U32: case Type::S32: case Type::F32:
-  case Type::F16x2: case Type::BF16x2: return 4;
-  case Type::B64: case Type::U64: case Type::S64: case Type::F64: return 8;
-  case Type::B128: return 16;
-  }
-  return 0;
-}
-
-bool isSigned(Type t) {
-  return t == Type::S8 || t == Type::S16 || t == Type::S32 || t == Type::S64;
-}
-
-bool isFloat(Type t) {
-  return t == Type::F16 || t == Type::BF16 || t == Type::F32 ||
-         t == Type::F64 || t == Type::F16x2 || t == Type::BF16x2;
-}
-
 Type parseType(const std::string &n) {
   static const std::map<std::string, Type> types = {
       {"pred", Type::Pred}, {"b8", Type::B8},     {"b16", Type::B16},
@@ -451,9 +428,18 @@ private:
   size_t pos = 0;
   std::unique_ptr<Module> module;
 
+  // Line numbers: counted incrementally (positions only move forward).
+  mutable size_t lineScanPos = 0;
+  mutable unsigned lineScanCount = 1;
   unsigned lineAt(size_t p) const {
-    return 1 + static_cast<unsigned>(std::count(src.begin(), src.begin() + p,
-                                                '\n'));
+    if (p < lineScanPos) {
+      lineScanPos = 0;
+      lineScanCount = 1;
+    }
+    lineScanCount += static_cast<unsigned>(
+        std::count(src.begin() + lineScanPos, src.begin() + p, '\n'));
+    lineScanPos = p;
+    return lineScanCount;
   }
 
   void stripComments() {
