@@ -18,7 +18,7 @@ config.test_exec_root = os.path.join(config.kiln_obj_root, "test")
 llvm_config.use_default_substitutions()
 llvm_config.add_tool_substitutions(
     ["kiln-opt", "kilnc", "kiln-ref", "kiln-mkmodel", "kiln-compare", "kiln-run",
-     "kiln-mlir-runner"],
+     "kiln-mlir-runner", "kiln-ptx-forms"],
     [config.kiln_tools_dir])
 llvm_config.add_tool_substitutions(
     ["FileCheck", "not", "count", "split-file"], [config.llvm_tools_dir])
