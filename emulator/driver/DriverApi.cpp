@@ -142,6 +142,17 @@ __attribute__((destructor)) void printStats() {
                static_cast<unsigned long long>(t.warpInstructions),
                static_cast<unsigned long long>(t.threadInstructions), t.seconds,
                t.seconds > 0 ? t.warpInstructions / t.seconds / 1e6 : 0.0);
+  if (std::strcmp(stats, "kernels") != 0)
+    return;
+  // KILN_EMU_STATS=kernels: one line per kernel as well.
+  for (const auto &[name, k] : Device::get().perKernel)
+    std::fprintf(stderr,
+                 "kiln-emu: kernel %-32s %5llu launches %8llu blocks %12llu "
+                 "warp instructions %8.3f s %7.2f M/s\n",
+                 name.c_str(), static_cast<unsigned long long>(k.launches),
+                 static_cast<unsigned long long>(k.blocks),
+                 static_cast<unsigned long long>(k.warpInstructions), k.seconds,
+                 k.seconds > 0 ? k.warpInstructions / k.seconds / 1e6 : 0.0);
 }
 
 __attribute__((visibility("default"))) CUresult cuInit(unsigned flags) {

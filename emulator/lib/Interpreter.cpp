@@ -2589,6 +2589,12 @@ bool Device::launch(const LoadedModule &module, const Function &fn,
   totals.threadInstructions += interp.stats.threadInstructions;
   totals.blocks += interp.stats.blocks;
   ++totals.launches;
+  LaunchStats &k = perKernel[fn.name];
+  k.warpInstructions += interp.stats.warpInstructions;
+  k.threadInstructions += interp.stats.threadInstructions;
+  k.blocks += interp.stats.blocks;
+  k.seconds += interp.stats.seconds;
+  ++k.launches;
   totals.seconds += interp.stats.seconds;
   return ok;
 }

@@ -95,6 +95,7 @@ public:
               unsigned dynamicShared, void **params, std::string &error);
 
   LaunchStats totals; // accumulated over all launches
+  std::map<std::string, LaunchStats> perKernel;
 
 private:
   Device();
