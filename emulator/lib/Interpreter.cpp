@@ -1400,6 +1400,39 @@ private:
       --wgmmaReads;
   }
 
+  /// A source operand seen by all lanes at once: a register's 32 slots or
+  /// one immediate (special registers and symbols are materialized), so the
+  /// per-lane loops index an array instead of decoding the operand.
+  struct View {
+    const uint64_t *p = nullptr;
+    uint64_t imm = 0;
+    bool neg = false;
+    uint64_t operator[](unsigned lane) const {
+      uint64_t v = p ? p[lane] : imm;
+      return neg ? !v : v;
+    }
+  };
+  uint64_t scratch[6][32];
+
+  View view(const Warp &w, const Operand &o, unsigned slot, uint32_t active) {
+    View v;
+    switch (o.kind) {
+    case Operand::Kind::Reg:
+      v.p = &regs[(size_t(w.index) * numRegs + o.reg) * 32];
+      v.neg = o.negate;
+      return v;
+    case Operand::Kind::Imm:
+      v.imm = static_cast<uint64_t>(o.imm);
+      return v;
+    case Operand::Kind::Special: case Operand::Kind::Symbol:
+      FOR_LANES(active, l) scratch[slot][l] = getSlow(w, o, l);
+      v.p = scratch[slot];
+      return v;
+    default:
+      return v;
+    }
+  }
+
   void execute(Warp &w, const Instruction &in, uint32_t active);
   void executeMemory(Warp &w, const Instruction &in, uint32_t active);
   void executeAsync(Warp &w, const Instruction &in, uint32_t active);
@@ -1471,13 +1504,17 @@ void Interpreter::execute(Warp &w, const Instruction &in, uint32_t active) {
   const Type t = in.type;
   const unsigned n = typeBytes(t);
   const auto &o = in.ops;
+  const View v1 = o.size() > 1 ? view(w, o[1], 1, active) : View();
+  const View v2 = o.size() > 2 ? view(w, o[2], 2, active) : View();
+  const View v3 = o.size() > 3 ? view(w, o[3], 3, active) : View();
+  const View v4 = o.size() > 4 ? view(w, o[4], 4, active) : View();
   switch (in.op) {
   case Op::Add: case Op::Sub: case Op::Mul: case Op::Min: case Op::Max:
   case Op::Div: case Op::Rem: case Op::Copysign: {
     if (t == Type::F32) {
       FOR_LANES(active, l) {
-        float a = applyFtz(in, asF32(get(w, o[1], l)));
-        float b = applyFtz(in, asF32(get(w, o[2], l)));
+        float a = applyFtz(in, asF32(v1[l]));
+        float b = applyFtz(in, asF32(v2[l]));
         float r = 0;
         switch (in.op) {
         case Op::Add: r = a + b; break;
@@ -1506,7 +1543,7 @@ void Interpreter::execute(Warp &w, const Instruction &in, uint32_t active) {
       }
     } else if (t == Type::F64) {
       FOR_LANES(active, l) {
-        double a = asF64(get(w, o[1], l)), b = asF64(get(w, o[2], l)), r = 0;
+        double a = asF64(v1[l]), b = asF64(v2[l]), r = 0;
         switch (in.op) {
         case Op::Add: r = a + b; break;
         case Op::Sub: r = a - b; break;
@@ -1525,7 +1562,7 @@ void Interpreter::execute(Warp &w, const Instruction &in, uint32_t active) {
     } else {
       bool s = isSigned(t);
       FOR_LANES(active, l) {
-        uint64_t a = get(w, o[1], l), b = get(w, o[2], l), r = 0;
+        uint64_t a = v1[l], b = v2[l], r = 0;
         switch (in.op) {
         case Op::Add: r = a + b; break;
         case Op::Sub: r = a - b; break;
@@ -1569,7 +1606,7 @@ void Interpreter::execute(Warp &w, const Instruction &in, uint32_t active) {
     bool mad = in.op == Op::MadHi || in.op == Op::MadWide;
     bool wide = in.op == Op::MulWide || in.op == Op::MadWide;
     FOR_LANES(active, l) {
-      uint64_t a = get(w, o[1], l), b = get(w, o[2], l), r;
+      uint64_t a = v1[l], b = v2[l], r;
       if (n == 8) {
         __int128 p = s ? __int128(signExtend(a, 8)) * signExtend(b, 8)
                        : __int128((unsigned __int128)a * b);
@@ -1585,7 +1622,7 @@ void Interpreter::execute(Warp &w, const Instruction &in, uint32_t active) {
         r = truncTo(r, wide ? 2 * n : n);
       }
       if (mad)
-        r += get(w, o[3], l);
+        r += v3[l];
       set(w, o[0], l, truncTo(r, wide ? 2 * n : n));
     }
     return;
@@ -1593,9 +1630,9 @@ void Interpreter::execute(Warp &w, const Instruction &in, uint32_t active) {
   case Op::Mad: case Op::Fma: {
     if (t == Type::F32) {
       FOR_LANES(active, l) {
-        float a = applyFtz(in, asF32(get(w, o[1], l)));
-        float b = applyFtz(in, asF32(get(w, o[2], l)));
-        float c = applyFtz(in, asF32(get(w, o[3], l)));
+        float a = applyFtz(in, asF32(v1[l]));
+        float b = applyFtz(in, asF32(v2[l]));
+        float c = applyFtz(in, asF32(v3[l]));
         float r = std::fma(a, b, c);
         if (in.sat)
           r = std::isnan(r) ? 0.0f : std::min(1.0f, std::max(0.0f, r));
@@ -1603,21 +1640,21 @@ void Interpreter::execute(Warp &w, const Instruction &in, uint32_t active) {
       }
     } else if (t == Type::F64) {
       FOR_LANES(active, l)
-        set(w, o[0], l, fromF64(std::fma(asF64(get(w, o[1], l)),
-                                         asF64(get(w, o[2], l)),
-                                         asF64(get(w, o[3], l)))));
+        set(w, o[0], l, fromF64(std::fma(asF64(v1[l]),
+                                         asF64(v2[l]),
+                                         asF64(v3[l]))));
     } else if (isFloat(t)) {
       fail("half-precision arithmetic is not modeled");
     } else {
       FOR_LANES(active, l)
-        set(w, o[0], l, truncTo(get(w, o[1], l) * get(w, o[2], l) +
-                                    get(w, o[3], l), n));
+        set(w, o[0], l, truncTo(v1[l] * v2[l] +
+                                    v3[l], n));
     }
     return;
   }
   case Op::Neg: case Op::Abs: {
     FOR_LANES(active, l) {
-      uint64_t a = get(w, o[1], l);
+      uint64_t a = v1[l];
       uint64_t r;
       if (t == Type::F32) {
         float x = applyFtz(in, asF32(a));
@@ -1635,11 +1672,11 @@ void Interpreter::execute(Warp &w, const Instruction &in, uint32_t active) {
   case Op::Not: case Op::And: case Op::Or: case Op::Xor: {
     bool pred = t == Type::Pred;
     FOR_LANES(active, l) {
-      uint64_t a = get(w, o[1], l), r;
+      uint64_t a = v1[l], r;
       if (in.op == Op::Not) {
         r = pred ? !a : ~a;
       } else {
-        uint64_t b = get(w, o[2], l);
+        uint64_t b = v2[l];
         r = in.op == Op::And ? (a & b) : in.op == Op::Or ? (a | b) : (a ^ b);
       }
       set(w, o[0], l, pred ? (r & 1) : truncTo(r, n));
@@ -1650,8 +1687,8 @@ void Interpreter::execute(Warp &w, const Instruction &in, uint32_t active) {
     bool s = isSigned(t);
     unsigned bits = 8 * n;
     FOR_LANES(active, l) {
-      uint64_t a = get(w, o[1], l);
-      uint64_t sh = truncTo(get(w, o[2], l), 4);
+      uint64_t a = v1[l];
+      uint64_t sh = truncTo(v2[l], 4);
       uint64_t r;
       if (in.op == Op::Shl)
         r = sh >= bits ? 0 : a << sh;
@@ -1667,8 +1704,8 @@ void Interpreter::execute(Warp &w, const Instruction &in, uint32_t active) {
     bool s = isSigned(t);
     unsigned msb = 8 * n - 1;
     FOR_LANES(active, l) {
-      uint64_t a = get(w, o[1], l);
-      unsigned pos = get(w, o[2], l) & 0xff, len = get(w, o[3], l) & 0xff;
+      uint64_t a = v1[l];
+      unsigned pos = v2[l] & 0xff, len = v3[l] & 0xff;
       uint64_t sbit = 0;
       if (s && len)
         sbit = (a >> std::min(pos + len - 1, msb)) & 1;
@@ -1684,8 +1721,8 @@ void Interpreter::execute(Warp &w, const Instruction &in, uint32_t active) {
   case Op::Bfi: {
     unsigned msb = 8 * n - 1;
     FOR_LANES(active, l) {
-      uint64_t a = get(w, o[1], l), b = get(w, o[2], l);
-      unsigned pos = get(w, o[3], l) & 0xff, len = get(w, o[4], l) & 0xff;
+      uint64_t a = v1[l], b = v2[l];
+      unsigned pos = v3[l] & 0xff, len = v4[l] & 0xff;
       uint64_t r = b;
       for (unsigned i = 0; i < len && pos + i <= msb; ++i)
         r = (r & ~(1ull << (pos + i))) | (((a >> i) & 1) << (pos + i));
@@ -1695,7 +1732,7 @@ void Interpreter::execute(Warp &w, const Instruction &in, uint32_t active) {
   }
   case Op::Popc: case Op::Clz: case Op::Brev: {
     FOR_LANES(active, l) {
-      uint64_t a = truncTo(get(w, o[1], l), n), r = 0;
+      uint64_t a = truncTo(v1[l], n), r = 0;
       if (in.op == Op::Popc)
         r = __builtin_popcountll(a);
       else if (in.op == Op::Clz)
@@ -1709,15 +1746,15 @@ void Interpreter::execute(Warp &w, const Instruction &in, uint32_t active) {
   }
   case Op::Selp: {
     FOR_LANES(active, l)
-      set(w, o[0], l, get(w, o[3], l) ? get(w, o[1], l) : get(w, o[2], l));
+      set(w, o[0], l, v3[l] ? v1[l] : v2[l]);
     return;
   }
   case Op::Setp: {
     FOR_LANES(active, l) {
-      bool r = compare(in.cmp, t, get(w, o[1], l), get(w, o[2], l));
+      bool r = compare(in.cmp, t, v1[l], v2[l]);
       bool q = !r;
       if (in.boolOp) {
-        bool c = get(w, o[3], l) != 0;
+        bool c = v3[l] != 0;
         auto combine = [&](bool x) {
           return in.boolOp == 1 ? (x && c) : in.boolOp == 2 ? (x || c)
                                                             : (x != c);
@@ -1733,7 +1770,7 @@ void Interpreter::execute(Warp &w, const Instruction &in, uint32_t active) {
   }
   case Op::Testp: {
     FOR_LANES(active, l) {
-      double x = t == Type::F32 ? asF32(get(w, o[1], l)) : asF64(get(w, o[1], l));
+      double x = t == Type::F32 ? asF32(v1[l]) : asF64(v1[l]);
       bool r = in.sub == 0 ? std::isfinite(x) : in.sub == 1 ? std::isinf(x)
                : in.sub == 2 ? !std::isnan(x) : std::isnan(x);
       set(w, o[0], l, r);
@@ -1754,7 +1791,7 @@ void Interpreter::execute(Warp &w, const Instruction &in, uint32_t active) {
       } else {
         unsigned part = n / o[0].regs.size();
         FOR_LANES(active, l) {
-          uint64_t v = get(w, o[1], l);
+          uint64_t v = v1[l];
           for (size_t i = 0; i < o[0].regs.size(); ++i)
             if (o[0].regs[i] >= 0)
               R(w, o[0].regs[i], l) = truncTo(v >> (8 * part * i), part);
@@ -1763,7 +1800,7 @@ void Interpreter::execute(Warp &w, const Instruction &in, uint32_t active) {
       return;
     }
     FOR_LANES(active, l) {
-      uint64_t v = get(w, o[1], l);
+      uint64_t v = v1[l];
       set(w, o[0], l, t == Type::Pred ? (v != 0) : truncTo(v, n));
     }
     return;
@@ -1779,7 +1816,7 @@ void Interpreter::execute(Warp &w, const Instruction &in, uint32_t active) {
                       : in.space == Space::Param ? kParamWindow
                                                  : 0;
     FOR_LANES(active, l) {
-      uint64_t a = get(w, o[1], l);
+      uint64_t a = v1[l];
       if (in.op == Op::Cvta) {
         set(w, o[0], l, a + window);
       } else {
@@ -1797,7 +1834,7 @@ void Interpreter::execute(Warp &w, const Instruction &in, uint32_t active) {
   case Op::Rcp: case Op::Sqrt: case Op::Tanh: {
     FOR_LANES(active, l) {
       if (t == Type::F64) {
-        double x = asF64(get(w, o[1], l)), r;
+        double x = asF64(v1[l]), r;
         switch (in.op) {
         case Op::Rcp: r = 1.0 / x; break;
         case Op::Sqrt: r = std::sqrt(x); break;
@@ -1807,7 +1844,7 @@ void Interpreter::execute(Warp &w, const Instruction &in, uint32_t active) {
         set(w, o[0], l, fromF64(r));
         continue;
       }
-      float x = applyFtz(in, asF32(get(w, o[1], l))), r;
+      float x = applyFtz(in, asF32(v1[l])), r;
       switch (in.op) {
       case Op::Ex2: r = std::exp2(x); break;
       case Op::Lg2: r = std::log2(x); break;
@@ -1852,6 +1889,10 @@ void Interpreter::execute(Warp &w, const Instruction &in, uint32_t active) {
 void Interpreter::executeCvt(Warp &w, const Instruction &in, uint32_t active) {
   const Type d = in.type, s = in.srcType;
   const auto &o = in.ops;
+  const View v1 = o.size() > 1 ? view(w, o[1], 1, active) : View();
+  const View v2 = o.size() > 2 ? view(w, o[2], 2, active) : View();
+  const View v3 = o.size() > 3 ? view(w, o[3], 3, active) : View();
+  const View v4 = o.size() > 4 ? view(w, o[4], 4, active) : View();
   unsigned dn = typeBytes(d), sn = typeBytes(s);
   auto readFloat = [&](uint64_t v) -> double {
     switch (s) {
@@ -1872,10 +1913,10 @@ void Interpreter::executeCvt(Warp &w, const Instruction &in, uint32_t active) {
     }
   };
   FOR_LANES(active, l) {
-    uint64_t v = get(w, o[1], l), r = 0;
+    uint64_t v = v1[l], r = 0;
     if (d == Type::BF16x2 || d == Type::F16x2) {
       // The first source goes to the upper half.
-      float a = asF32(v), b = asF32(get(w, o[2], l));
+      float a = asF32(v), b = asF32(v2[l]);
       if (in.nanMode) {
         a = std::isnan(a) ? a : std::max(a, 0.0f);
         b = std::isnan(b) ? b : std::max(b, 0.0f);
