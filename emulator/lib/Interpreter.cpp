@@ -68,7 +68,12 @@ uint64_t fromF64(double d) {
   return u;
 }
 float flushF32(float f) {
-  return std::fpclassify(f) == FP_SUBNORMAL ? std::copysign(0.0f, f) : f;
+  uint32_t u;
+  std::memcpy(&u, &f, 4);
+  if ((u & 0x7f800000u) == 0 && (u & 0x007fffffu)) // subnormal
+    u &= 0x80000000u;
+  std::memcpy(&f, &u, 4);
+  return f;
 }
 
 enum LaneState : uint8_t { Ready, Blocked, AtBarrier, Exited };
@@ -454,10 +459,7 @@ private:
     }
     case Space::Param: {
       if (paramSymbol && !paramSymbol->moduleScope) {
-        bool entryParam = false;
-        for (const Symbol &p : fn.params)
-          entryParam = entryParam || p.name == paramSymbol->name;
-        if (!entryParam) {
+        if (!paramSymbol->entryParam) {
           unsigned t = current->index * 32 + lane;
           if (addr + size > fn.callParamBytes)
             fail("out-of-bounds call parameter access", lane);
@@ -642,8 +644,18 @@ private:
   }
 
   void runBlock() {
-    warps.assign(numWarps, Warp());
-    regs.assign(size_t(numWarps) * numRegs * 32, 0);
+    // Warps and registers are reused from block to block (registers start
+    // undefined in PTX; zeroing megabytes per block dominated big grids).
+    if (warps.size() != numWarps) {
+      warps.assign(numWarps, Warp());
+      regs.assign(size_t(numWarps) * numRegs * 32, 0);
+    } else {
+      for (Warp &w : warps) {
+        std::vector<uint16_t> owned = std::move(w.owned);
+        w = Warp();
+        w.owned = std::move(owned);
+      }
+    }
     resetShared();
     fenceCount.assign(size_t(numWarps) * 32, 0);
     local.assign(size_t(numWarps) * 32 * fn.localBytes, 0);
@@ -667,7 +679,10 @@ private:
       wp.exitedMask = ~wp.allMask;
       for (unsigned l = 0; l < 32; ++l)
         wp.state[l] = (wp.allMask >> l & 1) ? Ready : Exited;
-      wp.owned.assign(numRegs, 0);
+      if (wp.owned.size() != numRegs)
+        wp.owned.assign(numRegs, 0);
+      else if (opts.hazards)
+        std::fill(wp.owned.begin(), wp.owned.end(), 0);
     }
     unsigned start = 0;
     while (true) {
@@ -806,6 +821,11 @@ private:
   }
 
   void advance(Warp &w, uint32_t mask, uint32_t pc) {
+    if (mask == 0xffffffffu) {
+      for (unsigned l = 0; l < 32; ++l)
+        w.pcs[l] = pc + 1;
+      return;
+    }
     FOR_LANES(mask, l) w.pcs[l] = pc + 1;
   }
 

@@ -692,6 +692,7 @@ private:
            splitOperands(header.substr(open + 1, close - open - 1))) {
         Symbol s = variable(p, line, false);
         s.space = Space::Param;
+        s.entryParam = true;
         fn->paramBytes = (fn->paramBytes + s.align - 1) / s.align * s.align;
         s.offset = fn->paramBytes;
         fn->paramBytes += s.size;
@@ -727,7 +728,7 @@ private:
         local = (local + s.align - 1) / s.align * s.align;
         s.offset = local;
         local += s.size;
-      } else if (s.space == Space::Param && !fnParam(s)) {
+      } else if (s.space == Space::Param && !s.entryParam) {
         callParams = (callParams + s.align - 1) / s.align * s.align;
         s.offset = callParams;
         callParams += s.size;
@@ -736,13 +737,6 @@ private:
     fn->localBytes = local;
     fn->callParamBytes = callParams;
     fn = nullptr;
-  }
-
-  bool fnParam(const Symbol &s) const {
-    for (const Symbol &p : fn->params)
-      if (p.name == s.name && p.offset == s.offset && p.size == s.size)
-        return true;
-    return false;
   }
 
   void body() {

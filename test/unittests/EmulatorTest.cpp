@@ -354,3 +354,86 @@ TEST(EmulatorParser, RefusesUnknownFormsWithTheirLine) {
 }
 
 } // namespace
+
+namespace {
+
+TEST(EmulatorKernels, TmaBoxWithOutOfBoundsFillAndSwizzle) {
+  // A 40x24 u32 tensor (value = row * 1000 + col); one 16x8 box (64-byte
+  // rows) at (col 20, row 36): columns 24.. and rows 40.. lie outside and
+  // must read 0. The map asks for 64-byte swizzle; the kernel undoes it by
+  // hand (bits 4-5 XOR bits 7-8) while copying the box to `out`.
+  Device &d = Device::get();
+  std::string error;
+  const unsigned rows = 40, cols = 24;
+  uint64_t tensor, out, mapDev;
+  ASSERT_TRUE(d.allocate(tensor, rows * cols * 4, error));
+  ASSERT_TRUE(d.allocate(out, 16 * 8 * 4, error));
+  ASSERT_TRUE(d.allocate(mapDev, 128, error));
+  auto *t = reinterpret_cast<uint32_t *>(tensor);
+  for (unsigned r = 0; r < rows; ++r)
+    for (unsigned c = 0; c < cols; ++c)
+      t[r * cols + c] = r * 1000 + c;
+  alignas(64) TensorMap map;
+  uint64_t dims[2] = {cols, rows}, strides[1] = {cols * 4};
+  unsigned box[2] = {16, 8}, es[2] = {1, 1};
+  ASSERT_EQ(encodeTensorMap(map, kTmaU32, 2, tensor, dims, strides, box, es, 0,
+                            2 /*64B*/, 0, 0),
+            "");
+  std::memcpy(reinterpret_cast<void *>(mapDev), &map, sizeof map);
+  std::string ptx = R"(.version 8.0
+.target sm_90a
+.address_size 64
+.visible .entry k(.param .u64 out, .param .u64 map)
+{
+  .reg .b64 %rd<16>; .reg .b32 %r<16>; .reg .pred %p<4>;
+  .shared .align 1024 .b8 tile[512];
+  .shared .align 8 .b8 bar[8];
+  ld.param.u64 %rd1, [out];
+  ld.param.u64 %rd2, [map];
+  mov.u32 %r1, 1;
+  mbarrier.init.shared.b64 [bar], %r1;
+  mov.u32 %r2, 20;
+  mov.u32 %r3, 36;
+  mbarrier.arrive.expect_tx.shared.b64 %rd3, [bar], 512;
+  cp.async.bulk.tensor.2d.shared::cluster.global.tile.mbarrier::complete_tx::bytes [tile], [%rd2, {%r2, %r3}], [bar];
+W:
+  mbarrier.try_wait.parity.shared.b64 %p1, [bar], 0;
+  @!%p1 bra W;
+  mov.u32 %r4, 0;
+L:
+  shl.b32 %r5, %r4, 2;
+  mov.u32 %r6, tile;
+  add.u32 %r7, %r6, %r5;
+  shr.u32 %r8, %r7, 7;
+  and.b32 %r8, %r8, 3;
+  shl.b32 %r8, %r8, 4;
+  xor.b32 %r9, %r7, %r8;
+  ld.shared.u32 %r10, [%r9];
+  cvt.u64.u32 %rd4, %r5;
+  add.s64 %rd5, %rd1, %rd4;
+  st.global.u32 [%rd5], %r10;
+  add.u32 %r4, %r4, 1;
+  setp.lt.u32 %p2, %r4, 128;
+  @%p2 bra L;
+  ret;
+}
+)";
+  auto m = d.load(ptx, error);
+  ASSERT_TRUE(m) << error;
+  unsigned grid[3] = {1, 1, 1}, block[3] = {1, 1, 1};
+  void *params[] = {&out, &mapDev};
+  ASSERT_TRUE(d.launch(*m, m->ptx->functions[0], grid, block, 0, params, error))
+      << error;
+  auto *o = reinterpret_cast<uint32_t *>(out);
+  for (unsigned r = 0; r < 8; ++r)
+    for (unsigned c = 0; c < 16; ++c) {
+      unsigned gr = 36 + r, gc = 20 + c;
+      uint32_t want = gr < rows && gc < cols ? gr * 1000 + gc : 0;
+      EXPECT_EQ(o[r * 16 + c], want) << "box row " << r << " col " << c;
+    }
+  d.release(tensor);
+  d.release(out);
+  d.release(mapDev);
+}
+
+} // namespace

@@ -132,6 +132,7 @@ struct Symbol {
   uint64_t size = 0, align = 1;
   bool isExtern = false;      // .extern .shared (dynamic shared memory)
   bool bareB8 = false;        // `.b8 name;`: how LLVM prints a [0 x i8]
+  bool entryParam = false;    // a kernel parameter (not a call's .param)
   bool moduleScope = false;
   std::vector<uint8_t> init;  // .global initializer bytes
   uint64_t offset = 0;        // param: byte offset; shared: assigned at load
