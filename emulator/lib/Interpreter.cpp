@@ -234,7 +234,7 @@ private:
   std::vector<TmaOp> tmas;
   std::vector<CpAsyncOp> cps;
   std::vector<WgmmaOp> wgmmas;
-  std::vector<AsyncOp> async; // in issue order
+  std::deque<AsyncOp> async; // in issue order
   size_t asyncPending = 0;
   unsigned pendingWrites = 0, wgmmaReads = 0;
   std::vector<uint32_t> fenceCount; // per thread: fence.proxy.async count
@@ -388,7 +388,7 @@ private:
         space = Space::Global;
       }
     }
-    if (addr % align) {
+    if (addr & (align - 1)) { // alignments are powers of two
       char b[160];
       std::snprintf(b, sizeof b, "misaligned %u-byte %s of address 0x%llx",
                     size, write ? "store" : "load",
@@ -492,11 +492,12 @@ private:
                    " whose asynchronous copy (TMA or cp.async) has not "
                    "completed: a missing or early wait",
                lane);
-    for (unsigned i = 0; i < size; ++i)
-      if (!shadow.initialized[off + i])
-        fail("read of shared memory at offset " + std::to_string(off + i) +
-                 " that nothing has written since the block started",
-             lane);
+    if (std::memchr(&shadow.initialized[off], 0, size))
+      for (unsigned i = 0; i < size; ++i)
+        if (!shadow.initialized[off + i])
+          fail("read of shared memory at offset " + std::to_string(off + i) +
+                   " that nothing has written since the block started",
+               lane);
     if (racecheckOn) {
       uint16_t me = static_cast<uint16_t>(current->index * 32 + lane + 1);
       for (unsigned i = 0; i < size; ++i) {
@@ -583,10 +584,22 @@ private:
     }
   }
 
-  uint64_t loadBytes(const uint8_t *p, unsigned n) {
-    uint64_t v = 0;
-    std::memcpy(&v, p, n);
-    return v;
+  static uint64_t loadBytes(const uint8_t *p, unsigned n) {
+    switch (n) {
+    case 1: return *p;
+    case 2: { uint16_t v; std::memcpy(&v, p, 2); return v; }
+    case 4: { uint32_t v; std::memcpy(&v, p, 4); return v; }
+    case 8: { uint64_t v; std::memcpy(&v, p, 8); return v; }
+    default: { uint64_t v = 0; std::memcpy(&v, p, n); return v; }
+    }
+  }
+  static void storeBytes(uint8_t *p, uint64_t v, unsigned n) {
+    switch (n) {
+    case 1: *p = static_cast<uint8_t>(v); return;
+    case 2: { uint16_t x = static_cast<uint16_t>(v); std::memcpy(p, &x, 2); return; }
+    case 4: { uint32_t x = static_cast<uint32_t>(v); std::memcpy(p, &x, 4); return; }
+    default: std::memcpy(p, &v, n); return;
+    }
   }
 
   // ---- Blocks ------------------------------------------------------------
@@ -944,7 +957,7 @@ private:
     }
     // Drop the finished prefix so the queue stays short.
     while (!async.empty() && async.front().done)
-      async.erase(async.begin());
+      async.pop_front();
     wakeAll();
   }
 
@@ -1018,6 +1031,18 @@ private:
       else
         rowSrc += uint64_t(g[i]) * m.strides[i];
     }
+    // The row's in-bounds columns are one contiguous source range: checked
+    // against the allocations once.
+    int64_t first = std::max<int64_t>(0, -int64_t(t.coords[0]));
+    int64_t last = std::min<int64_t>(m.box[0], int64_t(m.dims[0]) -
+                                                   int64_t(t.coords[0]));
+    if (rowInside && first < last &&
+        !dev.contains(rowSrc + uint64_t(int64_t(t.coords[0]) + first) * e,
+                      uint64_t(last - first) * e))
+      fail("TMA reads global memory outside any allocation (tensor map "
+           "address or strides wrong)");
+    if (rowStart + rowBytes > sharedSize)
+      fail("TMA writes past the block's shared memory");
     for (unsigned x = 0; x < m.box[0]; ++x) {
       int64_t g0 = int64_t(t.coords[0]) + x;
       bool inside = rowInside && g0 >= 0 && g0 < int64_t(m.dims[0]);
@@ -1026,9 +1051,6 @@ private:
         fail("TMA writes past the block's shared memory");
       if (inside) {
         uint64_t src = rowSrc + uint64_t(g0) * e;
-        if (!dev.contains(src, e))
-          fail("TMA reads global memory outside any allocation (tensor map "
-               "address or strides wrong)");
         std::memcpy(shared.data() + dst, reinterpret_cast<void *>(src), e);
       } else if (m.oobFill == 1 && (m.dataType == kTmaF32 ||
                                     m.dataType == kTmaF16 ||
@@ -1149,15 +1171,25 @@ private:
     if (scaleB < 0)
       for (float &x : B)
         x = -x;
+    // A x B for the whole 64xN tile, k in order for every element (rows of
+    // B contiguous, so the inner loop runs along n), then added to D.
+    std::vector<float> P(64 * N, 0.0f);
+    for (unsigned m = 0; m < 64; ++m) {
+      float *p = &P[m * N];
+      for (unsigned k = 0; k < 16; ++k) {
+        float a = A[m * 16 + k];
+        const float *b = &B[k * N];
+        for (unsigned n = 0; n < N; ++n)
+          p[n] += a * b[n];
+      }
+    }
     const Operand &acc = in.ops[0];
     for (unsigned wi = 0; wi < 4; ++wi) {
       Warp &w = warps[op.group * 4 + wi];
       for (unsigned lane = 0; lane < 32; ++lane)
         for (unsigned i = 0; i < N / 2; ++i) {
           Coord c = accumulatorCoord(wi, lane, i);
-          float sum = 0;
-          for (unsigned k = 0; k < 16; ++k)
-            sum += A[c.row * 16 + k] * B[k * N + c.col];
+          float sum = P[c.row * N + c.col];
           uint64_t &reg = R(w, acc.regs[i], lane);
           float d = op.scaleD[wi] ? asF32(reg) + sum : sum;
           reg = fromF32(d);
@@ -2096,7 +2128,7 @@ void Interpreter::executeMemory(Warp &w, const Instruction &in,
           } else {
             v = get(w, val, l);
           }
-          std::memcpy(r.ptr + i * elem, &v, elem);
+          storeBytes(r.ptr + i * elem, v, elem);
         }
       }
     }
