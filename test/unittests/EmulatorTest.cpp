@@ -437,3 +437,130 @@ L:
 }
 
 } // namespace
+
+namespace {
+
+/// Values worked out by hand from the ISA's definitions, one per line of the
+/// kernel below (thread 0 stores each 32- or 64-bit result in order).
+TEST(EmulatorKernels, AluFamiliesByHand) {
+  std::vector<uint32_t> out;
+  std::string error = runKernel(R"(
+  .reg .b64 %rd<32>; .reg .b32 %r<64>; .reg .pred %p<16>; .reg .b16 %rs<8>;
+  ld.param.u64 %rd1, [out];
+  // integer
+  mov.u32 %r1, 7; mov.u32 %r2, -3;
+  div.s32 %r3, %r1, %r2;              // -2 (truncates)
+  rem.s32 %r4, %r1, %r2;              // 1
+  mov.u64 %rd2, 0xffffffffffffffff;
+  mul.hi.u64 %rd3, %rd2, %rd2;        // 0xfffffffffffffffe
+  mov.u64 %rd4, -5;
+  shr.s64 %rd5, %rd4, 1;              // -3
+  shr.u64 %rd6, %rd4, 60;             // 15
+  mad.lo.s64 %rd7, %rd4, 3, 100;      // 85
+  mul.wide.s32 %rd8, %r2, %r1;        // -21
+  min.s64 %rd9, %rd4, 2;              // -5
+  max.u64 %rd10, %rd4, 2;             // 0xfffffffffffffffb
+  neg.s64 %rd11, %rd4;                // 5
+  not.b32 %r5, %r1;                   // 0xfffffff8
+  bfe.s64 %rd12, %rd4, 60, 8;         // all ones (sign of bit 63)
+  mov.u16 %rs1, 1000; mov.u16 %rs2, 7;
+  div.u16 %rs3, %rs1, %rs2;           // 142
+  cvt.u32.u16 %r6, %rs3;
+  // float
+  mov.f32 %r7, 0f7FC00000;            // NaN
+  mov.f32 %r8, 0f3F800000;            // 1
+  max.f32 %r9, %r7, %r8;              // 1 (NaN ignored)
+  max.NaN.f32 %r10, %r7, %r8;         // canonical NaN 0x7fffffff
+  setp.nan.f32 %p1, %r7, %r8;         // true
+  setp.gt.f32 %p2, %r7, %r8;          // false (unordered)
+  setp.gtu.f32 %p3, %r7, %r8;         // true
+  selp.u32 %r11, 1, 0, %p1;
+  selp.u32 %r12, 2, 0, %p2;
+  selp.u32 %r13, 4, 0, %p3;
+  or.b32 %r14, %r11, %r12;
+  or.b32 %r14, %r14, %r13;            // 5
+  mov.f64 %rd13, 0d4004000000000000;  // 2.5
+  cvt.rni.s64.f64 %rd14, %rd13;       // 2 (ties to even)
+  cvt.rzi.s64.f64 %rd15, %rd13;       // 2
+  mov.f64 %rd16, 0dC004000000000000;  // -2.5
+  cvt.rmi.s64.f64 %rd17, %rd16;       // -3
+  cvt.rzi.f64.f64 %rd18, %rd16;       // -2.0
+  mov.f32 %r15, 0f4F800000;           // 2^32
+  cvt.rzi.u32.f32 %r16, %r15;         // saturates to 0xffffffff
+  cvt.rzi.s32.f32 %r17, %r7;          // NaN -> 0
+  mov.u64 %rd19, 0x20000001;          // 2^29 + 1
+  cvt.rn.f32.s64 %r18, %rd19;         // rounds to 2^29 = 0x4e000000
+  mul.rn.f64 %rd20, %rd13, %rd16;     // -6.25
+  rcp.rn.f32 %r19, %r15;              // 2^-32 = 0x2f800000
+  div.rn.f32 %r20, %r8, 0f40400000;   // 1/3 = 0x3eaaaaab
+  fma.rn.f32 %r21, %r8, %r8, %r8;     // 2
+  // stores
+  st.global.u32 [%rd1], %r3;
+  st.global.u32 [%rd1+4], %r4;
+  st.global.u64 [%rd1+8], %rd3;
+  st.global.u64 [%rd1+16], %rd5;
+  st.global.u64 [%rd1+24], %rd6;
+  st.global.u64 [%rd1+32], %rd7;
+  st.global.u64 [%rd1+40], %rd8;
+  st.global.u64 [%rd1+48], %rd9;
+  st.global.u64 [%rd1+56], %rd10;
+  st.global.u64 [%rd1+64], %rd11;
+  st.global.u32 [%rd1+72], %r5;
+  st.global.u32 [%rd1+76], %r6;
+  st.global.u64 [%rd1+80], %rd12;
+  st.global.u32 [%rd1+88], %r9;
+  st.global.u32 [%rd1+92], %r10;
+  st.global.u32 [%rd1+96], %r14;
+  st.global.u32 [%rd1+100], %r16;
+  st.global.u64 [%rd1+104], %rd14;
+  st.global.u64 [%rd1+112], %rd15;
+  st.global.u64 [%rd1+120], %rd17;
+  st.global.u64 [%rd1+128], %rd18;
+  st.global.u32 [%rd1+136], %r17;
+  st.global.u32 [%rd1+140], %r18;
+  st.global.u64 [%rd1+144], %rd20;
+  st.global.u32 [%rd1+152], %r19;
+  st.global.u32 [%rd1+156], %r20;
+  st.global.u32 [%rd1+160], %r21;
+  ret;)",
+                                1, out, 41);
+  ASSERT_EQ(error, "");
+  auto u64 = [&](size_t word) {
+    return uint64_t(out[word]) | (uint64_t(out[word + 1]) << 32);
+  };
+  auto f64 = [&](size_t word) {
+    uint64_t b = u64(word);
+    double d;
+    std::memcpy(&d, &b, 8);
+    return d;
+  };
+  EXPECT_EQ(int32_t(out[0]), -2);
+  EXPECT_EQ(int32_t(out[1]), 1);
+  EXPECT_EQ(u64(2), 0xfffffffffffffffeull);
+  EXPECT_EQ(int64_t(u64(4)), -3);
+  EXPECT_EQ(u64(6), 15u);
+  EXPECT_EQ(int64_t(u64(8)), 85);
+  EXPECT_EQ(int64_t(u64(10)), -21);
+  EXPECT_EQ(int64_t(u64(12)), -5);
+  EXPECT_EQ(u64(14), 0xfffffffffffffffbull);
+  EXPECT_EQ(int64_t(u64(16)), 5);
+  EXPECT_EQ(out[18], 0xfffffff8u);
+  EXPECT_EQ(out[19], 142u);
+  EXPECT_EQ(u64(20), ~0ull);
+  EXPECT_EQ(out[22], 0x3f800000u);
+  EXPECT_EQ(out[23], 0x7fffffffu);
+  EXPECT_EQ(out[24], 5u);
+  EXPECT_EQ(out[25], 0xffffffffu);
+  EXPECT_EQ(int64_t(u64(26)), 2);
+  EXPECT_EQ(int64_t(u64(28)), 2);
+  EXPECT_EQ(int64_t(u64(30)), -3);
+  EXPECT_EQ(f64(32), -2.0);
+  EXPECT_EQ(out[34], 0u);
+  EXPECT_EQ(out[35], 0x4e000000u);
+  EXPECT_EQ(f64(36), -6.25);
+  EXPECT_EQ(out[38], 0x2f800000u);
+  EXPECT_EQ(out[39], 0x3eaaaaabu);
+  EXPECT_EQ(out[40], 0x40000000u);
+}
+
+} // namespace
