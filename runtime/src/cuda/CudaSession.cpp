@@ -730,13 +730,20 @@ bool CudaSession::run(plan::Plan &plan, const std::vector<int64_t> &tokens,
         }
         case GpuParam::Kind::TensorMap: {
           // bf16 viewed as [rows, cols]: 3-D weights fold their first two
-          // dimensions. A pool map covers the pool's capacity.
+          // dimensions. A pool map covers exactly the keys of this step
+          // (prepareSlots counted its rows in): TMA fills the rows of a
+          // K/V tile past them with zeros. Covering the whole capacity let
+          // the flash kernel multiply never-written pool rows (NaN/Inf bit
+          // patterns on a GPU, poison in the emulator) by P = 0, which is
+          // NaN. Pool maps are only read by the flash kernel, which serves
+          // steps of more than 8 rows and is never in a replayed graph, so
+          // re-encoding one per step costs a 128-byte copy.
           Operand target = op;
           if (param.pool) {
             size_t row = slot->width * slot->elementBytes;
             target.ptr =
                 (isKey ? slot->keys.ptr : slot->values.ptr) + slot->start * row;
-            target.shape = {slot->capacity - slot->start, slot->width};
+            target.shape = {slot->count, slot->width};
           }
           int64_t cols = target.shape.back(), total = 1;
           for (int64_t dim : target.shape)
