@@ -8,6 +8,7 @@
 #include "kiln/Target/Cuda/CudaCompiler.h"
 
 #include "mlir/Dialect/GPU/IR/GPUDialect.h"
+#include "mlir/Dialect/LLVMIR/LLVMDialect.h"
 #include "mlir/IR/BuiltinOps.h"
 #include "mlir/InitAllDialects.h"
 #include "mlir/InitAllExtensions.h"
@@ -34,14 +35,35 @@ static llvm::Error makeError(const llvm::Twine &message) {
 }
 
 // Kernel-only module: no outlining and no host-side gpu-to-llvm. (Parsed
-// into a PassManager that is itself anchored on the module.)
+// into a PassManager that is itself anchored on the module.) Lowering and
+// serialization run apart so the dynamic shared memory can be fixed up in
+// between (externalizeDynamicSharedMemory).
 static constexpr const char *kPipeline =
     "convert-nvgpu-to-nvvm,convert-vector-to-scf,"
     "convert-scf-to-cf,convert-nvvm-to-llvm,expand-strided-metadata,"
     "lower-affine,convert-arith-to-llvm,convert-index-to-llvm,canonicalize,"
     "cse,gpu.module(strip-debuginfo,convert-gpu-to-nvvm,"
     "llvm-optimize-for-nvvm-target,canonicalize,cse,"
-    "reconcile-unrealized-casts),gpu-module-to-binary{format=isa}";
+    "reconcile-unrealized-casts)";
+static constexpr const char *kSerialize = "gpu-module-to-binary{format=isa}";
+
+/// gpu.dynamic_shared_memory lowers to an `internal` zero-length global in
+/// the shared address space, which the NVPTX back end prints as a one-byte
+/// static variable (`.shared .b8 __dynamic_shmem__0;`): the kernels then
+/// worked only because ptxas happens to place module-scope variables after
+/// the function's own, so the bytes past it are the dynamic area. With
+/// external linkage it is printed as what it means, `.extern .shared .b8
+/// __dynamic_shmem__0[];`, whose address is the dynamic area's base
+/// wherever the static variables go.
+static void externalizeDynamicSharedMemory(ModuleOp module) {
+  module->walk([](LLVM::GlobalOp global) {
+    auto array = dyn_cast<LLVM::LLVMArrayType>(global.getGlobalType());
+    if (global.getAddrSpace() != 3 || !array || array.getNumElements() != 0 ||
+        global.getValueOrNull() || global.getInitializerRegion().getBlocks().size())
+      return;
+    global.setLinkage(LLVM::Linkage::External);
+  });
+}
 
 std::string mlir::kiln::cuda::findPtxas() {
   // KILN_PTXAS names the assembler; set but empty, it disables assembly.
@@ -150,6 +172,11 @@ mlir::kiln::cuda::compileGpuModule(MLIRContext &context, StringRef moduleText,
     return makeError("kernel pipeline: " + diagnostics);
   if (failed(pm.run(*module)))
     return makeError("lowering the sm_90a kernels failed:\n" + diagnostics);
+  externalizeDynamicSharedMemory(*module);
+  PassManager serialize(&context);
+  if (failed(parsePassPipeline(kSerialize, serialize, diag)) ||
+      failed(serialize.run(*module)))
+    return makeError("serializing the sm_90a kernels failed:\n" + diagnostics);
 
   CompiledModule out;
   module->walk([&](gpu::BinaryOp binary) {
