@@ -129,6 +129,14 @@ extern "C" {
 /// KILN_EMU_STATS=1: totals on stderr when the driver is unloaded or the
 /// process exits.
 __attribute__((destructor)) void printStats() {
+  // KILN_EMU_KERNEL_LOG=FILE: the kernels this process launched, one name
+  // per line, appended (coverage of a test suite).
+  if (const char *log = std::getenv("KILN_EMU_KERNEL_LOG"))
+    if (FILE *f = *log ? std::fopen(log, "a") : nullptr) {
+      for (const auto &[name, k] : Device::get().perKernel)
+        std::fprintf(f, "%s\n", name.c_str());
+      std::fclose(f);
+    }
   const char *stats = std::getenv("KILN_EMU_STATS");
   if (!stats || !*stats || std::strcmp(stats, "0") == 0)
     return;

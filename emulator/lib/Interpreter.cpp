@@ -753,6 +753,19 @@ private:
           << " threads arrived)";
       else if (w.blockedMask)
         o << w.waitWhat << " (line " << w.waitLine << ")";
+      else if (w.readyMask) {
+        // Lanes waiting at a reconvergence point for lanes that never come.
+        o << "lanes at lines";
+        std::map<uint32_t, uint32_t> at;
+        FOR_LANES(w.readyMask, l) at[w.pcs[l]] |= 1u << l;
+        for (auto &[pc, lanes] : at)
+          o << " " << (pc < fn.code.size() ? fn.code[pc].line : 0) << " (mask "
+            << std::hex << lanes << std::dec << ")";
+        for (const Warp::Region &r : w.regions)
+          o << ", region mask " << std::hex << r.mask << std::dec
+            << " meets at line "
+            << (r.rpc < fn.code.size() ? fn.code[r.rpc].line : 0);
+      }
       o << ";";
     }
     for (const auto &[addr, m] : mbarriers)
@@ -808,8 +821,9 @@ private:
           stats.warpInstructions > opts.maxWarpInstructions)
         fail("more than " + std::to_string(opts.maxWarpInstructions) +
              " warp instructions: a runaway loop?");
-      if (opts.seed && asyncPending && rng() % 16 == 0)
-        completeRandom();
+      // A completion at a random point wakes waiters: that is progress.
+      if (opts.seed && asyncPending && rng() % 16 == 0 && completeRandom())
+        progressed = true;
     }
     current = nullptr;
     return progressed;
@@ -903,6 +917,12 @@ private:
     for (int k = 0; k < 4; ++k)
       if (warps[op.group * 4 + k].wgmmaCommits <= op.commitIndex)
         return false;
+    // A warpgroup's wgmmas complete in issue order: a chain accumulating
+    // into the same registers (the first with scale-d 0) means nothing
+    // otherwise.
+    for (size_t i = 0; i < a.index; ++i)
+      if (wgmmas[i].group == op.group && !wgmmas[i].completed)
+        return false;
     return true;
   }
 
@@ -927,18 +947,19 @@ private:
     fail("internal: asynchronous work pending but none completable");
   }
 
-  void completeRandom() {
+  bool completeRandom() {
     std::vector<size_t> can;
     for (size_t i = 0; i < async.size(); ++i)
       if (completable(async[i]))
         can.push_back(i);
     if (can.empty())
-      return;
+      return false;
     const Warp *savedWarp = current;
     const Instruction *savedInst = currentInst;
     complete(async[can[rng() % can.size()]]);
     current = savedWarp;
     currentInst = savedInst;
+    return true;
   }
 
   void complete(AsyncOp &a) {
