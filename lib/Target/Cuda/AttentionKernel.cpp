@@ -215,12 +215,8 @@ std::string writeDecode(const KernelContext &ctx, AttentionOp a,
   std::string visible = k.op("arith.andi " + inRange + ", " +
                              k.cmp("sle", kp, qPos, "i64") + " : i1");
   if (chunk)
-    visible = k.op(
-        "arith.andi " + visible + ", " +
-        k.cmp("eq", k.op("arith.divsi " + kp + ", " + k.i64(chunk) + " : i64"),
-              k.op("arith.divsi " + qPos + ", " + k.i64(chunk) + " : i64"),
-              "i64") +
-        " : i1");
+    visible = k.op("arith.andi " + visible + ", " +
+                   sameChunk(k, kp, qPos, chunk) + " : i1");
   std::string acc = k.op("arith.constant dense<0.0> : vector<8xf32>");
   for (int64_t c0 = 0; c0 < d; c0 += 8) {
     std::string kv = k.op("vector.load " + kTile + "[" + st + ", " + lane +
@@ -454,13 +450,9 @@ std::string writeAttention(const KernelContext &ctx, AttentionOp a,
           k.op("memref.load " + kposTile + "[" + k.index(j) + "] : memref<" +
                std::to_string(kKeyTile) + "xi64, 3>");
       std::string vis = k.cmp("sle", kp, qPos, "i64");
-      if (chunk) {
-        std::string same = k.cmp(
-            "eq", k.op("arith.divsi " + kp + ", " + k.i64(chunk) + " : i64"),
-            k.op("arith.divsi " + qPos + ", " + k.i64(chunk) + " : i64"),
-            "i64");
-        vis = k.op("arith.andi " + vis + ", " + same + " : i1");
-      }
+      if (chunk)
+        vis = k.op("arith.andi " + vis + ", " + sameChunk(k, kp, qPos, chunk) +
+                   " : i1");
       visible.push_back(vis);
       scores.push_back(score);
       tileMax = k.select(vis, k.fmax(tileMax, score), tileMax, "f32");

@@ -378,13 +378,7 @@ private:
                                    k.cmp("sle", kp, qpos[h], "i64") + " : i1");
             if (chunk)
               vis = k.op("arith.andi " + vis + ", " +
-                         k.cmp("eq",
-                               k.op("arith.divsi " + kp + ", " + k.i64(chunk) +
-                                    " : i64"),
-                               k.op("arith.divsi " + qpos[h] + ", " +
-                                    k.i64(chunk) + " : i64"),
-                               "i64") +
-                         " : i1");
+                         sameChunk(k, kp, qpos[h], chunk) + " : i1");
             std::string v =
                 k.fmul(fragment(s, 4 * j + 2 * h + e, kKeys), tau[h]);
             v = k.select(vis, v, negInf, "f32");

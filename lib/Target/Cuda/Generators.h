@@ -10,6 +10,9 @@
 
 #include "mlir/Dialect/Func/IR/FuncOps.h"
 
+#include <cstdlib>
+#include <string>
+
 namespace mlir::kiln::cuda {
 
 /// A kernel function seen from its GPU functions: every operand (arguments,
@@ -76,6 +79,23 @@ inline std::string attentionScale(KernelText &k, AttentionOp a,
   return k.fmul(scale, k.fadd(k.f32(1.0),
                               k.fmul(k.f32(a.getAttnScale()->convertToDouble()),
                                      k.log(k.fadd(k.f32(1.0), f)))));
+}
+
+/// Whether the key at position `kp` lies in the chunk of the query at `qp`
+/// (i1), for chunked attention. KILN_TEST_MUTATION=chunk-mask, read when the
+/// kernels are generated, moves every key one position later first: a
+/// test-only switch with which test/Emulator/gpu-mutations.test shows the
+/// GPU suite catches a chunk mask off by one.
+inline std::string sameChunk(KernelText &k, const std::string &kp,
+                             const std::string &qp, int64_t chunk) {
+  std::string key = kp;
+  const char *mutation = std::getenv("KILN_TEST_MUTATION");
+  if (mutation && std::string(mutation) == "chunk-mask")
+    key = k.op("arith.addi " + kp + ", " + k.i64(1) + " : i64");
+  return k.cmp("eq",
+               k.op("arith.divsi " + key + ", " + k.i64(chunk) + " : i64"),
+               k.op("arith.divsi " + qp + ", " + k.i64(chunk) + " : i64"),
+               "i64");
 }
 
 /// Prefill attention on wgmma (FlashAttentionKernel.cpp).
