@@ -501,6 +501,18 @@ cuMemcpy(unsigned long long dst, unsigned long long src, size_t n) {
   return cuMemcpyAsync(dst, src, n, nullptr);
 }
 __attribute__((visibility("default"))) CUresult
+cuMemsetD8_v2(unsigned long long dst, unsigned char v, size_t n) {
+  REQUIRE_INIT();
+  if (capturing) {
+    captureBroken = true;
+    return kCaptureUnsupported;
+  }
+  if (!Device::get().contains(dst, n))
+    return kInvalidValue;
+  std::memset(reinterpret_cast<void *>(dst), v, n);
+  return kSuccess;
+}
+__attribute__((visibility("default"))) CUresult
 cuMemsetD8Async(unsigned long long dst, unsigned char v, size_t n, void *) {
   REQUIRE_INIT();
   if (!Device::get().contains(dst, n))

@@ -260,6 +260,16 @@ CUresult cuMemFree_v2(unsigned long long p) {
   std::free(reinterpret_cast<void *>(p));
   return kSuccess;
 }
+CUresult cuMemsetD8_v2(unsigned long long dst, unsigned char v, size_t n) {
+  if (capturing) {
+    logLine("REFUSED a memset during stream capture");
+    return 900; // CUDA_ERROR_STREAM_CAPTURE_UNSUPPORTED
+  }
+  if (!inside(dst, n))
+    return kInvalidValue;
+  std::memset(reinterpret_cast<void *>(dst), v, n);
+  return kSuccess;
+}
 CUresult cuMemcpyHtoD_v2(unsigned long long dst, const void *src, size_t n) {
   if (capturing) {
     logLine("REFUSED a copy or allocation during stream capture");

@@ -120,6 +120,7 @@ struct CudaSession::State {
   std::vector<int32_t> tokens32;
   std::vector<int64_t> tokens64, positionsHost;
   bool syncEachLaunch = false;
+  bool poisonFresh = false; // KILN_CUDA_POISON
   size_t steps = 0; // runs so far (names KILN_DUMP_DIR files)
   // KILN_CHECK_SAMPLER: every token picked on the GPU is picked again on
   // the host from the same logits (copied back) by the same rule.
@@ -248,6 +249,13 @@ struct CudaSession::State {
                "cuMemAlloc(" + std::to_string(size) + " bytes)", error))
       return false;
     b.bytes = size;
+    // KILN_CUDA_POISON=1: fresh device memory reads as NaN (0xff bytes), as
+    // the emulator's does, so a kernel that reads what nobody wrote (a KV
+    // pool row past the keys, say) shows it on a GPU too.
+    if (poisonFresh &&
+        !check(driver->cuMemsetD8(b.ptr, 0xff, size), "cuMemsetD8(poison)",
+               error))
+      return false;
     return true;
   }
 
@@ -389,6 +397,8 @@ std::unique_ptr<CudaSession> CudaSession::open(const EngineFile &engine,
   s->ownBuffers.resize(plan.values.size());
   const char *sync = std::getenv("KILN_CUDA_SYNC");
   s->syncEachLaunch = sync && *sync && std::string(sync) != "0";
+  const char *poison = std::getenv("KILN_CUDA_POISON");
+  s->poisonFresh = poison && *poison && std::string(poison) != "0";
   const char *checkSampler = std::getenv("KILN_CHECK_SAMPLER");
   s->checkSampler =
       checkSampler && *checkSampler && std::string(checkSampler) != "0";

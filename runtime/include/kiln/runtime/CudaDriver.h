@@ -70,6 +70,8 @@ constexpr int CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE = 0; // zeros
                  unsigned, unsigned, CUstream, void **, void **))              \
   X(cuMemAlloc, "cuMemAlloc_v2", CUresult (*)(CUdeviceptr *, size_t))          \
   X(cuMemFree, "cuMemFree_v2", CUresult (*)(CUdeviceptr))                      \
+  X(cuMemsetD8, "cuMemsetD8_v2",                                               \
+    CUresult (*)(CUdeviceptr, unsigned char, size_t))                          \
   X(cuMemcpyHtoD, "cuMemcpyHtoD_v2",                                           \
     CUresult (*)(CUdeviceptr, const void *, size_t))                           \
   X(cuMemcpyDtoH, "cuMemcpyDtoH_v2",                                           \
