@@ -6,11 +6,14 @@
 #   KILN_BENCH_OUT=out bench/device.sh # there, with bench-inputs/ carried
 #
 # 1. builds the MLIR-free runtime (kiln-run, kiln-compare);
-# 2. correctness: the sm_90a engine's logits against the host engine's on
-#    tiny-scout, tiny-maverick and a chunk-16 tiny-scout whose 40-token
-#    prefill crosses chunks (relative L2 <= 1e-2), and 32 greedy tokens
-#    identical; on a failure, per-launch dumps of both engines name the
-#    first kernel that disagrees (logs/<model>.dumps.txt); the tokens
+# 2. correctness, on memory poisoned at allocation (KILN_CUDA_POISON): the
+#    sm_90a engine's logits against the host engine's on tiny-scout,
+#    tiny-maverick, a chunk-16 tiny-scout whose 40-token prefill crosses
+#    chunks, and the emulator suite's wgmma-path models (72-token prompt)
+#    (relative L2 <= 1e-2), and 32 greedy tokens identical; per-launch
+#    dumps of both engines (always for the wgmma models, relative L2 <= 2e-2
+#    per launch; on a failure for the others) name the first kernel that
+#    disagrees (logs/<model>.dumps.txt); the tokens
 #    picked on the GPU (greedy and sampled) against the host rule on the
 #    same logits;
 # 3. speed on a 4-layer real-size Scout-shaped random model, with
@@ -52,8 +55,13 @@ else
 fi
 
 # --- correctness ----------------------------------------------------------
-for m in tiny-scout tiny-maverick tiny-scout-chunk16; do
-  args=(--checkpoint "$in/$m" --tokens-file "$in/prompt40" --max-new-tokens 32
+# Fresh device memory is poisoned (KILN_CUDA_POISON), as in the emulator:
+# a kernel that reads pool rows nobody wrote shows it.
+export KILN_CUDA_POISON=1
+for m in tiny-scout tiny-maverick tiny-scout-chunk16 wgmma-scout wgmma-maverick; do
+  prompt=$in/prompt40
+  case $m in wgmma-*) prompt=$in/prompt72 ;; esac
+  args=(--checkpoint "$in/$m" --tokens-file "$prompt" --max-new-tokens 32
         --ignore-eos)
   "$run" "$in/$m.host.kiln" "${args[@]}" --device host \
     --dump-logits "$logs/$m.host.npy" > "$logs/$m.host.txt" 2>&1 ||
@@ -75,15 +83,18 @@ for m in tiny-scout tiny-maverick tiny-scout-chunk16; do
   [ "$(grep '^generated:' "$logs/$m.gpu.txt")" = "$(grep '^generated:' "$logs/$m.host.txt")" ] && same=yes
   result=pass; { [ $ok = 0 ] && [ $same = yes ]; } || result=FAIL
   log "$m: rel-l2 ${rel:-?}, greedy identical: $same ($result)"
-  if [ $result = FAIL ]; then
+  # The wgmma models are compared launch by launch always (the emulator
+  # suite's check, relative L2 <= 2e-2 per launch); the others on a failure.
+  case $m in wgmma-*) dumps=1 ;; *) dumps=0 ;; esac
+  if [ $result = FAIL ] || [ $dumps = 1 ]; then
     # Find the first launch where the GPU engine leaves the host engine.
     rm -rf "$logs/$m.dump-host" "$logs/$m.dump-gpu"
     mkdir -p "$logs/$m.dump-host" "$logs/$m.dump-gpu"
-    dargs=(--checkpoint "$in/$m" --tokens-file "$in/prompt40" --max-new-tokens 2 --ignore-eos)
+    dargs=(--checkpoint "$in/$m" --tokens-file "$prompt" --max-new-tokens 3 --ignore-eos)
     KILN_DUMP_DIR="$logs/$m.dump-host" "$run" "$in/$m.host.kiln" "${dargs[@]}" --device host > /dev/null 2>&1
     KILN_DUMP_DIR="$logs/$m.dump-gpu" timeout 120 "$run" "$in/$m.sm90.kiln" "${dargs[@]}" --device cuda > /dev/null 2>&1
     $py "$root/bench/device/compare_dumps.py" "$logs/$m.dump-gpu" "$logs/$m.dump-host" \
-      > "$logs/$m.dumps.txt" 2>&1
+      --tol 2e-2 > "$logs/$m.dumps.txt" 2>&1 || result=FAIL
     log "$m: $(tail -1 "$logs/$m.dumps.txt")"
   fi
   echo "{\"model\":\"$m\",\"rel_l2\":\"${rel:-?}\",\"greedy\":\"$same\",\"result\":\"$result\"}" >> "$logs/correctness.jsonl"

@@ -20,6 +20,15 @@ model tiny-scout --preset tiny-scout
 model tiny-maverick --preset tiny-maverick
 # A prefill of 40 tokens crosses two chunk boundaries.
 model tiny-scout-chunk16 --preset tiny-scout --attention-chunk-size 16
+# The shapes of the emulator's GPU-engine suite (test/Emulator/gpu-engines-
+# *.test): every wgmma kernel (head_dim 128, GQA, hidden 512, a 2048-wide
+# gate/up, grouped expert GEMMs, a NoPE layer, chunks of 64), so the first
+# GPU run checks what the emulator checked.
+wgmma=(--hidden-size 512 --head-dim 128 --heads 8 --kv-heads 2 --layers 4
+       --intermediate-size 256 --intermediate-size-mlp 1024 --experts 4
+       --vocab 1024 --attention-chunk-size 64)
+model wgmma-scout --preset tiny-scout "${wgmma[@]}"
+model wgmma-maverick --preset tiny-maverick "${wgmma[@]}"
 
 mkdir -p "$out/scout4"
 $py - "$root/test/Inputs/models/llama4-scout-17b-16e/config.json" \
@@ -34,6 +43,7 @@ PY
 
 tokens="$root/test/e2e/Inputs/make_tokens.py"
 $py "$tokens" 40 256 3 > "$out/prompt40"
+$py "$tokens" 72 1024 3 > "$out/prompt72"
 $py "$tokens" 128 202048 5 > "$out/prompt128"
 $py "$tokens" 4096 202048 7 > "$out/prompt4k"
 $py "$tokens" 16384 202048 11 > "$out/prompt16k"
