@@ -807,10 +807,15 @@ private:
         uint32_t eligible = w.readyMask & ~parked(w);
         if (!eligible)
           break; // parked lanes wait for blocked ones
-        pc = UINT32_MAX;
-        FOR_LANES(eligible, l) pc = std::min(pc, w.pcs[l]);
-        mask = 0;
-        FOR_LANES(eligible, l) if (w.pcs[l] == pc) mask |= 1u << l;
+        if ((eligible & (eligible - 1)) == 0) { // one lane (a producer)
+          pc = w.pcs[ctz(eligible)];
+          mask = eligible;
+        } else {
+          pc = UINT32_MAX;
+          for (unsigned l = 0; l < 32; ++l)
+            pc = std::min(pc, (eligible >> l & 1) ? w.pcs[l] : UINT32_MAX);
+          mask = lanesAt(w, pc) & eligible;
+        }
         w.uniform = mask == w.readyMask;
       }
       if (pc >= fn.code.size())
@@ -831,19 +836,26 @@ private:
 
   /// Lanes waiting at the reconvergence point of a region; pops regions
   /// whose lanes have all arrived.
+  /// The lanes whose pc equals `pc`, as a mask (a loop over all 32 lanes,
+  /// which the compiler vectorizes).
+  static uint32_t lanesAt(const Warp &w, uint32_t pc) {
+    uint32_t m = 0;
+    for (unsigned l = 0; l < 32; ++l)
+      m |= static_cast<uint32_t>(w.pcs[l] == pc) << l;
+    return m;
+  }
+
   uint32_t parked(Warp &w) {
     while (!w.regions.empty()) {
       const Warp::Region &top = w.regions.back();
       uint32_t live = top.mask & ~w.exitedMask;
-      bool all = true;
-      FOR_LANES(live, l) all = all && w.pcs[l] == top.rpc;
-      if (!all)
+      if ((lanesAt(w, top.rpc) & live) != live)
         break;
       w.regions.pop_back();
     }
     uint32_t p = 0;
     for (const Warp::Region &r : w.regions)
-      FOR_LANES(r.mask & w.readyMask, l) if (w.pcs[l] == r.rpc) p |= 1u << l;
+      p |= lanesAt(w, r.rpc) & r.mask & w.readyMask;
     return p;
   }
 
@@ -964,10 +976,10 @@ private:
 
   void complete(AsyncOp &a) {
     if (a.kind == AsyncOp::Kind::Tma) {
-      if (!completeTmaRow(tmas[a.index])) {
-        wakeAll();
+      // A row alone can wake nobody, unless it completes an mbarrier phase
+      // (completeTx wakes waiters then).
+      if (!completeTmaRow(tmas[a.index]))
         return;
-      }
     }
     a.done = true;
     --asyncPending;
@@ -1064,6 +1076,23 @@ private:
            "address or strides wrong)");
     if (rowStart + rowBytes > sharedSize)
       fail("TMA writes past the block's shared memory");
+    if (rowInside && first == 0 && last == m.box[0] && rowBytes % 16 == 0 &&
+        rowStart % 16 == 0) {
+      // The whole row is inside: swizzling moves 16-byte chunks, so copy
+      // chunk by chunk.
+      const uint8_t *src = reinterpret_cast<const uint8_t *>(
+          rowSrc + uint64_t(int64_t(t.coords[0])) * e);
+      for (uint64_t c = 0; c < rowBytes; c += 16) {
+        uint32_t dst = swizzleAddress(static_cast<uint32_t>(rowStart + c), sw);
+        std::memcpy(shared.data() + dst, src + c, 16);
+        if (opts.hazards) {
+          std::fill_n(&shadow.genericWriter[dst], 16, uint16_t(0));
+          std::fill_n(&shadow.initialized[dst], 16, uint8_t(1));
+        }
+      }
+      completeTx(t.mbar, static_cast<int64_t>(rowBytes));
+      return t.rowsDone == t.rows;
+    }
     for (unsigned x = 0; x < m.box[0]; ++x) {
       int64_t g0 = int64_t(t.coords[0]) + x;
       bool inside = rowInside && g0 >= 0 && g0 < int64_t(m.dims[0]);
@@ -2675,7 +2704,12 @@ void Interpreter::executeWgmma(Warp &w, const Instruction &in,
                 fail(std::string("wgmma ") + which +
                      " operand reads shared memory whose TMA/cp.async has "
                      "not completed (a missing mbarrier wait)");
-              op->readRanges.push_back({a, 2});
+              if (!op->readRanges.empty() &&
+                  op->readRanges.back().first + op->readRanges.back().second ==
+                      a)
+                op->readRanges.back().second += 2;
+              else
+                op->readRanges.push_back({a, 2});
             }
           }
         }
