@@ -104,13 +104,12 @@ CUresult runLaunch(const Launch &l) {
 /// A copy between any two of: host memory, device allocations (device
 /// pointers are host addresses here). Device sides must be inside one
 /// allocation.
-CUresult copyChecked(uint64_t dst, bool dstDevice, uint64_t src,
-                     bool srcDevice, size_t n) {
+CUresult copyChecked(uint64_t dst, bool dstDevice, uint64_t src, bool srcDevice,
+                     size_t n) {
   Device &d = Device::get();
   if ((dstDevice && !d.contains(dst, n)) || (srcDevice && !d.contains(src, n)))
     return kInvalidValue;
-  std::memmove(reinterpret_cast<void *>(dst), reinterpret_cast<void *>(src),
-               n);
+  std::memmove(reinterpret_cast<void *>(dst), reinterpret_cast<void *>(src), n);
   return kSuccess;
 }
 
@@ -190,8 +189,8 @@ __attribute__((visibility("default"))) CUresult cuDeviceGet(int *d,
   *d = 0;
   return kSuccess;
 }
-__attribute__((visibility("default"))) CUresult
-cuDeviceGetName(char *name, int len, int) {
+__attribute__((visibility("default"))) CUresult cuDeviceGetName(char *name,
+                                                                int len, int) {
   std::snprintf(name, len, "Kiln emulated H100 (sm_90a, no GPU)");
   return kSuccess;
 }
@@ -204,23 +203,57 @@ __attribute__((visibility("default"))) CUresult
 cuDeviceGetAttribute(int *v, int attribute, int) {
   const DeviceProperties &p = Device::get().properties;
   switch (attribute) {
-  case 1: *v = p.maxThreadsPerBlock; break;  // max threads per block
-  case 2: *v = 1024; break;                  // max block dim x
-  case 3: *v = 1024; break;
-  case 4: *v = 64; break;
-  case 5: *v = 2147483647; break;            // max grid dim x
-  case 6: case 7: *v = 65535; break;
-  case 8: *v = p.sharedPerBlock; break;      // shared per block
-  case 10: *v = p.warpSize; break;
-  case 12: *v = p.registersPerSm; break;     // registers per block
-  case 16: *v = p.multiprocessors; break;
-  case 39: *v = 2048; break;                 // max threads per SM
-  case 75: *v = 9; break;
-  case 76: *v = 0; break;
-  case 81: *v = 233472; break;               // shared per SM
-  case 82: *v = p.registersPerSm; break;
-  case 97: *v = p.sharedPerBlockOptin; break;
-  default: *v = 0;
+  case 1:
+    *v = p.maxThreadsPerBlock;
+    break; // max threads per block
+  case 2:
+    *v = 1024;
+    break; // max block dim x
+  case 3:
+    *v = 1024;
+    break;
+  case 4:
+    *v = 64;
+    break;
+  case 5:
+    *v = 2147483647;
+    break; // max grid dim x
+  case 6:
+  case 7:
+    *v = 65535;
+    break;
+  case 8:
+    *v = p.sharedPerBlock;
+    break; // shared per block
+  case 10:
+    *v = p.warpSize;
+    break;
+  case 12:
+    *v = p.registersPerSm;
+    break; // registers per block
+  case 16:
+    *v = p.multiprocessors;
+    break;
+  case 39:
+    *v = 2048;
+    break; // max threads per SM
+  case 75:
+    *v = 9;
+    break;
+  case 76:
+    *v = 0;
+    break;
+  case 81:
+    *v = 233472;
+    break; // shared per SM
+  case 82:
+    *v = p.registersPerSm;
+    break;
+  case 97:
+    *v = p.sharedPerBlockOptin;
+    break;
+  default:
+    *v = 0;
   }
   return kSuccess;
 }
@@ -252,7 +285,10 @@ cuModuleLoadData(void **module, const void *image) {
     return kInvalidValue;
   // A cubin (or fatbin) holds SASS, which the emulator cannot run: refused
   // like a binary for another GPU, so callers fall back to PTX.
-  if (std::strncmp(text, "\x7f" "ELF", 4) == 0 ||
+  if (std::strncmp(text,
+                   "\x7f"
+                   "ELF",
+                   4) == 0 ||
       std::memcmp(text, "\x50\xed\x55\xba", 4) == 0)
     return kNoBinaryForGpu;
   std::string ptx(text);
@@ -333,8 +369,8 @@ cuFuncSetAttribute(void *fp, int attribute, int value) {
 
 __attribute__((visibility("default"))) CUresult
 cuLaunchKernel(void *fp, unsigned gx, unsigned gy, unsigned gz, unsigned bx,
-               unsigned by, unsigned bz, unsigned shared, void *,
-               void **params, void **extra) {
+               unsigned by, unsigned bz, unsigned shared, void *, void **params,
+               void **extra) {
   REQUIRE_INIT();
   auto *f = static_cast<KernelHandle *>(fp);
   if (!f)
@@ -352,17 +388,16 @@ cuLaunchKernel(void *fp, unsigned gx, unsigned gy, unsigned gz, unsigned bx,
     return refuse(kInvalidValue, "more than 1024 threads per block");
   if (gy > 65535 || gz > 65535)
     return refuse(kInvalidValue, "grid y/z above 65535");
-  if (fn.reqntid[0] && (int(bx) != fn.reqntid[0] ||
-                        int(by) != std::max(fn.reqntid[1], 1) ||
-                        int(bz) != std::max(fn.reqntid[2], 1)))
+  if (fn.reqntid[0] &&
+      (int(bx) != fn.reqntid[0] || int(by) != std::max(fn.reqntid[1], 1) ||
+       int(bz) != std::max(fn.reqntid[2], 1)))
     return refuse(kInvalidValue,
                   "block " + std::to_string(bx) + "x" + std::to_string(by) +
                       "x" + std::to_string(bz) + " differs from .reqntid " +
                       std::to_string(fn.reqntid[0]));
-  if (fn.maxntid[0] &&
-      uint64_t(bx) * by * bz > uint64_t(fn.maxntid[0]) *
-                                   std::max(fn.maxntid[1], 1) *
-                                   std::max(fn.maxntid[2], 1))
+  if (fn.maxntid[0] && uint64_t(bx) * by * bz > uint64_t(fn.maxntid[0]) *
+                                                    std::max(fn.maxntid[1], 1) *
+                                                    std::max(fn.maxntid[2], 1))
     return refuse(kInvalidValue, "block larger than .maxntid");
   if (static_cast<int>(shared) > f->maxDynamicShared)
     return refuse(kInvalidValue,
@@ -422,8 +457,8 @@ cuMemFree_v2(unsigned long long p) {
     return kSuccess;
   return Device::get().release(p) ? kSuccess : kInvalidValue;
 }
-__attribute__((visibility("default"))) CUresult
-cuMemGetInfo_v2(size_t *free, size_t *total) {
+__attribute__((visibility("default"))) CUresult cuMemGetInfo_v2(size_t *free,
+                                                                size_t *total) {
   Device &d = Device::get();
   *total = d.options.memoryBytes;
   *free = d.options.memoryBytes - d.bytesInUse();
@@ -521,11 +556,11 @@ cuMemsetD8Async(unsigned long long dst, unsigned char v, size_t n, void *) {
   return kSuccess;
 }
 
-__attribute__((visibility("default"))) CUresult cuTensorMapEncodeTiled(
-    void *map, int dtype, unsigned rank, void *address, const uint64_t *dims,
-    const uint64_t *strides, const unsigned *box,
-    const unsigned *elementStrides, int interleave, int swizzle, int l2,
-    int oob) {
+__attribute__((visibility("default"))) CUresult
+cuTensorMapEncodeTiled(void *map, int dtype, unsigned rank, void *address,
+                       const uint64_t *dims, const uint64_t *strides,
+                       const unsigned *box, const unsigned *elementStrides,
+                       int interleave, int swizzle, int l2, int oob) {
   if (!map || !dims || !box || !elementStrides || (rank > 1 && !strides))
     return kInvalidValue;
   auto refuse = [&](const std::string &why) {
@@ -571,8 +606,8 @@ __attribute__((visibility("default"))) CUresult cuStreamSynchronize(void *) {
 __attribute__((visibility("default"))) CUresult cuStreamDestroy_v2(void *) {
   return kSuccess;
 }
-__attribute__((visibility("default"))) CUresult
-cuStreamBeginCapture_v2(void *, int) {
+__attribute__((visibility("default"))) CUresult cuStreamBeginCapture_v2(void *,
+                                                                        int) {
   REQUIRE_INIT();
   if (capturing)
     return kInvalidValue;
@@ -608,12 +643,12 @@ __attribute__((visibility("default"))) CUresult cuGraphLaunch(void *exec,
   if (capturing || !exec)
     return kInvalidValue;
   for (const Node &n : static_cast<Graph *>(exec)->nodes) {
-    CUresult r = n.isLaunch ? runLaunch(n.launch)
-                            : copyChecked(n.copy.dst,
-                                          Device::get().contains(n.copy.dst, 1),
-                                          n.copy.src,
-                                          Device::get().contains(n.copy.src, 1),
-                                          n.copy.n);
+    CUresult r =
+        n.isLaunch
+            ? runLaunch(n.launch)
+            : copyChecked(n.copy.dst, Device::get().contains(n.copy.dst, 1),
+                          n.copy.src, Device::get().contains(n.copy.src, 1),
+                          n.copy.n);
     if (r)
       return r;
   }
@@ -632,8 +667,7 @@ __attribute__((visibility("default"))) CUresult cuEventCreate(void **e,
   *e = new Event();
   return kSuccess;
 }
-__attribute__((visibility("default"))) CUresult cuEventRecord(void *e,
-                                                              void *) {
+__attribute__((visibility("default"))) CUresult cuEventRecord(void *e, void *) {
   // Launches are synchronous, so host time is the emulation time.
   static_cast<Event *>(e)->seconds = now();
   return kSuccess;
@@ -656,21 +690,51 @@ __attribute__((visibility("default"))) CUresult cuEventDestroy_v2(void *e) {
 __attribute__((visibility("default"))) CUresult
 cuGetErrorName(CUresult r, const char **name) {
   switch (r) {
-  case kSuccess: *name = "CUDA_SUCCESS"; break;
-  case kInvalidValue: *name = "CUDA_ERROR_INVALID_VALUE"; break;
-  case kOutOfMemory: *name = "CUDA_ERROR_OUT_OF_MEMORY"; break;
-  case kNotInitialized: *name = "CUDA_ERROR_NOT_INITIALIZED"; break;
-  case kInvalidImage: *name = "CUDA_ERROR_INVALID_IMAGE"; break;
-  case kInvalidContext: *name = "CUDA_ERROR_INVALID_CONTEXT"; break;
-  case kNoBinaryForGpu: *name = "CUDA_ERROR_NO_BINARY_FOR_GPU"; break;
-  case kInvalidPtx: *name = "CUDA_ERROR_INVALID_PTX"; break;
-  case kInvalidHandle: *name = "CUDA_ERROR_INVALID_HANDLE"; break;
-  case kNotFound: *name = "CUDA_ERROR_NOT_FOUND"; break;
-  case kLaunchOutOfResources: *name = "CUDA_ERROR_LAUNCH_OUT_OF_RESOURCES"; break;
-  case kLaunchFailed: *name = "CUDA_ERROR_LAUNCH_FAILED"; break;
-  case kCaptureUnsupported: *name = "CUDA_ERROR_STREAM_CAPTURE_UNSUPPORTED"; break;
-  case kCaptureInvalidated: *name = "CUDA_ERROR_STREAM_CAPTURE_INVALIDATED"; break;
-  default: *name = "CUDA_ERROR_UNKNOWN"; return kInvalidValue;
+  case kSuccess:
+    *name = "CUDA_SUCCESS";
+    break;
+  case kInvalidValue:
+    *name = "CUDA_ERROR_INVALID_VALUE";
+    break;
+  case kOutOfMemory:
+    *name = "CUDA_ERROR_OUT_OF_MEMORY";
+    break;
+  case kNotInitialized:
+    *name = "CUDA_ERROR_NOT_INITIALIZED";
+    break;
+  case kInvalidImage:
+    *name = "CUDA_ERROR_INVALID_IMAGE";
+    break;
+  case kInvalidContext:
+    *name = "CUDA_ERROR_INVALID_CONTEXT";
+    break;
+  case kNoBinaryForGpu:
+    *name = "CUDA_ERROR_NO_BINARY_FOR_GPU";
+    break;
+  case kInvalidPtx:
+    *name = "CUDA_ERROR_INVALID_PTX";
+    break;
+  case kInvalidHandle:
+    *name = "CUDA_ERROR_INVALID_HANDLE";
+    break;
+  case kNotFound:
+    *name = "CUDA_ERROR_NOT_FOUND";
+    break;
+  case kLaunchOutOfResources:
+    *name = "CUDA_ERROR_LAUNCH_OUT_OF_RESOURCES";
+    break;
+  case kLaunchFailed:
+    *name = "CUDA_ERROR_LAUNCH_FAILED";
+    break;
+  case kCaptureUnsupported:
+    *name = "CUDA_ERROR_STREAM_CAPTURE_UNSUPPORTED";
+    break;
+  case kCaptureInvalidated:
+    *name = "CUDA_ERROR_STREAM_CAPTURE_INVALIDATED";
+    break;
+  default:
+    *name = "CUDA_ERROR_UNKNOWN";
+    return kInvalidValue;
   }
   return kSuccess;
 }

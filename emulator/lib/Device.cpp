@@ -32,7 +32,8 @@ Options Options::fromEnvironment() {
   o.strictSharedLayout = flag("KILN_EMU_STRICT_SHARED", false);
   o.trace = flag("KILN_EMU_TRACE", false);
   if (const char *s = std::getenv("KILN_EMU_QUANTUM"))
-    o.quantum = std::max(1u, static_cast<unsigned>(std::strtoul(s, nullptr, 10)));
+    o.quantum =
+        std::max(1u, static_cast<unsigned>(std::strtoul(s, nullptr, 10)));
   return o;
 }
 
@@ -86,8 +87,8 @@ std::unique_ptr<LoadedModule> Device::load(const std::string &ptx,
   if (!m->ptx)
     return nullptr;
   if (m->ptx->target.find("sm_90") == std::string::npos) {
-    error = "ptx: .target " + m->ptx->target +
-            " (the emulated device is sm_90a)";
+    error =
+        "ptx: .target " + m->ptx->target + " (the emulated device is sm_90a)";
     return nullptr;
   }
   if (options.strictSharedLayout)

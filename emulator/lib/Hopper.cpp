@@ -50,7 +50,7 @@ uint16_t f32ToF16(float f) {
     return sign | static_cast<uint16_t>(q);
   }
   int e;
-  float m = std::frexp(a, &e); // a = m * 2^e, m in [0.5, 1)
+  float m = std::frexp(a, &e);                // a = m * 2^e, m in [0.5, 1)
   float scaled = std::nearbyint(m * 2048.0f); // 11 significant bits
   if (scaled >= 2048.0f) {
     scaled /= 2;
@@ -65,17 +65,23 @@ uint16_t f32ToF16(float f) {
 
 unsigned swizzleSpan(Swizzle s) {
   switch (s) {
-  case Swizzle::None: return 16;
-  case Swizzle::B32: return 32;
-  case Swizzle::B64: return 64;
-  case Swizzle::B128: return 128;
+  case Swizzle::None:
+    return 16;
+  case Swizzle::B32:
+    return 32;
+  case Swizzle::B64:
+    return 64;
+  case Swizzle::B128:
+    return 128;
   }
   return 16;
 }
 
 uint32_t swizzleAddress(uint32_t addr, Swizzle s) {
-  unsigned bits = s == Swizzle::B128 ? 3 : s == Swizzle::B64 ? 2
-                  : s == Swizzle::B32 ? 1 : 0;
+  unsigned bits = s == Swizzle::B128  ? 3
+                  : s == Swizzle::B64 ? 2
+                  : s == Swizzle::B32 ? 1
+                                      : 0;
   if (!bits)
     return addr;
   uint32_t mask = (1u << bits) - 1;
@@ -136,10 +142,14 @@ Coord aFragmentCoord(unsigned warp, unsigned lane, unsigned r, unsigned h) {
 
 Swizzle tensorMapSwizzle(int cuSwizzle) {
   switch (cuSwizzle) {
-  case 1: return Swizzle::B32;
-  case 2: return Swizzle::B64;
-  case 3: return Swizzle::B128;
-  default: return Swizzle::None;
+  case 1:
+    return Swizzle::B32;
+  case 2:
+    return Swizzle::B64;
+  case 3:
+    return Swizzle::B128;
+  default:
+    return Swizzle::None;
   }
 }
 
@@ -150,7 +160,8 @@ std::string encodeTensorMap(TensorMap &m, int dataType, unsigned rank,
                             int swizzle, int l2Promotion, int oobFill) {
   static const unsigned sizes[] = {1, 2, 4, 4, 8, 8, 2, 4, 8, 2, 4, 4, 4};
   if (dataType < 0 || dataType > 12)
-    return "tensorDataType " + std::to_string(dataType) + " is not a "
+    return "tensorDataType " + std::to_string(dataType) +
+           " is not a "
            "CUtensorMapDataType";
   if (dataType > 10)
     return "tensorDataType " + std::to_string(dataType) +
@@ -162,7 +173,8 @@ std::string encodeTensorMap(TensorMap &m, int dataType, unsigned rank,
     return "interleaved layouts are not modeled (interleave " +
            std::to_string(interleave) + ")";
   if (swizzle < 0 || swizzle > 3)
-    return "swizzle " + std::to_string(swizzle) + " is not a "
+    return "swizzle " + std::to_string(swizzle) +
+           " is not a "
            "CUtensorMapSwizzle";
   if (oobFill < 0 || oobFill > 1)
     return "oobFill " + std::to_string(oobFill) + " is not valid";

@@ -122,7 +122,7 @@ struct AsyncOp {
 };
 
 struct ThreadAsync {
-  uint32_t openGroup = 0; // cp.async group being filled
+  uint32_t openGroup = 0;              // cp.async group being filled
   std::map<uint32_t, int> outstanding; // committed or open group -> ops left
 };
 
@@ -151,9 +151,9 @@ struct Warp {
 };
 
 struct Shadow {
-  std::vector<uint8_t> pendingAsync;  // TMA/cp.async writes in flight
-  std::vector<uint8_t> initialized;   // written since the block started
-  std::vector<uint8_t> wgmmaReading;  // in-flight wgmma operand reads
+  std::vector<uint8_t> pendingAsync;   // TMA/cp.async writes in flight
+  std::vector<uint8_t> initialized;    // written since the block started
+  std::vector<uint8_t> wgmmaReading;   // in-flight wgmma operand reads
   std::vector<uint16_t> genericWriter; // thread+1 of an unfenced write
   std::vector<uint32_t> writerFence;   // writer's fence count at the write
   // racecheck: last writer / reader thread + 1 and the barrier epoch.
@@ -277,33 +277,57 @@ private:
   uint64_t special(Special s, const Warp &w, unsigned lane) {
     unsigned t = w.index * 32 + lane;
     switch (s) {
-    case Special::TidX: return t % block[0];
-    case Special::TidY: return (t / block[0]) % block[1];
-    case Special::TidZ: return t / (block[0] * block[1]);
-    case Special::NtidX: return block[0];
-    case Special::NtidY: return block[1];
-    case Special::NtidZ: return block[2];
-    case Special::CtaidX: return blockId[0];
-    case Special::CtaidY: return blockId[1];
-    case Special::CtaidZ: return blockId[2];
-    case Special::NctaidX: return grid[0];
-    case Special::NctaidY: return grid[1];
-    case Special::NctaidZ: return grid[2];
-    case Special::LaneId: return lane;
-    case Special::WarpId: return w.index;
-    case Special::NWarpId: return 64;
+    case Special::TidX:
+      return t % block[0];
+    case Special::TidY:
+      return (t / block[0]) % block[1];
+    case Special::TidZ:
+      return t / (block[0] * block[1]);
+    case Special::NtidX:
+      return block[0];
+    case Special::NtidY:
+      return block[1];
+    case Special::NtidZ:
+      return block[2];
+    case Special::CtaidX:
+      return blockId[0];
+    case Special::CtaidY:
+      return blockId[1];
+    case Special::CtaidZ:
+      return blockId[2];
+    case Special::NctaidX:
+      return grid[0];
+    case Special::NctaidY:
+      return grid[1];
+    case Special::NctaidZ:
+      return grid[2];
+    case Special::LaneId:
+      return lane;
+    case Special::WarpId:
+      return w.index;
+    case Special::NWarpId:
+      return 64;
     case Special::SmId:
       return (blockId[0] + grid[0] * (blockId[1] + grid[1] * blockId[2])) %
              dev.properties.multiprocessors;
-    case Special::NSmId: return dev.properties.multiprocessors;
-    case Special::Clock: case Special::Clock64: case Special::GlobalTimer:
+    case Special::NSmId:
+      return dev.properties.multiprocessors;
+    case Special::Clock:
+    case Special::Clock64:
+    case Special::GlobalTimer:
       return stats.warpInstructions;
-    case Special::ClusterCtaRank: return 0;
-    case Special::ClusterNCtaRank: return 1;
-    case Special::ClusterIdX: return blockId[0];
-    case Special::DynSmemSize: return dynamicShared;
-    case Special::LanemaskLt: return (1u << lane) - 1;
-    case Special::LanemaskEq: return 1u << lane;
+    case Special::ClusterCtaRank:
+      return 0;
+    case Special::ClusterNCtaRank:
+      return 1;
+    case Special::ClusterIdX:
+      return blockId[0];
+    case Special::DynSmemSize:
+      return dynamicShared;
+    case Special::LanemaskLt:
+      return (1u << lane) - 1;
+    case Special::LanemaskEq:
+      return 1u << lane;
     }
     return 0;
   }
@@ -311,17 +335,22 @@ private:
   uint64_t symbolValue(int symbol) {
     const Symbol &s = fn.symbols[symbol];
     switch (s.space) {
-    case Space::Shared: return s.offset;
-    case Space::Global: case Space::Const:
+    case Space::Shared:
+      return s.offset;
+    case Space::Global:
+    case Space::Const:
       return mod.globalAddresses[s.moduleSymbol];
-    case Space::Local: return s.offset;
-    case Space::Param: return s.offset;
-    default: return 0;
+    case Space::Local:
+      return s.offset;
+    case Space::Param:
+      return s.offset;
+    default:
+      return 0;
     }
   }
 
   __attribute__((always_inline)) uint64_t get(const Warp &w, const Operand &o,
-                                               unsigned lane) {
+                                              unsigned lane) {
     if (__builtin_expect(o.kind == Operand::Kind::Reg, 1)) {
       uint64_t v = regs[(size_t(w.index) * numRegs + o.reg) * 32 + lane];
       return o.negate ? !v : v;
@@ -336,7 +365,8 @@ private:
     switch (o.kind) {
     case Operand::Kind::Special:
       return special(static_cast<Special>(o.imm), w, lane);
-    case Operand::Kind::Symbol: return symbolValue(o.symbol);
+    case Operand::Kind::Symbol:
+      return symbolValue(o.symbol);
     default:
       fail("unsupported source operand");
     }
@@ -371,8 +401,8 @@ private:
   };
 
   /// Resolves an access of `size` bytes; checks bounds and alignment.
-  Resolved resolve(Space space, uint64_t addr, unsigned size,
-                   unsigned align, unsigned lane, bool write,
+  Resolved resolve(Space space, uint64_t addr, unsigned size, unsigned align,
+                   unsigned lane, bool write,
                    const Symbol *paramSymbol = nullptr) {
     if (space == Space::Generic) {
       if (addr >= kSharedWindow && addr < kSharedWindow + kWindowSize) {
@@ -396,7 +426,8 @@ private:
       fail(b, lane);
     }
     switch (space) {
-    case Space::Global: case Space::Const: {
+    case Space::Global:
+    case Space::Const: {
       if (!(addr >= cacheBase && addr + size <= cacheEnd)) {
         auto it = dev.allocations.upper_bound(addr);
         bool ok = it != dev.allocations.begin();
@@ -423,7 +454,8 @@ private:
       }
       return {Space::Global, reinterpret_cast<uint8_t *>(addr), 0};
     }
-    case Space::Shared: case Space::SharedCluster: {
+    case Space::Shared:
+    case Space::SharedCluster: {
       if (addr < kReservedShared) {
         char b[200];
         std::snprintf(b, sizeof b,
@@ -506,8 +538,8 @@ private:
             shadow.lastWriter[b] != me &&
             (shadow.lastWriter[b] - 1) / 32 != current->index)
           fail("shared-memory race: thread " +
-                   std::to_string(shadow.lastWriter[b] - 1) +
-                   " wrote offset " + std::to_string(b) +
+                   std::to_string(shadow.lastWriter[b] - 1) + " wrote offset " +
+                   std::to_string(b) +
                    " since the last barrier and this thread reads it",
                lane);
         shadow.lastReader[b] = me;
@@ -545,10 +577,6 @@ private:
     if (racecheckOn && race) {
       for (unsigned i = 0; i < size; ++i) {
         size_t b = off + i;
-        bool otherWarp = [&](uint16_t t) {
-          return t && t != me && (t - 1u) / 32 != current->index;
-        }(0);
-        (void)otherWarp;
         uint16_t wr = shadow.lastWriter[b], rd = shadow.lastReader[b];
         if (shadow.writeEpoch[b] == barrierEpoch && wr && wr != me &&
             (wr - 1u) / 32 != current->index)
@@ -586,19 +614,48 @@ private:
 
   static uint64_t loadBytes(const uint8_t *p, unsigned n) {
     switch (n) {
-    case 1: return *p;
-    case 2: { uint16_t v; std::memcpy(&v, p, 2); return v; }
-    case 4: { uint32_t v; std::memcpy(&v, p, 4); return v; }
-    case 8: { uint64_t v; std::memcpy(&v, p, 8); return v; }
-    default: { uint64_t v = 0; std::memcpy(&v, p, n); return v; }
+    case 1:
+      return *p;
+    case 2: {
+      uint16_t v;
+      std::memcpy(&v, p, 2);
+      return v;
+    }
+    case 4: {
+      uint32_t v;
+      std::memcpy(&v, p, 4);
+      return v;
+    }
+    case 8: {
+      uint64_t v;
+      std::memcpy(&v, p, 8);
+      return v;
+    }
+    default: {
+      uint64_t v = 0;
+      std::memcpy(&v, p, n);
+      return v;
+    }
     }
   }
   static void storeBytes(uint8_t *p, uint64_t v, unsigned n) {
     switch (n) {
-    case 1: *p = static_cast<uint8_t>(v); return;
-    case 2: { uint16_t x = static_cast<uint16_t>(v); std::memcpy(p, &x, 2); return; }
-    case 4: { uint32_t x = static_cast<uint32_t>(v); std::memcpy(p, &x, 4); return; }
-    default: std::memcpy(p, &v, n); return;
+    case 1:
+      *p = static_cast<uint8_t>(v);
+      return;
+    case 2: {
+      uint16_t x = static_cast<uint16_t>(v);
+      std::memcpy(p, &x, 2);
+      return;
+    }
+    case 4: {
+      uint32_t x = static_cast<uint32_t>(v);
+      std::memcpy(p, &x, 4);
+      return;
+    }
+    default:
+      std::memcpy(p, &v, n);
+      return;
     }
   }
 
@@ -794,8 +851,8 @@ private:
   bool runWarp(Warp &w) {
     current = &w;
     bool progressed = false;
-    unsigned quantum = opts.seed ? 1 + static_cast<unsigned>(rng() % 64)
-                                 : opts.quantum;
+    unsigned quantum =
+        opts.seed ? 1 + static_cast<unsigned>(rng() % 64) : opts.quantum;
     for (unsigned n = 0; n < quantum; ++n) {
       if (!w.readyMask)
         break;
@@ -868,7 +925,8 @@ private:
     FOR_LANES(mask, l) w.pcs[l] = pc + 1;
   }
 
-  void blockLanes(Warp &w, uint32_t mask, const char *what, const Instruction &in) {
+  void blockLanes(Warp &w, uint32_t mask, const char *what,
+                  const Instruction &in) {
     FOR_LANES(mask, l) w.state[l] = Blocked;
     w.readyMask &= ~mask;
     w.blockedMask |= mask;
@@ -984,9 +1042,14 @@ private:
     a.done = true;
     --asyncPending;
     switch (a.kind) {
-    case AsyncOp::Kind::Tma: break;
-    case AsyncOp::Kind::CpAsync: completeCp(cps[a.index]); break;
-    case AsyncOp::Kind::Wgmma: completeWgmma(wgmmas[a.index]); break;
+    case AsyncOp::Kind::Tma:
+      break;
+    case AsyncOp::Kind::CpAsync:
+      completeCp(cps[a.index]);
+      break;
+    case AsyncOp::Kind::Wgmma:
+      completeWgmma(wgmmas[a.index]);
+      break;
     }
     // Drop the finished prefix so the queue stays short.
     while (!async.empty() && async.front().done)
@@ -1067,8 +1130,8 @@ private:
     // The row's in-bounds columns are one contiguous source range: checked
     // against the allocations once.
     int64_t first = std::max<int64_t>(0, -int64_t(t.coords[0]));
-    int64_t last = std::min<int64_t>(m.box[0], int64_t(m.dims[0]) -
-                                                   int64_t(t.coords[0]));
+    int64_t last =
+        std::min<int64_t>(m.box[0], int64_t(m.dims[0]) - int64_t(t.coords[0]));
     if (rowInside && first < last &&
         !dev.contains(rowSrc + uint64_t(int64_t(t.coords[0]) + first) * e,
                       uint64_t(last - first) * e))
@@ -1102,10 +1165,9 @@ private:
       if (inside) {
         uint64_t src = rowSrc + uint64_t(g0) * e;
         std::memcpy(shared.data() + dst, reinterpret_cast<void *>(src), e);
-      } else if (m.oobFill == 1 && (m.dataType == kTmaF32 ||
-                                    m.dataType == kTmaF16 ||
-                                    m.dataType == kTmaBf16 ||
-                                    m.dataType == kTmaF64)) {
+      } else if (m.oobFill == 1 &&
+                 (m.dataType == kTmaF32 || m.dataType == kTmaF16 ||
+                  m.dataType == kTmaBf16 || m.dataType == kTmaF64)) {
         std::memset(shared.data() + dst, 0xff, e); // NaN
       } else {
         std::memset(shared.data() + dst, 0, e);
@@ -1257,10 +1319,11 @@ private:
     currentLane = ctz(mask);
     ++stats.warpInstructions;
     if (opts.trace)
-      std::fprintf(stderr, "kiln-emu trace: %s block %u,%u,%u warp %u mask %08x "
-                           "line %u %s\n",
-                   fn.name.c_str(), blockId[0], blockId[1], blockId[2],
-                   w.index, mask, in.line, in.form.c_str());
+      std::fprintf(stderr,
+                   "kiln-emu trace: %s block %u,%u,%u warp %u mask %08x "
+                   "line %u %s\n",
+                   fn.name.c_str(), blockId[0], blockId[1], blockId[2], w.index,
+                   mask, in.line, in.form.c_str());
     uint32_t active = mask;
     if (in.guardReg >= 0) {
       active = 0;
@@ -1289,7 +1352,8 @@ private:
       }
       return true;
     }
-    case Op::Ret: case Op::Exit:
+    case Op::Ret:
+    case Op::Exit:
       advance(w, mask & ~active, pc);
       exitLanes(w, active);
       if (active != mask)
@@ -1300,11 +1364,14 @@ private:
         fail("trap executed");
       advance(w, mask, pc);
       return true;
-    case Op::BarSync: case Op::BarArrive:
+    case Op::BarSync:
+    case Op::BarArrive:
       return barrier(w, in, pc, mask, active);
-    case Op::MbarTryWait: case Op::MbarTestWait:
+    case Op::MbarTryWait:
+    case Op::MbarTestWait:
       return mbarWait(w, in, pc, mask, active);
-    case Op::WgmmaWait: case Op::CpAsyncWait:
+    case Op::WgmmaWait:
+    case Op::CpAsyncWait:
       return asyncWait(w, in, pc, mask, active);
     default:
       break;
@@ -1336,7 +1403,9 @@ private:
     advance(w, mask & ~active, pc);
     if (!active)
       return true;
-    unsigned id = in.ops.empty() ? 0 : static_cast<unsigned>(get(w, in.ops[0], ctz(active)));
+    unsigned id = in.ops.empty()
+                      ? 0
+                      : static_cast<unsigned>(get(w, in.ops[0], ctz(active)));
     if (id > 15)
       fail("barrier id " + std::to_string(id) + " outside 0..15");
     unsigned count = 0;
@@ -1347,7 +1416,8 @@ private:
            " is not a multiple of 32");
     Barrier &b = barriers[id];
     if (b.arrived && b.expected != count)
-      fail("bar.sync " + std::to_string(id) + " used with different thread "
+      fail("bar.sync " + std::to_string(id) +
+           " used with different thread "
            "counts at once");
     b.expected = count;
     b.arrived += __builtin_popcount(active);
@@ -1366,8 +1436,8 @@ private:
     return true;
   }
 
-  Mbarrier &mbarrierAt(const Warp &w, const Instruction &in,
-                       const Operand &o, unsigned lane, uint32_t &addr) {
+  Mbarrier &mbarrierAt(const Warp &w, const Instruction &in, const Operand &o,
+                       unsigned lane, uint32_t &addr) {
     return mbarrierAt(w, in.space, o, lane, addr);
   }
   Mbarrier &mbarrierAt(const Warp &w, Space space, const Operand &o,
@@ -1459,8 +1529,9 @@ private:
       bool pending = false;
       if (!w.threads.empty()) {
         ThreadAsync &t = w.threads[l];
-        uint32_t limit = in.sub ? UINT32_MAX
-                         : t.openGroup > n ? t.openGroup - n : 0;
+        uint32_t limit = in.sub            ? UINT32_MAX
+                         : t.openGroup > n ? t.openGroup - n
+                                           : 0;
         for (auto &[group, left] : t.outstanding)
           pending = pending || (left > 0 && group < limit);
       }
@@ -1526,7 +1597,8 @@ private:
     case Operand::Kind::Imm:
       v.imm = static_cast<uint64_t>(o.imm);
       return v;
-    case Operand::Kind::Special: case Operand::Kind::Symbol:
+    case Operand::Kind::Special:
+    case Operand::Kind::Symbol:
       FOR_LANES(active, l) scratch[slot][l] = getSlow(w, o, l);
       v.p = scratch[slot];
       return v;
@@ -1555,44 +1627,77 @@ bool compare(Cmp c, Type t, uint64_t a, uint64_t b) {
     double y = t == Type::F32 ? asF32(b) : asF64(b);
     bool unord = std::isnan(x) || std::isnan(y);
     switch (c) {
-    case Cmp::Eq: return !unord && x == y;
-    case Cmp::Ne: return !unord && x != y;
-    case Cmp::Lt: return !unord && x < y;
-    case Cmp::Le: return !unord && x <= y;
-    case Cmp::Gt: return !unord && x > y;
-    case Cmp::Ge: return !unord && x >= y;
-    case Cmp::Equ: return unord || x == y;
-    case Cmp::Neu: return unord || x != y;
-    case Cmp::Ltu: return unord || x < y;
-    case Cmp::Leu: return unord || x <= y;
-    case Cmp::Gtu: return unord || x > y;
-    case Cmp::Geu: return unord || x >= y;
-    case Cmp::Num: return !unord;
-    case Cmp::Nan: return unord;
-    default: return false;
+    case Cmp::Eq:
+      return !unord && x == y;
+    case Cmp::Ne:
+      return !unord && x != y;
+    case Cmp::Lt:
+      return !unord && x < y;
+    case Cmp::Le:
+      return !unord && x <= y;
+    case Cmp::Gt:
+      return !unord && x > y;
+    case Cmp::Ge:
+      return !unord && x >= y;
+    case Cmp::Equ:
+      return unord || x == y;
+    case Cmp::Neu:
+      return unord || x != y;
+    case Cmp::Ltu:
+      return unord || x < y;
+    case Cmp::Leu:
+      return unord || x <= y;
+    case Cmp::Gtu:
+      return unord || x > y;
+    case Cmp::Geu:
+      return unord || x >= y;
+    case Cmp::Num:
+      return !unord;
+    case Cmp::Nan:
+      return unord;
+    default:
+      return false;
     }
   }
   if (isSigned(t)) {
     int64_t x = signExtend(a, n), y = signExtend(b, n);
     switch (c) {
-    case Cmp::Eq: return x == y;
-    case Cmp::Ne: return x != y;
-    case Cmp::Lt: return x < y;
-    case Cmp::Le: return x <= y;
-    case Cmp::Gt: return x > y;
-    case Cmp::Ge: return x >= y;
-    default: break;
+    case Cmp::Eq:
+      return x == y;
+    case Cmp::Ne:
+      return x != y;
+    case Cmp::Lt:
+      return x < y;
+    case Cmp::Le:
+      return x <= y;
+    case Cmp::Gt:
+      return x > y;
+    case Cmp::Ge:
+      return x >= y;
+    default:
+      break;
     }
   }
   uint64_t x = truncTo(a, n), y = truncTo(b, n);
   switch (c) {
-  case Cmp::Eq: return x == y;
-  case Cmp::Ne: return x != y;
-  case Cmp::Lt: case Cmp::Lo: return x < y;
-  case Cmp::Le: case Cmp::Ls: return x <= y;
-  case Cmp::Gt: case Cmp::Hi: return x > y;
-  case Cmp::Ge: case Cmp::Hs: return x >= y;
-  default: return false;
+  case Cmp::Eq:
+    return x == y;
+  case Cmp::Ne:
+    return x != y;
+  case Cmp::Lt:
+  case Cmp::Lo:
+    return x < y;
+  case Cmp::Le:
+  case Cmp::Ls:
+    return x <= y;
+  case Cmp::Gt:
+  case Cmp::Hi:
+    return x > y;
+  case Cmp::Ge:
+  case Cmp::Hs:
+    return x >= y;
+  default:
+    return false;
   }
 }
 
@@ -1611,20 +1716,37 @@ void Interpreter::execute(Warp &w, const Instruction &in, uint32_t active) {
   const View v3 = o.size() > 3 ? view(w, o[3], 3, active) : View();
   const View v4 = o.size() > 4 ? view(w, o[4], 4, active) : View();
   switch (in.op) {
-  case Op::Add: case Op::Sub: case Op::Mul: case Op::Min: case Op::Max:
-  case Op::Div: case Op::Rem: case Op::Copysign: {
+  case Op::Add:
+  case Op::Sub:
+  case Op::Mul:
+  case Op::Min:
+  case Op::Max:
+  case Op::Div:
+  case Op::Rem:
+  case Op::Copysign: {
     if (t == Type::F32) {
       FOR_LANES(active, l) {
         float a = applyFtz(in, asF32(v1[l]));
         float b = applyFtz(in, asF32(v2[l]));
         float r = 0;
         switch (in.op) {
-        case Op::Add: r = a + b; break;
-        case Op::Sub: r = a - b; break;
-        case Op::Mul: r = a * b; break;
-        case Op::Div: r = a / b; break;
-        case Op::Copysign: r = std::copysign(b, a); break;
-        case Op::Min: case Op::Max:
+        case Op::Add:
+          r = a + b;
+          break;
+        case Op::Sub:
+          r = a - b;
+          break;
+        case Op::Mul:
+          r = a * b;
+          break;
+        case Op::Div:
+          r = a / b;
+          break;
+        case Op::Copysign:
+          r = std::copysign(b, a);
+          break;
+        case Op::Min:
+        case Op::Max:
           if (std::isnan(a) || std::isnan(b)) {
             if (in.nanMode || (std::isnan(a) && std::isnan(b)))
               r = asF32(0x7fffffff);
@@ -1637,7 +1759,8 @@ void Interpreter::execute(Warp &w, const Instruction &in, uint32_t active) {
             r = in.op == Op::Min ? std::min(a, b) : std::max(a, b);
           }
           break;
-        default: fail("unsupported f32 operation");
+        default:
+          fail("unsupported f32 operation");
         }
         if (in.sat)
           r = std::isnan(r) ? 0.0f : std::min(1.0f, std::max(0.0f, r));
@@ -1647,15 +1770,26 @@ void Interpreter::execute(Warp &w, const Instruction &in, uint32_t active) {
       FOR_LANES(active, l) {
         double a = asF64(v1[l]), b = asF64(v2[l]), r = 0;
         switch (in.op) {
-        case Op::Add: r = a + b; break;
-        case Op::Sub: r = a - b; break;
-        case Op::Mul: r = a * b; break;
-        case Op::Div: r = a / b; break;
-        case Op::Min: r = std::isnan(a) ? b : std::isnan(b) ? a
-                                          : std::min(a, b); break;
-        case Op::Max: r = std::isnan(a) ? b : std::isnan(b) ? a
-                                          : std::max(a, b); break;
-        default: fail("unsupported f64 operation");
+        case Op::Add:
+          r = a + b;
+          break;
+        case Op::Sub:
+          r = a - b;
+          break;
+        case Op::Mul:
+          r = a * b;
+          break;
+        case Op::Div:
+          r = a / b;
+          break;
+        case Op::Min:
+          r = std::isnan(a) ? b : std::isnan(b) ? a : std::min(a, b);
+          break;
+        case Op::Max:
+          r = std::isnan(a) ? b : std::isnan(b) ? a : std::max(a, b);
+          break;
+        default:
+          fail("unsupported f64 operation");
         }
         set(w, o[0], l, fromF64(r));
       }
@@ -1666,10 +1800,17 @@ void Interpreter::execute(Warp &w, const Instruction &in, uint32_t active) {
       FOR_LANES(active, l) {
         uint64_t a = v1[l], b = v2[l], r = 0;
         switch (in.op) {
-        case Op::Add: r = a + b; break;
-        case Op::Sub: r = a - b; break;
-        case Op::Mul: r = a * b; break;
-        case Op::Div: case Op::Rem:
+        case Op::Add:
+          r = a + b;
+          break;
+        case Op::Sub:
+          r = a - b;
+          break;
+        case Op::Mul:
+          r = a * b;
+          break;
+        case Op::Div:
+        case Op::Rem:
           if (truncTo(b, n) == 0) {
             r = in.op == Op::Div ? truncTo(~0ull, n) : a; // ISA: unspecified
           } else if (s) {
@@ -1680,7 +1821,8 @@ void Interpreter::execute(Warp &w, const Instruction &in, uint32_t active) {
             r = in.op == Op::Div ? x / y : x % y;
           }
           break;
-        case Op::Min: case Op::Max:
+        case Op::Min:
+        case Op::Max:
           if (s) {
             int64_t x = signExtend(a, n), y = signExtend(b, n);
             r = uint64_t(in.op == Op::Min ? std::min(x, y) : std::max(x, y));
@@ -1689,13 +1831,16 @@ void Interpreter::execute(Warp &w, const Instruction &in, uint32_t active) {
             r = in.op == Op::Min ? std::min(x, y) : std::max(x, y);
           }
           break;
-        default: fail("unsupported integer operation");
+        default:
+          fail("unsupported integer operation");
         }
         if (in.sat && t == Type::S32) {
           int64_t x = signExtend(a, 4), y = signExtend(b, 4);
-          int64_t full = in.op == Op::Add ? x + y : in.op == Op::Sub ? x - y
-                                                                     : x * y;
-          full = std::min<int64_t>(INT32_MAX, std::max<int64_t>(INT32_MIN, full));
+          int64_t full = in.op == Op::Add   ? x + y
+                         : in.op == Op::Sub ? x - y
+                                            : x * y;
+          full =
+              std::min<int64_t>(INT32_MAX, std::max<int64_t>(INT32_MIN, full));
           r = uint64_t(full);
         }
         set(w, o[0], l, truncTo(r, n));
@@ -1703,7 +1848,10 @@ void Interpreter::execute(Warp &w, const Instruction &in, uint32_t active) {
     }
     return;
   }
-  case Op::MulHi: case Op::MulWide: case Op::MadHi: case Op::MadWide: {
+  case Op::MulHi:
+  case Op::MulWide:
+  case Op::MadHi:
+  case Op::MadWide: {
     bool s = isSigned(t);
     bool mad = in.op == Op::MadHi || in.op == Op::MadWide;
     bool wide = in.op == Op::MulWide || in.op == Op::MadWide;
@@ -1729,7 +1877,8 @@ void Interpreter::execute(Warp &w, const Instruction &in, uint32_t active) {
     }
     return;
   }
-  case Op::Mad: case Op::Fma: {
+  case Op::Mad:
+  case Op::Fma: {
     if (t == Type::F32) {
       FOR_LANES(active, l) {
         float a = applyFtz(in, asF32(v1[l]));
@@ -1742,19 +1891,18 @@ void Interpreter::execute(Warp &w, const Instruction &in, uint32_t active) {
       }
     } else if (t == Type::F64) {
       FOR_LANES(active, l)
-        set(w, o[0], l, fromF64(std::fma(asF64(v1[l]),
-                                         asF64(v2[l]),
-                                         asF64(v3[l]))));
+      set(w, o[0], l,
+          fromF64(std::fma(asF64(v1[l]), asF64(v2[l]), asF64(v3[l]))));
     } else if (isFloat(t)) {
       fail("half-precision arithmetic is not modeled");
     } else {
       FOR_LANES(active, l)
-        set(w, o[0], l, truncTo(v1[l] * v2[l] +
-                                    v3[l], n));
+      set(w, o[0], l, truncTo(v1[l] * v2[l] + v3[l], n));
     }
     return;
   }
-  case Op::Neg: case Op::Abs: {
+  case Op::Neg:
+  case Op::Abs: {
     FOR_LANES(active, l) {
       uint64_t a = v1[l];
       uint64_t r;
@@ -1771,7 +1919,10 @@ void Interpreter::execute(Warp &w, const Instruction &in, uint32_t active) {
     }
     return;
   }
-  case Op::Not: case Op::And: case Op::Or: case Op::Xor: {
+  case Op::Not:
+  case Op::And:
+  case Op::Or:
+  case Op::Xor: {
     bool pred = t == Type::Pred;
     FOR_LANES(active, l) {
       uint64_t a = v1[l], r;
@@ -1785,7 +1936,8 @@ void Interpreter::execute(Warp &w, const Instruction &in, uint32_t active) {
     }
     return;
   }
-  case Op::Shl: case Op::Shr: {
+  case Op::Shl:
+  case Op::Shr: {
     bool s = isSigned(t);
     unsigned bits = 8 * n;
     FOR_LANES(active, l) {
@@ -1813,7 +1965,8 @@ void Interpreter::execute(Warp &w, const Instruction &in, uint32_t active) {
         sbit = (a >> std::min(pos + len - 1, msb)) & 1;
       uint64_t r = 0;
       for (unsigned i = 0; i <= msb; ++i) {
-        uint64_t bit = (i < len && pos + i <= msb) ? (a >> (pos + i)) & 1 : sbit;
+        uint64_t bit =
+            (i < len && pos + i <= msb) ? (a >> (pos + i)) & 1 : sbit;
         r |= bit << i;
       }
       set(w, o[0], l, r);
@@ -1832,7 +1985,9 @@ void Interpreter::execute(Warp &w, const Instruction &in, uint32_t active) {
     }
     return;
   }
-  case Op::Popc: case Op::Clz: case Op::Brev: {
+  case Op::Popc:
+  case Op::Clz:
+  case Op::Brev: {
     FOR_LANES(active, l) {
       uint64_t a = truncTo(v1[l], n), r = 0;
       if (in.op == Op::Popc)
@@ -1848,7 +2003,7 @@ void Interpreter::execute(Warp &w, const Instruction &in, uint32_t active) {
   }
   case Op::Selp: {
     FOR_LANES(active, l)
-      set(w, o[0], l, v3[l] ? v1[l] : v2[l]);
+    set(w, o[0], l, v3[l] ? v1[l] : v2[l]);
     return;
   }
   case Op::Setp: {
@@ -1858,8 +2013,9 @@ void Interpreter::execute(Warp &w, const Instruction &in, uint32_t active) {
       if (in.boolOp) {
         bool c = v3[l] != 0;
         auto combine = [&](bool x) {
-          return in.boolOp == 1 ? (x && c) : in.boolOp == 2 ? (x || c)
-                                                            : (x != c);
+          return in.boolOp == 1   ? (x && c)
+                 : in.boolOp == 2 ? (x || c)
+                                  : (x != c);
         };
         r = combine(r);
         q = combine(q);
@@ -1873,8 +2029,10 @@ void Interpreter::execute(Warp &w, const Instruction &in, uint32_t active) {
   case Op::Testp: {
     FOR_LANES(active, l) {
       double x = t == Type::F32 ? asF32(v1[l]) : asF64(v1[l]);
-      bool r = in.sub == 0 ? std::isfinite(x) : in.sub == 1 ? std::isinf(x)
-               : in.sub == 2 ? !std::isnan(x) : std::isnan(x);
+      bool r = in.sub == 0   ? std::isfinite(x)
+               : in.sub == 1 ? std::isinf(x)
+               : in.sub == 2 ? !std::isnan(x)
+                             : std::isnan(x);
       set(w, o[0], l, r);
     }
     return;
@@ -1910,21 +2068,22 @@ void Interpreter::execute(Warp &w, const Instruction &in, uint32_t active) {
   case Op::Cvt:
     executeCvt(w, in, active);
     return;
-  case Op::Cvta: case Op::CvtaTo: {
-    uint64_t window = in.space == Space::Shared ||
-                              in.space == Space::SharedCluster
-                          ? kSharedWindow
-                      : in.space == Space::Local ? kLocalWindow
-                      : in.space == Space::Param ? kParamWindow
-                                                 : 0;
+  case Op::Cvta:
+  case Op::CvtaTo: {
+    uint64_t window =
+        in.space == Space::Shared || in.space == Space::SharedCluster
+            ? kSharedWindow
+        : in.space == Space::Local ? kLocalWindow
+        : in.space == Space::Param ? kParamWindow
+                                   : 0;
     FOR_LANES(active, l) {
       uint64_t a = v1[l];
       if (in.op == Op::Cvta) {
         set(w, o[0], l, a + window);
       } else {
         if (window && (a < window || a >= window + kWindowSize))
-          fail("cvta.to." + std::string(in.space == Space::Local ? "local"
-                                                                 : "shared") +
+          fail("cvta.to." +
+                   std::string(in.space == Space::Local ? "local" : "shared") +
                    " of an address outside that window",
                l);
         set(w, o[0], l, truncTo(a - window, n));
@@ -1932,46 +2091,84 @@ void Interpreter::execute(Warp &w, const Instruction &in, uint32_t active) {
     }
     return;
   }
-  case Op::Ex2: case Op::Lg2: case Op::Sin: case Op::Cos: case Op::Rsqrt:
-  case Op::Rcp: case Op::Sqrt: case Op::Tanh: {
+  case Op::Ex2:
+  case Op::Lg2:
+  case Op::Sin:
+  case Op::Cos:
+  case Op::Rsqrt:
+  case Op::Rcp:
+  case Op::Sqrt:
+  case Op::Tanh: {
     FOR_LANES(active, l) {
       if (t == Type::F64) {
         double x = asF64(v1[l]), r;
         switch (in.op) {
-        case Op::Rcp: r = 1.0 / x; break;
-        case Op::Sqrt: r = std::sqrt(x); break;
-        case Op::Rsqrt: r = 1.0 / std::sqrt(x); break;
-        default: fail("unsupported f64 special function");
+        case Op::Rcp:
+          r = 1.0 / x;
+          break;
+        case Op::Sqrt:
+          r = std::sqrt(x);
+          break;
+        case Op::Rsqrt:
+          r = 1.0 / std::sqrt(x);
+          break;
+        default:
+          fail("unsupported f64 special function");
         }
         set(w, o[0], l, fromF64(r));
         continue;
       }
       float x = applyFtz(in, asF32(v1[l])), r;
       switch (in.op) {
-      case Op::Ex2: r = std::exp2(x); break;
-      case Op::Lg2: r = std::log2(x); break;
-      case Op::Sin: r = std::sin(x); break;
-      case Op::Cos: r = std::cos(x); break;
-      case Op::Rsqrt: r = 1.0f / std::sqrt(x); break;
-      case Op::Rcp: r = 1.0f / x; break;
-      case Op::Sqrt: r = std::sqrt(x); break;
-      default: r = std::tanh(x); break;
+      case Op::Ex2:
+        r = std::exp2(x);
+        break;
+      case Op::Lg2:
+        r = std::log2(x);
+        break;
+      case Op::Sin:
+        r = std::sin(x);
+        break;
+      case Op::Cos:
+        r = std::cos(x);
+        break;
+      case Op::Rsqrt:
+        r = 1.0f / std::sqrt(x);
+        break;
+      case Op::Rcp:
+        r = 1.0f / x;
+        break;
+      case Op::Sqrt:
+        r = std::sqrt(x);
+        break;
+      default:
+        r = std::tanh(x);
+        break;
       }
       set(w, o[0], l, fromF32(applyFtz(in, r)));
     }
     return;
   }
-  case Op::Ld: case Op::St: case Op::Atom: case Op::Red: case Op::Prefetch:
+  case Op::Ld:
+  case Op::St:
+  case Op::Atom:
+  case Op::Red:
+  case Op::Prefetch:
   case Op::PrefetchTensormap:
     executeMemory(w, in, active);
     return;
-  case Op::Shfl: case Op::Vote: case Op::ElectSync: case Op::Call:
+  case Op::Shfl:
+  case Op::Vote:
+  case Op::ElectSync:
+  case Op::Call:
     executeSpecialLanes(w, in, active);
     return;
-  case Op::Membar: case Op::Nop: case Op::FenceMbarInit:
+  case Op::Membar:
+  case Op::Nop:
+  case Op::FenceMbarInit:
     return;
   case Op::FenceProxyAsync:
-    FOR_LANES(active, l) ++fenceCount[w.index * 32 + l];
+    FOR_LANES(active, l)++ fenceCount[w.index * 32 + l];
     return;
   case Op::Setmaxnreg: {
     if (active != w.allMask)
@@ -1998,20 +2195,30 @@ void Interpreter::executeCvt(Warp &w, const Instruction &in, uint32_t active) {
   unsigned dn = typeBytes(d), sn = typeBytes(s);
   auto readFloat = [&](uint64_t v) -> double {
     switch (s) {
-    case Type::F32: return asF32(v);
-    case Type::F64: return asF64(v);
-    case Type::BF16: return bf16ToF32(static_cast<uint16_t>(v));
-    case Type::F16: return f16ToF32(static_cast<uint16_t>(v));
-    default: return 0;
+    case Type::F32:
+      return asF32(v);
+    case Type::F64:
+      return asF64(v);
+    case Type::BF16:
+      return bf16ToF32(static_cast<uint16_t>(v));
+    case Type::F16:
+      return f16ToF32(static_cast<uint16_t>(v));
+    default:
+      return 0;
     }
   };
   auto roundInt = [&](double x) -> double {
     switch (in.rounding) {
-    case 1: return std::nearbyint(x);
-    case 2: return std::trunc(x);
-    case 3: return std::floor(x);
-    case 4: return std::ceil(x);
-    default: return std::trunc(x); // float -> int defaults to .rzi
+    case 1:
+      return std::nearbyint(x);
+    case 2:
+      return std::trunc(x);
+    case 3:
+      return std::floor(x);
+    case 4:
+      return std::ceil(x);
+    default:
+      return std::trunc(x); // float -> int defaults to .rzi
     }
   };
   FOR_LANES(active, l) {
@@ -2042,10 +2249,17 @@ void Interpreter::executeCvt(Warp &w, const Instruction &in, uint32_t active) {
         r = fromF32(f);
         break;
       }
-      case Type::F64: r = fromF64(x); break;
-      case Type::BF16: r = f32ToBf16(static_cast<float>(x)); break;
-      case Type::F16: r = f32ToF16(static_cast<float>(x)); break;
-      default: fail("unsupported cvt");
+      case Type::F64:
+        r = fromF64(x);
+        break;
+      case Type::BF16:
+        r = f32ToBf16(static_cast<float>(x));
+        break;
+      case Type::F16:
+        r = f32ToF16(static_cast<float>(x));
+        break;
+      default:
+        fail("unsupported cvt");
       }
       if (s == Type::F64 && d == Type::BF16) // double rounding is not exact
         fail("cvt.bf16.f64 is not modeled");
@@ -2064,12 +2278,14 @@ void Interpreter::executeCvt(Warp &w, const Instruction &in, uint32_t active) {
         r = truncTo(uint64_t(iv), dn);
       } else {
         double hi = std::ldexp(1.0, 8 * dn) - 1;
-        uint64_t uv = x <= 0 ? 0 : x >= hi ? (dn == 8 ? UINT64_MAX : uint64_t(hi))
-                                           : uint64_t(x);
+        uint64_t uv = x <= 0    ? 0
+                      : x >= hi ? (dn == 8 ? UINT64_MAX : uint64_t(hi))
+                                : uint64_t(x);
         r = uv;
       }
     } else if (isFloat(d)) { // int -> float
-      double x = isSigned(s) ? double(signExtend(v, sn)) : double(truncTo(v, sn));
+      double x =
+          isSigned(s) ? double(signExtend(v, sn)) : double(truncTo(v, sn));
       if (sn == 8) { // 64-bit integers do not fit a double exactly
         if (isSigned(s)) {
           int64_t iv = signExtend(v, 8);
@@ -2089,11 +2305,20 @@ void Interpreter::executeCvt(Warp &w, const Instruction &in, uint32_t active) {
         }
       }
       switch (d) {
-      case Type::F32: r = fromF32(static_cast<float>(x)); break;
-      case Type::F64: r = fromF64(x); break;
-      case Type::BF16: r = f32ToBf16(static_cast<float>(x)); break;
-      case Type::F16: r = f32ToF16(static_cast<float>(x)); break;
-      default: fail("unsupported cvt");
+      case Type::F32:
+        r = fromF32(static_cast<float>(x));
+        break;
+      case Type::F64:
+        r = fromF64(x);
+        break;
+      case Type::BF16:
+        r = f32ToBf16(static_cast<float>(x));
+        break;
+      case Type::F16:
+        r = f32ToF16(static_cast<float>(x));
+        break;
+      default:
+        fail("unsupported cvt");
       }
     } else { // int -> int
       int64_t x = isSigned(s) ? signExtend(v, sn) : int64_t(truncTo(v, sn));
@@ -2137,21 +2362,18 @@ void Interpreter::executeMemory(Warp &w, const Instruction &in,
     return;
   }
   const unsigned elem = typeBytes(in.type);
-  const bool isSharedSpace = [&] {
-    return in.space == Space::Shared || in.space == Space::SharedCluster;
-  }();
   if (in.op == Op::Ld || in.op == Op::St) {
     const Operand &addrOp = in.op == Op::Ld ? o[1] : o[0];
     const Operand &val = in.op == Op::Ld ? o[0] : o[1];
     if (addrOp.kind != Operand::Kind::Addr)
       fail("memory operand expected");
-    const Symbol *sym = addrOp.symbol >= 0 ? &fn.symbols[addrOp.symbol] : nullptr;
+    const Symbol *sym =
+        addrOp.symbol >= 0 ? &fn.symbols[addrOp.symbol] : nullptr;
     unsigned total = elem * in.vector;
     FOR_LANES(active, l) {
       uint64_t a = address(w, addrOp, l);
       Resolved r = resolve(in.space, a, total, total, l, in.op == Op::St, sym);
       bool sh = r.space == Space::Shared;
-      (void)isSharedSpace;
       if (in.op == Op::Ld) {
         if (sh)
           checkSharedRead(r.offset, total, l);
@@ -2207,7 +2429,8 @@ void Interpreter::executeMemory(Warp &w, const Instruction &in,
       else
         nv = old + b;
       break;
-    case 2: case 3: // min, max
+    case 2:
+    case 3: // min, max
       if (t == Type::F32) {
         float x = asF32(old), y = asF32(b);
         nv = fromF32(in.sub == 2 ? std::fmin(x, y) : std::fmax(x, y));
@@ -2219,17 +2442,28 @@ void Interpreter::executeMemory(Warp &w, const Instruction &in,
         nv = in.sub == 2 ? std::min(x, y) : std::max(x, y);
       }
       break;
-    case 4: nv = b; break;
+    case 4:
+      nv = b;
+      break;
     case 5: // cas: [a] == b ? c : old
       nv = truncTo(old, elem) == truncTo(b, elem) ? get(w, o[vi + 1], l) : old;
       break;
-    case 6: nv = old & b; break;
-    case 7: nv = old | b; break;
-    case 8: nv = old ^ b; break;
-    case 9: nv = truncTo(old, elem) >= truncTo(b, elem) ? 0 : old + 1; break;
+    case 6:
+      nv = old & b;
+      break;
+    case 7:
+      nv = old | b;
+      break;
+    case 8:
+      nv = old ^ b;
+      break;
+    case 9:
+      nv = truncTo(old, elem) >= truncTo(b, elem) ? 0 : old + 1;
+      break;
     case 10:
       nv = (truncTo(old, elem) == 0 || truncTo(old, elem) > truncTo(b, elem))
-               ? b : old - 1;
+               ? b
+               : old - 1;
       break;
     }
     std::memcpy(r.ptr, &nv, elem);
@@ -2287,10 +2521,18 @@ void Interpreter::executeSpecialLanes(Warp &w, const Instruction &in,
     FOR_LANES(active, l) {
       uint64_t r;
       switch (in.sub) {
-      case 0: r = ballot == active; break;
-      case 1: r = ballot != 0; break;
-      case 2: r = ballot == 0 || ballot == active; break;
-      default: r = ballot; break;
+      case 0:
+        r = ballot == active;
+        break;
+      case 1:
+        r = ballot != 0;
+        break;
+      case 2:
+        r = ballot == 0 || ballot == active;
+        break;
+      default:
+        r = ballot;
+        break;
       }
       set(w, o[0], l, r);
     }
@@ -2310,10 +2552,22 @@ void Interpreter::executeSpecialLanes(Warp &w, const Instruction &in,
     int j = 0;
     bool p = false;
     switch (in.sub) {
-    case 0: j = l ^ b; p = unsigned(j) <= maxLane; break;
-    case 1: j = int(minLane | (b & ~segmask)); p = unsigned(j) <= maxLane; break;
-    case 2: j = int(l) - int(b); p = j >= int(maxLane); break;
-    case 3: j = int(l) + int(b); p = j <= int(maxLane); break;
+    case 0:
+      j = l ^ b;
+      p = unsigned(j) <= maxLane;
+      break;
+    case 1:
+      j = int(minLane | (b & ~segmask));
+      p = unsigned(j) <= maxLane;
+      break;
+    case 2:
+      j = int(l) - int(b);
+      p = j >= int(maxLane);
+      break;
+    case 3:
+      j = int(l) + int(b);
+      p = j <= int(maxLane);
+      break;
     }
     if (!p)
       j = l;
@@ -2444,7 +2698,9 @@ void Interpreter::executeAsync(Warp &w, const Instruction &in,
     }
     return;
   }
-  case Op::MbarArrive: case Op::MbarArriveExpectTx: case Op::MbarExpectTx: {
+  case Op::MbarArrive:
+  case Op::MbarArriveExpectTx:
+  case Op::MbarExpectTx: {
     // arrive: state, [a] {, count}; arrive.expect_tx: state, [a], tx;
     // expect_tx: [a], tx.
     bool hasState = in.op != Op::MbarExpectTx;
@@ -2515,12 +2771,13 @@ void Interpreter::executeAsync(Warp &w, const Instruction &in,
       if (t.map.swizzle) {
         unsigned atom = 8 * swizzleSpan(tensorMapSwizzle(t.map.swizzle));
         if (dst % atom)
-          fail("cp.async.bulk.tensor with " +
-                   std::to_string(swizzleSpan(tensorMapSwizzle(t.map.swizzle))) +
-                   "-byte swizzle into shared offset " + std::to_string(dst) +
-                   ", not aligned to the " + std::to_string(atom) +
-                   "-byte swizzle atom",
-               l);
+          fail(
+              "cp.async.bulk.tensor with " +
+                  std::to_string(swizzleSpan(tensorMapSwizzle(t.map.swizzle))) +
+                  "-byte swizzle into shared offset " + std::to_string(dst) +
+                  ", not aligned to the " + std::to_string(atom) +
+                  "-byte swizzle atom",
+              l);
       }
       if (dst + t.bytes > sharedSize)
         fail("cp.async.bulk.tensor writes past the block's shared memory", l);
@@ -2559,7 +2816,8 @@ void Interpreter::executeAsync(Warp &w, const Instruction &in,
       uint64_t dst = address(w, o[0], l);
       c.src = address(w, o[1], l);
       c.size = static_cast<unsigned>(get(w, o[2], l));
-      c.srcSize = o.size() > 3 ? static_cast<unsigned>(get(w, o[3], l)) : c.size;
+      c.srcSize =
+          o.size() > 3 ? static_cast<unsigned>(get(w, o[3], l)) : c.size;
       if (c.size != 4 && c.size != 8 && c.size != 16)
         fail("cp.async size must be 4, 8 or 16", l);
       if (c.srcSize > c.size)
@@ -2588,7 +2846,7 @@ void Interpreter::executeAsync(Warp &w, const Instruction &in,
   case Op::CpAsyncCommit:
     if (w.threads.empty())
       w.threads.resize(32);
-    FOR_LANES(active, l) ++w.threads[l].openGroup;
+    FOR_LANES(active, l)++ w.threads[l].openGroup;
     return;
   case Op::WgmmaFence:
     if (active != w.allMask)
@@ -2602,7 +2860,8 @@ void Interpreter::executeAsync(Warp &w, const Instruction &in,
   case Op::WgmmaMma:
     executeWgmma(w, in, active);
     return;
-  case Op::CpAsyncBulkCommit: case Op::CpAsyncBulkWait:
+  case Op::CpAsyncBulkCommit:
+  case Op::CpAsyncBulkWait:
     fail("bulk async-groups (TMA stores) are not modeled");
   default:
     fail("instruction not implemented by the emulator");
@@ -2720,7 +2979,8 @@ void Interpreter::executeWgmma(Warp &w, const Instruction &in,
     if (opts.hazards)
       for (auto &r : op->readRanges)
         markWgmmaRead(r.first, r.second, +1);
-    async.push_back({AsyncOp::Kind::Wgmma, static_cast<size_t>(op - wgmmas.data())});
+    async.push_back(
+        {AsyncOp::Kind::Wgmma, static_cast<size_t>(op - wgmmas.data())});
     ++asyncPending;
   }
 }

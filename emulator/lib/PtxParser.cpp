@@ -20,12 +20,12 @@ namespace kiln::emu {
 
 Type parseType(const std::string &n) {
   static const std::map<std::string, Type> types = {
-      {"pred", Type::Pred}, {"b8", Type::B8},     {"b16", Type::B16},
-      {"b32", Type::B32},   {"b64", Type::B64},   {"b128", Type::B128},
-      {"u8", Type::U8},     {"u16", Type::U16},   {"u32", Type::U32},
-      {"u64", Type::U64},   {"s8", Type::S8},     {"s16", Type::S16},
-      {"s32", Type::S32},   {"s64", Type::S64},   {"f16", Type::F16},
-      {"bf16", Type::BF16}, {"f32", Type::F32},   {"f64", Type::F64},
+      {"pred", Type::Pred},   {"b8", Type::B8},        {"b16", Type::B16},
+      {"b32", Type::B32},     {"b64", Type::B64},      {"b128", Type::B128},
+      {"u8", Type::U8},       {"u16", Type::U16},      {"u32", Type::U32},
+      {"u64", Type::U64},     {"s8", Type::S8},        {"s16", Type::S16},
+      {"s32", Type::S32},     {"s64", Type::S64},      {"f16", Type::F16},
+      {"bf16", Type::BF16},   {"f32", Type::F32},      {"f64", Type::F64},
       {"f16x2", Type::F16x2}, {"bf16x2", Type::BF16x2}};
   auto it = types.find(n);
   return it == types.end() ? Type::None : it->second;
@@ -184,9 +184,9 @@ bool parseImmediate(const std::string &t, Type type, int64_t &bits) {
   }
   if (!std::isdigit(static_cast<unsigned char>(*s)))
     return false;
-  bool isFloatText = t.find('.') != std::string::npos ||
-                     (t.find('e') != std::string::npos &&
-                      t.find("0x") == std::string::npos);
+  bool isFloatText =
+      t.find('.') != std::string::npos ||
+      (t.find('e') != std::string::npos && t.find("0x") == std::string::npos);
   if (isFloatText) {
     double d = std::strtod(t.c_str(), nullptr);
     if (type == Type::F32) {
@@ -224,16 +224,26 @@ bool parseImmediate(const std::string &t, Type type, int64_t &bits) {
 
 const std::map<std::string, Special> &specialRegisters() {
   static const std::map<std::string, Special> m = {
-      {"%tid.x", Special::TidX},         {"%tid.y", Special::TidY},
-      {"%tid.z", Special::TidZ},         {"%ntid.x", Special::NtidX},
-      {"%ntid.y", Special::NtidY},       {"%ntid.z", Special::NtidZ},
-      {"%ctaid.x", Special::CtaidX},     {"%ctaid.y", Special::CtaidY},
-      {"%ctaid.z", Special::CtaidZ},     {"%nctaid.x", Special::NctaidX},
-      {"%nctaid.y", Special::NctaidY},   {"%nctaid.z", Special::NctaidZ},
-      {"%laneid", Special::LaneId},      {"%warpid", Special::WarpId},
-      {"%nwarpid", Special::NWarpId},    {"%smid", Special::SmId},
-      {"%nsmid", Special::NSmId},        {"%clock", Special::Clock},
-      {"%clock64", Special::Clock64},    {"%globaltimer", Special::GlobalTimer},
+      {"%tid.x", Special::TidX},
+      {"%tid.y", Special::TidY},
+      {"%tid.z", Special::TidZ},
+      {"%ntid.x", Special::NtidX},
+      {"%ntid.y", Special::NtidY},
+      {"%ntid.z", Special::NtidZ},
+      {"%ctaid.x", Special::CtaidX},
+      {"%ctaid.y", Special::CtaidY},
+      {"%ctaid.z", Special::CtaidZ},
+      {"%nctaid.x", Special::NctaidX},
+      {"%nctaid.y", Special::NctaidY},
+      {"%nctaid.z", Special::NctaidZ},
+      {"%laneid", Special::LaneId},
+      {"%warpid", Special::WarpId},
+      {"%nwarpid", Special::NWarpId},
+      {"%smid", Special::SmId},
+      {"%nsmid", Special::NSmId},
+      {"%clock", Special::Clock},
+      {"%clock64", Special::Clock64},
+      {"%globaltimer", Special::GlobalTimer},
       {"%cluster_ctarank", Special::ClusterCtaRank},
       {"%cluster_nctarank", Special::ClusterNCtaRank},
       {"%clusterid.x", Special::ClusterIdX},
@@ -467,7 +477,8 @@ private:
   }
 
   void skipSpace() {
-    while (pos < src.size() && std::isspace(static_cast<unsigned char>(src[pos])))
+    while (pos < src.size() &&
+           std::isspace(static_cast<unsigned char>(src[pos])))
       ++pos;
   }
 
@@ -528,33 +539,26 @@ private:
   /// `.global`, `.shared`, `.extern .func`, ... at module scope.
   void declaration(const std::string &text, unsigned line) {
     std::vector<std::string> words = splitWords(text);
-    bool isExtern = std::find(words.begin(), words.end(), ".extern") !=
-                    words.end();
-    if (std::find(words.begin(), words.end(), ".func") != words.end() ||
-        std::find(words.begin(), words.end(), ".entry") != words.end()) {
-      // A declaration: the callee must be a function the emulator provides.
-      std::string head = text.substr(0, text.find('('));
-      size_t close = text.find(')');
-      std::string afterRet = close != std::string::npos && text.find('(') <
-                                     text.find(".func") + 100
-                                 ? text
-                                 : text;
-      (void)afterRet;
-      // Name: the identifier after `.func` (and its return list).
+    if (std::find(words.begin(), words.end(), ".entry") != words.end())
+      fail(line, "an .entry declaration without a body");
+    if (std::find(words.begin(), words.end(), ".func") != words.end()) {
+      // A declaration (`.extern .func (.param ...) vprintf (...)`): calls
+      // are checked against what the emulator provides where they are made.
+      // Name: the identifier after `.func` and its return list.
       size_t f = text.find(".func");
       size_t p = f + 5;
-      while (p < text.size() && std::isspace(static_cast<unsigned char>(text[p])))
+      while (p < text.size() &&
+             std::isspace(static_cast<unsigned char>(text[p])))
         ++p;
       if (p < text.size() && text[p] == '(')
         p = text.find(')', p) + 1;
-      while (p < text.size() && std::isspace(static_cast<unsigned char>(text[p])))
+      while (p < text.size() &&
+             std::isspace(static_cast<unsigned char>(text[p])))
         ++p;
       size_t e = p;
       while (e < text.size() && isIdentChar(text[e]))
         ++e;
       module->externFunctions.push_back(text.substr(p, e - p));
-      (void)head;
-      (void)isExtern;
       return;
     }
     Symbol sym = variable(text, line, /*moduleScope=*/true);
@@ -599,8 +603,7 @@ private:
         sym.space = Space::Const;
       else if (w == ".extern")
         sym.isExtern = true;
-      else if (w == ".visible" || w == ".weak" || w == ".common" ||
-               w == ".ptr")
+      else if (w == ".visible" || w == ".weak" || w == ".common" || w == ".ptr")
         continue;
       else if (w == ".align" && i + 1 < words.size())
         sym.align = std::strtoull(words[++i].c_str(), nullptr, 10);
@@ -663,7 +666,8 @@ private:
     if (!fn->isEntry)
       fail(line, "only .entry functions are supported (a .func body)");
     size_t e = header.find(".entry") + 6;
-    while (e < header.size() && std::isspace(static_cast<unsigned char>(header[e])))
+    while (e < header.size() &&
+           std::isspace(static_cast<unsigned char>(header[e])))
       ++e;
     size_t n = e;
     while (n < header.size() && isIdentChar(header[n]))
@@ -701,13 +705,15 @@ private:
         fn->symbols.push_back(s);
       }
     }
-    std::string tail = close == std::string::npos ? "" : header.substr(close + 1);
+    std::string tail =
+        close == std::string::npos ? "" : header.substr(close + 1);
     auto dims = [&](const char *key, int *out) {
       size_t k = tail.find(key);
       if (k == std::string::npos)
         return;
       std::string rest = tail.substr(k + std::strlen(key));
-      std::vector<std::string> v = splitOperands(rest.substr(0, rest.find('.')));
+      std::vector<std::string> v =
+          splitOperands(rest.substr(0, rest.find('.')));
       for (size_t i = 0; i < v.size() && i < 3; ++i)
         out[i] = std::atoi(v[i].c_str());
     };
@@ -866,8 +872,8 @@ private:
       size_t comma = in.find(',');
       if (comma != std::string::npos) { // [tensorMap, {c0, c1, ...}]
         o.kind = Operand::Kind::TensorCoords;
-        Operand base = operand(in.substr(0, comma), Type::U64, line, instr,
-                               index, false);
+        Operand base =
+            operand(in.substr(0, comma), Type::U64, line, instr, index, false);
         o.reg = base.reg;
         o.symbol = base.symbol;
         std::string coords = in.substr(comma + 1);
@@ -912,7 +918,8 @@ private:
     }
     if (t[0] == '{') {
       o.kind = Operand::Kind::Vec;
-      for (const std::string &e : splitOperands(t.substr(1, t.rfind('}') - 1))) {
+      for (const std::string &e :
+           splitOperands(t.substr(1, t.rfind('}') - 1))) {
         if (e == "_") {
           o.regs.push_back(INT32_MIN); // a sink
           continue;
@@ -1003,8 +1010,8 @@ private:
         }
       }
       if (callee != "vprintf")
-        fail(line, "call of '" + callee +
-                       "': the emulator provides only vprintf");
+        fail(line,
+             "call of '" + callee + "': the emulator provides only vprintf");
       // ops: ret symbol (or none), then argument symbols.
       for (const std::string &a : args) {
         if (a == "#ret")
@@ -1030,8 +1037,8 @@ private:
         std::string op = ops[i];
         size_t bar = op.find('|');
         if (bar != std::string::npos) {
-          in.ops.push_back(operand(op.substr(0, bar), t, line, index,
-                                   in.ops.size(), false));
+          in.ops.push_back(
+              operand(op.substr(0, bar), t, line, index, in.ops.size(), false));
           Operand p = operand(op.substr(bar + 1), Type::Pred, line, index,
                               in.ops.size(), false);
           in.ops.back().items.push_back(p);
@@ -1052,20 +1059,50 @@ private:
                        std::to_string(in.ops.size()));
     };
     switch (in.op) {
-    case Op::Add: case Op::Sub: case Op::Mul: case Op::MulHi:
-    case Op::MulWide: case Op::Div: case Op::Rem: case Op::Min: case Op::Max:
-    case Op::And: case Op::Or: case Op::Xor: case Op::Shl: case Op::Shr:
+    case Op::Add:
+    case Op::Sub:
+    case Op::Mul:
+    case Op::MulHi:
+    case Op::MulWide:
+    case Op::Div:
+    case Op::Rem:
+    case Op::Min:
+    case Op::Max:
+    case Op::And:
+    case Op::Or:
+    case Op::Xor:
+    case Op::Shl:
+    case Op::Shr:
     case Op::Copysign:
       need(3);
       break;
-    case Op::Mad: case Op::MadHi: case Op::MadWide: case Op::Fma:
-    case Op::Selp: case Op::Bfe:
+    case Op::Mad:
+    case Op::MadHi:
+    case Op::MadWide:
+    case Op::Fma:
+    case Op::Selp:
+    case Op::Bfe:
       need(4);
       break;
-    case Op::Neg: case Op::Abs: case Op::Not: case Op::Mov: case Op::Ex2:
-    case Op::Lg2: case Op::Sin: case Op::Cos: case Op::Rsqrt: case Op::Rcp:
-    case Op::Sqrt: case Op::Tanh: case Op::Popc: case Op::Clz: case Op::Brev:
-    case Op::Cvta: case Op::CvtaTo: case Op::Ld: case Op::St:
+    case Op::Neg:
+    case Op::Abs:
+    case Op::Not:
+    case Op::Mov:
+    case Op::Ex2:
+    case Op::Lg2:
+    case Op::Sin:
+    case Op::Cos:
+    case Op::Rsqrt:
+    case Op::Rcp:
+    case Op::Sqrt:
+    case Op::Tanh:
+    case Op::Popc:
+    case Op::Clz:
+    case Op::Brev:
+    case Op::Cvta:
+    case Op::CvtaTo:
+    case Op::Ld:
+    case Op::St:
     case Op::Testp:
       need(2);
       break;
@@ -1158,29 +1195,37 @@ private:
           unknown();
         if (roundingOf(m))
           in.rounding = roundingOf(m);
-        if (m == "ftz") in.ftz = true;
-        if (m == "sat") in.sat = true;
-        if (m == "approx") in.approx = true;
-        if (m == "full") in.full = true;
-        if (m == "NaN") in.nanMode = true;
-        if (m == "lo") in.lo = true;
-        if (m == "hi") in.hi = true;
-        if (m == "wide") in.wide = true;
+        if (m == "ftz")
+          in.ftz = true;
+        if (m == "sat")
+          in.sat = true;
+        if (m == "approx")
+          in.approx = true;
+        if (m == "full")
+          in.full = true;
+        if (m == "NaN")
+          in.nanMode = true;
+        if (m == "lo")
+          in.lo = true;
+        if (m == "hi")
+          in.hi = true;
+        if (m == "wide")
+          in.wide = true;
       }
     };
     if (base == "add" || base == "sub") {
-      arith(base == "add" ? Op::Add : Op::Sub, {"rn", "rz", "rm", "rp", "ftz",
-                                                "sat"});
+      arith(base == "add" ? Op::Add : Op::Sub,
+            {"rn", "rz", "rm", "rp", "ftz", "sat"});
     } else if (base == "mul") {
-      arith(Op::Mul, {"rn", "rz", "rm", "rp", "ftz", "sat", "lo", "hi",
-                      "wide"});
+      arith(Op::Mul,
+            {"rn", "rz", "rm", "rp", "ftz", "sat", "lo", "hi", "wide"});
       if (in.hi)
         in.op = Op::MulHi;
       if (in.wide)
         in.op = Op::MulWide;
     } else if (base == "mad") {
-      arith(Op::Mad, {"rn", "rz", "rm", "rp", "ftz", "sat", "lo", "hi",
-                      "wide"});
+      arith(Op::Mad,
+            {"rn", "rz", "rm", "rp", "ftz", "sat", "lo", "hi", "wide"});
       if (in.hi)
         in.op = Op::MadHi;
       if (in.wide)
@@ -1202,17 +1247,17 @@ private:
                base == "popc" || base == "clz" || base == "brev" ||
                base == "bfe" || base == "bfi" || base == "copysign") {
       static const std::map<std::string, Op> ops = {
-          {"not", Op::Not}, {"and", Op::And}, {"or", Op::Or},
-          {"xor", Op::Xor}, {"shl", Op::Shl}, {"shr", Op::Shr},
+          {"not", Op::Not},   {"and", Op::And}, {"or", Op::Or},
+          {"xor", Op::Xor},   {"shl", Op::Shl}, {"shr", Op::Shr},
           {"popc", Op::Popc}, {"clz", Op::Clz}, {"brev", Op::Brev},
-          {"bfe", Op::Bfe}, {"bfi", Op::Bfi}, {"copysign", Op::Copysign}};
+          {"bfe", Op::Bfe},   {"bfi", Op::Bfi}, {"copysign", Op::Copysign}};
       arith(ops.at(base), {});
     } else if (base == "ex2" || base == "lg2" || base == "sin" ||
                base == "cos" || base == "rsqrt" || base == "rcp" ||
                base == "sqrt" || base == "tanh") {
       static const std::map<std::string, Op> ops = {
-          {"ex2", Op::Ex2}, {"lg2", Op::Lg2}, {"sin", Op::Sin},
-          {"cos", Op::Cos}, {"rsqrt", Op::Rsqrt}, {"rcp", Op::Rcp},
+          {"ex2", Op::Ex2},   {"lg2", Op::Lg2},     {"sin", Op::Sin},
+          {"cos", Op::Cos},   {"rsqrt", Op::Rsqrt}, {"rcp", Op::Rcp},
           {"sqrt", Op::Sqrt}, {"tanh", Op::Tanh}};
       arith(ops.at(base), {"approx", "ftz", "rn", "rz", "rm", "rp", "full"});
       if (in.type != Type::F32 && in.type != Type::F64)
@@ -1239,11 +1284,16 @@ private:
         unknown();
       in.cmp = c->second;
       for (size_t i = 2; i + 1 < p.size(); ++i) {
-        if (p[i] == "and") in.boolOp = 1;
-        else if (p[i] == "or") in.boolOp = 2;
-        else if (p[i] == "xor") in.boolOp = 3;
-        else if (p[i] == "ftz") in.ftz = true;
-        else unknown();
+        if (p[i] == "and")
+          in.boolOp = 1;
+        else if (p[i] == "or")
+          in.boolOp = 2;
+        else if (p[i] == "xor")
+          in.boolOp = 3;
+        else if (p[i] == "ftz")
+          in.ftz = true;
+        else
+          unknown();
       }
     } else if (base == "testp") {
       in.op = Op::Testp;
@@ -1251,8 +1301,10 @@ private:
       if (p.size() != 3 || (p[1] != "finite" && p[1] != "infinite" &&
                             p[1] != "number" && p[1] != "notanumber"))
         unknown();
-      in.sub = p[1] == "finite" ? 0 : p[1] == "infinite" ? 1
-               : p[1] == "number" ? 2 : 3;
+      in.sub = p[1] == "finite"     ? 0
+               : p[1] == "infinite" ? 1
+               : p[1] == "number"   ? 2
+                                    : 3;
     } else if (base == "mov") {
       in.op = Op::Mov;
       in.type = lastType();
@@ -1316,10 +1368,10 @@ private:
         else if (m == "v4")
           in.vector = 4;
         else if (m == "volatile" || m == "weak" || m == "relaxed" ||
-                 m == "acquire" || m == "release" || m == "cta" ||
-                 m == "gpu" || m == "sys" || m == "nc" || m == "ca" ||
-                 m == "cg" || m == "cs" || m == "lu" || m == "cv" ||
-                 m == "wb" || m == "wt" || m.rfind("L1::", 0) == 0 ||
+                 m == "acquire" || m == "release" || m == "cta" || m == "gpu" ||
+                 m == "sys" || m == "nc" || m == "ca" || m == "cg" ||
+                 m == "cs" || m == "lu" || m == "cv" || m == "wb" ||
+                 m == "wt" || m.rfind("L1::", 0) == 0 ||
                  m.rfind("L2::", 0) == 0)
           continue;
         else
@@ -1374,19 +1426,29 @@ private:
       in.type = lastType();
       if (!has("sync"))
         unknown();
-      if (has("bfly")) in.sub = 0;
-      else if (has("idx")) in.sub = 1;
-      else if (has("up")) in.sub = 2;
-      else if (has("down")) in.sub = 3;
-      else unknown();
+      if (has("bfly"))
+        in.sub = 0;
+      else if (has("idx"))
+        in.sub = 1;
+      else if (has("up"))
+        in.sub = 2;
+      else if (has("down"))
+        in.sub = 3;
+      else
+        unknown();
     } else if (base == "vote") {
       in.op = Op::Vote;
       in.type = lastType();
-      if (has("all")) in.sub = 0;
-      else if (has("any")) in.sub = 1;
-      else if (has("uni")) in.sub = 2;
-      else if (has("ballot")) in.sub = 3;
-      else unknown();
+      if (has("all"))
+        in.sub = 0;
+      else if (has("any"))
+        in.sub = 1;
+      else if (has("uni"))
+        in.sub = 2;
+      else if (has("ballot"))
+        in.sub = 3;
+      else
+        unknown();
     } else if (base == "elect") {
       in.op = Op::ElectSync;
     } else if (base == "membar") {
@@ -1450,8 +1512,8 @@ private:
         // wgmma.mma_async.sync.aligned.m64nNk16.f32.bf16.bf16
         std::string shape;
         for (const std::string &m : p)
-          if (m.size() > 3 && m[0] == 'm' && std::isdigit(
-                                                 static_cast<unsigned char>(m[1])))
+          if (m.size() > 3 && m[0] == 'm' &&
+              std::isdigit(static_cast<unsigned char>(m[1])))
             shape = m;
         int m = 0, n = 0, k = 0;
         if (std::sscanf(shape.c_str(), "m%dn%dk%d", &m, &n, &k) != 3)

@@ -62,9 +62,10 @@ TEST(EmulatorDescriptor, DecodesKilnAndUpstreamConstants) {
   EXPECT_EQ(b.swizzle, Swizzle::B128);
   EXPECT_EQ(b.strideBytes, 1024u);
   EXPECT_EQ(b.leadingBytes, 8192u);
-  for (uint64_t bits : {0x4000004000010000ull, 0x8000002000400123ull,
-                        0xc00e00100020ffffull & ~(0x3ull << 14) & ~(3ull << 30) &
-                            ~(0xfull << 46) & ~(0x3ffull << 52)})
+  for (uint64_t bits :
+       {0x4000004000010000ull, 0x8000002000400123ull,
+        0xc00e00100020ffffull & ~(0x3ull << 14) & ~(3ull << 30) &
+            ~(0xfull << 46) & ~(0x3ffull << 52)})
     EXPECT_EQ(encodeDescriptor(decodeDescriptor(bits)), bits);
 }
 
@@ -158,13 +159,13 @@ TEST(EmulatorTensorMap, DriverRules) {
                 .find("16-byte aligned"),
             std::string::npos);
   uint64_t badStride[1] = {120};
-  EXPECT_NE(encodeTensorMap(m, kTmaBf16, 2, 0x1000, dims, badStride, box, es,
-                            0, 3, 0, 0)
+  EXPECT_NE(encodeTensorMap(m, kTmaBf16, 2, 0x1000, dims, badStride, box, es, 0,
+                            3, 0, 0)
                 .find("multiple of 16"),
             std::string::npos);
   unsigned wide[2] = {128, 8}; // 256 bytes > the 128-byte swizzle span
-  EXPECT_NE(encodeTensorMap(m, kTmaBf16, 2, 0x1000, dims, strides, wide, es,
-                            0, 3, 0, 0)
+  EXPECT_NE(encodeTensorMap(m, kTmaBf16, 2, 0x1000, dims, strides, wide, es, 0,
+                            3, 0, 0)
                 .find("swizzle span"),
             std::string::npos);
   unsigned big[2] = {64, 257};
@@ -277,10 +278,10 @@ DONE:
     EXPECT_EQ(out[32 + l], l >= 3 ? l - 3 : l); // below the segment: own
     EXPECT_EQ(out[64 + l], 7u);
   }
-  EXPECT_EQ(out[96], 0x5cu);        // bits 4..11 of 0xf0f0a5c3
-  EXPECT_EQ(out[97], 0xffffffffu);  // bits 28..35, sign bit 31 replicated
-  EXPECT_EQ(out[98], 0xc0403f80u);  // first source to the upper half; tie even
-  EXPECT_EQ(out[99], 0xfffffffdu);  // -3
+  EXPECT_EQ(out[96], 0x5cu);       // bits 4..11 of 0xf0f0a5c3
+  EXPECT_EQ(out[97], 0xffffffffu); // bits 28..35, sign bit 31 replicated
+  EXPECT_EQ(out[98], 0xc0403f80u); // first source to the upper half; tie even
+  EXPECT_EQ(out[99], 0xfffffffdu); // -3
 }
 
 TEST(EmulatorKernels, DivergentLanesReconverge) {
@@ -346,9 +347,10 @@ TEST(EmulatorKernels, ReportsNameKernelThreadLineAndRule) {
 
 TEST(EmulatorParser, RefusesUnknownFormsWithTheirLine) {
   std::string error;
-  auto m = parsePtx(".version 8.0\n.target sm_90a\n.address_size 64\n"
-                    ".visible .entry k()\n{\n  tex.2d.v4.f32.f32 {%f1}, [t];\n}\n",
-                    error);
+  auto m =
+      parsePtx(".version 8.0\n.target sm_90a\n.address_size 64\n"
+               ".visible .entry k()\n{\n  tex.2d.v4.f32.f32 {%f1}, [t];\n}\n",
+               error);
   EXPECT_FALSE(m);
   EXPECT_EQ(error, "ptx:6: unsupported instruction form 'tex.2d.v4.f32.f32'");
 }

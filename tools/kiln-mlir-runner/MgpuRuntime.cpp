@@ -81,8 +81,9 @@ Driver &get() {
     path = "libcuda.so.1";
   void *lib = dlopen(path, RTLD_NOW | RTLD_LOCAL);
   if (!lib) {
-    std::fprintf(stderr, "kiln-mlir-runner: cannot load the CUDA driver %s: %s\n",
-                 path, dlerror());
+    std::fprintf(stderr,
+                 "kiln-mlir-runner: cannot load the CUDA driver %s: %s\n", path,
+                 dlerror());
     std::exit(2);
   }
   Driver &d = *driver;
@@ -175,8 +176,8 @@ void mgpuLaunchKernel(void *f, intptr_t gx, intptr_t gy, intptr_t gz,
   Driver &d = get();
   if (smem > 48 * 1024)
     CHECK(d.cuFuncSetAttribute(f, 8 /*MAX_DYNAMIC_SHARED_SIZE_BYTES*/, smem));
-  CHECK(d.cuLaunchKernel(f, gx, gy, gz, bx, by, bz, smem, stream, params,
-                         extra));
+  CHECK(
+      d.cuLaunchKernel(f, gx, gy, gz, bx, by, bz, smem, stream, params, extra));
 }
 void *mgpuStreamCreate() {
   void *s = nullptr;
@@ -199,8 +200,8 @@ void mgpuMemcpy(void *dst, void *src, size_t bytes, void *stream) {
                             reinterpret_cast<CUdeviceptr>(src), bytes, stream));
 }
 void mgpuMemset8(void *dst, uint8_t value, size_t count, void *stream) {
-  CHECK(get().cuMemsetD8Async(reinterpret_cast<CUdeviceptr>(dst), value,
-                              count, stream));
+  CHECK(get().cuMemsetD8Async(reinterpret_cast<CUdeviceptr>(dst), value, count,
+                              stream));
 }
 void mgpuSetDefaultDevice(int32_t) {}
 
@@ -208,12 +209,15 @@ void *mgpuTensorMapEncodeTiledMemref(int64_t rank, void *descriptor,
                                      int64_t dataType, int64_t interleave,
                                      int64_t swizzle, int64_t l2Promotion,
                                      int64_t oobFill, int64_t *boxDims) {
-  static const unsigned elementBytes[] = {1, 2, 4, 4, 8, 8, 2, 4, 8, 2, 4, 4, 4};
+  static const unsigned elementBytes[] = {1, 2, 4, 4, 8, 8, 2,
+                                          4, 8, 2, 4, 4, 4};
   Driver &d = get();
   if (rank < 1 || rank > 5 || dataType < 0 || dataType > 12) {
-    std::fprintf(stderr, "kiln-mlir-runner: tensor map of rank %lld, type "
-                         "%lld\n",
-                 static_cast<long long>(rank), static_cast<long long>(dataType));
+    std::fprintf(stderr,
+                 "kiln-mlir-runner: tensor map of rank %lld, type "
+                 "%lld\n",
+                 static_cast<long long>(rank),
+                 static_cast<long long>(dataType));
     ++failures;
     return nullptr;
   }
@@ -231,25 +235,21 @@ void *mgpuTensorMapEncodeTiledMemref(int64_t rank, void *descriptor,
   for (int64_t i = 0; i + 1 < rank; ++i)
     byteStrides[i] = static_cast<uint64_t>(strides[rank - 2 - i]) * elem;
   alignas(64) unsigned char map[128];
-  CHECK(d.cuTensorMapEncodeTiled(map, static_cast<int>(dataType),
-                                 static_cast<unsigned>(rank),
-                                 m->aligned + m->offset * elem, dims,
-                                 byteStrides, box, elementStrides,
-                                 static_cast<int>(interleave),
-                                 static_cast<int>(swizzle),
-                                 static_cast<int>(l2Promotion),
-                                 static_cast<int>(oobFill)));
+  CHECK(d.cuTensorMapEncodeTiled(
+      map, static_cast<int>(dataType), static_cast<unsigned>(rank),
+      m->aligned + m->offset * elem, dims, byteStrides, box, elementStrides,
+      static_cast<int>(interleave), static_cast<int>(swizzle),
+      static_cast<int>(l2Promotion), static_cast<int>(oobFill)));
   CUdeviceptr device = 0;
   CHECK(d.cuMemAlloc(&device, sizeof map));
-  CHECK(d.cuMemcpyAsync(device, reinterpret_cast<CUdeviceptr>(map),
-                        sizeof map, nullptr));
+  CHECK(d.cuMemcpyAsync(device, reinterpret_cast<CUdeviceptr>(map), sizeof map,
+                        nullptr));
   return reinterpret_cast<void *>(device);
 }
 
 } // extern "C"
 
-void kilnMgpuSymbols(
-    std::vector<std::pair<const char *, void *>> &symbols) {
+void kilnMgpuSymbols(std::vector<std::pair<const char *, void *>> &symbols) {
   symbols = {
       {"mgpuModuleLoad", reinterpret_cast<void *>(&mgpuModuleLoad)},
       {"mgpuModuleLoadJIT", reinterpret_cast<void *>(&mgpuModuleLoadJIT)},

@@ -72,8 +72,7 @@ struct EraseTransformSchedule
   void runOnOperation() final {
     std::vector<Operation *> dead;
     for (Operation &op : getOperation().getBody()->getOperations())
-      if (op.getDialect() &&
-          op.getDialect()->getNamespace() == "transform")
+      if (op.getDialect() && op.getDialect()->getNamespace() == "transform")
         dead.push_back(&op);
     for (Operation *op : dead)
       op->erase();

@@ -59,7 +59,8 @@ static void externalizeDynamicSharedMemory(ModuleOp module) {
   module->walk([](LLVM::GlobalOp global) {
     auto array = dyn_cast<LLVM::LLVMArrayType>(global.getGlobalType());
     if (global.getAddrSpace() != 3 || !array || array.getNumElements() != 0 ||
-        global.getValueOrNull() || global.getInitializerRegion().getBlocks().size())
+        global.getValueOrNull() ||
+        global.getInitializerRegion().getBlocks().size())
       return;
     global.setLinkage(LLVM::Linkage::External);
   });

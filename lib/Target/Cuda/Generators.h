@@ -92,10 +92,9 @@ inline std::string sameChunk(KernelText &k, const std::string &kp,
   const char *mutation = std::getenv("KILN_TEST_MUTATION");
   if (mutation && std::string(mutation) == "chunk-mask")
     key = k.op("arith.addi " + kp + ", " + k.i64(1) + " : i64");
-  return k.cmp("eq",
-               k.op("arith.divsi " + key + ", " + k.i64(chunk) + " : i64"),
-               k.op("arith.divsi " + qp + ", " + k.i64(chunk) + " : i64"),
-               "i64");
+  return k.cmp(
+      "eq", k.op("arith.divsi " + key + ", " + k.i64(chunk) + " : i64"),
+      k.op("arith.divsi " + qp + ", " + k.i64(chunk) + " : i64"), "i64");
 }
 
 /// Prefill attention on wgmma (FlashAttentionKernel.cpp).

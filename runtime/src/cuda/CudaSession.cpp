@@ -121,7 +121,7 @@ struct CudaSession::State {
   std::vector<int64_t> tokens64, positionsHost;
   bool syncEachLaunch = false;
   bool poisonFresh = false; // KILN_CUDA_POISON
-  size_t steps = 0; // runs so far (names KILN_DUMP_DIR files)
+  size_t steps = 0;         // runs so far (names KILN_DUMP_DIR files)
   // KILN_CHECK_SAMPLER: every token picked on the GPU is picked again on
   // the host from the same logits (copied back) by the same rule.
   bool checkSampler = false;
@@ -252,9 +252,8 @@ struct CudaSession::State {
     // KILN_CUDA_POISON=1: fresh device memory reads as NaN (0xff bytes), as
     // the emulator's does, so a kernel that reads what nobody wrote (a KV
     // pool row past the keys, say) shows it on a GPU too.
-    if (poisonFresh &&
-        !check(driver->cuMemsetD8(b.ptr, 0xff, size), "cuMemsetD8(poison)",
-               error))
+    if (poisonFresh && !check(driver->cuMemsetD8(b.ptr, 0xff, size),
+                              "cuMemsetD8(poison)", error))
       return false;
     return true;
   }

@@ -1,4 +1,5 @@
-//===- Hopper.h - sm_90a data layouts, as the PTX ISA defines them -*- C++ -*-===//
+//===- Hopper.h - sm_90a data layouts, as the PTX ISA defines them -*- C++
+//-*-===//
 //
 // The pure functions behind wgmma and TMA: number conversions, the shared
 // memory swizzle, the wgmma matrix descriptor and its canonical layouts,
@@ -66,8 +67,17 @@ Coord aFragmentCoord(unsigned warp, unsigned lane, unsigned r, unsigned h);
 // ---- Tensor maps (CUtensorMap, 128 bytes) ---------------------------------
 /// cuda.h's CUtensorMapDataType values that the emulator handles.
 enum TensorDataType : int {
-  kTmaU8 = 0, kTmaU16 = 1, kTmaU32 = 2, kTmaS32 = 3, kTmaU64 = 4, kTmaS64 = 5,
-  kTmaF16 = 6, kTmaF32 = 7, kTmaF64 = 8, kTmaBf16 = 9, kTmaF32Ftz = 10,
+  kTmaU8 = 0,
+  kTmaU16 = 1,
+  kTmaU32 = 2,
+  kTmaS32 = 3,
+  kTmaU64 = 4,
+  kTmaS64 = 5,
+  kTmaF16 = 6,
+  kTmaF32 = 7,
+  kTmaF64 = 8,
+  kTmaBf16 = 9,
+  kTmaF32Ftz = 10,
 };
 
 /// The emulator's private layout of the opaque 128-byte CUtensorMap.

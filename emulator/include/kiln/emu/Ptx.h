@@ -23,24 +23,57 @@ namespace kiln::emu {
 enum class Type : uint8_t {
   None,
   Pred,
-  B8, B16, B32, B64, B128,
-  U8, U16, U32, U64,
-  S8, S16, S32, S64,
-  F16, BF16, F32, F64,
-  F16x2, BF16x2,
+  B8,
+  B16,
+  B32,
+  B64,
+  B128,
+  U8,
+  U16,
+  U32,
+  U64,
+  S8,
+  S16,
+  S32,
+  S64,
+  F16,
+  BF16,
+  F32,
+  F64,
+  F16x2,
+  BF16x2,
 };
 
 /// Bytes of one value of `t` (predicates: 1).
 inline unsigned typeBytes(Type t) {
   switch (t) {
-  case Type::None: return 0;
-  case Type::Pred: case Type::B8: case Type::U8: case Type::S8: return 1;
-  case Type::B16: case Type::U16: case Type::S16: case Type::F16:
-  case Type::BF16: return 2;
-  case Type::B32: case Type::U32: case Type::S32: case Type::F32:
-  case Type::F16x2: case Type::BF16x2: return 4;
-  case Type::B64: case Type::U64: case Type::S64: case Type::F64: return 8;
-  case Type::B128: return 16;
+  case Type::None:
+    return 0;
+  case Type::Pred:
+  case Type::B8:
+  case Type::U8:
+  case Type::S8:
+    return 1;
+  case Type::B16:
+  case Type::U16:
+  case Type::S16:
+  case Type::F16:
+  case Type::BF16:
+    return 2;
+  case Type::B32:
+  case Type::U32:
+  case Type::S32:
+  case Type::F32:
+  case Type::F16x2:
+  case Type::BF16x2:
+    return 4;
+  case Type::B64:
+  case Type::U64:
+  case Type::S64:
+  case Type::F64:
+    return 8;
+  case Type::B128:
+    return 16;
   }
   return 0;
 }
@@ -53,72 +86,196 @@ inline bool isFloat(Type t) {
 }
 Type parseType(const std::string &name); // "f32" -> F32, else None
 
-enum class Space : uint8_t { Generic, Global, Shared, SharedCluster, Local,
-                             Param, Const };
+enum class Space : uint8_t {
+  Generic,
+  Global,
+  Shared,
+  SharedCluster,
+  Local,
+  Param,
+  Const
+};
 
 enum class Op : uint16_t {
   // Integer and float ALU.
-  Add, Sub, Mul, MulHi, MulWide, Mad, MadHi, MadWide, Fma, Div, Rem, Min, Max,
-  Neg, Abs, Not, And, Or, Xor, Shl, Shr, Bfe, Bfi, Popc, Clz, Brev, Selp,
-  Setp, Mov, Cvt, Cvta, CvtaTo, Ex2, Lg2, Sin, Cos, Rsqrt, Rcp, Sqrt, Tanh,
-  Copysign, Testp,
+  Add,
+  Sub,
+  Mul,
+  MulHi,
+  MulWide,
+  Mad,
+  MadHi,
+  MadWide,
+  Fma,
+  Div,
+  Rem,
+  Min,
+  Max,
+  Neg,
+  Abs,
+  Not,
+  And,
+  Or,
+  Xor,
+  Shl,
+  Shr,
+  Bfe,
+  Bfi,
+  Popc,
+  Clz,
+  Brev,
+  Selp,
+  Setp,
+  Mov,
+  Cvt,
+  Cvta,
+  CvtaTo,
+  Ex2,
+  Lg2,
+  Sin,
+  Cos,
+  Rsqrt,
+  Rcp,
+  Sqrt,
+  Tanh,
+  Copysign,
+  Testp,
   // Memory.
-  Ld, St, Atom, Red, Prefetch, PrefetchTensormap,
+  Ld,
+  St,
+  Atom,
+  Red,
+  Prefetch,
+  PrefetchTensormap,
   // Control.
-  Bra, Ret, Exit, Call, BarSync, BarArrive, Shfl, Vote, ElectSync, Membar,
+  Bra,
+  Ret,
+  Exit,
+  Call,
+  BarSync,
+  BarArrive,
+  Shfl,
+  Vote,
+  ElectSync,
+  Membar,
   Trap,
   // Hopper asynchronous machinery.
-  MbarInit, MbarArrive, MbarArriveExpectTx, MbarExpectTx, MbarTryWait,
-  MbarTestWait, MbarInval, FenceProxyAsync, FenceMbarInit, Setmaxnreg,
-  WgmmaFence, WgmmaMma, WgmmaCommit, WgmmaWait, CpAsync, CpAsyncCommit,
-  CpAsyncWait, CpAsyncBulkTensor, CpAsyncBulkCommit, CpAsyncBulkWait,
+  MbarInit,
+  MbarArrive,
+  MbarArriveExpectTx,
+  MbarExpectTx,
+  MbarTryWait,
+  MbarTestWait,
+  MbarInval,
+  FenceProxyAsync,
+  FenceMbarInit,
+  Setmaxnreg,
+  WgmmaFence,
+  WgmmaMma,
+  WgmmaCommit,
+  WgmmaWait,
+  CpAsync,
+  CpAsyncCommit,
+  CpAsyncWait,
+  CpAsyncBulkTensor,
+  CpAsyncBulkCommit,
+  CpAsyncBulkWait,
   Nop,
 };
 
 /// Special registers (%tid.x, ...).
 enum class Special : uint8_t {
-  TidX, TidY, TidZ, NtidX, NtidY, NtidZ, CtaidX, CtaidY, CtaidZ, NctaidX,
-  NctaidY, NctaidZ, LaneId, WarpId, NWarpId, SmId, NSmId, Clock, Clock64,
-  GlobalTimer, ClusterCtaRank, ClusterNCtaRank, ClusterIdX, DynSmemSize,
-  LanemaskLt, LanemaskEq,
+  TidX,
+  TidY,
+  TidZ,
+  NtidX,
+  NtidY,
+  NtidZ,
+  CtaidX,
+  CtaidY,
+  CtaidZ,
+  NctaidX,
+  NctaidY,
+  NctaidZ,
+  LaneId,
+  WarpId,
+  NWarpId,
+  SmId,
+  NSmId,
+  Clock,
+  Clock64,
+  GlobalTimer,
+  ClusterCtaRank,
+  ClusterNCtaRank,
+  ClusterIdX,
+  DynSmemSize,
+  LanemaskLt,
+  LanemaskEq,
 };
 
 struct Operand {
-  enum class Kind : uint8_t { None, Reg, Imm, Special, Addr, Vec, Label,
-                              Symbol, TensorCoords, Sink };
+  enum class Kind : uint8_t {
+    None,
+    Reg,
+    Imm,
+    Special,
+    Addr,
+    Vec,
+    Label,
+    Symbol,
+    TensorCoords,
+    Sink
+  };
   Kind kind = Kind::None;
   bool negate = false; // `!%p` as a source predicate
   int32_t reg = -1;    // Reg; Addr base register (-1: none)
   int32_t symbol = -1; // Addr/Symbol: index into Function::symbols
   int64_t imm = 0;     // Imm bits; Addr byte offset; Label target; Special id
-  std::vector<int32_t> regs; // Vec; TensorCoords (coordinates)
+  std::vector<int32_t> regs;  // Vec; TensorCoords (coordinates)
   std::vector<Operand> items; // Vec with immediates (rare); unused otherwise
 };
 
 /// The compare of setp.
-enum class Cmp : uint8_t { Eq, Ne, Lt, Le, Gt, Ge, Lo, Ls, Hi, Hs, Equ, Neu,
-                           Ltu, Leu, Gtu, Geu, Num, Nan };
+enum class Cmp : uint8_t {
+  Eq,
+  Ne,
+  Lt,
+  Le,
+  Gt,
+  Ge,
+  Lo,
+  Ls,
+  Hi,
+  Hs,
+  Equ,
+  Neu,
+  Ltu,
+  Leu,
+  Gtu,
+  Geu,
+  Num,
+  Nan
+};
 
 struct Instruction {
   Op op = Op::Nop;
-  Type type = Type::None;   // the instruction's (destination) type
+  Type type = Type::None;    // the instruction's (destination) type
   Type srcType = Type::None; // cvt source; wgmma A/B element type
   Space space = Space::Generic;
-  uint8_t vector = 1;       // .v2 / .v4
+  uint8_t vector = 1; // .v2 / .v4
   Cmp cmp = Cmp::Eq;
-  uint8_t boolOp = 0;       // setp/ vote: 0 none, 1 and, 2 or, 3 xor
-  uint8_t rounding = 0;     // 0 default, 1 rn, 2 rz, 3 rm, 3 rp, int variants
+  uint8_t boolOp = 0;   // setp/ vote: 0 none, 1 and, 2 or, 3 xor
+  uint8_t rounding = 0; // 0 default, 1 rn, 2 rz, 3 rm, 3 rp, int variants
   bool ftz = false, sat = false, approx = false, full = false, nanMode = false;
   bool uni = false, lo = false, hi = false, wide = false;
-  uint8_t sub = 0;          // per-op selector (shfl mode, atom op, ...)
-  uint16_t shapeN = 0;      // wgmma N; cp.async.bulk.tensor rank
+  uint8_t sub = 0;     // per-op selector (shfl mode, atom op, ...)
+  uint16_t shapeN = 0; // wgmma N; cp.async.bulk.tensor rank
   uint8_t shapeM = 0, shapeK = 0;
-  int8_t guard = -1;        // unused marker (see guardReg)
-  int32_t guardReg = -1;    // @%p
-  bool guardNeg = false;    // @!%p
-  uint32_t line = 0;        // 1-based line in the PTX text
+  int32_t guardReg = -1; // @%p
+  bool guardNeg = false; // @!%p
+  uint32_t line = 0;     // 1-based line in the PTX text
   std::vector<Operand> ops;
-  std::string form;         // the full opcode text, e.g. "add.rn.f32"
+  std::string form; // the full opcode text, e.g. "add.rn.f32"
 };
 
 struct RegisterInfo {
@@ -130,13 +287,13 @@ struct Symbol {
   std::string name;
   Space space = Space::Generic;
   uint64_t size = 0, align = 1;
-  bool isExtern = false;      // .extern .shared (dynamic shared memory)
-  bool bareB8 = false;        // `.b8 name;`: how LLVM prints a [0 x i8]
-  bool entryParam = false;    // a kernel parameter (not a call's .param)
+  bool isExtern = false;   // .extern .shared (dynamic shared memory)
+  bool bareB8 = false;     // `.b8 name;`: how LLVM prints a [0 x i8]
+  bool entryParam = false; // a kernel parameter (not a call's .param)
   bool moduleScope = false;
-  std::vector<uint8_t> init;  // .global initializer bytes
-  uint64_t offset = 0;        // param: byte offset; shared: assigned at load
-  int64_t moduleSymbol = -1;  // index into Module::globals for .global
+  std::vector<uint8_t> init; // .global initializer bytes
+  uint64_t offset = 0;       // param: byte offset; shared: assigned at load
+  int64_t moduleSymbol = -1; // index into Module::globals for .global
 };
 
 struct Function {
@@ -154,8 +311,8 @@ struct Function {
   std::vector<uint32_t> reconvergence;
   // Shared memory layout (see layoutShared): offsets count from the start
   // of the block's window, whose first kReservedShared bytes sm_90 keeps.
-  uint64_t staticShared = 0; // bytes of static variables
-  uint64_t dynamicBase = 0;  // offset where dynamic shared memory starts
+  uint64_t staticShared = 0;   // bytes of static variables
+  uint64_t dynamicBase = 0;    // offset where dynamic shared memory starts
   uint64_t localBytes = 0;     // .local per thread
   uint64_t callParamBytes = 0; // .param declared in the body (call sites)
 };
@@ -170,7 +327,7 @@ struct Module {
   std::string version, target;
   std::vector<Function> functions;
   std::vector<GlobalVar> globals;
-  std::vector<Symbol> moduleShared; // module-scope .shared
+  std::vector<Symbol> moduleShared;         // module-scope .shared
   std::vector<std::string> externFunctions; // e.g. vprintf
   const Function *find(const std::string &name) const;
 };
