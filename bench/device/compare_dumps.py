@@ -15,6 +15,16 @@ import sys
 import numpy as np
 
 
+def relative_error(candidate, reference):
+    """||a - b|| / ||b|| of two .npy launch results (inf if shapes differ)."""
+    a = np.load(candidate).astype(np.float64)
+    b = np.load(reference).astype(np.float64)
+    if a.shape != b.shape:
+        return float("inf")
+    norm = np.linalg.norm(b)
+    return np.linalg.norm(a - b) / (norm if norm else 1.0)
+
+
 def main():
     args = sys.argv[1:]
     tol = 1e-2
@@ -29,13 +39,8 @@ def main():
         sys.exit("compare_dumps: no launch dumps in common")
     first = None
     for name in names:
-        a = np.load(os.path.join(candidate, name)).astype(np.float64)
-        b = np.load(os.path.join(reference, name)).astype(np.float64)
-        if a.shape != b.shape:
-            rel = float("inf")
-        else:
-            norm = np.linalg.norm(b)
-            rel = np.linalg.norm(a - b) / (norm if norm else 1.0)
+        rel = relative_error(os.path.join(candidate, name),
+                             os.path.join(reference, name))
         mark = ""
         if not rel <= tol and first is None:
             first = name

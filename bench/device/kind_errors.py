@@ -14,7 +14,8 @@ import os
 import re
 import sys
 
-import numpy as np
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from compare_dumps import relative_error  # noqa: E402
 
 
 def kind(name):
@@ -29,14 +30,7 @@ def main():
             continue
         # 001_0002_gemm_0_1.npy: step, launch, kernel, result index.
         kernel = "_".join(name[:-4].split("_")[2:-1])
-        a = np.load(os.path.join(cand, name)).astype(np.float64)
-        b = np.load(os.path.join(ref, name)).astype(np.float64)
-        if a.shape != b.shape:
-            rel = float("inf")
-        else:
-            norm = np.linalg.norm(b)
-            rel = np.linalg.norm(a - b) / norm if norm else float(
-                np.abs(a - b).max())
+        rel = relative_error(os.path.join(cand, name), os.path.join(ref, name))
         k = kind(kernel)
         worst[k] = max(worst.get(k, 0.0), rel)
         count[k] = count.get(k, 0) + 1
