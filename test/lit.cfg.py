@@ -18,11 +18,15 @@ config.test_exec_root = os.path.join(config.kiln_obj_root, "test")
 llvm_config.use_default_substitutions()
 llvm_config.add_tool_substitutions(
     ["kiln-opt", "kilnc", "kiln-ref", "kiln-mkmodel", "kiln-compare", "kiln-run",
-     "kiln-mlir-runner", "kiln-ptx-forms"],
+     "kiln-mlir-runner", "kiln-ptx-forms", "kiln-generate",
+     "kiln-capi-sessions"],
     [config.kiln_tools_dir])
 llvm_config.add_tool_substitutions(
     ["FileCheck", "not", "count", "split-file"], [config.llvm_tools_dir])
 config.substitutions.append(("%kiln_src", config.kiln_src_root))
+config.substitutions.append(("%kiln_obj", config.kiln_obj_root))
+config.substitutions.append(("%cmake", config.kiln_cmake))
+config.substitutions.append(("%cc", config.kiln_cc))
 config.substitutions.append(("%python", config.kiln_python or "python3"))
 
 # NumPy cross-checks run only where Debian's python3-numpy is installed.

@@ -24,4 +24,27 @@ def Kiln_MaskKindAttr : EnumAttr<Kiln_Dialect, Kiln_MaskKind, "mask"> {
   let assemblyFormat = "`<` $value `>`";
 }
 
+def Kiln_KernelMemory : I32EnumAttrCase<"Memory", 0, "memory">;
+def Kiln_KernelGemm : I32EnumAttrCase<"Gemm", 1, "gemm">;
+def Kiln_KernelAttention : I32EnumAttrCase<"Attention", 2, "attention">;
+def Kiln_KernelMoe : I32EnumAttrCase<"Moe", 3, "moe">;
+def Kiln_KernelRouter : I32EnumAttrCase<"Router", 4, "router">;
+def Kiln_KernelGroupedGemm
+    : I32EnumAttrCase<"GroupedGemm", 5, "grouped_gemm">;
+
+def Kiln_KernelKind
+    : I32EnumAttr<"KernelKind", "what a partitioned kernel computes",
+                  [Kiln_KernelMemory, Kiln_KernelGemm, Kiln_KernelAttention,
+                   Kiln_KernelMoe, Kiln_KernelRouter,
+                   Kiln_KernelGroupedGemm]> {
+  let cppNamespace = "::mlir::kiln";
+  let genSpecializedAttr = 0;
+}
+
+// The `kiln.kernel` attribute of a kernel function (kiln-partition-kernels):
+// `#kiln.kernel<gemm>`. Code generators dispatch on it with a switch.
+def Kiln_KernelKindAttr : EnumAttr<Kiln_Dialect, Kiln_KernelKind, "kernel"> {
+  let assemblyFormat = "`<` $value `>`";
+}
+
 #endif // KILN_ATTRS_TD

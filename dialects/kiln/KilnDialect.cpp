@@ -9,7 +9,9 @@
 #include "dialects/kiln/KilnOps.h"
 
 #include "mlir/IR/Builders.h"
+#include "mlir/IR/BuiltinOps.h"
 #include "mlir/IR/DialectImplementation.h"
+#include "mlir/Interfaces/FunctionInterfaces.h"
 #include "llvm/ADT/TypeSwitch.h"
 
 using namespace mlir;
@@ -30,6 +32,41 @@ void KilnDialect::initialize() {
 #define GET_ATTRDEF_LIST
 #include "dialects/kiln/KilnAttrs.cpp.inc"
       >();
+}
+
+LogicalResult KilnDialect::verifyOperationAttribute(Operation *op,
+                                                    NamedAttribute attr) {
+  StringRef name = attr.getName().getValue();
+  // Facts of the imported model, kept on the module for the engine writers.
+  if (name == "kiln.architecture") {
+    if (!isa<ModuleOp>(op) || !isa<StringAttr>(attr.getValue()))
+      return op->emitError()
+             << "'kiln.architecture' must be a string on the module";
+    return success();
+  }
+  if (name == "kiln.eos_token_ids") {
+    if (!isa<ModuleOp>(op) || !isa<DenseI64ArrayAttr>(attr.getValue()))
+      return op->emitError()
+             << "'kiln.eos_token_ids' must be an array<i64> on the module";
+    return success();
+  }
+  if (name == "kiln.max_position_embeddings") {
+    if (!isa<ModuleOp>(op) || !isa<IntegerAttr>(attr.getValue()))
+      return op->emitError() << "'kiln.max_position_embeddings' must be an "
+                                "integer on the module";
+    return success();
+  }
+  if (name != getKernelAttrName())
+    return op->emitError() << "unknown kiln attribute '" << name << "'";
+  if (!isa<KernelKindAttr>(attr.getValue()))
+    return op->emitError() << "'" << getKernelAttrName()
+                           << "' must be a #kiln.kernel<...> kind, got "
+                           << attr.getValue();
+  // A kernel stays a kernel through the lowerings (func.func, llvm.func).
+  if (!isa<FunctionOpInterface>(op))
+    return op->emitError() << "'" << getKernelAttrName()
+                           << "' marks kernel functions only";
+  return success();
 }
 
 LogicalResult KilnDialect::verifyRegionArgAttribute(Operation *op,

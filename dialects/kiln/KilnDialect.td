@@ -25,10 +25,16 @@ def Kiln_Dialect : Dialect {
   }];
   let useDefaultAttributePrinterParser = 1;
   let hasRegionArgAttrVerify = 1;
+  let hasOperationAttrVerify = 1;
   let extraClassDeclaration = [{
     /// Argument attribute naming the checkpoint tensor bound to an argument.
     static constexpr ::llvm::StringLiteral getWeightAttrName() {
       return ::llvm::StringLiteral("kiln.weight");
+    }
+    /// Function attribute marking a kernel function and its kind
+    /// (#kiln.kernel<...>).
+    static constexpr ::llvm::StringLiteral getKernelAttrName() {
+      return ::llvm::StringLiteral("kiln.kernel");
     }
     /// Argument attribute naming a runtime input ("tokens" or "positions").
     static constexpr ::llvm::StringLiteral getInputAttrName() {

@@ -283,7 +283,11 @@ public:
     double time[2] = {0, 0};
     for (auto &[op, row] : rows) {
       std::string kind =
-          row.kernel->getAttrOfType<StringAttr>("kiln.kernel").str();
+          stringifyKernelKind(row.kernel
+                                  ->getAttrOfType<KernelKindAttr>(
+                                      KilnDialect::getKernelAttrName())
+                                  .getValue())
+              .str();
       const Cost &one = row.perLaunch;
       Cost all{one.flops * row.launches, one.bytes * row.launches};
       double t[2];
@@ -381,7 +385,7 @@ public:
   LogicalResult run() {
     int64_t kernels = 0;
     for (auto f : module.getOps<func::FuncOp>())
-      kernels += f->hasAttr("kiln.kernel");
+      kernels += f->hasAttr(KilnDialect::getKernelAttrName());
     int64_t launches = 0;
     graph.walk([&](func::CallOp) { ++launches; });
     os << "Kiln cost report for @" << graph.getSymName() << ": " << kernels

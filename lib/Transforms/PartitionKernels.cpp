@@ -30,7 +30,7 @@ using namespace mlir::kiln;
 namespace {
 
 struct KernelGroup {
-  StringRef kind;
+  KernelKind kind = KernelKind::Memory;
   SmallVector<Operation *> ops;
 };
 
@@ -44,7 +44,7 @@ SmallVector<KernelGroup> formGroups(Block &block) {
     KernelGroup group;
     group.ops.push_back(&op);
     if (auto linear = dyn_cast<LinearOp>(op)) {
-      group.kind = "gemm";
+      group.kind = KernelKind::Gemm;
       // The epilogue joins the GEMM when it is the GEMM's only consumer.
       if (linear->hasOneUse()) {
         Operation *user = *linear->user_begin();
@@ -55,15 +55,15 @@ SmallVector<KernelGroup> formGroups(Block &block) {
         }
       }
     } else if (isa<AttentionOp>(op)) {
-      group.kind = "attention";
+      group.kind = KernelKind::Attention;
     } else if (isa<MoeOp>(op)) {
-      group.kind = "moe";
+      group.kind = KernelKind::Moe;
     } else if (isa<MoeRouteOp>(op)) {
-      group.kind = "router";
+      group.kind = KernelKind::Router;
     } else if (isa<ExpertGateUpOp, ExpertDownOp>(op)) {
-      group.kind = "grouped_gemm";
+      group.kind = KernelKind::GroupedGemm;
     } else {
-      group.kind = "memory";
+      group.kind = KernelKind::Memory;
     }
     groups.push_back(std::move(group));
   }
@@ -124,7 +124,8 @@ struct PartitionKernelsPass
 
     OpBuilder builder(module.getContext());
     builder.setInsertionPointToEnd(module.getBody());
-    std::string name = (group.kind + "_" + Twine(counters[group.kind]++)).str();
+    StringRef kindName = stringifyKernelKind(group.kind);
+    std::string name = (kindName + "_" + Twine(counters[kindName]++)).str();
     SmallVector<Type> inputTypes, outputTypes;
     for (Value v : inputs)
       inputTypes.push_back(v.getType());
@@ -134,7 +135,8 @@ struct PartitionKernelsPass
     auto kernel = func::FuncOp::create(
         builder, loc, name, builder.getFunctionType(inputTypes, outputTypes));
     kernel.setPrivate();
-    kernel->setAttr("kiln.kernel", builder.getStringAttr(group.kind));
+    kernel->setAttr(KilnDialect::getKernelAttrName(),
+                    KernelKindAttr::get(builder.getContext(), group.kind));
     Block *entry = kernel.addEntryBlock();
     IRMapping mapping;
     for (auto [value, arg] : llvm::zip(inputs, entry->getArguments()))
@@ -163,7 +165,7 @@ struct PartitionKernelsPass
     llvm::DenseMap<StringAttr, StringAttr> renamed;
     SmallVector<func::FuncOp> duplicates;
     for (auto kernel : module.getOps<func::FuncOp>()) {
-      if (!kernel->hasAttr("kiln.kernel"))
+      if (!kernel->hasAttr(KilnDialect::getKernelAttrName()))
         continue;
       auto [it, inserted] = canonical.try_emplace(bodyKey(kernel), kernel);
       if (!inserted) {
@@ -177,12 +179,13 @@ struct PartitionKernelsPass
     // Number the survivors per kind, in program order: gemm_0, gemm_1, ...
     llvm::StringMap<unsigned> counters;
     for (auto kernel : module.getOps<func::FuncOp>()) {
-      auto kind = kernel->getAttrOfType<StringAttr>("kiln.kernel");
+      auto kind = kernel->getAttrOfType<KernelKindAttr>(
+          KilnDialect::getKernelAttrName());
       if (!kind)
         continue;
+      StringRef kindName = stringifyKernelKind(kind.getValue());
       auto name = StringAttr::get(module.getContext(),
-                                  kind.getValue() + "_" +
-                                      Twine(counters[kind.getValue()]++));
+                                  kindName + "_" + Twine(counters[kindName]++));
       StringAttr old = kernel.getSymNameAttr();
       for (auto &[from, to] : renamed)
         if (to == old)

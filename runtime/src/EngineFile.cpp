@@ -2,12 +2,15 @@
 //---------------------===//
 
 #include "kiln/runtime/EngineFile.h"
+#include "kiln/kiln_version.h"
 
 #include <cerrno>
 #include <cstring>
 #include <fstream>
 
 using namespace kiln;
+
+const char *kiln::compilerVersion() { return "kiln " KILN_VERSION_STRING; }
 
 uint64_t kiln::fnv1a64(const uint8_t *data, size_t size) {
   uint64_t h = 0xcbf29ce484222325ull; // FNV-1a 64 offset basis

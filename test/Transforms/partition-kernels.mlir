@@ -14,12 +14,12 @@
 // CHECK: %[[R1:.*]] = call @memory_0(%[[R0]], %[[Z1]])
 // CHECK: return %[[R1]]
 
-// CHECK: func.func private @gemm_0(%{{.*}}: tensor<?x16xf32>, %{{.*}}: tensor<48x16xbf16>) -> tensor<?x24xf32> attributes {kiln.kernel = "gemm"}
+// CHECK: func.func private @gemm_0(%{{.*}}: tensor<?x16xf32>, %{{.*}}: tensor<48x16xbf16>) -> tensor<?x24xf32> attributes {kiln.kernel = #kiln.kernel<gemm>}
 // CHECK-NEXT: kiln.linear
 // CHECK-NEXT: kiln.packed_swiglu
 // CHECK-NEXT: return
-// CHECK: func.func private @gemm_1({{.*}}) -> tensor<?x16xf32> attributes {kiln.kernel = "gemm"}
-// CHECK: func.func private @memory_0({{.*}}) -> tensor<?x16xf32> attributes {kiln.kernel = "memory"}
+// CHECK: func.func private @gemm_1({{.*}}) -> tensor<?x16xf32> attributes {kiln.kernel = #kiln.kernel<gemm>}
+// CHECK: func.func private @memory_0({{.*}}) -> tensor<?x16xf32> attributes {kiln.kernel = #kiln.kernel<memory>}
 // CHECK-NEXT: kiln.add
 // CHECK-NOT: func.func private
 func.func @two_layers(%x: tensor<?x16xf32>, %w0: tensor<24x16xbf16>, %w1: tensor<24x16xbf16>,
@@ -45,9 +45,9 @@ func.func @two_layers(%x: tensor<?x16xf32>, %w0: tensor<24x16xbf16>, %w1: tensor
 // CHECK: call @memory_0
 // CHECK: call @attention_0
 // CHECK: call @moe_0
-// CHECK-DAG: func.func private @attention_0({{.*}}attributes {kiln.kernel = "attention"}
-// CHECK-DAG: func.func private @moe_0({{.*}}attributes {kiln.kernel = "moe"}
-// CHECK-DAG: func.func private @gemm_0(%{{.*}}: tensor<?x16xf32>, %{{.*}}: tensor<16x16xbf16>) -> tensor<?x16xf32> attributes {kiln.kernel = "gemm"}
+// CHECK-DAG: func.func private @attention_0({{.*}}attributes {kiln.kernel = #kiln.kernel<attention>}
+// CHECK-DAG: func.func private @moe_0({{.*}}attributes {kiln.kernel = #kiln.kernel<moe>}
+// CHECK-DAG: func.func private @gemm_0(%{{.*}}: tensor<?x16xf32>, %{{.*}}: tensor<16x16xbf16>) -> tensor<?x16xf32> attributes {kiln.kernel = #kiln.kernel<gemm>}
 func.func @kinds(%x: tensor<?x16xf32>, %pos: tensor<?xi64>, %w: tensor<16x16xbf16>,
                  %wr: tensor<4x16xbf16>, %gu: tensor<4x16x24xbf16>, %dn: tensor<4x12x16xbf16>)
     -> (tensor<?x16xf32>, tensor<?x16xf32>) {

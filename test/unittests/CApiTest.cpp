@@ -71,64 +71,114 @@ private:
 
 } // namespace
 
-TEST(CApiTest, CreateReportsMisuse) {
-  kiln_session *session = reinterpret_cast<kiln_session *>(0x1);
-  EXPECT_NE(messageOf(kiln_session_create(nullptr, &session))
-                .find("kiln_session_params_init"),
-            std::string::npos);
-  EXPECT_EQ(session, nullptr);
+TEST(CApiTest, Version) {
+  EXPECT_STREQ(kiln_version(), KILN_VERSION_STRING);
+  EXPECT_EQ(std::to_string(KILN_VERSION_MAJOR) + "." +
+                std::to_string(KILN_VERSION_MINOR) + "." +
+                std::to_string(KILN_VERSION_PATCH),
+            std::string(kiln_version()));
+}
 
-  kiln_session_params params;
-  kiln_session_params_init(&params);
-  EXPECT_EQ(params.struct_size, sizeof(kiln_session_params));
-  EXPECT_NE(messageOf(kiln_session_create(&params, &session))
+TEST(CApiTest, StatusCodes) {
+  EXPECT_EQ(kiln_status_get_code(nullptr), KILN_STATUS_OK);
+  EXPECT_STREQ(kiln_status_message(nullptr), "");
+  EXPECT_STREQ(kiln_status_code_name(KILN_STATUS_OUT_OF_MEMORY),
+               "KILN_STATUS_OUT_OF_MEMORY");
+  EXPECT_STREQ(kiln_status_code_name(static_cast<kiln_status_code>(99)),
+               "KILN_STATUS_UNKNOWN");
+  kiln_status_free(nullptr);
+}
+
+TEST(CApiTest, LoadReportsMisuse) {
+  kiln_model *model = reinterpret_cast<kiln_model *>(0x1);
+  kiln_status *status = kiln_model_load(nullptr, &model);
+  EXPECT_EQ(kiln_status_get_code(status), KILN_STATUS_INVALID_ARGUMENT);
+  EXPECT_NE(messageOf(status).find("kiln_model_params_init"),
+            std::string::npos);
+  EXPECT_EQ(model, nullptr);
+
+  kiln_model_params params;
+  kiln_model_params_init(&params);
+  EXPECT_EQ(params.struct_size, sizeof(kiln_model_params));
+  EXPECT_EQ(params.cuda_graphs, -1);
+  EXPECT_NE(messageOf(kiln_model_load(&params, &model))
                 .find("engine_path and checkpoint_dir are required"),
             std::string::npos);
-  EXPECT_NE(
-      messageOf(kiln_session_create(&params, nullptr)).find("out_session"),
-      std::string::npos);
+  EXPECT_NE(messageOf(kiln_model_load(&params, nullptr)).find("out_model"),
+            std::string::npos);
 
   params.engine_path = "/nonexistent/model.kiln";
   params.checkpoint_dir = "/nonexistent";
-  std::string message = messageOf(kiln_session_create(&params, &session));
-  EXPECT_NE(message.find("/nonexistent/model.kiln: cannot open"),
+  status = kiln_model_load(&params, &model);
+  EXPECT_EQ(kiln_status_get_code(status), KILN_STATUS_NOT_FOUND);
+  std::string message = messageOf(status);
+  EXPECT_NE(message.find("/nonexistent/model.kiln: No such file"),
             std::string::npos)
       << message;
-  EXPECT_EQ(session, nullptr);
+  EXPECT_EQ(model, nullptr);
 
-  params.kv_tokens = -1;
-  EXPECT_NE(messageOf(kiln_session_create(&params, &session))
-                .find("kv_tokens must be >= 0 (got -1)"),
-            std::string::npos);
-  // A caller built before kv_tokens existed passes a shorter struct: the
-  // field is not read.
-  params.struct_size = offsetof(kiln_session_params, kv_tokens);
-  message = messageOf(kiln_session_create(&params, &session));
-  EXPECT_NE(message.find("/nonexistent/model.kiln: cannot open"),
-            std::string::npos)
-      << message;
+  params.device = static_cast<kiln_device>(7);
+  status = kiln_model_load(&params, &model);
+  EXPECT_EQ(kiln_status_get_code(status), KILN_STATUS_INVALID_ARGUMENT);
+  EXPECT_NE(messageOf(status).find("unknown device 7"), std::string::npos);
+
+  // A caller built before the optional fields existed passes a shorter
+  // struct: they are not read.
+  params.device = KILN_DEVICE_AUTO;
+  params.struct_size = offsetof(kiln_model_params, cuda_driver);
+  status = kiln_model_load(&params, &model);
+  EXPECT_EQ(kiln_status_get_code(status), KILN_STATUS_NOT_FOUND);
+  kiln_status_free(status);
 }
 
-TEST(CApiTest, NullSessionsAreHarmless) {
-  EXPECT_EQ(kiln_session_vocab_size(nullptr), 0);
+TEST(CApiTest, NullHandlesAreHarmless) {
+  EXPECT_EQ(kiln_model_vocab_size(nullptr), 0);
   const int64_t *eos = nullptr;
-  EXPECT_EQ(kiln_session_eos_tokens(nullptr, &eos), 0u);
+  EXPECT_EQ(kiln_model_eos_tokens(nullptr, &eos), 0u);
+  EXPECT_STREQ(kiln_model_target(nullptr), "");
+  EXPECT_EQ(kiln_session_position(nullptr), 0);
   kiln_session_reset(nullptr);
   kiln_session_free(nullptr);
-  kiln_status_free(nullptr);
-  EXPECT_STREQ(kiln_status_message(nullptr), "");
-  float logits[4];
+  kiln_model_free(nullptr);
+  kiln_sampler_free(nullptr);
+
+  kiln_session *session = reinterpret_cast<kiln_session *>(0x1);
+  kiln_status *status = kiln_session_create(nullptr, nullptr, &session);
+  EXPECT_EQ(kiln_status_get_code(status), KILN_STATUS_INVALID_ARGUMENT);
+  EXPECT_NE(messageOf(status).find("model is NULL"), std::string::npos);
+  EXPECT_EQ(session, nullptr);
+}
+
+TEST(CApiTest, RunReportsMisuse) {
   int64_t token = 1, position = 0;
-  EXPECT_NE(
-      messageOf(kiln_session_run(nullptr, &token, &position, 1, logits, 4))
-          .find("NULL argument"),
-      std::string::npos);
+  kiln_output output;
+  kiln_output_init(&output);
+  EXPECT_EQ(output.mode, KILN_OUTPUT_TOKEN);
+  EXPECT_EQ(output.token, -1);
+  kiln_status *status =
+      kiln_session_run(nullptr, &token, &position, 1, &output);
+  EXPECT_EQ(kiln_status_get_code(status), KILN_STATUS_INVALID_ARGUMENT);
+  EXPECT_NE(messageOf(status).find("NULL session, tokens or output"),
+            std::string::npos);
+  // Checked before the session is touched.
+  kiln_session *bogus = reinterpret_cast<kiln_session *>(0x1);
+  kiln_output stale{};
+  EXPECT_NE(messageOf(kiln_session_run(bogus, &token, &position, 1, &stale))
+                .find("kiln_output_init"),
+            std::string::npos);
+  EXPECT_NE(messageOf(kiln_session_run(bogus, &token, &position, 0, &output))
+                .find("count is 0"),
+            std::string::npos);
+  output.mode = static_cast<kiln_output_mode>(9);
+  EXPECT_NE(messageOf(kiln_session_run(bogus, &token, &position, 1, &output))
+                .find("unknown output mode 9"),
+            std::string::npos);
 }
 
 TEST(CApiTest, CppWrapperReturnsErrors) {
   std::string error;
-  auto session = kiln::api::Session::open("/nonexistent.kiln", "/x", error);
-  EXPECT_EQ(session, nullptr);
+  auto model = kiln::api::Model::load("/nonexistent.kiln", "/x", error);
+  EXPECT_EQ(model, nullptr);
   EXPECT_NE(error.find("/nonexistent.kiln"), std::string::npos) << error;
 }
 
@@ -207,39 +257,4 @@ TEST(CApiTest, SamplerMatchesTheSortingRule) {
           << "temperature " << c.temperature << " top_k " << c.topK << " top_p "
           << c.topP << " draw " << draw;
   }
-}
-
-TEST(CApiTest, RunLastReportsMisuse) {
-  float logits[4];
-  int64_t token = 1, position = 0;
-  EXPECT_NE(
-      messageOf(kiln_session_run_last(nullptr, &token, &position, 1, logits, 4))
-          .find("kiln_session_run_last: NULL argument"),
-      std::string::npos);
-}
-
-TEST(CApiTest, RunSampleReportsMisuse) {
-  int64_t token = 1, position = 0, next = -1;
-  kiln_sampler_params params;
-  kiln_sampler_params_init(&params);
-  kiln_sampler *sampler = nullptr;
-  ASSERT_EQ(kiln_sampler_create(&params, &sampler), nullptr);
-  EXPECT_NE(messageOf(kiln_session_run_sample(nullptr, &token, &position, 1,
-                                              sampler, &next))
-                .find("kiln_session_run_sample: NULL argument"),
-            std::string::npos);
-  kiln_session *session = reinterpret_cast<kiln_session *>(0x1);
-  EXPECT_NE(messageOf(kiln_session_run_sample(session, &token, &position, 1,
-                                              nullptr, &next))
-                .find("NULL argument"),
-            std::string::npos);
-  kiln_sampler_free(sampler);
-}
-
-TEST(CApiTest, RunGreedyReportsMisuse) {
-  int64_t token = 1, position = 0, next = -1;
-  EXPECT_NE(
-      messageOf(kiln_session_run_greedy(nullptr, &token, &position, 1, &next))
-          .find("kiln_session_run_greedy: NULL argument"),
-      std::string::npos);
 }

@@ -7,7 +7,7 @@
 //===----------------------------------------------------------------------===//
 
 #include "kiln/runtime/EngineFile.h"
-#include "kiln/runtime/Session.h"
+#include "kiln/runtime/Model.h"
 
 #include <cstdlib>
 #include <gtest/gtest.h>
@@ -54,12 +54,13 @@ std::string writeEngine(const std::string &name, const std::string &target,
   return path;
 }
 
-std::string createError(const std::string &path,
-                        kiln::Session::Device device) {
-  std::string error;
-  auto session = kiln::Session::create(path, "/nonexistent", error, device);
-  EXPECT_EQ(session, nullptr);
-  return error;
+std::string createError(const std::string &path, kiln::Device device) {
+  kiln::RuntimeOptions options;
+  options.device = device;
+  kiln::Status status;
+  auto model = kiln::Model::load(path, "/nonexistent", options, status);
+  EXPECT_EQ(model, nullptr);
+  return status.message;
 }
 
 struct NoDriver {
@@ -72,25 +73,27 @@ struct NoDriver {
 TEST(CudaEngineTest, WithoutADriverOneLine) {
   NoDriver noDriver;
   std::string path = writeEngine("ok.kiln", "sm_90a", planWith(validGpu()));
-  for (auto device : {kiln::Session::Device::Auto, kiln::Session::Device::Cuda})
+  for (auto device : {kiln::Device::Auto, kiln::Device::Cuda})
     EXPECT_NE(createError(path, device).find("no CUDA driver on this machine"),
               std::string::npos);
 }
 
 TEST(CudaEngineTest, DeviceMustMatchTheTarget) {
   std::string gpu = writeEngine("gpu.kiln", "sm_90a", planWith(validGpu()));
-  EXPECT_NE(createError(gpu, kiln::Session::Device::Host)
-                .find("engine built for target 'sm_90a', not 'host-x86_64'"),
+  EXPECT_NE(createError(gpu, kiln::Device::Host)
+                .find("engine built for target 'sm_90a', which runs on "
+                      "device 'cuda', not 'host'"),
             std::string::npos);
   std::string host =
       writeEngine("host.kiln", "host-x86_64", planWith(validGpu()));
-  EXPECT_NE(createError(host, kiln::Session::Device::Cuda)
-                .find("--device cuda runs sm_90a engines"),
+  EXPECT_NE(createError(host, kiln::Device::Cuda)
+                .find("which runs on device 'host', not 'cuda' (compile it "
+                      "with kilnc --target sm_90a)"),
             std::string::npos);
   std::string other = writeEngine("other.kiln", "sm_100a", planWith("[]"));
-  EXPECT_NE(createError(other, kiln::Session::Device::Auto)
+  EXPECT_NE(createError(other, kiln::Device::Auto)
                 .find("engine built for target 'sm_100a'; this runtime runs "
-                      "'host-x86_64' and 'sm_90a' engines"),
+                      "'host-x86_64', 'sm_90a' engines"),
             std::string::npos);
 }
 
@@ -113,7 +116,7 @@ TEST(CudaEngineTest, MalformedGpuLaunchesAreNamed) {
   };
   for (const std::string &gpu : cases) {
     std::string path = writeEngine("bad.kiln", "sm_90a", planWith(gpu));
-    std::string error = createError(path, kiln::Session::Device::Auto);
+    std::string error = createError(path, kiln::Device::Auto);
     EXPECT_NE(error.find("bad.kiln: malformed plan:"), std::string::npos)
         << gpu << " -> " << error;
     EXPECT_NE(error.find("memory_0"), std::string::npos) << error;

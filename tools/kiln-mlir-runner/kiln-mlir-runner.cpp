@@ -43,19 +43,24 @@ using namespace mlir;
 
 namespace {
 
+llvm::cl::OptionCategory category("kiln-mlir-runner options");
 llvm::cl::opt<std::string> inputFile(llvm::cl::Positional,
                                      llvm::cl::desc("<test.mlir>"),
-                                     llvm::cl::Required);
+                                     llvm::cl::Required,
+                                     llvm::cl::cat(category));
 llvm::cl::opt<bool> printPipeline("print-pipeline",
                                   llvm::cl::desc("print the pass pipeline "
-                                                 "taken from the RUN line"));
+                                                 "taken from the RUN line"),
+                                  llvm::cl::cat(category));
 llvm::cl::opt<bool> printLowered("print-lowered",
                                  llvm::cl::desc("print the lowered module "
-                                                "and stop"));
+                                                "and stop"),
+                                 llvm::cl::cat(category));
 llvm::cl::list<std::string>
     sharedLibs("shared-libs",
                llvm::cl::desc("libraries the host code calls (default: "
-                              "MLIR's runner utils)"));
+                              "MLIR's runner utils)"),
+               llvm::cl::cat(category));
 
 /// What upstream's -test-transform-dialect-erase-schedule does: drop the
 /// transform script once the interpreter has applied it. (The upstream pass
@@ -231,6 +236,9 @@ int main(int argc, char **argv) {
   registerAllPasses();
   gpu::registerGPUToNVVMPipeline();
   PassRegistration<EraseTransformSchedule>();
+  // Pass pipelines are parsed from the RUN line, not from the command line:
+  // --help shows the runner's own options only.
+  llvm::cl::HideUnrelatedOptions(category);
   llvm::cl::ParseCommandLineOptions(argc, argv, "Kiln MLIR GPU test runner\n");
 
   auto file = llvm::MemoryBuffer::getFile(inputFile);

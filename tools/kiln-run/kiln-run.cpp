@@ -157,11 +157,13 @@ int main(int argc, char **argv) {
   // (and a decode graph is never recaptured for it) within the run.
   if (kvTokens < 0)
     kvTokens = static_cast<long>(prompt.size()) + maxNew;
-  auto session =
-      kiln::api::Session::open(engine, checkpoint, error, where, kvTokens);
+  auto model = kiln::api::Model::load(engine, checkpoint, error, where);
+  if (!model)
+    return fail(error);
+  auto session = kiln::api::Session::open(*model, error, kvTokens);
   if (!session)
     return fail(error);
-  int64_t vocab = session->vocabSize();
+  int64_t vocab = model->vocabSize();
 
   using Clock = std::chrono::steady_clock;
   std::vector<float> logits, part;
@@ -185,9 +187,9 @@ int main(int argc, char **argv) {
     // runs on the step's last row alone.
     // The sampler draws once per generated token: the prompt's last step.
     bool last = begin + n == prompt.size();
-    error = !onDevice ? session->run(ids, positions, part)
-            : last    ? session->runSample(ids, positions, *sampler, next)
-                      : session->runGreedy(ids, positions, next);
+    error = !onDevice ? session->logits(ids, positions, part)
+            : last    ? session->next(ids, positions, sampler.get(), next)
+                      : session->next(ids, positions, nullptr, next);
     if (!error.empty())
       return fail(error);
     if (dumpLogits.empty())
@@ -211,7 +213,7 @@ int main(int argc, char **argv) {
   if (maxNew == 0)
     return 0;
   std::vector<int64_t> generated;
-  const std::vector<int64_t> eos = session->eosTokens();
+  const std::vector<int64_t> eos = model->eosTokens();
   int64_t position = static_cast<int64_t>(prompt.size());
   bool stopped = false;
   start = Clock::now();
@@ -225,8 +227,8 @@ int main(int argc, char **argv) {
     if (i + 1 == maxNew)
       break;
     int64_t at = position++;
-    error = onDevice ? session->runSample({next}, {at}, *sampler, next)
-                     : session->run({next}, {at}, part);
+    error = onDevice ? session->next({next}, {at}, sampler.get(), next)
+                     : session->logits({next}, {at}, part);
     if (!error.empty())
       return fail(error);
     ++decoded;

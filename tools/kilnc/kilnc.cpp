@@ -31,44 +31,58 @@
 
 using namespace llvm;
 
+// --help lists these groups only (not LLVM's own options).
+static cl::OptionCategory outputCategory("Input and output");
+static cl::OptionCategory targetCategory("Code generation");
+static cl::OptionCategory reportCategory("Cost report (--report)");
+
 static cl::SubCommand importCommand(
     "import", "Import a Hugging Face Llama 4 checkpoint folder as kiln MLIR");
 static cl::opt<std::string> checkpointDir(cl::Positional, cl::Required,
                                           cl::desc("<checkpoint-dir>"),
-                                          cl::sub(importCommand));
+                                          cl::sub(importCommand),
+                                          cl::cat(outputCategory));
 static cl::opt<std::string>
     outputPath("o", cl::desc("Output file (default: stdout)"),
-               cl::value_desc("file"), cl::init("-"), cl::sub(importCommand));
+               cl::value_desc("file"), cl::init("-"), cl::sub(importCommand),
+               cl::cat(outputCategory));
 
 // The main command: import, fuse, partition; report and/or write the kernel
 // graph. (Engines and code generation come with the host and sm_90a targets.)
 static cl::opt<std::string> mainDir(cl::Positional,
-                                    cl::desc("<checkpoint-dir>"));
+                                    cl::desc("<checkpoint-dir>"),
+                                    cl::cat(outputCategory));
 static cl::opt<std::string>
     mainOutput("o",
-               cl::desc("Write the fused, partitioned kiln graph to this file"),
-               cl::value_desc("file"));
+               cl::desc("Write the engine (with --target), else the fused, "
+                        "partitioned kiln graph, to this file"),
+               cl::value_desc("file"), cl::cat(outputCategory));
 static cl::opt<std::string>
     target("target",
            cl::desc("Write an engine for this target to -o (host, sm_90a)"),
-           cl::value_desc("target"));
+           cl::value_desc("target"), cl::cat(targetCategory));
 static cl::opt<std::string>
     emitPtx("emit-ptx", cl::desc("sm_90a: also write the kernels' PTX here"),
-            cl::value_desc("file"));
+            cl::value_desc("file"), cl::cat(targetCategory));
 static cl::opt<bool> kernelResources(
     "kernel-resources",
     cl::desc("sm_90a: print registers, spills and shared memory per GPU "
-             "function (from ptxas)"));
+             "function (from ptxas)"),
+    cl::cat(targetCategory));
 static cl::opt<bool> report("report",
-                            cl::desc("Print the per-kernel cost report"));
+                            cl::desc("Print the per-kernel cost report"),
+                            cl::cat(reportCategory));
 static cl::opt<int64_t> reportPrefill("report-prefill-tokens", cl::init(4096),
-                                      cl::desc("Prefill length in the report"));
+                                      cl::desc("Prefill length in the report"),
+                                      cl::cat(reportCategory));
 static cl::opt<int64_t>
     reportContext("report-decode-context", cl::init(4096),
-                  cl::desc("Cached tokens before the reported decode step"));
+                  cl::desc("Cached tokens before the reported decode step"),
+                  cl::cat(reportCategory));
 static cl::opt<int64_t> reportMaxContext(
     "report-max-context", cl::init(131072),
-    cl::desc("Context length the KV cache pools are sized for"));
+    cl::desc("Context length the KV cache pools are sized for"),
+    cl::cat(reportCategory));
 
 /// Prints `module` to `path` ("-" for stdout).
 static int writeModule(mlir::ModuleOp module, StringRef path) {
@@ -193,6 +207,9 @@ static int runImport() {
 
 int main(int argc, char **argv) {
   InitLLVM init(argc, argv);
+  for (cl::SubCommand *sub : {&cl::SubCommand::getTopLevel(), &importCommand})
+    cl::HideUnrelatedOptions(
+        {&outputCategory, &targetCategory, &reportCategory}, *sub);
   cl::ParseCommandLineOptions(argc, argv, "Kiln: a compiler for Llama 4\n");
   if (importCommand)
     return runImport();

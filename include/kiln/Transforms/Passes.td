@@ -134,7 +134,7 @@ def PartitionKernels : Pass<"kiln-partition-kernels", "mlir::ModuleOp"> {
   let description = [{
     Groups the ops of every public function into kernels (one group = one
     launch) and outlines each group into a private function carrying
-    `kiln.kernel = "<kind>"`:
+    `kiln.kernel = #kiln.kernel<kind>`:
 
     - `gemm`: a `kiln.linear` plus the epilogue that consumes its only result
       (`kiln.packed_swiglu` or `kiln.qkv_epilogue`);
@@ -156,7 +156,7 @@ def PartitionKernels : Pass<"kiln-partition-kernels", "mlir::ModuleOp"> {
     %q, %k, %v = kiln.qkv_epilogue %qkv, %pos {...} : ...
     // becomes
     %q, %k, %v = func.call @gemm_1(%h, %w, %pos) : (...) -> (...)
-    func.func private @gemm_1(...) attributes {kiln.kernel = "gemm"} {...}
+    func.func private @gemm_1(...) attributes {kiln.kernel = #kiln.kernel<gemm>} {...}
     ```
   }];
   let dependentDialects = ["mlir::kiln::KilnDialect", "mlir::func::FuncDialect"];

@@ -503,7 +503,10 @@ LogicalResult KernelLowering::lowerOp(Operation *op, Emitter &e) {
       .Default([&](Operation *other) {
         return other->emitOpError()
                << "has no host loop lowering yet (kernel kind '"
-               << kernel->getAttrOfType<StringAttr>("kiln.kernel").getValue()
+               << stringifyKernelKind(kernel
+                                          ->getAttrOfType<KernelKindAttr>(
+                                              KilnDialect::getKernelAttrName())
+                                          .getValue())
                << "')";
       });
 }
@@ -784,7 +787,7 @@ struct ConvertKilnToLoopsPass
     bool failedAny = false;
     for (auto func :
          llvm::make_early_inc_range(module.getOps<func::FuncOp>())) {
-      if (!func->hasAttr("kiln.kernel")) {
+      if (!func->hasAttr(KilnDialect::getKernelAttrName())) {
         if (!func.isExternal()) {
           func.emitError() << "lower kernels in a module of their own: @"
                            << func.getSymName() << " is not a kernel";

@@ -121,7 +121,8 @@ FailureOr<GpuProgram> mlir::kiln::cuda::generateGpuKernels(ModuleOp module) {
 
   std::string text = "gpu.module @kiln_kernels {\n";
   for (auto kernel : module.getOps<func::FuncOp>()) {
-    auto kind = kernel->getAttrOfType<StringAttr>("kiln.kernel");
+    auto kind =
+        kernel->getAttrOfType<KernelKindAttr>(KilnDialect::getKernelAttrName());
     if (!kind)
       continue;
     auto types = operandTypes.find(kernel.getSymName());
@@ -141,25 +142,33 @@ FailureOr<GpuProgram> mlir::kiln::cuda::generateGpuKernels(ModuleOp module) {
     }
     GpuKernel out;
     out.name = kernel.getSymName().str();
-    StringRef k = kind.getValue();
     LogicalResult ok = failure();
-    if (k == "memory")
+    switch (kind.getValue()) {
+    case KernelKind::Memory:
       ok = generateMemoryKernel(ctx, out, text);
-    else if (k == "gemm")
+      break;
+    case KernelKind::Gemm:
       ok = generateGemmKernel(ctx, out, text);
-    else if (k == "attention")
+      break;
+    case KernelKind::Attention:
       ok = generateAttentionKernel(ctx, out, text);
-    else if (k == "router")
+      break;
+    case KernelKind::Router:
       ok = generateRouterKernel(ctx, out, text);
-    else if (k == "grouped_gemm")
+      break;
+    case KernelKind::GroupedGemm:
       // Shapes the wgmma tiles cannot cover (tiny test models) keep the
       // SIMT version.
       ok = groupedWgmmaFits(ctx) ? generateGroupedWgmmaKernel(ctx, out, text)
                                  : generateGroupedGemmKernel(ctx, out, text);
-    else
-      return kernel.emitError()
-                 << "no sm_90a code generator for kernel kind '" << k << "'",
+      break;
+    case KernelKind::Moe:
+      // kiln-decompose-moe turns every MoE into router + grouped GEMMs.
+      return kernel.emitError() << "no sm_90a code generator for an "
+                                   "undecomposed MoE kernel (run "
+                                   "kiln-decompose-moe first)",
              failure();
+    }
     if (failed(ok))
       return failure();
     program.kernels.push_back(std::move(out));

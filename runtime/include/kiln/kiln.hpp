@@ -58,73 +58,103 @@ private:
   kiln_sampler *handle;
 };
 
-class Session {
+/// An engine and its weights, loaded once; sessions share it.
+class Model {
 public:
-  /// Empty `error` on success.
-  static std::unique_ptr<Session> open(const std::string &engine,
-                                       const std::string &checkpoint,
-                                       std::string &error,
-                                       kiln_device device = KILN_DEVICE_AUTO,
-                                       int64_t kvTokens = 0) {
-    kiln_session_params params;
-    kiln_session_params_init(&params);
+  /// Empty `error` on success. `params` may set any field of
+  /// kiln_model_params; engine and checkpoint are filled in here.
+  static std::unique_ptr<Model> load(const std::string &engine,
+                                     const std::string &checkpoint,
+                                     std::string &error,
+                                     kiln_device device = KILN_DEVICE_AUTO) {
+    kiln_model_params params;
+    kiln_model_params_init(&params);
     params.engine_path = engine.c_str();
     params.checkpoint_dir = checkpoint.c_str();
     params.device = device;
-    params.kv_tokens = kvTokens;
-    kiln_session *handle = nullptr;
-    error = consume(kiln_session_create(&params, &handle));
+    kiln_model *handle = nullptr;
+    error = consume(kiln_model_load(&params, &handle));
     if (!error.empty())
       return nullptr;
-    return std::unique_ptr<Session>(new Session(handle));
+    return std::unique_ptr<Model>(new Model(handle));
+  }
+  ~Model() { kiln_model_free(handle); }
+  Model(const Model &) = delete;
+  Model &operator=(const Model &) = delete;
+
+  int64_t vocabSize() const { return kiln_model_vocab_size(handle); }
+  std::vector<int64_t> eosTokens() const {
+    const int64_t *ids = nullptr;
+    size_t n = kiln_model_eos_tokens(handle, &ids);
+    return std::vector<int64_t>(ids, ids + n);
+  }
+  std::string target() const { return kiln_model_target(handle); }
+  kiln_model *get() { return handle; }
+
+private:
+  explicit Model(kiln_model *handle) : handle(handle) {}
+  kiln_model *handle;
+};
+
+/// One sequence on a model.
+class Session {
+public:
+  /// Empty `error` on success.
+  static std::unique_ptr<Session> open(Model &model, std::string &error,
+                                       int64_t kvTokens = 0) {
+    kiln_session_params params;
+    kiln_session_params_init(&params);
+    params.kv_tokens = kvTokens;
+    kiln_session *handle = nullptr;
+    error = consume(kiln_session_create(model.get(), &params, &handle));
+    if (!error.empty())
+      return nullptr;
+    return std::unique_ptr<Session>(new Session(handle, model.vocabSize()));
   }
   ~Session() { kiln_session_free(handle); }
   Session(const Session &) = delete;
   Session &operator=(const Session &) = delete;
 
-  int64_t vocabSize() const { return kiln_session_vocab_size(handle); }
-  std::vector<int64_t> eosTokens() const {
-    const int64_t *ids = nullptr;
-    size_t n = kiln_session_eos_tokens(handle, &ids);
-    return std::vector<int64_t>(ids, ids + n);
+  /// Logits of every token (AllLogits) or of the last (LastLogits). Empty
+  /// string on success.
+  std::string logits(const std::vector<int64_t> &tokens,
+                     const std::vector<int64_t> &positions,
+                     std::vector<float> &out, bool lastOnly = false) {
+    out.resize((lastOnly ? 1 : tokens.size()) * static_cast<size_t>(vocab));
+    kiln_output o;
+    kiln_output_init(&o);
+    o.mode = lastOnly ? KILN_OUTPUT_LAST_LOGITS : KILN_OUTPUT_ALL_LOGITS;
+    o.logits = out.data();
+    o.logits_capacity = out.size();
+    return consume(kiln_session_run(handle, tokens.data(),
+                                    positionsOrNull(positions, tokens),
+                                    tokens.size(), &o));
   }
-  /// Empty string on success.
-  std::string run(const std::vector<int64_t> &tokens,
-                  const std::vector<int64_t> &positions,
-                  std::vector<float> &logits) {
-    logits.resize(tokens.size() * static_cast<size_t>(vocabSize()));
-    return consume(kiln_session_run(handle, tokens.data(), positions.data(),
-                                    tokens.size(), logits.data(),
-                                    logits.size()));
-  }
-  /// Only the last token's logits (vocab floats).
-  std::string runLast(const std::vector<int64_t> &tokens,
-                      const std::vector<int64_t> &positions,
-                      std::vector<float> &logits) {
-    logits.resize(static_cast<size_t>(vocabSize()));
-    return consume(kiln_session_run_last(handle, tokens.data(),
-                                         positions.data(), tokens.size(),
-                                         logits.data(), logits.size()));
-  }
-  /// The greedy next token (on the GPU for sm_90a engines).
-  std::string runGreedy(const std::vector<int64_t> &tokens,
-                        const std::vector<int64_t> &positions, int64_t &token) {
-    return consume(kiln_session_run_greedy(
-        handle, tokens.data(), positions.data(), tokens.size(), &token));
-  }
-  /// The next token drawn with `sampler` (on the GPU for sm_90a engines).
-  std::string runSample(const std::vector<int64_t> &tokens,
-                        const std::vector<int64_t> &positions, Sampler &sampler,
-                        int64_t &token) {
-    return consume(kiln_session_run_sample(handle, tokens.data(),
-                                           positions.data(), tokens.size(),
-                                           sampler.get(), &token));
+  /// The next token, drawn with `sampler` (greedy when null), picked where
+  /// the engine runs.
+  std::string next(const std::vector<int64_t> &tokens,
+                   const std::vector<int64_t> &positions, Sampler *sampler,
+                   int64_t &token) {
+    kiln_output o;
+    kiln_output_init(&o);
+    o.sampler = sampler ? sampler->get() : nullptr;
+    std::string error = consume(kiln_session_run(
+        handle, tokens.data(), positionsOrNull(positions, tokens),
+        tokens.size(), &o));
+    token = o.token;
+    return error;
   }
   void reset() { kiln_session_reset(handle); }
+  int64_t position() const { return kiln_session_position(handle); }
 
 private:
-  explicit Session(kiln_session *handle) : handle(handle) {}
+  Session(kiln_session *handle, int64_t vocab) : handle(handle), vocab(vocab) {}
+  static const int64_t *positionsOrNull(const std::vector<int64_t> &positions,
+                                        const std::vector<int64_t> &tokens) {
+    return positions.size() == tokens.size() ? positions.data() : nullptr;
+  }
   kiln_session *handle;
+  int64_t vocab;
 };
 
 /// Number of usable GPUs; 0 with `error` saying what is missing.

@@ -26,9 +26,12 @@ std::string Driver::describe(const char *call, CUresult result) const {
   return message;
 }
 
-std::unique_ptr<Driver> Driver::load(std::string &error) {
+std::unique_ptr<Driver> Driver::load(std::string &error,
+                                     const std::string &requested) {
   const char *override = std::getenv("KILN_LIBCUDA");
-  std::string path = override && *override ? override : "libcuda.so.1";
+  std::string path = !requested.empty()       ? requested
+                     : override && *override ? override
+                                             : "libcuda.so.1";
   std::unique_ptr<Driver> driver(new Driver());
   driver->library = dlopen(path.c_str(), RTLD_NOW | RTLD_LOCAL);
   if (!driver->library) {

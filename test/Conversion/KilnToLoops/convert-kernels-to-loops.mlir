@@ -4,7 +4,7 @@
 // result a temporary freed at the end, weights widened from bf16 on load.
 // CHECK-LABEL: func.func @gemm_0
 // CHECK-SAME: (%[[X:.*]]: memref<?x16xf32>, %[[W:.*]]: memref<48x16xbf16>, %[[OUT:.*]]: memref<?x24xf32>)
-// CHECK-SAME: attributes {kiln.kernel = "gemm", llvm.emit_c_interface}
+// CHECK-SAME: attributes {kiln.kernel = #kiln.kernel<gemm>, llvm.emit_c_interface}
 // CHECK: %[[T:.*]] = memref.dim %[[X]], %{{.*}} : memref<?x16xf32>
 // CHECK: %[[TMP:.*]] = memref.alloc(%[[T]]) : memref<?x48xf32>
 // CHECK: scf.for
@@ -18,7 +18,7 @@
 // CHECK: memref.dealloc %[[TMP]]
 // CHECK-NEXT: return
 func.func private @gemm_0(%x: tensor<?x16xf32>, %w: tensor<48x16xbf16>) -> tensor<?x24xf32>
-    attributes {kiln.kernel = "gemm"} {
+    attributes {kiln.kernel = #kiln.kernel<gemm>} {
   %0 = kiln.linear %x, %w : tensor<?x16xf32>, tensor<48x16xbf16> -> tensor<?x48xf32>
   %1 = kiln.packed_swiglu %0 : tensor<?x48xf32> -> tensor<?x24xf32>
   return %1 : tensor<?x24xf32>
@@ -33,7 +33,7 @@ func.func private @gemm_0(%x: tensor<?x16xf32>, %w: tensor<48x16xbf16>) -> tenso
 // CHECK: math.sqrt
 // CHECK-NOT: memref.dealloc
 func.func private @memory_0(%x: tensor<?x16xf32>, %r: tensor<?x16xf32>, %w: tensor<16xbf16>)
-    -> (tensor<?x16xf32>, tensor<?x16xf32>) attributes {kiln.kernel = "memory"} {
+    -> (tensor<?x16xf32>, tensor<?x16xf32>) attributes {kiln.kernel = #kiln.kernel<memory>} {
   %s, %n = kiln.add_rms_norm %x, %r, %w {epsilon = 1.0e-05 : f64} : tensor<?x16xf32>, tensor<16xbf16>
   return %s, %n : tensor<?x16xf32>, tensor<?x16xf32>
 }
@@ -54,7 +54,7 @@ func.func private @memory_0(%x: tensor<?x16xf32>, %r: tensor<?x16xf32>, %w: tens
 // CHECK: memref.dealloc %[[SCORES]]
 func.func private @attention_0(%q: tensor<?x16xf32>, %k: tensor<?x8xf32>, %v: tensor<?x8xf32>,
                                %p: tensor<?xi64>) -> tensor<?x16xf32>
-    attributes {kiln.kernel = "attention"} {
+    attributes {kiln.kernel = #kiln.kernel<attention>} {
   %o = kiln.attention %q, %k, %v, %p {num_heads = 2 : i64, num_kv_heads = 1 : i64,
       scale = 0.25 : f64, mask = #kiln.mask<chunked>, chunk_size = 8 : i64}
       : tensor<?x16xf32>, tensor<?x8xf32>, tensor<?x8xf32>, tensor<?xi64>
@@ -65,7 +65,7 @@ func.func private @attention_0(%q: tensor<?x16xf32>, %k: tensor<?x8xf32>, %v: te
 
 func.func private @moe_0(%u: tensor<?x16xf32>, %r: tensor<4x16xbf16>, %gu: tensor<4x16x24xbf16>,
                          %dn: tensor<4x12x16xbf16>) -> tensor<?x16xf32>
-    attributes {kiln.kernel = "moe"} {
+    attributes {kiln.kernel = #kiln.kernel<moe>} {
   // expected-error @+1 {{'kiln.moe' op has no host loop lowering yet (kernel kind 'moe')}}
   %y = kiln.moe %u router %r experts %gu, %dn {top_k = 1 : i64}
       : tensor<?x16xf32>, tensor<4x16xbf16>, tensor<4x16x24xbf16>, tensor<4x12x16xbf16>

@@ -682,3 +682,37 @@ func.func @input_positions_i32(%p: tensor<?xi32> {kiln.input = "positions"}) {
 func.func @unknown_kiln_arg_attr(%w: tensor<4xbf16> {kiln.wieght = "w"}) {
   return
 }
+
+// -----
+
+// expected-error @+1 {{'kiln.kernel' must be a #kiln.kernel<...> kind, got "gemm"}}
+func.func private @kernel_kind_as_string() attributes {kiln.kernel = "gemm"} {
+  return
+}
+
+// -----
+
+// expected-error @+2 {{expected ::mlir::kiln::KernelKind to be one of: memory, gemm, attention, moe, router, grouped_gemm}}
+// expected-error @+1 {{failed to parse Kiln_KernelKindAttr parameter 'value'}}
+func.func private @unknown_kernel_kind() attributes {kiln.kernel = #kiln.kernel<conv>} {
+  return
+}
+
+// -----
+
+// expected-error @+1 {{'kiln.kernel' marks kernel functions only}}
+module attributes {kiln.kernel = #kiln.kernel<gemm>} {
+}
+
+// -----
+
+// expected-error @+1 {{unknown kiln attribute 'kiln.kernal'}}
+func.func private @misspelled_kernel_attr() attributes {kiln.kernal = #kiln.kernel<gemm>} {
+  return
+}
+
+// -----
+
+// expected-error @+1 {{'kiln.eos_token_ids' must be an array<i64> on the module}}
+module attributes {kiln.eos_token_ids = [1, 2]} {
+}

@@ -10,6 +10,7 @@
 #define KILN_TARGET_CUDA_ENGINEWRITER_H
 
 #include "kiln/Target/Cuda/CudaCompiler.h"
+#include "kiln/runtime/EnginePlan.h"
 
 #include "mlir/IR/BuiltinOps.h"
 #include "llvm/Support/Error.h"
@@ -17,10 +18,8 @@
 
 namespace mlir::kiln::cuda {
 
-constexpr const char *kCudaTarget = "sm_90a";
-
 struct CudaEngine {
-  std::string plan; // JSON
+  ::kiln::plan::Plan plan;
   CompiledModule code;
   /// GPU function name -> (block threads, dynamic shared bytes).
   std::map<std::string, std::pair<int64_t, int64_t>> launchShapes;

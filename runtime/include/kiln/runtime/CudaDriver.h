@@ -114,7 +114,9 @@ public:
 
   /// Loads the driver and calls cuInit. Null with a one-line `error` when
   /// there is no driver, only the toolkit's stub, or no GPU.
-  static std::unique_ptr<Driver> load(std::string &error);
+  /// Loads `path`; empty: $KILN_LIBCUDA, else libcuda.so.1.
+  static std::unique_ptr<Driver> load(std::string &error,
+                                      const std::string &path = "");
 
   /// "cuInit failed: CUDA_ERROR_... (text)" for a failed call.
   std::string describe(const char *call, CUresult result) const;

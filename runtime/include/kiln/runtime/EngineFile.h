@@ -29,6 +29,13 @@ namespace kiln {
 constexpr uint32_t kEngineFormatVersion = 1;
 constexpr char kEngineMagic[9] = "KILNENGN";
 
+/// Engine targets, as the header's target field spells them.
+constexpr const char *kTargetHost = "host-x86_64";
+constexpr const char *kTargetSm90a = "sm_90a";
+
+/// What engines record as their compiler ("kiln <version>").
+const char *compilerVersion();
+
 enum class SectionKind : uint32_t {
   /// JSON: weights, buffers, launches, KV slots, logits.
   Plan = 1,

@@ -1,0 +1,200 @@
+//===- EnginePlan.cpp - Engine plans from kernel graphs -------------------===//
+//
+// The plan is a list of values (runtime inputs, checkpoint weights, weight
+// repackings, activation buffers) and a list of launches reading and writing
+// them, in graph order. Kernels are compiled once each, whatever the number
+// of layers that launch them.
+//
+//===----------------------------------------------------------------------===//
+
+#include "kiln/Target/EnginePlan.h"
+#include "dialects/kiln/KilnOps.h"
+#include "kiln/Analysis/MemoryPlan.h"
+
+#include "mlir/IR/SymbolTable.h"
+
+using namespace mlir;
+using namespace mlir::kiln;
+namespace plan = ::kiln::plan;
+
+static llvm::Error makeError(const llvm::Twine &message) {
+  return llvm::createStringError(llvm::inconvertibleErrorCode(), message);
+}
+
+FailureOr<plan::DType> mlir::kiln::planDType(Type type) {
+  if (type.isBF16())
+    return plan::DType::BF16;
+  if (type.isF16())
+    return plan::DType::F16;
+  if (type.isF32())
+    return plan::DType::F32;
+  if (type.isInteger(64))
+    return plan::DType::I64;
+  if (type.isInteger(32))
+    return plan::DType::I32;
+  return failure();
+}
+
+static std::vector<int64_t> shapeOf(RankedTensorType type) {
+  std::vector<int64_t> shape;
+  for (int64_t d : type.getShape())
+    shape.push_back(ShapedType::isDynamic(d) ? int64_t(-1) : d);
+  return shape;
+}
+
+/// Rows of a dynamically sized kernel result: one per token, or top_k per
+/// token for the per-pair tensors of a decomposed MoE.
+static int64_t rowsPerToken(func::FuncOp kernel, unsigned resultIndex) {
+  auto ret = cast<func::ReturnOp>(kernel.getBody().front().getTerminator());
+  Operation *def = ret.getOperand(resultIndex).getDefiningOp();
+  if (auto route = dyn_cast_or_null<MoeRouteOp>(def))
+    return route.getTopK();
+  if (isa_and_nonnull<ExpertGateUpOp>(def)) {
+    // One row per dispatched pair: top_k of the module's router.
+    int64_t k = 1;
+    kernel->getParentOfType<ModuleOp>().walk(
+        [&](MoeRouteOp r) { k = std::max<int64_t>(k, r.getTopK()); });
+    return k;
+  }
+  return 1;
+}
+
+llvm::Expected<plan::Plan> mlir::kiln::buildEnginePlan(
+    ModuleOp module, function_ref<Type(Value)> storageOf,
+    function_ref<llvm::Error(func::CallOp, plan::Launch &)> decorateLaunch) {
+  auto elementOf = [&](Value v) {
+    Type t = storageOf ? storageOf(v) : Type();
+    return t ? t : cast<RankedTensorType>(v.getType()).getElementType();
+  };
+  func::FuncOp graph;
+  for (auto f : module.getOps<func::FuncOp>())
+    if (f.isPublic() && !f.isExternal())
+      graph = f;
+  if (!graph)
+    return makeError("no graph function to compile");
+
+  plan::Plan result;
+  llvm::DenseMap<Value, int64_t> ids;
+  auto addValue = [&](Value v, plan::Value entry) -> llvm::Expected<int64_t> {
+    FailureOr<plan::DType> dtype = planDType(elementOf(v));
+    if (failed(dtype))
+      return makeError("a graph value of a type engines cannot hold");
+    entry.dtype = *dtype;
+    entry.shape = shapeOf(cast<RankedTensorType>(v.getType()));
+    int64_t id = static_cast<int64_t>(result.values.size());
+    result.values.push_back(std::move(entry));
+    ids[v] = id;
+    return id;
+  };
+  Block &body = graph.getBody().front();
+  for (BlockArgument arg : body.getArguments()) {
+    plan::Value entry;
+    if (auto input = graph.getArgAttrOfType<StringAttr>(
+            arg.getArgNumber(), KilnDialect::getInputAttrName())) {
+      entry.kind = plan::ValueKind::Input;
+      entry.input = input.getValue().str();
+    } else if (auto name = graph.getArgAttrOfType<StringAttr>(
+                   arg.getArgNumber(), KilnDialect::getWeightAttrName())) {
+      entry.kind = plan::ValueKind::Weight;
+      entry.name = name.getValue().str();
+    } else {
+      return makeError("graph argument " + llvm::Twine(arg.getArgNumber()) +
+                       " is neither an input nor a weight");
+    }
+    if (auto id = addValue(arg, std::move(entry)); !id)
+      return id.takeError();
+  }
+
+  Value logits;
+  for (Operation &op : body) {
+    if (auto concat = dyn_cast<ConcatOp>(op)) {
+      plan::Value entry;
+      entry.kind = plan::ValueKind::Concat;
+      for (Value in : concat.getInputs())
+        entry.of.push_back(ids.lookup(in));
+      entry.axis = concat.getAxis();
+      if (auto id = addValue(concat, std::move(entry)); !id)
+        return id.takeError();
+    } else if (auto call = dyn_cast<func::CallOp>(op)) {
+      auto kernel = SymbolTable::lookupNearestSymbolFrom<func::FuncOp>(
+          call, call.getCalleeAttr());
+      if (!kernel || !kernel->hasAttr(KilnDialect::getKernelAttrName()))
+        return makeError("call to @" + call.getCallee() + " is not a kernel");
+      plan::Launch launch;
+      launch.kernel = kernel.getSymName().str();
+      for (Value operand : call.getOperands())
+        launch.args.push_back(ids.lookup(operand));
+      for (auto [i, res] : llvm::enumerate(call.getResults())) {
+        plan::Value entry;
+        entry.kind = plan::ValueKind::Buffer;
+        if (cast<RankedTensorType>(res.getType()).isDynamicDim(0))
+          entry.rowsPerToken = rowsPerToken(kernel, i);
+        auto id = addValue(res, std::move(entry));
+        if (!id)
+          return id.takeError();
+        launch.results.push_back(*id);
+      }
+      for (Operation &inner : kernel.getBody().front())
+        if (auto a = dyn_cast<AttentionOp>(inner)) {
+          auto key = dyn_cast<BlockArgument>(a.getKey());
+          auto value = dyn_cast<BlockArgument>(a.getValue());
+          if (!key || !value)
+            return makeError("@" + kernel.getSymName() +
+                             ": attention keys and values must be kernel "
+                             "arguments");
+          plan::Slot slot;
+          slot.width = cast<RankedTensorType>(key.getType()).getDimSize(1);
+          // Chunked layers only ever look inside the current chunk.
+          slot.chunk = a.getMask() == MaskKind::Chunked
+                           ? a.getChunkSize().value_or(0)
+                           : 0;
+          launch.attention.push_back(
+              {key.getArgNumber(), value.getArgNumber(),
+               static_cast<int64_t>(result.slots.size())});
+          result.slots.push_back(slot);
+        }
+      if (decorateLaunch)
+        if (llvm::Error e = decorateLaunch(call, launch))
+          return std::move(e);
+      result.launches.push_back(std::move(launch));
+    } else if (auto ret = dyn_cast<func::ReturnOp>(op)) {
+      if (ret.getNumOperands() != 1)
+        return makeError("the graph must return exactly the logits");
+      logits = ret.getOperand(0);
+    } else {
+      return op.emitOpError("is not part of a kernel graph (run "
+                            "kiln-graph-pipeline first)"),
+             makeError("the graph is not partitioned");
+    }
+  }
+
+  // Activation buffers share one arena, placed by liveness.
+  llvm::DenseMap<Value, int64_t> rowsPerTokenOf;
+  for (Operation &op : body)
+    if (auto call = dyn_cast<func::CallOp>(op)) {
+      auto kernel = SymbolTable::lookupNearestSymbolFrom<func::FuncOp>(
+          call, call.getCalleeAttr());
+      for (auto [i, res] : llvm::enumerate(call.getResults()))
+        rowsPerTokenOf[res] = rowsPerToken(kernel, i);
+    }
+  // The logits live outside the arena: a step that wants only its last
+  // row's logits allocates one row, not tokens x vocab (0.8 MB a token for
+  // Llama 4).
+  ActivationPlan arena = planActivations(graph, [&](Value v) {
+    if (v == logits)
+      return int64_t(0);
+    auto type = cast<RankedTensorType>(v.getType());
+    int64_t row = elementOf(v).getIntOrFloatBitWidth() / 8;
+    for (int64_t d : type.getShape().drop_front())
+      row *= d;
+    return rowsPerTokenOf.lookup(v) * row;
+  });
+  for (const BufferPlacement &b : arena.buffers)
+    if (b.value != logits)
+      result.values[ids.lookup(b.value)].arenaOffset = b.offsetPerToken;
+  result.arenaBytesPerToken = arena.peakPerToken;
+  result.logits = ids.lookup(logits);
+  if (auto eos = module->getAttrOfType<DenseI64ArrayAttr>("kiln.eos_token_ids"))
+    result.eosTokenIds.assign(eos.asArrayRef().begin(), eos.asArrayRef().end());
+  return result;
+}

@@ -1,0 +1,224 @@
+//===- EnginePlan.h - The engine plan schema, in code -----------*- C++ -*-===//
+//
+// The plan section of an engine (docs/engine-format.md describes this file):
+// the values a step reads and writes, the launches in order (with their GPU
+// steps on sm_90a engines), the KV slots, the logits value and the
+// next-token functions. The compiler builds a `Plan` and writes it with
+// writePlan(); the runtime reads it back with readPlan(). Nothing else in
+// Kiln spells the plan's JSON keys.
+//
+// Plain C++ (no MLIR, no LLVM): both the compiler and the runtime include it.
+//
+//===----------------------------------------------------------------------===//
+
+#ifndef KILN_RUNTIME_ENGINEPLAN_H
+#define KILN_RUNTIME_ENGINEPLAN_H
+
+#include <algorithm>
+#include <cstdint>
+#include <string>
+#include <vector>
+
+namespace kiln::plan {
+
+/// Element types of plan values, named as safetensors names them.
+enum class DType { F32, BF16, F16, I64, I32 };
+
+const char *dtypeName(DType dtype);
+/// False for a name that is none of the above.
+bool parseDType(const std::string &name, DType &out);
+size_t elementSize(DType dtype);
+
+enum class ValueKind {
+  /// A runtime input: `input` is "tokens" or "positions".
+  Input,
+  /// A checkpoint tensor bound by `name`.
+  Weight,
+  /// A repacking of weights (`of`, along `axis`), built once at load.
+  Concat,
+  /// An activation written by a launch.
+  Buffer,
+};
+
+struct Value {
+  ValueKind kind = ValueKind::Buffer;
+  std::string input;
+  std::string name;
+  DType dtype = DType::F32;
+  /// -1 as the first extent: the step's token count times rowsPerToken.
+  std::vector<int64_t> shape;
+  int64_t rowsPerToken = 1;
+  std::vector<int64_t> of;
+  int64_t axis = 0;
+  /// Offset in the step's activation arena, per token; -1: own storage.
+  int64_t arenaOffset = -1;
+
+  bool isDynamic() const { return !shape.empty() && shape[0] < 0; }
+};
+
+/// An attention in a launch: its key and value arguments are the KV pool of
+/// `slot`.
+struct AttentionUse {
+  int64_t keyArg = 0, valueArg = 0, slot = 0;
+};
+
+/// One grid extent: ceil((rows(rowsOf) * perRow + constant) / divisor), or
+/// constant / divisor (rounded up) when `rowsOf` is negative; with `perSm`,
+/// that many blocks per SM of the GPU (persistent kernels). Rows are an
+/// operand's first extent in the step.
+struct GridExtent {
+  int64_t rowsOf = -1;
+  int64_t perRow = 0;
+  int64_t constant = 1;
+  int64_t divisor = 1;
+  int64_t perSm = 0;
+};
+
+/// How the runtime fills one parameter of a GPU function. Operands are
+/// numbered like the launch's values: its arguments, then its results.
+struct GpuParam {
+  enum class Kind {
+    /// A memref descriptor (allocated, aligned, offset, sizes, strides).
+    Memref,
+    /// A pointer to a 128-byte CUtensorMap for a bf16 operand viewed as a
+    /// 2-D row-major matrix [rows, cols] (3-D tensors: [d0 * d1, d2]), box
+    /// {boxCols, boxRows}, 128-byte swizzle, zero fill out of bounds.
+    TensorMap,
+    /// The positions (i64 [keys]) of the KV slot bound to `operand` (an
+    /// attention key argument), as a memref descriptor.
+    KeyPositions,
+    /// The KV pool bound to `operand` (an attention key or value argument):
+    /// a memref descriptor over the pool's capacity; rows past the key
+    /// count are not read.
+    KvPool,
+    /// The key count (memref<1xi64>, in device memory) of the KV slot bound
+    /// to `operand`, counting this step's rows. Read on the device so a
+    /// decode step's parameters do not change from step to step (CUDA
+    /// graphs replay them).
+    KeyCount,
+    /// Device scratch memory (rows(operand) * perRow elements, i64 or
+    /// f32) private to the launch sequence of one kernel call.
+    Scratch,
+  };
+  Kind kind = Kind::Memref;
+  int64_t operand = 0;
+  int64_t boxCols = 0, boxRows = 0;
+  /// TensorMap of a 3-D tensor [d0, d1, d2] kept 3-D (dims {d2, d1, d0},
+  /// box {boxCols, boxRows, 1}), so boxes never run into the next d0 slice.
+  bool box3 = false;
+  /// TensorMap over the KV pool bound to `operand` (covering the step's
+  /// keys) rather than the operand's own buffer.
+  bool pool = false;
+  /// Scratch: elements per row of `operand`; f32 when floatScratch, else
+  /// i64.
+  int64_t perRow = 0;
+  bool floatScratch = false;
+
+  bool readsKvSlot() const {
+    return kind == Kind::KvPool || kind == Kind::KeyPositions ||
+           kind == Kind::KeyCount || pool;
+  }
+};
+
+/// One GPU function launch.
+struct GpuLaunch {
+  /// Empty: the variant launches nothing (a step only some variants need).
+  std::string function;
+  int64_t blockThreads = 0;
+  int64_t dynamicSharedBytes = 0;
+  GridExtent grid[3];
+  std::vector<GpuParam> params;
+  /// A variant applies when rows(selectOperand) <= maxRows; the last
+  /// variant of a step applies otherwise.
+  int64_t selectOperand = -1;
+  int64_t maxRows = -1;
+};
+
+/// A step of a kernel on the GPU: one of its variants runs.
+struct GpuStep {
+  std::vector<GpuLaunch> variants;
+};
+
+struct Launch {
+  std::string kernel;
+  std::vector<int64_t> args, results;
+  std::vector<AttentionUse> attention;
+  /// sm_90a engines: the GPU steps that make up this kernel, in order.
+  std::vector<GpuStep> gpu;
+
+  /// Operand `i`: args then results.
+  int64_t operand(size_t i) const {
+    return i < args.size() ? args[i] : results[i - args.size()];
+  }
+  size_t operandCount() const { return args.size() + results.size(); }
+};
+
+/// One KV pool: an attention call site.
+struct Slot {
+  int64_t width = 0;
+  /// Chunk size of a chunked layer (0: full attention keeps everything).
+  int64_t chunk = 0;
+};
+
+/// A one-block GPU function that picks the next token from the last logits
+/// row (sm_90a engines; empty `function` when absent).
+struct TokenFunction {
+  std::string function;
+  int64_t blockThreads = 0;
+};
+
+struct Plan {
+  std::vector<Value> values;
+  std::vector<Launch> launches;
+  std::vector<Slot> slots;
+  int64_t logits = -1;
+  int64_t arenaBytesPerToken = 0;
+  std::vector<int64_t> eosTokenIds;
+  /// `argmax(logits, token)`: the greedy token (ties to the lower id).
+  TokenFunction argmax;
+  /// `sample(logits, request, token)`: request = {temperature, top_k, top_p,
+  /// u} in f64, drawn by the host sampler's rule.
+  TokenFunction sample;
+
+  int64_t vocab() const {
+    return logits >= 0 && !values[logits].shape.empty()
+               ? values[logits].shape.back()
+               : 0;
+  }
+};
+
+/// The plan as JSON text (the engine's plan section).
+std::string writePlan(const Plan &plan);
+
+/// Parses `text` and checks every index, size and name in it. `path` names
+/// the engine in errors ("<path>: malformed plan: ...").
+bool readPlan(const std::string &text, const std::string &path, Plan &out,
+              std::string &error);
+
+//===----------------------------------------------------------------------===//
+// Rules shared by the plan's readers
+//===----------------------------------------------------------------------===//
+
+/// Bytes of one row of a value (its first extent excluded).
+inline size_t rowBytes(const Value &v) {
+  size_t n = elementSize(v.dtype);
+  for (size_t i = 1; i < v.shape.size(); ++i)
+    n *= static_cast<size_t>(v.shape[i]);
+  return n;
+}
+
+/// Whether `l` writes the plan's logits.
+inline bool producesLogits(const Plan &plan, const Launch &l) {
+  return std::find(l.results.begin(), l.results.end(), plan.logits) !=
+         l.results.end();
+}
+
+/// Rows a KV pool reserves for `tokens` of context: a chunked layer's pool
+/// never holds more than one chunk plus a step, so two chunks do.
+inline int64_t reservedRows(const Slot &slot, int64_t tokens) {
+  return slot.chunk > 0 ? std::min(tokens, 2 * slot.chunk) : tokens;
+}
+
+} // namespace kiln::plan
+
+#endif // KILN_RUNTIME_ENGINEPLAN_H

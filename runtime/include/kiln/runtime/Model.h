@@ -1,0 +1,151 @@
+//===- Model.h - Loaded engines and the sequences run on them ---*- C++ -*-===//
+//
+// A Model is an engine plus a checkpoint's weights, loaded once on the
+// backend its target names (host loops or one sm_90a GPU). Sessions are
+// sequences run on it, each with its own KV caches and activations; any
+// number of them may run at once, each from one thread at a time. No MLIR,
+// no LLVM: this is what ships (the C API in kiln/kiln.h wraps it).
+//
+//===----------------------------------------------------------------------===//
+
+#ifndef KILN_RUNTIME_MODEL_H
+#define KILN_RUNTIME_MODEL_H
+
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <vector>
+
+namespace kiln {
+
+class Sampler;
+class Session;
+
+/// Mirrors kiln_status_code (kiln/kiln.h), value for value.
+enum class StatusCode {
+  Ok = 0,
+  InvalidArgument = 1,
+  NotFound = 2,
+  InvalidEngine = 3,
+  InvalidCheckpoint = 4,
+  Unavailable = 5,
+  OutOfMemory = 6,
+  DeviceError = 7,
+  Internal = 8,
+};
+
+struct Status {
+  StatusCode code = StatusCode::Ok;
+  std::string message;
+
+  bool ok() const { return code == StatusCode::Ok; }
+  static Status error(StatusCode code, std::string message) {
+    return {code, std::move(message)};
+  }
+};
+
+/// Where an engine runs: its target decides (Auto), or the caller insists
+/// and gets a clear error when the engine is for another one.
+enum class Device { Auto, Host, Cuda };
+
+/// Every runtime setting. Each one that an environment variable also sets
+/// names it; fromEnvironment() reads them all.
+struct RuntimeOptions {
+  Device device = Device::Auto;
+  /// The CUDA driver library (KILN_LIBCUDA; empty: libcuda.so.1).
+  std::string cudaDriver;
+  /// Replay decode steps as CUDA graphs (KILN_CUDA_GRAPH=0 turns off).
+  bool cudaGraphs = true;
+  /// Synchronize after every GPU launch, so a fault names its kernel
+  /// (KILN_CUDA_SYNC).
+  bool syncEachLaunch = false;
+  /// Fill fresh device memory with 0xff (NaN) (KILN_CUDA_POISON).
+  bool poisonDeviceMemory = false;
+  /// Pick every GPU-picked token again on the host and report differences
+  /// (KILN_CHECK_SAMPLER).
+  bool checkSampler = false;
+  /// Time every GPU launch and print a table when the session ends
+  /// (KILN_PROFILE).
+  bool profile = false;
+  /// Print CUDA graph launches and captures when a session ends
+  /// (KILN_CUDA_GRAPH_STATS).
+  bool graphStats = false;
+  /// Write every launch's results as .npy files here (KILN_DUMP_DIR).
+  std::string dumpDir;
+
+  static RuntimeOptions fromEnvironment();
+};
+
+/// What a run returns.
+enum class OutputMode {
+  /// Logits of every token: tokens x vocab floats.
+  AllLogits,
+  /// Logits of the last token only (the LM head runs on that row alone).
+  LastLogits,
+  /// The next token, picked by a sampler (greedy without one) where the
+  /// engine runs: on the GPU for sm_90a engines, so no logits come back.
+  Token,
+};
+
+class Model : public std::enable_shared_from_this<Model> {
+public:
+  ~Model();
+  Model(const Model &) = delete;
+  Model &operator=(const Model &) = delete;
+
+  /// Loads `enginePath` and binds the weights of `checkpointDir` to it.
+  static std::shared_ptr<Model> load(const std::string &enginePath,
+                                     const std::string &checkpointDir,
+                                     const RuntimeOptions &options,
+                                     Status &status);
+
+  /// A new sequence. `kvTokens` > 0 reserves its KV caches for that many
+  /// tokens of context (chunked layers: at most two chunks), failing here
+  /// when they do not fit; sequences beyond it grow them.
+  std::unique_ptr<Session> newSession(int64_t kvTokens, Status &status);
+
+  int64_t vocabSize() const;
+  const std::vector<int64_t> &eosTokenIds() const;
+  /// The engine's target ("host-x86_64", "sm_90a").
+  const std::string &target() const;
+
+  struct Impl;
+
+private:
+  explicit Model(std::unique_ptr<Impl> impl);
+  std::unique_ptr<Impl> impl;
+  friend class Session;
+};
+
+class Session {
+public:
+  ~Session();
+  Session(const Session &) = delete;
+  Session &operator=(const Session &) = delete;
+
+  /// Runs `count` tokens at `positions` (null: continuing from position()),
+  /// after everything run since the last reset(). AllLogits and LastLogits
+  /// fill `logits`; Token fills `token`, drawn by `sampler` (greedy when
+  /// null or at temperature 0).
+  Status run(const int64_t *tokens, const int64_t *positions, size_t count,
+             OutputMode mode, Sampler *sampler, std::vector<float> &logits,
+             int64_t &token);
+
+  /// Forgets every token run so far.
+  void reset();
+  /// One past the largest position run so far (0 after a reset).
+  int64_t position() const;
+  const Model &model() const { return *owner; }
+
+  struct Impl;
+
+private:
+  Session(std::shared_ptr<Model> owner, std::unique_ptr<Impl> impl);
+  std::shared_ptr<Model> owner;
+  std::unique_ptr<Impl> impl;
+  friend class Model;
+};
+
+} // namespace kiln
+
+#endif // KILN_RUNTIME_MODEL_H

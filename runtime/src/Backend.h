@@ -1,0 +1,151 @@
+//===- Backend.h - What a runtime backend implements ------------*- C++ -*-===//
+//
+// The step logic lives once, in Model.cpp: checking the inputs, the row
+// count of every value in a step, which launch runs on the last row only,
+// trimming and growing each KV slot's positions, what comes back. It hands
+// a backend a `Step` that says all of that; the backend only moves data and
+// runs kernels. A backend is two classes: one per loaded model (code and
+// weights on its device) and one per session (activations and KV pools).
+// A new backend (another GPU, a multi-rank wrapper) is a new file and one
+// row in the table at the end of this header.
+//
+//===----------------------------------------------------------------------===//
+
+#ifndef KILN_RUNTIME_SRC_BACKEND_H
+#define KILN_RUNTIME_SRC_BACKEND_H
+
+#include "kiln/runtime/EngineFile.h"
+#include "kiln/runtime/EnginePlan.h"
+#include "kiln/runtime/Model.h"
+
+#include <memory>
+#include <string>
+#include <vector>
+
+namespace kiln {
+
+/// The plan and its weights in host memory, shared by every backend.
+struct BoundPlan {
+  plan::Plan plan;
+  /// Per value: the host bytes of a weight (mapped from the checkpoint) or
+  /// of a concat repacking; null for inputs and buffers.
+  std::vector<const void *> hostData;
+  std::vector<std::vector<uint8_t>> repacked;
+  std::string enginePath;
+};
+
+/// One KV slot in a step.
+struct SlotStep {
+  /// Rows dropped from the front of the pool before the step (a chunked
+  /// layer forgets keys before the chunk of the step's first token).
+  int64_t dropped = 0;
+  /// Rows kept from earlier steps, and rows after this step's are added.
+  int64_t kept = 0, total = 0;
+  /// Positions of the pool's rows after this step (`total` of them).
+  const std::vector<int64_t> *positions = nullptr;
+};
+
+/// A launch operand as a kernel sees it in a step.
+struct OperandView {
+  int64_t value = 0;
+  std::vector<int64_t> shape;
+  /// Rows to skip at the start of the value's storage (the last-row-only
+  /// LM head reads its input's last row).
+  int64_t firstRow = 0;
+};
+
+/// Everything about one step that does not depend on the device.
+struct Step {
+  /// 1 for the first step after the session started (names dump files).
+  size_t index = 0;
+  int64_t tokenCount = 0;
+  const int64_t *tokens = nullptr;
+  const int64_t *positions = nullptr;
+  /// Per plan value: its first extent in this step (inputs and buffers).
+  std::vector<int64_t> rows;
+  /// Per launch: it computes the last token's row only.
+  std::vector<bool> lastRowOnly;
+  std::vector<SlotStep> slots;
+  OutputMode mode = OutputMode::AllLogits;
+  /// Token mode on a backend that picks tokens: {temperature, top_k, top_p,
+  /// u}; temperature 0 is the argmax.
+  double sample[4] = {0, 0, 1, 0};
+  /// KILN_DUMP_DIR or RuntimeOptions::dumpDir; empty: no dumps.
+  std::string dumpDir;
+
+  /// The shape of value `id` in this step.
+  std::vector<int64_t> shapeOf(const plan::Plan &plan, int64_t id) const;
+  /// Operand `i` of launch `launch`.
+  OperandView operand(const plan::Plan &plan, size_t launch, size_t i) const;
+};
+
+struct StepOutput {
+  /// AllLogits: every row; LastLogits (and Token on a backend that does not
+  /// pick tokens): the last row.
+  std::vector<float> logits;
+  int64_t token = -1;
+};
+
+class BackendSession {
+public:
+  virtual ~BackendSession() = default;
+  virtual Status run(const Step &step, StepOutput &out) = 0;
+  /// Forgets every row of every KV pool.
+  virtual void reset() = 0;
+};
+
+class Backend {
+public:
+  virtual ~Backend() = default;
+  virtual Status newSession(int64_t kvTokens,
+                            std::unique_ptr<BackendSession> &out) = 0;
+  /// Whether Token steps are picked on the device (else the step logic
+  /// picks from the last logits row).
+  virtual bool picksTokens() const { return false; }
+};
+
+/// Opens a backend for an engine whose plan is bound (weights in host
+/// memory).
+using BackendOpener = Status (*)(const EngineFile &engine,
+                                 const BoundPlan &bound,
+                                 const RuntimeOptions &options,
+                                 std::unique_ptr<Backend> &out);
+
+Status openHostBackend(const EngineFile &engine, const BoundPlan &bound,
+                       const RuntimeOptions &options,
+                       std::unique_ptr<Backend> &out);
+Status openCudaBackend(const EngineFile &engine, const BoundPlan &bound,
+                       const RuntimeOptions &options,
+                       std::unique_ptr<Backend> &out);
+
+/// Says, before the checkpoint is read, why a backend cannot run here (no
+/// driver, say); null when it always can.
+using BackendProbe = Status (*)(const RuntimeOptions &options);
+Status probeCuda(const RuntimeOptions &options);
+
+struct BackendEntry {
+  const char *target;
+  Device device;
+  const char *deviceName;
+  BackendProbe probe;
+  BackendOpener open;
+};
+
+/// Every backend this runtime has, by the engine target it runs.
+inline constexpr BackendEntry kBackends[] = {
+    {kTargetHost, Device::Host, "host", nullptr, openHostBackend},
+    {kTargetSm90a, Device::Cuda, "cuda", probeCuda, openCudaBackend},
+};
+
+/// Writes `count` elements of `dtype` at host address `data` with `shape`
+/// to <dir>/<step>_<launch>_<kernel>_<result>.npy as float32.
+Status dumpValue(const std::string &dir, size_t step, size_t launch,
+                 const std::string &kernel, size_t result, plan::DType dtype,
+                 const std::vector<int64_t> &shape, const void *data);
+
+/// Human-readable GiB, two decimals.
+std::string gib(double bytes);
+
+} // namespace kiln
+
+#endif // KILN_RUNTIME_SRC_BACKEND_H

@@ -1,0 +1,553 @@
+//===- EnginePlan.cpp - The engine plan schema, read and written ----------===//
+//
+// The one place that spells the plan's JSON keys. The reader checks every
+// index against what it indexes, so the backends never bounds-check plan
+// data again.
+//
+//===----------------------------------------------------------------------===//
+
+#include "kiln/runtime/EnginePlan.h"
+#include "kiln/runtime/Json.h"
+
+#include <cstdio>
+
+using namespace kiln;
+using namespace kiln::plan;
+
+namespace {
+
+constexpr struct {
+  DType dtype;
+  const char *name;
+  size_t bytes;
+} kDTypes[] = {{DType::F32, "F32", 4},
+               {DType::BF16, "BF16", 2},
+               {DType::F16, "F16", 2},
+               {DType::I64, "I64", 8},
+               {DType::I32, "I32", 4}};
+
+constexpr struct {
+  GpuParam::Kind kind;
+  const char *name;
+} kParamKinds[] = {{GpuParam::Kind::Memref, "memref"},
+                   {GpuParam::Kind::TensorMap, "tensor_map"},
+                   {GpuParam::Kind::KeyPositions, "key_positions"},
+                   {GpuParam::Kind::KvPool, "kv_pool"},
+                   {GpuParam::Kind::KeyCount, "key_count"},
+                   {GpuParam::Kind::Scratch, "scratch"}};
+
+constexpr struct {
+  ValueKind kind;
+  const char *name;
+} kValueKinds[] = {{ValueKind::Input, "input"},
+                   {ValueKind::Weight, "weight"},
+                   {ValueKind::Concat, "concat"},
+                   {ValueKind::Buffer, "buffer"}};
+
+//===----------------------------------------------------------------------===//
+// Writing
+//===----------------------------------------------------------------------===//
+
+/// Appends `"key":` after a comma when the object has members already.
+class ObjectWriter {
+public:
+  explicit ObjectWriter(std::string &out) : out(out) { out += '{'; }
+  ~ObjectWriter() { out += '}'; }
+
+  std::string &key(const char *name) {
+    if (!first)
+      out += ',';
+    first = false;
+    json::writeString(out, name);
+    out += ':';
+    return out;
+  }
+  void integer(const char *name, int64_t value) {
+    key(name) += std::to_string(value);
+  }
+  void string(const char *name, const std::string &value) {
+    json::writeString(key(name), value);
+  }
+  void boolean(const char *name, bool value) {
+    key(name) += value ? "true" : "false";
+  }
+  void integers(const char *name, const std::vector<int64_t> &list) {
+    std::string &o = key(name);
+    o += '[';
+    for (size_t i = 0; i < list.size(); ++i)
+      o += (i ? "," : "") + std::to_string(list[i]);
+    o += ']';
+  }
+
+private:
+  std::string &out;
+  bool first = true;
+};
+
+template <typename T, typename Fn>
+void writeArray(std::string &out, const std::vector<T> &items, Fn &&each) {
+  out += '[';
+  for (size_t i = 0; i < items.size(); ++i) {
+    if (i)
+      out += ',';
+    each(items[i]);
+  }
+  out += ']';
+}
+
+const char *valueKindName(ValueKind kind) {
+  for (const auto &k : kValueKinds)
+    if (k.kind == kind)
+      return k.name;
+  return "?";
+}
+
+const char *paramKindName(GpuParam::Kind kind) {
+  for (const auto &k : kParamKinds)
+    if (k.kind == kind)
+      return k.name;
+  return "?";
+}
+
+void writeGpuLaunch(std::string &out, const GpuLaunch &l) {
+  ObjectWriter o(out);
+  o.string("function", l.function);
+  if (l.function.empty())
+    return;
+  o.integer("block", l.blockThreads);
+  o.integer("shared_bytes", l.dynamicSharedBytes);
+  writeArray(o.key("grid"), std::vector<GridExtent>(l.grid, l.grid + 3),
+             [&](const GridExtent &g) {
+               ObjectWriter e(out);
+               e.integer("rows_of", g.rowsOf);
+               e.integer("per_row", g.perRow);
+               e.integer("constant", g.constant);
+               e.integer("divisor", g.divisor);
+               if (g.perSm)
+                 e.integer("per_sm", g.perSm);
+             });
+  writeArray(o.key("params"), l.params, [&](const GpuParam &p) {
+    ObjectWriter e(out);
+    e.string("kind", paramKindName(p.kind));
+    e.integer("operand", p.operand);
+    if (p.kind == GpuParam::Kind::TensorMap) {
+      std::vector<int64_t> box{p.boxCols, p.boxRows};
+      if (p.box3)
+        box.push_back(1);
+      e.integers("box", box);
+      e.integer("swizzle", 128);
+      e.boolean("pool", p.pool);
+    }
+    if (p.kind == GpuParam::Kind::Scratch) {
+      e.integer("per_row", p.perRow);
+      e.string("dtype", p.floatScratch ? "F32" : "I64");
+    }
+  });
+  o.integer("select_operand", l.selectOperand);
+  o.integer("max_rows", l.maxRows);
+}
+
+//===----------------------------------------------------------------------===//
+// Reading
+//===----------------------------------------------------------------------===//
+
+/// Reads fields of one JSON object, remembering the first problem as
+/// "<what>: <why>".
+class FieldReader {
+public:
+  FieldReader(const json::Value &object, std::string what, std::string &problem)
+      : object(object), what(std::move(what)), problem(problem) {
+    if (!object.isObject())
+      fail("not an object");
+  }
+
+  bool ok() const { return problem.empty(); }
+
+  int64_t integer(const char *key, int64_t fallback, bool required = false) {
+    const json::Value *v = find(key, required);
+    if (!v)
+      return fallback;
+    if (!v->isNumber() || !v->isInteger)
+      return fail(std::string("'") + key + "' is not an integer"), fallback;
+    return v->integer;
+  }
+  std::string string(const char *key, bool required = false) {
+    const json::Value *v = find(key, required);
+    if (!v)
+      return "";
+    if (!v->isString())
+      return fail(std::string("'") + key + "' is not a string"), "";
+    return v->string;
+  }
+  bool boolean(const char *key) {
+    const json::Value *v = find(key, false);
+    if (!v)
+      return false;
+    if (!v->isBool())
+      return fail(std::string("'") + key + "' is not a boolean"), false;
+    return v->boolean;
+  }
+  std::vector<int64_t> integers(const char *key, bool required = false) {
+    std::vector<int64_t> out;
+    const json::Value *v = find(key, required);
+    if (!v)
+      return out;
+    if (!v->isArray())
+      return fail(std::string("'") + key + "' is not a list"), out;
+    for (const json::Value &e : v->array) {
+      if (!e.isNumber() || !e.isInteger)
+        return fail(std::string("'") + key + "' holds a non-integer"), out;
+      out.push_back(e.integer);
+    }
+    return out;
+  }
+  const std::vector<json::Value> *list(const char *key, bool required) {
+    const json::Value *v = find(key, required);
+    if (!v)
+      return nullptr;
+    if (!v->isArray())
+      return fail(std::string("'") + key + "' is not a list"), nullptr;
+    return &v->array;
+  }
+  /// Requires lo <= value < hi.
+  void inRange(const char *field, int64_t value, int64_t lo, int64_t hi) {
+    if (value < lo || value >= hi)
+      fail(std::string(field) + " " + std::to_string(value) + " is outside [" +
+           std::to_string(lo) + ", " + std::to_string(hi) + ")");
+  }
+  void fail(const std::string &why) {
+    if (problem.empty())
+      problem = what + ": " + why;
+  }
+
+private:
+  const json::Value *find(const char *key, bool required) {
+    const json::Value *v = object.isObject() ? object.find(key) : nullptr;
+    if (!v && required)
+      fail(std::string("no '") + key + "'");
+    return v;
+  }
+
+  const json::Value &object;
+  std::string what;
+  std::string &problem;
+};
+
+void readGpuLaunch(const json::Value &entry, const std::string &what,
+                   size_t operands, GpuLaunch &out, std::string &problem) {
+  FieldReader r(entry, what, problem);
+  out.function = r.string("function", /*required=*/true);
+  if (!r.ok() || out.function.empty())
+    return;
+  out.blockThreads = r.integer("block", 0, true);
+  r.inRange("block", out.blockThreads, 1, 1025);
+  out.dynamicSharedBytes = r.integer("shared_bytes", 0);
+  r.inRange("shared_bytes", out.dynamicSharedBytes, 0, int64_t(1) << 20);
+  out.selectOperand = r.integer("select_operand", -1);
+  r.inRange("select_operand", out.selectOperand, -1, int64_t(operands));
+  out.maxRows = r.integer("max_rows", -1);
+  const std::vector<json::Value> *grid = r.list("grid", true);
+  if (grid && grid->size() != 3)
+    r.fail("'grid' has " + std::to_string(grid->size()) + " extents, not 3");
+  for (size_t d = 0; grid && d < grid->size() && r.ok(); ++d) {
+    FieldReader g((*grid)[d], what + " grid[" + std::to_string(d) + "]",
+                  problem);
+    GridExtent &e = out.grid[d];
+    e.rowsOf = g.integer("rows_of", -1);
+    g.inRange("rows_of", e.rowsOf, -1, int64_t(operands));
+    e.perRow = g.integer("per_row", 0);
+    e.constant = g.integer("constant", 1);
+    e.divisor = g.integer("divisor", 1);
+    g.inRange("divisor", e.divisor, 1, int64_t(1) << 40);
+    e.perSm = g.integer("per_sm", 0);
+  }
+  const std::vector<json::Value> *params = r.list("params", true);
+  for (size_t i = 0; params && i < params->size() && r.ok(); ++i) {
+    FieldReader p((*params)[i], what + " param " + std::to_string(i), problem);
+    GpuParam param;
+    std::string kind = p.string("kind", true);
+    bool known = false;
+    for (const auto &k : kParamKinds)
+      if (kind == k.name) {
+        param.kind = k.kind;
+        known = true;
+      }
+    if (p.ok() && !known)
+      p.fail("unknown kind '" + kind + "'");
+    param.operand = p.integer("operand", -1, true);
+    p.inRange("operand", param.operand, 0, int64_t(operands));
+    if (param.kind == GpuParam::Kind::Scratch) {
+      param.perRow = p.integer("per_row", 0);
+      param.floatScratch = p.string("dtype") == "F32";
+    }
+    if (param.kind == GpuParam::Kind::TensorMap) {
+      std::vector<int64_t> box = p.integers("box", true);
+      if (p.ok() && (box.size() < 2 || box.size() > 3 ||
+                     (box.size() == 3 && box[2] != 1) || box[0] <= 0 ||
+                     box[0] > 256 || box[1] <= 0 || box[1] > 256))
+        p.fail("'box' is not [cols, rows] or [cols, rows, 1] within 256");
+      if (p.ok()) {
+        param.boxCols = box[0];
+        param.boxRows = box[1];
+        param.box3 = box.size() == 3;
+      }
+      param.pool = p.boolean("pool");
+    }
+    out.params.push_back(param);
+  }
+}
+
+} // namespace
+
+const char *kiln::plan::dtypeName(DType dtype) {
+  for (const auto &d : kDTypes)
+    if (d.dtype == dtype)
+      return d.name;
+  return "?";
+}
+
+bool kiln::plan::parseDType(const std::string &name, DType &out) {
+  for (const auto &d : kDTypes)
+    if (name == d.name) {
+      out = d.dtype;
+      return true;
+    }
+  return false;
+}
+
+size_t kiln::plan::elementSize(DType dtype) {
+  for (const auto &d : kDTypes)
+    if (d.dtype == dtype)
+      return d.bytes;
+  return 0;
+}
+
+std::string kiln::plan::writePlan(const Plan &plan) {
+  std::string out;
+  {
+    ObjectWriter o(out);
+    writeArray(o.key("values"), plan.values, [&](const Value &v) {
+      ObjectWriter e(out);
+      e.integer("id", &v - plan.values.data());
+      e.string("kind", valueKindName(v.kind));
+      switch (v.kind) {
+      case ValueKind::Input:
+        e.string("input", v.input);
+        break;
+      case ValueKind::Weight:
+        e.string("name", v.name);
+        break;
+      case ValueKind::Concat:
+        e.integers("of", v.of);
+        e.integer("axis", v.axis);
+        break;
+      case ValueKind::Buffer:
+        if (v.isDynamic())
+          e.integer("rows_per_token", v.rowsPerToken);
+        if (v.arenaOffset >= 0)
+          e.integer("arena_offset", v.arenaOffset);
+        break;
+      }
+      e.string("dtype", dtypeName(v.dtype));
+      e.integers("shape", v.shape);
+    });
+    o.integer("arena_bytes_per_token", plan.arenaBytesPerToken);
+    writeArray(o.key("launches"), plan.launches, [&](const Launch &l) {
+      ObjectWriter e(out);
+      e.string("kernel", l.kernel);
+      e.integers("args", l.args);
+      e.integers("results", l.results);
+      writeArray(e.key("attention"), l.attention, [&](const AttentionUse &a) {
+        ObjectWriter u(out);
+        u.integer("key_arg", a.keyArg);
+        u.integer("value_arg", a.valueArg);
+        u.integer("slot", a.slot);
+      });
+      if (!l.gpu.empty())
+        writeArray(e.key("gpu"), l.gpu, [&](const GpuStep &step) {
+          writeArray(out, step.variants,
+                     [&](const GpuLaunch &g) { writeGpuLaunch(out, g); });
+        });
+    });
+    writeArray(o.key("kv_slots"), plan.slots, [&](const Slot &s) {
+      ObjectWriter e(out);
+      e.integer("width", s.width);
+      e.integer("chunk", s.chunk);
+    });
+    o.integer("logits", plan.logits);
+    if (!plan.eosTokenIds.empty())
+      o.integers("eos_token_ids", plan.eosTokenIds);
+    for (auto [key, fn] : {std::pair{"argmax", &plan.argmax},
+                           std::pair{"sample", &plan.sample}}) {
+      if (fn->function.empty())
+        continue;
+      o.key(key);
+      ObjectWriter e(out);
+      e.string("function", fn->function);
+      e.integer("block", fn->blockThreads);
+    }
+  } // the object closes here, before `out` is returned
+  return out;
+}
+
+bool kiln::plan::readPlan(const std::string &text, const std::string &path,
+                          Plan &plan, std::string &error) {
+  plan = Plan();
+  json::Value root;
+  std::string jsonError;
+  if (!json::parse(text, root, jsonError)) {
+    error = path + ": malformed plan: " + jsonError;
+    return false;
+  }
+  std::string problem;
+  FieldReader top(root, "plan", problem);
+  auto finish = [&]() {
+    if (problem.empty())
+      return true;
+    error = path + ": malformed plan: " + problem;
+    return false;
+  };
+
+  const std::vector<json::Value> *values = top.list("values", true);
+  for (size_t i = 0; values && i < values->size() && problem.empty(); ++i) {
+    FieldReader r((*values)[i], "value " + std::to_string(i), problem);
+    Value v;
+    std::string kind = r.string("kind", true);
+    bool known = false;
+    for (const auto &k : kValueKinds)
+      if (kind == k.name) {
+        v.kind = k.kind;
+        known = true;
+      }
+    if (r.ok() && !known)
+      r.fail("unknown kind '" + kind + "'");
+    std::string dtype = r.string("dtype", true);
+    if (r.ok() && !parseDType(dtype, v.dtype))
+      r.fail("unknown dtype '" + dtype + "'");
+    v.shape = r.integers("shape", true);
+    if (r.ok() && v.shape.empty())
+      r.fail("empty shape");
+    for (size_t d = 0; d < v.shape.size() && r.ok(); ++d)
+      if (v.shape[d] <= 0 && !(d == 0 && v.shape[d] == -1))
+        r.fail("extent " + std::to_string(v.shape[d]) + " in its shape");
+    switch (v.kind) {
+    case ValueKind::Input:
+      v.input = r.string("input", true);
+      if (r.ok() && v.input != "tokens" && v.input != "positions")
+        r.fail("unknown input '" + v.input + "'");
+      break;
+    case ValueKind::Weight:
+      v.name = r.string("name", true);
+      if (r.ok() && v.isDynamic())
+        r.fail("a weight with a dynamic extent");
+      break;
+    case ValueKind::Concat:
+      v.of = r.integers("of", true);
+      v.axis = r.integer("axis", 0);
+      for (int64_t part : v.of)
+        r.inRange("concat input", part, 0, int64_t(i));
+      break;
+    case ValueKind::Buffer:
+      v.rowsPerToken = r.integer("rows_per_token", 1);
+      r.inRange("rows_per_token", v.rowsPerToken, 1, 1 << 16);
+      v.arenaOffset = r.integer("arena_offset", -1);
+      break;
+    }
+    plan.values.push_back(std::move(v));
+  }
+  int64_t valueCount = static_cast<int64_t>(plan.values.size());
+  plan.arenaBytesPerToken = top.integer("arena_bytes_per_token", 0);
+  top.inRange("arena_bytes_per_token", plan.arenaBytesPerToken, 0,
+              int64_t(1) << 40);
+  for (size_t i = 0; i < plan.values.size() && problem.empty(); ++i) {
+    const Value &v = plan.values[i];
+    if (v.arenaOffset >= 0 &&
+        v.arenaOffset + static_cast<int64_t>(rowBytes(v)) * v.rowsPerToken >
+            plan.arenaBytesPerToken)
+      top.fail("value " + std::to_string(i) +
+               " runs past the arena (arena_offset " +
+               std::to_string(v.arenaOffset) + ")");
+  }
+
+  const std::vector<json::Value> *launches = top.list("launches", true);
+  for (size_t i = 0; launches && i < launches->size() && problem.empty(); ++i) {
+    FieldReader r((*launches)[i], "launch " + std::to_string(i), problem);
+    Launch l;
+    l.kernel = r.string("kernel", true);
+    l.args = r.integers("args", true);
+    l.results = r.integers("results", true);
+    for (int64_t id : l.args)
+      r.inRange("argument", id, 0, valueCount);
+    for (int64_t id : l.results) {
+      r.inRange("result", id, 0, valueCount);
+      if (r.ok() && plan.values[id].kind != ValueKind::Buffer)
+        r.fail("result " + std::to_string(id) + " is not a buffer");
+    }
+    if (const std::vector<json::Value> *uses = r.list("attention", false))
+      for (size_t a = 0; a < uses->size() && r.ok(); ++a) {
+        FieldReader u((*uses)[a],
+                      "launch " + std::to_string(i) + " attention " +
+                          std::to_string(a),
+                      problem);
+        AttentionUse use;
+        use.keyArg = u.integer("key_arg", 0, true);
+        use.valueArg = u.integer("value_arg", 0, true);
+        use.slot = u.integer("slot", 0, true);
+        u.inRange("key_arg", use.keyArg, 0, int64_t(l.args.size()));
+        u.inRange("value_arg", use.valueArg, 0, int64_t(l.args.size()));
+        l.attention.push_back(use);
+      }
+    if (const std::vector<json::Value> *steps = r.list("gpu", false))
+      for (size_t s = 0; s < steps->size() && r.ok(); ++s) {
+        const json::Value &step = (*steps)[s];
+        std::string what = "launch " + std::to_string(i) + " (" + l.kernel +
+                           ") gpu step " + std::to_string(s);
+        if (!step.isArray() || step.array.empty()) {
+          r.fail("(" + l.kernel + ") gpu step " + std::to_string(s) +
+                 " is not a non-empty list");
+          break;
+        }
+        GpuStep gpuStep;
+        for (const json::Value &variant : step.array) {
+          GpuLaunch g;
+          readGpuLaunch(variant, what, l.operandCount(), g, problem);
+          gpuStep.variants.push_back(std::move(g));
+        }
+        l.gpu.push_back(std::move(gpuStep));
+      }
+    plan.launches.push_back(std::move(l));
+  }
+
+  if (const std::vector<json::Value> *slots = top.list("kv_slots", false))
+    for (size_t i = 0; i < slots->size() && problem.empty(); ++i) {
+      FieldReader r((*slots)[i], "kv slot " + std::to_string(i), problem);
+      Slot slot;
+      slot.width = r.integer("width", 0, true);
+      r.inRange("width", slot.width, 1, int64_t(1) << 24);
+      slot.chunk = r.integer("chunk", 0);
+      r.inRange("chunk", slot.chunk, 0, int64_t(1) << 40);
+      plan.slots.push_back(slot);
+    }
+  for (size_t i = 0; i < plan.launches.size() && problem.empty(); ++i)
+    for (const AttentionUse &a : plan.launches[i].attention)
+      top.inRange(("launch " + std::to_string(i) + " attention slot").c_str(),
+                  a.slot, 0, int64_t(plan.slots.size()));
+
+  plan.logits = top.integer("logits", -1, true);
+  top.inRange("logits", plan.logits, 0, valueCount);
+  if (problem.empty() && (plan.values[plan.logits].dtype != DType::F32 ||
+                          plan.values[plan.logits].shape.size() != 2))
+    top.fail("the logits value is not a 2-D F32 buffer");
+  plan.eosTokenIds = top.integers("eos_token_ids");
+  for (auto [key, fn] :
+       {std::pair{"argmax", &plan.argmax}, std::pair{"sample", &plan.sample}}) {
+    const json::Value *entry = root.isObject() ? root.find(key) : nullptr;
+    if (!entry || !problem.empty())
+      continue;
+    FieldReader r(*entry, key, problem);
+    fn->function = r.string("function", true);
+    fn->blockThreads = r.integer("block", 0, true);
+    r.inRange("block", fn->blockThreads, 1, 1025);
+  }
+  return finish();
+}

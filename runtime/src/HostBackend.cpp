@@ -1,0 +1,317 @@
+//===- HostBackend.cpp - Running host engines
+//------------------------------===//
+//
+// The engine's kernels are a shared object, loaded once per model; each
+// session holds its own activations and KV pools, so sessions on one model
+// run concurrently.
+//
+// Kernels are called through their C interface, `_mlir_ciface_<kernel>`,
+// with one memref descriptor per argument: {allocated, aligned, offset,
+// sizes[rank], strides[rank]}, every field 8 bytes. Outputs follow inputs;
+// attention kernels take the positions of their keys after the inputs, and
+// their key/value arguments are the KV pool of the call site (cached rows,
+// then the new ones, appended here before the launch).
+//
+//===----------------------------------------------------------------------===//
+
+#include "Backend.h"
+
+#include <algorithm>
+#include <cerrno>
+#include <cstdlib>
+#include <cstring>
+#include <dlfcn.h>
+#include <unistd.h>
+
+using namespace kiln;
+
+namespace {
+
+using P = void *;
+void invoke(void *fn, std::vector<P> &a) {
+#define KILN_ARGS_1 a[0]
+#define KILN_ARGS_2 KILN_ARGS_1, a[1]
+#define KILN_ARGS_3 KILN_ARGS_2, a[2]
+#define KILN_ARGS_4 KILN_ARGS_3, a[3]
+#define KILN_ARGS_5 KILN_ARGS_4, a[4]
+#define KILN_ARGS_6 KILN_ARGS_5, a[5]
+#define KILN_ARGS_7 KILN_ARGS_6, a[6]
+#define KILN_ARGS_8 KILN_ARGS_7, a[7]
+#define KILN_ARGS_9 KILN_ARGS_8, a[8]
+#define KILN_ARGS_10 KILN_ARGS_9, a[9]
+#define KILN_ARGS_11 KILN_ARGS_10, a[10]
+#define KILN_ARGS_12 KILN_ARGS_11, a[11]
+#define KILN_TYPES_1 P
+#define KILN_TYPES_2 KILN_TYPES_1, P
+#define KILN_TYPES_3 KILN_TYPES_2, P
+#define KILN_TYPES_4 KILN_TYPES_3, P
+#define KILN_TYPES_5 KILN_TYPES_4, P
+#define KILN_TYPES_6 KILN_TYPES_5, P
+#define KILN_TYPES_7 KILN_TYPES_6, P
+#define KILN_TYPES_8 KILN_TYPES_7, P
+#define KILN_TYPES_9 KILN_TYPES_8, P
+#define KILN_TYPES_10 KILN_TYPES_9, P
+#define KILN_TYPES_11 KILN_TYPES_10, P
+#define KILN_TYPES_12 KILN_TYPES_11, P
+#define KILN_CASE(N)                                                           \
+  case N:                                                                      \
+    reinterpret_cast<void (*)(KILN_TYPES_##N)>(fn)(KILN_ARGS_##N);             \
+    return;
+  switch (a.size()) {
+    KILN_CASE(1)
+    KILN_CASE(2)
+    KILN_CASE(3)
+    KILN_CASE(4)
+    KILN_CASE(5)
+    KILN_CASE(6)
+    KILN_CASE(7)
+    KILN_CASE(8)
+    KILN_CASE(9) KILN_CASE(10) KILN_CASE(11) KILN_CASE(12) default : break;
+  }
+}
+
+/// One memref descriptor: pointers and int64s, 8 bytes each.
+std::vector<int64_t> describe(const void *data,
+                              const std::vector<int64_t> &shape) {
+  size_t rank = shape.size();
+  std::vector<int64_t> d(3 + 2 * rank, 0);
+  d[0] = d[1] = reinterpret_cast<int64_t>(data);
+  int64_t stride = 1;
+  for (size_t i = rank; i-- > 0;) {
+    d[3 + i] = shape[i];
+    d[3 + rank + i] = stride;
+    stride *= shape[i];
+  }
+  return d;
+}
+
+} // namespace
+
+namespace {
+
+/// A host KV pool: cached rows in f32 (positions are the step logic's).
+struct KvPool {
+  int64_t width = 0;
+  std::vector<float> keys, values;
+};
+
+class HostModel;
+
+class HostSession final : public BackendSession {
+public:
+  HostSession(const HostModel &model, int64_t kvTokens);
+  Status run(const Step &step, StepOutput &out) override;
+  void reset() override {
+    for (KvPool &p : pools) {
+      p.keys.clear();
+      p.values.clear();
+    }
+  }
+
+private:
+  const HostModel &model;
+  std::vector<KvPool> pools;
+  std::vector<uint64_t> arena; // 8-byte aligned
+  std::vector<std::vector<uint8_t>> owned;
+  std::vector<const void *> data; // per value, this step
+  std::vector<int32_t> tokens32;
+};
+
+class HostModel final : public Backend {
+public:
+  ~HostModel() override {
+    if (library)
+      dlclose(library);
+  }
+  Status newSession(int64_t kvTokens,
+                    std::unique_ptr<BackendSession> &out) override;
+
+  const BoundPlan *bound = nullptr;
+  void *library = nullptr;
+  /// Per launch: `_mlir_ciface_<kernel>`.
+  std::vector<void *> entries;
+};
+
+} // namespace
+
+Status kiln::openHostBackend(const EngineFile &engine, const BoundPlan &bound,
+                             const RuntimeOptions &,
+                             std::unique_ptr<Backend> &out) {
+  const std::string &path = bound.enginePath;
+  auto kernels = engine.sections.find(SectionKind::HostKernels);
+  if (kernels == engine.sections.end())
+    return Status::error(StatusCode::InvalidEngine,
+                         path + ": engine lacks its kernels");
+  auto model = std::make_unique<HostModel>();
+  model->bound = &bound;
+  // dlopen needs a file: write the kernels to a temporary one, load it and
+  // remove it at once (the mapping stays), so nothing is left behind.
+  const char *tmp = std::getenv("TMPDIR");
+  std::string pattern =
+      std::string(tmp && *tmp ? tmp : "/tmp") + "/kiln-kernels-XXXXXX";
+  std::vector<char> name(pattern.begin(), pattern.end());
+  name.push_back('\0');
+  int fd = mkstemp(name.data());
+  if (fd < 0)
+    return Status::error(StatusCode::Internal,
+                         "cannot create a temporary file for the kernels (" +
+                             pattern + "): " + std::strerror(errno));
+  const std::string &bytes = kernels->second;
+  bool written = ::write(fd, bytes.data(), bytes.size()) ==
+                 static_cast<ssize_t>(bytes.size());
+  ::close(fd);
+  if (!written) {
+    std::remove(name.data());
+    return Status::error(StatusCode::Internal,
+                         std::string("cannot write the kernels to ") +
+                             name.data());
+  }
+  model->library = dlopen(name.data(), RTLD_NOW | RTLD_LOCAL);
+  std::remove(name.data());
+  if (!model->library) {
+    const char *why = dlerror();
+    return Status::error(
+        StatusCode::InvalidEngine,
+        path + ": cannot load its kernels: " + (why ? why : "unknown error"));
+  }
+  for (const plan::Launch &l : bound.plan.launches) {
+    std::string symbol = "_mlir_ciface_" + l.kernel;
+    void *entry = dlsym(model->library, symbol.c_str());
+    if (!entry)
+      return Status::error(StatusCode::InvalidEngine,
+                           path + ": kernel '" + l.kernel + "' is missing");
+    if (l.args.size() + l.attention.size() + l.results.size() > 12)
+      return Status::error(StatusCode::InvalidEngine,
+                           path + ": kernel '" + l.kernel +
+                               "' takes too many arguments");
+    model->entries.push_back(entry);
+  }
+  out = std::move(model);
+  return {};
+}
+
+Status HostModel::newSession(int64_t kvTokens,
+                             std::unique_ptr<BackendSession> &out) {
+  if (kvTokens > 0) {
+    // Host pools hold f32 keys and values and i64 positions.
+    double bytes = 0;
+    for (const plan::Slot &info : bound->plan.slots)
+      bytes += double(plan::reservedRows(info, kvTokens)) *
+               (2.0 * info.width * sizeof(float) + sizeof(int64_t));
+    double memory = double(sysconf(_SC_PHYS_PAGES)) * sysconf(_SC_PAGESIZE);
+    if (bytes > memory)
+      return Status::error(StatusCode::OutOfMemory,
+                           bound->enginePath + ": the KV caches for " +
+                               std::to_string(kvTokens) + " tokens need " +
+                               gib(bytes) + " GiB; this machine has " +
+                               gib(memory) + " GiB");
+  }
+  out = std::make_unique<HostSession>(*this, kvTokens);
+  return {};
+}
+
+HostSession::HostSession(const HostModel &model, int64_t kvTokens)
+    : model(model) {
+  const plan::Plan &plan = model.bound->plan;
+  for (const plan::Slot &info : plan.slots) {
+    KvPool pool;
+    pool.width = info.width;
+    if (kvTokens > 0) {
+      size_t rows = static_cast<size_t>(plan::reservedRows(info, kvTokens));
+      pool.keys.reserve(rows * info.width);
+      pool.values.reserve(rows * info.width);
+    }
+    pools.push_back(std::move(pool));
+  }
+  owned.resize(plan.values.size());
+  data = model.bound->hostData;
+}
+
+Status HostSession::run(const Step &step, StepOutput &out) {
+  const plan::Plan &plan = model.bound->plan;
+  int64_t t = step.tokenCount;
+  tokens32.assign(step.tokens, step.tokens + t);
+  for (size_t id = 0; id < plan.values.size(); ++id) {
+    const plan::Value &v = plan.values[id];
+    if (v.kind != plan::ValueKind::Input)
+      continue;
+    data[id] = v.input == "positions"
+                   ? static_cast<const void *>(step.positions)
+               : v.dtype == plan::DType::I32
+                   ? static_cast<const void *>(tokens32.data())
+                   : static_cast<const void *>(step.tokens);
+  }
+  // One arena for the step's activations, laid out by the plan.
+  arena.resize((plan.arenaBytesPerToken * t + 7) / 8);
+  uint8_t *base = reinterpret_cast<uint8_t *>(arena.data());
+  for (size_t i = 0; i < pools.size(); ++i) {
+    KvPool &p = pools[i];
+    size_t drop = static_cast<size_t>(step.slots[i].dropped) * p.width;
+    p.keys.erase(p.keys.begin(), p.keys.begin() + drop);
+    p.values.erase(p.values.begin(), p.values.begin() + drop);
+  }
+
+  std::vector<std::vector<int64_t>> descriptors;
+  std::vector<P> pointers;
+  for (size_t li = 0; li < plan.launches.size(); ++li) {
+    const plan::Launch &l = plan.launches[li];
+    for (int64_t id : l.results) {
+      const plan::Value &v = plan.values[id];
+      if (v.arenaOffset >= 0) {
+        data[id] = base + v.arenaOffset * t;
+        continue;
+      }
+      size_t n = plan::elementSize(v.dtype);
+      for (int64_t d : step.shapeOf(plan, id))
+        n *= static_cast<size_t>(d);
+      owned[id].resize(n);
+      data[id] = owned[id].data();
+    }
+    descriptors.clear();
+    for (size_t i = 0; i < l.args.size(); ++i) {
+      OperandView view = step.operand(plan, li, i);
+      const uint8_t *bytes = static_cast<const uint8_t *>(data[view.value]);
+      bytes += view.firstRow * plan::rowBytes(plan.values[view.value]);
+      descriptors.push_back(describe(bytes, view.shape));
+    }
+    // Attention: append the new keys and values to the call site's pool and
+    // pass the whole pool (cached rows, then the new ones) with its
+    // positions.
+    for (const plan::AttentionUse &a : l.attention) {
+      KvPool &pool = pools[a.slot];
+      const float *keys = static_cast<const float *>(data[l.args[a.keyArg]]);
+      const float *values =
+          static_cast<const float *>(data[l.args[a.valueArg]]);
+      pool.keys.insert(pool.keys.end(), keys, keys + t * pool.width);
+      pool.values.insert(pool.values.end(), values, values + t * pool.width);
+      int64_t rows = step.slots[a.slot].total;
+      descriptors[a.keyArg] = describe(pool.keys.data(), {rows, pool.width});
+      descriptors[a.valueArg] =
+          describe(pool.values.data(), {rows, pool.width});
+    }
+    for (const plan::AttentionUse &a : l.attention)
+      descriptors.push_back(describe(step.slots[a.slot].positions->data(),
+                                     {step.slots[a.slot].total}));
+    for (int64_t id : l.results)
+      descriptors.push_back(describe(data[id], step.shapeOf(plan, id)));
+    pointers.clear();
+    for (auto &d : descriptors)
+      pointers.push_back(d.data());
+    invoke(model.entries[li], pointers);
+    if (!step.dumpDir.empty())
+      for (size_t r = 0; r < l.results.size(); ++r) {
+        int64_t id = l.results[r];
+        if (Status s = dumpValue(step.dumpDir, step.index, li, l.kernel, r,
+                                 plan.values[id].dtype, step.shapeOf(plan, id),
+                                 data[id]);
+            !s.ok())
+          return s;
+      }
+  }
+  const float *logits = static_cast<const float *>(data[plan.logits]);
+  int64_t vocab = plan.vocab();
+  int64_t rows = step.rows[plan.logits];
+  int64_t from = step.mode == OutputMode::AllLogits ? 0 : rows - 1;
+  out.logits.assign(logits + from * vocab, logits + rows * vocab);
+  return {};
+}

@@ -1,0 +1,440 @@
+//===- Model.cpp - Loading engines; the step logic every backend shares ---===//
+
+#include "kiln/runtime/Model.h"
+#include "Backend.h"
+#include "kiln/runtime/Npy.h"
+#include "kiln/runtime/Safetensors.h"
+#include "kiln/runtime/Sampler.h"
+
+#include <algorithm>
+#include <cerrno>
+#include <cmath>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <sys/stat.h>
+
+using namespace kiln;
+
+//===----------------------------------------------------------------------===//
+// Options
+//===----------------------------------------------------------------------===//
+
+static bool envFlag(const char *name, bool fallback) {
+  const char *v = std::getenv(name);
+  if (!v || !*v)
+    return fallback;
+  return std::strcmp(v, "0") != 0;
+}
+
+RuntimeOptions RuntimeOptions::fromEnvironment() {
+  RuntimeOptions o;
+  if (const char *v = std::getenv("KILN_LIBCUDA"))
+    o.cudaDriver = v;
+  o.cudaGraphs = envFlag("KILN_CUDA_GRAPH", true);
+  o.syncEachLaunch = envFlag("KILN_CUDA_SYNC", false);
+  o.poisonDeviceMemory = envFlag("KILN_CUDA_POISON", false);
+  o.checkSampler = envFlag("KILN_CHECK_SAMPLER", false);
+  o.profile = envFlag("KILN_PROFILE", false);
+  o.graphStats = envFlag("KILN_CUDA_GRAPH_STATS", false);
+  if (const char *v = std::getenv("KILN_DUMP_DIR"))
+    o.dumpDir = v;
+  return o;
+}
+
+//===----------------------------------------------------------------------===//
+// Shared helpers
+//===----------------------------------------------------------------------===//
+
+std::string kiln::gib(double bytes) {
+  char text[32];
+  std::snprintf(text, sizeof text, "%.2f", bytes / (1024.0 * 1024 * 1024));
+  return text;
+}
+
+Status kiln::dumpValue(const std::string &dir, size_t step, size_t launch,
+                       const std::string &kernel, size_t result,
+                       plan::DType dtype, const std::vector<int64_t> &shape,
+                       const void *data) {
+  int64_t n = 1;
+  for (int64_t d : shape)
+    n *= d;
+  std::vector<float> values(static_cast<size_t>(n));
+  for (int64_t i = 0; i < n; ++i) {
+    switch (dtype) {
+    case plan::DType::F32:
+      values[i] = static_cast<const float *>(data)[i];
+      break;
+    case plan::DType::BF16: {
+      uint32_t bits =
+          static_cast<uint32_t>(static_cast<const uint16_t *>(data)[i]) << 16;
+      std::memcpy(&values[i], &bits, sizeof bits);
+      break;
+    }
+    case plan::DType::I64:
+      values[i] = static_cast<float>(static_cast<const int64_t *>(data)[i]);
+      break;
+    case plan::DType::I32:
+      values[i] = static_cast<float>(static_cast<const int32_t *>(data)[i]);
+      break;
+    case plan::DType::F16:
+      return Status::error(StatusCode::Internal,
+                           "cannot dump values of type F16");
+    }
+  }
+  char name[64];
+  std::snprintf(name, sizeof name, "/%03zu_%04zu_", step, launch);
+  std::string path =
+      dir + name + kernel + "_" + std::to_string(result) + ".npy";
+  std::string error;
+  if (!writeNpyF32(path, shape, values.data(), error))
+    return Status::error(StatusCode::Internal, error);
+  return {};
+}
+
+std::vector<int64_t> Step::shapeOf(const plan::Plan &plan, int64_t id) const {
+  std::vector<int64_t> shape = plan.values[id].shape;
+  if (plan.values[id].isDynamic())
+    shape[0] = rows[id];
+  return shape;
+}
+
+OperandView Step::operand(const plan::Plan &plan, size_t launch,
+                          size_t i) const {
+  const plan::Launch &l = plan.launches[launch];
+  OperandView view;
+  view.value = l.operand(i);
+  view.shape = shapeOf(plan, view.value);
+  // The LM head of a last-row-only step reads its inputs' last row.
+  if (lastRowOnly[launch] && i < l.args.size() &&
+      plan.values[view.value].isDynamic()) {
+    view.firstRow = view.shape[0] - 1;
+    view.shape[0] = 1;
+  }
+  return view;
+}
+
+//===----------------------------------------------------------------------===//
+// Model
+//===----------------------------------------------------------------------===//
+
+struct Model::Impl {
+  BoundPlan bound;
+  std::unique_ptr<Checkpoint> checkpoint;
+  std::unique_ptr<Backend> backend;
+  RuntimeOptions options;
+  std::string target;
+};
+
+Model::Model(std::unique_ptr<Impl> impl) : impl(std::move(impl)) {}
+Model::~Model() {
+  // Backends free device memory before the checkpoint mapping goes.
+  impl->backend.reset();
+}
+
+int64_t Model::vocabSize() const { return impl->bound.plan.vocab(); }
+const std::vector<int64_t> &Model::eosTokenIds() const {
+  return impl->bound.plan.eosTokenIds;
+}
+const std::string &Model::target() const { return impl->target; }
+
+/// Points every weight at the checkpoint's mapping (zero-copy) and builds
+/// the concat repackings.
+static Status bindWeights(const Checkpoint &checkpoint, BoundPlan &bound) {
+  const plan::Plan &plan = bound.plan;
+  bound.hostData.assign(plan.values.size(), nullptr);
+  bound.repacked.resize(plan.values.size());
+  for (size_t id = 0; id < plan.values.size(); ++id) {
+    const plan::Value &v = plan.values[id];
+    if (v.kind == plan::ValueKind::Weight) {
+      const TensorInfo *info = checkpoint.find(v.name);
+      if (!info)
+        return Status::error(StatusCode::InvalidCheckpoint,
+                             checkpoint.locationOf(v.name) +
+                                 ": missing tensor '" + v.name +
+                                 "' the engine binds");
+      if (info->shape != v.shape ||
+          dtypeName(info->dtype) != plan::dtypeName(v.dtype))
+        return Status::error(
+            StatusCode::InvalidCheckpoint,
+            info->file->path() + ": tensor '" + v.name + "' is " +
+                dtypeName(info->dtype) + " " + info->shapeString() +
+                "; the engine was compiled for " + plan::dtypeName(v.dtype) +
+                " of another shape: recompile it for this checkpoint");
+      bound.hostData[id] = info->data();
+    } else if (v.kind == plan::ValueKind::Concat) {
+      if (v.axis != 0)
+        return Status::error(StatusCode::InvalidEngine,
+                             bound.enginePath +
+                                 ": weight repacking along axis " +
+                                 std::to_string(v.axis) + " is not supported");
+      std::vector<uint8_t> &bytes = bound.repacked[id];
+      for (int64_t part : v.of) {
+        const plan::Value &p = plan.values[part];
+        const uint8_t *data =
+            static_cast<const uint8_t *>(bound.hostData[part]);
+        if (!data)
+          return Status::error(StatusCode::InvalidEngine,
+                               bound.enginePath + ": concat value " +
+                                   std::to_string(id) +
+                                   " repacks a value that is not a weight");
+        int64_t n = 1;
+        for (int64_t d : p.shape)
+          n *= d;
+        bytes.insert(bytes.end(), data, data + n * plan::elementSize(p.dtype));
+      }
+      bound.hostData[id] = bytes.data();
+    }
+  }
+  return {};
+}
+
+std::shared_ptr<Model> Model::load(const std::string &enginePath,
+                                   const std::string &checkpointDir,
+                                   const RuntimeOptions &options,
+                                   Status &status) {
+  status = {};
+  struct stat info;
+  if (::stat(enginePath.c_str(), &info) != 0) {
+    status = Status::error(StatusCode::NotFound,
+                           enginePath + ": " + std::strerror(errno));
+    return nullptr;
+  }
+  EngineFile engine;
+  std::string error;
+  if (!EngineFile::read(enginePath, "", engine, error)) {
+    status = Status::error(StatusCode::InvalidEngine, error);
+    return nullptr;
+  }
+  const BackendEntry *entry = nullptr;
+  std::string known;
+  for (const BackendEntry &b : kBackends) {
+    if (engine.target == b.target)
+      entry = &b;
+    known += std::string(known.empty() ? "" : ", ") + "'" + b.target + "'";
+  }
+  if (!entry) {
+    status = Status::error(StatusCode::InvalidEngine,
+                           enginePath + ": engine built for target '" +
+                               engine.target + "'; this runtime runs " + known +
+                               " engines");
+    return nullptr;
+  }
+  if (options.device != Device::Auto && options.device != entry->device) {
+    const char *wanted = "";
+    for (const BackendEntry &b : kBackends)
+      if (b.device == options.device)
+        wanted = b.deviceName;
+    status = Status::error(
+        StatusCode::InvalidArgument,
+        enginePath + ": engine built for target '" + engine.target +
+            "', which runs on device '" + entry->deviceName + "', not '" +
+            wanted + "' (compile it with kilnc --target " +
+            (options.device == Device::Host ? "host" : "sm_90a") + ")");
+    return nullptr;
+  }
+  auto planText = engine.sections.find(SectionKind::Plan);
+  if (planText == engine.sections.end()) {
+    status = Status::error(StatusCode::InvalidEngine,
+                           enginePath + ": engine lacks its plan");
+    return nullptr;
+  }
+  auto impl = std::make_unique<Impl>();
+  impl->options = options;
+  impl->target = engine.target;
+  impl->bound.enginePath = enginePath;
+  if (!plan::readPlan(planText->second, enginePath, impl->bound.plan, error)) {
+    status = Status::error(StatusCode::InvalidEngine, error);
+    return nullptr;
+  }
+  if (entry->probe)
+    if (status = entry->probe(options); !status.ok())
+      return nullptr;
+  impl->checkpoint = Checkpoint::open(checkpointDir, error);
+  if (!impl->checkpoint) {
+    status = Status::error(StatusCode::InvalidCheckpoint, error);
+    return nullptr;
+  }
+  if (!impl->checkpoint->hasWeights()) {
+    status =
+        Status::error(StatusCode::InvalidCheckpoint,
+                      checkpointDir + ": no weights to run the engine with");
+    return nullptr;
+  }
+  if (status = bindWeights(*impl->checkpoint, impl->bound); !status.ok())
+    return nullptr;
+  if (status = entry->open(engine, impl->bound, options, impl->backend);
+      !status.ok())
+    return nullptr;
+  return std::shared_ptr<Model>(new Model(std::move(impl)));
+}
+
+//===----------------------------------------------------------------------===//
+// Session
+//===----------------------------------------------------------------------===//
+
+struct Session::Impl {
+  std::unique_ptr<BackendSession> backend;
+  /// Per KV slot: positions of its rows (the backends hold the rows).
+  std::vector<std::vector<int64_t>> slotPositions;
+  int64_t next = 0;
+  size_t steps = 0;
+};
+
+std::unique_ptr<Session> Model::newSession(int64_t kvTokens, Status &status) {
+  if (kvTokens < 0) {
+    status = Status::error(StatusCode::InvalidArgument,
+                           "kv_tokens must be >= 0 (got " +
+                               std::to_string(kvTokens) + ")");
+    return nullptr;
+  }
+  auto session = std::make_unique<Session::Impl>();
+  if (status = impl->backend->newSession(kvTokens, session->backend);
+      !status.ok())
+    return nullptr;
+  session->slotPositions.resize(impl->bound.plan.slots.size());
+  return std::unique_ptr<Session>(
+      new Session(shared_from_this(), std::move(session)));
+}
+
+Session::Session(std::shared_ptr<Model> owner, std::unique_ptr<Impl> impl)
+    : owner(std::move(owner)), impl(std::move(impl)) {}
+Session::~Session() = default;
+
+void Session::reset() {
+  impl->backend->reset();
+  for (auto &p : impl->slotPositions)
+    p.clear();
+  impl->next = 0;
+}
+
+int64_t Session::position() const { return impl->next; }
+
+/// The greedy token: the largest logit, ties to the lower id, NaN lowest
+/// (the GPU argmax's rule).
+static int64_t argmax(const float *logits, int64_t vocab) {
+  int64_t token = 0;
+  float best = -INFINITY;
+  for (int64_t i = 0; i < vocab; ++i) {
+    float v = std::isnan(logits[i]) ? -INFINITY : logits[i];
+    if (i == 0 || v > best) {
+      best = v;
+      token = i;
+    }
+  }
+  return token;
+}
+
+Status Session::run(const int64_t *tokens, const int64_t *positions,
+                    size_t count, OutputMode mode, Sampler *sampler,
+                    std::vector<float> &logits, int64_t &token) {
+  const Model::Impl &m = *owner->impl;
+  const plan::Plan &plan = m.bound.plan;
+  int64_t vocab = plan.vocab();
+  if (!tokens || count == 0)
+    return Status::error(StatusCode::InvalidArgument,
+                         "expected at least one token");
+  for (size_t i = 0; i < count; ++i)
+    if (tokens[i] < 0 || tokens[i] >= vocab)
+      return Status::error(StatusCode::InvalidArgument,
+                           "token id " + std::to_string(tokens[i]) +
+                               " is outside the vocabulary [0, " +
+                               std::to_string(vocab) + ")");
+  std::vector<int64_t> implicit;
+  if (!positions) {
+    for (size_t i = 0; i < count; ++i)
+      implicit.push_back(impl->next + static_cast<int64_t>(i));
+    positions = implicit.data();
+  }
+  for (size_t i = 0; i < count; ++i)
+    if (positions[i] < 0)
+      return Status::error(StatusCode::InvalidArgument,
+                           "position " + std::to_string(positions[i]) +
+                               " is negative");
+
+  Step step;
+  step.index = ++impl->steps;
+  step.tokenCount = static_cast<int64_t>(count);
+  step.tokens = tokens;
+  step.positions = positions;
+  step.mode = mode;
+  step.dumpDir = m.options.dumpDir;
+  int64_t t = step.tokenCount;
+  step.rows.assign(plan.values.size(), 0);
+  step.lastRowOnly.assign(plan.launches.size(), false);
+  for (size_t id = 0; id < plan.values.size(); ++id)
+    if (plan.values[id].kind == plan::ValueKind::Input)
+      step.rows[id] = t;
+  for (size_t li = 0; li < plan.launches.size(); ++li) {
+    const plan::Launch &l = plan.launches[li];
+    // The LM head of a last-row-only step reads the last row and writes one.
+    step.lastRowOnly[li] =
+        mode != OutputMode::AllLogits && t > 1 && plan::producesLogits(plan, l);
+    for (int64_t id : l.results)
+      step.rows[id] =
+          step.lastRowOnly[li] ? 1 : t * plan.values[id].rowsPerToken;
+  }
+
+  // KV slots: a chunked layer never sees keys before the chunk of the
+  // step's first token, so its pool drops them and holds at most one chunk
+  // plus the step.
+  int64_t first = *std::min_element(positions, positions + count);
+  step.slots.resize(plan.slots.size());
+  for (size_t i = 0; i < plan.slots.size(); ++i) {
+    std::vector<int64_t> &kept = impl->slotPositions[i];
+    SlotStep &s = step.slots[i];
+    if (plan.slots[i].chunk > 0) {
+      int64_t chunkStart = first / plan.slots[i].chunk * plan.slots[i].chunk;
+      while (s.dropped < static_cast<int64_t>(kept.size()) &&
+             kept[s.dropped] < chunkStart)
+        ++s.dropped;
+      kept.erase(kept.begin(), kept.begin() + s.dropped);
+    }
+    s.kept = static_cast<int64_t>(kept.size());
+    kept.insert(kept.end(), positions, positions + count);
+    s.total = static_cast<int64_t>(kept.size());
+    s.positions = &kept;
+  }
+
+  bool pickHere = mode == OutputMode::Token && !m.backend->picksTokens();
+  if (mode == OutputMode::Token) {
+    SamplingParams greedy;
+    const SamplingParams &p = sampler ? sampler->parameters() : greedy;
+    double u = p.temperature > 0 ? sampler->nextUniform() : 0.0;
+    step.sample[0] = p.temperature;
+    step.sample[1] = static_cast<double>(p.topK);
+    step.sample[2] = p.topP;
+    step.sample[3] = u;
+  }
+
+  StepOutput out;
+  Status status = impl->backend->run(step, out);
+  if (!status.ok()) {
+    // The KV pools may hold part of the step: start the sequence over.
+    reset();
+    return status;
+  }
+  for (size_t i = 0; i < count; ++i)
+    impl->next = std::max(impl->next, positions[i] + 1);
+  if (pickHere) {
+    const float *row = out.logits.data();
+    if (step.sample[0] > 0) {
+      SamplingParams p;
+      p.temperature = step.sample[0];
+      p.topK = static_cast<int64_t>(step.sample[1]);
+      p.topP = step.sample[2];
+      token = Sampler::pickWith(p, row, vocab, step.sample[3]);
+    } else {
+      token = argmax(row, vocab);
+    }
+    logits.clear();
+    return {};
+  }
+  if (mode == OutputMode::Token) {
+    token = out.token;
+    logits.clear();
+    return {};
+  }
+  logits = std::move(out.logits);
+  return {};
+}

@@ -1,0 +1,1021 @@
+//===- CudaBackend.cpp - Running sm_90a engines on one GPU ---------------===//
+//
+// Per model: the driver, a context on GPU 0, the engine's module and the
+// weights in device memory. Per session: a stream, the activation arena,
+// the KV pools, tensor maps and the decode graph, so sessions on one model
+// are independent.
+//
+// Per step: the KV pools make room (a pool grows by doubling; a chunked
+// layer drops the keys before the chunk of the step's first token by moving
+// its start), the inputs and the key counts are copied up, every launch of
+// the plan runs its GPU steps on one stream (choosing the decode or prefill
+// variant by row count; the attention kernels append the new keys and
+// values themselves), and the logits come back. Activations live in one
+// device arena laid out by the plan. Kernel parameters follow the lowered
+// signatures: each memref is expanded into (allocated, aligned, offset,
+// sizes, strides), each TMA descriptor is a pointer to a 128-byte
+// CUtensorMap encoded here and cached while its tensor does not move.
+//
+// Launches are prepared first (variants, grids, parameters: everything
+// that allocates or copies), then enqueued. A decode step (one token)
+// whose prepared launches equal the previous step's replays a CUDA graph
+// captured from them: KV pools are passed by capacity and key counts are
+// read on the device, so consecutive decode steps have identical
+// parameters until a pool grows or a chunk is dropped, which recaptures.
+// RuntimeOptions::cudaGraphs (KILN_CUDA_GRAPH=0) turns graphs off.
+//
+// RuntimeOptions::profile (KILN_PROFILE=1) times every launch with events and
+// prints, when the session ends, the time per GPU function and step size
+// (bench/device.sh reads it).
+//
+// Errors name the CUDA call and the kernel. Launch errors surface at once;
+// faults inside a kernel at the end of the step, or at the kernel itself
+// with RuntimeOptions::syncEachLaunch (KILN_CUDA_SYNC=1: one
+// synchronization per launch).
+//
+//===----------------------------------------------------------------------===//
+
+#include "../Backend.h"
+#include "kiln/runtime/CudaDriver.h"
+#include "kiln/runtime/Sampler.h"
+
+#include <algorithm>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <map>
+#include <tuple>
+
+using namespace kiln;
+using namespace kiln::cuda;
+using plan::GpuLaunch;
+using plan::GpuParam;
+
+namespace {
+
+struct DeviceBuffer {
+  CUdeviceptr ptr = 0;
+  size_t bytes = 0;
+};
+
+struct GpuSlot {
+  int64_t width = 0, chunk = 0, elementBytes = 2;
+  DeviceBuffer keys, values, positions;
+  int64_t start = 0, count = 0, capacity = 0;
+  int64_t reserved = 0; // rows the session reserved: pools never shrink below
+};
+
+struct alignas(64) TensorMapBytes {
+  uint8_t bytes[128];
+};
+
+struct CachedMap {
+  DeviceBuffer device;
+  CUdeviceptr source = 0;
+  int64_t rows = -1;
+};
+
+/// (allocated, aligned, offset, sizes, strides) of a row-major tensor.
+void appendDescriptor(std::vector<int64_t> &fields, CUdeviceptr ptr,
+                      const std::vector<int64_t> &shape) {
+  fields.push_back(static_cast<int64_t>(ptr));
+  fields.push_back(static_cast<int64_t>(ptr));
+  fields.push_back(0);
+  for (int64_t d : shape)
+    fields.push_back(d);
+  int64_t stride = 1;
+  std::vector<int64_t> strides(shape.size());
+  for (size_t i = shape.size(); i-- > 0;) {
+    strides[i] = stride;
+    stride *= shape[i];
+  }
+  fields.insert(fields.end(), strides.begin(), strides.end());
+}
+
+/// Device memory, allocated and (optionally) poisoned.
+struct Allocator {
+  Driver &driver;
+  bool poison;
+
+  bool check(CUresult r, const std::string &call, std::string &error) {
+    if (r == CUDA_SUCCESS)
+      return true;
+    error = driver.describe(call.c_str(), r);
+    return false;
+  }
+
+  /// Grows `b` to at least `bytes` (contents are not kept).
+  bool ensure(DeviceBuffer &b, size_t bytes, std::string &error) {
+    if (b.bytes >= bytes && b.ptr)
+      return true;
+    if (b.ptr)
+      driver.cuMemFree(b.ptr);
+    b = {};
+    size_t size = std::max<size_t>(bytes, 256);
+    if (!check(driver.cuMemAlloc(&b.ptr, size),
+               "cuMemAlloc(" + std::to_string(size) + " bytes)", error))
+      return false;
+    b.bytes = size;
+    // Poisoned fresh device memory reads as NaN (0xff bytes), as the
+    // emulator's does, so a kernel that reads what nobody wrote (a KV pool
+    // row past the keys, say) shows it on a GPU too.
+    if (poison && !check(driver.cuMemsetD8(b.ptr, 0xff, size),
+                         "cuMemsetD8(poison)", error))
+      return false;
+    return true;
+  }
+
+  void release(DeviceBuffer &b) {
+    if (b.ptr)
+      driver.cuMemFree(b.ptr);
+    b = {};
+  }
+};
+
+class CudaModel;
+
+class CudaSession final : public BackendSession {
+public:
+  CudaSession(CudaModel &model);
+  ~CudaSession() override;
+  bool open(int64_t kvTokens, std::string &error);
+  Status run(const Step &step, StepOutput &out) override;
+  void reset() override {
+    for (GpuSlot &slot : slots)
+      slot.start = slot.count = 0;
+  }
+
+private:
+  struct Prepared {
+    /// The plan launch this GPU launch belongs to.
+    size_t launch = 0;
+    CUfunction function;
+    unsigned grid[3];
+    unsigned block, shared;
+    std::vector<int64_t> fields;
+    std::string name; // "function (kernel k)", for errors
+    std::string profileKey;
+    bool operator==(const Prepared &o) const {
+      return function == o.function && std::equal(grid, grid + 3, o.grid) &&
+             block == o.block && shared == o.shared && fields == o.fields;
+    }
+  };
+  struct Timed {
+    std::string key;
+    CUevent begin, end;
+  };
+  struct Total {
+    int64_t calls = 0;
+    double ms = 0;
+  };
+
+  bool runStep(const Step &step, StepOutput &out, std::string &error);
+  bool check(CUresult r, const std::string &call, std::string &error) {
+    return memory.check(r, call, error);
+  }
+  bool ensure(DeviceBuffer &b, size_t bytes, std::string &error) {
+    return memory.ensure(b, bytes, error);
+  }
+  /// Makes room for the step's rows in every pool and counts them.
+  bool prepareSlots(const Step &step, std::string &error);
+  bool enqueue(const Prepared &p, std::string &error);
+  void dropGraph();
+  CUevent event();
+  void collectProfile();
+  void printProfile();
+
+  CudaModel &model;
+  Driver &driver;
+  Allocator memory;
+  CUstream stream = nullptr;
+  std::vector<CUdeviceptr> valuePtr;    // per plan value
+  std::vector<DeviceBuffer> ownBuffers; // per plan value (non-arena)
+  DeviceBuffer arena, tokens, positions, scratch, greedy, sampleRequest;
+  /// {temperature, top_k, top_p, u} of the step being sampled.
+  double sampleHost[4] = {};
+  std::vector<GpuSlot> slots;
+  DeviceBuffer counts; // int64 key count per slot, this step's rows included
+  std::vector<int64_t> countsHost;
+  std::vector<Prepared> prepared, graphed;
+  void *graph = nullptr, *graphExec = nullptr;
+  int64_t graphLaunches = 0, graphCaptures = 0;
+  std::map<std::tuple<size_t, size_t, size_t, size_t>, CachedMap> maps;
+  std::vector<int32_t> tokens32;
+  int64_t samplerChecks = 0, samplerMismatches = 0;
+  std::vector<Timed> pending;
+  std::vector<CUevent> spareEvents;
+  std::map<std::string, Total> totals;
+};
+
+class CudaModel final : public Backend {
+public:
+  ~CudaModel() override;
+  Status newSession(int64_t kvTokens,
+                    std::unique_ptr<BackendSession> &out) override;
+  bool picksTokens() const override { return true; }
+
+  const BoundPlan *bound = nullptr;
+  RuntimeOptions options;
+  std::unique_ptr<Driver> driver;
+  CUdevice device = 0;
+  CUcontext context = nullptr;
+  CUmodule module = nullptr;
+  int64_t sms = 1; // streaming multiprocessors of the GPU
+  std::map<std::string, CUfunction> functions;
+  std::vector<DeviceBuffer> weights;
+  /// Per plan value: the device copy of a weight or repacking.
+  std::vector<CUdeviceptr> weightPtr;
+};
+
+} // namespace
+
+//===----------------------------------------------------------------------===//
+// The model: code and weights on GPU 0
+//===----------------------------------------------------------------------===//
+
+CudaModel::~CudaModel() {
+  if (!driver)
+    return;
+  if (context)
+    driver->cuCtxSetCurrent(context);
+  Allocator memory{*driver, false};
+  for (DeviceBuffer &b : weights)
+    memory.release(b);
+  if (module)
+    driver->cuModuleUnload(module);
+  if (context)
+    driver->cuDevicePrimaryCtxRelease(device);
+}
+
+Status kiln::probeCuda(const RuntimeOptions &options) {
+  std::string error;
+  if (!Driver::load(error, options.cudaDriver))
+    return Status::error(StatusCode::Unavailable, error);
+  return {};
+}
+
+Status kiln::openCudaBackend(const EngineFile &engine, const BoundPlan &bound,
+                             const RuntimeOptions &options,
+                             std::unique_ptr<Backend> &out) {
+  const std::string &enginePath = bound.enginePath;
+  const plan::Plan &plan = bound.plan;
+  auto s = std::make_unique<CudaModel>();
+  s->bound = &bound;
+  s->options = options;
+  std::string error;
+  auto unavailable = [&](std::string message) {
+    return Status::error(StatusCode::Unavailable, std::move(message));
+  };
+  auto deviceError = [&]() {
+    return Status::error(StatusCode::DeviceError, error);
+  };
+  s->driver = Driver::load(error, options.cudaDriver);
+  if (!s->driver)
+    return unavailable(error);
+  Driver &d = *s->driver;
+  Allocator memory{d, options.poisonDeviceMemory};
+  if (!memory.check(d.cuDeviceGet(&s->device, 0), "cuDeviceGet", error))
+    return unavailable(error);
+  int major = 0, minor = 0;
+  d.cuDeviceGetAttribute(&major, CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MAJOR,
+                         s->device);
+  d.cuDeviceGetAttribute(&minor, CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MINOR,
+                         s->device);
+  if (major != 9 || minor != 0) {
+    char name[128] = {0};
+    d.cuDeviceGetName(name, sizeof name - 1, s->device);
+    return unavailable(enginePath +
+                       ": sm_90a code runs on H100/H200 (compute capability "
+                       "9.0); GPU 0 (" +
+                       name + ") is " + std::to_string(major) + "." +
+                       std::to_string(minor));
+  }
+  if (!memory.check(d.cuDevicePrimaryCtxRetain(&s->context, s->device),
+                    "cuDevicePrimaryCtxRetain", error) ||
+      !memory.check(d.cuCtxSetCurrent(s->context), "cuCtxSetCurrent", error))
+    return deviceError();
+
+  auto cubin = engine.sections.find(SectionKind::CudaCubin);
+  auto ptx = engine.sections.find(SectionKind::CudaPtx);
+  if (cubin == engine.sections.end() && ptx == engine.sections.end())
+    return Status::error(StatusCode::InvalidEngine,
+                         enginePath +
+                             ": sm_90a engine without a cubin or PTX section");
+  CUresult loaded = CUDA_ERROR_STUB_LIBRARY;
+  std::string failure;
+  if (cubin != engine.sections.end()) {
+    loaded = d.cuModuleLoadData(&s->module, cubin->second.data());
+    if (loaded != CUDA_SUCCESS)
+      failure = d.describe(
+          ("cuModuleLoadData(" + enginePath + " cubin)").c_str(), loaded);
+  }
+  // The PTX is the fallback: a cubin the driver refuses (another ptxas,
+  // another sm_9x part) is compiled again from it.
+  if (loaded != CUDA_SUCCESS && ptx != engine.sections.end()) {
+    std::string text = ptx->second; // NUL-terminated for the JIT
+    loaded = d.cuModuleLoadData(&s->module, text.c_str());
+    if (loaded != CUDA_SUCCESS)
+      failure +=
+          (failure.empty() ? "" : "; ") +
+          d.describe(("cuModuleLoadData(" + enginePath + " PTX)").c_str(),
+                     loaded);
+  }
+  if (loaded != CUDA_SUCCESS)
+    return Status::error(StatusCode::InvalidEngine, failure);
+  int smCount = 0;
+  d.cuDeviceGetAttribute(&smCount, CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT,
+                         s->device);
+  s->sms = std::max(smCount, 1);
+  int optIn = 0;
+  d.cuDeviceGetAttribute(
+      &optIn, CU_DEVICE_ATTRIBUTE_MAX_SHARED_MEMORY_PER_BLOCK_OPTIN, s->device);
+  for (const plan::Launch &l : plan.launches) {
+    if (l.gpu.empty())
+      return Status::error(StatusCode::InvalidEngine,
+                           enginePath + ": kernel '" + l.kernel +
+                               "' has no GPU code");
+    for (const plan::GpuStep &step : l.gpu)
+      for (const GpuLaunch &v : step.variants) {
+        if (v.function.empty() || s->functions.count(v.function))
+          continue;
+        CUfunction f = nullptr;
+        if (!memory.check(
+                d.cuModuleGetFunction(&f, s->module, v.function.c_str()),
+                "cuModuleGetFunction(" + v.function + ")", error))
+          return Status::error(StatusCode::InvalidEngine, error);
+        if (v.dynamicSharedBytes > optIn)
+          return unavailable(enginePath + ": " + v.function + " needs " +
+                             std::to_string(v.dynamicSharedBytes) +
+                             " bytes of shared memory; GPU 0 allows " +
+                             std::to_string(optIn));
+        if (v.dynamicSharedBytes > 48 * 1024 &&
+            !memory.check(d.cuFuncSetAttribute(
+                              f,
+                              CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
+                              static_cast<int>(v.dynamicSharedBytes)),
+                          "cuFuncSetAttribute(" + v.function + ")", error))
+          return deviceError();
+        s->functions[v.function] = f;
+      }
+  }
+  for (const plan::TokenFunction *fn : {&plan.argmax, &plan.sample}) {
+    if (fn->function.empty())
+      continue;
+    CUfunction f = nullptr;
+    if (!memory.check(
+            d.cuModuleGetFunction(&f, s->module, fn->function.c_str()),
+            "cuModuleGetFunction(" + fn->function + ")", error))
+      return Status::error(StatusCode::InvalidEngine, error);
+    s->functions[fn->function] = f;
+  }
+
+  // Weights and repackings that a launch reads go to the device once.
+  std::vector<bool> used(plan.values.size(), false);
+  for (const plan::Launch &l : plan.launches)
+    for (int64_t id : l.args)
+      used[id] = true;
+  s->weightPtr.assign(plan.values.size(), 0);
+  for (size_t id = 0; id < plan.values.size(); ++id) {
+    const plan::Value &v = plan.values[id];
+    if (!used[id] || !bound.hostData[id])
+      continue;
+    size_t bytes = plan::elementSize(v.dtype);
+    for (int64_t dim : v.shape)
+      bytes *= static_cast<size_t>(dim);
+    DeviceBuffer b;
+    if (!memory.ensure(b, bytes, error))
+      return Status::error(StatusCode::OutOfMemory,
+                           "uploading the weights: " + error);
+    s->weights.push_back(b);
+    if (!memory.check(d.cuMemcpyHtoD(b.ptr, bound.hostData[id], bytes),
+                      "cuMemcpyHtoD(" +
+                          (v.name.empty() ? "repacked weight" : v.name) + ")",
+                      error))
+      return deviceError();
+    s->weightPtr[id] = b.ptr;
+  }
+  out = std::move(s);
+  return {};
+}
+
+Status CudaModel::newSession(int64_t kvTokens,
+                             std::unique_ptr<BackendSession> &out) {
+  auto session = std::make_unique<CudaSession>(*this);
+  std::string error;
+  if (!session->open(kvTokens, error))
+    return Status::error(error.find("reserving the KV caches") == 0
+                             ? StatusCode::OutOfMemory
+                             : StatusCode::DeviceError,
+                         error);
+  out = std::move(session);
+  return {};
+}
+
+//===----------------------------------------------------------------------===//
+// A session: one sequence on its own stream
+//===----------------------------------------------------------------------===//
+
+CudaSession::CudaSession(CudaModel &model)
+    : model(model),
+      driver(*model.driver), memory{*model.driver,
+                                    model.options.poisonDeviceMemory} {}
+
+bool CudaSession::open(int64_t kvTokens, std::string &error) {
+  const plan::Plan &plan = model.bound->plan;
+  if (!check(driver.cuCtxSetCurrent(model.context), "cuCtxSetCurrent", error) ||
+      !check(driver.cuStreamCreate(&stream, 0), "cuStreamCreate", error))
+    return false;
+  for (const plan::Slot &info : plan.slots) {
+    GpuSlot slot;
+    slot.width = info.width;
+    slot.chunk = info.chunk;
+    slots.push_back(slot);
+  }
+  for (const plan::Launch &l : plan.launches)
+    for (const plan::AttentionUse &a : l.attention)
+      slots[a.slot].elementBytes = static_cast<int64_t>(
+          plan::elementSize(plan.values[l.args[a.keyArg]].dtype));
+  valuePtr = model.weightPtr;
+  ownBuffers.resize(plan.values.size());
+  countsHost.assign(slots.size(), 0);
+  if (!slots.empty() && !ensure(counts, slots.size() * sizeof(int64_t), error))
+    return false;
+  if (kvTokens <= 0)
+    return true;
+  double total = 0;
+  for (size_t i = 0; i < slots.size(); ++i)
+    total += double(plan::reservedRows(plan.slots[i], kvTokens)) *
+             (2.0 * slots[i].width * slots[i].elementBytes + 8);
+  for (size_t i = 0; i < slots.size(); ++i) {
+    GpuSlot &slot = slots[i];
+    int64_t rows = plan::reservedRows(plan.slots[i], kvTokens);
+    size_t row = static_cast<size_t>(slot.width * slot.elementBytes);
+    std::string why;
+    if (!ensure(slot.keys, rows * row, why) ||
+        !ensure(slot.values, rows * row, why) ||
+        !ensure(slot.positions, rows * 8, why)) {
+      error = "reserving the KV caches for " + std::to_string(kvTokens) +
+              " tokens of context (" + gib(total) + " GiB on the GPU): " + why;
+      return false;
+    }
+    slot.capacity = slot.reserved = rows;
+  }
+  return true;
+}
+
+CudaSession::~CudaSession() {
+  if (model.context)
+    driver.cuCtxSetCurrent(model.context);
+  if (stream)
+    driver.cuStreamSynchronize(stream);
+  printProfile();
+  if (model.options.checkSampler)
+    std::fprintf(stderr,
+                 "kiln: sampler check: %lld tokens picked on the GPU, %lld "
+                 "differ from the host rule\n",
+                 static_cast<long long>(samplerChecks),
+                 static_cast<long long>(samplerMismatches));
+  dropGraph();
+  if (model.options.graphStats)
+    std::fprintf(stderr, "kiln-cuda: %lld graph launches, %lld captures\n",
+                 static_cast<long long>(graphLaunches),
+                 static_cast<long long>(graphCaptures));
+  for (Timed &t : pending)
+    spareEvents.insert(spareEvents.end(), {t.begin, t.end});
+  for (CUevent e : spareEvents)
+    if (e)
+      driver.cuEventDestroy(e);
+  for (DeviceBuffer &b : ownBuffers)
+    memory.release(b);
+  for (DeviceBuffer *b : {&arena, &tokens, &positions, &scratch, &counts,
+                          &greedy, &sampleRequest})
+    memory.release(*b);
+  for (GpuSlot &s : slots) {
+    memory.release(s.keys);
+    memory.release(s.values);
+    memory.release(s.positions);
+  }
+  for (auto &[key, map] : maps)
+    memory.release(map.device);
+  if (stream)
+    driver.cuStreamDestroy(stream);
+}
+
+CUevent CudaSession::event() {
+  if (!spareEvents.empty()) {
+    CUevent e = spareEvents.back();
+    spareEvents.pop_back();
+    return e;
+  }
+  CUevent e = nullptr;
+  driver.cuEventCreate(&e, 0);
+  return e;
+}
+
+void CudaSession::collectProfile() {
+  for (Timed &t : pending) {
+    float ms = 0;
+    if (driver.cuEventElapsedTime(&ms, t.begin, t.end) == CUDA_SUCCESS) {
+      totals[t.key].calls += 1;
+      totals[t.key].ms += ms;
+    }
+    spareEvents.push_back(t.begin);
+    spareEvents.push_back(t.end);
+  }
+  pending.clear();
+}
+
+void CudaSession::printProfile() {
+  if (totals.empty())
+    return;
+  std::fprintf(stderr, "kiln-profile: %-36s %7s %6s %11s %11s\n", "function",
+               "tokens", "calls", "total_ms", "mean_us");
+  for (const auto &[key, t] : totals) {
+    size_t at = key.find('@');
+    std::fprintf(stderr, "kiln-profile: %-36s %7s %6lld %11.3f %11.2f\n",
+                 key.substr(0, at).c_str(), key.substr(at + 1).c_str(),
+                 static_cast<long long>(t.calls), t.ms,
+                 1000.0 * t.ms / t.calls);
+  }
+}
+
+void CudaSession::dropGraph() {
+  if (graphExec)
+    driver.cuGraphExecDestroy(graphExec);
+  if (graph)
+    driver.cuGraphDestroy(graph);
+  graph = graphExec = nullptr;
+  graphed.clear();
+}
+
+bool CudaSession::enqueue(const Prepared &p, std::string &error) {
+  std::vector<void *> params;
+  std::vector<int64_t> fields = p.fields;
+  for (int64_t &f : fields)
+    params.push_back(&f);
+  // The driver reads exactly the function's parameter count; the null after
+  // them lets test/fakecuda check that count.
+  params.push_back(nullptr);
+  Timed timed;
+  bool profile = model.options.profile;
+  if (profile) {
+    timed = {p.profileKey, event(), event()};
+    driver.cuEventRecord(timed.begin, stream);
+  }
+  if (!check(driver.cuLaunchKernel(p.function, p.grid[0], p.grid[1], p.grid[2],
+                                   p.block, 1, 1, p.shared, stream,
+                                   params.data(), nullptr),
+             "cuLaunchKernel(" + p.name + ")", error))
+    return false;
+  if (profile) {
+    driver.cuEventRecord(timed.end, stream);
+    pending.push_back(timed);
+  }
+  if (model.options.syncEachLaunch &&
+      !check(driver.cuStreamSynchronize(stream), "running " + p.name, error))
+    return false;
+  return true;
+}
+
+bool CudaSession::prepareSlots(const Step &step, std::string &error) {
+  int64_t t = step.tokenCount;
+  for (size_t i = 0; i < slots.size(); ++i) {
+    GpuSlot &slot = slots[i];
+    const SlotStep &s = step.slots[i];
+    size_t row = static_cast<size_t>(slot.width * slot.elementBytes);
+    slot.start += s.dropped;
+    slot.count = s.kept;
+    if (slot.start + slot.count + t > slot.capacity) {
+      // Compact into a larger pool: the live rows move to the front.
+      int64_t capacity =
+          std::max({2 * (slot.count + t), int64_t(256), slot.reserved});
+      DeviceBuffer keys, values, positions;
+      if (!ensure(keys, capacity * row, error) ||
+          !ensure(values, capacity * row, error) ||
+          !ensure(positions, capacity * 8, error))
+        return false;
+      if (slot.count > 0) {
+        size_t live = static_cast<size_t>(slot.count) * row;
+        if (!check(driver.cuMemcpyDtoDAsync(keys.ptr,
+                                            slot.keys.ptr + slot.start * row,
+                                            live, stream),
+                   "cuMemcpyDtoDAsync(KV pool)", error) ||
+            !check(driver.cuMemcpyDtoDAsync(values.ptr,
+                                            slot.values.ptr + slot.start * row,
+                                            live, stream),
+                   "cuMemcpyDtoDAsync(KV pool)", error) ||
+            !check(driver.cuMemcpyDtoDAsync(positions.ptr,
+                                            slot.positions.ptr + slot.start * 8,
+                                            slot.count * 8, stream),
+                   "cuMemcpyDtoDAsync(key positions)", error))
+          return false;
+      }
+      // Queued copies may still read the old pools: free after them.
+      driver.cuStreamSynchronize(stream);
+      memory.release(slot.keys);
+      memory.release(slot.values);
+      memory.release(slot.positions);
+      slot.keys = keys;
+      slot.values = values;
+      slot.positions = positions;
+      slot.capacity = capacity;
+      slot.start = 0;
+    }
+    slot.count = s.total;
+    countsHost[i] = slot.count;
+  }
+  if (!slots.empty() &&
+      !check(driver.cuMemcpyHtoDAsync(counts.ptr, countsHost.data(),
+                                      countsHost.size() * 8, stream),
+             "cuMemcpyHtoDAsync(key counts)", error))
+    return false;
+  return true;
+}
+
+Status CudaSession::run(const Step &step, StepOutput &out) {
+  std::string error;
+  if (runStep(step, out, error))
+    return {};
+  return Status::error(error.find("cuMemAlloc") != std::string::npos
+                           ? StatusCode::OutOfMemory
+                           : StatusCode::DeviceError,
+                       error);
+}
+
+bool CudaSession::runStep(const Step &step, StepOutput &out,
+                          std::string &error) {
+  const plan::Plan &plan = model.bound->plan;
+  Driver &d = driver;
+  int64_t vocab = plan.vocab();
+  bool pickToken = step.mode == OutputMode::Token;
+  auto dumpOk = [&](Status s) {
+    if (!s.ok())
+      error = s.message;
+    return s.ok();
+  };
+  bool sample = pickToken && step.sample[0] > 0;
+  if (!check(d.cuCtxSetCurrent(model.context), "cuCtxSetCurrent", error))
+    return false;
+  int64_t t = step.tokenCount;
+  tokens32.assign(step.tokens, step.tokens + t);
+  if (!ensure(tokens, t * 8, error) || !ensure(positions, t * 8, error) ||
+      !ensure(arena, std::max<int64_t>(plan.arenaBytesPerToken * t, 1),
+              error) ||
+      !prepareSlots(step, error))
+    return false;
+
+  for (size_t id = 0; id < plan.values.size(); ++id) {
+    const plan::Value &v = plan.values[id];
+    if (v.kind != plan::ValueKind::Input)
+      continue;
+    bool isPositions = v.input == "positions";
+    const void *src = isPositions ? static_cast<const void *>(step.positions)
+                      : v.dtype == plan::DType::I32
+                          ? static_cast<const void *>(tokens32.data())
+                          : static_cast<const void *>(step.tokens);
+    DeviceBuffer &dst = isPositions ? positions : tokens;
+    size_t bytes = t * plan::elementSize(v.dtype);
+    if (!check(d.cuMemcpyHtoDAsync(dst.ptr, src, bytes, stream),
+               "cuMemcpyHtoDAsync(" + v.input + ")", error))
+      return false;
+    valuePtr[id] = dst.ptr;
+  }
+
+  auto shapeOf = [&](int64_t id) { return step.shapeOf(plan, id); };
+
+  // Phase 1: everything that allocates, encodes or copies.
+  prepared.clear();
+  for (size_t li = 0; li < plan.launches.size(); ++li) {
+    const plan::Launch &l = plan.launches[li];
+    for (int64_t id : l.results) {
+      const plan::Value &v = plan.values[id];
+      if (v.arenaOffset >= 0) {
+        valuePtr[id] = arena.ptr + v.arenaOffset * t;
+        continue;
+      }
+      int64_t n = 1;
+      for (int64_t dim : shapeOf(id))
+        n *= dim;
+      if (!ensure(ownBuffers[id], n * plan::elementSize(v.dtype), error))
+        return false;
+      valuePtr[id] = ownBuffers[id].ptr;
+    }
+    struct Operand {
+      CUdeviceptr ptr;
+      std::vector<int64_t> shape;
+    };
+    std::vector<Operand> operands(l.operandCount());
+    for (size_t i = 0; i < operands.size(); ++i) {
+      OperandView view = step.operand(plan, li, i);
+      operands[i] = {valuePtr[view.value] +
+                         view.firstRow *
+                             plan::rowBytes(plan.values[view.value]),
+                     view.shape};
+    }
+    // The KV slot bound to a key or value operand, and which of the two.
+    std::map<int64_t, std::pair<int64_t, bool>> slotOf;
+    for (const plan::AttentionUse &a : l.attention) {
+      slotOf[a.keyArg] = {a.slot, true};
+      slotOf[a.valueArg] = {a.slot, false};
+    }
+    auto rowsOf = [&](int64_t operand) {
+      const std::vector<int64_t> &shape = operands[operand].shape;
+      return shape.empty() ? int64_t(1) : shape[0];
+    };
+
+    for (size_t si = 0; si < l.gpu.size(); ++si) {
+      const std::vector<GpuLaunch> &variants = l.gpu[si].variants;
+      size_t vi = variants.size() - 1;
+      for (size_t i = 0; i + 1 < variants.size(); ++i)
+        if (variants[i].selectOperand >= 0 &&
+            rowsOf(variants[i].selectOperand) <= variants[i].maxRows) {
+          vi = i;
+          break;
+        }
+      const GpuLaunch &v = variants[vi];
+      if (v.function.empty())
+        continue;
+      Prepared p;
+      p.launch = li;
+      p.function = model.functions[v.function];
+      p.block = static_cast<unsigned>(v.blockThreads);
+      p.shared = static_cast<unsigned>(v.dynamicSharedBytes);
+      p.name = v.function + " (kernel " + l.kernel + ")";
+      p.profileKey = v.function + "@" + std::to_string(t);
+      std::vector<int64_t> &fields = p.fields;
+      for (size_t pi = 0; pi < v.params.size(); ++pi) {
+        const GpuParam &param = v.params[pi];
+        const Operand &op = operands[param.operand];
+        GpuSlot *slot = nullptr;
+        int64_t slotIndex = -1;
+        bool isKey = false;
+        if (auto it = slotOf.find(param.operand); it != slotOf.end()) {
+          slotIndex = it->second.first;
+          slot = &slots[slotIndex];
+          isKey = it->second.second;
+        }
+        if (param.readsKvSlot() && !slot) {
+          error = "engine: " + v.function +
+                  " reads a KV pool through an operand without a KV slot";
+          return false;
+        }
+        switch (param.kind) {
+        case GpuParam::Kind::Memref:
+          appendDescriptor(fields, op.ptr, op.shape);
+          break;
+        case GpuParam::Kind::KvPool: {
+          size_t row = slot->width * slot->elementBytes;
+          CUdeviceptr base = isKey ? slot->keys.ptr : slot->values.ptr;
+          appendDescriptor(fields, base + slot->start * row,
+                           {slot->capacity - slot->start, slot->width});
+          break;
+        }
+        case GpuParam::Kind::KeyPositions:
+          appendDescriptor(fields, slot->positions.ptr + slot->start * 8,
+                           {slot->capacity - slot->start});
+          break;
+        case GpuParam::Kind::KeyCount:
+          appendDescriptor(fields, counts.ptr + slotIndex * 8, {1});
+          break;
+        case GpuParam::Kind::Scratch: {
+          int64_t n =
+              std::max<int64_t>(rowsOf(param.operand) * param.perRow, 1);
+          if (!ensure(scratch, n * (param.floatScratch ? 4 : 8), error))
+            return false;
+          appendDescriptor(fields, scratch.ptr, {n});
+          break;
+        }
+        case GpuParam::Kind::TensorMap: {
+          // bf16 viewed as [rows, cols]: 3-D weights fold their first two
+          // dimensions. A pool map covers exactly the keys of this step
+          // (prepareSlots counted its rows in): TMA fills the rows of a
+          // K/V tile past them with zeros. Covering the whole capacity let
+          // the flash kernel multiply never-written pool rows (NaN/Inf bit
+          // patterns on a GPU, poison in the emulator) by P = 0, which is
+          // NaN. Pool maps are only read by the flash kernel, which serves
+          // steps of more than 8 rows and is never in a replayed graph, so
+          // re-encoding one per step costs a 128-byte copy.
+          Operand target = op;
+          if (param.pool) {
+            size_t row = slot->width * slot->elementBytes;
+            target.ptr =
+                (isKey ? slot->keys.ptr : slot->values.ptr) + slot->start * row;
+            target.shape = {slot->count, slot->width};
+          }
+          int64_t cols = target.shape.back(), total = 1;
+          for (int64_t dim : target.shape)
+            total *= dim;
+          int64_t mapRows = total / cols;
+          CachedMap &cache = maps[{li, si, vi, pi}];
+          if (cache.source != target.ptr || cache.rows != mapRows) {
+            // 2-D: [rows, cols]; 3-D: [d0, d1, d2] innermost first.
+            bool three = param.box3 && target.shape.size() == 3;
+            unsigned rank = three ? 3 : 2;
+            TensorMapBytes map;
+            uint64_t dims[3] = {static_cast<uint64_t>(cols),
+                                static_cast<uint64_t>(mapRows), 1};
+            uint64_t strides[2] = {static_cast<uint64_t>(cols * 2), 0};
+            if (three) {
+              dims[1] = static_cast<uint64_t>(target.shape[1]);
+              dims[2] = static_cast<uint64_t>(target.shape[0]);
+              strides[1] = static_cast<uint64_t>(target.shape[1] * cols * 2);
+            }
+            unsigned box[3] = {static_cast<unsigned>(param.boxCols),
+                               static_cast<unsigned>(param.boxRows), 1};
+            unsigned elementStrides[3] = {1, 1, 1};
+            if (!check(d.cuTensorMapEncodeTiled(
+                           &map, CU_TENSOR_MAP_DATA_TYPE_BFLOAT16, rank,
+                           reinterpret_cast<void *>(target.ptr), dims, strides,
+                           box, elementStrides, CU_TENSOR_MAP_INTERLEAVE_NONE,
+                           CU_TENSOR_MAP_SWIZZLE_128B,
+                           CU_TENSOR_MAP_L2_PROMOTION_L2_256B,
+                           CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE),
+                       "cuTensorMapEncodeTiled(" + v.function + ")", error) ||
+                !ensure(cache.device, sizeof map, error) ||
+                !check(d.cuMemcpyHtoD(cache.device.ptr, &map, sizeof map),
+                       "cuMemcpyHtoD(tensor map)", error))
+              return false;
+            cache.source = target.ptr;
+            cache.rows = mapRows;
+          }
+          fields.push_back(static_cast<int64_t>(cache.device.ptr));
+          break;
+        }
+        }
+      }
+      for (int dim = 0; dim < 3; ++dim) {
+        const plan::GridExtent &g = v.grid[dim];
+        int64_t numerator =
+            (g.rowsOf >= 0 ? rowsOf(g.rowsOf) * g.perRow : 0) + g.constant;
+        int64_t n = g.perSm > 0 ? g.perSm * model.sms
+                                : (numerator + g.divisor - 1) / g.divisor;
+        p.grid[dim] = static_cast<unsigned>(std::max<int64_t>(n, 1));
+      }
+      prepared.push_back(std::move(p));
+    }
+  }
+
+  // The next token picked on the GPU from the last logits row: the argmax,
+  // or a draw whose parameters and uniform number are copied in before the
+  // launches (so a decode graph replays with each step's draw).
+  if (pickToken) {
+    const std::string &function =
+        sample ? plan.sample.function : plan.argmax.function;
+    if (function.empty()) {
+      error = std::string("engine: no GPU ") +
+              (sample ? "sampling" : "argmax") +
+              " function (recompile the engine)";
+      return false;
+    }
+    if (!ensure(greedy, sizeof(int64_t), error))
+      return false;
+    Prepared p;
+    p.launch = plan.launches.size();
+    p.function = model.functions[function];
+    p.grid[0] = p.grid[1] = p.grid[2] = 1;
+    p.block = static_cast<unsigned>(sample ? plan.sample.blockThreads
+                                           : plan.argmax.blockThreads);
+    p.shared = 0;
+    p.name = function;
+    p.profileKey = function + "@" + std::to_string(t);
+    appendDescriptor(p.fields, valuePtr[plan.logits], shapeOf(plan.logits));
+    if (sample) {
+      std::copy(step.sample, step.sample + 4, sampleHost);
+      if (!ensure(sampleRequest, sizeof sampleHost, error) ||
+          !check(d.cuMemcpyHtoDAsync(sampleRequest.ptr, sampleHost,
+                                     sizeof sampleHost, stream),
+                 "cuMemcpyHtoDAsync(sampling request)", error))
+        return false;
+      appendDescriptor(p.fields, sampleRequest.ptr, {4});
+    }
+    appendDescriptor(p.fields, greedy.ptr, {1});
+    prepared.push_back(std::move(p));
+  }
+
+  // Phase 2: launches only, replayed from a graph for repeated decode steps.
+  std::string lastKernel =
+      prepared.empty() ? std::string("none") : prepared.back().name;
+  const std::string &dumpDir = step.dumpDir;
+  bool graphable = t == 1 && model.options.cudaGraphs &&
+                   !model.options.profile && !model.options.syncEachLaunch &&
+                   dumpDir.empty();
+  if (graphable && (graphExec == nullptr || prepared != graphed)) {
+    dropGraph();
+    if (!check(d.cuStreamBeginCapture(stream, CU_STREAM_CAPTURE_MODE_RELAXED),
+               "cuStreamBeginCapture", error))
+      return false;
+    bool ok = true;
+    for (const Prepared &p : prepared)
+      if (!(ok = enqueue(p, error)))
+        break;
+    void *graph = nullptr;
+    CUresult ended = d.cuStreamEndCapture(stream, &graph);
+    if (!ok)
+      return false;
+    if (!check(ended, "cuStreamEndCapture", error))
+      return false;
+    graph = graph;
+    if (!check(d.cuGraphInstantiateWithFlags(&graphExec, graph, 0),
+               "cuGraphInstantiateWithFlags", error))
+      return false;
+    graphed = prepared;
+    ++graphCaptures;
+  }
+  if (graphable) {
+    if (!check(d.cuGraphLaunch(graphExec, stream), "cuGraphLaunch(decode step)",
+               error))
+      return false;
+    ++graphLaunches;
+  } else {
+    for (size_t i = 0; i < prepared.size(); ++i) {
+      if (!enqueue(prepared[i], error))
+        return false;
+      // KILN_DUMP_DIR: after a plan launch's last GPU launch, its results.
+      size_t li = prepared[i].launch;
+      if (dumpDir.empty() || li >= plan.launches.size() ||
+          (i + 1 < prepared.size() && prepared[i + 1].launch == li))
+        continue;
+      const plan::Launch &l = plan.launches[li];
+      for (size_t r = 0; r < l.results.size(); ++r) {
+        int64_t id = l.results[r];
+        std::vector<int64_t> shape = shapeOf(id);
+        int64_t n = 1;
+        for (int64_t dim : shape)
+          n *= dim;
+        std::vector<uint8_t> host(n * plan::elementSize(plan.values[id].dtype));
+        if (!check(d.cuMemcpyDtoHAsync(host.data(), valuePtr[id], host.size(),
+                                       stream),
+                   "cuMemcpyDtoHAsync(dump)", error) ||
+            !check(d.cuStreamSynchronize(stream), "running " + prepared[i].name,
+                   error) ||
+            !dumpOk(dumpValue(dumpDir, step.index, li, l.kernel, r,
+                              plan.values[id].dtype, shape, host.data())))
+          return false;
+      }
+    }
+  }
+
+  if (pickToken) {
+    int64_t *greedyToken = &out.token;
+    if (!check(d.cuMemcpyDtoHAsync(greedyToken, greedy.ptr, sizeof(int64_t),
+                                   stream),
+               "cuMemcpyDtoHAsync(token)", error) ||
+        !check(d.cuStreamSynchronize(stream),
+               "the step (last launch: " + lastKernel +
+                   "; KILN_CUDA_SYNC=1 names the failing kernel)",
+               error))
+      return false;
+    out.logits.clear();
+    if (model.options.profile)
+      collectProfile();
+    if (model.options.checkSampler) {
+      std::vector<float> row(static_cast<size_t>(vocab));
+      CUdeviceptr last = valuePtr[plan.logits] +
+                         (step.rows[plan.logits] - 1) * vocab * sizeof(float);
+      if (!check(d.cuMemcpyDtoH(row.data(), last, row.size() * 4),
+                 "cuMemcpyDtoH(logits for KILN_CHECK_SAMPLER)", error))
+        return false;
+      SamplingParams params; // temperature 0: the argmax
+      double u = 0;
+      if (sample) {
+        params.temperature = step.sample[0];
+        params.topK = static_cast<int64_t>(step.sample[1]);
+        params.topP = step.sample[2];
+        u = step.sample[3];
+      }
+      int64_t host = Sampler::pickWith(params, row.data(), vocab, u);
+      ++samplerChecks;
+      if (host != *greedyToken) {
+        ++samplerMismatches;
+        std::fprintf(stderr,
+                     "kiln: sampler check: step %zu: GPU picked %lld, the "
+                     "host rule %lld (temperature %g, top_k %lld, top_p %g, "
+                     "u %.17g)\n",
+                     step.index, static_cast<long long>(*greedyToken),
+                     static_cast<long long>(host), params.temperature,
+                     static_cast<long long>(params.topK), params.topP, u);
+      }
+    }
+    return true;
+  }
+  std::vector<float> &logits = out.logits;
+  int64_t logitRows = step.rows[plan.logits];
+  logits.resize(static_cast<size_t>(logitRows * vocab));
+  // The last row only, when that is all the caller wants.
+  CUdeviceptr from = valuePtr[plan.logits];
+  if (step.mode != OutputMode::AllLogits && logitRows > 1) {
+    from += (logitRows - 1) * vocab * sizeof(float);
+    logits.resize(static_cast<size_t>(vocab));
+  }
+  if (!check(d.cuMemcpyDtoHAsync(logits.data(), from,
+                                 logits.size() * sizeof(float), stream),
+             "cuMemcpyDtoHAsync(logits)", error) ||
+      !check(d.cuStreamSynchronize(stream),
+             "the step (last launch: " + lastKernel +
+                 "; KILN_CUDA_SYNC=1 names the failing kernel)",
+             error))
+    return false;
+  if (model.options.profile)
+    collectProfile();
+  return true;
+}
