@@ -56,6 +56,27 @@ LogicalResult KilnDialect::verifyOperationAttribute(Operation *op,
                                 "integer on the module";
     return success();
   }
+  // Recorded by kiln-convert-kernels-to-gpu for the sm_90a engine writer,
+  // which checks their contents field by field.
+  if (name == "kiln.gpu_steps") {
+    if (!isa<FunctionOpInterface>(op) || !isa<ArrayAttr>(attr.getValue()))
+      return op->emitError()
+             << "'kiln.gpu_steps' must be an array on a kernel function";
+    return success();
+  }
+  if (name == "kiln.storage") {
+    auto types = dyn_cast<ArrayAttr>(attr.getValue());
+    if (!types || types.size() != op->getNumResults() ||
+        !llvm::all_of(types, [](Attribute t) { return isa<TypeAttr>(t); }))
+      return op->emitError() << "'kiln.storage' must hold one type per result";
+    return success();
+  }
+  if (name == "kiln.argmax" || name == "kiln.sample") {
+    if (!isa<DictionaryAttr>(attr.getValue()))
+      return op->emitError()
+             << "'" << name << "' must be a launch description dictionary";
+    return success();
+  }
   if (name != getKernelAttrName())
     return op->emitError() << "unknown kiln attribute '" << name << "'";
   if (!isa<KernelKindAttr>(attr.getValue()))

@@ -36,4 +36,40 @@ def ConvertKilnToLoops : Pass<"kiln-convert-kernels-to-loops", "mlir::ModuleOp">
                            "mlir::scf::SCFDialect"];
 }
 
+def ConvertKilnToGPU : Pass<"kiln-convert-kernels-to-gpu", "mlir::ModuleOp"> {
+  let summary = "Generate the sm_90a GPU functions of every kernel function";
+  let description = [{
+    For a partitioned kernel graph (kiln-graph-pipeline), generates the GPU
+    functions of every launched kernel function into one
+    `gpu.module @kiln_kernels` (gpu, nvgpu, nvvm, arith, memref, vector and
+    scf ops; TMA + mbarrier + wgmma GEMMs and flash attention, split-KV
+    decode attention, row-wise memory kernels, the MoE router and grouped
+    GEMMs, argmax and sampling), dispatching on each function's
+    `#kiln.kernel<...>` kind. Each GPU function carries the location of the
+    kernel function it implements.
+
+    How the runtime launches them is recorded on the IR, for the engine
+    writer to read back:
+    - `kiln.gpu_steps` on each kernel function: its GPU steps in order, each
+      a list of variants (dictionaries: `function`, `block`,
+      `shared_bytes`, `grid` (three [rows_of, per_row, constant, divisor,
+      per_sm]), `params`, `select_operand`, `max_rows`);
+    - `kiln.storage` on each `func.call`: the element type each result is
+      stored in on the GPU (bf16 for activations that feed GEMMs and
+      attention);
+    - `kiln.argmax` and `kiln.sample` on the gpu.module: the next-token
+      functions.
+
+    lib/Target/Cuda lowers the gpu.module to PTX and writes the engine.
+  }];
+  let dependentDialects = ["mlir::arith::ArithDialect",
+                           "mlir::gpu::GPUDialect",
+                           "mlir::LLVM::LLVMDialect",
+                           "mlir::memref::MemRefDialect",
+                           "mlir::nvgpu::NVGPUDialect",
+                           "mlir::NVVM::NVVMDialect",
+                           "mlir::scf::SCFDialect",
+                           "mlir::vector::VectorDialect"];
+}
+
 #endif // KILN_CONVERSION_PASSES_TD

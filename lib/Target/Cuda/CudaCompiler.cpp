@@ -7,6 +7,7 @@
 
 #include "kiln/Target/Cuda/CudaCompiler.h"
 
+#include "mlir/AsmParser/AsmParser.h"
 #include "mlir/Dialect/GPU/IR/GPUDialect.h"
 #include "mlir/Dialect/LLVMIR/LLVMDialect.h"
 #include "mlir/IR/BuiltinOps.h"
@@ -130,44 +131,38 @@ static void parsePtxasReport(StringRef report, CompiledModule &out) {
 }
 
 llvm::Expected<CompiledModule>
-mlir::kiln::cuda::compileGpuModule(MLIRContext &context, StringRef moduleText,
+mlir::kiln::cuda::compileGpuModule(gpu::GPUModuleOp kernels,
                                    StringRef workDir) {
+  MLIRContext &context = *kernels.getContext();
   registerOnce(context);
-  std::string text =
-      "module attributes {gpu.container_module} {\n" + moduleText.str() + "}\n";
-  // The target: sm_90a (wgmma, setmaxnreg) and PTX 8.0.
-  size_t at = text.find("gpu.module @kiln_kernels");
-  if (at == std::string::npos)
-    return makeError("the kernel module has no gpu.module @kiln_kernels");
-  text.insert(at + strlen("gpu.module @kiln_kernels"),
-              " [#nvvm.target<chip = \"sm_90a\", features = \"+ptx80\", O = "
-              "3>]");
+  OwningOpRef<ModuleOp> module = ModuleOp::create(kernels.getLoc());
+  (*module)->setAttr(gpu::GPUDialect::getContainerModuleAttrName(),
+                     UnitAttr::get(&context));
+  auto copy = cast<gpu::GPUModuleOp>(kernels->clone());
+  module->getBody()->push_back(copy);
+  // The launch descriptions stay with the graph; the target: sm_90a
+  // (wgmma, setmaxnreg) and PTX 8.0.
+  SmallVector<NamedAttribute> kept;
+  for (NamedAttribute a : copy->getAttrs())
+    if (!a.getName().getValue().starts_with("kiln."))
+      kept.push_back(a);
+  copy->setAttrs(kept);
+  copy.setTargetsAttr(ArrayAttr::get(
+      &context, {parseAttribute("#nvvm.target<chip = \"sm_90a\", features = "
+                                "\"+ptx80\", O = 3>",
+                                &context)}));
 
   if (const char *dump = std::getenv("KILN_DUMP_KERNELS")) {
     std::error_code ec;
     llvm::raw_fd_ostream os(dump, ec);
     if (!ec)
-      os << text;
+      module->print(os);
   }
 
   std::string diagnostics;
   llvm::raw_string_ostream diag(diagnostics);
   llvm::SourceMgr sources;
   SourceMgrDiagnosticHandler handler(sources, &context, diag);
-  OwningOpRef<ModuleOp> module =
-      parseSourceString<ModuleOp>(text, ParserConfig(&context));
-  if (!module) {
-    // Kept outside the work directory, which the driver removes.
-    llvm::SmallString<256> dump;
-    int fd = -1;
-    if (!llvm::sys::fs::createTemporaryFile("kiln-kernels-invalid", "mlir", fd,
-                                            dump)) {
-      llvm::raw_fd_ostream os(fd, /*shouldClose=*/true);
-      os << text;
-    }
-    return makeError("internal error: a generated kernel does not parse (" +
-                     dump + "):\n" + diagnostics);
-  }
   PassManager pm(&context);
   if (failed(parsePassPipeline(kPipeline, pm, diag)))
     return makeError("kernel pipeline: " + diagnostics);

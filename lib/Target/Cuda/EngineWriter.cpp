@@ -1,10 +1,12 @@
 //===- EngineWriter.cpp - sm_90a engines from kernel graphs ---------------===//
 
 #include "kiln/Target/Cuda/EngineWriter.h"
-#include "kiln/Target/Cuda/GpuKernels.h"
+#include "kiln/Conversion/KilnToGPU/GpuKernels.h"
+#include "kiln/Conversion/KilnToGPU/LaunchAttrs.h"
 #include "kiln/Target/EnginePlan.h"
 #include "kiln/runtime/EngineFile.h"
 
+#include "mlir/Dialect/GPU/IR/GPUDialect.h"
 #include "mlir/IR/SymbolTable.h"
 #include "llvm/Support/Format.h"
 
@@ -18,43 +20,70 @@ static llvm::Error makeError(const llvm::Twine &message) {
 
 llvm::Expected<CudaEngine>
 mlir::kiln::cuda::buildCudaEngine(ModuleOp module, StringRef workDir) {
-  FailureOr<GpuProgram> program = generateGpuKernels(module);
-  if (failed(program))
-    return makeError("sm_90a code generation failed");
+  // The GPU functions and their launch descriptions, generated here unless
+  // kiln-convert-kernels-to-gpu ran already.
+  auto kernels = module.lookupSymbol<gpu::GPUModuleOp>(kKernelModuleName);
+  if (!kernels) {
+    if (failed(convertKernelsToGpu(module)))
+      return makeError("sm_90a code generation failed");
+    kernels = module.lookupSymbol<gpu::GPUModuleOp>(kKernelModuleName);
+  }
   CudaEngine engine;
-  llvm::StringMap<const GpuKernel *> byName;
-  for (const GpuKernel &k : program->kernels) {
-    byName[k.name] = &k;
-    for (const GpuStep &step : k.steps)
+  llvm::StringMap<std::vector<GpuStep>> stepsOf;
+  for (auto fn : module.getOps<func::FuncOp>()) {
+    Attribute attr = fn->getAttr(kGpuStepsAttrName);
+    if (!attr)
+      continue;
+    FailureOr<std::vector<GpuStep>> steps =
+        decodeGpuSteps(attr, [&] { return fn.emitError(); });
+    if (failed(steps))
+      return makeError("@" + fn.getSymName() +
+                       ": malformed GPU launch description");
+    for (const GpuStep &step : *steps)
       for (const GpuLaunch &l : step.variants)
         if (!l.function.empty())
           engine.launchShapes[l.function] = {l.blockThreads,
                                              l.dynamicSharedBytes};
+    stepsOf[fn.getSymName()] = std::move(*steps);
   }
 
-  llvm::Expected<CompiledModule> code =
-      compileGpuModule(*module.getContext(), program->moduleText, workDir);
+  llvm::Expected<CompiledModule> code = compileGpuModule(kernels, workDir);
   if (!code)
     return code.takeError();
   engine.code = std::move(*code);
 
-  auto storage = [&](Value v) { return program->storage.lookup(v); };
+  // Call results are stored as kiln-convert-kernels-to-gpu decided.
+  auto storage = [&](Value v) -> Type {
+    auto result = dyn_cast<OpResult>(v);
+    if (!result)
+      return nullptr;
+    auto types = result.getOwner()->getAttrOfType<ArrayAttr>(kStorageAttrName);
+    if (!types || result.getResultNumber() >= types.size())
+      return nullptr;
+    auto type = dyn_cast<TypeAttr>(types[result.getResultNumber()]);
+    return type ? type.getValue() : nullptr;
+  };
   auto decorate = [&](func::CallOp call,
                       ::kiln::plan::Launch &launch) -> llvm::Error {
-    const GpuKernel *kernel = byName.lookup(call.getCallee());
-    if (!kernel)
+    auto it = stepsOf.find(call.getCallee());
+    if (it == stepsOf.end())
       return makeError("no GPU code for @" + call.getCallee());
-    launch.gpu = kernel->steps;
+    launch.gpu = it->second;
     return llvm::Error::success();
   };
   llvm::Expected<::kiln::plan::Plan> plan =
       buildEnginePlan(module, storage, decorate);
   if (!plan)
     return plan.takeError();
-  for (auto [launch, fn] : {std::pair{&program->argmax, &plan->argmax},
-                            std::pair{&program->sample, &plan->sample}}) {
-    if (launch->function.empty())
+  for (auto [attrName, fn] : {std::pair{kArgmaxAttrName, &plan->argmax},
+                              std::pair{kSampleAttrName, &plan->sample}}) {
+    Attribute attr = kernels->getAttr(attrName);
+    if (!attr)
       continue;
+    FailureOr<GpuLaunch> launch =
+        decodeGpuLaunch(attr, [&] { return kernels.emitError(); });
+    if (failed(launch))
+      return makeError("malformed " + attrName + " launch description");
     *fn = {launch->function, launch->blockThreads};
     engine.launchShapes[launch->function] = {launch->blockThreads, 0};
   }

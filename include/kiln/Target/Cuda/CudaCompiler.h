@@ -10,6 +10,7 @@
 #ifndef KILN_TARGET_CUDA_CUDACOMPILER_H
 #define KILN_TARGET_CUDA_CUDACOMPILER_H
 
+#include "mlir/Dialect/GPU/IR/GPUDialect.h"
 #include "mlir/IR/MLIRContext.h"
 #include "llvm/ADT/StringRef.h"
 #include "llvm/Support/Error.h"
@@ -37,9 +38,8 @@ struct CompiledModule {
 /// empty if none (or if KILN_PTXAS is set to the empty string).
 std::string findPtxas();
 
-/// Parses, lowers and assembles `moduleText` (one gpu.module).
-llvm::Expected<CompiledModule> compileGpuModule(MLIRContext &context,
-                                                llvm::StringRef moduleText,
+/// Lowers a copy of `kernels` to PTX for sm_90a and assembles it.
+llvm::Expected<CompiledModule> compileGpuModule(gpu::GPUModuleOp kernels,
                                                 llvm::StringRef workDir);
 
 } // namespace mlir::kiln::cuda

@@ -9,7 +9,7 @@
 //
 //===----------------------------------------------------------------------===//
 
-#include "kiln/Target/Cuda/GpuKernels.h"
+#include "kiln/Conversion/KilnToGPU/GpuKernels.h"
 #include "Generators.h"
 
 #include "dialects/kiln/KilnOps.h"

@@ -9,8 +9,8 @@
 //
 //===----------------------------------------------------------------------===//
 
-#ifndef KILN_LIB_TARGET_CUDA_KERNELTEXT_H
-#define KILN_LIB_TARGET_CUDA_KERNELTEXT_H
+#ifndef KILN_LIB_CONVERSION_KILNTOGPU_KERNELTEXT_H
+#define KILN_LIB_CONVERSION_KILNTOGPU_KERNELTEXT_H
 
 #include "llvm/ADT/ArrayRef.h"
 #include "llvm/ADT/StringRef.h"
@@ -123,4 +123,4 @@ std::string memrefOf(llvm::StringRef element, llvm::ArrayRef<int64_t> shape);
 
 } // namespace mlir::kiln::cuda
 
-#endif // KILN_LIB_TARGET_CUDA_KERNELTEXT_H
+#endif // KILN_LIB_CONVERSION_KILNTOGPU_KERNELTEXT_H

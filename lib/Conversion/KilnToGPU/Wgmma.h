@@ -1,13 +1,15 @@
 //===- Wgmma.h - Pieces shared by the wgmma kernels -------------*- C++ -*-===//
 //
 // Type spellings and shared-memory descriptors for the TMA + mbarrier +
-// wgmma kernels (GemmKernel.cpp, GroupedGemmKernel.cpp). Tiles are bf16,
-// 64 elements (128 bytes, one swizzle row) wide, 128-byte swizzled.
+// wgmma kernels (GemmKernel.cpp, GroupedGemmKernel.cpp,
+// FlashAttentionKernel.cpp). Tiles are one 128-byte swizzle row wide (64
+// bf16 elements), 128-byte swizzled. The operand element type is a
+// parameter of these helpers (TileElement); the kernels use bf16 today.
 //
 //===----------------------------------------------------------------------===//
 
-#ifndef KILN_LIB_TARGET_CUDA_WGMMA_H
-#define KILN_LIB_TARGET_CUDA_WGMMA_H
+#ifndef KILN_LIB_CONVERSION_KILNTOGPU_WGMMA_H
+#define KILN_LIB_CONVERSION_KILNTOGPU_WGMMA_H
 
 #include "KernelText.h"
 
@@ -15,16 +17,32 @@
 
 namespace mlir::kiln::cuda::wgmma {
 
-constexpr int64_t kTileK = 64; // 128 bytes of bf16: one swizzle row
+/// A wgmma operand element type: its MLIR spelling, its size and the K of
+/// one wgmma instruction (32 bytes of K per instruction for every 16- and
+/// 8-bit type).
+struct TileElement {
+  const char *name;
+  int64_t bytes;
+  constexpr int64_t mmaK() const { return 32 / bytes; }
+  /// Elements in one 128-byte swizzle row: a tile's K extent.
+  constexpr int64_t tileK() const { return 128 / bytes; }
+};
+constexpr TileElement kBF16{"bf16", 2};
+constexpr TileElement kF16{"f16", 2};
+constexpr TileElement kE4M3{"f8E4M3FN", 1};
+
+constexpr int64_t kTileK = kBF16.tileK(); // 128 bytes of bf16: one swizzle row
 
 /// An nvgpu tensor-map type whose box is `shape` (outermost first).
-inline std::string tensorMapType(const std::string &shape) {
-  return "!nvgpu.tensormap.descriptor<tensor = memref<" + shape +
-         "xbf16, 3>, swizzle = swizzle_128b, l2promo = l2promo_256b, oob = "
+inline std::string tensorMapType(const std::string &shape,
+                                 const TileElement &e = kBF16) {
+  return "!nvgpu.tensormap.descriptor<tensor = memref<" + shape + "x" + e.name +
+         ", 3>, swizzle = swizzle_128b, l2promo = l2promo_256b, oob = "
          "zero, interleave = none>";
 }
-inline std::string tileType(const std::string &shape) {
-  return "memref<" + shape + "xbf16, #gpu.address_space<workgroup>>";
+inline std::string tileType(const std::string &shape,
+                            const TileElement &e = kBF16) {
+  return "memref<" + shape + "x" + e.name + ", #gpu.address_space<workgroup>>";
 }
 inline std::string barrierType(int64_t stages) {
   return "!nvgpu.mbarrier.group<memorySpace = #gpu.address_space<workgroup>, "
@@ -56,37 +74,43 @@ inline std::string descriptor(KernelText &k, const std::string &addr,
   return k.op("arith.ori " + start + ", " + k.i64(fixed) + " : i64");
 }
 
-/// One m64nNk16 bf16 wgmma; `bLayout` is "col" for a K-major B, "row" for
-/// an MN-major B (transposed). With `overwrite`, D = A·B and `acc` is not
-/// read (scale-d 0), so a fresh accumulator needs no zeroing.
+/// One m64nNk(32 bytes) wgmma of `e` operands into f32; `bLayout` is "col"
+/// for a K-major B, "row" for an MN-major B (transposed; 16-bit types
+/// only). With `overwrite`, D = A·B and `acc` is not read (scale-d 0), so a
+/// fresh accumulator needs no zeroing.
 inline std::string mma(KernelText &k, const std::string &a,
                        const std::string &b, const std::string &acc, int64_t n,
-                       const char *bLayout = "col", bool overwrite = false) {
+                       const char *bLayout = "col", bool overwrite = false,
+                       const TileElement &e = kBF16) {
+  std::string element = std::string("<") + e.name + ">";
   return k.op("nvvm.wgmma.mma_async " + a + ", " + b + ", " + acc +
-              ", #nvvm.shape<m = 64, n = " + std::to_string(n) +
-              ", k = 16>, D [<f32>, #nvvm.wgmma_scale_out<" +
-              (overwrite ? "zero" : "one") +
-              ">], A [<bf16>, "
-              "#nvvm.wgmma_scale_in<one>, <row>], B [<bf16>, "
+              ", #nvvm.shape<m = 64, n = " + std::to_string(n) + ", k = " +
+              std::to_string(e.mmaK()) + ">, D [<f32>, #nvvm.wgmma_scale_out<" +
+              (overwrite ? "zero" : "one") + ">], A [" + element +
+              ", "
+              "#nvvm.wgmma_scale_in<one>, <row>], B [" +
+              element +
+              ", "
               "#nvvm.wgmma_scale_in<one>, <" +
               bLayout + ">] : " + accType(n) + " -> " + accType(n));
 }
 
-/// The four m64nNk16 wgmmas of one 64-wide K tile: A (K-major) steps 32
-/// bytes (+2 in the descriptor's address field) per k16; B steps the same
-/// when K-major, or 16 rows of 128 bytes (+128) when MN-major ("row").
-/// With `overwrite`, the first one starts the accumulator afresh.
+/// The four wgmmas of one 128-byte K tile: A (K-major) steps 32 bytes (+2
+/// in the descriptor's address field) per instruction; B steps the same
+/// when K-major, or mmaK rows of 128 bytes when MN-major ("row"). With
+/// `overwrite`, the first one starts the accumulator afresh.
 inline std::string mmaKTile(KernelText &k, const std::string &descA,
                             const std::string &descB, std::string acc,
                             int64_t n, const char *bLayout = "col",
-                            bool overwrite = false) {
-  int64_t bStep = std::string(bLayout) == "row" ? 128 : 2;
+                            bool overwrite = false,
+                            const TileElement &e = kBF16) {
+  int64_t bStep = std::string(bLayout) == "row" ? e.mmaK() * 128 / 16 : 2;
   auto advance = [&](const std::string &desc, int64_t by) {
     return by ? k.op("arith.addi " + desc + ", " + k.i64(by) + " : i64") : desc;
   };
-  for (int64_t kk = 0; kk < kTileK / 16; ++kk)
+  for (int64_t kk = 0; kk < e.tileK() / e.mmaK(); ++kk)
     acc = mma(k, advance(descA, 2 * kk), advance(descB, bStep * kk), acc, n,
-              bLayout, overwrite && kk == 0);
+              bLayout, overwrite && kk == 0, e);
   return acc;
 }
 
@@ -163,4 +187,4 @@ inline Fragments fragmentsOf(KernelText &k, const std::string &laneInGroup,
 
 } // namespace mlir::kiln::cuda::wgmma
 
-#endif // KILN_LIB_TARGET_CUDA_WGMMA_H
+#endif // KILN_LIB_CONVERSION_KILNTOGPU_WGMMA_H

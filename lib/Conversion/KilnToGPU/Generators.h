@@ -1,10 +1,10 @@
 //===- Generators.h - The per-kind sm_90a kernel generators -----*- C++ -*-===//
 
-#ifndef KILN_LIB_TARGET_CUDA_GENERATORS_H
-#define KILN_LIB_TARGET_CUDA_GENERATORS_H
+#ifndef KILN_LIB_CONVERSION_KILNTOGPU_GENERATORS_H
+#define KILN_LIB_CONVERSION_KILNTOGPU_GENERATORS_H
 
 #include "KernelText.h"
-#include "kiln/Target/Cuda/GpuKernels.h"
+#include "kiln/Conversion/KilnToGPU/GpuKernels.h"
 
 #include "dialects/kiln/KilnOps.h"
 
@@ -137,4 +137,4 @@ inline GridExtent fixedGrid(int64_t n) {
 
 } // namespace mlir::kiln::cuda
 
-#endif // KILN_LIB_TARGET_CUDA_GENERATORS_H
+#endif // KILN_LIB_CONVERSION_KILNTOGPU_GENERATORS_H

@@ -10,8 +10,8 @@
 //
 //===----------------------------------------------------------------------===//
 
-#ifndef KILN_TARGET_CUDA_GPUKERNELS_H
-#define KILN_TARGET_CUDA_GPUKERNELS_H
+#ifndef KILN_CONVERSION_KILNTOGPU_GPUKERNELS_H
+#define KILN_CONVERSION_KILNTOGPU_GPUKERNELS_H
 
 #include "kiln/runtime/EnginePlan.h"
 
@@ -51,8 +51,20 @@ struct GpuProgram {
 };
 
 /// Generates the GPU functions of every kernel in `module`.
+/// The generators' output before it is parsed: kiln-convert-kernels-to-gpu
+/// (convertKernelsToGpu) is the way in.
 FailureOr<GpuProgram> generateGpuKernels(ModuleOp module);
 
 } // namespace mlir::kiln::cuda
 
-#endif // KILN_TARGET_CUDA_GPUKERNELS_H
+namespace mlir::kiln {
+
+/// The gpu.module that holds every generated GPU function.
+constexpr llvm::StringLiteral kKernelModuleName = "kiln_kernels";
+
+/// What kiln-convert-kernels-to-gpu does, for drivers that run it directly.
+LogicalResult convertKernelsToGpu(ModuleOp module);
+
+} // namespace mlir::kiln
+
+#endif // KILN_CONVERSION_KILNTOGPU_GPUKERNELS_H
