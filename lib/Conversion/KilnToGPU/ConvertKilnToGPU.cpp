@@ -8,6 +8,7 @@
 //
 //===----------------------------------------------------------------------===//
 
+#include "Generators.h"
 #include "dialects/kiln/KilnDialect.h"
 #include "kiln/Conversion/KilnToGPU/GpuKernels.h"
 #include "kiln/Conversion/KilnToGPU/LaunchAttrs.h"
@@ -85,6 +86,8 @@ LogicalResult mlir::kiln::convertKernelsToGpu(ModuleOp module) {
                               << kKernelModuleName << " was generated";
   gpuModule->remove();
   module.getBody()->push_back(gpuModule);
+  if (program->vocab > 0)
+    program->argmax = buildArgmax(gpuModule, module.getLoc(), program->vocab);
   module->setAttr(gpu::GPUDialect::getContainerModuleAttrName(),
                   UnitAttr::get(context));
 

@@ -9,6 +9,7 @@
 #include "dialects/kiln/KilnOps.h"
 
 #include "mlir/Dialect/Func/IR/FuncOps.h"
+#include "mlir/Dialect/GPU/IR/GPUDialect.h"
 
 #include <cstdlib>
 #include <string>
@@ -53,8 +54,9 @@ LogicalResult generateGroupedWgmmaKernel(const KernelContext &ctx,
 /// Whether the wgmma grouped GEMM can tile this kernel's shapes.
 bool groupedWgmmaFits(const KernelContext &ctx);
 
-/// Greedy sampling: argmax of the last logits row (MemoryKernels.cpp).
-GpuLaunch writeArgmax(int64_t vocab, std::string &text);
+/// Greedy sampling: argmax of the last logits row, built on OpBuilder into
+/// `module` (ArgmaxKernel.cpp).
+GpuLaunch buildArgmax(gpu::GPUModuleOp module, Location loc, int64_t vocab);
 /// Temperature / top-k / top-p sampling of the last logits row
 /// (SamplingKernel.cpp); no function for vocabularies of 2^22 or more.
 GpuLaunch writeSampler(int64_t vocab, std::string &text);

@@ -176,7 +176,7 @@ FailureOr<GpuProgram> mlir::kiln::cuda::generateGpuKernels(ModuleOp module) {
   auto ret = cast<func::ReturnOp>(graph.getBody().front().getTerminator());
   if (ret.getNumOperands() == 1) {
     auto logits = cast<RankedTensorType>(ret.getOperand(0).getType());
-    program.argmax = writeArgmax(logits.getShape().back(), text);
+    program.vocab = logits.getShape().back();
     program.sample = writeSampler(logits.getShape().back(), text);
   }
   text += "}\n";

@@ -12,6 +12,7 @@
 //===----------------------------------------------------------------------===//
 
 #include "dialects/kiln/KilnOps.h"
+#include "kiln/Conversion/Emitter.h"
 #include "kiln/Conversion/Passes.h"
 
 #include "mlir/Dialect/Func/IR/FuncOps.h"
@@ -29,129 +30,6 @@ using namespace mlir;
 using namespace mlir::kiln;
 
 namespace {
-
-/// Small IR-building vocabulary for loop nests over memrefs.
-class Emitter {
-public:
-  Emitter(OpBuilder &builder, Location loc) : b(&builder), loc(loc) {}
-
-  Value index(int64_t v) { return arith::ConstantIndexOp::create(*b, loc, v); }
-  Value f32(double v) {
-    return arith::ConstantOp::create(*b, loc, b->getF32FloatAttr(v));
-  }
-  Value f64(double v) {
-    return arith::ConstantOp::create(*b, loc, b->getF64FloatAttr(v));
-  }
-  Value dim(Value memref, int64_t d) {
-    return memref::DimOp::create(*b, loc, memref, d);
-  }
-  /// Loads an element widened to f32 (or an integer as index).
-  Value load(Value memref, ValueRange ivs) {
-    Value v = memref::LoadOp::create(*b, loc, memref, ivs);
-    if (isa<FloatType>(v.getType()) && !v.getType().isF32())
-      v = arith::ExtFOp::create(*b, loc, b->getF32Type(), v);
-    return v;
-  }
-  Value loadIndex(Value memref, ValueRange ivs) {
-    Value v = memref::LoadOp::create(*b, loc, memref, ivs);
-    return arith::IndexCastOp::create(*b, loc, b->getIndexType(), v);
-  }
-  void store(Value v, Value memref, ValueRange ivs) {
-    Type element = cast<MemRefType>(memref.getType()).getElementType();
-    if (element != v.getType())
-      v = arith::TruncFOp::create(*b, loc, element, v);
-    memref::StoreOp::create(*b, loc, v, memref, ivs);
-  }
-  Value add(Value x, Value y) { return arith::AddFOp::create(*b, loc, x, y); }
-  Value mul(Value x, Value y) { return arith::MulFOp::create(*b, loc, x, y); }
-  Value div(Value x, Value y) { return arith::DivFOp::create(*b, loc, x, y); }
-  Value addIndex(Value x, Value y) {
-    return arith::AddIOp::create(*b, loc, x, y);
-  }
-  Value mulIndex(Value x, int64_t c) {
-    return arith::MulIOp::create(*b, loc, x, index(c));
-  }
-
-  /// for iv_0 < ubs[0], iv_1 < ubs[1], ...: body(ivs).
-  void loops(ArrayRef<Value> ubs, function_ref<void(ValueRange)> body) {
-    SmallVector<Value> lbs(ubs.size(), index(0)), steps(ubs.size(), index(1));
-    OpBuilder *outer = b;
-    scf::buildLoopNest(*b, loc, lbs, ubs, steps,
-                       [&](OpBuilder &nested, Location, ValueRange ivs) {
-                         b = &nested;
-                         body(ivs);
-                         b = outer;
-                       });
-  }
-
-  /// sum_{i < ub} term(i), accumulated in f32 in index order.
-  Value sum(Value ub, function_ref<Value(Value)> term) {
-    auto loop = scf::ForOp::create(
-        *b, loc, index(0), ub, index(1), ValueRange{f32(0.0)},
-        [&](OpBuilder &nested, Location, Value iv, ValueRange acc) {
-          OpBuilder *outer = b;
-          b = &nested;
-          Value next = add(acc[0], term(iv));
-          scf::YieldOp::create(*b, loc, next);
-          b = outer;
-        });
-    return loop.getResult(0);
-  }
-
-  Value cmpIndex(arith::CmpIPredicate pred, Value x, Value y) {
-    return arith::CmpIOp::create(*b, loc, pred, x, y);
-  }
-  Value select(Value c, Value x, Value y) {
-    return arith::SelectOp::create(*b, loc, c, x, y);
-  }
-  Value toIndex(Value v) {
-    return arith::IndexCastOp::create(*b, loc, b->getIndexType(), v);
-  }
-  Value toI64(Value v) {
-    return arith::IndexCastOp::create(*b, loc, b->getI64Type(), v);
-  }
-  /// scf.for iv in [lb, ub) with loop-carried values.
-  ValueRange
-  loopWith(Value lb, Value ub, ValueRange init,
-           function_ref<SmallVector<Value>(Value, ValueRange)> body) {
-    auto loop = scf::ForOp::create(
-        *b, loc, lb, ub, index(1), init,
-        [&](OpBuilder &nested, Location, Value iv, ValueRange args) {
-          OpBuilder *outer = b;
-          b = &nested;
-          SmallVector<Value> next = body(iv, args);
-          scf::YieldOp::create(*b, loc, next);
-          b = outer;
-        });
-    return loop.getResults();
-  }
-  /// if (cond) body().
-  void when(Value cond, function_ref<void()> body) {
-    auto op = scf::IfOp::create(*b, loc, cond, /*withElseRegion=*/false);
-    OpBuilder *outer = b;
-    OpBuilder nested = op.getThenBodyBuilder();
-    b = &nested;
-    body();
-    b = outer;
-  }
-
-  /// silu(g) * u as the reference writes it: g / (1 + exp(-g)) * u.
-  Value swiglu(Value g, Value u) {
-    Value negated = arith::NegFOp::create(*b, loc, g);
-    Value denominator = add(f32(1.0), math::ExpOp::create(*b, loc, negated));
-    return mul(div(g, denominator), u);
-  }
-
-  /// 1 / sqrt(sumSq / n + eps), in f32.
-  Value inverseRms(Value sumSq, int64_t n, double eps) {
-    Value mean = div(sumSq, f32(static_cast<double>(n)));
-    Value root = math::SqrtOp::create(*b, loc, add(mean, f32(eps)));
-    return div(f32(1.0), root);
-  }
-
-  OpBuilder *b;
-  Location loc;
-};
 
 /// Lowers one kernel function.
 class KernelLowering {

@@ -43,8 +43,11 @@ struct GpuProgram {
   /// (activations feeding GEMMs and attention are kept in bf16 on the GPU).
   llvm::DenseMap<Value, Type> storage;
   /// Greedy sampling on the GPU: the index of the largest logit of the last
-  /// row (ties to the lower index, NaN as -inf), one block.
+  /// row (ties to the lower index, NaN as -inf), one block; built on
+  /// OpBuilder by kiln-convert-kernels-to-gpu once the text is parsed.
   GpuLaunch argmax;
+  /// The logits' vocabulary (0: the graph returns no logits).
+  int64_t vocab = 0;
   /// Sampling on the GPU (temperature, top-k, top-p) by the host sampler's
   /// rule, with the uniform draw passed in; one block.
   GpuLaunch sample;

@@ -1,0 +1,202 @@
+//===- Emitter.h - The IR-building vocabulary of Kiln's lowerings -*- C++
+//-*-===//
+//
+// One small vocabulary on OpBuilder, with a location, shared by the host
+// lowering (KilnToLoops) and the GPU kernels built on builders (KilnToGPU):
+// constants, index and f32 arithmetic, loads that widen and stores that
+// narrow, loop nests, loops with carried values, conditionals.
+//
+//===----------------------------------------------------------------------===//
+
+#ifndef KILN_CONVERSION_EMITTER_H
+#define KILN_CONVERSION_EMITTER_H
+
+#include "mlir/Dialect/Arith/IR/Arith.h"
+#include "mlir/Dialect/Math/IR/Math.h"
+#include "mlir/Dialect/MemRef/IR/MemRef.h"
+#include "mlir/Dialect/SCF/IR/SCF.h"
+#include "mlir/IR/Builders.h"
+#include "llvm/ADT/DenseMap.h"
+
+namespace mlir::kiln {
+
+/// Typed ops with locations, for loop nests over memrefs (host kernels) and
+/// GPU kernels alike.
+class Emitter {
+public:
+  Emitter(OpBuilder &builder, Location loc) : b(&builder), loc(loc) {}
+  virtual ~Emitter() = default;
+
+  /// Constants go to the start of `block` from now on, one per value (GPU
+  /// kernels keep them out of their loops this way).
+  void hoistConstantsTo(Block *block) { constantBlock = block; }
+
+  Value index(int64_t v) {
+    return constant(b->getIndexAttr(v), b->getIndexType());
+  }
+  Value i32(int64_t v) { return constant(b->getI32IntegerAttr(v), nullptr); }
+  Value i64(int64_t v) { return constant(b->getI64IntegerAttr(v), nullptr); }
+  Value f32(double v) { return constant(b->getF32FloatAttr(v), nullptr); }
+  Value f64(double v) { return constant(b->getF64FloatAttr(v), nullptr); }
+  Value dim(Value memref, int64_t d) {
+    return memref::DimOp::create(*b, loc, memref, d);
+  }
+  /// Loads an element widened to f32 (or an integer as index).
+  Value load(Value memref, ValueRange ivs) {
+    Value v = memref::LoadOp::create(*b, loc, memref, ivs);
+    if (isa<FloatType>(v.getType()) && !v.getType().isF32())
+      v = arith::ExtFOp::create(*b, loc, b->getF32Type(), v);
+    return v;
+  }
+  Value loadIndex(Value memref, ValueRange ivs) {
+    Value v = memref::LoadOp::create(*b, loc, memref, ivs);
+    return arith::IndexCastOp::create(*b, loc, b->getIndexType(), v);
+  }
+  void store(Value v, Value memref, ValueRange ivs) {
+    Type element = cast<MemRefType>(memref.getType()).getElementType();
+    if (element != v.getType())
+      v = arith::TruncFOp::create(*b, loc, element, v);
+    memref::StoreOp::create(*b, loc, v, memref, ivs);
+  }
+  Value add(Value x, Value y) { return arith::AddFOp::create(*b, loc, x, y); }
+  Value mul(Value x, Value y) { return arith::MulFOp::create(*b, loc, x, y); }
+  Value div(Value x, Value y) { return arith::DivFOp::create(*b, loc, x, y); }
+  Value addIndex(Value x, Value y) {
+    return arith::AddIOp::create(*b, loc, x, y);
+  }
+  Value mulIndex(Value x, int64_t c) {
+    return arith::MulIOp::create(*b, loc, x, index(c));
+  }
+
+  /// for iv_0 < ubs[0], iv_1 < ubs[1], ...: body(ivs).
+  void loops(ArrayRef<Value> ubs, function_ref<void(ValueRange)> body) {
+    SmallVector<Value> lbs(ubs.size(), index(0)), steps(ubs.size(), index(1));
+    OpBuilder *outer = b;
+    scf::buildLoopNest(*b, loc, lbs, ubs, steps,
+                       [&](OpBuilder &nested, Location, ValueRange ivs) {
+                         b = &nested;
+                         body(ivs);
+                         b = outer;
+                       });
+  }
+
+  /// sum_{i < ub} term(i), accumulated in f32 in index order.
+  Value sum(Value ub, function_ref<Value(Value)> term) {
+    auto loop = scf::ForOp::create(
+        *b, loc, index(0), ub, index(1), ValueRange{f32(0.0)},
+        [&](OpBuilder &nested, Location, Value iv, ValueRange acc) {
+          OpBuilder *outer = b;
+          b = &nested;
+          Value next = add(acc[0], term(iv));
+          scf::YieldOp::create(*b, loc, next);
+          b = outer;
+        });
+    return loop.getResult(0);
+  }
+
+  Value cmpIndex(arith::CmpIPredicate pred, Value x, Value y) {
+    return arith::CmpIOp::create(*b, loc, pred, x, y);
+  }
+  Value select(Value c, Value x, Value y) {
+    return arith::SelectOp::create(*b, loc, c, x, y);
+  }
+  Value toIndex(Value v) {
+    return arith::IndexCastOp::create(*b, loc, b->getIndexType(), v);
+  }
+  Value toI64(Value v) {
+    return arith::IndexCastOp::create(*b, loc, b->getI64Type(), v);
+  }
+  /// scf.for iv in [lb, ub) with loop-carried values.
+  ValueRange
+  loopWith(Value lb, Value ub, ValueRange init,
+           function_ref<SmallVector<Value>(Value, ValueRange)> body) {
+    return loopWith(lb, ub, index(1), init, body);
+  }
+  /// scf.for iv in [lb, ub) by `step`, with loop-carried values.
+  ValueRange
+  loopWith(Value lb, Value ub, Value step, ValueRange init,
+           function_ref<SmallVector<Value>(Value, ValueRange)> body) {
+    auto loop = scf::ForOp::create(
+        *b, loc, lb, ub, step, init,
+        [&](OpBuilder &nested, Location, Value iv, ValueRange args) {
+          OpBuilder *outer = b;
+          b = &nested;
+          SmallVector<Value> next = body(iv, args);
+          scf::YieldOp::create(*b, loc, next);
+          b = outer;
+        });
+    return loop.getResults();
+  }
+  /// if (cond) body().
+  void when(Value cond, function_ref<void()> body) {
+    auto op = scf::IfOp::create(*b, loc, cond, /*withElseRegion=*/false);
+    OpBuilder *outer = b;
+    OpBuilder nested = op.getThenBodyBuilder();
+    b = &nested;
+    body();
+    b = outer;
+  }
+
+  /// silu(g) * u as the reference writes it: g / (1 + exp(-g)) * u.
+  Value swiglu(Value g, Value u) {
+    Value negated = arith::NegFOp::create(*b, loc, g);
+    Value denominator = add(f32(1.0), math::ExpOp::create(*b, loc, negated));
+    return mul(div(g, denominator), u);
+  }
+
+  /// 1 / sqrt(sumSq / n + eps), in f32.
+  Value inverseRms(Value sumSq, int64_t n, double eps) {
+    Value mean = div(sumSq, f32(static_cast<double>(n)));
+    Value root = math::SqrtOp::create(*b, loc, add(mean, f32(eps)));
+    return div(f32(1.0), root);
+  }
+
+  Value cmpF(arith::CmpFPredicate pred, Value x, Value y) {
+    return arith::CmpFOp::create(*b, loc, pred, x, y);
+  }
+  Value andI(Value x, Value y) { return arith::AndIOp::create(*b, loc, x, y); }
+  Value orI(Value x, Value y) { return arith::OrIOp::create(*b, loc, x, y); }
+  Value subIndex(Value x, Value y) {
+    return arith::SubIOp::create(*b, loc, x, y);
+  }
+  Value divIndex(Value x, Value y) {
+    return arith::DivUIOp::create(*b, loc, x, y);
+  }
+  Value remIndex(Value x, Value y) {
+    return arith::RemUIOp::create(*b, loc, x, y);
+  }
+  Value toI32(Value v) {
+    return arith::IndexCastOp::create(*b, loc, b->getI32Type(), v);
+  }
+  Value extSI(Value v, Type to) {
+    return arith::ExtSIOp::create(*b, loc, to, v);
+  }
+
+  OpBuilder *b;
+  Location loc;
+
+private:
+  Value constant(TypedAttr value, Type) {
+    if (!constantBlock)
+      return arith::ConstantOp::create(*b, loc, value);
+    auto [it, inserted] = constants.try_emplace(value, nullptr);
+    if (inserted) {
+      OpBuilder hoisted(constantBlock, constantBlock->begin());
+      if (!constants.empty())
+        if (Operation *last = lastConstant)
+          hoisted.setInsertionPointAfter(last);
+      auto op = arith::ConstantOp::create(hoisted, loc, value);
+      lastConstant = op;
+      it->second = op;
+    }
+    return it->second;
+  }
+
+  Block *constantBlock = nullptr;
+  Operation *lastConstant = nullptr;
+  llvm::DenseMap<Attribute, Value> constants;
+};
+
+} // namespace mlir::kiln
+
+#endif // KILN_CONVERSION_EMITTER_H
