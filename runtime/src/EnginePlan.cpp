@@ -102,13 +102,6 @@ const char *valueKindName(ValueKind kind) {
   return "?";
 }
 
-const char *paramKindName(GpuParam::Kind kind) {
-  for (const auto &k : kParamKinds)
-    if (k.kind == kind)
-      return k.name;
-  return "?";
-}
-
 void writeGpuLaunch(std::string &out, const GpuLaunch &l) {
   ObjectWriter o(out);
   o.string("function", l.function);
@@ -266,13 +259,7 @@ void readGpuLaunch(const json::Value &entry, const std::string &what,
     FieldReader p((*params)[i], what + " param " + std::to_string(i), problem);
     GpuParam param;
     std::string kind = p.string("kind", true);
-    bool known = false;
-    for (const auto &k : kParamKinds)
-      if (kind == k.name) {
-        param.kind = k.kind;
-        known = true;
-      }
-    if (p.ok() && !known)
+    if (p.ok() && !parseParamKind(kind, param.kind))
       p.fail("unknown kind '" + kind + "'");
     param.operand = p.integer("operand", -1, true);
     p.inRange("operand", param.operand, 0, int64_t(operands));
@@ -310,6 +297,22 @@ bool kiln::plan::parseDType(const std::string &name, DType &out) {
   for (const auto &d : kDTypes)
     if (name == d.name) {
       out = d.dtype;
+      return true;
+    }
+  return false;
+}
+
+const char *kiln::plan::paramKindName(GpuParam::Kind kind) {
+  for (const auto &k : kParamKinds)
+    if (k.kind == kind)
+      return k.name;
+  return "?";
+}
+
+bool kiln::plan::parseParamKind(const std::string &name, GpuParam::Kind &out) {
+  for (const auto &k : kParamKinds)
+    if (name == k.name) {
+      out = k.kind;
       return true;
     }
   return false;

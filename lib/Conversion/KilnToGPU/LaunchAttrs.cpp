@@ -10,16 +10,6 @@ namespace plan = ::kiln::plan;
 
 namespace {
 
-constexpr struct {
-  plan::GpuParam::Kind kind;
-  const char *name;
-} kParamKinds[] = {{plan::GpuParam::Kind::Memref, "memref"},
-                   {plan::GpuParam::Kind::TensorMap, "tensor_map"},
-                   {plan::GpuParam::Kind::KeyPositions, "key_positions"},
-                   {plan::GpuParam::Kind::KvPool, "kv_pool"},
-                   {plan::GpuParam::Kind::KeyCount, "key_count"},
-                   {plan::GpuParam::Kind::Scratch, "scratch"}};
-
 /// Reads fields of one dictionary, reporting the first missing or mistyped
 /// one through `emitError`.
 class Fields {
@@ -118,12 +108,8 @@ DictionaryAttr mlir::kiln::encodeGpuLaunch(MLIRContext *context,
   fields.push_back(b.getNamedAttr("grid", b.getArrayAttr(grid)));
   SmallVector<Attribute> params;
   for (const plan::GpuParam &p : l.params) {
-    const char *kind = "";
-    for (const auto &k : kParamKinds)
-      if (k.kind == p.kind)
-        kind = k.name;
     SmallVector<NamedAttribute> param{
-        b.getNamedAttr("kind", b.getStringAttr(kind)),
+        b.getNamedAttr("kind", b.getStringAttr(plan::paramKindName(p.kind))),
         b.getNamedAttr("operand", b.getI64IntegerAttr(p.operand))};
     if (p.kind == plan::GpuParam::Kind::TensorMap) {
       param.push_back(b.getNamedAttr(
@@ -197,13 +183,7 @@ mlir::kiln::decodeGpuLaunch(Attribute attr,
       Fields pf(p, name + " param " + std::to_string(i), emitError);
       plan::GpuParam param;
       std::string kind = pf.string("kind");
-      bool known = false;
-      for (const auto &k : kParamKinds)
-        if (kind == k.name) {
-          param.kind = k.kind;
-          known = true;
-        }
-      if (pf.ok() && !known)
+      if (pf.ok() && !plan::parseParamKind(kind, param.kind))
         pf.fail("unknown parameter kind '" + kind + "'");
       param.operand = pf.integer("operand", 0);
       if (param.kind == plan::GpuParam::Kind::TensorMap) {

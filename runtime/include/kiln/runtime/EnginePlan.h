@@ -120,6 +120,11 @@ struct GpuParam {
   }
 };
 
+/// "memref", "tensor_map", ...: the plan's names of the parameter kinds.
+const char *paramKindName(GpuParam::Kind kind);
+/// False for a name that is none of them.
+bool parseParamKind(const std::string &name, GpuParam::Kind &out);
+
 /// One GPU function launch.
 struct GpuLaunch {
   /// Empty: the variant launches nothing (a step only some variants need).
