@@ -1,10 +1,12 @@
 /*===- sessions.c - Concurrent sessions on one model, through the C API --===*
  *
  *   kiln-capi-sessions ENGINE CHECKPOINT PREFILL OUT_A.npy TOKENS_A
- *                      OUT_B.npy TOKENS_B [--serial]
+ *                      OUT_B.npy TOKENS_B [--interleaved]
  *
  * Loads the model once and runs two sequences on it, each in its own
- * session and thread (one after the other with --serial): the first
+ * session and thread (with --interleaved, both sessions live in one thread
+ * and take turns, step by step: for drivers that are not thread-safe, like
+ * the emulator's): the first
  * PREFILL tokens in one step, then one token at a time, every row's logits
  * kept. Each sequence runs twice, with a reset in between, and both passes
  * must agree bit for bit. The logits go to OUT_*.npy ([tokens, vocab] f32)
@@ -122,6 +124,64 @@ static void *run(void *arg) {
   return NULL;
 }
 
+/* Both jobs in one thread, alternating steps, both sessions alive. */
+static void runInterleaved(Job *jobs) {
+  size_t vocab = (size_t)kiln_model_vocab_size(jobs[0].model);
+  kiln_session *sessions[2] = {NULL, NULL};
+  float *logits[2][2] = {{NULL, NULL}, {NULL, NULL}};
+  size_t done[2] = {0, 0};
+  for (int j = 0; j < 2; ++j) {
+    for (int pass = 0; pass < 2; ++pass)
+      logits[j][pass] = malloc(jobs[j].count * vocab * sizeof(float));
+    if (!logits[j][0] || !logits[j][1])
+      snprintf(jobs[j].error, sizeof jobs[j].error, "out of memory");
+    else
+      check(&jobs[j], kiln_session_create(jobs[j].model, NULL, &sessions[j]),
+            "kiln_session_create");
+  }
+  for (int pass = 0; pass < 2; ++pass) {
+    done[0] = done[1] = 0;
+    for (int j = 0; j < 2; ++j)
+      kiln_session_reset(sessions[j]);
+    int more = 1;
+    while (more) {
+      more = 0;
+      for (int j = 0; j < 2; ++j) {
+        Job *job = &jobs[j];
+        if (job->error[0] || done[j] == job->count)
+          continue;
+        size_t n = done[j] == 0 ? job->prefill : 1;
+        if (n > job->count - done[j])
+          n = job->count - done[j];
+        kiln_output output;
+        kiln_output_init(&output);
+        output.mode = KILN_OUTPUT_ALL_LOGITS;
+        output.logits = logits[j][pass] + done[j] * vocab;
+        output.logits_capacity = (job->count - done[j]) * vocab;
+        if (check(job,
+                  kiln_session_run(sessions[j], job->tokens + done[j], NULL, n,
+                                   &output),
+                  "kiln_session_run"))
+          done[j] += n;
+        more |= done[j] < job->count && !job->error[0];
+      }
+    }
+  }
+  for (int j = 0; j < 2; ++j) {
+    Job *job = &jobs[j];
+    if (!job->error[0] && memcmp(logits[j][0], logits[j][1],
+                                 job->count * vocab * sizeof(float)) != 0)
+      snprintf(job->error, sizeof job->error,
+               "the run after kiln_session_reset differs from the first");
+    else if (!job->error[0] &&
+             !writeNpy(job->out, logits[j][0], job->count, vocab))
+      snprintf(job->error, sizeof job->error, "cannot write %s", job->out);
+    kiln_session_free(sessions[j]);
+    free(logits[j][0]);
+    free(logits[j][1]);
+  }
+}
+
 static int parseTokens(const char *text, Job *job) {
   job->count = 0;
   while (*text) {
@@ -138,10 +198,10 @@ static int parseTokens(const char *text, Job *job) {
 int main(int argc, char **argv) {
   if (argc < 8) {
     fprintf(stderr, "usage: kiln-capi-sessions ENGINE CHECKPOINT PREFILL "
-                    "OUT_A TOKENS_A OUT_B TOKENS_B [--serial]\n");
+                    "OUT_A TOKENS_A OUT_B TOKENS_B [--interleaved]\n");
     return 2;
   }
-  int serial = argc > 8 && strcmp(argv[8], "--serial") == 0;
+  int interleaved = argc > 8 && strcmp(argv[8], "--interleaved") == 0;
   static Job jobs[2];
   for (int i = 0; i < 2; ++i) {
     jobs[i].prefill = (size_t)atoi(argv[3]);
@@ -163,16 +223,16 @@ int main(int argc, char **argv) {
     return 1;
   }
   pthread_t threads[2];
-  for (int i = 0; i < 2; ++i) {
+  for (int i = 0; i < 2; ++i)
     jobs[i].model = model;
-    if (serial)
-      run(&jobs[i]);
-    else
+  if (interleaved) {
+    runInterleaved(jobs);
+  } else {
+    for (int i = 0; i < 2; ++i)
       pthread_create(&threads[i], NULL, run, &jobs[i]);
-  }
-  if (!serial)
     for (int i = 0; i < 2; ++i)
       pthread_join(threads[i], NULL);
+  }
   /* Sessions keep the model alive; it is freed after them here anyway. */
   kiln_model_free(model);
   int failures = 0;
@@ -186,6 +246,6 @@ int main(int argc, char **argv) {
     return 1;
   printf("two sessions on one model (%s): both sequences ran twice, "
          "identically\n",
-         serial ? "one after the other" : "concurrently");
+         interleaved ? "interleaved" : "concurrently");
   return 0;
 }
