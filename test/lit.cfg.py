@@ -25,6 +25,11 @@ llvm_config.add_tool_substitutions(
     ["FileCheck", "not", "count", "split-file"], [config.llvm_tools_dir])
 config.substitutions.append(("%kiln_src", config.kiln_src_root))
 config.substitutions.append(("%kiln_obj", config.kiln_obj_root))
+# A project configured by a test builds with Kiln's own generator (a fresh
+# machine may have ninja and no make).
+config.substitutions.append(
+    ("%cmake_configure", '%s -G "%s" -DCMAKE_MAKE_PROGRAM=%s' %
+     (config.kiln_cmake, config.kiln_cmake_generator, config.kiln_make_program)))
 config.substitutions.append(("%cmake", config.kiln_cmake))
 config.substitutions.append(("%cc", config.kiln_cc))
 config.substitutions.append(("%python", config.kiln_python or "python3"))
