@@ -15,6 +15,7 @@
 #include "mlir/Dialect/Math/IR/Math.h"
 #include "mlir/Dialect/MemRef/IR/MemRef.h"
 #include "mlir/Dialect/SCF/IR/SCF.h"
+#include "mlir/Dialect/Vector/IR/VectorOps.h"
 #include "mlir/IR/Builders.h"
 #include "llvm/ADT/DenseMap.h"
 
@@ -127,6 +128,52 @@ public:
         });
     return loop.getResults();
   }
+  /// if (cond) then() else otherwise(), each yielding values of `types`.
+  ValueRange ifElse(Value cond, TypeRange types,
+                    function_ref<SmallVector<Value>()> then,
+                    function_ref<SmallVector<Value>()> otherwise) {
+    auto op = scf::IfOp::create(*b, loc, types, cond, /*withElseRegion=*/true);
+    OpBuilder *outer = b;
+    for (auto [region, body] : {std::pair{&op.getThenRegion(), then},
+                                std::pair{&op.getElseRegion(), otherwise}}) {
+      OpBuilder nested = OpBuilder::atBlockEnd(&region->front());
+      b = &nested;
+      scf::YieldOp::create(*b, loc, body());
+    }
+    b = outer;
+    return op.getResults();
+  }
+
+  // Vectors (arith ops above take vector operands too).
+  Value vectorLoad(VectorType type, Value memref, ValueRange ivs,
+                   int64_t alignment) {
+    return vector::LoadOp::create(*b, loc, type, memref, ivs,
+                                  /*nontemporal=*/false,
+                                  llvm::MaybeAlign(alignment));
+  }
+  void vectorStore(Value v, Value memref, ValueRange ivs, int64_t alignment) {
+    vector::StoreOp::create(*b, loc, v, memref, ivs, /*nontemporal=*/false,
+                            llvm::MaybeAlign(alignment));
+  }
+  Value broadcast(VectorType type, Value scalar) {
+    return vector::BroadcastOp::create(*b, loc, type, scalar);
+  }
+  Value reduceAdd(Value v) {
+    return vector::ReductionOp::create(*b, loc, vector::CombiningKind::ADD, v);
+  }
+  Value splat(VectorType type, double v) {
+    return constant(cast<TypedAttr>(DenseElementsAttr::get(
+                        type, FloatAttr::get(type.getElementType(), v))),
+                    nullptr);
+  }
+  /// Float conversions between types of the same shape (no-ops when equal).
+  Value extF(Value v, Type to) {
+    return v.getType() == to ? v : arith::ExtFOp::create(*b, loc, to, v);
+  }
+  Value truncF(Value v, Type to) {
+    return v.getType() == to ? v : arith::TruncFOp::create(*b, loc, to, v);
+  }
+
   /// if (cond) body().
   void when(Value cond, function_ref<void()> body) {
     auto op = scf::IfOp::create(*b, loc, cond, /*withElseRegion=*/false);

@@ -47,15 +47,15 @@ LogicalResult mlir::kiln::convertKernelsToGpu(ModuleOp module) {
     return module.emitError()
            << "already holds gpu.module @" << kKernelModuleName
            << " (kiln-convert-kernels-to-gpu ran)";
-  FailureOr<GpuProgram> program = generateGpuKernels(module);
-  if (failed(program))
-    return failure();
   // What the generated IR uses (the pass declares the same dialects; a
   // driver calling this directly may not have loaded them).
   context->loadDialect<arith::ArithDialect, gpu::GPUDialect, LLVM::LLVMDialect,
                        math::MathDialect, memref::MemRefDialect,
                        nvgpu::NVGPUDialect, NVVM::NVVMDialect, scf::SCFDialect,
                        vector::VectorDialect>();
+  FailureOr<GpuProgram> program = generateGpuKernels(module);
+  if (failed(program))
+    return failure();
 
   std::string diagnostics;
   llvm::raw_string_ostream diag(diagnostics);
@@ -80,10 +80,16 @@ LogicalResult mlir::kiln::convertKernelsToGpu(ModuleOp module) {
            << dump << "):\n"
            << diagnostics;
   }
-  auto gpuModule = parsed->lookupSymbol<gpu::GPUModuleOp>(kKernelModuleName);
-  if (!gpuModule)
+  auto textModule = parsed->lookupSymbol<gpu::GPUModuleOp>(kKernelModuleName);
+  if (!textModule)
     return module.emitError() << "internal error: no gpu.module @"
                               << kKernelModuleName << " was generated";
+  // The text kernels join the ones built on GpuEmitter.
+  gpu::GPUModuleOp gpuModule = program->gpuModule;
+  for (Operation &op : llvm::make_early_inc_range(*textModule.getBody())) {
+    op.remove();
+    gpuModule.getBody()->push_back(&op);
+  }
   gpuModule->remove();
   module.getBody()->push_back(gpuModule);
   if (program->vocab > 0)

@@ -23,6 +23,8 @@ struct KernelContext {
   SmallVector<Value> operands;
   SmallVector<RankedTensorType> types;
   SmallVector<std::string> elements;
+  /// The storage element types (what `elements` spells).
+  SmallVector<Type> elementTypes;
   unsigned numArgs = 0;
 
   /// Operand index of `v` (a kernel argument or a returned value), or -1.
@@ -32,14 +34,18 @@ struct KernelContext {
   /// Every operand's memref parameter, comma-separated, in operand order.
   std::string memrefParams() const;
   std::string memrefType(unsigned i) const;
+  /// The same type, built: weights keep their static shape, activations
+  /// get a dynamic row count.
+  MemRefType memrefTypeOf(unsigned i) const;
   /// The static inner extent of operand `i` (its last dimension).
   int64_t width(unsigned i) const { return types[i].getShape().back(); }
   std::string name() const { return kernel.getSymName().str(); }
 };
 
-/// Each generator appends its gpu.funcs to `text` and its steps to `out`.
+/// Each generator appends its gpu.funcs to `text` (or, built on
+/// GpuEmitter, to `module`) and its steps to `out`.
 LogicalResult generateMemoryKernel(const KernelContext &ctx, GpuKernel &out,
-                                   std::string &text);
+                                   gpu::GPUModuleOp module);
 LogicalResult generateGemmKernel(const KernelContext &ctx, GpuKernel &out,
                                  std::string &text);
 LogicalResult generateAttentionKernel(const KernelContext &ctx, GpuKernel &out,

@@ -15,6 +15,7 @@
 #include "kiln/Conversion/Emitter.h"
 
 #include "mlir/Dialect/GPU/IR/GPUDialect.h"
+#include "mlir/Dialect/LLVMIR/LLVMDialect.h"
 
 namespace mlir::kiln::cuda {
 
@@ -49,10 +50,68 @@ public:
     return fn;
   }
 
+  /// The thread's index in the block (x), made once at the entry.
   Value threadId() {
-    return gpu::ThreadIdOp::create(*b, loc, gpu::Dimension::x);
+    if (!tid)
+      tid = atEntry([&](OpBuilder &entry) {
+        return gpu::ThreadIdOp::create(entry, loc, gpu::Dimension::x);
+      });
+    return tid;
   }
-  Value blockId(gpu::Dimension d) { return gpu::BlockIdOp::create(*b, loc, d); }
+  /// The block's index along `d`, made once at the entry.
+  Value blockId(gpu::Dimension d) {
+    Value &id = bid[static_cast<unsigned>(d)];
+    if (!id)
+      id = atEntry([&](OpBuilder &entry) {
+        return gpu::BlockIdOp::create(entry, loc, d);
+      });
+    return id;
+  }
+  /// A workgroup buffer of `type` on `fn`, 16-byte aligned.
+  static Value addWorkgroup(gpu::GPUFuncOp fn, MemRefType type) {
+    Value buffer = fn.addWorkgroupAttribution(type, fn.getLoc());
+    fn.setWorkgroupAttributionAttr(
+        fn.getNumWorkgroupAttributions() - 1, "llvm.align",
+        Builder(fn.getContext()).getI64IntegerAttr(16));
+    return buffer;
+  }
+  /// One PTX instruction on an f32 ("rsqrt.approx.ftz.f32", ...), as pure
+  /// inline assembly (CSE and loop-invariant motion still apply): no
+  /// libdevice, the same approximations with or without a toolkit.
+  Value ptxUnary(StringRef instruction, Value x) {
+    return LLVM::InlineAsmOp::create(
+               *b, loc, b->getF32Type(), ValueRange{x},
+               b->getStringAttr(instruction.str() + " $0, $1;"),
+               b->getStringAttr("=f,f"), /*has_side_effects=*/nullptr,
+               /*is_align_stack=*/nullptr,
+               LLVM::TailCallKindAttr::get(
+                   b->getContext(), LLVM::tailcallkind::TailCallKind::None),
+               /*asm_dialect=*/nullptr, /*operand_attrs=*/nullptr)
+        .getResult(0);
+  }
+  Value rsqrt(Value x) { return ptxUnary("rsqrt.approx.ftz.f32", x); }
+  /// `v` summed over each aligned group of `width` lanes (xor butterfly).
+  Value warpSum(Value v, int64_t width = 32) {
+    for (int64_t offset = width / 2; offset >= 1; offset /= 2)
+      v = add(v, shuffleXor(v, offset));
+    return v;
+  }
+  /// `v` summed over the block's `warps` warps, in every thread, through
+  /// `scratch` (workgroup memref<N x f32>, N >= warps); ends on a barrier,
+  /// so the scratch may be reused.
+  Value blockSum(Value v, Value scratch, int64_t warps) {
+    Value warpValue = warpSum(v);
+    Value warp = divIndex(threadId(), index(32));
+    when(cmpIndex(arith::CmpIPredicate::eq, remIndex(threadId(), index(32)),
+                  index(0)),
+         [&] { store(warpValue, scratch, {warp}); });
+    barrier();
+    Value total = f32(0.0);
+    for (int64_t w = 0; w < warps; ++w)
+      total = add(total, load(scratch, {index(w)}));
+    barrier();
+    return total;
+  }
   /// The value of lane (this lane xor `offset`) within groups of `width`.
   Value shuffleXor(Value v, int64_t offset, int64_t width = 32) {
     return gpu::ShuffleOp::create(*b, loc, v, i32(offset), i32(width),
@@ -60,6 +119,21 @@ public:
         .getShuffleResult();
   }
   void barrier() { gpu::BarrierOp::create(*b, loc); }
+
+private:
+  Value atEntry(function_ref<Value(OpBuilder &)> make) {
+    Block *entry = b->getInsertionBlock();
+    while (Operation *parent = entry->getParentOp()) {
+      if (isa<gpu::GPUFuncOp>(parent))
+        break;
+      entry = parent->getBlock();
+    }
+    OpBuilder at(entry, entry->begin());
+    return make(at);
+  }
+
+  Value tid;
+  Value bid[3];
 };
 
 } // namespace mlir::kiln::cuda

@@ -46,6 +46,14 @@ std::string KernelContext::memrefType(unsigned i) const {
   return memrefOf(elements[i], shape);
 }
 
+MemRefType KernelContext::memrefTypeOf(unsigned i) const {
+  SmallVector<int64_t> shape(types[i].getShape());
+  // Every extent past the first is static; the first is the step's rows.
+  if (types[i].isDynamicDim(0))
+    shape[0] = ShapedType::kDynamic;
+  return MemRefType::get(shape, elementTypes[i]);
+}
+
 std::string KernelContext::memrefParams() const {
   std::string params;
   for (unsigned i = 0; i < operands.size(); ++i)
@@ -81,6 +89,11 @@ static bool storedAsBf16(func::FuncOp kernel, unsigned index) {
 
 FailureOr<GpuProgram> mlir::kiln::cuda::generateGpuKernels(ModuleOp module) {
   GpuProgram program;
+  program.container = ModuleOp::create(module.getLoc());
+  OpBuilder containerBuilder =
+      OpBuilder::atBlockEnd(program.container->getBody());
+  program.gpuModule = gpu::GPUModuleOp::create(
+      containerBuilder, module.getLoc(), kKernelModuleName);
   func::FuncOp graph;
   for (auto f : module.getOps<func::FuncOp>())
     if (f.isPublic() && !f.isExternal())
@@ -139,13 +152,14 @@ FailureOr<GpuProgram> mlir::kiln::cuda::generateGpuKernels(ModuleOp module) {
     for (auto [v, element] : llvm::zip(ctx.operands, types->second)) {
       ctx.types.push_back(cast<RankedTensorType>(v.getType()));
       ctx.elements.push_back(elementName(element));
+      ctx.elementTypes.push_back(element);
     }
     GpuKernel out;
     out.name = kernel.getSymName().str();
     LogicalResult ok = failure();
     switch (kind.getValue()) {
     case KernelKind::Memory:
-      ok = generateMemoryKernel(ctx, out, text);
+      ok = generateMemoryKernel(ctx, out, program.gpuModule);
       break;
     case KernelKind::Gemm:
       ok = generateGemmKernel(ctx, out, text);

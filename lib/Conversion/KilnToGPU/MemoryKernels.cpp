@@ -1,14 +1,15 @@
 //===- MemoryKernels.cpp - Row-wise memory-bound kernels ------------------===//
 //
-// Embedding gather, RMS norm, residual add + RMS norm, and add: one block
-// per row, each thread moving 16 bytes of f32 (8 of bf16) per access, so a
-// warp reads 512 contiguous bytes. A row is read once: the values stay in
-// registers between the sum of squares and the scaling (the row width is a
-// compile-time constant, so the per-thread chunks unroll).
+// Embedding gather, RMS norm, residual add + RMS norm, and add, built on
+// GpuEmitter: one block per row, each thread moving 16 bytes of f32 (8 of bf16)
+// per access, so a warp reads 512 contiguous bytes. A row is read once: the
+// values stay in registers between the sum of squares and the scaling (the row
+// width is a compile-time constant, so the per-thread chunks unroll).
 //
 //===----------------------------------------------------------------------===//
 
 #include "Generators.h"
+#include "GpuEmitter.h"
 
 #include "dialects/kiln/KilnOps.h"
 
@@ -22,16 +23,21 @@ namespace {
 
 constexpr int64_t kVector = 4;
 
-/// One row-parallel kernel over `cols` columns.
+/// One row-parallel kernel over `cols` columns, built on GpuEmitter.
 struct RowKernel {
-  KernelText k;
+  gpu::GPUFuncOp fn;
+  OpBuilder builder;
+  GpuEmitter e;
   int64_t cols, threads, chunks;
-  std::string row;
+  Value row;
+  VectorType f32v;
 
-  RowKernel(StringRef name, StringRef params, int64_t cols)
-      : k(name, params, blockFor(cols)), cols(cols), threads(blockFor(cols)),
+  RowKernel(gpu::GPUFuncOp fn, int64_t cols)
+      : fn(fn), builder(fn.getContext()), e(builder, fn), cols(cols),
+        threads(blockFor(cols)),
         chunks((cols / kVector + threads - 1) / threads) {
-    row = k.blockId('x');
+    row = e.blockId(gpu::Dimension::x);
+    f32v = VectorType::get({kVector}, builder.getF32Type());
   }
 
   static int64_t blockFor(int64_t cols) {
@@ -43,184 +49,149 @@ struct RowKernel {
   }
 
   /// First column of chunk `c` for this thread, and whether it is in range.
-  std::pair<std::string, std::string> column(int64_t c) {
-    std::string lane = k.add(k.index(c * threads), k.threadId());
-    std::string col = k.mul(lane, k.index(kVector));
-    std::string ok = k.cmp("ult", col, k.index(cols));
+  std::pair<Value, Value> column(int64_t c) {
+    Value lane = e.addIndex(e.index(c * threads), e.threadId());
+    Value col = e.mulIndex(lane, kVector);
+    Value ok = e.cmpIndex(arith::CmpIPredicate::ult, col, e.index(cols));
     return {col, ok};
   }
 
-  std::string vecType(StringRef element) {
-    return "vector<" + std::to_string(kVector) + "x" + element.str() + ">";
+  static int64_t alignmentOf(Value m) {
+    return kVector *
+           (cast<MemRefType>(m.getType()).getElementType().isF32() ? 4 : 2);
   }
 
   /// Loads 4 elements of `m` at [row, col] (or [col] for a vector) widened
   /// to f32; zeros when !ok.
-  std::string load(const std::string &m, StringRef mType, StringRef element,
-                   const std::string &rowIndex, const std::string &col,
-                   const std::string &ok) {
-    std::string result = k.fresh();
-    std::string f32v = vecType("f32");
-    k.line(result + " = scf.if " + ok + " -> (" + f32v + ") {");
-    std::string at = rowIndex.empty() ? col : rowIndex + ", " + col;
-    int64_t bytes = kVector * (element == "f32" ? 4 : 2);
-    std::string raw = k.op("vector.load " + m + "[" + at +
-                           "] {alignment = " + std::to_string(bytes) +
-                           "} : " + mType.str() + ", " + vecType(element));
-    std::string wide = raw;
-    if (element != "f32")
-      wide =
-          k.op("arith.extf " + raw + " : " + vecType(element) + " to " + f32v);
-    k.line("  scf.yield " + wide + " : " + f32v);
-    k.line("} else {");
-    std::string zero = k.op("arith.constant dense<0.0> : " + f32v);
-    k.line("  scf.yield " + zero + " : " + f32v);
-    k.line("}");
-    return result;
+  Value load(Value m, Value rowIndex, Value col, Value ok) {
+    Type element = cast<MemRefType>(m.getType()).getElementType();
+    return e.ifElse(
+        ok, f32v,
+        [&]() -> SmallVector<Value> {
+          SmallVector<Value> at;
+          if (rowIndex)
+            at.push_back(rowIndex);
+          at.push_back(col);
+          Value raw = e.vectorLoad(VectorType::get({kVector}, element), m, at,
+                                   alignmentOf(m));
+          return {e.extF(raw, f32v)};
+        },
+        [&]() -> SmallVector<Value> { return {e.splat(f32v, 0.0)}; })[0];
   }
 
-  void store(const std::string &v, const std::string &m, StringRef mType,
-             StringRef element, const std::string &col, const std::string &ok) {
-    k.beginIf(ok);
-    std::string narrow = v;
-    if (element != "f32")
-      narrow = k.op("arith.truncf " + v + " : " + vecType("f32") + " to " +
-                    vecType(element));
-    int64_t bytes = kVector * (element == "f32" ? 4 : 2);
-    k.line("vector.store " + narrow + ", " + m + "[" + row + ", " + col +
-           "] {alignment = " + std::to_string(bytes) + "} : " + mType.str() +
-           ", " + vecType(element));
-    k.endIf();
+  void store(Value v, Value m, Value col, Value ok) {
+    Type element = cast<MemRefType>(m.getType()).getElementType();
+    e.when(ok, [&] {
+      e.vectorStore(e.truncF(v, VectorType::get({kVector}, element)), m,
+                    {row, col}, alignmentOf(m));
+    });
   }
 
-  std::string sumSquares(const std::string &v) {
-    std::string sq =
-        k.op("arith.mulf " + v + ", " + v + " : " + vecType("f32"));
-    return k.op("vector.reduction <add>, " + sq + " : " + vecType("f32") +
-                " into f32");
-  }
-
-  std::string scale(const std::string &v, const std::string &s) {
-    std::string splat =
-        k.op("vector.broadcast " + s + " : f32 to " + vecType("f32"));
-    return k.op("arith.mulf " + v + ", " + splat + " : " + vecType("f32"));
-  }
-  std::string vmul(const std::string &a, const std::string &b) {
-    return k.op("arith.mulf " + a + ", " + b + " : " + vecType("f32"));
-  }
-  std::string vadd(const std::string &a, const std::string &b) {
-    return k.op("arith.addf " + a + ", " + b + " : " + vecType("f32"));
-  }
+  Value sumSquares(Value v) { return e.reduceAdd(e.mul(v, v)); }
+  Value scale(Value v, Value s) { return e.mul(v, e.broadcast(f32v, s)); }
 };
 
 } // namespace
 
 LogicalResult mlir::kiln::cuda::generateMemoryKernel(const KernelContext &ctx,
                                                      GpuKernel &out,
-                                                     std::string &text) {
+                                                     gpu::GPUModuleOp module) {
   Block &body = ctx.kernel.getBody().front();
   if (!llvm::hasSingleElement(body.without_terminator()))
     return ctx.kernel.emitError("a memory kernel holds exactly one op");
   Operation *op = &body.front();
 
-  std::string params;
-  params += ctx.memrefParams();
   unsigned firstResult = ctx.numArgs;
   int64_t cols = ctx.width(firstResult);
   if (cols % kVector != 0)
     return op->emitOpError() << "GPU row kernels need a width divisible by "
                              << kVector << " (got " << cols << ")";
 
-  RowKernel r(ctx.name(), params, cols);
-  KernelText &k = r.k;
-  auto operand = [&](Value v) {
-    return "%o" + std::to_string(ctx.operandOf(v));
-  };
-  auto typeOf = [&](Value v) { return ctx.memrefType(ctx.operandOf(v)); };
-  auto elementOf = [&](Value v) { return ctx.elements[ctx.operandOf(v)]; };
+  SmallVector<Type> params;
+  for (unsigned i = 0; i < ctx.operands.size(); ++i)
+    params.push_back(ctx.memrefTypeOf(i));
+  gpu::GPUFuncOp fn =
+      GpuEmitter::createKernel(module, ctx.kernel.getLoc(), ctx.name(), params,
+                               /*workgroup=*/{}, RowKernel::blockFor(cols));
+  RowKernel r(fn, cols);
+  GpuEmitter &e = r.e;
+  auto operand = [&](Value v) { return fn.getArgument(ctx.operandOf(v)); };
   auto resultOperand = [&](unsigned i) { return firstResult + i; };
 
-  auto normalize = [&](ArrayRef<std::string> values, Value weight,
-                       double epsilon, Value result) {
-    std::string scratch = k.workgroup("memref<8xf32, 3>");
-    std::string ss = k.f32(0.0);
-    for (const std::string &v : values)
-      ss = k.fadd(ss, r.sumSquares(v));
-    std::string total = k.blockCombine(ss, /*max=*/false, scratch,
-                                       "memref<8xf32, 3>", r.threads / 32);
-    std::string mean = k.fdiv(total, k.f32(static_cast<double>(cols)));
-    std::string inv = k.rsqrt(k.fadd(mean, k.f32(epsilon)));
+  auto normalize = [&](ArrayRef<Value> values, Value weight, double epsilon,
+                       Value result) {
+    Value scratch = GpuEmitter::addWorkgroup(
+        fn, MemRefType::get({8}, e.b->getF32Type(), MemRefLayoutAttrInterface(),
+                            e.b->getI64IntegerAttr(3)));
+    Value ss = e.f32(0.0);
+    for (Value v : values)
+      ss = e.add(ss, r.sumSquares(v));
+    Value total = e.blockSum(ss, scratch, r.threads / 32);
+    Value mean = e.div(total, e.f32(static_cast<double>(cols)));
+    Value inv = e.rsqrt(e.add(mean, e.f32(epsilon)));
     unsigned resultIndex = resultOperand(0);
     for (unsigned i = 0; i < ctx.kernel.getNumResults(); ++i)
       if (ctx.operands[resultOperand(i)] == result)
         resultIndex = resultOperand(i);
     for (int64_t c = 0; c < r.chunks; ++c) {
       auto [col, ok] = r.column(c);
-      std::string w = r.load(operand(weight), typeOf(weight), elementOf(weight),
-                             "", col, ok);
-      std::string y = r.vmul(r.scale(values[c], inv), w);
-      r.store(y, "%o" + std::to_string(resultIndex),
-              ctx.memrefType(resultIndex), ctx.elements[resultIndex], col, ok);
+      Value w = r.load(operand(weight), nullptr, col, ok);
+      Value y = e.mul(r.scale(values[c], inv), w);
+      r.store(y, fn.getArgument(resultIndex), col, ok);
     }
   };
 
   auto rowLoads = [&](Value v) {
-    std::vector<std::string> values;
+    SmallVector<Value> values;
     for (int64_t c = 0; c < r.chunks; ++c) {
       auto [col, ok] = r.column(c);
-      values.push_back(
-          r.load(operand(v), typeOf(v), elementOf(v), r.row, col, ok));
+      values.push_back(r.load(operand(v), r.row, col, ok));
     }
     return values;
   };
-  auto storeRow = [&](ArrayRef<std::string> values, unsigned resultIndex) {
+  auto storeRow = [&](ArrayRef<Value> values, unsigned resultIndex) {
     for (int64_t c = 0; c < r.chunks; ++c) {
       auto [col, ok] = r.column(c);
-      r.store(values[c], "%o" + std::to_string(resultIndex),
-              ctx.memrefType(resultIndex), ctx.elements[resultIndex], col, ok);
+      r.store(values[c], fn.getArgument(resultIndex), col, ok);
     }
   };
 
-  if (auto e = dyn_cast<EmbeddingOp>(op)) {
-    std::string tokens = operand(e.getTokens());
-    std::string tokenType = elementOf(e.getTokens());
-    std::string id = k.op("memref.load " + tokens + "[" + r.row +
-                          "] : " + typeOf(e.getTokens()));
-    std::string tableRow =
-        k.op("arith.index_cast " + id + " : " + tokenType + " to index");
-    std::vector<std::string> values;
+  if (auto emb = dyn_cast<EmbeddingOp>(op)) {
+    Value id = memref::LoadOp::create(*e.b, e.loc, operand(emb.getTokens()),
+                                      ValueRange{r.row});
+    Value tableRow = e.toIndex(id);
+    SmallVector<Value> values;
     for (int64_t c = 0; c < r.chunks; ++c) {
       auto [col, ok] = r.column(c);
-      values.push_back(r.load(operand(e.getTable()), typeOf(e.getTable()),
-                              elementOf(e.getTable()), tableRow, col, ok));
+      values.push_back(r.load(operand(emb.getTable()), tableRow, col, ok));
     }
     storeRow(values, resultOperand(0));
   } else if (auto n = dyn_cast<RmsNormOp>(op)) {
     normalize(rowLoads(n.getInput()), n.getWeight(),
               n.getEpsilon().convertToDouble(), n.getResult());
   } else if (auto n = dyn_cast<AddRmsNormOp>(op)) {
-    std::vector<std::string> a = rowLoads(n.getInput());
-    std::vector<std::string> b = rowLoads(n.getResidual());
-    std::vector<std::string> sum;
+    SmallVector<Value> a = rowLoads(n.getInput());
+    SmallVector<Value> b = rowLoads(n.getResidual());
+    SmallVector<Value> sum;
     for (int64_t c = 0; c < r.chunks; ++c)
-      sum.push_back(r.vadd(a[c], b[c]));
+      sum.push_back(e.add(a[c], b[c]));
     int sumOperand = ctx.operandOf(n.getSum());
     if (sumOperand >= 0)
       storeRow(sum, sumOperand);
     normalize(sum, n.getWeight(), n.getEpsilon().convertToDouble(),
               n.getNormed());
   } else if (auto a = dyn_cast<AddOp>(op)) {
-    std::vector<std::string> x = rowLoads(a.getLhs());
-    std::vector<std::string> y = rowLoads(a.getRhs());
-    std::vector<std::string> sum;
+    SmallVector<Value> x = rowLoads(a.getLhs());
+    SmallVector<Value> y = rowLoads(a.getRhs());
+    SmallVector<Value> sum;
     for (int64_t c = 0; c < r.chunks; ++c)
-      sum.push_back(r.vadd(x[c], y[c]));
+      sum.push_back(e.add(x[c], y[c]));
     storeRow(sum, resultOperand(0));
   } else {
+    fn.erase();
     return op->emitOpError("has no sm_90a memory kernel");
   }
 
-  text += k.finish();
   GpuLaunch launch;
   launch.function = ctx.name();
   launch.blockThreads = r.threads;

@@ -15,7 +15,9 @@
 
 #include "kiln/runtime/EnginePlan.h"
 
+#include "mlir/Dialect/GPU/IR/GPUDialect.h"
 #include "mlir/IR/BuiltinOps.h"
+#include "mlir/IR/OwningOpRef.h"
 #include "mlir/Support/LLVM.h"
 #include "llvm/ADT/DenseMap.h"
 
@@ -36,7 +38,11 @@ struct GpuKernel {
 };
 
 struct GpuProgram {
-  /// The gpu.module, as MLIR text, before lowering.
+  /// Holds `gpuModule`, where the kernels built on GpuEmitter go.
+  OwningOpRef<ModuleOp> container;
+  gpu::GPUModuleOp gpuModule;
+  /// The kernels still written as MLIR text (a gpu.module of the same
+  /// name), merged into `gpuModule` once parsed.
   std::string moduleText;
   std::vector<GpuKernel> kernels;
   /// Storage element type of every graph value produced by a kernel call
