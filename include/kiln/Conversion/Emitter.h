@@ -212,6 +212,36 @@ public:
   Value remIndex(Value x, Value y) {
     return arith::RemUIOp::create(*b, loc, x, y);
   }
+  Value xorI(Value x, Value y) { return arith::XOrIOp::create(*b, loc, x, y); }
+  Value shlI(Value x, Value y) { return arith::ShLIOp::create(*b, loc, x, y); }
+  Value shrUI(Value x, Value y) {
+    return arith::ShRUIOp::create(*b, loc, x, y);
+  }
+  Value addI(Value x, Value y) { return arith::AddIOp::create(*b, loc, x, y); }
+  Value negF(Value x) { return arith::NegFOp::create(*b, loc, x); }
+  Value boolean(bool v) { return constant(b->getBoolAttr(v), nullptr); }
+  Value bitcast(Value v, Type to) {
+    return arith::BitcastOp::create(*b, loc, to, v);
+  }
+  Value extUI(Value v, Type to) {
+    return arith::ExtUIOp::create(*b, loc, to, v);
+  }
+  Value truncI(Value v, Type to) {
+    return arith::TruncIOp::create(*b, loc, to, v);
+  }
+  /// memref[ivs] += v, atomically.
+  void atomicAdd(Value v, Value memref, ValueRange ivs) {
+    memref::AtomicRMWOp::create(*b, loc, arith::AtomicRMWKind::addi, v, memref,
+                                ivs);
+  }
+  /// for iv in [lb, ub) by `step`: body(iv).
+  void loopStep(Value lb, Value ub, Value step,
+                function_ref<void(Value)> body) {
+    loopWith(lb, ub, step, {}, [&](Value iv, ValueRange) -> SmallVector<Value> {
+      body(iv);
+      return {};
+    });
+  }
   Value toI32(Value v) {
     return arith::IndexCastOp::create(*b, loc, b->getI32Type(), v);
   }

@@ -51,7 +51,7 @@ LogicalResult generateGemmKernel(const KernelContext &ctx, GpuKernel &out,
 LogicalResult generateAttentionKernel(const KernelContext &ctx, GpuKernel &out,
                                       std::string &text);
 LogicalResult generateRouterKernel(const KernelContext &ctx, GpuKernel &out,
-                                   std::string &text);
+                                   gpu::GPUModuleOp module);
 LogicalResult generateGroupedGemmKernel(const KernelContext &ctx,
                                         GpuKernel &out, std::string &text);
 /// The wgmma version; fails (with a diagnostic) on shapes it cannot tile.

@@ -90,6 +90,10 @@ public:
         .getResult(0);
   }
   Value rsqrt(Value x) { return ptxUnary("rsqrt.approx.ftz.f32", x); }
+  /// e^x as 2^(x log2 e), with the hardware approximation.
+  Value exp(Value x) {
+    return ptxUnary("ex2.approx.ftz.f32", mul(x, f32(1.4426950408889634)));
+  }
   /// `v` summed over each aligned group of `width` lanes (xor butterfly).
   Value warpSum(Value v, int64_t width = 32) {
     for (int64_t offset = width / 2; offset >= 1; offset /= 2)

@@ -168,7 +168,7 @@ FailureOr<GpuProgram> mlir::kiln::cuda::generateGpuKernels(ModuleOp module) {
       ok = generateAttentionKernel(ctx, out, text);
       break;
     case KernelKind::Router:
-      ok = generateRouterKernel(ctx, out, text);
+      ok = generateRouterKernel(ctx, out, program.gpuModule);
       break;
     case KernelKind::GroupedGemm:
       // Shapes the wgmma tiles cannot cover (tiny test models) keep the

@@ -20,8 +20,11 @@
 //===----------------------------------------------------------------------===//
 
 #include "Generators.h"
+#include "GpuEmitter.h"
 
 #include "dialects/kiln/KilnOps.h"
+
+#include <limits>
 
 using namespace mlir;
 using namespace mlir::kiln;
@@ -62,7 +65,7 @@ void mlir::kiln::cuda::addExpertDownInit(const KernelContext &ctx, int addend,
 
 LogicalResult mlir::kiln::cuda::generateRouterKernel(const KernelContext &ctx,
                                                      GpuKernel &out,
-                                                     std::string &text) {
+                                                     gpu::GPUModuleOp module) {
   auto r = dyn_cast<MoeRouteOp>(&ctx.kernel.getBody().front().front());
   if (!r)
     return ctx.kernel.emitError("a router kernel holds one kiln.moe_route");
@@ -74,206 +77,166 @@ LogicalResult mlir::kiln::cuda::generateRouterKernel(const KernelContext &ctx,
     return r.emitOpError("every router result must leave the kernel");
   int64_t experts = ctx.types[router].getDimSize(0);
   int64_t d = ctx.width(x), topK = r.getTopK();
-  auto mem = [&](int i) { return "%o" + std::to_string(i); };
-  std::string scratchParam = ", %scratch: memref<?xi64>";
+  Builder types(module.getContext());
+  Type f32 = types.getF32Type(), i32 = types.getI32Type(),
+       i64 = types.getI64Type();
+  Attribute shared = types.getI64IntegerAttr(3);
+  auto workgroupOf = [&](int64_t n, Type element) {
+    return MemRefType::get({n}, element, MemRefLayoutAttrInterface(), shared);
+  };
+  // Every operand, then the pairs' scratch: (expert << 32) | gate bits.
+  SmallVector<Type> params;
+  for (unsigned i = 0; i < ctx.operands.size(); ++i)
+    params.push_back(ctx.memrefTypeOf(i));
+  params.push_back(MemRefType::get({ShapedType::kDynamic}, i64));
+  auto scratchParam = [&] {
+    GpuParam scratch{GpuParam::Kind::Scratch, static_cast<unsigned>(x)};
+    scratch.perRow = topK;
+    return scratch;
+  };
+  double negInf = -std::numeric_limits<double>::infinity();
 
-  // Launch 1: logits, top-k, gates.
+  // Launch 1: logits (a warp per expert), then top-k and gates in thread 0.
   {
-    KernelText k(ctx.name() + "_select", ctx.memrefParams() + scratchParam,
-                 128);
-    std::string logits =
-        k.workgroup("memref<" + std::to_string(experts) + "xf32, 3>");
-    std::string row = k.blockId('x');
-    std::string tid = k.threadId();
-    std::string warp = k.div(tid, k.index(32)), lane = k.rem(tid, k.index(32));
-    std::string e = k.beginFor(warp, k.index(experts), k.index(4));
-    std::string partial = k.fresh(), acc = k.fresh();
-    std::string c = k.beginFor(lane, k.index(d), k.index(32), partial,
-                               acc + " = " + k.f32(0.0) + " : f32");
-    std::string xv = k.toF32(k.op("memref.load " + mem(x) + "[" + row + ", " +
-                                  c + "] : " + ctx.memrefType(x)),
-                             ctx.elements[x]);
-    std::string wv = k.toF32(k.op("memref.load " + mem(router) + "[" + e +
-                                  ", " + c + "] : " + ctx.memrefType(router)),
-                             ctx.elements[router]);
-    k.endFor(k.fadd(acc, k.fmul(xv, wv)) + " : f32");
-    std::string total = k.warpSum(partial);
-    k.beginIf(k.cmp("eq", lane, k.index(0)));
-    k.line("memref.store " + total + ", " + logits + "[" + e + "] : memref<" +
-           std::to_string(experts) + "xf32, 3>");
-    k.endIf();
-    k.endFor();
-    k.line("gpu.barrier");
-    k.beginIf(k.cmp("eq", tid, k.index(0)));
-    std::string logitsType = "memref<" + std::to_string(experts) + "xf32, 3>";
-    std::string chosenPrev;
-    std::vector<std::string> chosen;
-    for (int64_t rank = 0; rank < topK; ++rank) {
-      // Best untaken expert: larger logit wins, ties to the lower index,
-      // NaN ranks as -inf.
-      std::string best = k.fresh(), bestVal = k.fresh();
-      std::string results = k.fresh();
-      std::string ex =
-          k.beginFor(k.index(0), k.index(experts), k.index(1), results + ":2",
-                     best + " = " + k.index(experts) + ", " + bestVal + " = " +
-                         k.f32(-std::numeric_limits<double>::infinity()) +
-                         " : index, f32");
-      std::string l =
-          k.op("memref.load " + logits + "[" + ex + "] : " + logitsType);
-      std::string isNan = k.op("arith.cmpf uno, " + l + ", " + l + " : f32");
-      l = k.select(isNan, k.f32(-std::numeric_limits<double>::infinity()), l,
-                   "f32");
-      std::string taken = k.op("arith.constant false");
-      for (const std::string &prev : chosen)
-        taken =
-            k.op("arith.ori " + taken + ", " + k.cmp("eq", ex, prev) + " : i1");
-      std::string better =
-          k.op("arith.cmpf ogt, " + l + ", " + bestVal + " : f32");
-      std::string first = k.cmp("eq", best, k.index(experts));
-      std::string take =
-          k.op("arith.andi " +
-               k.op("arith.ori " + better + ", " + first + " : i1") + ", " +
-               k.op("arith.xori " + taken + ", " + k.op("arith.constant true") +
-                    " : i1") +
-               " : i1");
-      k.endFor(k.select(take, ex, best, "index") + ", " +
-               k.select(take, l, bestVal, "f32") + " : index, f32");
-      std::string pick = results + "#0";
-      chosen.push_back(pick);
-      std::string raw =
-          k.op("memref.load " + logits + "[" + pick + "] : " + logitsType);
-      std::string gate = k.fdiv(
-          k.f32(1.0),
-          k.fadd(k.f32(1.0), k.exp(k.op("arith.negf " + raw + " : f32"))));
-      std::string bits = k.op("arith.extui " +
-                              k.op("arith.bitcast " + gate + " : f32 to i32") +
-                              " : i32 to i64");
-      std::string e64 = k.op("arith.index_cast " + pick + " : index to i64");
-      std::string packed =
-          k.op("arith.ori " +
-               k.op("arith.shli " + e64 + ", " + k.i64(32) + " : i64") + ", " +
-               bits + " : i64");
-      std::string at = k.add(k.mul(row, k.index(topK)), k.index(rank));
-      k.line("memref.store " + packed + ", %scratch[" + at +
-             "] : memref<?xi64>");
-    }
-    k.endIf();
-    text += k.finish();
+    std::string name = ctx.name() + "_select";
+    gpu::GPUFuncOp fn =
+        GpuEmitter::createKernel(module, ctx.kernel.getLoc(), name, params,
+                                 {workgroupOf(experts, f32)}, 128);
+    OpBuilder builder(module.getContext());
+    GpuEmitter e(builder, fn);
+    Value logits = fn.getWorkgroupAttributions()[0];
+    Value scratch = fn.getArgument(ctx.operands.size());
+    Value row = e.blockId(gpu::Dimension::x);
+    Value tid = e.threadId();
+    Value warp = e.divIndex(tid, e.index(32));
+    Value lane = e.remIndex(tid, e.index(32));
+    e.loopStep(warp, e.index(experts), e.index(4), [&](Value expert) {
+      Value partial =
+          e.loopWith(lane, e.index(d), e.index(32), {e.f32(0.0)},
+                     [&](Value c, ValueRange acc) -> SmallVector<Value> {
+                       Value xv = e.load(fn.getArgument(x), {row, c});
+                       Value wv = e.load(fn.getArgument(router), {expert, c});
+                       return {e.add(acc[0], e.mul(xv, wv))};
+                     })[0];
+      Value total = e.warpSum(partial);
+      e.when(e.cmpIndex(arith::CmpIPredicate::eq, lane, e.index(0)),
+             [&] { e.store(total, logits, {expert}); });
+    });
+    e.barrier();
+    e.when(e.cmpIndex(arith::CmpIPredicate::eq, tid, e.index(0)), [&] {
+      SmallVector<Value> chosen;
+      for (int64_t rank = 0; rank < topK; ++rank) {
+        // Best untaken expert: larger logit wins, ties to the lower index,
+        // NaN ranks as -inf.
+        Value pick = e.loopWith(
+            e.index(0), e.index(experts), e.index(1),
+            {e.index(experts), e.f32(negInf)},
+            [&](Value ex, ValueRange best) -> SmallVector<Value> {
+              Value l = e.load(logits, {ex});
+              Value isNan = e.cmpF(arith::CmpFPredicate::UNO, l, l);
+              l = e.select(isNan, e.f32(negInf), l);
+              Value taken = e.boolean(false);
+              for (Value prev : chosen)
+                taken = e.orI(taken,
+                              e.cmpIndex(arith::CmpIPredicate::eq, ex, prev));
+              Value better = e.cmpF(arith::CmpFPredicate::OGT, l, best[1]);
+              Value first = e.cmpIndex(arith::CmpIPredicate::eq, best[0],
+                                       e.index(experts));
+              Value take =
+                  e.andI(e.orI(better, first), e.xorI(taken, e.boolean(true)));
+              return {e.select(take, ex, best[0]), e.select(take, l, best[1])};
+            })[0];
+        chosen.push_back(pick);
+        Value raw = e.load(logits, {pick});
+        Value gate = e.div(e.f32(1.0), e.add(e.f32(1.0), e.exp(e.negF(raw))));
+        Value bits = e.extUI(e.bitcast(gate, i32), i64);
+        Value packed = e.orI(e.shlI(e.toI64(pick), e.i64(32)), bits);
+        Value at = e.addIndex(e.mulIndex(row, topK), e.index(rank));
+        e.store(packed, scratch, {at});
+      }
+    });
     GpuLaunch launch;
-    launch.function = ctx.name() + "_select";
+    launch.function = name;
     launch.blockThreads = 128;
     launch.grid[0] = rowsGrid(x);
     addOperandParams(ctx, launch);
-    GpuParam scratch{GpuParam::Kind::Scratch, static_cast<unsigned>(x)};
-    scratch.perRow = topK;
-    launch.params.push_back(scratch);
+    launch.params.push_back(scratchParam());
     out.steps.push_back({{launch}});
   }
 
-  // Launch 2: one block sorts the pairs by expert.
+  // Launch 2: one block sorts the pairs by expert (stable).
   {
-    KernelText k(ctx.name() + "_sort", ctx.memrefParams() + scratchParam,
-                 kSortThreads);
-    std::string countType =
-        "memref<" + std::to_string(experts + 1) + "xi32, 3>";
-    std::string chunkType =
-        "memref<" + std::to_string(kSortThreads) + "xi32, 3>";
-    std::string counts = k.workgroup(countType);
-    std::string cursor = k.workgroup(countType);
-    std::string chunkExperts = k.workgroup(chunkType);
-    std::string tid = k.threadId();
-    std::string pairs =
-        k.op("memref.dim %scratch, " + k.index(0) + " : memref<?xi64>");
-    std::string rowsX = k.op("memref.dim " + mem(x) + ", " + k.index(0) +
-                             " : " + ctx.memrefType(x));
-    pairs = k.mul(rowsX, k.index(topK));
-    auto expertOf = [&](const std::string &i) {
-      std::string packed =
-          k.op("memref.load %scratch[" + i + "] : memref<?xi64>");
-      std::string e =
-          k.op("arith.shrui " + packed + ", " + k.i64(32) + " : i64");
-      return std::pair{packed, k.op("arith.trunci " + e + " : i64 to i32")};
+    std::string name = ctx.name() + "_sort";
+    MemRefType countType = workgroupOf(experts + 1, i32);
+    gpu::GPUFuncOp fn = GpuEmitter::createKernel(
+        module, ctx.kernel.getLoc(), name, params,
+        {countType, countType, workgroupOf(kSortThreads, i32)}, kSortThreads);
+    OpBuilder builder(module.getContext());
+    GpuEmitter e(builder, fn);
+    Value counts = fn.getWorkgroupAttributions()[0];
+    Value cursor = fn.getWorkgroupAttributions()[1];
+    Value chunkExperts = fn.getWorkgroupAttributions()[2];
+    Value scratch = fn.getArgument(ctx.operands.size());
+    Value tid = e.threadId();
+    Value pairs = e.mulIndex(e.dim(fn.getArgument(x), 0), topK);
+    auto expertOf = [&](Value i) {
+      Value packed = e.load(scratch, {i});
+      return std::pair{packed, e.truncI(e.shrUI(packed, e.i64(32)), i32)};
     };
-    std::string i0 =
-        k.beginFor(tid, k.index(experts + 1), k.index(kSortThreads));
-    k.line("memref.store " + k.i32(0) + ", " + counts + "[" + i0 +
-           "] : " + countType);
-    k.endFor();
-    k.line("gpu.barrier");
-    std::string i1 = k.beginFor(tid, pairs, k.index(kSortThreads));
-    auto [p1, e1] = expertOf(i1);
-    std::string ei = k.op("arith.index_cast " + e1 + " : i32 to index");
-    k.op("memref.atomic_rmw addi " + k.i32(1) + ", " + counts + "[" + ei +
-         "] : (i32, " + countType + ") -> i32");
-    k.endFor();
-    k.line("gpu.barrier");
-    k.beginIf(k.cmp("eq", tid, k.index(0)));
-    std::string sum = k.fresh(), running = k.fresh();
-    std::string e = k.beginFor(k.index(0), k.index(experts + 1), k.index(1),
-                               sum, running + " = " + k.i32(0) + " : i32");
-    k.line("memref.store " + running + ", " + cursor + "[" + e +
-           "] : " + countType);
-    std::string r64 = k.op("arith.extsi " + running + " : i32 to i64");
-    k.line("memref.store " + r64 + ", " + mem(offsets) + "[" + e +
-           "] : " + ctx.memrefType(offsets));
-    std::string n =
-        k.op("memref.load " + counts + "[" + e + "] : " + countType);
-    k.endFor(k.op("arith.addi " + running + ", " + n + " : i32") + " : i32");
-    k.endIf();
-    k.line("gpu.barrier");
+    Value step = e.index(kSortThreads);
+    e.loopStep(tid, e.index(experts + 1), step,
+               [&](Value i) { e.store(e.i32(0), counts, {i}); });
+    e.barrier();
+    e.loopStep(tid, pairs, step, [&](Value i) {
+      e.atomicAdd(e.i32(1), counts, {e.toIndex(expertOf(i).second)});
+    });
+    e.barrier();
+    e.when(e.cmpIndex(arith::CmpIPredicate::eq, tid, e.index(0)), [&] {
+      e.loopWith(e.index(0), e.index(experts + 1), e.index(1), {e.i32(0)},
+                 [&](Value ex, ValueRange running) -> SmallVector<Value> {
+                   e.store(running[0], cursor, {ex});
+                   e.store(e.extSI(running[0], i64), fn.getArgument(offsets),
+                           {ex});
+                   return {e.addI(running[0], e.load(counts, {ex}))};
+                 });
+    });
+    e.barrier();
     // Stable placement, one chunk of pairs per round.
-    std::string chunks =
-        k.div(k.add(pairs, k.index(kSortThreads - 1)), k.index(kSortThreads));
-    std::string ch = k.beginFor(k.index(0), chunks, k.index(1));
-    std::string i = k.add(k.mul(ch, k.index(kSortThreads)), tid);
-    std::string valid = k.cmp("ult", i, pairs);
-    std::string safe = k.select(valid, i, k.index(0), "index");
-    auto [packed, expert] = expertOf(safe);
-    std::string mine = k.select(valid, expert, k.i32(-1), "i32");
-    k.line("memref.store " + mine + ", " + chunkExperts + "[" + tid +
-           "] : " + chunkType);
-    k.line("gpu.barrier");
-    std::string before = k.fresh(), seen = k.fresh();
-    std::string j = k.beginFor(k.index(0), tid, k.index(1), before,
-                               seen + " = " + k.index(0) + " : index");
-    std::string other =
-        k.op("memref.load " + chunkExperts + "[" + j + "] : " + chunkType);
-    std::string same = k.cmp("eq", other, mine, "i32");
-    k.endFor(k.select(same, k.add(seen, k.index(1)), seen, "index") +
-             " : index");
-    k.beginIf(valid);
-    std::string ex = k.op("arith.index_cast " + expert + " : i32 to index");
-    std::string base =
-        k.op("arith.index_cast " +
-             k.op("memref.load " + cursor + "[" + ex + "] : " + countType) +
-             " : i32 to index");
-    std::string dest = k.add(base, before);
-    std::string token =
-        k.op("arith.index_cast " + k.div(i, k.index(topK)) + " : index to i64");
-    k.line("memref.store " + token + ", " + mem(indices) + "[" + dest +
-           "] : " + ctx.memrefType(indices));
-    std::string gate = k.op("arith.bitcast " +
-                            k.op("arith.trunci " + packed + " : i64 to i32") +
-                            " : i32 to f32");
-    k.line("memref.store " + k.fromF32(gate, ctx.elements[gates]) + ", " +
-           mem(gates) + "[" + dest + "] : " + ctx.memrefType(gates));
-    k.endIf();
-    k.line("gpu.barrier");
-    k.beginIf(valid);
-    std::string ex2 = k.op("arith.index_cast " + expert + " : i32 to index");
-    k.op("memref.atomic_rmw addi " + k.i32(1) + ", " + cursor + "[" + ex2 +
-         "] : (i32, " + countType + ") -> i32");
-    k.endIf();
-    k.line("gpu.barrier");
-    k.endFor();
-    text += k.finish();
+    Value chunks =
+        e.divIndex(e.addIndex(pairs, e.index(kSortThreads - 1)), step);
+    e.loopStep(e.index(0), chunks, e.index(1), [&](Value ch) {
+      Value i = e.addIndex(e.mulIndex(ch, kSortThreads), tid);
+      Value valid = e.cmpIndex(arith::CmpIPredicate::ult, i, pairs);
+      Value safe = e.select(valid, i, e.index(0));
+      auto [packed, expert] = expertOf(safe);
+      Value mine = e.select(valid, expert, e.i32(-1));
+      e.store(mine, chunkExperts, {tid});
+      e.barrier();
+      Value before = e.loopWith(
+          e.index(0), tid, e.index(1), {e.index(0)},
+          [&](Value j, ValueRange seen) -> SmallVector<Value> {
+            Value same = e.cmpIndex(arith::CmpIPredicate::eq,
+                                    e.load(chunkExperts, {j}), mine);
+            return {e.select(same, e.addIndex(seen[0], e.index(1)), seen[0])};
+          })[0];
+      e.when(valid, [&] {
+        Value base = e.toIndex(e.load(cursor, {e.toIndex(expert)}));
+        Value dest = e.addIndex(base, before);
+        e.store(e.toI64(e.divIndex(i, e.index(topK))), fn.getArgument(indices),
+                {dest});
+        Value gate = e.bitcast(e.truncI(packed, i32), f32);
+        e.store(gate, fn.getArgument(gates), {dest});
+      });
+      e.barrier();
+      e.when(valid,
+             [&] { e.atomicAdd(e.i32(1), cursor, {e.toIndex(expert)}); });
+      e.barrier();
+    });
     GpuLaunch launch;
-    launch.function = ctx.name() + "_sort";
+    launch.function = name;
     launch.blockThreads = kSortThreads;
     addOperandParams(ctx, launch);
-    GpuParam scratch{GpuParam::Kind::Scratch, static_cast<unsigned>(x)};
-    scratch.perRow = topK;
-    launch.params.push_back(scratch);
+    launch.params.push_back(scratchParam());
     out.steps.push_back({{launch}});
   }
   return success();
