@@ -99,13 +99,17 @@ public:
   virtual ~Backend() = default;
   virtual Status newSession(int64_t kvTokens,
                             std::unique_ptr<BackendSession> &out) = 0;
+  /// Called once the plan's weights are bound in host memory
+  /// (BoundPlan::hostData): a device backend copies them over.
+  virtual Status uploadWeights() { return {}; }
   /// Whether Token steps are picked on the device (else the step logic
   /// picks from the last logits row).
   virtual bool picksTokens() const { return false; }
 };
 
-/// Opens a backend for an engine whose plan is bound (weights in host
-/// memory).
+/// Opens a backend for an engine: its device and code, from the plan alone
+/// (the weights are bound later, then uploadWeights() runs). `bound` stays
+/// where it is for the backend's lifetime.
 using BackendOpener = Status (*)(const EngineFile &engine,
                                  const BoundPlan &bound,
                                  const RuntimeOptions &options,
@@ -118,23 +122,17 @@ Status openCudaBackend(const EngineFile &engine, const BoundPlan &bound,
                        const RuntimeOptions &options,
                        std::unique_ptr<Backend> &out);
 
-/// Says, before the checkpoint is read, why a backend cannot run here (no
-/// driver, say); null when it always can.
-using BackendProbe = Status (*)(const RuntimeOptions &options);
-Status probeCuda(const RuntimeOptions &options);
-
 struct BackendEntry {
   const char *target;
   Device device;
   const char *deviceName;
-  BackendProbe probe;
   BackendOpener open;
 };
 
 /// Every backend this runtime has, by the engine target it runs.
 inline constexpr BackendEntry kBackends[] = {
-    {kTargetHost, Device::Host, "host", nullptr, openHostBackend},
-    {kTargetSm90a, Device::Cuda, "cuda", probeCuda, openCudaBackend},
+    {kTargetHost, Device::Host, "host", openHostBackend},
+    {kTargetSm90a, Device::Cuda, "cuda", openCudaBackend},
 };
 
 /// Writes `count` elements of `dtype` at host address `data` with `shape`

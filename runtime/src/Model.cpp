@@ -247,9 +247,11 @@ std::shared_ptr<Model> Model::load(const std::string &enginePath,
     status = Status::error(StatusCode::InvalidEngine, error);
     return nullptr;
   }
-  if (entry->probe)
-    if (status = entry->probe(options); !status.ok())
-      return nullptr;
+  // The device and the code first (no driver or the wrong GPU is said before
+  // a checkpoint is read), then the weights.
+  if (status = entry->open(engine, impl->bound, options, impl->backend);
+      !status.ok())
+    return nullptr;
   impl->checkpoint = Checkpoint::open(checkpointDir, error);
   if (!impl->checkpoint) {
     status = Status::error(StatusCode::InvalidCheckpoint, error);
@@ -263,8 +265,7 @@ std::shared_ptr<Model> Model::load(const std::string &enginePath,
   }
   if (status = bindWeights(*impl->checkpoint, impl->bound); !status.ok())
     return nullptr;
-  if (status = entry->open(engine, impl->bound, options, impl->backend);
-      !status.ok())
+  if (status = impl->backend->uploadWeights(); !status.ok())
     return nullptr;
   return std::shared_ptr<Model>(new Model(std::move(impl)));
 }
@@ -309,21 +310,6 @@ void Session::reset() {
 }
 
 int64_t Session::position() const { return impl->next; }
-
-/// The greedy token: the largest logit, ties to the lower id, NaN lowest
-/// (the GPU argmax's rule).
-static int64_t argmax(const float *logits, int64_t vocab) {
-  int64_t token = 0;
-  float best = -INFINITY;
-  for (int64_t i = 0; i < vocab; ++i) {
-    float v = std::isnan(logits[i]) ? -INFINITY : logits[i];
-    if (i == 0 || v > best) {
-      best = v;
-      token = i;
-    }
-  }
-  return token;
-}
 
 Status Session::run(const int64_t *tokens, const int64_t *positions,
                     size_t count, OutputMode mode, Sampler *sampler,
@@ -417,16 +403,13 @@ Status Session::run(const int64_t *tokens, const int64_t *positions,
   for (size_t i = 0; i < count; ++i)
     impl->next = std::max(impl->next, positions[i] + 1);
   if (pickHere) {
-    const float *row = out.logits.data();
-    if (step.sample[0] > 0) {
-      SamplingParams p;
-      p.temperature = step.sample[0];
-      p.topK = static_cast<int64_t>(step.sample[1]);
-      p.topP = step.sample[2];
-      token = Sampler::pickWith(p, row, vocab, step.sample[3]);
-    } else {
-      token = argmax(row, vocab);
-    }
+    // The host rule: at temperature 0 the argmax (ties to the lower id, NaN
+    // lowest), as the GPU picks it.
+    SamplingParams p;
+    p.temperature = step.sample[0];
+    p.topK = static_cast<int64_t>(step.sample[1]);
+    p.topP = step.sample[2];
+    token = Sampler::pickWith(p, out.logits.data(), vocab, step.sample[3]);
     logits.clear();
     return {};
   }

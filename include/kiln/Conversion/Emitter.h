@@ -32,13 +32,11 @@ public:
   /// kernels keep them out of their loops this way).
   void hoistConstantsTo(Block *block) { constantBlock = block; }
 
-  Value index(int64_t v) {
-    return constant(b->getIndexAttr(v), b->getIndexType());
-  }
-  Value i32(int64_t v) { return constant(b->getI32IntegerAttr(v), nullptr); }
-  Value i64(int64_t v) { return constant(b->getI64IntegerAttr(v), nullptr); }
-  Value f32(double v) { return constant(b->getF32FloatAttr(v), nullptr); }
-  Value f64(double v) { return constant(b->getF64FloatAttr(v), nullptr); }
+  Value index(int64_t v) { return constant(b->getIndexAttr(v)); }
+  Value i32(int64_t v) { return constant(b->getI32IntegerAttr(v)); }
+  Value i64(int64_t v) { return constant(b->getI64IntegerAttr(v)); }
+  Value f32(double v) { return constant(b->getF32FloatAttr(v)); }
+  Value f64(double v) { return constant(b->getF64FloatAttr(v)); }
   Value dim(Value memref, int64_t d) {
     return memref::DimOp::create(*b, loc, memref, d);
   }
@@ -163,8 +161,7 @@ public:
   }
   Value splat(VectorType type, double v) {
     return constant(cast<TypedAttr>(DenseElementsAttr::get(
-                        type, FloatAttr::get(type.getElementType(), v))),
-                    nullptr);
+        type, FloatAttr::get(type.getElementType(), v))));
   }
   /// Float conversions between types of the same shape (no-ops when equal).
   Value extF(Value v, Type to) {
@@ -219,7 +216,7 @@ public:
   }
   Value addI(Value x, Value y) { return arith::AddIOp::create(*b, loc, x, y); }
   Value negF(Value x) { return arith::NegFOp::create(*b, loc, x); }
-  Value boolean(bool v) { return constant(b->getBoolAttr(v), nullptr); }
+  Value boolean(bool v) { return constant(b->getBoolAttr(v)); }
   Value bitcast(Value v, Type to) {
     return arith::BitcastOp::create(*b, loc, to, v);
   }
@@ -253,20 +250,20 @@ public:
   Location loc;
 
 private:
-  Value constant(TypedAttr value, Type) {
+  Value constant(TypedAttr value) {
     if (!constantBlock)
       return arith::ConstantOp::create(*b, loc, value);
-    auto [it, inserted] = constants.try_emplace(value, nullptr);
-    if (inserted) {
+    Value &cached = constants[value];
+    if (!cached) {
+      // In creation order, after the ones made before.
       OpBuilder hoisted(constantBlock, constantBlock->begin());
-      if (!constants.empty())
-        if (Operation *last = lastConstant)
-          hoisted.setInsertionPointAfter(last);
+      if (lastConstant)
+        hoisted.setInsertionPointAfter(lastConstant);
       auto op = arith::ConstantOp::create(hoisted, loc, value);
       lastConstant = op;
-      it->second = op;
+      cached = op;
     }
-    return it->second;
+    return cached;
   }
 
   Block *constantBlock = nullptr;

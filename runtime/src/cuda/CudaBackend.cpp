@@ -212,6 +212,7 @@ public:
   ~CudaModel() override;
   Status newSession(int64_t kvTokens,
                     std::unique_ptr<BackendSession> &out) override;
+  Status uploadWeights() override;
   bool picksTokens() const override { return true; }
 
   const BoundPlan *bound = nullptr;
@@ -245,13 +246,6 @@ CudaModel::~CudaModel() {
     driver->cuModuleUnload(module);
   if (context)
     driver->cuDevicePrimaryCtxRelease(device);
-}
-
-Status kiln::probeCuda(const RuntimeOptions &options) {
-  std::string error;
-  if (!Driver::load(error, options.cudaDriver))
-    return Status::error(StatusCode::Unavailable, error);
-  return {};
 }
 
 Status kiln::openCudaBackend(const EngineFile &engine, const BoundPlan &bound,
@@ -369,15 +363,26 @@ Status kiln::openCudaBackend(const EngineFile &engine, const BoundPlan &bound,
     s->functions[fn->function] = f;
   }
 
+  out = std::move(s);
+  return {};
+}
+
+Status CudaModel::uploadWeights() {
+  const plan::Plan &plan = bound->plan;
+  Driver &d = *driver;
+  Allocator memory{d, options.poisonDeviceMemory};
+  std::string error;
+  if (!memory.check(d.cuCtxSetCurrent(context), "cuCtxSetCurrent", error))
+    return Status::error(StatusCode::DeviceError, error);
   // Weights and repackings that a launch reads go to the device once.
   std::vector<bool> used(plan.values.size(), false);
   for (const plan::Launch &l : plan.launches)
     for (int64_t id : l.args)
       used[id] = true;
-  s->weightPtr.assign(plan.values.size(), 0);
+  weightPtr.assign(plan.values.size(), 0);
   for (size_t id = 0; id < plan.values.size(); ++id) {
     const plan::Value &v = plan.values[id];
-    if (!used[id] || !bound.hostData[id])
+    if (!used[id] || !bound->hostData[id])
       continue;
     size_t bytes = plan::elementSize(v.dtype);
     for (int64_t dim : v.shape)
@@ -386,15 +391,14 @@ Status kiln::openCudaBackend(const EngineFile &engine, const BoundPlan &bound,
     if (!memory.ensure(b, bytes, error))
       return Status::error(StatusCode::OutOfMemory,
                            "uploading the weights: " + error);
-    s->weights.push_back(b);
-    if (!memory.check(d.cuMemcpyHtoD(b.ptr, bound.hostData[id], bytes),
+    weights.push_back(b);
+    if (!memory.check(d.cuMemcpyHtoD(b.ptr, bound->hostData[id], bytes),
                       "cuMemcpyHtoD(" +
                           (v.name.empty() ? "repacked weight" : v.name) + ")",
                       error))
-      return deviceError();
-    s->weightPtr[id] = b.ptr;
+      return Status::error(StatusCode::DeviceError, error);
+    weightPtr[id] = b.ptr;
   }
-  out = std::move(s);
   return {};
 }
 
