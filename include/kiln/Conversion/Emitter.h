@@ -246,6 +246,55 @@ public:
     return arith::ExtSIOp::create(*b, loc, to, v);
   }
 
+  // Integer ops on any integer type (index, i32, i64), and float ones.
+  Value subI(Value x, Value y) { return arith::SubIOp::create(*b, loc, x, y); }
+  Value mulI(Value x, Value y) { return arith::MulIOp::create(*b, loc, x, y); }
+  Value divSI(Value x, Value y) {
+    return arith::DivSIOp::create(*b, loc, x, y);
+  }
+  Value minUI(Value x, Value y) {
+    return arith::MinUIOp::create(*b, loc, x, y);
+  }
+  Value minSI(Value x, Value y) {
+    return arith::MinSIOp::create(*b, loc, x, y);
+  }
+  Value maxSI(Value x, Value y) {
+    return arith::MaxSIOp::create(*b, loc, x, y);
+  }
+  Value sub(Value x, Value y) { return arith::SubFOp::create(*b, loc, x, y); }
+  Value maxF(Value x, Value y) {
+    return arith::MaximumFOp::create(*b, loc, x, y);
+  }
+  Value siToFP(Value v, Type to) {
+    return arith::SIToFPOp::create(*b, loc, to, v);
+  }
+  Value uiToFP(Value v, Type to) {
+    return arith::UIToFPOp::create(*b, loc, to, v);
+  }
+  Value fpToSI(Value v, Type to) {
+    return arith::FPToSIOp::create(*b, loc, to, v);
+  }
+  Value fpToUI(Value v, Type to) {
+    return arith::FPToUIOp::create(*b, loc, to, v);
+  }
+  /// A load with no conversion.
+  Value loadRaw(Value memref, ValueRange ivs) {
+    return memref::LoadOp::create(*b, loc, memref, ivs);
+  }
+  /// if (cond) then() else otherwise(), without results.
+  void ifThenElse(Value cond, function_ref<void()> then,
+                  function_ref<void()> otherwise) {
+    auto op = scf::IfOp::create(*b, loc, cond, /*withElseRegion=*/true);
+    OpBuilder *outer = b;
+    OpBuilder thenBuilder = op.getThenBodyBuilder();
+    b = &thenBuilder;
+    then();
+    OpBuilder elseBuilder = op.getElseBodyBuilder();
+    b = &elseBuilder;
+    otherwise();
+    b = outer;
+  }
+
   OpBuilder *b;
   Location loc;
 

@@ -16,6 +16,10 @@
 //===----------------------------------------------------------------------===//
 
 #include "Generators.h"
+#include "GpuEmitter.h"
+
+#include "mlir/Dialect/LLVMIR/NVVMDialect.h"
+#include "mlir/Dialect/NVGPU/IR/NVGPUDialect.h"
 
 #include "dialects/kiln/KilnOps.h"
 
@@ -45,33 +49,44 @@ int64_t decodeStages(int64_t d, int64_t warps) {
   return fixed + 2 * stageBytes <= kStaticSharedBytes ? 2 : 1;
 }
 
+using arith::CmpIPredicate;
+
+/// A static shared-memory buffer type.
+MemRefType sharedOf(ArrayRef<int64_t> shape, Type element) {
+  return MemRefType::get(shape, element, MemRefLayoutAttrInterface(),
+                         Builder(element.getContext()).getI64IntegerAttr(3));
+}
+
+/// Parameters: every operand's memref, then `extra`.
+SmallVector<Type> paramsWith(const KernelContext &ctx, ArrayRef<Type> extra) {
+  SmallVector<Type> params;
+  for (unsigned i = 0; i < ctx.operands.size(); ++i)
+    params.push_back(ctx.memrefTypeOf(i));
+  llvm::append_range(params, extra);
+  return params;
+}
+
 /// Copies the 8 elements at column `col` of row `row` of KV pool operand
-/// `m` to `dst` (an element "tile[...]" of the bf16 tile type `dstType`),
-/// zeros when `inRange` is false: a cp.async for bf16 pools (the caller
-/// commits and waits), through registers and narrowed for f32 pools
-/// (unfused graphs).
-void copyKvChunk(KernelText &k, const KernelContext &ctx, int m,
-                 const std::string &row, const std::string &inRange,
-                 const std::string &col, const std::string &dst,
-                 const std::string &dstType) {
-  std::string pool = "%o" + std::to_string(m);
-  std::string safe = k.select(inRange, row, k.index(0), "index");
-  if (ctx.elements[m] == "bf16") {
-    std::string n = k.select(inRange, k.index(8), k.index(0), "index");
-    k.op("nvgpu.device_async_copy " + pool + "[" + safe + ", " + col + "], " +
-         dst + ", 8, " + n + " {bypassL1} : " + ctx.memrefType(m) + " to " +
-         dstType);
+/// `m` (the kernel argument `pool`) to `dst[at]` (a bf16 tile), zeros when
+/// `inRange` is false: a cp.async for bf16 pools (the caller commits and
+/// waits), through registers and narrowed for f32 pools (unfused graphs).
+void copyKvChunk(GpuEmitter &e, const KernelContext &ctx, int m, Value pool,
+                 Value row, Value inRange, Value col, Value dst,
+                 ValueRange at) {
+  Value safe = e.select(inRange, row, e.index(0));
+  MLIRContext *context = pool.getContext();
+  if (ctx.elementTypes[m].isBF16()) {
+    Value n = e.select(inRange, e.index(8), e.index(0));
+    nvgpu::DeviceAsyncCopyOp::create(
+        *e.b, e.loc, nvgpu::DeviceAsyncTokenType::get(context), dst, at, pool,
+        ValueRange{safe, col}, e.b->getIndexAttr(8), n, e.b->getUnitAttr());
     return;
   }
-  std::string wide = k.op("vector.load " + pool + "[" + safe + ", " + col +
-                          "] : " + ctx.memrefType(m) + ", vector<8xf32>");
-  std::string v =
-      k.op("arith.truncf " + wide + " : vector<8xf32> to vector<8xbf16>");
-  std::string zero = k.op("arith.constant dense<0.0> : vector<8xbf16>");
-  v = k.op("arith.select " + inRange + ", " + v + ", " + zero +
-           " : vector<8xbf16>");
-  k.line("vector.store " + v + ", " + dst + " : " + dstType +
-         ", vector<8xbf16>");
+  auto narrow = VectorType::get({8}, BFloat16Type::get(context));
+  Value wide = e.vectorLoad(VectorType::get({8}, Float32Type::get(context)),
+                            pool, {safe, col}, /*alignment=*/0);
+  Value v = e.select(inRange, e.truncF(wide, narrow), e.splat(narrow, 0.0));
+  e.vectorStore(v, dst, at, /*alignment=*/0);
 }
 
 /// Decode (split-KV): block (row, KV head, split z) holds every query head
@@ -83,8 +98,8 @@ void copyKvChunk(KernelText &k, const KernelContext &ctx, int m,
 /// tile rather than a reduction per key; P·V then runs with lanes along the
 /// head dimension. Block z covers 1/kSplits of the key tiles and writes a
 /// (max, sum, unnormalized output) partial that the combine kernel merges.
-std::string writeDecode(const KernelContext &ctx, AttentionOp a,
-                        StringRef name) {
+void buildDecode(const KernelContext &ctx, AttentionOp a, StringRef name,
+                 gpu::GPUModuleOp module) {
   int q = ctx.operandOf(a.getQuery()), key = ctx.operandOf(a.getKey()),
       value = ctx.operandOf(a.getValue()),
       positions = ctx.operandOf(a.getPositions());
@@ -98,197 +113,175 @@ std::string writeDecode(const KernelContext &ctx, AttentionOp a,
   int64_t stages = decodeStages(d, warps);
   int64_t kStride = d + 8; // padded: lanes read different key rows
 
-  std::string params = ctx.memrefParams();
-  params += ", %kpos: memref<?xi64>, %kcount: memref<1xi64>, %partials: "
-            "memref<?xf32>";
-  KernelText k(name, params, 32 * warps);
-  auto dims = [](std::initializer_list<int64_t> extents, StringRef element) {
-    std::string t = "memref<";
-    for (int64_t e : extents)
-      t += std::to_string(e) + "x";
-    return t + element.str() + ", 3>";
-  };
-  std::string kType = dims({stages, kDecodeKeys, kStride}, "bf16");
-  std::string vType = dims({stages, kDecodeKeys, d}, "bf16");
-  std::string qType = dims({warps, d}, "f32");
-  std::string kTile = k.workgroup(kType), vTile = k.workgroup(vType),
-              qTile = k.workgroup(qType);
+  MLIRContext *context = module.getContext();
+  OpBuilder builder(context);
+  Type i64 = builder.getI64Type(), f32 = builder.getF32Type(),
+       bf16 = builder.getBF16Type();
+  gpu::GPUFuncOp fn = GpuEmitter::createKernel(
+      module, ctx.kernel.getLoc(), name,
+      paramsWith(ctx, {MemRefType::get({ShapedType::kDynamic}, i64),
+                       MemRefType::get({1}, i64),
+                       MemRefType::get({ShapedType::kDynamic}, f32)}),
+      {sharedOf({stages, kDecodeKeys, kStride}, bf16),
+       sharedOf({stages, kDecodeKeys, d}, bf16), sharedOf({warps, d}, f32)},
+      32 * warps);
+  unsigned n = fn.getNumArguments();
+  Value keyPositions = fn.getArgument(n - 3), keyCount = fn.getArgument(n - 2),
+        partials = fn.getArgument(n - 1);
+  Value kTile = fn.getWorkgroupAttributions()[0],
+        vTile = fn.getWorkgroupAttributions()[1],
+        qTile = fn.getWorkgroupAttributions()[2];
+  GpuEmitter e(builder, fn);
+  auto mem = [&](int i) { return fn.getArgument(i); };
 
-  auto mem = [&](int i) { return "%o" + std::to_string(i); };
-  std::string tid = k.threadId();
-  std::string warp = k.div(tid, k.index(32));
-  std::string lane = k.rem(tid, k.index(32));
-  std::string keys =
-      k.op("arith.index_cast " +
-           k.op("memref.load %kcount[" + k.index(0) + "] : memref<1xi64>") +
-           " : i64 to index");
-  std::string row = k.div(k.blockId('x'), k.index(headBlocks));
-  std::string inGroup = k.add(
-      k.mul(k.rem(k.blockId('x'), k.index(headBlocks)), k.index(warps)), warp);
-  std::string active = k.cmp("ult", inGroup, k.index(group));
-  std::string kvHead = k.blockId('y');
-  std::string head = k.add(k.mul(kvHead, k.index(group)),
-                           k.select(active, inGroup, k.index(0), "index"));
-  std::string qPos = k.op("memref.load " + mem(positions) + "[" + row +
-                          "] : " + ctx.memrefType(positions));
+  Value tid = e.threadId();
+  Value warp = e.divIndex(tid, e.index(32));
+  Value lane = e.remIndex(tid, e.index(32));
+  Value keys = e.loadIndex(keyCount, {e.index(0)});
+  Value blockX = e.blockId(gpu::Dimension::x);
+  Value row = e.divIndex(blockX, e.index(headBlocks));
+  Value inGroup = e.addIndex(
+      e.mulI(e.remIndex(blockX, e.index(headBlocks)), e.index(warps)), warp);
+  Value active = e.cmpIndex(CmpIPredicate::ult, inGroup, e.index(group));
+  Value kvHead = e.blockId(gpu::Dimension::y);
+  Value head = e.addIndex(e.mulI(kvHead, e.index(group)),
+                          e.select(active, inGroup, e.index(0)));
+  Value qPos = e.loadRaw(mem(positions), {row});
 
   // The query, scaled (and tempered) once, into this warp's row of qTile.
-  std::string scale = attentionScale(k, a, qPos);
-  std::string c = k.beginFor(lane, k.index(d), k.index(32));
-  std::string qv = k.toF32(k.op("memref.load " + mem(q) + "[" + row + ", " +
-                                k.add(k.mul(head, k.index(d)), c) +
-                                "] : " + ctx.memrefType(q)),
-                           ctx.elements[q]);
-  k.line("memref.store " + k.fmul(qv, scale) + ", " + qTile + "[" + warp +
-         ", " + c + "] : " + qType);
-  k.endFor();
+  Value scale = attentionScale(e, a, qPos);
+  e.loopStep(lane, e.index(d), e.index(32), [&](Value c) {
+    Value qv = e.load(mem(q), {row, e.addIndex(e.mulI(head, e.index(d)), c)});
+    e.store(e.mul(qv, scale), qTile, {warp, c});
+  });
 
-  std::string laneActive =
-      k.cmp("ult", k.mul(lane, k.index(perLane)), k.index(d));
-  std::string laneCol =
-      k.select(laneActive, k.mul(lane, k.index(perLane)), k.index(0), "index");
+  Value laneActive = e.cmpIndex(
+      CmpIPredicate::ult, e.mulI(lane, e.index(perLane)), e.index(d));
+  Value laneCol =
+      e.select(laneActive, e.mulI(lane, e.index(perLane)), e.index(0));
 
   // This split's key tiles.
-  std::string tiles =
-      k.div(k.add(keys, k.index(kDecodeKeys - 1)), k.index(kDecodeKeys));
-  std::string perSplit =
-      k.div(k.add(tiles, k.index(kSplits - 1)), k.index(kSplits));
-  std::string firstTile = k.minIndex(tiles, k.mul(k.blockId('z'), perSplit));
-  std::string endTile = k.minIndex(tiles, k.add(firstTile, perSplit));
+  Value tiles = e.divIndex(e.addIndex(keys, e.index(kDecodeKeys - 1)),
+                           e.index(kDecodeKeys));
+  Value perSplit = e.divIndex(e.addIndex(tiles, e.index(kSplits - 1)),
+                              e.index(kSplits));
+  Value split = e.blockId(gpu::Dimension::z);
+  Value firstTile = e.minUI(tiles, e.mulI(split, perSplit));
+  Value endTile = e.minUI(tiles, e.addIndex(firstTile, perSplit));
 
   // Copies tile `t` (when it exists) into ring stage `stage`: key rows past
   // the count are zero-filled, so they add nothing to P·V.
   int64_t vectors = kDecodeKeys * d / 8;
-  auto load = [&](const std::string &t, const std::string &stage) {
-    k.beginIf(k.cmp("ult", t, endTile));
-    std::string base = k.mul(t, k.index(kDecodeKeys));
-    for (int64_t i0 = 0; i0 < vectors; i0 += 32 * warps) {
-      std::string idx = k.add(k.index(i0), tid);
-      if (i0 + 32 * warps > vectors)
-        k.beginIf(k.cmp("ult", idx, k.index(vectors)));
-      std::string r = k.div(idx, k.index(d / 8));
-      std::string col = k.mul(k.rem(idx, k.index(d / 8)), k.index(8));
-      std::string src = k.add(base, r);
-      std::string inRange = k.cmp("ult", src, keys);
-      std::string gcol = k.add(k.mul(kvHead, k.index(d)), col);
-      for (auto [m, tile, type] :
-           {std::tuple{key, kTile, kType}, std::tuple{value, vTile, vType}})
-        copyKvChunk(k, ctx, m, src, inRange, gcol,
-                    tile + "[" + stage + ", " + r + ", " + col + "]", type);
-      if (i0 + 32 * warps > vectors)
-        k.endIf();
-    }
-    k.endIf();
-    k.line("nvvm.cp.async.commit.group");
+  auto load = [&](Value t, Value stage) {
+    e.when(e.cmpIndex(CmpIPredicate::ult, t, endTile), [&] {
+      Value base = e.mulI(t, e.index(kDecodeKeys));
+      for (int64_t i0 = 0; i0 < vectors; i0 += 32 * warps) {
+        Value idx = e.addIndex(e.index(i0), tid);
+        auto copy = [&] {
+          Value r = e.divIndex(idx, e.index(d / 8));
+          Value col = e.mulI(e.remIndex(idx, e.index(d / 8)), e.index(8));
+          Value src = e.addIndex(base, r);
+          Value inRange = e.cmpIndex(CmpIPredicate::ult, src, keys);
+          Value gcol = e.addIndex(e.mulI(kvHead, e.index(d)), col);
+          copyKvChunk(e, ctx, key, mem(key), src, inRange, gcol, kTile,
+                      {stage, r, col});
+          copyKvChunk(e, ctx, value, mem(value), src, inRange, gcol, vTile,
+                      {stage, r, col});
+        };
+        if (i0 + 32 * warps > vectors)
+          e.when(e.cmpIndex(CmpIPredicate::ult, idx, e.index(vectors)), copy);
+        else
+          copy();
+      }
+    });
+    NVVM::CpAsyncCommitGroupOp::create(*e.b, e.loc);
   };
   for (int64_t s = 0; s + 1 < stages; ++s)
-    load(k.add(firstTile, k.index(s)), k.index(s));
-  k.line("gpu.barrier");
+    load(e.addIndex(firstTile, e.index(s)), e.index(s));
+  e.barrier();
 
-  std::string carriedTypes = "f32, f32";
-  std::string mName = k.fresh(), lName = k.fresh();
-  std::string carried =
-      mName + " = " + k.f32(-1e30) + ", " + lName + " = " + k.f32(0.0);
-  std::vector<std::string> oNames;
-  for (int64_t e = 0; e < perLane; ++e) {
-    oNames.push_back(k.fresh());
-    carried += ", " + oNames.back() + " = " + k.f32(0.0);
-    carriedTypes += ", f32";
-  }
-  std::string loop = k.fresh();
-  std::string t = k.beginFor(firstTile, endTile, k.index(1),
-                             loop + ":" + std::to_string(2 + perLane),
-                             carried + " : " + carriedTypes);
-  std::string i = k.sub(t, firstTile);
-  load(k.add(t, k.index(stages - 1)),
-       k.rem(k.add(i, k.index(stages - 1)), k.index(stages)));
-  k.line("nvvm.cp.async.wait.group " + std::to_string(stages - 1));
-  k.line("gpu.barrier");
-  std::string st = k.rem(i, k.index(stages));
+  // Online softmax state: max, sum, this lane's output slice.
+  SmallVector<Value> init = {e.f32(-1e30), e.f32(0.0)};
+  init.append(perLane, e.f32(0.0));
+  ValueRange state = e.loopWith(
+      firstTile, endTile, init,
+      [&](Value t, ValueRange carried) -> SmallVector<Value> {
+        Value mPrev = carried[0], lPrev = carried[1];
+        Value i = e.subIndex(t, firstTile);
+        load(e.addIndex(t, e.index(stages - 1)),
+             e.remIndex(e.addIndex(i, e.index(stages - 1)), e.index(stages)));
+        NVVM::CpAsyncWaitGroupOp::create(*e.b, e.loc, stages - 1);
+        e.barrier();
+        Value st = e.remIndex(i, e.index(stages));
 
-  // Lane j: the score of key j.
-  std::string keyIndex = k.add(k.mul(t, k.index(kDecodeKeys)), lane);
-  std::string inRange = k.cmp("ult", keyIndex, keys);
-  std::string kp = k.op("memref.load %kpos[" +
-                        k.select(inRange, keyIndex, k.index(0), "index") +
-                        "] : memref<?xi64>");
-  std::string visible = k.op("arith.andi " + inRange + ", " +
-                             k.cmp("sle", kp, qPos, "i64") + " : i1");
-  if (chunk)
-    visible = k.op("arith.andi " + visible + ", " +
-                   sameChunk(k, kp, qPos, chunk) + " : i1");
-  std::string acc = k.op("arith.constant dense<0.0> : vector<8xf32>");
-  for (int64_t c0 = 0; c0 < d; c0 += 8) {
-    std::string kv = k.op("vector.load " + kTile + "[" + st + ", " + lane +
-                          ", " + k.index(c0) + "] {alignment = 16} : " + kType +
-                          ", vector<8xbf16>");
-    kv = k.op("arith.extf " + kv + " : vector<8xbf16> to vector<8xf32>");
-    std::string qs =
-        k.op("vector.load " + qTile + "[" + warp + ", " + k.index(c0) +
-             "] {alignment = 16} : " + qType + ", vector<8xf32>");
-    acc =
-        k.op("vector.fma " + kv + ", " + qs + ", " + acc + " : vector<8xf32>");
-  }
-  std::string score =
-      k.op("vector.reduction <add>, " + acc + " : vector<8xf32> into f32");
-  score = k.select(visible, score,
-                   k.f32(-std::numeric_limits<double>::infinity()), "f32");
+        // Lane j: the score of key j.
+        Value keyIndex = e.addIndex(e.mulI(t, e.index(kDecodeKeys)), lane);
+        Value inRange = e.cmpIndex(CmpIPredicate::ult, keyIndex, keys);
+        Value kp =
+            e.loadRaw(keyPositions, {e.select(inRange, keyIndex, e.index(0))});
+        Value visible =
+            e.andI(inRange, e.cmpIndex(CmpIPredicate::sle, kp, qPos));
+        if (chunk)
+          visible = e.andI(visible, sameChunk(e, kp, qPos, chunk));
+        auto f32x8 = VectorType::get({8}, f32);
+        Value acc = e.splat(f32x8, 0.0);
+        for (int64_t c0 = 0; c0 < d; c0 += 8) {
+          Value kv = e.vectorLoad(VectorType::get({8}, bf16), kTile,
+                                  {st, lane, e.index(c0)}, 16);
+          Value qs = e.vectorLoad(f32x8, qTile, {warp, e.index(c0)}, 16);
+          acc = vector::FMAOp::create(*e.b, e.loc, e.extF(kv, f32x8), qs, acc);
+        }
+        Value score = e.select(visible, e.reduceAdd(acc),
+                               e.f32(-std::numeric_limits<double>::infinity()));
 
-  // Online softmax: the running max starts finite, so masked keys give 0.
-  std::string mNew = k.fmax(mName, k.warpMax(score));
-  std::string correction = k.exp(k.fsub(mName, mNew));
-  std::string p = k.exp(k.fsub(score, mNew));
-  std::string l = k.fadd(k.fmul(lName, correction), k.warpSum(p));
-  std::vector<std::string> o;
-  for (int64_t e = 0; e < perLane; ++e)
-    o.push_back(k.fmul(oNames[e], correction));
-  std::string vecType = "vector<" + std::to_string(perLane) + "xbf16>";
-  for (int64_t j = 0; j < kDecodeKeys; ++j) {
-    std::string pj = k.fresh();
-    k.line(pj + ", " + k.fresh() + " = gpu.shuffle idx " + p + ", " + k.i32(j) +
-           ", " + k.i32(32) + " : f32");
-    std::string vv =
-        k.op("vector.load " + vTile + "[" + st + ", " + k.index(j) + ", " +
-             laneCol + "] {alignment = " + std::to_string(2 * perLane) +
-             "} : " + vType + ", " + vecType);
-    for (int64_t e = 0; e < perLane; ++e) {
-      std::string x = k.op("vector.extract " + vv + "[" + std::to_string(e) +
-                           "] : bf16 from " + vecType);
-      o[e] = k.fma(pj, k.toF32(x, "bf16"), o[e]);
-    }
-  }
-  // The stage is refilled next round.
-  k.line("gpu.barrier");
-  std::string yielded = mNew + ", " + l;
-  for (const std::string &oe : o)
-    yielded += ", " + oe;
-  k.endFor(yielded + " : " + carriedTypes);
-  k.line("nvvm.cp.async.wait.group 0");
+        // Online softmax: the running max starts finite, so masked keys
+        // give 0.
+        Value mNew = e.maxF(mPrev, e.warpMax(score));
+        Value correction = e.exp(e.sub(mPrev, mNew));
+        Value p = e.exp(e.sub(score, mNew));
+        Value l = e.add(e.mul(lPrev, correction), e.warpSum(p));
+        SmallVector<Value> o;
+        for (int64_t el = 0; el < perLane; ++el)
+          o.push_back(e.mul(carried[2 + el], correction));
+        auto vecType = VectorType::get({perLane}, bf16);
+        for (int64_t j = 0; j < kDecodeKeys; ++j) {
+          Value pj = e.shuffle(p, gpu::ShuffleMode::IDX, j);
+          Value vv = e.vectorLoad(vecType, vTile, {st, e.index(j), laneCol},
+                                  2 * perLane);
+          for (int64_t el = 0; el < perLane; ++el) {
+            Value x = vector::ExtractOp::create(*e.b, e.loc, vv,
+                                                ArrayRef<int64_t>{el});
+            o[el] = e.fma(pj, e.extF(x, f32), o[el]);
+          }
+        }
+        // The stage is refilled next round.
+        e.barrier();
+        SmallVector<Value> yielded = {mNew, l};
+        llvm::append_range(yielded, o);
+        return yielded;
+      });
+  NVVM::CpAsyncWaitGroupOp::create(*e.b, e.loc, 0);
 
   // Partial of pair (row, head) from split z: [max, sum, o_0 .. o_{d-1}].
-  std::string slotIndex =
-      k.add(k.mul(k.add(k.mul(row, k.index(heads)), head), k.index(kSplits)),
-            k.blockId('z'));
-  std::string base = k.mul(slotIndex, k.index(d + 2));
-  k.beginIf(k.op("arith.andi " + active + ", " + k.cmp("eq", lane, k.index(0)) +
-                 " : i1"));
-  k.line("memref.store " + loop + "#0, %partials[" + base +
-         "] : memref<?xf32>");
-  k.line("memref.store " + loop + "#1, %partials[" + k.add(base, k.index(1)) +
-         "] : memref<?xf32>");
-  k.endIf();
-  k.beginIf(k.op("arith.andi " + active + ", " + laneActive + " : i1"));
-  for (int64_t e = 0; e < perLane; ++e)
-    k.line("memref.store " + loop + "#" + std::to_string(2 + e) +
-           ", %partials[" + k.add(base, k.add(k.index(2 + e), laneCol)) +
-           "] : memref<?xf32>");
-  k.endIf();
-  return k.finish();
+  Value slotIndex = e.addIndex(
+      e.mulI(e.addIndex(e.mulI(row, e.index(heads)), head), e.index(kSplits)),
+      split);
+  Value base = e.mulI(slotIndex, e.index(d + 2));
+  e.when(e.andI(active, e.cmpIndex(CmpIPredicate::eq, lane, e.index(0))), [&] {
+    e.store(state[0], partials, {base});
+    e.store(state[1], partials, {e.addIndex(base, e.index(1))});
+  });
+  e.when(e.andI(active, laneActive), [&] {
+    for (int64_t el = 0; el < perLane; ++el)
+      e.store(state[2 + el], partials,
+              {e.addIndex(base, e.addIndex(e.index(2 + el), laneCol))});
+  });
 }
 
-/// Writes the attention function for steps of up to 64 rows.
-std::string writeAttention(const KernelContext &ctx, AttentionOp a,
-                           StringRef name) {
+/// The attention function for steps of up to 64 rows whose head_dim the
+/// wgmma kernel cannot tile.
+void buildAttention(const KernelContext &ctx, AttentionOp a, StringRef name,
+                    gpu::GPUModuleOp module) {
   int q = ctx.operandOf(a.getQuery()), key = ctx.operandOf(a.getKey()),
       value = ctx.operandOf(a.getValue()),
       positions = ctx.operandOf(a.getPositions()),
@@ -299,312 +292,286 @@ std::string writeAttention(const KernelContext &ctx, AttentionOp a,
   int64_t chunk =
       a.getMask() == MaskKind::Chunked ? a.getChunkSize().value_or(0) : 0;
 
-  std::string params;
-  params += ctx.memrefParams();
-  params += ", %kpos: memref<?xi64>, %kcount: memref<1xi64>";
-  KernelText k(name, params, 32 * kWarps);
-  std::string smemType = "memref<" + std::to_string(kKeyTile) + "x" +
-                         std::to_string(d) + "xbf16, 3>";
-  std::string kTile = k.workgroup(smemType), vTile = k.workgroup(smemType);
-  std::string kposTile =
-      k.workgroup("memref<" + std::to_string(kKeyTile) + "xi64, 3>");
+  MLIRContext *context = module.getContext();
+  OpBuilder builder(context);
+  Type i64 = builder.getI64Type(), f32 = builder.getF32Type(),
+       bf16 = builder.getBF16Type();
+  gpu::GPUFuncOp fn = GpuEmitter::createKernel(
+      module, ctx.kernel.getLoc(), name,
+      paramsWith(ctx, {MemRefType::get({ShapedType::kDynamic}, i64),
+                       MemRefType::get({1}, i64)}),
+      {sharedOf({kKeyTile, d}, bf16), sharedOf({kKeyTile, d}, bf16),
+       sharedOf({kKeyTile}, i64)},
+      32 * kWarps);
+  unsigned n = fn.getNumArguments();
+  Value keyPositions = fn.getArgument(n - 2), keyCount = fn.getArgument(n - 1);
+  Value kTile = fn.getWorkgroupAttributions()[0],
+        vTile = fn.getWorkgroupAttributions()[1],
+        kposTile = fn.getWorkgroupAttributions()[2];
+  GpuEmitter e(builder, fn);
+  auto mem = [&](int i) { return fn.getArgument(i); };
 
-  auto mem = [&](int i) { return "%o" + std::to_string(i); };
-  std::string tid = k.threadId();
-  std::string warp = k.div(tid, k.index(32));
-  std::string lane = k.rem(tid, k.index(32));
-  std::string rows = k.op("memref.dim " + mem(q) + ", " + k.index(0) + " : " +
-                          ctx.memrefType(q));
+  Value tid = e.threadId();
+  Value warp = e.divIndex(tid, e.index(32));
+  Value lane = e.remIndex(tid, e.index(32));
+  Value rows = e.dim(mem(q), 0);
   // The pool's rows past the count are stale: the count comes from device
   // memory (see GpuParam::Kind::KeyCount).
-  std::string keys =
-      k.op("arith.index_cast " +
-           k.op("memref.load %kcount[" + k.index(0) + "] : memref<1xi64>") +
-           " : i64 to index");
-  std::string kvHead = k.blockId('y');
+  Value keys = e.loadIndex(keyCount, {e.index(0)});
+  Value kvHead = e.blockId(gpu::Dimension::y);
   // Pair p = row * group + head-in-group.
-  std::string firstPair = k.mul(k.blockId('x'), k.index(kWarps));
-  std::string pair = k.add(firstPair, warp);
-  std::string pairs = k.mul(rows, k.index(group));
-  std::string active = k.cmp("ult", pair, pairs);
-  std::string safePair =
-      k.select(active, pair, k.sub(pairs, k.index(1)), "index");
-  std::string row = k.div(safePair, k.index(group));
-  std::string head =
-      k.add(k.mul(kvHead, k.index(group)), k.rem(safePair, k.index(group)));
-  std::string lastPair = k.minIndex(k.add(firstPair, k.index(kWarps - 1)),
-                                    k.sub(pairs, k.index(1)));
-  std::string firstRow = k.div(firstPair, k.index(group));
-  std::string lastRow = k.div(lastPair, k.index(group));
-  auto loadPos = [&](const std::string &m, const std::string &type,
-                     const std::string &at) {
-    return k.op("memref.load " + m + "[" + at + "] : " + type);
-  };
-  std::string qPos = loadPos(mem(positions), ctx.memrefType(positions), row);
-  std::string minPos =
-      loadPos(mem(positions), ctx.memrefType(positions), firstRow);
-  std::string maxPos =
-      loadPos(mem(positions), ctx.memrefType(positions), lastRow);
-  std::string chunkStart = k.i64(0);
+  Value firstPair = e.mulI(e.blockId(gpu::Dimension::x), e.index(kWarps));
+  Value pair = e.addIndex(firstPair, warp);
+  Value pairs = e.mulI(rows, e.index(group));
+  Value active = e.cmpIndex(CmpIPredicate::ult, pair, pairs);
+  Value safePair = e.select(active, pair, e.subIndex(pairs, e.index(1)));
+  Value row = e.divIndex(safePair, e.index(group));
+  Value head = e.addIndex(e.mulI(kvHead, e.index(group)),
+                          e.remIndex(safePair, e.index(group)));
+  Value lastPair = e.minUI(e.addIndex(firstPair, e.index(kWarps - 1)),
+                           e.subIndex(pairs, e.index(1)));
+  Value firstRow = e.divIndex(firstPair, e.index(group));
+  Value lastRow = e.divIndex(lastPair, e.index(group));
+  Value qPos = e.loadRaw(mem(positions), {row});
+  Value minPos = e.loadRaw(mem(positions), {firstRow});
+  Value maxPos = e.loadRaw(mem(positions), {lastRow});
+  Value chunkStart = e.i64(0);
   if (chunk)
-    chunkStart =
-        k.op("arith.muli " +
-             k.op("arith.divsi " + minPos + ", " + k.i64(chunk) + " : i64") +
-             ", " + k.i64(chunk) + " : i64");
+    chunkStart = e.mulI(e.divSI(minPos, e.i64(chunk)), e.i64(chunk));
 
   // This lane's slice of the query, scaled (and tempered) once.
-  std::string scale = attentionScale(k, a, qPos);
-  std::string laneActive =
-      k.cmp("ult", k.mul(lane, k.index(perLane)), k.index(d));
-  std::string laneCol =
-      k.select(laneActive, k.mul(lane, k.index(perLane)), k.index(0), "index");
-  std::vector<std::string> qv;
-  std::string qCol = k.add(k.mul(head, k.index(d)), laneCol);
-  for (int64_t e = 0; e < perLane; ++e) {
-    std::string v =
-        k.toF32(k.op("memref.load " + mem(q) + "[" + row + ", " +
-                     k.add(qCol, k.index(e)) + "] : " + ctx.memrefType(q)),
-                ctx.elements[q]);
-    v = k.fmul(v, scale);
-    qv.push_back(k.select(laneActive, v, k.f32(0.0), "f32"));
+  Value scale = attentionScale(e, a, qPos);
+  Value laneActive = e.cmpIndex(
+      CmpIPredicate::ult, e.mulI(lane, e.index(perLane)), e.index(d));
+  Value laneCol =
+      e.select(laneActive, e.mulI(lane, e.index(perLane)), e.index(0));
+  SmallVector<Value> qv;
+  Value qCol = e.addIndex(e.mulI(head, e.index(d)), laneCol);
+  for (int64_t el = 0; el < perLane; ++el) {
+    Value v = e.load(mem(q), {row, e.addIndex(qCol, e.index(el))});
+    qv.push_back(e.select(laneActive, e.mul(v, scale), e.f32(0.0)));
   }
 
   // Online softmax state: max, sum, output slice.
-  std::string carriedTypes = "f32, f32";
-  for (int64_t e = 0; e < perLane; ++e)
-    carriedTypes += ", f32";
-  std::string mName = k.fresh(), lName = k.fresh();
-  std::vector<std::string> oNames;
-  std::string carried =
-      mName + " = " + k.f32(-1e30) + ", " + lName + " = " + k.f32(0.0);
-  for (int64_t e = 0; e < perLane; ++e) {
-    oNames.push_back(k.fresh());
-    carried += ", " + oNames.back() + " = " + k.f32(0.0);
-  }
-  std::string loopResult = k.fresh();
-  std::string tiles =
-      k.div(k.add(keys, k.index(kKeyTile - 1)), k.index(kKeyTile));
-  std::string t = k.beginFor(k.index(0), tiles, k.index(1),
-                             loopResult + ":" + std::to_string(2 + perLane),
-                             carried + " : " + carriedTypes);
-  std::string kBase = k.mul(t, k.index(kKeyTile));
-  std::string kLast =
-      k.minIndex(k.add(kBase, k.index(kKeyTile - 1)), k.sub(keys, k.index(1)));
-  // Ascending positions: the tile is visible to someone iff its first key
-  // is not after the latest query and its last key is not before the
-  // earliest query's chunk.
-  std::string firstKeyPos = loadPos("%kpos", "memref<?xi64>", kBase);
-  std::string lastKeyPos = loadPos("%kpos", "memref<?xi64>", kLast);
-  std::string useful = k.cmp("sle", firstKeyPos, maxPos, "i64");
-  if (chunk)
-    useful = k.op("arith.andi " + useful + ", " +
-                  k.cmp("sge", lastKeyPos, chunkStart, "i64") + " : i1");
-  std::string stepResult = k.fresh();
-  std::string stateNames = mName + ", " + lName;
-  for (const std::string &o : oNames)
-    stateNames += ", " + o;
-  k.line(stepResult + ":" + std::to_string(2 + perLane) + " = scf.if " +
-         useful + " -> (" + carriedTypes + ") {");
-  {
-    // Stage K, V (bf16) and the key positions.
-    int64_t vectors = kKeyTile * d / 8;
-    for (int64_t i0 = 0; i0 < vectors; i0 += 32 * kWarps) {
-      std::string idx = k.add(k.index(i0), tid);
-      k.beginIf(k.cmp("ult", idx, k.index(vectors)));
-      std::string kr = k.div(idx, k.index(d / 8));
-      std::string kc = k.mul(k.rem(idx, k.index(d / 8)), k.index(8));
-      std::string src = k.add(kBase, kr);
-      std::string inRange = k.cmp("ult", src, keys);
-      std::string gcol = k.add(k.mul(kvHead, k.index(d)), kc);
-      for (auto [m, tile] : {std::pair{key, kTile}, std::pair{value, vTile}})
-        copyKvChunk(k, ctx, m, src, inRange, gcol,
-                    tile + "[" + kr + ", " + kc + "]", smemType);
-      k.endIf();
-    }
-    k.line("nvvm.cp.async.commit.group");
-    k.line("nvvm.cp.async.wait.group 0");
-    k.beginIf(k.cmp("ult", tid, k.index(kKeyTile)));
-    std::string src = k.add(kBase, tid);
-    std::string inRange = k.cmp("ult", src, keys);
-    std::string safe = k.select(inRange, src, k.index(0), "index");
-    std::string p = loadPos("%kpos", "memref<?xi64>", safe);
-    // Keys past the end get a position no query sees.
-    p = k.select(inRange, p, k.i64(std::numeric_limits<int64_t>::max()), "i64");
-    k.line("memref.store " + p + ", " + kposTile + "[" + tid + "] : memref<" +
-           std::to_string(kKeyTile) + "xi64, 3>");
-    k.endIf();
-    k.line("gpu.barrier");
+  SmallVector<Value> init = {e.f32(-1e30), e.f32(0.0)};
+  init.append(perLane, e.f32(0.0));
+  SmallVector<Type> stateTypes(init.size(), f32);
+  Value tiles =
+      e.divIndex(e.addIndex(keys, e.index(kKeyTile - 1)), e.index(kKeyTile));
+  ValueRange state = e.loopWith(
+      e.index(0), tiles, init,
+      [&](Value t, ValueRange carried) -> SmallVector<Value> {
+        Value kBase = e.mulI(t, e.index(kKeyTile));
+        Value kLast = e.minUI(e.addIndex(kBase, e.index(kKeyTile - 1)),
+                              e.subIndex(keys, e.index(1)));
+        // Ascending positions: the tile is visible to someone iff its first
+        // key is not after the latest query and its last key is not before
+        // the earliest query's chunk.
+        Value firstKeyPos = e.loadRaw(keyPositions, {kBase});
+        Value lastKeyPos = e.loadRaw(keyPositions, {kLast});
+        Value useful = e.cmpIndex(CmpIPredicate::sle, firstKeyPos, maxPos);
+        if (chunk)
+          useful = e.andI(useful, e.cmpIndex(CmpIPredicate::sge, lastKeyPos,
+                                             chunkStart));
+        return e.ifElse(
+            useful, stateTypes,
+            [&]() -> SmallVector<Value> {
+              // Stage K, V (bf16) and the key positions.
+              int64_t vectors = kKeyTile * d / 8;
+              for (int64_t i0 = 0; i0 < vectors; i0 += 32 * kWarps) {
+                Value idx = e.addIndex(e.index(i0), tid);
+                e.when(
+                    e.cmpIndex(CmpIPredicate::ult, idx, e.index(vectors)),
+                    [&] {
+                      Value kr = e.divIndex(idx, e.index(d / 8));
+                      Value kc = e.mulI(e.remIndex(idx, e.index(d / 8)),
+                                        e.index(8));
+                      Value src = e.addIndex(kBase, kr);
+                      Value inRange = e.cmpIndex(CmpIPredicate::ult, src, keys);
+                      Value gcol = e.addIndex(e.mulI(kvHead, e.index(d)), kc);
+                      copyKvChunk(e, ctx, key, mem(key), src, inRange, gcol,
+                                  kTile, {kr, kc});
+                      copyKvChunk(e, ctx, value, mem(value), src, inRange,
+                                  gcol, vTile, {kr, kc});
+                    });
+              }
+              NVVM::CpAsyncCommitGroupOp::create(*e.b, e.loc);
+              NVVM::CpAsyncWaitGroupOp::create(*e.b, e.loc, 0);
+              e.when(e.cmpIndex(CmpIPredicate::ult, tid, e.index(kKeyTile)),
+                     [&] {
+                       Value src = e.addIndex(kBase, tid);
+                       Value inRange =
+                           e.cmpIndex(CmpIPredicate::ult, src, keys);
+                       Value p = e.loadRaw(
+                           keyPositions,
+                           {e.select(inRange, src, e.index(0))});
+                       // Keys past the end get a position no query sees.
+                       p = e.select(
+                           inRange, p,
+                           e.i64(std::numeric_limits<int64_t>::max()));
+                       e.store(p, kposTile, {tid});
+                     });
+              e.barrier();
 
-    std::vector<std::string> scores;
-    std::string tileMax = k.f32(-1e30);
-    std::vector<std::string> visible;
-    for (int64_t j = 0; j < kKeyTile; ++j) {
-      std::string dot = k.f32(0.0);
-      for (int64_t e = 0; e < perLane; ++e) {
-        std::string kv = k.op("memref.load " + kTile + "[" + k.index(j) + ", " +
-                              k.add(laneCol, k.index(e)) + "] : " + smemType);
-        dot = k.fadd(dot, k.fmul(qv[e], k.toF32(kv, "bf16")));
-      }
-      std::string score = k.warpSum(dot);
-      std::string kp =
-          k.op("memref.load " + kposTile + "[" + k.index(j) + "] : memref<" +
-               std::to_string(kKeyTile) + "xi64, 3>");
-      std::string vis = k.cmp("sle", kp, qPos, "i64");
-      if (chunk)
-        vis = k.op("arith.andi " + vis + ", " + sameChunk(k, kp, qPos, chunk) +
-                   " : i1");
-      visible.push_back(vis);
-      scores.push_back(score);
-      tileMax = k.select(vis, k.fmax(tileMax, score), tileMax, "f32");
-    }
-    std::string mNew = k.fmax(mName, tileMax);
-    std::string correction = k.exp(k.fsub(mName, mNew));
-    std::string l = k.fmul(lName, correction);
-    std::vector<std::string> o;
-    for (int64_t e = 0; e < perLane; ++e)
-      o.push_back(k.fmul(oNames[e], correction));
-    for (int64_t j = 0; j < kKeyTile; ++j) {
-      std::string p = k.select(visible[j], k.exp(k.fsub(scores[j], mNew)),
-                               k.f32(0.0), "f32");
-      l = k.fadd(l, p);
-      for (int64_t e = 0; e < perLane; ++e) {
-        std::string vv = k.op("memref.load " + vTile + "[" + k.index(j) + ", " +
-                              k.add(laneCol, k.index(e)) + "] : " + smemType);
-        o[e] = k.fadd(o[e], k.fmul(p, k.toF32(vv, "bf16")));
-      }
-    }
-    // The tiles are reloaded next round.
-    k.line("gpu.barrier");
-    std::string yielded = mNew + ", " + l;
-    for (const std::string &oe : o)
-      yielded += ", " + oe;
-    k.line("  scf.yield " + yielded + " : " + carriedTypes);
-  }
-  k.line("} else {");
-  k.line("  scf.yield " + stateNames + " : " + carriedTypes);
-  k.line("}");
-  std::string yielded;
-  for (int64_t i = 0; i < 2 + perLane; ++i)
-    yielded += (i ? ", " : "") + stepResult + "#" + std::to_string(i);
-  k.endFor(yielded + " : " + carriedTypes);
+              SmallVector<Value> scores, visible;
+              Value tileMax = e.f32(-1e30);
+              for (int64_t j = 0; j < kKeyTile; ++j) {
+                Value dot = e.f32(0.0);
+                for (int64_t el = 0; el < perLane; ++el) {
+                  Value kv = e.load(
+                      kTile, {e.index(j), e.addIndex(laneCol, e.index(el))});
+                  dot = e.add(dot, e.mul(qv[el], kv));
+                }
+                Value score = e.warpSum(dot);
+                Value kp = e.loadRaw(kposTile, {e.index(j)});
+                Value vis = e.cmpIndex(CmpIPredicate::sle, kp, qPos);
+                if (chunk)
+                  vis = e.andI(vis, sameChunk(e, kp, qPos, chunk));
+                visible.push_back(vis);
+                scores.push_back(score);
+                tileMax = e.select(vis, e.maxF(tileMax, score), tileMax);
+              }
+              Value mNew = e.maxF(carried[0], tileMax);
+              Value correction = e.exp(e.sub(carried[0], mNew));
+              Value l = e.mul(carried[1], correction);
+              SmallVector<Value> o;
+              for (int64_t el = 0; el < perLane; ++el)
+                o.push_back(e.mul(carried[2 + el], correction));
+              for (int64_t j = 0; j < kKeyTile; ++j) {
+                Value p = e.select(visible[j],
+                                   e.exp(e.sub(scores[j], mNew)), e.f32(0.0));
+                l = e.add(l, p);
+                for (int64_t el = 0; el < perLane; ++el) {
+                  Value vv = e.load(
+                      vTile, {e.index(j), e.addIndex(laneCol, e.index(el))});
+                  o[el] = e.add(o[el], e.mul(p, vv));
+                }
+              }
+              // The tiles are reloaded next round.
+              e.barrier();
+              SmallVector<Value> yielded = {mNew, l};
+              llvm::append_range(yielded, o);
+              return yielded;
+            },
+            [&]() -> SmallVector<Value> {
+              return SmallVector<Value>(carried);
+            });
+      });
 
-  std::string total = loopResult + "#1";
-  std::string inv = k.fdiv(k.f32(1.0), total);
-  k.beginIf(k.op("arith.andi " + active + ", " + laneActive + " : i1"));
-  for (int64_t e = 0; e < perLane; ++e) {
-    std::string v = k.fmul(loopResult + "#" + std::to_string(2 + e), inv);
-    k.line("memref.store " + k.fromF32(v, ctx.elements[result]) + ", " +
-           mem(result) + "[" + row + ", " + k.add(qCol, k.index(e)) +
-           "] : " + ctx.memrefType(result));
-  }
-  k.endIf();
-  return k.finish();
+  Value inv = e.div(e.f32(1.0), state[1]);
+  e.when(e.andI(active, laneActive), [&] {
+    for (int64_t el = 0; el < perLane; ++el)
+      e.store(e.mul(state[2 + el], inv), mem(result),
+              {row, e.addIndex(qCol, e.index(el))});
+  });
 }
 
 /// Combines the kSplits partials of each (row, head): one warp per pair,
 /// lanes along the head dimension.
-std::string writeCombine(const KernelContext &ctx, AttentionOp a,
-                         StringRef name) {
+void buildCombine(const KernelContext &ctx, AttentionOp a, StringRef name,
+                  gpu::GPUModuleOp module) {
   int q = ctx.operandOf(a.getQuery()), result = ctx.operandOf(a.getResult());
   int64_t heads = a.getNumHeads();
   int64_t d = ctx.width(q) / heads;
   int64_t perLane = std::max<int64_t>(1, d / 32);
-  std::string params;
-  params += ctx.memrefParams();
-  params += ", %partials: memref<?xf32>";
-  KernelText k(name, params, 32 * kWarps);
-  std::string tid = k.threadId();
-  std::string lane = k.rem(tid, k.index(32));
-  std::string rows = k.op("memref.dim %o" + std::to_string(q) + ", " +
-                          k.index(0) + " : " + ctx.memrefType(q));
-  std::string pair =
-      k.add(k.mul(k.blockId('x'), k.index(kWarps)), k.div(tid, k.index(32)));
-  std::string active = k.cmp("ult", pair, k.mul(rows, k.index(heads)));
-  std::string laneActive =
-      k.cmp("ult", k.mul(lane, k.index(perLane)), k.index(d));
-  k.beginIf(k.op("arith.andi " + active + ", " + laneActive + " : i1"));
-  std::string row = k.div(pair, k.index(heads));
-  std::string head = k.rem(pair, k.index(heads));
-  std::string first = k.mul(pair, k.index(kSplits * (d + 2)));
-  auto at = [&](int64_t split, const std::string &offset) {
-    std::string i = k.add(first, k.add(k.index(split * (d + 2)), offset));
-    return k.op("memref.load %partials[" + i + "] : memref<?xf32>");
-  };
-  std::string m = k.f32(-1e30);
-  std::vector<std::string> maxes;
-  for (int64_t sp = 0; sp < kSplits; ++sp) {
-    maxes.push_back(at(sp, k.index(0)));
-    m = k.fmax(m, maxes.back());
-  }
-  std::string l = k.f32(0.0);
-  std::vector<std::string> o(perLane, k.f32(0.0));
-  std::string laneCol = k.mul(lane, k.index(perLane));
-  for (int64_t sp = 0; sp < kSplits; ++sp) {
-    std::string w = k.exp(k.fsub(maxes[sp], m));
-    l = k.fadd(l, k.fmul(w, at(sp, k.index(1))));
-    for (int64_t e = 0; e < perLane; ++e)
-      o[e] = k.fadd(o[e], k.fmul(w, at(sp, k.add(k.index(2 + e), laneCol))));
-  }
-  std::string inv = k.fdiv(k.f32(1.0), l);
-  for (int64_t e = 0; e < perLane; ++e) {
-    std::string col =
-        k.add(k.mul(head, k.index(d)), k.add(laneCol, k.index(e)));
-    k.line("memref.store " +
-           k.fromF32(k.fmul(o[e], inv), ctx.elements[result]) + ", %o" +
-           std::to_string(result) + "[" + row + ", " + col +
-           "] : " + ctx.memrefType(result));
-  }
-  k.endIf();
-  return k.finish();
+  MLIRContext *context = module.getContext();
+  OpBuilder builder(context);
+  gpu::GPUFuncOp fn = GpuEmitter::createKernel(
+      module, ctx.kernel.getLoc(), name,
+      paramsWith(ctx, {MemRefType::get({ShapedType::kDynamic},
+                                       builder.getF32Type())}),
+      /*workgroup=*/{}, 32 * kWarps);
+  Value partials = fn.getArgument(fn.getNumArguments() - 1);
+  GpuEmitter e(builder, fn);
+  Value tid = e.threadId();
+  Value lane = e.remIndex(tid, e.index(32));
+  Value rows = e.dim(fn.getArgument(q), 0);
+  Value pair = e.addIndex(e.mulI(e.blockId(gpu::Dimension::x), e.index(kWarps)),
+                          e.divIndex(tid, e.index(32)));
+  Value active =
+      e.cmpIndex(CmpIPredicate::ult, pair, e.mulI(rows, e.index(heads)));
+  Value laneActive = e.cmpIndex(
+      CmpIPredicate::ult, e.mulI(lane, e.index(perLane)), e.index(d));
+  e.when(e.andI(active, laneActive), [&] {
+    Value row = e.divIndex(pair, e.index(heads));
+    Value head = e.remIndex(pair, e.index(heads));
+    Value first = e.mulI(pair, e.index(kSplits * (d + 2)));
+    auto at = [&](int64_t split, Value offset) {
+      return e.loadRaw(partials, {e.addIndex(first,
+                                             e.addIndex(e.index(split * (d + 2)),
+                                                        offset))});
+    };
+    Value m = e.f32(-1e30);
+    SmallVector<Value> maxes;
+    for (int64_t sp = 0; sp < kSplits; ++sp) {
+      maxes.push_back(at(sp, e.index(0)));
+      m = e.maxF(m, maxes.back());
+    }
+    Value l = e.f32(0.0);
+    SmallVector<Value> o(perLane, e.f32(0.0));
+    Value laneCol = e.mulI(lane, e.index(perLane));
+    for (int64_t sp = 0; sp < kSplits; ++sp) {
+      Value w = e.exp(e.sub(maxes[sp], m));
+      l = e.add(l, e.mul(w, at(sp, e.index(1))));
+      for (int64_t el = 0; el < perLane; ++el)
+        o[el] = e.add(
+            o[el], e.mul(w, at(sp, e.addIndex(e.index(2 + el), laneCol))));
+    }
+    Value inv = e.div(e.f32(1.0), l);
+    for (int64_t el = 0; el < perLane; ++el) {
+      Value col = e.addIndex(e.mulI(head, e.index(d)),
+                             e.addIndex(laneCol, e.index(el)));
+      e.store(e.mul(o[el], inv), fn.getArgument(result), {row, col});
+    }
+  });
 }
 
 /// Appends the step's new key and value rows (and their positions) to the
 /// call site's pools, after the `count - rows` cached ones: one block per
 /// new row, 16-byte copies.
-std::string writeAppend(const KernelContext &ctx, AttentionOp a,
-                        StringRef name) {
+void buildAppend(const KernelContext &ctx, AttentionOp a, StringRef name,
+                 gpu::GPUModuleOp module) {
   int key = ctx.operandOf(a.getKey()), value = ctx.operandOf(a.getValue()),
       positions = ctx.operandOf(a.getPositions());
   int64_t width = ctx.width(key);
-  std::string params;
-  params += ctx.memrefParams();
-  std::string pool = ctx.memrefType(key);
-  params += ", %poolK: " + pool + ", %poolV: " + pool +
-            ", %kpos: memref<?xi64>, %kcount: memref<1xi64>";
-  KernelText k(name, params, 128);
-  std::string row = k.blockId('x');
-  std::string rows = k.op("memref.dim %o" + std::to_string(key) + ", " +
-                          k.index(0) + " : " + ctx.memrefType(key));
-  std::string count =
-      k.op("arith.index_cast " +
-           k.op("memref.load %kcount[" + k.index(0) + "] : memref<1xi64>") +
-           " : i64 to index");
-  std::string dst = k.add(k.sub(count, rows), row);
-  std::string element = ctx.elements[key];
-  std::string vec = "vector<8x" + element + ">";
-  std::string c = k.beginFor(k.mul(k.threadId(), k.index(8)), k.index(width),
-                             k.index(8 * 128));
-  for (auto [from, to] : {std::pair{key, std::string("%poolK")},
-                          std::pair{value, std::string("%poolV")}}) {
-    std::string v = k.op("vector.load %o" + std::to_string(from) + "[" + row +
-                         ", " + c + "] : " + ctx.memrefType(from) + ", " + vec);
-    k.line("vector.store " + v + ", " + to + "[" + dst + ", " + c +
-           "] : " + pool + ", " + vec);
-  }
-  k.endFor();
-  k.beginIf(k.cmp("eq", k.threadId(), k.index(0)));
-  std::string p = k.op("memref.load %o" + std::to_string(positions) + "[" +
-                       row + "] : " + ctx.memrefType(positions));
-  k.line("memref.store " + p + ", %kpos[" + dst + "] : memref<?xi64>");
-  k.endIf();
-  return k.finish();
+  MLIRContext *context = module.getContext();
+  OpBuilder builder(context);
+  Type i64 = builder.getI64Type();
+  MemRefType pool = ctx.memrefTypeOf(key);
+  gpu::GPUFuncOp fn = GpuEmitter::createKernel(
+      module, ctx.kernel.getLoc(), name,
+      paramsWith(ctx, {pool, pool, MemRefType::get({ShapedType::kDynamic}, i64),
+                       MemRefType::get({1}, i64)}),
+      /*workgroup=*/{}, 128);
+  unsigned n = fn.getNumArguments();
+  Value poolK = fn.getArgument(n - 4), poolV = fn.getArgument(n - 3),
+        keyPositions = fn.getArgument(n - 2), keyCount = fn.getArgument(n - 1);
+  GpuEmitter e(builder, fn);
+  Value row = e.blockId(gpu::Dimension::x);
+  Value rows = e.dim(fn.getArgument(key), 0);
+  Value count = e.loadIndex(keyCount, {e.index(0)});
+  Value dst = e.addIndex(e.subIndex(count, rows), row);
+  auto vec = VectorType::get({8}, ctx.elementTypes[key]);
+  e.loopStep(e.mulI(e.threadId(), e.index(8)), e.index(width),
+             e.index(8 * 128), [&](Value c) {
+               for (auto [from, to] :
+                    {std::pair{key, poolK}, std::pair{value, poolV}}) {
+                 Value v = e.vectorLoad(vec, fn.getArgument(from), {row, c},
+                                        /*alignment=*/0);
+                 e.vectorStore(v, to, {dst, c}, /*alignment=*/0);
+               }
+             });
+  e.when(e.cmpIndex(CmpIPredicate::eq, e.threadId(), e.index(0)), [&] {
+    e.store(e.loadRaw(fn.getArgument(positions), {row}), keyPositions, {dst});
+  });
 }
 
 } // namespace
 
 LogicalResult
 mlir::kiln::cuda::generateAttentionKernel(const KernelContext &ctx,
-                                          GpuKernel &out, std::string &text) {
+                                          GpuKernel &out,
+                                          gpu::GPUModuleOp module) {
   AttentionOp a;
   for (Operation &op : ctx.kernel.getBody().front().without_terminator()) {
     a = dyn_cast<AttentionOp>(op);
@@ -624,15 +591,15 @@ mlir::kiln::cuda::generateAttentionKernel(const KernelContext &ctx,
     return a.emitOpError("the sm_90a KV pools need rows of a multiple of 8 "
                          "elements of one type");
   std::string name = ctx.name();
-  text += writeAppend(ctx, a, name + "_append");
-  text += writeDecode(ctx, a, name + "_split");
+  buildAppend(ctx, a, name + "_append", module);
+  buildDecode(ctx, a, name + "_split", module);
   // Steps past the decode rows take the wgmma kernel where it fits (even a
   // half-empty 128-row tile beats a warp per (row, head) well before 64
   // rows), else the SIMT one.
   bool flashFits = flashAttentionFits(ctx, a);
   if (!flashFits)
-    text += writeAttention(ctx, a, name);
-  text += writeCombine(ctx, a, name + "_combine");
+    buildAttention(ctx, a, name, module);
+  buildCombine(ctx, a, name + "_combine", module);
 
   // Attention reads the pools where the launch's key and value operands are.
   auto memrefs = [&](GpuLaunch &launch) {
@@ -683,7 +650,7 @@ mlir::kiln::cuda::generateAttentionKernel(const KernelContext &ctx,
   out.steps.push_back({{append}});
   if (flashFits) {
     out.steps.push_back(
-        {{split, writeFlashAttention(ctx, a, name + "_flash", text)}});
+        {{split, buildFlashAttention(ctx, a, name + "_flash", module)}});
   } else {
     GpuLaunch whole;
     whole.function = name;

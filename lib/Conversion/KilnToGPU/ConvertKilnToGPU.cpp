@@ -92,8 +92,10 @@ LogicalResult mlir::kiln::convertKernelsToGpu(ModuleOp module) {
   }
   gpuModule->remove();
   module.getBody()->push_back(gpuModule);
-  if (program->vocab > 0)
+  if (program->vocab > 0) {
     program->argmax = buildArgmax(gpuModule, module.getLoc(), program->vocab);
+    program->sample = buildSampler(gpuModule, module.getLoc(), program->vocab);
+  }
   module->setAttr(gpu::GPUDialect::getContainerModuleAttrName(),
                   UnitAttr::get(context));
 

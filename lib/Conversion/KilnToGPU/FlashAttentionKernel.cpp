@@ -22,6 +22,7 @@
 //===----------------------------------------------------------------------===//
 
 #include "Generators.h"
+#include "GpuEmitter.h"
 #include "Wgmma.h"
 
 #include "dialects/kiln/KilnOps.h"
@@ -39,11 +40,11 @@ constexpr int64_t kConsumers = 2; // 128 query rows per block
 constexpr int64_t kSharedLimit = 232448;
 constexpr int64_t kBox = 64 * 64 * 2; // one 64x64 bf16 box
 
-class FlashWriter {
+using arith::CmpIPredicate;
+
+class FlashBuilder {
 public:
-  FlashWriter(const KernelContext &ctx, AttentionOp a, StringRef name)
-      : ctx(ctx), a(a), k(name, params(ctx, a), 128 * (1 + kConsumers),
-                          "nvvm.minctasm = 1 : i32") {
+  FlashBuilder(const KernelContext &ctx, AttentionOp a) : ctx(ctx), a(a) {
     q = ctx.operandOf(a.getQuery());
     key = ctx.operandOf(a.getKey());
     value = ctx.operandOf(a.getValue());
@@ -66,184 +67,191 @@ public:
     return qBytes() + stages * stageBytes() + 1024;
   }
 
-  std::string write() {
+  void build(gpu::GPUModuleOp module, StringRef name) {
+    MLIRContext *context = module.getContext();
+    OpBuilder builder(context);
+    Type ptr = LLVM::LLVMPointerType::get(context);
+    SmallVector<Type> params = {ptr, ptr, ptr};
+    for (unsigned i = 0; i < ctx.operands.size(); ++i)
+      params.push_back(ctx.memrefTypeOf(i));
+    Type i64 = builder.getI64Type();
+    params.push_back(MemRefType::get({ShapedType::kDynamic}, i64));
+    params.push_back(MemRefType::get({1}, i64));
+    fn = GpuEmitter::createKernel(module, ctx.kernel.getLoc(), name, params,
+                                  /*workgroup=*/{}, 128 * (1 + kConsumers));
+    fn->setAttr("nvvm.minctasm", builder.getI32IntegerAttr(1));
+    for (unsigned i = 0; i < 3; ++i)
+      fn.setArgAttr(i, "llvm.align", builder.getI64IntegerAttr(64));
+    keyPositions = fn.getArgument(fn.getNumArguments() - 2);
+    keyCount = fn.getArgument(fn.getNumArguments() - 1);
+    GpuEmitter emitter(builder, fn);
+    e = &emitter;
     setup();
-    k.beginIf(k.cmp("eq", wg, k.index(0)));
-    producer();
-    k.beginElse();
-    consumer();
-    k.endIf();
-    return k.finish();
+    e->ifThenElse(
+        e->cmpIndex(CmpIPredicate::eq, wg, e->index(0)), [&] { producer(); },
+        [&] { consumer(); });
+    e = nullptr;
   }
 
 private:
   const KernelContext &ctx;
   AttentionOp a;
-  KernelText k;
   int q, key, value, positions, result;
   int64_t heads, d, group, boxes, chunk, stages;
-  std::string wg, lane, tid, dyn, pad, aligned, qFull, full, empty, head,
-      kvHead, m0, rows, keys, tileLo, tileHi;
+  gpu::GPUFuncOp fn;
+  GpuEmitter *e = nullptr;
+  Value keyPositions, keyCount, mapQ, mapK, mapV;
+  Value wg, lane, dyn, pad, aligned, qFull, full, empty, head, kvHead, m0,
+      rows, keys, tileLo, tileHi;
 
-  static std::string params(const KernelContext &ctx, AttentionOp a) {
-    std::string p = "%tmQ: !llvm.ptr {llvm.align = 64 : i64}, %tmK: "
-                    "!llvm.ptr {llvm.align = 64 : i64}, %tmV: !llvm.ptr "
-                    "{llvm.align = 64 : i64}";
-    p += ", " + ctx.memrefParams();
-    return p + ", %kpos: memref<?xi64>, %kcount: memref<1xi64>";
-  }
-  std::string mem(int i) const { return "%o" + std::to_string(i); }
-  std::string map() const { return tensorMapType("64x64"); }
-  std::string bar(int64_t n) const { return barrierType(n); }
-
-  std::string loadIndex(const std::string &m, const std::string &type,
-                        const std::string &at) {
-    return k.op("memref.load " + m + "[" + at + "] : " + type);
-  }
+  Value mem(int i) { return fn.getArgument(3 + i); }
 
   void setup() {
-    for (const char *t : {"Q", "K", "V"})
-      k.line(std::string("%d") + t +
-             " = builtin.unrealized_conversion_cast "
-             "%tm" +
-             t + " : !llvm.ptr to " + map());
-    SharedArena arena = alignedDynamicShared(k);
+    MLIRContext *context = fn.getContext();
+    Type map = tensorMapType(context, {64, 64});
+    Value *maps[] = {&mapQ, &mapK, &mapV};
+    for (unsigned i = 0; i < 3; ++i)
+      *maps[i] = UnrealizedConversionCastOp::create(*e->b, e->loc, map,
+                                                    fn.getArgument(i))
+                     .getResult(0);
+    SharedBase arena = alignedDynamicShared(*e);
     dyn = arena.memory;
     pad = arena.pad;
     aligned = arena.aligned;
-    qFull = k.op("nvgpu.mbarrier.create -> " + bar(1));
-    full = k.op("nvgpu.mbarrier.create -> " + bar(stages));
-    empty = k.op("nvgpu.mbarrier.create -> " + bar(stages));
-    tid = k.threadId();
-    wg = k.div(tid, k.index(128));
-    lane = k.rem(tid, k.index(128));
+    qFull = nvgpu::MBarrierCreateOp::create(*e->b, e->loc,
+                                            barrierType(context, 1));
+    full = nvgpu::MBarrierCreateOp::create(*e->b, e->loc,
+                                           barrierType(context, stages));
+    empty = nvgpu::MBarrierCreateOp::create(*e->b, e->loc,
+                                            barrierType(context, stages));
+    Value tid = e->threadId();
+    wg = e->divIndex(tid, e->index(128));
+    lane = e->remIndex(tid, e->index(128));
     // Heads vary fastest, so the blocks in flight share a KV head's tiles
     // in L2; row tiles run last to first, so the longest (causal) ones
     // start first and the short ones fill the tail.
-    head = k.blockId('x');
-    kvHead = k.div(head, k.index(group));
-    std::string rowTile =
-        k.sub(k.sub(k.op("gpu.grid_dim y"), k.index(1)), k.blockId('y'));
-    m0 = k.mul(rowTile, k.index(64 * kConsumers));
-    rows = k.op("memref.dim " + mem(q) + ", " + k.index(0) + " : " +
-                ctx.memrefType(q));
-    keys = k.op("arith.index_cast " +
-                loadIndex("%kcount", "memref<1xi64>", k.index(0)) +
-                " : i64 to index");
+    head = e->blockId(gpu::Dimension::x);
+    kvHead = e->divIndex(head, e->index(group));
+    Value rowTile = e->subIndex(
+        e->subIndex(e->gridDim(gpu::Dimension::y), e->index(1)),
+        e->blockId(gpu::Dimension::y));
+    m0 = e->mulI(rowTile, e->index(64 * kConsumers));
+    rows = e->dim(mem(q), 0);
+    keys = e->loadIndex(keyCount, {e->index(0)});
     // Key tiles this block can see: positions ascend in the pool.
-    std::string lastRow = k.minIndex(k.add(m0, k.index(64 * kConsumers - 1)),
-                                     k.sub(rows, k.index(1)));
-    std::string maxPos =
-        loadIndex(mem(positions), ctx.memrefType(positions), lastRow);
-    std::string minPos =
-        loadIndex(mem(positions), ctx.memrefType(positions), m0);
-    std::string tiles = k.div(k.add(keys, k.index(kKeys - 1)), k.index(kKeys));
+    Value lastRow =
+        e->minUI(e->addIndex(m0, e->index(64 * kConsumers - 1)),
+                 e->subIndex(rows, e->index(1)));
+    Value maxPos = e->loadRaw(mem(positions), {lastRow});
+    Value minPos = e->loadRaw(mem(positions), {m0});
+    Value tiles = e->divIndex(e->addIndex(keys, e->index(kKeys - 1)),
+                              e->index(kKeys));
     // hi: tiles whose first key is not after the last query.
-    std::string hiRes = k.fresh(), hiAcc = k.fresh();
-    std::string t = k.beginFor(k.index(0), tiles, k.index(1), hiRes,
-                               hiAcc + " = " + k.index(0) + " : index");
-    std::string firstPos =
-        loadIndex("%kpos", "memref<?xi64>", k.mul(t, k.index(kKeys)));
-    std::string before = k.cmp("sle", firstPos, maxPos, "i64");
-    k.endFor(k.select(before, k.add(t, k.index(1)), hiAcc, "index") +
-             " : index");
-    tileHi = hiRes;
-    tileLo = k.index(0);
+    tileHi = e->loopWith(
+        e->index(0), tiles, {e->index(0)},
+        [&](Value t, ValueRange acc) -> SmallVector<Value> {
+          Value firstPos =
+              e->loadRaw(keyPositions, {e->mulI(t, e->index(kKeys))});
+          Value before = e->cmpIndex(CmpIPredicate::sle, firstPos, maxPos);
+          return {e->select(before, e->addIndex(t, e->index(1)), acc[0])};
+        })[0];
+    tileLo = e->index(0);
     if (chunk) {
-      std::string start =
-          k.op("arith.muli " +
-               k.op("arith.divsi " + minPos + ", " + k.i64(chunk) + " : i64") +
-               ", " + k.i64(chunk) + " : i64");
+      Value start = e->mulI(e->divSI(minPos, e->i64(chunk)), e->i64(chunk));
       // lo: tiles whose last key is before the first query's chunk.
-      std::string loRes = k.fresh(), loAcc = k.fresh();
-      std::string u = k.beginFor(k.index(0), tileHi, k.index(1), loRes,
-                                 loAcc + " = " + k.index(0) + " : index");
-      std::string last =
-          k.minIndex(k.add(k.mul(u, k.index(kKeys)), k.index(kKeys - 1)),
-                     k.sub(keys, k.index(1)));
-      std::string lastPos = loadIndex("%kpos", "memref<?xi64>", last);
-      std::string stale = k.cmp("slt", lastPos, start, "i64");
-      k.endFor(k.select(stale, k.add(u, k.index(1)), loAcc, "index") +
-               " : index");
-      tileLo = loRes;
+      tileLo = e->loopWith(
+          e->index(0), tileHi, {e->index(0)},
+          [&](Value u, ValueRange acc) -> SmallVector<Value> {
+            Value last = e->minUI(
+                e->addIndex(e->mulI(u, e->index(kKeys)), e->index(kKeys - 1)),
+                e->subIndex(keys, e->index(1)));
+            Value lastPos = e->loadRaw(keyPositions, {last});
+            Value stale = e->cmpIndex(CmpIPredicate::slt, lastPos, start);
+            return {e->select(stale, e->addIndex(u, e->index(1)), acc[0])};
+          })[0];
     }
-    k.beginIf(k.cmp("eq", tid, k.index(0)));
-    k.line("nvgpu.mbarrier.init " + qFull + "[" + k.index(0) + "], " +
-           k.index(1) + " : " + bar(1));
-    std::string st = k.beginFor(k.index(0), k.index(stages), k.index(1));
-    k.line("nvgpu.mbarrier.init " + full + "[" + st + "], " + k.index(1) +
-           " : " + bar(stages));
-    k.line("nvgpu.mbarrier.init " + empty + "[" + st + "], " +
-           k.index(kConsumers) + " : " + bar(stages));
-    k.endFor();
-    k.line("nvvm.fence.mbarrier.init");
-    k.endIf();
-    k.line("gpu.barrier");
+    e->when(e->cmpIndex(CmpIPredicate::eq, tid, e->index(0)), [&] {
+      nvgpu::MBarrierInitOp::create(*e->b, e->loc, qFull, e->index(1),
+                                    e->index(0), /*predicate=*/nullptr);
+      e->loopStep(e->index(0), e->index(stages), e->index(1), [&](Value st) {
+        nvgpu::MBarrierInitOp::create(*e->b, e->loc, full, e->index(1), st,
+                                      /*predicate=*/nullptr);
+        nvgpu::MBarrierInitOp::create(*e->b, e->loc, empty,
+                                      e->index(kConsumers), st,
+                                      /*predicate=*/nullptr);
+      });
+      NVVM::FenceMbarrierInitOp::create(*e->b, e->loc);
+    });
+    e->barrier();
   }
 
-  std::string view(const std::string &off) {
-    return k.op("memref.view " + dyn + "[" + off +
-                "][] : memref<?xi8, #gpu.address_space<workgroup>> to " +
-                tileType("64x64"));
-  }
+  Value phase(Value i, bool flip) { return parity(*e, i, stages, flip); }
 
-  std::string phase(const std::string &i, bool flip) {
-    return parity(k, i, stages, flip);
+  void load(Value map, Value barrier, Value index, Value offset, Value col,
+            Value row) {
+    nvgpu::TmaAsyncLoadOp::create(*e->b, e->loc,
+                                  viewTile(*e, dyn, offset, {64, 64}), barrier,
+                                  map, ValueRange{col, row}, index,
+                                  /*multicastMask=*/nullptr,
+                                  /*predicate=*/nullptr);
   }
 
   void producer() {
-    k.line("nvvm.setmaxregister decrease 40");
-    k.beginIf(k.cmp("eq", lane, k.index(0)));
-    k.line("nvgpu.mbarrier.arrive.expect_tx " + qFull + "[" + k.index(0) +
-           "], " + k.index(qBytes()) + " : " + bar(1));
-    for (int64_t c = 0; c < kConsumers; ++c)
-      for (int64_t b = 0; b < boxes; ++b) {
-        std::string off = k.add(pad, k.index((c * boxes + b) * kBox));
-        std::string col = k.add(k.mul(head, k.index(d)), k.index(64 * b));
-        std::string row = k.add(m0, k.index(64 * c));
-        k.line("nvgpu.tma.async.load %dQ[" + col + ", " + row + "], " + qFull +
-               "[" + k.index(0) + "] to " + view(off) + " : " + map() + ", " +
-               bar(1) + " -> " + tileType("64x64"));
-      }
-    std::string t = k.beginFor(tileLo, tileHi, k.index(1));
-    std::string i = k.sub(t, tileLo);
-    std::string st = k.rem(i, k.index(stages));
-    waitParity(k, empty, st, phase(i, true), bar(stages));
-    k.line("nvgpu.mbarrier.arrive.expect_tx " + full + "[" + st + "], " +
-           k.index(stageBytes()) + " : " + bar(stages));
-    std::string stage =
-        k.add(k.add(pad, k.index(qBytes())), k.mul(st, k.index(stageBytes())));
-    std::string keyRow = k.mul(t, k.index(kKeys));
-    for (int which = 0; which < 2; ++which)
-      for (int64_t b = 0; b < boxes; ++b) {
-        std::string off = k.add(stage, k.index((which * boxes + b) * kBox));
-        std::string col = k.add(k.mul(kvHead, k.index(d)), k.index(64 * b));
-        k.line(std::string("nvgpu.tma.async.load ") +
-               (which ? "%dV[" : "%dK[") + col + ", " + keyRow + "], " + full +
-               "[" + st + "] to " + view(off) + " : " + map() + ", " +
-               bar(stages) + " -> " + tileType("64x64"));
-      }
-    k.endFor();
-    k.endIf();
+    NVVM::SetMaxRegisterOp::create(*e->b, e->loc, 40,
+                                   NVVM::SetMaxRegisterAction::decrease);
+    e->when(e->cmpIndex(CmpIPredicate::eq, lane, e->index(0)), [&] {
+      nvgpu::MBarrierArriveExpectTxOp::create(*e->b, e->loc, qFull,
+                                              e->index(qBytes()), e->index(0),
+                                              /*predicate=*/nullptr);
+      for (int64_t c = 0; c < kConsumers; ++c)
+        for (int64_t b = 0; b < boxes; ++b) {
+          Value off = e->addIndex(pad, e->index((c * boxes + b) * kBox));
+          Value col =
+              e->addIndex(e->mulI(head, e->index(d)), e->index(64 * b));
+          Value row = e->addIndex(m0, e->index(64 * c));
+          load(mapQ, qFull, e->index(0), off, col, row);
+        }
+      e->loopStep(tileLo, tileHi, e->index(1), [&](Value t) {
+        Value i = e->subIndex(t, tileLo);
+        Value st = e->remIndex(i, e->index(stages));
+        waitParity(*e, empty, st, phase(i, true));
+        nvgpu::MBarrierArriveExpectTxOp::create(*e->b, e->loc, full,
+                                                e->index(stageBytes()), st,
+                                                /*predicate=*/nullptr);
+        Value stage =
+            e->addIndex(e->addIndex(pad, e->index(qBytes())),
+                        e->mulI(st, e->index(stageBytes())));
+        Value keyRow = e->mulI(t, e->index(kKeys));
+        for (int which = 0; which < 2; ++which)
+          for (int64_t b = 0; b < boxes; ++b) {
+            Value off =
+                e->addIndex(stage, e->index((which * boxes + b) * kBox));
+            Value col =
+                e->addIndex(e->mulI(kvHead, e->index(d)), e->index(64 * b));
+            load(which ? mapV : mapK, full, st, off, col, keyRow);
+          }
+      });
+    });
   }
 
   /// Packs two f32 into one register of bf16x2 (the low half first).
-  std::string pack(const std::string &lo, const std::string &hi) {
-    std::string v =
-        k.op("vector.from_elements " + lo + ", " + hi + " : vector<2xf32>");
-    std::string h =
-        k.op("arith.truncf " + v + " : vector<2xf32> to vector<2xbf16>");
-    std::string i =
-        k.op("vector.bitcast " + h + " : vector<2xbf16> to vector<1xi32>");
-    return k.op("vector.extract " + i + "[0] : i32 from vector<1xi32>");
+  Value pack(Value lo, Value hi) {
+    MLIRContext *context = fn.getContext();
+    Value v = vector::FromElementsOp::create(
+        *e->b, e->loc, VectorType::get({2}, Float32Type::get(context)),
+        ValueRange{lo, hi});
+    Value h = e->truncF(v, VectorType::get({2}, BFloat16Type::get(context)));
+    Value i = vector::BitCastOp::create(
+        *e->b, e->loc, VectorType::get({1}, IntegerType::get(context, 32)), h);
+    return vector::ExtractOp::create(*e->b, e->loc, i, ArrayRef<int64_t>{0});
   }
 
   /// O += P·V_tile for one k16 slice: A (P) in registers, B by descriptor.
-  /// `accumulate` (i32): 0 overwrites O (scale-d 0).
-  std::string pvMma(const std::string a[4], const std::string &desc,
-                    const std::string &acc, const std::string &accumulate) {
+  /// `accumulate` (i32): 0 overwrites O (scale-d 0). Inline PTX, as no op
+  /// takes the A operand from registers.
+  Value pvMma(ArrayRef<Value> a, Value desc, Value acc, Value accumulate) {
     int64_t outs = d / 2;
-    std::string regs, constraints, operands;
+    std::string regs, constraints;
     for (int64_t r = 0; r < outs; ++r) {
       regs += (r ? ", $" : "$") + std::to_string(r);
       constraints += "=f,";
@@ -258,168 +266,143 @@ private:
     constraints += "r,r,r,r,l,r";
     for (int64_t r = 0; r < outs; ++r)
       constraints += "," + std::to_string(r);
-    operands = a[0] + ", " + a[1] + ", " + a[2] + ", " + a[3] + ", " + desc +
-               ", " + accumulate;
-    std::string types = "i32, i32, i32, i32, i64, i32";
-    std::vector<std::string> in(outs);
-    for (int64_t r = 0; r < outs; ++r) {
-      in[r] = fragment(acc, r, d);
-      operands += ", " + in[r];
-      types += ", f32";
-    }
-    return k.op("llvm.inline_asm has_side_effects \"" + asmText + "\", \"" +
-                constraints + "\" " + operands + " : (" + types + ") -> " +
-                accType(d));
+    SmallVector<Value> operands(a.begin(), a.end());
+    operands.push_back(desc);
+    operands.push_back(accumulate);
+    for (int64_t r = 0; r < outs; ++r)
+      operands.push_back(fragment(acc, r));
+    MLIRContext *context = fn.getContext();
+    return LLVM::InlineAsmOp::create(
+               *e->b, e->loc, accType(context, d), operands,
+               e->b->getStringAttr(asmText), e->b->getStringAttr(constraints),
+               /*has_side_effects=*/e->b->getUnitAttr(),
+               /*is_align_stack=*/nullptr,
+               LLVM::TailCallKindAttr::get(
+                   context, LLVM::tailcallkind::TailCallKind::None),
+               /*asm_dialect=*/nullptr, /*operand_attrs=*/nullptr)
+        .getResult(0);
   }
 
-  std::string fragment(const std::string &acc, int64_t i, int64_t n) {
-    return k.op("llvm.extractvalue " + acc + "[" + std::to_string(i) +
-                "] : " + accType(n));
+  Value fragment(Value acc, int64_t i) {
+    return LLVM::ExtractValueOp::create(*e->b, e->loc, acc,
+                                        ArrayRef<int64_t>{i});
   }
+
+  struct Softmax {
+    Value m[2], l[2], corr[2];
+    SmallVector<Value> packs; // P as bf16 A fragments
+  };
 
   void consumer() {
-    k.line("nvvm.setmaxregister increase 232");
-    std::string cw = k.sub(wg, k.index(1));
-    Fragments frag = fragmentsOf(k, lane, m0, cw);
-    std::string quad2 = frag.pairColumn;
-    std::string *rowOf = frag.rows;
-    std::string qpos[2], tau[2];
+    MLIRContext *context = fn.getContext();
+    NVVM::SetMaxRegisterOp::create(*e->b, e->loc, 232,
+                                   NVVM::SetMaxRegisterAction::increase);
+    Value cw = e->subIndex(wg, e->index(1));
+    FragmentCoords frag = fragmentsOf(*e, lane, m0, cw);
+    Value quad2 = frag.pairColumn;
+    Value qpos[2], tau[2];
     for (int h = 0; h < 2; ++h) {
-      std::string safe =
-          k.select(k.cmp("ult", rowOf[h], rows), rowOf[h], k.index(0), "index");
-      qpos[h] = loadIndex(mem(positions), ctx.memrefType(positions), safe);
-      tau[h] = attentionScale(k, a, qpos[h]);
+      Value safe =
+          e->select(e->cmpIndex(CmpIPredicate::ult, frag.rows[h], rows),
+                    frag.rows[h], e->index(0));
+      qpos[h] = e->loadRaw(mem(positions), {safe});
+      tau[h] = attentionScale(*e, a, qpos[h]);
     }
-    waitParity(k, qFull, k.index(0), k.op("arith.constant false"), bar(1));
-    std::string base64 =
-        k.op("arith.index_cast " + aligned + " : index to i64");
-    std::string qAddr = addressOf(k, base64, cw, boxes * kBox);
-    std::string oType = accType(d), sType = accType(kKeys);
-    std::string negInf = k.f32(-std::numeric_limits<double>::infinity());
-    std::string stages0 =
-        k.op("arith.addi " + base64 + ", " + k.i64(qBytes()) + " : i64");
-    auto stageOf = [&](const std::string &tile) {
-      return k.rem(k.sub(tile, tileLo), k.index(stages));
+    waitParity(*e, qFull, e->index(0), e->boolean(false));
+    Value base64 = e->toI64(aligned);
+    Value qAddr = addressOf(*e, base64, cw, boxes * kBox);
+    Type oType = accType(context, d), sType = accType(context, kKeys);
+    Value negInf = e->f32(-std::numeric_limits<double>::infinity());
+    Value stages0 = e->addI(base64, e->i64(qBytes()));
+    auto stageOf = [&](Value tile) {
+      return e->remIndex(e->subIndex(tile, tileLo), e->index(stages));
     };
-    auto awaitStage = [&](const std::string &tile) {
-      std::string ti = k.sub(tile, tileLo);
-      waitParity(k, full, stageOf(tile), phase(ti, false), bar(stages));
+    auto awaitStage = [&](Value tile) {
+      Value ti = e->subIndex(tile, tileLo);
+      waitParity(*e, full, stageOf(tile), phase(ti, false));
     };
-    auto stageAddress = [&](const std::string &tile) {
-      return addressOf(k, stages0, stageOf(tile), stageBytes());
+    auto stageAddress = [&](Value tile) {
+      return addressOf(*e, stages0, stageOf(tile), stageBytes());
     };
     // S = Q·Kᵀ of a stage, box by box, issued (after a fence) without
     // waiting; the first wgmma overwrites S, so S needs no zeroing.
-    auto issueScores = [&](const std::string &stage) {
-      std::string s = k.op("llvm.mlir.undef : " + sType);
+    auto issueScores = [&](Value stage) {
+      Value s = LLVM::UndefOp::create(*e->b, e->loc, sType);
       for (int64_t b = 0; b < boxes; ++b) {
-        std::string qa = descriptor(
-            k, k.op("arith.addi " + qAddr + ", " + k.i64(b * kBox) + " : i64"));
-        std::string kb = descriptor(
-            k, k.op("arith.addi " + stage + ", " + k.i64(b * kBox) + " : i64"));
-        s = mmaKTile(k, qa, kb, s, kKeys, "col", /*overwrite=*/b == 0);
+        Value qa = descriptor(*e, e->addI(qAddr, e->i64(b * kBox)));
+        Value kb = descriptor(*e, e->addI(stage, e->i64(b * kBox)));
+        s = mmaKTile(*e, qa, kb, s, kKeys, NVVM::MMALayout::col,
+                     /*overwrite=*/b == 0);
       }
-      k.line("nvvm.wgmma.commit.group.sync.aligned");
+      NVVM::WgmmaGroupSyncAlignedOp::create(*e->b, e->loc);
       return s;
     };
     // O += P·V of a stage, issued without waiting; `first` (i1) overwrites
     // O instead, so O needs no zeroing either.
-    auto issuePv = [&](const std::vector<std::string> &packs,
-                       const std::string &stage, std::string o,
-                       const std::string &first) {
-      std::string vDesc = descriptor(
-          k,
-          k.op("arith.addi " + stage + ", " + k.i64(boxes * kBox) + " : i64"),
-          kBox);
-      std::string accumulate = k.select(first, k.i32(0), k.i32(1), "i32");
+    auto issuePv = [&](ArrayRef<Value> packs, Value stage, Value o,
+                       Value first) {
+      Value vDesc = descriptor(*e, e->addI(stage, e->i64(boxes * kBox)), kBox);
+      Value accumulate = e->select(first, e->i32(0), e->i32(1));
       for (int64_t step = 0; step < kKeys / 16; ++step) {
         // 16 key rows of the MN-major V boxes: 2048 bytes.
-        std::string desc = step ? k.op("arith.addi " + vDesc + ", " +
-                                       k.i64(128 * step) + " : i64")
-                                : vDesc;
-        std::string regs[4] = {packs[4 * step], packs[4 * step + 1],
-                               packs[4 * step + 2], packs[4 * step + 3]};
-        o = pvMma(regs, desc, o, step ? k.i32(1) : accumulate);
+        Value desc = step ? e->addI(vDesc, e->i64(128 * step)) : vDesc;
+        o = pvMma(packs.slice(4 * step, 4), desc, o,
+                  step ? e->i32(1) : accumulate);
       }
-      k.line("nvvm.wgmma.commit.group.sync.aligned");
+      NVVM::WgmmaGroupSyncAlignedOp::create(*e->b, e->loc);
       return o;
     };
-    auto release = [&](const std::string &tile) {
-      k.beginIf(k.cmp("eq", lane, k.index(0)));
-      k.op("nvgpu.mbarrier.arrive " + empty + "[" + stageOf(tile) +
-           "] : " + bar(stages) + " -> !nvgpu.mbarrier.token");
-      k.endIf();
-    };
-    struct Softmax {
-      std::string m[2], l[2], corr[2];
-      std::vector<std::string> packs; // P as bf16 A fragments
+    auto release = [&](Value tile) {
+      e->when(e->cmpIndex(CmpIPredicate::eq, lane, e->index(0)),
+              [&] { arrive(*e, empty, stageOf(tile)); });
     };
     // Online softmax of one key tile on the S fragments.
-    auto softmax = [&](const std::string &s, const std::string &tile,
-                       const std::string &mIn0, const std::string &mIn1,
-                       const std::string &lIn0, const std::string &lIn1) {
-      // Online softmax on the fragments.
-      std::string keyBase = k.mul(tile, k.index(kKeys));
-      std::string mIn[2] = {mIn0, mIn1}, lIn[2] = {lIn0, lIn1};
-      std::string mOut[2], lOut[2], corr[2];
-      std::vector<std::string> p(kKeys / 2);
+    auto softmax = [&](Value s, Value tile, ArrayRef<Value> mIn,
+                       ArrayRef<Value> lIn) {
+      Value keyBase = e->mulI(tile, e->index(kKeys));
+      Softmax out;
+      SmallVector<Value> p(kKeys / 2);
       for (int h = 0; h < 2; ++h) {
-        std::vector<std::string> sc(kKeys / 4);
-        std::string rowMax = negInf;
+        SmallVector<Value> sc(kKeys / 4);
+        Value rowMax = negInf;
         for (int64_t j = 0; j < kKeys / 8; ++j)
-          for (int e = 0; e < 2; ++e) {
-            std::string col =
-                k.add(k.add(keyBase, k.index(8 * j)), k.add(quad2, k.index(e)));
-            std::string inKeys = k.cmp("ult", col, keys);
-            std::string kp =
-                loadIndex("%kpos", "memref<?xi64>",
-                          k.select(inKeys, col, k.index(0), "index"));
-            std::string vis = k.op("arith.andi " + inKeys + ", " +
-                                   k.cmp("sle", kp, qpos[h], "i64") + " : i1");
+          for (int el = 0; el < 2; ++el) {
+            Value col = e->addIndex(e->addIndex(keyBase, e->index(8 * j)),
+                                    e->addIndex(quad2, e->index(el)));
+            Value inKeys = e->cmpIndex(CmpIPredicate::ult, col, keys);
+            Value kp = e->loadRaw(keyPositions,
+                                  {e->select(inKeys, col, e->index(0))});
+            Value vis = e->andI(
+                inKeys, e->cmpIndex(CmpIPredicate::sle, kp, qpos[h]));
             if (chunk)
-              vis = k.op("arith.andi " + vis + ", " +
-                         sameChunk(k, kp, qpos[h], chunk) + " : i1");
-            std::string v =
-                k.fmul(fragment(s, 4 * j + 2 * h + e, kKeys), tau[h]);
-            v = k.select(vis, v, negInf, "f32");
-            sc[2 * j + e] = v;
-            rowMax = k.fmax(rowMax, v);
+              vis = e->andI(vis, sameChunk(*e, kp, qpos[h], chunk));
+            Value v = e->mul(fragment(s, 4 * j + 2 * h + el), tau[h]);
+            v = e->select(vis, v, negInf);
+            sc[2 * j + el] = v;
+            rowMax = e->maxF(rowMax, v);
           }
         // The four lanes of a quad hold a row's 64 keys.
-        for (int off : {1, 2}) {
-          std::string other = k.fresh();
-          k.line(other + ", " + k.fresh() + " = gpu.shuffle xor " + rowMax +
-                 ", " + k.i32(off) + ", " + k.i32(32) + " : f32");
-          rowMax = k.fmax(rowMax, other);
-        }
-        mOut[h] = k.fmax(mIn[h], rowMax);
+        for (int off : {1, 2})
+          rowMax = e->maxF(rowMax, e->shuffleXor(rowMax, off));
+        out.m[h] = e->maxF(mIn[h], rowMax);
         // A row that has seen no visible key yet keeps exp(-inf) = 0 terms.
-        std::string isInf =
-            k.op("arith.cmpf oeq, " + mOut[h] + ", " + negInf + " : f32");
-        std::string mUse = k.select(isInf, k.f32(0.0), mOut[h], "f32");
-        corr[h] = k.exp(k.fsub(mIn[h], mUse));
-        std::string sum = k.f32(0.0);
+        Value isInf = e->cmpF(arith::CmpFPredicate::OEQ, out.m[h], negInf);
+        Value mUse = e->select(isInf, e->f32(0.0), out.m[h]);
+        out.corr[h] = e->exp(e->sub(mIn[h], mUse));
+        Value sum = e->f32(0.0);
         for (int64_t j = 0; j < kKeys / 4; ++j) {
-          std::string e = k.exp(k.fsub(sc[j], mUse));
-          sum = k.fadd(sum, e);
-          p[(j / 2) * 4 + 2 * h + (j % 2)] = e;
+          Value x = e->exp(e->sub(sc[j], mUse));
+          sum = e->add(sum, x);
+          p[(j / 2) * 4 + 2 * h + (j % 2)] = x;
         }
-        lOut[h] = k.fadd(k.fmul(lIn[h], corr[h]), sum);
-      }
-      Softmax out;
-      for (int h = 0; h < 2; ++h) {
-        out.m[h] = mOut[h];
-        out.l[h] = lOut[h];
-        out.corr[h] = corr[h];
+        out.l[h] = e->add(e->mul(lIn[h], out.corr[h]), sum);
       }
       for (int64_t step = 0; step < kKeys / 16; ++step) {
         // Keys 16*step.. : S blocks 2*step and 2*step+1.
-        out.packs.push_back(pack(p[(2 * step) * 4 + 0], p[(2 * step) * 4 + 1]));
-        out.packs.push_back(pack(p[(2 * step) * 4 + 2], p[(2 * step) * 4 + 3]));
-        out.packs.push_back(
-            pack(p[(2 * step + 1) * 4 + 0], p[(2 * step + 1) * 4 + 1]));
-        out.packs.push_back(
-            pack(p[(2 * step + 1) * 4 + 2], p[(2 * step + 1) * 4 + 3]));
+        for (int64_t block : {2 * step, 2 * step + 1}) {
+          out.packs.push_back(pack(p[block * 4 + 0], p[block * 4 + 1]));
+          out.packs.push_back(pack(p[block * 4 + 2], p[block * 4 + 3]));
+        }
       }
       return out;
     };
@@ -430,94 +413,82 @@ private:
     // has completed, with no wgmma in flight, and P crosses iterations as
     // bf16 registers. ptxas sees no accumulator touched in flight.
     // (Every query sees at least its own key, so there is a first tile.)
-    k.beginIf(k.cmp("ult", tileLo, tileHi));
-    awaitStage(tileLo);
-    k.endIf();
-    k.line("nvvm.wgmma.fence.aligned");
-    std::string firstS = issueScores(stageAddress(tileLo));
-    k.line("nvvm.wgmma.wait.group.sync.aligned 0");
-    Softmax first =
-        softmax(firstS, tileLo, negInf, negInf, k.f32(0.0), k.f32(0.0));
-    int64_t packCount = static_cast<int64_t>(first.packs.size());
-    std::string res = k.fresh(), oIn = k.fresh();
-    std::string mIn[2] = {k.fresh(), k.fresh()},
-                lIn[2] = {k.fresh(), k.fresh()};
-    std::vector<std::string> pIn(packCount);
-    std::string carried = oIn + " = " + k.op("llvm.mlir.undef : " + oType);
-    std::string types = oType;
+    e->when(e->cmpIndex(CmpIPredicate::ult, tileLo, tileHi),
+            [&] { awaitStage(tileLo); });
+    NVVM::WgmmaFenceAlignedOp::create(*e->b, e->loc);
+    Value firstS = issueScores(stageAddress(tileLo));
+    NVVM::WgmmaWaitGroupSyncOp::create(*e->b, e->loc, 0);
+    Softmax first = softmax(firstS, tileLo, {negInf, negInf},
+                            {e->f32(0.0), e->f32(0.0)});
+    // Carried: O, then (m, l) per row half, then P.
+    SmallVector<Value> init = {LLVM::UndefOp::create(*e->b, e->loc, oType)};
     for (int h = 0; h < 2; ++h) {
-      carried += ", " + mIn[h] + " = " + first.m[h] + ", " + lIn[h] + " = " +
-                 first.l[h];
-      types += ", f32, f32";
+      init.push_back(first.m[h]);
+      init.push_back(first.l[h]);
     }
-    for (int64_t j = 0; j < packCount; ++j) {
-      pIn[j] = k.fresh();
-      carried += ", " + pIn[j] + " = " + first.packs[j];
-      types += ", i32";
-    }
-    std::string t = k.beginFor(k.add(tileLo, k.index(1)), tileHi, k.index(1),
-                               res + ":" + std::to_string(5 + packCount),
-                               carried + " : " + types);
-    std::string prev = k.sub(t, k.index(1));
-    awaitStage(t);
-    k.line("nvvm.wgmma.fence.aligned");
-    std::string s = issueScores(stageAddress(t));
-    std::string oPv =
-        issuePv(pIn, stageAddress(prev), oIn, k.cmp("eq", prev, tileLo));
-    k.line("nvvm.wgmma.wait.group.sync.aligned 1");
-    Softmax cur = softmax(s, t, mIn[0], mIn[1], lIn[0], lIn[1]);
-    k.line("nvvm.wgmma.wait.group.sync.aligned 0");
-    release(prev);
-    // Rescale O.
-    std::string o = k.op("llvm.mlir.undef : " + oType);
-    for (int64_t r = 0; r < d / 2; ++r) {
-      int h = (r % 4) / 2;
-      std::string v = k.fmul(fragment(oPv, r, d), cur.corr[h]);
-      o = k.op("llvm.insertvalue " + v + ", " + o + "[" + std::to_string(r) +
-               "] : " + oType);
-    }
-    std::string yielded = o;
-    for (int h = 0; h < 2; ++h)
-      yielded += ", " + cur.m[h] + ", " + cur.l[h];
-    for (const std::string &pk : cur.packs)
-      yielded += ", " + pk;
-    k.endFor(yielded + " : " + types);
+    llvm::append_range(init, first.packs);
+    ValueRange res = e->loopWith(
+        e->addIndex(tileLo, e->index(1)), tileHi, init,
+        [&](Value t, ValueRange carried) -> SmallVector<Value> {
+          Value oIn = carried[0];
+          Value mIn[2] = {carried[1], carried[3]};
+          Value lIn[2] = {carried[2], carried[4]};
+          SmallVector<Value> pIn(carried.drop_front(5));
+          Value prev = e->subIndex(t, e->index(1));
+          awaitStage(t);
+          NVVM::WgmmaFenceAlignedOp::create(*e->b, e->loc);
+          Value s = issueScores(stageAddress(t));
+          Value oPv = issuePv(pIn, stageAddress(prev), oIn,
+                              e->cmpIndex(CmpIPredicate::eq, prev, tileLo));
+          NVVM::WgmmaWaitGroupSyncOp::create(*e->b, e->loc, 1);
+          Softmax cur = softmax(s, t, mIn, lIn);
+          NVVM::WgmmaWaitGroupSyncOp::create(*e->b, e->loc, 0);
+          release(prev);
+          // Rescale O.
+          Value o = LLVM::UndefOp::create(*e->b, e->loc, oType);
+          for (int64_t r = 0; r < d / 2; ++r) {
+            int h = (r % 4) / 2;
+            Value v = e->mul(fragment(oPv, r), cur.corr[h]);
+            o = LLVM::InsertValueOp::create(*e->b, e->loc, o, v,
+                                            ArrayRef<int64_t>{r});
+          }
+          SmallVector<Value> yielded = {o};
+          for (int h = 0; h < 2; ++h) {
+            yielded.push_back(cur.m[h]);
+            yielded.push_back(cur.l[h]);
+          }
+          llvm::append_range(yielded, cur.packs);
+          return yielded;
+        });
     // The last tile's P·V.
-    std::vector<std::string> lastPacks;
-    for (int64_t j = 0; j < packCount; ++j)
-      lastPacks.push_back(res + "#" + std::to_string(5 + j));
-    std::string last = k.sub(tileHi, k.index(1));
-    k.line("nvvm.wgmma.fence.aligned");
-    std::string finalO = issuePv(lastPacks, stageAddress(last), res + "#0",
-                                 k.cmp("eq", last, tileLo));
-    k.line("nvvm.wgmma.wait.group.sync.aligned 0");
-    std::string finalL[2] = {res + "#2", res + "#4"};
+    SmallVector<Value> lastPacks(res.drop_front(5));
+    Value last = e->subIndex(tileHi, e->index(1));
+    NVVM::WgmmaFenceAlignedOp::create(*e->b, e->loc);
+    Value finalO = issuePv(lastPacks, stageAddress(last), res[0],
+                           e->cmpIndex(CmpIPredicate::eq, last, tileLo));
+    NVVM::WgmmaWaitGroupSyncOp::create(*e->b, e->loc, 0);
+    Value finalL[2] = {res[2], res[4]};
     // O / l, the quad's partial sums added first.
-    std::string element = ctx.elements[result];
+    Type element = ctx.elementTypes[result];
     for (int h = 0; h < 2; ++h) {
-      std::string total = finalL[h];
-      for (int off : {1, 2}) {
-        std::string other = k.fresh();
-        k.line(other + ", " + k.fresh() + " = gpu.shuffle xor " + total + ", " +
-               k.i32(off) + ", " + k.i32(32) + " : f32");
-        total = k.fadd(total, other);
-      }
-      std::string inv = k.fdiv(k.f32(1.0), total);
-      k.beginIf(k.cmp("ult", rowOf[h], rows));
-      for (int64_t j = 0; j < d / 8; ++j) {
-        std::string col =
-            k.add(k.add(k.mul(head, k.index(d)), k.index(8 * j)), quad2);
-        std::string v0 =
-            k.fromF32(k.fmul(fragment(finalO, 4 * j + 2 * h, d), inv), element);
-        std::string v1 = k.fromF32(
-            k.fmul(fragment(finalO, 4 * j + 2 * h + 1, d), inv), element);
-        std::string vec = k.op("vector.from_elements " + v0 + ", " + v1 +
-                               " : vector<2x" + element + ">");
-        k.line("vector.store " + vec + ", " + mem(result) + "[" + rowOf[h] +
-               ", " + col + "] : " + ctx.memrefType(result) + ", vector<2x" +
-               element + ">");
-      }
-      k.endIf();
+      Value total = finalL[h];
+      for (int off : {1, 2})
+        total = e->add(total, e->shuffleXor(total, off));
+      Value inv = e->div(e->f32(1.0), total);
+      e->when(e->cmpIndex(CmpIPredicate::ult, frag.rows[h], rows), [&] {
+        for (int64_t j = 0; j < d / 8; ++j) {
+          Value col = e->addIndex(
+              e->addIndex(e->mulI(head, e->index(d)), e->index(8 * j)), quad2);
+          Value v0 =
+              e->truncF(e->mul(fragment(finalO, 4 * j + 2 * h), inv), element);
+          Value v1 = e->truncF(
+              e->mul(fragment(finalO, 4 * j + 2 * h + 1), inv), element);
+          Value pair = vector::FromElementsOp::create(
+              *e->b, e->loc, VectorType::get({2}, element), ValueRange{v0, v1});
+          e->vectorStore(pair, mem(result), {frag.rows[h], col},
+                         /*alignment=*/0);
+        }
+      });
     }
   }
 };
@@ -533,11 +504,11 @@ bool mlir::kiln::cuda::flashAttentionFits(const KernelContext &ctx,
          ctx.elements[key] == "bf16" && ctx.elements[value] == "bf16";
 }
 
-GpuLaunch mlir::kiln::cuda::writeFlashAttention(const KernelContext &ctx,
+GpuLaunch mlir::kiln::cuda::buildFlashAttention(const KernelContext &ctx,
                                                 AttentionOp a, StringRef name,
-                                                std::string &text) {
-  FlashWriter writer(ctx, a, name);
-  text += writer.write();
+                                                gpu::GPUModuleOp module) {
+  FlashBuilder writer(ctx, a);
+  writer.build(module, name);
   int q = ctx.operandOf(a.getQuery()), key = ctx.operandOf(a.getKey()),
       value = ctx.operandOf(a.getValue());
   GpuLaunch launch;

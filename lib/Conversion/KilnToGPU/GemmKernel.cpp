@@ -30,6 +30,7 @@
 //===----------------------------------------------------------------------===//
 
 #include "Generators.h"
+#include "GpuEmitter.h"
 #include "Wgmma.h"
 
 #include "dialects/kiln/KilnOps.h"
@@ -62,231 +63,225 @@ struct TileConfig {
   int64_t tileM() const { return 64 * consumers; }
 };
 
-/// "RxC" of a tile with R rows of kTileK elements.
-std::string rowsOf(int64_t rows) {
-  return std::to_string(rows) + "x" + std::to_string(kTileK);
-}
+using arith::CmpIPredicate;
 
-class GemmWriter {
+class GemmBuilder {
 public:
-  GemmWriter(const KernelContext &ctx, const GemmShape &shape,
-             TileConfig config, StringRef name)
-      : ctx(ctx), s(shape), c(config),
-        k(name, params(ctx), 128 * (1 + config.consumers),
-          "nvvm.minctasm = 1 : i32") {}
+  GemmBuilder(const KernelContext &ctx, const GemmShape &shape,
+              TileConfig config)
+      : ctx(ctx), s(shape), c(config) {}
 
-  std::string write() {
-    prologue();
-    k.beginIf(k.cmp("eq", wg, k.index(0)));
-    producer();
-    k.beginElse();
-    consumer();
-    k.endIf();
-    return k.finish();
-  }
-
+  int64_t blockThreads() const { return 128 * (1 + c.consumers); }
   int64_t boxRowsB() const { return swiglu() ? c.tileN / 2 : c.tileN; }
   int64_t stageBytes() const { return (c.tileM() + c.tileN) * kTileK * 2; }
   int64_t dynamicSharedBytes() const { return c.stages * stageBytes() + 1024; }
+
+  void build(gpu::GPUModuleOp module, StringRef name) {
+    MLIRContext *context = module.getContext();
+    OpBuilder builder(context);
+    Type ptr = LLVM::LLVMPointerType::get(context);
+    SmallVector<Type> params = {ptr, ptr};
+    for (unsigned i = 0; i < ctx.operands.size(); ++i)
+      params.push_back(ctx.memrefTypeOf(i));
+    fn = GpuEmitter::createKernel(module, ctx.kernel.getLoc(), name, params,
+                                  /*workgroup=*/{}, blockThreads());
+    fn->setAttr("nvvm.minctasm", builder.getI32IntegerAttr(1));
+    for (unsigned i = 0; i < 2; ++i)
+      fn.setArgAttr(i, "llvm.align", builder.getI64IntegerAttr(64));
+    GpuEmitter emitter(builder, fn);
+    e = &emitter;
+    barriers = barrierType(context, c.stages);
+    prologue();
+    e->ifThenElse(
+        e->cmpIndex(CmpIPredicate::eq, wg, e->index(0)), [&] { producer(); },
+        [&] { consumer(); });
+    e = nullptr;
+  }
 
 private:
   const KernelContext &ctx;
   const GemmShape &s;
   TileConfig c;
-  KernelText k;
-  std::string wg, lane, mBase, tileX, aligned, rows, full, empty, dyn;
-  std::string tilesN, tilesM, totalTiles, gridSize;
+  gpu::GPUFuncOp fn;
+  GpuEmitter *e = nullptr;
+  nvgpu::MBarrierGroupType barriers;
+  Value mapA, mapB, wg, lane, mBase, tileX, aligned, padding, rows, full,
+      empty, dyn;
+  Value tilesN, tilesM, totalTiles, gridSize;
 
-  /// Opens the loop over this block's tiles, carrying the ring iteration
-  /// count across tiles; sets mBase and tileX. Returns the count at the
-  /// tile's start.
-  std::string beginTiles(std::string &loopResult) {
-    loopResult = k.fresh();
-    std::string ring = k.fresh();
-    std::string t = k.beginFor(k.blockId('x'), totalTiles, gridSize, loopResult,
-                               ring + " = " + k.index(0) + " : index");
-    // Tiles go in bands of kBandM row tiles, row tile fastest: the blocks
-    // at work share a few weight tiles and a band's activation rows, which
-    // stay in L2, so a large GEMM reads its weight about tilesM / kBandM
-    // times instead of once per pair of row tiles (one band for decode).
-    std::string bandTiles = k.mul(k.index(kBandM), tilesN);
-    std::string band = k.div(t, bandTiles);
-    std::string firstM = k.mul(band, k.index(kBandM));
-    std::string rowsInBand = k.minIndex(k.index(kBandM), k.sub(tilesM, firstM));
-    std::string local = k.rem(t, bandTiles);
-    mBase = k.mul(k.add(firstM, k.rem(local, rowsInBand)), k.index(c.tileM()));
-    tileX = k.div(local, rowsInBand);
-    return ring;
-  }
-  void endTiles(const std::string &ring) {
-    k.endFor(k.add(ring, kTiles()) + " : index");
-  }
-
+  Value operand(int i) { return fn.getArgument(2 + i); }
+  Value kTiles() { return e->index((s.k + kTileK - 1) / kTileK); }
   bool swiglu() const { return isa_and_nonnull<PackedSwiGluOp>(s.epilogue); }
 
-  static std::string params(const KernelContext &ctx) {
-    std::string p = "%tmA: !llvm.ptr {llvm.align = 64 : i64}, %tmB: !llvm.ptr "
-                    "{llvm.align = 64 : i64}";
-    p += ", " + ctx.memrefParams();
-    return p;
+  /// The loop over this block's tiles, carrying the ring iteration count
+  /// across tiles; sets mBase and tileX for `body`, which gets the count at
+  /// the tile's start.
+  void forEachTile(function_ref<void(Value)> body) {
+    e->loopWith(
+        e->blockId(gpu::Dimension::x), totalTiles, gridSize, {e->index(0)},
+        [&](Value t, ValueRange carried) -> SmallVector<Value> {
+          // Tiles go in bands of kBandM row tiles, row tile fastest: the
+          // blocks at work share a few weight tiles and a band's activation
+          // rows, which stay in L2, so a large GEMM reads its weight about
+          // tilesM / kBandM times instead of once per pair of row tiles
+          // (one band for decode).
+          Value bandTiles = e->mulI(e->index(kBandM), tilesN);
+          Value band = e->divIndex(t, bandTiles);
+          Value firstM = e->mulI(band, e->index(kBandM));
+          Value rowsInBand =
+              e->minUI(e->index(kBandM), e->subIndex(tilesM, firstM));
+          Value local = e->remIndex(t, bandTiles);
+          mBase = e->mulI(e->addIndex(firstM, e->remIndex(local, rowsInBand)),
+                          e->index(c.tileM()));
+          tileX = e->divIndex(local, rowsInBand);
+          Value ring = carried[0];
+          body(ring);
+          return {e->addIndex(ring, kTiles())};
+        });
   }
 
-  std::string operand(int i) const { return "%o" + std::to_string(i); }
-
   void prologue() {
-    std::string bar = barrierType(c.stages);
-    k.line("%dA = builtin.unrealized_conversion_cast %tmA : !llvm.ptr to " +
-           tensorMapType(rowsOf(c.tileM())));
-    k.line("%dB = builtin.unrealized_conversion_cast %tmB : !llvm.ptr to " +
-           tensorMapType(rowsOf(boxRowsB())));
-    rows = k.op("memref.dim " + operand(s.a) + ", " + k.index(0) + " : " +
-                ctx.memrefType(s.a));
-    SharedArena arena = alignedDynamicShared(k);
+    MLIRContext *context = fn.getContext();
+    auto mapType = [&](int64_t r) {
+      return tensorMapType(context, {r, kTileK});
+    };
+    auto cast = [&](Value p, Type t) {
+      return UnrealizedConversionCastOp::create(*e->b, e->loc, t, p)
+          .getResult(0);
+    };
+    mapA = cast(fn.getArgument(0), mapType(c.tileM()));
+    mapB = cast(fn.getArgument(1), mapType(boxRowsB()));
+    rows = e->dim(operand(s.a), 0);
+    SharedBase arena = alignedDynamicShared(*e);
     dyn = arena.memory;
     padding = arena.pad;
     aligned = arena.aligned;
-    full = k.op("nvgpu.mbarrier.create -> " + bar);
-    empty = k.op("nvgpu.mbarrier.create -> " + bar);
+    full = nvgpu::MBarrierCreateOp::create(*e->b, e->loc, barriers);
+    empty = nvgpu::MBarrierCreateOp::create(*e->b, e->loc, barriers);
     // Persistent: the grid is one block per SM; block b takes tiles b,
-    // b + grid, ... in the banded order of beginTiles.
-    tilesN = k.index(tilesAcross());
-    tilesM = k.div(k.add(rows, k.index(c.tileM() - 1)), k.index(c.tileM()));
-    totalTiles = k.mul(tilesM, tilesN);
-    gridSize = k.op("gpu.grid_dim x");
-    std::string tid = k.threadId();
-    wg = k.div(tid, k.index(128));
-    lane = k.rem(tid, k.index(128));
-    k.beginIf(k.cmp("eq", tid, k.index(0)));
-    std::string st = k.beginFor(k.index(0), k.index(c.stages), k.index(1));
-    k.line("nvgpu.mbarrier.init " + full + "[" + st + "], " + k.index(1) +
-           " : " + bar);
-    k.line("nvgpu.mbarrier.init " + empty + "[" + st + "], " +
-           k.index(c.consumers) + " : " + bar);
-    k.endFor();
-    k.line("nvvm.fence.mbarrier.init");
-    k.line("nvgpu.tma.prefetch.descriptor %dA : " +
-           tensorMapType(rowsOf(c.tileM())));
-    k.line("nvgpu.tma.prefetch.descriptor %dB : " +
-           tensorMapType(rowsOf(boxRowsB())));
-    k.endIf();
-    k.line("gpu.barrier");
+    // b + grid, ... in the banded order of forEachTile.
+    tilesN = e->index(tilesAcross());
+    tilesM = e->divIndex(e->addIndex(rows, e->index(c.tileM() - 1)),
+                         e->index(c.tileM()));
+    totalTiles = e->mulI(tilesM, tilesN);
+    gridSize = e->gridDim(gpu::Dimension::x);
+    Value tid = e->threadId();
+    wg = e->divIndex(tid, e->index(128));
+    lane = e->remIndex(tid, e->index(128));
+    e->when(e->cmpIndex(CmpIPredicate::eq, tid, e->index(0)), [&] {
+      e->loopStep(e->index(0), e->index(c.stages), e->index(1), [&](Value st) {
+        nvgpu::MBarrierInitOp::create(*e->b, e->loc, full, e->index(1), st,
+                                      /*predicate=*/nullptr);
+        nvgpu::MBarrierInitOp::create(*e->b, e->loc, empty,
+                                      e->index(c.consumers), st,
+                                      /*predicate=*/nullptr);
+      });
+      NVVM::FenceMbarrierInitOp::create(*e->b, e->loc);
+      nvgpu::TmaPrefetchOp::create(*e->b, e->loc, mapA, /*predicate=*/nullptr);
+      nvgpu::TmaPrefetchOp::create(*e->b, e->loc, mapB, /*predicate=*/nullptr);
+    });
+    e->barrier();
   }
 
-  std::string kTiles() { return k.index((s.k + kTileK - 1) / kTileK); }
-
-  std::string phaseOf(const std::string &iter, bool flip) {
-    return parity(k, iter, c.stages, flip);
+  Value phaseOf(Value iter, bool flip) {
+    return parity(*e, iter, c.stages, flip);
   }
 
   void producer() {
-    std::string bar = barrierType(c.stages);
-    k.line("nvvm.setmaxregister decrease 40");
-    k.beginIf(k.cmp("eq", lane, k.index(0)));
-    std::string tilesDone;
-    std::string ring = beginTiles(tilesDone);
-    std::string it = k.beginFor(k.index(0), kTiles(), k.index(1));
-    std::string g = k.add(ring, it);
-    std::string st = k.rem(g, k.index(c.stages));
-    // A fresh "empty" barrier passes parity 1: the first round never waits.
-    waitParity(k, empty, st, phaseOf(g, /*flip=*/true), bar);
-    k.line("nvgpu.mbarrier.arrive.expect_tx " + full + "[" + st + "], " +
-           k.index(stageBytes()) + " : " + bar);
-    std::string offA = k.add(padding, k.mul(st, k.index(stageBytes())));
-    std::string offB = k.add(offA, k.index(c.tileM() * kTileK * 2));
-    std::string smem = "memref<?xi8, #gpu.address_space<workgroup>>";
-    auto view = [&](const std::string &off, int64_t r) {
-      return k.op("memref.view " + dyn + "[" + off + "][] : " + smem +
-                  " to memref<" + std::to_string(r) + "x" +
-                  std::to_string(kTileK) +
-                  "xbf16, #gpu.address_space<workgroup>>");
-    };
-    auto tile = [&](int64_t r) { return tileType(rowsOf(r)); };
-    std::string kc = k.mul(it, k.index(kTileK));
-    std::string bufA = view(offA, c.tileM());
-    k.line("nvgpu.tma.async.load %dA[" + kc + ", " + mBase + "], " + full +
-           "[" + st + "] to " + bufA + " : " +
-           tensorMapType(rowsOf(c.tileM())) + ", " + bar + " -> " +
-           tile(c.tileM()));
-    int64_t boxB = boxRowsB();
-    std::string nRow = k.mul(tileX, k.index(boxB));
-    std::string bufB = view(offB, boxB);
-    k.line("nvgpu.tma.async.load %dB[" + kc + ", " + nRow + "], " + full + "[" +
-           st + "] to " + bufB + " : " + tensorMapType(rowsOf(boxB)) + ", " +
-           bar + " -> " + tile(boxB));
-    if (swiglu()) {
-      // The up half of the tile: the same output columns, F rows further.
-      std::string upRow = k.add(nRow, k.index(s.n / 2));
-      std::string offUp = k.add(offB, k.index(boxB * kTileK * 2));
-      std::string bufUp = view(offUp, boxB);
-      k.line("nvgpu.tma.async.load %dB[" + kc + ", " + upRow + "], " + full +
-             "[" + st + "] to " + bufUp + " : " + tensorMapType(rowsOf(boxB)) +
-             ", " + bar + " -> " + tile(boxB));
-    }
-    k.endFor();
-    endTiles(ring);
-    k.endIf();
+    NVVM::SetMaxRegisterOp::create(*e->b, e->loc, 40,
+                                   NVVM::SetMaxRegisterAction::decrease);
+    e->when(e->cmpIndex(CmpIPredicate::eq, lane, e->index(0)), [&] {
+      forEachTile([&](Value ring) {
+        e->loopStep(e->index(0), kTiles(), e->index(1), [&](Value it) {
+          Value g = e->addIndex(ring, it);
+          Value st = e->remIndex(g, e->index(c.stages));
+          // A fresh "empty" barrier passes parity 1: the first round never
+          // waits.
+          waitParity(*e, empty, st, phaseOf(g, /*flip=*/true));
+          nvgpu::MBarrierArriveExpectTxOp::create(
+              *e->b, e->loc, full, e->index(stageBytes()), st,
+              /*predicate=*/nullptr);
+          Value offA =
+              e->addIndex(padding, e->mulI(st, e->index(stageBytes())));
+          Value offB = e->addIndex(offA, e->index(c.tileM() * kTileK * 2));
+          Value kc = e->mulI(it, e->index(kTileK));
+          auto load = [&](Value map, Value offset, int64_t boxRows,
+                          Value row) {
+            Value buffer = viewTile(*e, dyn, offset, {boxRows, kTileK});
+            nvgpu::TmaAsyncLoadOp::create(*e->b, e->loc, buffer, full, map,
+                                          ValueRange{kc, row}, st,
+                                          /*multicastMask=*/nullptr,
+                                          /*predicate=*/nullptr);
+          };
+          load(mapA, offA, c.tileM(), mBase);
+          int64_t boxB = boxRowsB();
+          Value nRow = e->mulI(tileX, e->index(boxB));
+          load(mapB, offB, boxB, nRow);
+          if (swiglu()) {
+            // The up half of the tile: the same output columns, F rows
+            // further.
+            Value upRow = e->addIndex(nRow, e->index(s.n / 2));
+            Value offUp = e->addIndex(offB, e->index(boxB * kTileK * 2));
+            load(mapB, offUp, boxB, upRow);
+          }
+        });
+      });
+    });
   }
 
   void consumer() {
-    std::string bar = barrierType(c.stages);
-    std::string acc = accType(c.tileN);
-    k.line("nvvm.setmaxregister increase 232");
-    std::string cw = k.sub(wg, k.index(1));
-    std::string base64 =
-        k.op("arith.index_cast " + aligned + " : index to i64");
-    std::string fresh = k.op("llvm.mlir.undef : " + acc);
-    std::string tilesDone;
-    std::string ring = beginTiles(tilesDone);
-    // One K tile; the first of an output tile overwrites the accumulator
-    // (scale-d 0), so no zeroing is needed between tiles.
-    auto kStep = [&](const std::string &it, const std::string &accIn,
-                     bool first) {
-      std::string g = k.add(ring, it);
-      std::string st = k.rem(g, k.index(c.stages));
-      waitParity(k, full, st, phaseOf(g, /*flip=*/false), bar);
-      std::string stage = addressOf(k, base64, st, stageBytes());
-      std::string aAddr = addressOf(k, stage, cw, 64 * kTileK * 2);
-      std::string bAddr = k.op("arith.addi " + stage + ", " +
-                               k.i64(c.tileM() * kTileK * 2) + " : i64");
-      std::string descA = descriptor(k, aAddr), descB = descriptor(k, bAddr);
-      k.line("nvvm.wgmma.fence.aligned");
-      std::string running =
-          mmaKTile(k, descA, descB, accIn, c.tileN, "col", first);
-      k.line("nvvm.wgmma.commit.group.sync.aligned");
-      // Keep this group in flight; the previous one has retired, so its
-      // stage can be refilled.
-      k.line("nvvm.wgmma.wait.group.sync.aligned 1");
-      if (!first) {
-        k.beginIf(k.cmp("eq", lane, k.index(0)));
-        std::string prev =
-            k.rem(k.add(g, k.index(c.stages - 1)), k.index(c.stages));
-        k.line("%tok_" + std::to_string(tokens++) +
-               " = nvgpu.mbarrier.arrive " + empty + "[" + prev + "] : " + bar +
-               " -> !nvgpu.mbarrier.token");
-        k.endIf();
-      }
-      return running;
-    };
-    std::string firstTile = kStep(k.index(0), fresh, /*first=*/true);
-    std::string result = k.fresh();
-    std::string carried = k.fresh();
-    std::string it = k.beginFor(k.index(1), kTiles(), k.index(1), result,
-                                carried + " = " + firstTile + " : " + acc);
-    k.endFor(kStep(it, carried, /*first=*/false) + " : " + acc);
-    k.line("nvvm.wgmma.wait.group.sync.aligned 0");
-    // The tile's last stage is free too: the next tile's loads may use it
-    // while this one's epilogue runs.
-    k.beginIf(k.cmp("eq", lane, k.index(0)));
-    std::string last =
-        k.rem(k.add(ring, k.sub(kTiles(), k.index(1))), k.index(c.stages));
-    k.line("%tok_" + std::to_string(tokens++) + " = nvgpu.mbarrier.arrive " +
-           empty + "[" + last + "] : " + bar + " -> !nvgpu.mbarrier.token");
-    k.endIf();
-    epilogue(result, cw);
-    endTiles(ring);
+    MLIRContext *context = fn.getContext();
+    NVVM::SetMaxRegisterOp::create(*e->b, e->loc, 232,
+                                   NVVM::SetMaxRegisterAction::increase);
+    Value cw = e->subIndex(wg, e->index(1));
+    Value base64 = e->toI64(aligned);
+    Value fresh = LLVM::UndefOp::create(*e->b, e->loc, accType(context, c.tileN));
+    forEachTile([&](Value ring) {
+      // One K tile; the first of an output tile overwrites the accumulator
+      // (scale-d 0), so no zeroing is needed between tiles.
+      auto kStep = [&](Value it, Value accIn, bool first) {
+        Value g = e->addIndex(ring, it);
+        Value st = e->remIndex(g, e->index(c.stages));
+        waitParity(*e, full, st, phaseOf(g, /*flip=*/false));
+        Value stage = addressOf(*e, base64, st, stageBytes());
+        Value aAddr = addressOf(*e, stage, cw, 64 * kTileK * 2);
+        Value bAddr = e->addI(stage, e->i64(c.tileM() * kTileK * 2));
+        Value descA = descriptor(*e, aAddr), descB = descriptor(*e, bAddr);
+        NVVM::WgmmaFenceAlignedOp::create(*e->b, e->loc);
+        Value running = mmaKTile(*e, descA, descB, accIn, c.tileN,
+                                 NVVM::MMALayout::col, first);
+        NVVM::WgmmaGroupSyncAlignedOp::create(*e->b, e->loc);
+        // Keep this group in flight; the previous one has retired, so its
+        // stage can be refilled.
+        NVVM::WgmmaWaitGroupSyncOp::create(*e->b, e->loc, 1);
+        if (!first)
+          e->when(e->cmpIndex(CmpIPredicate::eq, lane, e->index(0)), [&] {
+            Value prev = e->remIndex(e->addIndex(g, e->index(c.stages - 1)),
+                                     e->index(c.stages));
+            arrive(*e, empty, prev);
+          });
+        return running;
+      };
+      Value firstTile = kStep(e->index(0), fresh, /*first=*/true);
+      Value result =
+          e->loopWith(e->index(1), kTiles(), {firstTile},
+                      [&](Value it, ValueRange acc) -> SmallVector<Value> {
+                        return {kStep(it, acc[0], /*first=*/false)};
+                      })[0];
+      NVVM::WgmmaWaitGroupSyncOp::create(*e->b, e->loc, 0);
+      // The tile's last stage is free too: the next tile's loads may use it
+      // while this one's epilogue runs.
+      e->when(e->cmpIndex(CmpIPredicate::eq, lane, e->index(0)), [&] {
+        Value last =
+            e->remIndex(e->addIndex(ring, e->subIndex(kTiles(), e->index(1))),
+                        e->index(c.stages));
+        arrive(*e, empty, last);
+      });
+      epilogue(result, cw);
+    });
   }
 
-  /// Output tiles across N (the grid of a non-persistent launch).
+  /// Output tiles across N.
   int64_t tilesAcross() const {
     int64_t columns = swiglu() ? s.n / 2 : s.n;
     int64_t perTile = swiglu() ? c.tileN / 2 : c.tileN;
@@ -294,59 +289,56 @@ private:
   }
 
   // Fragment coordinates.
-  std::string row0, row1, pairCol; // pairCol = 2 * (l % 4)
-  std::string quad;                // l % 4
+  Value row0, row1, pairCol; // pairCol = 2 * (l % 4)
+  Value quad;                // l % 4
 
-  std::string fragment(const std::string &accValue, int64_t i) {
-    return k.op("llvm.extractvalue " + accValue + "[" + std::to_string(i) +
-                "] : " + accType(c.tileN));
+  Value fragment(Value accValue, int64_t i) {
+    return LLVM::ExtractValueOp::create(*e->b, e->loc, accValue,
+                                        ArrayRef<int64_t>{i});
   }
 
-  void storePair(const std::string &v0, const std::string &v1, int operandIdx,
-                 const std::string &row, const std::string &col,
+  void storePair(Value v0, Value v1, int operandIdx, Value row, Value col,
                  int64_t width) {
-    std::string element = ctx.elements[operandIdx];
-    std::string ok = k.op("arith.andi " + k.cmp("ult", row, rows) + ", " +
-                          k.cmp("ult", col, k.index(width)) + " : i1");
-    k.beginIf(ok);
-    std::string a = k.fromF32(v0, element), b = k.fromF32(v1, element);
-    std::string vec = k.op("vector.from_elements " + a + ", " + b +
-                           " : vector<2x" + element + ">");
-    k.line("vector.store " + vec + ", " + operand(operandIdx) + "[" + row +
-           ", " + col + "] : " + ctx.memrefType(operandIdx) + ", vector<2x" +
-           element + ">");
-    k.endIf();
+    Type element = ctx.elementTypes[operandIdx];
+    Value ok = e->andI(e->cmpIndex(CmpIPredicate::ult, row, rows),
+                       e->cmpIndex(CmpIPredicate::ult, col, e->index(width)));
+    e->when(ok, [&] {
+      Value a = e->truncF(v0, element), b = e->truncF(v1, element);
+      Value pair = vector::FromElementsOp::create(
+          *e->b, e->loc, VectorType::get({2}, element), ValueRange{a, b});
+      e->vectorStore(pair, operand(operandIdx), {row, col}, /*alignment=*/0);
+    });
   }
 
-  void epilogue(const std::string &acc, const std::string &cw) {
-    Fragments frag = fragmentsOf(k, lane, mBase, cw);
-    quad = k.rem(k.rem(lane, k.index(32)), k.index(4));
+  void epilogue(Value acc, Value cw) {
+    FragmentCoords frag = fragmentsOf(*e, lane, mBase, cw);
+    quad = e->remIndex(e->remIndex(lane, e->index(32)), e->index(4));
     pairCol = frag.pairColumn;
     row0 = frag.rows[0];
     row1 = frag.rows[1];
     int64_t blocks = c.tileN / 8;
     if (!s.epilogue) {
       int out = ctx.numArgs;
-      std::string nBase = k.mul(tileX, k.index(c.tileN));
+      Value nBase = e->mulI(tileX, e->index(c.tileN));
       for (int64_t j = 0; j < blocks; ++j) {
-        std::string col = k.add(k.add(nBase, k.index(8 * j)), pairCol);
+        Value col = e->addIndex(e->addIndex(nBase, e->index(8 * j)), pairCol);
         storePair(fragment(acc, 4 * j), fragment(acc, 4 * j + 1), out, row0,
                   col, s.n);
-        storePair(fragment(acc, 4 * j + 2), fragment(acc, 4 * j + 3), out, row1,
-                  col, s.n);
+        storePair(fragment(acc, 4 * j + 2), fragment(acc, 4 * j + 3), out,
+                  row1, col, s.n);
       }
       return;
     }
     if (swiglu()) {
       int out = ctx.numArgs;
       int64_t half = blocks / 2;
-      std::string nBase = k.mul(tileX, k.index(c.tileN / 2));
+      Value nBase = e->mulI(tileX, e->index(c.tileN / 2));
       for (int64_t j = 0; j < half; ++j) {
-        std::string col = k.add(k.add(nBase, k.index(8 * j)), pairCol);
-        std::string y[4];
+        Value col = e->addIndex(e->addIndex(nBase, e->index(8 * j)), pairCol);
+        Value y[4];
         for (int r = 0; r < 4; ++r)
-          y[r] = k.swiglu(fragment(acc, 4 * j + r),
-                          fragment(acc, 4 * (j + half) + r));
+          y[r] = e->swiglu(fragment(acc, 4 * j + r),
+                           fragment(acc, 4 * (j + half) + r));
         storePair(y[0], y[1], out, row0, col, s.n / 2);
         storePair(y[2], y[3], out, row1, col, s.n / 2);
       }
@@ -355,98 +347,92 @@ private:
     qkvEpilogue(acc);
   }
 
-  /// Position of `row` as f64 (0 past the last row).
-  std::string positionOf(const std::string &row) {
-    std::string inside = k.cmp("ult", row, rows);
-    std::string safe = k.select(inside, row, k.index(0), "index");
-    return k.op("memref.load " + operand(s.positions) + "[" + safe +
-                "] : " + ctx.memrefType(s.positions));
+  /// Position of `row` (i64; position 0's entry past the last row).
+  Value positionOf(Value row) {
+    Value inside = e->cmpIndex(CmpIPredicate::ult, row, rows);
+    Value safe = e->select(inside, row, e->index(0));
+    return e->loadRaw(operand(s.positions), {safe});
   }
 
-  void qkvEpilogue(const std::string &acc) {
-    auto e = cast<QkvEpilogueOp>(s.epilogue);
-    int64_t qWidth = ctx.width(ctx.operandOf(e.getQuery()));
-    int64_t kvWidth = ctx.width(ctx.operandOf(e.getKey()));
-    int64_t headDim = qWidth / e.getNumHeads();
+  void qkvEpilogue(Value acc) {
+    auto q = cast<QkvEpilogueOp>(s.epilogue);
+    int64_t qWidth = ctx.width(ctx.operandOf(q.getQuery()));
+    int64_t kvWidth = ctx.width(ctx.operandOf(q.getKey()));
+    int64_t headDim = qWidth / q.getNumHeads();
     int64_t qTiles = qWidth / c.tileN, kvTiles = kvWidth / c.tileN;
     int64_t blocks = c.tileN / 8;
-    std::string p0 = positionOf(row0), p1 = positionOf(row1);
+    Value p0 = positionOf(row0), p1 = positionOf(row1);
 
     // Values per (row half, block, element) after each step.
-    std::vector<std::string> v(4 * blocks);
+    SmallVector<Value> v(4 * blocks);
     for (int64_t i = 0; i < 4 * blocks; ++i)
       v[i] = fragment(acc, i);
 
     auto emitPart = [&](int part, int64_t firstTile, int64_t width) {
-      int out = ctx.operandOf(part == 0   ? e.getQuery()
-                              : part == 1 ? e.getKey()
-                                          : e.getValue());
-      std::vector<std::string> x = v;
-      if (part < 2 && e.getInvFreq())
-        rope(x, *e.getInvFreq(), headDim, p0, p1);
-      if (part < 2 && e.getQkNormEpsilon())
-        headNorm(x, headDim, e.getQkNormEpsilon()->convertToDouble());
-      if (part == 0 && e.getFloorScale()) {
-        std::string t0 = temperature(p0, *e.getAttnScale(), *e.getFloorScale());
-        std::string t1 = temperature(p1, *e.getAttnScale(), *e.getFloorScale());
+      int out = ctx.operandOf(part == 0   ? q.getQuery()
+                              : part == 1 ? q.getKey()
+                                          : q.getValue());
+      SmallVector<Value> x = v;
+      if (part < 2 && q.getInvFreq())
+        rope(x, *q.getInvFreq(), headDim, p0, p1);
+      if (part < 2 && q.getQkNormEpsilon())
+        headNorm(x, headDim, q.getQkNormEpsilon()->convertToDouble());
+      if (part == 0 && q.getFloorScale()) {
+        Value t0 = temperature(p0, *q.getAttnScale(), *q.getFloorScale());
+        Value t1 = temperature(p1, *q.getAttnScale(), *q.getFloorScale());
         for (int64_t j = 0; j < blocks; ++j)
           for (int r = 0; r < 4; ++r)
-            x[4 * j + r] = k.fmul(x[4 * j + r], r < 2 ? t0 : t1);
+            x[4 * j + r] = e->mul(x[4 * j + r], r < 2 ? t0 : t1);
       }
-      std::string nBase =
-          k.mul(k.sub(tileX, k.index(firstTile)), k.index(c.tileN));
+      Value nBase = e->mulI(e->subIndex(tileX, e->index(firstTile)),
+                            e->index(c.tileN));
       for (int64_t j = 0; j < blocks; ++j) {
-        std::string col = k.add(k.add(nBase, k.index(8 * j)), pairCol);
+        Value col = e->addIndex(e->addIndex(nBase, e->index(8 * j)), pairCol);
         storePair(x[4 * j], x[4 * j + 1], out, row0, col, width);
         storePair(x[4 * j + 2], x[4 * j + 3], out, row1, col, width);
       }
     };
-    k.beginIf(k.cmp("ult", tileX, k.index(qTiles)));
-    emitPart(0, 0, qWidth);
-    k.beginElse();
-    k.beginIf(k.cmp("ult", tileX, k.index(qTiles + kvTiles)));
-    emitPart(1, qTiles, kvWidth);
-    k.beginElse();
-    emitPart(2, qTiles + kvTiles, kvWidth);
-    k.endIf();
-    k.endIf();
+    e->ifThenElse(
+        e->cmpIndex(CmpIPredicate::ult, tileX, e->index(qTiles)),
+        [&] { emitPart(0, 0, qWidth); },
+        [&] {
+          e->ifThenElse(
+              e->cmpIndex(CmpIPredicate::ult, tileX,
+                          e->index(qTiles + kvTiles)),
+              [&] { emitPart(1, qTiles, kvWidth); },
+              [&] { emitPart(2, qTiles + kvTiles, kvWidth); });
+        });
   }
 
   /// Interleaved-pair RoPE on the fragments: the pair (2i, 2i+1) of a head
   /// is one thread's element pair. Angles in f64, reduced to [-pi, pi]
   /// before the f32 sin/cos approximations.
-  void rope(std::vector<std::string> &x, ArrayRef<double> freqs,
-            int64_t headDim, const std::string &p0, const std::string &p1) {
-    std::string pf[2] = {k.op("arith.sitofp " + p0 + " : i64 to f64"),
-                         k.op("arith.sitofp " + p1 + " : i64 to f64")};
-    std::string q64 = k.op("arith.index_cast " + quad + " : index to i64");
+  void rope(SmallVector<Value> &x, ArrayRef<double> freqs, int64_t headDim,
+            Value p0, Value p1) {
+    Type f64 = e->b->getF64Type();
+    Value pf[2] = {e->siToFP(p0, f64), e->siToFP(p1, f64)};
+    Value q64 = e->toI64(quad);
     int64_t blocks = c.tileN / 8;
     for (int64_t j = 0; j < blocks; ++j) {
       int64_t firstPair = (8 * j % headDim) / 2;
       // inv_freq[firstPair + quad]
-      std::string f = k.f64(freqs[firstPair + 3]);
+      Value f = e->f64(freqs[firstPair + 3]);
       for (int q = 2; q >= 0; --q)
-        f = k.select(k.cmp("eq", q64, k.i64(q), "i64"),
-                     k.f64(freqs[firstPair + q]), f, "f64");
+        f = e->select(e->cmpIndex(CmpIPredicate::eq, q64, e->i64(q)),
+                      e->f64(freqs[firstPair + q]), f);
       for (int half = 0; half < 2; ++half) {
-        std::string angle =
-            k.op("arith.mulf " + pf[half] + ", " + f + " : f64");
-        std::string turns = k.op("arith.mulf " + angle + ", " +
-                                 k.f64(0.15915494309189535) + " : f64");
-        std::string rounded =
-            k.op("arith.fptosi " +
-                 k.op("arith.addf " + turns + ", " + k.f64(0.5) + " : f64") +
-                 " : f64 to i64");
-        std::string whole = k.op("arith.sitofp " + rounded + " : i64 to f64");
-        std::string reduced = k.op("arith.subf " + angle + ", " +
-                                   k.op("arith.mulf " + whole + ", " +
-                                        k.f64(6.283185307179586) + " : f64") +
-                                   " : f64");
-        std::string a32 = k.op("arith.truncf " + reduced + " : f64 to f32");
-        std::string cs = k.cos(a32), sn = k.sin(a32);
-        std::string &x0 = x[4 * j + 2 * half], &x1 = x[4 * j + 2 * half + 1];
-        std::string y0 = k.fsub(k.fmul(x0, cs), k.fmul(x1, sn));
-        std::string y1 = k.fadd(k.fmul(x0, sn), k.fmul(x1, cs));
+        Value angle = e->mul(pf[half], f);
+        Value turns = e->mul(angle, e->f64(0.15915494309189535));
+        Value rounded =
+            e->fpToSI(e->add(turns, e->f64(0.5)), e->b->getI64Type());
+        Value whole = e->siToFP(rounded, f64);
+        Value reduced =
+            e->sub(angle, e->mul(whole, e->f64(6.283185307179586)));
+        Value a32 = e->truncF(reduced, e->b->getF32Type());
+        Value cs = e->cos(a32), sn = e->sin(a32);
+        Value &x0 = x[4 * j + 2 * half], &x1 = x[4 * j + 2 * half + 1];
+        Value y0 = e->sub(e->mul(x0, cs), e->mul(x1, sn));
+        Value y1 = e->add(e->mul(x0, sn), e->mul(x1, cs));
         x0 = y0;
         x1 = y1;
       }
@@ -455,41 +441,36 @@ private:
 
   /// RMS over each head of each row: a thread holds 2 of every 8 columns of
   /// its rows, the quad (lanes 4r..4r+3) the whole head.
-  void headNorm(std::vector<std::string> &x, int64_t headDim, double eps) {
+  void headNorm(SmallVector<Value> &x, int64_t headDim, double eps) {
     int64_t blocksPerHead = headDim / 8;
     int64_t heads = c.tileN / headDim;
     for (int64_t h = 0; h < heads; ++h)
       for (int half = 0; half < 2; ++half) {
-        std::string ss = k.f32(0.0);
+        Value ss = e->f32(0.0);
         for (int64_t j = h * blocksPerHead; j < (h + 1) * blocksPerHead; ++j)
-          for (int e = 0; e < 2; ++e) {
-            const std::string &xv = x[4 * j + 2 * half + e];
-            ss = k.fadd(ss, k.fmul(xv, xv));
+          for (int el = 0; el < 2; ++el) {
+            Value xv = x[4 * j + 2 * half + el];
+            ss = e->add(ss, e->mul(xv, xv));
           }
-        std::string total = k.warpSum(ss, 4);
-        std::string inv = k.rsqrt(k.fadd(
-            k.fdiv(total, k.f32(static_cast<double>(headDim))), k.f32(eps)));
+        Value total = e->warpSum(ss, 4);
+        Value inv = e->rsqrt(
+            e->add(e->div(total, e->f32(static_cast<double>(headDim))),
+                   e->f32(eps)));
         for (int64_t j = h * blocksPerHead; j < (h + 1) * blocksPerHead; ++j)
-          for (int e = 0; e < 2; ++e) {
-            std::string &xv = x[4 * j + 2 * half + e];
-            xv = k.fmul(xv, inv);
+          for (int el = 0; el < 2; ++el) {
+            Value &xv = x[4 * j + 2 * half + el];
+            xv = e->mul(xv, inv);
           }
       }
   }
 
   /// tau(p) = 1 + attn_scale * ln(1 + floor((p + 1) / floor_scale)).
-  std::string temperature(const std::string &p, const llvm::APFloat &scale,
-                          int64_t floorScale) {
-    std::string steps = k.op(
-        "arith.divsi " + k.op("arith.addi " + p + ", " + k.i64(1) + " : i64") +
-        ", " + k.i64(floorScale) + " : i64");
-    std::string f = k.op("arith.sitofp " + steps + " : i64 to f32");
-    std::string log = k.log(k.fadd(k.f32(1.0), f));
-    return k.fadd(k.f32(1.0), k.fmul(k.f32(scale.convertToDouble()), log));
+  Value temperature(Value p, const llvm::APFloat &scale, int64_t floorScale) {
+    Value steps = e->divSI(e->addI(p, e->i64(1)), e->i64(floorScale));
+    Value f = e->siToFP(steps, e->b->getF32Type());
+    Value log = e->log(e->add(e->f32(1.0), f));
+    return e->add(e->f32(1.0), e->mul(e->f32(scale.convertToDouble()), log));
   }
-
-  std::string padding;
-  unsigned tokens = 0;
 };
 
 FailureOr<GemmShape> analyze(const KernelContext &ctx) {
@@ -530,7 +511,7 @@ FailureOr<GemmShape> analyze(const KernelContext &ctx) {
 
 LogicalResult mlir::kiln::cuda::generateGemmKernel(const KernelContext &ctx,
                                                    GpuKernel &out,
-                                                   std::string &text) {
+                                                   gpu::GPUModuleOp module) {
   FailureOr<GemmShape> shape = analyze(ctx);
   if (failed(shape))
     return failure();
@@ -587,12 +568,12 @@ LogicalResult mlir::kiln::cuda::generateGemmKernel(const KernelContext &ctx,
           std::clamp<int64_t>((kSharedLimit - 1024) / stageBytes, 2, 16);
     }
     std::string name = ctx.name() + v.suffix.str();
-    GemmWriter writer(ctx, s, config, name);
-    text += writer.write();
+    GemmBuilder writer(ctx, s, config);
+    writer.build(module, name);
 
     GpuLaunch launch;
     launch.function = name;
-    launch.blockThreads = 128 * (1 + config.consumers);
+    launch.blockThreads = writer.blockThreads();
     launch.dynamicSharedBytes = writer.dynamicSharedBytes();
     launch.grid[0] = smGrid();
     launch.params.push_back({GpuParam::Kind::TensorMap,

@@ -3,6 +3,7 @@
 #ifndef KILN_LIB_CONVERSION_KILNTOGPU_GENERATORS_H
 #define KILN_LIB_CONVERSION_KILNTOGPU_GENERATORS_H
 
+#include "GpuEmitter.h"
 #include "KernelText.h"
 #include "kiln/Conversion/KilnToGPU/GpuKernels.h"
 
@@ -47,30 +48,33 @@ struct KernelContext {
 LogicalResult generateMemoryKernel(const KernelContext &ctx, GpuKernel &out,
                                    gpu::GPUModuleOp module);
 LogicalResult generateGemmKernel(const KernelContext &ctx, GpuKernel &out,
-                                 std::string &text);
+                                 gpu::GPUModuleOp module);
 LogicalResult generateAttentionKernel(const KernelContext &ctx, GpuKernel &out,
-                                      std::string &text);
+                                      gpu::GPUModuleOp module);
 LogicalResult generateRouterKernel(const KernelContext &ctx, GpuKernel &out,
                                    gpu::GPUModuleOp module);
 LogicalResult generateGroupedGemmKernel(const KernelContext &ctx,
-                                        GpuKernel &out, std::string &text);
+                                        GpuKernel &out,
+                                        gpu::GPUModuleOp module);
 /// The wgmma version; fails (with a diagnostic) on shapes it cannot tile.
 LogicalResult generateGroupedWgmmaKernel(const KernelContext &ctx,
-                                         GpuKernel &out, std::string &text);
+                                         GpuKernel &out,
+                                         gpu::GPUModuleOp module);
 /// Whether the wgmma grouped GEMM can tile this kernel's shapes.
 bool groupedWgmmaFits(const KernelContext &ctx);
 
 /// Greedy sampling: argmax of the last logits row, built on OpBuilder into
 /// `module` (ArgmaxKernel.cpp).
 GpuLaunch buildArgmax(gpu::GPUModuleOp module, Location loc, int64_t vocab);
-/// Temperature / top-k / top-p sampling of the last logits row
-/// (SamplingKernel.cpp); no function for vocabularies of 2^22 or more.
-GpuLaunch writeSampler(int64_t vocab, std::string &text);
+/// Temperature / top-k / top-p sampling of the last logits row, built on
+/// GpuEmitter into `module` (SamplingKernel.cpp); no function for
+/// vocabularies of 2^22 or more.
+GpuLaunch buildSampler(gpu::GPUModuleOp module, Location loc, int64_t vocab);
 
 /// expert_down's first launch: the result starts as the addend (the shared
 /// expert's output), one block per row (MoeKernels.cpp).
 void addExpertDownInit(const KernelContext &ctx, int addend, int result,
-                       GpuKernel &out, std::string &text);
+                       GpuKernel &out, gpu::GPUModuleOp module);
 
 /// The softmax scale of `a` for a query at position `qPos` (i64): the op's
 /// scale, times the NoPE temperature 1 + attn_scale * log(1 + floor((pos +
@@ -105,10 +109,35 @@ inline std::string sameChunk(KernelText &k, const std::string &kp,
       k.op("arith.divsi " + qp + ", " + k.i64(chunk) + " : i64"), "i64");
 }
 
+/// The same on GpuEmitter: the softmax scale of `a` for a query at
+/// position `qPos` (i64).
+inline Value attentionScale(GpuEmitter &e, AttentionOp a, Value qPos) {
+  Value scale = e.f32(a.getScale().convertToDouble());
+  if (!a.getFloorScale())
+    return scale;
+  Value steps = e.divSI(e.addI(qPos, e.i64(1)), e.i64(*a.getFloorScale()));
+  Value f = e.siToFP(steps, e.b->getF32Type());
+  return e.mul(scale,
+               e.add(e.f32(1.0),
+                     e.mul(e.f32(a.getAttnScale()->convertToDouble()),
+                           e.log(e.add(e.f32(1.0), f)))));
+}
+
+/// The same on GpuEmitter: whether the key at position `kp` lies in the
+/// chunk of the query at `qp` (both i64), with the same test-only mutation.
+inline Value sameChunk(GpuEmitter &e, Value kp, Value qp, int64_t chunk) {
+  Value key = kp;
+  const char *mutation = std::getenv("KILN_TEST_MUTATION");
+  if (mutation && std::string(mutation) == "chunk-mask")
+    key = e.addI(kp, e.i64(1));
+  return e.cmpIndex(arith::CmpIPredicate::eq, e.divSI(key, e.i64(chunk)),
+                    e.divSI(qp, e.i64(chunk)));
+}
+
 /// Prefill attention on wgmma (FlashAttentionKernel.cpp).
 bool flashAttentionFits(const KernelContext &ctx, AttentionOp a);
-GpuLaunch writeFlashAttention(const KernelContext &ctx, AttentionOp a,
-                              StringRef name, std::string &text);
+GpuLaunch buildFlashAttention(const KernelContext &ctx, AttentionOp a,
+                              StringRef name, gpu::GPUModuleOp module);
 
 /// Appends one memref parameter per operand, in operand order; `key` and
 /// `value` (attention operands, or -1) are passed as their KV pools.

@@ -17,6 +17,8 @@
 #include "mlir/Dialect/GPU/IR/GPUDialect.h"
 #include "mlir/Dialect/LLVMIR/LLVMDialect.h"
 
+#include <limits>
+
 namespace mlir::kiln::cuda {
 
 class GpuEmitter : public Emitter {
@@ -90,9 +92,23 @@ public:
         .getResult(0);
   }
   Value rsqrt(Value x) { return ptxUnary("rsqrt.approx.ftz.f32", x); }
+  Value exp2(Value x) { return ptxUnary("ex2.approx.ftz.f32", x); }
   /// e^x as 2^(x log2 e), with the hardware approximation.
-  Value exp(Value x) {
-    return ptxUnary("ex2.approx.ftz.f32", mul(x, f32(1.4426950408889634)));
+  Value exp(Value x) { return exp2(mul(x, f32(1.4426950408889634))); }
+  /// ln x as log2(x) ln 2, with the hardware approximation.
+  Value log(Value x) {
+    return mul(ptxUnary("lg2.approx.ftz.f32", x), f32(0.69314718055994531));
+  }
+  Value sin(Value x) { return ptxUnary("sin.approx.ftz.f32", x); }
+  Value cos(Value x) { return ptxUnary("cos.approx.ftz.f32", x); }
+  /// silu(g) * u as the reference writes it, with the PTX exponential.
+  Value swiglu(Value g, Value u) {
+    Value denominator = add(f32(1.0), exp(negF(g)));
+    return mul(div(g, denominator), u);
+  }
+  /// a * b + c rounded once (arith keeps mulf and addf apart).
+  Value fma(Value a, Value x, Value c) {
+    return LLVM::FMAOp::create(*b, loc, a, x, c);
   }
   /// `v` summed over each aligned group of `width` lanes (xor butterfly).
   Value warpSum(Value v, int64_t width = 32) {
@@ -100,29 +116,48 @@ public:
       v = add(v, shuffleXor(v, offset));
     return v;
   }
+  /// The largest `v` of each aligned group of `width` lanes.
+  Value warpMax(Value v, int64_t width = 32) {
+    for (int64_t offset = width / 2; offset >= 1; offset /= 2)
+      v = maxF(v, shuffleXor(v, offset));
+    return v;
+  }
   /// `v` summed over the block's `warps` warps, in every thread, through
   /// `scratch` (workgroup memref<N x f32>, N >= warps); ends on a barrier,
   /// so the scratch may be reused.
   Value blockSum(Value v, Value scratch, int64_t warps) {
-    Value warpValue = warpSum(v);
+    return blockCombine(v, /*max=*/false, scratch, warps);
+  }
+  /// The same with the largest value instead of the sum.
+  Value blockMax(Value v, Value scratch, int64_t warps) {
+    return blockCombine(v, /*max=*/true, scratch, warps);
+  }
+  /// The value of lane (this lane xor `offset`) within groups of `width`.
+  Value shuffleXor(Value v, int64_t offset, int64_t width = 32) {
+    return shuffle(v, gpu::ShuffleMode::XOR, offset, width);
+  }
+  Value shuffle(Value v, gpu::ShuffleMode mode, int64_t offset,
+                int64_t width = 32) {
+    return gpu::ShuffleOp::create(*b, loc, v, i32(offset), i32(width), mode)
+        .getShuffleResult();
+  }
+  Value gridDim(gpu::Dimension d) { return gpu::GridDimOp::create(*b, loc, d); }
+  void barrier() { gpu::BarrierOp::create(*b, loc); }
+  Value blockCombine(Value v, bool max, Value scratch, int64_t warps) {
+    Value warpValue = max ? warpMax(v) : warpSum(v);
     Value warp = divIndex(threadId(), index(32));
     when(cmpIndex(arith::CmpIPredicate::eq, remIndex(threadId(), index(32)),
                   index(0)),
          [&] { store(warpValue, scratch, {warp}); });
     barrier();
-    Value total = f32(0.0);
-    for (int64_t w = 0; w < warps; ++w)
-      total = add(total, load(scratch, {index(w)}));
+    Value total = max ? f32(-std::numeric_limits<double>::infinity()) : f32(0.0);
+    for (int64_t w = 0; w < warps; ++w) {
+      Value x = load(scratch, {index(w)});
+      total = max ? maxF(total, x) : add(total, x);
+    }
     barrier();
     return total;
   }
-  /// The value of lane (this lane xor `offset`) within groups of `width`.
-  Value shuffleXor(Value v, int64_t offset, int64_t width = 32) {
-    return gpu::ShuffleOp::create(*b, loc, v, i32(offset), i32(width),
-                                  gpu::ShuffleMode::XOR)
-        .getShuffleResult();
-  }
-  void barrier() { gpu::BarrierOp::create(*b, loc); }
 
 private:
   Value atEntry(function_ref<Value(OpBuilder &)> make) {

@@ -162,10 +162,10 @@ FailureOr<GpuProgram> mlir::kiln::cuda::generateGpuKernels(ModuleOp module) {
       ok = generateMemoryKernel(ctx, out, program.gpuModule);
       break;
     case KernelKind::Gemm:
-      ok = generateGemmKernel(ctx, out, text);
+      ok = generateGemmKernel(ctx, out, program.gpuModule);
       break;
     case KernelKind::Attention:
-      ok = generateAttentionKernel(ctx, out, text);
+      ok = generateAttentionKernel(ctx, out, program.gpuModule);
       break;
     case KernelKind::Router:
       ok = generateRouterKernel(ctx, out, program.gpuModule);
@@ -173,8 +173,9 @@ FailureOr<GpuProgram> mlir::kiln::cuda::generateGpuKernels(ModuleOp module) {
     case KernelKind::GroupedGemm:
       // Shapes the wgmma tiles cannot cover (tiny test models) keep the
       // SIMT version.
-      ok = groupedWgmmaFits(ctx) ? generateGroupedWgmmaKernel(ctx, out, text)
-                                 : generateGroupedGemmKernel(ctx, out, text);
+      ok = groupedWgmmaFits(ctx)
+               ? generateGroupedWgmmaKernel(ctx, out, program.gpuModule)
+               : generateGroupedGemmKernel(ctx, out, program.gpuModule);
       break;
     case KernelKind::Moe:
       // kiln-decompose-moe turns every MoE into router + grouped GEMMs.
@@ -191,7 +192,6 @@ FailureOr<GpuProgram> mlir::kiln::cuda::generateGpuKernels(ModuleOp module) {
   if (ret.getNumOperands() == 1) {
     auto logits = cast<RankedTensorType>(ret.getOperand(0).getType());
     program.vocab = logits.getShape().back();
-    program.sample = writeSampler(logits.getShape().back(), text);
   }
   text += "}\n";
   program.moduleText = std::move(text);

@@ -29,6 +29,7 @@
 //===----------------------------------------------------------------------===//
 
 #include "Generators.h"
+#include "GpuEmitter.h"
 #include "Wgmma.h"
 
 #include "dialects/kiln/KilnOps.h"
@@ -50,15 +51,16 @@ struct GroupedShape {
   int64_t experts = 0, k = 0, n = 0; // weight [E, K, N]
 };
 
-class GroupedWriter {
+using arith::CmpIPredicate;
+
+class GroupedBuilder {
 public:
-  GroupedWriter(const KernelContext &ctx, const GroupedShape &s,
-                int64_t consumers, int64_t stages, StringRef name)
-      : ctx(ctx), s(s), consumers(consumers), stages(stages),
-        k(name, params(ctx, s), 128 * (1 + consumers),
-          "nvvm.minctasm = 1 : i32") {}
+  GroupedBuilder(const KernelContext &ctx, const GroupedShape &s,
+                 int64_t consumers, int64_t stages)
+      : ctx(ctx), s(s), consumers(consumers), stages(stages) {}
 
   int64_t tileM() const { return 64 * consumers; }
+  int64_t blockThreads() const { return 128 * (1 + consumers); }
   // The gathering producer needs more than the 40 registers of a TMA-only
   // producer: 128 x 56 + 256 x 224 fits the 64K register file.
   int64_t producerRegs() const { return s.gateUp ? 56 : 40; }
@@ -67,97 +69,6 @@ public:
   int64_t bBytes() const { return kTileN * kTileK * 2; }
   int64_t stageBytes() const { return aBytes() + bBytes(); }
   int64_t dynamicSharedBytes() const { return stages * stageBytes() + 1024; }
-
-  std::string write() {
-    prologue();
-    k.beginIf(valid);
-    setup();
-    k.beginIf(k.cmp("eq", wg, k.index(0)));
-    producer();
-    k.beginElse();
-    consumer();
-    k.endIf();
-    k.endIf();
-    return k.finish();
-  }
-
-private:
-  const KernelContext &ctx;
-  const GroupedShape &s;
-  int64_t consumers, stages;
-  KernelText k;
-  std::string valid, first, segmentEnd, wg, lane, tid, dyn, pad, aligned, full,
-      empty, tileX;
-
-  static std::string params(const KernelContext &ctx, const GroupedShape &s) {
-    std::string p = "%tmB: !llvm.ptr {llvm.align = 64 : i64}";
-    if (!s.gateUp)
-      p += ", %tmA: !llvm.ptr {llvm.align = 64 : i64}";
-    p += ", " + ctx.memrefParams();
-    return p;
-  }
-  std::string mem(int i) const { return "%o" + std::to_string(i); }
-  std::string bMap() const {
-    return tensorMapType("1x" + std::to_string(kTileK) + "x" +
-                         std::to_string(kBoxN));
-  }
-  std::string aMap() const {
-    return tensorMapType(std::to_string(tileM()) + "x" +
-                         std::to_string(kTileK));
-  }
-  std::string kTiles() { return k.index((s.k + kTileK - 1) / kTileK); }
-
-  /// Block b -> (expert, N tile, row tile), experts in order, then N
-  /// tiles, row tiles fastest: the blocks at work are one expert's row
-  /// tiles over a run of N tiles, so each expert's weight tile is read from
-  /// memory once for all its rows and its gathered rows stay in L2.
-  void prologue() {
-    std::string target = k.blockId('x');
-    std::string res = k.fresh();
-    std::string seen = k.fresh(), found = k.fresh(), ff = k.fresh(),
-                fe = k.fresh(), fx = k.fresh(), fn = k.fresh();
-    std::string e =
-        k.beginFor(k.index(0), k.index(s.experts), k.index(1), res + ":6",
-                   seen + " = " + k.index(0) + ", " + found + " = " +
-                       k.op("arith.constant false") + ", " + ff + " = " +
-                       k.index(0) + ", " + fe + " = " + k.index(0) + ", " + fx +
-                       " = " + k.index(0) + ", " + fn + " = " + k.index(0) +
-                       " : index, i1, index, index, index, index");
-    auto offsetAt = [&](const std::string &i) {
-      return k.op("arith.index_cast " +
-                  k.op("memref.load " + mem(s.offsets) + "[" + i +
-                       "] : " + ctx.memrefType(s.offsets)) +
-                  " : i64 to index");
-    };
-    std::string lo = offsetAt(e), hi = offsetAt(k.add(e, k.index(1)));
-    std::string tiles =
-        k.div(k.add(k.sub(hi, lo), k.index(tileM() - 1)), k.index(tileM()));
-    std::string end = k.add(seen, k.mul(tiles, k.index(tilesN())));
-    std::string here = k.op("arith.andi " + k.cmp("ult", target, end) + ", " +
-                            k.op("arith.xori " + found + ", " +
-                                 k.op("arith.constant true") + " : i1") +
-                            " : i1");
-    std::string local = k.sub(target, seen);
-    // An expert without rows has no blocks (`here` is false for it).
-    std::string safeTiles =
-        k.select(k.cmp("eq", tiles, k.index(0)), k.index(1), tiles, "index");
-    std::string start =
-        k.add(lo, k.mul(k.rem(local, safeTiles), k.index(tileM())));
-    std::string nTile = k.div(local, safeTiles);
-    k.endFor(end + ", " + k.op("arith.ori " + found + ", " + here + " : i1") +
-             ", " + k.select(here, start, ff, "index") + ", " +
-             k.select(here, hi, fe, "index") + ", " +
-             k.select(here, e, fx, "index") + ", " +
-             k.select(here, nTile, fn, "index") +
-             " : index, i1, index, index, index, index");
-    valid = res + "#1";
-    first = res + "#2";
-    segmentEnd = res + "#3";
-    expert = res + "#4";
-    tileX = res + "#5";
-  }
-
-public:
   /// Output tiles across N.
   int64_t tilesN() const {
     int64_t outCols = s.gateUp ? s.n / 2 : s.n;
@@ -165,248 +76,325 @@ public:
     return (outCols + perTile - 1) / perTile;
   }
 
+  void build(gpu::GPUModuleOp module, StringRef name) {
+    MLIRContext *context = module.getContext();
+    OpBuilder builder(context);
+    Type ptr = LLVM::LLVMPointerType::get(context);
+    maps = s.gateUp ? 1 : 2;
+    SmallVector<Type> params(maps, ptr);
+    for (unsigned i = 0; i < ctx.operands.size(); ++i)
+      params.push_back(ctx.memrefTypeOf(i));
+    fn = GpuEmitter::createKernel(module, ctx.kernel.getLoc(), name, params,
+                                  /*workgroup=*/{}, blockThreads());
+    fn->setAttr("nvvm.minctasm", builder.getI32IntegerAttr(1));
+    for (unsigned i = 0; i < maps; ++i)
+      fn.setArgAttr(i, "llvm.align", builder.getI64IntegerAttr(64));
+    GpuEmitter emitter(builder, fn);
+    e = &emitter;
+    barriers = barrierType(context, stages);
+    locateTile();
+    e->when(valid, [&] {
+      setup();
+      e->ifThenElse(
+          e->cmpIndex(CmpIPredicate::eq, wg, e->index(0)),
+          [&] { producer(); }, [&] { consumer(); });
+    });
+    e = nullptr;
+  }
+
 private:
-  std::string expert;
+  const KernelContext &ctx;
+  const GroupedShape &s;
+  int64_t consumers, stages;
+  unsigned maps = 0;
+  gpu::GPUFuncOp fn;
+  GpuEmitter *e = nullptr;
+  nvgpu::MBarrierGroupType barriers;
+  Value valid, first, segmentEnd, expert, tileX, wg, lane, dyn, pad, aligned,
+      full, empty, mapA, mapB;
+
+  Value mem(int i) { return fn.getArgument(maps + i); }
+  Value kTiles() { return e->index((s.k + kTileK - 1) / kTileK); }
+
+  /// Block b -> (expert, N tile, row tile), experts in order, then N
+  /// tiles, row tiles fastest: the blocks at work are one expert's row
+  /// tiles over a run of N tiles, so each expert's weight tile is read from
+  /// memory once for all its rows and its gathered rows stay in L2.
+  void locateTile() {
+    Value target = e->blockId(gpu::Dimension::x);
+    Value zero = e->index(0);
+    ValueRange found = e->loopWith(
+        zero, e->index(s.experts), e->index(1),
+        {zero, e->boolean(false), zero, zero, zero, zero},
+        [&](Value ex, ValueRange a) -> SmallVector<Value> {
+          Value seen = a[0], done = a[1];
+          Value lo = e->loadIndex(mem(s.offsets), {ex});
+          Value hi =
+              e->loadIndex(mem(s.offsets), {e->addIndex(ex, e->index(1))});
+          Value tiles = e->divIndex(
+              e->addIndex(e->subIndex(hi, lo), e->index(tileM() - 1)),
+              e->index(tileM()));
+          Value end = e->addIndex(seen, e->mulI(tiles, e->index(tilesN())));
+          Value here = e->andI(e->cmpIndex(CmpIPredicate::ult, target, end),
+                               e->xorI(done, e->boolean(true)));
+          Value local = e->subIndex(target, seen);
+          // An expert without rows has no blocks (`here` is false for it).
+          Value safeTiles =
+              e->select(e->cmpIndex(CmpIPredicate::eq, tiles, e->index(0)),
+                        e->index(1), tiles);
+          Value start = e->addIndex(
+              lo, e->mulI(e->remIndex(local, safeTiles), e->index(tileM())));
+          Value nTile = e->divIndex(local, safeTiles);
+          return {end,
+                  e->orI(done, here),
+                  e->select(here, start, a[2]),
+                  e->select(here, hi, a[3]),
+                  e->select(here, ex, a[4]),
+                  e->select(here, nTile, a[5])};
+        });
+    valid = found[1];
+    first = found[2];
+    segmentEnd = found[3];
+    expert = found[4];
+    tileX = found[5];
+  }
 
   void setup() {
-    std::string bar = barrierType(stages);
-    k.line("%dB = builtin.unrealized_conversion_cast %tmB : !llvm.ptr to " +
-           bMap());
+    MLIRContext *context = fn.getContext();
+    auto cast = [&](Value p, Type t) {
+      return UnrealizedConversionCastOp::create(*e->b, e->loc, t, p)
+          .getResult(0);
+    };
+    mapB = cast(fn.getArgument(0),
+                tensorMapType(context, {1, kTileK, kBoxN}));
     if (!s.gateUp)
-      k.line("%dA = builtin.unrealized_conversion_cast %tmA : !llvm.ptr to " +
-             aMap());
-    SharedArena arena = alignedDynamicShared(k);
+      mapA = cast(fn.getArgument(1), tensorMapType(context, {tileM(), kTileK}));
+    SharedBase arena = alignedDynamicShared(*e);
     dyn = arena.memory;
     pad = arena.pad;
     aligned = arena.aligned;
-    full = k.op("nvgpu.mbarrier.create -> " + bar);
-    empty = k.op("nvgpu.mbarrier.create -> " + bar);
-    tid = k.threadId();
-    wg = k.div(tid, k.index(128));
-    lane = k.rem(tid, k.index(128));
+    full = nvgpu::MBarrierCreateOp::create(*e->b, e->loc, barriers);
+    empty = nvgpu::MBarrierCreateOp::create(*e->b, e->loc, barriers);
+    Value tid = e->threadId();
+    wg = e->divIndex(tid, e->index(128));
+    lane = e->remIndex(tid, e->index(128));
     // Full: the expect_tx arrival, plus one per producer thread when the
     // producers gather A themselves.
     int64_t fullCount = s.gateUp ? 1 + 128 : 1;
-    k.beginIf(k.cmp("eq", tid, k.index(0)));
-    std::string st = k.beginFor(k.index(0), k.index(stages), k.index(1));
-    k.line("nvgpu.mbarrier.init " + full + "[" + st + "], " +
-           k.index(fullCount) + " : " + bar);
-    k.line("nvgpu.mbarrier.init " + empty + "[" + st + "], " +
-           k.index(consumers) + " : " + bar);
-    k.endFor();
-    k.line("nvvm.fence.mbarrier.init");
-    k.endIf();
-    k.line("gpu.barrier");
+    e->when(e->cmpIndex(CmpIPredicate::eq, tid, e->index(0)), [&] {
+      e->loopStep(e->index(0), e->index(stages), e->index(1), [&](Value st) {
+        nvgpu::MBarrierInitOp::create(*e->b, e->loc, full,
+                                      e->index(fullCount), st,
+                                      /*predicate=*/nullptr);
+        nvgpu::MBarrierInitOp::create(*e->b, e->loc, empty,
+                                      e->index(consumers), st,
+                                      /*predicate=*/nullptr);
+      });
+      NVVM::FenceMbarrierInitOp::create(*e->b, e->loc);
+    });
+    e->barrier();
   }
 
-  std::string phaseOf(const std::string &iter, bool flip) {
-    return parity(k, iter, stages, flip);
+  Value phaseOf(Value iter, bool flip) {
+    return parity(*e, iter, stages, flip);
   }
 
-  std::string view(const std::string &off, const std::string &shape) {
-    return k.op("memref.view " + dyn + "[" + off +
-                "][] : memref<?xi8, #gpu.address_space<workgroup>> to " +
-                tileType(shape));
+  /// Makes the generic proxy's shared-memory writes visible to the async
+  /// proxy (wgmma reads through it).
+  void fenceProxy() {
+    NVVM::FenceProxyOp::create(
+        *e->b, e->loc, NVVM::ProxyKind::async_shared,
+        NVVM::SharedSpaceAttr::get(e->b->getContext(),
+                                   NVVM::SharedSpace::shared_cta));
   }
 
   void producer() {
-    std::string bar = barrierType(stages);
-    k.line("nvvm.setmaxregister decrease " + std::to_string(producerRegs()));
-    std::string leader = k.cmp("eq", lane, k.index(0));
+    NVVM::SetMaxRegisterOp::create(*e->b, e->loc, producerRegs(),
+                                   NVVM::SetMaxRegisterAction::decrease);
+    Value leader = e->cmpIndex(CmpIPredicate::eq, lane, e->index(0));
     // gate_up: each producer thread gathers `chunks` 16-byte pieces of the
     // A tile per stage. Nothing per chunk stays live across the K loop (the
     // producer runs in few registers): each stage reloads its rows' tokens
     // (L1 hits).
     int64_t chunks = tileM() * 8 / 128;
-    std::string it = k.beginFor(k.index(0), kTiles(), k.index(1));
-    std::string st = k.rem(it, k.index(stages));
-    std::string phase = phaseOf(it, /*flip=*/true);
-    std::string offA = k.add(pad, k.mul(st, k.index(stageBytes())));
-    std::string offB = k.add(offA, k.index(aBytes()));
-    std::string kc = k.mul(it, k.index(kTileK));
-    if (s.gateUp) // every producer thread writes the stage
-      waitParity(k, empty, st, phase, bar);
-    k.beginIf(leader);
-    if (!s.gateUp)
-      waitParity(k, empty, st, phase, bar);
-    k.line("nvgpu.mbarrier.arrive.expect_tx " + full + "[" + st + "], " +
-           k.index(s.gateUp ? bBytes() : stageBytes()) + " : " + bar);
-    if (!s.gateUp) {
-      std::string shape =
-          std::to_string(tileM()) + "x" + std::to_string(kTileK);
-      k.line("nvgpu.tma.async.load %dA[" + kc + ", " + first + "], " + full +
-             "[" + st + "] to " + view(offA, shape) + " : " + aMap() + ", " +
-             bar + " -> " + tileType(shape));
-    }
-    std::string boxShape =
-        "1x" + std::to_string(kTileK) + "x" + std::to_string(kBoxN);
-    for (int half = 0; half < 2; ++half) {
-      // gate_up: the gate and the up columns of the same outputs; down: two
-      // adjacent 64-column boxes.
-      std::string col =
-          s.gateUp
-              ? k.add(k.mul(tileX, k.index(kBoxN)), k.index(half * (s.n / 2)))
-              : k.add(k.mul(tileX, k.index(kTileN)), k.index(half * kBoxN));
-      std::string off = k.add(offB, k.index(half * kBoxN * kTileK * 2));
-      k.line("nvgpu.tma.async.load %dB[" + col + ", " + kc + ", " + expert +
-             "], " + full + "[" + st + "] to " + view(off, boxShape) + " : " +
-             bMap() + ", " + bar + " -> " + tileType(boxShape));
-    }
-    k.endIf();
-    if (s.gateUp) {
-      std::string aTile =
-          std::to_string(tileM()) + "x" + std::to_string(kTileK);
-      std::string bufA = view(offA, aTile);
-      // A loop, not unrolled: the producer warpgroup runs in 56 registers.
-      std::string j = k.beginFor(k.index(0), k.index(chunks), k.index(1));
-      {
-        std::string idx = k.add(k.mul(j, k.index(128)), lane);
-        std::string r = k.div(idx, k.index(8));
-        std::string c = k.rem(idx, k.index(8));
-        // 128-byte swizzle: chunk c of row r lives at chunk c ^ (r mod 8).
-        std::string swz =
-            k.op("arith.xori " + c + ", " + k.rem(r, k.index(8)) + " : index");
-        std::string pair = k.add(first, r);
-        std::string inRow = k.cmp("ult", pair, segmentEnd);
-        std::string safe = k.select(inRow, pair, first, "index");
-        std::string token =
-            k.op("arith.index_cast " +
-                 k.op("memref.load " + mem(s.indices) + "[" + safe +
-                      "] : " + ctx.memrefType(s.indices)) +
-                 " : i64 to index");
-        std::string srcK = k.add(kc, k.mul(c, k.index(8)));
-        std::string okK = k.op("arith.andi " + inRow + ", " +
-                               k.cmp("ult", srcK, k.index(s.k)) + " : i1");
-        std::string n = k.select(okK, k.index(8), k.index(0), "index");
-        std::string safeK = k.select(okK, srcK, k.index(0), "index");
-        k.op("nvgpu.device_async_copy " + mem(s.input) + "[" + token + ", " +
-             safeK + "], " + bufA + "[" + r + ", " + k.mul(swz, k.index(8)) +
-             "], 8, " + n + " {bypassL1} : " + ctx.memrefType(s.input) +
-             " to " + tileType(aTile));
+    e->loopStep(e->index(0), kTiles(), e->index(1), [&](Value it) {
+      Value st = e->remIndex(it, e->index(stages));
+      Value phase = phaseOf(it, /*flip=*/true);
+      Value offA = e->addIndex(pad, e->mulI(st, e->index(stageBytes())));
+      Value offB = e->addIndex(offA, e->index(aBytes()));
+      Value kc = e->mulI(it, e->index(kTileK));
+      if (s.gateUp) // every producer thread writes the stage
+        waitParity(*e, empty, st, phase);
+      e->when(leader, [&] {
+        if (!s.gateUp)
+          waitParity(*e, empty, st, phase);
+        nvgpu::MBarrierArriveExpectTxOp::create(
+            *e->b, e->loc, full,
+            e->index(s.gateUp ? bBytes() : stageBytes()), st,
+            /*predicate=*/nullptr);
+        auto load = [&](Value map, Value buffer, ValueRange at) {
+          nvgpu::TmaAsyncLoadOp::create(*e->b, e->loc, buffer, full, map, at,
+                                        st, /*multicastMask=*/nullptr,
+                                        /*predicate=*/nullptr);
+        };
+        if (!s.gateUp)
+          load(mapA, viewTile(*e, dyn, offA, {tileM(), kTileK}),
+               {kc, first});
+        for (int half = 0; half < 2; ++half) {
+          // gate_up: the gate and the up columns of the same outputs; down:
+          // two adjacent 64-column boxes.
+          Value col = s.gateUp ? e->addIndex(e->mulI(tileX, e->index(kBoxN)),
+                                             e->index(half * (s.n / 2)))
+                               : e->addIndex(e->mulI(tileX, e->index(kTileN)),
+                                             e->index(half * kBoxN));
+          Value off = e->addIndex(offB, e->index(half * kBoxN * kTileK * 2));
+          load(mapB, viewTile(*e, dyn, off, {1, kTileK, kBoxN}),
+               {col, kc, expert});
+        }
+      });
+      if (s.gateUp) {
+        gatherRows(offA, kc, chunks);
+        // The copies of the previous stage have landed: publish them.
+        NVVM::CpAsyncWaitGroupOp::create(*e->b, e->loc, 1);
+        fenceProxy();
+        e->when(e->cmpIndex(CmpIPredicate::ugt, it, e->index(0)), [&] {
+          Value prev = e->remIndex(e->addIndex(it, e->index(stages - 1)),
+                                   e->index(stages));
+          arrive(*e, full, prev);
+        });
       }
-      k.endFor();
-      k.line("nvvm.cp.async.commit.group");
-      // The copies of the previous stage have landed: publish them.
-      k.line("nvvm.cp.async.wait.group 1");
-      k.line("nvvm.fence.proxy {kind = #nvvm.proxy_kind<async.shared>, "
-             "space = #nvvm.shared_space<cta>}");
-      k.beginIf(k.cmp("ugt", it, k.index(0)));
-      std::string prev = k.rem(k.add(it, k.index(stages - 1)), k.index(stages));
-      k.op("nvgpu.mbarrier.arrive " + full + "[" + prev + "] : " + bar +
-           " -> !nvgpu.mbarrier.token");
-      k.endIf();
-    }
-    k.endFor();
+    });
     if (s.gateUp) {
-      k.line("nvvm.cp.async.wait.group 0");
-      k.line("nvvm.fence.proxy {kind = #nvvm.proxy_kind<async.shared>, "
-             "space = #nvvm.shared_space<cta>}");
-      std::string last = k.rem(k.sub(kTiles(), k.index(1)), k.index(stages));
-      k.op("nvgpu.mbarrier.arrive " + full + "[" + last + "] : " + bar +
-           " -> !nvgpu.mbarrier.token");
+      NVVM::CpAsyncWaitGroupOp::create(*e->b, e->loc, 0);
+      fenceProxy();
+      Value last = e->remIndex(e->subIndex(kTiles(), e->index(1)),
+                               e->index(stages));
+      arrive(*e, full, last);
     }
   }
+
+  /// gate_up's A tile: the stage's rows hidden[token_indices[r]], copied in
+  /// 16-byte chunks by every producer thread to their swizzled places.
+  void gatherRows(Value offA, Value kc, int64_t chunks) {
+    Value bufA = viewTile(*e, dyn, offA, {tileM(), kTileK});
+    // A loop, not unrolled: the producer warpgroup runs in 56 registers.
+    e->loopStep(e->index(0), e->index(chunks), e->index(1), [&](Value j) {
+      Value idx = e->addIndex(e->mulI(j, e->index(128)), lane);
+      Value r = e->divIndex(idx, e->index(8));
+      Value c = e->remIndex(idx, e->index(8));
+      // 128-byte swizzle: chunk c of row r lives at chunk c ^ (r mod 8).
+      Value swz = e->xorI(c, e->remIndex(r, e->index(8)));
+      Value pair = e->addIndex(first, r);
+      Value inRow = e->cmpIndex(CmpIPredicate::ult, pair, segmentEnd);
+      Value safe = e->select(inRow, pair, first);
+      Value token = e->loadIndex(mem(s.indices), {safe});
+      Value srcK = e->addIndex(kc, e->mulI(c, e->index(8)));
+      Value okK = e->andI(
+          inRow, e->cmpIndex(CmpIPredicate::ult, srcK, e->index(s.k)));
+      Value n = e->select(okK, e->index(8), e->index(0));
+      Value safeK = e->select(okK, srcK, e->index(0));
+      nvgpu::DeviceAsyncCopyOp::create(
+          *e->b, e->loc, nvgpu::DeviceAsyncTokenType::get(e->b->getContext()),
+          bufA, ValueRange{r, e->mulI(swz, e->index(8))}, mem(s.input),
+          ValueRange{token, safeK}, e->b->getIndexAttr(8), n,
+          e->b->getUnitAttr());
+    });
+    NVVM::CpAsyncCommitGroupOp::create(*e->b, e->loc);
+  }
+
   void consumer() {
-    std::string bar = barrierType(stages);
-    std::string acc = accType(kTileN);
-    k.line("nvvm.setmaxregister increase " + std::to_string(consumerRegs()));
-    std::string cw = k.sub(wg, k.index(1));
-    std::string base64 =
-        k.op("arith.index_cast " + aligned + " : index to i64");
+    MLIRContext *context = fn.getContext();
+    NVVM::SetMaxRegisterOp::create(*e->b, e->loc, consumerRegs(),
+                                   NVVM::SetMaxRegisterAction::increase);
+    Value cw = e->subIndex(wg, e->index(1));
+    Value base64 = e->toI64(aligned);
     // One K tile; the first overwrites the accumulator (scale-d 0), so it
     // needs no zeroing.
-    auto kStep = [&](const std::string &it, const std::string &accIn,
-                     bool first) {
-      std::string st = k.rem(it, k.index(stages));
-      waitParity(k, full, st, phaseOf(it, /*flip=*/false), bar);
-      std::string stage = addressOf(k, base64, st, stageBytes());
-      std::string aAddr = addressOf(k, stage, cw, 64 * kTileK * 2);
-      std::string bAddr =
-          k.op("arith.addi " + stage + ", " + k.i64(aBytes()) + " : i64");
-      std::string descA = descriptor(k, aAddr);
+    auto kStep = [&](Value it, Value accIn, bool firstTile) {
+      Value st = e->remIndex(it, e->index(stages));
+      waitParity(*e, full, st, phaseOf(it, /*flip=*/false));
+      Value stage = addressOf(*e, base64, st, stageBytes());
+      Value aAddr = addressOf(*e, stage, cw, 64 * kTileK * 2);
+      Value bAddr = e->addI(stage, e->i64(aBytes()));
+      Value descA = descriptor(*e, aAddr);
       // MN-major B: 8 KB between the two 64-column boxes.
-      std::string descB = descriptor(k, bAddr, kBoxN * kTileK * 2);
-      k.line("nvvm.wgmma.fence.aligned");
-      std::string running =
-          mmaKTile(k, descA, descB, accIn, kTileN, "row", first);
-      k.line("nvvm.wgmma.commit.group.sync.aligned");
-      k.line("nvvm.wgmma.wait.group.sync.aligned 1");
-      if (!first) {
-        k.beginIf(k.cmp("eq", lane, k.index(0)));
-        std::string prev =
-            k.rem(k.add(it, k.index(stages - 1)), k.index(stages));
-        k.op("nvgpu.mbarrier.arrive " + empty + "[" + prev + "] : " + bar +
-             " -> !nvgpu.mbarrier.token");
-        k.endIf();
-      }
+      Value descB = descriptor(*e, bAddr, kBoxN * kTileK * 2);
+      NVVM::WgmmaFenceAlignedOp::create(*e->b, e->loc);
+      Value running = mmaKTile(*e, descA, descB, accIn, kTileN,
+                               NVVM::MMALayout::row, firstTile);
+      NVVM::WgmmaGroupSyncAlignedOp::create(*e->b, e->loc);
+      NVVM::WgmmaWaitGroupSyncOp::create(*e->b, e->loc, 1);
+      if (!firstTile)
+        e->when(e->cmpIndex(CmpIPredicate::eq, lane, e->index(0)), [&] {
+          Value prev = e->remIndex(e->addIndex(it, e->index(stages - 1)),
+                                   e->index(stages));
+          arrive(*e, empty, prev);
+        });
       return running;
     };
-    std::string firstTile =
-        kStep(k.index(0), k.op("llvm.mlir.undef : " + acc), /*first=*/true);
-    std::string result = k.fresh(), carried = k.fresh();
-    std::string it = k.beginFor(k.index(1), kTiles(), k.index(1), result,
-                                carried + " = " + firstTile + " : " + acc);
-    k.endFor(kStep(it, carried, /*first=*/false) + " : " + acc);
-    k.line("nvvm.wgmma.wait.group.sync.aligned 0");
+    Value fresh = LLVM::UndefOp::create(*e->b, e->loc, accType(context, kTileN));
+    Value firstAcc = kStep(e->index(0), fresh, /*firstTile=*/true);
+    Value result =
+        e->loopWith(e->index(1), kTiles(), {firstAcc},
+                    [&](Value it, ValueRange acc) -> SmallVector<Value> {
+                      return {kStep(it, acc[0], /*firstTile=*/false)};
+                    })[0];
+    NVVM::WgmmaWaitGroupSyncOp::create(*e->b, e->loc, 0);
     epilogue(result, cw);
   }
 
-  std::string fragment(const std::string &acc, int64_t i) {
-    return k.op("llvm.extractvalue " + acc + "[" + std::to_string(i) +
-                "] : " + accType(kTileN));
+  Value fragment(Value acc, int64_t i) {
+    return LLVM::ExtractValueOp::create(*e->b, e->loc, acc,
+                                        ArrayRef<int64_t>{i});
   }
 
-  void epilogue(const std::string &acc, const std::string &cw) {
-    Fragments frag = fragmentsOf(k, lane, first, cw);
-    std::string pairCol = frag.pairColumn;
-    std::string *rowsOf = frag.rows;
+  void epilogue(Value acc, Value cw) {
+    FragmentCoords frag = fragmentsOf(*e, lane, first, cw);
+    Value pairCol = frag.pairColumn;
     int64_t blocks = kTileN / 8;
-    std::string resultType = ctx.memrefType(s.result);
-    std::string element = ctx.elements[s.result];
+    Value out = mem(s.result);
+    Type element = ctx.elementTypes[s.result];
     for (int half = 0; half < 2; ++half) {
-      std::string row = rowsOf[half];
-      k.beginIf(k.cmp("ult", row, segmentEnd));
-      if (s.gateUp) {
-        std::string g = k.toF32(k.op("memref.load " + mem(s.gates) + "[" + row +
-                                     "] : " + ctx.memrefType(s.gates)),
-                                ctx.elements[s.gates]);
-        std::string outBase = k.mul(tileX, k.index(kBoxN));
-        for (int64_t j = 0; j < blocks / 2; ++j) {
-          std::string col = k.add(k.add(outBase, k.index(8 * j)), pairCol);
-          std::string y[2];
-          for (int e = 0; e < 2; ++e) {
-            std::string gate = k.fmul(g, fragment(acc, 4 * j + 2 * half + e));
-            std::string up =
-                k.fmul(g, fragment(acc, 4 * (j + blocks / 2) + 2 * half + e));
-            y[e] = k.fromF32(k.swiglu(gate, up), element);
+      Value row = frag.rows[half];
+      e->when(e->cmpIndex(CmpIPredicate::ult, row, segmentEnd), [&] {
+        if (s.gateUp) {
+          Value g = e->load(mem(s.gates), {row});
+          Value outBase = e->mulI(tileX, e->index(kBoxN));
+          for (int64_t j = 0; j < blocks / 2; ++j) {
+            Value col =
+                e->addIndex(e->addIndex(outBase, e->index(8 * j)), pairCol);
+            Value y[2];
+            for (int el = 0; el < 2; ++el) {
+              Value gate = e->mul(g, fragment(acc, 4 * j + 2 * half + el));
+              Value up = e->mul(
+                  g, fragment(acc, 4 * (j + blocks / 2) + 2 * half + el));
+              y[el] = e->truncF(e->swiglu(gate, up), element);
+            }
+            e->when(e->cmpIndex(CmpIPredicate::ult, col, e->index(s.n / 2)),
+                    [&] {
+                      Value pair = vector::FromElementsOp::create(
+                          *e->b, e->loc, VectorType::get({2}, element),
+                          ValueRange{y[0], y[1]});
+                      e->vectorStore(pair, out, {row, col}, /*alignment=*/0);
+                    });
           }
-          k.beginIf(k.cmp("ult", col, k.index(s.n / 2)));
-          std::string vec = k.op("vector.from_elements " + y[0] + ", " + y[1] +
-                                 " : vector<2x" + element + ">");
-          k.line("vector.store " + vec + ", " + mem(s.result) + "[" + row +
-                 ", " + col + "] : " + resultType + ", vector<2x" + element +
-                 ">");
-          k.endIf();
+        } else {
+          Value token = e->loadIndex(mem(s.indices), {row});
+          Value outBase = e->mulI(tileX, e->index(kTileN));
+          for (int64_t j = 0; j < blocks; ++j) {
+            Value col =
+                e->addIndex(e->addIndex(outBase, e->index(8 * j)), pairCol);
+            e->when(e->cmpIndex(CmpIPredicate::ult, col, e->index(s.n)), [&] {
+              for (int el = 0; el < 2; ++el)
+                memref::AtomicRMWOp::create(
+                    *e->b, e->loc, arith::AtomicRMWKind::addf,
+                    fragment(acc, 4 * j + 2 * half + el), out,
+                    ValueRange{token,
+                               el ? e->addIndex(col, e->index(1)) : col});
+            });
+          }
         }
-      } else {
-        std::string token =
-            k.op("arith.index_cast " +
-                 k.op("memref.load " + mem(s.indices) + "[" + row +
-                      "] : " + ctx.memrefType(s.indices)) +
-                 " : i64 to index");
-        std::string outBase = k.mul(tileX, k.index(kTileN));
-        for (int64_t j = 0; j < blocks; ++j) {
-          std::string col = k.add(k.add(outBase, k.index(8 * j)), pairCol);
-          k.beginIf(k.cmp("ult", col, k.index(s.n)));
-          for (int e = 0; e < 2; ++e)
-            k.op("memref.atomic_rmw addf " +
-                 fragment(acc, 4 * j + 2 * half + e) + ", " + mem(s.result) +
-                 "[" + token + ", " + (e ? k.add(col, k.index(1)) : col) +
-                 "] : (f32, " + resultType + ") -> f32");
-          k.endIf();
-        }
-      }
-      k.endIf();
+      });
     }
   }
 };
@@ -437,7 +425,7 @@ bool mlir::kiln::cuda::groupedWgmmaFits(const KernelContext &ctx) {
 }
 
 LogicalResult mlir::kiln::cuda::generateGroupedWgmmaKernel(
-    const KernelContext &ctx, GpuKernel &out, std::string &text) {
+    const KernelContext &ctx, GpuKernel &out, gpu::GPUModuleOp module) {
   Operation *op = &ctx.kernel.getBody().front().front();
   GroupedShape s;
   if (auto up = dyn_cast<ExpertGateUpOp>(op)) {
@@ -471,7 +459,7 @@ LogicalResult mlir::kiln::cuda::generateGroupedWgmmaKernel(
   std::string name = ctx.name();
 
   if (!s.gateUp)
-    addExpertDownInit(ctx, s.addend, s.result, out, text);
+    addExpertDownInit(ctx, s.addend, s.result, out, module);
 
   GpuStep step;
   struct Variant {
@@ -480,11 +468,11 @@ LogicalResult mlir::kiln::cuda::generateGroupedWgmmaKernel(
   } variants[] = {{"_decode", 1, 9, 64}, {"_prefill", 2, 4, -1}};
   for (const Variant &v : variants) {
     std::string fn = name + v.suffix.str();
-    GroupedWriter writer(ctx, s, v.consumers, v.stages, fn);
-    text += writer.write();
+    GroupedBuilder writer(ctx, s, v.consumers, v.stages);
+    writer.build(module, fn);
     GpuLaunch launch;
     launch.function = fn;
-    launch.blockThreads = 128 * (1 + v.consumers);
+    launch.blockThreads = writer.blockThreads();
     launch.dynamicSharedBytes = writer.dynamicSharedBytes();
     // At most ceil(pairs / rows) row tiles plus one partial tile per
     // expert, each across every N tile; blocks past the count exit.

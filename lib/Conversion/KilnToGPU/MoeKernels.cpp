@@ -38,23 +38,29 @@ constexpr int64_t kStage = 128; // hidden elements staged per round
 
 } // namespace
 
+/// The kernel's operands as memref parameters, in operand order.
+static SmallVector<Type> memrefParams(const KernelContext &ctx) {
+  SmallVector<Type> params;
+  for (unsigned i = 0; i < ctx.operands.size(); ++i)
+    params.push_back(ctx.memrefTypeOf(i));
+  return params;
+}
+
 void mlir::kiln::cuda::addExpertDownInit(const KernelContext &ctx, int addend,
                                          int result, GpuKernel &out,
-                                         std::string &text) {
+                                         gpu::GPUModuleOp module) {
   std::string name = ctx.name() + "_init";
   int64_t cols = ctx.width(result);
-  KernelText k(name, ctx.memrefParams(), 128);
-  std::string row = k.blockId('x');
-  std::string c = k.beginFor(k.threadId(), k.index(cols), k.index(128));
-  std::string v =
-      k.toF32(k.op("memref.load %o" + std::to_string(addend) + "[" + row +
-                   ", " + c + "] : " + ctx.memrefType(addend)),
-              ctx.elements[addend]);
-  k.line("memref.store " + k.fromF32(v, ctx.elements[result]) + ", %o" +
-         std::to_string(result) + "[" + row + ", " + c +
-         "] : " + ctx.memrefType(result));
-  k.endFor();
-  text += k.finish();
+  gpu::GPUFuncOp fn =
+      GpuEmitter::createKernel(module, ctx.kernel.getLoc(), name,
+                               memrefParams(ctx), /*workgroup=*/{}, 128);
+  OpBuilder builder(module.getContext());
+  GpuEmitter e(builder, fn);
+  Value row = e.blockId(gpu::Dimension::x);
+  e.loopStep(e.threadId(), e.index(cols), e.index(128), [&](Value c) {
+    e.store(e.load(fn.getArgument(addend), {row, c}), fn.getArgument(result),
+            {row, c});
+  });
   GpuLaunch launch;
   launch.function = name;
   launch.blockThreads = 128;
@@ -208,7 +214,8 @@ LogicalResult mlir::kiln::cuda::generateRouterKernel(const KernelContext &ctx,
       Value i = e.addIndex(e.mulIndex(ch, kSortThreads), tid);
       Value valid = e.cmpIndex(arith::CmpIPredicate::ult, i, pairs);
       Value safe = e.select(valid, i, e.index(0));
-      auto [packed, expert] = expertOf(safe);
+      std::pair<Value, Value> packedExpert = expertOf(safe);
+      Value packed = packedExpert.first, expert = packedExpert.second;
       Value mine = e.select(valid, expert, e.i32(-1));
       e.store(mine, chunkExperts, {tid});
       e.barrier();
@@ -244,62 +251,50 @@ LogicalResult mlir::kiln::cuda::generateRouterKernel(const KernelContext &ctx,
 
 namespace {
 
-/// Finds this block's (expert, first pair, pair count) from the offsets:
-/// block y is the y-th (expert, row tile) in expert order. Returns the
-/// names of (valid, expert, first, count).
+using arith::CmpIPredicate;
+
+/// This block's (expert, first pair, pair count) from the offsets: block y
+/// is the y-th (expert, row tile) in expert order.
 struct TileOfBlock {
-  std::string valid, expert, first, count;
+  Value valid, expert, first, count;
 };
 
-TileOfBlock tileOfBlock(KernelText &k, const std::string &offsets,
-                        const std::string &offsetsType, int64_t experts) {
-  std::string target = k.blockId('y');
-  std::string res = k.fresh();
-  std::string seen = k.fresh(), found = k.fresh(), fe = k.fresh(),
-              ff = k.fresh(), fc = k.fresh();
-  std::string e =
-      k.beginFor(k.index(0), k.index(experts), k.index(1), res + ":5",
-                 seen + " = " + k.index(0) + ", " + found + " = " +
-                     k.op("arith.constant false") + ", " + fe + " = " +
-                     k.index(0) + ", " + ff + " = " + k.index(0) + ", " + fc +
-                     " = " + k.index(0) + " : index, i1, index, index, index");
-  std::string lo =
-      k.op("arith.index_cast " +
-           k.op("memref.load " + offsets + "[" + e + "] : " + offsetsType) +
-           " : i64 to index");
-  std::string hi = k.op("arith.index_cast " +
-                        k.op("memref.load " + offsets + "[" +
-                             k.add(e, k.index(1)) + "] : " + offsetsType) +
-                        " : i64 to index");
-  std::string n = k.sub(hi, lo);
-  std::string tiles =
-      k.div(k.add(n, k.index(kTileRows - 1)), k.index(kTileRows));
-  std::string end = k.add(seen, tiles);
-  std::string here = k.op("arith.andi " + k.cmp("ult", target, end) + ", " +
-                          k.op("arith.xori " + found + ", " +
-                               k.op("arith.constant true") + " : i1") +
-                          " : i1");
-  std::string first = k.add(lo, k.mul(k.sub(target, seen), k.index(kTileRows)));
-  std::string count = k.minIndex(k.index(kTileRows), k.sub(hi, first));
-  std::string nf = k.op("arith.ori " + found + ", " + here + " : i1");
-  k.endFor(end + ", " + nf + ", " + k.select(here, e, fe, "index") + ", " +
-           k.select(here, first, ff, "index") + ", " +
-           k.select(here, count, fc, "index") +
-           " : index, i1, index, index, index");
-  return {res + "#1", res + "#2", res + "#3", res + "#4"};
+TileOfBlock tileOfBlock(GpuEmitter &e, Value offsets, int64_t experts) {
+  Value target = e.blockId(gpu::Dimension::y);
+  Value zero = e.index(0);
+  ValueRange found = e.loopWith(
+      zero, e.index(experts), e.index(1),
+      {zero, e.boolean(false), zero, zero, zero},
+      [&](Value ex, ValueRange a) -> SmallVector<Value> {
+        Value seen = a[0], done = a[1];
+        Value lo = e.loadIndex(offsets, {ex});
+        Value hi = e.loadIndex(offsets, {e.addIndex(ex, e.index(1))});
+        Value tiles =
+            e.divIndex(e.addIndex(e.subIndex(hi, lo), e.index(kTileRows - 1)),
+                       e.index(kTileRows));
+        Value end = e.addIndex(seen, tiles);
+        Value here = e.andI(e.cmpIndex(CmpIPredicate::ult, target, end),
+                            e.xorI(done, e.boolean(true)));
+        Value first = e.addIndex(
+            lo, e.mulI(e.subIndex(target, seen), e.index(kTileRows)));
+        Value count = e.minUI(e.index(kTileRows), e.subIndex(hi, first));
+        return {end, e.orI(done, here), e.select(here, ex, a[2]),
+                e.select(here, first, a[3]), e.select(here, count, a[4])};
+      });
+  return {found[1], found[2], found[3], found[4]};
 }
 
 } // namespace
 
 LogicalResult
 mlir::kiln::cuda::generateGroupedGemmKernel(const KernelContext &ctx,
-                                            GpuKernel &out, std::string &text) {
+                                            GpuKernel &out,
+                                            gpu::GPUModuleOp module) {
   Operation *op = &ctx.kernel.getBody().front().front();
   auto up = dyn_cast<ExpertGateUpOp>(op);
   auto down = dyn_cast<ExpertDownOp>(op);
   if (!up && !down)
     return ctx.kernel.emitError("a grouped GEMM kernel holds one expert op");
-  auto mem = [&](int i) { return "%o" + std::to_string(i); };
   int in = ctx.operandOf(up ? up.getInput() : down.getHidden());
   int indices =
       ctx.operandOf(up ? up.getTokenIndices() : down.getTokenIndices());
@@ -314,128 +309,102 @@ mlir::kiln::cuda::generateGroupedGemmKernel(const KernelContext &ctx,
   std::string name = ctx.name();
 
   if (down)
-    addExpertDownInit(ctx, ctx.operandOf(down.getAddend()), result, out, text);
+    addExpertDownInit(ctx, ctx.operandOf(down.getAddend()), result, out,
+                      module);
 
-  KernelText k(name + "_tiles", ctx.memrefParams(), kColumns);
-  std::string stageType = "memref<" + std::to_string(kTileRows) + "x" +
-                          std::to_string(kStage) + "xf32, 3>";
-  std::string stage = k.workgroup(stageType);
-  TileOfBlock tile =
-      tileOfBlock(k, mem(offsets), ctx.memrefType(offsets), experts);
-  k.beginIf(tile.valid);
-  std::string tid = k.threadId();
-  std::string col = k.add(k.mul(k.blockId('x'), k.index(kColumns)), tid);
-  std::string colOk = k.cmp("ult", col, k.index(outCols));
-  std::string safeCol = k.select(colOk, col, k.index(0), "index");
-  int64_t accs = up ? 2 * kTileRows : kTileRows;
-  std::string accTypes, carried, result0 = k.fresh();
-  std::vector<std::string> accNames;
-  for (int64_t i = 0; i < accs; ++i) {
-    accNames.push_back(k.fresh());
-    carried += (i ? ", " : "") + accNames.back() + " = " + k.f32(0.0);
-    accTypes += i ? ", f32" : "f32";
-  }
-  std::string wMem = mem(weight), wTypeText = ctx.memrefType(weight);
-  std::string chunk = k.beginFor(k.index(0), k.index(inner), k.index(kStage),
-                                 result0 + ":" + std::to_string(accs),
-                                 carried + " : " + accTypes);
-  // Stage the tile's input rows [rows x kStage] as f32.
-  for (int64_t idx0 = 0; idx0 < kTileRows * kStage; idx0 += kColumns) {
-    std::string idx = k.add(k.index(idx0), tid);
-    std::string r = k.div(idx, k.index(kStage));
-    std::string cc = k.rem(idx, k.index(kStage));
-    std::string src = k.add(chunk, cc);
-    std::string ok = k.op("arith.andi " + k.cmp("ult", r, tile.count) + ", " +
-                          k.cmp("ult", src, k.index(inner)) + " : i1");
-    std::string pair = k.add(tile.first, r);
-    std::string v = k.fresh();
-    k.line(v + " = scf.if " + ok + " -> (f32) {");
-    std::string row = pair;
-    if (up) {
-      row = k.op("arith.index_cast " +
-                 k.op("memref.load " + mem(indices) + "[" + pair +
-                      "] : " + ctx.memrefType(indices)) +
-                 " : i64 to index");
-    }
-    std::string x = k.toF32(k.op("memref.load " + mem(in) + "[" + row + ", " +
-                                 src + "] : " + ctx.memrefType(in)),
-                            ctx.elements[in]);
-    k.line("  scf.yield " + x + " : f32");
-    k.line("} else {");
-    k.line("  scf.yield " + k.f32(0.0) + " : f32");
-    k.line("}");
-    k.line("memref.store " + v + ", " + stage + "[" + r + ", " + cc +
-           "] : " + stageType);
-  }
-  k.line("gpu.barrier");
-  std::string innerRes = k.fresh();
-  std::vector<std::string> innerNames;
-  std::string innerCarried;
-  for (int64_t i = 0; i < accs; ++i) {
-    innerNames.push_back(k.fresh());
-    innerCarried += (i ? ", " : "") + innerNames.back() + " = " + accNames[i];
-  }
-  std::string kk = k.beginFor(k.index(0), k.index(kStage), k.index(1),
-                              innerRes + ":" + std::to_string(accs),
-                              innerCarried + " : " + accTypes);
-  std::string kIdx = k.add(chunk, kk);
-  std::string kOk = k.cmp("ult", kIdx, k.index(inner));
-  std::string kSafe = k.select(kOk, kIdx, k.index(0), "index");
-  auto loadW = [&](const std::string &c) {
-    return k.toF32(k.op("memref.load " + wMem + "[" + tile.expert + ", " +
-                        kSafe + ", " + c + "] : " + wTypeText),
-                   ctx.elements[weight]);
-  };
-  std::string wg = loadW(safeCol);
-  std::string wu = up ? loadW(k.add(safeCol, k.index(outCols))) : "";
-  std::string next;
-  for (int64_t r = 0; r < kTileRows; ++r) {
-    std::string x = k.op("memref.load " + stage + "[" + k.index(r) + ", " + kk +
-                         "] : " + stageType);
-    if (up) {
-      next += (r ? ", " : "") + k.fadd(innerNames[2 * r], k.fmul(x, wg));
-      next += ", " + k.fadd(innerNames[2 * r + 1], k.fmul(x, wu));
-    } else {
-      next += (r ? ", " : "") + k.fadd(innerNames[r], k.fmul(x, wg));
-    }
-  }
-  k.endFor(next + " : " + accTypes);
-  k.line("gpu.barrier");
-  std::string yielded;
-  for (int64_t i = 0; i < accs; ++i)
-    yielded += (i ? ", " : "") + innerRes + "#" + std::to_string(i);
-  k.endFor(yielded + " : " + accTypes);
+  MLIRContext *context = module.getContext();
+  auto stageType = MemRefType::get({kTileRows, kStage}, Float32Type::get(context),
+                                   MemRefLayoutAttrInterface(),
+                                   Builder(context).getI64IntegerAttr(3));
+  gpu::GPUFuncOp fn =
+      GpuEmitter::createKernel(module, ctx.kernel.getLoc(), name + "_tiles",
+                               memrefParams(ctx), {stageType}, kColumns);
+  OpBuilder builder(context);
+  GpuEmitter e(builder, fn);
+  auto mem = [&](int i) { return fn.getArgument(i); };
+  Value stage = fn.getWorkgroupAttributions()[0];
+  TileOfBlock tile = tileOfBlock(e, mem(offsets), experts);
+  e.when(tile.valid, [&] {
+    Value tid = e.threadId();
+    Value col = e.addIndex(
+        e.mulI(e.blockId(gpu::Dimension::x), e.index(kColumns)), tid);
+    Value colOk = e.cmpIndex(CmpIPredicate::ult, col, e.index(outCols));
+    Value safeCol = e.select(colOk, col, e.index(0));
+    int64_t accs = up ? 2 * kTileRows : kTileRows;
+    SmallVector<Value> zeros(accs, e.f32(0.0));
+    ValueRange sums = e.loopWith(
+        e.index(0), e.index(inner), e.index(kStage), zeros,
+        [&](Value chunk, ValueRange acc) -> SmallVector<Value> {
+          // Stage the tile's input rows [rows x kStage] as f32.
+          for (int64_t idx0 = 0; idx0 < kTileRows * kStage;
+               idx0 += kColumns) {
+            Value idx = e.addIndex(e.index(idx0), tid);
+            Value r = e.divIndex(idx, e.index(kStage));
+            Value cc = e.remIndex(idx, e.index(kStage));
+            Value src = e.addIndex(chunk, cc);
+            Value ok =
+                e.andI(e.cmpIndex(CmpIPredicate::ult, r, tile.count),
+                       e.cmpIndex(CmpIPredicate::ult, src, e.index(inner)));
+            Value pair = e.addIndex(tile.first, r);
+            Value v = e.ifElse(
+                ok, {e.b->getF32Type()},
+                [&]() -> SmallVector<Value> {
+                  Value row = up ? e.loadIndex(mem(indices), {pair}) : pair;
+                  return {e.load(mem(in), {row, src})};
+                },
+                [&]() -> SmallVector<Value> { return {e.f32(0.0)}; })[0];
+            e.store(v, stage, {r, cc});
+          }
+          e.barrier();
+          ValueRange next = e.loopWith(
+              e.index(0), e.index(kStage), e.index(1), acc,
+              [&](Value kk, ValueRange running) -> SmallVector<Value> {
+                Value kIdx = e.addIndex(chunk, kk);
+                Value kOk =
+                    e.cmpIndex(CmpIPredicate::ult, kIdx, e.index(inner));
+                Value kSafe = e.select(kOk, kIdx, e.index(0));
+                auto loadW = [&](Value c) {
+                  return e.load(mem(weight), {tile.expert, kSafe, c});
+                };
+                Value wGate = loadW(safeCol);
+                Value wUp =
+                    up ? loadW(e.addIndex(safeCol, e.index(outCols))) : Value();
+                SmallVector<Value> updated;
+                for (int64_t r = 0; r < kTileRows; ++r) {
+                  Value x = e.load(stage, {e.index(r), kk});
+                  if (up) {
+                    updated.push_back(e.add(running[2 * r], e.mul(x, wGate)));
+                    updated.push_back(
+                        e.add(running[2 * r + 1], e.mul(x, wUp)));
+                  } else {
+                    updated.push_back(e.add(running[r], e.mul(x, wGate)));
+                  }
+                }
+                return updated;
+              });
+          e.barrier();
+          return SmallVector<Value>(next);
+        });
 
-  for (int64_t r = 0; r < kTileRows; ++r) {
-    std::string ok = k.op("arith.andi " + k.cmp("ult", k.index(r), tile.count) +
-                          ", " + colOk + " : i1");
-    k.beginIf(ok);
-    std::string pair = k.add(tile.first, k.index(r));
-    if (up) {
-      int gates = ctx.operandOf(up.getGates());
-      std::string g = k.toF32(k.op("memref.load " + mem(gates) + "[" + pair +
-                                   "] : " + ctx.memrefType(gates)),
-                              ctx.elements[gates]);
-      std::string y =
-          k.swiglu(k.fmul(g, result0 + "#" + std::to_string(2 * r)),
-                   k.fmul(g, result0 + "#" + std::to_string(2 * r + 1)));
-      k.line("memref.store " + k.fromF32(y, ctx.elements[result]) + ", " +
-             mem(result) + "[" + pair + ", " + col +
-             "] : " + ctx.memrefType(result));
-    } else {
-      std::string token = k.op("arith.index_cast " +
-                               k.op("memref.load " + mem(indices) + "[" + pair +
-                                    "] : " + ctx.memrefType(indices)) +
-                               " : i64 to index");
-      // Several pairs of one token (top_k > 1) add into the same row.
-      k.op("memref.atomic_rmw addf " + result0 + "#" + std::to_string(r) +
-           ", " + mem(result) + "[" + token + ", " + col + "] : (f32, " +
-           ctx.memrefType(result) + ") -> f32");
+    for (int64_t r = 0; r < kTileRows; ++r) {
+      Value ok = e.andI(
+          e.cmpIndex(CmpIPredicate::ult, e.index(r), tile.count), colOk);
+      e.when(ok, [&] {
+        Value pair = e.addIndex(tile.first, e.index(r));
+        if (up) {
+          Value g = e.load(mem(ctx.operandOf(up.getGates())), {pair});
+          Value y = e.swiglu(e.mul(g, sums[2 * r]), e.mul(g, sums[2 * r + 1]));
+          e.store(y, mem(result), {pair, col});
+        } else {
+          Value token = e.loadIndex(mem(indices), {pair});
+          // Several pairs of one token (top_k > 1) add into the same row.
+          memref::AtomicRMWOp::create(*e.b, e.loc, arith::AtomicRMWKind::addf,
+                                      sums[r], mem(result),
+                                      ValueRange{token, col});
+        }
+      });
     }
-    k.endIf();
-  }
-  k.endIf();
-  text += k.finish();
+  });
 
   GpuLaunch launch;
   launch.function = name + "_tiles";
