@@ -59,9 +59,7 @@ MemRefType sharedOf(ArrayRef<int64_t> shape, Type element) {
 
 /// Parameters: every operand's memref, then `extra`.
 SmallVector<Type> paramsWith(const KernelContext &ctx, ArrayRef<Type> extra) {
-  SmallVector<Type> params;
-  for (unsigned i = 0; i < ctx.operands.size(); ++i)
-    params.push_back(ctx.memrefTypeOf(i));
+  SmallVector<Type> params = ctx.memrefTypes();
   llvm::append_range(params, extra);
   return params;
 }
@@ -587,7 +585,7 @@ mlir::kiln::cuda::generateAttentionKernel(const KernelContext &ctx,
                               "or of 32 (got "
                            << d << ")";
   int value = ctx.operandOf(a.getValue());
-  if (ctx.width(key) % 8 != 0 || ctx.elements[key] != ctx.elements[value])
+  if (ctx.width(key) % 8 != 0 || ctx.elementTypes[key] != ctx.elementTypes[value])
     return a.emitOpError("the sm_90a KV pools need rows of a multiple of 8 "
                          "elements of one type");
   std::string name = ctx.name();

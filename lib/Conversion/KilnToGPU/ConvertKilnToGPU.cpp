@@ -17,9 +17,6 @@
 #include "mlir/Dialect/Func/IR/FuncOps.h"
 #include "mlir/Dialect/GPU/IR/GPUDialect.h"
 #include "mlir/IR/SymbolTable.h"
-#include "mlir/Parser/Parser.h"
-#include "llvm/Support/FileSystem.h"
-#include "llvm/Support/SourceMgr.h"
 
 namespace mlir::kiln {
 #define GEN_PASS_DEF_CONVERTKILNTOGPU
@@ -57,39 +54,7 @@ LogicalResult mlir::kiln::convertKernelsToGpu(ModuleOp module) {
   if (failed(program))
     return failure();
 
-  std::string diagnostics;
-  llvm::raw_string_ostream diag(diagnostics);
-  llvm::SourceMgr sources;
-  OwningOpRef<ModuleOp> parsed;
-  {
-    SourceMgrDiagnosticHandler handler(sources, context, diag);
-    parsed =
-        parseSourceString<ModuleOp>(program->moduleText, ParserConfig(context));
-  }
-  if (!parsed) {
-    // Kept for the bug report: the generators wrote IR that does not parse.
-    llvm::SmallString<256> dump;
-    int fd = -1;
-    if (!llvm::sys::fs::createTemporaryFile("kiln-kernels-invalid", "mlir", fd,
-                                            dump)) {
-      llvm::raw_fd_ostream os(fd, /*shouldClose=*/true);
-      os << program->moduleText;
-    }
-    return module.emitError()
-           << "internal error: the generated sm_90a kernels do not parse ("
-           << dump << "):\n"
-           << diagnostics;
-  }
-  auto textModule = parsed->lookupSymbol<gpu::GPUModuleOp>(kKernelModuleName);
-  if (!textModule)
-    return module.emitError() << "internal error: no gpu.module @"
-                              << kKernelModuleName << " was generated";
-  // The text kernels join the ones built on GpuEmitter.
   gpu::GPUModuleOp gpuModule = program->gpuModule;
-  for (Operation &op : llvm::make_early_inc_range(*textModule.getBody())) {
-    op.remove();
-    gpuModule.getBody()->push_back(&op);
-  }
   gpuModule->remove();
   module.getBody()->push_back(gpuModule);
   if (program->vocab > 0) {

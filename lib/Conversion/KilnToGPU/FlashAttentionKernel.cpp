@@ -72,8 +72,7 @@ public:
     OpBuilder builder(context);
     Type ptr = LLVM::LLVMPointerType::get(context);
     SmallVector<Type> params = {ptr, ptr, ptr};
-    for (unsigned i = 0; i < ctx.operands.size(); ++i)
-      params.push_back(ctx.memrefTypeOf(i));
+    llvm::append_range(params, ctx.memrefTypes());
     Type i64 = builder.getI64Type();
     params.push_back(MemRefType::get({ShapedType::kDynamic}, i64));
     params.push_back(MemRefType::get({1}, i64));
@@ -500,8 +499,8 @@ bool mlir::kiln::cuda::flashAttentionFits(const KernelContext &ctx,
   int q = ctx.operandOf(a.getQuery()), key = ctx.operandOf(a.getKey()),
       value = ctx.operandOf(a.getValue());
   int64_t d = ctx.width(q) / a.getNumHeads();
-  return d % 64 == 0 && d <= 256 && ctx.elements[q] == "bf16" &&
-         ctx.elements[key] == "bf16" && ctx.elements[value] == "bf16";
+  return d % 64 == 0 && d <= 256 && ctx.isBF16(q) && ctx.isBF16(key) &&
+         ctx.isBF16(value);
 }
 
 GpuLaunch mlir::kiln::cuda::buildFlashAttention(const KernelContext &ctx,

@@ -81,8 +81,7 @@ public:
     OpBuilder builder(context);
     Type ptr = LLVM::LLVMPointerType::get(context);
     SmallVector<Type> params = {ptr, ptr};
-    for (unsigned i = 0; i < ctx.operands.size(); ++i)
-      params.push_back(ctx.memrefTypeOf(i));
+    llvm::append_range(params, ctx.memrefTypes());
     fn = GpuEmitter::createKernel(module, ctx.kernel.getLoc(), name, params,
                                   /*workgroup=*/{}, blockThreads());
     fn->setAttr("nvvm.minctasm", builder.getI32IntegerAttr(1));
@@ -493,10 +492,10 @@ FailureOr<GemmShape> analyze(const KernelContext &ctx) {
   if (s.a < 0 || s.w < 0 || s.a >= static_cast<int>(ctx.numArgs) ||
       s.w >= static_cast<int>(ctx.numArgs))
     return ctx.kernel.emitError("GEMM operands must be kernel arguments");
-  if (ctx.elements[s.a] != "bf16" || ctx.elements[s.w] != "bf16")
+  if (!ctx.isBF16(s.a) || !ctx.isBF16(s.w))
     return s.linear.emitOpError()
            << "sm_90a GEMMs take bf16 activations and weights (got "
-           << ctx.elements[s.a] << " x " << ctx.elements[s.w] << ")";
+           << ctx.elementTypes[s.a] << " x " << ctx.elementTypes[s.w] << ")";
   s.n = ctx.types[s.w].getDimSize(0);
   s.k = ctx.types[s.w].getDimSize(1);
   if ((s.k * 2) % 16 != 0)

@@ -4,7 +4,6 @@
 #define KILN_LIB_CONVERSION_KILNTOGPU_GENERATORS_H
 
 #include "GpuEmitter.h"
-#include "KernelText.h"
 #include "kiln/Conversion/KilnToGPU/GpuKernels.h"
 
 #include "dialects/kiln/KilnOps.h"
@@ -23,28 +22,26 @@ struct KernelContext {
   mutable func::FuncOp kernel;
   SmallVector<Value> operands;
   SmallVector<RankedTensorType> types;
-  SmallVector<std::string> elements;
-  /// The storage element types (what `elements` spells).
+  /// The storage element types (bf16 where the GPU keeps an f32 tensor in
+  /// bf16).
   SmallVector<Type> elementTypes;
   unsigned numArgs = 0;
 
   /// Operand index of `v` (a kernel argument or a returned value), or -1.
   int operandOf(Value v) const;
-  /// `%oI: memref<...>` for operand `i`.
-  std::string memrefParam(unsigned i) const;
-  /// Every operand's memref parameter, comma-separated, in operand order.
-  std::string memrefParams() const;
-  std::string memrefType(unsigned i) const;
-  /// The same type, built: weights keep their static shape, activations
-  /// get a dynamic row count.
+  /// Operand `i` as a kernel parameter: weights keep their static shape,
+  /// activations get a dynamic row count.
   MemRefType memrefTypeOf(unsigned i) const;
+  /// Every operand's memref type, in operand order.
+  SmallVector<Type> memrefTypes() const;
+  bool isBF16(unsigned i) const { return elementTypes[i].isBF16(); }
   /// The static inner extent of operand `i` (its last dimension).
   int64_t width(unsigned i) const { return types[i].getShape().back(); }
   std::string name() const { return kernel.getSymName().str(); }
 };
 
-/// Each generator appends its gpu.funcs to `text` (or, built on
-/// GpuEmitter, to `module`) and its steps to `out`.
+/// Each generator builds its gpu.funcs into `module` (on GpuEmitter) and
+/// appends its steps to `out`.
 LogicalResult generateMemoryKernel(const KernelContext &ctx, GpuKernel &out,
                                    gpu::GPUModuleOp module);
 LogicalResult generateGemmKernel(const KernelContext &ctx, GpuKernel &out,
@@ -79,38 +76,6 @@ void addExpertDownInit(const KernelContext &ctx, int addend, int result,
 /// The softmax scale of `a` for a query at position `qPos` (i64): the op's
 /// scale, times the NoPE temperature 1 + attn_scale * log(1 + floor((pos +
 /// 1) / floor_scale)) when the op has one.
-inline std::string attentionScale(KernelText &k, AttentionOp a,
-                                  const std::string &qPos) {
-  std::string scale = k.f32(a.getScale().convertToDouble());
-  if (!a.getFloorScale())
-    return scale;
-  std::string steps = k.op(
-      "arith.divsi " + k.op("arith.addi " + qPos + ", " + k.i64(1) + " : i64") +
-      ", " + k.i64(*a.getFloorScale()) + " : i64");
-  std::string f = k.op("arith.sitofp " + steps + " : i64 to f32");
-  return k.fmul(scale, k.fadd(k.f32(1.0),
-                              k.fmul(k.f32(a.getAttnScale()->convertToDouble()),
-                                     k.log(k.fadd(k.f32(1.0), f)))));
-}
-
-/// Whether the key at position `kp` lies in the chunk of the query at `qp`
-/// (i1), for chunked attention. KILN_TEST_MUTATION=chunk-mask, read when the
-/// kernels are generated, moves every key one position later first: a
-/// test-only switch with which test/Emulator/gpu-mutations.test shows the
-/// GPU suite catches a chunk mask off by one.
-inline std::string sameChunk(KernelText &k, const std::string &kp,
-                             const std::string &qp, int64_t chunk) {
-  std::string key = kp;
-  const char *mutation = std::getenv("KILN_TEST_MUTATION");
-  if (mutation && std::string(mutation) == "chunk-mask")
-    key = k.op("arith.addi " + kp + ", " + k.i64(1) + " : i64");
-  return k.cmp(
-      "eq", k.op("arith.divsi " + key + ", " + k.i64(chunk) + " : i64"),
-      k.op("arith.divsi " + qp + ", " + k.i64(chunk) + " : i64"), "i64");
-}
-
-/// The same on GpuEmitter: the softmax scale of `a` for a query at
-/// position `qPos` (i64).
 inline Value attentionScale(GpuEmitter &e, AttentionOp a, Value qPos) {
   Value scale = e.f32(a.getScale().convertToDouble());
   if (!a.getFloorScale())
@@ -123,8 +88,11 @@ inline Value attentionScale(GpuEmitter &e, AttentionOp a, Value qPos) {
                            e.log(e.add(e.f32(1.0), f)))));
 }
 
-/// The same on GpuEmitter: whether the key at position `kp` lies in the
-/// chunk of the query at `qp` (both i64), with the same test-only mutation.
+/// Whether the key at position `kp` lies in the chunk of the query at `qp`
+/// (both i64), for chunked attention. KILN_TEST_MUTATION=chunk-mask, read
+/// when the kernels are generated, moves every key one position later
+/// first: a test-only switch with which test/Emulator/gpu-mutations.test
+/// shows the GPU suite catches a chunk mask off by one.
 inline Value sameChunk(GpuEmitter &e, Value kp, Value qp, int64_t chunk) {
   Value key = kp;
   const char *mutation = std::getenv("KILN_TEST_MUTATION");

@@ -3,9 +3,10 @@
 //
 // The host lowering's Emitter (kiln/Conversion/Emitter.h) plus what GPU
 // kernels need: thread and block ids, warp shuffles, barriers, and gpu.func
-// creation with workgroup buffers. Kernels built with it get ops with
-// locations and types checked as they are built; the generators still on
-// KernelText move here one by one.
+// creation with workgroup buffers, PTX approximations. Every sm_90a kernel is
+// built with it: ops get locations and their types are checked as they are
+// built. The TMA / mbarrier / wgmma pieces the pipelined kernels share are in
+// Wgmma.h.
 //
 //===----------------------------------------------------------------------===//
 

@@ -15,7 +15,6 @@
 #include "dialects/kiln/KilnOps.h"
 
 #include "mlir/IR/SymbolTable.h"
-#include "llvm/Support/raw_ostream.h"
 
 using namespace mlir;
 using namespace mlir::kiln;
@@ -28,24 +27,6 @@ int KernelContext::operandOf(Value v) const {
   return -1;
 }
 
-std::string KernelContext::memrefType(unsigned i) const {
-  // Weights keep their static shape; activations have a dynamic row count.
-  SmallVector<int64_t> shape(types[i].getShape());
-  for (int64_t &d : shape)
-    if (ShapedType::isDynamic(d))
-      d = -1;
-  if (!types[i].isDynamicDim(0) && !shape.empty())
-    return "memref<" +
-           [&] {
-             std::string s;
-             for (int64_t d : shape)
-               s += std::to_string(d) + "x";
-             return s;
-           }() +
-           elements[i] + ">";
-  return memrefOf(elements[i], shape);
-}
-
 MemRefType KernelContext::memrefTypeOf(unsigned i) const {
   SmallVector<int64_t> shape(types[i].getShape());
   // Every extent past the first is static; the first is the step's rows.
@@ -54,22 +35,11 @@ MemRefType KernelContext::memrefTypeOf(unsigned i) const {
   return MemRefType::get(shape, elementTypes[i]);
 }
 
-std::string KernelContext::memrefParams() const {
-  std::string params;
+SmallVector<Type> KernelContext::memrefTypes() const {
+  SmallVector<Type> params;
   for (unsigned i = 0; i < operands.size(); ++i)
-    params += (i ? ", " : "") + memrefParam(i);
+    params.push_back(memrefTypeOf(i));
   return params;
-}
-
-std::string KernelContext::memrefParam(unsigned i) const {
-  return "%o" + std::to_string(i) + ": " + memrefType(i);
-}
-
-static std::string elementName(Type t) {
-  std::string s;
-  llvm::raw_string_ostream os(s);
-  os << t;
-  return s;
 }
 
 /// Whether result `index` of `kernel` is kept in bf16 on the GPU.
@@ -132,7 +102,6 @@ FailureOr<GpuProgram> mlir::kiln::cuda::generateGpuKernels(ModuleOp module) {
              failure();
   }
 
-  std::string text = "gpu.module @kiln_kernels {\n";
   for (auto kernel : module.getOps<func::FuncOp>()) {
     auto kind =
         kernel->getAttrOfType<KernelKindAttr>(KilnDialect::getKernelAttrName());
@@ -151,7 +120,6 @@ FailureOr<GpuProgram> mlir::kiln::cuda::generateGpuKernels(ModuleOp module) {
       ctx.operands.push_back(v);
     for (auto [v, element] : llvm::zip(ctx.operands, types->second)) {
       ctx.types.push_back(cast<RankedTensorType>(v.getType()));
-      ctx.elements.push_back(elementName(element));
       ctx.elementTypes.push_back(element);
     }
     GpuKernel out;
@@ -193,7 +161,5 @@ FailureOr<GpuProgram> mlir::kiln::cuda::generateGpuKernels(ModuleOp module) {
     auto logits = cast<RankedTensorType>(ret.getOperand(0).getType());
     program.vocab = logits.getShape().back();
   }
-  text += "}\n";
-  program.moduleText = std::move(text);
   return program;
 }

@@ -82,8 +82,7 @@ public:
     Type ptr = LLVM::LLVMPointerType::get(context);
     maps = s.gateUp ? 1 : 2;
     SmallVector<Type> params(maps, ptr);
-    for (unsigned i = 0; i < ctx.operands.size(); ++i)
-      params.push_back(ctx.memrefTypeOf(i));
+    llvm::append_range(params, ctx.memrefTypes());
     fn = GpuEmitter::createKernel(module, ctx.kernel.getLoc(), name, params,
                                   /*workgroup=*/{}, blockThreads());
     fn->setAttr("nvvm.minctasm", builder.getI32IntegerAttr(1));
@@ -417,8 +416,7 @@ bool mlir::kiln::cuda::groupedWgmmaFits(const KernelContext &ctx) {
     return false;
   }
   int w = ctx.operandOf(weight), in = ctx.operandOf(input);
-  if (w < 0 || in < 0 || ctx.elements[w] != "bf16" ||
-      ctx.elements[in] != "bf16")
+  if (w < 0 || in < 0 || !ctx.isBF16(w) || !ctx.isBF16(in))
     return false;
   int64_t k = ctx.types[w].getDimSize(1), n = ctx.types[w].getDimSize(2);
   return k % 8 == 0 && (gateUp ? n / 2 : n) % kBoxN == 0;
@@ -449,7 +447,7 @@ LogicalResult mlir::kiln::cuda::generateGroupedWgmmaKernel(
   s.experts = w.getDimSize(0);
   s.k = w.getDimSize(1);
   s.n = w.getDimSize(2);
-  if (ctx.elements[s.input] != "bf16" || ctx.elements[s.weight] != "bf16")
+  if (!ctx.isBF16(s.input) || !ctx.isBF16(s.weight))
     return op->emitOpError("sm_90a expert GEMMs take bf16 inputs and weights");
   if (s.k % 8 != 0 || (s.gateUp ? (s.n / 2) : s.n) % kBoxN != 0)
     return op->emitOpError()

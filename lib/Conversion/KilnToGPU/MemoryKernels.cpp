@@ -107,9 +107,7 @@ LogicalResult mlir::kiln::cuda::generateMemoryKernel(const KernelContext &ctx,
     return op->emitOpError() << "GPU row kernels need a width divisible by "
                              << kVector << " (got " << cols << ")";
 
-  SmallVector<Type> params;
-  for (unsigned i = 0; i < ctx.operands.size(); ++i)
-    params.push_back(ctx.memrefTypeOf(i));
+  SmallVector<Type> params = ctx.memrefTypes();
   gpu::GPUFuncOp fn =
       GpuEmitter::createKernel(module, ctx.kernel.getLoc(), ctx.name(), params,
                                /*workgroup=*/{}, RowKernel::blockFor(cols));

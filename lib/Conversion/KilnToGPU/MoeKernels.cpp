@@ -38,14 +38,6 @@ constexpr int64_t kStage = 128; // hidden elements staged per round
 
 } // namespace
 
-/// The kernel's operands as memref parameters, in operand order.
-static SmallVector<Type> memrefParams(const KernelContext &ctx) {
-  SmallVector<Type> params;
-  for (unsigned i = 0; i < ctx.operands.size(); ++i)
-    params.push_back(ctx.memrefTypeOf(i));
-  return params;
-}
-
 void mlir::kiln::cuda::addExpertDownInit(const KernelContext &ctx, int addend,
                                          int result, GpuKernel &out,
                                          gpu::GPUModuleOp module) {
@@ -53,7 +45,7 @@ void mlir::kiln::cuda::addExpertDownInit(const KernelContext &ctx, int addend,
   int64_t cols = ctx.width(result);
   gpu::GPUFuncOp fn =
       GpuEmitter::createKernel(module, ctx.kernel.getLoc(), name,
-                               memrefParams(ctx), /*workgroup=*/{}, 128);
+                               ctx.memrefTypes(), /*workgroup=*/{}, 128);
   OpBuilder builder(module.getContext());
   GpuEmitter e(builder, fn);
   Value row = e.blockId(gpu::Dimension::x);
@@ -318,7 +310,7 @@ mlir::kiln::cuda::generateGroupedGemmKernel(const KernelContext &ctx,
                                    Builder(context).getI64IntegerAttr(3));
   gpu::GPUFuncOp fn =
       GpuEmitter::createKernel(module, ctx.kernel.getLoc(), name + "_tiles",
-                               memrefParams(ctx), {stageType}, kColumns);
+                               ctx.memrefTypes(), {stageType}, kColumns);
   OpBuilder builder(context);
   GpuEmitter e(builder, fn);
   auto mem = [&](int i) { return fn.getArgument(i); };

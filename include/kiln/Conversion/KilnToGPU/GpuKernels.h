@@ -38,12 +38,9 @@ struct GpuKernel {
 };
 
 struct GpuProgram {
-  /// Holds `gpuModule`, where the kernels built on GpuEmitter go.
+  /// Holds `gpuModule`, where the kernels are built.
   OwningOpRef<ModuleOp> container;
   gpu::GPUModuleOp gpuModule;
-  /// The kernels still written as MLIR text (a gpu.module of the same
-  /// name), merged into `gpuModule` once parsed.
-  std::string moduleText;
   std::vector<GpuKernel> kernels;
   /// Storage element type of every graph value produced by a kernel call
   /// (activations feeding GEMMs and attention are kept in bf16 on the GPU).
