@@ -77,6 +77,14 @@ LogicalResult KilnDialect::verifyOperationAttribute(Operation *op,
              << "'" << name << "' must be a launch description dictionary";
     return success();
   }
+  if (name == getTensorParallelAttrName()) {
+    auto ranks = dyn_cast<IntegerAttr>(attr.getValue());
+    if (!isa<ModuleOp>(op) || !ranks || ranks.getInt() < 2)
+      return op->emitError() << "'" << getTensorParallelAttrName()
+                             << "' must be an integer of at least 2 on the "
+                                "module";
+    return success();
+  }
   if (name != getKernelAttrName())
     return op->emitError() << "unknown kiln attribute '" << name << "'";
   if (!isa<KernelKindAttr>(attr.getValue()))
@@ -120,6 +128,21 @@ LogicalResult KilnDialect::verifyRegionArgAttribute(Operation *op,
     return success();
   }
 
+  if (attr.getName() == getShardAttrName()) {
+    auto shard = dyn_cast<ShardAttr>(attr.getValue());
+    if (!shard)
+      return op->emitError() << "'" << getShardAttrName() << "' on argument "
+                             << argIndex << " must be a #kiln.shard<...>";
+    if (!tensorType || shard.getDim() >= tensorType.getRank() ||
+        tensorType.isDynamicDim(shard.getDim()) ||
+        tensorType.getDimSize(shard.getDim()) % shard.getGroups() != 0)
+      return op->emitError()
+             << "argument " << argIndex << " of type " << argType
+             << " has no dimension " << shard.getDim() << " made of "
+             << shard.getGroups() << " equal groups to shard";
+    return success();
+  }
+
   if (attr.getName() == getInputAttrName()) {
     auto kind = dyn_cast<StringAttr>(attr.getValue());
     if (!kind ||
@@ -141,4 +164,15 @@ LogicalResult KilnDialect::verifyRegionArgAttribute(Operation *op,
 
   return op->emitError() << "unknown kiln argument attribute '"
                          << attr.getName().getValue() << "'";
+}
+
+LogicalResult
+ShardAttr::verify(function_ref<InFlightDiagnostic()> emitError, int64_t dim,
+                  int64_t parts, int64_t groups) {
+  if (dim < 0 || parts < 1 || groups < 1)
+    return emitError() << "#kiln.shard needs dim >= 0, parts >= 1 and "
+                          "groups >= 1 (got dim = "
+                       << dim << ", parts = " << parts
+                       << ", groups = " << groups << ")";
+  return success();
 }

@@ -36,6 +36,15 @@ def Kiln_Dialect : Dialect {
     static constexpr ::llvm::StringLiteral getKernelAttrName() {
       return ::llvm::StringLiteral("kiln.kernel");
     }
+    /// Argument attribute of a weight: the slice a rank holds
+    /// (#kiln.shard<...>), in a tensor-parallel graph.
+    static constexpr ::llvm::StringLiteral getShardAttrName() {
+      return ::llvm::StringLiteral("kiln.shard");
+    }
+    /// Module attribute: the ranks of a tensor-parallel graph.
+    static constexpr ::llvm::StringLiteral getTensorParallelAttrName() {
+      return ::llvm::StringLiteral("kiln.tensor_parallel");
+    }
     /// Argument attribute naming a runtime input ("tokens" or "positions").
     static constexpr ::llvm::StringLiteral getInputAttrName() {
       return ::llvm::StringLiteral("kiln.input");

@@ -9,6 +9,7 @@
 #include "dialects/kiln/KilnOps.h"
 
 #include "mlir/IR/Builders.h"
+#include "mlir/IR/BuiltinOps.h"
 #include "mlir/IR/OpImplementation.h"
 
 #include <cmath>
@@ -547,6 +548,22 @@ LogicalResult ExpertDownOp::verify() {
   if (failed(checkTokenDim(*this, "hidden", hidden,
                            getTokenIndices().getType().getDimSize(0))))
     return failure(); // expert_down_c3
+  return success();
+}
+
+LogicalResult AllReduceOp::verify() {
+  if (getRanks() < 2)
+    return emitOpError() << "needs at least 2 ranks, got "
+                         << getRanks(); // all_reduce_c1
+  auto module = (*this)->getParentOfType<ModuleOp>();
+  auto ranks = module ? module->getAttrOfType<IntegerAttr>(
+                            KilnDialect::getTensorParallelAttrName())
+                      : IntegerAttr();
+  if (!ranks || ranks.getInt() != static_cast<int64_t>(getRanks()))
+    return emitOpError() << "reduces over " << getRanks()
+                         << " ranks but the module is not a tensor-parallel "
+                            "graph of that many ranks (kiln.tensor_parallel)";
+  // all_reduce_c2
   return success();
 }
 

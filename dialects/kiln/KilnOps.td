@@ -471,4 +471,29 @@ def Kiln_ExpertDownOp : Kiln_Op<"expert_down", [Pure,
   let hasVerifier = 1;
 }
 
+//===----------------------------------------------------------------------===//
+// Collectives (tensor-parallel graphs)
+//===----------------------------------------------------------------------===//
+
+def Kiln_AllReduceOp : Kiln_Op<"all_reduce", [SameOperandsAndResultType]> {
+  let summary = "sum of a tensor over the ranks of a tensor-parallel group";
+  let description = [{
+    Every rank of a tensor-parallel graph (module attribute
+    `kiln.tensor_parallel = R`) runs the same graph on its own slices of
+    the weights; `result` is the element-wise sum of `input` over the R
+    ranks, the same on every rank. Placed by kiln-shard-tensor-parallel
+    after the row-split GEMMs, whose per-rank products are partial sums.
+    Every rank must reach the collectives in the same order. See
+    docs/dialect.md#kilnall_reduce.
+
+    ```mlir
+    %y = kiln.all_reduce %partial {ranks = 8 : i64} : tensor<?x5120xf32>
+    ```
+  }];
+  let arguments = (ins Kiln_FloatTensor:$input, I64Attr:$ranks);
+  let results = (outs Kiln_FloatTensor:$result);
+  let assemblyFormat = "$input attr-dict `:` type($result)";
+  let hasVerifier = 1;
+}
+
 #endif // KILN_OPS_TD

@@ -68,7 +68,31 @@ template <typename T> struct KvState {
 
 template <typename T> class EvaluatorImpl final : public Evaluator {
 public:
-  explicit EvaluatorImpl(func::FuncOp func) : func(func) {}
+  explicit EvaluatorImpl(func::FuncOp func, int64_t rank = 0,
+                         int64_t ranks = 1)
+      : func(func), rank(rank), ranks(ranks) {}
+
+  /// The evaluators of every rank of a tensor-parallel graph, this one
+  /// included, in rank order: kiln.all_reduce sums over them.
+  void setGroup(llvm::ArrayRef<EvaluatorImpl *> peers) {
+    group.assign(peers.begin(), peers.end());
+  }
+  /// Evaluation in steps, so that the ranks of a tensor-parallel graph can
+  /// go op by op together: begin, then step and releaseAfter for each op
+  /// up to the return, then finish.
+  llvm::Error begin(llvm::ArrayRef<int64_t> tokens,
+                    llvm::ArrayRef<int64_t> positions);
+  llvm::Error step(Operation *op) { return evaluate(op); }
+  void releaseAfter(Operation *op) {
+    for (Value v : dying.lookup(op))
+      release(v);
+  }
+  void finish(func::ReturnOp ret, std::vector<double> *result, int64_t *width,
+              int64_t tokens);
+  void abandon() {
+    values.clear();
+    intValues.clear();
+  }
 
   llvm::Error bindWeights(const Checkpoint &checkpoint);
   llvm::Expected<std::vector<::kiln::ref::KernelValue>>
@@ -111,8 +135,12 @@ private:
   }
   llvm::Error evaluate(Operation *op);
   llvm::Error evaluateCall(func::CallOp call);
+  Buffer<T> sliceForRank(const Buffer<T> &full, mlir::kiln::ShardAttr shard,
+                         llvm::ArrayRef<int64_t> local) const;
 
   func::FuncOp func;
+  int64_t rank, ranks;
+  std::vector<EvaluatorImpl *> group;
   llvm::DenseMap<Value, Buffer<T>> weights;
   /// Intermediate values. A node-based map: kernels hold references to
   /// their operands while their result is inserted.
@@ -159,10 +187,21 @@ llvm::Error EvaluatorImpl<T>::bindWeights(const Checkpoint &checkpoint) {
                                      "argument {2} of @{3}",
                                      checkpoint.locationOf(name.str()),
                                      name.getValue(), i, func.getName()));
-    if (llvm::ArrayRef<int64_t>(info->shape) != type.getShape()) {
+    // A rank of a tensor-parallel graph binds its slice of the tensor.
+    auto shard = func.getArgAttrOfType<mlir::kiln::ShardAttr>(
+        i, mlir::kiln::KilnDialect::getShardAttrName());
+    llvm::SmallVector<int64_t> fullShape(type.getShape());
+    if (shard)
+      fullShape[shard.getDim()] *= shard.getParts();
+    if (llvm::ArrayRef<int64_t>(info->shape) != llvm::ArrayRef(fullShape)) {
       std::string expected;
       llvm::raw_string_ostream os(expected);
       os << type;
+      if (shard) {
+        os << ", a rank's slice " << shard << " of [";
+        llvm::interleaveComma(fullShape, os);
+        os << "]";
+      }
       return makeError(llvm::formatv(
           "{0}: tensor '{1}' has shape {2} but argument {3} is {4}",
           info->file->path(), name.getValue(), info->shapeString(), i,
@@ -179,6 +218,8 @@ llvm::Error EvaluatorImpl<T>::bindWeights(const Checkpoint &checkpoint) {
     std::string error;
     if (!::kiln::readAsFloat(*info, buffer.data, error))
       return makeError(error);
+    if (shard)
+      buffer = sliceForRank(buffer, shard, type.getShape());
     weights[arg] = std::move(buffer);
   }
   llvm::DenseMap<Value, Operation *> lastUse;
@@ -200,10 +241,44 @@ llvm::Error EvaluatorImpl<T>::bindWeights(const Checkpoint &checkpoint) {
   return llvm::Error::success();
 }
 
+/// Rank `rank`'s slice of `full` under `shard`: dimension `dim` viewed as
+/// [groups, parts, block], block rank * parts / ranks of every group.
 template <typename T>
-llvm::Error EvaluatorImpl<T>::run(llvm::ArrayRef<int64_t> tokens,
-                                  llvm::ArrayRef<int64_t> positions,
-                                  std::vector<double> &result, int64_t &width) {
+static Buffer<T> sliceOf(const Buffer<T> &full, mlir::kiln::ShardAttr shard,
+                         llvm::ArrayRef<int64_t> local, int64_t rank,
+                         int64_t ranks) {
+  int64_t dim = shard.getDim(), groups = shard.getGroups();
+  int64_t part = rank * shard.getParts() / ranks;
+  int64_t block = local[dim] / groups;
+  int64_t outer = 1, inner = 1;
+  for (int64_t d = 0; d < dim; ++d)
+    outer *= full.shape[d];
+  for (size_t d = dim + 1; d < full.shape.size(); ++d)
+    inner *= full.shape[d];
+  int64_t fullExtent = full.shape[dim];
+  Buffer<T> out;
+  out.shape.assign(local.begin(), local.end());
+  out.data.reserve(static_cast<size_t>(outer * local[dim] * inner));
+  for (int64_t o = 0; o < outer; ++o)
+    for (int64_t g = 0; g < groups; ++g)
+      for (int64_t j = 0; j < block; ++j) {
+        int64_t from = g * (fullExtent / groups) + part * block + j;
+        auto first = full.data.begin() + (o * fullExtent + from) * inner;
+        out.data.insert(out.data.end(), first, first + inner);
+      }
+  return out;
+}
+
+template <typename T>
+Buffer<T> EvaluatorImpl<T>::sliceForRank(const Buffer<T> &full,
+                                         mlir::kiln::ShardAttr shard,
+                                         llvm::ArrayRef<int64_t> local) const {
+  return sliceOf(full, shard, local, rank, ranks);
+}
+
+template <typename T>
+llvm::Error EvaluatorImpl<T>::begin(llvm::ArrayRef<int64_t> tokens,
+                                    llvm::ArrayRef<int64_t> positions) {
   if (tokens.size() != positions.size())
     return makeError(llvm::formatv("{0} tokens but {1} positions",
                                    tokens.size(), positions.size()));
@@ -214,27 +289,40 @@ llvm::Error EvaluatorImpl<T>::run(llvm::ArrayRef<int64_t> tokens,
       return makeError(llvm::formatv("negative position {0}", p));
   currentTokens.assign(tokens.begin(), tokens.end());
   currentPositions.assign(positions.begin(), positions.end());
-
-  Block &body = func.getBody().front();
   values.clear();
-  for (Operation &op : body) {
-    if (auto ret = dyn_cast<func::ReturnOp>(op)) {
-      const Buffer<T> &out = get(ret.getOperand(0));
-      width = out.cols();
-      result.assign(out.data.begin(), out.data.end());
-      break;
-    }
-    if (llvm::Error e = evaluate(&op)) {
-      values.clear();
-      intValues.clear();
-      return e;
-    }
-    for (Value v : dying.lookup(&op))
-      release(v);
+  return llvm::Error::success();
+}
+
+template <typename T>
+void EvaluatorImpl<T>::finish(func::ReturnOp ret, std::vector<double> *result,
+                              int64_t *width, int64_t tokens) {
+  if (result) {
+    const Buffer<T> &out = get(ret.getOperand(0));
+    *width = out.cols();
+    result->assign(out.data.begin(), out.data.end());
   }
   values.clear();
   intValues.clear();
-  cached += static_cast<int64_t>(tokens.size());
+  cached += tokens;
+}
+
+template <typename T>
+llvm::Error EvaluatorImpl<T>::run(llvm::ArrayRef<int64_t> tokens,
+                                  llvm::ArrayRef<int64_t> positions,
+                                  std::vector<double> &result, int64_t &width) {
+  if (llvm::Error e = begin(tokens, positions))
+    return e;
+  for (Operation &op : func.getBody().front()) {
+    if (auto ret = dyn_cast<func::ReturnOp>(op)) {
+      finish(ret, &result, &width, static_cast<int64_t>(tokens.size()));
+      break;
+    }
+    if (llvm::Error e = step(&op)) {
+      abandon();
+      return e;
+    }
+    releaseAfter(&op);
+  }
   return llvm::Error::success();
 }
 
@@ -537,6 +625,24 @@ template <typename T> llvm::Error EvaluatorImpl<T>::evaluate(Operation *op) {
             addend.cols(), out.data.data());
         return llvm::Error::success();
       })
+      .Case([&](mlir::kiln::AllReduceOp r) -> llvm::Error {
+        if (currentCall)
+          return opError(op, "collectives must be in the graph, not in a "
+                             "kernel function");
+        if (group.size() != r.getRanks())
+          return opError(op, llvm::formatv("sums over {0} ranks but {1} are "
+                                           "being evaluated",
+                                           r.getRanks(), group.size()));
+        const Buffer<T> &x = get(r.getInput());
+        Buffer<T> &out = output(r.getResult(), x.cols());
+        // Every rank adds in rank order: the same sum everywhere.
+        for (EvaluatorImpl *peer : group) {
+          const Buffer<T> &part = peer->get(r.getInput());
+          for (size_t i = 0; i < out.data.size(); ++i)
+            out.data[i] += part.data[i];
+        }
+        return llvm::Error::success();
+      })
       .Default([&](Operation *other) -> llvm::Error {
         return opError(other, "the reference evaluator does not support this "
                               "op");
@@ -676,9 +782,96 @@ llvm::Expected<std::vector<::kiln::ref::KernelValue>>(
   return EvaluatorImpl<float>(kernel).runKernel(args);
 }
 
+namespace {
+
+/// A tensor-parallel graph: one evaluator per rank, each bound to its slices
+/// of the weights, stepped op by op together so a kiln.all_reduce sees every
+/// rank's operand. Every rank ends with the same logits; rank 0's are
+/// returned.
+template <typename T> class TensorParallelEvaluator final : public Evaluator {
+public:
+  TensorParallelEvaluator(func::FuncOp func, int64_t ranks) : func(func) {
+    for (int64_t r = 0; r < ranks; ++r)
+      evaluators.push_back(std::make_unique<EvaluatorImpl<T>>(func, r, ranks));
+    std::vector<EvaluatorImpl<T> *> group;
+    for (auto &e : evaluators)
+      group.push_back(e.get());
+    for (auto &e : evaluators)
+      e->setGroup(group);
+  }
+
+  llvm::Error bindWeights(const Checkpoint &checkpoint) {
+    for (auto &e : evaluators)
+      if (llvm::Error err = e->bindWeights(checkpoint))
+        return err;
+    return llvm::Error::success();
+  }
+
+  llvm::Error run(llvm::ArrayRef<int64_t> tokens,
+                  llvm::ArrayRef<int64_t> positions,
+                  std::vector<double> &result, int64_t &width) override {
+    for (auto &e : evaluators)
+      if (llvm::Error err = e->begin(tokens, positions))
+        return err;
+    for (Operation &op : func.getBody().front()) {
+      if (auto ret = dyn_cast<func::ReturnOp>(op)) {
+        for (auto [r, e] : llvm::enumerate(evaluators))
+          e->finish(ret, r == 0 ? &result : nullptr, &width,
+                    static_cast<int64_t>(tokens.size()));
+        break;
+      }
+      for (auto &e : evaluators)
+        if (llvm::Error err = e->step(&op)) {
+          for (auto &other : evaluators)
+            other->abandon();
+          return err;
+        }
+      // Only once every rank has read them (an all-reduce reads its
+      // peers' operands).
+      for (auto &e : evaluators)
+        e->releaseAfter(&op);
+    }
+    return llvm::Error::success();
+  }
+  void reset() override {
+    for (auto &e : evaluators)
+      e->reset();
+  }
+  int64_t numCachedTokens() const override {
+    return evaluators.front()->numCachedTokens();
+  }
+
+private:
+  func::FuncOp func;
+  std::vector<std::unique_ptr<EvaluatorImpl<T>>> evaluators;
+};
+
+template <typename T>
+llvm::Expected<std::unique_ptr<Evaluator>>
+createTensorParallel(func::FuncOp func, const Checkpoint &checkpoint,
+                     int64_t ranks) {
+  auto evaluator = std::make_unique<TensorParallelEvaluator<T>>(func, ranks);
+  if (llvm::Error e = evaluator->bindWeights(checkpoint))
+    return std::move(e);
+  return std::unique_ptr<Evaluator>(std::move(evaluator));
+}
+
+} // namespace
+
 llvm::Expected<std::unique_ptr<Evaluator>>
 Evaluator::create(func::FuncOp func, const Checkpoint &checkpoint,
                   Precision precision) {
+  auto module = func->getParentOfType<ModuleOp>();
+  if (auto ranks = module ? module->getAttrOfType<IntegerAttr>(
+                                mlir::kiln::KilnDialect::
+                                    getTensorParallelAttrName())
+                          : IntegerAttr()) {
+    if (func.getBody().empty() || !func.getBody().hasOneBlock())
+      return makeError("@" + func.getName() + " must have a single block");
+    if (precision == Precision::F64)
+      return createTensorParallel<double>(func, checkpoint, ranks.getInt());
+    return createTensorParallel<float>(func, checkpoint, ranks.getInt());
+  }
   if (func.getBody().empty())
     return makeError("@" + func.getName() + " has no body");
   if (!func.getBody().hasOneBlock())

@@ -39,7 +39,9 @@ SmallVector<KernelGroup> formGroups(Block &block) {
   SmallVector<KernelGroup> groups;
   llvm::DenseSet<Operation *> taken;
   for (Operation &op : block.without_terminator()) {
-    if (taken.contains(&op) || isa<ConcatOp>(op))
+    // Weight repacking happens once at bind time and collectives are steps
+    // of their own between kernels: both stay in the graph.
+    if (taken.contains(&op) || isa<ConcatOp, AllReduceOp>(op))
       continue;
     KernelGroup group;
     group.ops.push_back(&op);

@@ -16,6 +16,7 @@
 #include "kiln/Import/Llama4Import.h"
 #include "kiln/InitAll.h"
 #include "kiln/Pipelines/Pipelines.h"
+#include "kiln/Transforms/Passes.h"
 #include "kiln/Target/Cuda/EngineWriter.h"
 #include "kiln/Target/Host/EngineWriter.h"
 
@@ -35,6 +36,7 @@ using namespace llvm;
 static cl::OptionCategory outputCategory("Input and output");
 static cl::OptionCategory targetCategory("Code generation");
 static cl::OptionCategory reportCategory("Cost report (--report)");
+static cl::OptionCategory parallelCategory("Parallelism");
 
 static cl::SubCommand importCommand(
     "import", "Import a Hugging Face Llama 4 checkpoint folder as kiln MLIR");
@@ -84,6 +86,13 @@ static cl::opt<int64_t> reportMaxContext(
     cl::desc("Context length the KV cache pools are sized for"),
     cl::cat(reportCategory));
 
+static cl::opt<int64_t> tensorParallel(
+    "tp", cl::init(1),
+    cl::desc("Split the graph over this many tensor-parallel ranks "
+             "(kiln-shard-tensor-parallel; -o writes the graph every rank "
+             "runs)"),
+    cl::value_desc("ranks"), cl::cat(parallelCategory));
+
 /// Prints `module` to `path` ("-" for stdout).
 static int writeModule(mlir::ModuleOp module, StringRef path) {
   std::string error;
@@ -113,8 +122,24 @@ static int runCompile() {
     WithColor::error(errs(), "kilnc") << toString(module.takeError()) << "\n";
     return 1;
   }
+  if (tensorParallel < 1) {
+    WithColor::error(errs(), "kilnc") << "--tp must be at least 1\n";
+    return 1;
+  }
+  if (tensorParallel > 1 && (!target.empty() || report)) {
+    // The sharded graph is checked by the reference evaluator; the runtime
+    // and the engine writers do not run collectives yet.
+    WithColor::error(errs(), "kilnc")
+        << "--tp " << tensorParallel
+        << " writes the sharded kiln graph (-o); engines and cost reports "
+           "of tensor-parallel graphs are not supported yet\n";
+    return 1;
+  }
   stage("fusing and partitioning");
   mlir::PassManager pm(&context);
+  if (tensorParallel > 1)
+    pm.addPass(mlir::kiln::createShardTensorParallel(
+        mlir::kiln::ShardTensorParallelOptions{tensorParallel}));
   mlir::kiln::buildGraphPipeline(pm);
   if (mlir::failed(pm.run(**module)))
     return 1;

@@ -126,6 +126,50 @@ def DecomposeMoe : Pass<"kiln-decompose-moe", "mlir::func::FuncOp"> {
 }
 
 //===----------------------------------------------------------------------===//
+// Tensor parallelism
+//===----------------------------------------------------------------------===//
+
+def ShardTensorParallel
+    : Pass<"kiln-shard-tensor-parallel", "mlir::ModuleOp"> {
+  let summary = "Split a graph over the ranks of a tensor-parallel group";
+  let description = [{
+    Rewrites the imported graph into the one every rank of an R-rank
+    tensor-parallel group runs (Megatron-style; module attribute
+    `kiln.tensor_parallel = R`), each weight argument marked with the slice
+    of its checkpoint tensor the rank holds (`kiln.shard`):
+
+    - attention by heads: the q projection's rows (R parts), the k and v
+      projections' rows (R parts, or one part per KV head when there are
+      fewer KV heads than ranks: ranks then share a KV head), the output
+      projection's columns; `num_heads` / `num_kv_heads` of rope, qk_norm
+      and attention become the rank's;
+    - the dense SwiGLU FFN column-then-row: gate and up rows, down columns;
+    - MoE: the routed experts' and the shared expert's intermediate
+      dimension (gate_up's gate and up halves each split), the router
+      replicated, so every rank routes alike;
+    - after each row-split product (attention output, FFN down, MoE), a
+      `kiln.all_reduce` sums the ranks' partial sums.
+
+    Embedding, norms and the LM head stay replicated. Head counts and
+    intermediate sizes must divide by R (KV heads: or R by them); the pass
+    fails naming the op otherwise.
+
+    ```mlir
+    %o = kiln.linear %attn, %wo : tensor<?x5120xf32>, tensor<5120x5120xbf16> -> ...
+    // with ranks = 8 becomes
+    %p = kiln.linear %attn, %wo : tensor<?x640xf32>, tensor<5120x640xbf16> -> ...
+    %o = kiln.all_reduce %p {ranks = 8 : i64} : tensor<?x5120xf32>
+    // %wo: tensor<5120x640xbf16> {kiln.shard = #kiln.shard<dim = 1, parts = 8>, ...}
+    ```
+  }];
+  let options = [
+    Option<"ranks", "ranks", "int64_t", "2",
+           "Ranks of the tensor-parallel group (at least 2)">,
+  ];
+  let dependentDialects = ["mlir::kiln::KilnDialect"];
+}
+
+//===----------------------------------------------------------------------===//
 // Kernel partition
 //===----------------------------------------------------------------------===//
 

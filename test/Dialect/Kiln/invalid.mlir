@@ -716,3 +716,48 @@ func.func private @misspelled_kernel_attr() attributes {kiln.kernal = #kiln.kern
 // expected-error @+1 {{'kiln.eos_token_ids' must be an array<i64> on the module}}
 module attributes {kiln.eos_token_ids = [1, 2]} {
 }
+
+// -----
+
+module attributes {kiln.tensor_parallel = 2 : i64} {
+func.func @all_reduce_one_rank(%x: tensor<?x8xf32>) -> tensor<?x8xf32> {
+  // expected-error @+1 {{needs at least 2 ranks, got 1}}
+  %y = kiln.all_reduce %x {ranks = 1 : i64} : tensor<?x8xf32>
+  return %y : tensor<?x8xf32>
+}
+}
+
+// -----
+
+func.func @all_reduce_outside_tensor_parallel(%x: tensor<?x8xf32>) -> tensor<?x8xf32> {
+  // expected-error @+1 {{reduces over 2 ranks but the module is not a tensor-parallel graph of that many ranks}}
+  %y = kiln.all_reduce %x {ranks = 2 : i64} : tensor<?x8xf32>
+  return %y : tensor<?x8xf32>
+}
+
+// -----
+
+// expected-error @+1 {{'kiln.tensor_parallel' must be an integer of at least 2 on the module}}
+module attributes {kiln.tensor_parallel = 1 : i64} {
+}
+
+// -----
+
+// expected-error @+1 {{argument 0 of type 'tensor<8x6xbf16>' has no dimension 2 made of 1 equal groups to shard}}
+func.func @shard_missing_dim(%w: tensor<8x6xbf16> {kiln.weight = "w", kiln.shard = #kiln.shard<dim = 2, parts = 2>}) {
+  return
+}
+
+// -----
+
+// expected-error @+1 {{has no dimension 1 made of 4 equal groups to shard}}
+func.func @shard_groups(%w: tensor<8x6xbf16> {kiln.weight = "w", kiln.shard = #kiln.shard<dim = 1, parts = 2, groups = 4>}) {
+  return
+}
+
+// -----
+
+// expected-error @+1 {{#kiln.shard needs dim >= 0, parts >= 1 and groups >= 1 (got dim = 0, parts = 0, groups = 1)}}
+func.func @shard_no_parts(%w: tensor<8x6xbf16> {kiln.weight = "w", kiln.shard = #kiln.shard<dim = 0, parts = 0>}) {
+  return
+}

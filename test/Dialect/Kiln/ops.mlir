@@ -95,3 +95,15 @@ func.func @decomposed_moe(%u: tensor<?x16xf32>, %r: tensor<4x16xbf16>, %gu: tens
       : tensor<?x12xf32>, tensor<?xi64>, tensor<5xi64>, tensor<4x12x16xbf16>, tensor<?x16xf32>
   return %y : tensor<?x16xf32>
 }
+
+// A tensor-parallel graph: a rank's weight slice and the all-reduce.
+// CHECK: module attributes {kiln.tensor_parallel = 4 : i64}
+// CHECK-LABEL: func.func @tensor_parallel
+// CHECK-SAME: kiln.shard = #kiln.shard<dim = 2, parts = 4, groups = 2>
+// CHECK: kiln.all_reduce %{{.*}} {ranks = 4 : i64} : tensor<?x8xf32>
+module attributes {kiln.tensor_parallel = 4 : i64} {
+func.func @tensor_parallel(%x: tensor<?x8xf32>, %w: tensor<4x8x6xbf16> {kiln.weight = "w", kiln.shard = #kiln.shard<dim = 2, parts = 4, groups = 2>}) -> tensor<?x8xf32> {
+  %y = kiln.all_reduce %x {ranks = 4 : i64} : tensor<?x8xf32>
+  return %y : tensor<?x8xf32>
+}
+}

@@ -1,0 +1,243 @@
+//===- ShardTensorParallel.cpp - One graph per tensor-parallel rank -------===//
+//
+// Splits attention by heads and the FFN and MoE intermediate dimensions over
+// R ranks, Megatron-style: the first GEMM of each block is split by output
+// rows (no communication: every rank has the whole input), the second by
+// input columns, so each rank's product is a partial sum and one all-reduce
+// per block restores the replicated residual stream. Every rank runs the
+// same graph; the `kiln.shard` attribute of a weight says which slice of the
+// checkpoint tensor that rank binds.
+//
+//===----------------------------------------------------------------------===//
+
+#include "dialects/kiln/KilnOps.h"
+#include "kiln/Transforms/Passes.h"
+
+#include "mlir/IR/Builders.h"
+
+namespace mlir::kiln {
+#define GEN_PASS_DEF_SHARDTENSORPARALLEL
+#include "kiln/Transforms/Passes.h.inc"
+} // namespace mlir::kiln
+
+using namespace mlir;
+using namespace mlir::kiln;
+
+namespace {
+
+/// The same tensor type with dimension `dim` of extent `extent`.
+RankedTensorType withDim(Type type, int64_t dim, int64_t extent) {
+  auto tensor = cast<RankedTensorType>(type);
+  SmallVector<int64_t> shape(tensor.getShape());
+  shape[dim] = extent;
+  return RankedTensorType::get(shape, tensor.getElementType());
+}
+
+struct ShardTensorParallelPass
+    : mlir::kiln::impl::ShardTensorParallelBase<ShardTensorParallelPass> {
+  using Base::Base;
+
+  void runOnOperation() override {
+    ModuleOp module = getOperation();
+    if (ranks < 2) {
+      module.emitError() << "kiln-shard-tensor-parallel needs at least 2 "
+                            "ranks, got "
+                         << static_cast<int64_t>(ranks);
+      return signalPassFailure();
+    }
+    if (module->hasAttr(KilnDialect::getTensorParallelAttrName())) {
+      module.emitError() << "the graph is already tensor-parallel";
+      return signalPassFailure();
+    }
+    for (auto func : module.getOps<func::FuncOp>()) {
+      if (func.isExternal() || func.isPrivate())
+        continue;
+      if (failed(shardFunction(func)))
+        return signalPassFailure();
+    }
+    module->setAttr(KilnDialect::getTensorParallelAttrName(),
+                    Builder(module).getI64IntegerAttr(
+                        static_cast<int64_t>(ranks)));
+  }
+
+  LogicalResult shardFunction(func::FuncOp func) {
+    SmallVector<Operation *> blocks;
+    func.walk([&](Operation *op) {
+      if (isa<AttentionOp, SwiGluOp, MoeOp>(op))
+        blocks.push_back(op);
+    });
+    for (Operation *op : blocks) {
+      LogicalResult ok = success();
+      if (auto a = dyn_cast<AttentionOp>(op))
+        ok = shardAttention(func, a);
+      else if (auto s = dyn_cast<SwiGluOp>(op))
+        ok = shardFeedForward(func, s);
+      else
+        ok = shardMoe(func, cast<MoeOp>(op));
+      if (failed(ok))
+        return failure();
+    }
+    func.setType(FunctionType::get(func.getContext(),
+                                   func.getBody().getArgumentTypes(),
+                                   func.getResultTypes()));
+    return success();
+  }
+
+  /// Marks weight argument `w` of `func` as holding 1/parts of dimension
+  /// `dim` (in `groups` equal groups) and gives it the slice's type.
+  LogicalResult shardWeight(func::FuncOp func, Operation *user, Value w,
+                            int64_t dim, int64_t parts, int64_t groups = 1) {
+    auto arg = dyn_cast<BlockArgument>(w);
+    if (!arg || arg.getOwner() != &func.getBody().front() ||
+        !func.getArgAttr(arg.getArgNumber(), KilnDialect::getWeightAttrName()))
+      return user->emitOpError()
+             << "reads a weight that is not a checkpoint tensor argument; "
+                "kiln-shard-tensor-parallel runs on imported graphs";
+    if (func.getArgAttr(arg.getArgNumber(), KilnDialect::getShardAttrName()) ||
+        !arg.hasOneUse())
+      return user->emitOpError() << "shares weight argument "
+                                 << arg.getArgNumber()
+                                 << " with other ops; it cannot be sharded";
+    int64_t extent = cast<RankedTensorType>(arg.getType()).getDimSize(dim);
+    if (extent % (parts * groups) != 0)
+      return user->emitOpError()
+             << "weight argument " << arg.getArgNumber() << " has extent "
+             << extent << " along dimension " << dim
+             << ", which does not split into " << parts << " parts"
+             << (groups > 1 ? " per half" : "");
+    arg.setType(withDim(arg.getType(), dim, extent / parts));
+    func.setArgAttr(arg.getArgNumber(), KilnDialect::getShardAttrName(),
+                    ShardAttr::get(func.getContext(), dim, parts, groups));
+    return success();
+  }
+
+  /// Sums `partial` (the result of `op`) over the ranks for its users.
+  void allReduceAfter(Operation *op, Value partial) {
+    OpBuilder b(op->getContext());
+    b.setInsertionPointAfter(op);
+    auto reduce =
+        AllReduceOp::create(b, op->getLoc(), partial.getType(), partial,
+                            b.getI64IntegerAttr(ranks));
+    partial.replaceAllUsesExcept(reduce.getResult(), reduce);
+  }
+
+  /// The projection a head-structured value comes from: through rope and
+  /// qk_norm (which get the rank's head count) to its kiln.linear.
+  FailureOr<LinearOp> projectionOf(AttentionOp a, Value v,
+                                   SmallVectorImpl<Operation *> &chain) {
+    Operation *def = v.getDefiningOp();
+    while (def && isa<RopeOp, QkNormOp>(def)) {
+      if (!def->getResult(0).hasOneUse())
+        break;
+      chain.push_back(def);
+      def = def->getOperand(0).getDefiningOp();
+    }
+    auto linear = dyn_cast_or_null<LinearOp>(def);
+    if (!linear || !linear.getResult().hasOneUse())
+      return a.emitOpError() << "has an operand that is not a projection used "
+                                "only by this attention; it cannot be split "
+                                "by heads",
+             failure();
+    return linear;
+  }
+
+  /// Narrows a projection's result, and the rope / qk_norm after it, to
+  /// `heads` of the rank's heads.
+  void narrow(LinearOp linear, ArrayRef<Operation *> chain, int64_t heads,
+              int64_t width) {
+    linear.getResult().setType(withDim(linear.getType(), 1, width));
+    Builder b(linear.getContext());
+    for (Operation *op : chain) {
+      op->setAttr("num_heads", b.getI64IntegerAttr(heads));
+      op->getResult(0).setType(withDim(op->getResult(0).getType(), 1, width));
+    }
+  }
+
+  LogicalResult shardAttention(func::FuncOp func, AttentionOp a) {
+    int64_t heads = a.getNumHeads(), kvHeads = a.getNumKvHeads();
+    if (heads % ranks != 0)
+      return a.emitOpError() << "has " << heads
+                             << " query heads, which do not split over "
+                             << static_cast<int64_t>(ranks) << " ranks";
+    // Fewer KV heads than ranks: ranks share one (each rank's query heads
+    // then lie in one GQA group).
+    int64_t kvParts = kvHeads >= ranks ? ranks : kvHeads;
+    if (kvHeads % kvParts != 0 || (kvHeads < ranks && ranks % kvHeads != 0))
+      return a.emitOpError() << "has " << kvHeads
+                             << " KV heads, which neither split over nor "
+                                "divide "
+                             << static_cast<int64_t>(ranks) << " ranks";
+    if (!a.getResult().hasOneUse())
+      return a.emitOpError("has more than one user; the output projection "
+                           "must be its only one");
+    auto out = dyn_cast<LinearOp>(*a.getResult().getUsers().begin());
+    if (!out || out.getInput() != a.getResult())
+      return a.emitOpError("is not followed by its output projection");
+    SmallVector<Operation *> qChain, kChain;
+    FailureOr<LinearOp> q = projectionOf(a, a.getQuery(), qChain);
+    FailureOr<LinearOp> k = projectionOf(a, a.getKey(), kChain);
+    SmallVector<Operation *> vChain;
+    FailureOr<LinearOp> v = projectionOf(a, a.getValue(), vChain);
+    if (failed(q) || failed(k) || failed(v))
+      return failure();
+    if (!vChain.empty())
+      return a.emitOpError("has a value that is not a plain projection");
+
+    int64_t headDim =
+        cast<RankedTensorType>(a.getQuery().getType()).getDimSize(1) / heads;
+    int64_t localHeads = heads / ranks, localKv = kvHeads / kvParts;
+    if (failed(shardWeight(func, *q, q->getWeight(), 0, ranks)) ||
+        failed(shardWeight(func, *k, k->getWeight(), 0, kvParts)) ||
+        failed(shardWeight(func, *v, v->getWeight(), 0, kvParts)) ||
+        failed(shardWeight(func, out, out.getWeight(), 1, ranks)))
+      return failure();
+    narrow(*q, qChain, localHeads, localHeads * headDim);
+    narrow(*k, kChain, localKv, localKv * headDim);
+    narrow(*v, {}, localKv, localKv * headDim);
+    Builder b(a.getContext());
+    a.setNumHeads(localHeads);
+    a.setNumKvHeads(localKv);
+    a.getResult().setType(withDim(a.getType(), 1, localHeads * headDim));
+    allReduceAfter(out, out.getResult());
+    return success();
+  }
+
+  LogicalResult shardFeedForward(func::FuncOp func, SwiGluOp s) {
+    auto gate = s.getGate().getDefiningOp<LinearOp>();
+    auto up = s.getUp().getDefiningOp<LinearOp>();
+    if (!gate || !up || !gate.getResult().hasOneUse() ||
+        !up.getResult().hasOneUse() || !s.getResult().hasOneUse())
+      return s.emitOpError("is not a gate/up/down SwiGLU block; it cannot be "
+                           "split");
+    auto down = dyn_cast<LinearOp>(*s.getResult().getUsers().begin());
+    if (!down || down.getInput() != s.getResult())
+      return s.emitOpError("is not followed by its down projection");
+    if (failed(shardWeight(func, gate, gate.getWeight(), 0, ranks)) ||
+        failed(shardWeight(func, up, up.getWeight(), 0, ranks)) ||
+        failed(shardWeight(func, down, down.getWeight(), 1, ranks)))
+      return failure();
+    int64_t width =
+        cast<RankedTensorType>(gate.getWeight().getType()).getDimSize(0);
+    for (Value v : {gate.getResult(), up.getResult(), s.getResult()})
+      v.setType(withDim(v.getType(), 1, width));
+    allReduceAfter(down, down.getResult());
+    return success();
+  }
+
+  LogicalResult shardMoe(func::FuncOp func, MoeOp moe) {
+    // Experts: gate_up [E, D, 2F] (gate then up), down [E, F, D].
+    if (failed(shardWeight(func, moe, moe.getGateUp(), 2, ranks,
+                           /*groups=*/2)) ||
+        failed(shardWeight(func, moe, moe.getDown(), 1, ranks)))
+      return failure();
+    if (moe.getSharedGate() &&
+        (failed(shardWeight(func, moe, moe.getSharedGate(), 0, ranks)) ||
+         failed(shardWeight(func, moe, moe.getSharedUp(), 0, ranks)) ||
+         failed(shardWeight(func, moe, moe.getSharedDown(), 1, ranks))))
+      return failure();
+    allReduceAfter(moe, moe.getResult());
+    return success();
+  }
+};
+
+} // namespace
