@@ -15,6 +15,7 @@
 #include "kiln/Analysis/CostReport.h"
 #include "kiln/Import/Llama4Import.h"
 #include "kiln/InitAll.h"
+#include "kiln/Analysis/ParallelPlan.h"
 #include "kiln/Pipelines/Pipelines.h"
 #include "kiln/Transforms/Passes.h"
 #include "kiln/Target/Cuda/EngineWriter.h"
@@ -93,6 +94,24 @@ static cl::opt<int64_t> tensorParallel(
              "runs)"),
     cl::value_desc("ranks"), cl::cat(parallelCategory));
 
+static cl::opt<bool> plan(
+    "plan",
+    cl::desc("Print memory per GPU and estimated step times of every TP x "
+             "EP x PP x DP layout of --gpus GPUs, and the one to use"),
+    cl::cat(parallelCategory));
+static cl::opt<int64_t> planGpus("gpus", cl::init(8),
+                                 cl::desc("GPUs to plan for (--plan)"),
+                                 cl::cat(parallelCategory));
+static cl::opt<int64_t>
+    planContext("context", cl::init(8192),
+                cl::desc("Context per sequence the plan sizes the KV cache "
+                         "for (--plan)"),
+                cl::cat(parallelCategory));
+static cl::opt<int64_t>
+    planBatch("batch", cl::init(1),
+              cl::desc("Sequences decoded together per replica (--plan)"),
+              cl::cat(parallelCategory));
+
 /// Prints `module` to `path` ("-" for stdout).
 static int writeModule(mlir::ModuleOp module, StringRef path) {
   std::string error;
@@ -121,6 +140,25 @@ static int runCompile() {
   if (!module) {
     WithColor::error(errs(), "kilnc") << toString(module.takeError()) << "\n";
     return 1;
+  }
+  if (plan) {
+    mlir::kiln::PlanOptions options;
+    options.gpus = planGpus;
+    options.context = planContext;
+    options.batch = planBatch;
+    if (options.gpus < 1 || options.gpus > 1000000 || options.context < 1 ||
+        options.batch < 1) {
+      WithColor::error(errs(), "kilnc")
+          << "--gpus must be in [1, 1000000], --context and --batch at "
+             "least 1\n";
+      return 1;
+    }
+    auto shape = mlir::kiln::modelShapeOf(**module);
+    if (mlir::failed(shape) ||
+        mlir::failed(mlir::kiln::writeParallelPlan(*shape, options, outs())))
+      return 1;
+    if (target.empty() && !report && mainOutput.empty())
+      return 0;
   }
   if (tensorParallel < 1) {
     WithColor::error(errs(), "kilnc") << "--tp must be at least 1\n";
