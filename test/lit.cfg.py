@@ -2,6 +2,7 @@
 # lit configuration of the Kiln tests.
 
 import os
+import shutil
 import subprocess
 
 import lit.formats
@@ -50,6 +51,17 @@ else:
     lit_config.note("NumPy not found for " + str(config.kiln_python) +
                     ": NumPy cross-checks are skipped "
                     "(apt-get install python3-numpy)")
+
+# OpenMPI's mpirun for tensor-parallel engines (one process per rank); as
+# root it must be told that is fine, and ranks may outnumber the cores.
+mpirun = shutil.which("mpirun")
+if mpirun:
+    config.available_features.add("mpirun")
+    config.substitutions.append(
+        ("%mpirun", mpirun + " --allow-run-as-root --oversubscribe"))
+else:
+    lit_config.note("mpirun not found: tensor-parallel engines are not run "
+                    "(apt-get install openmpi-bin)")
 
 # A driver without a GPU (test/fakecuda) for the CUDA backend's host side.
 config.substitutions.append(

@@ -166,9 +166,8 @@ LogicalResult KilnDialect::verifyRegionArgAttribute(Operation *op,
                          << attr.getName().getValue() << "'";
 }
 
-LogicalResult
-ShardAttr::verify(function_ref<InFlightDiagnostic()> emitError, int64_t dim,
-                  int64_t parts, int64_t groups) {
+LogicalResult ShardAttr::verify(function_ref<InFlightDiagnostic()> emitError,
+                                int64_t dim, int64_t parts, int64_t groups) {
   if (dim < 0 || parts < 1 || groups < 1)
     return emitError() << "#kiln.shard needs dim >= 0, parts >= 1 and "
                           "groups >= 1 (got dim = "

@@ -22,6 +22,7 @@
 #include "kiln/Analysis/CostReport.h"
 #include "dialects/kiln/KilnOps.h"
 #include "kiln/Analysis/MemoryPlan.h"
+#include "kiln/Analysis/ParallelPlan.h"
 
 #include "mlir/Dialect/Func/IR/FuncOps.h"
 #include "mlir/IR/SymbolTable.h"
@@ -307,6 +308,24 @@ public:
           all.bytes / 1e9, t[0] * 1e6, t[1] * 1e6);
       total += all;
     }
+    // Collectives of a tensor-parallel graph: NVLink time, not HBM.
+    int64_t reduces = 0;
+    double reduceBytes = 0, reduceSeconds = 0;
+    graph.walk([&](AllReduceOp r) {
+      double bytes = tensorBytes(r.getType(), step.tokens);
+      ++reduces;
+      reduceBytes += bytes;
+      reduceSeconds += allReduceSeconds(r.getRanks(), bytes);
+    });
+    if (reduces) {
+      os << llvm::format(
+          "%-16s %-12s %8lld  %-44s %12s %12.4f %12.1f %12.1f\n", "all_reduce",
+          "collective", static_cast<long long>(reduces),
+          "NVLink, not HBM (GB moved per rank)", "", reduceBytes / 1e9,
+          reduceSeconds * 1e6, reduceSeconds * 1e6);
+      time[0] += reduceSeconds;
+      time[1] += reduceSeconds;
+    }
     os << llvm::format("%-16s %-12s %8s  %-44s %12.3f %12.4f %12.1f %12.1f\n",
                        "total", "", "", "", total.flops / 1e9,
                        total.bytes / 1e9, time[0] * 1e6, time[1] * 1e6);
@@ -380,6 +399,20 @@ public:
         "(KV + prefill activations): %.3f GB\n",
         static_cast<long long>(options.maxContext), kvTotal / 1e9,
         (kvTotal + peak * static_cast<double>(options.prefillTokens)) / 1e9);
+    // The weights as stored (a rank's slices in a tensor-parallel graph).
+    double weights = 0;
+    for (BlockArgument arg : graph.getArguments())
+      if (graph.getArgAttr(arg.getArgNumber(),
+                           KilnDialect::getWeightAttrName()))
+        weights += tensorBytes(arg.getType(), 1);
+    auto ranks = module->getAttrOfType<IntegerAttr>(
+        KilnDialect::getTensorParallelAttrName());
+    double all =
+        weights + kvTotal + peak * static_cast<double>(options.prefillTokens);
+    os << llvm::format("  weights: %.3f GB%s; weights + KV + prefill "
+                       "activations: %.3f GB%s\n",
+                       weights / 1e9, ranks ? " per rank" : "", all / 1e9,
+                       ranks ? " per rank" : "");
   }
 
   LogicalResult run() {
@@ -395,6 +428,11 @@ public:
       os << llvm::format("%s %.1f TFLOP/s %.2f TB/s; ", d.name,
                          d.flopsPerSecond / 1e12, d.bytesPerSecond / 1e12);
     os << "activations and KV at " << options.activationBytes << " B\n";
+    if (auto ranks = module->getAttrOfType<IntegerAttr>(
+            KilnDialect::getTensorParallelAttrName()))
+      os << "tensor-parallel over " << ranks.getInt()
+         << " ranks: every figure is one rank's; all-reduces at "
+            "kilnc --plan's NVLink model\n";
     reportStep({"prefill", options.prefillTokens, 0});
     reportStep({"decode step", 1, options.decodeContext});
     reportMemoryPlan();
@@ -423,7 +461,7 @@ LogicalResult mlir::kiln::writeCostReport(ModuleOp module,
   bool partitioned = true;
   graph.walk([&](Operation *op) {
     if (op->getDialect() && isa<KilnDialect>(op->getDialect()) &&
-        !isa<ConcatOp>(op))
+        !isa<ConcatOp, AllReduceOp>(op))
       partitioned = false;
   });
   if (!partitioned)

@@ -2,6 +2,7 @@
 //---------------------===//
 
 #include "kiln/Analysis/MemoryPlan.h"
+#include "dialects/kiln/KilnOps.h"
 
 #include <algorithm>
 
@@ -12,8 +13,11 @@ ActivationPlan
 mlir::kiln::planActivations(func::FuncOp graph,
                             function_ref<int64_t(Value)> bytesPerToken,
                             int64_t alignment) {
-  SmallVector<func::CallOp> calls;
-  graph.walk([&](func::CallOp call) { calls.push_back(call); });
+  // The graph's steps: kernel calls and collectives, in order.
+  SmallVector<Operation *> calls;
+  for (Operation &op : graph.getBody().front())
+    if (isa<func::CallOp, AllReduceOp>(op))
+      calls.push_back(&op);
   llvm::DenseMap<Operation *, int64_t> index;
   for (auto [i, call] : llvm::enumerate(calls))
     index[call] = static_cast<int64_t>(i);
@@ -25,7 +29,7 @@ mlir::kiln::planActivations(func::FuncOp graph,
   std::vector<Live> live;
   ActivationPlan plan;
   for (auto [i, call] : llvm::enumerate(calls))
-    for (Value result : call.getResults()) {
+    for (Value result : call->getResults()) {
       auto type = cast<RankedTensorType>(result.getType());
       if (type.hasStaticShape())
         continue;

@@ -3,7 +3,8 @@
 // The estimates are first-order and deliberately simple enough to check by
 // hand (docs/results.md does so for the real configs):
 //
-// - memory per GPU: dense weights / (TP x PP), vocabulary weights / TP,
+// - memory per GPU: dense weights / (TP x PP), vocabulary weights
+//   replicated (halved by PP: embedding first, LM head last),
 //   routed experts / (PP x max(TP, EP)); KV cache of `batch` sequences at
 //   the context (chunked layers keep one chunk) over the rank's KV heads
 //   and the stage's layers; activations of one prefill chunk;
@@ -38,15 +39,15 @@ namespace {
 
 /// The hardware the plan is for, with where each figure comes from.
 struct Hardware {
-  double memoryBytes = 80e9;   // H100 SXM5 80 GB HBM3 (NVIDIA datasheet)
-  double usable = 0.9;         // kept free for the CUDA context, NCCL, fragmentation
-  double flops = 989.4e12;     // dense BF16 tensor-core peak (datasheet)
-  double hbm = 3.35e12;        // HBM3 bytes/s (datasheet)
-  double nvlink = 450e9;       // NVLink 4: 900 GB/s per GPU both ways (datasheet)
-  double infiniband = 50e9;    // one 400 Gb/s NDR NIC per GPU (DGX H100 guide)
+  double memoryBytes = 80e9; // H100 SXM5 80 GB HBM3 (NVIDIA datasheet)
+  double usable = 0.9; // kept free for the CUDA context, NCCL, fragmentation
+  double flops = 989.4e12;  // dense BF16 tensor-core peak (datasheet)
+  double hbm = 3.35e12;     // HBM3 bytes/s (datasheet)
+  double nvlink = 450e9;    // NVLink 4: 900 GB/s per GPU both ways (datasheet)
+  double infiniband = 50e9; // one 400 Gb/s NDR NIC per GPU (DGX H100 guide)
   double nvlinkLatency = 2.5e-6; // per all-reduce step; an assumption
-  double ibLatency = 6e-6;     // per message across nodes; an assumption
-  int64_t gpusPerNode = 8;     // HGX/DGX H100
+  double ibLatency = 6e-6;       // per message across nodes; an assumption
+  int64_t gpusPerNode = 8;       // HGX/DGX H100
 };
 
 constexpr int64_t kPrefillChunk = 8192;
@@ -77,6 +78,10 @@ double allReduceSeconds(const Hardware &hw, int64_t ranks, double bytes) {
 }
 
 } // namespace
+
+double mlir::kiln::allReduceSeconds(int64_t ranks, double bytes) {
+  return ::allReduceSeconds(Hardware(), ranks, bytes);
+}
 
 FailureOr<ModelShape> mlir::kiln::modelShapeOf(ModuleOp module) {
   func::FuncOp graph;
@@ -113,11 +118,9 @@ FailureOr<ModelShape> mlir::kiln::modelShapeOf(ModuleOp module) {
       ++m.layers;
       m.heads = a.getNumHeads();
       m.kvHeads = a.getNumKvHeads();
-      m.headDim =
-          cast<RankedTensorType>(a.getQuery().getType()).getDimSize(1) /
-          a.getNumHeads();
-      m.hidden =
-          cast<RankedTensorType>(a.getResult().getType()).getDimSize(1);
+      m.headDim = cast<RankedTensorType>(a.getQuery().getType()).getDimSize(1) /
+                  a.getNumHeads();
+      m.hidden = cast<RankedTensorType>(a.getResult().getType()).getDimSize(1);
       if (a.getMask() == MaskKind::Chunked && a.getChunkSize()) {
         ++m.chunkedLayers;
         m.chunk = *a.getChunkSize();
@@ -129,9 +132,9 @@ FailureOr<ModelShape> mlir::kiln::modelShapeOf(ModuleOp module) {
       m.topK = moe.getTopK();
       m.intermediate = std::max(m.intermediate, down.getDimSize(1));
       if (auto shared = moe.getSharedDown())
-        m.intermediate = std::max(
-            m.intermediate,
-            cast<RankedTensorType>(shared.getType()).getDimSize(1));
+        m.intermediate =
+            std::max(m.intermediate,
+                     cast<RankedTensorType>(shared.getType()).getDimSize(1));
     } else if (auto s = dyn_cast<SwiGluOp>(op)) {
       m.intermediate = std::max(
           m.intermediate,
@@ -150,32 +153,30 @@ FailureOr<ModelShape> mlir::kiln::modelShapeOf(ModuleOp module) {
 }
 
 LayoutEstimate mlir::kiln::estimateLayout(const ModelShape &m,
-                                          const PlanOptions &o,
-                                          Layout layout) {
+                                          const PlanOptions &o, Layout layout) {
   Hardware hw;
   LayoutEstimate est;
   est.layout = layout;
   double tp = static_cast<double>(layout.tp),
          pp = static_cast<double>(layout.pp);
   double expertSplit = static_cast<double>(std::max(layout.tp, layout.ep));
-  // Embedding and LM head: split by vocabulary; with PP they sit on the
-  // first and the last stage.
-  double vocabPerGpu = m.vocabBytes / tp / (layout.pp > 1 ? 2.0 : 1.0);
-  est.weightBytes =
-      m.denseBytes / (tp * pp) + vocabPerGpu + m.expertBytes / (pp * expertSplit);
+  // Embedding and LM head: replicated on every rank (as
+  // kiln-shard-tensor-parallel leaves them); with PP they sit on the first
+  // and the last stage.
+  double vocabPerGpu = m.vocabBytes / (layout.pp > 1 ? 2.0 : 1.0);
+  est.weightBytes = m.denseBytes / (tp * pp) + vocabPerGpu +
+                    m.expertBytes / (pp * expertSplit);
 
   int64_t kvHeadsPerGpu = std::max<int64_t>(1, m.kvHeads / layout.tp);
   double kvPerToken = 2.0 * kvHeadsPerGpu * m.headDim * 2; // k and v, bf16
-  int64_t chunkTokens =
-      m.chunk > 0 ? std::min(o.context, m.chunk) : o.context;
+  int64_t chunkTokens = m.chunk > 0 ? std::min(o.context, m.chunk) : o.context;
   double kvTokens = static_cast<double>(m.chunkedLayers) * chunkTokens +
                     static_cast<double>(m.layers - m.chunkedLayers) * o.context;
   est.kvBytes = o.batch * kvTokens / pp * kvPerToken;
 
   int64_t prefill = std::min(o.context, kPrefillChunk);
   double perToken =
-      4.0 * m.hidden * 4 +
-      (m.heads + 2.0 * m.kvHeads) * m.headDim / tp * 4 +
+      4.0 * m.hidden * 4 + (m.heads + 2.0 * m.kvHeads) * m.headDim / tp * 4 +
       2.0 * m.intermediate * std::max<int64_t>(1, m.topK) / tp * 4;
   est.activationBytes = prefill * perToken;
   est.fits = est.totalBytes() <= hw.memoryBytes * hw.usable;
@@ -183,8 +184,7 @@ LayoutEstimate mlir::kiln::estimateLayout(const ModelShape &m,
   // Decode: `batch` tokens, one per sequence.
   double b = static_cast<double>(o.batch);
   double e = static_cast<double>(std::max<int64_t>(1, m.experts));
-  double perExpertLayer =
-      m.moeLayers ? m.expertBytes / (m.moeLayers * e) : 0.0;
+  double perExpertLayer = m.moeLayers ? m.expertBytes / (m.moeLayers * e) : 0.0;
   double touched =
       m.experts ? e * (1.0 - std::pow(1.0 - 1.0 / e, b * m.topK)) : 0.0;
   double ep = static_cast<double>(layout.ep);
@@ -192,19 +192,18 @@ LayoutEstimate mlir::kiln::estimateLayout(const ModelShape &m,
                       std::max(1.0, touched / ep) / std::max(1.0, tp / ep);
   if (layout.ep == 1)
     expertRead = m.moeLayers * perExpertLayer * touched / tp;
-  double lmHead = m.vocabBytes / 2 / tp;
+  double lmHead = m.vocabBytes / 2;
   double kvRead = b * kvTokens * kvPerToken; // all stages
   double decodeBytes = m.denseBytes / tp + lmHead + expertRead + kvRead;
   double activeElements =
-      (m.denseBytes + m.vocabBytes / 2 + m.expertBytes * m.topK / e) /
-      m.weightElementBytes;
-  double decodeFlops = 2.0 * b * activeElements / tp;
-  double decodeCompute =
-      std::max(decodeBytes / hw.hbm, decodeFlops / hw.flops);
+      (m.denseBytes + m.expertBytes * m.topK / e) / m.weightElementBytes;
+  double lmHeadElements = m.vocabBytes / 2 / m.weightElementBytes;
+  double decodeFlops = 2.0 * b * (activeElements / tp + lmHeadElements);
+  double decodeCompute = std::max(decodeBytes / hw.hbm, decodeFlops / hw.flops);
 
   auto collectives = [&](double tokens) {
-    double t = 2.0 * m.layers *
-               allReduceSeconds(hw, layout.tp, tokens * m.hidden * 2);
+    double t =
+        2.0 * m.layers * allReduceSeconds(hw, layout.tp, tokens * m.hidden * 2);
     if (layout.ep > layout.tp && m.moeLayers) {
       bool inNode = layout.ep <= hw.gpusPerNode;
       double bw = inNode ? hw.nvlink : hw.infiniband;
@@ -228,20 +227,20 @@ LayoutEstimate mlir::kiln::estimateLayout(const ModelShape &m,
   double p = static_cast<double>(prefill);
   double attentionFlops = 0;
   for (int64_t l = 0; l < m.layers; ++l) {
-    double visible = l < m.chunkedLayers ? std::min<double>(p, chunkTokens)
-                                         : p;
+    double visible = l < m.chunkedLayers ? std::min<double>(p, chunkTokens) : p;
     attentionFlops += 2.0 * 2.0 * p * visible / 2 * m.heads * m.headDim;
   }
-  double prefillFlops = (2.0 * p * activeElements + attentionFlops) / tp;
+  // The LM head runs on the prompt's last row only.
+  double prefillFlops =
+      (2.0 * p * activeElements + attentionFlops) / tp + 2.0 * lmHeadElements;
   double prefillBytes = est.weightBytes * pp;
   est.prefillSeconds =
-      std::max(prefillFlops / hw.flops, prefillBytes / hw.hbm) +
-      collectives(p);
+      std::max(prefillFlops / hw.flops, prefillBytes / hw.hbm) + collectives(p);
   return est;
 }
 
-std::vector<LayoutEstimate>
-mlir::kiln::estimateLayouts(const ModelShape &m, const PlanOptions &o) {
+std::vector<LayoutEstimate> mlir::kiln::estimateLayouts(const ModelShape &m,
+                                                        const PlanOptions &o) {
   std::vector<LayoutEstimate> out;
   for (int64_t tp : {1, 2, 4, 8}) {
     if (m.heads % tp != 0 ||
@@ -315,10 +314,8 @@ LogicalResult mlir::kiln::writeParallelPlan(const ModelShape &m,
 
   std::vector<LayoutEstimate> all = estimateLayouts(m, o);
   std::sort(all.begin(), all.end(), better);
-  int64_t fitting = std::count_if(all.begin(), all.end(),
-                                  [](const LayoutEstimate &e) {
-                                    return e.fits;
-                                  });
+  int64_t fitting = std::count_if(
+      all.begin(), all.end(), [](const LayoutEstimate &e) { return e.fits; });
   os << llvm::format("layouts: %zu candidates, %lld fit\n", all.size(),
                      fitting);
   os << "  layout                     GB/GPU (weights + KV + act)   "
@@ -329,10 +326,9 @@ LogicalResult mlir::kiln::writeParallelPlan(const ModelShape &m,
     os << llvm::format("  %-26s %6.1f (%5.1f + %5.1f + %4.1f)%s %10.1f "
                        "%10.2f (%.2f)\n",
                        describe(e.layout).c_str(), gb(e.totalBytes()),
-                       gb(e.weightBytes), gb(e.kvBytes),
-                       gb(e.activationBytes), e.fits ? "     " : " over",
-                       e.prefillSeconds * 1e3, e.decodeSeconds * 1e3,
-                       e.decodeCommSeconds * 1e3);
+                       gb(e.weightBytes), gb(e.kvBytes), gb(e.activationBytes),
+                       e.fits ? "     " : " over", e.prefillSeconds * 1e3,
+                       e.decodeSeconds * 1e3, e.decodeCommSeconds * 1e3);
   }
   if (fitting > 0) {
     const LayoutEstimate &c = all.front();
@@ -366,8 +362,7 @@ LogicalResult mlir::kiln::writeParallelPlan(const ModelShape &m,
       os << llvm::format("needs: %lld GPUs (%lld %s of %lld), e.g. %s at "
                          "%.1f GB per GPU, decode %.2f ms\n",
                          more.gpus, nodes, nodes == 1 ? "node" : "nodes",
-                         hw.gpusPerNode,
-                         describe(best->layout).c_str(),
+                         hw.gpusPerNode, describe(best->layout).c_str(),
                          gb(best->totalBytes()), best->decodeSeconds * 1e3);
       return success();
     }

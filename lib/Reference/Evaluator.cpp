@@ -68,8 +68,7 @@ template <typename T> struct KvState {
 
 template <typename T> class EvaluatorImpl final : public Evaluator {
 public:
-  explicit EvaluatorImpl(func::FuncOp func, int64_t rank = 0,
-                         int64_t ranks = 1)
+  explicit EvaluatorImpl(func::FuncOp func, int64_t rank = 0, int64_t ranks = 1)
       : func(func), rank(rank), ranks(ranks) {}
 
   /// The evaluators of every rank of a tensor-parallel graph, this one
@@ -862,10 +861,10 @@ llvm::Expected<std::unique_ptr<Evaluator>>
 Evaluator::create(func::FuncOp func, const Checkpoint &checkpoint,
                   Precision precision) {
   auto module = func->getParentOfType<ModuleOp>();
-  if (auto ranks = module ? module->getAttrOfType<IntegerAttr>(
-                                mlir::kiln::KilnDialect::
-                                    getTensorParallelAttrName())
-                          : IntegerAttr()) {
+  if (auto ranks =
+          module ? module->getAttrOfType<IntegerAttr>(
+                       mlir::kiln::KilnDialect::getTensorParallelAttrName())
+                 : IntegerAttr()) {
     if (func.getBody().empty() || !func.getBody().hasOneBlock())
       return makeError("@" + func.getName() + " must have a single block");
     if (precision == Precision::F64)

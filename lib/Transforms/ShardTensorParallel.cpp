@@ -55,9 +55,9 @@ struct ShardTensorParallelPass
       if (failed(shardFunction(func)))
         return signalPassFailure();
     }
-    module->setAttr(KilnDialect::getTensorParallelAttrName(),
-                    Builder(module).getI64IntegerAttr(
-                        static_cast<int64_t>(ranks)));
+    module->setAttr(
+        KilnDialect::getTensorParallelAttrName(),
+        Builder(module).getI64IntegerAttr(static_cast<int64_t>(ranks)));
   }
 
   LogicalResult shardFunction(func::FuncOp func) {
@@ -95,9 +95,9 @@ struct ShardTensorParallelPass
                 "kiln-shard-tensor-parallel runs on imported graphs";
     if (func.getArgAttr(arg.getArgNumber(), KilnDialect::getShardAttrName()) ||
         !arg.hasOneUse())
-      return user->emitOpError() << "shares weight argument "
-                                 << arg.getArgNumber()
-                                 << " with other ops; it cannot be sharded";
+      return user->emitOpError()
+             << "shares weight argument " << arg.getArgNumber()
+             << " with other ops; it cannot be sharded";
     int64_t extent = cast<RankedTensorType>(arg.getType()).getDimSize(dim);
     if (extent % (parts * groups) != 0)
       return user->emitOpError()
@@ -115,9 +115,8 @@ struct ShardTensorParallelPass
   void allReduceAfter(Operation *op, Value partial) {
     OpBuilder b(op->getContext());
     b.setInsertionPointAfter(op);
-    auto reduce =
-        AllReduceOp::create(b, op->getLoc(), partial.getType(), partial,
-                            b.getI64IntegerAttr(ranks));
+    auto reduce = AllReduceOp::create(b, op->getLoc(), partial.getType(),
+                                      partial, b.getI64IntegerAttr(ranks));
     partial.replaceAllUsesExcept(reduce.getResult(), reduce);
   }
 
@@ -156,9 +155,9 @@ struct ShardTensorParallelPass
   LogicalResult shardAttention(func::FuncOp func, AttentionOp a) {
     int64_t heads = a.getNumHeads(), kvHeads = a.getNumKvHeads();
     if (heads % ranks != 0)
-      return a.emitOpError() << "has " << heads
-                             << " query heads, which do not split over "
-                             << static_cast<int64_t>(ranks) << " ranks";
+      return a.emitOpError()
+             << "has " << heads << " query heads, which do not split over "
+             << static_cast<int64_t>(ranks) << " ranks";
     // Fewer KV heads than ranks: ranks share one (each rank's query heads
     // then lie in one GQA group).
     int64_t kvParts = kvHeads >= ranks ? ranks : kvHeads;

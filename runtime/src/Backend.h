@@ -14,6 +14,7 @@
 #ifndef KILN_RUNTIME_SRC_BACKEND_H
 #define KILN_RUNTIME_SRC_BACKEND_H
 
+#include "Communicator.h"
 #include "kiln/runtime/EngineFile.h"
 #include "kiln/runtime/EnginePlan.h"
 #include "kiln/runtime/Model.h"
@@ -27,6 +28,10 @@ namespace kiln {
 /// The plan and its weights in host memory, shared by every backend.
 struct BoundPlan {
   plan::Plan plan;
+  /// The ranks of a tensor-parallel engine (null for one rank) and this
+  /// process's rank among them.
+  std::shared_ptr<Communicator> comm;
+  int64_t rank = 0;
   /// Per value: the host bytes of a weight (mapped from the checkpoint) or
   /// of a concat repacking; null for inputs and buffers.
   std::vector<const void *> hostData;

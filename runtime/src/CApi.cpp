@@ -199,6 +199,14 @@ int64_t kiln_model_vocab_size(const kiln_model *model) {
   return model ? model->model->vocabSize() : 0;
 }
 
+int64_t kiln_model_rank(const kiln_model *model) {
+  return model ? model->model->rank() : 0;
+}
+
+int64_t kiln_model_ranks(const kiln_model *model) {
+  return model ? model->model->ranks() : 1;
+}
+
 size_t kiln_model_eos_tokens(const kiln_model *model,
                              const int64_t **out_tokens) {
   if (!model || !out_tokens)

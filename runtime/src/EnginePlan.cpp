@@ -329,6 +329,8 @@ std::string kiln::plan::writePlan(const Plan &plan) {
   std::string out;
   {
     ObjectWriter o(out);
+    if (plan.tensorParallel > 1)
+      o.integer("tensor_parallel", plan.tensorParallel);
     writeArray(o.key("values"), plan.values, [&](const Value &v) {
       ObjectWriter e(out);
       e.integer("id", &v - plan.values.data());
@@ -339,6 +341,8 @@ std::string kiln::plan::writePlan(const Plan &plan) {
         break;
       case ValueKind::Weight:
         e.string("name", v.name);
+        if (v.shard.active())
+          e.integers("shard", {v.shard.dim, v.shard.parts, v.shard.groups});
         break;
       case ValueKind::Concat:
         e.integers("of", v.of);
@@ -357,7 +361,10 @@ std::string kiln::plan::writePlan(const Plan &plan) {
     o.integer("arena_bytes_per_token", plan.arenaBytesPerToken);
     writeArray(o.key("launches"), plan.launches, [&](const Launch &l) {
       ObjectWriter e(out);
-      e.string("kernel", l.kernel);
+      if (l.kind == LaunchKind::AllReduce)
+        e.string("collective", "all_reduce");
+      else
+        e.string("kernel", l.kernel);
       e.integers("args", l.args);
       e.integers("results", l.results);
       writeArray(e.key("attention"), l.attention, [&](const AttentionUse &a) {
@@ -411,6 +418,8 @@ bool kiln::plan::readPlan(const std::string &text, const std::string &path,
     return false;
   };
 
+  plan.tensorParallel = top.integer("tensor_parallel", 1);
+  top.inRange("tensor_parallel", plan.tensorParallel, 1, int64_t(1) << 20);
   const std::vector<json::Value> *values = top.list("values", true);
   for (size_t i = 0; values && i < values->size() && problem.empty(); ++i) {
     FieldReader r((*values)[i], "value " + std::to_string(i), problem);
@@ -443,6 +452,21 @@ bool kiln::plan::readPlan(const std::string &text, const std::string &path,
       v.name = r.string("name", true);
       if (r.ok() && v.isDynamic())
         r.fail("a weight with a dynamic extent");
+      if (std::vector<int64_t> shard = r.integers("shard"); !shard.empty()) {
+        if (plan.tensorParallel < 2)
+          r.fail("a sharded weight in an engine of one rank");
+        else if (shard.size() != 3)
+          r.fail("shard is not [dim, parts, groups]");
+        else {
+          v.shard = {shard[0], shard[1], shard[2]};
+          r.inRange("shard dim", v.shard.dim, 0,
+                    static_cast<int64_t>(v.shape.size()));
+          r.inRange("shard parts", v.shard.parts, 1, int64_t(1) << 20);
+          r.inRange("shard groups", v.shard.groups, 1, int64_t(1) << 20);
+          if (r.ok() && v.shape[v.shard.dim] % v.shard.groups != 0)
+            r.fail("shard groups do not divide its extent");
+        }
+      }
       break;
     case ValueKind::Concat:
       v.of = r.integers("of", true);
@@ -476,7 +500,13 @@ bool kiln::plan::readPlan(const std::string &text, const std::string &path,
   for (size_t i = 0; launches && i < launches->size() && problem.empty(); ++i) {
     FieldReader r((*launches)[i], "launch " + std::to_string(i), problem);
     Launch l;
-    l.kernel = r.string("kernel", true);
+    std::string collective = r.string("collective", false);
+    if (collective.empty())
+      l.kernel = r.string("kernel", true);
+    else if (collective == "all_reduce")
+      l.kind = LaunchKind::AllReduce;
+    else
+      r.fail("unknown collective '" + collective + "'");
     l.args = r.integers("args", true);
     l.results = r.integers("results", true);
     for (int64_t id : l.args)
@@ -485,6 +515,17 @@ bool kiln::plan::readPlan(const std::string &text, const std::string &path,
       r.inRange("result", id, 0, valueCount);
       if (r.ok() && plan.values[id].kind != ValueKind::Buffer)
         r.fail("result " + std::to_string(id) + " is not a buffer");
+    }
+    if (r.ok() && l.kind == LaunchKind::AllReduce) {
+      if (plan.tensorParallel < 2)
+        r.fail("an all_reduce in an engine of one rank");
+      else if (l.args.size() != 1 || l.results.size() != 1 ||
+               plan.values[l.args[0]].dtype != DType::F32 ||
+               plan.values[l.args[0]].shape !=
+                   plan.values[l.results[0]].shape ||
+               plan.values[l.results[0]].dtype != DType::F32)
+        r.fail("an all_reduce needs one F32 argument and one result of its "
+               "shape");
     }
     if (const std::vector<json::Value> *uses = r.list("attention", false))
       for (size_t a = 0; a < uses->size() && r.ok(); ++a) {

@@ -175,6 +175,10 @@ Status kiln::openHostBackend(const EngineFile &engine, const BoundPlan &bound,
         path + ": cannot load its kernels: " + (why ? why : "unknown error"));
   }
   for (const plan::Launch &l : bound.plan.launches) {
+    if (l.kind != plan::LaunchKind::Kernel) {
+      model->entries.push_back(nullptr);
+      continue;
+    }
     std::string symbol = "_mlir_ciface_" + l.kernel;
     void *entry = dlsym(model->library, symbol.c_str());
     if (!entry)
@@ -266,6 +270,18 @@ Status HostSession::run(const Step &step, StepOutput &out) {
         n *= static_cast<size_t>(d);
       owned[id].resize(n);
       data[id] = owned[id].data();
+    }
+    if (l.kind == plan::LaunchKind::AllReduce) {
+      // The rank's partial sum, then the sum over the ranks in place.
+      size_t count = 1;
+      for (int64_t d : step.shapeOf(plan, l.results[0]))
+        count *= static_cast<size_t>(d);
+      float *sum = static_cast<float *>(const_cast<void *>(data[l.results[0]]));
+      const float *part = static_cast<const float *>(data[l.args[0]]);
+      std::copy(part, part + count, sum);
+      if (Status s = model.bound->comm->allReduceSum(sum, count); !s.ok())
+        return s;
+      continue;
     }
     descriptors.clear();
     for (size_t i = 0; i < l.args.size(); ++i) {

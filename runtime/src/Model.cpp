@@ -133,13 +133,40 @@ Model::~Model() {
 }
 
 int64_t Model::vocabSize() const { return impl->bound.plan.vocab(); }
+int64_t Model::rank() const { return impl->bound.rank; }
+int64_t Model::ranks() const { return impl->bound.plan.tensorParallel; }
 const std::vector<int64_t> &Model::eosTokenIds() const {
   return impl->bound.plan.eosTokenIds;
 }
 const std::string &Model::target() const { return impl->target; }
 
-/// Points every weight at the checkpoint's mapping (zero-copy) and builds
-/// the concat repackings.
+/// Copies rank `rank` of `ranks`'s slice of a weight: dimension `dim` of the
+/// `full` checkpoint tensor viewed as [groups, parts, block], block
+/// rank * parts / ranks of every group.
+static void sliceForRank(const plan::Value &v, const std::vector<int64_t> &full,
+                         const uint8_t *data, int64_t rank, int64_t ranks,
+                         std::vector<uint8_t> &out) {
+  int64_t dim = v.shard.dim, groups = v.shard.groups;
+  int64_t part = rank * v.shard.parts / ranks;
+  int64_t block = v.shape[dim] / groups, extent = full[dim];
+  int64_t outer = 1;
+  size_t inner = plan::elementSize(v.dtype);
+  for (int64_t d = 0; d < dim; ++d)
+    outer *= full[d];
+  for (size_t d = dim + 1; d < full.size(); ++d)
+    inner *= static_cast<size_t>(full[d]);
+  out.clear();
+  out.reserve(static_cast<size_t>(outer * v.shape[dim]) * inner);
+  for (int64_t o = 0; o < outer; ++o)
+    for (int64_t g = 0; g < groups; ++g) {
+      int64_t from = o * extent + g * (extent / groups) + part * block;
+      const uint8_t *first = data + static_cast<size_t>(from) * inner;
+      out.insert(out.end(), first, first + static_cast<size_t>(block) * inner);
+    }
+}
+
+/// Points every weight at the checkpoint's mapping (zero-copy; a rank's
+/// slice of a sharded one is copied) and builds the concat repackings.
 static Status bindWeights(const Checkpoint &checkpoint, BoundPlan &bound) {
   const plan::Plan &plan = bound.plan;
   bound.hostData.assign(plan.values.size(), nullptr);
@@ -153,7 +180,10 @@ static Status bindWeights(const Checkpoint &checkpoint, BoundPlan &bound) {
                              checkpoint.locationOf(v.name) +
                                  ": missing tensor '" + v.name +
                                  "' the engine binds");
-      if (info->shape != v.shape ||
+      std::vector<int64_t> full = v.shape;
+      if (v.shard.active())
+        full[v.shard.dim] *= v.shard.parts;
+      if (info->shape != full ||
           dtypeName(info->dtype) != plan::dtypeName(v.dtype))
         return Status::error(
             StatusCode::InvalidCheckpoint,
@@ -162,6 +192,11 @@ static Status bindWeights(const Checkpoint &checkpoint, BoundPlan &bound) {
                 "; the engine was compiled for " + plan::dtypeName(v.dtype) +
                 " of another shape: recompile it for this checkpoint");
       bound.hostData[id] = info->data();
+      if (v.shard.active()) {
+        sliceForRank(v, full, static_cast<const uint8_t *>(info->data()),
+                     bound.rank, plan.tensorParallel, bound.repacked[id]);
+        bound.hostData[id] = bound.repacked[id].data();
+      }
     } else if (v.kind == plan::ValueKind::Concat) {
       if (v.axis != 0)
         return Status::error(StatusCode::InvalidEngine,
@@ -246,6 +281,23 @@ std::shared_ptr<Model> Model::load(const std::string &enginePath,
   if (!plan::readPlan(planText->second, enginePath, impl->bound.plan, error)) {
     status = Status::error(StatusCode::InvalidEngine, error);
     return nullptr;
+  }
+  // A tensor-parallel engine runs as one process per rank (mpirun).
+  if (int64_t ranks = impl->bound.plan.tensorParallel; ranks > 1) {
+    if (status = Communicator::world(impl->bound.comm); !status.ok()) {
+      status = Status::error(status.code, enginePath + ": " + status.message);
+      return nullptr;
+    }
+    if (impl->bound.comm->size() != ranks) {
+      status = Status::error(
+          StatusCode::InvalidArgument,
+          enginePath + ": the engine is split over " + std::to_string(ranks) +
+              " tensor-parallel ranks but this process is one of " +
+              std::to_string(impl->bound.comm->size()) +
+              ": run it with mpirun -np " + std::to_string(ranks));
+      return nullptr;
+    }
+    impl->bound.rank = impl->bound.comm->rank();
   }
   // The device and the code first (no driver or the wrong GPU is said before
   // a checkpoint is read), then the weights.

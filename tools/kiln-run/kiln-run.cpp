@@ -164,6 +164,12 @@ int main(int argc, char **argv) {
   if (!session)
     return fail(error);
   int64_t vocab = model->vocabSize();
+  // Every rank of a tensor-parallel engine runs the same steps and computes
+  // the same logits: rank 0 prints them and writes the dump.
+  bool leader = model->rank() == 0;
+  if (!leader && !std::freopen("/dev/null", "w", stdout))
+    return fail("cannot silence the output of rank " +
+                std::to_string(model->rank()));
 
   using Clock = std::chrono::steady_clock;
   std::vector<float> logits, part;
@@ -201,7 +207,7 @@ int main(int argc, char **argv) {
   double prefill = std::chrono::duration<double>(Clock::now() - start).count();
   std::printf("prefill: %zu tokens in %.3f s (%.1f tokens/s)\n", prompt.size(),
               prefill, prompt.size() / prefill);
-  if (!dumpLogits.empty() &&
+  if (!dumpLogits.empty() && leader &&
       !kiln::writeNpyF32(dumpLogits,
                          {static_cast<int64_t>(prompt.size()), vocab},
                          logits.data(), error))

@@ -67,6 +67,10 @@ struct LayoutEstimate {
   double totalBytes() const { return weightBytes + kvBytes + activationBytes; }
 };
 
+/// Seconds for an all-reduce of `bytes` over `ranks` GPUs of one node, by
+/// the planner's NVLink model.
+double allReduceSeconds(int64_t ranks, double bytes);
+
 /// Every layout of exactly `options.gpus` GPUs, estimated.
 std::vector<LayoutEstimate> estimateLayouts(const ModelShape &model,
                                             const PlanOptions &options);

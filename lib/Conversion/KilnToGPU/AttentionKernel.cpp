@@ -153,16 +153,16 @@ void buildDecode(const KernelContext &ctx, AttentionOp a, StringRef name,
     e.store(e.mul(qv, scale), qTile, {warp, c});
   });
 
-  Value laneActive = e.cmpIndex(
-      CmpIPredicate::ult, e.mulI(lane, e.index(perLane)), e.index(d));
+  Value laneActive = e.cmpIndex(CmpIPredicate::ult,
+                                e.mulI(lane, e.index(perLane)), e.index(d));
   Value laneCol =
       e.select(laneActive, e.mulI(lane, e.index(perLane)), e.index(0));
 
   // This split's key tiles.
   Value tiles = e.divIndex(e.addIndex(keys, e.index(kDecodeKeys - 1)),
                            e.index(kDecodeKeys));
-  Value perSplit = e.divIndex(e.addIndex(tiles, e.index(kSplits - 1)),
-                              e.index(kSplits));
+  Value perSplit =
+      e.divIndex(e.addIndex(tiles, e.index(kSplits - 1)), e.index(kSplits));
   Value split = e.blockId(gpu::Dimension::z);
   Value firstTile = e.minUI(tiles, e.mulI(split, perSplit));
   Value endTile = e.minUI(tiles, e.addIndex(firstTile, perSplit));
@@ -339,8 +339,8 @@ void buildAttention(const KernelContext &ctx, AttentionOp a, StringRef name,
 
   // This lane's slice of the query, scaled (and tempered) once.
   Value scale = attentionScale(e, a, qPos);
-  Value laneActive = e.cmpIndex(
-      CmpIPredicate::ult, e.mulI(lane, e.index(perLane)), e.index(d));
+  Value laneActive = e.cmpIndex(CmpIPredicate::ult,
+                                e.mulI(lane, e.index(perLane)), e.index(d));
   Value laneCol =
       e.select(laneActive, e.mulI(lane, e.index(perLane)), e.index(0));
   SmallVector<Value> qv;
@@ -369,8 +369,8 @@ void buildAttention(const KernelContext &ctx, AttentionOp a, StringRef name,
         Value lastKeyPos = e.loadRaw(keyPositions, {kLast});
         Value useful = e.cmpIndex(CmpIPredicate::sle, firstKeyPos, maxPos);
         if (chunk)
-          useful = e.andI(useful, e.cmpIndex(CmpIPredicate::sge, lastKeyPos,
-                                             chunkStart));
+          useful = e.andI(
+              useful, e.cmpIndex(CmpIPredicate::sge, lastKeyPos, chunkStart));
         return e.ifElse(
             useful, stateTypes,
             [&]() -> SmallVector<Value> {
@@ -379,36 +379,32 @@ void buildAttention(const KernelContext &ctx, AttentionOp a, StringRef name,
               for (int64_t i0 = 0; i0 < vectors; i0 += 32 * kWarps) {
                 Value idx = e.addIndex(e.index(i0), tid);
                 e.when(
-                    e.cmpIndex(CmpIPredicate::ult, idx, e.index(vectors)),
-                    [&] {
+                    e.cmpIndex(CmpIPredicate::ult, idx, e.index(vectors)), [&] {
                       Value kr = e.divIndex(idx, e.index(d / 8));
-                      Value kc = e.mulI(e.remIndex(idx, e.index(d / 8)),
-                                        e.index(8));
+                      Value kc =
+                          e.mulI(e.remIndex(idx, e.index(d / 8)), e.index(8));
                       Value src = e.addIndex(kBase, kr);
                       Value inRange = e.cmpIndex(CmpIPredicate::ult, src, keys);
                       Value gcol = e.addIndex(e.mulI(kvHead, e.index(d)), kc);
                       copyKvChunk(e, ctx, key, mem(key), src, inRange, gcol,
                                   kTile, {kr, kc});
-                      copyKvChunk(e, ctx, value, mem(value), src, inRange,
-                                  gcol, vTile, {kr, kc});
+                      copyKvChunk(e, ctx, value, mem(value), src, inRange, gcol,
+                                  vTile, {kr, kc});
                     });
               }
               NVVM::CpAsyncCommitGroupOp::create(*e.b, e.loc);
               NVVM::CpAsyncWaitGroupOp::create(*e.b, e.loc, 0);
-              e.when(e.cmpIndex(CmpIPredicate::ult, tid, e.index(kKeyTile)),
-                     [&] {
-                       Value src = e.addIndex(kBase, tid);
-                       Value inRange =
-                           e.cmpIndex(CmpIPredicate::ult, src, keys);
-                       Value p = e.loadRaw(
-                           keyPositions,
-                           {e.select(inRange, src, e.index(0))});
-                       // Keys past the end get a position no query sees.
-                       p = e.select(
-                           inRange, p,
-                           e.i64(std::numeric_limits<int64_t>::max()));
-                       e.store(p, kposTile, {tid});
-                     });
+              e.when(
+                  e.cmpIndex(CmpIPredicate::ult, tid, e.index(kKeyTile)), [&] {
+                    Value src = e.addIndex(kBase, tid);
+                    Value inRange = e.cmpIndex(CmpIPredicate::ult, src, keys);
+                    Value p = e.loadRaw(keyPositions,
+                                        {e.select(inRange, src, e.index(0))});
+                    // Keys past the end get a position no query sees.
+                    p = e.select(inRange, p,
+                                 e.i64(std::numeric_limits<int64_t>::max()));
+                    e.store(p, kposTile, {tid});
+                  });
               e.barrier();
 
               SmallVector<Value> scores, visible;
@@ -436,8 +432,8 @@ void buildAttention(const KernelContext &ctx, AttentionOp a, StringRef name,
               for (int64_t el = 0; el < perLane; ++el)
                 o.push_back(e.mul(carried[2 + el], correction));
               for (int64_t j = 0; j < kKeyTile; ++j) {
-                Value p = e.select(visible[j],
-                                   e.exp(e.sub(scores[j], mNew)), e.f32(0.0));
+                Value p = e.select(visible[j], e.exp(e.sub(scores[j], mNew)),
+                                   e.f32(0.0));
                 l = e.add(l, p);
                 for (int64_t el = 0; el < perLane; ++el) {
                   Value vv = e.load(
@@ -476,8 +472,8 @@ void buildCombine(const KernelContext &ctx, AttentionOp a, StringRef name,
   OpBuilder builder(context);
   gpu::GPUFuncOp fn = GpuEmitter::createKernel(
       module, ctx.kernel.getLoc(), name,
-      paramsWith(ctx, {MemRefType::get({ShapedType::kDynamic},
-                                       builder.getF32Type())}),
+      paramsWith(
+          ctx, {MemRefType::get({ShapedType::kDynamic}, builder.getF32Type())}),
       /*workgroup=*/{}, 32 * kWarps);
   Value partials = fn.getArgument(fn.getNumArguments() - 1);
   GpuEmitter e(builder, fn);
@@ -488,16 +484,16 @@ void buildCombine(const KernelContext &ctx, AttentionOp a, StringRef name,
                           e.divIndex(tid, e.index(32)));
   Value active =
       e.cmpIndex(CmpIPredicate::ult, pair, e.mulI(rows, e.index(heads)));
-  Value laneActive = e.cmpIndex(
-      CmpIPredicate::ult, e.mulI(lane, e.index(perLane)), e.index(d));
+  Value laneActive = e.cmpIndex(CmpIPredicate::ult,
+                                e.mulI(lane, e.index(perLane)), e.index(d));
   e.when(e.andI(active, laneActive), [&] {
     Value row = e.divIndex(pair, e.index(heads));
     Value head = e.remIndex(pair, e.index(heads));
     Value first = e.mulI(pair, e.index(kSplits * (d + 2)));
     auto at = [&](int64_t split, Value offset) {
-      return e.loadRaw(partials, {e.addIndex(first,
-                                             e.addIndex(e.index(split * (d + 2)),
-                                                        offset))});
+      return e.loadRaw(
+          partials,
+          {e.addIndex(first, e.addIndex(e.index(split * (d + 2)), offset))});
     };
     Value m = e.f32(-1e30);
     SmallVector<Value> maxes;
@@ -512,8 +508,8 @@ void buildCombine(const KernelContext &ctx, AttentionOp a, StringRef name,
       Value w = e.exp(e.sub(maxes[sp], m));
       l = e.add(l, e.mul(w, at(sp, e.index(1))));
       for (int64_t el = 0; el < perLane; ++el)
-        o[el] = e.add(
-            o[el], e.mul(w, at(sp, e.addIndex(e.index(2 + el), laneCol))));
+        o[el] = e.add(o[el],
+                      e.mul(w, at(sp, e.addIndex(e.index(2 + el), laneCol))));
     }
     Value inv = e.div(e.f32(1.0), l);
     for (int64_t el = 0; el < perLane; ++el) {
@@ -550,8 +546,8 @@ void buildAppend(const KernelContext &ctx, AttentionOp a, StringRef name,
   Value count = e.loadIndex(keyCount, {e.index(0)});
   Value dst = e.addIndex(e.subIndex(count, rows), row);
   auto vec = VectorType::get({8}, ctx.elementTypes[key]);
-  e.loopStep(e.mulI(e.threadId(), e.index(8)), e.index(width),
-             e.index(8 * 128), [&](Value c) {
+  e.loopStep(e.mulI(e.threadId(), e.index(8)), e.index(width), e.index(8 * 128),
+             [&](Value c) {
                for (auto [from, to] :
                     {std::pair{key, poolK}, std::pair{value, poolV}}) {
                  Value v = e.vectorLoad(vec, fn.getArgument(from), {row, c},
@@ -566,10 +562,8 @@ void buildAppend(const KernelContext &ctx, AttentionOp a, StringRef name,
 
 } // namespace
 
-LogicalResult
-mlir::kiln::cuda::generateAttentionKernel(const KernelContext &ctx,
-                                          GpuKernel &out,
-                                          gpu::GPUModuleOp module) {
+LogicalResult mlir::kiln::cuda::generateAttentionKernel(
+    const KernelContext &ctx, GpuKernel &out, gpu::GPUModuleOp module) {
   AttentionOp a;
   for (Operation &op : ctx.kernel.getBody().front().without_terminator()) {
     a = dyn_cast<AttentionOp>(op);
@@ -585,7 +579,8 @@ mlir::kiln::cuda::generateAttentionKernel(const KernelContext &ctx,
                               "or of 32 (got "
                            << d << ")";
   int value = ctx.operandOf(a.getValue());
-  if (ctx.width(key) % 8 != 0 || ctx.elementTypes[key] != ctx.elementTypes[value])
+  if (ctx.width(key) % 8 != 0 ||
+      ctx.elementTypes[key] != ctx.elementTypes[value])
     return a.emitOpError("the sm_90a KV pools need rows of a multiple of 8 "
                          "elements of one type");
   std::string name = ctx.name();

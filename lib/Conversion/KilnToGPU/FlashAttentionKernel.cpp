@@ -100,8 +100,8 @@ private:
   gpu::GPUFuncOp fn;
   GpuEmitter *e = nullptr;
   Value keyPositions, keyCount, mapQ, mapK, mapV;
-  Value wg, lane, dyn, pad, aligned, qFull, full, empty, head, kvHead, m0,
-      rows, keys, tileLo, tileHi;
+  Value wg, lane, dyn, pad, aligned, qFull, full, empty, head, kvHead, m0, rows,
+      keys, tileLo, tileHi;
 
   Value mem(int i) { return fn.getArgument(3 + i); }
 
@@ -117,8 +117,8 @@ private:
     dyn = arena.memory;
     pad = arena.pad;
     aligned = arena.aligned;
-    qFull = nvgpu::MBarrierCreateOp::create(*e->b, e->loc,
-                                            barrierType(context, 1));
+    qFull =
+        nvgpu::MBarrierCreateOp::create(*e->b, e->loc, barrierType(context, 1));
     full = nvgpu::MBarrierCreateOp::create(*e->b, e->loc,
                                            barrierType(context, stages));
     empty = nvgpu::MBarrierCreateOp::create(*e->b, e->loc,
@@ -131,20 +131,19 @@ private:
     // start first and the short ones fill the tail.
     head = e->blockId(gpu::Dimension::x);
     kvHead = e->divIndex(head, e->index(group));
-    Value rowTile = e->subIndex(
-        e->subIndex(e->gridDim(gpu::Dimension::y), e->index(1)),
-        e->blockId(gpu::Dimension::y));
+    Value rowTile =
+        e->subIndex(e->subIndex(e->gridDim(gpu::Dimension::y), e->index(1)),
+                    e->blockId(gpu::Dimension::y));
     m0 = e->mulI(rowTile, e->index(64 * kConsumers));
     rows = e->dim(mem(q), 0);
     keys = e->loadIndex(keyCount, {e->index(0)});
     // Key tiles this block can see: positions ascend in the pool.
-    Value lastRow =
-        e->minUI(e->addIndex(m0, e->index(64 * kConsumers - 1)),
-                 e->subIndex(rows, e->index(1)));
+    Value lastRow = e->minUI(e->addIndex(m0, e->index(64 * kConsumers - 1)),
+                             e->subIndex(rows, e->index(1)));
     Value maxPos = e->loadRaw(mem(positions), {lastRow});
     Value minPos = e->loadRaw(mem(positions), {m0});
-    Value tiles = e->divIndex(e->addIndex(keys, e->index(kKeys - 1)),
-                              e->index(kKeys));
+    Value tiles =
+        e->divIndex(e->addIndex(keys, e->index(kKeys - 1)), e->index(kKeys));
     // hi: tiles whose first key is not after the last query.
     tileHi = e->loopWith(
         e->index(0), tiles, {e->index(0)},
@@ -205,8 +204,7 @@ private:
       for (int64_t c = 0; c < kConsumers; ++c)
         for (int64_t b = 0; b < boxes; ++b) {
           Value off = e->addIndex(pad, e->index((c * boxes + b) * kBox));
-          Value col =
-              e->addIndex(e->mulI(head, e->index(d)), e->index(64 * b));
+          Value col = e->addIndex(e->mulI(head, e->index(d)), e->index(64 * b));
           Value row = e->addIndex(m0, e->index(64 * c));
           load(mapQ, qFull, e->index(0), off, col, row);
         }
@@ -217,9 +215,8 @@ private:
         nvgpu::MBarrierArriveExpectTxOp::create(*e->b, e->loc, full,
                                                 e->index(stageBytes()), st,
                                                 /*predicate=*/nullptr);
-        Value stage =
-            e->addIndex(e->addIndex(pad, e->index(qBytes())),
-                        e->mulI(st, e->index(stageBytes())));
+        Value stage = e->addIndex(e->addIndex(pad, e->index(qBytes())),
+                                  e->mulI(st, e->index(stageBytes())));
         Value keyRow = e->mulI(t, e->index(kKeys));
         for (int which = 0; which < 2; ++which)
           for (int64_t b = 0; b < boxes; ++b) {
@@ -369,10 +366,10 @@ private:
             Value col = e->addIndex(e->addIndex(keyBase, e->index(8 * j)),
                                     e->addIndex(quad2, e->index(el)));
             Value inKeys = e->cmpIndex(CmpIPredicate::ult, col, keys);
-            Value kp = e->loadRaw(keyPositions,
-                                  {e->select(inKeys, col, e->index(0))});
-            Value vis = e->andI(
-                inKeys, e->cmpIndex(CmpIPredicate::sle, kp, qpos[h]));
+            Value kp =
+                e->loadRaw(keyPositions, {e->select(inKeys, col, e->index(0))});
+            Value vis =
+                e->andI(inKeys, e->cmpIndex(CmpIPredicate::sle, kp, qpos[h]));
             if (chunk)
               vis = e->andI(vis, sameChunk(*e, kp, qpos[h], chunk));
             Value v = e->mul(fragment(s, 4 * j + 2 * h + el), tau[h]);
@@ -417,8 +414,8 @@ private:
     NVVM::WgmmaFenceAlignedOp::create(*e->b, e->loc);
     Value firstS = issueScores(stageAddress(tileLo));
     NVVM::WgmmaWaitGroupSyncOp::create(*e->b, e->loc, 0);
-    Softmax first = softmax(firstS, tileLo, {negInf, negInf},
-                            {e->f32(0.0), e->f32(0.0)});
+    Softmax first =
+        softmax(firstS, tileLo, {negInf, negInf}, {e->f32(0.0), e->f32(0.0)});
     // Carried: O, then (m, l) per row half, then P.
     SmallVector<Value> init = {LLVM::UndefOp::create(*e->b, e->loc, oType)};
     for (int h = 0; h < 2; ++h) {
@@ -426,39 +423,40 @@ private:
       init.push_back(first.l[h]);
     }
     llvm::append_range(init, first.packs);
-    ValueRange res = e->loopWith(
-        e->addIndex(tileLo, e->index(1)), tileHi, init,
-        [&](Value t, ValueRange carried) -> SmallVector<Value> {
-          Value oIn = carried[0];
-          Value mIn[2] = {carried[1], carried[3]};
-          Value lIn[2] = {carried[2], carried[4]};
-          SmallVector<Value> pIn(carried.drop_front(5));
-          Value prev = e->subIndex(t, e->index(1));
-          awaitStage(t);
-          NVVM::WgmmaFenceAlignedOp::create(*e->b, e->loc);
-          Value s = issueScores(stageAddress(t));
-          Value oPv = issuePv(pIn, stageAddress(prev), oIn,
-                              e->cmpIndex(CmpIPredicate::eq, prev, tileLo));
-          NVVM::WgmmaWaitGroupSyncOp::create(*e->b, e->loc, 1);
-          Softmax cur = softmax(s, t, mIn, lIn);
-          NVVM::WgmmaWaitGroupSyncOp::create(*e->b, e->loc, 0);
-          release(prev);
-          // Rescale O.
-          Value o = LLVM::UndefOp::create(*e->b, e->loc, oType);
-          for (int64_t r = 0; r < d / 2; ++r) {
-            int h = (r % 4) / 2;
-            Value v = e->mul(fragment(oPv, r), cur.corr[h]);
-            o = LLVM::InsertValueOp::create(*e->b, e->loc, o, v,
-                                            ArrayRef<int64_t>{r});
-          }
-          SmallVector<Value> yielded = {o};
-          for (int h = 0; h < 2; ++h) {
-            yielded.push_back(cur.m[h]);
-            yielded.push_back(cur.l[h]);
-          }
-          llvm::append_range(yielded, cur.packs);
-          return yielded;
-        });
+    ValueRange res =
+        e->loopWith(e->addIndex(tileLo, e->index(1)), tileHi, init,
+                    [&](Value t, ValueRange carried) -> SmallVector<Value> {
+                      Value oIn = carried[0];
+                      Value mIn[2] = {carried[1], carried[3]};
+                      Value lIn[2] = {carried[2], carried[4]};
+                      SmallVector<Value> pIn(carried.drop_front(5));
+                      Value prev = e->subIndex(t, e->index(1));
+                      awaitStage(t);
+                      NVVM::WgmmaFenceAlignedOp::create(*e->b, e->loc);
+                      Value s = issueScores(stageAddress(t));
+                      Value oPv =
+                          issuePv(pIn, stageAddress(prev), oIn,
+                                  e->cmpIndex(CmpIPredicate::eq, prev, tileLo));
+                      NVVM::WgmmaWaitGroupSyncOp::create(*e->b, e->loc, 1);
+                      Softmax cur = softmax(s, t, mIn, lIn);
+                      NVVM::WgmmaWaitGroupSyncOp::create(*e->b, e->loc, 0);
+                      release(prev);
+                      // Rescale O.
+                      Value o = LLVM::UndefOp::create(*e->b, e->loc, oType);
+                      for (int64_t r = 0; r < d / 2; ++r) {
+                        int h = (r % 4) / 2;
+                        Value v = e->mul(fragment(oPv, r), cur.corr[h]);
+                        o = LLVM::InsertValueOp::create(*e->b, e->loc, o, v,
+                                                        ArrayRef<int64_t>{r});
+                      }
+                      SmallVector<Value> yielded = {o};
+                      for (int h = 0; h < 2; ++h) {
+                        yielded.push_back(cur.m[h]);
+                        yielded.push_back(cur.l[h]);
+                      }
+                      llvm::append_range(yielded, cur.packs);
+                      return yielded;
+                    });
     // The last tile's P·V.
     SmallVector<Value> lastPacks(res.drop_front(5));
     Value last = e->subIndex(tileHi, e->index(1));
@@ -480,8 +478,8 @@ private:
               e->addIndex(e->mulI(head, e->index(d)), e->index(8 * j)), quad2);
           Value v0 =
               e->truncF(e->mul(fragment(finalO, 4 * j + 2 * h), inv), element);
-          Value v1 = e->truncF(
-              e->mul(fragment(finalO, 4 * j + 2 * h + 1), inv), element);
+          Value v1 = e->truncF(e->mul(fragment(finalO, 4 * j + 2 * h + 1), inv),
+                               element);
           Value pair = vector::FromElementsOp::create(
               *e->b, e->loc, VectorType::get({2}, element), ValueRange{v0, v1});
           e->vectorStore(pair, mem(result), {frag.rows[h], col},

@@ -104,8 +104,8 @@ private:
   gpu::GPUFuncOp fn;
   GpuEmitter *e = nullptr;
   nvgpu::MBarrierGroupType barriers;
-  Value mapA, mapB, wg, lane, mBase, tileX, aligned, padding, rows, full,
-      empty, dyn;
+  Value mapA, mapB, wg, lane, mBase, tileX, aligned, padding, rows, full, empty,
+      dyn;
   Value tilesN, tilesM, totalTiles, gridSize;
 
   Value operand(int i) { return fn.getArgument(2 + i); }
@@ -197,15 +197,14 @@ private:
           // A fresh "empty" barrier passes parity 1: the first round never
           // waits.
           waitParity(*e, empty, st, phaseOf(g, /*flip=*/true));
-          nvgpu::MBarrierArriveExpectTxOp::create(
-              *e->b, e->loc, full, e->index(stageBytes()), st,
-              /*predicate=*/nullptr);
+          nvgpu::MBarrierArriveExpectTxOp::create(*e->b, e->loc, full,
+                                                  e->index(stageBytes()), st,
+                                                  /*predicate=*/nullptr);
           Value offA =
               e->addIndex(padding, e->mulI(st, e->index(stageBytes())));
           Value offB = e->addIndex(offA, e->index(c.tileM() * kTileK * 2));
           Value kc = e->mulI(it, e->index(kTileK));
-          auto load = [&](Value map, Value offset, int64_t boxRows,
-                          Value row) {
+          auto load = [&](Value map, Value offset, int64_t boxRows, Value row) {
             Value buffer = viewTile(*e, dyn, offset, {boxRows, kTileK});
             nvgpu::TmaAsyncLoadOp::create(*e->b, e->loc, buffer, full, map,
                                           ValueRange{kc, row}, st,
@@ -234,7 +233,8 @@ private:
                                    NVVM::SetMaxRegisterAction::increase);
     Value cw = e->subIndex(wg, e->index(1));
     Value base64 = e->toI64(aligned);
-    Value fresh = LLVM::UndefOp::create(*e->b, e->loc, accType(context, c.tileN));
+    Value fresh =
+        LLVM::UndefOp::create(*e->b, e->loc, accType(context, c.tileN));
     forEachTile([&](Value ring) {
       // One K tile; the first of an output tile overwrites the accumulator
       // (scale-d 0), so no zeroing is needed between tiles.
@@ -323,8 +323,8 @@ private:
         Value col = e->addIndex(e->addIndex(nBase, e->index(8 * j)), pairCol);
         storePair(fragment(acc, 4 * j), fragment(acc, 4 * j + 1), out, row0,
                   col, s.n);
-        storePair(fragment(acc, 4 * j + 2), fragment(acc, 4 * j + 3), out,
-                  row1, col, s.n);
+        storePair(fragment(acc, 4 * j + 2), fragment(acc, 4 * j + 3), out, row1,
+                  col, s.n);
       }
       return;
     }
@@ -383,8 +383,8 @@ private:
           for (int r = 0; r < 4; ++r)
             x[4 * j + r] = e->mul(x[4 * j + r], r < 2 ? t0 : t1);
       }
-      Value nBase = e->mulI(e->subIndex(tileX, e->index(firstTile)),
-                            e->index(c.tileN));
+      Value nBase =
+          e->mulI(e->subIndex(tileX, e->index(firstTile)), e->index(c.tileN));
       for (int64_t j = 0; j < blocks; ++j) {
         Value col = e->addIndex(e->addIndex(nBase, e->index(8 * j)), pairCol);
         storePair(x[4 * j], x[4 * j + 1], out, row0, col, width);
@@ -425,8 +425,7 @@ private:
         Value rounded =
             e->fpToSI(e->add(turns, e->f64(0.5)), e->b->getI64Type());
         Value whole = e->siToFP(rounded, f64);
-        Value reduced =
-            e->sub(angle, e->mul(whole, e->f64(6.283185307179586)));
+        Value reduced = e->sub(angle, e->mul(whole, e->f64(6.283185307179586)));
         Value a32 = e->truncF(reduced, e->b->getF32Type());
         Value cs = e->cos(a32), sn = e->sin(a32);
         Value &x0 = x[4 * j + 2 * half], &x1 = x[4 * j + 2 * half + 1];
@@ -452,9 +451,8 @@ private:
             ss = e->add(ss, e->mul(xv, xv));
           }
         Value total = e->warpSum(ss, 4);
-        Value inv = e->rsqrt(
-            e->add(e->div(total, e->f32(static_cast<double>(headDim))),
-                   e->f32(eps)));
+        Value inv = e->rsqrt(e->add(
+            e->div(total, e->f32(static_cast<double>(headDim))), e->f32(eps)));
         for (int64_t j = h * blocksPerHead; j < (h + 1) * blocksPerHead; ++j)
           for (int el = 0; el < 2; ++el) {
             Value &xv = x[4 * j + 2 * half + el];

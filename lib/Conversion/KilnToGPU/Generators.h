@@ -82,10 +82,9 @@ inline Value attentionScale(GpuEmitter &e, AttentionOp a, Value qPos) {
     return scale;
   Value steps = e.divSI(e.addI(qPos, e.i64(1)), e.i64(*a.getFloorScale()));
   Value f = e.siToFP(steps, e.b->getF32Type());
-  return e.mul(scale,
-               e.add(e.f32(1.0),
-                     e.mul(e.f32(a.getAttnScale()->convertToDouble()),
-                           e.log(e.add(e.f32(1.0), f)))));
+  return e.mul(
+      scale, e.add(e.f32(1.0), e.mul(e.f32(a.getAttnScale()->convertToDouble()),
+                                     e.log(e.add(e.f32(1.0), f)))));
 }
 
 /// Whether the key at position `kp` lies in the chunk of the query at `qp`

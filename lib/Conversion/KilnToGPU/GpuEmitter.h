@@ -151,7 +151,8 @@ public:
                   index(0)),
          [&] { store(warpValue, scratch, {warp}); });
     barrier();
-    Value total = max ? f32(-std::numeric_limits<double>::infinity()) : f32(0.0);
+    Value total =
+        max ? f32(-std::numeric_limits<double>::infinity()) : f32(0.0);
     for (int64_t w = 0; w < warps; ++w) {
       Value x = load(scratch, {index(w)});
       total = max ? maxF(total, x) : add(total, x);

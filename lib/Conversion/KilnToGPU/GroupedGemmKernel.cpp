@@ -95,8 +95,8 @@ public:
     e->when(valid, [&] {
       setup();
       e->ifThenElse(
-          e->cmpIndex(CmpIPredicate::eq, wg, e->index(0)),
-          [&] { producer(); }, [&] { consumer(); });
+          e->cmpIndex(CmpIPredicate::eq, wg, e->index(0)), [&] { producer(); },
+          [&] { consumer(); });
     });
     e = nullptr;
   }
@@ -164,8 +164,7 @@ private:
       return UnrealizedConversionCastOp::create(*e->b, e->loc, t, p)
           .getResult(0);
     };
-    mapB = cast(fn.getArgument(0),
-                tensorMapType(context, {1, kTileK, kBoxN}));
+    mapB = cast(fn.getArgument(0), tensorMapType(context, {1, kTileK, kBoxN}));
     if (!s.gateUp)
       mapA = cast(fn.getArgument(1), tensorMapType(context, {tileM(), kTileK}));
     SharedBase arena = alignedDynamicShared(*e);
@@ -182,11 +181,11 @@ private:
     int64_t fullCount = s.gateUp ? 1 + 128 : 1;
     e->when(e->cmpIndex(CmpIPredicate::eq, tid, e->index(0)), [&] {
       e->loopStep(e->index(0), e->index(stages), e->index(1), [&](Value st) {
-        nvgpu::MBarrierInitOp::create(*e->b, e->loc, full,
-                                      e->index(fullCount), st,
+        nvgpu::MBarrierInitOp::create(*e->b, e->loc, full, e->index(fullCount),
+                                      st,
                                       /*predicate=*/nullptr);
-        nvgpu::MBarrierInitOp::create(*e->b, e->loc, empty,
-                                      e->index(consumers), st,
+        nvgpu::MBarrierInitOp::create(*e->b, e->loc, empty, e->index(consumers),
+                                      st,
                                       /*predicate=*/nullptr);
       });
       NVVM::FenceMbarrierInitOp::create(*e->b, e->loc);
@@ -228,8 +227,8 @@ private:
         if (!s.gateUp)
           waitParity(*e, empty, st, phase);
         nvgpu::MBarrierArriveExpectTxOp::create(
-            *e->b, e->loc, full,
-            e->index(s.gateUp ? bBytes() : stageBytes()), st,
+            *e->b, e->loc, full, e->index(s.gateUp ? bBytes() : stageBytes()),
+            st,
             /*predicate=*/nullptr);
         auto load = [&](Value map, Value buffer, ValueRange at) {
           nvgpu::TmaAsyncLoadOp::create(*e->b, e->loc, buffer, full, map, at,
@@ -237,8 +236,7 @@ private:
                                         /*predicate=*/nullptr);
         };
         if (!s.gateUp)
-          load(mapA, viewTile(*e, dyn, offA, {tileM(), kTileK}),
-               {kc, first});
+          load(mapA, viewTile(*e, dyn, offA, {tileM(), kTileK}), {kc, first});
         for (int half = 0; half < 2; ++half) {
           // gate_up: the gate and the up columns of the same outputs; down:
           // two adjacent 64-column boxes.
@@ -266,8 +264,8 @@ private:
     if (s.gateUp) {
       NVVM::CpAsyncWaitGroupOp::create(*e->b, e->loc, 0);
       fenceProxy();
-      Value last = e->remIndex(e->subIndex(kTiles(), e->index(1)),
-                               e->index(stages));
+      Value last =
+          e->remIndex(e->subIndex(kTiles(), e->index(1)), e->index(stages));
       arrive(*e, full, last);
     }
   }
@@ -288,8 +286,8 @@ private:
       Value safe = e->select(inRow, pair, first);
       Value token = e->loadIndex(mem(s.indices), {safe});
       Value srcK = e->addIndex(kc, e->mulI(c, e->index(8)));
-      Value okK = e->andI(
-          inRow, e->cmpIndex(CmpIPredicate::ult, srcK, e->index(s.k)));
+      Value okK =
+          e->andI(inRow, e->cmpIndex(CmpIPredicate::ult, srcK, e->index(s.k)));
       Value n = e->select(okK, e->index(8), e->index(0));
       Value safeK = e->select(okK, srcK, e->index(0));
       nvgpu::DeviceAsyncCopyOp::create(
@@ -331,7 +329,8 @@ private:
         });
       return running;
     };
-    Value fresh = LLVM::UndefOp::create(*e->b, e->loc, accType(context, kTileN));
+    Value fresh =
+        LLVM::UndefOp::create(*e->b, e->loc, accType(context, kTileN));
     Value firstAcc = kStep(e->index(0), fresh, /*firstTile=*/true);
     Value result =
         e->loopWith(e->index(1), kTiles(), {firstAcc},

@@ -278,10 +278,8 @@ TileOfBlock tileOfBlock(GpuEmitter &e, Value offsets, int64_t experts) {
 
 } // namespace
 
-LogicalResult
-mlir::kiln::cuda::generateGroupedGemmKernel(const KernelContext &ctx,
-                                            GpuKernel &out,
-                                            gpu::GPUModuleOp module) {
+LogicalResult mlir::kiln::cuda::generateGroupedGemmKernel(
+    const KernelContext &ctx, GpuKernel &out, gpu::GPUModuleOp module) {
   Operation *op = &ctx.kernel.getBody().front().front();
   auto up = dyn_cast<ExpertGateUpOp>(op);
   auto down = dyn_cast<ExpertDownOp>(op);
@@ -305,9 +303,9 @@ mlir::kiln::cuda::generateGroupedGemmKernel(const KernelContext &ctx,
                       module);
 
   MLIRContext *context = module.getContext();
-  auto stageType = MemRefType::get({kTileRows, kStage}, Float32Type::get(context),
-                                   MemRefLayoutAttrInterface(),
-                                   Builder(context).getI64IntegerAttr(3));
+  auto stageType = MemRefType::get(
+      {kTileRows, kStage}, Float32Type::get(context),
+      MemRefLayoutAttrInterface(), Builder(context).getI64IntegerAttr(3));
   gpu::GPUFuncOp fn =
       GpuEmitter::createKernel(module, ctx.kernel.getLoc(), name + "_tiles",
                                ctx.memrefTypes(), {stageType}, kColumns);
@@ -328,8 +326,7 @@ mlir::kiln::cuda::generateGroupedGemmKernel(const KernelContext &ctx,
         e.index(0), e.index(inner), e.index(kStage), zeros,
         [&](Value chunk, ValueRange acc) -> SmallVector<Value> {
           // Stage the tile's input rows [rows x kStage] as f32.
-          for (int64_t idx0 = 0; idx0 < kTileRows * kStage;
-               idx0 += kColumns) {
+          for (int64_t idx0 = 0; idx0 < kTileRows * kStage; idx0 += kColumns) {
             Value idx = e.addIndex(e.index(idx0), tid);
             Value r = e.divIndex(idx, e.index(kStage));
             Value cc = e.remIndex(idx, e.index(kStage));
@@ -366,8 +363,7 @@ mlir::kiln::cuda::generateGroupedGemmKernel(const KernelContext &ctx,
                   Value x = e.load(stage, {e.index(r), kk});
                   if (up) {
                     updated.push_back(e.add(running[2 * r], e.mul(x, wGate)));
-                    updated.push_back(
-                        e.add(running[2 * r + 1], e.mul(x, wUp)));
+                    updated.push_back(e.add(running[2 * r + 1], e.mul(x, wUp)));
                   } else {
                     updated.push_back(e.add(running[r], e.mul(x, wGate)));
                   }
@@ -379,8 +375,8 @@ mlir::kiln::cuda::generateGroupedGemmKernel(const KernelContext &ctx,
         });
 
     for (int64_t r = 0; r < kTileRows; ++r) {
-      Value ok = e.andI(
-          e.cmpIndex(CmpIPredicate::ult, e.index(r), tile.count), colOk);
+      Value ok =
+          e.andI(e.cmpIndex(CmpIPredicate::ult, e.index(r), tile.count), colOk);
       e.when(ok, [&] {
         Value pair = e.addIndex(tile.first, e.index(r));
         if (up) {

@@ -74,17 +74,17 @@ public:
 
     // The top logit: weights are relative to it.
     Value negInf = e.f32(-std::numeric_limits<double>::infinity());
-    Value largest = e.loopWith(tid, e.index(vocab), e.index(kThreads), {negInf},
-                               [&](Value c, ValueRange acc) -> SmallVector<Value> {
-                                 return {e.maxF(acc[0], logitAt(c))};
-                               })[0];
+    Value largest =
+        e.loopWith(tid, e.index(vocab), e.index(kThreads), {negInf},
+                   [&](Value c, ValueRange acc) -> SmallVector<Value> {
+                     return {e.maxF(acc[0], logitAt(c))};
+                   })[0];
     top = e.blockMax(largest, warpMaxes, kThreads / 32);
 
     // top-k: the k-th key bounds the candidates.
     Value all = e.i64(-1);
-    Value limited =
-        e.andI(e.cmpIndex(CmpIPredicate::sgt, topK, e.i64(0)),
-               e.cmpIndex(CmpIPredicate::slt, topK, e.i64(vocab)));
+    Value limited = e.andI(e.cmpIndex(CmpIPredicate::sgt, topK, e.i64(0)),
+                           e.cmpIndex(CmpIPredicate::slt, topK, e.i64(vocab)));
     Value bound = e.ifElse(
         limited, {i64},
         [&]() -> SmallVector<Value> {
@@ -93,15 +93,13 @@ public:
         [&]() -> SmallVector<Value> { return {all}; })[0];
 
     // The kept mass, then the nucleus.
-    Value kept =
-        e.loopWith(tid, e.index(vocab), e.index(kThreads), {e.i64(0)},
-                   [&](Value c, ValueRange acc) -> SmallVector<Value> {
-                     Value v = logitAt(c);
-                     Value inside = e.cmpIndex(CmpIPredicate::ule,
-                                               rankKey(v, c), bound);
-                     return {e.addI(acc[0],
-                                    e.select(inside, weight(v), e.i64(0)))};
-                   })[0];
+    Value kept = e.loopWith(
+        tid, e.index(vocab), e.index(kThreads), {e.i64(0)},
+        [&](Value c, ValueRange acc) -> SmallVector<Value> {
+          Value v = logitAt(c);
+          Value inside = e.cmpIndex(CmpIPredicate::ule, rankKey(v, c), bound);
+          return {e.addI(acc[0], e.select(inside, weight(v), e.i64(0)))};
+        })[0];
     Value total = blockSum(kept);
     Value totalF = e.uiToFP(total, f64);
     Value cutsNucleus = e.cmpF(CmpFPredicate::OLT, topP, e.f64(1.0));
@@ -116,7 +114,9 @@ public:
           Cut cut = select(/*mass=*/true, target, bound);
           return {cut.key, cut.through};
         },
-        [&]() -> SmallVector<Value> { return {bound, total}; });
+        [&]() -> SmallVector<Value> {
+          return {bound, total};
+        });
     Value prefixEnd = nucleus[0], prefixMass = nucleus[1];
 
     // The draw: the first token whose running mass exceeds u * mass.
@@ -128,8 +128,8 @@ public:
       // Nothing with a finite logit to weigh (all -inf or NaN): the lowest
       // id, as the host rule gives.
       Value weighable = e.cmpF(CmpFPredicate::OGT, top, negInf);
-      Value id = e.select(weighable, e.andI(drawn.key, e.i64(0xFFFFFFFF)),
-                          e.i64(0));
+      Value id =
+          e.select(weighable, e.andI(drawn.key, e.i64(0xFFFFFFFF)), e.i64(0));
       e.store(id, token, {e.index(0)});
     });
   }
@@ -256,8 +256,8 @@ private:
       };
       auto record = [&](Value bin, Value from, Value to) {
         Value d = e.toI64(bin);
-        for (auto [i, x] : {std::pair{0, d}, std::pair{1, from},
-                            std::pair{2, to}})
+        for (auto [i, x] :
+             {std::pair{0, d}, std::pair{1, from}, std::pair{2, to}})
           e.store(x, found, {e.index(i)});
       };
       e.when(crosses(start, end0), [&] { record(b0, start, end0); });

@@ -64,8 +64,9 @@ constexpr int64_t kTileK = kBF16.tileK(); // 128 bytes of bf16: one swizzle row
 inline nvgpu::TensorMapDescriptorType
 tensorMapType(MLIRContext *context, ArrayRef<int64_t> shape,
               const TileElement &e = kBF16) {
-  auto box = MemRefType::get(shape, e.type(context), MemRefLayoutAttrInterface(),
-                             Builder(context).getI64IntegerAttr(3));
+  auto box =
+      MemRefType::get(shape, e.type(context), MemRefLayoutAttrInterface(),
+                      Builder(context).getI64IntegerAttr(3));
   return nvgpu::TensorMapDescriptorType::get(
       context, box, nvgpu::TensorMapSwizzleKind::SWIZZLE_128B,
       nvgpu::TensorMapL2PromoKind::L2PROMO_256B,
@@ -152,9 +153,8 @@ inline SharedBase alignedDynamicShared(GpuEmitter &e) {
                       MemRefLayoutAttrInterface(), workgroupSpace(context)));
   Value base =
       memref::ExtractAlignedPointerAsIndexOp::create(*e.b, e.loc, a.memory);
-  a.pad = e.remIndex(
-      e.subIndex(e.index(1024), e.remIndex(base, e.index(1024))),
-      e.index(1024));
+  a.pad = e.remIndex(e.subIndex(e.index(1024), e.remIndex(base, e.index(1024))),
+                     e.index(1024));
   a.aligned = e.addIndex(base, a.pad);
   return a;
 }
@@ -170,13 +170,12 @@ inline Value viewTile(GpuEmitter &e, Value memory, Value offset,
 /// flipped for a producer waiting on a stage's "empty" barrier (a fresh
 /// barrier passes parity 1, so the first round never waits).
 inline Value parity(GpuEmitter &e, Value iter, int64_t stages, bool flip) {
-  Value bit = e.truncI(e.toI64(e.divIndex(iter, e.index(stages))),
-                       e.b->getI1Type());
+  Value bit =
+      e.truncI(e.toI64(e.divIndex(iter, e.index(stages))), e.b->getI1Type());
   return flip ? e.xorI(bit, e.boolean(true)) : bit;
 }
 /// Blocks until `barrier[index]` completes the phase of parity `phase`.
-inline void waitParity(GpuEmitter &e, Value barrier, Value index,
-                       Value phase) {
+inline void waitParity(GpuEmitter &e, Value barrier, Value index, Value phase) {
   nvgpu::MBarrierTryWaitParityOp::create(*e.b, e.loc, barrier, phase,
                                          e.index(10000000), index);
 }
@@ -204,9 +203,9 @@ inline FragmentCoords fragmentsOf(GpuEmitter &e, Value laneInGroup,
   Value w = e.divIndex(laneInGroup, e.index(32));
   FragmentCoords f;
   f.pairColumn = e.mulI(e.remIndex(l, e.index(4)), e.index(2));
-  f.rows[0] = e.addIndex(
-      e.addIndex(firstRow, e.mulI(cw, e.index(64))),
-      e.addIndex(e.mulI(w, e.index(16)), e.divIndex(l, e.index(4))));
+  f.rows[0] =
+      e.addIndex(e.addIndex(firstRow, e.mulI(cw, e.index(64))),
+                 e.addIndex(e.mulI(w, e.index(16)), e.divIndex(l, e.index(4))));
   f.rows[1] = e.addIndex(f.rows[0], e.index(8));
   return f;
 }

@@ -97,6 +97,9 @@ llvm::Expected<plan::Plan> mlir::kiln::buildEnginePlan(
                    arg.getArgNumber(), KilnDialect::getWeightAttrName())) {
       entry.kind = plan::ValueKind::Weight;
       entry.name = name.getValue().str();
+      if (auto shard = graph.getArgAttrOfType<ShardAttr>(
+              arg.getArgNumber(), KilnDialect::getShardAttrName()))
+        entry.shard = {shard.getDim(), shard.getParts(), shard.getGroups()};
     } else {
       return makeError("graph argument " + llvm::Twine(arg.getArgNumber()) +
                        " is neither an input nor a weight");
@@ -105,9 +108,21 @@ llvm::Expected<plan::Plan> mlir::kiln::buildEnginePlan(
       return id.takeError();
   }
 
+  if (auto ranks = module->getAttrOfType<IntegerAttr>(
+          KilnDialect::getTensorParallelAttrName()))
+    result.tensorParallel = ranks.getInt();
   Value logits;
   for (Operation &op : body) {
-    if (auto concat = dyn_cast<ConcatOp>(op)) {
+    if (auto reduce = dyn_cast<AllReduceOp>(op)) {
+      plan::Launch launch;
+      launch.kind = plan::LaunchKind::AllReduce;
+      launch.args.push_back(ids.lookup(reduce.getInput()));
+      auto id = addValue(reduce.getResult(), plan::Value());
+      if (!id)
+        return id.takeError();
+      launch.results.push_back(*id);
+      result.launches.push_back(std::move(launch));
+    } else if (auto concat = dyn_cast<ConcatOp>(op)) {
       plan::Value entry;
       entry.kind = plan::ValueKind::Concat;
       for (Value in : concat.getInputs())
@@ -176,6 +191,8 @@ llvm::Expected<plan::Plan> mlir::kiln::buildEnginePlan(
           call, call.getCalleeAttr());
       for (auto [i, res] : llvm::enumerate(call.getResults()))
         rowsPerTokenOf[res] = rowsPerToken(kernel, i);
+    } else if (auto reduce = dyn_cast<AllReduceOp>(op)) {
+      rowsPerTokenOf[reduce.getResult()] = 1;
     }
   // The logits live outside the arena: a step that wants only its last
   // row's logits allocates one row, not tokens x vocab (0.8 MB a token for

@@ -83,6 +83,8 @@ public:
   Model &operator=(const Model &) = delete;
 
   int64_t vocabSize() const { return kiln_model_vocab_size(handle); }
+  int64_t rank() const { return kiln_model_rank(handle); }
+  int64_t ranks() const { return kiln_model_ranks(handle); }
   std::vector<int64_t> eosTokens() const {
     const int64_t *ids = nullptr;
     size_t n = kiln_model_eos_tokens(handle, &ids);

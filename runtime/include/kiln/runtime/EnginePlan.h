@@ -40,6 +40,14 @@ enum class ValueKind {
   Buffer,
 };
 
+/// The slice of a checkpoint tensor one rank of a tensor-parallel engine
+/// binds: dimension `dim` viewed as [groups, parts, block], block
+/// rank * parts / ranks of every group (#kiln.shard in the compiler).
+struct Shard {
+  int64_t dim = 0, parts = 0, groups = 1;
+  bool active() const { return parts > 0; }
+};
+
 struct Value {
   ValueKind kind = ValueKind::Buffer;
   std::string input;
@@ -52,6 +60,9 @@ struct Value {
   int64_t axis = 0;
   /// Offset in the step's activation arena, per token; -1: own storage.
   int64_t arenaOffset = -1;
+  /// Weights of a tensor-parallel engine: the rank's slice (`shape` is the
+  /// slice's).
+  Shard shard;
 
   bool isDynamic() const { return !shape.empty() && shape[0] < 0; }
 };
@@ -144,7 +155,13 @@ struct GpuStep {
   std::vector<GpuLaunch> variants;
 };
 
+/// What a launch does: run a kernel, or sum its one argument over the
+/// ranks of a tensor-parallel engine into its one result.
+enum class LaunchKind { Kernel, AllReduce };
+
 struct Launch {
+  LaunchKind kind = LaunchKind::Kernel;
+  /// The kernel's name; empty for a collective.
   std::string kernel;
   std::vector<int64_t> args, results;
   std::vector<AttentionUse> attention;
@@ -173,6 +190,8 @@ struct TokenFunction {
 };
 
 struct Plan {
+  /// Ranks the engine is split over (kiln.tensor_parallel); 1: one.
+  int64_t tensorParallel = 1;
   std::vector<Value> values;
   std::vector<Launch> launches;
   std::vector<Slot> slots;

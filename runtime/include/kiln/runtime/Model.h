@@ -105,6 +105,10 @@ public:
   std::unique_ptr<Session> newSession(int64_t kvTokens, Status &status);
 
   int64_t vocabSize() const;
+  /// This process's rank in the engine's tensor-parallel group, and the
+  /// group's size (0 and 1 for an engine of one rank).
+  int64_t rank() const;
+  int64_t ranks() const;
   const std::vector<int64_t> &eosTokenIds() const;
   /// The engine's target ("host-x86_64", "sm_90a").
   const std::string &target() const;

@@ -1,0 +1,171 @@
+//===- Communicator.cpp - MPI loaded at run time --------------------------===//
+//
+// OpenMPI's C ABI: handles are the addresses of its predefined objects
+// (ompi_mpi_comm_world, ompi_mpi_float, ompi_mpi_op_sum, ...) and
+// MPI_IN_PLACE is (void *)1; the entry points are the standard MPI_*
+// functions. Errors are returned (MPI_ERRORS_RETURN), not fatal, so a
+// failed collective becomes a Status naming the rank.
+//
+//===----------------------------------------------------------------------===//
+
+#include "Communicator.h"
+
+#include <algorithm>
+#include <cstdlib>
+#include <dlfcn.h>
+#include <mutex>
+#include <string>
+
+using namespace kiln;
+
+namespace {
+
+class SingleRank final : public Communicator {
+public:
+  int64_t rank() const override { return 0; }
+  int64_t size() const override { return 1; }
+  Status allReduceSum(float *, size_t) override { return {}; }
+};
+
+struct MpiApi {
+  void *library = nullptr;
+  int (*initialized)(int *) = nullptr;
+  int (*finalized)(int *) = nullptr;
+  int (*init)(int *, char ***) = nullptr;
+  int (*finalize)() = nullptr;
+  int (*commRank)(void *, int *) = nullptr;
+  int (*commSize)(void *, int *) = nullptr;
+  int (*commSetErrhandler)(void *, void *) = nullptr;
+  int (*allreduce)(const void *, void *, int, void *, void *, void *) = nullptr;
+  int (*errorString)(int, char *, int *) = nullptr;
+  void *commWorld = nullptr, *floatType = nullptr, *sum = nullptr,
+       *errorsReturn = nullptr;
+  bool weInitialized = false;
+};
+
+MpiApi &mpi() {
+  static MpiApi api;
+  return api;
+}
+
+void finalizeAtExit() {
+  MpiApi &api = mpi();
+  int done = 0;
+  if (api.weInitialized && api.finalized && api.finalized(&done) == 0 && !done)
+    api.finalize();
+}
+
+class MpiWorld final : public Communicator {
+public:
+  MpiWorld(int rank, int size) : r(rank), n(size) {}
+  int64_t rank() const override { return r; }
+  int64_t size() const override { return n; }
+  Status allReduceSum(float *data, size_t count) override {
+    MpiApi &api = mpi();
+    void *inPlace = reinterpret_cast<void *>(1);
+    // MPI counts are ints: large buffers go in pieces.
+    constexpr size_t kPiece = size_t(1) << 30;
+    for (size_t done = 0; done < count; done += kPiece) {
+      int piece = static_cast<int>(std::min(kPiece, count - done));
+      int rc = api.allreduce(inPlace, data + done, piece, api.floatType,
+                             api.sum, api.commWorld);
+      if (rc != 0) {
+        char text[512];
+        int length = 0;
+        std::string why = "error " + std::to_string(rc);
+        if (api.errorString && api.errorString(rc, text, &length) == 0)
+          why.assign(text, static_cast<size_t>(length));
+        return Status::error(StatusCode::Internal,
+                             "rank " + std::to_string(r) + " of " +
+                                 std::to_string(n) +
+                                 ": MPI_Allreduce failed: " + why);
+      }
+    }
+    return {};
+  }
+
+private:
+  int r, n;
+};
+
+Status openMpi(std::shared_ptr<Communicator> &out) {
+  MpiApi &api = mpi();
+  const char *path = std::getenv("KILN_LIBMPI");
+  std::string name = path && *path ? path : "libmpi.so.40";
+  if (!api.library) {
+    // RTLD_GLOBAL: OpenMPI's components are plugins that resolve symbols of
+    // libmpi itself.
+    api.library = dlopen(name.c_str(), RTLD_NOW | RTLD_GLOBAL);
+    if (!api.library) {
+      const char *why = dlerror();
+      return Status::error(StatusCode::NotFound,
+                           "cannot load MPI (" + name + ": " +
+                               (why ? why : "not found") +
+                               "); install OpenMPI (openmpi-bin) or set "
+                               "KILN_LIBMPI");
+    }
+  }
+  auto symbol = [&](const char *s) { return dlsym(api.library, s); };
+  api.initialized = reinterpret_cast<int (*)(int *)>(symbol("MPI_Initialized"));
+  api.finalized = reinterpret_cast<int (*)(int *)>(symbol("MPI_Finalized"));
+  api.init = reinterpret_cast<int (*)(int *, char ***)>(symbol("MPI_Init"));
+  api.finalize = reinterpret_cast<int (*)()>(symbol("MPI_Finalize"));
+  api.commRank =
+      reinterpret_cast<int (*)(void *, int *)>(symbol("MPI_Comm_rank"));
+  api.commSize =
+      reinterpret_cast<int (*)(void *, int *)>(symbol("MPI_Comm_size"));
+  api.commSetErrhandler = reinterpret_cast<int (*)(void *, void *)>(
+      symbol("MPI_Comm_set_errhandler"));
+  api.allreduce =
+      reinterpret_cast<int (*)(const void *, void *, int, void *, void *,
+                               void *)>(symbol("MPI_Allreduce"));
+  api.errorString =
+      reinterpret_cast<int (*)(int, char *, int *)>(symbol("MPI_Error_string"));
+  api.commWorld = symbol("ompi_mpi_comm_world");
+  api.floatType = symbol("ompi_mpi_float");
+  api.sum = symbol("ompi_mpi_op_sum");
+  api.errorsReturn = symbol("ompi_mpi_errors_return");
+  if (!api.initialized || !api.finalized || !api.init || !api.finalize ||
+      !api.commRank || !api.commSize || !api.commSetErrhandler ||
+      !api.allreduce || !api.commWorld || !api.floatType || !api.sum ||
+      !api.errorsReturn)
+    return Status::error(StatusCode::NotFound,
+                         name + " is not OpenMPI's libmpi (Kiln calls "
+                                "OpenMPI's C ABI)");
+  int ready = 0;
+  api.initialized(&ready);
+  if (!ready) {
+    if (api.init(nullptr, nullptr) != 0)
+      return Status::error(StatusCode::Internal, "MPI_Init failed");
+    api.weInitialized = true;
+    std::atexit(finalizeAtExit);
+  }
+  api.commSetErrhandler(api.commWorld, api.errorsReturn);
+  int rank = 0, size = 1;
+  if (api.commRank(api.commWorld, &rank) != 0 ||
+      api.commSize(api.commWorld, &size) != 0)
+    return Status::error(StatusCode::Internal,
+                         "MPI_Comm_rank / MPI_Comm_size failed");
+  out = std::make_shared<MpiWorld>(rank, size);
+  return {};
+}
+
+} // namespace
+
+Status Communicator::world(std::shared_ptr<Communicator> &out) {
+  static std::mutex lock;
+  static std::shared_ptr<Communicator> world;
+  std::lock_guard<std::mutex> guard(lock);
+  if (!world) {
+    const char *launched = std::getenv("OMPI_COMM_WORLD_SIZE");
+    const char *library = std::getenv("KILN_LIBMPI");
+    if ((launched && *launched) || (library && *library)) {
+      if (Status s = openMpi(world); !s.ok())
+        return s;
+    } else {
+      world = std::make_shared<SingleRank>();
+    }
+  }
+  out = world;
+  return {};
+}

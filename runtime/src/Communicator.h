@@ -1,0 +1,39 @@
+//===- Communicator.h - The ranks of a tensor-parallel engine ---*- C++ -*-===//
+//
+// A tensor-parallel engine runs as one process per rank, started by mpirun.
+// The communicator says which rank this process is and sums buffers over
+// the ranks. Under OpenMPI's mpirun it is MPI's world communicator, with
+// libmpi.so.40 loaded at run time (KILN_LIBMPI overrides the path): the
+// runtime builds and runs without MPI, and a one-rank engine never loads it.
+//
+//===----------------------------------------------------------------------===//
+
+#ifndef KILN_RUNTIME_SRC_COMMUNICATOR_H
+#define KILN_RUNTIME_SRC_COMMUNICATOR_H
+
+#include "kiln/runtime/Model.h"
+
+#include <cstddef>
+#include <cstdint>
+#include <memory>
+
+namespace kiln {
+
+class Communicator {
+public:
+  virtual ~Communicator() = default;
+  virtual int64_t rank() const = 0;
+  virtual int64_t size() const = 0;
+  /// data[i] = the sum over the ranks of their data[i], on every rank; every
+  /// rank calls it in the same order with the same count.
+  virtual Status allReduceSum(float *data, size_t count) = 0;
+
+  /// This process's communicator: MPI's world when started by mpirun
+  /// (OpenMPI's OMPI_COMM_WORLD_SIZE is set) or KILN_LIBMPI is given, else
+  /// one rank. MPI is initialized once per process and finalized at exit.
+  static Status world(std::shared_ptr<Communicator> &out);
+};
+
+} // namespace kiln
+
+#endif // KILN_RUNTIME_SRC_COMMUNICATOR_H
