@@ -127,6 +127,8 @@ for _name, _restype, _args in [
         ("kiln_session_free", None, [_p]),
         ("kiln_sampler_free", None, [_p]),
         ("kiln_model_vocab_size", ctypes.c_int64, [_p]),
+        ("kiln_model_rank", ctypes.c_int64, [_p]),
+        ("kiln_model_ranks", ctypes.c_int64, [_p]),
         ("kiln_model_target", ctypes.c_char_p, [_p]),
         ("kiln_model_eos_tokens", ctypes.c_size_t,
          [_p, ctypes.POINTER(ctypes.POINTER(ctypes.c_int64))]),
@@ -199,6 +201,16 @@ class Model:
     @property
     def vocab_size(self):
         return _lib.kiln_model_vocab_size(self._handle)
+
+    @property
+    def rank(self):
+        """This process's rank in a tensor-parallel engine (0 for one rank)."""
+        return _lib.kiln_model_rank(self._handle)
+
+    @property
+    def ranks(self):
+        """The ranks a tensor-parallel engine runs on (mpirun -np); 1 else."""
+        return _lib.kiln_model_ranks(self._handle)
 
     @property
     def target(self):

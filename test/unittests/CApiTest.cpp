@@ -133,6 +133,8 @@ TEST(CApiTest, LoadReportsMisuse) {
 
 TEST(CApiTest, NullHandlesAreHarmless) {
   EXPECT_EQ(kiln_model_vocab_size(nullptr), 0);
+  EXPECT_EQ(kiln_model_rank(nullptr), 0);
+  EXPECT_EQ(kiln_model_ranks(nullptr), 1);
   const int64_t *eos = nullptr;
   EXPECT_EQ(kiln_model_eos_tokens(nullptr, &eos), 0u);
   EXPECT_STREQ(kiln_model_target(nullptr), "");

@@ -27,6 +27,7 @@ assert kiln.version().count(".") == 2, kiln.version()
 model = kiln.Model(engine, checkpoint)
 assert model.target == "host-x86_64", model.target
 assert model.vocab_size == ref.shape[1]
+assert (model.rank, model.ranks) == (0, 1)  # an engine of one rank
 
 # Five lines: a model, a session, logits, a continuation.
 session = model.session()
