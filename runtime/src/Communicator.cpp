@@ -99,8 +99,8 @@ Status openMpi(std::shared_ptr<Communicator> &out) {
     if (!api.library) {
       const char *why = dlerror();
       return Status::error(StatusCode::NotFound,
-                           "cannot load MPI (" + name + ": " +
-                               (why ? why : "not found") +
+                           "cannot load MPI (" +
+                               (why ? std::string(why) : name + ": not found") +
                                "); install OpenMPI (openmpi-bin) or set "
                                "KILN_LIBMPI");
     }
