@@ -121,7 +121,9 @@ KILN_API size_t kiln_model_eos_tokens(const kiln_model *model,
 KILN_API const char *kiln_model_target(const kiln_model *model);
 /* A tensor-parallel engine runs as one process per rank (mpirun -np N):
  * this process's rank and N. 0 and 1 for an engine of one rank. Every rank
- * computes the same logits; callers usually print on rank 0 only. */
+ * must run the same calls in the same order (each step holds collectives),
+ * from one thread per process, and computes the same logits; callers
+ * usually print on rank 0 only. */
 KILN_API int64_t kiln_model_rank(const kiln_model *model);
 KILN_API int64_t kiln_model_ranks(const kiln_model *model);
 
