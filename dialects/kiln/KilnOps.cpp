@@ -8,6 +8,7 @@
 
 #include "dialects/kiln/KilnOps.h"
 
+#include "mlir/Dialect/Func/IR/FuncOps.h"
 #include "mlir/IR/Builders.h"
 #include "mlir/IR/BuiltinOps.h"
 #include "mlir/IR/OpImplementation.h"
@@ -565,6 +566,14 @@ LogicalResult AllReduceOp::verify() {
                             "graph of that many ranks (kiln.tensor_parallel)";
   // all_reduce_c2
   return success();
+}
+
+func::FuncOp mlir::kiln::graphFunctionOf(ModuleOp module) {
+  func::FuncOp graph;
+  for (auto f : module.getOps<func::FuncOp>())
+    if (f.isPublic() && !f.isExternal())
+      graph = f;
+  return graph;
 }
 
 #define GET_OP_CLASSES

@@ -22,4 +22,17 @@
 #define GET_OP_CLASSES
 #include "dialects/kiln/KilnOps.h.inc"
 
+namespace mlir {
+class ModuleOp;
+namespace func {
+class FuncOp;
+} // namespace func
+
+namespace kiln {
+/// The model's graph in `module`: its public function with a body (the
+/// last one; null when there is none). Kernel functions are private.
+func::FuncOp graphFunctionOf(ModuleOp module);
+} // namespace kiln
+} // namespace mlir
+
 #endif // KILN_DIALECTS_KILN_KILNOPS_H

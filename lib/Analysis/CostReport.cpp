@@ -452,10 +452,7 @@ private:
 LogicalResult mlir::kiln::writeCostReport(ModuleOp module,
                                           const ReportOptions &options,
                                           llvm::raw_ostream &os) {
-  func::FuncOp graph;
-  for (auto f : module.getOps<func::FuncOp>())
-    if (f.isPublic() && !f.isExternal())
-      graph = f;
+  func::FuncOp graph = graphFunctionOf(module);
   if (!graph)
     return module.emitError("cost report: no public function to report on");
   bool partitioned = true;

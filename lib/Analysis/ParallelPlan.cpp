@@ -65,29 +65,22 @@ int64_t bytesOf(Type element) {
   return 2;
 }
 
-/// An all-reduce of `bytes` over `ranks` GPUs of one node: the latency of
-/// a recursive-doubling reduce and broadcast (2 log2(ranks) steps, what
-/// small decode messages pay) plus the bandwidth term of a ring (2 (R-1)/R
-/// of the message, what large prefill messages pay).
-double allReduceSeconds(const Hardware &hw, int64_t ranks, double bytes) {
+} // namespace
+
+/// The latency of a recursive-doubling reduce and broadcast (2 log2(ranks)
+/// steps, what small decode messages pay) plus the bandwidth term of a ring
+/// (2 (R-1)/R of the message, what large prefill messages pay).
+double mlir::kiln::allReduceSeconds(int64_t ranks, double bytes) {
   if (ranks <= 1)
     return 0;
+  Hardware hw;
   double r = static_cast<double>(ranks);
   return 2.0 * std::log2(r) * hw.nvlinkLatency +
          2.0 * (r - 1) / r * bytes / hw.nvlink;
 }
 
-} // namespace
-
-double mlir::kiln::allReduceSeconds(int64_t ranks, double bytes) {
-  return ::allReduceSeconds(Hardware(), ranks, bytes);
-}
-
 FailureOr<ModelShape> mlir::kiln::modelShapeOf(ModuleOp module) {
-  func::FuncOp graph;
-  for (auto f : module.getOps<func::FuncOp>())
-    if (f.isPublic() && !f.isExternal())
-      graph = f;
+  func::FuncOp graph = graphFunctionOf(module);
   if (!graph)
     return module.emitError("no graph function to plan for"), failure();
   ModelShape m;
@@ -190,8 +183,6 @@ LayoutEstimate mlir::kiln::estimateLayout(const ModelShape &m,
   double ep = static_cast<double>(layout.ep);
   double expertRead = m.moeLayers * perExpertLayer *
                       std::max(1.0, touched / ep) / std::max(1.0, tp / ep);
-  if (layout.ep == 1)
-    expertRead = m.moeLayers * perExpertLayer * touched / tp;
   double lmHead = m.vocabBytes / 2;
   double kvRead = b * kvTokens * kvPerToken; // all stages
   double decodeBytes = m.denseBytes / tp + lmHead + expertRead + kvRead;
@@ -203,7 +194,7 @@ LayoutEstimate mlir::kiln::estimateLayout(const ModelShape &m,
 
   auto collectives = [&](double tokens) {
     double t =
-        2.0 * m.layers * allReduceSeconds(hw, layout.tp, tokens * m.hidden * 2);
+        2.0 * m.layers * allReduceSeconds(layout.tp, tokens * m.hidden * 2);
     if (layout.ep > layout.tp && m.moeLayers) {
       bool inNode = layout.ep <= hw.gpusPerNode;
       double bw = inNode ? hw.nvlink : hw.infiniband;

@@ -10,12 +10,14 @@
 #include "kiln/Reference/Evaluator.h"
 #include "dialects/kiln/KilnOps.h"
 #include "kiln/Reference/Kernels.h"
+#include "kiln/runtime/EnginePlan.h"
 #include "kiln/runtime/Safetensors.h"
 
 #include "llvm/ADT/DenseMap.h"
 #include "llvm/ADT/TypeSwitch.h"
 #include "llvm/Support/FormatVariadic.h"
 
+#include <cstring>
 #include <map>
 
 using namespace mlir;
@@ -240,39 +242,19 @@ llvm::Error EvaluatorImpl<T>::bindWeights(const Checkpoint &checkpoint) {
   return llvm::Error::success();
 }
 
-/// Rank `rank`'s slice of `full` under `shard`: dimension `dim` viewed as
-/// [groups, parts, block], block rank * parts / ranks of every group.
-template <typename T>
-static Buffer<T> sliceOf(const Buffer<T> &full, mlir::kiln::ShardAttr shard,
-                         llvm::ArrayRef<int64_t> local, int64_t rank,
-                         int64_t ranks) {
-  int64_t dim = shard.getDim(), groups = shard.getGroups();
-  int64_t part = rank * shard.getParts() / ranks;
-  int64_t block = local[dim] / groups;
-  int64_t outer = 1, inner = 1;
-  for (int64_t d = 0; d < dim; ++d)
-    outer *= full.shape[d];
-  for (size_t d = dim + 1; d < full.shape.size(); ++d)
-    inner *= full.shape[d];
-  int64_t fullExtent = full.shape[dim];
-  Buffer<T> out;
-  out.shape.assign(local.begin(), local.end());
-  out.data.reserve(static_cast<size_t>(outer * local[dim] * inner));
-  for (int64_t o = 0; o < outer; ++o)
-    for (int64_t g = 0; g < groups; ++g)
-      for (int64_t j = 0; j < block; ++j) {
-        int64_t from = g * (fullExtent / groups) + part * block + j;
-        auto first = full.data.begin() + (o * fullExtent + from) * inner;
-        out.data.insert(out.data.end(), first, first + inner);
-      }
-  return out;
-}
-
 template <typename T>
 Buffer<T> EvaluatorImpl<T>::sliceForRank(const Buffer<T> &full,
                                          mlir::kiln::ShardAttr shard,
                                          llvm::ArrayRef<int64_t> local) const {
-  return sliceOf(full, shard, local, rank, ranks);
+  std::vector<uint8_t> bytes;
+  ::kiln::plan::sliceShard(
+      {shard.getDim(), shard.getParts(), shard.getGroups()}, full.shape,
+      sizeof(T), full.data.data(), rank, ranks, bytes);
+  Buffer<T> out;
+  out.shape.assign(local.begin(), local.end());
+  out.data.resize(bytes.size() / sizeof(T));
+  std::memcpy(out.data.data(), bytes.data(), bytes.size());
+  return out;
 }
 
 template <typename T>

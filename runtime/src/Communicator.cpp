@@ -1,8 +1,8 @@
 //===- Communicator.cpp - MPI loaded at run time --------------------------===//
 //
 // OpenMPI's C ABI: handles are the addresses of its predefined objects
-// (ompi_mpi_comm_world, ompi_mpi_float, ompi_mpi_op_sum, ...) and
-// MPI_IN_PLACE is (void *)1; the entry points are the standard MPI_*
+// (ompi_mpi_comm_world, ompi_mpi_float, ompi_mpi_op_sum, ...); the entry
+// points are the standard MPI_*
 // functions. Errors are returned (MPI_ERRORS_RETURN), not fatal, so a
 // failed collective becomes a Status naming the rank.
 //
@@ -24,7 +24,10 @@ class SingleRank final : public Communicator {
 public:
   int64_t rank() const override { return 0; }
   int64_t size() const override { return 1; }
-  Status allReduceSum(float *, size_t) override { return {}; }
+  Status allReduceSum(const float *in, float *out, size_t count) override {
+    std::copy(in, in + count, out);
+    return {};
+  }
 };
 
 struct MpiApi {
@@ -60,14 +63,13 @@ public:
   MpiWorld(int rank, int size) : r(rank), n(size) {}
   int64_t rank() const override { return r; }
   int64_t size() const override { return n; }
-  Status allReduceSum(float *data, size_t count) override {
+  Status allReduceSum(const float *in, float *out, size_t count) override {
     MpiApi &api = mpi();
-    void *inPlace = reinterpret_cast<void *>(1);
     // MPI counts are ints: large buffers go in pieces.
     constexpr size_t kPiece = size_t(1) << 30;
     for (size_t done = 0; done < count; done += kPiece) {
       int piece = static_cast<int>(std::min(kPiece, count - done));
-      int rc = api.allreduce(inPlace, data + done, piece, api.floatType,
+      int rc = api.allreduce(in + done, out + done, piece, api.floatType,
                              api.sum, api.commWorld);
       if (rc != 0) {
         char text[512];

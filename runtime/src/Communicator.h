@@ -24,9 +24,10 @@ public:
   virtual ~Communicator() = default;
   virtual int64_t rank() const = 0;
   virtual int64_t size() const = 0;
-  /// data[i] = the sum over the ranks of their data[i], on every rank; every
-  /// rank calls it in the same order with the same count.
-  virtual Status allReduceSum(float *data, size_t count) = 0;
+  /// out[i] = the sum over the ranks of their in[i], on every rank (`in`
+  /// and `out` do not overlap); every rank calls it in the same order with
+  /// the same count.
+  virtual Status allReduceSum(const float *in, float *out, size_t count) = 0;
 
   /// This process's communicator: MPI's world when started by mpirun
   /// (OpenMPI's OMPI_COMM_WORLD_SIZE is set) or KILN_LIBMPI is given, else

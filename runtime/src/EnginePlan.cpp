@@ -595,3 +595,29 @@ bool kiln::plan::readPlan(const std::string &text, const std::string &path,
   }
   return finish();
 }
+
+void kiln::plan::sliceShard(const Shard &shard,
+                            const std::vector<int64_t> &full,
+                            size_t elementBytes, const void *data, int64_t rank,
+                            int64_t ranks, std::vector<uint8_t> &out) {
+  // Dimension `dim` viewed as [groups, parts, block]: block
+  // rank * parts / ranks of every group.
+  int64_t dim = shard.dim, groups = shard.groups, extent = full[dim];
+  int64_t part = rank * shard.parts / ranks;
+  int64_t block = extent / shard.parts / groups;
+  int64_t outer = 1;
+  size_t inner = elementBytes;
+  for (int64_t d = 0; d < dim; ++d)
+    outer *= full[d];
+  for (size_t d = dim + 1; d < full.size(); ++d)
+    inner *= static_cast<size_t>(full[d]);
+  const uint8_t *bytes = static_cast<const uint8_t *>(data);
+  out.clear();
+  out.reserve(static_cast<size_t>(outer * groups * block) * inner);
+  for (int64_t o = 0; o < outer; ++o)
+    for (int64_t g = 0; g < groups; ++g) {
+      int64_t from = o * extent + g * (extent / groups) + part * block;
+      const uint8_t *first = bytes + static_cast<size_t>(from) * inner;
+      out.insert(out.end(), first, first + static_cast<size_t>(block) * inner);
+    }
+}

@@ -272,14 +272,14 @@ Status HostSession::run(const Step &step, StepOutput &out) {
       data[id] = owned[id].data();
     }
     if (l.kind == plan::LaunchKind::AllReduce) {
-      // The rank's partial sum, then the sum over the ranks in place.
+      // The ranks' partial sums into the result (a buffer of its own: the
+      // argument is still live when it is placed).
       size_t count = 1;
       for (int64_t d : step.shapeOf(plan, l.results[0]))
         count *= static_cast<size_t>(d);
       float *sum = static_cast<float *>(const_cast<void *>(data[l.results[0]]));
       const float *part = static_cast<const float *>(data[l.args[0]]);
-      std::copy(part, part + count, sum);
-      if (Status s = model.bound->comm->allReduceSum(sum, count); !s.ok())
+      if (Status s = model.bound->comm->allReduceSum(part, sum, count); !s.ok())
         return s;
       continue;
     }

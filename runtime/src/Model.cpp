@@ -140,31 +140,6 @@ const std::vector<int64_t> &Model::eosTokenIds() const {
 }
 const std::string &Model::target() const { return impl->target; }
 
-/// Copies rank `rank` of `ranks`'s slice of a weight: dimension `dim` of the
-/// `full` checkpoint tensor viewed as [groups, parts, block], block
-/// rank * parts / ranks of every group.
-static void sliceForRank(const plan::Value &v, const std::vector<int64_t> &full,
-                         const uint8_t *data, int64_t rank, int64_t ranks,
-                         std::vector<uint8_t> &out) {
-  int64_t dim = v.shard.dim, groups = v.shard.groups;
-  int64_t part = rank * v.shard.parts / ranks;
-  int64_t block = v.shape[dim] / groups, extent = full[dim];
-  int64_t outer = 1;
-  size_t inner = plan::elementSize(v.dtype);
-  for (int64_t d = 0; d < dim; ++d)
-    outer *= full[d];
-  for (size_t d = dim + 1; d < full.size(); ++d)
-    inner *= static_cast<size_t>(full[d]);
-  out.clear();
-  out.reserve(static_cast<size_t>(outer * v.shape[dim]) * inner);
-  for (int64_t o = 0; o < outer; ++o)
-    for (int64_t g = 0; g < groups; ++g) {
-      int64_t from = o * extent + g * (extent / groups) + part * block;
-      const uint8_t *first = data + static_cast<size_t>(from) * inner;
-      out.insert(out.end(), first, first + static_cast<size_t>(block) * inner);
-    }
-}
-
 /// Points every weight at the checkpoint's mapping (zero-copy; a rank's
 /// slice of a sharded one is copied) and builds the concat repackings.
 static Status bindWeights(const Checkpoint &checkpoint, BoundPlan &bound) {
@@ -193,8 +168,9 @@ static Status bindWeights(const Checkpoint &checkpoint, BoundPlan &bound) {
                 " of another shape: recompile it for this checkpoint");
       bound.hostData[id] = info->data();
       if (v.shard.active()) {
-        sliceForRank(v, full, static_cast<const uint8_t *>(info->data()),
-                     bound.rank, plan.tensorParallel, bound.repacked[id]);
+        plan::sliceShard(v.shard, full, plan::elementSize(v.dtype),
+                         info->data(), bound.rank, plan.tensorParallel,
+                         bound.repacked[id]);
         bound.hostData[id] = bound.repacked[id].data();
       }
     } else if (v.kind == plan::ValueKind::Concat) {

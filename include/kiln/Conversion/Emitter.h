@@ -246,8 +246,8 @@ public:
     return arith::ExtSIOp::create(*b, loc, to, v);
   }
 
-  // Integer ops on any integer type (index, i32, i64), and float ones.
-  Value subI(Value x, Value y) { return arith::SubIOp::create(*b, loc, x, y); }
+  // Integer ops on any integer type (index, i32, i64; the *Index ones above
+  // are too), and float ones.
   Value mulI(Value x, Value y) { return arith::MulIOp::create(*b, loc, x, y); }
   Value divSI(Value x, Value y) {
     return arith::DivSIOp::create(*b, loc, x, y);

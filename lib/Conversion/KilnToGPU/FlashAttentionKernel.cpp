@@ -70,17 +70,12 @@ public:
   void build(gpu::GPUModuleOp module, StringRef name) {
     MLIRContext *context = module.getContext();
     OpBuilder builder(context);
-    Type ptr = LLVM::LLVMPointerType::get(context);
-    SmallVector<Type> params = {ptr, ptr, ptr};
-    llvm::append_range(params, ctx.memrefTypes());
+    SmallVector<Type> params = ctx.memrefTypes();
     Type i64 = builder.getI64Type();
     params.push_back(MemRefType::get({ShapedType::kDynamic}, i64));
     params.push_back(MemRefType::get({1}, i64));
-    fn = GpuEmitter::createKernel(module, ctx.kernel.getLoc(), name, params,
-                                  /*workgroup=*/{}, 128 * (1 + kConsumers));
-    fn->setAttr("nvvm.minctasm", builder.getI32IntegerAttr(1));
-    for (unsigned i = 0; i < 3; ++i)
-      fn.setArgAttr(i, "llvm.align", builder.getI64IntegerAttr(64));
+    fn = createTmaKernel(module, ctx.kernel.getLoc(), name, /*maps=*/3, params,
+                         128 * (1 + kConsumers));
     keyPositions = fn.getArgument(fn.getNumArguments() - 2);
     keyCount = fn.getArgument(fn.getNumArguments() - 1);
     GpuEmitter emitter(builder, fn);
@@ -107,12 +102,10 @@ private:
 
   void setup() {
     MLIRContext *context = fn.getContext();
-    Type map = tensorMapType(context, {64, 64});
-    Value *maps[] = {&mapQ, &mapK, &mapV};
-    for (unsigned i = 0; i < 3; ++i)
-      *maps[i] = UnrealizedConversionCastOp::create(*e->b, e->loc, map,
-                                                    fn.getArgument(i))
-                     .getResult(0);
+    auto map = tensorMapType(context, {64, 64});
+    mapQ = tensorMapOf(*e, fn.getArgument(0), map);
+    mapK = tensorMapOf(*e, fn.getArgument(1), map);
+    mapV = tensorMapOf(*e, fn.getArgument(2), map);
     SharedBase arena = alignedDynamicShared(*e);
     dyn = arena.memory;
     pad = arena.pad;

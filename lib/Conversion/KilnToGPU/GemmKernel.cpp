@@ -79,14 +79,8 @@ public:
   void build(gpu::GPUModuleOp module, StringRef name) {
     MLIRContext *context = module.getContext();
     OpBuilder builder(context);
-    Type ptr = LLVM::LLVMPointerType::get(context);
-    SmallVector<Type> params = {ptr, ptr};
-    llvm::append_range(params, ctx.memrefTypes());
-    fn = GpuEmitter::createKernel(module, ctx.kernel.getLoc(), name, params,
-                                  /*workgroup=*/{}, blockThreads());
-    fn->setAttr("nvvm.minctasm", builder.getI32IntegerAttr(1));
-    for (unsigned i = 0; i < 2; ++i)
-      fn.setArgAttr(i, "llvm.align", builder.getI64IntegerAttr(64));
+    fn = createTmaKernel(module, ctx.kernel.getLoc(), name, /*maps=*/2,
+                         ctx.memrefTypes(), blockThreads());
     GpuEmitter emitter(builder, fn);
     e = &emitter;
     barriers = barrierType(context, c.stages);
@@ -141,15 +135,10 @@ private:
 
   void prologue() {
     MLIRContext *context = fn.getContext();
-    auto mapType = [&](int64_t r) {
-      return tensorMapType(context, {r, kTileK});
-    };
-    auto cast = [&](Value p, Type t) {
-      return UnrealizedConversionCastOp::create(*e->b, e->loc, t, p)
-          .getResult(0);
-    };
-    mapA = cast(fn.getArgument(0), mapType(c.tileM()));
-    mapB = cast(fn.getArgument(1), mapType(boxRowsB()));
+    mapA = tensorMapOf(*e, fn.getArgument(0),
+                       tensorMapType(context, {c.tileM(), kTileK}));
+    mapB = tensorMapOf(*e, fn.getArgument(1),
+                       tensorMapType(context, {boxRowsB(), kTileK}));
     rows = e->dim(operand(s.a), 0);
     SharedBase arena = alignedDynamicShared(*e);
     dyn = arena.memory;
@@ -233,8 +222,6 @@ private:
                                    NVVM::SetMaxRegisterAction::increase);
     Value cw = e->subIndex(wg, e->index(1));
     Value base64 = e->toI64(aligned);
-    Value fresh =
-        LLVM::UndefOp::create(*e->b, e->loc, accType(context, c.tileN));
     forEachTile([&](Value ring) {
       // One K tile; the first of an output tile overwrites the accumulator
       // (scale-d 0), so no zeroing is needed between tiles.
@@ -261,12 +248,8 @@ private:
           });
         return running;
       };
-      Value firstTile = kStep(e->index(0), fresh, /*first=*/true);
       Value result =
-          e->loopWith(e->index(1), kTiles(), {firstTile},
-                      [&](Value it, ValueRange acc) -> SmallVector<Value> {
-                        return {kStep(it, acc[0], /*first=*/false)};
-                      })[0];
+          accumulateOverK(*e, kTiles(), accType(context, c.tileN), kStep);
       NVVM::WgmmaWaitGroupSyncOp::create(*e->b, e->loc, 0);
       // The tile's last stage is free too: the next tile's loads may use it
       // while this one's epilogue runs.

@@ -64,10 +64,7 @@ FailureOr<GpuProgram> mlir::kiln::cuda::generateGpuKernels(ModuleOp module) {
       OpBuilder::atBlockEnd(program.container->getBody());
   program.gpuModule = gpu::GPUModuleOp::create(
       containerBuilder, module.getLoc(), kKernelModuleName);
-  func::FuncOp graph;
-  for (auto f : module.getOps<func::FuncOp>())
-    if (f.isPublic() && !f.isExternal())
-      graph = f;
+  func::FuncOp graph = graphFunctionOf(module);
   if (!graph)
     return module.emitError("no graph function to compile"), failure();
 

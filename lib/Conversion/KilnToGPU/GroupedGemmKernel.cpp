@@ -79,15 +79,9 @@ public:
   void build(gpu::GPUModuleOp module, StringRef name) {
     MLIRContext *context = module.getContext();
     OpBuilder builder(context);
-    Type ptr = LLVM::LLVMPointerType::get(context);
     maps = s.gateUp ? 1 : 2;
-    SmallVector<Type> params(maps, ptr);
-    llvm::append_range(params, ctx.memrefTypes());
-    fn = GpuEmitter::createKernel(module, ctx.kernel.getLoc(), name, params,
-                                  /*workgroup=*/{}, blockThreads());
-    fn->setAttr("nvvm.minctasm", builder.getI32IntegerAttr(1));
-    for (unsigned i = 0; i < maps; ++i)
-      fn.setArgAttr(i, "llvm.align", builder.getI64IntegerAttr(64));
+    fn = createTmaKernel(module, ctx.kernel.getLoc(), name, maps,
+                         ctx.memrefTypes(), blockThreads());
     GpuEmitter emitter(builder, fn);
     e = &emitter;
     barriers = barrierType(context, stages);
@@ -160,13 +154,11 @@ private:
 
   void setup() {
     MLIRContext *context = fn.getContext();
-    auto cast = [&](Value p, Type t) {
-      return UnrealizedConversionCastOp::create(*e->b, e->loc, t, p)
-          .getResult(0);
-    };
-    mapB = cast(fn.getArgument(0), tensorMapType(context, {1, kTileK, kBoxN}));
+    mapB = tensorMapOf(*e, fn.getArgument(0),
+                       tensorMapType(context, {1, kTileK, kBoxN}));
     if (!s.gateUp)
-      mapA = cast(fn.getArgument(1), tensorMapType(context, {tileM(), kTileK}));
+      mapA = tensorMapOf(*e, fn.getArgument(1),
+                         tensorMapType(context, {tileM(), kTileK}));
     SharedBase arena = alignedDynamicShared(*e);
     dyn = arena.memory;
     pad = arena.pad;
@@ -329,14 +321,8 @@ private:
         });
       return running;
     };
-    Value fresh =
-        LLVM::UndefOp::create(*e->b, e->loc, accType(context, kTileN));
-    Value firstAcc = kStep(e->index(0), fresh, /*firstTile=*/true);
     Value result =
-        e->loopWith(e->index(1), kTiles(), {firstAcc},
-                    [&](Value it, ValueRange acc) -> SmallVector<Value> {
-                      return {kStep(it, acc[0], /*firstTile=*/false)};
-                    })[0];
+        accumulateOverK(*e, kTiles(), accType(context, kTileN), kStep);
     NVVM::WgmmaWaitGroupSyncOp::create(*e->b, e->loc, 0);
     epilogue(result, cw);
   }

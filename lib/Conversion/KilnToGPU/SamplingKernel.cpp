@@ -247,7 +247,7 @@ private:
         earlier = e.select(e.cmpIndex(CmpIPredicate::ult, e.index(w), warp),
                            e.addI(earlier, s), earlier);
       }
-      Value start = e.addI(before, e.addI(earlier, e.subI(inclusive, own)));
+      Value start = e.addI(before, e.addI(earlier, e.subIndex(inclusive, own)));
       Value end0 = e.addI(start, h0);
       Value end1 = e.addI(end0, h1);
       auto crosses = [&](Value from, Value to) {

@@ -93,6 +93,30 @@ inline LLVM::LLVMStructType accType(MLIRContext *context, int64_t n) {
   return LLVM::LLVMStructType::getLiteral(context, fields);
 }
 
+/// A pipelined kernel in `module`: `maps` TMA descriptors (64-byte aligned
+/// pointers) first, then `params`; one block per SM at a time
+/// (nvvm.minctasm 1: the kernels size their shared memory for that).
+inline gpu::GPUFuncOp createTmaKernel(gpu::GPUModuleOp module, Location loc,
+                                      StringRef name, unsigned maps,
+                                      ArrayRef<Type> params,
+                                      int64_t blockThreads) {
+  Builder b(module.getContext());
+  SmallVector<Type> arguments(maps, LLVM::LLVMPointerType::get(b.getContext()));
+  llvm::append_range(arguments, params);
+  gpu::GPUFuncOp fn = GpuEmitter::createKernel(module, loc, name, arguments,
+                                               /*workgroup=*/{}, blockThreads);
+  fn->setAttr("nvvm.minctasm", b.getI32IntegerAttr(1));
+  for (unsigned i = 0; i < maps; ++i)
+    fn.setArgAttr(i, "llvm.align", b.getI64IntegerAttr(64));
+  return fn;
+}
+/// TMA descriptor argument `map` seen as the nvgpu tensor map of `type`.
+inline Value tensorMapOf(GpuEmitter &e, Value map,
+                         nvgpu::TensorMapDescriptorType type) {
+  return UnrealizedConversionCastOp::create(*e.b, e.loc, Type(type), map)
+      .getResult(0);
+}
+
 /// The wgmma shared-memory descriptor of a 128-byte swizzled tile at
 /// shared address `addr` (i64): start address >> 4, leading and stride byte
 /// offsets >> 4, swizzle mode 1 (128 B) in bits 62-63. K-major tiles use
@@ -137,6 +161,20 @@ inline Value mmaKTile(GpuEmitter &e, Value descA, Value descB, Value acc,
     acc = mma(e, advance(descA, 2 * kk), advance(descB, bStep * kk), acc, n,
               bLayout, overwrite && kk == 0, el);
   return acc;
+}
+
+/// The accumulator over `kTiles` K tiles: `kStep(it, acc, first)` issues
+/// tile `it`; the first overwrites a fresh accumulator (scale-d 0), so it
+/// needs no zeroing, and the others carry it through an scf.for.
+inline Value
+accumulateOverK(GpuEmitter &e, Value kTiles, LLVM::LLVMStructType acc,
+                function_ref<Value(Value it, Value acc, bool first)> kStep) {
+  Value fresh = LLVM::UndefOp::create(*e.b, e.loc, acc);
+  Value first = kStep(e.index(0), fresh, /*first=*/true);
+  return e.loopWith(e.index(1), kTiles, {first},
+                    [&](Value it, ValueRange carried) -> SmallVector<Value> {
+                      return {kStep(it, carried[0], /*first=*/false)};
+                    })[0];
 }
 
 /// Dynamic shared memory, its offset to the next 1024-byte boundary and

@@ -66,10 +66,7 @@ llvm::Expected<plan::Plan> mlir::kiln::buildEnginePlan(
     Type t = storageOf ? storageOf(v) : Type();
     return t ? t : cast<RankedTensorType>(v.getType()).getElementType();
   };
-  func::FuncOp graph;
-  for (auto f : module.getOps<func::FuncOp>())
-    if (f.isPublic() && !f.isExternal())
-      graph = f;
+  func::FuncOp graph = graphFunctionOf(module);
   if (!graph)
     return makeError("no graph function to compile");
 

@@ -231,6 +231,14 @@ inline size_t rowBytes(const Value &v) {
   return n;
 }
 
+/// Rank `rank` of `ranks`'s slice under `shard` of a row-major tensor of
+/// shape `full` at `data`, elements of `elementBytes`: the bytes of a tensor
+/// whose extent along `shard.dim` is full[dim] / parts. The runtime binds
+/// weights with it; the reference evaluator too.
+void sliceShard(const Shard &shard, const std::vector<int64_t> &full,
+                size_t elementBytes, const void *data, int64_t rank,
+                int64_t ranks, std::vector<uint8_t> &out);
+
 /// Whether `l` writes the plan's logits.
 inline bool producesLogits(const Plan &plan, const Launch &l) {
   return std::find(l.results.begin(), l.results.end(), plan.logits) !=
