@@ -50,15 +50,19 @@ def Kiln_KernelKindAttr : EnumAttr<Kiln_Dialect, Kiln_KernelKind, "kernel"> {
 // The `kiln.shard` argument attribute of a weight in a tensor-parallel graph
 // (kiln-shard-tensor-parallel): which slice of the checkpoint tensor a rank
 // holds. Dimension `dim` of the checkpoint tensor is viewed as
-// [groups, parts, block]; rank r of R holds block r * parts / R of every
-// group, so the argument's extent along `dim` is groups * block. `parts` is
-// R for a plain split and fewer when ranks share a slice (KV heads when
-// there are fewer than ranks); `groups` is 2 for packed [gate | up] weights.
+// [groups, parts, block]; rank r of R holds block p of every group, so the
+// argument's extent along `dim` is groups * block. p is r * parts / R
+// (`stride` 0) or (r / stride) mod parts. `parts` is R for a plain split and
+// fewer when ranks share a slice (KV heads when there are fewer than ranks;
+// routed experts split into expert-parallel groups); `groups` is 2 for
+// packed [gate | up] weights; `stride` 1 splits within an expert-parallel
+// group. A weight split along two dimensions carries an array of two.
 def Kiln_ShardAttr : AttrDef<Kiln_Dialect, "Shard"> {
   let mnemonic = "shard";
   let summary = "the slice of a checkpoint tensor one rank holds";
   let parameters = (ins "int64_t":$dim, "int64_t":$parts,
-                        DefaultValuedParameter<"int64_t", "1">:$groups);
+                        DefaultValuedParameter<"int64_t", "1">:$groups,
+                        DefaultValuedParameter<"int64_t", "0">:$stride);
   let assemblyFormat = "`<` struct(params) `>`";
   let genVerifyDecl = 1;
 }

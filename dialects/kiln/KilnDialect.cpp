@@ -85,6 +85,14 @@ LogicalResult KilnDialect::verifyOperationAttribute(Operation *op,
                                 "module";
     return success();
   }
+  if (name == getPipelineStagesAttrName()) {
+    auto stages = dyn_cast<IntegerAttr>(attr.getValue());
+    if (!isa<ModuleOp>(op) || !stages || stages.getInt() < 2)
+      return op->emitError() << "'" << getPipelineStagesAttrName()
+                             << "' must be an integer of at least 2 on the "
+                                "module";
+    return success();
+  }
   if (name != getKernelAttrName())
     return op->emitError() << "unknown kiln attribute '" << name << "'";
   if (!isa<KernelKindAttr>(attr.getValue()))
@@ -129,27 +137,51 @@ LogicalResult KilnDialect::verifyRegionArgAttribute(Operation *op,
   }
 
   if (attr.getName() == getShardAttrName()) {
-    auto shard = dyn_cast<ShardAttr>(attr.getValue());
-    if (!shard)
-      return op->emitError() << "'" << getShardAttrName() << "' on argument "
-                             << argIndex << " must be a #kiln.shard<...>";
-    if (!tensorType || shard.getDim() >= tensorType.getRank() ||
-        tensorType.isDynamicDim(shard.getDim()) ||
-        tensorType.getDimSize(shard.getDim()) % shard.getGroups() != 0)
+    SmallVector<ShardAttr> shards;
+    if (auto one = dyn_cast<ShardAttr>(attr.getValue()))
+      shards.push_back(one);
+    else if (auto many = dyn_cast<ArrayAttr>(attr.getValue()))
+      for (Attribute a : many)
+        shards.push_back(dyn_cast<ShardAttr>(a));
+    if (shards.empty() || llvm::is_contained(shards, ShardAttr()))
       return op->emitError()
-             << "argument " << argIndex << " of type " << argType
-             << " has no dimension " << shard.getDim() << " made of "
-             << shard.getGroups() << " equal groups to shard";
+             << "'" << getShardAttrName() << "' on argument " << argIndex
+             << " must be a #kiln.shard<...> or an array of them";
+    for (ShardAttr shard : shards) {
+      if (!tensorType || shard.getDim() >= tensorType.getRank() ||
+          tensorType.isDynamicDim(shard.getDim()) ||
+          tensorType.getDimSize(shard.getDim()) % shard.getGroups() != 0)
+        return op->emitError()
+               << "argument " << argIndex << " of type " << argType
+               << " has no dimension " << shard.getDim() << " made of "
+               << shard.getGroups() << " equal groups to shard";
+      if (llvm::count_if(shards, [&](ShardAttr other) {
+            return other.getDim() == shard.getDim();
+          }) > 1)
+        return op->emitError()
+               << "argument " << argIndex << " is split twice along dimension "
+               << shard.getDim();
+    }
     return success();
   }
 
   if (attr.getName() == getInputAttrName()) {
     auto kind = dyn_cast<StringAttr>(attr.getValue());
-    if (!kind ||
-        (kind.getValue() != "tokens" && kind.getValue() != "positions"))
+    if (!kind || (kind.getValue() != "tokens" &&
+                  kind.getValue() != "positions" && kind.getValue() != "rank"))
       return op->emitError()
              << "'" << getInputAttrName() << "' on argument " << argIndex
-             << " must be \"tokens\" or \"positions\"";
+             << " must be \"tokens\", \"positions\" or \"rank\"";
+    if (kind.getValue() == "rank") {
+      // The process's rank in a tensor-parallel group, for ops whose work
+      // depends on it (expert-parallel MoE).
+      if (!tensorType || tensorType.getShape() != ArrayRef<int64_t>{1} ||
+          !tensorType.getElementType().isInteger(64))
+        return op->emitError()
+               << "input argument " << argIndex
+               << " (rank) must be tensor<1xi64>, got " << argType;
+      return success();
+    }
     bool isTokens = kind.getValue() == "tokens";
     bool ok = tensorType && tensorType.getRank() == 1 &&
               (tensorType.getElementType().isInteger(64) ||
@@ -167,11 +199,13 @@ LogicalResult KilnDialect::verifyRegionArgAttribute(Operation *op,
 }
 
 LogicalResult ShardAttr::verify(function_ref<InFlightDiagnostic()> emitError,
-                                int64_t dim, int64_t parts, int64_t groups) {
-  if (dim < 0 || parts < 1 || groups < 1)
-    return emitError() << "#kiln.shard needs dim >= 0, parts >= 1 and "
-                          "groups >= 1 (got dim = "
+                                int64_t dim, int64_t parts, int64_t groups,
+                                int64_t stride) {
+  if (dim < 0 || parts < 1 || groups < 1 || stride < 0)
+    return emitError() << "#kiln.shard needs dim >= 0, parts >= 1, "
+                          "groups >= 1 and stride >= 0 (got dim = "
                        << dim << ", parts = " << parts
-                       << ", groups = " << groups << ")";
+                       << ", groups = " << groups << ", stride = " << stride
+                       << ")";
   return success();
 }

@@ -45,6 +45,10 @@ def Kiln_Dialect : Dialect {
     static constexpr ::llvm::StringLiteral getTensorParallelAttrName() {
       return ::llvm::StringLiteral("kiln.tensor_parallel");
     }
+    /// Module attribute: the pipeline stages of a pipeline-parallel graph.
+    static constexpr ::llvm::StringLiteral getPipelineStagesAttrName() {
+      return ::llvm::StringLiteral("kiln.pipeline_stages");
+    }
     /// Argument attribute naming a runtime input ("tokens" or "positions").
     static constexpr ::llvm::StringLiteral getInputAttrName() {
       return ::llvm::StringLiteral("kiln.input");

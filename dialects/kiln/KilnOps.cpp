@@ -239,6 +239,52 @@ LogicalResult AttentionOp::verify() {
 // MoeOp
 //===----------------------------------------------------------------------===//
 
+/// Expert parallelism of kiln.moe and kiln.moe_route: `local` of the
+/// router's `global` experts are held, a 1/G share with `expert_groups = G`
+/// of `ranks = R` (then the rank input is needed, G must divide R, and R is
+/// the module's tensor-parallel size where the module says).
+static LogicalResult checkExpertGroups(Operation *op, Value rank,
+                                       std::optional<uint64_t> groups,
+                                       std::optional<uint64_t> ranks,
+                                       int64_t global, int64_t local) {
+  if (!groups) {
+    if (rank || ranks)
+      return op->emitOpError() << "takes a rank or ranks but has no "
+                                  "expert_groups"; // experts_c1
+    if (global != local)
+      return op->emitOpError()
+             << "holds " << local << " experts but its router has " << global
+             << "; only an expert-parallel block (expert_groups) holds a "
+                "share"; // experts_c2
+    return success();
+  }
+  int64_t g = static_cast<int64_t>(*groups);
+  if (g < 2)
+    return op->emitOpError()
+           << "expert_groups must be at least 2, got " << g; // experts_c3
+  if (!rank || !ranks)
+    return op->emitOpError() << "is expert-parallel but lacks the rank input "
+                                "or the ranks attribute"; // experts_c1
+  int64_t r = static_cast<int64_t>(*ranks);
+  if (r % g != 0)
+    return op->emitOpError()
+           << "splits experts into " << g << " groups, which do not divide its "
+           << r << " ranks"; // experts_c4
+  auto module = op->getParentOfType<ModuleOp>();
+  auto moduleRanks = module ? module->getAttrOfType<IntegerAttr>(
+                                  KilnDialect::getTensorParallelAttrName())
+                            : IntegerAttr();
+  if (moduleRanks && moduleRanks.getInt() != r)
+    return op->emitOpError()
+           << "is split over " << r << " ranks but the module over "
+           << moduleRanks.getInt(); // experts_c4
+  if (local * g != global)
+    return op->emitOpError()
+           << "holds " << local << " experts, which is not 1/" << g
+           << " of its router's " << global; // experts_c2
+  return success();
+}
+
 LogicalResult MoeOp::verify() {
   auto input = getInput().getType();
   auto router = getRouter().getType();
@@ -255,13 +301,15 @@ LogicalResult MoeOp::verify() {
       !down.hasStaticShape())
     return emitOpError() << "expected statically shaped expert weights";
   int64_t hidden = input.getDimSize(1);
-  int64_t experts = router.getDimSize(0);
+  int64_t experts = gateUp.getDimSize(0);
   if (router.getDimSize(1) != hidden)
     return emitOpError() << "router must be [experts, " << hidden << "], got ["
-                         << experts << ", " << router.getDimSize(1)
+                         << router.getDimSize(0) << ", " << router.getDimSize(1)
                          << "]"; // moe_c2
-  if (gateUp.getDimSize(0) != experts || gateUp.getDimSize(1) != hidden ||
-      gateUp.getDimSize(2) % 2 != 0)
+  if (failed(checkExpertGroups(*this, getRank(), getExpertGroups(), getRanks(),
+                               router.getDimSize(0), experts)))
+    return failure();
+  if (gateUp.getDimSize(1) != hidden || gateUp.getDimSize(2) % 2 != 0)
     return emitOpError() << "gate_up must be [" << experts << ", " << hidden
                          << ", 2 * F], got " << gateUp; // moe_c3
   int64_t ffn = gateUp.getDimSize(2) / 2;
@@ -270,9 +318,9 @@ LogicalResult MoeOp::verify() {
     return emitOpError() << "down must be [" << experts << ", " << ffn << ", "
                          << hidden << "], got " << down; // moe_c4
   int64_t topK = getTopK();
-  if (topK < 1 || topK > experts)
-    return emitOpError() << "top_k must be in [1, " << experts << "], got "
-                         << topK; // moe_c5
+  if (topK < 1 || topK > router.getDimSize(0))
+    return emitOpError() << "top_k must be in [1, " << router.getDimSize(0)
+                         << "], got " << topK; // moe_c5
   if (Value sharedGate = getSharedGate()) {
     auto g = cast<RankedTensorType>(sharedGate.getType());
     auto u = cast<RankedTensorType>(getSharedUp().getType());
@@ -490,9 +538,14 @@ LogicalResult MoeRouteOp::verify() {
   if (topK < 1 || topK > experts)
     return emitOpError() << "top_k must be in [1, " << experts << "], got "
                          << topK; // moe_route_c3
-  if (failed(checkDispatch(*this, getTokenIndices().getType(),
+  int64_t local = getExpertOffsets().getType().getRank() == 1
+                      ? getExpertOffsets().getType().getDimSize(0) - 1
+                      : experts;
+  if (failed(checkExpertGroups(*this, getRank(), getExpertGroups(), getRanks(),
+                               experts, getExpertGroups() ? local : experts)) ||
+      failed(checkDispatch(*this, getTokenIndices().getType(),
                            getExpertOffsets().getType(), getGates().getType(),
-                           experts)))
+                           getExpertGroups() ? local : experts)))
     return failure();
   int64_t tokens = input.getDimSize(0);
   int64_t pairs = getTokenIndices().getType().getDimSize(0);
@@ -568,6 +621,35 @@ LogicalResult AllReduceOp::verify() {
   return success();
 }
 
+/// The pipeline stages of the module around `op` (0 when it has none).
+static int64_t pipelineStagesOf(Operation *op) {
+  auto module = op->getParentOfType<ModuleOp>();
+  auto stages = module ? module->getAttrOfType<IntegerAttr>(
+                             KilnDialect::getPipelineStagesAttrName())
+                       : IntegerAttr();
+  return stages ? stages.getInt() : 0;
+}
+
+LogicalResult StageSendOp::verify() {
+  int64_t stages = pipelineStagesOf(*this);
+  auto stage = static_cast<int64_t>(getStage());
+  if (stages < 2 || stage < 0 || stage + 1 >= stages)
+    return emitOpError() << "sends from stage " << stage
+                         << " but the module is not a pipeline of a stage "
+                            "after it (kiln.pipeline_stages)"; // stage_c1
+  return success();
+}
+
+LogicalResult StageBroadcastOp::verify() {
+  int64_t stages = pipelineStagesOf(*this);
+  auto stage = static_cast<int64_t>(getStage());
+  if (stages < 2 || stage < 0 || stage >= stages)
+    return emitOpError() << "broadcasts from stage " << stage
+                         << " but the module is not a pipeline with that "
+                            "stage (kiln.pipeline_stages)"; // stage_c1
+  return success();
+}
+
 func::FuncOp mlir::kiln::graphFunctionOf(ModuleOp module) {
   func::FuncOp graph;
   for (auto f : module.getOps<func::FuncOp>())
@@ -578,3 +660,117 @@ func::FuncOp mlir::kiln::graphFunctionOf(ModuleOp module) {
 
 #define GET_OP_CLASSES
 #include "dialects/kiln/KilnOps.cpp.inc"
+
+SmallVector<mlir::kiln::ShardAttr>
+mlir::kiln::weightShardsOf(func::FuncOp func, unsigned argIndex) {
+  SmallVector<ShardAttr> shards;
+  Attribute attr = func.getArgAttr(argIndex, KilnDialect::getShardAttrName());
+  if (auto one = dyn_cast_or_null<ShardAttr>(attr))
+    shards.push_back(one);
+  else if (auto many = dyn_cast_or_null<ArrayAttr>(attr))
+    for (Attribute a : many)
+      if (auto s = dyn_cast<ShardAttr>(a))
+        shards.push_back(s);
+  return shards;
+}
+
+FailureOr<mlir::kiln::StageAssignment>
+mlir::kiln::assignStages(func::FuncOp func) {
+  StageAssignment out;
+  constexpr int64_t all = StageAssignment::kAllStages;
+  auto module = func->getParentOfType<ModuleOp>();
+  if (auto stages = module ? module->getAttrOfType<IntegerAttr>(
+                                 KilnDialect::getPipelineStagesAttrName())
+                           : IntegerAttr())
+    out.stages = stages.getInt();
+  Block &body = func.getBody().front();
+  for (BlockArgument arg : body.getArguments())
+    out.values[arg] = all;
+  // Forward: an op runs where its (staged) operands are.
+  SmallVector<Operation *> unplaced;
+  for (Operation &op : body) {
+    if (isa<func::ReturnOp>(op))
+      continue;
+    int64_t stage = all;
+    if (out.stages == 1) {
+      stage = 0;
+    } else if (auto send = dyn_cast<StageSendOp>(op)) {
+      stage = send.getStage();
+    } else if (auto broadcast = dyn_cast<StageBroadcastOp>(op)) {
+      stage = broadcast.getStage();
+    } else {
+      for (Value operand : op.getOperands()) {
+        int64_t s = out.values.lookup(operand);
+        if (s == all)
+          continue;
+        if (stage != all && s != stage)
+          return op.emitOpError()
+                     << "reads values of pipeline stages " << stage << " and "
+                     << s << " (a kiln.stage_send must carry a value across)",
+                 failure();
+        stage = s;
+      }
+    }
+    if (isa<StageSendOp, StageBroadcastOp>(op)) {
+      int64_t s = out.values.lookup(op.getOperand(0));
+      if (s != stage)
+        return op.emitOpError()
+                   << "carries a value of stage " << (s == all ? -1 : s)
+                   << " from stage " << stage,
+               failure();
+    }
+    out.ops[&op] = stage;
+    int64_t resultStage = stage;
+    if (isa<StageSendOp>(op))
+      resultStage = stage + 1;
+    else if (isa<StageBroadcastOp>(op))
+      resultStage = all;
+    for (Value r : op.getResults())
+      out.values[r] = resultStage;
+    if (stage == all)
+      unplaced.push_back(&op);
+  }
+  // Backward: ops that read only arguments (weight repackings), then the
+  // weights, go where their users are.
+  auto usersStage = [&](Value v, int64_t &stage) -> LogicalResult {
+    stage = all;
+    for (Operation *user : v.getUsers()) {
+      int64_t s = out.of(user);
+      if (isa<func::ReturnOp>(user) || s == all)
+        continue;
+      if (stage != all && s != stage)
+        return failure();
+      stage = s;
+    }
+    return success();
+  };
+  for (Operation *op : llvm::reverse(unplaced)) {
+    int64_t stage = all;
+    for (Value r : op->getResults()) {
+      int64_t s;
+      if (failed(usersStage(r, s)) || (stage != all && s != all && s != stage))
+        return op->emitOpError()
+                   << "feeds ops of two pipeline stages; each stage needs "
+                      "its own",
+               failure();
+      if (s != all)
+        stage = s;
+    }
+    out.ops[op] = stage;
+    for (Value r : op->getResults())
+      out.values[r] = stage;
+  }
+  for (BlockArgument arg : body.getArguments()) {
+    if (!func.getArgAttr(arg.getArgNumber(), KilnDialect::getWeightAttrName()))
+      continue;
+    int64_t stage;
+    if (failed(usersStage(arg, stage)))
+      return func.emitOpError()
+                 << "weight argument " << arg.getArgNumber()
+                 << " is read on two pipeline stages; each stage needs its "
+                    "own",
+             failure();
+    out.values[arg] = stage;
+  }
+  return out;
+}

@@ -22,6 +22,15 @@ def Kiln_Float : AnyTypeOf<[F32, F16, BF16]>;
 def Kiln_FloatTensor : RankedTensorOf<[F32, F16, BF16]>;
 def Kiln_IntTensor : RankedTensorOf<[I32, I64]>;
 def Kiln_PositionTensor : RankedTensorOf<[I64]>;
+// The `kiln.input = "rank"` argument of a tensor-parallel graph.
+def Kiln_RankTensor : Type<
+    CPred<"::llvm::isa<::mlir::RankedTensorType>($_self) && "
+          "::llvm::cast<::mlir::RankedTensorType>($_self).getShape() == "
+          "::llvm::ArrayRef<int64_t>{1} && "
+          "::llvm::cast<::mlir::RankedTensorType>($_self)"
+          ".getElementType().isInteger(64)">,
+    "tensor<1xi64>", "::mlir::RankedTensorType">,
+  BuildableType<"::mlir::RankedTensorType::get({1}, $_builder.getI64Type())">;
 
 //===----------------------------------------------------------------------===//
 // Embedding and element-wise ops
@@ -236,7 +245,13 @@ def Kiln_MoeOp : Kiln_Op<"moe", [Pure, AttrSizedOperandSegments,
     `Dn_e = down[e]` ([E, F, D], [in, out]). When the three `shared_*`
     weights are present, the shared expert
     `(silu(u Wg^T) * (u Wu^T)) Wd^T` (checkpoint [out, in] layout) is added,
-    ungated. See docs/dialect.md#kilnmoe.
+    ungated.
+
+    Expert parallelism (`expert_groups = G` of `ranks = R`, with the `rank`
+    input): `gate_up` and `down` hold the E / G experts of the rank's group,
+    experts `g E / G .. (g + 1) E / G - 1` with `g = rank G / R`; tokens routed to other experts add nothing here (their
+    group's ranks add them in the all-reduce that follows). The router is
+    whole. See docs/dialect.md#kilnmoe.
 
     ```mlir
     %y = kiln.moe %u router %wr experts %gu, %dn
@@ -251,12 +266,14 @@ def Kiln_MoeOp : Kiln_Op<"moe", [Pure, AttrSizedOperandSegments,
                    Optional<Kiln_FloatTensor>:$shared_gate,
                    Optional<Kiln_FloatTensor>:$shared_up,
                    Optional<Kiln_FloatTensor>:$shared_down,
-                   I64Attr:$top_k);
+                   Optional<Kiln_RankTensor>:$rank,
+                   I64Attr:$top_k, OptionalAttr<I64Attr>:$expert_groups,
+                   OptionalAttr<I64Attr>:$ranks);
   let results = (outs Kiln_FloatTensor:$result);
   let assemblyFormat = [{
     $input `router` $router `experts` $gate_up `,` $down
     (`shared` $shared_gate^ `,` $shared_up `,` $shared_down)?
-    attr-dict `:` type($input) `,` type($router) `,` type($gate_up) `,`
+    (`rank` $rank^)? attr-dict `:` type($input) `,` type($router) `,` type($gate_up) `,`
     type($down) (`,` type($shared_gate)^ `,` type($shared_up) `,`
     type($shared_down))?
   }];
@@ -393,7 +410,13 @@ def Kiln_MoeRouteOp : Kiln_Op<"moe_route", [Pure]> {
     keeping token order within an expert. Results: `token_indices` (the
     token of each sorted pair), `expert_offsets` ([E + 1]: expert e owns
     pairs `expert_offsets[e] .. expert_offsets[e + 1] - 1`) and `gates`
-    (`sigmoid(r_e)` of each pair). See docs/dialect.md#kilnmoe_route.
+    (`sigmoid(r_e)` of each pair).
+
+    With `expert_groups = G`, `ranks = R` and the `rank` input (as on
+    kiln.moe), the
+    offsets cover only the E / G experts of the rank's group
+    ([E / G + 1]); pairs of other experts come after them as token 0 with
+    gate 0, which no expert reads. See docs/dialect.md#kilnmoe_route.
 
     ```mlir
     %idx, %offsets, %gates = kiln.moe_route %u, %router {top_k = 1 : i64}
@@ -402,12 +425,14 @@ def Kiln_MoeRouteOp : Kiln_Op<"moe_route", [Pure]> {
     ```
   }];
   let arguments = (ins Kiln_FloatTensor:$input, Kiln_FloatTensor:$router,
-                   I64Attr:$top_k);
+                   Optional<Kiln_RankTensor>:$rank,
+                   I64Attr:$top_k, OptionalAttr<I64Attr>:$expert_groups,
+                   OptionalAttr<I64Attr>:$ranks);
   let results = (outs Kiln_PositionTensor:$token_indices,
                       Kiln_PositionTensor:$expert_offsets,
                       Kiln_FloatTensor:$gates);
   let assemblyFormat = [{
-    $input `,` $router attr-dict `:` type($input) `,` type($router) `->`
+    $input `,` $router (`rank` $rank^)? attr-dict `:` type($input) `,` type($router) `->`
     type($token_indices) `,` type($expert_offsets) `,` type($gates)
   }];
   let hasVerifier = 1;
@@ -491,6 +516,49 @@ def Kiln_AllReduceOp : Kiln_Op<"all_reduce", [SameOperandsAndResultType]> {
     ```
   }];
   let arguments = (ins Kiln_FloatTensor:$input, I64Attr:$ranks);
+  let results = (outs Kiln_FloatTensor:$result);
+  let assemblyFormat = "$input attr-dict `:` type($result)";
+  let hasVerifier = 1;
+}
+
+//===----------------------------------------------------------------------===//
+// Pipeline stages (pipeline-parallel graphs)
+//===----------------------------------------------------------------------===//
+
+def Kiln_StageSendOp : Kiln_Op<"stage_send", [SameOperandsAndResultType]> {
+  let summary = "hand a value from one pipeline stage to the next";
+  let description = [{
+    In a graph of P pipeline stages (module attribute
+    `kiln.pipeline_stages = P`), every op runs on one stage: the stage of
+    its operands, a `stage_send` result counting as stage `stage + 1`.
+    `input` is computed by the ranks of stage `stage`; each sends it to the
+    rank of the same tensor-parallel index in stage `stage + 1`, whose
+    `result` it is. Placed by kiln-pipeline-stages where the residual
+    stream crosses a stage boundary. See docs/dialect.md#kilnstage_send.
+
+    ```mlir
+    %h1 = kiln.stage_send %h {stage = 0 : i64} : tensor<?x5120xf32>
+    ```
+  }];
+  let arguments = (ins Kiln_FloatTensor:$input, I64Attr:$stage);
+  let results = (outs Kiln_FloatTensor:$result);
+  let assemblyFormat = "$input attr-dict `:` type($result)";
+  let hasVerifier = 1;
+}
+
+def Kiln_StageBroadcastOp : Kiln_Op<"stage_broadcast",
+    [SameOperandsAndResultType]> {
+  let summary = "make a value of one pipeline stage every rank's";
+  let description = [{
+    `input`, computed by the ranks of stage `stage`, becomes `result` on
+    every rank of every stage (the logits, so that every rank picks the
+    same next token). See docs/dialect.md#kilnstage_broadcast.
+
+    ```mlir
+    %all = kiln.stage_broadcast %logits {stage = 1 : i64} : tensor<?x202048xf32>
+    ```
+  }];
+  let arguments = (ins Kiln_FloatTensor:$input, I64Attr:$stage);
   let results = (outs Kiln_FloatTensor:$result);
   let assemblyFormat = "$input attr-dict `:` type($result)";
   let hasVerifier = 1;

@@ -98,6 +98,8 @@ public:
       : module(module), graph(graph), options(options), os(os) {
     module.walk([&](MoeRouteOp r) {
       routedPerToken = std::max<int64_t>(routedPerToken, r.getTopK());
+      if (std::optional<uint64_t> groups = r.getExpertGroups())
+        expertShare = 1.0 / static_cast<double>(*groups);
     });
   }
 
@@ -142,12 +144,14 @@ public:
         reach(e.getTable(), table.getDimSize(0), tokens);
       } else if (Value weights = expertWeights(&op)) {
         reach(weights, cast<RankedTensorType>(weights.getType()).getDimSize(0),
-              static_cast<double>(routedPerToken) * tokens);
+              static_cast<double>(routedPerToken) * tokens * expertShare);
       } else if (auto m = dyn_cast<MoeOp>(op)) {
         double e =
             cast<RankedTensorType>(m.getRouter().getType()).getDimSize(0);
+        double share = m.getExpertGroups() ? 1.0 / *m.getExpertGroups() : 1.0;
         for (Value w : {m.getGateUp(), m.getDown()})
-          reach(w, e, static_cast<double>(m.getTopK()) * tokens);
+          reach(w, e * share,
+                static_cast<double>(m.getTopK()) * tokens * share);
       }
     }
     return fractions;
@@ -175,7 +179,9 @@ public:
         auto down = cast<RankedTensorType>(moe.getDown().getType());
         int64_t e = router.getDimSize(0), d = router.getDimSize(1);
         int64_t f = down.getDimSize(1), k = moe.getTopK();
-        cost.flops += 2.0 * T * e * d + 6.0 * k * T * d * f;
+        double share =
+            moe.getExpertGroups() ? 1.0 / *moe.getExpertGroups() : 1.0;
+        cost.flops += 2.0 * T * e * d + 6.0 * k * T * d * f * share;
         if (Value sg = moe.getSharedGate())
           cost.flops +=
               6.0 * T * d * cast<RankedTensorType>(sg.getType()).getDimSize(0);
@@ -185,8 +191,8 @@ public:
       } else if (Value weights = expertWeights(&op)) {
         auto w = cast<RankedTensorType>(weights.getType());
         // Per dispatched row: 2 * (weights of one expert) FLOPs.
-        cost.flops +=
-            2.0 * routedPerToken * T * w.getDimSize(1) * w.getDimSize(2);
+        cost.flops += 2.0 * routedPerToken * T * expertShare * w.getDimSize(1) *
+                      w.getDimSize(2);
       }
     }
     llvm::DenseMap<Value, double> fractions = argFractions(kernel, T);
@@ -445,6 +451,9 @@ private:
   const ReportOptions &options;
   llvm::raw_ostream &os;
   int64_t routedPerToken = 1;
+  /// The share of the routed pairs one rank computes, on average (1 / G
+  /// with G expert-parallel groups).
+  double expertShare = 1.0;
 };
 
 } // namespace

@@ -192,7 +192,8 @@ public:
           weight(f + "experts.gate_up_proj"), weight(f + "experts.down_proj"),
           weight(f + "shared_expert.gate_proj.weight"),
           weight(f + "shared_expert.up_proj.weight"),
-          weight(f + "shared_expert.down_proj.weight"), c.numExpertsPerTok);
+          weight(f + "shared_expert.down_proj.weight"), /*rank=*/Value(),
+          c.numExpertsPerTok, /*expert_groups=*/nullptr, /*ranks=*/nullptr);
     }
     Value g = linear(u, f + "gate_proj.weight", c.intermediateSizeMlp);
     Value up = linear(u, f + "up_proj.weight", c.intermediateSizeMlp);

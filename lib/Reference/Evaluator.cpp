@@ -39,6 +39,14 @@ static std::string locString(Location loc) {
   return s;
 }
 
+/// The first expert an expert-parallel block of `groups` groups over
+/// `ranks` ranks holds on the rank in `rank` ({rank}), `local` experts per
+/// group: group rank * groups / ranks.
+static int64_t firstExpertOf(const std::vector<int64_t> &rank, int64_t groups,
+                             int64_t ranks, int64_t local) {
+  return rank.at(0) * groups / ranks * local;
+}
+
 static llvm::Error opError(Operation *op, const llvm::Twine &message) {
   return makeError(locString(op->getLoc()) + ": '" +
                    op->getName().getStringRef() + "': " + message);
@@ -128,6 +136,8 @@ private:
       return currentTokens;
     if (v == positionsArg)
       return currentPositions;
+    if (v == rankArg)
+      return rankValue;
     return intValues.find(v.getAsOpaquePointer())->second;
   }
   void release(Value v) {
@@ -136,7 +146,8 @@ private:
   }
   llvm::Error evaluate(Operation *op);
   llvm::Error evaluateCall(func::CallOp call);
-  Buffer<T> sliceForRank(const Buffer<T> &full, mlir::kiln::ShardAttr shard,
+  Buffer<T> sliceForRank(const Buffer<T> &full,
+                         llvm::ArrayRef<mlir::kiln::ShardAttr> shards,
                          llvm::ArrayRef<int64_t> local) const;
 
   func::FuncOp func;
@@ -148,7 +159,9 @@ private:
   std::map<void *, Buffer<T>> values;
   /// Intermediate index tensors (MoE dispatch).
   std::map<void *, std::vector<int64_t>> intValues;
-  Value tokensArg, positionsArg;
+  Value tokensArg, positionsArg, rankArg;
+  /// What the `kiln.input = "rank"` argument holds: {rank}.
+  std::vector<int64_t> rankValue;
   /// The values each op of the graph reads for the last time, released
   /// after it (computed once, in bindWeights).
   llvm::DenseMap<Operation *, llvm::SmallVector<Value>> dying;
@@ -173,6 +186,11 @@ llvm::Error EvaluatorImpl<T>::bindWeights(const Checkpoint &checkpoint) {
     auto type = dyn_cast<RankedTensorType>(arg.getType());
     if (auto input = func.getArgAttrOfType<StringAttr>(
             i, mlir::kiln::KilnDialect::getInputAttrName())) {
+      if (input.getValue() == "rank") {
+        rankArg = arg;
+        rankValue = {rank};
+        continue;
+      }
       (input.getValue() == "tokens" ? tokensArg : positionsArg) = arg;
       continue;
     }
@@ -189,17 +207,17 @@ llvm::Error EvaluatorImpl<T>::bindWeights(const Checkpoint &checkpoint) {
                                      checkpoint.locationOf(name.str()),
                                      name.getValue(), i, func.getName()));
     // A rank of a tensor-parallel graph binds its slice of the tensor.
-    auto shard = func.getArgAttrOfType<mlir::kiln::ShardAttr>(
-        i, mlir::kiln::KilnDialect::getShardAttrName());
+    llvm::SmallVector<mlir::kiln::ShardAttr> shards =
+        mlir::kiln::weightShardsOf(func, i);
     llvm::SmallVector<int64_t> fullShape(type.getShape());
-    if (shard)
+    for (mlir::kiln::ShardAttr shard : shards)
       fullShape[shard.getDim()] *= shard.getParts();
     if (llvm::ArrayRef<int64_t>(info->shape) != llvm::ArrayRef(fullShape)) {
       std::string expected;
       llvm::raw_string_ostream os(expected);
       os << type;
-      if (shard) {
-        os << ", a rank's slice " << shard << " of [";
+      if (!shards.empty()) {
+        os << ", a rank's slice of [";
         llvm::interleaveComma(fullShape, os);
         os << "]";
       }
@@ -219,8 +237,8 @@ llvm::Error EvaluatorImpl<T>::bindWeights(const Checkpoint &checkpoint) {
     std::string error;
     if (!::kiln::readAsFloat(*info, buffer.data, error))
       return makeError(error);
-    if (shard)
-      buffer = sliceForRank(buffer, shard, type.getShape());
+    if (!shards.empty())
+      buffer = sliceForRank(buffer, shards, type.getShape());
     weights[arg] = std::move(buffer);
   }
   llvm::DenseMap<Value, Operation *> lastUse;
@@ -243,13 +261,17 @@ llvm::Error EvaluatorImpl<T>::bindWeights(const Checkpoint &checkpoint) {
 }
 
 template <typename T>
-Buffer<T> EvaluatorImpl<T>::sliceForRank(const Buffer<T> &full,
-                                         mlir::kiln::ShardAttr shard,
-                                         llvm::ArrayRef<int64_t> local) const {
+Buffer<T>
+EvaluatorImpl<T>::sliceForRank(const Buffer<T> &full,
+                               llvm::ArrayRef<mlir::kiln::ShardAttr> shards,
+                               llvm::ArrayRef<int64_t> local) const {
+  std::vector<::kiln::plan::Shard> splits;
+  for (mlir::kiln::ShardAttr shard : shards)
+    splits.push_back({shard.getDim(), shard.getParts(), shard.getGroups(),
+                      shard.getStride()});
   std::vector<uint8_t> bytes;
-  ::kiln::plan::sliceShard(
-      {shard.getDim(), shard.getParts(), shard.getGroups()}, full.shape,
-      sizeof(T), full.data.data(), rank, ranks, bytes);
+  ::kiln::plan::sliceShards(splits, full.shape, sizeof(T), full.data.data(),
+                            rank, ranks, bytes);
   Buffer<T> out;
   out.shape.assign(local.begin(), local.end());
   out.data.resize(bytes.size() / sizeof(T));
@@ -440,6 +462,11 @@ template <typename T> llvm::Error EvaluatorImpl<T>::evaluate(Operation *op) {
         p.numExperts = router.rows();
         p.ffn = down.shape[1];
         p.topK = m.getTopK();
+        if (m.getExpertGroups()) {
+          p.localExperts = get(m.getGateUp()).shape[0];
+          p.firstExpert = firstExpertOf(ints(m.getRank()), *m.getExpertGroups(),
+                                        *m.getRanks(), p.localExperts);
+        }
         const T *sg = nullptr, *su = nullptr, *sd = nullptr;
         if (m.getSharedGate()) {
           const Buffer<T> &g = get(m.getSharedGate());
@@ -568,9 +595,14 @@ template <typename T> llvm::Error EvaluatorImpl<T>::evaluate(Operation *op) {
         const Buffer<T> &router = get(r.getRouter());
         std::vector<int64_t> indices, offsets;
         Buffer<T> gates;
+        int64_t local = r.getExpertOffsets().getType().getDimSize(0) - 1,
+                first = 0;
+        if (r.getExpertGroups())
+          first = firstExpertOf(ints(r.getRank()), *r.getExpertGroups(),
+                                *r.getRanks(), local);
         ::kiln::ref::moeRoute(x.data.data(), numTokens, x.cols(),
                               router.data.data(), router.rows(), r.getTopK(),
-                              indices, offsets, gates.data);
+                              first, local, indices, offsets, gates.data);
         gates.shape = {static_cast<int64_t>(gates.data.size())};
         intValues[r.getTokenIndices().getAsOpaquePointer()] =
             std::move(indices);
@@ -700,6 +732,16 @@ EvaluatorImpl<T>::runKernel(llvm::ArrayRef<::kiln::ref::KernelValue> args) {
         auto e = dyn_cast<mlir::kiln::EmbeddingOp>(user);
         return e && e.getTokens() == arg;
       });
+      bool isRank = llvm::any_of(arg.getUsers(), [&](Operation *user) {
+        if (auto r = dyn_cast<mlir::kiln::MoeRouteOp>(user))
+          return r.getRank() == arg;
+        auto m = dyn_cast<mlir::kiln::MoeOp>(user);
+        return m && m.getRank() == arg;
+      });
+      if (isRank) {
+        intValues[arg.getAsOpaquePointer()] = value.ints;
+        continue;
+      }
       if (isTokens) {
         tokensArg = arg;
         currentTokens = value.ints;

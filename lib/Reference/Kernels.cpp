@@ -145,6 +145,7 @@ void moe(const T *x, int64_t rows, const T *router, const T *gateUp,
          const T *down, const T *sharedGate, const T *sharedUp,
          const T *sharedDown, const MoeParams &p, T *out) {
   int64_t dModel = p.hidden, f = p.ffn, e = p.numExperts;
+  int64_t local = p.localExperts ? p.localExperts : e;
   std::vector<T> logits(e), z(dModel), g(f), u(f), h(f);
   std::vector<int64_t> order(e);
   for (int64_t r = 0; r < rows; ++r) {
@@ -162,9 +163,11 @@ void moe(const T *x, int64_t rows, const T *router, const T *gateUp,
       return rank(a) > rank(b) || (rank(a) == rank(b) && a < b);
     });
     for (int64_t k = 0; k < p.topK; ++k) {
-      int64_t ex = order[k];
+      int64_t ex = order[k] - p.firstExpert;
+      if (ex < 0 || ex >= local)
+        continue; // another rank's expert
       // The sigmoid gate scales the expert's input, not its output.
-      T gate = T(1) / (T(1) + std::exp(-logits[ex]));
+      T gate = T(1) / (T(1) + std::exp(-logits[order[k]]));
       for (int64_t i = 0; i < dModel; ++i)
         z[i] = gate * xr[i];
       // gate_up[ex] is [D, 2F] in [in, out] layout: gate columns first.
@@ -202,9 +205,9 @@ void moe(const T *x, int64_t rows, const T *router, const T *gateUp,
 
 template <typename T>
 void moeRoute(const T *x, int64_t rows, int64_t hidden, const T *router,
-              int64_t numExperts, int64_t topK,
-              std::vector<int64_t> &tokenIndices, std::vector<int64_t> &offsets,
-              std::vector<T> &gates) {
+              int64_t numExperts, int64_t topK, int64_t firstExpert,
+              int64_t localExperts, std::vector<int64_t> &tokenIndices,
+              std::vector<int64_t> &offsets, std::vector<T> &gates) {
   struct Pair {
     int64_t expert, token, rank;
     T gate;
@@ -225,7 +228,14 @@ void moeRoute(const T *x, int64_t rows, int64_t hidden, const T *router,
       pairs.push_back(
           {order[k], t, k, T(1) / (T(1) + std::exp(-logits[order[k]]))});
   }
-  // By expert, then token, then selection rank: a total order.
+  // Pairs of other ranks' experts last (as token 0, gate 0); the rank's by
+  // expert, then token, then selection rank: a total order.
+  auto held = [&](const Pair &p) {
+    return p.expert >= firstExpert && p.expert < firstExpert + localExperts;
+  };
+  for (Pair &p : pairs)
+    if (!held(p))
+      p = {numExperts, 0, 0, T(0)};
   std::sort(pairs.begin(), pairs.end(), [](const Pair &a, const Pair &b) {
     if (a.expert != b.expert)
       return a.expert < b.expert;
@@ -233,13 +243,14 @@ void moeRoute(const T *x, int64_t rows, int64_t hidden, const T *router,
   });
   tokenIndices.resize(pairs.size());
   gates.resize(pairs.size());
-  offsets.assign(numExperts + 1, 0);
+  offsets.assign(localExperts + 1, 0);
   for (size_t i = 0; i < pairs.size(); ++i) {
     tokenIndices[i] = pairs[i].token;
     gates[i] = pairs[i].gate;
-    ++offsets[pairs[i].expert + 1];
+    if (pairs[i].expert < numExperts)
+      ++offsets[pairs[i].expert - firstExpert + 1];
   }
-  for (int64_t e = 0; e < numExperts; ++e)
+  for (int64_t e = 0; e < localExperts; ++e)
     offsets[e + 1] += offsets[e];
 }
 
@@ -301,7 +312,7 @@ void expertDown(const T *h, int64_t ffn, const int64_t *tokenIndices,
                        const T *, const T *, const T *, const MoeParams &,     \
                        T *);                                                   \
   template void moeRoute<T>(const T *, int64_t, int64_t, const T *, int64_t,   \
-                            int64_t, std::vector<int64_t> &,                   \
+                            int64_t, int64_t, int64_t, std::vector<int64_t> &, \
                             std::vector<int64_t> &, std::vector<T> &);         \
   template void expertGateUp<T>(const T *, int64_t, const int64_t *,           \
                                 const int64_t *, int64_t, const T *,           \

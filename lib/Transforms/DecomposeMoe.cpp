@@ -38,16 +38,18 @@ struct DecomposeMoePass : mlir::kiln::impl::DecomposeMoeBase<DecomposeMoePass> {
     Value input = moe.getInput();
     auto inputType = cast<RankedTensorType>(input.getType());
     Type element = inputType.getElementType();
-    auto router = cast<RankedTensorType>(moe.getRouter().getType());
     auto down = cast<RankedTensorType>(moe.getDown().getType());
-    int64_t experts = router.getDimSize(0), ffn = down.getDimSize(1);
+    // The experts this rank holds (a share of the router's when
+    // expert-parallel).
+    int64_t experts = down.getDimSize(0), ffn = down.getDimSize(1);
     int64_t dyn = ShapedType::kDynamic;
 
     auto route =
         MoeRouteOp::create(b, loc, RankedTensorType::get({dyn}, b.getI64Type()),
                            RankedTensorType::get({experts + 1}, b.getI64Type()),
                            RankedTensorType::get({dyn}, element), input,
-                           moe.getRouter(), moe.getTopKAttr());
+                           moe.getRouter(), moe.getRank(), moe.getTopKAttr(),
+                           moe.getExpertGroupsAttr(), moe.getRanksAttr());
     Value hidden = ExpertGateUpOp::create(
         b, loc, RankedTensorType::get({dyn, ffn}, element), input,
         route.getTokenIndices(), route.getExpertOffsets(), route.getGates(),

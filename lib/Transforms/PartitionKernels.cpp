@@ -41,7 +41,8 @@ SmallVector<KernelGroup> formGroups(Block &block) {
   for (Operation &op : block.without_terminator()) {
     // Weight repacking happens once at bind time and collectives are steps
     // of their own between kernels: both stay in the graph.
-    if (taken.contains(&op) || isa<ConcatOp, AllReduceOp>(op))
+    if (taken.contains(&op) ||
+        isa<ConcatOp, AllReduceOp, StageSendOp, StageBroadcastOp>(op))
       continue;
     KernelGroup group;
     group.ops.push_back(&op);

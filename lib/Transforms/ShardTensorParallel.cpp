@@ -8,6 +8,15 @@
 // same graph; the `kiln.shard` attribute of a weight says which slice of the
 // checkpoint tensor that rank binds.
 //
+// Expert parallelism divides the routed experts between groups of ranks
+// instead (TensorRT-LLM's moe_ep_size x moe_tp_size = tp_size). Tokens are
+// replicated on every rank (attention is tensor-parallel), so no token
+// exchange is needed: a rank runs its experts on the tokens routed to them
+// and the MoE block's all-reduce, needed anyway for the split shared expert,
+// also combines the groups. Expert parallelism wider than tensor
+// parallelism (attention data-parallel, tokens exchanged all-to-all) is a
+// different graph, not built here.
+//
 //===----------------------------------------------------------------------===//
 
 #include "dialects/kiln/KilnOps.h"
@@ -45,6 +54,13 @@ struct ShardTensorParallelPass
                          << static_cast<int64_t>(ranks);
       return signalPassFailure();
     }
+    if (expertGroups < 1 || ranks % expertGroups != 0) {
+      module.emitError() << "kiln-shard-tensor-parallel: "
+                         << static_cast<int64_t>(expertGroups)
+                         << " expert-parallel groups do not divide "
+                         << static_cast<int64_t>(ranks) << " ranks";
+      return signalPassFailure();
+    }
     if (module->hasAttr(KilnDialect::getTensorParallelAttrName())) {
       module.emitError() << "the graph is already tensor-parallel";
       return signalPassFailure();
@@ -66,6 +82,7 @@ struct ShardTensorParallelPass
       if (isa<AttentionOp, SwiGluOp, MoeOp>(op))
         blocks.push_back(op);
     });
+    rankArg = nullptr;
     for (Operation *op : blocks) {
       LogicalResult ok = success();
       if (auto a = dyn_cast<AttentionOp>(op))
@@ -83,17 +100,37 @@ struct ShardTensorParallelPass
     return success();
   }
 
+  /// The graph's `kiln.input = "rank"` argument, added on first use.
+  Value rankOf(func::FuncOp func) {
+    if (rankArg)
+      return rankArg;
+    Builder b(func.getContext());
+    unsigned index = func.getNumArguments();
+    if (failed(func.insertArgument(
+            index, RankedTensorType::get({1}, b.getI64Type()),
+            b.getDictionaryAttr(b.getNamedAttr(KilnDialect::getInputAttrName(),
+                                               b.getStringAttr("rank"))),
+            func.getLoc())))
+      return nullptr;
+    rankArg = func.getArgument(index);
+    return rankArg;
+  }
+
   /// Marks weight argument `w` of `func` as holding 1/parts of dimension
-  /// `dim` (in `groups` equal groups) and gives it the slice's type.
+  /// `dim` (in `groups` equal groups; rank r holds part r * parts / R, or
+  /// (r / stride) % parts) and gives it the slice's type. A second call on
+  /// the same weight (`again`) adds a split along another dimension.
   LogicalResult shardWeight(func::FuncOp func, Operation *user, Value w,
-                            int64_t dim, int64_t parts, int64_t groups = 1) {
+                            int64_t dim, int64_t parts, int64_t groups = 1,
+                            int64_t stride = 0, bool again = false) {
     auto arg = dyn_cast<BlockArgument>(w);
     if (!arg || arg.getOwner() != &func.getBody().front() ||
         !func.getArgAttr(arg.getArgNumber(), KilnDialect::getWeightAttrName()))
       return user->emitOpError()
              << "reads a weight that is not a checkpoint tensor argument; "
                 "kiln-shard-tensor-parallel runs on imported graphs";
-    if (func.getArgAttr(arg.getArgNumber(), KilnDialect::getShardAttrName()) ||
+    if ((!again && func.getArgAttr(arg.getArgNumber(),
+                                   KilnDialect::getShardAttrName())) ||
         !arg.hasOneUse())
       return user->emitOpError()
              << "shares weight argument " << arg.getArgNumber()
@@ -106,8 +143,16 @@ struct ShardTensorParallelPass
              << ", which does not split into " << parts << " parts"
              << (groups > 1 ? " per half" : "");
     arg.setType(withDim(arg.getType(), dim, extent / parts));
-    func.setArgAttr(arg.getArgNumber(), KilnDialect::getShardAttrName(),
-                    ShardAttr::get(func.getContext(), dim, parts, groups));
+    auto shard = ShardAttr::get(func.getContext(), dim, parts, groups, stride);
+    Attribute attr = shard;
+    if (again) {
+      SmallVector<Attribute> both(
+          llvm::map_range(weightShardsOf(func, arg.getArgNumber()),
+                          [](ShardAttr s) -> Attribute { return s; }));
+      both.push_back(shard);
+      attr = ArrayAttr::get(func.getContext(), both);
+    }
+    func.setArgAttr(arg.getArgNumber(), KilnDialect::getShardAttrName(), attr);
     return success();
   }
 
@@ -225,9 +270,33 @@ struct ShardTensorParallelPass
 
   LogicalResult shardMoe(func::FuncOp func, MoeOp moe) {
     // Experts: gate_up [E, D, 2F] (gate then up), down [E, F, D].
-    if (failed(shardWeight(func, moe, moe.getGateUp(), 2, ranks,
-                           /*groups=*/2)) ||
-        failed(shardWeight(func, moe, moe.getDown(), 1, ranks)))
+    int64_t groups = expertGroups, within = ranks / expertGroups;
+    if (groups > 1) {
+      int64_t experts =
+          cast<RankedTensorType>(moe.getRouter().getType()).getDimSize(0);
+      if (experts % groups != 0)
+        return moe.emitOpError()
+               << "has " << experts << " experts, which do not divide into "
+               << groups << " expert-parallel groups";
+      // Group r * G / R holds experts [g E / G, (g + 1) E / G).
+      if (failed(shardWeight(func, moe, moe.getGateUp(), 0, groups)) ||
+          failed(shardWeight(func, moe, moe.getDown(), 0, groups)))
+        return failure();
+      Value rank = rankOf(func);
+      if (!rank)
+        return moe.emitOpError("could not add the rank input");
+      moe.getRankMutable().assign(rank);
+      moe.setExpertGroups(groups);
+      moe.setRanks(static_cast<int64_t>(ranks));
+    }
+    // Within a group, rank r % (R / G) holds its slice of each expert's
+    // intermediate dimension.
+    if (within > 1 &&
+        (failed(shardWeight(func, moe, moe.getGateUp(), 2, within,
+                            /*groups=*/2, /*stride=*/groups > 1 ? 1 : 0,
+                            /*again=*/groups > 1)) ||
+         failed(shardWeight(func, moe, moe.getDown(), 1, within, 1,
+                            groups > 1 ? 1 : 0, groups > 1))))
       return failure();
     if (moe.getSharedGate() &&
         (failed(shardWeight(func, moe, moe.getSharedGate(), 0, ranks)) ||
@@ -237,6 +306,8 @@ struct ShardTensorParallelPass
     allReduceAfter(moe, moe.getResult());
     return success();
   }
+
+  Value rankArg;
 };
 
 } // namespace

@@ -331,6 +331,8 @@ std::string kiln::plan::writePlan(const Plan &plan) {
     ObjectWriter o(out);
     if (plan.tensorParallel > 1)
       o.integer("tensor_parallel", plan.tensorParallel);
+    if (plan.pipelineStages > 1)
+      o.integer("pipeline_stages", plan.pipelineStages);
     writeArray(o.key("values"), plan.values, [&](const Value &v) {
       ObjectWriter e(out);
       e.integer("id", &v - plan.values.data());
@@ -341,8 +343,12 @@ std::string kiln::plan::writePlan(const Plan &plan) {
         break;
       case ValueKind::Weight:
         e.string("name", v.name);
-        if (v.shard.active())
-          e.integers("shard", {v.shard.dim, v.shard.parts, v.shard.groups});
+        if (!v.shards.empty()) {
+          std::vector<int64_t> flat;
+          for (const Shard &sh : v.shards)
+            flat.insert(flat.end(), {sh.dim, sh.parts, sh.groups, sh.stride});
+          e.integers("shard", flat);
+        }
         break;
       case ValueKind::Concat:
         e.integers("of", v.of);
@@ -355,6 +361,8 @@ std::string kiln::plan::writePlan(const Plan &plan) {
           e.integer("arena_offset", v.arenaOffset);
         break;
       }
+      if (v.stage >= 0)
+        e.integer("stage", v.stage);
       e.string("dtype", dtypeName(v.dtype));
       e.integers("shape", v.shape);
     });
@@ -363,8 +371,14 @@ std::string kiln::plan::writePlan(const Plan &plan) {
       ObjectWriter e(out);
       if (l.kind == LaunchKind::AllReduce)
         e.string("collective", "all_reduce");
+      else if (l.kind == LaunchKind::StageSend)
+        e.string("collective", "stage_send");
+      else if (l.kind == LaunchKind::StageBroadcast)
+        e.string("collective", "stage_broadcast");
       else
         e.string("kernel", l.kernel);
+      if (l.stage >= 0)
+        e.integer("stage", l.stage);
       e.integers("args", l.args);
       e.integers("results", l.results);
       writeArray(e.key("attention"), l.attention, [&](const AttentionUse &a) {
@@ -420,6 +434,8 @@ bool kiln::plan::readPlan(const std::string &text, const std::string &path,
 
   plan.tensorParallel = top.integer("tensor_parallel", 1);
   top.inRange("tensor_parallel", plan.tensorParallel, 1, int64_t(1) << 20);
+  plan.pipelineStages = top.integer("pipeline_stages", 1);
+  top.inRange("pipeline_stages", plan.pipelineStages, 1, int64_t(1) << 12);
   const std::vector<json::Value> *values = top.list("values", true);
   for (size_t i = 0; values && i < values->size() && problem.empty(); ++i) {
     FieldReader r((*values)[i], "value " + std::to_string(i), problem);
@@ -433,6 +449,9 @@ bool kiln::plan::readPlan(const std::string &text, const std::string &path,
       }
     if (r.ok() && !known)
       r.fail("unknown kind '" + kind + "'");
+    v.stage = r.integer("stage", -1);
+    r.inRange("stage", v.stage, -1,
+              plan.pipelineStages > 1 ? plan.pipelineStages : 0);
     std::string dtype = r.string("dtype", true);
     if (r.ok() && !parseDType(dtype, v.dtype))
       r.fail("unknown dtype '" + dtype + "'");
@@ -445,8 +464,12 @@ bool kiln::plan::readPlan(const std::string &text, const std::string &path,
     switch (v.kind) {
     case ValueKind::Input:
       v.input = r.string("input", true);
-      if (r.ok() && v.input != "tokens" && v.input != "positions")
+      if (r.ok() && v.input != "tokens" && v.input != "positions" &&
+          v.input != "rank")
         r.fail("unknown input '" + v.input + "'");
+      if (r.ok() && v.input == "rank" &&
+          (v.shape != std::vector<int64_t>{1} || v.dtype != DType::I64))
+        r.fail("the rank input is not i64 [1]");
       break;
     case ValueKind::Weight:
       v.name = r.string("name", true);
@@ -455,16 +478,21 @@ bool kiln::plan::readPlan(const std::string &text, const std::string &path,
       if (std::vector<int64_t> shard = r.integers("shard"); !shard.empty()) {
         if (plan.tensorParallel < 2)
           r.fail("a sharded weight in an engine of one rank");
-        else if (shard.size() != 3)
-          r.fail("shard is not [dim, parts, groups]");
-        else {
-          v.shard = {shard[0], shard[1], shard[2]};
-          r.inRange("shard dim", v.shard.dim, 0,
+        else if (shard.size() % 4 != 0 || shard.size() > 8)
+          r.fail("shard is not one or two [dim, parts, groups, stride]");
+        for (size_t k = 0; k + 3 < shard.size() && r.ok(); k += 4) {
+          Shard sh{shard[k], shard[k + 1], shard[k + 2], shard[k + 3]};
+          r.inRange("shard dim", sh.dim, 0,
                     static_cast<int64_t>(v.shape.size()));
-          r.inRange("shard parts", v.shard.parts, 1, int64_t(1) << 20);
-          r.inRange("shard groups", v.shard.groups, 1, int64_t(1) << 20);
-          if (r.ok() && v.shape[v.shard.dim] % v.shard.groups != 0)
+          r.inRange("shard parts", sh.parts, 1, plan.tensorParallel + 1);
+          r.inRange("shard groups", sh.groups, 1, int64_t(1) << 20);
+          r.inRange("shard stride", sh.stride, 0, plan.tensorParallel);
+          if (r.ok() && v.shape[sh.dim] % sh.groups != 0)
             r.fail("shard groups do not divide its extent");
+          for (const Shard &other : v.shards)
+            if (r.ok() && other.dim == sh.dim)
+              r.fail("two shards along one dimension");
+          v.shards.push_back(sh);
         }
       }
       break;
@@ -505,8 +533,15 @@ bool kiln::plan::readPlan(const std::string &text, const std::string &path,
       l.kernel = r.string("kernel", true);
     else if (collective == "all_reduce")
       l.kind = LaunchKind::AllReduce;
+    else if (collective == "stage_send")
+      l.kind = LaunchKind::StageSend;
+    else if (collective == "stage_broadcast")
+      l.kind = LaunchKind::StageBroadcast;
     else
       r.fail("unknown collective '" + collective + "'");
+    l.stage = r.integer("stage", -1);
+    r.inRange("stage", l.stage, plan.pipelineStages > 1 ? 0 : -1,
+              plan.pipelineStages > 1 ? plan.pipelineStages : 0);
     l.args = r.integers("args", true);
     l.results = r.integers("results", true);
     for (int64_t id : l.args)
@@ -515,6 +550,22 @@ bool kiln::plan::readPlan(const std::string &text, const std::string &path,
       r.inRange("result", id, 0, valueCount);
       if (r.ok() && plan.values[id].kind != ValueKind::Buffer)
         r.fail("result " + std::to_string(id) + " is not a buffer");
+    }
+    if (r.ok() && (l.kind == LaunchKind::StageSend ||
+                   l.kind == LaunchKind::StageBroadcast)) {
+      bool send = l.kind == LaunchKind::StageSend;
+      if (plan.pipelineStages < 2)
+        r.fail("a " + collective + " in an engine of one stage");
+      else if (send && l.stage + 1 >= plan.pipelineStages)
+        r.fail("a stage_send from the last stage");
+      else if (l.args.size() != 1 || l.results.size() != 1 ||
+               plan.values[l.args[0]].dtype != DType::F32 ||
+               plan.values[l.args[0]].shape !=
+                   plan.values[l.results[0]].shape ||
+               (!send && l.args[0] != l.results[0]))
+        r.fail("a " + collective +
+               " needs one F32 argument and one result of its shape (the "
+               "same value for a broadcast)");
     }
     if (r.ok() && l.kind == LaunchKind::AllReduce) {
       if (plan.tensorParallel < 2)
@@ -596,14 +647,14 @@ bool kiln::plan::readPlan(const std::string &text, const std::string &path,
   return finish();
 }
 
-void kiln::plan::sliceShard(const Shard &shard,
-                            const std::vector<int64_t> &full,
-                            size_t elementBytes, const void *data, int64_t rank,
-                            int64_t ranks, std::vector<uint8_t> &out) {
-  // Dimension `dim` viewed as [groups, parts, block]: block
-  // rank * parts / ranks of every group.
+static void sliceOne(const kiln::plan::Shard &shard,
+                     const std::vector<int64_t> &full, size_t elementBytes,
+                     const uint8_t *bytes, int64_t rank, int64_t ranks,
+                     std::vector<uint8_t> &out) {
+  // Dimension `dim` viewed as [groups, parts, block]: the rank's block of
+  // every group.
   int64_t dim = shard.dim, groups = shard.groups, extent = full[dim];
-  int64_t part = rank * shard.parts / ranks;
+  int64_t part = shard.partOf(rank, ranks);
   int64_t block = extent / shard.parts / groups;
   int64_t outer = 1;
   size_t inner = elementBytes;
@@ -611,7 +662,6 @@ void kiln::plan::sliceShard(const Shard &shard,
     outer *= full[d];
   for (size_t d = dim + 1; d < full.size(); ++d)
     inner *= static_cast<size_t>(full[d]);
-  const uint8_t *bytes = static_cast<const uint8_t *>(data);
   out.clear();
   out.reserve(static_cast<size_t>(outer * groups * block) * inner);
   for (int64_t o = 0; o < outer; ++o)
@@ -620,4 +670,23 @@ void kiln::plan::sliceShard(const Shard &shard,
       const uint8_t *first = bytes + static_cast<size_t>(from) * inner;
       out.insert(out.end(), first, first + static_cast<size_t>(block) * inner);
     }
+}
+
+void kiln::plan::sliceShards(const std::vector<Shard> &shards,
+                             const std::vector<int64_t> &full,
+                             size_t elementBytes, const void *data,
+                             int64_t rank, int64_t ranks,
+                             std::vector<uint8_t> &out) {
+  std::vector<int64_t> shape = full;
+  const uint8_t *from = static_cast<const uint8_t *>(data);
+  std::vector<uint8_t> step;
+  for (size_t k = 0; k < shards.size(); ++k) {
+    std::vector<uint8_t> &into = k + 1 == shards.size() ? out : step;
+    std::vector<uint8_t> source;
+    if (k > 0)
+      source.swap(step);
+    sliceOne(shards[k], shape, elementBytes, k > 0 ? source.data() : from, rank,
+             ranks, into);
+    shape[shards[k].dim] /= shards[k].parts;
+  }
 }

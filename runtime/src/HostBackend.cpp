@@ -115,6 +115,8 @@ private:
   std::vector<std::vector<uint8_t>> owned;
   std::vector<const void *> data; // per value, this step
   std::vector<int32_t> tokens32;
+  /// The `rank` input of an expert-parallel engine.
+  int64_t rank = 0;
 };
 
 class HostModel final : public Backend {
@@ -239,7 +241,9 @@ Status HostSession::run(const Step &step, StepOutput &out) {
     const plan::Value &v = plan.values[id];
     if (v.kind != plan::ValueKind::Input)
       continue;
-    data[id] = v.input == "positions"
+    rank = model.bound->rank;
+    data[id] = v.input == "rank" ? static_cast<const void *>(&rank)
+               : v.input == "positions"
                    ? static_cast<const void *>(step.positions)
                : v.dtype == plan::DType::I32
                    ? static_cast<const void *>(tokens32.data())

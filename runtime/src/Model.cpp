@@ -155,9 +155,7 @@ static Status bindWeights(const Checkpoint &checkpoint, BoundPlan &bound) {
                              checkpoint.locationOf(v.name) +
                                  ": missing tensor '" + v.name +
                                  "' the engine binds");
-      std::vector<int64_t> full = v.shape;
-      if (v.shard.active())
-        full[v.shard.dim] *= v.shard.parts;
+      std::vector<int64_t> full = plan::unshardedShape(v.shards, v.shape);
       if (info->shape != full ||
           dtypeName(info->dtype) != plan::dtypeName(v.dtype))
         return Status::error(
@@ -167,10 +165,10 @@ static Status bindWeights(const Checkpoint &checkpoint, BoundPlan &bound) {
                 "; the engine was compiled for " + plan::dtypeName(v.dtype) +
                 " of another shape: recompile it for this checkpoint");
       bound.hostData[id] = info->data();
-      if (v.shard.active()) {
-        plan::sliceShard(v.shard, full, plan::elementSize(v.dtype),
-                         info->data(), bound.rank, plan.tensorParallel,
-                         bound.repacked[id]);
+      if (!v.shards.empty()) {
+        plan::sliceShards(v.shards, full, plan::elementSize(v.dtype),
+                          info->data(), bound.rank, plan.tensorParallel,
+                          bound.repacked[id]);
         bound.hostData[id] = bound.repacked[id].data();
       }
     } else if (v.kind == plan::ValueKind::Concat) {

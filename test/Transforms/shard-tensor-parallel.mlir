@@ -1,5 +1,7 @@
 // RUN: kiln-opt %s -split-input-file -kiln-shard-tensor-parallel=ranks=2 | FileCheck %s
 // RUN: kiln-opt %s -split-input-file -kiln-shard-tensor-parallel=ranks=4 | FileCheck %s --check-prefix=FOUR
+// RUN: kiln-opt %s -split-input-file -kiln-shard-tensor-parallel="ranks=4 expert-groups=2" | FileCheck %s --check-prefix=EP
+// RUN: kiln-opt %s -split-input-file -kiln-shard-tensor-parallel="ranks=4 expert-groups=4" | FileCheck %s --check-prefix=EP4
 
 // Attention by heads (4 query heads, 2 KV heads of 8), output projection
 // by columns, then an all-reduce of the partial sums.
@@ -75,6 +77,39 @@ func.func @ffn(%x: tensor<?x32xf32>, %wg: tensor<48x32xbf16> {kiln.weight = "gat
 // CHECK: %[[M:.*]] = kiln.moe
 // CHECK: kiln.all_reduce %[[M]] {ranks = 2 : i64} : tensor<?x16xf32>
 func.func @moe(%u: tensor<?x16xf32>, %r: tensor<4x16xbf16> {kiln.weight = "router"},
+               %gu: tensor<4x16x24xbf16> {kiln.weight = "gate_up"},
+               %dn: tensor<4x12x16xbf16> {kiln.weight = "down"},
+               %sg: tensor<8x16xbf16> {kiln.weight = "shared_gate"},
+               %su: tensor<8x16xbf16> {kiln.weight = "shared_up"},
+               %sd: tensor<16x8xbf16> {kiln.weight = "shared_down"}) -> tensor<?x16xf32> {
+  %y = kiln.moe %u router %r experts %gu, %dn shared %sg, %su, %sd {top_k = 1 : i64}
+      : tensor<?x16xf32>, tensor<4x16xbf16>, tensor<4x16x24xbf16>, tensor<4x12x16xbf16>,
+        tensor<8x16xbf16>, tensor<8x16xbf16>, tensor<16x8xbf16>
+  return %y : tensor<?x16xf32>
+}
+
+// -----
+
+// Expert parallelism (4 ranks in 2 expert groups): the routed experts are
+// divided by expert (dimension 0, group rank * 2 / 4), then each split two
+// ways within its group (stride 1: rank % 2); the shared expert is split
+// over all 4 ranks. The block takes the rank input the pass adds, and its
+// result joins the one all-reduce.
+// EP-LABEL: func.func @moe_expert_parallel
+// EP-SAME: tensor<4x16xbf16> {kiln.weight = "router"}
+// EP-SAME: tensor<2x16x12xbf16> {kiln.shard = [#kiln.shard<dim = 0, parts = 2>, #kiln.shard<dim = 2, parts = 2, groups = 2, stride = 1>], kiln.weight = "gate_up"}
+// EP-SAME: tensor<2x6x16xbf16> {kiln.shard = [#kiln.shard<dim = 0, parts = 2>, #kiln.shard<dim = 1, parts = 2, stride = 1>], kiln.weight = "down"}
+// EP-SAME: tensor<2x16xbf16> {kiln.shard = #kiln.shard<dim = 0, parts = 4>, kiln.weight = "shared_gate"}
+// EP-SAME: %[[RANK:[^:]*]]: tensor<1xi64> {kiln.input = "rank"}
+// EP: %[[M:.*]] = kiln.moe %{{.*}} rank %[[RANK]] {expert_groups = 2 : i64, ranks = 4 : i64, top_k = 1 : i64}
+// EP-SAME: tensor<4x16xbf16>, tensor<2x16x12xbf16>, tensor<2x6x16xbf16>
+// EP: kiln.all_reduce %[[M]] {ranks = 4 : i64} : tensor<?x16xf32>
+// As many groups as ranks: whole experts, no split within a group.
+// EP4-LABEL: func.func @moe_expert_parallel
+// EP4-SAME: tensor<1x16x24xbf16> {kiln.shard = #kiln.shard<dim = 0, parts = 4>, kiln.weight = "gate_up"}
+// EP4-SAME: tensor<1x12x16xbf16> {kiln.shard = #kiln.shard<dim = 0, parts = 4>, kiln.weight = "down"}
+// EP4: kiln.moe {{.*}} {expert_groups = 4 : i64, ranks = 4 : i64, top_k = 1 : i64}
+func.func @moe_expert_parallel(%u: tensor<?x16xf32>, %r: tensor<4x16xbf16> {kiln.weight = "router"},
                %gu: tensor<4x16x24xbf16> {kiln.weight = "gate_up"},
                %dn: tensor<4x12x16xbf16> {kiln.weight = "down"},
                %sg: tensor<8x16xbf16> {kiln.weight = "shared_gate"},

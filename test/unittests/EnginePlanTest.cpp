@@ -2,6 +2,7 @@
 
 #include "kiln/runtime/EnginePlan.h"
 
+#include <cstring>
 #include <gtest/gtest.h>
 
 using namespace kiln::plan;
@@ -23,7 +24,7 @@ Plan tensorParallelPlan() {
   weight.name = "w";
   weight.dtype = DType::BF16;
   weight.shape = {8, 3};
-  weight.shard = {1, 2, 1};
+  weight.shards = {{1, 2, 1, 0}};
   Value partial, sum;
   partial.dtype = sum.dtype = DType::F32;
   partial.shape = sum.shape = {-1, 8};
@@ -65,15 +66,40 @@ TEST(EnginePlanTest, TensorParallelFieldsRoundTrip) {
   std::string error;
   ASSERT_TRUE(readPlan(text, "tp.kiln", back, error)) << error;
   EXPECT_EQ(back.tensorParallel, 2);
-  EXPECT_TRUE(back.values[1].shard.active());
-  EXPECT_EQ(back.values[1].shard.dim, 1);
-  EXPECT_EQ(back.values[1].shard.parts, 2);
-  EXPECT_EQ(back.values[1].shard.groups, 1);
+  ASSERT_EQ(back.values[1].shards.size(), 1u);
+  EXPECT_EQ(back.values[1].shards[0].dim, 1);
+  EXPECT_EQ(back.values[1].shards[0].parts, 2);
+  EXPECT_EQ(back.values[1].shards[0].groups, 1);
+  EXPECT_EQ(back.values[1].shards[0].stride, 0);
   ASSERT_EQ(back.launches.size(), 2u);
   EXPECT_EQ(back.launches[0].kind, LaunchKind::Kernel);
   EXPECT_EQ(back.launches[1].kind, LaunchKind::AllReduce);
   EXPECT_TRUE(back.launches[1].kernel.empty());
   EXPECT_EQ(writePlan(back), text);
+}
+
+TEST(EnginePlanTest, ShardsSliceEachDimensionInTurn) {
+  // A [4, 2, 4] tensor (values 0..31) over 4 ranks: dimension 0 in two
+  // expert groups (rank * 2 / 4), then dimension 2 in its two halves, each
+  // split in two within a group ((rank / 1) % 2).
+  std::vector<float> full(32);
+  for (int i = 0; i < 32; ++i)
+    full[i] = static_cast<float>(i);
+  std::vector<Shard> shards = {{0, 2, 1, 0}, {2, 2, 2, 1}};
+  EXPECT_EQ(unshardedShape(shards, {2, 2, 2}), (std::vector<int64_t>{4, 2, 4}));
+  auto slice = [&](int64_t rank) {
+    std::vector<uint8_t> bytes;
+    sliceShards(shards, {4, 2, 4}, sizeof(float), full.data(), rank, 4, bytes);
+    std::vector<float> out(bytes.size() / sizeof(float));
+    std::memcpy(out.data(), bytes.data(), bytes.size());
+    return out;
+  };
+  // Rank 0: experts 0-1, column 0 of each half; rank 3: experts 2-3,
+  // column 1 of each half.
+  EXPECT_EQ(slice(0), (std::vector<float>{0, 2, 4, 6, 8, 10, 12, 14}));
+  EXPECT_EQ(slice(1), (std::vector<float>{1, 3, 5, 7, 9, 11, 13, 15}));
+  EXPECT_EQ(slice(2), (std::vector<float>{16, 18, 20, 22, 24, 26, 28, 30}));
+  EXPECT_EQ(slice(3), (std::vector<float>{17, 19, 21, 23, 25, 27, 29, 31}));
 }
 
 TEST(EnginePlanTest, MalformedTensorParallelPlansAreNamed) {
@@ -83,11 +109,20 @@ TEST(EnginePlanTest, MalformedTensorParallelPlansAreNamed) {
   } cases[] = {
       {replaced(text, "\"tensor_parallel\":2", "\"tensor_parallel\":1"),
        "a sharded weight in an engine of one rank"},
-      {replaced(text, "\"shard\":[1,2,1]", "\"shard\":[2,2,1]"), "shard dim"},
-      {replaced(text, "\"shard\":[1,2,1]", "\"shard\":[1,2]"),
-       "shard is not [dim, parts, groups]"},
-      {replaced(text, "\"shard\":[1,2,1]", "\"shard\":[1,2,2]"),
+      {replaced(text, "\"shard\":[1,2,1,0]", "\"shard\":[2,2,1,0]"),
+       "shard dim"},
+      {replaced(text, "\"shard\":[1,2,1,0]", "\"shard\":[1,2,1]"),
+       "shard is not one or two [dim, parts, groups, stride]"},
+      {replaced(text, "\"shard\":[1,2,1,0]", "\"shard\":[1,2,2,0]"),
        "shard groups do not divide its extent"},
+      {replaced(text, "\"shard\":[1,2,1,0]", "\"shard\":[1,3,1,0]"),
+       "shard parts"},
+      {replaced(text, "\"shard\":[1,2,1,0]", "\"shard\":[1,2,1,2]"),
+       "shard stride"},
+      {replaced(text, "\"shard\":[1,2,1,0]", "\"shard\":[1,2,1,0,1,2,1,1]"),
+       "two shards along one dimension"},
+      {replaced(text, "\"input\":\"tokens\"", "\"input\":\"rank\""),
+       "the rank input is not i64 [1]"},
       {replaced(text, "\"all_reduce\"", "\"all_gather\""),
        "unknown collective 'all_gather'"},
       {replaced(text, "\"args\":[2]", "\"args\":[2,2]"),

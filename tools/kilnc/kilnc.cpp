@@ -94,6 +94,21 @@ static cl::opt<int64_t> tensorParallel(
              "runs)"),
     cl::value_desc("ranks"), cl::cat(parallelCategory));
 
+static cl::opt<int64_t> pipelineParallel(
+    "pp", cl::init(1),
+    cl::desc("Split the layers into this many pipeline stages "
+             "(kiln-pipeline-stages), each stage a --tp group: the engine "
+             "runs on tp x pp ranks"),
+    cl::value_desc("stages"), cl::cat(parallelCategory));
+
+static cl::opt<int64_t> expertParallel(
+    "ep", cl::init(1),
+    cl::desc("Divide the routed experts into this many expert-parallel "
+             "groups of the --tp ranks (whole experts per group, each split "
+             "--tp / --ep ways within it); --ep alone implies --tp of the "
+             "same size"),
+    cl::value_desc("groups"), cl::cat(parallelCategory));
+
 static cl::opt<bool>
     plan("plan",
          cl::desc("Print memory per GPU and estimated step times of every TP x "
@@ -164,6 +179,30 @@ static int runCompile() {
     WithColor::error(errs(), "kilnc") << "--tp must be at least 1\n";
     return 1;
   }
+  if (pipelineParallel < 1) {
+    WithColor::error(errs(), "kilnc") << "--pp must be at least 1\n";
+    return 1;
+  }
+  if (expertParallel < 1) {
+    WithColor::error(errs(), "kilnc") << "--ep must be at least 1\n";
+    return 1;
+  }
+  if (expertParallel > 1 && tensorParallel.getNumOccurrences() == 0)
+    tensorParallel = expertParallel;
+  if (tensorParallel % expertParallel != 0) {
+    WithColor::error(errs(), "kilnc")
+        << "--ep " << expertParallel << " does not divide --tp "
+        << tensorParallel
+        << ": expert-parallel groups are made of tensor-parallel ranks\n";
+    return 1;
+  }
+  if (pipelineParallel > 1 && !target.empty() && target != "host") {
+    WithColor::error(errs(), "kilnc")
+        << "--pp " << pipelineParallel
+        << ": pipeline-parallel engines are host engines for now (no sm_90a "
+           "collectives yet)\n";
+    return 1;
+  }
   if (tensorParallel > 1 && !target.empty() && target != "host") {
     // Host engines run their ranks under mpirun; the CUDA backend has no
     // collectives yet.
@@ -177,7 +216,11 @@ static int runCompile() {
   mlir::PassManager pm(&context);
   if (tensorParallel > 1)
     pm.addPass(mlir::kiln::createShardTensorParallel(
-        mlir::kiln::ShardTensorParallelOptions{tensorParallel}));
+        mlir::kiln::ShardTensorParallelOptions{tensorParallel,
+                                               expertParallel}));
+  if (pipelineParallel > 1)
+    pm.addPass(mlir::kiln::createPipelineStages(
+        mlir::kiln::PipelineStagesOptions{pipelineParallel}));
   mlir::kiln::buildGraphPipeline(pm);
   if (mlir::failed(pm.run(**module)))
     return 1;

@@ -76,6 +76,10 @@ struct MoeParams {
   int64_t topK = 1;
   /// 0 when there is no shared expert.
   int64_t sharedFfn = 0;
+  /// Expert parallelism: gate_up and down hold experts
+  /// [firstExpert, firstExpert + localExperts) of the router's numExperts
+  /// (localExperts 0: all of them); the others add nothing.
+  int64_t firstExpert = 0, localExperts = 0;
 };
 
 /// The Llama 4 MoE block: sigmoid top-k routing applied to the expert input,
@@ -89,12 +93,14 @@ void moe(const T *x, int64_t rows, const T *router, const T *gateUp,
 /// Routing of a decomposed MoE block: top-k of the router logits per token
 /// (ties to the lower expert), pairs sorted by expert (token order within an
 /// expert). Fills `tokenIndices` and `gates` (rows * topK entries, sigmoid of
-/// the logit) and `offsets` (numExperts + 1 entries).
+/// the logit) and `offsets` (localExperts + 1 entries, for experts
+/// [firstExpert, firstExpert + localExperts); the pairs of other experts
+/// follow as token 0 with gate 0).
 template <typename T>
 void moeRoute(const T *x, int64_t rows, int64_t hidden, const T *router,
-              int64_t numExperts, int64_t topK,
-              std::vector<int64_t> &tokenIndices, std::vector<int64_t> &offsets,
-              std::vector<T> &gates);
+              int64_t numExperts, int64_t topK, int64_t firstExpert,
+              int64_t localExperts, std::vector<int64_t> &tokenIndices,
+              std::vector<int64_t> &offsets, std::vector<T> &gates);
 
 /// Grouped gate/up GEMM: for dispatched pair i of expert e,
 /// out[i] = silu(z G_e) * (z U_e) with z = gates[i] * x[tokenIndices[i]].

@@ -146,7 +146,13 @@ def ShardTensorParallel
     - the dense SwiGLU FFN column-then-row: gate and up rows, down columns;
     - MoE: the routed experts' and the shared expert's intermediate
       dimension (gate_up's gate and up halves each split), the router
-      replicated, so every rank routes alike;
+      replicated, so every rank routes alike; with `expert-groups=G`
+      (expert parallelism, as TensorRT-LLM's moe_ep_size), the routed
+      experts are first divided into G groups of E / G whole experts, rank
+      r holding group r G / R, and each expert split R / G ways within its
+      group; the blocks then take the `kiln.input = "rank"` argument the
+      pass adds, and their result joins the same all-reduce, so expert
+      parallelism costs no extra collective;
     - after each row-split product (attention output, FFN down, MoE), a
       `kiln.all_reduce` sums the ranks' partial sums.
 
@@ -165,6 +171,40 @@ def ShardTensorParallel
   let options = [
     Option<"ranks", "ranks", "int64_t", "2",
            "Ranks of the tensor-parallel group (at least 2)">,
+    Option<"expertGroups", "expert-groups", "int64_t", "1",
+           "Expert-parallel groups the routed experts are divided into "
+           "(1: none; must divide ranks and the expert count)">,
+  ];
+  let dependentDialects = ["mlir::kiln::KilnDialect"];
+}
+
+def PipelineStages : Pass<"kiln-pipeline-stages", "mlir::ModuleOp"> {
+  let summary = "Split a graph's layers into pipeline stages";
+  let description = [{
+    Assigns the layers of the graph to P contiguous pipeline stages
+    (layer l to stage l * P / L; the embedding to the first, the final norm
+    and the LM head to the last) and places a `kiln.stage_send` wherever a
+    value crosses from one stage to the next (the residual stream), and a
+    `kiln.stage_broadcast` of the logits from the last stage, so every rank
+    picks the same next token. The module gets
+    `kiln.pipeline_stages = P`; a rank of stage s then binds only that
+    stage's weights and KV caches. Works on imported or tensor-parallel
+    graphs (then each stage is a tensor-parallel group; world = TP x P),
+    before fusion: the fusions never reach across a stage_send, and every
+    op's stage follows from its operands (`assignStages`).
+
+    A layer starts at the RMSNorm whose result feeds its attention's
+    projections. Fails when the graph has fewer layers than stages.
+
+    ```mlir
+    %h = kiln.add %a, %b : tensor<?x5120xf32>           // last op of stage 0
+    %h1 = kiln.stage_send %h {stage = 0 : i64} : tensor<?x5120xf32>
+    %n = kiln.rms_norm %h1, %w {epsilon = 1.0e-05 : f64} : ...  // stage 1
+    ```
+  }];
+  let options = [
+    Option<"stages", "stages", "int64_t", "2",
+           "Pipeline stages (at least 2)">,
   ];
   let dependentDialects = ["mlir::kiln::KilnDialect"];
 }

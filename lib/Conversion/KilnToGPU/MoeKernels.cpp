@@ -67,6 +67,9 @@ LogicalResult mlir::kiln::cuda::generateRouterKernel(const KernelContext &ctx,
   auto r = dyn_cast<MoeRouteOp>(&ctx.kernel.getBody().front().front());
   if (!r)
     return ctx.kernel.emitError("a router kernel holds one kiln.moe_route");
+  if (r.getExpertGroups())
+    return r.emitOpError("is expert-parallel; sm_90a engines are not "
+                         "tensor-parallel yet");
   int x = ctx.operandOf(r.getInput()), router = ctx.operandOf(r.getRouter());
   int indices = ctx.operandOf(r.getTokenIndices()),
       offsets = ctx.operandOf(r.getExpertOffsets()),

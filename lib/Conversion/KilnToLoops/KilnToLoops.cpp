@@ -42,6 +42,13 @@ private:
   LogicalResult lowerOp(Operation *op, Emitter &e);
   LogicalResult lowerAttention(AttentionOp a, Emitter &e);
   LogicalResult lowerRoute(MoeRouteOp r, Emitter &e);
+  /// The sort of an expert-parallel route: only the rank's experts get
+  /// offsets; the other pairs go last as token 0 with gate 0.
+  LogicalResult lowerExpertParallelDispatch(MoeRouteOp r, Emitter &e,
+                                            Value pairs, Value pairExpert,
+                                            Value pairGate, Value counts,
+                                            Value indices, Value offsets,
+                                            Value gates);
   Value buffer(Value tensor) { return buffers.lookup(tensor); }
   /// The destination of a result: the output argument when the result is
   /// returned, else a fresh allocation freed at the end of the kernel.
@@ -560,6 +567,9 @@ LogicalResult KernelLowering::lowerRoute(MoeRouteOp r, Emitter &e) {
                               cursor, slot);
     });
   });
+  if (r.getExpertGroups())
+    return lowerExpertParallelDispatch(r, e, pairs, pairExpert, pairGate,
+                                       cursor, indices, offsets, gates);
   // Prefix sums give the offsets; the cursor then walks each expert's range.
   memref::StoreOp::create(*e.b, e.loc, zero64, offsets, ValueRange{e.index(0)});
   e.loops({e.index(experts)}, [&](ValueRange ex) {
@@ -583,6 +593,62 @@ LogicalResult KernelLowering::lowerRoute(MoeRouteOp r, Emitter &e) {
     e.store(e.load(pairGate, {p[0]}), gates, {slot});
     memref::StoreOp::create(
         *e.b, e.loc, arith::AddIOp::create(*e.b, e.loc, at, one64), cursor, ex);
+  });
+  return success();
+}
+
+LogicalResult KernelLowering::lowerExpertParallelDispatch(
+    MoeRouteOp r, Emitter &e, Value pairs, Value pairExpert, Value pairGate,
+    Value counts, Value indices, Value offsets, Value gates) {
+  // The rank's group holds experts [first, first + local): group
+  // rank * G / R of the module's R ranks.
+  int64_t local = r.getExpertOffsets().getType().getDimSize(0) - 1;
+  int64_t groups = static_cast<int64_t>(*r.getExpertGroups());
+  int64_t ranks = static_cast<int64_t>(*r.getRanks());
+  Value rank = e.loadIndex(buffer(r.getRank()), {e.index(0)});
+  Value group = arith::DivUIOp::create(*e.b, e.loc, e.mulIndex(rank, groups),
+                                       e.index(ranks));
+  Value first = e.mulIndex(group, local);
+  int64_t topK = r.getTopK();
+  Value zero64 = arith::ConstantIntOp::create(*e.b, e.loc, 0, 64);
+  Value one64 = arith::ConstantIntOp::create(*e.b, e.loc, 1, 64);
+  // counts[x + 1] holds expert x's pairs; the rank's offsets are the prefix
+  // sums over its experts, and the other experts' pairs follow them.
+  memref::StoreOp::create(*e.b, e.loc, zero64, offsets, ValueRange{e.index(0)});
+  e.loops({e.index(local)}, [&](ValueRange ex) {
+    Value next = e.addIndex(ex[0], e.index(1));
+    Value sum = arith::AddIOp::create(
+        *e.b, e.loc, memref::LoadOp::create(*e.b, e.loc, offsets, ex[0]),
+        memref::LoadOp::create(*e.b, e.loc, counts, e.addIndex(first, next)));
+    memref::StoreOp::create(*e.b, e.loc, sum, offsets, next);
+  });
+  Value cursor = memref::AllocOp::create(
+      *e.b, e.loc, MemRefType::get({local + 1}, e.b->getI64Type()));
+  temporaries.push_back(cursor);
+  // cursor[local]: the next slot of another group's pair.
+  e.loops({e.index(local + 1)}, [&](ValueRange ex) {
+    memref::StoreOp::create(*e.b, e.loc,
+                            memref::LoadOp::create(*e.b, e.loc, offsets, ex[0]),
+                            cursor, ex[0]);
+  });
+  e.loops({pairs}, [&](ValueRange p) {
+    Value ex = e.toIndex(memref::LoadOp::create(*e.b, e.loc, pairExpert, p[0]));
+    Value held = arith::AndIOp::create(
+        *e.b, e.loc, e.cmpIndex(arith::CmpIPredicate::uge, ex, first),
+        e.cmpIndex(arith::CmpIPredicate::ult, ex,
+                   e.addIndex(first, e.index(local))));
+    Value at = e.select(held, arith::SubIOp::create(*e.b, e.loc, ex, first),
+                        e.index(local));
+    Value next = memref::LoadOp::create(*e.b, e.loc, cursor, at);
+    Value slot = e.toIndex(next);
+    Value token = arith::DivUIOp::create(*e.b, e.loc, p[0], e.index(topK));
+    memref::StoreOp::create(*e.b, e.loc, e.select(held, e.toI64(token), zero64),
+                            indices, slot);
+    e.store(e.select(held, e.load(pairGate, {p[0]}), e.f32(0.0)), gates,
+            {slot});
+    memref::StoreOp::create(*e.b, e.loc,
+                            arith::AddIOp::create(*e.b, e.loc, next, one64),
+                            cursor, at);
   });
   return success();
 }

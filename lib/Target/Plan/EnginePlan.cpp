@@ -94,9 +94,9 @@ llvm::Expected<plan::Plan> mlir::kiln::buildEnginePlan(
                    arg.getArgNumber(), KilnDialect::getWeightAttrName())) {
       entry.kind = plan::ValueKind::Weight;
       entry.name = name.getValue().str();
-      if (auto shard = graph.getArgAttrOfType<ShardAttr>(
-              arg.getArgNumber(), KilnDialect::getShardAttrName()))
-        entry.shard = {shard.getDim(), shard.getParts(), shard.getGroups()};
+      for (ShardAttr shard : weightShardsOf(graph, arg.getArgNumber()))
+        entry.shards.push_back({shard.getDim(), shard.getParts(),
+                                shard.getGroups(), shard.getStride()});
     } else {
       return makeError("graph argument " + llvm::Twine(arg.getArgNumber()) +
                        " is neither an input nor a weight");
@@ -108,16 +108,39 @@ llvm::Expected<plan::Plan> mlir::kiln::buildEnginePlan(
   if (auto ranks = module->getAttrOfType<IntegerAttr>(
           KilnDialect::getTensorParallelAttrName()))
     result.tensorParallel = ranks.getInt();
+  FailureOr<StageAssignment> stages = assignStages(graph);
+  if (failed(stages))
+    return makeError("the graph's pipeline stages are inconsistent");
+  result.pipelineStages = stages->stages;
+  auto stageOf = [&](int64_t s) {
+    return result.pipelineStages > 1 ? s : int64_t(-1);
+  };
+  for (BlockArgument arg : body.getArguments())
+    if (result.values[ids.lookup(arg)].kind == plan::ValueKind::Weight)
+      result.values[ids.lookup(arg)].stage = stageOf(stages->of(arg));
   Value logits;
   for (Operation &op : body) {
-    if (auto reduce = dyn_cast<AllReduceOp>(op)) {
+    if (isa<AllReduceOp, StageSendOp>(op)) {
       plan::Launch launch;
-      launch.kind = plan::LaunchKind::AllReduce;
-      launch.args.push_back(ids.lookup(reduce.getInput()));
-      auto id = addValue(reduce.getResult(), plan::Value());
+      launch.kind = isa<AllReduceOp>(op) ? plan::LaunchKind::AllReduce
+                                         : plan::LaunchKind::StageSend;
+      launch.stage = stageOf(stages->of(&op));
+      launch.args.push_back(ids.lookup(op.getOperand(0)));
+      auto id = addValue(op.getResult(0), plan::Value());
       if (!id)
         return id.takeError();
       launch.results.push_back(*id);
+      result.launches.push_back(std::move(launch));
+    } else if (auto broadcast = dyn_cast<StageBroadcastOp>(op)) {
+      // In place: the source stage's ranks hold the value, the others
+      // receive it into the same buffer.
+      plan::Launch launch;
+      launch.kind = plan::LaunchKind::StageBroadcast;
+      launch.stage = stageOf(stages->of(&op));
+      int64_t id = ids.lookup(broadcast.getInput());
+      ids[broadcast.getResult()] = id;
+      launch.args.push_back(id);
+      launch.results.push_back(id);
       result.launches.push_back(std::move(launch));
     } else if (auto concat = dyn_cast<ConcatOp>(op)) {
       plan::Value entry;
@@ -125,6 +148,7 @@ llvm::Expected<plan::Plan> mlir::kiln::buildEnginePlan(
       for (Value in : concat.getInputs())
         entry.of.push_back(ids.lookup(in));
       entry.axis = concat.getAxis();
+      entry.stage = stageOf(stages->of(&op));
       if (auto id = addValue(concat, std::move(entry)); !id)
         return id.takeError();
     } else if (auto call = dyn_cast<func::CallOp>(op)) {
@@ -134,6 +158,7 @@ llvm::Expected<plan::Plan> mlir::kiln::buildEnginePlan(
         return makeError("call to @" + call.getCallee() + " is not a kernel");
       plan::Launch launch;
       launch.kernel = kernel.getSymName().str();
+      launch.stage = stageOf(stages->of(&op));
       for (Value operand : call.getOperands())
         launch.args.push_back(ids.lookup(operand));
       for (auto [i, res] : llvm::enumerate(call.getResults())) {
@@ -188,14 +213,19 @@ llvm::Expected<plan::Plan> mlir::kiln::buildEnginePlan(
           call, call.getCalleeAttr());
       for (auto [i, res] : llvm::enumerate(call.getResults()))
         rowsPerTokenOf[res] = rowsPerToken(kernel, i);
-    } else if (auto reduce = dyn_cast<AllReduceOp>(op)) {
-      rowsPerTokenOf[reduce.getResult()] = 1;
+    } else if (isa<AllReduceOp, StageSendOp>(op)) {
+      rowsPerTokenOf[op.getResult(0)] = rowsPerTokenOf.lookup(op.getOperand(0));
     }
   // The logits live outside the arena: a step that wants only its last
   // row's logits allocates one row, not tokens x vocab (0.8 MB a token for
   // Llama 4).
+  // The logits of a pipeline are broadcast in place from the LM head's
+  // result: that value is the logits.
+  Value logitsSource = logits;
+  if (auto broadcast = logits.getDefiningOp<StageBroadcastOp>())
+    logitsSource = broadcast.getInput();
   ActivationPlan arena = planActivations(graph, [&](Value v) {
-    if (v == logits)
+    if (v == logits || v == logitsSource)
       return int64_t(0);
     auto type = cast<RankedTensorType>(v.getType());
     int64_t row = elementOf(v).getIntOrFloatBitWidth() / 8;
@@ -204,7 +234,7 @@ llvm::Expected<plan::Plan> mlir::kiln::buildEnginePlan(
     return rowsPerTokenOf.lookup(v) * row;
   });
   for (const BufferPlacement &b : arena.buffers)
-    if (b.value != logits)
+    if (b.value != logits && b.value != logitsSource)
       result.values[ids.lookup(b.value)].arenaOffset = b.offsetPerToken;
   result.arenaBytesPerToken = arena.peakPerToken;
   result.logits = ids.lookup(logits);

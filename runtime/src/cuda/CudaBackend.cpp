@@ -677,6 +677,10 @@ bool CudaSession::runStep(const Step &step, StepOutput &out,
     const plan::Value &v = plan.values[id];
     if (v.kind != plan::ValueKind::Input)
       continue;
+    if (v.input == "rank") {
+      error = "the CUDA backend does not run tensor-parallel engines yet";
+      return false;
+    }
     bool isPositions = v.input == "positions";
     const void *src = isPositions ? static_cast<const void *>(step.positions)
                       : v.dtype == plan::DType::I32

@@ -63,6 +63,29 @@ func.func private @attention_0(%q: tensor<?x16xf32>, %k: tensor<?x8xf32>, %v: te
 
 // -----
 
+// An expert-parallel route: the rank's group (rank * 2 / 4) picks its
+// experts' offsets; other pairs go last as token 0 with gate 0.
+// CHECK-LABEL: func.func @router_0
+// CHECK-SAME: %[[RANK:[^:]*]]: memref<1xi64>
+// CHECK: %[[R:.*]] = memref.load %[[RANK]]
+// CHECK: %[[RI:.*]] = arith.index_cast %[[R]] : i64 to index
+// CHECK: %[[SCALED:.*]] = arith.muli %[[RI]], %{{.*}} : index
+// CHECK: %[[GROUP:.*]] = arith.divui %[[SCALED]], %{{.*}} : index
+// CHECK: %[[FIRST:.*]] = arith.muli %[[GROUP]], %{{.*}} : index
+// CHECK: scf.for
+// CHECK: arith.cmpi uge, %{{.*}}, %[[FIRST]] : index
+// CHECK: %[[HELD:.*]] = arith.andi
+// CHECK: arith.select %[[HELD]], %{{.*}}, %{{.*}} : i64
+// CHECK: arith.select %[[HELD]], %{{.*}}, %{{.*}} : f32
+func.func private @router_0(%u: tensor<?x16xf32>, %r: tensor<4x16xbf16>, %rank: tensor<1xi64>)
+    -> (tensor<?xi64>, tensor<3xi64>, tensor<?xf32>) attributes {kiln.kernel = #kiln.kernel<router>} {
+  %idx, %off, %g = kiln.moe_route %u, %r rank %rank {expert_groups = 2 : i64, ranks = 4 : i64, top_k = 1 : i64}
+      : tensor<?x16xf32>, tensor<4x16xbf16> -> tensor<?xi64>, tensor<3xi64>, tensor<?xf32>
+  return %idx, %off, %g : tensor<?xi64>, tensor<3xi64>, tensor<?xf32>
+}
+
+// -----
+
 func.func private @moe_0(%u: tensor<?x16xf32>, %r: tensor<4x16xbf16>, %gu: tensor<4x16x24xbf16>,
                          %dn: tensor<4x12x16xbf16>) -> tensor<?x16xf32>
     attributes {kiln.kernel = #kiln.kernel<moe>} {

@@ -664,7 +664,7 @@ func.func @weight_integer(%w: tensor<4xi8> {kiln.weight = "w"}) {
 
 // -----
 
-// expected-error @+1 {{'kiln.input' on argument 0 must be "tokens" or "positions"}}
+// expected-error @+1 {{'kiln.input' on argument 0 must be "tokens", "positions" or "rank"}}
 func.func @input_unknown(%t: tensor<?xi32> {kiln.input = "images"}) {
   return
 }
@@ -757,7 +757,88 @@ func.func @shard_groups(%w: tensor<8x6xbf16> {kiln.weight = "w", kiln.shard = #k
 
 // -----
 
-// expected-error @+1 {{#kiln.shard needs dim >= 0, parts >= 1 and groups >= 1 (got dim = 0, parts = 0, groups = 1)}}
+// expected-error @+1 {{#kiln.shard needs dim >= 0, parts >= 1, groups >= 1 and stride >= 0 (got dim = 0, parts = 0, groups = 1, stride = 0)}}
 func.func @shard_no_parts(%w: tensor<8x6xbf16> {kiln.weight = "w", kiln.shard = #kiln.shard<dim = 0, parts = 0>}) {
+  return
+}
+
+// -----
+
+// expected-error @+1 {{argument 0 is split twice along dimension 0}}
+func.func @shard_twice(%w: tensor<2x6xbf16> {kiln.weight = "w", kiln.shard = [#kiln.shard<dim = 0, parts = 2>, #kiln.shard<dim = 0, parts = 2, stride = 1>]}) {
+  return
+}
+
+// -----
+
+// expected-error @+1 {{'kiln.shard' on argument 0 must be a #kiln.shard<...> or an array of them}}
+func.func @shard_not_shards(%w: tensor<2x6xbf16> {kiln.weight = "w", kiln.shard = [1, 2]}) {
+  return
+}
+
+// -----
+
+// expected-error @+1 {{input argument 0 (rank) must be tensor<1xi64>, got 'tensor<?xi64>'}}
+func.func @rank_input_shape(%r: tensor<?xi64> {kiln.input = "rank"}) {
+  return
+}
+
+// -----
+
+module attributes {kiln.tensor_parallel = 4 : i64} {
+func.func @moe_groups_without_rank(%x: tensor<?x16xf32>, %r: tensor<4x16xbf16>, %gu: tensor<2x16x24xbf16>, %dn: tensor<2x12x16xbf16>) {
+  // expected-error @+1 {{'kiln.moe' op is expert-parallel but lacks the rank input or the ranks attribute}}
+  %0 = kiln.moe %x router %r experts %gu, %dn {expert_groups = 2 : i64, ranks = 4 : i64, top_k = 1 : i64} : tensor<?x16xf32>, tensor<4x16xbf16>, tensor<2x16x24xbf16>, tensor<2x12x16xbf16>
+  return
+}
+}
+
+// -----
+
+func.func @moe_share_without_groups(%x: tensor<?x16xf32>, %r: tensor<4x16xbf16>, %gu: tensor<2x16x24xbf16>, %dn: tensor<2x12x16xbf16>) {
+  // expected-error @+1 {{'kiln.moe' op holds 2 experts but its router has 4; only an expert-parallel block (expert_groups) holds a share}}
+  %0 = kiln.moe %x router %r experts %gu, %dn {top_k = 1 : i64} : tensor<?x16xf32>, tensor<4x16xbf16>, tensor<2x16x24xbf16>, tensor<2x12x16xbf16>
+  return
+}
+
+// -----
+
+func.func @moe_rank_without_groups(%x: tensor<?x16xf32>, %r: tensor<4x16xbf16>, %gu: tensor<4x16x24xbf16>, %dn: tensor<4x12x16xbf16>, %rank: tensor<1xi64>) {
+  // expected-error @+1 {{'kiln.moe' op takes a rank or ranks but has no expert_groups}}
+  %0 = kiln.moe %x router %r experts %gu, %dn rank %rank {top_k = 1 : i64} : tensor<?x16xf32>, tensor<4x16xbf16>, tensor<4x16x24xbf16>, tensor<4x12x16xbf16>
+  return
+}
+
+// -----
+
+func.func @moe_one_group(%x: tensor<?x16xf32>, %r: tensor<4x16xbf16>, %gu: tensor<4x16x24xbf16>, %dn: tensor<4x12x16xbf16>, %rank: tensor<1xi64>) {
+  // expected-error @+1 {{'kiln.moe' op expert_groups must be at least 2, got 1}}
+  %0 = kiln.moe %x router %r experts %gu, %dn rank %rank {expert_groups = 1 : i64, ranks = 4 : i64, top_k = 1 : i64} : tensor<?x16xf32>, tensor<4x16xbf16>, tensor<4x16x24xbf16>, tensor<4x12x16xbf16>
+  return
+}
+
+// -----
+
+func.func @moe_groups_not_dividing_ranks(%x: tensor<?x16xf32>, %r: tensor<4x16xbf16>, %gu: tensor<2x16x24xbf16>, %dn: tensor<2x12x16xbf16>, %rank: tensor<1xi64>) {
+  // expected-error @+1 {{'kiln.moe' op splits experts into 2 groups, which do not divide its 3 ranks}}
+  %0 = kiln.moe %x router %r experts %gu, %dn rank %rank {expert_groups = 2 : i64, ranks = 3 : i64, top_k = 1 : i64} : tensor<?x16xf32>, tensor<4x16xbf16>, tensor<2x16x24xbf16>, tensor<2x12x16xbf16>
+  return
+}
+
+// -----
+
+module attributes {kiln.tensor_parallel = 2 : i64} {
+func.func @moe_ranks_not_module(%x: tensor<?x16xf32>, %r: tensor<4x16xbf16>, %gu: tensor<2x16x24xbf16>, %dn: tensor<2x12x16xbf16>, %rank: tensor<1xi64>) {
+  // expected-error @+1 {{'kiln.moe' op is split over 4 ranks but the module over 2}}
+  %0 = kiln.moe %x router %r experts %gu, %dn rank %rank {expert_groups = 2 : i64, ranks = 4 : i64, top_k = 1 : i64} : tensor<?x16xf32>, tensor<4x16xbf16>, tensor<2x16x24xbf16>, tensor<2x12x16xbf16>
+  return
+}
+}
+
+// -----
+
+func.func @moe_route_share(%u: tensor<?x16xf32>, %r: tensor<4x16xbf16>, %rank: tensor<1xi64>) {
+  // expected-error @+1 {{'kiln.moe_route' op holds 1 experts, which is not 1/2 of its router's 4}}
+  %0:3 = kiln.moe_route %u, %r rank %rank {expert_groups = 2 : i64, ranks = 2 : i64, top_k = 1 : i64} : tensor<?x16xf32>, tensor<4x16xbf16> -> tensor<?xi64>, tensor<2xi64>, tensor<?xf32>
   return
 }

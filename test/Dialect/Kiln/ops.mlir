@@ -107,3 +107,23 @@ func.func @tensor_parallel(%x: tensor<?x8xf32>, %w: tensor<4x8x6xbf16> {kiln.wei
   return %y : tensor<?x8xf32>
 }
 }
+
+// Expert parallelism: a weight split along two dimensions, the rank input,
+// and the expert-parallel MoE block and route (2 of 4 experts per group).
+// CHECK-LABEL: func.func @expert_parallel
+// CHECK-SAME: kiln.shard = [#kiln.shard<dim = 0, parts = 2>, #kiln.shard<dim = 2, parts = 2, groups = 2, stride = 1>]
+// CHECK-SAME: %[[RANK:[^:]*]]: tensor<1xi64> {kiln.input = "rank"}
+// CHECK: kiln.moe %{{.*}} router %{{.*}} experts %{{.*}}, %{{.*}} rank %[[RANK]] {expert_groups = 2 : i64, ranks = 4 : i64, top_k = 1 : i64} : tensor<?x16xf32>, tensor<4x16xbf16>, tensor<2x16x12xbf16>, tensor<2x6x16xbf16>
+// CHECK: kiln.moe_route %{{.*}}, %{{.*}} rank %[[RANK]] {expert_groups = 2 : i64, ranks = 4 : i64, top_k = 1 : i64} : tensor<?x16xf32>, tensor<4x16xbf16> -> tensor<?xi64>, tensor<3xi64>, tensor<?xf32>
+module attributes {kiln.tensor_parallel = 4 : i64} {
+func.func @expert_parallel(%x: tensor<?x16xf32>, %r: tensor<4x16xbf16> {kiln.weight = "router"},
+    %gu: tensor<2x16x12xbf16> {kiln.weight = "gate_up", kiln.shard = [#kiln.shard<dim = 0, parts = 2>, #kiln.shard<dim = 2, parts = 2, groups = 2, stride = 1>]},
+    %dn: tensor<2x6x16xbf16> {kiln.weight = "down", kiln.shard = [#kiln.shard<dim = 0, parts = 2>, #kiln.shard<dim = 1, parts = 2, stride = 1>]},
+    %rank: tensor<1xi64> {kiln.input = "rank"}) -> tensor<?x16xf32> {
+  %y = kiln.moe %x router %r experts %gu, %dn rank %rank {expert_groups = 2 : i64, ranks = 4 : i64, top_k = 1 : i64}
+      : tensor<?x16xf32>, tensor<4x16xbf16>, tensor<2x16x12xbf16>, tensor<2x6x16xbf16>
+  %idx, %off, %g = kiln.moe_route %x, %r rank %rank {expert_groups = 2 : i64, ranks = 4 : i64, top_k = 1 : i64}
+      : tensor<?x16xf32>, tensor<4x16xbf16> -> tensor<?xi64>, tensor<3xi64>, tensor<?xf32>
+  return %y : tensor<?x16xf32>
+}
+}

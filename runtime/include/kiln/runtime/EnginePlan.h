@@ -40,12 +40,15 @@ enum class ValueKind {
   Buffer,
 };
 
-/// The slice of a checkpoint tensor one rank of a tensor-parallel engine
-/// binds: dimension `dim` viewed as [groups, parts, block], block
-/// rank * parts / ranks of every group (#kiln.shard in the compiler).
+/// One split of a checkpoint tensor over the ranks of a tensor-parallel
+/// engine: dimension `dim` viewed as [groups, parts, block]; a rank binds
+/// block p of every group, p = rank * parts / ranks (`stride` 0) or
+/// (rank / stride) % parts (#kiln.shard in the compiler).
 struct Shard {
-  int64_t dim = 0, parts = 0, groups = 1;
-  bool active() const { return parts > 0; }
+  int64_t dim = 0, parts = 0, groups = 1, stride = 0;
+  int64_t partOf(int64_t rank, int64_t ranks) const {
+    return stride ? (rank / stride) % parts : rank * parts / ranks;
+  }
 };
 
 struct Value {
@@ -60,9 +63,12 @@ struct Value {
   int64_t axis = 0;
   /// Offset in the step's activation arena, per token; -1: own storage.
   int64_t arenaOffset = -1;
-  /// Weights of a tensor-parallel engine: the rank's slice (`shape` is the
-  /// slice's).
-  Shard shard;
+  /// Weights of a tensor-parallel engine: the splits that give the rank's
+  /// slice, outermost first (`shape` is the slice's).
+  std::vector<Shard> shards;
+  /// Weights and repackings of a pipeline-parallel engine: the stage whose
+  /// ranks bind it (-1: every stage).
+  int64_t stage = -1;
 
   bool isDynamic() const { return !shape.empty() && shape[0] < 0; }
 };
@@ -155,9 +161,12 @@ struct GpuStep {
   std::vector<GpuLaunch> variants;
 };
 
-/// What a launch does: run a kernel, or sum its one argument over the
-/// ranks of a tensor-parallel engine into its one result.
-enum class LaunchKind { Kernel, AllReduce };
+/// What a launch does: run a kernel; sum its one argument over the ranks
+/// of the stage's tensor-parallel group into its one result; send its
+/// argument from the ranks of `stage` to those of the next stage, which
+/// receive it as the result; or give the one value (argument and result)
+/// of `stage`'s ranks to every rank.
+enum class LaunchKind { Kernel, AllReduce, StageSend, StageBroadcast };
 
 struct Launch {
   LaunchKind kind = LaunchKind::Kernel;
@@ -167,6 +176,9 @@ struct Launch {
   std::vector<AttentionUse> attention;
   /// sm_90a engines: the GPU steps that make up this kernel, in order.
   std::vector<GpuStep> gpu;
+  /// Pipeline-parallel engines: the stage whose ranks run it (the sending
+  /// stage of a StageSend, the source of a StageBroadcast); -1: all.
+  int64_t stage = -1;
 
   /// Operand `i`: args then results.
   int64_t operand(size_t i) const {
@@ -190,8 +202,14 @@ struct TokenFunction {
 };
 
 struct Plan {
-  /// Ranks the engine is split over (kiln.tensor_parallel); 1: one.
+  /// Ranks of each stage's tensor-parallel group (kiln.tensor_parallel);
+  /// 1: one.
   int64_t tensorParallel = 1;
+  /// Pipeline stages (kiln.pipeline_stages); the engine runs on
+  /// tensorParallel x pipelineStages ranks, rank r in stage
+  /// r / tensorParallel.
+  int64_t pipelineStages = 1;
+  int64_t worldSize() const { return tensorParallel * pipelineStages; }
   std::vector<Value> values;
   std::vector<Launch> launches;
   std::vector<Slot> slots;
@@ -231,13 +249,22 @@ inline size_t rowBytes(const Value &v) {
   return n;
 }
 
-/// Rank `rank` of `ranks`'s slice under `shard` of a row-major tensor of
+/// Rank `rank` of `ranks`'s slice under `shards` of a row-major tensor of
 /// shape `full` at `data`, elements of `elementBytes`: the bytes of a tensor
-/// whose extent along `shard.dim` is full[dim] / parts. The runtime binds
-/// weights with it; the reference evaluator too.
-void sliceShard(const Shard &shard, const std::vector<int64_t> &full,
-                size_t elementBytes, const void *data, int64_t rank,
-                int64_t ranks, std::vector<uint8_t> &out);
+/// whose extent along each split's `dim` is full[dim] / parts. The runtime
+/// binds weights with it; the reference evaluator too.
+void sliceShards(const std::vector<Shard> &shards,
+                 const std::vector<int64_t> &full, size_t elementBytes,
+                 const void *data, int64_t rank, int64_t ranks,
+                 std::vector<uint8_t> &out);
+
+/// The checkpoint shape of a weight whose slice has shape `local`.
+inline std::vector<int64_t> unshardedShape(const std::vector<Shard> &shards,
+                                           std::vector<int64_t> local) {
+  for (const Shard &s : shards)
+    local[s.dim] *= s.parts;
+  return local;
+}
 
 /// Whether `l` writes the plan's logits.
 inline bool producesLogits(const Plan &plan, const Launch &l) {
