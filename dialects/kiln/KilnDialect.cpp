@@ -8,6 +8,7 @@
 #include "dialects/kiln/KilnDialect.h"
 #include "dialects/kiln/KilnOps.h"
 
+#include "mlir/Dialect/Func/IR/FuncOps.h"
 #include "mlir/IR/Builders.h"
 #include "mlir/IR/BuiltinOps.h"
 #include "mlir/IR/DialectImplementation.h"
@@ -91,6 +92,10 @@ LogicalResult KilnDialect::verifyOperationAttribute(Operation *op,
       return op->emitError() << "'" << getPipelineStagesAttrName()
                              << "' must be an integer of at least 2 on the "
                                 "module";
+    // Every op and weight must fall on one stage.
+    if (func::FuncOp graph = graphFunctionOf(cast<ModuleOp>(op));
+        graph && !graph.getBody().empty() && graph.getBody().hasOneBlock())
+      return failure(failed(assignStages(graph)));
     return success();
   }
   if (name != getKernelAttrName())

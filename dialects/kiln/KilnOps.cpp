@@ -684,6 +684,16 @@ mlir::kiln::assignStages(func::FuncOp func) {
                            : IntegerAttr())
     out.stages = stages.getInt();
   Block &body = func.getBody().front();
+  // Stage attributes out of range are the ops' verifiers' to report.
+  for (Operation &op : body) {
+    int64_t last = out.stages - 1;
+    if (auto send = dyn_cast<StageSendOp>(op);
+        send && static_cast<int64_t>(send.getStage()) >= last)
+      return out;
+    if (auto b = dyn_cast<StageBroadcastOp>(op);
+        b && static_cast<int64_t>(b.getStage()) > last)
+      return out;
+  }
   for (BlockArgument arg : body.getArguments())
     out.values[arg] = all;
   // Forward: an op runs where its (staged) operands are.
@@ -711,14 +721,6 @@ mlir::kiln::assignStages(func::FuncOp func) {
         stage = s;
       }
     }
-    if (isa<StageSendOp, StageBroadcastOp>(op)) {
-      int64_t s = out.values.lookup(op.getOperand(0));
-      if (s != stage)
-        return op.emitOpError()
-                   << "carries a value of stage " << (s == all ? -1 : s)
-                   << " from stage " << stage,
-               failure();
-    }
     out.ops[&op] = stage;
     int64_t resultStage = stage;
     if (isa<StageSendOp>(op))
@@ -730,8 +732,9 @@ mlir::kiln::assignStages(func::FuncOp func) {
     if (stage == all)
       unplaced.push_back(&op);
   }
-  // Backward: ops that read only arguments (weight repackings), then the
-  // weights, go where their users are.
+  // Backward: ops with no staged operand (the first stage up to its first
+  // stage_send, weight repackings), then the weights, go where their users
+  // are.
   auto usersStage = [&](Value v, int64_t &stage) -> LogicalResult {
     stage = all;
     for (Operation *user : v.getUsers()) {
@@ -760,6 +763,18 @@ mlir::kiln::assignStages(func::FuncOp func) {
     for (Value r : op->getResults())
       out.values[r] = stage;
   }
+  for (Operation &op : body)
+    if (isa<StageSendOp, StageBroadcastOp>(op)) {
+      int64_t from = out.values.lookup(op.getOperand(0));
+      if (from == all)
+        return op.emitOpError() << "carries a value every stage has (an "
+                                   "argument or a broadcast result)",
+               failure();
+      if (from != out.of(&op))
+        return op.emitOpError() << "carries a value of stage " << from
+                                << " from stage " << out.of(&op),
+               failure();
+    }
   for (BlockArgument arg : body.getArguments()) {
     if (!func.getArgAttr(arg.getArgNumber(), KilnDialect::getWeightAttrName()))
       continue;

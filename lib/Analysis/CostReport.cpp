@@ -332,6 +332,26 @@ public:
       time[0] += reduceSeconds;
       time[1] += reduceSeconds;
     }
+    // Pipeline hand-overs: the stages run one after another for one
+    // request, so every stage's launches above count, plus these.
+    int64_t sends = 0;
+    double sendBytes = 0, sendSeconds = 0;
+    graph.walk([&](StageSendOp send) {
+      double bytes = tensorBytes(send.getType(), step.tokens);
+      ++sends;
+      sendBytes += bytes;
+      sendSeconds += stageTransferSeconds(worldSize(), bytes);
+    });
+    if (sends) {
+      os << llvm::format(
+          "%-16s %-12s %8lld  %-44s %12s %12.4f %12.1f %12.1f\n", "stage_send",
+          "collective", static_cast<long long>(sends),
+          worldSize() > 8 ? "InfiniBand (GB per hand-over rank)"
+                          : "NVLink (GB per hand-over rank)",
+          "", sendBytes / 1e9, sendSeconds * 1e6, sendSeconds * 1e6);
+      time[0] += sendSeconds;
+      time[1] += sendSeconds;
+    }
     os << llvm::format("%-16s %-12s %8s  %-44s %12.3f %12.4f %12.1f %12.1f\n",
                        "total", "", "", "", total.flops / 1e9,
                        total.bytes / 1e9, time[0] * 1e6, time[1] * 1e6);
@@ -374,7 +394,27 @@ public:
       double bytes = 0;
     };
     std::map<int64_t, Pool> pools; // chunk size (0 = full) -> pool
+    // A pipeline rank holds its stage's KV pools and weights: the report
+    // gives the stage that needs the most.
+    FailureOr<StageAssignment> stages = assignStages(graph);
+    int64_t heaviest = 0;
+    if (succeeded(stages) && stages->stages > 1) {
+      std::vector<double> perStage(stages->stages, 0.0);
+      for (BlockArgument arg : graph.getArguments())
+        if (graph.getArgAttr(arg.getArgNumber(),
+                             KilnDialect::getWeightAttrName()) &&
+            stages->of(arg) >= 0)
+          perStage[stages->of(arg)] += tensorBytes(arg.getType(), 1);
+      heaviest = std::max_element(perStage.begin(), perStage.end()) -
+                 perStage.begin();
+    }
+    auto onReportedStage = [&](Operation *op) {
+      return failed(stages) || stages->stages == 1 ||
+             stages->of(op) == heaviest;
+    };
     for (func::CallOp call : calls) {
+      if (!onReportedStage(call))
+        continue;
       auto kernel = SymbolTable::lookupNearestSymbolFrom<func::FuncOp>(
           call, call.getCalleeAttr());
       kernel.walk([&](AttentionOp a) {
@@ -405,14 +445,19 @@ public:
         "(KV + prefill activations): %.3f GB\n",
         static_cast<long long>(options.maxContext), kvTotal / 1e9,
         (kvTotal + peak * static_cast<double>(options.prefillTokens)) / 1e9);
-    // The weights as stored (a rank's slices in a tensor-parallel graph).
+    // The weights as stored (a rank's slices in a tensor-parallel graph,
+    // its stage's in a pipeline).
     double weights = 0;
     for (BlockArgument arg : graph.getArguments())
       if (graph.getArgAttr(arg.getArgNumber(),
-                           KilnDialect::getWeightAttrName()))
+                           KilnDialect::getWeightAttrName()) &&
+          (failed(stages) || stages->stages == 1 ||
+           stages->of(arg) == heaviest))
         weights += tensorBytes(arg.getType(), 1);
-    auto ranks = module->getAttrOfType<IntegerAttr>(
-        KilnDialect::getTensorParallelAttrName());
+    bool ranks = worldSize() > 1;
+    if (succeeded(stages) && stages->stages > 1)
+      os << "  (one rank of pipeline stage " << heaviest
+         << ", the stage with the most weights)\n";
     double all =
         weights + kvTotal + peak * static_cast<double>(options.prefillTokens);
     os << llvm::format("  weights: %.3f GB%s; weights + KV + prefill "
@@ -439,6 +484,13 @@ public:
       os << "tensor-parallel over " << ranks.getInt()
          << " ranks: every figure is one rank's; all-reduces at "
             "kilnc --plan's NVLink model\n";
+    if (auto stages = module->getAttrOfType<IntegerAttr>(
+            KilnDialect::getPipelineStagesAttrName()))
+      os << "pipeline of " << stages.getInt() << " stages on "
+         << worldSize()
+         << " ranks: step times add every stage's launches (one request "
+            "goes through them in turn) and the hand-overs; memory is one "
+            "rank's\n";
     reportStep({"prefill", options.prefillTokens, 0});
     reportStep({"decode step", 1, options.decodeContext});
     reportMemoryPlan();
@@ -446,6 +498,15 @@ public:
   }
 
 private:
+  int64_t worldSize() const {
+    int64_t n = 1;
+    for (StringRef name : {KilnDialect::getTensorParallelAttrName(),
+                           KilnDialect::getPipelineStagesAttrName()})
+      if (auto a = module->getAttrOfType<IntegerAttr>(name))
+        n *= a.getInt();
+    return n;
+  }
+
   ModuleOp module;
   func::FuncOp graph;
   const ReportOptions &options;
@@ -467,7 +528,7 @@ LogicalResult mlir::kiln::writeCostReport(ModuleOp module,
   bool partitioned = true;
   graph.walk([&](Operation *op) {
     if (op->getDialect() && isa<KilnDialect>(op->getDialect()) &&
-        !isa<ConcatOp, AllReduceOp>(op))
+        !isa<ConcatOp, AllReduceOp, StageSendOp, StageBroadcastOp>(op))
       partitioned = false;
   });
   if (!partitioned)

@@ -79,6 +79,13 @@ double mlir::kiln::allReduceSeconds(int64_t ranks, double bytes) {
          2.0 * (r - 1) / r * bytes / hw.nvlink;
 }
 
+double mlir::kiln::stageTransferSeconds(int64_t ranks, double bytes) {
+  Hardware hw;
+  bool inNode = ranks <= hw.gpusPerNode;
+  return (inNode ? hw.nvlinkLatency : hw.ibLatency) +
+         bytes / (inNode ? hw.nvlink : hw.infiniband);
+}
+
 FailureOr<ModelShape> mlir::kiln::modelShapeOf(ModuleOp module) {
   func::FuncOp graph = graphFunctionOf(module);
   if (!graph)
@@ -203,12 +210,9 @@ LayoutEstimate mlir::kiln::estimateLayout(const ModelShape &m,
                      static_cast<double>(layout.ep - 1) / layout.ep;
       t += m.moeLayers * 2.0 * (latency + bytes / bw);
     }
-    if (layout.pp > 1) {
-      bool inNode = layout.tp * layout.pp <= hw.gpusPerNode;
-      double bw = inNode ? hw.nvlink : hw.infiniband;
-      double latency = inNode ? hw.nvlinkLatency : hw.ibLatency;
-      t += (pp - 1) * (latency + tokens * m.hidden * 2.0 / bw);
-    }
+    if (layout.pp > 1)
+      t += (pp - 1) * stageTransferSeconds(layout.tp * layout.pp,
+                                           tokens * m.hidden * 2.0);
     return t;
   };
   est.decodeCommSeconds = collectives(b);
@@ -251,6 +255,26 @@ std::vector<LayoutEstimate> mlir::kiln::estimateLayouts(const ModelShape &m,
     }
   }
   return out;
+}
+
+/// The kilnc flags that build one replica of `l`, or why none do yet.
+static std::string buildCommand(const Layout &l) {
+  if (l.ep > l.tp)
+    return "not buildable yet: expert parallelism wider than tensor "
+           "parallelism (data-parallel attention, tokens exchanged "
+           "all-to-all) is not in the compiler";
+  std::string flags;
+  if (l.tp > 1)
+    flags += " --tp " + std::to_string(l.tp);
+  if (l.ep > 1)
+    flags += " --ep " + std::to_string(l.ep);
+  if (l.pp > 1)
+    flags += " --pp " + std::to_string(l.pp);
+  std::string out = "kilnc <dir>" + flags + " (mpirun -np " +
+                    std::to_string(l.tp * l.pp) + " per replica";
+  if (l.dp > 1)
+    out += ", " + std::to_string(l.dp) + " replicas";
+  return out + ")";
 }
 
 static std::string describe(const Layout &l) {
@@ -334,7 +358,7 @@ LogicalResult mlir::kiln::writeParallelPlan(const ModelShape &m,
       os << llvm::format("; next: %s at %.2f ms",
                          describe(all[1].layout).c_str(),
                          all[1].decodeSeconds * 1e3);
-    os << "\n";
+    os << "\nbuild: " << buildCommand(c.layout) << "\n";
     return success();
   }
   // Nothing fits: the fewest whole nodes that would.
@@ -355,6 +379,7 @@ LogicalResult mlir::kiln::writeParallelPlan(const ModelShape &m,
                          more.gpus, nodes, nodes == 1 ? "node" : "nodes",
                          hw.gpusPerNode, describe(best->layout).c_str(),
                          gb(best->totalBytes()), best->decodeSeconds * 1e3);
+      os << "build: " << buildCommand(best->layout) << "\n";
       return success();
     }
   }

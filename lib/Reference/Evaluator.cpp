@@ -102,6 +102,12 @@ public:
     values.clear();
     intValues.clear();
   }
+  /// Pipeline transfers, done by the multi-rank evaluator: `v` as this
+  /// rank holds it, and `v` set to a copy of another rank's buffer.
+  const Buffer<T> &valueOf(Value v) { return get(v); }
+  void receive(Value v, const Buffer<T> &from) {
+    values[v.getAsOpaquePointer()] = from;
+  }
 
   llvm::Error bindWeights(const Checkpoint &checkpoint);
   llvm::Expected<std::vector<::kiln::ref::KernelValue>>
@@ -807,20 +813,27 @@ llvm::Expected<std::vector<::kiln::ref::KernelValue>>(
 
 namespace {
 
-/// A tensor-parallel graph: one evaluator per rank, each bound to its slices
-/// of the weights, stepped op by op together so a kiln.all_reduce sees every
-/// rank's operand. Every rank ends with the same logits; rank 0's are
-/// returned.
+/// A tensor- or pipeline-parallel graph: one evaluator per rank, each bound
+/// to its slices of the weights, stepped op by op together so that a
+/// kiln.all_reduce sees every rank of its stage's group and a stage
+/// transfer finds its value on the sending ranks. A rank evaluates only the
+/// ops of its stage (rank r of tp x stages is in stage r / tp). Every rank
+/// ends with the same logits; rank 0's are returned.
 template <typename T> class TensorParallelEvaluator final : public Evaluator {
 public:
-  TensorParallelEvaluator(func::FuncOp func, int64_t ranks) : func(func) {
-    for (int64_t r = 0; r < ranks; ++r)
-      evaluators.push_back(std::make_unique<EvaluatorImpl<T>>(func, r, ranks));
-    std::vector<EvaluatorImpl<T> *> group;
-    for (auto &e : evaluators)
-      group.push_back(e.get());
-    for (auto &e : evaluators)
-      e->setGroup(group);
+  TensorParallelEvaluator(func::FuncOp func, int64_t tp,
+                          mlir::kiln::StageAssignment stages)
+      : func(func), tp(tp), stages(std::move(stages)) {
+    for (int64_t r = 0; r < tp * this->stages.stages; ++r)
+      evaluators.push_back(
+          std::make_unique<EvaluatorImpl<T>>(func, r % tp, tp));
+    for (int64_t s = 0; s < this->stages.stages; ++s) {
+      std::vector<EvaluatorImpl<T> *> group;
+      for (int64_t r = 0; r < tp; ++r)
+        group.push_back(evaluators[s * tp + r].get());
+      for (EvaluatorImpl<T> *e : group)
+        e->setGroup(group);
+    }
   }
 
   llvm::Error bindWeights(const Checkpoint &checkpoint) {
@@ -843,12 +856,11 @@ public:
                     static_cast<int64_t>(tokens.size()));
         break;
       }
-      for (auto &e : evaluators)
-        if (llvm::Error err = e->step(&op)) {
-          for (auto &other : evaluators)
-            other->abandon();
-          return err;
-        }
+      if (llvm::Error err = stepAll(op)) {
+        for (auto &other : evaluators)
+          other->abandon();
+        return err;
+      }
       // Only once every rank has read them (an all-reduce reads its
       // peers' operands).
       for (auto &e : evaluators)
@@ -865,15 +877,44 @@ public:
   }
 
 private:
+  llvm::Error stepAll(Operation &op) {
+    int64_t stage = stages.of(&op);
+    if (auto send = dyn_cast<mlir::kiln::StageSendOp>(op)) {
+      // Rank t of the next stage receives from rank t of this one.
+      for (int64_t r = 0; r < tp; ++r)
+        evaluators[(stage + 1) * tp + r]->receive(
+            send.getResult(),
+            evaluators[stage * tp + r]->valueOf(send.getInput()));
+      return llvm::Error::success();
+    }
+    if (auto broadcast = dyn_cast<mlir::kiln::StageBroadcastOp>(op)) {
+      for (size_t w = 0; w < evaluators.size(); ++w)
+        evaluators[w]->receive(
+            broadcast.getResult(),
+            evaluators[stage * tp + static_cast<int64_t>(w) % tp]->valueOf(
+                broadcast.getInput()));
+      return llvm::Error::success();
+    }
+    for (size_t w = 0; w < evaluators.size(); ++w)
+      if (stage == mlir::kiln::StageAssignment::kAllStages ||
+          static_cast<int64_t>(w) / tp == stage)
+        if (llvm::Error err = evaluators[w]->step(&op))
+          return err;
+    return llvm::Error::success();
+  }
+
   func::FuncOp func;
+  int64_t tp;
+  mlir::kiln::StageAssignment stages;
   std::vector<std::unique_ptr<EvaluatorImpl<T>>> evaluators;
 };
 
 template <typename T>
 llvm::Expected<std::unique_ptr<Evaluator>>
 createTensorParallel(func::FuncOp func, const Checkpoint &checkpoint,
-                     int64_t ranks) {
-  auto evaluator = std::make_unique<TensorParallelEvaluator<T>>(func, ranks);
+                     int64_t ranks, mlir::kiln::StageAssignment stages) {
+  auto evaluator = std::make_unique<TensorParallelEvaluator<T>>(
+      func, ranks, std::move(stages));
   if (llvm::Error e = evaluator->bindWeights(checkpoint))
     return std::move(e);
   return std::unique_ptr<Evaluator>(std::move(evaluator));
@@ -885,15 +926,27 @@ llvm::Expected<std::unique_ptr<Evaluator>>
 Evaluator::create(func::FuncOp func, const Checkpoint &checkpoint,
                   Precision precision) {
   auto module = func->getParentOfType<ModuleOp>();
-  if (auto ranks =
-          module ? module->getAttrOfType<IntegerAttr>(
-                       mlir::kiln::KilnDialect::getTensorParallelAttrName())
-                 : IntegerAttr()) {
+  auto ranks = module ? module->getAttrOfType<IntegerAttr>(
+                            mlir::kiln::KilnDialect::getTensorParallelAttrName())
+                      : IntegerAttr();
+  auto pipeline =
+      module ? module->getAttrOfType<IntegerAttr>(
+                   mlir::kiln::KilnDialect::getPipelineStagesAttrName())
+             : IntegerAttr();
+  if (ranks || pipeline) {
     if (func.getBody().empty() || !func.getBody().hasOneBlock())
       return makeError("@" + func.getName() + " must have a single block");
+    FailureOr<mlir::kiln::StageAssignment> stages =
+        mlir::kiln::assignStages(func);
+    if (failed(stages))
+      return makeError("@" + func.getName() +
+                       ": inconsistent pipeline stages (see the error above)");
+    int64_t tp = ranks ? ranks.getInt() : 1;
     if (precision == Precision::F64)
-      return createTensorParallel<double>(func, checkpoint, ranks.getInt());
-    return createTensorParallel<float>(func, checkpoint, ranks.getInt());
+      return createTensorParallel<double>(func, checkpoint, tp,
+                                          std::move(*stages));
+    return createTensorParallel<float>(func, checkpoint, tp,
+                                       std::move(*stages));
   }
   if (func.getBody().empty())
     return makeError("@" + func.getName() + " has no body");

@@ -28,10 +28,19 @@ namespace kiln {
 /// The plan and its weights in host memory, shared by every backend.
 struct BoundPlan {
   plan::Plan plan;
-  /// The ranks of a tensor-parallel engine (null for one rank) and this
-  /// process's rank among them.
-  std::shared_ptr<Communicator> comm;
-  int64_t rank = 0;
+  /// The ranks of a tensor- or pipeline-parallel engine (null for one
+  /// rank) and this process's rank among them; its stage's tensor-parallel
+  /// group, its rank in that group and its stage.
+  std::shared_ptr<Communicator> comm, group;
+  int64_t rank = 0, groupRank = 0, stage = 0;
+  /// Whether this rank runs launch `l` / binds value `v` (a pipeline rank
+  /// holds only its stage's).
+  bool runs(const plan::Launch &l) const {
+    return l.stage < 0 || l.stage == stage;
+  }
+  bool binds(const plan::Value &v) const {
+    return v.stage < 0 || v.stage == stage;
+  }
   /// Per value: the host bytes of a weight (mapped from the checkpoint) or
   /// of a concat repacking; null for inputs and buffers.
   std::vector<const void *> hostData;

@@ -28,6 +28,21 @@ public:
     std::copy(in, in + count, out);
     return {};
   }
+  Status send(const float *, size_t, int64_t to) override {
+    return Status::error(StatusCode::Internal,
+                         "send to rank " + std::to_string(to) +
+                             " in a one-rank run");
+  }
+  Status receive(float *, size_t, int64_t from) override {
+    return Status::error(StatusCode::Internal,
+                         "receive from rank " + std::to_string(from) +
+                             " in a one-rank run");
+  }
+  Status broadcast(float *, size_t, int64_t) override { return {}; }
+  Status split(int64_t, std::shared_ptr<Communicator> &out) override {
+    out = std::make_shared<SingleRank>();
+    return {};
+  }
 };
 
 struct MpiApi {
@@ -40,6 +55,10 @@ struct MpiApi {
   int (*commSize)(void *, int *) = nullptr;
   int (*commSetErrhandler)(void *, void *) = nullptr;
   int (*allreduce)(const void *, void *, int, void *, void *, void *) = nullptr;
+  int (*sendFn)(const void *, int, void *, int, int, void *) = nullptr;
+  int (*recvFn)(void *, int, void *, int, int, void *, void *) = nullptr;
+  int (*bcast)(void *, int, void *, int, void *) = nullptr;
+  int (*commSplit)(void *, int, int, void **) = nullptr;
   int (*errorString)(int, char *, int *) = nullptr;
   void *commWorld = nullptr, *floatType = nullptr, *sum = nullptr,
        *errorsReturn = nullptr;
@@ -58,35 +77,86 @@ void finalizeAtExit() {
     api.finalize();
 }
 
+/// A communicator of OpenMPI's: the world, or a split of it.
 class MpiWorld final : public Communicator {
 public:
-  MpiWorld(int rank, int size) : r(rank), n(size) {}
+  MpiWorld(void *comm, int rank, int size) : comm(comm), r(rank), n(size) {}
   int64_t rank() const override { return r; }
   int64_t size() const override { return n; }
   Status allReduceSum(const float *in, float *out, size_t count) override {
     MpiApi &api = mpi();
-    // MPI counts are ints: large buffers go in pieces.
-    constexpr size_t kPiece = size_t(1) << 30;
-    for (size_t done = 0; done < count; done += kPiece) {
-      int piece = static_cast<int>(std::min(kPiece, count - done));
-      int rc = api.allreduce(in + done, out + done, piece, api.floatType,
-                             api.sum, api.commWorld);
-      if (rc != 0) {
-        char text[512];
-        int length = 0;
-        std::string why = "error " + std::to_string(rc);
-        if (api.errorString && api.errorString(rc, text, &length) == 0)
-          why.assign(text, static_cast<size_t>(length));
-        return Status::error(StatusCode::Internal,
-                             "rank " + std::to_string(r) + " of " +
-                                 std::to_string(n) +
-                                 ": MPI_Allreduce failed: " + why);
-      }
-    }
+    return inPieces(count, "MPI_Allreduce", [&](size_t at, int piece) {
+      return api.allreduce(in + at, out + at, piece, api.floatType, api.sum,
+                           comm);
+    });
+  }
+  Status send(const float *data, size_t count, int64_t to) override {
+    MpiApi &api = mpi();
+    return inPieces(count, "MPI_Send to rank " + std::to_string(to),
+                    [&](size_t at, int piece) {
+                      return api.sendFn(data + at, piece, api.floatType,
+                                        static_cast<int>(to), kTag, comm);
+                    });
+  }
+  Status receive(float *data, size_t count, int64_t from) override {
+    MpiApi &api = mpi();
+    return inPieces(count, "MPI_Recv from rank " + std::to_string(from),
+                    [&](size_t at, int piece) {
+                      // OpenMPI's MPI_STATUS_IGNORE is a null pointer.
+                      return api.recvFn(data + at, piece, api.floatType,
+                                        static_cast<int>(from), kTag, comm,
+                                        nullptr);
+                    });
+  }
+  Status broadcast(float *data, size_t count, int64_t root) override {
+    MpiApi &api = mpi();
+    return inPieces(count, "MPI_Bcast", [&](size_t at, int piece) {
+      return api.bcast(data + at, piece, api.floatType, static_cast<int>(root),
+                       comm);
+    });
+  }
+  Status split(int64_t color, std::shared_ptr<Communicator> &out) override {
+    MpiApi &api = mpi();
+    void *part = nullptr;
+    int rank = 0, size = 1;
+    if (int rc = api.commSplit(comm, static_cast<int>(color), r, &part);
+        rc != 0)
+      return failed("MPI_Comm_split", rc);
+    api.commSetErrhandler(part, api.errorsReturn);
+    if (api.commRank(part, &rank) != 0 || api.commSize(part, &size) != 0)
+      return failed("MPI_Comm_rank / MPI_Comm_size", -1);
+    out = std::make_shared<MpiWorld>(part, rank, size);
     return {};
   }
 
 private:
+  static constexpr int kTag = 7;
+
+  Status failed(const std::string &what, int rc) const {
+    MpiApi &api = mpi();
+    char text[512];
+    int length = 0;
+    std::string why = "error " + std::to_string(rc);
+    if (api.errorString && rc > 0 && api.errorString(rc, text, &length) == 0)
+      why.assign(text, static_cast<size_t>(length));
+    return Status::error(StatusCode::Internal,
+                         "rank " + std::to_string(r) + " of " +
+                             std::to_string(n) + ": " + what +
+                             " failed: " + why);
+  }
+  /// MPI counts are ints: large buffers go in pieces.
+  template <typename Call>
+  Status inPieces(size_t count, const std::string &what, Call call) const {
+    constexpr size_t kPiece = size_t(1) << 30;
+    for (size_t done = 0; done < count; done += kPiece) {
+      int piece = static_cast<int>(std::min(kPiece, count - done));
+      if (int rc = call(done, piece); rc != 0)
+        return failed(what, rc);
+    }
+    return {};
+  }
+
+  void *comm;
   int r, n;
 };
 
@@ -123,13 +193,22 @@ Status openMpi(std::shared_ptr<Communicator> &out) {
                                void *)>(symbol("MPI_Allreduce"));
   api.errorString =
       reinterpret_cast<int (*)(int, char *, int *)>(symbol("MPI_Error_string"));
+  api.sendFn = reinterpret_cast<int (*)(const void *, int, void *, int, int,
+                                        void *)>(symbol("MPI_Send"));
+  api.recvFn = reinterpret_cast<int (*)(void *, int, void *, int, int, void *,
+                                        void *)>(symbol("MPI_Recv"));
+  api.bcast = reinterpret_cast<int (*)(void *, int, void *, int, void *)>(
+      symbol("MPI_Bcast"));
+  api.commSplit = reinterpret_cast<int (*)(void *, int, int, void **)>(
+      symbol("MPI_Comm_split"));
   api.commWorld = symbol("ompi_mpi_comm_world");
   api.floatType = symbol("ompi_mpi_float");
   api.sum = symbol("ompi_mpi_op_sum");
   api.errorsReturn = symbol("ompi_mpi_errors_return");
   if (!api.initialized || !api.finalized || !api.init || !api.finalize ||
       !api.commRank || !api.commSize || !api.commSetErrhandler ||
-      !api.allreduce || !api.commWorld || !api.floatType || !api.sum ||
+      !api.allreduce || !api.sendFn || !api.recvFn || !api.bcast ||
+      !api.commSplit || !api.commWorld || !api.floatType || !api.sum ||
       !api.errorsReturn)
     return Status::error(StatusCode::NotFound,
                          name + " is not OpenMPI's libmpi (Kiln calls "
@@ -148,7 +227,7 @@ Status openMpi(std::shared_ptr<Communicator> &out) {
       api.commSize(api.commWorld, &size) != 0)
     return Status::error(StatusCode::Internal,
                          "MPI_Comm_rank / MPI_Comm_size failed");
-  out = std::make_shared<MpiWorld>(rank, size);
+  out = std::make_shared<MpiWorld>(api.commWorld, rank, size);
   return {};
 }
 

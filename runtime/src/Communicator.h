@@ -28,6 +28,14 @@ public:
   /// and `out` do not overlap); every rank calls it in the same order with
   /// the same count.
   virtual Status allReduceSum(const float *in, float *out, size_t count) = 0;
+  /// Point to point between two ranks (pipeline stages): `count` floats.
+  virtual Status send(const float *data, size_t count, int64_t to) = 0;
+  virtual Status receive(float *data, size_t count, int64_t from) = 0;
+  /// `count` floats from rank `root` to every rank, in place.
+  virtual Status broadcast(float *data, size_t count, int64_t root) = 0;
+  /// The ranks that share `color` (a tensor-parallel group of a pipeline
+  /// stage), ordered by rank here. Every rank calls it.
+  virtual Status split(int64_t color, std::shared_ptr<Communicator> &out) = 0;
 
   /// This process's communicator: MPI's world when started by mpirun
   /// (OpenMPI's OMPI_COMM_WORLD_SIZE is set) or KILN_LIBMPI is given, else

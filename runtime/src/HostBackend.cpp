@@ -241,7 +241,7 @@ Status HostSession::run(const Step &step, StepOutput &out) {
     const plan::Value &v = plan.values[id];
     if (v.kind != plan::ValueKind::Input)
       continue;
-    rank = model.bound->rank;
+    rank = model.bound->groupRank;
     data[id] = v.input == "rank" ? static_cast<const void *>(&rank)
                : v.input == "positions"
                    ? static_cast<const void *>(step.positions)
@@ -254,15 +254,22 @@ Status HostSession::run(const Step &step, StepOutput &out) {
   uint8_t *base = reinterpret_cast<uint8_t *>(arena.data());
   for (size_t i = 0; i < pools.size(); ++i) {
     KvPool &p = pools[i];
-    size_t drop = static_cast<size_t>(step.slots[i].dropped) * p.width;
+    // Another pipeline stage's pool stays empty.
+    size_t drop = std::min(static_cast<size_t>(step.slots[i].dropped) * p.width,
+                           p.keys.size());
     p.keys.erase(p.keys.begin(), p.keys.begin() + drop);
     p.values.erase(p.values.begin(), p.values.begin() + drop);
   }
 
   std::vector<std::vector<int64_t>> descriptors;
   std::vector<P> pointers;
+  const BoundPlan &bound = *model.bound;
   for (size_t li = 0; li < plan.launches.size(); ++li) {
     const plan::Launch &l = plan.launches[li];
+    bool receives = l.kind == plan::LaunchKind::StageSend &&
+                    bound.stage == l.stage + 1;
+    if (!bound.runs(l) && !receives && l.kind != plan::LaunchKind::StageBroadcast)
+      continue; // another pipeline stage's
     for (int64_t id : l.results) {
       const plan::Value &v = plan.values[id];
       if (v.arenaOffset >= 0) {
@@ -283,7 +290,26 @@ Status HostSession::run(const Step &step, StepOutput &out) {
         count *= static_cast<size_t>(d);
       float *sum = static_cast<float *>(const_cast<void *>(data[l.results[0]]));
       const float *part = static_cast<const float *>(data[l.args[0]]);
-      if (Status s = model.bound->comm->allReduceSum(part, sum, count); !s.ok())
+      if (Status s = bound.group->allReduceSum(part, sum, count); !s.ok())
+        return s;
+      continue;
+    }
+    if (l.kind == plan::LaunchKind::StageSend ||
+        l.kind == plan::LaunchKind::StageBroadcast) {
+      size_t count = 1;
+      for (int64_t d : step.shapeOf(plan, l.results[0]))
+        count *= static_cast<size_t>(d);
+      float *out = static_cast<float *>(const_cast<void *>(data[l.results[0]]));
+      const float *in = static_cast<const float *>(data[l.args[0]]);
+      int64_t tp = plan.tensorParallel;
+      Status s;
+      if (l.kind == plan::LaunchKind::StageBroadcast)
+        s = bound.comm->broadcast(out, count, l.stage * tp);
+      else if (receives)
+        s = bound.comm->receive(out, count, bound.rank - tp);
+      else
+        s = bound.comm->send(in, count, bound.rank + tp);
+      if (!s.ok())
         return s;
       continue;
     }

@@ -134,7 +134,7 @@ Model::~Model() {
 
 int64_t Model::vocabSize() const { return impl->bound.plan.vocab(); }
 int64_t Model::rank() const { return impl->bound.rank; }
-int64_t Model::ranks() const { return impl->bound.plan.tensorParallel; }
+int64_t Model::ranks() const { return impl->bound.plan.worldSize(); }
 const std::vector<int64_t> &Model::eosTokenIds() const {
   return impl->bound.plan.eosTokenIds;
 }
@@ -148,6 +148,8 @@ static Status bindWeights(const Checkpoint &checkpoint, BoundPlan &bound) {
   bound.repacked.resize(plan.values.size());
   for (size_t id = 0; id < plan.values.size(); ++id) {
     const plan::Value &v = plan.values[id];
+    if (!bound.binds(v))
+      continue; // another pipeline stage's
     if (v.kind == plan::ValueKind::Weight) {
       const TensorInfo *info = checkpoint.find(v.name);
       if (!info)
@@ -167,7 +169,7 @@ static Status bindWeights(const Checkpoint &checkpoint, BoundPlan &bound) {
       bound.hostData[id] = info->data();
       if (!v.shards.empty()) {
         plan::sliceShards(v.shards, full, plan::elementSize(v.dtype),
-                          info->data(), bound.rank, plan.tensorParallel,
+                          info->data(), bound.groupRank, plan.tensorParallel,
                           bound.repacked[id]);
         bound.hostData[id] = bound.repacked[id].data();
       }
@@ -256,22 +258,37 @@ std::shared_ptr<Model> Model::load(const std::string &enginePath,
     status = Status::error(StatusCode::InvalidEngine, error);
     return nullptr;
   }
-  // A tensor-parallel engine runs as one process per rank (mpirun).
-  if (int64_t ranks = impl->bound.plan.tensorParallel; ranks > 1) {
-    if (status = Communicator::world(impl->bound.comm); !status.ok()) {
+  // A tensor- or pipeline-parallel engine runs as one process per rank
+  // (mpirun).
+  if (int64_t ranks = impl->bound.plan.worldSize(); ranks > 1) {
+    BoundPlan &bound = impl->bound;
+    if (status = Communicator::world(bound.comm); !status.ok()) {
       status = Status::error(status.code, enginePath + ": " + status.message);
       return nullptr;
     }
-    if (impl->bound.comm->size() != ranks) {
+    if (bound.comm->size() != ranks) {
+      std::string layout =
+          bound.plan.pipelineStages > 1
+              ? std::to_string(bound.plan.tensorParallel) +
+                    " tensor-parallel ranks x " +
+                    std::to_string(bound.plan.pipelineStages) +
+                    " pipeline stages"
+              : std::to_string(ranks) + " tensor-parallel ranks";
       status = Status::error(
           StatusCode::InvalidArgument,
-          enginePath + ": the engine is split over " + std::to_string(ranks) +
-              " tensor-parallel ranks but this process is one of " +
-              std::to_string(impl->bound.comm->size()) +
+          enginePath + ": the engine is split over " + layout +
+              " but this process is one of " +
+              std::to_string(bound.comm->size()) +
               ": run it with mpirun -np " + std::to_string(ranks));
       return nullptr;
     }
-    impl->bound.rank = impl->bound.comm->rank();
+    bound.rank = bound.comm->rank();
+    bound.stage = bound.rank / bound.plan.tensorParallel;
+    bound.groupRank = bound.rank % bound.plan.tensorParallel;
+    if (status = bound.comm->split(bound.stage, bound.group); !status.ok()) {
+      status = Status::error(status.code, enginePath + ": " + status.message);
+      return nullptr;
+    }
   }
   // The device and the code first (no driver or the wrong GPU is said before
   // a checkpoint is read), then the weights.

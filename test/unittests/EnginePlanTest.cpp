@@ -102,6 +102,87 @@ TEST(EnginePlanTest, ShardsSliceEachDimensionInTurn) {
   EXPECT_EQ(slice(3), (std::vector<float>{17, 19, 21, 23, 25, 27, 29, 31}));
 }
 
+/// Two stages of one rank each: a weight of stage 1, a send from stage 0
+/// and the logits broadcast in place from stage 1.
+Plan pipelinePlan() {
+  Plan p;
+  p.pipelineStages = 2;
+  Value tokens;
+  tokens.kind = ValueKind::Input;
+  tokens.input = "tokens";
+  tokens.dtype = DType::I32;
+  tokens.shape = {-1};
+  Value weight;
+  weight.kind = ValueKind::Weight;
+  weight.name = "w";
+  weight.dtype = DType::BF16;
+  weight.shape = {8, 8};
+  weight.stage = 1;
+  Value hidden, sent, logits;
+  hidden.dtype = sent.dtype = logits.dtype = DType::F32;
+  hidden.shape = sent.shape = logits.shape = {-1, 8};
+  p.values = {tokens, weight, hidden, sent, logits};
+  Launch send;
+  send.kind = LaunchKind::StageSend;
+  send.stage = 0;
+  send.args = {2};
+  send.results = {3};
+  Launch head;
+  head.kernel = "gemm_0";
+  head.stage = 1;
+  head.args = {3, 1};
+  head.results = {4};
+  Launch broadcast;
+  broadcast.kind = LaunchKind::StageBroadcast;
+  broadcast.stage = 1;
+  broadcast.args = {4};
+  broadcast.results = {4};
+  p.launches = {send, head, broadcast};
+  p.logits = 4;
+  return p;
+}
+
+TEST(EnginePlanTest, PipelineFieldsRoundTrip) {
+  std::string text = writePlan(pipelinePlan());
+  Plan back;
+  std::string error;
+  ASSERT_TRUE(readPlan(text, "pp.kiln", back, error)) << error;
+  EXPECT_EQ(back.pipelineStages, 2);
+  EXPECT_EQ(back.worldSize(), 2);
+  EXPECT_EQ(back.values[1].stage, 1);
+  EXPECT_EQ(back.values[0].stage, -1);
+  ASSERT_EQ(back.launches.size(), 3u);
+  EXPECT_EQ(back.launches[0].kind, LaunchKind::StageSend);
+  EXPECT_EQ(back.launches[0].stage, 0);
+  EXPECT_EQ(back.launches[2].kind, LaunchKind::StageBroadcast);
+  EXPECT_EQ(writePlan(back), text);
+}
+
+TEST(EnginePlanTest, MalformedPipelinePlansAreNamed) {
+  std::string text = writePlan(pipelinePlan());
+  struct Case {
+    std::string text, message;
+  } cases[] = {
+      {replaced(text, "\"pipeline_stages\":2", "\"pipeline_stages\":1"),
+       "value 1: stage 1 is outside [-1, 0)"},
+      {replaced(text, "\"collective\":\"stage_send\",\"stage\":0",
+                "\"collective\":\"stage_send\",\"stage\":1"),
+       "a stage_send from the last stage"},
+      {replaced(text, "\"stage\":1,\"args\":[4],\"results\":[4]",
+                "\"stage\":1,\"args\":[4],\"results\":[3]"),
+       "the same value for a broadcast"},
+      {replaced(text, "\"stage\":1,\"dtype\"", "\"stage\":2,\"dtype\""),
+       "stage"},
+  };
+  for (const Case &c : cases) {
+    std::string error = errorOf(c.text);
+    EXPECT_NE(error.find("tp.kiln: malformed plan:"), std::string::npos)
+        << error;
+    EXPECT_NE(error.find(c.message), std::string::npos)
+        << c.message << " -> " << error;
+  }
+}
+
 TEST(EnginePlanTest, MalformedTensorParallelPlansAreNamed) {
   std::string text = writePlan(tensorParallelPlan());
   struct Case {

@@ -71,6 +71,11 @@ struct LayoutEstimate {
 /// the planner's NVLink model.
 double allReduceSeconds(int64_t ranks, double bytes);
 
+/// Seconds to hand `bytes` from one pipeline stage to the next, by the
+/// planner's model: NVLink when the `ranks` of the whole pipeline fit one
+/// node, InfiniBand otherwise.
+double stageTransferSeconds(int64_t ranks, double bytes);
+
 /// Every layout of exactly `options.gpus` GPUs, estimated.
 std::vector<LayoutEstimate> estimateLayouts(const ModelShape &model,
                                             const PlanOptions &options);

@@ -253,7 +253,7 @@ Status kiln::openCudaBackend(const EngineFile &engine, const BoundPlan &bound,
                              std::unique_ptr<Backend> &out) {
   const std::string &enginePath = bound.enginePath;
   const plan::Plan &plan = bound.plan;
-  if (plan.tensorParallel > 1)
+  if (plan.worldSize() > 1)
     return Status::error(StatusCode::InvalidEngine,
                          enginePath + ": the CUDA backend does not run "
                                       "tensor-parallel engines yet (NCCL "

@@ -842,3 +842,102 @@ func.func @moe_route_share(%u: tensor<?x16xf32>, %r: tensor<4x16xbf16>, %rank: t
   %0:3 = kiln.moe_route %u, %r rank %rank {expert_groups = 2 : i64, ranks = 2 : i64, top_k = 1 : i64} : tensor<?x16xf32>, tensor<4x16xbf16> -> tensor<?xi64>, tensor<2xi64>, tensor<?xf32>
   return
 }
+
+// -----
+
+// expected-error @+1 {{'kiln.pipeline_stages' must be an integer of at least 2 on the module}}
+module attributes {kiln.pipeline_stages = 1 : i64} {
+}
+
+// -----
+
+func.func @send_without_pipeline(%x: tensor<?x8xf32>) -> tensor<?x8xf32> {
+  // expected-error @+1 {{'kiln.stage_send' op sends from stage 0 but the module is not a pipeline of a stage after it (kiln.pipeline_stages)}}
+  %s = kiln.stage_send %x {stage = 0 : i64} : tensor<?x8xf32>
+  return %s : tensor<?x8xf32>
+}
+
+// -----
+
+module attributes {kiln.pipeline_stages = 2 : i64} {
+func.func @send_from_last_stage(%x: tensor<?x8xf32>) -> tensor<?x8xf32> {
+  // expected-error @+1 {{'kiln.stage_send' op sends from stage 1 but the module is not a pipeline of a stage after it (kiln.pipeline_stages)}}
+  %s = kiln.stage_send %x {stage = 1 : i64} : tensor<?x8xf32>
+  return %s : tensor<?x8xf32>
+}
+}
+
+// -----
+
+module attributes {kiln.pipeline_stages = 2 : i64} {
+func.func @broadcast_stage(%x: tensor<?x8xf32>) -> tensor<?x8xf32> {
+  // expected-error @+1 {{'kiln.stage_broadcast' op broadcasts from stage 2 but the module is not a pipeline with that stage (kiln.pipeline_stages)}}
+  %s = kiln.stage_broadcast %x {stage = 2 : i64} : tensor<?x8xf32>
+  return %s : tensor<?x8xf32>
+}
+}
+
+// -----
+
+// An op that reads a stage-1 value on stage 2 without a stage_send.
+module attributes {kiln.pipeline_stages = 3 : i64} {
+func.func @mixed_stages(%x: tensor<?x8xf32>, %w: tensor<8xbf16> {kiln.weight = "w"}) -> tensor<?x8xf32> {
+  %n = kiln.rms_norm %x, %w {epsilon = 1.0e-05 : f64} : tensor<?x8xf32>, tensor<8xbf16>
+  %s = kiln.stage_send %n {stage = 0 : i64} : tensor<?x8xf32>
+  %y = kiln.add %s, %s : tensor<?x8xf32>
+  %t = kiln.stage_send %y {stage = 1 : i64} : tensor<?x8xf32>
+  // expected-error @+1 {{'kiln.add' op reads values of pipeline stages 2 and 1 (a kiln.stage_send must carry a value across)}}
+  %z = kiln.add %t, %y : tensor<?x8xf32>
+  return %z : tensor<?x8xf32>
+}
+}
+
+// -----
+
+// A stage-0 value read on stage 1 as well as sent there.
+module attributes {kiln.pipeline_stages = 2 : i64} {
+func.func @read_across(%x: tensor<?x8xf32>, %w: tensor<8xbf16> {kiln.weight = "w"}) -> tensor<?x8xf32> {
+  // expected-error @+1 {{'kiln.rms_norm' op feeds ops of two pipeline stages; each stage needs its own}}
+  %n = kiln.rms_norm %x, %w {epsilon = 1.0e-05 : f64} : tensor<?x8xf32>, tensor<8xbf16>
+  %s = kiln.stage_send %n {stage = 0 : i64} : tensor<?x8xf32>
+  %y = kiln.add %s, %n : tensor<?x8xf32>
+  return %y : tensor<?x8xf32>
+}
+}
+
+// -----
+
+module attributes {kiln.pipeline_stages = 2 : i64} {
+func.func @send_argument(%x: tensor<?x8xf32>) -> tensor<?x8xf32> {
+  // expected-error @+1 {{'kiln.stage_send' op carries a value every stage has (an argument or a broadcast result)}}
+  %s = kiln.stage_send %x {stage = 0 : i64} : tensor<?x8xf32>
+  return %s : tensor<?x8xf32>
+}
+}
+
+// -----
+
+// One weight read on both stages.
+module attributes {kiln.pipeline_stages = 2 : i64} {
+// expected-error @+1 {{'func.func' op weight argument 1 is read on two pipeline stages; each stage needs its own}}
+func.func @shared_weight(%x: tensor<?x8xf32>, %w: tensor<8xbf16> {kiln.weight = "w"}) -> tensor<?x8xf32> {
+  %n = kiln.rms_norm %x, %w {epsilon = 1.0e-05 : f64} : tensor<?x8xf32>, tensor<8xbf16>
+  %s = kiln.stage_send %n {stage = 0 : i64} : tensor<?x8xf32>
+  %m = kiln.rms_norm %s, %w {epsilon = 1.0e-05 : f64} : tensor<?x8xf32>, tensor<8xbf16>
+  return %m : tensor<?x8xf32>
+}
+}
+
+// -----
+
+// A send of a value computed on stage 1 that claims stage 0.
+module attributes {kiln.pipeline_stages = 3 : i64} {
+func.func @send_wrong_stage(%x: tensor<?x8xf32>, %w: tensor<8xbf16> {kiln.weight = "w"}) -> tensor<?x8xf32> {
+  %n = kiln.rms_norm %x, %w {epsilon = 1.0e-05 : f64} : tensor<?x8xf32>, tensor<8xbf16>
+  %s = kiln.stage_send %n {stage = 0 : i64} : tensor<?x8xf32>
+  %y = kiln.add %s, %s : tensor<?x8xf32>
+  // expected-error @+1 {{'kiln.stage_send' op carries a value of stage 1 from stage 0}}
+  %t = kiln.stage_send %y {stage = 0 : i64} : tensor<?x8xf32>
+  return %t : tensor<?x8xf32>
+}
+}

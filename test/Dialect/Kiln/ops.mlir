@@ -127,3 +127,19 @@ func.func @expert_parallel(%x: tensor<?x16xf32>, %r: tensor<4x16xbf16> {kiln.wei
   return %y : tensor<?x16xf32>
 }
 }
+
+// A pipeline of two stages: the value sent to stage 1, the result given to
+// every rank.
+// CHECK: module attributes {kiln.pipeline_stages = 2 : i64}
+// CHECK-LABEL: func.func @pipeline
+// CHECK: kiln.stage_send %{{.*}} {stage = 0 : i64} : tensor<?x8xf32>
+// CHECK: kiln.stage_broadcast %{{.*}} {stage = 1 : i64} : tensor<?x8xf32>
+module attributes {kiln.pipeline_stages = 2 : i64} {
+func.func @pipeline(%x: tensor<?x8xf32>, %w: tensor<8xbf16> {kiln.weight = "w"}) -> tensor<?x8xf32> {
+  %n = kiln.rms_norm %x, %w {epsilon = 1.0e-05 : f64} : tensor<?x8xf32>, tensor<8xbf16>
+  %s = kiln.stage_send %n {stage = 0 : i64} : tensor<?x8xf32>
+  %y = kiln.add %s, %s : tensor<?x8xf32>
+  %all = kiln.stage_broadcast %y {stage = 1 : i64} : tensor<?x8xf32>
+  return %all : tensor<?x8xf32>
+}
+}
