@@ -21,6 +21,8 @@
 #    shapes of batch-64 decode), batch-1 decode, a 16k prefill; against
 #    torch.matmul (cuBLAS), SDPA, the copy bandwidth, and transformers'
 #    Llama 4 eager and compiled, each under a time limit;
+#    A one-rank NCCL communicator (KILN_NCCL_SELFTEST) checks the real NCCL
+#    path;
 # 4. prints the table (also in $KILN_BENCH_OUT/table.md).
 # Without a GPU it builds, runs the host engines and says what it skipped.
 set -uo pipefail
@@ -119,6 +121,29 @@ if [ $gpu = 1 ]; then
     log "$name: ${summary:-no summary (logs/$(basename "$txt"))} ($result)"
     echo "{\"model\":\"$name\",\"greedy\":\"${differ:-?} of ${picked:-?} differ\",\"result\":\"$result\"}" >> "$logs/correctness.jsonl"
   done
+fi
+
+# NCCL: a one-rank communicator on the GPU (KILN_NCCL_SELFTEST) takes the
+# real libnccl through the calls multi-rank engines make (unique id, init,
+# an all-reduce on the stream, destroy); one GPU cannot host two ranks.
+if [ $gpu = 1 ]; then
+  nccl=${KILN_LIBNCCL:-}
+  if [ -z "$nccl" ]; then
+    for c in /usr/local/cuda/lib64/libnccl.so.2 /usr/local/cuda/lib/libnccl.so.2 \
+             /usr/lib/x86_64-linux-gnu/libnccl.so.2 \
+             $(ls /usr/local/cuda*/targets/*/lib/libnccl.so.2 2>/dev/null); do
+      [ -e "$c" ] && { nccl=$c; break; }
+    done
+  fi
+  txt="$logs/nccl-selftest.txt"
+  KILN_NCCL_SELFTEST=1 KILN_LIBNCCL=${nccl:-libnccl.so.2} timeout 120 "$run" \
+    "$in/tiny-scout.sm90.kiln" --checkpoint "$in/tiny-scout" --tokens 1,2,3 \
+    --device cuda > "$txt" 2>&1
+  line=$(grep 'NCCL self-test' "$txt" | tail -1)
+  result=FAIL
+  grep -q 'returned its input' <<<"$line" && result=pass
+  log "NCCL one-rank: ${line:-$(tail -1 "$txt")} ($result)"
+  echo "{\"model\":\"NCCL one-rank all-reduce\",\"result\":\"$result\"}" >> "$logs/correctness.jsonl"
 fi
 
 # --- speed ----------------------------------------------------------------

@@ -68,6 +68,11 @@ config.substitutions.append(
     ("%fake_cuda", os.path.join(config.kiln_obj_root, "lib",
                                 "libkiln-fake-cuda.so")))
 
+# A stand-in for NCCL over shared memory (test/standin-nccl), for ranks on
+# emulated GPUs.
+config.substitutions.append(
+    ("%standin_nccl", os.path.join(config.kiln_obj_root, "lib",
+                                   "libkiln-test-nccl.so")))
 # The sm_90a emulator (emulator/): a CUDA driver that runs the PTX.
 config.substitutions.append(
     ("%kiln_emu", os.path.join(config.kiln_obj_root, "lib",

@@ -59,10 +59,17 @@ struct Copy {
   uint64_t dst, src;
   size_t n;
 };
+/// cuLaunchHostFunc: a host function run in stream order (test support such
+/// as the stand-in NCCL enqueues its collectives this way).
+struct HostCall {
+  void (*fn)(void *) = nullptr;
+  void *data = nullptr;
+};
 struct Node {
   bool isLaunch;
   Launch launch;
   Copy copy;
+  HostCall host;
 };
 struct Graph {
   std::vector<Node> nodes;
@@ -174,19 +181,26 @@ __attribute__((visibility("default"))) CUresult cuDriverGetVersion(int *v) {
   *v = 13000;
   return kSuccess;
 }
+/// KILN_EMU_DEVICES=N: that many H100s (default 1), for one process per
+/// rank under mpirun; each process emulates the one it picks.
+int deviceCount() {
+  const char *n = std::getenv("KILN_EMU_DEVICES");
+  int count = n && *n ? std::atoi(n) : 1;
+  return count >= 1 && count <= 64 ? count : 1;
+}
 __attribute__((visibility("default"))) CUresult cuDeviceGetCount(int *n) {
   if (!initialized)
     return kNotInitialized;
-  *n = 1;
+  *n = deviceCount();
   return kSuccess;
 }
 __attribute__((visibility("default"))) CUresult cuDeviceGet(int *d,
                                                             int ordinal) {
   if (!initialized)
     return kNotInitialized;
-  if (ordinal != 0)
+  if (ordinal < 0 || ordinal >= deviceCount())
     return kInvalidValue;
-  *d = 0;
+  *d = ordinal;
   return kSuccess;
 }
 __attribute__((visibility("default"))) CUresult cuDeviceGetName(char *name,
@@ -490,7 +504,7 @@ cuMemcpyHtoDAsync_v2(unsigned long long dst, const void *src, size_t n,
     return kInvalidValue;
   if (capturing) { // captured as a copy node, read at replay
     capturing->nodes.push_back(
-        {false, {}, {dst, reinterpret_cast<uint64_t>(src), n}});
+        {false, {}, {dst, reinterpret_cast<uint64_t>(src), n}, {}});
     return kSuccess;
   }
   return copyChecked(dst, true, reinterpret_cast<uint64_t>(src), false, n);
@@ -603,6 +617,29 @@ __attribute__((visibility("default"))) CUresult cuStreamSynchronize(void *) {
   }
   return sticky;
 }
+__attribute__((visibility("default"))) CUresult cuStreamQuery(void *) {
+  if (!initialized)
+    return kNotInitialized;
+  if (capturing) {
+    captureBroken = true;
+    return kCaptureUnsupported;
+  }
+  return sticky; // work completes when it is enqueued
+}
+__attribute__((visibility("default"))) CUresult
+cuLaunchHostFunc(void *, void (*fn)(void *), void *data) {
+  REQUIRE_INIT();
+  if (!fn)
+    return kInvalidValue;
+  if (capturing) {
+    capturing->nodes.push_back({false, {}, {0, 0, 0}, {fn, data}});
+    return kSuccess;
+  }
+  if (sticky)
+    return sticky;
+  fn(data);
+  return kSuccess;
+}
 __attribute__((visibility("default"))) CUresult cuStreamDestroy_v2(void *) {
   return kSuccess;
 }
@@ -643,6 +680,10 @@ __attribute__((visibility("default"))) CUresult cuGraphLaunch(void *exec,
   if (capturing || !exec)
     return kInvalidValue;
   for (const Node &n : static_cast<Graph *>(exec)->nodes) {
+    if (n.host.fn) {
+      n.host.fn(n.host.data);
+      continue;
+    }
     CUresult r =
         n.isLaunch
             ? runLaunch(n.launch)

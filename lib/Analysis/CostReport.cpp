@@ -405,8 +405,8 @@ public:
                              KilnDialect::getWeightAttrName()) &&
             stages->of(arg) >= 0)
           perStage[stages->of(arg)] += tensorBytes(arg.getType(), 1);
-      heaviest = std::max_element(perStage.begin(), perStage.end()) -
-                 perStage.begin();
+      heaviest =
+          std::max_element(perStage.begin(), perStage.end()) - perStage.begin();
     }
     auto onReportedStage = [&](Operation *op) {
       return failed(stages) || stages->stages == 1 ||
@@ -486,8 +486,7 @@ public:
             "kilnc --plan's NVLink model\n";
     if (auto stages = module->getAttrOfType<IntegerAttr>(
             KilnDialect::getPipelineStagesAttrName()))
-      os << "pipeline of " << stages.getInt() << " stages on "
-         << worldSize()
+      os << "pipeline of " << stages.getInt() << " stages on " << worldSize()
          << " ranks: step times add every stage's launches (one request "
             "goes through them in turn) and the hand-overs; memory is one "
             "rank's\n";

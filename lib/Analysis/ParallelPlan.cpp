@@ -211,8 +211,8 @@ LayoutEstimate mlir::kiln::estimateLayout(const ModelShape &m,
       t += m.moeLayers * 2.0 * (latency + bytes / bw);
     }
     if (layout.pp > 1)
-      t += (pp - 1) * stageTransferSeconds(layout.tp * layout.pp,
-                                           tokens * m.hidden * 2.0);
+      t += (pp - 1) *
+           stageTransferSeconds(layout.tp * layout.pp, tokens * m.hidden * 2.0);
     return t;
   };
   est.decodeCommSeconds = collectives(b);

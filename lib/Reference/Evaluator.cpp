@@ -926,9 +926,10 @@ llvm::Expected<std::unique_ptr<Evaluator>>
 Evaluator::create(func::FuncOp func, const Checkpoint &checkpoint,
                   Precision precision) {
   auto module = func->getParentOfType<ModuleOp>();
-  auto ranks = module ? module->getAttrOfType<IntegerAttr>(
-                            mlir::kiln::KilnDialect::getTensorParallelAttrName())
-                      : IntegerAttr();
+  auto ranks = module
+                   ? module->getAttrOfType<IntegerAttr>(
+                         mlir::kiln::KilnDialect::getTensorParallelAttrName())
+                   : IntegerAttr();
   auto pipeline =
       module ? module->getAttrOfType<IntegerAttr>(
                    mlir::kiln::KilnDialect::getPipelineStagesAttrName())

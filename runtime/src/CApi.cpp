@@ -1,5 +1,6 @@
 //===- CApi.cpp - The Kiln runtime C API ----------------------------------===//
 
+#include "Communicator.h"
 #include "kiln/kiln.h"
 #include "kiln/runtime/CudaDriver.h"
 #include "kiln/runtime/Model.h"
@@ -205,6 +206,10 @@ int64_t kiln_model_rank(const kiln_model *model) {
 
 int64_t kiln_model_ranks(const kiln_model *model) {
   return model ? model->model->ranks() : 1;
+}
+
+void kiln_abort_ranks(int exit_code) {
+  kiln::Communicator::abortAll(exit_code);
 }
 
 size_t kiln_model_eos_tokens(const kiln_model *model,

@@ -11,6 +11,7 @@
 #include "Communicator.h"
 
 #include <algorithm>
+#include <cstdio>
 #include <cstdlib>
 #include <dlfcn.h>
 #include <mutex>
@@ -29,16 +30,17 @@ public:
     return {};
   }
   Status send(const float *, size_t, int64_t to) override {
-    return Status::error(StatusCode::Internal,
-                         "send to rank " + std::to_string(to) +
-                             " in a one-rank run");
+    return Status::error(StatusCode::Internal, "send to rank " +
+                                                   std::to_string(to) +
+                                                   " in a one-rank run");
   }
   Status receive(float *, size_t, int64_t from) override {
-    return Status::error(StatusCode::Internal,
-                         "receive from rank " + std::to_string(from) +
-                             " in a one-rank run");
+    return Status::error(StatusCode::Internal, "receive from rank " +
+                                                   std::to_string(from) +
+                                                   " in a one-rank run");
   }
   Status broadcast(float *, size_t, int64_t) override { return {}; }
+  Status broadcastBytes(void *, size_t, int64_t) override { return {}; }
   Status split(int64_t, std::shared_ptr<Communicator> &out) override {
     out = std::make_shared<SingleRank>();
     return {};
@@ -59,9 +61,10 @@ struct MpiApi {
   int (*recvFn)(void *, int, void *, int, int, void *, void *) = nullptr;
   int (*bcast)(void *, int, void *, int, void *) = nullptr;
   int (*commSplit)(void *, int, int, void **) = nullptr;
+  int (*abort)(void *, int) = nullptr;
   int (*errorString)(int, char *, int *) = nullptr;
-  void *commWorld = nullptr, *floatType = nullptr, *sum = nullptr,
-       *errorsReturn = nullptr;
+  void *commWorld = nullptr, *floatType = nullptr, *byteType = nullptr,
+       *sum = nullptr, *errorsReturn = nullptr;
   bool weInitialized = false;
 };
 
@@ -115,6 +118,14 @@ public:
                        comm);
     });
   }
+  Status broadcastBytes(void *data, size_t bytes, int64_t root) override {
+    MpiApi &api = mpi();
+    if (int rc = api.bcast(data, static_cast<int>(bytes), api.byteType,
+                           static_cast<int>(root), comm);
+        rc != 0)
+      return failed("MPI_Bcast", rc);
+    return {};
+  }
   Status split(int64_t color, std::shared_ptr<Communicator> &out) override {
     MpiApi &api = mpi();
     void *part = nullptr;
@@ -139,10 +150,10 @@ private:
     std::string why = "error " + std::to_string(rc);
     if (api.errorString && rc > 0 && api.errorString(rc, text, &length) == 0)
       why.assign(text, static_cast<size_t>(length));
-    return Status::error(StatusCode::Internal,
-                         "rank " + std::to_string(r) + " of " +
-                             std::to_string(n) + ": " + what +
-                             " failed: " + why);
+    return Status::error(StatusCode::Internal, "rank " + std::to_string(r) +
+                                                   " of " + std::to_string(n) +
+                                                   ": " + what +
+                                                   " failed: " + why);
   }
   /// MPI counts are ints: large buffers go in pieces.
   template <typename Call>
@@ -193,23 +204,27 @@ Status openMpi(std::shared_ptr<Communicator> &out) {
                                void *)>(symbol("MPI_Allreduce"));
   api.errorString =
       reinterpret_cast<int (*)(int, char *, int *)>(symbol("MPI_Error_string"));
-  api.sendFn = reinterpret_cast<int (*)(const void *, int, void *, int, int,
-                                        void *)>(symbol("MPI_Send"));
-  api.recvFn = reinterpret_cast<int (*)(void *, int, void *, int, int, void *,
-                                        void *)>(symbol("MPI_Recv"));
+  api.sendFn =
+      reinterpret_cast<int (*)(const void *, int, void *, int, int, void *)>(
+          symbol("MPI_Send"));
+  api.recvFn =
+      reinterpret_cast<int (*)(void *, int, void *, int, int, void *, void *)>(
+          symbol("MPI_Recv"));
   api.bcast = reinterpret_cast<int (*)(void *, int, void *, int, void *)>(
       symbol("MPI_Bcast"));
   api.commSplit = reinterpret_cast<int (*)(void *, int, int, void **)>(
       symbol("MPI_Comm_split"));
+  api.abort = reinterpret_cast<int (*)(void *, int)>(symbol("MPI_Abort"));
   api.commWorld = symbol("ompi_mpi_comm_world");
   api.floatType = symbol("ompi_mpi_float");
+  api.byteType = symbol("ompi_mpi_byte");
   api.sum = symbol("ompi_mpi_op_sum");
   api.errorsReturn = symbol("ompi_mpi_errors_return");
   if (!api.initialized || !api.finalized || !api.init || !api.finalize ||
       !api.commRank || !api.commSize || !api.commSetErrhandler ||
       !api.allreduce || !api.sendFn || !api.recvFn || !api.bcast ||
-      !api.commSplit || !api.commWorld || !api.floatType || !api.sum ||
-      !api.errorsReturn)
+      !api.commSplit || !api.abort || !api.commWorld || !api.floatType ||
+      !api.byteType || !api.sum || !api.errorsReturn)
     return Status::error(StatusCode::NotFound,
                          name + " is not OpenMPI's libmpi (Kiln calls "
                                 "OpenMPI's C ABI)");
@@ -232,6 +247,17 @@ Status openMpi(std::shared_ptr<Communicator> &out) {
 }
 
 } // namespace
+
+void Communicator::abortAll(int code) {
+  MpiApi &api = mpi();
+  int ready = 0, done = 0;
+  if (!api.abort || !api.initialized || api.initialized(&ready) != 0 ||
+      !ready || api.finalized(&done) != 0 || done)
+    return;
+  std::fflush(stdout);
+  std::fflush(stderr);
+  api.abort(api.commWorld, code);
+}
 
 Status Communicator::world(std::shared_ptr<Communicator> &out) {
   static std::mutex lock;

@@ -33,6 +33,8 @@ public:
   virtual Status receive(float *data, size_t count, int64_t from) = 0;
   /// `count` floats from rank `root` to every rank, in place.
   virtual Status broadcast(float *data, size_t count, int64_t root) = 0;
+  /// `bytes` raw bytes from rank `root` to every rank (an NCCL unique id).
+  virtual Status broadcastBytes(void *data, size_t bytes, int64_t root) = 0;
   /// The ranks that share `color` (a tensor-parallel group of a pipeline
   /// stage), ordered by rank here. Every rank calls it.
   virtual Status split(int64_t color, std::shared_ptr<Communicator> &out) = 0;
@@ -41,6 +43,9 @@ public:
   /// (OpenMPI's OMPI_COMM_WORLD_SIZE is set) or KILN_LIBMPI is given, else
   /// one rank. MPI is initialized once per process and finalized at exit.
   static Status world(std::shared_ptr<Communicator> &out);
+  /// Ends every rank with `code` (MPI_Abort) when MPI is running in this
+  /// process; returns otherwise.
+  static void abortAll(int code);
 };
 
 } // namespace kiln

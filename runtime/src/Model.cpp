@@ -274,12 +274,12 @@ std::shared_ptr<Model> Model::load(const std::string &enginePath,
                     std::to_string(bound.plan.pipelineStages) +
                     " pipeline stages"
               : std::to_string(ranks) + " tensor-parallel ranks";
-      status = Status::error(
-          StatusCode::InvalidArgument,
-          enginePath + ": the engine is split over " + layout +
-              " but this process is one of " +
-              std::to_string(bound.comm->size()) +
-              ": run it with mpirun -np " + std::to_string(ranks));
+      status = Status::error(StatusCode::InvalidArgument,
+                             enginePath + ": the engine is split over " +
+                                 layout + " but this process is one of " +
+                                 std::to_string(bound.comm->size()) +
+                                 ": run it with mpirun -np " +
+                                 std::to_string(ranks));
       return nullptr;
     }
     bound.rank = bound.comm->rank();

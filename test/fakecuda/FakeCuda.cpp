@@ -370,6 +370,13 @@ CUresult cuStreamSynchronize(void *) {
   }
   return kSuccess;
 }
+CUresult cuStreamQuery(void *) {
+  if (capturing) {
+    logLine("REFUSED a stream query during stream capture");
+    return 900;
+  }
+  return kSuccess;
+}
 CUresult cuStreamBeginCapture_v2(void *, int) {
   if (capturing)
     return kInvalidValue;

@@ -196,20 +196,12 @@ static int runCompile() {
         << ": expert-parallel groups are made of tensor-parallel ranks\n";
     return 1;
   }
-  if (pipelineParallel > 1 && !target.empty() && target != "host") {
+  if (expertParallel > 1 && !target.empty() && target != "host") {
+    // The sm_90a router has no expert-parallel form yet.
     WithColor::error(errs(), "kilnc")
-        << "--pp " << pipelineParallel
-        << ": pipeline-parallel engines are host engines for now (no sm_90a "
-           "collectives yet)\n";
-    return 1;
-  }
-  if (tensorParallel > 1 && !target.empty() && target != "host") {
-    // Host engines run their ranks under mpirun; the CUDA backend has no
-    // collectives yet.
-    WithColor::error(errs(), "kilnc")
-        << "--tp " << tensorParallel
-        << ": tensor-parallel engines are host engines for now (no sm_90a "
-           "collectives yet)\n";
+        << "--ep " << expertParallel
+        << ": expert-parallel engines are host engines for now (the sm_90a "
+           "router does not select a rank's experts yet)\n";
     return 1;
   }
   stage("fusing and partitioning");

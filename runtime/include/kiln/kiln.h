@@ -126,6 +126,10 @@ KILN_API const char *kiln_model_target(const kiln_model *model);
  * usually print on rank 0 only. */
 KILN_API int64_t kiln_model_rank(const kiln_model *model);
 KILN_API int64_t kiln_model_ranks(const kiln_model *model);
+/* After an error in a multi-rank run: ends every rank of the job with
+ * `exit_code` (MPI_Abort), so that no rank waits forever in a collective
+ * for this one. Returns (doing nothing) in a single-rank process. */
+KILN_API void kiln_abort_ranks(int exit_code);
 
 /*===-- Sessions --------------------------------------------------------===*/
 

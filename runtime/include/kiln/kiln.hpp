@@ -85,6 +85,8 @@ public:
   int64_t vocabSize() const { return kiln_model_vocab_size(handle); }
   int64_t rank() const { return kiln_model_rank(handle); }
   int64_t ranks() const { return kiln_model_ranks(handle); }
+  /// See kiln_abort_ranks.
+  static void abortRanks(int exitCode) { kiln_abort_ranks(exitCode); }
   std::vector<int64_t> eosTokens() const {
     const int64_t *ids = nullptr;
     size_t n = kiln_model_eos_tokens(handle, &ids);

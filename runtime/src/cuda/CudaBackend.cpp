@@ -28,6 +28,15 @@
 // prints, when the session ends, the time per GPU function and step size
 // (bench/device.sh reads it).
 //
+// A tensor- or pipeline-parallel engine runs one process per GPU under
+// mpirun: the GPU of the process's local rank, NCCL (loaded at run time)
+// communicators for the whole world and for the stage's tensor-parallel
+// group, their unique ids handed out over MPI. Collectives are enqueued on
+// the session's stream like kernels (so a decode step with all-reduces is
+// still captured as one graph); while a step is waited for, NCCL's
+// asynchronous errors are polled and a failed or stalled collective aborts
+// the communicators instead of hanging.
+//
 // Errors name the CUDA call and the kernel. Launch errors surface at once;
 // faults inside a kernel at the end of the step, or at the kernel itself
 // with RuntimeOptions::syncEachLaunch (KILN_CUDA_SYNC=1: one
@@ -36,14 +45,18 @@
 //===----------------------------------------------------------------------===//
 
 #include "../Backend.h"
+#include "../Communicator.h"
+#include "Nccl.h"
 #include "kiln/runtime/CudaDriver.h"
 #include "kiln/runtime/Sampler.h"
 
 #include <algorithm>
+#include <chrono>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
 #include <map>
+#include <thread>
 #include <tuple>
 
 using namespace kiln;
@@ -63,6 +76,9 @@ struct GpuSlot {
   DeviceBuffer keys, values, positions;
   int64_t start = 0, count = 0, capacity = 0;
   int64_t reserved = 0; // rows the session reserved: pools never shrink below
+  /// Whether a launch this rank runs reads the pool (a pipeline rank holds
+  /// only its stage's).
+  bool used = true;
 };
 
 struct alignas(64) TensorMapBytes {
@@ -146,18 +162,30 @@ public:
   }
 
 private:
+  /// What a prepared entry enqueues: a kernel, or an NCCL collective.
+  enum class Op { Kernel, AllReduce, Send, Receive, Broadcast };
   struct Prepared {
     /// The plan launch this GPU launch belongs to.
     size_t launch = 0;
-    CUfunction function;
-    unsigned grid[3];
-    unsigned block, shared;
+    Op op = Op::Kernel;
+    CUfunction function = nullptr;
+    unsigned grid[3] = {1, 1, 1};
+    unsigned block = 0, shared = 0;
     std::vector<int64_t> fields;
+    /// Collectives: buffers, float count, peer (send / receive) or root
+    /// (broadcast), in the communicator `comm`.
+    CUdeviceptr in = 0, out = 0;
+    size_t count = 0;
+    int peer = 0;
+    nccl::ncclComm_t comm = nullptr;
     std::string name; // "function (kernel k)", for errors
     std::string profileKey;
     bool operator==(const Prepared &o) const {
-      return function == o.function && std::equal(grid, grid + 3, o.grid) &&
-             block == o.block && shared == o.shared && fields == o.fields;
+      return op == o.op && function == o.function &&
+             std::equal(grid, grid + 3, o.grid) && block == o.block &&
+             shared == o.shared && fields == o.fields && in == o.in &&
+             out == o.out && count == o.count && peer == o.peer &&
+             comm == o.comm;
     }
   };
   struct Timed {
@@ -179,6 +207,9 @@ private:
   /// Makes room for the step's rows in every pool and counts them.
   bool prepareSlots(const Step &step, std::string &error);
   bool enqueue(const Prepared &p, std::string &error);
+  /// Waits for the stream: cuStreamSynchronize, or with collectives a poll
+  /// of the stream and of NCCL's asynchronous errors.
+  bool wait(const std::string &what, std::string &error);
   void dropGraph();
   CUevent event();
   void collectProfile();
@@ -226,6 +257,15 @@ public:
   std::vector<DeviceBuffer> weights;
   /// Per plan value: the device copy of a weight or repacking.
   std::vector<CUdeviceptr> weightPtr;
+  /// Multi-rank engines: NCCL, a communicator over every rank (stage
+  /// hand-overs, the logits' broadcast) and one over the stage's
+  /// tensor-parallel group (all-reduces; the same one without stages).
+  std::unique_ptr<nccl::Library> nccl;
+  nccl::ncclComm_t world = nullptr, group = nullptr;
+  bool ncclFailed = false;
+  /// Polls NCCL's asynchronous errors; on one, aborts the communicators
+  /// and says which rank saw what.
+  bool collectiveError(std::string &error);
 };
 
 } // namespace
@@ -234,11 +274,38 @@ public:
 // The model: code and weights on GPU 0
 //===----------------------------------------------------------------------===//
 
+bool CudaModel::collectiveError(std::string &error) {
+  if (!nccl)
+    return false;
+  for (nccl::ncclComm_t comm : {world, group}) {
+    nccl::ncclResult_t async = nccl::ncclSuccess;
+    if (!comm || nccl->commGetAsyncError(comm, &async) != nccl::ncclSuccess ||
+        async == nccl::ncclSuccess || async == nccl::ncclInProgress)
+      continue;
+    error = "rank " + std::to_string(bound->rank) + ": " +
+            nccl->describe("a collective", async) +
+            "; another rank failed or left";
+    ncclFailed = true;
+    nccl->commAbort(world);
+    if (group != world)
+      nccl->commAbort(group);
+    world = group = nullptr;
+    return true;
+  }
+  return false;
+}
+
 CudaModel::~CudaModel() {
   if (!driver)
     return;
   if (context)
     driver->cuCtxSetCurrent(context);
+  if (nccl) {
+    if (group && group != world)
+      nccl->commDestroy(group);
+    if (world)
+      nccl->commDestroy(world);
+  }
   Allocator memory{*driver, false};
   for (DeviceBuffer &b : weights)
     memory.release(b);
@@ -248,16 +315,73 @@ CudaModel::~CudaModel() {
     driver->cuDevicePrimaryCtxRelease(device);
 }
 
+/// KILN_NCCL_SELFTEST=1 on a one-rank engine (bench/device.sh): the real
+/// NCCL path on one GPU, a one-rank communicator whose all-reduce must
+/// return its input; says so on stderr.
+static Status ncclSelfTest(CudaModel &m, const std::string &enginePath) {
+  std::string error;
+  auto lib = nccl::Library::load(error);
+  if (!lib)
+    return Status::error(StatusCode::Unavailable, "NCCL self-test: " + error);
+  Driver &d = *m.driver;
+  Allocator memory{d, false};
+  int version = 0;
+  lib->getVersion(&version);
+  nccl::ncclUniqueId id{};
+  nccl::ncclComm_t comm = nullptr;
+  nccl::ncclResult_t r = lib->getUniqueId(&id);
+  if (r == nccl::ncclSuccess)
+    r = lib->commInitRank(&comm, 1, id, 0);
+  if (r != nccl::ncclSuccess)
+    return Status::error(StatusCode::DeviceError,
+                         "NCCL self-test: " +
+                             lib->describe("ncclCommInitRank", r));
+  constexpr size_t kCount = 4096;
+  std::vector<float> host(kCount), back(kCount, 0.0f);
+  for (size_t i = 0; i < kCount; ++i)
+    host[i] = static_cast<float>(i) * 0.25f - 7.0f;
+  DeviceBuffer in, out;
+  CUstream stream = nullptr;
+  bool ok =
+      memory.ensure(in, kCount * 4, error) &&
+      memory.ensure(out, kCount * 4, error) &&
+      memory.check(d.cuStreamCreate(&stream, 0), "cuStreamCreate", error) &&
+      memory.check(d.cuMemcpyHtoD(in.ptr, host.data(), kCount * 4),
+                   "cuMemcpyHtoD", error);
+  if (ok) {
+    r = lib->allReduce(reinterpret_cast<const void *>(in.ptr),
+                       reinterpret_cast<void *>(out.ptr), kCount,
+                       nccl::ncclFloat32, nccl::ncclSum, comm,
+                       reinterpret_cast<nccl::cudaStream_t>(stream));
+    if (r != nccl::ncclSuccess)
+      error = lib->describe("ncclAllReduce", r), ok = false;
+  }
+  ok = ok &&
+       memory.check(d.cuStreamSynchronize(stream), "ncclAllReduce", error) &&
+       memory.check(d.cuMemcpyDtoH(back.data(), out.ptr, kCount * 4),
+                    "cuMemcpyDtoH", error);
+  if (ok && back != host)
+    error = "a one-rank all-reduce changed its input", ok = false;
+  lib->commDestroy(comm);
+  if (stream)
+    d.cuStreamDestroy(stream);
+  memory.release(in);
+  memory.release(out);
+  if (!ok)
+    return Status::error(StatusCode::DeviceError,
+                         enginePath + ": NCCL self-test: " + error);
+  std::fprintf(stderr,
+               "kiln: NCCL self-test: %s (version %d): one-rank all-reduce "
+               "of %zu floats on the stream returned its input\n",
+               lib->path().c_str(), version, kCount);
+  return {};
+}
+
 Status kiln::openCudaBackend(const EngineFile &engine, const BoundPlan &bound,
                              const RuntimeOptions &options,
                              std::unique_ptr<Backend> &out) {
   const std::string &enginePath = bound.enginePath;
   const plan::Plan &plan = bound.plan;
-  if (plan.worldSize() > 1)
-    return Status::error(StatusCode::InvalidEngine,
-                         enginePath + ": the CUDA backend does not run "
-                                      "tensor-parallel engines yet (NCCL "
-                                      "collectives are not done)");
   auto s = std::make_unique<CudaModel>();
   s->bound = &bound;
   s->options = options;
@@ -273,7 +397,14 @@ Status kiln::openCudaBackend(const EngineFile &engine, const BoundPlan &bound,
     return unavailable(error);
   Driver &d = *s->driver;
   Allocator memory{d, options.poisonDeviceMemory};
-  if (!memory.check(d.cuDeviceGet(&s->device, 0), "cuDeviceGet", error))
+  // One process per GPU: a rank takes the GPU of its rank on the node.
+  int ordinal = 0;
+  if (plan.worldSize() > 1) {
+    const char *local = std::getenv("OMPI_COMM_WORLD_LOCAL_RANK");
+    int64_t rank = local && *local ? std::atoll(local) : bound.rank;
+    ordinal = static_cast<int>(rank % std::max(d.deviceCount(), 1));
+  }
+  if (!memory.check(d.cuDeviceGet(&s->device, ordinal), "cuDeviceGet", error))
     return unavailable(error);
   int major = 0, minor = 0;
   d.cuDeviceGetAttribute(&major, CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MAJOR,
@@ -329,6 +460,8 @@ Status kiln::openCudaBackend(const EngineFile &engine, const BoundPlan &bound,
   d.cuDeviceGetAttribute(
       &optIn, CU_DEVICE_ATTRIBUTE_MAX_SHARED_MEMORY_PER_BLOCK_OPTIN, s->device);
   for (const plan::Launch &l : plan.launches) {
+    if (l.kind != plan::LaunchKind::Kernel)
+      continue; // collectives: NCCL
     if (l.gpu.empty())
       return Status::error(StatusCode::InvalidEngine,
                            enginePath + ": kernel '" + l.kernel +
@@ -368,6 +501,40 @@ Status kiln::openCudaBackend(const EngineFile &engine, const BoundPlan &bound,
     s->functions[fn->function] = f;
   }
 
+  if (plan.worldSize() == 1 && std::getenv("KILN_NCCL_SELFTEST"))
+    if (Status st = ncclSelfTest(*s, enginePath); !st.ok())
+      return st;
+  if (plan.worldSize() > 1) {
+    s->nccl = nccl::Library::load(error);
+    if (!s->nccl)
+      return unavailable(enginePath + ": " + error);
+    nccl::Library &n = *s->nccl;
+    // Rank 0 of each MPI communicator makes the NCCL id; MPI hands it out.
+    auto open = [&](Communicator &mpi, nccl::ncclComm_t &comm) -> Status {
+      nccl::ncclUniqueId id{};
+      nccl::ncclResult_t r = nccl::ncclSuccess;
+      if (mpi.rank() == 0 && (r = n.getUniqueId(&id)) != nccl::ncclSuccess)
+        return unavailable(enginePath + ": " +
+                           n.describe("ncclGetUniqueId", r));
+      if (Status st = mpi.broadcastBytes(&id, sizeof id, 0); !st.ok())
+        return st;
+      if ((r = n.commInitRank(&comm, static_cast<int>(mpi.size()), id,
+                              static_cast<int>(mpi.rank()))) !=
+          nccl::ncclSuccess)
+        return Status::error(StatusCode::DeviceError,
+                             enginePath + ": rank " +
+                                 std::to_string(bound.rank) + ": " +
+                                 n.describe("ncclCommInitRank", r));
+      return {};
+    };
+    if (Status st = open(*bound.comm, s->world); !st.ok())
+      return st;
+    s->group = s->world;
+    if (plan.pipelineStages > 1 && plan.tensorParallel > 1)
+      if (Status st = open(*bound.group, s->group); !st.ok())
+        return st;
+  }
+
   out = std::move(s);
   return {};
 }
@@ -382,8 +549,9 @@ Status CudaModel::uploadWeights() {
   // Weights and repackings that a launch reads go to the device once.
   std::vector<bool> used(plan.values.size(), false);
   for (const plan::Launch &l : plan.launches)
-    for (int64_t id : l.args)
-      used[id] = true;
+    if (bound->runs(l))
+      for (int64_t id : l.args)
+        used[id] = true;
   weightPtr.assign(plan.values.size(), 0);
   for (size_t id = 0; id < plan.values.size(); ++id) {
     const plan::Value &v = plan.values[id];
@@ -440,10 +608,14 @@ bool CudaSession::open(int64_t kvTokens, std::string &error) {
     slot.chunk = info.chunk;
     slots.push_back(slot);
   }
+  for (GpuSlot &slot : slots)
+    slot.used = false;
   for (const plan::Launch &l : plan.launches)
-    for (const plan::AttentionUse &a : l.attention)
+    for (const plan::AttentionUse &a : l.attention) {
       slots[a.slot].elementBytes = static_cast<int64_t>(
           plan::elementSize(plan.values[l.args[a.keyArg]].dtype));
+      slots[a.slot].used = model.bound->runs(l);
+    }
   valuePtr = model.weightPtr;
   ownBuffers.resize(plan.values.size());
   countsHost.assign(slots.size(), 0);
@@ -453,10 +625,13 @@ bool CudaSession::open(int64_t kvTokens, std::string &error) {
     return true;
   double total = 0;
   for (size_t i = 0; i < slots.size(); ++i)
-    total += double(plan::reservedRows(plan.slots[i], kvTokens)) *
-             (2.0 * slots[i].width * slots[i].elementBytes + 8);
+    if (slots[i].used)
+      total += double(plan::reservedRows(plan.slots[i], kvTokens)) *
+               (2.0 * slots[i].width * slots[i].elementBytes + 8);
   for (size_t i = 0; i < slots.size(); ++i) {
     GpuSlot &slot = slots[i];
+    if (!slot.used)
+      continue;
     int64_t rows = plan::reservedRows(plan.slots[i], kvTokens);
     size_t row = static_cast<size_t>(slot.width * slot.elementBytes);
     std::string why;
@@ -571,19 +746,75 @@ bool CudaSession::enqueue(const Prepared &p, std::string &error) {
     timed = {p.profileKey, event(), event()};
     driver.cuEventRecord(timed.begin, stream);
   }
-  if (!check(driver.cuLaunchKernel(p.function, p.grid[0], p.grid[1], p.grid[2],
-                                   p.block, 1, 1, p.shared, stream,
-                                   params.data(), nullptr),
-             "cuLaunchKernel(" + p.name + ")", error))
+  if (p.op != Op::Kernel) {
+    nccl::Library &n = *model.nccl;
+    auto *s = reinterpret_cast<nccl::cudaStream_t>(stream);
+    const void *in = reinterpret_cast<const void *>(p.in);
+    void *out = reinterpret_cast<void *>(p.out);
+    nccl::ncclResult_t r = nccl::ncclSuccess;
+    switch (p.op) {
+    case Op::AllReduce:
+      r = n.allReduce(in, out, p.count, nccl::ncclFloat32, nccl::ncclSum,
+                      p.comm, s);
+      break;
+    case Op::Send:
+      r = n.send(in, p.count, nccl::ncclFloat32, p.peer, p.comm, s);
+      break;
+    case Op::Receive:
+      r = n.recv(out, p.count, nccl::ncclFloat32, p.peer, p.comm, s);
+      break;
+    default: // in place: the root's buffer is the value
+      r = n.broadcast(out, out, p.count, nccl::ncclFloat32, p.peer, p.comm, s);
+      break;
+    }
+    if (r != nccl::ncclSuccess) {
+      error = "rank " + std::to_string(model.bound->rank) + ": " +
+              n.describe(p.name.c_str(), r);
+      return false;
+    }
+  } else if (!check(driver.cuLaunchKernel(p.function, p.grid[0], p.grid[1],
+                                          p.grid[2], p.block, 1, 1, p.shared,
+                                          stream, params.data(), nullptr),
+                    "cuLaunchKernel(" + p.name + ")", error)) {
     return false;
+  }
   if (profile) {
     driver.cuEventRecord(timed.end, stream);
     pending.push_back(timed);
   }
-  if (model.options.syncEachLaunch &&
-      !check(driver.cuStreamSynchronize(stream), "running " + p.name, error))
+  if (model.options.syncEachLaunch && !wait("running " + p.name, error))
     return false;
   return true;
+}
+
+bool CudaSession::wait(const std::string &what, std::string &error) {
+  if (!model.nccl)
+    return check(driver.cuStreamSynchronize(stream), what, error);
+  // A collective whose peer died never completes: poll the stream and
+  // NCCL's errors, and give up after KILN_COLLECTIVE_TIMEOUT seconds (30).
+  const char *limit = std::getenv("KILN_COLLECTIVE_TIMEOUT");
+  double seconds = limit && *limit ? std::atof(limit) : 30.0;
+  auto start = std::chrono::steady_clock::now();
+  for (;;) {
+    CUresult r = driver.cuStreamQuery(stream);
+    if (r != CUDA_ERROR_NOT_READY)
+      return check(r, what, error);
+    if (model.collectiveError(error))
+      return false;
+    if (std::chrono::duration<double>(std::chrono::steady_clock::now() - start)
+            .count() > seconds) {
+      error = "rank " + std::to_string(model.bound->rank) + ": " + what +
+              " did not finish in " + std::to_string(seconds) +
+              " s (a collective waits for a rank that stopped); "
+              "aborting NCCL";
+      model.nccl->commAbort(model.world);
+      if (model.group != model.world)
+        model.nccl->commAbort(model.group);
+      model.world = model.group = nullptr;
+      return false;
+    }
+    std::this_thread::sleep_for(std::chrono::microseconds(50));
+  }
 }
 
 bool CudaSession::prepareSlots(const Step &step, std::string &error) {
@@ -591,6 +822,10 @@ bool CudaSession::prepareSlots(const Step &step, std::string &error) {
   for (size_t i = 0; i < slots.size(); ++i) {
     GpuSlot &slot = slots[i];
     const SlotStep &s = step.slots[i];
+    if (!slot.used) {
+      countsHost[i] = s.total;
+      continue;
+    }
     size_t row = static_cast<size_t>(slot.width * slot.elementBytes);
     slot.start += s.dropped;
     slot.count = s.kept;
@@ -678,7 +913,7 @@ bool CudaSession::runStep(const Step &step, StepOutput &out,
     if (v.kind != plan::ValueKind::Input)
       continue;
     if (v.input == "rank") {
-      error = "the CUDA backend does not run tensor-parallel engines yet";
+      error = "the CUDA backend does not run expert-parallel engines yet";
       return false;
     }
     bool isPositions = v.input == "positions";
@@ -698,8 +933,14 @@ bool CudaSession::runStep(const Step &step, StepOutput &out,
 
   // Phase 1: everything that allocates, encodes or copies.
   prepared.clear();
+  const BoundPlan &bound = *model.bound;
   for (size_t li = 0; li < plan.launches.size(); ++li) {
     const plan::Launch &l = plan.launches[li];
+    bool receives =
+        l.kind == plan::LaunchKind::StageSend && bound.stage == l.stage + 1;
+    if (!bound.runs(l) && !receives &&
+        l.kind != plan::LaunchKind::StageBroadcast)
+      continue; // another pipeline stage's
     for (int64_t id : l.results) {
       const plan::Value &v = plan.values[id];
       if (v.arenaOffset >= 0) {
@@ -712,6 +953,46 @@ bool CudaSession::runStep(const Step &step, StepOutput &out,
       if (!ensure(ownBuffers[id], n * plan::elementSize(v.dtype), error))
         return false;
       valuePtr[id] = ownBuffers[id].ptr;
+    }
+    if (l.kind != plan::LaunchKind::Kernel) {
+      Prepared p;
+      p.launch = li;
+      p.in = valuePtr[l.args[0]];
+      p.out = valuePtr[l.results[0]];
+      p.count = 1;
+      for (int64_t dim : shapeOf(l.results[0]))
+        p.count *= static_cast<size_t>(dim);
+      int64_t tp = plan.tensorParallel;
+      switch (l.kind) {
+      case plan::LaunchKind::AllReduce:
+        p.op = Op::AllReduce;
+        p.comm = model.group;
+        p.name = "ncclAllReduce";
+        break;
+      case plan::LaunchKind::StageSend:
+        p.op = receives ? Op::Receive : Op::Send;
+        p.peer = static_cast<int>(receives ? bound.rank - tp : bound.rank + tp);
+        p.comm = model.world;
+        p.name = receives ? "ncclRecv" : "ncclSend";
+        break;
+      default:
+        p.op = Op::Broadcast;
+        p.peer = static_cast<int>(l.stage * tp);
+        p.comm = model.world;
+        p.name = "ncclBroadcast";
+        break;
+      }
+      if (!p.comm) {
+        error = "rank " + std::to_string(bound.rank) +
+                ": the NCCL communicators were aborted after an earlier "
+                "failure";
+        return false;
+      }
+      p.name += " (plan launch " + std::to_string(li) + ")";
+      p.profileKey =
+          p.name.substr(0, p.name.find(' ')) + "@" + std::to_string(t);
+      prepared.push_back(std::move(p));
+      continue;
     }
     struct Operand {
       CUdeviceptr ptr;
@@ -959,8 +1240,7 @@ bool CudaSession::runStep(const Step &step, StepOutput &out,
         if (!check(d.cuMemcpyDtoHAsync(host.data(), valuePtr[id], host.size(),
                                        stream),
                    "cuMemcpyDtoHAsync(dump)", error) ||
-            !check(d.cuStreamSynchronize(stream), "running " + prepared[i].name,
-                   error) ||
+            !wait("running " + prepared[i].name, error) ||
             !dumpOk(dumpValue(dumpDir, step.index, li, l.kernel, r,
                               plan.values[id].dtype, shape, host.data())))
           return false;
@@ -973,10 +1253,9 @@ bool CudaSession::runStep(const Step &step, StepOutput &out,
     if (!check(d.cuMemcpyDtoHAsync(greedyToken, greedy.ptr, sizeof(int64_t),
                                    stream),
                "cuMemcpyDtoHAsync(token)", error) ||
-        !check(d.cuStreamSynchronize(stream),
-               "the step (last launch: " + lastKernel +
-                   "; KILN_CUDA_SYNC=1 names the failing kernel)",
-               error))
+        !wait("the step (last launch: " + lastKernel +
+                  "; KILN_CUDA_SYNC=1 names the failing kernel)",
+              error))
       return false;
     out.logits.clear();
     if (model.options.profile)
@@ -1023,10 +1302,9 @@ bool CudaSession::runStep(const Step &step, StepOutput &out,
   if (!check(d.cuMemcpyDtoHAsync(logits.data(), from,
                                  logits.size() * sizeof(float), stream),
              "cuMemcpyDtoHAsync(logits)", error) ||
-      !check(d.cuStreamSynchronize(stream),
-             "the step (last launch: " + lastKernel +
-                 "; KILN_CUDA_SYNC=1 names the failing kernel)",
-             error))
+      !wait("the step (last launch: " + lastKernel +
+                "; KILN_CUDA_SYNC=1 names the failing kernel)",
+            error))
     return false;
   if (model.options.profile)
     collectProfile();

@@ -31,6 +31,7 @@ using CUgraphExec = void *;
 
 constexpr CUresult CUDA_SUCCESS = 0;
 constexpr CUresult CUDA_ERROR_STUB_LIBRARY = 34;
+constexpr CUresult CUDA_ERROR_NOT_READY = 600;
 constexpr int CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT = 16;
 constexpr int CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MAJOR = 75;
 constexpr int CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MINOR = 76;
@@ -88,6 +89,7 @@ constexpr int CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE = 0; // zeros
                  int, int, int))                                               \
   X(cuStreamCreate, "cuStreamCreate", CUresult (*)(CUstream *, unsigned))      \
   X(cuStreamSynchronize, "cuStreamSynchronize", CUresult (*)(CUstream))        \
+  X(cuStreamQuery, "cuStreamQuery", CUresult (*)(CUstream))                    \
   X(cuStreamDestroy, "cuStreamDestroy_v2", CUresult (*)(CUstream))             \
   X(cuStreamBeginCapture, "cuStreamBeginCapture_v2",                           \
     CUresult (*)(CUstream, int))                                               \

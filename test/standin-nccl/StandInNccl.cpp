@@ -1,0 +1,332 @@
+//===- StandInNccl.cpp - NCCL's C ABI over shared memory, for tests -------===//
+//
+// Test support, never shipped as NCCL: the part of NCCL's C ABI that Kiln's
+// CUDA backend calls (runtime/src/cuda/Nccl.h), for ranks that are separate
+// processes on one machine running the sm_90a emulator, whose device
+// pointers are host addresses. It lets the backend's collective path run end
+// to end under mpirun without GPUs or NCCL.
+//
+// A communicator is a POSIX shared-memory segment named by the unique id
+// (which rank 0 makes and MPI hands out, as with NCCL). Each collective is
+// enqueued on the CUDA stream as a host function (cuLaunchHostFunc), so it
+// runs in stream order and is captured into CUDA graphs like NCCL's kernels.
+// All-reduce and broadcast go through per-rank slots and a barrier, sums in
+// rank order; send/receive through a mailbox per ordered pair of ranks. A
+// peer that does not arrive within KILN_STANDIN_NCCL_TIMEOUT seconds (20)
+// makes the communicator fail with ncclRemoteError, which
+// ncclCommGetAsyncError reports, as NCCL reports a lost peer.
+//
+//===----------------------------------------------------------------------===//
+
+#include <atomic>
+#include <chrono>
+#include <cstdint>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <dlfcn.h>
+#include <fcntl.h>
+#include <random>
+#include <string>
+#include <sys/mman.h>
+#include <thread>
+#include <unistd.h>
+
+namespace {
+
+using ncclResult_t = int;
+constexpr ncclResult_t ncclSuccess = 0, ncclSystemError = 2,
+                       ncclInvalidArgument = 4, ncclInvalidUsage = 5,
+                       ncclRemoteError = 6;
+constexpr int kMaxRanks = 8;
+/// Floats per slot: enough for the tiny models' activations and logits.
+constexpr size_t kSlotFloats = size_t(1) << 20;
+
+struct UniqueId {
+  char internal[128];
+};
+
+/// The shared segment: a barrier, one slot per rank (collectives) and one
+/// mailbox per ordered pair (send/receive).
+struct Shared {
+  std::atomic<int> attached;
+  std::atomic<int> arrived;
+  std::atomic<uint64_t> generation;
+  std::atomic<int> failed;
+  std::atomic<int> full[kMaxRanks][kMaxRanks]; // mailbox [from][to] holds data
+  float slot[kMaxRanks][kSlotFloats];
+  float mailbox[kMaxRanks][kMaxRanks][kSlotFloats / kMaxRanks];
+};
+
+struct Comm {
+  Shared *shared = nullptr;
+  int rank = 0, ranks = 1;
+  std::string name;
+  std::atomic<int> error{ncclSuccess};
+  uint64_t generation = 0;
+};
+
+double timeoutSeconds() {
+  const char *t = std::getenv("KILN_STANDIN_NCCL_TIMEOUT");
+  return t && *t ? std::atof(t) : 20.0;
+}
+
+/// Spins until `ready()`; false (and the communicator failed) after the
+/// timeout or when another rank has failed it.
+template <typename Ready> bool await(Comm &c, Ready ready) {
+  auto start = std::chrono::steady_clock::now();
+  double limit = timeoutSeconds();
+  while (!ready()) {
+    if (c.shared->failed.load()) {
+      c.error = ncclRemoteError;
+      return false;
+    }
+    if (std::chrono::duration<double>(std::chrono::steady_clock::now() - start)
+            .count() > limit) {
+      c.shared->failed = 1;
+      c.error = ncclRemoteError;
+      return false;
+    }
+    std::this_thread::yield();
+  }
+  return true;
+}
+
+bool barrier(Comm &c) {
+  uint64_t target = ++c.generation;
+  if (c.shared->arrived.fetch_add(1) + 1 == c.ranks) {
+    c.shared->arrived = 0;
+    c.shared->generation = target;
+    return true;
+  }
+  return await(c, [&] { return c.shared->generation.load() >= target; });
+}
+
+/// cuLaunchHostFunc from the CUDA driver the process already loaded (the
+/// emulator, by KILN_LIBCUDA).
+using HostFn = void (*)(void *);
+int (*launchHostFunc)(void *, HostFn, void *) = nullptr;
+
+bool findDriver() {
+  if (launchHostFunc)
+    return true;
+  const char *path = std::getenv("KILN_LIBCUDA");
+  void *lib =
+      dlopen(path && *path ? path : "libcuda.so.1", RTLD_NOW | RTLD_NOLOAD);
+  if (!lib)
+    return false;
+  launchHostFunc = reinterpret_cast<int (*)(void *, HostFn, void *)>(
+      dlsym(lib, "cuLaunchHostFunc"));
+  return launchHostFunc != nullptr;
+}
+
+enum class Kind { AllReduce, Broadcast, Send, Receive };
+struct Work {
+  Comm *comm;
+  Kind kind;
+  const float *in;
+  float *out;
+  size_t count;
+  int peer;
+};
+
+void run(void *arg) {
+  // Work items live as long as the graphs that replay them.
+  const Work &w = *static_cast<const Work *>(arg);
+  Comm &c = *w.comm;
+  if (c.error != ncclSuccess)
+    return;
+  Shared &s = *c.shared;
+  switch (w.kind) {
+  case Kind::AllReduce: {
+    std::memcpy(s.slot[c.rank], w.in, w.count * sizeof(float));
+    if (!barrier(c))
+      return;
+    for (size_t i = 0; i < w.count; ++i) {
+      float sum = 0;
+      for (int r = 0; r < c.ranks; ++r)
+        sum += s.slot[r][i];
+      w.out[i] = sum;
+    }
+    barrier(c);
+    return;
+  }
+  case Kind::Broadcast:
+    if (c.rank == w.peer)
+      std::memcpy(s.slot[w.peer], w.in, w.count * sizeof(float));
+    if (!barrier(c))
+      return;
+    if (c.rank != w.peer)
+      std::memcpy(w.out, s.slot[w.peer], w.count * sizeof(float));
+    barrier(c);
+    return;
+  case Kind::Send: {
+    std::atomic<int> &full = s.full[c.rank][w.peer];
+    if (!await(c, [&] { return full.load() == 0; }))
+      return;
+    std::memcpy(s.mailbox[c.rank][w.peer], w.in, w.count * sizeof(float));
+    full = 1;
+    return;
+  }
+  case Kind::Receive: {
+    std::atomic<int> &full = s.full[w.peer][c.rank];
+    if (!await(c, [&] { return full.load() == 1; }))
+      return;
+    std::memcpy(w.out, s.mailbox[w.peer][c.rank], w.count * sizeof(float));
+    full = 0;
+    return;
+  }
+  }
+}
+
+ncclResult_t enqueue(Comm *c, Kind kind, const void *in, void *out,
+                     size_t count, int type, int peer, void *stream) {
+  if (!c || type != 7 /* ncclFloat32 */ || peer < 0 || peer >= c->ranks)
+    return ncclInvalidArgument;
+  size_t limit = kind == Kind::Send || kind == Kind::Receive
+                     ? kSlotFloats / kMaxRanks
+                     : kSlotFloats;
+  if (count > limit) {
+    std::fprintf(stderr,
+                 "stand-in NCCL: %zu floats in one call; it holds %zu\n", count,
+                 limit);
+    return ncclInvalidUsage;
+  }
+  if (c->error != ncclSuccess)
+    return c->error;
+  if (!findDriver())
+    return ncclSystemError;
+  auto *work = new Work{
+      c,     kind, static_cast<const float *>(in), static_cast<float *>(out),
+      count, peer};
+  return launchHostFunc(stream, run, work) == 0 ? ncclSuccess : ncclSystemError;
+}
+
+} // namespace
+
+extern "C" {
+
+__attribute__((visibility("default"))) ncclResult_t ncclGetVersion(int *v) {
+  *v = 21900; // reports itself as 2.19
+  return ncclSuccess;
+}
+
+__attribute__((visibility("default"))) const char *
+ncclGetErrorString(ncclResult_t r) {
+  switch (r) {
+  case ncclSuccess:
+    return "no error (stand-in NCCL)";
+  case ncclRemoteError:
+    return "remote process exited or there was a network error (stand-in "
+           "NCCL: a peer did not arrive)";
+  case ncclInvalidArgument:
+    return "invalid argument (stand-in NCCL)";
+  case ncclInvalidUsage:
+    return "invalid usage (stand-in NCCL)";
+  default:
+    return "unhandled system error (stand-in NCCL)";
+  }
+}
+
+__attribute__((visibility("default"))) ncclResult_t
+ncclGetUniqueId(UniqueId *id) {
+  std::random_device random;
+  std::memset(id->internal, 0, sizeof id->internal);
+  std::snprintf(id->internal, sizeof id->internal, "/kiln-nccl-%d-%08x",
+                static_cast<int>(getpid()), static_cast<unsigned>(random()));
+  return ncclSuccess;
+}
+
+__attribute__((visibility("default"))) ncclResult_t
+ncclCommInitRank(Comm **out, int ranks, UniqueId id, int rank) {
+  if (ranks < 1 || ranks > kMaxRanks || rank < 0 || rank >= ranks ||
+      id.internal[0] != '/')
+    return ncclInvalidArgument;
+  auto *c = new Comm();
+  c->rank = rank;
+  c->ranks = ranks;
+  c->name.assign(id.internal, strnlen(id.internal, sizeof id.internal));
+  int fd = shm_open(c->name.c_str(), O_CREAT | O_RDWR, 0600);
+  if (fd < 0 || ftruncate(fd, sizeof(Shared)) != 0) {
+    if (fd >= 0)
+      close(fd);
+    delete c;
+    return ncclSystemError;
+  }
+  void *map =
+      mmap(nullptr, sizeof(Shared), PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+  close(fd);
+  if (map == MAP_FAILED) {
+    delete c;
+    return ncclSystemError;
+  }
+  // A fresh segment is zero-filled: the atomics start at 0.
+  c->shared = static_cast<Shared *>(map);
+  c->shared->attached.fetch_add(1);
+  // Everyone has mapped it before anyone unlinks the name.
+  if (!await(*c, [&] { return c->shared->attached.load() >= ranks; })) {
+    munmap(map, sizeof(Shared));
+    delete c;
+    return ncclRemoteError;
+  }
+  if (!barrier(*c)) {
+    munmap(map, sizeof(Shared));
+    delete c;
+    return ncclRemoteError;
+  }
+  if (rank == 0)
+    shm_unlink(c->name.c_str());
+  *out = c;
+  return ncclSuccess;
+}
+
+__attribute__((visibility("default"))) ncclResult_t
+ncclCommGetAsyncError(Comm *c, ncclResult_t *result) {
+  if (!c)
+    return ncclInvalidArgument;
+  *result = c->error;
+  return ncclSuccess;
+}
+
+__attribute__((visibility("default"))) ncclResult_t ncclCommAbort(Comm *c) {
+  if (c && c->shared) {
+    c->shared->failed = 1;
+    munmap(c->shared, sizeof(Shared));
+  }
+  delete c;
+  return ncclSuccess;
+}
+
+__attribute__((visibility("default"))) ncclResult_t ncclCommDestroy(Comm *c) {
+  if (c && c->shared)
+    munmap(c->shared, sizeof(Shared));
+  delete c;
+  return ncclSuccess;
+}
+
+__attribute__((visibility("default"))) ncclResult_t
+ncclAllReduce(const void *in, void *out, size_t count, int type, int op,
+              Comm *c, void *stream) {
+  if (op != 0 /* ncclSum */)
+    return ncclInvalidArgument;
+  return enqueue(c, Kind::AllReduce, in, out, count, type, 0, stream);
+}
+
+__attribute__((visibility("default"))) ncclResult_t
+ncclBroadcast(const void *in, void *out, size_t count, int type, int root,
+              Comm *c, void *stream) {
+  return enqueue(c, Kind::Broadcast, in, out, count, type, root, stream);
+}
+
+__attribute__((visibility("default"))) ncclResult_t
+ncclSend(const void *in, size_t count, int type, int peer, Comm *c,
+         void *stream) {
+  return enqueue(c, Kind::Send, in, nullptr, count, type, peer, stream);
+}
+
+__attribute__((visibility("default"))) ncclResult_t
+ncclRecv(void *out, size_t count, int type, int peer, Comm *c, void *stream) {
+  return enqueue(c, Kind::Receive, nullptr, out, count, type, peer, stream);
+}
+
+} // extern "C"
