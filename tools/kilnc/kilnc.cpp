@@ -196,14 +196,6 @@ static int runCompile() {
         << ": expert-parallel groups are made of tensor-parallel ranks\n";
     return 1;
   }
-  if (expertParallel > 1 && !target.empty() && target != "host") {
-    // The sm_90a router has no expert-parallel form yet.
-    WithColor::error(errs(), "kilnc")
-        << "--ep " << expertParallel
-        << ": expert-parallel engines are host engines for now (the sm_90a "
-           "router does not select a rank's experts yet)\n";
-    return 1;
-  }
   stage("fusing and partitioning");
   mlir::PassManager pm(&context);
   if (tensorParallel > 1)

@@ -67,16 +67,22 @@ LogicalResult mlir::kiln::cuda::generateRouterKernel(const KernelContext &ctx,
   auto r = dyn_cast<MoeRouteOp>(&ctx.kernel.getBody().front().front());
   if (!r)
     return ctx.kernel.emitError("a router kernel holds one kiln.moe_route");
-  if (r.getExpertGroups())
-    return r.emitOpError("is expert-parallel; sm_90a engines are not "
-                         "tensor-parallel yet");
   int x = ctx.operandOf(r.getInput()), router = ctx.operandOf(r.getRouter());
+  // Expert parallelism: the rank's group holds `local` experts from
+  // `rank * groups / ranks * local`; the select launch files every other
+  // expert's pairs under key `local`, which the sort puts last as token 0
+  // with gate 0.
+  int rankOperand = r.getRank() ? ctx.operandOf(r.getRank()) : -1;
+  if (r.getExpertGroups() && rankOperand < 0)
+    return r.emitOpError("is expert-parallel but its rank is not an operand "
+                         "of the kernel");
   int indices = ctx.operandOf(r.getTokenIndices()),
       offsets = ctx.operandOf(r.getExpertOffsets()),
       gates = ctx.operandOf(r.getGates());
   if (indices < 0 || offsets < 0 || gates < 0)
     return r.emitOpError("every router result must leave the kernel");
   int64_t experts = ctx.types[router].getDimSize(0);
+  int64_t local = ctx.types[offsets].getDimSize(0) - 1;
   int64_t d = ctx.width(x), topK = r.getTopK();
   Builder types(module.getContext());
   Type f32 = types.getF32Type(), i32 = types.getI32Type(),
@@ -151,7 +157,21 @@ LogicalResult mlir::kiln::cuda::generateRouterKernel(const KernelContext &ctx,
         Value raw = e.load(logits, {pick});
         Value gate = e.div(e.f32(1.0), e.add(e.f32(1.0), e.exp(e.negF(raw))));
         Value bits = e.extUI(e.bitcast(gate, i32), i64);
-        Value packed = e.orI(e.shlI(e.toI64(pick), e.i64(32)), bits);
+        Value key = pick;
+        if (r.getExpertGroups()) {
+          Value rank =
+              e.toIndex(e.load(fn.getArgument(rankOperand), {e.index(0)}));
+          Value group = e.divIndex(
+              e.mulIndex(rank, static_cast<int64_t>(*r.getExpertGroups())),
+              e.index(static_cast<int64_t>(*r.getRanks())));
+          Value first = e.mulIndex(group, local);
+          Value held =
+              e.andI(e.cmpIndex(arith::CmpIPredicate::uge, pick, first),
+                     e.cmpIndex(arith::CmpIPredicate::ult, pick,
+                                e.addIndex(first, e.index(local))));
+          key = e.select(held, e.subIndex(pick, first), e.index(local));
+        }
+        Value packed = e.orI(e.shlI(e.toI64(key), e.i64(32)), bits);
         Value at = e.addIndex(e.mulIndex(row, topK), e.index(rank));
         e.store(packed, scratch, {at});
       }
@@ -168,7 +188,9 @@ LogicalResult mlir::kiln::cuda::generateRouterKernel(const KernelContext &ctx,
   // Launch 2: one block sorts the pairs by expert (stable).
   {
     std::string name = ctx.name() + "_sort";
-    MemRefType countType = workgroupOf(experts + 1, i32);
+    // Keys 0..local-1: the rank's experts; key `local` (expert-parallel
+    // only): every other expert's pairs, placed after them.
+    MemRefType countType = workgroupOf(local + 1, i32);
     gpu::GPUFuncOp fn = GpuEmitter::createKernel(
         module, ctx.kernel.getLoc(), name, params,
         {countType, countType, workgroupOf(kSortThreads, i32)}, kSortThreads);
@@ -185,7 +207,7 @@ LogicalResult mlir::kiln::cuda::generateRouterKernel(const KernelContext &ctx,
       return std::pair{packed, e.truncI(e.shrUI(packed, e.i64(32)), i32)};
     };
     Value step = e.index(kSortThreads);
-    e.loopStep(tid, e.index(experts + 1), step,
+    e.loopStep(tid, e.index(local + 1), step,
                [&](Value i) { e.store(e.i32(0), counts, {i}); });
     e.barrier();
     e.loopStep(tid, pairs, step, [&](Value i) {
@@ -193,7 +215,7 @@ LogicalResult mlir::kiln::cuda::generateRouterKernel(const KernelContext &ctx,
     });
     e.barrier();
     e.when(e.cmpIndex(arith::CmpIPredicate::eq, tid, e.index(0)), [&] {
-      e.loopWith(e.index(0), e.index(experts + 1), e.index(1), {e.i32(0)},
+      e.loopWith(e.index(0), e.index(local + 1), e.index(1), {e.i32(0)},
                  [&](Value ex, ValueRange running) -> SmallVector<Value> {
                    e.store(running[0], cursor, {ex});
                    e.store(e.extSI(running[0], i64), fn.getArgument(offsets),
@@ -224,9 +246,15 @@ LogicalResult mlir::kiln::cuda::generateRouterKernel(const KernelContext &ctx,
       e.when(valid, [&] {
         Value base = e.toIndex(e.load(cursor, {e.toIndex(expert)}));
         Value dest = e.addIndex(base, before);
-        e.store(e.toI64(e.divIndex(i, e.index(topK))), fn.getArgument(indices),
-                {dest});
+        Value token = e.toI64(e.divIndex(i, e.index(topK)));
         Value gate = e.bitcast(e.truncI(packed, i32), f32);
+        if (r.getExpertGroups()) {
+          Value other = e.cmpIndex(arith::CmpIPredicate::eq, e.toIndex(expert),
+                                   e.index(local));
+          token = e.select(other, e.i64(0), token);
+          gate = e.select(other, e.f32(0.0), gate);
+        }
+        e.store(token, fn.getArgument(indices), {dest});
         e.store(gate, fn.getArgument(gates), {dest});
       });
       e.barrier();

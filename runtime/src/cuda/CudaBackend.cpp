@@ -221,7 +221,8 @@ private:
   CUstream stream = nullptr;
   std::vector<CUdeviceptr> valuePtr;    // per plan value
   std::vector<DeviceBuffer> ownBuffers; // per plan value (non-arena)
-  DeviceBuffer arena, tokens, positions, scratch, greedy, sampleRequest;
+  DeviceBuffer arena, tokens, positions, scratch, greedy, sampleRequest, rank;
+  int64_t rankHost = 0;
   /// {temperature, top_k, top_p, u} of the step being sampled.
   double sampleHost[4] = {};
   std::vector<GpuSlot> slots;
@@ -672,7 +673,7 @@ CudaSession::~CudaSession() {
   for (DeviceBuffer &b : ownBuffers)
     memory.release(b);
   for (DeviceBuffer *b : {&arena, &tokens, &positions, &scratch, &counts,
-                          &greedy, &sampleRequest})
+                          &greedy, &sampleRequest, &rank})
     memory.release(*b);
   for (GpuSlot &s : slots) {
     memory.release(s.keys);
@@ -913,8 +914,15 @@ bool CudaSession::runStep(const Step &step, StepOutput &out,
     if (v.kind != plan::ValueKind::Input)
       continue;
     if (v.input == "rank") {
-      error = "the CUDA backend does not run expert-parallel engines yet";
-      return false;
+      // Expert-parallel routing reads the rank in its tensor-parallel group.
+      rankHost = model.bound->groupRank;
+      if (!ensure(rank, sizeof rankHost, error) ||
+          !check(
+              d.cuMemcpyHtoDAsync(rank.ptr, &rankHost, sizeof rankHost, stream),
+              "cuMemcpyHtoDAsync(rank)", error))
+        return false;
+      valuePtr[id] = rank.ptr;
+      continue;
     }
     bool isPositions = v.input == "positions";
     const void *src = isPositions ? static_cast<const void *>(step.positions)

@@ -18,21 +18,3 @@ module {
     return %0 : tensor<?x16xf32>
   }
 }
-
-// -----
-
-// sm_90a engines are not tensor-parallel yet: an expert-parallel route is
-// refused by name.
-module {
-  func.func private @router_0(%u: tensor<?x16xf32>, %r: tensor<4x16xbf16>, %rank: tensor<1xi64>)
-      -> (tensor<?xi64>, tensor<3xi64>, tensor<?xf32>) attributes {kiln.kernel = #kiln.kernel<router>} {
-    // expected-error @+1 {{'kiln.moe_route' op is expert-parallel; sm_90a engines are not tensor-parallel yet}}
-    %idx, %off, %g = kiln.moe_route %u, %r rank %rank {expert_groups = 2 : i64, ranks = 2 : i64, top_k = 1 : i64}
-        : tensor<?x16xf32>, tensor<4x16xbf16> -> tensor<?xi64>, tensor<3xi64>, tensor<?xf32>
-    return %idx, %off, %g : tensor<?xi64>, tensor<3xi64>, tensor<?xf32>
-  }
-  func.func @forward(%u: tensor<?x16xf32>, %r: tensor<4x16xbf16>, %rank: tensor<1xi64>) -> tensor<3xi64> {
-    %0:3 = call @router_0(%u, %r, %rank) : (tensor<?x16xf32>, tensor<4x16xbf16>, tensor<1xi64>) -> (tensor<?xi64>, tensor<3xi64>, tensor<?xf32>)
-    return %0#1 : tensor<3xi64>
-  }
-}
