@@ -466,6 +466,52 @@ public:
                        ranks ? " per rank" : "");
   }
 
+  /// Expert-parallel graphs: how the routed tokens reach their experts'
+  /// ranks, against the two exchanges that would do it otherwise, at both
+  /// step sizes.
+  void reportTokenExchange() {
+    int64_t groups = 0, ranks = 0, topK = 1, hidden = 0, blocks = 0;
+    graph.walk([&](func::CallOp call) {
+      auto kernel = SymbolTable::lookupNearestSymbolFrom<func::FuncOp>(
+          call, call.getCalleeAttr());
+      kernel.walk([&](MoeRouteOp r) {
+        if (!r.getExpertGroups())
+          return;
+        groups = static_cast<int64_t>(*r.getExpertGroups());
+        ranks = static_cast<int64_t>(*r.getRanks());
+        topK = r.getTopK();
+        hidden = cast<RankedTensorType>(r.getInput().getType()).getDimSize(1);
+        ++blocks;
+      });
+    });
+    if (!groups)
+      return;
+    double g = static_cast<double>(groups);
+    os << "\nexpert parallelism: " << groups << " groups of " << ranks / groups
+       << " ranks; chosen token exchange: none. Attention is tensor-parallel, "
+          "so every rank has every token; a group runs its experts on the "
+          "tokens routed to them and its partial output joins the MoE "
+          "block's all-reduce, which the split shared expert needs anyway "
+          "(0 extra bytes, 0 extra collectives). The alternatives, per rank "
+          "and MoE block ("
+       << blocks << " blocks), at activations of " << options.activationBytes
+       << " B:\n";
+    for (int64_t tokens : {options.prefillTokens, int64_t(1)}) {
+      double row = static_cast<double>(hidden) * options.activationBytes;
+      double t = static_cast<double>(tokens);
+      // Dispatch and combine: the k copies of the tokens a rank does not
+      // own go out and come back.
+      double allToAll = 2.0 * t * topK * row * (g - 1) / g;
+      // All-gather of the token slices, reduce-scatter of the outputs.
+      double gatherScatter = 2.0 * t * row * (g - 1) / g;
+      os << llvm::format("  %lld tokens: all-to-all dispatch + combine %.4f "
+                         "MB, all-gather + reduce-scatter %.4f MB, "
+                         "all-reduce rider 0 MB extra\n",
+                         static_cast<long long>(tokens), allToAll / 1e6,
+                         gatherScatter / 1e6);
+    }
+  }
+
   LogicalResult run() {
     int64_t kernels = 0;
     for (auto f : module.getOps<func::FuncOp>())
@@ -492,6 +538,7 @@ public:
             "rank's\n";
     reportStep({"prefill", options.prefillTokens, 0});
     reportStep({"decode step", 1, options.decodeContext});
+    reportTokenExchange();
     reportMemoryPlan();
     return success();
   }
