@@ -9,6 +9,7 @@
 
 #include "kiln/Import/Llama4Config.h"
 
+#include "kiln/runtime/Files.h"
 #include "llvm/ADT/StringExtras.h"
 #include "llvm/Support/FormatVariadic.h"
 #include "llvm/Support/JSON.h"
@@ -236,8 +237,40 @@ static llvm::Error intList(const FieldReader &r, llvm::StringRef key,
   return llvm::Error::success();
 }
 
+/// The byte where `text` nests arrays and objects deeper than `limit`, or
+/// npos. llvm::json recurses once per level with no bound of its own, so a
+/// hostile config would otherwise overflow the stack.
+static size_t tooDeepAt(const std::string &text, int limit) {
+  int depth = 0;
+  bool inString = false;
+  for (size_t i = 0; i < text.size(); ++i) {
+    char c = text[i];
+    if (inString) {
+      if (c == '\\')
+        ++i;
+      else if (c == '"')
+        inString = false;
+    } else if (c == '"') {
+      inString = true;
+    } else if (c == '[' || c == '{') {
+      if (++depth > limit)
+        return i;
+    } else if (c == ']' || c == '}') {
+      --depth;
+    }
+  }
+  return std::string::npos;
+}
+
 llvm::Expected<Llama4Config> kiln::parseLlama4Config(const std::string &text,
                                                      const std::string &path) {
+  // The runtime's JSON reader (engines, shard indexes) has the same bound.
+  constexpr int kMaxDepth = 128;
+  if (size_t at = tooDeepAt(text, kMaxDepth); at != std::string::npos)
+    return llvm::createStringError(
+        llvm::inconvertibleErrorCode(),
+        llvm::formatv("{0}: JSON nested deeper than {1} levels (at byte {2})",
+                      path, kMaxDepth, at));
   llvm::Expected<Value> parsed = llvm::json::parse(text);
   if (!parsed) {
     // llvm::json reports "[line:column, byte=N]: message".
@@ -500,11 +533,10 @@ llvm::Expected<Llama4Config> kiln::parseLlama4Config(const std::string &text,
 
 llvm::Expected<Llama4Config> kiln::readLlama4Config(const std::string &dir) {
   std::string path = dir + "/config.json";
-  llvm::ErrorOr<std::unique_ptr<llvm::MemoryBuffer>> buffer =
-      llvm::MemoryBuffer::getFile(path, /*IsText=*/true);
-  if (!buffer)
-    return llvm::createStringError(
-        buffer.getError(),
-        path + ": cannot read: " + buffer.getError().message());
-  return parseLlama4Config((*buffer)->getBuffer().str(), path);
+  // A regular file only (a FIFO would block, a directory is no config), and
+  // no config is 16 MB.
+  std::string text, error;
+  if (!kiln::readRegularFile(path, text, error, uint64_t(16) << 20))
+    return llvm::createStringError(llvm::inconvertibleErrorCode(), error);
+  return parseLlama4Config(text, path);
 }

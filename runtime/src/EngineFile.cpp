@@ -3,6 +3,7 @@
 
 #include "kiln/runtime/EngineFile.h"
 #include "kiln/kiln_version.h"
+#include "kiln/runtime/Files.h"
 
 #include <cerrno>
 #include <cstring>
@@ -78,12 +79,9 @@ bool EngineFile::write(const std::string &path, std::string &error) const {
 bool EngineFile::read(const std::string &path,
                       const std::string &expectedTarget, EngineFile &out,
                       std::string &error) {
-  std::ifstream in(path, std::ios::binary);
-  if (!in) {
-    error = path + ": cannot open: " + std::strerror(errno);
+  std::string bytes;
+  if (!readRegularFile(path, bytes, error))
     return false;
-  }
-  std::string bytes((std::istreambuf_iterator<char>(in)), {});
   if (bytes.size() < kHeaderSize || bytes.compare(0, 8, kEngineMagic) != 0) {
     error = path + ": not a Kiln engine (bad magic)";
     return false;

@@ -17,6 +17,7 @@ using namespace kiln::json;
 namespace {
 
 constexpr int kMaxDepth = 128;
+static_assert(kMaxDepth == 128, "the depth error names the bound");
 
 class Parser {
 public:
@@ -63,7 +64,7 @@ private:
 
   bool parseValue(Value &out, int depth) {
     if (depth > kMaxDepth)
-      return err("nesting too deep");
+      return err("nested deeper than 128 levels");
     if (pos >= text.size())
       return err("unexpected end of input");
     char c = text[pos];

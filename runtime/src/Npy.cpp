@@ -8,6 +8,7 @@
 //===----------------------------------------------------------------------===//
 
 #include "kiln/runtime/Npy.h"
+#include "kiln/runtime/Files.h"
 
 #include <cerrno>
 #include <cstring>
@@ -53,12 +54,9 @@ bool kiln::writeNpyF32(const std::string &path,
 
 bool kiln::readNpyF32(const std::string &path, std::vector<int64_t> &shape,
                       std::vector<float> &data, std::string &error) {
-  std::ifstream in(path, std::ios::binary);
-  if (!in) {
-    error = path + ": cannot open: " + std::strerror(errno);
+  std::string bytes;
+  if (!readRegularFile(path, bytes, error))
     return false;
-  }
-  std::string bytes((std::istreambuf_iterator<char>(in)), {});
   if (bytes.size() < 10 || bytes.compare(0, 6, "\x93NUMPY") != 0 ||
       bytes[6] != 1) {
     error = path + ": not a version 1.x .npy file";

@@ -9,6 +9,7 @@
 //===----------------------------------------------------------------------===//
 
 #include "kiln/runtime/Safetensors.h"
+#include "kiln/runtime/Files.h"
 #include "kiln/runtime/Json.h"
 
 #include <cerrno>
@@ -150,18 +151,10 @@ std::unique_ptr<SafetensorsFile> SafetensorsFile::open(const std::string &path,
                                                        std::string &error) {
   std::unique_ptr<SafetensorsFile> file(new SafetensorsFile());
   file->filePath = path;
-  int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
-  if (fd < 0) {
-    error = path + ": cannot open: " + std::strerror(errno);
+  uint64_t size = 0;
+  int fd = openRegularFile(path, size, error);
+  if (fd < 0)
     return nullptr;
-  }
-  struct stat st;
-  if (fstat(fd, &st) != 0) {
-    error = path + ": cannot stat: " + std::strerror(errno);
-    ::close(fd);
-    return nullptr;
-  }
-  uint64_t size = static_cast<uint64_t>(st.st_size);
   if (size < 8) {
     ::close(fd);
     error = path + ": truncated safetensors file (" + std::to_string(size) +
@@ -264,20 +257,17 @@ const TensorInfo *SafetensorsFile::find(const std::string &name) const {
 // Checkpoint
 //===----------------------------------------------------------------------===//
 
+/// Whether anything is at `path`: what is there must then be a regular
+/// file, which the readers check and say.
 static bool fileExists(const std::string &path) {
   struct stat st;
-  return ::stat(path.c_str(), &st) == 0 && S_ISREG(st.st_mode);
+  return ::stat(path.c_str(), &st) == 0;
 }
 
 static bool readWholeFile(const std::string &path, std::string &out,
                           std::string &error) {
-  std::ifstream in(path, std::ios::binary);
-  if (!in) {
-    error = path + ": cannot open: " + std::strerror(errno);
-    return false;
-  }
-  out.assign(std::istreambuf_iterator<char>(in), {});
-  return true;
+  // Shard indexes and configs are a few MB at most.
+  return readRegularFile(path, out, error, uint64_t(256) << 20);
 }
 
 std::unique_ptr<Checkpoint> Checkpoint::open(const std::string &dir,

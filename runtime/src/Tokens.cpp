@@ -2,6 +2,7 @@
 //-----------------------------------------===//
 
 #include "kiln/runtime/Tokens.h"
+#include "kiln/runtime/Files.h"
 
 #include <cerrno>
 #include <cstring>
@@ -44,11 +45,9 @@ bool kiln::parseTokenList(const std::string &text, const std::string &source,
 
 bool kiln::readTokenFile(const std::string &path, std::vector<int64_t> &out,
                          std::string &error) {
-  std::ifstream in(path);
-  if (!in) {
-    error = path + ": cannot read: " + std::strerror(errno);
+  std::string text;
+  // A token file of 64 MB is already far past any model's context.
+  if (!readRegularFile(path, text, error, uint64_t(64) << 20))
     return false;
-  }
-  std::string text((std::istreambuf_iterator<char>(in)), {});
   return parseTokenList(text, path, out, error);
 }
