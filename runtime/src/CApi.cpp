@@ -208,6 +208,10 @@ int64_t kiln_model_ranks(const kiln_model *model) {
   return model ? model->model->ranks() : 1;
 }
 
+int64_t kiln_model_max_positions(const kiln_model *model) {
+  return model ? model->model->maxPositions() : 0;
+}
+
 void kiln_abort_ranks(int exit_code) {
   kiln::Communicator::abortAll(exit_code);
 }

@@ -401,6 +401,8 @@ std::string kiln::plan::writePlan(const Plan &plan) {
     o.integer("logits", plan.logits);
     if (!plan.eosTokenIds.empty())
       o.integers("eos_token_ids", plan.eosTokenIds);
+    if (plan.maxPositions > 0)
+      o.integer("max_positions", plan.maxPositions);
     for (auto [key, fn] : {std::pair{"argmax", &plan.argmax},
                            std::pair{"sample", &plan.sample}}) {
       if (fn->function.empty())
@@ -634,6 +636,8 @@ bool kiln::plan::readPlan(const std::string &text, const std::string &path,
                           plan.values[plan.logits].shape.size() != 2))
     top.fail("the logits value is not a 2-D F32 buffer");
   plan.eosTokenIds = top.integers("eos_token_ids");
+  plan.maxPositions = top.integer("max_positions", 0);
+  top.inRange("max_positions", plan.maxPositions, 0, int64_t(1) << 40);
   for (auto [key, fn] :
        {std::pair{"argmax", &plan.argmax}, std::pair{"sample", &plan.sample}}) {
     const json::Value *entry = root.isObject() ? root.find(key) : nullptr;

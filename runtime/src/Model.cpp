@@ -135,6 +135,8 @@ Model::~Model() {
 int64_t Model::vocabSize() const { return impl->bound.plan.vocab(); }
 int64_t Model::rank() const { return impl->bound.rank; }
 int64_t Model::ranks() const { return impl->bound.plan.worldSize(); }
+int64_t Model::maxPositions() const { return impl->bound.plan.maxPositions; }
+
 const std::vector<int64_t> &Model::eosTokenIds() const {
   return impl->bound.plan.eosTokenIds;
 }

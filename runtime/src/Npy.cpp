@@ -95,13 +95,30 @@ bool kiln::readNpyF32(const std::string &path, std::vector<int64_t> &shape,
       error = path + ": malformed shape in .npy header";
       return false;
     }
-    shape.push_back(std::stoll(dims.substr(pos, end - pos)));
-    count *= shape.back();
+    // Every extent, and their product, must fit what the file can hold:
+    // the data follows the header, so no count beyond its bytes is real.
+    uint64_t limit = bytes.size() / sizeof(float);
+    if (end - pos > 18) {
+      error = path + ": .npy extent " + dims.substr(pos, end - pos) +
+              " is larger than the file could hold";
+      return false;
+    }
+    int64_t extent = std::stoll(dims.substr(pos, end - pos));
+    shape.push_back(extent);
+    if (extent != 0 &&
+        static_cast<uint64_t>(count) > limit / static_cast<uint64_t>(extent)) {
+      error = path + ": .npy shape holds more elements than the file's " +
+              std::to_string(bytes.size()) + " bytes";
+      return false;
+    }
+    count *= extent;
     pos = end;
   }
   size_t need = 10 + len + static_cast<size_t>(count) * sizeof(float);
-  if (bytes.size() < need) {
-    error = path + ": truncated .npy data";
+  if (bytes.size() != need) {
+    error = path + ": .npy data is " + std::to_string(bytes.size() - 10 - len) +
+            " bytes but its shape needs " +
+            std::to_string(static_cast<size_t>(count) * sizeof(float));
     return false;
   }
   data.resize(static_cast<size_t>(count));

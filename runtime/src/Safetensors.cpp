@@ -12,6 +12,7 @@
 #include "kiln/runtime/Files.h"
 #include "kiln/runtime/Json.h"
 
+#include <algorithm>
 #include <cerrno>
 #include <cstring>
 #include <fcntl.h>
@@ -21,6 +22,7 @@
 #include <sys/mman.h>
 #include <sys/stat.h>
 #include <unistd.h>
+#include <vector>
 
 using namespace kiln;
 
@@ -245,6 +247,26 @@ std::unique_ptr<SafetensorsFile> SafetensorsFile::open(const std::string &path,
                  std::to_string(dataSize) + "-byte data section");
     file->infos.emplace(name, std::move(info));
   }
+  // Two tensors may not share bytes: an edited header could otherwise make
+  // one weight an alias of another.
+  std::vector<const TensorInfo *> byOffset;
+  for (const auto &[name, info] : file->infos)
+    if (info.end > info.begin)
+      byOffset.push_back(&info);
+  std::sort(byOffset.begin(), byOffset.end(),
+            [](const TensorInfo *a, const TensorInfo *b) {
+              return a->begin < b->begin;
+            });
+  for (size_t i = 1; i < byOffset.size(); ++i)
+    if (byOffset[i]->begin < byOffset[i - 1]->end) {
+      error = path + ": tensors '" + byOffset[i - 1]->name + "' (bytes " +
+              std::to_string(byOffset[i - 1]->begin) + ".." +
+              std::to_string(byOffset[i - 1]->end) + ") and '" +
+              byOffset[i]->name + "' (from byte " +
+              std::to_string(byOffset[i]->begin) +
+              ") overlap in the data section";
+      return nullptr;
+    }
   return file;
 }
 

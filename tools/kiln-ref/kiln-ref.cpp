@@ -47,6 +47,10 @@ static cl::opt<std::string>
 static cl::opt<unsigned> maxNewTokens("max-new-tokens", cl::init(0),
                                       cl::cat(category),
                                       cl::desc("Greedy continuation length"));
+static cl::opt<unsigned>
+    maxContext("max-context", cl::init(0), cl::cat(category),
+               cl::desc("The longest run allowed (default: the model's "
+                        "max_position_embeddings)"));
 static cl::opt<bool> useF64("f64", cl::cat(category),
                             cl::desc("Evaluate in float64 (default float32)"));
 static cl::opt<bool> ignoreEos("ignore-eos", cl::cat(category),
@@ -113,6 +117,24 @@ int main(int argc, char **argv) {
   auto forward = module->lookupSymbol<mlir::func::FuncOp>("forward");
   if (!forward)
     return fail("the graph has no @forward function");
+  // A run past the model's context is refused before the evaluator sizes
+  // anything for it, unless the caller raises the bound.
+  int64_t allowed = maxContext;
+  if (auto positions = (*module)->getAttrOfType<mlir::IntegerAttr>(
+          "kiln.max_position_embeddings");
+      positions && allowed == 0)
+    allowed = positions.getInt();
+  int64_t length = static_cast<int64_t>(prompt.size()) + maxNewTokens;
+  if (allowed > 0 && length > allowed)
+    return fail("the prompt (" + std::to_string(prompt.size()) +
+                " tokens) and --max-new-tokens " +
+                std::to_string(maxNewTokens) + " reach position " +
+                std::to_string(length) + ", past the " +
+                (maxContext > 0 ? std::string("--max-context ")
+                                : std::string("model's "
+                                              "max_position_embeddings ")) +
+                std::to_string(allowed) +
+                (maxContext > 0 ? "" : " (--max-context N raises it)"));
 
   std::unique_ptr<kiln::Checkpoint> checkpoint =
       kiln::Checkpoint::open(checkpointDir, error);

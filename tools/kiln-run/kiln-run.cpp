@@ -47,10 +47,13 @@ void usage() {
                "                [--temperature T] [--top-k K] [--top-p P] "
                "[--seed S]\n"
                "                [--ignore-eos] [--step N | --decode-from N]\n"
-               "                [--device auto|host|cuda] [--kv-tokens N]\n"
+               "                [--device auto|host|cuda] [--kv-tokens N] "
+               "[--max-context N]\n"
                "--kv-tokens: context to reserve KV caches for (default: the "
                "prompt plus\n"
-               "             --max-new-tokens; 0 grows them as needed)\n");
+               "             --max-new-tokens; 0 grows them as needed)\n"
+               "--max-context: the longest run allowed (default: the model's "
+               "max_position_embeddings)\n");
 }
 
 bool parseNumber(const char *text, double &out) {
@@ -64,7 +67,7 @@ bool parseNumber(const char *text, double &out) {
 int main(int argc, char **argv) {
   std::string engine, checkpoint, tokensText, tokensFile, dumpLogits;
   std::string device = "auto";
-  long maxNew = 0, step = 0, decodeFrom = 0, kvTokens = -1;
+  long maxNew = 0, step = 0, decodeFrom = 0, kvTokens = -1, maxContext = 0;
   bool ignoreEos = false;
   double temperature = 0, topP = 1;
   int64_t topK = 0;
@@ -96,12 +99,16 @@ int main(int argc, char **argv) {
                     "'");
     } else if (arg == "--max-new-tokens" || arg == "--top-k" ||
                arg == "--seed" || arg == "--step" || arg == "--decode-from" ||
-               arg == "--kv-tokens") {
+               arg == "--kv-tokens" || arg == "--max-context") {
       const char *text = value(arg.c_str());
+      // Counts of tokens are bounded far past any model (2^40); a seed by
+      // what a double holds exactly.
+      double limit = arg == "--seed" ? 9007199254740992.0 : 1099511627776.0;
       if (!parseNumber(text, number) || number < 0 ||
-          number != std::floor(number))
-        return fail(arg + " expects a non-negative integer, got '" + text +
-                    "'");
+          number != std::floor(number) || number > limit)
+        return fail(arg + " expects an integer in [0, " +
+                    std::to_string(static_cast<long long>(limit)) + "], got '" +
+                    text + "'");
       if (arg == "--max-new-tokens")
         maxNew = static_cast<long>(number);
       else if (arg == "--top-k")
@@ -112,6 +119,8 @@ int main(int argc, char **argv) {
         decodeFrom = static_cast<long>(number);
       else if (arg == "--kv-tokens")
         kvTokens = static_cast<long>(number);
+      else if (arg == "--max-context")
+        maxContext = static_cast<long>(number);
       else
         step = static_cast<long>(number);
     } else if (arg == "--temperature" || arg == "--top-p") {
@@ -161,11 +170,24 @@ int main(int argc, char **argv) {
                engine.c_str(), checkpoint.c_str());
   // The run's whole context, reserved up front: the KV caches never grow
   // (and a decode graph is never recaptured for it) within the run.
-  if (kvTokens < 0)
-    kvTokens = static_cast<long>(prompt.size()) + maxNew;
   auto model = kiln::api::Model::load(engine, checkpoint, error, where);
   if (!model)
     return fail(error);
+  // A run past the model's context is refused before anything is sized
+  // for it, unless the caller raises the bound.
+  long context = maxContext > 0 ? maxContext : model->maxPositions();
+  long length = static_cast<long>(prompt.size()) + maxNew;
+  if (context > 0 && length > context)
+    return fail("the prompt (" + std::to_string(prompt.size()) +
+                " tokens) and --max-new-tokens " + std::to_string(maxNew) +
+                " reach position " + std::to_string(length) + ", past the " +
+                (maxContext > 0 ? std::string("--max-context ")
+                                : std::string("model's "
+                                              "max_position_embeddings ")) +
+                std::to_string(context) +
+                (maxContext > 0 ? "" : " (--max-context N raises it)"));
+  if (kvTokens < 0)
+    kvTokens = length;
   auto session = kiln::api::Session::open(*model, error, kvTokens);
   if (!session)
     return fail(error);

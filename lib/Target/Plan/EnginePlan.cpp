@@ -238,6 +238,9 @@ llvm::Expected<plan::Plan> mlir::kiln::buildEnginePlan(
       result.values[ids.lookup(b.value)].arenaOffset = b.offsetPerToken;
   result.arenaBytesPerToken = arena.peakPerToken;
   result.logits = ids.lookup(logits);
+  if (auto positions =
+          module->getAttrOfType<IntegerAttr>("kiln.max_position_embeddings"))
+    result.maxPositions = positions.getInt();
   if (auto eos = module->getAttrOfType<DenseI64ArrayAttr>("kiln.eos_token_ids"))
     result.eosTokenIds.assign(eos.asArrayRef().begin(), eos.asArrayRef().end());
   return result;

@@ -130,6 +130,9 @@ KILN_API int64_t kiln_model_ranks(const kiln_model *model);
  * `exit_code` (MPI_Abort), so that no rank waits forever in a collective
  * for this one. Returns (doing nothing) in a single-rank process. */
 KILN_API void kiln_abort_ranks(int exit_code);
+/* The model's max_position_embeddings (0 when the engine does not say):
+ * callers refuse prompts plus generation longer than it unless told to. */
+KILN_API int64_t kiln_model_max_positions(const kiln_model *model);
 
 /*===-- Sessions --------------------------------------------------------===*/
 

@@ -85,6 +85,7 @@ public:
   int64_t vocabSize() const { return kiln_model_vocab_size(handle); }
   int64_t rank() const { return kiln_model_rank(handle); }
   int64_t ranks() const { return kiln_model_ranks(handle); }
+  int64_t maxPositions() const { return kiln_model_max_positions(handle); }
   /// See kiln_abort_ranks.
   static void abortRanks(int exitCode) { kiln_abort_ranks(exitCode); }
   std::vector<int64_t> eosTokens() const {

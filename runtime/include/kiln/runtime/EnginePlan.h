@@ -216,6 +216,9 @@ struct Plan {
   int64_t logits = -1;
   int64_t arenaBytesPerToken = 0;
   std::vector<int64_t> eosTokenIds;
+  /// The model's max_position_embeddings (0: not known): runs longer than
+  /// it are refused unless the caller raises the bound explicitly.
+  int64_t maxPositions = 0;
   /// `argmax(logits, token)`: the greedy token (ties to the lower id).
   TokenFunction argmax;
   /// `sample(logits, request, token)`: request = {temperature, top_k, top_p,

@@ -110,6 +110,8 @@ public:
   int64_t rank() const;
   int64_t ranks() const;
   const std::vector<int64_t> &eosTokenIds() const;
+  /// The model's max_position_embeddings; 0 when the engine does not say.
+  int64_t maxPositions() const;
   /// The engine's target ("host-x86_64", "sm_90a").
   const std::string &target() const;
 
