@@ -129,6 +129,7 @@ for _name, _restype, _args in [
         ("kiln_model_vocab_size", ctypes.c_int64, [_p]),
         ("kiln_model_rank", ctypes.c_int64, [_p]),
         ("kiln_model_ranks", ctypes.c_int64, [_p]),
+        ("kiln_model_max_positions", ctypes.c_int64, [_p]),
         ("kiln_model_target", ctypes.c_char_p, [_p]),
         ("kiln_model_eos_tokens", ctypes.c_size_t,
          [_p, ctypes.POINTER(ctypes.POINTER(ctypes.c_int64))]),
@@ -211,6 +212,12 @@ class Model:
     def ranks(self):
         """The ranks a tensor-parallel engine runs on (mpirun -np); 1 else."""
         return _lib.kiln_model_ranks(self._handle)
+
+    @property
+    def max_positions(self):
+        """The model's max_position_embeddings (0 when the engine does not
+        say): prompts plus generation past it should be refused."""
+        return _lib.kiln_model_max_positions(self._handle)
 
     @property
     def target(self):
