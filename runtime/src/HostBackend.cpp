@@ -21,6 +21,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <dlfcn.h>
+#include <sys/mman.h>
 #include <unistd.h>
 
 using namespace kiln;
@@ -146,30 +147,55 @@ Status kiln::openHostBackend(const EngineFile &engine, const BoundPlan &bound,
                          path + ": engine lacks its kernels");
   auto model = std::make_unique<HostModel>();
   model->bound = &bound;
-  // dlopen needs a file: write the kernels to a temporary one, load it and
-  // remove it at once (the mapping stays), so nothing is left behind.
-  const char *tmp = std::getenv("TMPDIR");
-  std::string pattern =
-      std::string(tmp && *tmp ? tmp : "/tmp") + "/kiln-kernels-XXXXXX";
-  std::vector<char> name(pattern.begin(), pattern.end());
-  name.push_back('\0');
-  int fd = mkstemp(name.data());
-  if (fd < 0)
-    return Status::error(StatusCode::Internal,
-                         "cannot create a temporary file for the kernels (" +
-                             pattern + "): " + std::strerror(errno));
+  // dlopen needs a file. An anonymous one (memfd) leaves nothing behind
+  // however the process ends; where there is none, a temporary file in
+  // $TMPDIR, removed as soon as it is loaded.
   const std::string &bytes = kernels->second;
-  bool written = ::write(fd, bytes.data(), bytes.size()) ==
-                 static_cast<ssize_t>(bytes.size());
-  ::close(fd);
-  if (!written) {
+  auto writeAll = [&](int fd) {
+    size_t done = 0;
+    while (done < bytes.size()) {
+      ssize_t n = ::write(fd, bytes.data() + done, bytes.size() - done);
+      if (n < 0 && errno == EINTR)
+        continue;
+      if (n <= 0)
+        return false;
+      done += static_cast<size_t>(n);
+    }
+    return true;
+  };
+  int memfd = memfd_create("kiln-kernels", MFD_CLOEXEC);
+  if (memfd >= 0) {
+    if (!writeAll(memfd)) {
+      ::close(memfd);
+      return Status::error(StatusCode::Internal,
+                           "cannot write the kernels to an anonymous file: " +
+                               std::string(std::strerror(errno)));
+    }
+    std::string self = "/proc/self/fd/" + std::to_string(memfd);
+    model->library = dlopen(self.c_str(), RTLD_NOW | RTLD_LOCAL);
+    ::close(memfd);
+  } else {
+    const char *tmp = std::getenv("TMPDIR");
+    std::string pattern =
+        std::string(tmp && *tmp ? tmp : "/tmp") + "/kiln-kernels-XXXXXX";
+    std::vector<char> name(pattern.begin(), pattern.end());
+    name.push_back('\0');
+    int fd = mkstemp(name.data());
+    if (fd < 0)
+      return Status::error(StatusCode::Internal,
+                           "cannot create a temporary file for the kernels (" +
+                               pattern + "): " + std::strerror(errno));
+    bool written = writeAll(fd);
+    ::close(fd);
+    if (!written) {
+      std::remove(name.data());
+      return Status::error(StatusCode::Internal,
+                           std::string("cannot write the kernels to ") +
+                               name.data());
+    }
+    model->library = dlopen(name.data(), RTLD_NOW | RTLD_LOCAL);
     std::remove(name.data());
-    return Status::error(StatusCode::Internal,
-                         std::string("cannot write the kernels to ") +
-                             name.data());
   }
-  model->library = dlopen(name.data(), RTLD_NOW | RTLD_LOCAL);
-  std::remove(name.data());
   if (!model->library) {
     const char *why = dlerror();
     return Status::error(
