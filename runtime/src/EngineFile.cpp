@@ -13,8 +13,7 @@ using namespace kiln;
 
 const char *kiln::compilerVersion() { return "kiln " KILN_VERSION_STRING; }
 
-uint64_t kiln::fnv1a64(const uint8_t *data, size_t size) {
-  uint64_t h = 0xcbf29ce484222325ull; // FNV-1a 64 offset basis
+uint64_t kiln::fnv1a64(const uint8_t *data, size_t size, uint64_t h) {
   for (size_t i = 0; i < size; ++i)
     h = (h ^ data[i]) * 1099511628211ull;
   return h;
@@ -61,8 +60,10 @@ bool EngineFile::write(const std::string &path, std::string &error) const {
   putU32(header, static_cast<uint32_t>(sections.size()));
   header += fixed(target, 32);
   header += fixed(compilerVersion, 32);
-  putU64(header,
-         fnv1a64(reinterpret_cast<const uint8_t *>(body.data()), body.size()));
+  uint64_t sum =
+      fnv1a64(reinterpret_cast<const uint8_t *>(header.data()), header.size());
+  putU64(header, fnv1a64(reinterpret_cast<const uint8_t *>(body.data()),
+                         body.size(), sum));
   std::ofstream out(path, std::ios::binary | std::ios::trunc);
   if (!out) {
     error = path + ": cannot create: " + std::strerror(errno);
@@ -96,15 +97,19 @@ bool EngineFile::read(const std::string &path,
             std::to_string(kEngineFormatVersion) + ": recompile the model";
     return false;
   }
+  // Everything but the checksum field is covered, the target included: an
+  // edited header is as corrupt as an edited section.
+  uint64_t checksum = getU(bytes, 80, 8);
+  const auto *raw = reinterpret_cast<const uint8_t *>(bytes.data());
+  if (fnv1a64(raw + kHeaderSize, bytes.size() - kHeaderSize,
+              fnv1a64(raw, 80)) != checksum) {
+    error = path + ": checksum mismatch (the file is truncated, corrupt or "
+                   "edited)";
+    return false;
+  }
   if (!expectedTarget.empty() && out.target != expectedTarget) {
     error = path + ": engine built for target '" + out.target + "', not '" +
             expectedTarget + "'";
-    return false;
-  }
-  uint64_t checksum = getU(bytes, 80, 8);
-  if (fnv1a64(reinterpret_cast<const uint8_t *>(bytes.data()) + kHeaderSize,
-              bytes.size() - kHeaderSize) != checksum) {
-    error = path + ": checksum mismatch (the file is truncated or corrupt)";
     return false;
   }
   uint32_t count = static_cast<uint32_t>(getU(bytes, 12, 4));

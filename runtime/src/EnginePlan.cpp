@@ -209,8 +209,9 @@ public:
            std::to_string(lo) + ", " + std::to_string(hi) + ")");
   }
   void fail(const std::string &why) {
+    // The top level needs no name of its own: "malformed plan: ..." says it.
     if (problem.empty())
-      problem = what + ": " + why;
+      problem = what.empty() ? why : what + ": " + why;
   }
 
 private:
@@ -426,7 +427,7 @@ bool kiln::plan::readPlan(const std::string &text, const std::string &path,
     return false;
   }
   std::string problem;
-  FieldReader top(root, "plan", problem);
+  FieldReader top(root, "", problem);
   auto finish = [&]() {
     if (problem.empty())
       return true;
@@ -463,6 +464,17 @@ bool kiln::plan::readPlan(const std::string &text, const std::string &path,
     for (size_t d = 0; d < v.shape.size() && r.ok(); ++d)
       if (v.shape[d] <= 0 && !(d == 0 && v.shape[d] == -1))
         r.fail("extent " + std::to_string(v.shape[d]) + " in its shape");
+    // No tensor of a model is 2^44 elements (16 TB of bf16): a larger shape
+    // is an edit, and its sizes would overflow where they are multiplied.
+    constexpr uint64_t kMaxElements = uint64_t(1) << 44;
+    uint64_t elements = 1;
+    for (size_t d = 0; d < v.shape.size() && r.ok(); ++d) {
+      uint64_t extent = v.shape[d] < 0 ? 1 : static_cast<uint64_t>(v.shape[d]);
+      if (extent > kMaxElements / elements)
+        r.fail("its shape holds more than 2^44 elements");
+      else
+        elements *= extent;
+    }
     switch (v.kind) {
     case ValueKind::Input:
       v.input = r.string("input", true);

@@ -8,7 +8,9 @@
 //         12   u32 section count
 //         16   char[32] target            "host-x86_64", NUL padded
 //         48   char[32] compiler version  NUL padded
-//         80   u64 checksum               FNV-1a 64 of every byte after 88
+//         80   u64 checksum               FNV-1a 64 of bytes 0..79, then of
+//                                            every byte after 88 (all of the
+//                                            file but the checksum itself)
 //         88   sections: u32 kind, u32 reserved, u64 size, size bytes
 //
 // All integers are little-endian. Readers refuse other versions and targets
@@ -26,7 +28,9 @@
 
 namespace kiln {
 
-constexpr uint32_t kEngineFormatVersion = 1;
+// 2: the checksum covers the header too; shard splits are
+// [dim, parts, groups, stride]; pipeline stages; max_positions.
+constexpr uint32_t kEngineFormatVersion = 2;
 constexpr char kEngineMagic[9] = "KILNENGN";
 
 /// Engine targets, as the header's target field spells them.
@@ -63,7 +67,10 @@ struct EngineFile {
 };
 
 /// FNV-1a, 64-bit.
-uint64_t fnv1a64(const uint8_t *data, size_t size);
+/// FNV-1a 64 of `size` bytes, continuing from `h` (the offset basis for a
+/// fresh hash).
+uint64_t fnv1a64(const uint8_t *data, size_t size,
+                 uint64_t h = 0xcbf29ce484222325ull);
 
 } // namespace kiln
 
