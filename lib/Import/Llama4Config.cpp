@@ -16,6 +16,7 @@
 #include "llvm/Support/MemoryBuffer.h"
 
 #include <cmath>
+#include <limits>
 #include <set>
 
 using namespace ::kiln;
@@ -53,8 +54,9 @@ public:
     return v && v->kind() != Value::Null;
   }
 
-  /// Integer >= `min`. Absent or null keeps `out`.
-  llvm::Error integer(llvm::StringRef key, int64_t &out, int64_t min) const {
+  /// Integer in [`min`, `max`]. Absent or null keeps `out`.
+  llvm::Error integer(llvm::StringRef key, int64_t &out, int64_t min,
+                      int64_t max = std::numeric_limits<int64_t>::max()) const {
     const Value *v = get(key);
     if (!v || v->kind() == Value::Null)
       return llvm::Error::success();
@@ -71,6 +73,10 @@ public:
     if (*i < min)
       return fail(
           key, llvm::formatv("expected an integer >= {0}, got {1}", min, *i));
+    if (*i > max)
+      return fail(key, llvm::formatv("{0} is past any model Kiln can build "
+                                     "(at most {1})",
+                                     *i, max));
     out = *i;
     return llvm::Error::success();
   }
@@ -344,42 +350,55 @@ llvm::Expected<Llama4Config> kiln::parseLlama4Config(const std::string &text,
       return std::move(e);
   }
 
+  // Upper bounds far past any published transformer (Llama 4 Maverick:
+  // hidden 5120, 48 layers, 202048 tokens, 128 experts), so that no size
+  // computed from them overflows and nothing is sized in the billions.
   struct IntField {
     const char *key;
     int64_t *out;
-    int64_t min;
+    int64_t min, max;
   } ints[] = {
-      {"hidden_size", &config.hiddenSize, 1},
-      {"num_hidden_layers", &config.numHiddenLayers, 1},
-      {"num_attention_heads", &config.numAttentionHeads, 1},
-      {"num_key_value_heads", &config.numKeyValueHeads, 1},
-      {"vocab_size", &config.vocabSize, 1},
-      {"intermediate_size", &config.intermediateSize, 1},
-      {"intermediate_size_mlp", &config.intermediateSizeMlp, 1},
-      {"num_local_experts", &config.numLocalExperts, 1},
-      {"num_experts_per_tok", &config.numExpertsPerTok, 1},
-      {"interleave_moe_layer_step", &config.interleaveMoeLayerStep, 1},
-      {"floor_scale", &config.floorScale, 1},
-      {"max_position_embeddings", &config.maxPositionEmbeddings, 1},
-      {"bos_token_id", &config.bosTokenId, 0},
-      {"pad_token_id", &config.padTokenId, 0},
+      {"hidden_size", &config.hiddenSize, 1, int64_t(1) << 17},
+      {"num_hidden_layers", &config.numHiddenLayers, 1, 4096},
+      {"num_attention_heads", &config.numAttentionHeads, 1, 4096},
+      {"num_key_value_heads", &config.numKeyValueHeads, 1, 4096},
+      {"vocab_size", &config.vocabSize, 1, int64_t(1) << 24},
+      {"intermediate_size", &config.intermediateSize, 1, int64_t(1) << 20},
+      {"intermediate_size_mlp", &config.intermediateSizeMlp, 1,
+       int64_t(1) << 20},
+      {"num_local_experts", &config.numLocalExperts, 1, int64_t(1) << 16},
+      {"num_experts_per_tok", &config.numExpertsPerTok, 1, int64_t(1) << 16},
+      {"interleave_moe_layer_step", &config.interleaveMoeLayerStep, 1, 4096},
+      {"floor_scale", &config.floorScale, 1, int64_t(1) << 40},
+      {"max_position_embeddings", &config.maxPositionEmbeddings, 1,
+       int64_t(1) << 30},
+      {"bos_token_id", &config.bosTokenId, 0, int64_t(1) << 31},
+      {"pad_token_id", &config.padTokenId, 0, int64_t(1) << 31},
   };
   for (const IntField &f : ints)
-    if (auto e = t.integer(f.key, *f.out, f.min))
+    if (auto e = t.integer(f.key, *f.out, f.min, f.max))
       return std::move(e);
 
   // head_dim: Hugging Face's default argument is 128; an explicit null means
   // hidden_size / num_attention_heads.
-  if (const Value *hd = t.get("head_dim"); hd && hd->kind() == Value::Null)
+  if (const Value *hd = t.get("head_dim"); hd && hd->kind() == Value::Null) {
     config.headDim = config.hiddenSize / config.numAttentionHeads;
-  else if (auto e = t.integer("head_dim", config.headDim, 2))
+    if (config.headDim < 2)
+      return t.fail("head_dim",
+                    llvm::formatv("is null, and hidden_size / "
+                                  "num_attention_heads = {0} / {1} = {2} is "
+                                  "no head size (at least 2)",
+                                  config.hiddenSize, config.numAttentionHeads,
+                                  config.headDim));
+  } else if (auto e = t.integer("head_dim", config.headDim, 2, 1 << 16)) {
     return std::move(e);
+  }
 
   if (const Value *chunk = t.get("attention_chunk_size");
       chunk && chunk->kind() == Value::Null)
     config.attentionChunkSize = 0;
-  else if (auto e =
-               t.integer("attention_chunk_size", config.attentionChunkSize, 1))
+  else if (auto e = t.integer("attention_chunk_size", config.attentionChunkSize,
+                              1, int64_t(1) << 30))
     return std::move(e);
 
   if (auto e = t.number("rope_theta", config.ropeTheta, true))

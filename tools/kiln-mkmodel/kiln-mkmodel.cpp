@@ -30,6 +30,7 @@
 #include <cmath>
 #include <cstdio>
 #include <cstdlib>
+#include <unistd.h>
 
 using namespace llvm;
 
@@ -120,8 +121,10 @@ uint64_t hashName(const std::string &name, uint64_t seed) {
 
 } // namespace
 
+/// A flag the user gave replaces the preset's value, whatever it is (a
+/// negative one is then refused by the config's own checks).
 static void applyOverride(int64_t &field, const cl::opt<int64_t> &flag) {
-  if (flag >= 0)
+  if (flag.getNumOccurrences() > 0)
     field = flag;
 }
 
@@ -349,6 +352,30 @@ int main(int argc, char **argv) {
     return 0;
 
   std::vector<kiln::Llama4Weight> weights = kiln::listLlama4Weights(*parsed);
+  // The weights are made in memory (f32 while filled, bf16 when written):
+  // a configuration whose checkpoint this machine cannot hold is refused,
+  // naming the sizes, before anything is allocated.
+  {
+    double total = 0, largest = 0;
+    std::string largestName;
+    for (const kiln::Llama4Weight &w : weights) {
+      double n = 1;
+      for (int64_t d : w.shape)
+        n *= static_cast<double>(d);
+      total += 2 * n;
+      if (4 * n > largest)
+        largest = 4 * n, largestName = w.name;
+    }
+    double memory = static_cast<double>(sysconf(_SC_PHYS_PAGES)) *
+                    static_cast<double>(sysconf(_SC_PAGESIZE));
+    if (total + largest > memory / 2)
+      return fail(formatv("the checkpoint would be {0:F0} bytes of bf16 "
+                          "weights, plus {1:F0} while the largest ({2}) is "
+                          "filled in f32: more than half of this machine's "
+                          "{3:F0} bytes of memory",
+                          total, largest, largestName, memory)
+                      .str());
+  }
   std::vector<kiln::SafetensorsWriter> writers(shards);
   std::vector<std::string> shardNames(shards);
   for (unsigned s = 0; s < shards; ++s) {
