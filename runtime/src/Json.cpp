@@ -107,8 +107,15 @@ private:
       if (pos >= text.size() || text[pos] != '"')
         return err("expected a string key");
       std::string key;
+      size_t keyAt = pos;
       if (!parseString(key))
         return false;
+      // A repeated key is ambiguous (readers disagree on which one wins): an
+      // edited file must not get to pick.
+      if (out.object.count(key)) {
+        pos = keyAt;
+        return err("duplicate key");
+      }
       skipSpace();
       if (pos >= text.size() || text[pos] != ':')
         return err("expected ':'");

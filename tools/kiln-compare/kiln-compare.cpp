@@ -5,7 +5,8 @@
 // The numeric contract of Kiln ("max relative error <= 1e-5 in float32",
 // "relative L2 <= 1e-2 in bf16") as a command, so tests need no NumPy.
 // max-rel is max |a - e| / max |e|; rel-l2 is ||a - e|| / ||e||. Also reports
-// how many rows agree on their argmax. Exits 1 when the error exceeds --tol.
+// how many rows agree on their argmax. Exits 1 when the error exceeds --tol,
+// 2 when an input cannot be read or the command line is wrong.
 //
 //===----------------------------------------------------------------------===//
 
