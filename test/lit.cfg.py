@@ -68,6 +68,12 @@ config.substitutions.append(
     ("%fake_cuda", os.path.join(config.kiln_obj_root, "lib",
                                 "libkiln-fake-cuda.so")))
 
+# The libFuzzer targets (fuzz/), built when the compiler links libFuzzer.
+if os.path.exists(os.path.join(config.kiln_obj_root, "bin", "kiln-fuzz-json")):
+    config.available_features.add("libfuzzer")
+else:
+    lit_config.note("no libFuzzer targets (clang with libclang-rt-22-dev): "
+                    "the fuzz smoke run is skipped")
 # A stand-in for NCCL over shared memory (test/standin-nccl), for ranks on
 # emulated GPUs.
 config.substitutions.append(

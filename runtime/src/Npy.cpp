@@ -122,6 +122,8 @@ bool kiln::readNpyF32(const std::string &path, std::vector<int64_t> &shape,
     return false;
   }
   data.resize(static_cast<size_t>(count));
-  std::memcpy(data.data(), bytes.data() + 10 + len, count * sizeof(float));
+  if (count >
+      0) // an empty array has no storage to copy into (found by fuzzing)
+    std::memcpy(data.data(), bytes.data() + 10 + len, count * sizeof(float));
   return true;
 }

@@ -1,0 +1,79 @@
+#!/usr/bin/env bash
+# Runs every reader's libFuzzer target for SECONDS each (default 60) from a
+# seed corpus of valid files made here (a tiny model's config, checkpoint,
+# shard index, engine, plan, .npy and tokens), then prints one line per
+# target: executions, coverage (libFuzzer's cov: edges) and the result.
+# A crash, leak, sanitizer report or timeout fails the run; its input is
+# left in OUT/crashes-<target>/.
+#
+#   fuzz/run.sh [SECONDS] [BUILD_DIR] [OUT_DIR]
+set -euo pipefail
+seconds=${1:-60}
+root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+build=${2:-$root/build}
+out=${3:-$(mktemp -d "${TMPDIR:-/tmp}/kiln-fuzz-XXXXXX")}
+bin=$build/bin
+if [ ! -x "$bin/kiln-fuzz-json" ]; then
+  echo "fuzz/run.sh: no fuzz targets in $bin (they need clang with libFuzzer: libclang-rt-22-dev)"
+  exit 0
+fi
+mkdir -p "$out"
+seeds=$out/seeds
+rm -rf "$seeds" && mkdir -p "$seeds"
+"$bin/kiln-mkmodel" --preset tiny-scout --shards 2 -o "$seeds/model" > /dev/null
+"$bin/kilnc" "$seeds/model" --target host -o "$seeds/model.kiln"
+python3 - "$seeds" <<'PY'
+import json, os, struct, sys
+seeds = sys.argv[1]
+model = os.path.join(seeds, "model")
+def put(target, name, data):
+    d = os.path.join(seeds, target)
+    os.makedirs(d, exist_ok=True)
+    open(os.path.join(d, name), "wb").write(data)
+config = open(os.path.join(model, "config.json"), "rb").read()
+put("config", "tiny-scout.json", config)
+for f in sorted(os.listdir(model)):
+    if f.endswith(".safetensors"):
+        data = open(os.path.join(model, f), "rb").read()
+        # The header and a little data: the fuzzer works on the header.
+        n = struct.unpack("<Q", data[:8])[0]
+        put("safetensors", f, data[:8 + n + 64])
+index = open(os.path.join(model, "model.safetensors.index.json"), "rb").read()
+put("json", "index.json", index)
+put("json", "config.json", config)
+engine = open(os.path.join(seeds, "model.kiln"), "rb").read()
+put("engine", "tiny-scout.kiln", engine[:200000])
+# The plan section: kind 1, after the 88-byte header.
+pos, count = 88, struct.unpack_from("<I", engine, 12)[0]
+for _ in range(count):
+    kind, size = struct.unpack_from("<I", engine, pos)[0], struct.unpack_from("<Q", engine, pos + 8)[0]
+    if kind == 1:
+        put("plan", "tiny-scout.json", engine[pos + 16:pos + 16 + size])
+        put("json", "plan.json", engine[pos + 16:pos + 16 + size])
+    pos += 16 + size
+header = "{'descr': '<f4', 'fortran_order': False, 'shape': (2, 3), }"
+header += " " * ((64 - (10 + len(header) + 1) % 64) % 64) + "\n"
+put("npy", "2x3.npy", b"\x93NUMPY\x01\x00" + struct.pack("<H", len(header)) + header.encode() + struct.pack("<6f", *range(6)))
+put("tokens", "list", b"1,2,3,200,17")
+put("tokens", "lines", b"1\n2\n3\n")
+PY
+status=0
+for target in config safetensors json plan engine npy tokens; do
+  corpus=$out/corpus-$target
+  crashes=$out/crashes-$target
+  mkdir -p "$corpus" "$crashes"
+  log=$out/$target.log
+  if "$bin/kiln-fuzz-$target" -max_total_time="$seconds" -timeout=10 \
+       -rss_limit_mb=4096 -max_len=65536 -print_final_stats=1 \
+       -artifact_prefix="$crashes/" "$corpus" "$seeds/$target" > "$log" 2>&1; then
+    result=ok
+  else
+    result="FAILED (see $log, input in $crashes)"
+    status=1
+  fi
+  runs=$(sed -nE 's/^stat::number_of_executed_units: *([0-9]+).*/\1/p' "$log" | tail -1)
+  cov=$(grep -oE 'cov: [0-9]+' "$log" | tail -1 | awk '{print $2}')
+  printf 'fuzz %-12s %10s executions in %ss, coverage %s edges: %s\n' \
+    "$target" "${runs:-?}" "$seconds" "${cov:-?}" "$result"
+done
+exit $status
