@@ -18,6 +18,9 @@ import struct
 import subprocess
 import sys
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import edit_engine  # noqa: E402
+
 BIN, WORK = sys.argv[1], sys.argv[2]
 SHOW = "--show" in sys.argv
 
@@ -156,26 +159,10 @@ def engine_case(name, edit, message, keep_checksum=False):
 
     def make():
         d = fresh(name)
-        data = bytearray(open(ENGINE, "rb").read())
-        at = data.find(old)
-        assert at >= 0, (name, old)
-        data[at:at + len(old)] = new
-        if len(new) != len(old):
-            count = struct.unpack_from("<I", data, 12)[0]
-            pos = 88
-            for _ in range(count):
-                size = struct.unpack_from("<Q", data, pos + 8)[0]
-                if pos + 16 <= at < pos + 16 + size + len(old) - len(new):
-                    size += len(new) - len(old)
-                    struct.pack_into("<Q", data, pos + 8, size)
-                pos += 16 + size
-        if not keep_checksum:
-            h = 0xcbf29ce484222325
-            for b in bytes(data[:80]) + bytes(data[88:]):
-                h = ((h ^ b) * 1099511628211) & 0xFFFFFFFFFFFFFFFF
-            struct.pack_into("<Q", data, 80, h)
+        data = edit_engine.edit(open(ENGINE, "rb").read(), old, new,
+                                keep_checksum)
         path = os.path.join(d, "e.kiln")
-        open(path, "wb").write(bytes(data))
+        open(path, "wb").write(data)
         return [tool("kiln-run"), path, "--checkpoint", BASE, "--tokens", "1"], d
     return (name, make, message)
 
