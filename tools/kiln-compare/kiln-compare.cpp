@@ -11,6 +11,7 @@
 //===----------------------------------------------------------------------===//
 
 #include "kiln/runtime/Npy.h"
+#include "kiln/runtime/ToolGuards.h"
 
 #include <cmath>
 #include <cstdio>
@@ -20,6 +21,7 @@
 #include <vector>
 
 int main(int argc, char **argv) {
+  kiln::installToolGuards("kiln-compare");
   std::vector<std::string> files;
   double tol = 1e-5;
   std::string metric = "max-rel";

@@ -19,6 +19,7 @@
 #include "kiln/Import/Llama4Import.h"
 #include "kiln/runtime/Json.h"
 #include "kiln/runtime/Safetensors.h"
+#include "kiln/runtime/ToolGuards.h"
 
 #include "llvm/Support/CommandLine.h"
 #include "llvm/Support/FileSystem.h"
@@ -246,6 +247,8 @@ static int fail(const Twine &message) {
 
 int main(int argc, char **argv) {
   InitLLVM init(argc, argv);
+  // After InitLLVM, whose own out-of-memory handler aborts with a stack dump.
+  kiln::installToolGuards("kiln-mkmodel");
   cl::HideUnrelatedOptions(category);
   cl::ParseCommandLineOptions(
       argc, argv, "Write a random Llama 4 checkpoint (HF layout)\n");

@@ -15,6 +15,7 @@
 #include "kiln/runtime/Npy.h"
 #include "kiln/runtime/Safetensors.h"
 #include "kiln/runtime/Tokens.h"
+#include "kiln/runtime/ToolGuards.h"
 
 #include "mlir/IR/MLIRContext.h"
 #include "mlir/IR/Verifier.h"
@@ -81,6 +82,8 @@ static int64_t argmax(const std::vector<double> &row, size_t begin,
 
 int main(int argc, char **argv) {
   InitLLVM init(argc, argv);
+  // After InitLLVM, whose own out-of-memory handler aborts with a stack dump.
+  kiln::installToolGuards("kiln-ref");
   cl::HideUnrelatedOptions(category);
   cl::ParseCommandLineOptions(argc, argv,
                               "Kiln reference evaluator (the oracle)\n");

@@ -14,6 +14,7 @@
 #include "kiln/kiln.hpp"
 #include "kiln/runtime/Npy.h"
 #include "kiln/runtime/Tokens.h"
+#include "kiln/runtime/ToolGuards.h"
 
 #include <algorithm>
 #include <chrono>
@@ -65,6 +66,7 @@ bool parseNumber(const char *text, double &out) {
 } // namespace
 
 int main(int argc, char **argv) {
+  kiln::installToolGuards("kiln-run");
   std::string engine, checkpoint, tokensText, tokensFile, dumpLogits;
   std::string device = "auto";
   long maxNew = 0, step = 0, decodeFrom = 0, kvTokens = -1, maxContext = 0;

@@ -20,6 +20,7 @@
 #include "kiln/Target/Cuda/EngineWriter.h"
 #include "kiln/Target/Host/EngineWriter.h"
 #include "kiln/Transforms/Passes.h"
+#include "kiln/runtime/ToolGuards.h"
 
 #include "mlir/IR/MLIRContext.h"
 #include "mlir/Pass/PassManager.h"
@@ -297,6 +298,8 @@ static int runImport() {
 
 int main(int argc, char **argv) {
   InitLLVM init(argc, argv);
+  // After InitLLVM, whose own out-of-memory handler aborts with a stack dump.
+  kiln::installToolGuards("kilnc");
   for (cl::SubCommand *sub : {&cl::SubCommand::getTopLevel(), &importCommand})
     cl::HideUnrelatedOptions(
         {&outputCategory, &targetCategory, &reportCategory}, *sub);
