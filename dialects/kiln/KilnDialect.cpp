@@ -78,23 +78,17 @@ LogicalResult KilnDialect::verifyOperationAttribute(Operation *op,
              << "'" << name << "' must be a launch description dictionary";
     return success();
   }
-  if (name == getTensorParallelAttrName()) {
-    auto ranks = dyn_cast<IntegerAttr>(attr.getValue());
-    if (!isa<ModuleOp>(op) || !ranks || ranks.getInt() < 2)
-      return op->emitError() << "'" << getTensorParallelAttrName()
+  if (name == getTensorParallelAttrName() ||
+      name == getPipelineStagesAttrName()) {
+    auto count = dyn_cast<IntegerAttr>(attr.getValue());
+    if (!isa<ModuleOp>(op) || !count || count.getInt() < 2)
+      return op->emitError() << "'" << name
                              << "' must be an integer of at least 2 on the "
                                 "module";
-    return success();
-  }
-  if (name == getPipelineStagesAttrName()) {
-    auto stages = dyn_cast<IntegerAttr>(attr.getValue());
-    if (!isa<ModuleOp>(op) || !stages || stages.getInt() < 2)
-      return op->emitError() << "'" << getPipelineStagesAttrName()
-                             << "' must be an integer of at least 2 on the "
-                                "module";
-    // Every op and weight must fall on one stage.
+    // Every op and weight of a pipeline must fall on one stage.
     if (func::FuncOp graph = graphFunctionOf(cast<ModuleOp>(op));
-        graph && !graph.getBody().empty() && graph.getBody().hasOneBlock())
+        name == getPipelineStagesAttrName() && graph &&
+        !graph.getBody().empty() && graph.getBody().hasOneBlock())
       return failure(failed(assignStages(graph)));
     return success();
   }

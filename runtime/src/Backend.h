@@ -38,6 +38,15 @@ struct BoundPlan {
   bool runs(const plan::Launch &l) const {
     return l.stage < 0 || l.stage == stage;
   }
+  /// Whether this rank is the receiving end of stage_send `l`.
+  bool receives(const plan::Launch &l) const {
+    return l.kind == plan::LaunchKind::StageSend && stage == l.stage + 1;
+  }
+  /// Whether launch `l` involves this rank at all: its stage's launches, the
+  /// sends it receives, and every broadcast.
+  bool takesPart(const plan::Launch &l) const {
+    return runs(l) || receives(l) || l.kind == plan::LaunchKind::StageBroadcast;
+  }
   bool binds(const plan::Value &v) const {
     return v.stage < 0 || v.stage == stage;
   }

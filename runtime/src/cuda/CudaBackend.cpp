@@ -944,11 +944,9 @@ bool CudaSession::runStep(const Step &step, StepOutput &out,
   const BoundPlan &bound = *model.bound;
   for (size_t li = 0; li < plan.launches.size(); ++li) {
     const plan::Launch &l = plan.launches[li];
-    bool receives =
-        l.kind == plan::LaunchKind::StageSend && bound.stage == l.stage + 1;
-    if (!bound.runs(l) && !receives &&
-        l.kind != plan::LaunchKind::StageBroadcast)
+    if (!bound.takesPart(l))
       continue; // another pipeline stage's
+    bool receives = bound.receives(l);
     for (int64_t id : l.results) {
       const plan::Value &v = plan.values[id];
       if (v.arenaOffset >= 0) {
