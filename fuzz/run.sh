@@ -22,6 +22,11 @@ seeds=$out/seeds
 rm -rf "$seeds" && mkdir -p "$seeds"
 "$bin/kiln-mkmodel" --preset tiny-scout --shards 2 -o "$seeds/model" > /dev/null
 "$bin/kilnc" "$seeds/model" --target host -o "$seeds/model.kiln"
+# A one-layer model with 2 experts: small seeds run many times faster than
+# the 8-layer ones and reach the same code.
+"$bin/kiln-mkmodel" --preset tiny-scout --layers 1 --experts 2 --top-k 1 \
+  -o "$seeds/small" > /dev/null
+"$bin/kilnc" "$seeds/small" --target host -o "$seeds/small.kiln"
 python3 - "$seeds" <<'PY'
 import json, os, struct, sys
 seeds = sys.argv[1]
@@ -41,16 +46,20 @@ for f in sorted(os.listdir(model)):
 index = open(os.path.join(model, "model.safetensors.index.json"), "rb").read()
 put("json", "index.json", index)
 put("json", "config.json", config)
-engine = open(os.path.join(seeds, "model.kiln"), "rb").read()
-put("engine", "tiny-scout.kiln", engine[:200000])
-# The plan section: kind 1, after the 88-byte header.
-pos, count = 88, struct.unpack_from("<I", engine, 12)[0]
-for _ in range(count):
-    kind, size = struct.unpack_from("<I", engine, pos)[0], struct.unpack_from("<Q", engine, pos + 8)[0]
-    if kind == 1:
-        put("plan", "tiny-scout.json", engine[pos + 16:pos + 16 + size])
-        put("json", "plan.json", engine[pos + 16:pos + 16 + size])
-    pos += 16 + size
+small = os.path.join(seeds, "small", "model.safetensors")
+data = open(small, "rb").read()
+put("safetensors", "small.safetensors", data[:8 + struct.unpack("<Q", data[:8])[0] + 64])
+for name in ("model", "small"):
+    engine = open(os.path.join(seeds, name + ".kiln"), "rb").read()
+    put("engine", name + ".kiln", engine[:200000])
+    # The plan section: kind 1, after the 88-byte header.
+    pos, count = 88, struct.unpack_from("<I", engine, 12)[0]
+    for _ in range(count):
+        kind, size = struct.unpack_from("<I", engine, pos)[0], struct.unpack_from("<Q", engine, pos + 8)[0]
+        if kind == 1:
+            put("plan", name + ".json", engine[pos + 16:pos + 16 + size])
+            put("json", name + "-plan.json", engine[pos + 16:pos + 16 + size])
+        pos += 16 + size
 header = "{'descr': '<f4', 'fortran_order': False, 'shape': (2, 3), }"
 header += " " * ((64 - (10 + len(header) + 1) % 64) % 64) + "\n"
 put("npy", "2x3.npy", b"\x93NUMPY\x01\x00" + struct.pack("<H", len(header)) + header.encode() + struct.pack("<6f", *range(6)))

@@ -167,6 +167,14 @@ Status dumpValue(const std::string &dir, size_t step, size_t launch,
 /// Human-readable GiB, two decimals.
 std::string gib(double bytes);
 
+/// Host memory this process may hold: physical memory, or the address-space
+/// limit (ulimit -v) where that is lower.
+double hostMemoryLimit();
+
+/// Refuses `bytes` of host memory for `what` before anything is allocated
+/// when they exceed hostMemoryLimit(), naming `what` and the size in bytes.
+Status checkHostMemory(const std::string &what, double bytes);
+
 } // namespace kiln
 
 #endif // KILN_RUNTIME_SRC_BACKEND_H

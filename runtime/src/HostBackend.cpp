@@ -110,6 +110,10 @@ public:
   }
 
 private:
+  /// The step's activations and the KV pools after it, against the memory
+  /// this process may hold, before any of it is allocated.
+  Status checkStepMemory(const Step &step) const;
+
   const HostModel &model;
   std::vector<KvPool> pools;
   std::vector<uint64_t> arena; // 8-byte aligned
@@ -230,13 +234,11 @@ Status HostModel::newSession(int64_t kvTokens,
     for (const plan::Slot &info : bound->plan.slots)
       bytes += double(plan::reservedRows(info, kvTokens)) *
                (2.0 * info.width * sizeof(float) + sizeof(int64_t));
-    double memory = double(sysconf(_SC_PHYS_PAGES)) * sysconf(_SC_PAGESIZE);
-    if (bytes > memory)
-      return Status::error(StatusCode::OutOfMemory,
-                           bound->enginePath + ": the KV caches for " +
-                               std::to_string(kvTokens) + " tokens need " +
-                               gib(bytes) + " GiB; this machine has " +
-                               gib(memory) + " GiB");
+    if (Status s = checkHostMemory(bound->enginePath + ": the KV caches for " +
+                                       std::to_string(kvTokens) + " tokens",
+                                   bytes);
+        !s.ok())
+      return s;
   }
   out = std::make_unique<HostSession>(*this, kvTokens);
   return {};
@@ -259,6 +261,37 @@ HostSession::HostSession(const HostModel &model, int64_t kvTokens)
   data = model.bound->hostData;
 }
 
+Status HostSession::checkStepMemory(const Step &step) const {
+  const plan::Plan &plan = model.bound->plan;
+  const BoundPlan &bound = *model.bound;
+  double t = double(step.tokenCount);
+  double activations = double(plan.arenaBytesPerToken) * t;
+  std::vector<bool> ownPool(pools.size(), false);
+  for (const plan::Launch &l : plan.launches) {
+    if (!bound.takesPart(l))
+      continue;
+    for (const plan::AttentionUse &a : l.attention)
+      ownPool[a.slot] = true;
+    for (int64_t id : l.results) {
+      if (plan.values[id].arenaOffset >= 0)
+        continue;
+      double n = double(plan::elementSize(plan.values[id].dtype));
+      for (int64_t d : step.shapeOf(plan, id))
+        n *= double(d);
+      activations += n;
+    }
+  }
+  double kv = 0;
+  for (size_t i = 0; i < pools.size(); ++i)
+    if (ownPool[i])
+      kv += double(step.slots[i].total) * 2.0 * double(pools[i].width) *
+            sizeof(float);
+  return checkHostMemory(bound.enginePath + ": a " +
+                             std::to_string(step.tokenCount) +
+                             "-token step's activations and KV caches",
+                         activations + kv);
+}
+
 Status HostSession::run(const Step &step, StepOutput &out) {
   const plan::Plan &plan = model.bound->plan;
   int64_t t = step.tokenCount;
@@ -275,6 +308,8 @@ Status HostSession::run(const Step &step, StepOutput &out) {
                    ? static_cast<const void *>(tokens32.data())
                    : static_cast<const void *>(step.tokens);
   }
+  if (Status s = checkStepMemory(step); !s.ok())
+    return s;
   // One arena for the step's activations, laid out by the plan.
   arena.resize((plan.arenaBytesPerToken * t + 7) / 8);
   uint8_t *base = reinterpret_cast<uint8_t *>(arena.data());

@@ -12,7 +12,9 @@
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <sys/resource.h>
 #include <sys/stat.h>
+#include <unistd.h>
 
 using namespace kiln;
 
@@ -50,6 +52,26 @@ std::string kiln::gib(double bytes) {
   char text[32];
   std::snprintf(text, sizeof text, "%.2f", bytes / (1024.0 * 1024 * 1024));
   return text;
+}
+
+double kiln::hostMemoryLimit() {
+  double memory = double(sysconf(_SC_PHYS_PAGES)) * sysconf(_SC_PAGESIZE);
+  struct rlimit limit;
+  if (getrlimit(RLIMIT_AS, &limit) == 0 && limit.rlim_cur != RLIM_INFINITY)
+    memory = std::min(memory, double(limit.rlim_cur));
+  return memory;
+}
+
+Status kiln::checkHostMemory(const std::string &what, double bytes) {
+  double memory = hostMemoryLimit();
+  if (bytes <= memory)
+    return {};
+  char size[32];
+  std::snprintf(size, sizeof size, "%.0f", bytes);
+  return Status::error(StatusCode::OutOfMemory,
+                       what + " need " + size + " bytes (" + gib(bytes) +
+                           " GiB); this process may use " + gib(memory) +
+                           " GiB");
 }
 
 Status kiln::dumpValue(const std::string &dir, size_t step, size_t launch,
@@ -146,6 +168,24 @@ const std::string &Model::target() const { return impl->target; }
 /// slice of a sharded one is copied) and builds the concat repackings.
 static Status bindWeights(const Checkpoint &checkpoint, BoundPlan &bound) {
   const plan::Plan &plan = bound.plan;
+  // Slices and concats are copies: their total is checked before any is made.
+  double copied = 0;
+  for (const plan::Value &v : plan.values) {
+    if (!bound.binds(v) ||
+        (v.kind != plan::ValueKind::Concat &&
+         (v.kind != plan::ValueKind::Weight || v.shards.empty())))
+      continue;
+    double n = double(plan::elementSize(v.dtype));
+    for (int64_t d : v.shape)
+      n *= double(d);
+    copied += n;
+  }
+  if (Status s = checkHostMemory(bound.enginePath +
+                                     ": the weights this rank slices or "
+                                     "repacks",
+                                 copied);
+      !s.ok())
+    return s;
   bound.hostData.assign(plan.values.size(), nullptr);
   bound.repacked.resize(plan.values.size());
   for (size_t id = 0; id < plan.values.size(); ++id) {
