@@ -418,10 +418,11 @@ Status Session::run(const int64_t *tokens, const int64_t *positions,
     positions = implicit.data();
   }
   for (size_t i = 0; i < count; ++i)
-    if (positions[i] < 0)
+    // Kernels index positions in 32 bits (RoPE tables, chunk masks).
+    if (positions[i] < 0 || positions[i] > INT32_MAX)
       return Status::error(StatusCode::InvalidArgument,
                            "position " + std::to_string(positions[i]) +
-                               " is negative");
+                               " is outside [0, 2^31)");
 
   Step step;
   step.index = ++impl->steps;

@@ -78,6 +78,13 @@ try:
 except kiln.KilnError as e:
     assert e.code == kiln.StatusCode.INVALID_ARGUMENT, e.code
     assert "outside the vocabulary" in str(e), str(e)
+for position in (-1, 2**31):
+    try:
+        session.logits([1], positions=[position])
+        raise AssertionError("ran at position %d" % position)
+    except kiln.KilnError as e:
+        assert e.code == kiln.StatusCode.INVALID_ARGUMENT, e.code
+        assert "is outside [0, 2^31)" in str(e), str(e)
 try:
     kiln.Model(engine, checkpoint, frobnicate=1)
     raise AssertionError("accepted an unknown option")
