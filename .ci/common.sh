@@ -33,13 +33,30 @@ kiln_install() {
   $sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "${missing[@]}"
 }
 
+# The same build with AddressSanitizer + UBSan in $KILN_BUILD_SANITIZED
+# (docs/testing.md): the whole suite runs there too.
+KILN_BUILD_SANITIZED=${KILN_BUILD_SANITIZED:-$KILN_ROOT/build-sanitized}
+
+kiln_build_sanitized() {
+  KILN_BUILD=$KILN_BUILD_SANITIZED kiln_build -DKILN_SANITIZE=address,undefined
+}
+
+# What a sanitized process does on a finding: report it and exit non-zero.
+# lit sets the same for the processes it starts (test/lit.cfg.py); these
+# reach the GoogleTest binaries ctest runs directly.
+kiln_sanitizer_env() {
+  export ASAN_OPTIONS=abort_on_error=0:halt_on_error=1:allocator_may_return_null=1:detect_stack_use_after_return=0
+  export LSAN_OPTIONS=suppressions=$KILN_ROOT/test/sanitizers/lsan.supp
+  export UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1
+}
+
 kiln_build() {
   local args=(-G Ninja -B "$KILN_BUILD" -S "$KILN_ROOT"
               -DCMAKE_BUILD_TYPE=Release
               -DMLIR_DIR=$LLVM_PREFIX/lib/cmake/mlir
               -DLLVM_EXTERNAL_LIT=$LLVM_PREFIX/bin/lit
               -DCMAKE_C_COMPILER=clang-22 -DCMAKE_CXX_COMPILER=clang++-22
-              -DLLVM_USE_LINKER=lld)
+              -DLLVM_USE_LINKER=lld "$@")
   if [ ! -f "$KILN_BUILD/build.ninja" ]; then
     cmake "${args[@]}"
   fi

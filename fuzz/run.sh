@@ -7,6 +7,9 @@
 # left in OUT/crashes-<target>/.
 #
 #   fuzz/run.sh [SECONDS] [BUILD_DIR] [OUT_DIR]
+#
+# KILN_FUZZ_TARGETS="plan npy" runs only those targets; KILN_FUZZ_RUNS=N
+# stops each after N executions instead (SECONDS still bounds it).
 set -euo pipefail
 seconds=${1:-60}
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -67,12 +70,17 @@ put("tokens", "list", b"1,2,3,200,17")
 put("tokens", "lines", b"1\n2\n3\n")
 PY
 status=0
-for target in config safetensors json plan engine npy tokens; do
+runs=()
+if [ -n "${KILN_FUZZ_RUNS:-}" ]; then
+  runs=(-runs="$KILN_FUZZ_RUNS")
+fi
+for target in ${KILN_FUZZ_TARGETS:-config safetensors json plan engine npy tokens}; do
   corpus=$out/corpus-$target
   crashes=$out/crashes-$target
   mkdir -p "$corpus" "$crashes"
   log=$out/$target.log
-  if "$bin/kiln-fuzz-$target" -max_total_time="$seconds" -timeout=10 \
+  start=$(date +%s)
+  if "$bin/kiln-fuzz-$target" -max_total_time="$seconds" "${runs[@]}" -timeout=10 \
        -rss_limit_mb=4096 -max_len=65536 -print_final_stats=1 \
        -artifact_prefix="$crashes/" "$corpus" "$seeds/$target" > "$log" 2>&1; then
     result=ok
@@ -80,9 +88,10 @@ for target in config safetensors json plan engine npy tokens; do
     result="FAILED (see $log, input in $crashes)"
     status=1
   fi
-  runs=$(sed -nE 's/^stat::number_of_executed_units: *([0-9]+).*/\1/p' "$log" | tail -1)
+  took=$(( $(date +%s) - start ))
+  executed=$(sed -nE 's/^stat::number_of_executed_units: *([0-9]+).*/\1/p' "$log" | tail -1)
   cov=$(grep -oE 'cov: [0-9]+' "$log" | tail -1 | awk '{print $2}')
   printf 'fuzz %-12s %10s executions in %ss, coverage %s edges: %s\n' \
-    "$target" "${runs:-?}" "$seconds" "${cov:-?}" "$result"
+    "$target" "${executed:-?}" "$took" "${cov:-?}" "$result"
 done
 exit $status

@@ -44,6 +44,7 @@ if config.kiln_sanitize:
     config.available_features.add("sanitized")
     supp = os.path.join(config.kiln_src_root, "test", "sanitizers")
     asan_options = ["abort_on_error=0", "halt_on_error=1",
+                    "allocator_may_return_null=1",
                     "detect_stack_use_after_return=0"]
     config.environment["ASAN_OPTIONS"] = ":".join(asan_options)
     config.environment["LSAN_OPTIONS"] = "suppressions=" + os.path.join(

@@ -11,11 +11,14 @@
 #include "Communicator.h"
 
 #include <algorithm>
+#include <chrono>
 #include <cstdio>
 #include <cstdlib>
 #include <dlfcn.h>
 #include <mutex>
 #include <string>
+#include <thread>
+#include <vector>
 
 using namespace kiln;
 
@@ -56,10 +59,19 @@ struct MpiApi {
   int (*commRank)(void *, int *) = nullptr;
   int (*commSize)(void *, int *) = nullptr;
   int (*commSetErrhandler)(void *, void *) = nullptr;
-  int (*allreduce)(const void *, void *, int, void *, void *, void *) = nullptr;
-  int (*sendFn)(const void *, int, void *, int, int, void *) = nullptr;
-  int (*recvFn)(void *, int, void *, int, int, void *, void *) = nullptr;
-  int (*bcast)(void *, int, void *, int, void *) = nullptr;
+  // Nonblocking forms only (MPI_Request is a pointer in OpenMPI): every wait
+  // polls, so a peer that stops cannot hang this rank (complete()).
+  int (*iallreduce)(const void *, void *, int, void *, void *, void *,
+                    void **) = nullptr;
+  int (*isend)(const void *, int, void *, int, int, void *, void **) = nullptr;
+  int (*irecv)(void *, int, void *, int, int, void *, void **) = nullptr;
+  int (*ibcast)(void *, int, void *, int, void *, void **) = nullptr;
+  int (*test)(void **, int *, void *) = nullptr;
+  int (*iprobe)(int, int, void *, int *, void *) = nullptr;
+  int (*commDup)(void *, void **) = nullptr;
+  int (*allgather)(const void *, int, void *, void *, int, void *,
+                   void *) = nullptr;
+  void *intType = nullptr;
   int (*commSplit)(void *, int, int, void **) = nullptr;
   int (*abort)(void *, int) = nullptr;
   int (*errorString)(int, char *, int *) = nullptr;
@@ -83,48 +95,66 @@ void finalizeAtExit() {
 /// A communicator of OpenMPI's: the world, or a split of it.
 class MpiWorld final : public Communicator {
 public:
-  MpiWorld(void *comm, int rank, int size) : comm(comm), r(rank), n(size) {}
+  /// `worldRanks`: each member's rank in MPI's world (empty: this is it).
+  MpiWorld(void *comm, int rank, int size, std::vector<int> worldRanks = {})
+      : comm(comm), r(rank), n(size), worldRanks(std::move(worldRanks)) {
+    if (this->worldRanks.empty())
+      for (int i = 0; i < size; ++i)
+        this->worldRanks.push_back(i);
+    MpiApi &api = mpi();
+    // Liveness questions travel apart from the data (complete()).
+    if (api.commDup(comm, &control) == 0)
+      api.commSetErrhandler(control, api.errorsReturn);
+    else
+      control = nullptr;
+    const char *limit = std::getenv("KILN_COLLECTIVE_TIMEOUT");
+    if (limit && *limit && std::atof(limit) > 0)
+      timeoutSeconds = std::atof(limit);
+  }
   int64_t rank() const override { return r; }
   int64_t size() const override { return n; }
   Status allReduceSum(const float *in, float *out, size_t count) override {
     MpiApi &api = mpi();
-    return inPieces(count, "MPI_Allreduce", [&](size_t at, int piece) {
-      return api.allreduce(in + at, out + at, piece, api.floatType, api.sum,
-                           comm);
-    });
+    return inPieces(
+        count, "MPI_Allreduce", [&](size_t at, int piece, void **request) {
+          return api.iallreduce(in + at, out + at, piece, api.floatType,
+                                api.sum, comm, request);
+        });
   }
   Status send(const float *data, size_t count, int64_t to) override {
     MpiApi &api = mpi();
     return inPieces(count, "MPI_Send to rank " + std::to_string(to),
-                    [&](size_t at, int piece) {
-                      return api.sendFn(data + at, piece, api.floatType,
-                                        static_cast<int>(to), kTag, comm);
+                    [&](size_t at, int piece, void **request) {
+                      return api.isend(data + at, piece, api.floatType,
+                                       static_cast<int>(to), kTag, comm,
+                                       request);
                     });
   }
   Status receive(float *data, size_t count, int64_t from) override {
     MpiApi &api = mpi();
     return inPieces(count, "MPI_Recv from rank " + std::to_string(from),
-                    [&](size_t at, int piece) {
-                      // OpenMPI's MPI_STATUS_IGNORE is a null pointer.
-                      return api.recvFn(data + at, piece, api.floatType,
-                                        static_cast<int>(from), kTag, comm,
-                                        nullptr);
+                    [&](size_t at, int piece, void **request) {
+                      return api.irecv(data + at, piece, api.floatType,
+                                       static_cast<int>(from), kTag, comm,
+                                       request);
                     });
   }
   Status broadcast(float *data, size_t count, int64_t root) override {
     MpiApi &api = mpi();
-    return inPieces(count, "MPI_Bcast", [&](size_t at, int piece) {
-      return api.bcast(data + at, piece, api.floatType, static_cast<int>(root),
-                       comm);
-    });
+    return inPieces(count, "MPI_Bcast",
+                    [&](size_t at, int piece, void **request) {
+                      return api.ibcast(data + at, piece, api.floatType,
+                                        static_cast<int>(root), comm, request);
+                    });
   }
   Status broadcastBytes(void *data, size_t bytes, int64_t root) override {
     MpiApi &api = mpi();
-    if (int rc = api.bcast(data, static_cast<int>(bytes), api.byteType,
-                           static_cast<int>(root), comm);
+    void *request = nullptr;
+    if (int rc = api.ibcast(data, static_cast<int>(bytes), api.byteType,
+                            static_cast<int>(root), comm, &request);
         rc != 0)
       return failed("MPI_Bcast", rc);
-    return {};
+    return complete(request, "MPI_Bcast");
   }
   Status split(int64_t color, std::shared_ptr<Communicator> &out) override {
     MpiApi &api = mpi();
@@ -136,12 +166,136 @@ public:
     api.commSetErrhandler(part, api.errorsReturn);
     if (api.commRank(part, &rank) != 0 || api.commSize(part, &size) != 0)
       return failed("MPI_Comm_rank / MPI_Comm_size", -1);
-    out = std::make_shared<MpiWorld>(part, rank, size);
+    // Errors name ranks as mpirun numbers them.
+    std::vector<int> members(size);
+    int self = worldRanks[r];
+    if (int rc = api.allgather(&self, 1, api.intType, members.data(), 1,
+                               api.intType, part);
+        rc != 0)
+      return failed("MPI_Allgather", rc);
+    out = std::make_shared<MpiWorld>(part, rank, size, std::move(members));
     return {};
   }
 
 private:
   static constexpr int kTag = 7;
+  static constexpr int kPingTag = 8;
+  static constexpr int kPongTag = 9;
+  // OpenMPI's MPI_Status.
+  struct MpiStatus {
+    int source, tag, error, cancelled;
+    size_t count;
+  };
+
+  /// Answers the liveness questions other ranks have sent this one.
+  void answerPings() {
+    MpiApi &api = mpi();
+    for (;;) {
+      int flag = 0;
+      MpiStatus status{};
+      if (api.iprobe(/*MPI_ANY_SOURCE=*/-1, kPingTag, control, &flag,
+                     &status) != 0 ||
+          !flag)
+        return;
+      char byte = 0;
+      void *request = nullptr;
+      api.irecv(&byte, 1, api.byteType, status.source, kPingTag, control,
+                &request);
+      int done = 0;
+      while (!done && api.test(&request, &done, nullptr) == 0) {
+      }
+      static const char pong = 1;
+      void *reply = nullptr;
+      api.isend(&pong, 1, api.byteType, status.source, kPongTag, control,
+                &reply);
+      pendingPongs.push_back(reply);
+    }
+  }
+
+  /// The ranks of this communicator that do not answer within `seconds`
+  /// (stopped, hung, dead, or busy outside a collective).
+  std::vector<int> silentRanks(double seconds) {
+    MpiApi &api = mpi();
+    std::vector<void *> pings(n, nullptr), pongs(n, nullptr);
+    std::vector<char> answers(n, 0);
+    static const char ping = 1;
+    for (int peer = 0; peer < n; ++peer) {
+      if (peer == r)
+        continue;
+      api.isend(&ping, 1, api.byteType, peer, kPingTag, control, &pings[peer]);
+      api.irecv(&answers[peer], 1, api.byteType, peer, kPongTag, control,
+                &pongs[peer]);
+    }
+    std::vector<bool> answered(n, false);
+    answered[r] = true;
+    auto start = std::chrono::steady_clock::now();
+    while (
+        std::chrono::duration<double>(std::chrono::steady_clock::now() - start)
+            .count() < seconds) {
+      answerPings();
+      bool all = true;
+      for (int peer = 0; peer < n; ++peer) {
+        if (!answered[peer]) {
+          int done = 0;
+          if (api.test(&pongs[peer], &done, nullptr) == 0 && done)
+            answered[peer] = true;
+        }
+        all = all && answered[peer];
+      }
+      if (all)
+        break;
+      std::this_thread::sleep_for(std::chrono::milliseconds(1));
+    }
+    std::vector<int> silent;
+    for (int peer = 0; peer < n; ++peer)
+      if (!answered[peer])
+        silent.push_back(peer);
+    return silent;
+  }
+
+  /// Polls `request` to its end. A peer that has stopped would otherwise
+  /// hold this rank forever: after KILN_COLLECTIVE_TIMEOUT seconds (30)
+  /// without completion the ranks that do not answer are named and the
+  /// step fails (kiln-run then ends every rank with MPI_Abort).
+  Status complete(void *&request, const std::string &what) {
+    MpiApi &api = mpi();
+    auto start = std::chrono::steady_clock::now();
+    for (uint64_t spin = 0;; ++spin) {
+      int done = 0;
+      if (int rc = api.test(&request, &done, nullptr); rc != 0)
+        return failed(what, rc);
+      if (done)
+        return {};
+      if (spin % 256 != 255)
+        continue;
+      if (control)
+        answerPings();
+      double waited = std::chrono::duration<double>(
+                          std::chrono::steady_clock::now() - start)
+                          .count();
+      if (waited < timeoutSeconds) {
+        if (waited > 0.01)
+          std::this_thread::sleep_for(std::chrono::microseconds(50));
+        continue;
+      }
+      std::string who = "a peer rank";
+      if (control) {
+        std::vector<int> silent = silentRanks(2.0);
+        if (!silent.empty()) {
+          who = silent.size() == 1 ? "rank " : "ranks ";
+          for (size_t i = 0; i < silent.size(); ++i)
+            who += (i ? ", " : "") + std::to_string(worldRanks[silent[i]]);
+        }
+      }
+      char seconds[32];
+      std::snprintf(seconds, sizeof seconds, "%g", timeoutSeconds);
+      return Status::error(StatusCode::Internal,
+                           "rank " + std::to_string(worldRanks[r]) + ": " +
+                               what + " did not complete in " + seconds +
+                               " s: " + who +
+                               " does not answer (stopped, hung or dead)");
+    }
+  }
 
   Status failed(const std::string &what, int rc) const {
     MpiApi &api = mpi();
@@ -150,25 +304,39 @@ private:
     std::string why = "error " + std::to_string(rc);
     if (api.errorString && rc > 0 && api.errorString(rc, text, &length) == 0)
       why.assign(text, static_cast<size_t>(length));
-    return Status::error(StatusCode::Internal, "rank " + std::to_string(r) +
-                                                   " of " + std::to_string(n) +
-                                                   ": " + what +
-                                                   " failed: " + why);
+    return Status::error(StatusCode::Internal,
+                         "rank " + std::to_string(worldRanks[r]) + ": " + what +
+                             " failed: " + why);
   }
   /// MPI counts are ints: large buffers go in pieces.
   template <typename Call>
-  Status inPieces(size_t count, const std::string &what, Call call) const {
+  Status inPieces(size_t count, const std::string &what, Call call) {
     constexpr size_t kPiece = size_t(1) << 30;
     for (size_t done = 0; done < count; done += kPiece) {
       int piece = static_cast<int>(std::min(kPiece, count - done));
-      if (int rc = call(done, piece); rc != 0)
+      void *request = nullptr;
+      if (int rc = call(done, piece, &request); rc != 0)
         return failed(what, rc);
+      if (Status s = complete(request, what); !s.ok())
+        return s;
+    }
+    // Answers to other ranks' questions finish while this rank works on.
+    for (auto it = pendingPongs.begin(); it != pendingPongs.end();) {
+      int done = 0;
+      if (mpi().test(&*it, &done, nullptr) == 0 && !done)
+        ++it;
+      else
+        it = pendingPongs.erase(it);
     }
     return {};
   }
 
   void *comm;
+  void *control = nullptr;
   int r, n;
+  std::vector<int> worldRanks;
+  double timeoutSeconds = 30.0;
+  std::vector<void *> pendingPongs;
 };
 
 Status openMpi(std::shared_ptr<Communicator> &out) {
@@ -199,19 +367,29 @@ Status openMpi(std::shared_ptr<Communicator> &out) {
       reinterpret_cast<int (*)(void *, int *)>(symbol("MPI_Comm_size"));
   api.commSetErrhandler = reinterpret_cast<int (*)(void *, void *)>(
       symbol("MPI_Comm_set_errhandler"));
-  api.allreduce =
+  api.iallreduce =
       reinterpret_cast<int (*)(const void *, void *, int, void *, void *,
-                               void *)>(symbol("MPI_Allreduce"));
+                               void *, void **)>(symbol("MPI_Iallreduce"));
   api.errorString =
       reinterpret_cast<int (*)(int, char *, int *)>(symbol("MPI_Error_string"));
-  api.sendFn =
-      reinterpret_cast<int (*)(const void *, int, void *, int, int, void *)>(
-          symbol("MPI_Send"));
-  api.recvFn =
-      reinterpret_cast<int (*)(void *, int, void *, int, int, void *, void *)>(
-          symbol("MPI_Recv"));
-  api.bcast = reinterpret_cast<int (*)(void *, int, void *, int, void *)>(
-      symbol("MPI_Bcast"));
+  api.isend = reinterpret_cast<int (*)(const void *, int, void *, int, int,
+                                       void *, void **)>(symbol("MPI_Isend"));
+  api.irecv =
+      reinterpret_cast<int (*)(void *, int, void *, int, int, void *, void **)>(
+          symbol("MPI_Irecv"));
+  api.ibcast =
+      reinterpret_cast<int (*)(void *, int, void *, int, void *, void **)>(
+          symbol("MPI_Ibcast"));
+  api.test =
+      reinterpret_cast<int (*)(void **, int *, void *)>(symbol("MPI_Test"));
+  api.iprobe = reinterpret_cast<int (*)(int, int, void *, int *, void *)>(
+      symbol("MPI_Iprobe"));
+  api.commDup =
+      reinterpret_cast<int (*)(void *, void **)>(symbol("MPI_Comm_dup"));
+  api.allgather =
+      reinterpret_cast<int (*)(const void *, int, void *, void *, int, void *,
+                               void *)>(symbol("MPI_Allgather"));
+  api.intType = symbol("ompi_mpi_int");
   api.commSplit = reinterpret_cast<int (*)(void *, int, int, void **)>(
       symbol("MPI_Comm_split"));
   api.abort = reinterpret_cast<int (*)(void *, int)>(symbol("MPI_Abort"));
@@ -222,7 +400,8 @@ Status openMpi(std::shared_ptr<Communicator> &out) {
   api.errorsReturn = symbol("ompi_mpi_errors_return");
   if (!api.initialized || !api.finalized || !api.init || !api.finalize ||
       !api.commRank || !api.commSize || !api.commSetErrhandler ||
-      !api.allreduce || !api.sendFn || !api.recvFn || !api.bcast ||
+      !api.iallreduce || !api.isend || !api.irecv || !api.ibcast || !api.test ||
+      !api.iprobe || !api.commDup || !api.allgather || !api.intType ||
       !api.commSplit || !api.abort || !api.commWorld || !api.floatType ||
       !api.byteType || !api.sum || !api.errorsReturn)
     return Status::error(StatusCode::NotFound,
