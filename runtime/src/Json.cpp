@@ -246,12 +246,19 @@ private:
         uint32_t cp;
         if (!parseHex4(cp))
           return false;
-        if (cp >= 0xD800 && cp < 0xDC00 && pos + 6 <= text.size() &&
-            text[pos] == '\\' && text[pos + 1] == 'u') {
+        // UTF-16 surrogates come in pairs; a lone one is no character.
+        if (cp >= 0xDC00 && cp < 0xE000)
+          return err("unpaired surrogate in \\u escape");
+        if (cp >= 0xD800 && cp < 0xDC00) {
+          if (pos + 6 > text.size() || text[pos] != '\\' ||
+              text[pos + 1] != 'u')
+            return err("unpaired surrogate in \\u escape");
           pos += 2;
           uint32_t lo;
           if (!parseHex4(lo))
             return false;
+          if (lo < 0xDC00 || lo >= 0xE000)
+            return err("unpaired surrogate in \\u escape");
           cp = 0x10000 + ((cp - 0xD800) << 10) + (lo - 0xDC00);
         }
         appendUtf8(out, cp);

@@ -39,3 +39,15 @@ TEST(JsonTest, ReportsErrorsWithOffset) {
   EXPECT_NE(error.find("nested deeper than 128 levels"), std::string::npos)
       << error;
 }
+
+TEST(JsonTest, SurrogatesComeInPairs) {
+  json::Value v;
+  std::string error;
+  ASSERT_TRUE(json::parse(R"("\ud83d\ude00")", v, error)) << error;
+  EXPECT_EQ(v.string, "\xf0\x9f\x98\x80"); // U+1F600
+  for (const char *bad : {R"("\ud83d")", R"("\ude00")", R"("\ud83d\u0041")",
+                          R"("\ud83dx")"}) {
+    EXPECT_FALSE(json::parse(bad, v, error)) << bad;
+    EXPECT_NE(error.find("unpaired surrogate"), std::string::npos) << error;
+  }
+}
