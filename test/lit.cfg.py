@@ -35,11 +35,12 @@ config.substitutions.append(("%cmake", config.kiln_cmake))
 config.substitutions.append(("%cc", config.kiln_cc))
 
 # A sanitized build (KILN_SANITIZE, docs/testing.md): the tools find the
-# shared sanitizer runtime themselves; Python and the C programs a test
-# builds are not instrumented, so the runtime is preloaded into them before
-# they load libkiln.so. Leaks are checked in Kiln's own processes only
-# (Python and mpirun hold memory to exit by design).
+# shared sanitizer runtime through their rpath; Python and the C programs a
+# test builds are not instrumented, so the runtime is preloaded into them
+# before they load libkiln.so (%kiln_python, %preload_sanitizer). Leaks are
+# checked in Kiln's own processes only (Python keeps memory to exit).
 python = config.kiln_python or "python3"
+preload = ""
 if config.kiln_sanitize:
     config.available_features.add("sanitized")
     supp = os.path.join(config.kiln_src_root, "test", "sanitizers")
@@ -50,17 +51,14 @@ if config.kiln_sanitize:
     config.environment["LSAN_OPTIONS"] = "suppressions=" + os.path.join(
         supp, "lsan.supp")
     config.environment["UBSAN_OPTIONS"] = "print_stacktrace=1:halt_on_error=1"
-    preload = ""
     if "address" in config.kiln_sanitize:
         runtime = subprocess.run(
             [config.kiln_cc, "-print-file-name=libclang_rt.asan-x86_64.so"],
             capture_output=True, text=True).stdout.strip()
         preload = "env LD_PRELOAD=%s ASAN_OPTIONS=%s " % (
             runtime, ":".join(asan_options + ["detect_leaks=0"]))
-    python = preload + python
-    config.substitutions.append(("%preload_sanitizer", preload))
-else:
-    config.substitutions.append(("%preload_sanitizer", ""))
+config.substitutions.append(("%preload_sanitizer", preload))
+config.substitutions.append(("%kiln_python", preload + python))
 config.substitutions.append(("%python", python))
 
 # NumPy cross-checks run only where Debian's python3-numpy is installed.
