@@ -45,7 +45,7 @@ kiln_build_sanitized() {
 # lit sets the same for the processes it starts (test/lit.cfg.py); these
 # reach the GoogleTest binaries ctest runs directly.
 kiln_sanitizer_env() {
-  export ASAN_OPTIONS=abort_on_error=0:halt_on_error=1:allocator_may_return_null=1:detect_stack_use_after_return=0
+  export ASAN_OPTIONS=abort_on_error=0:halt_on_error=1:allocator_may_return_null=1:allow_user_poisoning=0:detect_stack_use_after_return=0
   export LSAN_OPTIONS=suppressions=$KILN_ROOT/test/sanitizers/lsan.supp
   export UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1
 }

@@ -46,6 +46,10 @@ if config.kiln_sanitize:
     supp = os.path.join(config.kiln_src_root, "test", "sanitizers")
     asan_options = ["abort_on_error=0", "halt_on_error=1",
                     "allocator_may_return_null=1",
+                    # LLVM's headers poison the free part of allocator slabs
+                    # in instrumented code; the distribution's libMLIR is not
+                    # instrumented and writes there legitimately.
+                    "allow_user_poisoning=0",
                     "detect_stack_use_after_return=0"]
     config.environment["ASAN_OPTIONS"] = ":".join(asan_options)
     config.environment["LSAN_OPTIONS"] = "suppressions=" + os.path.join(

@@ -125,8 +125,9 @@ const char *kiln_status_code_name(kiln_status_code code) {
     return "KILN_STATUS_DEVICE_ERROR";
   case KILN_STATUS_INTERNAL:
     return "KILN_STATUS_INTERNAL";
+  default:
+    return "KILN_STATUS_UNKNOWN";
   }
-  return "KILN_STATUS_UNKNOWN";
 }
 
 void kiln_status_free(kiln_status *status) {

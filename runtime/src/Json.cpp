@@ -112,7 +112,8 @@ private:
         return false;
       // A repeated key is ambiguous (readers disagree on which one wins): an
       // edited file must not get to pick.
-      if (out.object.count(key)) {
+      auto [member, inserted] = out.object.try_emplace(std::move(key));
+      if (!inserted) {
         pos = keyAt;
         return err("duplicate key");
       }
@@ -121,10 +122,8 @@ private:
         return err("expected ':'");
       ++pos;
       skipSpace();
-      Value member;
-      if (!parseValue(member, depth + 1))
+      if (!parseValue(member->second, depth + 1))
         return false;
-      out.object[key] = std::move(member);
       skipSpace();
       if (pos < text.size() && text[pos] == ',') {
         ++pos;
@@ -148,10 +147,8 @@ private:
     }
     while (true) {
       skipSpace();
-      Value element;
-      if (!parseValue(element, depth + 1))
+      if (!parseValue(out.array.emplace_back(), depth + 1))
         return false;
-      out.array.push_back(std::move(element));
       skipSpace();
       if (pos < text.size() && text[pos] == ',') {
         ++pos;
@@ -205,6 +202,15 @@ private:
   bool parseString(std::string &out) {
     ++pos; // opening quote
     while (pos < text.size()) {
+      // A run of plain characters goes in at once.
+      size_t run = pos;
+      while (run < text.size() && text[run] != '"' && text[run] != '\\' &&
+             static_cast<unsigned char>(text[run]) >= 0x20)
+        ++run;
+      out.append(text, pos, run - pos);
+      pos = run;
+      if (pos >= text.size())
+        break;
       char c = text[pos++];
       if (c == '"')
         return true;
@@ -308,7 +314,7 @@ private:
 
 } // namespace
 
-const Value *Value::find(const std::string &key) const {
+const Value *Value::find(std::string_view key) const {
   if (kind != Kind::Object)
     return nullptr;
   auto it = object.find(key);

@@ -201,7 +201,7 @@ static Status bindWeights(const Checkpoint &checkpoint, BoundPlan &bound) {
                                  "' the engine binds");
       std::vector<int64_t> full = plan::unshardedShape(v.shards, v.shape);
       if (info->shape != full ||
-          dtypeName(info->dtype) != plan::dtypeName(v.dtype))
+          std::strcmp(dtypeName(info->dtype), plan::dtypeName(v.dtype)) != 0)
         return Status::error(
             StatusCode::InvalidCheckpoint,
             info->file->path() + ": tensor '" + v.name + "' is " +

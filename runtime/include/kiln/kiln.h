@@ -63,7 +63,11 @@ typedef enum kiln_status_code {
   KILN_STATUS_UNAVAILABLE = 5,        /* no driver, no GPU, the wrong GPU */
   KILN_STATUS_OUT_OF_MEMORY = 6,      /* host or device memory */
   KILN_STATUS_DEVICE_ERROR = 7,       /* a failed driver call or kernel */
-  KILN_STATUS_INTERNAL = 8
+  KILN_STATUS_INTERNAL = 8,
+  /* Not codes: they give the type every int value, so a value from a newer
+   * library or a caller's mistake is defined behaviour (and reported). */
+  KILN_STATUS_CODE_MIN_ = -2147483647 - 1,
+  KILN_STATUS_CODE_MAX_ = 2147483647
 } kiln_status_code;
 
 typedef struct kiln_status kiln_status;
@@ -84,7 +88,9 @@ typedef struct kiln_model kiln_model;
 typedef enum kiln_device {
   KILN_DEVICE_AUTO = 0, /* where the engine's target runs */
   KILN_DEVICE_HOST = 1, /* refuse engines that are not host engines */
-  KILN_DEVICE_CUDA = 2  /* refuse engines that are not sm_90a engines */
+  KILN_DEVICE_CUDA = 2, /* refuse engines that are not sm_90a engines */
+  KILN_DEVICE_MIN_ = -2147483647 - 1, /* not devices: every int is a value */
+  KILN_DEVICE_MAX_ = 2147483647
 } kiln_device;
 
 /* Settings that an environment variable also sets: -1 (what init sets)
@@ -194,7 +200,11 @@ typedef enum kiln_output_mode {
   /* The last token's vocab logits: the LM head runs on that row alone. */
   KILN_OUTPUT_LAST_LOGITS = 1,
   /* count * vocab logits, a row per token. */
-  KILN_OUTPUT_ALL_LOGITS = 2
+  KILN_OUTPUT_ALL_LOGITS = 2,
+  /* Not modes: every int is a value of the type (an unknown one is
+   * reported, not undefined). */
+  KILN_OUTPUT_MODE_MIN_ = -2147483647 - 1,
+  KILN_OUTPUT_MODE_MAX_ = 2147483647
 } kiln_output_mode;
 
 typedef struct kiln_output {

@@ -13,6 +13,7 @@
 #include <map>
 #include <memory>
 #include <string>
+#include <string_view>
 #include <vector>
 
 namespace kiln::json {
@@ -30,7 +31,7 @@ struct Value {
   int64_t integer = 0;
   std::string string;
   std::vector<Value> array;
-  std::map<std::string, Value> object;
+  std::map<std::string, Value, std::less<>> object;
 
   bool isNull() const { return kind == Kind::Null; }
   bool isObject() const { return kind == Kind::Object; }
@@ -39,7 +40,7 @@ struct Value {
   bool isNumber() const { return kind == Kind::Number; }
   bool isBool() const { return kind == Kind::Bool; }
   /// Member lookup; nullptr when absent or when this is not an object.
-  const Value *find(const std::string &key) const;
+  const Value *find(std::string_view key) const;
 };
 
 /// Parses `text`. On failure returns false and sets `error` to a message with
