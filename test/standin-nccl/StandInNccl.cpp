@@ -26,11 +26,13 @@
 #include <cstring>
 #include <dlfcn.h>
 #include <fcntl.h>
+#include <memory>
 #include <random>
 #include <string>
 #include <sys/mman.h>
 #include <thread>
 #include <unistd.h>
+#include <vector>
 
 namespace {
 
@@ -58,12 +60,17 @@ struct Shared {
   float mailbox[kMaxRanks][kMaxRanks][kSlotFloats / kMaxRanks];
 };
 
+struct Work;
+
 struct Comm {
   Shared *shared = nullptr;
   int rank = 0, ranks = 1;
   std::string name;
   std::atomic<int> error{ncclSuccess};
   uint64_t generation = 0;
+  /// Every work item enqueued on this communicator: a graph may replay one
+  /// any number of times, so they live until the communicator is destroyed.
+  std::vector<std::unique_ptr<Work>> work;
 };
 
 double timeoutSeconds() {
@@ -196,9 +203,10 @@ ncclResult_t enqueue(Comm *c, Kind kind, const void *in, void *out,
     return c->error;
   if (!findDriver())
     return ncclSystemError;
-  auto *work = new Work{
-      c,     kind, static_cast<const float *>(in), static_cast<float *>(out),
-      count, peer};
+  c->work.push_back(
+      std::make_unique<Work>(Work{c, kind, static_cast<const float *>(in),
+                                  static_cast<float *>(out), count, peer}));
+  Work *work = c->work.back().get();
   return launchHostFunc(stream, run, work) == 0 ? ncclSuccess : ncclSystemError;
 }
 

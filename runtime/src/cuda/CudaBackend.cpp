@@ -1208,13 +1208,12 @@ bool CudaSession::runStep(const Step &step, StepOutput &out,
     for (const Prepared &p : prepared)
       if (!(ok = enqueue(p, error)))
         break;
-    void *graph = nullptr;
+    // The session owns the captured graph from here on (dropGraph).
     CUresult ended = d.cuStreamEndCapture(stream, &graph);
-    if (!ok)
+    if (!ok || !check(ended, "cuStreamEndCapture", error)) {
+      dropGraph();
       return false;
-    if (!check(ended, "cuStreamEndCapture", error))
-      return false;
-    graph = graph;
+    }
     if (!check(d.cuGraphInstantiateWithFlags(&graphExec, graph, 0),
                "cuGraphInstantiateWithFlags", error))
       return false;
