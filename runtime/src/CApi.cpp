@@ -185,6 +185,13 @@ kiln_status *kiln_model_load(const kiln_model_params *params,
       applyFlag(params->graph_stats, options.graphStats);
     if (KILN_HOLDS(params, dump_dir) && params->dump_dir)
       options.dumpDir = params->dump_dir;
+    if (KILN_HOLDS(params, threads) && params->threads != 0) {
+      if (params->threads < 0 || params->threads > 4096)
+        return invalid("kiln_model_load: threads must be 0 (all cores) or "
+                       "1 to 4096, not " +
+                       std::to_string(params->threads));
+      options.threads = params->threads;
+    }
     kiln::Status status;
     auto model = kiln::Model::load(params->engine_path, params->checkpoint_dir,
                                    options, status);

@@ -404,6 +404,8 @@ std::string kiln::plan::writePlan(const Plan &plan) {
       o.integers("eos_token_ids", plan.eosTokenIds);
     if (plan.maxPositions > 0)
       o.integer("max_positions", plan.maxPositions);
+    if (!plan.hostCpu.empty())
+      o.string("host_cpu", plan.hostCpu);
     for (auto [key, fn] : {std::pair{"argmax", &plan.argmax},
                            std::pair{"sample", &plan.sample}}) {
       if (fn->function.empty())
@@ -650,6 +652,11 @@ bool kiln::plan::readPlan(const std::string &text, const std::string &path,
   plan.eosTokenIds = top.integers("eos_token_ids");
   plan.maxPositions = top.integer("max_positions", 0);
   top.inRange("max_positions", plan.maxPositions, 0, int64_t(1) << 40);
+  plan.hostCpu = top.string("host_cpu");
+  if (!plan.hostCpu.empty() && plan.hostCpu != "x86-64-v2" &&
+      plan.hostCpu != "x86-64-v3" && plan.hostCpu != "x86-64-v4")
+    top.fail("unknown host_cpu '" + plan.hostCpu +
+             "' (known: x86-64-v2, x86-64-v3, x86-64-v4)");
   for (auto [key, fn] :
        {std::pair{"argmax", &plan.argmax}, std::pair{"sample", &plan.sample}}) {
     const json::Value *entry = root.isObject() ? root.find(key) : nullptr;

@@ -21,6 +21,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <dlfcn.h>
+#include <sched.h>
 #include <sys/mman.h>
 #include <unistd.h>
 
@@ -137,14 +138,61 @@ public:
   void *library = nullptr;
   /// Per launch: `_mlir_ciface_<kernel>`.
   std::vector<void *> entries;
+  /// libomp's omp_set_num_threads, for kernels with threads (null without).
+  void (*setThreads)(int) = nullptr;
+  int threads = 1;
 };
+
+/// The CPUs this process may run on, shared among the ranks of an MPI job
+/// on this node (OpenMPI and MPICH say how many there are).
+int defaultThreads() {
+  cpu_set_t set;
+  int cpus = sched_getaffinity(0, sizeof set, &set) == 0 ? CPU_COUNT(&set)
+                                                         : 1;
+  int local = 1;
+  for (const char *name : {"OMPI_COMM_WORLD_LOCAL_SIZE", "MPI_LOCALNRANKS"})
+    if (const char *v = std::getenv(name)) {
+      local = std::max(1, std::atoi(v));
+      break;
+    }
+  return std::max(1, cpus / local);
+}
+
+/// Whether this CPU runs code built for x86-64 level `level`.
+bool cpuSupports(const std::string &level) {
+#if defined(__x86_64__)
+  __builtin_cpu_init();
+  if (level == "x86-64-v4")
+    return __builtin_cpu_supports("x86-64-v4");
+  if (level == "x86-64-v3")
+    return __builtin_cpu_supports("x86-64-v3");
+  if (level == "x86-64-v2")
+    return __builtin_cpu_supports("x86-64-v2");
+  return level.empty();
+#else
+  return false;
+#endif
+}
 
 } // namespace
 
 Status kiln::openHostBackend(const EngineFile &engine, const BoundPlan &bound,
-                             const RuntimeOptions &,
+                             const RuntimeOptions &options,
                              std::unique_ptr<Backend> &out) {
   const std::string &path = bound.enginePath;
+  const std::string &level = bound.plan.hostCpu;
+  if (!cpuSupports(level))
+    return Status::error(
+        StatusCode::InvalidEngine,
+        path + ": its kernels were compiled for " +
+            (level.empty() ? std::string("another kind of CPU")
+                           : level + " (" +
+                                 (level == "x86-64-v4"   ? "AVX-512"
+                                  : level == "x86-64-v3" ? "AVX2 and FMA"
+                                                         : "SSE4.2") +
+                                 ")") +
+            ", which this CPU lacks: compile it again with kilnc --cpu "
+            "native");
   auto kernels = engine.sections.find(SectionKind::HostKernels);
   if (kernels == engine.sections.end())
     return Status::error(StatusCode::InvalidEngine,
@@ -222,6 +270,10 @@ Status kiln::openHostBackend(const EngineFile &engine, const BoundPlan &bound,
                                "' takes too many arguments");
     model->entries.push_back(entry);
   }
+  // dlsym on the library's handle also searches what it links: libomp.
+  model->setThreads = reinterpret_cast<void (*)(int)>(
+      dlsym(model->library, "omp_set_num_threads"));
+  model->threads = options.threads > 0 ? options.threads : defaultThreads();
   out = std::move(model);
   return {};
 }
@@ -310,6 +362,10 @@ Status HostSession::run(const Step &step, StepOutput &out) {
   }
   if (Status s = checkStepMemory(step); !s.ok())
     return s;
+  // The thread count is per calling thread in OpenMP: set it for the
+  // thread running this session.
+  if (model.setThreads)
+    model.setThreads(model.threads);
   // One arena for the step's activations, laid out by the plan.
   arena.resize((plan.arenaBytesPerToken * t + 7) / 8);
   uint8_t *base = reinterpret_cast<uint8_t *>(arena.data());

@@ -41,6 +41,12 @@ RuntimeOptions RuntimeOptions::fromEnvironment() {
   o.graphStats = envFlag("KILN_CUDA_GRAPH_STATS", false);
   if (const char *v = std::getenv("KILN_DUMP_DIR"))
     o.dumpDir = v;
+  if (const char *v = std::getenv("KILN_THREADS")) {
+    char *end = nullptr;
+    long n = std::strtol(v, &end, 10);
+    if (end != v && *end == '\0' && n > 0 && n <= 4096)
+      o.threads = static_cast<int>(n);
+  }
   return o;
 }
 

@@ -50,11 +50,14 @@ void usage() {
                "                [--ignore-eos] [--step N | --decode-from N]\n"
                "                [--device auto|host|cuda] [--kv-tokens N] "
                "[--max-context N]\n"
+               "                [--threads N]\n"
                "--kv-tokens: context to reserve KV caches for (default: the "
                "prompt plus\n"
                "             --max-new-tokens; 0 grows them as needed)\n"
                "--max-context: the longest run allowed (default: the model's "
-               "max_position_embeddings)\n");
+               "max_position_embeddings)\n"
+               "--threads: threads of the host kernels (default: every core; "
+               "KILN_THREADS)\n");
 }
 
 bool parseNumber(const char *text, double &out) {
@@ -70,6 +73,7 @@ int main(int argc, char **argv) {
   std::string engine, checkpoint, tokensText, tokensFile, dumpLogits;
   std::string device = "auto";
   long maxNew = 0, step = 0, decodeFrom = 0, kvTokens = -1, maxContext = 0;
+  long threads = 0;
   bool ignoreEos = false;
   double temperature = 0, topP = 1;
   int64_t topK = 0;
@@ -101,7 +105,8 @@ int main(int argc, char **argv) {
                     "'");
     } else if (arg == "--max-new-tokens" || arg == "--top-k" ||
                arg == "--seed" || arg == "--step" || arg == "--decode-from" ||
-               arg == "--kv-tokens" || arg == "--max-context") {
+               arg == "--kv-tokens" || arg == "--max-context" ||
+               arg == "--threads") {
       const char *text = value(arg.c_str());
       // Counts of tokens are bounded far past any model (2^40); a seed by
       // what a double holds exactly.
@@ -123,6 +128,12 @@ int main(int argc, char **argv) {
         kvTokens = static_cast<long>(number);
       else if (arg == "--max-context")
         maxContext = static_cast<long>(number);
+      else if (arg == "--threads") {
+        if (number < 1 || number > 4096)
+          return fail("--threads expects 1 to 4096, got '" +
+                      std::string(text) + "'");
+        threads = static_cast<long>(number);
+      }
       else
         step = static_cast<long>(number);
     } else if (arg == "--temperature" || arg == "--top-p") {
@@ -172,7 +183,8 @@ int main(int argc, char **argv) {
                engine.c_str(), checkpoint.c_str());
   // The run's whole context, reserved up front: the KV caches never grow
   // (and a decode graph is never recaptured for it) within the run.
-  auto model = kiln::api::Model::load(engine, checkpoint, error, where);
+  auto model = kiln::api::Model::load(engine, checkpoint, error, where,
+                                      static_cast<int>(threads));
   if (!model)
     return fail(error);
   // A run past the model's context is refused before anything is sized

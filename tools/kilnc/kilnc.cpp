@@ -68,6 +68,15 @@ static cl::opt<std::string>
 static cl::opt<std::string>
     emitPtx("emit-ptx", cl::desc("sm_90a: also write the kernels' PTX here"),
             cl::value_desc("file"), cl::cat(targetCategory));
+static cl::opt<std::string> hostCpu(
+    "cpu", cl::init("x86-64-v3"),
+    cl::desc("Host engines: the x86-64 level the kernels may use "
+             "(x86-64-v2, x86-64-v3, x86-64-v4 or native: the highest this "
+             "machine has); the engine refuses to load on a CPU without it"));
+static cl::opt<bool> hostThreads(
+    "host-threads", cl::init(true),
+    cl::desc("Host engines: run the kernels on a pool of threads (libomp); "
+             "--host-threads=false for one thread"));
 static cl::opt<bool> kernelResources(
     "kernel-resources",
     cl::desc("sm_90a: print registers, spills and shared memory per GPU "
@@ -246,8 +255,11 @@ static int runCompile() {
     };
     if (target == "host") {
       stage("generating host code");
-      if (llvm::Error e =
-              mlir::kiln::writeHostEngine(**module, mainOutput, workDir))
+      mlir::kiln::HostEngineOptions hostOptions;
+      hostOptions.cpu = hostCpu;
+      hostOptions.threads = hostThreads;
+      if (llvm::Error e = mlir::kiln::writeHostEngine(**module, mainOutput,
+                                                      workDir, hostOptions))
         return fail(std::move(e));
     } else {
       stage("generating sm_90a code");

@@ -29,11 +29,29 @@ def ConvertKilnToLoops : Pass<"kiln-convert-kernels-to-loops", "mlir::ModuleOp">
     hold every cached token followed by the new ones (the runtime appends
     new keys/values to its KV pools before the launch). The module must hold
     only kernels: the graph that calls them keeps tensor semantics.
+
+    With `vector-bits` (256: AVX2, 512: AVX-512) the heavy operations take
+    their fast forms: GEMMs as register tiles of vector accumulators over
+    L2-sized column blocks, the MoE expert GEMMs as outer-product tiles over
+    each expert's routed tokens, attention with vector dot products and
+    value sums. With `parallel` their partitioned loop (column blocks,
+    heads) is an `scf.parallel`, for the host pipeline to turn into threads.
+    An output element is computed the same way in every tile and every
+    partition, so results do not depend on the thread count. Without
+    `vector-bits` every operation is a scalar loop nest that follows the
+    reference kernels operation for operation.
   }];
+  let options = [
+    Option<"vectorBits", "vector-bits", "int64_t", "0",
+           "Vector register width of the target in bits (0: scalar loops)">,
+    Option<"parallel", "parallel", "bool", "false",
+           "Emit the partitioned loops as scf.parallel">,
+  ];
   let dependentDialects = ["mlir::arith::ArithDialect",
                            "mlir::math::MathDialect",
                            "mlir::memref::MemRefDialect",
-                           "mlir::scf::SCFDialect"];
+                           "mlir::scf::SCFDialect",
+                           "mlir::vector::VectorDialect"];
 }
 
 def ConvertKilnToGPU : Pass<"kiln-convert-kernels-to-gpu", "mlir::ModuleOp"> {

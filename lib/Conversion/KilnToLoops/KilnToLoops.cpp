@@ -11,6 +11,8 @@
 //
 //===----------------------------------------------------------------------===//
 
+#include "HostVector.h"
+
 #include "dialects/kiln/KilnOps.h"
 #include "kiln/Conversion/Emitter.h"
 #include "kiln/Conversion/Passes.h"
@@ -34,7 +36,8 @@ namespace {
 /// Lowers one kernel function.
 class KernelLowering {
 public:
-  explicit KernelLowering(func::FuncOp kernel) : kernel(kernel) {}
+  KernelLowering(func::FuncOp kernel, const HostVectorShape &shape)
+      : kernel(kernel), shape(shape) {}
 
   LogicalResult run();
 
@@ -55,7 +58,10 @@ private:
   Value destination(Value result, Value rows, Emitter &e);
   Value rows(Value tensor, Emitter &e) { return e.dim(buffer(tensor), 0); }
 
+  bool vectorized() const { return shape.lanes > 1; }
+
   func::FuncOp kernel;
+  HostVectorShape shape;
   llvm::DenseMap<Value, Value> buffers;
   llvm::DenseMap<Value, Value> outputs;
   /// For attention kernels: the key argument -> its positions argument.
@@ -177,6 +183,10 @@ LogicalResult KernelLowering::lowerOp(Operation *op, Emitter &e) {
         Value t = rows(l.getInput(), e);
         Value out = destination(l.getResult(), t, e);
         int64_t k = width(l.getInput());
+        if (vectorized()) {
+          emitVectorLinear(e, shape, x, w, out, t, k, width(l.getResult()));
+          return success();
+        }
         e.loops({t, e.index(width(l.getResult()))}, [&](ValueRange ivs) {
           Value acc = e.sum(e.index(k), [&](Value i) {
             return e.mul(e.load(x, {ivs[0], i}), e.load(w, {ivs[1], i}));
@@ -329,6 +339,11 @@ LogicalResult KernelLowering::lowerOp(Operation *op, Emitter &e) {
         auto wType = cast<RankedTensorType>(g.getGateUp().getType());
         int64_t experts = wType.getDimSize(0), d = wType.getDimSize(1);
         int64_t f = wType.getDimSize(2) / 2;
+        if (vectorized()) {
+          emitVectorExpertGateUp(e, shape, x, idx, off, gates, w, out, experts,
+                                 d, f);
+          return success();
+        }
         Value z = memref::AllocOp::create(
             *e.b, e.loc, MemRefType::get({d}, e.b->getF32Type()));
         temporaries.push_back(z);
@@ -365,6 +380,11 @@ LogicalResult KernelLowering::lowerOp(Operation *op, Emitter &e) {
         auto wType = cast<RankedTensorType>(dn.getDown().getType());
         int64_t experts = wType.getDimSize(0), f = wType.getDimSize(1);
         int64_t d = wType.getDimSize(2);
+        if (vectorized()) {
+          emitVectorExpertDown(e, shape, h, idx, off, w, addend, out, t,
+                               experts, f, d);
+          return success();
+        }
         e.loops({t, e.index(d)}, [&](ValueRange ivs) {
           e.store(e.load(addend, ivs), out, ivs);
         });
@@ -417,6 +437,22 @@ LogicalResult KernelLowering::lowerAttention(AttentionOp a, Emitter &e) {
   int64_t chunk =
       a.getMask() == MaskKind::Chunked ? a.getChunkSize().value_or(0) : 0;
   double scale = a.getScale().convertToDouble();
+  if (vectorized() && d % shape.lanes == 0) {
+    AttentionShape as{heads, kvHeads, d, chunk, scale, a.getFloorScale(),
+                      a.getAttnScale() ? a.getAttnScale()->convertToDouble()
+                                       : 0.0};
+    emitVectorAttention(
+        e, shape, q, k, v, qPositions, kPositions, out, t, as,
+        [&](Value position) {
+          return as.floorScale ? emitTemperature(e, position, as.attnScale,
+                                                 *as.floorScale)
+                               : e.f32(1.0);
+        },
+        [&](Value qPos, Value kPos) {
+          return emitVisible(e, qPos, kPos, chunk);
+        });
+    return success();
+  }
   Value scores = memref::AllocOp::create(
       *e.b, e.loc, MemRefType::get({ShapedType::kDynamic}, e.b->getF32Type()),
       ValueRange{keys});
@@ -726,8 +762,20 @@ LogicalResult KernelLowering::run() {
 
 struct ConvertKilnToLoopsPass
     : mlir::kiln::impl::ConvertKilnToLoopsBase<ConvertKilnToLoopsPass> {
+  using ConvertKilnToLoopsBase::ConvertKilnToLoopsBase;
+
   void runOnOperation() override {
     ModuleOp module = getOperation();
+    if (vectorBits != 0 && vectorBits != 128 && vectorBits != 256 &&
+        vectorBits != 512) {
+      module.emitError() << "vector-bits must be 0, 128, 256 or 512, not "
+                         << vectorBits;
+      return signalPassFailure();
+    }
+    HostVectorShape shape;
+    shape.lanes = vectorBits == 0 ? 1 : vectorBits / 32;
+    shape.registers = vectorBits == 512 ? 32 : 16;
+    shape.parallel = parallel;
     bool failedAny = false;
     for (auto func :
          llvm::make_early_inc_range(module.getOps<func::FuncOp>())) {
@@ -739,7 +787,7 @@ struct ConvertKilnToLoopsPass
         }
         continue;
       }
-      if (failed(KernelLowering(func).run()))
+      if (failed(KernelLowering(func, shape).run()))
         failedAny = true;
     }
     if (failedAny)

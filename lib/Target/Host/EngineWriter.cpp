@@ -18,6 +18,7 @@
 #include "llvm/Support/FileSystem.h"
 #include "llvm/Support/MemoryBuffer.h"
 #include "llvm/Support/Path.h"
+#include "llvm/TargetParser/Host.h"
 
 using namespace mlir;
 using namespace mlir::kiln;
@@ -26,11 +27,40 @@ static llvm::Error makeError(const llvm::Twine &message) {
   return llvm::createStringError(llvm::inconvertibleErrorCode(), message);
 }
 
+llvm::Expected<std::string>
+mlir::kiln::resolveHostCpuLevel(llvm::StringRef cpu) {
+  if (cpu == "x86-64-v2" || cpu == "x86-64-v3" || cpu == "x86-64-v4")
+    return cpu.str();
+  if (cpu != "native")
+    return makeError("unknown --cpu '" + cpu +
+                     "' (available: x86-64-v2, x86-64-v3, x86-64-v4, native)");
+  llvm::StringMap<bool> has = llvm::sys::getHostCPUFeatures();
+  auto all = [&](std::initializer_list<const char *> names) {
+    for (const char *name : names)
+      if (!has.lookup(name))
+        return false;
+    return true;
+  };
+  if (all({"avx512f", "avx512bw", "avx512cd", "avx512dq", "avx512vl", "avx2",
+           "fma", "bmi2"}))
+    return std::string("x86-64-v4");
+  if (all({"avx2", "fma", "bmi", "bmi2", "f16c", "movbe"}))
+    return std::string("x86-64-v3");
+  return std::string("x86-64-v2");
+}
+
 llvm::Error mlir::kiln::writeHostEngine(ModuleOp module, llvm::StringRef path,
-                                        llvm::StringRef workDir) {
+                                        llvm::StringRef workDir,
+                                        const HostEngineOptions &engineOptions) {
   llvm::Expected<::kiln::plan::Plan> plan = buildEnginePlan(module);
   if (!plan)
     return plan.takeError();
+  llvm::Expected<std::string> level = resolveHostCpuLevel(engineOptions.cpu);
+  if (!level)
+    return level.takeError();
+  plan->hostCpu = *level;
+  std::optional<std::string> openmp =
+      engineOptions.threads ? findOpenMPRuntime() : std::nullopt;
 
   // Kernels: clone, lower to loops and LLVM, compile, link.
   OwningOpRef<ModuleOp> kernels = ModuleOp::create(module.getLoc());
@@ -38,7 +68,12 @@ llvm::Error mlir::kiln::writeHostEngine(ModuleOp module, llvm::StringRef path,
     if (f->hasAttr(KilnDialect::getKernelAttrName()))
       kernels->push_back(f->clone());
   PassManager pm(module.getContext());
-  pm.addPass(createConvertKilnToLoops());
+  ConvertKilnToLoopsOptions lowering;
+  lowering.vectorBits = *level == "x86-64-v4"   ? 512
+                        : *level == "x86-64-v3" ? 256
+                                                : 128;
+  lowering.parallel = openmp.has_value();
+  pm.addPass(createConvertKilnToLoops(lowering));
   if (failed(pm.run(*kernels)))
     return makeError("lowering the kernels to host loops failed");
   if (failed(lowerToLLVMDialect(*kernels)))
@@ -47,10 +82,11 @@ llvm::Error mlir::kiln::writeHostEngine(ModuleOp module, llvm::StringRef path,
   llvm::sys::path::append(object, "kernels.o");
   llvm::sys::path::append(library, "kernels.so");
   HostCompileOptions options;
-  options.cpu = "x86-64-v2"; // engines must run on other x86-64 machines too
+  options.cpu = *level;
   if (llvm::Error e = emitHostObject(*kernels, object, options))
     return e;
-  if (llvm::Error e = linkSharedObject({std::string(object)}, library))
+  if (llvm::Error e = linkSharedObject({std::string(object)}, library,
+                                       openmp.value_or("")))
     return e;
   auto shared = llvm::MemoryBuffer::getFile(library, /*IsText=*/false);
   if (!shared)

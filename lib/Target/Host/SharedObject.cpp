@@ -15,13 +15,17 @@
 #include "mlir/Conversion/IndexToLLVM/IndexToLLVM.h"
 #include "mlir/Conversion/MathToLLVM/MathToLLVM.h"
 #include "mlir/Conversion/MemRefToLLVM/MemRefToLLVM.h"
+#include "mlir/Conversion/OpenMPToLLVM/ConvertOpenMPToLLVM.h"
 #include "mlir/Conversion/ReconcileUnrealizedCasts/ReconcileUnrealizedCasts.h"
 #include "mlir/Conversion/SCFToControlFlow/SCFToControlFlow.h"
+#include "mlir/Conversion/SCFToOpenMP/SCFToOpenMP.h"
+#include "mlir/Conversion/VectorToLLVM/ConvertVectorToLLVMPass.h"
 #include "mlir/Dialect/LLVMIR/LLVMDialect.h"
 #include "mlir/Dialect/MemRef/Transforms/Passes.h"
 #include "mlir/Pass/PassManager.h"
 #include "mlir/Target/LLVMIR/Dialect/Builtin/BuiltinToLLVMIRTranslation.h"
 #include "mlir/Target/LLVMIR/Dialect/LLVMIR/LLVMToLLVMIRTranslation.h"
+#include "mlir/Target/LLVMIR/Dialect/OpenMP/OpenMPToLLVMIRTranslation.h"
 #include "mlir/Target/LLVMIR/Export.h"
 
 #include "llvm/IR/LegacyPassManager.h"
@@ -29,6 +33,7 @@
 #include "llvm/MC/TargetRegistry.h"
 #include "llvm/Passes/PassBuilder.h"
 #include "llvm/Support/FileSystem.h"
+#include "llvm/Support/Path.h"
 #include "llvm/Support/Program.h"
 #include "llvm/Support/TargetSelect.h"
 #include "llvm/Support/ToolOutputFile.h"
@@ -43,8 +48,30 @@ static llvm::Error makeError(const llvm::Twine &message) {
 }
 
 LogicalResult mlir::kiln::lowerToLLVMDialect(ModuleOp module) {
+  // scf.parallel loops (the partitioned loops of vector kernels) become
+  // OpenMP worksharing loops: libomp's thread pool runs them.
+  PassManager openmp(module.getContext());
+  openmp.addPass(createConvertSCFToOpenMPPass());
+  if (failed(openmp.run(module)))
+    return failure();
+  // The conversion wraps each loop body in a memref.alloca_scope, whose
+  // region must stay one block; the bodies allocate nothing on the stack,
+  // so the scopes are dropped before the loops inside become branches.
+  module.walk([](memref::AllocaScopeOp scope) {
+    if (scope->getNumResults() != 0 ||
+        scope.getBodyRegion().walk([](memref::AllocaOp) {
+          return WalkResult::interrupt();
+        }).wasInterrupted())
+      return;
+    Block &body = scope.getBodyRegion().front();
+    body.getTerminator()->erase();
+    scope->getBlock()->getOperations().splice(
+        Block::iterator(scope), body.getOperations());
+    scope->erase();
+  });
   PassManager pm(module.getContext());
   pm.addPass(createSCFToControlFlowPass());
+  pm.addPass(createConvertVectorToLLVMPass());
   pm.addPass(memref::createExpandStridedMetadataPass());
   pm.addPass(createFinalizeMemRefToLLVMConversionPass());
   pm.addPass(createConvertMathToLLVMPass());
@@ -52,6 +79,7 @@ LogicalResult mlir::kiln::lowerToLLVMDialect(ModuleOp module) {
   pm.addPass(createConvertIndexToLLVMPass());
   pm.addPass(createConvertControlFlowToLLVMPass());
   pm.addPass(createConvertFuncToLLVMPass());
+  pm.addPass(createConvertOpenMPToLLVMPass());
   pm.addPass(createReconcileUnrealizedCastsPass());
   return pm.run(module);
 }
@@ -69,6 +97,7 @@ llvm::Error mlir::kiln::emitHostObject(ModuleOp module,
   DialectRegistry registry;
   registerBuiltinDialectTranslation(registry);
   registerLLVMDialectTranslation(registry);
+  registerOpenMPDialectTranslation(registry);
   module.getContext()->appendDialectRegistry(registry);
 
   llvm::LLVMContext llvmContext;
@@ -139,8 +168,19 @@ llvm::Error mlir::kiln::emitHostObject(ModuleOp module,
   return llvm::Error::success();
 }
 
+std::optional<std::string> mlir::kiln::findOpenMPRuntime() {
+  for (const char *dir : {KILN_LLVM_LIBRARY_DIR, "/usr/lib/llvm-22/lib"}) {
+    llvm::SmallString<256> path(dir);
+    llvm::sys::path::append(path, "libomp.so");
+    if (llvm::sys::fs::exists(path))
+      return std::string(dir);
+  }
+  return std::nullopt;
+}
+
 llvm::Error mlir::kiln::linkSharedObject(llvm::ArrayRef<std::string> objects,
-                                         llvm::StringRef outputPath) {
+                                         llvm::StringRef outputPath,
+                                         llvm::StringRef openmpDir) {
   std::string driver;
   for (const char *name : {"clang-22", "clang", "cc", "gcc"})
     if (llvm::ErrorOr<std::string> path = llvm::sys::findProgramByName(name)) {
@@ -155,6 +195,14 @@ llvm::Error mlir::kiln::linkSharedObject(llvm::ArrayRef<std::string> objects,
   for (const std::string &object : objects)
     args.push_back(object);
   args.push_back("-lm");
+  std::string libraryDir, runPath;
+  if (!openmpDir.empty()) {
+    // The kernels find libomp where it was at compile time: Debian puts
+    // LLVM's copy outside the loader's default path.
+    libraryDir = ("-L" + openmpDir).str();
+    runPath = ("-Wl,-rpath," + openmpDir).str();
+    args.append({libraryDir, runPath, "-lomp"});
+  }
   std::string message;
   int rc =
       llvm::sys::ExecuteAndWait(driver, args, std::nullopt, {}, 0, 0, &message);

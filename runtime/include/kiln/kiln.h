@@ -109,6 +109,7 @@ typedef struct kiln_model_params {
   int profile;                /* KILN_PROFILE: per-kernel GPU times */
   int graph_stats;            /* KILN_CUDA_GRAPH_STATS */
   const char *dump_dir;       /* KILN_DUMP_DIR: every launch's results */
+  int threads; /* KILN_THREADS: host kernel threads; 0: all cores */
 } kiln_model_params;
 
 KILN_API void kiln_model_params_init(kiln_model_params *params);

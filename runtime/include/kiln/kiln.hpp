@@ -66,12 +66,14 @@ public:
   static std::unique_ptr<Model> load(const std::string &engine,
                                      const std::string &checkpoint,
                                      std::string &error,
-                                     kiln_device device = KILN_DEVICE_AUTO) {
+                                     kiln_device device = KILN_DEVICE_AUTO,
+                                     int threads = 0) {
     kiln_model_params params;
     kiln_model_params_init(&params);
     params.engine_path = engine.c_str();
     params.checkpoint_dir = checkpoint.c_str();
     params.device = device;
+    params.threads = threads;
     kiln_model *handle = nullptr;
     error = consume(kiln_model_load(&params, &handle));
     if (!error.empty())

@@ -15,6 +15,7 @@
 #include "mlir/IR/BuiltinOps.h"
 #include "llvm/Support/Error.h"
 
+#include <optional>
 #include <string>
 
 namespace mlir::kiln {
@@ -36,10 +37,15 @@ LogicalResult lowerToLLVMDialect(ModuleOp module);
 llvm::Error emitHostObject(ModuleOp module, llvm::StringRef objectPath,
                            const HostCompileOptions &options = {});
 
+/// The folder holding LLVM's OpenMP runtime (libomp.so), if installed.
+std::optional<std::string> findOpenMPRuntime();
+
 /// Links object files into the shared object `outputPath` with the system
-/// C compiler driver (clang-22, clang, cc or gcc, the first found).
+/// C compiler driver (clang-22, clang, cc or gcc, the first found); with
+/// `openmpDir`, against the libomp found there.
 llvm::Error linkSharedObject(llvm::ArrayRef<std::string> objects,
-                             llvm::StringRef outputPath);
+                             llvm::StringRef outputPath,
+                             llvm::StringRef openmpDir = {});
 
 } // namespace mlir::kiln
 

@@ -219,6 +219,9 @@ struct Plan {
   /// The model's max_position_embeddings (0: not known): runs longer than
   /// it are refused unless the caller raises the bound explicitly.
   int64_t maxPositions = 0;
+  /// Host engines: the x86-64 level their kernels use (x86-64-v2, -v3,
+  /// -v4); the runtime refuses the engine on a CPU without it.
+  std::string hostCpu;
   /// `argmax(logits, token)`: the greedy token (ties to the lower id).
   TokenFunction argmax;
   /// `sample(logits, request, token)`: request = {temperature, top_k, top_p,

@@ -72,6 +72,9 @@ struct RuntimeOptions {
   bool graphStats = false;
   /// Write every launch's results as .npy files here (KILN_DUMP_DIR).
   std::string dumpDir;
+  /// Threads of the host kernels (KILN_THREADS); 0: one per core this
+  /// process may run on, shared among the ranks of an MPI run on one node.
+  int threads = 0;
 
   static RuntimeOptions fromEnvironment();
 };

@@ -1,0 +1,73 @@
+//===- HostVector.h - Vector, tiled and parallel host kernels ---*- C++ -*-===//
+//
+// The fast forms of the host lowering's heavy operations: GEMMs as register
+// tiles of vector accumulators, expert GEMMs over each expert's routed
+// tokens, attention with vector dot products. Every output element is
+// computed by one fixed sequence of operations whatever the tile it falls
+// in and however the partitioned loop is split across threads, so results
+// do not depend on the row count of a step or on the thread count.
+//
+//===----------------------------------------------------------------------===//
+
+#ifndef KILN_LIB_CONVERSION_KILNTOLOOPS_HOSTVECTOR_H
+#define KILN_LIB_CONVERSION_KILNTOLOOPS_HOSTVECTOR_H
+
+#include "kiln/Conversion/Emitter.h"
+
+#include <optional>
+
+namespace mlir::kiln {
+
+/// What the target CPU offers the generated code.
+struct HostVectorShape {
+  /// f32 lanes of one vector register (8: AVX2, 16: AVX-512).
+  int64_t lanes = 8;
+  /// Architectural vector registers (16: AVX2, 32: AVX-512).
+  int64_t registers = 16;
+  /// Partitioned loops become scf.parallel (threads) instead of scf.for.
+  bool parallel = false;
+};
+
+/// for ivs < ubs, iterations independent: scf.parallel when `parallel`.
+void emitPartitionedLoop(Emitter &e, bool parallel, ArrayRef<Value> ubs,
+                         function_ref<void(ValueRange)> body);
+
+/// out[r, c] = sum_i x[r, i] * w[c, i] for r < rows; x is [rows, k] f32,
+/// w is [n, k] (f32 or narrower floats), out is [rows, n].
+void emitVectorLinear(Emitter &e, const HostVectorShape &shape, Value x,
+                      Value w, Value out, Value rows, int64_t k, int64_t n);
+
+/// The MoE gate/up GEMM over each expert's routed tokens: for pair i of
+/// expert x, z = gate[i] * input[token[i]], out[i, j] = swiglu(z . w[x, :,
+/// j], z . w[x, :, f + j]); w is [experts, d, 2f].
+void emitVectorExpertGateUp(Emitter &e, const HostVectorShape &shape,
+                            Value input, Value indices, Value offsets,
+                            Value gates, Value w, Value out, int64_t experts,
+                            int64_t d, int64_t f);
+
+/// The MoE down GEMM: out = addend, then for each expert in order and each
+/// of its pairs i, out[token[i], :] += hidden[i, :] . w[x]; w is
+/// [experts, f, d].
+void emitVectorExpertDown(Emitter &e, const HostVectorShape &shape,
+                          Value hidden, Value indices, Value offsets, Value w,
+                          Value addend, Value out, Value rows, int64_t experts,
+                          int64_t f, int64_t d);
+
+/// Causal (optionally chunked) attention of `rows` queries over `keys` keys,
+/// the reference's three passes per (query, head) with vector dot products
+/// and value sums; heads run in parallel.
+struct AttentionShape {
+  int64_t heads, kvHeads, headDim, chunk;
+  double scale;
+  std::optional<int64_t> floorScale;
+  double attnScale;
+};
+void emitVectorAttention(Emitter &e, const HostVectorShape &shape, Value q,
+                         Value k, Value v, Value qPositions, Value kPositions,
+                         Value out, Value rows, const AttentionShape &a,
+                         function_ref<Value(Value)> temperature,
+                         function_ref<Value(Value, Value)> visible);
+
+} // namespace mlir::kiln
+
+#endif // KILN_LIB_CONVERSION_KILNTOLOOPS_HOSTVECTOR_H
