@@ -11,7 +11,7 @@ LLVM_PREFIX=/usr/lib/llvm-22
 kiln_packages=(llvm-22-dev llvm-22-tools libmlir-22-dev mlir-22-tools clang-22
                lld-22 cmake ninja-build ccache python3 python3-numpy
                libgtest-dev coreutils pkg-config openmpi-bin
-               libclang-rt-22-dev)
+               libclang-rt-22-dev libomp-22-dev)
 
 kiln_install() {
   local missing=()

@@ -2,7 +2,9 @@
 # Prepares what bench/device.sh needs on a GPU machine, which has no MLIR:
 # tiny checkpoints with their host and sm_90a engines, the sm_90a engine of a
 # 4-layer real-size Scout-shaped model (config only: device.sh draws random
-# weights there), and the prompts. Run here, then carry the folder:
+# weights there), and the prompts. Host engines are built for any AVX2 CPU
+# on one thread (the GPU machine may lack AVX-512 and libomp). Run here, then
+# carry the folder:
 #   bench/prepare-device.sh [out-dir=bench-inputs] [build-dir=build]
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
@@ -13,7 +15,7 @@ rm -rf "$out" && mkdir -p "$out"
 model() {
   local name=$1; shift
   "$bin/kiln-mkmodel" "$@" -o "$out/$name"
-  "$bin/kilnc" "$out/$name" --target host -o "$out/$name.host.kiln"
+  "$bin/kilnc" "$out/$name" --target host --cpu x86-64-v3 --host-threads=false -o "$out/$name.host.kiln"
   "$bin/kilnc" "$out/$name" --target sm_90a -o "$out/$name.sm90.kiln"
 }
 model tiny-scout --preset tiny-scout

@@ -82,6 +82,24 @@ else:
                     ": NumPy cross-checks are skipped "
                     "(apt-get install python3-numpy)")
 
+# Host engines built for AVX-512 (kilnc --cpu x86-64-v4) run only where the
+# CPU has it; the engine refuses to load elsewhere.
+def cpu_flags():
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("flags"):
+                    return set(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return set()
+
+if {"avx512f", "avx512bw", "avx512cd", "avx512dq", "avx512vl"} <= cpu_flags():
+    config.available_features.add("cpu-x86-64-v4")
+else:
+    lit_config.note("no AVX-512 on this CPU: x86-64-v4 host engines are "
+                    "compiled but not run")
+
 # OpenMPI's mpirun for tensor-parallel engines (one process per rank); as
 # root it must be told that is fine, and ranks may outnumber the cores.
 mpirun = shutil.which("mpirun")

@@ -158,8 +158,22 @@ int defaultThreads() {
   return std::max(1, cpus / local);
 }
 
-/// Whether this CPU runs code built for x86-64 level `level`.
-bool cpuSupports(const std::string &level) {
+/// x86-64 levels in order; 0 for none of them.
+int levelRank(const std::string &level) {
+  if (level == "x86-64-v2")
+    return 2;
+  if (level == "x86-64-v3")
+    return 3;
+  if (level == "x86-64-v4")
+    return 4;
+  return 0;
+}
+
+/// Whether this CPU (capped at `cap`, when set) runs code built for x86-64
+/// level `level`.
+bool cpuSupports(const std::string &level, const std::string &cap) {
+  if (!cap.empty() && levelRank(level) > levelRank(cap))
+    return false;
 #if defined(__x86_64__)
   __builtin_cpu_init();
   if (level == "x86-64-v4")
@@ -181,7 +195,11 @@ Status kiln::openHostBackend(const EngineFile &engine, const BoundPlan &bound,
                              std::unique_ptr<Backend> &out) {
   const std::string &path = bound.enginePath;
   const std::string &level = bound.plan.hostCpu;
-  if (!cpuSupports(level))
+  if (!options.cpuCap.empty() && levelRank(options.cpuCap) == 0)
+    return Status::error(StatusCode::InvalidArgument,
+                         "KILN_CPU_CAP is '" + options.cpuCap +
+                             "', not x86-64-v2, x86-64-v3 or x86-64-v4");
+  if (!cpuSupports(level, options.cpuCap))
     return Status::error(
         StatusCode::InvalidEngine,
         path + ": its kernels were compiled for " +
@@ -191,8 +209,9 @@ Status kiln::openHostBackend(const EngineFile &engine, const BoundPlan &bound,
                                   : level == "x86-64-v3" ? "AVX2 and FMA"
                                                          : "SSE4.2") +
                                  ")") +
-            ", which this CPU lacks: compile it again with kilnc --cpu "
-            "native");
+            ", which this CPU lacks: compile it again on this machine "
+            "(kilnc's default, --cpu native) or for a level it has "
+            "(--cpu x86-64-v2, x86-64-v3)");
   auto kernels = engine.sections.find(SectionKind::HostKernels);
   if (kernels == engine.sections.end())
     return Status::error(StatusCode::InvalidEngine,

@@ -41,11 +41,15 @@ RuntimeOptions RuntimeOptions::fromEnvironment() {
   o.graphStats = envFlag("KILN_CUDA_GRAPH_STATS", false);
   if (const char *v = std::getenv("KILN_DUMP_DIR"))
     o.dumpDir = v;
+  if (const char *v = std::getenv("KILN_CPU_CAP"))
+    o.cpuCap = v;
   if (const char *v = std::getenv("KILN_THREADS")) {
     char *end = nullptr;
     long n = std::strtol(v, &end, 10);
-    if (end != v && *end == '\0' && n > 0 && n <= 4096)
-      o.threads = static_cast<int>(n);
+    // Not silently all cores: Model::load refuses the setting instead.
+    o.threads = end != v && *end == '\0' && n > 0 && n <= 4096
+                    ? static_cast<int>(n)
+                    : -1;
   }
   return o;
 }
@@ -253,6 +257,14 @@ std::shared_ptr<Model> Model::load(const std::string &enginePath,
                                    const RuntimeOptions &options,
                                    Status &status) {
   status = {};
+  if (options.threads < 0 || options.threads > 4096) {
+    const char *env = std::getenv("KILN_THREADS");
+    status = Status::error(
+        StatusCode::InvalidArgument,
+        std::string("threads must be 1 to 4096 (0: every core)") +
+            (env ? std::string(", and KILN_THREADS is '") + env + "'" : ""));
+    return nullptr;
+  }
   struct stat info;
   if (::stat(enginePath.c_str(), &info) != 0) {
     status = Status::error(StatusCode::NotFound,

@@ -121,6 +121,18 @@ TEST(CApiTest, LoadReportsMisuse) {
   status = kiln_model_load(&params, &model);
   EXPECT_EQ(kiln_status_get_code(status), KILN_STATUS_INVALID_ARGUMENT);
   EXPECT_NE(messageOf(status).find("unknown device 7"), std::string::npos);
+  params.device = KILN_DEVICE_AUTO;
+
+  for (int threads : {-1, 4097}) {
+    params.threads = threads;
+    status = kiln_model_load(&params, &model);
+    EXPECT_EQ(kiln_status_get_code(status), KILN_STATUS_INVALID_ARGUMENT);
+    EXPECT_NE(messageOf(status).find("threads must be 0 (all cores) or 1 to "
+                                     "4096, not " +
+                                     std::to_string(threads)),
+              std::string::npos);
+  }
+  params.threads = 0;
 
   // A caller built before the optional fields existed passes a shorter
   // struct: they are not read.

@@ -2,9 +2,11 @@
 //
 // Builds the tiny Scout- and Maverick-shaped graphs, runs the graph pipeline,
 // lowers every kernel (GEMMs, memory-bound, attention, MoE routing and
-// grouped expert GEMMs) to host loops, compiles them into a shared object,
-// then calls each generated kernel on random inputs and compares it with the
-// reference evaluator running the same kernel function. Positions straddle
+// grouped expert GEMMs) to host loops (scalar loop nests, and vector register
+// tiles of 128, 256 and 512 bits on libomp's threads), compiles them into a
+// shared object, then calls each generated kernel on random inputs and
+// compares it with the reference evaluator running the same kernel function.
+// Seven tokens leave row, column and head tails for every tile. Positions straddle
 // floor_scale (temperature) and a chunk boundary (a chunk of 8 is used).
 //
 //===----------------------------------------------------------------------===//
@@ -23,6 +25,7 @@
 #include "mlir/Pass/PassManager.h"
 
 #include <cmath>
+#include <optional>
 #include <dlfcn.h>
 #include <gtest/gtest.h>
 #include <random>
@@ -95,7 +98,14 @@ void call(void *fn, std::vector<P> &a) {
   }
 }
 
-void checkPreset(bool scout) {
+/// How the kernels are lowered: scalar loops (vectorBits 0), or vector
+/// register tiles of that width on libomp's threads when it is installed.
+struct Lowering {
+  int64_t vectorBits;
+  const char *cpu;
+};
+
+void checkPreset(bool scout, Lowering how = {0, ""}) {
   DialectRegistry registry;
   mlir::kiln::registerAllKilnDialects(registry);
   registry.insert<LLVM::LLVMDialect>();
@@ -119,14 +129,23 @@ void checkPreset(bool scout) {
   }
   ASSERT_GE(checked.size(), 14u);
   PassManager lower(&context);
-  lower.addPass(mlir::kiln::createConvertKilnToLoops());
+  mlir::kiln::ConvertKilnToLoopsOptions options;
+  options.vectorBits = how.vectorBits;
+  std::optional<std::string> openmp = mlir::kiln::findOpenMPRuntime();
+  options.parallel = how.vectorBits != 0 && openmp.has_value();
+  lower.addPass(mlir::kiln::createConvertKilnToLoops(options));
   ASSERT_TRUE(succeeded(lower.run(*kernels)));
   ASSERT_TRUE(succeeded(mlir::kiln::lowerToLLVMDialect(*kernels)));
   std::string stem = ::testing::TempDir() + "/kiln_kernels_" +
-                     std::to_string(getpid()) + (scout ? "_s" : "_m");
-  llvm::Error e = mlir::kiln::emitHostObject(*kernels, stem + ".o");
+                     std::to_string(getpid()) + (scout ? "_s" : "_m") +
+                     std::to_string(how.vectorBits);
+  mlir::kiln::HostCompileOptions compile;
+  compile.cpu = how.cpu;
+  llvm::Error e = mlir::kiln::emitHostObject(*kernels, stem + ".o", compile);
   ASSERT_FALSE(e) << llvm::toString(std::move(e));
-  e = mlir::kiln::linkSharedObject({stem + ".o"}, stem + ".so");
+  e = mlir::kiln::linkSharedObject(
+      {stem + ".o"}, stem + ".so",
+      options.parallel ? *openmp : std::string());
   ASSERT_FALSE(e) << llvm::toString(std::move(e));
   void *library = dlopen((stem + ".so").c_str(), RTLD_NOW | RTLD_LOCAL);
   ASSERT_NE(library, nullptr) << dlerror();
@@ -272,5 +291,20 @@ void checkPreset(bool scout) {
 
 TEST(HostKernelsTest, TinyScoutKernels) { checkPreset(true); }
 TEST(HostKernelsTest, TinyMaverickKernels) { checkPreset(false); }
+TEST(HostKernelsTest, TinyScoutVector128) {
+  checkPreset(true, {128, "x86-64-v2"});
+}
+TEST(HostKernelsTest, TinyMaverickVector256) {
+  checkPreset(false, {256, "x86-64-v3"});
+}
+TEST(HostKernelsTest, TinyScoutVector256) {
+  checkPreset(true, {256, "x86-64-v3"});
+}
+TEST(HostKernelsTest, TinyMaverickVector512) {
+  __builtin_cpu_init();
+  if (!__builtin_cpu_supports("x86-64-v4"))
+    GTEST_SKIP() << "no AVX-512 on this CPU";
+  checkPreset(false, {512, "x86-64-v4"});
+}
 
 } // namespace

@@ -19,6 +19,7 @@
 #include "kiln/Pipelines/Pipelines.h"
 #include "kiln/Target/Cuda/EngineWriter.h"
 #include "kiln/Target/Host/EngineWriter.h"
+#include "kiln/Target/Host/SharedObject.h"
 #include "kiln/Transforms/Passes.h"
 #include "kiln/runtime/ToolGuards.h"
 
@@ -69,10 +70,12 @@ static cl::opt<std::string>
     emitPtx("emit-ptx", cl::desc("sm_90a: also write the kernels' PTX here"),
             cl::value_desc("file"), cl::cat(targetCategory));
 static cl::opt<std::string> hostCpu(
-    "cpu", cl::init("x86-64-v3"),
+    "cpu", cl::init("native"),
     cl::desc("Host engines: the x86-64 level the kernels may use "
-             "(x86-64-v2, x86-64-v3, x86-64-v4 or native: the highest this "
-             "machine has); the engine refuses to load on a CPU without it"));
+             "(native, the default: the highest this machine has; or "
+             "x86-64-v2, x86-64-v3 (AVX2), x86-64-v4 (AVX-512) for engines "
+             "that run elsewhere); the engine refuses to load on a CPU "
+             "without it"));
 static cl::opt<bool> hostThreads(
     "host-threads", cl::init(true),
     cl::desc("Host engines: run the kernels on a pool of threads (libomp); "
@@ -258,6 +261,10 @@ static int runCompile() {
       mlir::kiln::HostEngineOptions hostOptions;
       hostOptions.cpu = hostCpu;
       hostOptions.threads = hostThreads;
+      if (hostThreads && !mlir::kiln::findOpenMPRuntime())
+        WithColor::warning(errs(), "kilnc")
+            << "no OpenMP runtime (libomp.so) beside LLVM 22 (install "
+               "libomp-22-dev): the host kernels run on one thread\n";
       if (llvm::Error e = mlir::kiln::writeHostEngine(**module, mainOutput,
                                                       workDir, hostOptions))
         return fail(std::move(e));

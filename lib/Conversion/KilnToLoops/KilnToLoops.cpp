@@ -769,7 +769,7 @@ struct ConvertKilnToLoopsPass
     if (vectorBits != 0 && vectorBits != 128 && vectorBits != 256 &&
         vectorBits != 512) {
       module.emitError() << "vector-bits must be 0, 128, 256 or 512, not "
-                         << vectorBits;
+                         << static_cast<int64_t>(vectorBits);
       return signalPassFailure();
     }
     HostVectorShape shape;

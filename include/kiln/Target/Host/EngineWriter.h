@@ -22,7 +22,7 @@ struct HostEngineOptions {
   /// AVX2 + FMA, x86-64-v4: AVX-512), or "native": the highest level of the
   /// compiling machine. The engine records it and refuses to load on a CPU
   /// without it.
-  std::string cpu = "x86-64-v3";
+  std::string cpu = "native";
   /// Partitioned loops run on libomp's threads (when libomp is installed).
   bool threads = true;
 };

@@ -73,8 +73,13 @@ struct RuntimeOptions {
   /// Write every launch's results as .npy files here (KILN_DUMP_DIR).
   std::string dumpDir;
   /// Threads of the host kernels (KILN_THREADS); 0: one per core this
-  /// process may run on, shared among the ranks of an MPI run on one node.
+  /// process may run on, shared among the ranks of an MPI run on one node;
+  /// below 0 (KILN_THREADS not a count): Model::load refuses.
   int threads = 0;
+  /// Treat this CPU as having at most this x86-64 level (KILN_CPU_CAP:
+  /// x86-64-v2, -v3 or -v4), to try on one machine whether an engine loads
+  /// on a lesser one.
+  std::string cpuCap;
 
   static RuntimeOptions fromEnvironment();
 };
