@@ -2,10 +2,11 @@
  * host kernels against: single-precision FMA GFLOP/s (independent vector
  * FMA chains, so latency never limits) and memory bandwidth (STREAM-like
  * copy and triad over arrays far larger than the caches), each with 1..N
- * threads. Built at benchmark time with -march=native: the widest vectors
- * the machine has.
+ * threads, and a read-only sum (what a decode step does to its weights).
+ * Built at benchmark time with -march=native: the widest vectors the
+ * machine has.
  *
- *   cpu-peak THREADS...   prints "threads fma_gflops copy_gbs triad_gbs"
+ *   cpu-peak THREADS...   prints "threads fma_gflops copy_gbs triad_gbs read_gbs"
  */
 #include <pthread.h>
 #include <stdio.h>
@@ -22,8 +23,13 @@
 #endif
 typedef float vec __attribute__((vector_size(LANES * 4)));
 
-/* Enough chains to cover FMA latency (4) x ports (2) with room to spare. */
-#define CHAINS 12
+/* Independent chains: at least FMA latency x pipes, as many as the
+ * registers allow (fewer leave a 2 x 512-bit FMA core idle half the time). */
+#if LANES == 16
+#define CHAINS 24 /* of 32 registers */
+#else
+#define CHAINS 12 /* of 16 registers */
+#endif
 #define FMA_STEPS 20000000L
 
 static double now(void) {
@@ -58,12 +64,23 @@ static void *fmaWorker(void *arg) {
 struct StreamJob {
   float *a, *b, *c;
   size_t begin, end;
-  int triad;
+  int kind; /* 0 copy, 1 triad, 2 read */
+  float sum;
 };
 
 static void *streamWorker(void *arg) {
   struct StreamJob *j = arg;
-  if (j->triad)
+  if (j->kind == 2) {
+    vec acc[4] = {0};
+    const vec *p = (const vec *)(j->b + j->begin);
+    size_t n = (j->end - j->begin) / LANES / 4 * 4;
+    for (size_t i = 0; i < n; i += 4)
+      for (int u = 0; u < 4; ++u)
+        acc[u] += p[i + u];
+    for (int u = 0; u < 4; ++u)
+      for (int l = 0; l < LANES; ++l)
+        j->sum += acc[u][l];
+  } else if (j->kind == 1)
     for (size_t i = j->begin; i < j->end; ++i)
       j->a[i] = j->b[i] + 3.0f * j->c[i];
   else
@@ -89,21 +106,24 @@ static double fmaPeak(int threads) {
 /* Best of five passes, counting the bytes read and written (no
  * write-allocate traffic), as STREAM does. */
 static double bandwidth(int threads, float *a, float *b, float *c, size_t n,
-                        int triad) {
+                        int kind) {
   double best = 0;
   for (int pass = 0; pass < 5; ++pass) {
     pthread_t ids[256];
     struct StreamJob jobs[256];
     double start = now();
     for (int t = 0; t < threads; ++t) {
-      jobs[t] = (struct StreamJob){a, b, c, n * t / threads,
-                                   n * (t + 1) / threads, triad};
+      /* Aligned split points, so the read kernel's vectors are too. */
+      size_t step = n / threads / 64 * 64;
+      jobs[t] = (struct StreamJob){a, b, c, step * t,
+                                   t == threads - 1 ? n : step * (t + 1),
+                                   kind, 0};
       pthread_create(&ids[t], NULL, streamWorker, &jobs[t]);
     }
     for (int t = 0; t < threads; ++t)
       pthread_join(ids[t], NULL);
     double seconds = now() - start;
-    double bytes = (triad ? 3.0 : 2.0) * sizeof(float) * n;
+    double bytes = (kind == 1 ? 3.0 : kind == 0 ? 2.0 : 1.0) * sizeof(float) * n;
     if (bytes / seconds / 1e9 > best)
       best = bytes / seconds / 1e9;
   }
@@ -116,8 +136,9 @@ int main(int argc, char **argv) {
     return 2;
   }
   size_t n = (size_t)64 << 20; /* 256 MiB an array */
-  float *a = malloc(n * sizeof(float)), *b = malloc(n * sizeof(float)),
-        *c = malloc(n * sizeof(float));
+  float *a = aligned_alloc(64, n * sizeof(float)),
+        *b = aligned_alloc(64, n * sizeof(float)),
+        *c = aligned_alloc(64, n * sizeof(float));
   if (!a || !b || !c) {
     fprintf(stderr, "cpu-peak: cannot allocate 768 MiB\n");
     return 1;
@@ -134,9 +155,10 @@ int main(int argc, char **argv) {
               argv[i]);
       return 2;
     }
-    printf("%d %.1f %.2f %.2f\n", threads, fmaPeak(threads),
+    printf("%d %.1f %.2f %.2f %.2f\n", threads, fmaPeak(threads),
            bandwidth(threads, a, b, c, n, 0) /* copy */,
-           bandwidth(threads, a, b, c, n, 1) /* triad */);
+           bandwidth(threads, a, b, c, n, 1) /* triad */,
+           bandwidth(threads, a, b, c, n, 2) /* read */);
   }
   free(a);
   free(b);

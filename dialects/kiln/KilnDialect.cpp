@@ -164,6 +164,20 @@ LogicalResult KilnDialect::verifyRegionArgAttribute(Operation *op,
     return success();
   }
 
+  if (attr.getName() == getHostPanelAttrName()) {
+    auto columns = dyn_cast<IntegerAttr>(attr.getValue());
+    auto memrefType = dyn_cast<MemRefType>(argType);
+    if (!columns || columns.getInt() <= 0 || !memrefType ||
+        memrefType.getRank() != 3 || !memrefType.hasStaticShape() ||
+        memrefType.getDimSize(2) % columns.getInt() != 0)
+      return op->emitError()
+             << "'" << getHostPanelAttrName() << "' on argument " << argIndex
+             << " must be a positive column count dividing the last extent "
+                "of a static 3-D memref, got "
+             << attr.getValue() << " on " << argType;
+    return success();
+  }
+
   if (attr.getName() == getInputAttrName()) {
     auto kind = dyn_cast<StringAttr>(attr.getValue());
     if (!kind || (kind.getValue() != "tokens" &&

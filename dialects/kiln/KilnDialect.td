@@ -49,6 +49,12 @@ def Kiln_Dialect : Dialect {
     static constexpr ::llvm::StringLiteral getPipelineStagesAttrName() {
       return ::llvm::StringLiteral("kiln.pipeline_stages");
     }
+    /// Argument attribute of a lowered host kernel: the weight argument
+    /// [E, K, N] is read as panels of this many columns, [E, N / p, K, p],
+    /// which the runtime lays out at load.
+    static constexpr ::llvm::StringLiteral getHostPanelAttrName() {
+      return ::llvm::StringLiteral("kiln.host_panel");
+    }
     /// Argument attribute naming a runtime input ("tokens" or "positions").
     static constexpr ::llvm::StringLiteral getInputAttrName() {
       return ::llvm::StringLiteral("kiln.input");

@@ -54,6 +54,10 @@ struct BoundPlan {
   /// of a concat repacking; null for inputs and buffers.
   std::vector<const void *> hostData;
   std::vector<std::vector<uint8_t>> repacked;
+  /// Weights laid out in panels for the host kernels (Value::panel), in
+  /// memory of their own: 2 MiB-aligned and, where the kernel allows,
+  /// transparent huge pages.
+  std::vector<std::shared_ptr<uint8_t>> panelled;
   std::string enginePath;
 };
 

@@ -10,6 +10,7 @@
 #include "kiln/runtime/Json.h"
 
 #include <cstdio>
+#include <cstring>
 
 using namespace kiln;
 using namespace kiln::plan;
@@ -344,6 +345,8 @@ std::string kiln::plan::writePlan(const Plan &plan) {
         break;
       case ValueKind::Weight:
         e.string("name", v.name);
+        if (v.panel > 0)
+          e.integer("panel", v.panel);
         if (!v.shards.empty()) {
           std::vector<int64_t> flat;
           for (const Shard &sh : v.shards)
@@ -491,6 +494,13 @@ bool kiln::plan::readPlan(const std::string &text, const std::string &path,
       v.name = r.string("name", true);
       if (r.ok() && v.isDynamic())
         r.fail("a weight with a dynamic extent");
+      v.panel = r.integer("panel", 0);
+      r.inRange("panel", v.panel, 0, 1 << 16);
+      if (r.ok() && v.panel > 0 &&
+          (v.shape.size() < 2 || v.shape.back() % v.panel != 0))
+        r.fail("panel " + std::to_string(v.panel) +
+               " does not divide the last extent of a weight of rank 2 or "
+               "more");
       if (std::vector<int64_t> shard = r.integers("shard"); !shard.empty()) {
         if (plan.tensorParallel < 2)
           r.fail("a sharded weight in an engine of one rank");
@@ -693,6 +703,35 @@ static void sliceOne(const kiln::plan::Shard &shard,
       const uint8_t *first = bytes + static_cast<size_t>(from) * inner;
       out.insert(out.end(), first, first + static_cast<size_t>(block) * inner);
     }
+}
+
+void kiln::plan::packPanels(const std::vector<int64_t> &shape,
+                            size_t elementBytes, const void *data,
+                            int64_t panel, std::vector<uint8_t> &out) {
+  size_t bytes = elementBytes;
+  for (int64_t d : shape)
+    bytes *= static_cast<size_t>(d);
+  out.resize(bytes);
+  packPanels(shape, elementBytes, data, panel, out.data());
+}
+
+void kiln::plan::packPanels(const std::vector<int64_t> &shape,
+                            size_t elementBytes, const void *data,
+                            int64_t panel, uint8_t *out) {
+  size_t rank = shape.size();
+  size_t k = static_cast<size_t>(shape[rank - 2]);
+  size_t n = static_cast<size_t>(shape[rank - 1]);
+  size_t batch = 1;
+  for (size_t d = 0; d + 2 < rank; ++d)
+    batch *= static_cast<size_t>(shape[d]);
+  size_t p = static_cast<size_t>(panel), rowBytes = p * elementBytes;
+  const uint8_t *from = static_cast<const uint8_t *>(data);
+  uint8_t *to = out;
+  for (size_t b = 0; b < batch; ++b)
+    for (size_t j = 0; j < n / p; ++j)
+      for (size_t i = 0; i < k; ++i, to += rowBytes)
+        std::memcpy(to, from + ((b * k + i) * n + j * p) * elementBytes,
+                    rowBytes);
 }
 
 void kiln::plan::sliceShards(const std::vector<Shard> &shards,

@@ -18,9 +18,12 @@
 
 #include <algorithm>
 #include <cerrno>
+#include <chrono>
+#include <cstdio>
 #include <cstdlib>
 #include <cstring>
 #include <dlfcn.h>
+#include <map>
 #include <sched.h>
 #include <sys/mman.h>
 #include <unistd.h>
@@ -102,6 +105,7 @@ class HostModel;
 class HostSession final : public BackendSession {
 public:
   HostSession(const HostModel &model, int64_t kvTokens);
+  ~HostSession() override { printProfile(); }
   Status run(const Step &step, StepOutput &out) override;
   void reset() override {
     for (KvPool &p : pools) {
@@ -123,6 +127,13 @@ private:
   std::vector<int32_t> tokens32;
   /// The `rank` input of an expert-parallel engine.
   int64_t rank = 0;
+  /// KILN_PROFILE: wall time per kernel and step size, printed at the end.
+  struct Total {
+    int64_t calls = 0;
+    double ms = 0;
+  };
+  std::map<std::pair<std::string, int64_t>, Total> totals;
+  void printProfile() const;
 };
 
 class HostModel final : public Backend {
@@ -133,6 +144,9 @@ public:
   }
   Status newSession(int64_t kvTokens,
                     std::unique_ptr<BackendSession> &out) override;
+  /// The kernels read the weights where the checkpoint is mapped; this
+  /// faults them in now rather than during the first step.
+  Status uploadWeights() override;
 
   const BoundPlan *bound = nullptr;
   void *library = nullptr;
@@ -141,6 +155,8 @@ public:
   /// libomp's omp_set_num_threads, for kernels with threads (null without).
   void (*setThreads)(int) = nullptr;
   int threads = 1;
+  /// Time every launch (KILN_PROFILE).
+  bool profile = false;
 };
 
 /// The CPUs this process may run on, shared among the ranks of an MPI job
@@ -186,6 +202,37 @@ bool cpuSupports(const std::string &level, const std::string &cap) {
 #else
   return false;
 #endif
+}
+
+/// Faults in the pages of every weight mapped from the checkpoint, at load:
+/// otherwise the first step pays for a page fault per 4 KiB of weights
+/// (about as long as a whole 64-token prefill of a 243M model), one thread
+/// at a time.
+void prefaultWeights(const BoundPlan &bound) {
+  const plan::Plan &plan = bound.plan;
+  uintptr_t page = static_cast<uintptr_t>(sysconf(_SC_PAGESIZE));
+  for (size_t id = 0; id < plan.values.size(); ++id) {
+    const plan::Value &v = plan.values[id];
+    if (v.kind != plan::ValueKind::Weight || !bound.hostData[id] ||
+        !bound.repacked[id].empty() || bound.panelled[id])
+      continue;
+    size_t bytes = plan::elementSize(v.dtype);
+    for (int64_t d : v.shape)
+      bytes *= static_cast<size_t>(d);
+    uintptr_t first = reinterpret_cast<uintptr_t>(bound.hostData[id]);
+    uintptr_t begin = first & ~(page - 1), end = first + bytes;
+#ifdef MADV_POPULATE_READ
+    if (madvise(reinterpret_cast<void *>(begin), end - begin,
+                MADV_POPULATE_READ) == 0)
+      continue;
+#endif
+    // Kernels before 5.14: read a byte of each page.
+    unsigned char sink = 0;
+    for (uintptr_t p = begin; p < end; p += page)
+      sink ^= *reinterpret_cast<const volatile unsigned char *>(
+          std::max(p, first));
+    (void)sink;
+  }
 }
 
 } // namespace
@@ -293,7 +340,13 @@ Status kiln::openHostBackend(const EngineFile &engine, const BoundPlan &bound,
   model->setThreads = reinterpret_cast<void (*)(int)>(
       dlsym(model->library, "omp_set_num_threads"));
   model->threads = options.threads > 0 ? options.threads : defaultThreads();
+  model->profile = options.profile;
   out = std::move(model);
+  return {};
+}
+
+Status HostModel::uploadWeights() {
+  prefaultWeights(*bound);
   return {};
 }
 
@@ -361,6 +414,18 @@ Status HostSession::checkStepMemory(const Step &step) const {
                              std::to_string(step.tokenCount) +
                              "-token step's activations and KV caches",
                          activations + kv);
+}
+
+void HostSession::printProfile() const {
+  if (totals.empty())
+    return;
+  std::fprintf(stderr, "kiln-profile: %-36s %7s %6s %11s %11s\n", "function",
+               "tokens", "calls", "total_ms", "mean_us");
+  for (const auto &[key, total] : totals)
+    std::fprintf(stderr, "kiln-profile: %-36s %7lld %6lld %11.3f %11.2f\n",
+                 key.first.c_str(), static_cast<long long>(key.second),
+                 static_cast<long long>(total.calls), total.ms,
+                 1000.0 * total.ms / total.calls);
 }
 
 Status HostSession::run(const Step &step, StepOutput &out) {
@@ -478,7 +543,17 @@ Status HostSession::run(const Step &step, StepOutput &out) {
     pointers.clear();
     for (auto &d : descriptors)
       pointers.push_back(d.data());
-    invoke(model.entries[li], pointers);
+    if (model.profile) {
+      auto begin = std::chrono::steady_clock::now();
+      invoke(model.entries[li], pointers);
+      Total &total = totals[{l.kernel, t}];
+      total.calls += 1;
+      total.ms += std::chrono::duration<double, std::milli>(
+                      std::chrono::steady_clock::now() - begin)
+                      .count();
+    } else {
+      invoke(model.entries[li], pointers);
+    }
     if (!step.dumpDir.empty())
       for (size_t r = 0; r < l.results.size(); ++r) {
         int64_t id = l.results[r];

@@ -18,6 +18,7 @@
 #include "kiln/Pipelines/Pipelines.h"
 #include "kiln/Reference/Evaluator.h"
 #include "kiln/Target/Host/SharedObject.h"
+#include "kiln/runtime/EnginePlan.h"
 #include "kiln/runtime/Safetensors.h"
 
 #include "mlir/Dialect/LLVMIR/LLVMDialect.h"
@@ -25,6 +26,8 @@
 #include "mlir/Pass/PassManager.h"
 
 #include <cmath>
+#include <cstring>
+#include <map>
 #include <optional>
 #include <dlfcn.h>
 #include <gtest/gtest.h>
@@ -135,6 +138,13 @@ void checkPreset(bool scout, Lowering how = {0, ""}) {
   options.parallel = how.vectorBits != 0 && openmp.has_value();
   lower.addPass(mlir::kiln::createConvertKilnToLoops(options));
   ASSERT_TRUE(succeeded(lower.run(*kernels)));
+  // Per kernel and argument: the panel width the lowering asks for.
+  std::map<std::string, std::map<unsigned, int64_t>> panels;
+  for (auto f : kernels->getOps<func::FuncOp>())
+    for (unsigned i = 0; i < f.getNumArguments(); ++i)
+      if (auto panel = f.getArgAttrOfType<IntegerAttr>(
+              i, mlir::kiln::KilnDialect::getHostPanelAttrName()))
+        panels[f.getSymName().str()][i] = panel.getInt();
   ASSERT_TRUE(succeeded(mlir::kiln::lowerToLLVMDialect(*kernels)));
   std::string stem = ::testing::TempDir() + "/kiln_kernels_" +
                      std::to_string(getpid()) + (scout ? "_s" : "_m") +
@@ -153,6 +163,7 @@ void checkPreset(bool scout, Lowering how = {0, ""}) {
   std::mt19937_64 rng(scout ? 1 : 2);
   std::normal_distribution<float> normal(0.0f, 0.5f);
   const int64_t tokens = 7;
+  int panelled = 0;
   for (func::FuncOp kernel : checked) {
     SCOPED_TRACE(kernel.getSymName().str());
     std::vector<::kiln::ref::KernelValue> inputs;
@@ -229,6 +240,16 @@ void checkPreset(bool scout, Lowering how = {0, ""}) {
           args[i].half.push_back(bits);
           value.floats.push_back(::kiln::bf16ToFloat(bits));
         }
+        // A weight the kernel reads in panels gets the runtime's layout.
+        const std::map<unsigned, int64_t> &mine =
+            panels[kernel.getSymName().str()];
+        if (auto panel = mine.find(i); panel != mine.end()) {
+          std::vector<uint8_t> packed;
+          ::kiln::plan::packPanels(shape, 2, args[i].half.data(),
+                                   panel->second, packed);
+          std::memcpy(args[i].half.data(), packed.data(), packed.size());
+          ++panelled;
+        }
         args[i].describe(args[i].half.data(), shape);
       } else {
         for (int64_t j = 0; j < n; ++j)
@@ -284,6 +305,9 @@ void checkPreset(bool scout, Lowering how = {0, ""}) {
       EXPECT_GT(maxRef, 0.0) << "result " << r;
     }
   }
+  // Vector kernels read the routed experts' weights in panels.
+  if (how.vectorBits != 0)
+    EXPECT_GT(panelled, 0);
   dlclose(library);
   std::remove((stem + ".o").c_str());
   std::remove((stem + ".so").c_str());

@@ -26,6 +26,10 @@ namespace {
 
 int64_t ceilDiv(int64_t a, int64_t b) { return (a + b - 1) / b; }
 
+/// How far ahead panel rows are prefetched: 16 rows of 64 bytes, about as
+/// many lines as a core keeps in flight to memory.
+constexpr int64_t kPrefetchRows = 256;
+
 int64_t elementBytes(Value memref) {
   return cast<MemRefType>(memref.getType()).getElementTypeBitWidth() / 8;
 }
@@ -44,6 +48,36 @@ void storeNarrow(Emitter &e, Value v, Value memref, ValueRange ivs) {
   auto type = cast<VectorType>(v.getType());
   e.vectorStore(e.truncF(v, VectorType::get(type.getShape(), element)), memref,
                 ivs, elementBytes(memref));
+}
+
+/// `w` ([E, K, N], stored in panels of `panel` columns) as the 4-D view
+/// [E, N / panel, K, panel] that matches its bytes.
+Value panelView(Emitter &e, Value w, int64_t panel) {
+  auto type = cast<MemRefType>(w.getType());
+  int64_t experts = type.getDimSize(0), k = type.getDimSize(1);
+  int64_t n = type.getDimSize(2);
+  SmallVector<int64_t> sizes = {experts, n / panel, k, panel};
+  SmallVector<int64_t> strides = {n * k, k * panel, panel, 1};
+  auto view = MemRefType::get(
+      sizes, type.getElementType(),
+      StridedLayoutAttr::get(e.b->getContext(), 0, strides));
+  return memref::ReinterpretCastOp::create(*e.b, e.loc, view, w, 0, sizes,
+                                           strides);
+}
+
+/// Asks for panel row `k + ahead` of `panels` ([E, P, K, p]) to be on its
+/// way to the cache: rows of a panel are read one after the other, but the
+/// hardware prefetchers stop at every 4 KiB page, and an expert's panels are
+/// read only by its few tokens, so each line would otherwise arrive at
+/// memory latency.
+void prefetchPanelRow(Emitter &e, Value panels, Value ex, Value panel,
+                      Value k, int64_t ahead) {
+  int64_t rows = cast<MemRefType>(panels.getType()).getDimSize(2);
+  Value row = e.minUI(e.addIndex(k, e.index(ahead)), e.index(rows - 1));
+  memref::PrefetchOp::create(*e.b, e.loc, panels,
+                             ValueRange{ex, panel, row, e.index(0)},
+                             /*isWrite=*/false, /*localityHint=*/3,
+                             /*isDataCache=*/true);
 }
 
 Value fma(Emitter &e, Value a, Value b, Value acc) {
@@ -140,6 +174,26 @@ void mlir::kiln::emitPartitionedLoop(Emitter &e, bool parallel,
                           });
 }
 
+int64_t mlir::kiln::expertPanel(const HostVectorShape &shape, int64_t n) {
+  int64_t cols = 2 * shape.lanes;
+  return shape.lanes > 1 && n % cols == 0 ? cols : 0;
+}
+
+void mlir::kiln::emitRowLoops(Emitter &e, bool parallel, ArrayRef<Value> ubs,
+                              function_ref<void(ValueRange)> body) {
+  if (!parallel)
+    return e.loops(ubs, body);
+  emitPartitionedLoop(e, true, {ubs[0]}, [&](ValueRange row) {
+    if (ubs.size() == 1)
+      return body(row);
+    e.loops(ubs.drop_front(), [&](ValueRange rest) {
+      SmallVector<Value> ivs{row[0]};
+      ivs.append(rest.begin(), rest.end());
+      body(ivs);
+    });
+  });
+}
+
 void mlir::kiln::emitVectorLinear(Emitter &e, const HostVectorShape &shape,
                                   Value x, Value w, Value out, Value rows,
                                   int64_t k, int64_t n) {
@@ -172,6 +226,8 @@ void mlir::kiln::emitVectorExpertGateUp(Emitter &e,
   int64_t lanes = shape.lanes, mr = tileRows(shape), nv = 2;
   int64_t cols = nv * lanes, blocks = f / cols;
   VectorType type = VectorType::get({lanes}, e.b->getF32Type());
+  bool packed = expertPanel(shape, f) != 0;
+  Value panels = packed ? panelView(e, w, cols) : Value();
   // Outer-product tiles: per input column c, a broadcast of z[m][c] times
   // vectors of gate and up weights.
   auto tile = [&](Value ex, Value i0, int64_t m, Value j0) {
@@ -187,6 +243,19 @@ void mlir::kiln::emitVectorExpertGateUp(Emitter &e,
       colGate.push_back(e.addIndex(j0, e.index(v * lanes)));
       colUp.push_back(e.addIndex(j0, e.index(f + v * lanes)));
     }
+    // Packed: the block's gate and up columns are two panels, each read
+    // front to back as c goes.
+    Value gatePanel, upPanel;
+    if (packed) {
+      gatePanel = e.divIndex(j0, e.index(cols));
+      upPanel = e.addIndex(gatePanel, e.index(f / cols));
+    }
+    auto weights = [&](Value c, Value panel, ArrayRef<Value> columns,
+                       int64_t v) {
+      if (packed)
+        return loadWide(e, panels, {ex, panel, c, e.index(v * lanes)}, lanes);
+      return loadWide(e, w, {ex, c, columns[v]}, lanes);
+    };
     SmallVector<Value> init(2 * m * nv, e.splat(type, 0.0));
     ValueRange acc = e.loopWith(
         e.index(0), e.index(d), e.index(1), init, [&](Value c, ValueRange a) {
@@ -194,9 +263,13 @@ void mlir::kiln::emitVectorExpertGateUp(Emitter &e,
           for (int64_t r = 0; r < m; ++r)
             z.push_back(e.broadcast(
                 type, e.mul(scale[r], e.load(input, {tokens[r], c}))));
+          if (packed) {
+            prefetchPanelRow(e, panels, ex, gatePanel, c, kPrefetchRows);
+            prefetchPanelRow(e, panels, ex, upPanel, c, kPrefetchRows);
+          }
           for (int64_t v = 0; v < nv; ++v) {
-            wg.push_back(loadWide(e, w, {ex, c, colGate[v]}, lanes));
-            wu.push_back(loadWide(e, w, {ex, c, colUp[v]}, lanes));
+            wg.push_back(weights(c, gatePanel, colGate, v));
+            wu.push_back(weights(c, upPanel, colUp, v));
           }
           for (int64_t r = 0; r < m; ++r)
             for (int64_t v = 0; v < nv; ++v) {
@@ -260,7 +333,9 @@ void mlir::kiln::emitVectorExpertDown(Emitter &e, const HostVectorShape &shape,
   int64_t lanes = shape.lanes, mr = tileRows(shape), nv = 2;
   int64_t cols = nv * lanes, blocks = d / cols;
   VectorType type = VectorType::get({lanes}, e.b->getF32Type());
-  e.loops({rows, e.index(d)}, [&](ValueRange ivs) {
+  bool packed = expertPanel(shape, d) != 0;
+  Value panels = packed ? panelView(e, w, cols) : Value();
+  emitRowLoops(e, shape.parallel, {rows, e.index(d)}, [&](ValueRange ivs) {
     e.store(e.load(addend, ivs), out, ivs);
   });
   auto overExperts = [&](function_ref<void(Value, Value, Value)> body) {
@@ -278,14 +353,20 @@ void mlir::kiln::emitVectorExpertDown(Emitter &e, const HostVectorShape &shape,
       pairs.push_back(r == 0 ? i0 : e.addIndex(i0, e.index(r)));
     for (int64_t v = 0; v < nv; ++v)
       colIv.push_back(e.addIndex(c0, e.index(v * lanes)));
+    Value panel = packed ? e.divIndex(c0, e.index(cols)) : Value();
     SmallVector<Value> init(m * nv, e.splat(type, 0.0));
     ValueRange acc = e.loopWith(
         e.index(0), e.index(f), e.index(1), init, [&](Value j, ValueRange a) {
           SmallVector<Value> h, wv, next;
           for (int64_t r = 0; r < m; ++r)
             h.push_back(e.broadcast(type, e.load(hidden, {pairs[r], j})));
+          if (packed)
+            prefetchPanelRow(e, panels, ex, panel, j, kPrefetchRows);
           for (int64_t v = 0; v < nv; ++v)
-            wv.push_back(loadWide(e, w, {ex, j, colIv[v]}, lanes));
+            wv.push_back(
+                packed ? loadWide(e, panels,
+                                  {ex, panel, j, e.index(v * lanes)}, lanes)
+                       : loadWide(e, w, {ex, j, colIv[v]}, lanes));
           for (int64_t r = 0; r < m; ++r)
             for (int64_t v = 0; v < nv; ++v)
               next.push_back(fma(e, h[r], wv[v], a[r * nv + v]));

@@ -67,6 +67,15 @@ private:
   /// For attention kernels: the key argument -> its positions argument.
   llvm::DenseMap<Value, Value> keyPositions;
   SmallVector<Value> temporaries;
+  /// Kernel arguments the kernel reads in panels (index -> columns): they
+  /// get a `kiln.host_panel` attribute for the engine writer's plan.
+  llvm::SmallDenseMap<unsigned, int64_t> panels;
+  /// Notes that `weight` is read in panels of `columns` when it is a
+  /// kernel argument (it always is: weights come in as arguments).
+  void notePanel(Value weight, int64_t columns) {
+    if (auto arg = dyn_cast<BlockArgument>(weight); arg && columns)
+      panels[arg.getArgNumber()] = columns;
+  }
 };
 
 Value KernelLowering::destination(Value result, Value rowCount, Emitter &e) {
@@ -84,9 +93,10 @@ Value KernelLowering::destination(Value result, Value rowCount, Emitter &e) {
 
 /// RoPE in place on `x` ([rows, heads * d]), angles in f64 like the
 /// reference; `inv_freq` is unrolled (head_dim / 2 constants).
-static void emitRope(Emitter &e, Value x, Value rows, Value positions,
-                     int64_t heads, int64_t headDim, ArrayRef<double> freqs) {
-  e.loops({rows}, [&](ValueRange t) {
+static void emitRope(Emitter &e, bool parallel, Value x, Value rows,
+                     Value positions, int64_t heads, int64_t headDim,
+                     ArrayRef<double> freqs) {
+  emitRowLoops(e, parallel, {rows}, [&](ValueRange t) {
     Value p = memref::LoadOp::create(*e.b, e.loc, positions, t[0]);
     Value pf = arith::SIToFPOp::create(*e.b, e.loc, e.b->getF64Type(), p);
     for (size_t m = 0; m < freqs.size(); ++m) {
@@ -112,9 +122,10 @@ static void emitRope(Emitter &e, Value x, Value rows, Value positions,
 }
 
 /// Weightless per-head RMS norm of `in` into `out` (which may be `in`).
-static void emitHeadNorm(Emitter &e, Value in, Value out, Value rows,
-                         int64_t heads, int64_t headDim, double eps) {
-  e.loops({rows, e.index(heads)}, [&](ValueRange ivs) {
+static void emitHeadNorm(Emitter &e, bool parallel, Value in, Value out,
+                         Value rows, int64_t heads, int64_t headDim,
+                         double eps) {
+  emitRowLoops(e, parallel, {rows, e.index(heads)}, [&](ValueRange ivs) {
     Value base = e.mulIndex(ivs[1], headDim);
     Value ss = e.sum(e.index(headDim), [&](Value i) {
       Value v = e.load(in, {ivs[0], e.addIndex(base, i)});
@@ -130,9 +141,9 @@ static void emitHeadNorm(Emitter &e, Value in, Value out, Value rows,
 }
 
 /// RMS norm with a weight, row by row.
-static void emitRmsNorm(Emitter &e, Value in, Value weight, Value out,
-                        Value rows, int64_t cols, double eps) {
-  e.loops({rows}, [&](ValueRange t) {
+static void emitRmsNorm(Emitter &e, bool parallel, Value in, Value weight,
+                        Value out, Value rows, int64_t cols, double eps) {
+  emitRowLoops(e, parallel, {rows}, [&](ValueRange t) {
     Value ss = e.sum(e.index(cols), [&](Value c) {
       Value v = e.load(in, {t[0], c});
       return e.mul(v, v);
@@ -200,7 +211,7 @@ LogicalResult KernelLowering::lowerOp(Operation *op, Emitter &e) {
         Value t = rows(s.getInput(), e);
         Value out = destination(s.getResult(), t, e);
         int64_t f = width(s.getResult());
-        e.loops({t, e.index(f)}, [&](ValueRange ivs) {
+        emitRowLoops(e, shape.parallel, {t, e.index(f)}, [&](ValueRange ivs) {
           Value g = e.load(x, ivs);
           Value u = e.load(x, {ivs[0], e.addIndex(ivs[1], e.index(f))});
           e.store(e.swiglu(g, u), out, ivs);
@@ -211,7 +222,7 @@ LogicalResult KernelLowering::lowerOp(Operation *op, Emitter &e) {
         Value g = buffer(s.getGate()), u = buffer(s.getUp());
         Value t = rows(s.getGate(), e);
         Value out = destination(s.getResult(), t, e);
-        e.loops({t, e.index(width(s.getResult()))}, [&](ValueRange ivs) {
+        emitRowLoops(e, shape.parallel, {t, e.index(width(s.getResult()))}, [&](ValueRange ivs) {
           e.store(e.swiglu(e.load(g, ivs), e.load(u, ivs)), out, ivs);
         });
         return success();
@@ -220,7 +231,7 @@ LogicalResult KernelLowering::lowerOp(Operation *op, Emitter &e) {
         Value x = buffer(a.getLhs()), y = buffer(a.getRhs());
         Value t = rows(a.getLhs(), e);
         Value out = destination(a.getResult(), t, e);
-        e.loops({t, e.index(width(a.getResult()))}, [&](ValueRange ivs) {
+        emitRowLoops(e, shape.parallel, {t, e.index(width(a.getResult()))}, [&](ValueRange ivs) {
           e.store(e.add(e.load(x, ivs), e.load(y, ivs)), out, ivs);
         });
         return success();
@@ -228,7 +239,7 @@ LogicalResult KernelLowering::lowerOp(Operation *op, Emitter &e) {
       .Case([&](RmsNormOp n) {
         Value t = rows(n.getInput(), e);
         Value out = destination(n.getResult(), t, e);
-        emitRmsNorm(e, buffer(n.getInput()), buffer(n.getWeight()), out, t,
+        emitRmsNorm(e, shape.parallel, buffer(n.getInput()), buffer(n.getWeight()), out, t,
                     width(n.getInput()), n.getEpsilon().convertToDouble());
         return success();
       })
@@ -238,10 +249,10 @@ LogicalResult KernelLowering::lowerOp(Operation *op, Emitter &e) {
         Value sum = destination(n.getSum(), t, e);
         Value normed = destination(n.getNormed(), t, e);
         int64_t cols = width(n.getInput());
-        e.loops({t, e.index(cols)}, [&](ValueRange ivs) {
+        emitRowLoops(e, shape.parallel, {t, e.index(cols)}, [&](ValueRange ivs) {
           e.store(e.add(e.load(x, ivs), e.load(r, ivs)), sum, ivs);
         });
-        emitRmsNorm(e, sum, buffer(n.getWeight()), normed, t, cols,
+        emitRmsNorm(e, shape.parallel, sum, buffer(n.getWeight()), normed, t, cols,
                     n.getEpsilon().convertToDouble());
         return success();
       })
@@ -249,7 +260,7 @@ LogicalResult KernelLowering::lowerOp(Operation *op, Emitter &e) {
         Value t = rows(n.getInput(), e);
         Value out = destination(n.getResult(), t, e);
         int64_t heads = n.getNumHeads();
-        emitHeadNorm(e, buffer(n.getInput()), out, t, heads,
+        emitHeadNorm(e, shape.parallel, buffer(n.getInput()), out, t, heads,
                      width(n.getInput()) / heads,
                      n.getEpsilon().convertToDouble());
         return success();
@@ -258,7 +269,7 @@ LogicalResult KernelLowering::lowerOp(Operation *op, Emitter &e) {
         Value table = buffer(m.getTable()), tokens = buffer(m.getTokens());
         Value t = e.dim(tokens, 0);
         Value out = destination(m.getResult(), t, e);
-        e.loops({t, e.index(width(m.getResult()))}, [&](ValueRange ivs) {
+        emitRowLoops(e, shape.parallel, {t, e.index(width(m.getResult()))}, [&](ValueRange ivs) {
           Value id = e.loadIndex(tokens, {ivs[0]});
           e.store(e.load(table, {id, ivs[1]}), out, ivs);
         });
@@ -268,10 +279,10 @@ LogicalResult KernelLowering::lowerOp(Operation *op, Emitter &e) {
         Value x = buffer(r.getInput());
         Value t = rows(r.getInput(), e);
         Value out = destination(r.getResult(), t, e);
-        e.loops({t, e.index(width(r.getInput()))},
+        emitRowLoops(e, shape.parallel, {t, e.index(width(r.getInput()))},
                 [&](ValueRange ivs) { e.store(e.load(x, ivs), out, ivs); });
         int64_t heads = r.getNumHeads();
-        emitRope(e, out, t, buffer(r.getPositions()), heads,
+        emitRope(e, shape.parallel, out, t, buffer(r.getPositions()), heads,
                  width(r.getInput()) / heads, r.getInvFreq());
         return success();
       })
@@ -282,7 +293,7 @@ LogicalResult KernelLowering::lowerOp(Operation *op, Emitter &e) {
         for (Value part : s.getResults()) {
           Value out = destination(part, t, e);
           int64_t first = offset;
-          e.loops({t, e.index(width(part))}, [&](ValueRange ivs) {
+          emitRowLoops(e, shape.parallel, {t, e.index(width(part))}, [&](ValueRange ivs) {
             Value col = e.addIndex(ivs[1], e.index(first));
             e.store(e.load(x, {ivs[0], col}), out, ivs);
           });
@@ -302,23 +313,23 @@ LogicalResult KernelLowering::lowerOp(Operation *op, Emitter &e) {
         int64_t offsets[3] = {0, qWidth, qWidth + kvWidth};
         int64_t widths[3] = {qWidth, kvWidth, kvWidth};
         for (int i = 0; i < 3; ++i)
-          e.loops({t, e.index(widths[i])}, [&](ValueRange ivs) {
+          emitRowLoops(e, shape.parallel, {t, e.index(widths[i])}, [&](ValueRange ivs) {
             Value col = e.addIndex(ivs[1], e.index(offsets[i]));
             e.store(e.load(qkv, {ivs[0], col}), parts[i], ivs);
           });
         if (std::optional<ArrayRef<double>> freqs = q.getInvFreq()) {
-          emitRope(e, parts[0], t, positions, heads, headDim, *freqs);
-          emitRope(e, parts[1], t, positions, kvHeads, headDim, *freqs);
+          emitRope(e, shape.parallel, parts[0], t, positions, heads, headDim, *freqs);
+          emitRope(e, shape.parallel, parts[1], t, positions, kvHeads, headDim, *freqs);
         }
         if (std::optional<llvm::APFloat> eps = q.getQkNormEpsilon()) {
-          emitHeadNorm(e, parts[0], parts[0], t, heads, headDim,
+          emitHeadNorm(e, shape.parallel, parts[0], parts[0], t, heads, headDim,
                        eps->convertToDouble());
-          emitHeadNorm(e, parts[1], parts[1], t, kvHeads, headDim,
+          emitHeadNorm(e, shape.parallel, parts[1], parts[1], t, kvHeads, headDim,
                        eps->convertToDouble());
         }
         if (std::optional<int64_t> floor = q.getFloorScale()) {
           double attnScale = q.getAttnScale()->convertToDouble();
-          e.loops({t}, [&](ValueRange tv) {
+          emitRowLoops(e, shape.parallel, {t}, [&](ValueRange tv) {
             Value p = memref::LoadOp::create(*e.b, e.loc, positions, tv[0]);
             Value tau = emitTemperature(e, p, attnScale, *floor);
             e.loops({e.index(qWidth)}, [&](ValueRange c) {
@@ -340,6 +351,7 @@ LogicalResult KernelLowering::lowerOp(Operation *op, Emitter &e) {
         int64_t experts = wType.getDimSize(0), d = wType.getDimSize(1);
         int64_t f = wType.getDimSize(2) / 2;
         if (vectorized()) {
+          notePanel(g.getGateUp(), expertPanel(shape, f));
           emitVectorExpertGateUp(e, shape, x, idx, off, gates, w, out, experts,
                                  d, f);
           return success();
@@ -381,6 +393,7 @@ LogicalResult KernelLowering::lowerOp(Operation *op, Emitter &e) {
         int64_t experts = wType.getDimSize(0), f = wType.getDimSize(1);
         int64_t d = wType.getDimSize(2);
         if (vectorized()) {
+          notePanel(dn.getDown(), expertPanel(shape, d));
           emitVectorExpertDown(e, shape, h, idx, off, w, addend, out, t,
                                experts, f, d);
           return success();
@@ -549,11 +562,20 @@ LogicalResult KernelLowering::lowerRoute(MoeRouteOp r, Emitter &e) {
   e.loops({e.index(experts + 1)}, [&](ValueRange i) {
     memref::StoreOp::create(*e.b, e.loc, zero64, cursor, i);
   });
+  // With vectors the logits of every token are one small GEMM first (the
+  // router is [experts, d], the layout kiln.linear takes).
+  Value allLogits;
+  if (vectorized()) {
+    allLogits = alloc({dyn, experts}, f32, {t});
+    emitVectorLinear(e, shape, x, router, allLogits, t, d, experts);
+  }
   e.loops({t}, [&](ValueRange tv) {
     e.loops({e.index(experts)}, [&](ValueRange ex) {
-      Value l = e.sum(e.index(d), [&](Value c) {
-        return e.mul(e.load(x, {tv[0], c}), e.load(router, {ex[0], c}));
-      });
+      Value l = allLogits ? e.load(allLogits, {tv[0], ex[0]})
+                          : e.sum(e.index(d), [&](Value c) {
+                              return e.mul(e.load(x, {tv[0], c}),
+                                           e.load(router, {ex[0], c}));
+                            });
       e.store(l, logits, ex);
       memref::StoreOp::create(*e.b, e.loc,
                               arith::ConstantIntOp::create(*e.b, e.loc, 0, 1),
@@ -755,6 +777,9 @@ LogicalResult KernelLowering::run() {
   kernel.getBody().getBlocks().clear();
   kernel.getBody().push_back(entry);
   kernel.setFunctionType(FunctionType::get(ctx, types, {}));
+  for (auto [index, columns] : panels)
+    kernel.setArgAttr(index, KilnDialect::getHostPanelAttrName(),
+                      IntegerAttr::get(IntegerType::get(ctx, 64), columns));
   kernel->setAttr("llvm.emit_c_interface", UnitAttr::get(ctx));
   kernel.setPublic();
   return success();

@@ -49,6 +49,32 @@ mlir::kiln::resolveHostCpuLevel(llvm::StringRef cpu) {
   return std::string("x86-64-v2");
 }
 
+/// Weights the lowered kernels read in panels (`kiln.host_panel` on their
+/// arguments) get the panel width in the plan, so the runtime lays them
+/// out at load.
+static llvm::Error notePanels(ModuleOp kernels, ::kiln::plan::Plan &plan) {
+  for (auto f : kernels.getOps<func::FuncOp>())
+    for (unsigned i = 0; i < f.getNumArguments(); ++i) {
+      auto columns =
+          f.getArgAttrOfType<IntegerAttr>(i, KilnDialect::getHostPanelAttrName());
+      if (!columns)
+        continue;
+      for (const ::kiln::plan::Launch &l : plan.launches) {
+        if (l.kernel != f.getSymName() || i >= l.args.size())
+          continue;
+        ::kiln::plan::Value &v = plan.values[l.args[i]];
+        if (v.kind != ::kiln::plan::ValueKind::Weight ||
+            (v.panel && v.panel != columns.getInt()))
+          return makeError("kernel @" + f.getSymName().str() + " argument " +
+                           std::to_string(i) +
+                           ": only a weight read one way can be laid out in "
+                           "panels");
+        v.panel = columns.getInt();
+      }
+    }
+  return llvm::Error::success();
+}
+
 llvm::Error mlir::kiln::writeHostEngine(ModuleOp module, llvm::StringRef path,
                                         llvm::StringRef workDir,
                                         const HostEngineOptions &engineOptions) {
@@ -76,6 +102,8 @@ llvm::Error mlir::kiln::writeHostEngine(ModuleOp module, llvm::StringRef path,
   pm.addPass(createConvertKilnToLoops(lowering));
   if (failed(pm.run(*kernels)))
     return makeError("lowering the kernels to host loops failed");
+  if (llvm::Error e = notePanels(*kernels, *plan))
+    return e;
   if (failed(lowerToLLVMDialect(*kernels)))
     return makeError("lowering the kernels to the LLVM dialect failed");
   llvm::SmallString<256> object(workDir), library(workDir);

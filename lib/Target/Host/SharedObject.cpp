@@ -8,6 +8,7 @@
 //===----------------------------------------------------------------------===//
 
 #include "kiln/Target/Host/SharedObject.h"
+#include "dialects/kiln/KilnDialect.h"
 
 #include "mlir/Conversion/ArithToLLVM/ArithToLLVM.h"
 #include "mlir/Conversion/ControlFlowToLLVM/ControlFlowToLLVM.h"
@@ -20,6 +21,7 @@
 #include "mlir/Conversion/SCFToControlFlow/SCFToControlFlow.h"
 #include "mlir/Conversion/SCFToOpenMP/SCFToOpenMP.h"
 #include "mlir/Conversion/VectorToLLVM/ConvertVectorToLLVMPass.h"
+#include "mlir/Dialect/Func/IR/FuncOps.h"
 #include "mlir/Dialect/LLVMIR/LLVMDialect.h"
 #include "mlir/Dialect/MemRef/Transforms/Passes.h"
 #include "mlir/Pass/PassManager.h"
@@ -48,6 +50,11 @@ static llvm::Error makeError(const llvm::Twine &message) {
 }
 
 LogicalResult mlir::kiln::lowerToLLVMDialect(ModuleOp module) {
+  // Panel layouts are for the engine's plan (read before this); the
+  // arguments they describe do not survive as memrefs.
+  for (auto f : module.getOps<func::FuncOp>())
+    for (unsigned i = 0; i < f.getNumArguments(); ++i)
+      f.removeArgAttr(i, KilnDialect::getHostPanelAttrName());
   // scf.parallel loops (the partitioned loops of vector kernels) become
   // OpenMP worksharing loops: libomp's thread pool runs them.
   PassManager openmp(module.getContext());

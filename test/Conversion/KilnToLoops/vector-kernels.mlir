@@ -37,7 +37,12 @@ func.func private @attention_0(%q: tensor<?x32xf32>, %k: tensor<?x16xf32>, %v: t
 
 // Routed experts: each expert's tokens in outer-product tiles, column blocks
 // across threads; the gate scales the input row before the GEMM.
+// The expert weights are read in panels of 16 columns (two 8-lane vectors),
+// which the argument attribute asks the runtime for.
 // CHECK-LABEL: func.func @experts_0
+// CHECK-SAME: memref<4x64x96xbf16> {kiln.host_panel = 16 : i64}
+// CHECK-SAME: memref<4x48x64xbf16> {kiln.host_panel = 16 : i64}
+// CHECK: memref.reinterpret_cast {{.*}} to memref<4x6x64x16xbf16, strided<[6144, 1024, 16, 1]>>
 // CHECK: scf.parallel
 // CHECK: vector.broadcast
 // CHECK: vector.fma

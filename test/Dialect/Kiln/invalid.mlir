@@ -678,6 +678,20 @@ func.func @input_positions_i32(%p: tensor<?xi32> {kiln.input = "positions"}) {
 
 // -----
 
+// expected-error @+1 {{'kiln.host_panel' on argument 0 must be a positive column count dividing the last extent of a static 3-D memref, got 24 : i64 on 'memref<4x16x32xbf16>'}}
+func.func @host_panel_not_dividing(%w: memref<4x16x32xbf16> {kiln.host_panel = 24 : i64}) {
+  return
+}
+
+// -----
+
+// expected-error @+1 {{'kiln.host_panel' on argument 0 must be a positive column count dividing the last extent of a static 3-D memref, got 16 : i64 on 'tensor<4x16x32xbf16>'}}
+func.func @host_panel_on_tensor(%w: tensor<4x16x32xbf16> {kiln.host_panel = 16 : i64}) {
+  return
+}
+
+// -----
+
 // expected-error @+1 {{unknown kiln argument attribute 'kiln.wieght'}}
 func.func @unknown_kiln_arg_attr(%w: tensor<4xbf16> {kiln.wieght = "w"}) {
   return

@@ -69,6 +69,10 @@ struct Value {
   /// Weights and repackings of a pipeline-parallel engine: the stage whose
   /// ranks bind it (-1: every stage).
   int64_t stage = -1;
+  /// Weights of host engines: when above 0, the kernels read the [..., K, N]
+  /// weight as panels of this many columns, [..., N / panel, K, panel]; the
+  /// runtime lays it out so at load (packPanels).
+  int64_t panel = 0;
 
   bool isDynamic() const { return !shape.empty() && shape[0] < 0; }
 };
@@ -254,6 +258,14 @@ inline size_t rowBytes(const Value &v) {
     n *= static_cast<size_t>(v.shape[i]);
   return n;
 }
+
+/// The row-major tensor `shape` at `data` (elements of `elementBytes`) with
+/// its last two dimensions [K, N] laid out as panels of `panel` columns:
+/// [..., N / panel, K, panel]. N must be a multiple of `panel`.
+void packPanels(const std::vector<int64_t> &shape, size_t elementBytes,
+                const void *data, int64_t panel, uint8_t *out);
+void packPanels(const std::vector<int64_t> &shape, size_t elementBytes,
+                const void *data, int64_t panel, std::vector<uint8_t> &out);
 
 /// Rank `rank` of `ranks`'s slice under `shards` of a row-major tensor of
 /// shape `full` at `data`, elements of `elementBytes`: the bytes of a tensor

@@ -64,8 +64,8 @@ struct RuntimeOptions {
   /// Pick every GPU-picked token again on the host and report differences
   /// (KILN_CHECK_SAMPLER).
   bool checkSampler = false;
-  /// Time every GPU launch and print a table when the session ends
-  /// (KILN_PROFILE).
+  /// Time every launch (GPU: with events; host: wall clock) and print a
+  /// table per kernel and step size when the session ends (KILN_PROFILE).
   bool profile = false;
   /// Print CUDA graph launches and captures when a session ends
   /// (KILN_CUDA_GRAPH_STATS).
