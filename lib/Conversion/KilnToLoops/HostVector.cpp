@@ -462,17 +462,29 @@ void mlir::kiln::emitVectorAttention(Emitter &e, const HostVectorShape &shape,
             Value larger = e.cmpF(arith::CmpFPredicate::OLT, acc[0], score);
             return SmallVector<Value>{e.select(larger, score, acc[0])};
           })[0];
+      // exp(score - max) over the row, a vector at a time: invisible keys
+      // hold -inf and become 0, so no mask is needed here.
+      Value fullEnd = e.subIndex(keys, e.remIndex(keys, e.index(lanes)));
+      Value maxVector = e.broadcast(type, maxScore);
+      Value partial = e.loopWith(
+          e.index(0), fullEnd, e.index(lanes), {e.splat(type, 0.0)},
+          [&](Value s, ValueRange acc) {
+            Value row = e.vectorLoad(type, scores, {h, s}, 4);
+            Value p = math::ExpOp::create(
+                *e.b, e.loc, arith::SubFOp::create(*e.b, e.loc, row, maxVector));
+            e.vectorStore(p, scores, {h, s}, 4);
+            return SmallVector<Value>{e.add(acc[0], p)};
+          })[0];
       Value total = e.loopWith(
-          e.index(0), keys, {e.f32(0.0)}, [&](Value s, ValueRange acc) {
-            Value kPos = memref::LoadOp::create(*e.b, e.loc, kPositions, s);
-            Value seen = visible(qPos, kPos);
+          fullEnd, keys, {sumLanes(e, partial)}, [&](Value s, ValueRange acc) {
             Value p = math::ExpOp::create(
                 *e.b, e.loc,
                 arith::SubFOp::create(*e.b, e.loc, e.load(scores, {h, s}),
                                       maxScore));
             e.store(p, scores, {h, s});
-            return SmallVector<Value>{e.select(seen, e.add(acc[0], p), acc[0])};
+            return SmallVector<Value>{e.add(acc[0], p)};
           })[0];
+      Value inverse = e.div(e.f32(1.0), total);
       SmallVector<Value> init(vectors, e.splat(type, 0.0));
       SmallVector<Type> types(vectors, type);
       ValueRange sums = e.loopWith(
@@ -482,7 +494,7 @@ void mlir::kiln::emitVectorAttention(Emitter &e, const HostVectorShape &shape,
                 visible(qPos, kPos), types,
                 [&] {
                   Value weight = e.broadcast(
-                      type, e.div(e.load(scores, {h, s}), total));
+                      type, e.mul(e.load(scores, {h, s}), inverse));
                   SmallVector<Value> updated;
                   for (int64_t j = 0; j < vectors; ++j)
                     updated.push_back(

@@ -23,7 +23,10 @@
 #include "mlir/Conversion/VectorToLLVM/ConvertVectorToLLVMPass.h"
 #include "mlir/Dialect/Func/IR/FuncOps.h"
 #include "mlir/Dialect/LLVMIR/LLVMDialect.h"
+#include "mlir/Dialect/Math/IR/Math.h"
+#include "mlir/Dialect/Math/Transforms/Passes.h"
 #include "mlir/Dialect/MemRef/Transforms/Passes.h"
+#include "mlir/Transforms/GreedyPatternRewriteDriver.h"
 #include "mlir/Pass/PassManager.h"
 #include "mlir/Target/LLVMIR/Dialect/Builtin/BuiltinToLLVMIRTranslation.h"
 #include "mlir/Target/LLVMIR/Dialect/LLVMIR/LLVMToLLVMIRTranslation.h"
@@ -55,6 +58,22 @@ LogicalResult mlir::kiln::lowerToLLVMDialect(ModuleOp module) {
   for (auto f : module.getOps<func::FuncOp>())
     for (unsigned i = 0; i < f.getNumArguments(); ++i)
       f.removeArgAttr(i, KilnDialect::getHostPanelAttrName());
+  // LLVM has no vector exp for x86: it would call expf once per lane. The
+  // vector kernels' exps (SwiGLU, softmax rows) become MLIR's polynomial
+  // approximation (a few ulp of f32, far inside the 1e-5 the kernels are
+  // held to); scalar exps keep libm's.
+  SmallVector<Operation *> vectorExps;
+  module.walk([&](math::ExpOp exp) {
+    if (isa<VectorType>(exp.getType()))
+      vectorExps.push_back(exp);
+  });
+  if (!vectorExps.empty()) {
+    RewritePatternSet patterns(module.getContext());
+    populateMathPolynomialApproximationPatterns(
+        patterns, [](StringRef name) { return name == "exp"; });
+    if (failed(applyOpPatternsGreedily(vectorExps, std::move(patterns))))
+      return failure();
+  }
   // scf.parallel loops (the partitioned loops of vector kernels) become
   // OpenMP worksharing loops: libomp's thread pool runs them.
   PassManager openmp(module.getContext());
