@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
-# CPU throughput of host engines (one core): prefill and decode tokens/s on
-# the tiny presets and on a mid-size random model (hidden 1024, 8 layers).
-# The host kernels are plain loop nests today (no tiling, vectors or
-# threads): these are the baseline numbers later work is measured against.
+# CPU throughput of host engines: prefill and decode tokens/s on the tiny
+# presets and on a mid-size random model (hidden 1024, 8 layers), at
+# KILN_THREADS threads (default: every core). bench/cpu-vs-llamacpp.sh is
+# the side-by-side comparison with llama.cpp.
 #   bench/cpu-throughput.sh [build-dir]
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
