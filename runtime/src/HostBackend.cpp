@@ -23,6 +23,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <dlfcn.h>
+#include <malloc.h>
 #include <map>
 #include <new>
 #include <sched.h>
@@ -397,6 +398,19 @@ Status kiln::openHostBackend(const EngineFile &engine, const BoundPlan &bound,
       dlsym(model->library, "omp_set_num_threads"));
   model->threads = options.threads > 0 ? options.threads : defaultThreads();
   model->profile = options.profile;
+  // The kernels allocate their temporaries (a GEMM's result before its
+  // epilogue: megabytes at prefill) with malloc on every launch. glibc
+  // serves those from fresh mmaps and returns them on free, so each launch
+  // faulted them in again (about 10 us a page under a hypervisor: a third
+  // of a 64-token prefill). Keeping them on the heap up to 32 MiB (glibc's
+  // largest threshold) and not trimming it lets launches reuse the pages.
+  // This is process-wide, and only raises glibc's defaults.
+  static bool heapKept = [] {
+    mallopt(M_MMAP_THRESHOLD, 32 << 20);
+    mallopt(M_TRIM_THRESHOLD, 256 << 20);
+    return true;
+  }();
+  (void)heapKept;
   out = std::move(model);
   return {};
 }
