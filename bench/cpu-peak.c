@@ -6,7 +6,8 @@
  * Built at benchmark time with -march=native: the widest vectors the
  * machine has.
  *
- *   cpu-peak THREADS...   prints "threads fma_gflops copy_gbs triad_gbs read_gbs"
+ *   cpu-peak THREADS...   prints "threads fma_gflops copy_gbs triad_gbs
+ * read_gbs"
  */
 #include <pthread.h>
 #include <stdio.h>
@@ -115,15 +116,17 @@ static double bandwidth(int threads, float *a, float *b, float *c, size_t n,
     for (int t = 0; t < threads; ++t) {
       /* Aligned split points, so the read kernel's vectors are too. */
       size_t step = n / threads / 64 * 64;
-      jobs[t] = (struct StreamJob){a, b, c, step * t,
-                                   t == threads - 1 ? n : step * (t + 1),
-                                   kind, 0};
+      jobs[t] = (struct StreamJob){
+          a, b, c, step * t, t == threads - 1 ? n : step * (t + 1), kind, 0};
       pthread_create(&ids[t], NULL, streamWorker, &jobs[t]);
     }
     for (int t = 0; t < threads; ++t)
       pthread_join(ids[t], NULL);
     double seconds = now() - start;
-    double bytes = (kind == 1 ? 3.0 : kind == 0 ? 2.0 : 1.0) * sizeof(float) * n;
+    double bytes = (kind == 1   ? 3.0
+                    : kind == 0 ? 2.0
+                                : 1.0) *
+                   sizeof(float) * n;
     if (bytes / seconds / 1e9 > best)
       best = bytes / seconds / 1e9;
   }

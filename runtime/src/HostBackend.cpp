@@ -220,8 +220,7 @@ public:
 /// on this node (OpenMPI and MPICH say how many there are).
 int defaultThreads() {
   cpu_set_t set;
-  int cpus = sched_getaffinity(0, sizeof set, &set) == 0 ? CPU_COUNT(&set)
-                                                         : 1;
+  int cpus = sched_getaffinity(0, sizeof set, &set) == 0 ? CPU_COUNT(&set) : 1;
   int local = 1;
   for (const char *name : {"OMPI_COMM_WORLD_LOCAL_SIZE", "MPI_LOCALNRANKS"})
     if (const char *v = std::getenv(name)) {
@@ -286,8 +285,8 @@ void prefaultWeights(const BoundPlan &bound) {
     // Kernels before 5.14: read a byte of each page.
     unsigned char sink = 0;
     for (uintptr_t p = begin; p < end; p += page)
-      sink ^= *reinterpret_cast<const volatile unsigned char *>(
-          std::max(p, first));
+      sink ^=
+          *reinterpret_cast<const volatile unsigned char *>(std::max(p, first));
     (void)sink;
   }
 }

@@ -272,14 +272,14 @@ static Status bindWeights(const Checkpoint &checkpoint, BoundPlan &bound) {
       madvise(memory, mapped, MADV_HUGEPAGE);
 #endif
       uintptr_t start = reinterpret_cast<uintptr_t>(memory);
-      auto *packed = reinterpret_cast<uint8_t *>((start + kHuge - 1) /
-                                                 kHuge * kHuge);
-      plan::packPanels(v.shape, plan::elementSize(v.dtype),
-                       bound.hostData[id], v.panel, packed);
+      auto *packed =
+          reinterpret_cast<uint8_t *>((start + kHuge - 1) / kHuge * kHuge);
+      plan::packPanels(v.shape, plan::elementSize(v.dtype), bound.hostData[id],
+                       v.panel, packed);
       bound.repacked[id].clear();
-      bound.panelled[id] = std::shared_ptr<uint8_t>(
-          static_cast<uint8_t *>(memory),
-          [mapped](uint8_t *p) { munmap(p, mapped); });
+      bound.panelled[id] =
+          std::shared_ptr<uint8_t>(static_cast<uint8_t *>(memory),
+                                   [mapped](uint8_t *p) { munmap(p, mapped); });
       bound.hostData[id] = packed;
     }
   }

@@ -6,8 +6,9 @@
 // tiles of 128, 256 and 512 bits on libomp's threads), compiles them into a
 // shared object, then calls each generated kernel on random inputs and
 // compares it with the reference evaluator running the same kernel function.
-// Seven tokens leave row, column and head tails for every tile. Positions straddle
-// floor_scale (temperature) and a chunk boundary (a chunk of 8 is used).
+// Seven tokens leave row, column and head tails for every tile. Positions
+// straddle floor_scale (temperature) and a chunk boundary (a chunk of 8 is
+// used).
 //
 //===----------------------------------------------------------------------===//
 
@@ -27,10 +28,10 @@
 
 #include <cmath>
 #include <cstring>
-#include <map>
-#include <optional>
 #include <dlfcn.h>
 #include <gtest/gtest.h>
+#include <map>
+#include <optional>
 #include <random>
 #include <unistd.h>
 
@@ -153,9 +154,8 @@ void checkPreset(bool scout, Lowering how = {0, ""}) {
   compile.cpu = how.cpu;
   llvm::Error e = mlir::kiln::emitHostObject(*kernels, stem + ".o", compile);
   ASSERT_FALSE(e) << llvm::toString(std::move(e));
-  e = mlir::kiln::linkSharedObject(
-      {stem + ".o"}, stem + ".so",
-      options.parallel ? *openmp : std::string());
+  e = mlir::kiln::linkSharedObject({stem + ".o"}, stem + ".so",
+                                   options.parallel ? *openmp : std::string());
   ASSERT_FALSE(e) << llvm::toString(std::move(e));
   void *library = dlopen((stem + ".so").c_str(), RTLD_NOW | RTLD_LOCAL);
   ASSERT_NE(library, nullptr) << dlerror();
@@ -245,8 +245,8 @@ void checkPreset(bool scout, Lowering how = {0, ""}) {
             panels[kernel.getSymName().str()];
         if (auto panel = mine.find(i); panel != mine.end()) {
           std::vector<uint8_t> packed;
-          ::kiln::plan::packPanels(shape, 2, args[i].half.data(),
-                                   panel->second, packed);
+          ::kiln::plan::packPanels(shape, 2, args[i].half.data(), panel->second,
+                                   packed);
           std::memcpy(args[i].half.data(), packed.data(), packed.size());
           ++panelled;
         }

@@ -130,11 +130,10 @@ int main(int argc, char **argv) {
         maxContext = static_cast<long>(number);
       else if (arg == "--threads") {
         if (number < 1 || number > 4096)
-          return fail("--threads expects 1 to 4096, got '" +
-                      std::string(text) + "'");
+          return fail("--threads expects 1 to 4096, got '" + std::string(text) +
+                      "'");
         threads = static_cast<long>(number);
-      }
-      else
+      } else
         step = static_cast<long>(number);
     } else if (arg == "--temperature" || arg == "--top-p") {
       const char *text = value(arg.c_str());

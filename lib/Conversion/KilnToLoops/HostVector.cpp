@@ -58,9 +58,9 @@ Value panelView(Emitter &e, Value w, int64_t panel) {
   int64_t n = type.getDimSize(2);
   SmallVector<int64_t> sizes = {experts, n / panel, k, panel};
   SmallVector<int64_t> strides = {n * k, k * panel, panel, 1};
-  auto view = MemRefType::get(
-      sizes, type.getElementType(),
-      StridedLayoutAttr::get(e.b->getContext(), 0, strides));
+  auto view =
+      MemRefType::get(sizes, type.getElementType(),
+                      StridedLayoutAttr::get(e.b->getContext(), 0, strides));
   return memref::ReinterpretCastOp::create(*e.b, e.loc, view, w, 0, sizes,
                                            strides);
 }
@@ -70,8 +70,8 @@ Value panelView(Emitter &e, Value w, int64_t panel) {
 /// hardware prefetchers stop at every 4 KiB page, and an expert's panels are
 /// read only by its few tokens, so each line would otherwise arrive at
 /// memory latency.
-void prefetchPanelRow(Emitter &e, Value panels, Value ex, Value panel,
-                      Value k, int64_t ahead) {
+void prefetchPanelRow(Emitter &e, Value panels, Value ex, Value panel, Value k,
+                      int64_t ahead) {
   int64_t rows = cast<MemRefType>(panels.getType()).getDimSize(2);
   Value row = e.minUI(e.addIndex(k, e.index(ahead)), e.index(rows - 1));
   memref::PrefetchOp::create(*e.b, e.loc, panels,
@@ -86,15 +86,15 @@ Value fma(Emitter &e, Value a, Value b, Value acc) {
 
 /// The horizontal sum as one fixed shuffle tree.
 Value sumLanes(Emitter &e, Value v) {
-  return vector::ReductionOp::create(*e.b, e.loc, vector::CombiningKind::ADD,
-                                     v, arith::FastMathFlags::reassoc);
+  return vector::ReductionOp::create(*e.b, e.loc, vector::CombiningKind::ADD, v,
+                                     arith::FastMathFlags::reassoc);
 }
 
 Value vectorSwiglu(Emitter &e, Value g, Value u) {
   auto type = cast<VectorType>(g.getType());
   Value negated = arith::NegFOp::create(*e.b, e.loc, g);
-  Value denominator = e.add(e.splat(type, 1.0),
-                            math::ExpOp::create(*e.b, e.loc, negated));
+  Value denominator =
+      e.add(e.splat(type, 1.0), math::ExpOp::create(*e.b, e.loc, negated));
   return e.mul(e.div(g, denominator), u);
 }
 
@@ -116,31 +116,30 @@ void linearTile(Emitter &e, int64_t lanes, Value x, Value w, Value out,
     cols.push_back(n == 0 ? c0 : e.addIndex(c0, e.index(n)));
   SmallVector<Value> acc(mr * nr, e.splat(type, 0.0));
   if (main > 0) {
-    ValueRange sums = e.loopWith(
-        e.index(0), e.index(main), e.index(lanes), acc,
-        [&](Value i, ValueRange a) {
-          SmallVector<Value> xs, ws, next;
-          for (int64_t m = 0; m < mr; ++m)
-            xs.push_back(loadWide(e, x, {rows[m], i}, lanes));
-          for (int64_t n = 0; n < nr; ++n)
-            ws.push_back(loadWide(e, w, {cols[n], i}, lanes));
-          for (int64_t m = 0; m < mr; ++m)
-            for (int64_t n = 0; n < nr; ++n)
-              next.push_back(fma(e, xs[m], ws[n], a[m * nr + n]));
-          return next;
-        });
+    ValueRange sums =
+        e.loopWith(e.index(0), e.index(main), e.index(lanes), acc,
+                   [&](Value i, ValueRange a) {
+                     SmallVector<Value> xs, ws, next;
+                     for (int64_t m = 0; m < mr; ++m)
+                       xs.push_back(loadWide(e, x, {rows[m], i}, lanes));
+                     for (int64_t n = 0; n < nr; ++n)
+                       ws.push_back(loadWide(e, w, {cols[n], i}, lanes));
+                     for (int64_t m = 0; m < mr; ++m)
+                       for (int64_t n = 0; n < nr; ++n)
+                         next.push_back(fma(e, xs[m], ws[n], a[m * nr + n]));
+                     return next;
+                   });
     acc.assign(sums.begin(), sums.end());
   }
   for (int64_t m = 0; m < mr; ++m)
     for (int64_t n = 0; n < nr; ++n) {
       Value s = sumLanes(e, acc[m * nr + n]);
       if (main < k)
-        s = e.loopWith(e.index(main), e.index(k), {s},
-                       [&](Value i, ValueRange a) {
-                         Value p = e.mul(e.load(x, {rows[m], i}),
-                                         e.load(w, {cols[n], i}));
-                         return SmallVector<Value>{e.add(a[0], p)};
-                       })[0];
+        s = e.loopWith(
+            e.index(main), e.index(k), {s}, [&](Value i, ValueRange a) {
+              Value p = e.mul(e.load(x, {rows[m], i}), e.load(w, {cols[n], i}));
+              return SmallVector<Value>{e.add(a[0], p)};
+            })[0];
       e.store(s, out, {rows[m], cols[n]});
     }
 }
@@ -149,8 +148,7 @@ void linearTile(Emitter &e, int64_t lanes, Value x, Value w, Value out,
 void tiledRange(Emitter &e, Value begin, Value end, int64_t mr,
                 function_ref<void(Value, int64_t)> body) {
   Value count = e.subIndex(end, begin);
-  Value fullEnd =
-      e.subIndex(end, e.remIndex(count, e.index(mr)));
+  Value fullEnd = e.subIndex(end, e.remIndex(count, e.index(mr)));
   if (mr > 1)
     e.loopStep(begin, fullEnd, e.index(mr), [&](Value i) { body(i, mr); });
   e.loopStep(mr > 1 ? fullEnd : begin, end, e.index(1),
@@ -280,10 +278,10 @@ void mlir::kiln::emitVectorExpertGateUp(Emitter &e,
         });
     for (int64_t r = 0; r < m; ++r)
       for (int64_t v = 0; v < nv; ++v)
-        storeNarrow(e,
-                    vectorSwiglu(e, acc[2 * (r * nv + v)],
-                                 acc[2 * (r * nv + v) + 1]),
-                    out, {pairs[r], colGate[v]});
+        storeNarrow(
+            e,
+            vectorSwiglu(e, acc[2 * (r * nv + v)], acc[2 * (r * nv + v) + 1]),
+            out, {pairs[r], colGate[v]});
   };
   auto overExperts = [&](function_ref<void(Value, Value, Value)> body) {
     e.loops({e.index(experts)}, [&](ValueRange ex) {
@@ -297,9 +295,8 @@ void mlir::kiln::emitVectorExpertGateUp(Emitter &e,
         e, shape.parallel, {e.index(blocks)}, [&](ValueRange jb) {
           Value j0 = e.mulIndex(jb[0], cols);
           overExperts([&](Value ex, Value begin, Value end) {
-            tiledRange(e, begin, end, mr, [&](Value i, int64_t m) {
-              tile(ex, i, m, j0);
-            });
+            tiledRange(e, begin, end, mr,
+                       [&](Value i, int64_t m) { tile(ex, i, m, j0); });
           });
         });
   if (blocks * cols == f)
@@ -311,14 +308,14 @@ void mlir::kiln::emitVectorExpertGateUp(Emitter &e,
       Value gate = e.load(gates, {i});
       e.loopStep(e.index(blocks * cols), e.index(f), e.index(1), [&](Value j) {
         Value up = e.addIndex(j, e.index(f));
-        ValueRange sums = e.loopWith(
-            e.index(0), e.index(d), {e.f32(0.0), e.f32(0.0)},
-            [&](Value c, ValueRange a) {
-              Value z = e.mul(gate, e.load(input, {token, c}));
-              return SmallVector<Value>{
-                  e.add(a[0], e.mul(z, e.load(w, {ex, c, j}))),
-                  e.add(a[1], e.mul(z, e.load(w, {ex, c, up})))};
-            });
+        ValueRange sums =
+            e.loopWith(e.index(0), e.index(d), {e.f32(0.0), e.f32(0.0)},
+                       [&](Value c, ValueRange a) {
+                         Value z = e.mul(gate, e.load(input, {token, c}));
+                         return SmallVector<Value>{
+                             e.add(a[0], e.mul(z, e.load(w, {ex, c, j}))),
+                             e.add(a[1], e.mul(z, e.load(w, {ex, c, up})))};
+                       });
         e.store(e.swiglu(sums[0], sums[1]), out, {i, j});
       });
     });
@@ -335,9 +332,8 @@ void mlir::kiln::emitVectorExpertDown(Emitter &e, const HostVectorShape &shape,
   VectorType type = VectorType::get({lanes}, e.b->getF32Type());
   bool packed = expertPanel(shape, d) != 0;
   Value panels = packed ? panelView(e, w, cols) : Value();
-  emitRowLoops(e, shape.parallel, {rows, e.index(d)}, [&](ValueRange ivs) {
-    e.store(e.load(addend, ivs), out, ivs);
-  });
+  emitRowLoops(e, shape.parallel, {rows, e.index(d)},
+               [&](ValueRange ivs) { e.store(e.load(addend, ivs), out, ivs); });
   auto overExperts = [&](function_ref<void(Value, Value, Value)> body) {
     e.loops({e.index(experts)}, [&](ValueRange ex) {
       Value begin = e.loadIndex(offsets, {ex[0]});
@@ -363,10 +359,10 @@ void mlir::kiln::emitVectorExpertDown(Emitter &e, const HostVectorShape &shape,
           if (packed)
             prefetchPanelRow(e, panels, ex, panel, j, kPrefetchRows);
           for (int64_t v = 0; v < nv; ++v)
-            wv.push_back(
-                packed ? loadWide(e, panels,
-                                  {ex, panel, j, e.index(v * lanes)}, lanes)
-                       : loadWide(e, w, {ex, j, colIv[v]}, lanes));
+            wv.push_back(packed ? loadWide(e, panels,
+                                           {ex, panel, j, e.index(v * lanes)},
+                                           lanes)
+                                : loadWide(e, w, {ex, j, colIv[v]}, lanes));
           for (int64_t r = 0; r < m; ++r)
             for (int64_t v = 0; v < nv; ++v)
               next.push_back(fma(e, h[r], wv[v], a[r * nv + v]));
@@ -376,8 +372,7 @@ void mlir::kiln::emitVectorExpertDown(Emitter &e, const HostVectorShape &shape,
       Value token = e.loadIndex(indices, {pairs[r]});
       for (int64_t v = 0; v < nv; ++v) {
         Value current = loadWide(e, out, {token, colIv[v]}, lanes);
-        storeNarrow(e, e.add(current, acc[r * nv + v]), out,
-                    {token, colIv[v]});
+        storeNarrow(e, e.add(current, acc[r * nv + v]), out, {token, colIv[v]});
       }
     }
   };
@@ -405,13 +400,11 @@ void mlir::kiln::emitVectorExpertDown(Emitter &e, const HostVectorShape &shape,
   });
 }
 
-void mlir::kiln::emitVectorAttention(Emitter &e, const HostVectorShape &shape,
-                                     Value q, Value k, Value v,
-                                     Value qPositions, Value kPositions,
-                                     Value out, Value rows,
-                                     const AttentionShape &a,
-                                     function_ref<Value(Value)> temperature,
-                                     function_ref<Value(Value, Value)> visible) {
+void mlir::kiln::emitVectorAttention(
+    Emitter &e, const HostVectorShape &shape, Value q, Value k, Value v,
+    Value qPositions, Value kPositions, Value out, Value rows,
+    const AttentionShape &a, function_ref<Value(Value)> temperature,
+    function_ref<Value(Value, Value)> visible) {
   int64_t lanes = shape.lanes, d = a.headDim, group = a.heads / a.kvHeads;
   int64_t vectors = d / lanes;
   auto f32 = e.b->getF32Type();
@@ -420,95 +413,98 @@ void mlir::kiln::emitVectorAttention(Emitter &e, const HostVectorShape &shape,
   Value negInf = e.f32(-std::numeric_limits<double>::infinity());
   // One row of scores per head: heads are the partition.
   Value scores = memref::AllocOp::create(
-      *e.b, e.loc,
-      MemRefType::get({a.heads, ShapedType::kDynamic}, f32), ValueRange{keys});
-  emitPartitionedLoop(e, shape.parallel, {e.index(a.heads)}, [&](ValueRange hv) {
-    Value h = hv[0];
-    Value qBase = e.mulIndex(h, d);
-    Value kvBase = e.mulIndex(e.divIndex(h, e.index(group)), d);
-    SmallVector<Value> cols;
-    for (int64_t j = 0; j < vectors; ++j)
-      cols.push_back(e.addIndex(kvBase, e.index(j * lanes)));
-    e.loopStep(e.index(0), rows, e.index(1), [&](Value tok) {
-      Value qPos = memref::LoadOp::create(*e.b, e.loc, qPositions, tok);
-      Value tau = temperature(qPos);
-      SmallVector<Value> qv;
-      for (int64_t j = 0; j < vectors; ++j)
-        qv.push_back(e.mul(
-            loadWide(e, q, {tok, e.addIndex(qBase, e.index(j * lanes))},
-                     lanes),
-            e.broadcast(type, tau)));
-      Value maxScore =
-          e.loopWith(e.index(0), keys, {negInf}, [&](Value s, ValueRange acc) {
-            Value kPos = memref::LoadOp::create(*e.b, e.loc, kPositions, s);
-            Value seen = visible(qPos, kPos);
-            Value score = e.ifElse(
-                seen, {f32},
-                [&] {
-                  // Two accumulators halve the FMA dependency chain.
-                  Value even = e.splat(type, 0.0), odd = even;
-                  for (int64_t j = 0; j < vectors; ++j) {
-                    Value kv = loadWide(e, k, {s, cols[j]}, lanes);
-                    if (j % 2 == 0)
-                      even = fma(e, qv[j], kv, even);
-                    else
-                      odd = fma(e, qv[j], kv, odd);
-                  }
-                  Value dot = sumLanes(e, e.add(even, odd));
-                  return SmallVector<Value>{e.mul(dot, e.f32(a.scale))};
-                },
-                [&] { return SmallVector<Value>{negInf}; })[0];
-            e.store(score, scores, {h, s});
-            Value larger = e.cmpF(arith::CmpFPredicate::OLT, acc[0], score);
-            return SmallVector<Value>{e.select(larger, score, acc[0])};
-          })[0];
-      // exp(score - max) over the row, a vector at a time: invisible keys
-      // hold -inf and become 0, so no mask is needed here.
-      Value fullEnd = e.subIndex(keys, e.remIndex(keys, e.index(lanes)));
-      Value maxVector = e.broadcast(type, maxScore);
-      Value partial = e.loopWith(
-          e.index(0), fullEnd, e.index(lanes), {e.splat(type, 0.0)},
-          [&](Value s, ValueRange acc) {
-            Value row = e.vectorLoad(type, scores, {h, s}, 4);
-            Value p = math::ExpOp::create(
-                *e.b, e.loc, arith::SubFOp::create(*e.b, e.loc, row, maxVector));
-            e.vectorStore(p, scores, {h, s}, 4);
-            return SmallVector<Value>{e.add(acc[0], p)};
-          })[0];
-      Value total = e.loopWith(
-          fullEnd, keys, {sumLanes(e, partial)}, [&](Value s, ValueRange acc) {
-            Value p = math::ExpOp::create(
-                *e.b, e.loc,
-                arith::SubFOp::create(*e.b, e.loc, e.load(scores, {h, s}),
-                                      maxScore));
-            e.store(p, scores, {h, s});
-            return SmallVector<Value>{e.add(acc[0], p)};
-          })[0];
-      Value inverse = e.div(e.f32(1.0), total);
-      SmallVector<Value> init(vectors, e.splat(type, 0.0));
-      SmallVector<Type> types(vectors, type);
-      ValueRange sums = e.loopWith(
-          e.index(0), keys, init, [&](Value s, ValueRange acc) {
-            Value kPos = memref::LoadOp::create(*e.b, e.loc, kPositions, s);
-            ValueRange next = e.ifElse(
-                visible(qPos, kPos), types,
-                [&] {
-                  Value weight = e.broadcast(
-                      type, e.mul(e.load(scores, {h, s}), inverse));
-                  SmallVector<Value> updated;
-                  for (int64_t j = 0; j < vectors; ++j)
-                    updated.push_back(
-                        fma(e, weight, loadWide(e, v, {s, cols[j]}, lanes),
-                            acc[j]));
-                  return updated;
-                },
-                [&] { return SmallVector<Value>(acc.begin(), acc.end()); });
-            return SmallVector<Value>(next.begin(), next.end());
-          });
-      for (int64_t j = 0; j < vectors; ++j)
-        storeNarrow(e, sums[j], out,
-                    {tok, e.addIndex(qBase, e.index(j * lanes))});
-    });
-  });
+      *e.b, e.loc, MemRefType::get({a.heads, ShapedType::kDynamic}, f32),
+      ValueRange{keys});
+  emitPartitionedLoop(
+      e, shape.parallel, {e.index(a.heads)}, [&](ValueRange hv) {
+        Value h = hv[0];
+        Value qBase = e.mulIndex(h, d);
+        Value kvBase = e.mulIndex(e.divIndex(h, e.index(group)), d);
+        SmallVector<Value> cols;
+        for (int64_t j = 0; j < vectors; ++j)
+          cols.push_back(e.addIndex(kvBase, e.index(j * lanes)));
+        e.loopStep(e.index(0), rows, e.index(1), [&](Value tok) {
+          Value qPos = memref::LoadOp::create(*e.b, e.loc, qPositions, tok);
+          Value tau = temperature(qPos);
+          SmallVector<Value> qv;
+          for (int64_t j = 0; j < vectors; ++j)
+            qv.push_back(e.mul(
+                loadWide(e, q, {tok, e.addIndex(qBase, e.index(j * lanes))},
+                         lanes),
+                e.broadcast(type, tau)));
+          Value maxScore = e.loopWith(
+              e.index(0), keys, {negInf}, [&](Value s, ValueRange acc) {
+                Value kPos = memref::LoadOp::create(*e.b, e.loc, kPositions, s);
+                Value seen = visible(qPos, kPos);
+                Value score = e.ifElse(
+                    seen, {f32},
+                    [&] {
+                      // Two accumulators halve the FMA dependency chain.
+                      Value even = e.splat(type, 0.0), odd = even;
+                      for (int64_t j = 0; j < vectors; ++j) {
+                        Value kv = loadWide(e, k, {s, cols[j]}, lanes);
+                        if (j % 2 == 0)
+                          even = fma(e, qv[j], kv, even);
+                        else
+                          odd = fma(e, qv[j], kv, odd);
+                      }
+                      Value dot = sumLanes(e, e.add(even, odd));
+                      return SmallVector<Value>{e.mul(dot, e.f32(a.scale))};
+                    },
+                    [&] { return SmallVector<Value>{negInf}; })[0];
+                e.store(score, scores, {h, s});
+                Value larger = e.cmpF(arith::CmpFPredicate::OLT, acc[0], score);
+                return SmallVector<Value>{e.select(larger, score, acc[0])};
+              })[0];
+          // exp(score - max) over the row, a vector at a time: invisible keys
+          // hold -inf and become 0, so no mask is needed here.
+          Value fullEnd = e.subIndex(keys, e.remIndex(keys, e.index(lanes)));
+          Value maxVector = e.broadcast(type, maxScore);
+          Value partial = e.loopWith(
+              e.index(0), fullEnd, e.index(lanes), {e.splat(type, 0.0)},
+              [&](Value s, ValueRange acc) {
+                Value row = e.vectorLoad(type, scores, {h, s}, 4);
+                Value p = math::ExpOp::create(
+                    *e.b, e.loc,
+                    arith::SubFOp::create(*e.b, e.loc, row, maxVector));
+                e.vectorStore(p, scores, {h, s}, 4);
+                return SmallVector<Value>{e.add(acc[0], p)};
+              })[0];
+          Value total = e.loopWith(
+              fullEnd, keys, {sumLanes(e, partial)},
+              [&](Value s, ValueRange acc) {
+                Value p = math::ExpOp::create(
+                    *e.b, e.loc,
+                    arith::SubFOp::create(*e.b, e.loc, e.load(scores, {h, s}),
+                                          maxScore));
+                e.store(p, scores, {h, s});
+                return SmallVector<Value>{e.add(acc[0], p)};
+              })[0];
+          Value inverse = e.div(e.f32(1.0), total);
+          SmallVector<Value> init(vectors, e.splat(type, 0.0));
+          SmallVector<Type> types(vectors, type);
+          ValueRange sums =
+              e.loopWith(e.index(0), keys, init, [&](Value s, ValueRange acc) {
+                Value kPos = memref::LoadOp::create(*e.b, e.loc, kPositions, s);
+                ValueRange next = e.ifElse(
+                    visible(qPos, kPos), types,
+                    [&] {
+                      Value weight = e.broadcast(
+                          type, e.mul(e.load(scores, {h, s}), inverse));
+                      SmallVector<Value> updated;
+                      for (int64_t j = 0; j < vectors; ++j)
+                        updated.push_back(
+                            fma(e, weight, loadWide(e, v, {s, cols[j]}, lanes),
+                                acc[j]));
+                      return updated;
+                    },
+                    [&] { return SmallVector<Value>(acc.begin(), acc.end()); });
+                return SmallVector<Value>(next.begin(), next.end());
+              });
+          for (int64_t j = 0; j < vectors; ++j)
+            storeNarrow(e, sums[j], out,
+                        {tok, e.addIndex(qBase, e.index(j * lanes))});
+        });
+      });
   memref::DeallocOp::create(*e.b, e.loc, scores);
 }

@@ -222,25 +222,29 @@ LogicalResult KernelLowering::lowerOp(Operation *op, Emitter &e) {
         Value g = buffer(s.getGate()), u = buffer(s.getUp());
         Value t = rows(s.getGate(), e);
         Value out = destination(s.getResult(), t, e);
-        emitRowLoops(e, shape.parallel, {t, e.index(width(s.getResult()))}, [&](ValueRange ivs) {
-          e.store(e.swiglu(e.load(g, ivs), e.load(u, ivs)), out, ivs);
-        });
+        emitRowLoops(e, shape.parallel, {t, e.index(width(s.getResult()))},
+                     [&](ValueRange ivs) {
+                       e.store(e.swiglu(e.load(g, ivs), e.load(u, ivs)), out,
+                               ivs);
+                     });
         return success();
       })
       .Case([&](AddOp a) {
         Value x = buffer(a.getLhs()), y = buffer(a.getRhs());
         Value t = rows(a.getLhs(), e);
         Value out = destination(a.getResult(), t, e);
-        emitRowLoops(e, shape.parallel, {t, e.index(width(a.getResult()))}, [&](ValueRange ivs) {
-          e.store(e.add(e.load(x, ivs), e.load(y, ivs)), out, ivs);
-        });
+        emitRowLoops(e, shape.parallel, {t, e.index(width(a.getResult()))},
+                     [&](ValueRange ivs) {
+                       e.store(e.add(e.load(x, ivs), e.load(y, ivs)), out, ivs);
+                     });
         return success();
       })
       .Case([&](RmsNormOp n) {
         Value t = rows(n.getInput(), e);
         Value out = destination(n.getResult(), t, e);
-        emitRmsNorm(e, shape.parallel, buffer(n.getInput()), buffer(n.getWeight()), out, t,
-                    width(n.getInput()), n.getEpsilon().convertToDouble());
+        emitRmsNorm(e, shape.parallel, buffer(n.getInput()),
+                    buffer(n.getWeight()), out, t, width(n.getInput()),
+                    n.getEpsilon().convertToDouble());
         return success();
       })
       .Case([&](AddRmsNormOp n) {
@@ -249,11 +253,12 @@ LogicalResult KernelLowering::lowerOp(Operation *op, Emitter &e) {
         Value sum = destination(n.getSum(), t, e);
         Value normed = destination(n.getNormed(), t, e);
         int64_t cols = width(n.getInput());
-        emitRowLoops(e, shape.parallel, {t, e.index(cols)}, [&](ValueRange ivs) {
-          e.store(e.add(e.load(x, ivs), e.load(r, ivs)), sum, ivs);
-        });
-        emitRmsNorm(e, shape.parallel, sum, buffer(n.getWeight()), normed, t, cols,
-                    n.getEpsilon().convertToDouble());
+        emitRowLoops(e, shape.parallel, {t, e.index(cols)},
+                     [&](ValueRange ivs) {
+                       e.store(e.add(e.load(x, ivs), e.load(r, ivs)), sum, ivs);
+                     });
+        emitRmsNorm(e, shape.parallel, sum, buffer(n.getWeight()), normed, t,
+                    cols, n.getEpsilon().convertToDouble());
         return success();
       })
       .Case([&](QkNormOp n) {
@@ -269,18 +274,20 @@ LogicalResult KernelLowering::lowerOp(Operation *op, Emitter &e) {
         Value table = buffer(m.getTable()), tokens = buffer(m.getTokens());
         Value t = e.dim(tokens, 0);
         Value out = destination(m.getResult(), t, e);
-        emitRowLoops(e, shape.parallel, {t, e.index(width(m.getResult()))}, [&](ValueRange ivs) {
-          Value id = e.loadIndex(tokens, {ivs[0]});
-          e.store(e.load(table, {id, ivs[1]}), out, ivs);
-        });
+        emitRowLoops(e, shape.parallel, {t, e.index(width(m.getResult()))},
+                     [&](ValueRange ivs) {
+                       Value id = e.loadIndex(tokens, {ivs[0]});
+                       e.store(e.load(table, {id, ivs[1]}), out, ivs);
+                     });
         return success();
       })
       .Case([&](RopeOp r) {
         Value x = buffer(r.getInput());
         Value t = rows(r.getInput(), e);
         Value out = destination(r.getResult(), t, e);
-        emitRowLoops(e, shape.parallel, {t, e.index(width(r.getInput()))},
-                [&](ValueRange ivs) { e.store(e.load(x, ivs), out, ivs); });
+        emitRowLoops(
+            e, shape.parallel, {t, e.index(width(r.getInput()))},
+            [&](ValueRange ivs) { e.store(e.load(x, ivs), out, ivs); });
         int64_t heads = r.getNumHeads();
         emitRope(e, shape.parallel, out, t, buffer(r.getPositions()), heads,
                  width(r.getInput()) / heads, r.getInvFreq());
@@ -293,10 +300,11 @@ LogicalResult KernelLowering::lowerOp(Operation *op, Emitter &e) {
         for (Value part : s.getResults()) {
           Value out = destination(part, t, e);
           int64_t first = offset;
-          emitRowLoops(e, shape.parallel, {t, e.index(width(part))}, [&](ValueRange ivs) {
-            Value col = e.addIndex(ivs[1], e.index(first));
-            e.store(e.load(x, {ivs[0], col}), out, ivs);
-          });
+          emitRowLoops(e, shape.parallel, {t, e.index(width(part))},
+                       [&](ValueRange ivs) {
+                         Value col = e.addIndex(ivs[1], e.index(first));
+                         e.store(e.load(x, {ivs[0], col}), out, ivs);
+                       });
           offset += width(part);
         }
         return success();
@@ -313,19 +321,22 @@ LogicalResult KernelLowering::lowerOp(Operation *op, Emitter &e) {
         int64_t offsets[3] = {0, qWidth, qWidth + kvWidth};
         int64_t widths[3] = {qWidth, kvWidth, kvWidth};
         for (int i = 0; i < 3; ++i)
-          emitRowLoops(e, shape.parallel, {t, e.index(widths[i])}, [&](ValueRange ivs) {
-            Value col = e.addIndex(ivs[1], e.index(offsets[i]));
-            e.store(e.load(qkv, {ivs[0], col}), parts[i], ivs);
-          });
+          emitRowLoops(e, shape.parallel, {t, e.index(widths[i])},
+                       [&](ValueRange ivs) {
+                         Value col = e.addIndex(ivs[1], e.index(offsets[i]));
+                         e.store(e.load(qkv, {ivs[0], col}), parts[i], ivs);
+                       });
         if (std::optional<ArrayRef<double>> freqs = q.getInvFreq()) {
-          emitRope(e, shape.parallel, parts[0], t, positions, heads, headDim, *freqs);
-          emitRope(e, shape.parallel, parts[1], t, positions, kvHeads, headDim, *freqs);
+          emitRope(e, shape.parallel, parts[0], t, positions, heads, headDim,
+                   *freqs);
+          emitRope(e, shape.parallel, parts[1], t, positions, kvHeads, headDim,
+                   *freqs);
         }
         if (std::optional<llvm::APFloat> eps = q.getQkNormEpsilon()) {
           emitHeadNorm(e, shape.parallel, parts[0], parts[0], t, heads, headDim,
                        eps->convertToDouble());
-          emitHeadNorm(e, shape.parallel, parts[1], parts[1], t, kvHeads, headDim,
-                       eps->convertToDouble());
+          emitHeadNorm(e, shape.parallel, parts[1], parts[1], t, kvHeads,
+                       headDim, eps->convertToDouble());
         }
         if (std::optional<int64_t> floor = q.getFloorScale()) {
           double attnScale = q.getAttnScale()->convertToDouble();
@@ -451,7 +462,12 @@ LogicalResult KernelLowering::lowerAttention(AttentionOp a, Emitter &e) {
       a.getMask() == MaskKind::Chunked ? a.getChunkSize().value_or(0) : 0;
   double scale = a.getScale().convertToDouble();
   if (vectorized() && d % shape.lanes == 0) {
-    AttentionShape as{heads, kvHeads, d, chunk, scale, a.getFloorScale(),
+    AttentionShape as{heads,
+                      kvHeads,
+                      d,
+                      chunk,
+                      scale,
+                      a.getFloorScale(),
                       a.getAttnScale() ? a.getAttnScale()->convertToDouble()
                                        : 0.0};
     emitVectorAttention(

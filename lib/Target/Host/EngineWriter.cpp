@@ -55,8 +55,8 @@ mlir::kiln::resolveHostCpuLevel(llvm::StringRef cpu) {
 static llvm::Error notePanels(ModuleOp kernels, ::kiln::plan::Plan &plan) {
   for (auto f : kernels.getOps<func::FuncOp>())
     for (unsigned i = 0; i < f.getNumArguments(); ++i) {
-      auto columns =
-          f.getArgAttrOfType<IntegerAttr>(i, KilnDialect::getHostPanelAttrName());
+      auto columns = f.getArgAttrOfType<IntegerAttr>(
+          i, KilnDialect::getHostPanelAttrName());
       if (!columns)
         continue;
       for (const ::kiln::plan::Launch &l : plan.launches) {
@@ -75,9 +75,10 @@ static llvm::Error notePanels(ModuleOp kernels, ::kiln::plan::Plan &plan) {
   return llvm::Error::success();
 }
 
-llvm::Error mlir::kiln::writeHostEngine(ModuleOp module, llvm::StringRef path,
-                                        llvm::StringRef workDir,
-                                        const HostEngineOptions &engineOptions) {
+llvm::Error
+mlir::kiln::writeHostEngine(ModuleOp module, llvm::StringRef path,
+                            llvm::StringRef workDir,
+                            const HostEngineOptions &engineOptions) {
   llvm::Expected<::kiln::plan::Plan> plan = buildEnginePlan(module);
   if (!plan)
     return plan.takeError();
@@ -113,8 +114,8 @@ llvm::Error mlir::kiln::writeHostEngine(ModuleOp module, llvm::StringRef path,
   options.cpu = *level;
   if (llvm::Error e = emitHostObject(*kernels, object, options))
     return e;
-  if (llvm::Error e = linkSharedObject({std::string(object)}, library,
-                                       openmp.value_or("")))
+  if (llvm::Error e =
+          linkSharedObject({std::string(object)}, library, openmp.value_or("")))
     return e;
   auto shared = llvm::MemoryBuffer::getFile(library, /*IsText=*/false);
   if (!shared)

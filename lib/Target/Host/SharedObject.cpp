@@ -26,12 +26,12 @@
 #include "mlir/Dialect/Math/IR/Math.h"
 #include "mlir/Dialect/Math/Transforms/Passes.h"
 #include "mlir/Dialect/MemRef/Transforms/Passes.h"
-#include "mlir/Transforms/GreedyPatternRewriteDriver.h"
 #include "mlir/Pass/PassManager.h"
 #include "mlir/Target/LLVMIR/Dialect/Builtin/BuiltinToLLVMIRTranslation.h"
 #include "mlir/Target/LLVMIR/Dialect/LLVMIR/LLVMToLLVMIRTranslation.h"
 #include "mlir/Target/LLVMIR/Dialect/OpenMP/OpenMPToLLVMIRTranslation.h"
 #include "mlir/Target/LLVMIR/Export.h"
+#include "mlir/Transforms/GreedyPatternRewriteDriver.h"
 
 #include "llvm/IR/LegacyPassManager.h"
 #include "llvm/IR/Module.h"
@@ -85,14 +85,14 @@ LogicalResult mlir::kiln::lowerToLLVMDialect(ModuleOp module) {
   // so the scopes are dropped before the loops inside become branches.
   module.walk([](memref::AllocaScopeOp scope) {
     if (scope->getNumResults() != 0 ||
-        scope.getBodyRegion().walk([](memref::AllocaOp) {
-          return WalkResult::interrupt();
-        }).wasInterrupted())
+        scope.getBodyRegion()
+            .walk([](memref::AllocaOp) { return WalkResult::interrupt(); })
+            .wasInterrupted())
       return;
     Block &body = scope.getBodyRegion().front();
     body.getTerminator()->erase();
-    scope->getBlock()->getOperations().splice(
-        Block::iterator(scope), body.getOperations());
+    scope->getBlock()->getOperations().splice(Block::iterator(scope),
+                                              body.getOperations());
     scope->erase();
   });
   PassManager pm(module.getContext());
