@@ -219,3 +219,42 @@ TEST(EnginePlanTest, MalformedTensorParallelPlansAreNamed) {
         << c.message << " -> " << error;
   }
 }
+
+TEST(EnginePlanTest, PanelsLayColumnBlocksOutOneAfterAnother) {
+  // Two experts of [K = 3, N = 4] (values 0..23) in panels of 2 columns:
+  // [2, 2, 3, 2], each panel's rows one after another.
+  std::vector<float> full(24);
+  for (int i = 0; i < 24; ++i)
+    full[i] = static_cast<float>(i);
+  std::vector<uint8_t> bytes;
+  packPanels({2, 3, 4}, sizeof(float), full.data(), 2, bytes);
+  std::vector<float> packed(bytes.size() / sizeof(float));
+  std::memcpy(packed.data(), bytes.data(), bytes.size());
+  EXPECT_EQ(packed, (std::vector<float>{0,  1,  4,  5,  8,  9,  2,  3,
+                                        6,  7,  10, 11, 12, 13, 16, 17,
+                                        20, 21, 14, 15, 18, 19, 22, 23}));
+}
+
+TEST(EnginePlanTest, PanelsRoundTripAndAreChecked) {
+  // One rank: the kernel's partial sum is the logits.
+  Plan p = tensorParallelPlan();
+  p.tensorParallel = 1;
+  p.values[1].shards.clear();
+  p.values[1].shape = {2, 3, 4};
+  p.values[1].panel = 2;
+  p.values.pop_back();
+  p.launches.pop_back();
+  p.logits = 2;
+  std::string text = writePlan(p);
+  Plan back;
+  std::string error;
+  ASSERT_TRUE(readPlan(text, "tp.kiln", back, error)) << error;
+  EXPECT_EQ(back.values[1].panel, 2);
+  EXPECT_EQ(writePlan(back), text);
+  EXPECT_NE(errorOf(replaced(text, "\"panel\":2", "\"panel\":3"))
+                .find("panel 3 does not divide the last extent of a weight"),
+            std::string::npos);
+  EXPECT_NE(
+      errorOf(replaced(text, "\"panel\":2", "\"panel\":-2")).find("panel"),
+      std::string::npos);
+}
