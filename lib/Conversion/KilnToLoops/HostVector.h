@@ -28,7 +28,6 @@ struct HostVectorShape {
   bool parallel = false;
 };
 
-/// for ivs < ubs, iterations independent: scf.parallel when `parallel`.
 /// A loop nest from 0 to `ubs` that is an scf.parallel when `parallel`
 /// (each iteration must write only what no other iteration touches), else
 /// plain scf.for loops.
@@ -41,19 +40,14 @@ void emitPartitionedLoop(Emitter &e, bool parallel, ArrayRef<Value> ubs,
 void emitRowLoops(Emitter &e, bool parallel, ArrayRef<Value> ubs,
                   function_ref<void(ValueRange)> body);
 
-/// The register-tiled GEMM out[rows, n] = x[rows, k] * w[n, k]^T: dot-form
-/// tiles of MR rows x 4 weight rows, L2-sized column blocks as the unit of
-/// threading. Each output element is summed in one fixed order whatever the
-/// thread count.
-
 /// out[r, c] = sum_i x[r, i] * w[c, i] for r < rows; x is [rows, k] f32,
-/// w is [n, k] (f32 or narrower floats), out is [rows, n].
+/// w is [n, k] (f32 or narrower floats), out is [rows, n]. Dot-form tiles of
+/// MR rows x 4 weight rows over L2-sized column blocks, the blocks being the
+/// unit of threading: each output element is summed in one fixed order
+/// whatever the thread count.
 void emitVectorLinear(Emitter &e, const HostVectorShape &shape, Value x,
                       Value w, Value out, Value rows, int64_t k, int64_t n);
 
-/// The MoE gate/up GEMM over each expert's routed tokens: for pair i of
-/// expert x, z = gate[i] * input[token[i]], out[i, j] = swiglu(z . w[x, :,
-/// j], z . w[x, :, f + j]); w is [experts, d, 2f].
 /// The panel width (columns) in which the routed experts' weights are
 /// stored for these vectors, when `n` (f for gate/up, d for down) is a
 /// multiple of it; else 0 (plain [E, K, N]). Panel-major [E, N / p, K, p]
@@ -62,10 +56,11 @@ void emitVectorLinear(Emitter &e, const HostVectorShape &shape, Value x,
 /// entry each.
 int64_t expertPanel(const HostVectorShape &shape, int64_t n);
 
-/// The routed experts' gate/up GEMM with SwiGLU, over each expert's tokens
-/// (contiguous after the router's sort): outer-product tiles over columns of
-/// w[E, d, 2f] (in panels when expertPanel(shape, f) says so), column
-/// blocks as the unit of threading.
+/// The MoE gate/up GEMM over each expert's routed tokens (contiguous after
+/// the router's sort): for pair i of expert x, z = gate[i] * input[token[i]],
+/// out[i, j] = swiglu(z . w[x, :, j], z . w[x, :, f + j]); w is
+/// [experts, d, 2f], in panels when expertPanel(shape, f) says so.
+/// Outer-product tiles; column blocks are the unit of threading.
 void emitVectorExpertGateUp(Emitter &e, const HostVectorShape &shape,
                             Value input, Value indices, Value offsets,
                             Value gates, Value w, Value out, int64_t experts,
@@ -73,10 +68,9 @@ void emitVectorExpertGateUp(Emitter &e, const HostVectorShape &shape,
 
 /// The MoE down GEMM: out = addend, then for each expert in order and each
 /// of its pairs i, out[token[i], :] += hidden[i, :] . w[x]; w is
-/// [experts, f, d].
-/// The routed experts' down GEMM, added into out[token] (which starts as
-/// `addend`): outer-product tiles, column blocks as the unit of threading,
-/// so no two threads add into one element.
+/// [experts, f, d], in panels when expertPanel(shape, d) says so.
+/// Outer-product tiles; column blocks are the unit of threading, so no two
+/// threads add into one element.
 void emitVectorExpertDown(Emitter &e, const HostVectorShape &shape,
                           Value hidden, Value indices, Value offsets, Value w,
                           Value addend, Value out, Value rows, int64_t experts,
@@ -93,7 +87,7 @@ struct AttentionShape {
 };
 /// Attention with vector dot products along head_dim and vector value sums;
 /// heads are the unit of threading. Keys that `visible` rejects cost one
-/// compare; the softmax follows the reference's order.
+/// compare; the softmax's exps and sum run over the score row as vectors.
 void emitVectorAttention(Emitter &e, const HostVectorShape &shape, Value q,
                          Value k, Value v, Value qPositions, Value kPositions,
                          Value out, Value rows, const AttentionShape &a,
