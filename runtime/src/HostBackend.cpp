@@ -96,61 +96,6 @@ std::vector<int64_t> describe(const void *data,
 
 namespace {
 
-/// An allocator for a step's large buffers (activation arena, KV pools): 2 MiB
-/// and up come from their own mapping, 2 MiB-aligned, with transparent huge
-/// pages asked for. Under a hypervisor each 4 KiB page fault costs about
-/// 10 us: a 512-token prefill of a 243M model spent 60 ms of its 390 ms
-/// faulting its fresh arena and KV pages in.
-template <typename T> struct HugePageAllocator {
-  using value_type = T;
-  static constexpr size_t kHuge = size_t(2) << 20;
-
-  HugePageAllocator() = default;
-  template <typename U> HugePageAllocator(const HugePageAllocator<U> &) {}
-
-  static size_t rounded(size_t bytes) {
-    return (bytes + kHuge - 1) / kHuge * kHuge;
-  }
-  T *allocate(size_t n) {
-    size_t bytes = n * sizeof(T);
-    if (bytes < kHuge) {
-      if (void *p = std::malloc(bytes))
-        return static_cast<T *>(p);
-      throw std::bad_alloc();
-    }
-    size_t size = rounded(bytes);
-    void *map = mmap(nullptr, size + kHuge, PROT_READ | PROT_WRITE,
-                     MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
-    if (map == MAP_FAILED)
-      throw std::bad_alloc();
-    // Keep the 2 MiB-aligned part only.
-    uintptr_t start = reinterpret_cast<uintptr_t>(map);
-    uintptr_t aligned = (start + kHuge - 1) / kHuge * kHuge;
-    if (aligned > start)
-      munmap(map, aligned - start);
-    if (size_t tail = start + size + kHuge - (aligned + size))
-      munmap(reinterpret_cast<void *>(aligned + size), tail);
-#ifdef MADV_HUGEPAGE
-    madvise(reinterpret_cast<void *>(aligned), size, MADV_HUGEPAGE);
-#endif
-    return reinterpret_cast<T *>(aligned);
-  }
-  void deallocate(T *p, size_t n) {
-    size_t bytes = n * sizeof(T);
-    if (bytes < kHuge)
-      std::free(p);
-    else
-      munmap(p, rounded(bytes));
-  }
-  template <typename U> bool operator==(const HugePageAllocator<U> &) const {
-    return true;
-  }
-  template <typename U> bool operator!=(const HugePageAllocator<U> &) const {
-    return false;
-  }
-};
-template <typename T> using HugeVector = std::vector<T, HugePageAllocator<T>>;
-
 /// A host KV pool: cached rows in f32 (positions are the step logic's).
 struct KvPool {
   int64_t width = 0;
@@ -270,7 +215,7 @@ void prefaultWeights(const BoundPlan &bound) {
   for (size_t id = 0; id < plan.values.size(); ++id) {
     const plan::Value &v = plan.values[id];
     if (v.kind != plan::ValueKind::Weight || !bound.hostData[id] ||
-        !bound.repacked[id].empty() || bound.panelled[id])
+        !bound.repacked[id].empty() || !bound.panelled[id].empty())
       continue;
     size_t bytes = plan::elementSize(v.dtype);
     for (int64_t d : v.shape)

@@ -12,7 +12,6 @@
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
-#include <sys/mman.h>
 #include <sys/resource.h>
 #include <sys/stat.h>
 #include <unistd.h>
@@ -199,7 +198,7 @@ static Status bindWeights(const Checkpoint &checkpoint, BoundPlan &bound) {
     return s;
   bound.hostData.assign(plan.values.size(), nullptr);
   bound.repacked.resize(plan.values.size());
-  bound.panelled.assign(plan.values.size(), nullptr);
+  bound.panelled.resize(plan.values.size());
   for (size_t id = 0; id < plan.values.size(); ++id) {
     const plan::Value &v = plan.values[id];
     if (!bound.binds(v))
@@ -258,29 +257,12 @@ static Status bindWeights(const Checkpoint &checkpoint, BoundPlan &bound) {
       size_t bytes = plan::elementSize(v.dtype);
       for (int64_t d : v.shape)
         bytes *= static_cast<size_t>(d);
-      constexpr size_t kHuge = size_t(2) << 20;
-      // One huge page more than needed, so a 2 MiB boundary starts it.
-      size_t mapped = (bytes + kHuge - 1) / kHuge * kHuge + kHuge;
-      void *memory = mmap(nullptr, mapped, PROT_READ | PROT_WRITE,
-                          MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
-      if (memory == MAP_FAILED)
-        return Status::error(StatusCode::OutOfMemory,
-                             "cannot allocate " + std::to_string(bytes) +
-                                 " bytes to lay out weight '" + v.name +
-                                 "': " + std::strerror(errno));
-#ifdef MADV_HUGEPAGE
-      madvise(memory, mapped, MADV_HUGEPAGE);
-#endif
-      uintptr_t start = reinterpret_cast<uintptr_t>(memory);
-      auto *packed =
-          reinterpret_cast<uint8_t *>((start + kHuge - 1) / kHuge * kHuge);
+      HugeVector<uint8_t> &packed = bound.panelled[id];
+      packed.resize(bytes);
       plan::packPanels(v.shape, plan::elementSize(v.dtype), bound.hostData[id],
-                       v.panel, packed);
+                       v.panel, packed.data());
       bound.repacked[id].clear();
-      bound.panelled[id] =
-          std::shared_ptr<uint8_t>(static_cast<uint8_t *>(memory),
-                                   [mapped](uint8_t *p) { munmap(p, mapped); });
-      bound.hostData[id] = packed;
+      bound.hostData[id] = packed.data();
     }
   }
   return {};
