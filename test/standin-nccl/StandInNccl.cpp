@@ -15,11 +15,13 @@
 // peer that does not arrive within KILN_STANDIN_NCCL_TIMEOUT seconds (20)
 // makes the communicator fail with ncclRemoteError, which
 // ncclCommGetAsyncError reports, as NCCL reports a lost peer.
+// KILN_STANDIN_NCCL_STOP_RANK=R stops rank R (SIGSTOP) in ncclCommInitRank.
 //
 //===----------------------------------------------------------------------===//
 
 #include <atomic>
 #include <chrono>
+#include <csignal>
 #include <cstdint>
 #include <cstdio>
 #include <cstdlib>
@@ -250,6 +252,11 @@ ncclCommInitRank(Comm **out, int ranks, UniqueId id, int rank) {
   if (ranks < 1 || ranks > kMaxRanks || rank < 0 || rank >= ranks ||
       id.internal[0] != '/')
     return ncclInvalidArgument;
+  // Fault injection for tests: this rank stops (alive, so mpirun cannot
+  // tell) on its way into the communicator, as a rank held up while loading.
+  if (const char *stop = std::getenv("KILN_STANDIN_NCCL_STOP_RANK");
+      stop && *stop && std::atoi(stop) == rank)
+    raise(SIGSTOP);
   auto *c = new Comm();
   c->rank = rank;
   c->ranks = ranks;
@@ -272,16 +279,17 @@ ncclCommInitRank(Comm **out, int ranks, UniqueId id, int rank) {
   c->shared = static_cast<Shared *>(map);
   c->shared->attached.fetch_add(1);
   // Everyone has mapped it before anyone unlinks the name.
-  if (!await(*c, [&] { return c->shared->attached.load() >= ranks; })) {
+  // A peer that never comes leaves no segment behind in /dev/shm.
+  auto giveUp = [&] {
+    shm_unlink(c->name.c_str());
     munmap(map, sizeof(Shared));
     delete c;
     return ncclRemoteError;
-  }
-  if (!barrier(*c)) {
-    munmap(map, sizeof(Shared));
-    delete c;
-    return ncclRemoteError;
-  }
+  };
+  if (!await(*c, [&] { return c->shared->attached.load() >= ranks; }))
+    return giveUp();
+  if (!barrier(*c))
+    return giveUp();
   if (rank == 0)
     shm_unlink(c->name.c_str());
   *out = c;

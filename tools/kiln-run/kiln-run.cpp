@@ -29,14 +29,13 @@
 
 namespace {
 
-/// Set once a multi-rank engine is loaded: an error then ends every rank
-/// (no rank may wait forever in a collective for this one).
-bool multiRank = false;
-
+/// An error ends every rank of a multi-rank job, also one met while loading:
+/// the other ranks may be waiting in a collective (the NCCL id's broadcast,
+/// ncclCommInitRank) or in MPI_Finalize for this one. Without MPI it only
+/// returns.
 int fail(const std::string &message) {
   std::fprintf(stderr, "kiln-run: error: %s\n", message.c_str());
-  if (multiRank)
-    kiln::api::Model::abortRanks(1);
+  kiln::api::Model::abortRanks(1);
   return 1;
 }
 
@@ -207,7 +206,6 @@ int main(int argc, char **argv) {
   int64_t vocab = model->vocabSize();
   // Every rank of a tensor-parallel engine runs the same steps and computes
   // the same logits: rank 0 prints them and writes the dump.
-  multiRank = model->ranks() > 1;
   bool leader = model->rank() == 0;
   if (!leader && !std::freopen("/dev/null", "w", stdout))
     return fail("cannot silence the output of rank " +
