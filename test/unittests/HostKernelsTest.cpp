@@ -6,7 +6,8 @@
 // tiles of 128, 256 and 512 bits on libomp's threads), compiles them into a
 // shared object, then calls each generated kernel on random inputs and
 // compares it with the reference evaluator running the same kernel function.
-// Seven tokens leave row, column and head tails for every tile. Positions
+// Seven tokens leave row, column and head tails for every tile, 151 make
+// attention span several key blocks. Positions
 // straddle floor_scale (temperature) and a chunk boundary (a chunk of 8 is
 // used).
 //
@@ -109,7 +110,10 @@ struct Lowering {
   const char *cpu;
 };
 
-void checkPreset(bool scout, Lowering how = {0, ""}) {
+/// `tokens`: 7 leave row, column and head tails for every tile; 151 (prime
+/// to the dispatch's stride of 5) make attention span three key blocks, the
+/// last one short, with blocks the chunk mask hides whole.
+void checkPreset(bool scout, Lowering how = {0, ""}, int64_t tokens = 7) {
   DialectRegistry registry;
   mlir::kiln::registerAllKilnDialects(registry);
   registry.insert<LLVM::LLVMDialect>();
@@ -162,12 +166,11 @@ void checkPreset(bool scout, Lowering how = {0, ""}) {
 
   std::mt19937_64 rng(scout ? 1 : 2);
   std::normal_distribution<float> normal(0.0f, 0.5f);
-  const int64_t tokens = 7;
   int panelled = 0;
   for (func::FuncOp kernel : checked) {
     SCOPED_TRACE(kernel.getSymName().str());
     std::vector<::kiln::ref::KernelValue> inputs;
-    // A valid dispatch: each of the 7 pairs (top-1) goes to a random expert.
+    // A valid dispatch: each pair (top-1) goes to a random expert.
     int64_t experts = 0;
     kernel.walk([&](Operation *op) {
       if (auto g = dyn_cast<mlir::kiln::ExpertGateUpOp>(op))
@@ -324,11 +327,23 @@ TEST(HostKernelsTest, TinyMaverickVector256) {
 TEST(HostKernelsTest, TinyScoutVector256) {
   checkPreset(true, {256, "x86-64-v3"});
 }
+TEST(HostKernelsTest, TinyScoutVector256ManyKeys) {
+  checkPreset(true, {256, "x86-64-v3"}, 151);
+}
+TEST(HostKernelsTest, TinyMaverickVector128ManyKeys) {
+  checkPreset(false, {128, "x86-64-v2"}, 151);
+}
 TEST(HostKernelsTest, TinyMaverickVector512) {
   __builtin_cpu_init();
   if (!__builtin_cpu_supports("x86-64-v4"))
     GTEST_SKIP() << "no AVX-512 on this CPU";
   checkPreset(false, {512, "x86-64-v4"});
+}
+TEST(HostKernelsTest, TinyScoutVector512ManyKeys) {
+  __builtin_cpu_init();
+  if (!__builtin_cpu_supports("x86-64-v4"))
+    GTEST_SKIP() << "no AVX-512 on this CPU";
+  checkPreset(true, {512, "x86-64-v4"}, 151);
 }
 
 } // namespace

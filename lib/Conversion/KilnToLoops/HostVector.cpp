@@ -91,6 +91,50 @@ Value sumLanes(Emitter &e, Value v) {
                                      arith::FastMathFlags::reassoc);
 }
 
+/// The horizontal sums of several vectors at once: pairs are folded with
+/// two shuffles and one add per level, so `lanes` vectors take lanes - 1
+/// adds instead of lanes full reductions. Each sum is still one fixed tree
+/// over its own lanes.
+SmallVector<Value> sumLanesOfEach(Emitter &e, ArrayRef<Value> vectors) {
+  auto type = cast<VectorType>(vectors.front().getType());
+  int64_t lanes = type.getNumElements();
+  SmallVector<Value> sums;
+  for (size_t first = 0; first < vectors.size(); first += lanes) {
+    SmallVector<Value> level(vectors.begin() + first,
+                             vectors.begin() +
+                                 std::min(vectors.size(), first + lanes));
+    size_t used = level.size();
+    level.resize(lanes, e.splat(type, 0.0));
+    // After the level of width w, lane i holds a partial sum of vector
+    // (i mod 2w) of the 2w that went into it.
+    for (int64_t w = 1; w < lanes; w *= 2) {
+      SmallVector<Value> next;
+      for (size_t j = 0; j < level.size(); j += 2) {
+        SmallVector<int64_t> low, high;
+        for (int64_t i = 0; i < lanes; ++i) {
+          int64_t base = i / (2 * w) * (2 * w), within = i % (2 * w);
+          if (within < w) {
+            low.push_back(base + within);
+            high.push_back(base + w + within);
+          } else {
+            low.push_back(lanes + base + within - w);
+            high.push_back(lanes + base + within);
+          }
+        }
+        Value x = level[j], y = level[j + 1];
+        next.push_back(
+            e.add(vector::ShuffleOp::create(*e.b, e.loc, x, y, low),
+                  vector::ShuffleOp::create(*e.b, e.loc, x, y, high)));
+      }
+      level = std::move(next);
+    }
+    for (size_t i = 0; i < used; ++i)
+      sums.push_back(vector::ExtractOp::create(*e.b, e.loc, level.front(),
+                                               static_cast<int64_t>(i)));
+  }
+  return sums;
+}
+
 Value vectorSwiglu(Emitter &e, Value g, Value u) {
   auto type = cast<VectorType>(g.getType());
   Value negated = arith::NegFOp::create(*e.b, e.loc, g);
@@ -401,111 +445,238 @@ void mlir::kiln::emitVectorExpertDown(Emitter &e, const HostVectorShape &shape,
   });
 }
 
+namespace {
+
+/// Keys per block of the tiled attention: the unit of the online softmax's
+/// rescaling and of skipping keys the mask hides.
+constexpr int64_t kAttentionBlock = 64;
+
+/// A unit's scratch: on the heap, freed at the end of the unit (a stack
+/// buffer would grow the stack at every iteration, and alloca_scope cannot
+/// hold the loops lowered to blocks). A few allocations per unit of
+/// thousands of FMAs.
+Value scratchBuffer(Emitter &e, ArrayRef<int64_t> shape, Type element,
+                    SmallVectorImpl<Value> &toFree) {
+  toFree.push_back(
+      memref::AllocOp::create(*e.b, e.loc, MemRefType::get(shape, element),
+                              /*alignment=*/e.b->getI64IntegerAttr(64)));
+  return toFree.back();
+}
+
+/// The largest of 4, 2, 1 (or a divisor of `limit` when given) whose
+/// register tile of `rows` x n accumulators, n loaded vectors and one
+/// broadcast fits the register file.
+int64_t registerTile(const HostVectorShape &shape, int64_t rows, int64_t most) {
+  for (int64_t n = most; n > 1; --n)
+    if (rows * n + n + 1 <= shape.registers)
+      return n;
+  return 1;
+}
+
+} // namespace
+
 void mlir::kiln::emitVectorAttention(
     Emitter &e, const HostVectorShape &shape, Value q, Value k, Value v,
     Value qPositions, Value kPositions, Value out, Value rows,
     const AttentionShape &a, function_ref<Value(Value)> temperature,
     function_ref<Value(Value, Value)> visible) {
   int64_t lanes = shape.lanes, d = a.headDim, group = a.heads / a.kvHeads;
-  int64_t vectors = d / lanes;
+  int64_t vectors = d / lanes, block = kAttentionBlock;
+  int64_t blockVectors = block / lanes;
+  // Keys whose scores one pass computes (each key's vectors loaded once for
+  // the whole group), and head_dim vectors one pass of the value sum keeps
+  // in registers for every head of the group.
+  int64_t keyTile = registerTile(shape, group, 4);
+  keyTile = keyTile >= 4 ? 4 : keyTile >= 2 ? 2 : 1;
+  int64_t chunk = registerTile(shape, group, vectors);
+  while (vectors % chunk != 0)
+    --chunk;
   auto f32 = e.b->getF32Type();
   VectorType type = VectorType::get({lanes}, f32);
   Value keys = e.dim(k, 0);
+  Value lastKey = e.subIndex(keys, e.index(1));
+  Value blocks =
+      e.divIndex(e.addIndex(keys, e.index(block - 1)), e.index(block));
   Value negInf = e.f32(-std::numeric_limits<double>::infinity());
-  // One row of scores per head: heads are the partition.
-  Value scores = memref::AllocOp::create(
-      *e.b, e.loc, MemRefType::get({a.heads, ShapedType::kDynamic}, f32),
-      ValueRange{keys});
+  Value kvHeads = e.index(a.kvHeads);
+  // A unit is one query token and one KV head with its group of query heads:
+  // every key and value vector is loaded once for the group.
   emitPartitionedLoop(
-      e, shape.parallel, {e.index(a.heads)}, [&](ValueRange hv) {
-        Value h = hv[0];
-        Value qBase = e.mulIndex(h, d);
-        Value kvBase = e.mulIndex(e.divIndex(h, e.index(group)), d);
-        SmallVector<Value> cols;
-        for (int64_t j = 0; j < vectors; ++j)
-          cols.push_back(e.addIndex(kvBase, e.index(j * lanes)));
-        e.loopStep(e.index(0), rows, e.index(1), [&](Value tok) {
+      e, shape.parallel, {e.mulIndex(rows, a.kvHeads)}, [&](ValueRange uv) {
+        Value tok = e.divIndex(uv[0], kvHeads);
+        Value kvh = e.remIndex(uv[0], kvHeads);
+        Value kvBase = e.mulIndex(kvh, d);
+        Value qBase = e.mulIndex(kvh, group * d);
+        {
+          SmallVector<Value> toFree;
+          Value scaled = scratchBuffer(e, {group, d}, f32, toFree);
+          Value acc = scratchBuffer(e, {group, d}, f32, toFree);
+          Value probs = scratchBuffer(e, {group, block}, f32, toFree);
+          Value seen = scratchBuffer(e, {block}, e.b->getIndexType(), toFree);
           Value qPos = memref::LoadOp::create(*e.b, e.loc, qPositions, tok);
-          Value tau = temperature(qPos);
-          SmallVector<Value> qv;
-          for (int64_t j = 0; j < vectors; ++j)
-            qv.push_back(e.mul(
-                loadWide(e, q, {tok, e.addIndex(qBase, e.index(j * lanes))},
-                         lanes),
-                e.broadcast(type, tau)));
-          Value maxScore = e.loopWith(
-              e.index(0), keys, {negInf}, [&](Value s, ValueRange acc) {
-                Value kPos = memref::LoadOp::create(*e.b, e.loc, kPositions, s);
-                Value seen = visible(qPos, kPos);
-                Value score = e.ifElse(
-                    seen, {f32},
-                    [&] {
-                      // Two accumulators halve the FMA dependency chain.
-                      Value even = e.splat(type, 0.0), odd = even;
-                      for (int64_t j = 0; j < vectors; ++j) {
-                        Value kv = loadWide(e, k, {s, cols[j]}, lanes);
-                        if (j % 2 == 0)
-                          even = fma(e, qv[j], kv, even);
-                        else
-                          odd = fma(e, qv[j], kv, odd);
-                      }
-                      Value dot = sumLanes(e, e.add(even, odd));
-                      return SmallVector<Value>{e.mul(dot, e.f32(a.scale))};
-                    },
-                    [&] { return SmallVector<Value>{negInf}; })[0];
-                e.store(score, scores, {h, s});
-                Value larger = e.cmpF(arith::CmpFPredicate::OLT, acc[0], score);
-                return SmallVector<Value>{e.select(larger, score, acc[0])};
-              })[0];
-          // exp(score - max) over the row, a vector at a time: invisible keys
-          // hold -inf and become 0, so no mask is needed here.
-          Value fullEnd = e.subIndex(keys, e.remIndex(keys, e.index(lanes)));
-          Value maxVector = e.broadcast(type, maxScore);
-          Value partial = e.loopWith(
-              e.index(0), fullEnd, e.index(lanes), {e.splat(type, 0.0)},
-              [&](Value s, ValueRange acc) {
-                Value row = e.vectorLoad(type, scores, {h, s}, 4);
+          Value factor =
+              e.broadcast(type, e.mul(temperature(qPos), e.f32(a.scale)));
+          for (int64_t g = 0; g < group; ++g)
+            for (int64_t j = 0; j < vectors; ++j) {
+              Value col = e.index(j * lanes);
+              Value qv = loadWide(
+                  e, q, {tok, e.addIndex(qBase, e.index(g * d + j * lanes))},
+                  lanes);
+              e.vectorStore(e.mul(qv, factor), scaled, {e.index(g), col}, 4);
+              e.vectorStore(e.splat(type, 0.0), acc, {e.index(g), col}, 4);
+            }
+          // One block of keys with `count` visible ones listed in `seen`:
+          // scores, the online softmax's update of `running` (each head's
+          // max, then sum), and the rescaled value sums.
+          auto attendBlock = [&](Value start, Value count, ValueRange running) {
+            for (int64_t g = 0; g < group; ++g)
+              for (int64_t j = 0; j < blockVectors; ++j)
+                e.vectorStore(e.broadcast(type, negInf), probs,
+                              {e.index(g), e.index(j * lanes)}, 4);
+            // Scores of keyTile visible keys at a time (a short last tile
+            // repeats its last key); hidden keys keep -inf.
+            Value lastSeen = e.subIndex(count, e.index(1));
+            e.loopStep(e.index(0), count, e.index(keyTile), [&](Value i) {
+              SmallVector<Value> offsets, keyRows;
+              for (int64_t t = 0; t < keyTile; ++t) {
+                Value at =
+                    t == 0 ? i : e.minUI(e.addIndex(i, e.index(t)), lastSeen);
+                offsets.push_back(e.loadRaw(seen, {at}));
+                keyRows.push_back(e.addIndex(start, offsets.back()));
+              }
+              SmallVector<Value> dots(group * keyTile, e.splat(type, 0.0));
+              for (int64_t j = 0; j < vectors; ++j) {
+                SmallVector<Value> kv;
+                for (int64_t t = 0; t < keyTile; ++t)
+                  kv.push_back(loadWide(
+                      e, k,
+                      {keyRows[t], e.addIndex(kvBase, e.index(j * lanes))},
+                      lanes));
+                for (int64_t g = 0; g < group; ++g) {
+                  Value qv = e.vectorLoad(type, scaled,
+                                          {e.index(g), e.index(j * lanes)}, 4);
+                  for (int64_t t = 0; t < keyTile; ++t)
+                    dots[g * keyTile + t] =
+                        fma(e, qv, kv[t], dots[g * keyTile + t]);
+                }
+              }
+              SmallVector<Value> scores = sumLanesOfEach(e, dots);
+              for (int64_t g = 0; g < group; ++g)
+                for (int64_t t = 0; t < keyTile; ++t)
+                  e.store(scores[g * keyTile + t], probs,
+                          {e.index(g), offsets[t]});
+            });
+            // The online softmax: a new max rescales what came before.
+            SmallVector<Value> updated(2 * group), rescale(group);
+            for (int64_t g = 0; g < group; ++g) {
+              Value head = e.index(g);
+              Value top = e.vectorLoad(type, probs, {head, e.index(0)}, 4);
+              for (int64_t j = 1; j < blockVectors; ++j)
+                top = e.maxF(top, e.vectorLoad(type, probs,
+                                               {head, e.index(j * lanes)}, 4));
+              Value blockMax = vector::ReductionOp::create(
+                  *e.b, e.loc, vector::CombiningKind::MAXIMUMF, top);
+              Value max = e.maxF(running[g], blockMax);
+              Value factor =
+                  math::ExpOp::create(*e.b, e.loc, e.sub(running[g], max));
+              Value maxVector = e.broadcast(type, max);
+              Value total = e.splat(type, 0.0);
+              for (int64_t j = 0; j < blockVectors; ++j) {
+                Value col = e.index(j * lanes);
                 Value p = math::ExpOp::create(
                     *e.b, e.loc,
-                    arith::SubFOp::create(*e.b, e.loc, row, maxVector));
-                e.vectorStore(p, scores, {h, s}, 4);
-                return SmallVector<Value>{e.add(acc[0], p)};
-              })[0];
-          Value total = e.loopWith(
-              fullEnd, keys, {sumLanes(e, partial)},
-              [&](Value s, ValueRange acc) {
-                Value p = math::ExpOp::create(
-                    *e.b, e.loc,
-                    arith::SubFOp::create(*e.b, e.loc, e.load(scores, {h, s}),
-                                          maxScore));
-                e.store(p, scores, {h, s});
-                return SmallVector<Value>{e.add(acc[0], p)};
-              })[0];
-          Value inverse = e.div(e.f32(1.0), total);
-          SmallVector<Value> init(vectors, e.splat(type, 0.0));
-          SmallVector<Type> types(vectors, type);
-          ValueRange sums =
-              e.loopWith(e.index(0), keys, init, [&](Value s, ValueRange acc) {
-                Value kPos = memref::LoadOp::create(*e.b, e.loc, kPositions, s);
+                    e.sub(e.vectorLoad(type, probs, {head, col}, 4),
+                          maxVector));
+                e.vectorStore(p, probs, {head, col}, 4);
+                total = e.add(total, p);
+              }
+              updated[g] = max;
+              updated[group + g] =
+                  e.add(e.mul(running[group + g], factor), sumLanes(e, total));
+              rescale[g] = e.broadcast(type, factor);
+            }
+            // Value sums, `chunk` vectors of head_dim for every head at a
+            // time, over the visible keys only.
+            e.loopStep(
+                e.index(0), e.index(d), e.index(chunk * lanes), [&](Value c0) {
+                  SmallVector<Value> cols, sums;
+                  for (int64_t c = 0; c < chunk; ++c)
+                    cols.push_back(c == 0 ? c0
+                                          : e.addIndex(c0, e.index(c * lanes)));
+                  for (int64_t g = 0; g < group; ++g)
+                    for (int64_t c = 0; c < chunk; ++c)
+                      sums.push_back(e.mul(
+                          e.vectorLoad(type, acc, {e.index(g), cols[c]}, 4),
+                          rescale[g]));
+                  ValueRange summed = e.loopWith(
+                      e.index(0), count, sums, [&](Value i, ValueRange s) {
+                        Value off = e.loadRaw(seen, {i});
+                        Value key = e.addIndex(start, off);
+                        SmallVector<Value> vs, next;
+                        for (int64_t c = 0; c < chunk; ++c)
+                          vs.push_back(loadWide(
+                              e, v, {key, e.addIndex(kvBase, cols[c])}, lanes));
+                        for (int64_t g = 0; g < group; ++g) {
+                          Value p = e.broadcast(
+                              type, e.loadRaw(probs, {e.index(g), off}));
+                          for (int64_t c = 0; c < chunk; ++c)
+                            next.push_back(fma(e, p, vs[c], s[g * chunk + c]));
+                        }
+                        return next;
+                      });
+                  for (int64_t g = 0; g < group; ++g)
+                    for (int64_t c = 0; c < chunk; ++c)
+                      e.vectorStore(summed[g * chunk + c], acc,
+                                    {e.index(g), cols[c]}, 4);
+                });
+            return updated;
+          };
+          // Running max and sum of each head's row, block by block.
+          SmallVector<Value> init(group, negInf);
+          init.append(group, e.f32(0.0));
+          SmallVector<Type> stateTypes(2 * group, f32);
+          ValueRange state = e.loopWith(
+              e.index(0), blocks, init, [&](Value b, ValueRange running) {
+                Value start = e.mulIndex(b, block);
+                // The block's visible keys, in order, as offsets.
+                Value count = e.loopWith(
+                    e.index(0), e.index(block), {e.index(0)},
+                    [&](Value off, ValueRange n) {
+                      Value key = e.addIndex(start, off);
+                      Value kPos = memref::LoadOp::create(
+                          *e.b, e.loc, kPositions, e.minUI(key, lastKey));
+                      Value shown = e.andI(
+                          e.cmpIndex(arith::CmpIPredicate::ult, key, keys),
+                          visible(qPos, kPos));
+                      e.store(off, seen, {n[0]});
+                      return SmallVector<Value>{
+                          e.select(shown, e.addIndex(n[0], e.index(1)), n[0])};
+                    })[0];
+                Value none =
+                    e.cmpIndex(arith::CmpIPredicate::eq, count, e.index(0));
                 ValueRange next = e.ifElse(
-                    visible(qPos, kPos), types,
+                    none, stateTypes,
                     [&] {
-                      Value weight = e.broadcast(
-                          type, e.mul(e.load(scores, {h, s}), inverse));
-                      SmallVector<Value> updated;
-                      for (int64_t j = 0; j < vectors; ++j)
-                        updated.push_back(
-                            fma(e, weight, loadWide(e, v, {s, cols[j]}, lanes),
-                                acc[j]));
-                      return updated;
+                      return SmallVector<Value>(running.begin(), running.end());
                     },
-                    [&] { return SmallVector<Value>(acc.begin(), acc.end()); });
+                    [&] {
+                      return SmallVector<Value>(
+                          attendBlock(start, count, running));
+                    });
                 return SmallVector<Value>(next.begin(), next.end());
               });
-          for (int64_t j = 0; j < vectors; ++j)
-            storeNarrow(e, sums[j], out,
-                        {tok, e.addIndex(qBase, e.index(j * lanes))});
-        });
+          for (int64_t g = 0; g < group; ++g) {
+            Value inverse =
+                e.broadcast(type, e.div(e.f32(1.0), state[group + g]));
+            for (int64_t j = 0; j < vectors; ++j) {
+              Value col = e.index(j * lanes);
+              Value sum = e.vectorLoad(type, acc, {e.index(g), col}, 4);
+              storeNarrow(e, e.mul(sum, inverse), out,
+                          {tok, e.addIndex(qBase, e.index(g * d + j * lanes))});
+            }
+          }
+          for (Value buffer : toFree)
+            memref::DeallocOp::create(*e.b, e.loc, buffer);
+        }
       });
-  memref::DeallocOp::create(*e.b, e.loc, scores);
 }

@@ -2,7 +2,7 @@
 //
 // The fast forms of the host lowering's heavy operations: GEMMs as register
 // tiles of vector accumulators, expert GEMMs over each expert's routed
-// tokens, attention with vector dot products. Every output element is
+// tokens, attention as a tiled online softmax. Every output element is
 // computed by one fixed sequence of operations whatever the tile it falls
 // in and however the partitioned loop is split across threads, so results
 // do not depend on the row count of a step or on the thread count.
@@ -76,18 +76,18 @@ void emitVectorExpertDown(Emitter &e, const HostVectorShape &shape,
                           Value addend, Value out, Value rows, int64_t experts,
                           int64_t f, int64_t d);
 
-/// Causal (optionally chunked) attention of `rows` queries over `keys` keys,
-/// the reference's three passes per (query, head) with vector dot products
-/// and value sums; heads run in parallel.
+/// Causal (optionally chunked) attention of `rows` queries over `keys` keys.
 struct AttentionShape {
   int64_t heads, kvHeads, headDim, chunk;
   double scale;
   std::optional<int64_t> floorScale;
   double attnScale;
 };
-/// Attention with vector dot products along head_dim and vector value sums;
-/// heads are the unit of threading. Keys that `visible` rejects cost one
-/// compare; the softmax's exps and sum run over the score row as vectors.
+/// Attention as a tiled online softmax: (query token, KV head) units on the
+/// threads, each with its group of query heads; keys in blocks whose
+/// visible keys are listed first (a block with none is skipped), scored a
+/// few keys at a time against the whole group, folded into each head's
+/// running max and sum, and their value rows summed into register tiles.
 void emitVectorAttention(Emitter &e, const HostVectorShape &shape, Value q,
                          Value k, Value v, Value qPositions, Value kPositions,
                          Value out, Value rows, const AttentionShape &a,

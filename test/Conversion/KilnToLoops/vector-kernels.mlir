@@ -19,11 +19,31 @@ func.func private @gemm_0(%x: tensor<?x64xf32>, %w: tensor<48x64xbf16>) -> tenso
 
 // -----
 
-// Attention: heads across threads, vector dot products of 16-wide heads.
+// Attention as a tiled online softmax: (token, KV head) units across
+// threads, each with its group of 2 query heads; blocks of 64 keys carry
+// each head's running max and sum; a block lists its visible keys, scores 4
+// of them per tile (one shuffle tree sums the 8 dot products), rescales by
+// exp(old max - new max) and adds the value rows of its visible keys only.
 // CHECK-LABEL: func.func @attention_0
 // CHECK: scf.parallel
+// CHECK: memref.alloc() {alignment = 64 : i64} : memref<2x16xf32>
+// CHECK: memref.alloc() {alignment = 64 : i64} : memref<64xindex>
+// CHECK: scf.for {{.*}} iter_args({{.*}}) -> (f32, f32, f32, f32)
+// CHECK: scf.for {{.*}} to %c64{{.*}} iter_args({{.*}}) -> (index)
+// CHECK: memref.store {{.*}} : memref<64xindex>
+// CHECK: scf.if
+// CHECK: scf.for {{.*}} step %c4
+// CHECK-COUNT-8: vector.fma
+// CHECK: vector.shuffle
+// CHECK: vector.reduction <maximumf>
+// CHECK: math.exp {{.*}} : f32
+// CHECK: math.exp {{.*}} : vector<8xf32>
+// CHECK: scf.for {{.*}} -> (vector<8xf32>, vector<8xf32>, vector<8xf32>, vector<8xf32>)
 // CHECK: vector.fma
-// CHECK: math.exp
+// CHECK: memref.dealloc
+// SERIAL-LABEL: func.func @attention_0
+// SERIAL-NOT: scf.parallel
+// SERIAL: vector.fma {{.*}} : vector<16xf32>
 func.func private @attention_0(%q: tensor<?x32xf32>, %k: tensor<?x16xf32>, %v: tensor<?x16xf32>,
                                %p: tensor<?xi64>) -> tensor<?x32xf32>
     attributes {kiln.kernel = #kiln.kernel<attention>} {
