@@ -236,6 +236,32 @@ void prefaultWeights(const BoundPlan &bound) {
   }
 }
 
+/// Commits the capacity of a freshly reserved buffer (anonymous memory, so
+/// writing zeros changes nothing): a page fault costs about 10 us on these
+/// VMs, and a first 512-token prefill of the 243M model otherwise spent 40
+/// of its 500 ms faulting in its KV caches and activations.
+template <typename T> void prefaultCapacity(HugeVector<T> &buffer) {
+  size_t bytes = buffer.capacity() * sizeof(T);
+  if (bytes == 0)
+    return;
+  auto *first = reinterpret_cast<unsigned char *>(buffer.data());
+  uintptr_t page = static_cast<uintptr_t>(sysconf(_SC_PAGESIZE));
+  uintptr_t begin =
+      (reinterpret_cast<uintptr_t>(first) + page - 1) & ~(page - 1);
+  uintptr_t end = reinterpret_cast<uintptr_t>(first) + bytes;
+#ifdef MADV_POPULATE_WRITE
+  if (begin < end && madvise(reinterpret_cast<void *>(begin), end - begin,
+                             MADV_POPULATE_WRITE) == 0)
+    return;
+#endif
+  for (unsigned char *p = first; p < first + bytes; p += page)
+    *reinterpret_cast<volatile unsigned char *>(p) = 0;
+}
+
+/// Tokens of a step whose activations a new session maps up front: a
+/// prompt's prefill up to llama.cpp's default micro-batch.
+constexpr int64_t kPrefaultArenaTokens = 512;
+
 } // namespace
 
 Status kiln::openHostBackend(const EngineFile &engine, const BoundPlan &bound,
@@ -392,8 +418,15 @@ HostSession::HostSession(const HostModel &model, int64_t kvTokens)
       size_t rows = static_cast<size_t>(plan::reservedRows(info, kvTokens));
       pool.keys.reserve(rows * info.width);
       pool.values.reserve(rows * info.width);
+      prefaultCapacity(pool.keys);
+      prefaultCapacity(pool.values);
     }
     pools.push_back(std::move(pool));
+  }
+  if (kvTokens > 0) {
+    int64_t tokens = std::min(kvTokens, kPrefaultArenaTokens);
+    arena.reserve((plan.arenaBytesPerToken * tokens + 7) / 8);
+    prefaultCapacity(arena);
   }
   owned.resize(plan.values.size());
   data = model.bound->hostData;
