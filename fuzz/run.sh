@@ -80,8 +80,16 @@ for target in ${KILN_FUZZ_TARGETS:-config safetensors json plan engine npy token
   mkdir -p "$corpus" "$crashes"
   log=$out/$target.log
   start=$(date +%s)
+  # Inputs up to 64 KiB, or the largest seed: libFuzzer cuts longer seeds
+  # to -max_len, and a cut engine (the host engines carry their kernels'
+  # shared object: 100-150 KB) no longer parses past its section table.
+  max_len=65536
+  for seed in "$seeds/$target"/*; do
+    size=$(stat -c %s "$seed")
+    [ "$size" -gt "$max_len" ] && max_len=$size
+  done
   if "$bin/kiln-fuzz-$target" -max_total_time="$seconds" "${runs[@]}" -timeout=10 \
-       -rss_limit_mb=4096 -max_len=65536 -print_final_stats=1 \
+       -rss_limit_mb=4096 -max_len="$max_len" -print_final_stats=1 \
        -artifact_prefix="$crashes/" "$corpus" "$seeds/$target" > "$log" 2>&1; then
     result=ok
   else
