@@ -30,9 +30,13 @@ rm -rf "$seeds" && mkdir -p "$seeds"
 "$bin/kiln-mkmodel" --preset tiny-scout --layers 1 --experts 2 --top-k 1 \
   -o "$seeds/small" > /dev/null
 "$bin/kilnc" "$seeds/small" --target host -o "$seeds/small.kiln"
-python3 - "$seeds" <<'PY'
+python3 - "$seeds" "$root" <<'PY'
 import json, os, struct, sys
 seeds = sys.argv[1]
+# The bad-input corpus's engine editor (fixes section sizes and checksum).
+sys.dont_write_bytecode = True
+sys.path.insert(0, os.path.join(sys.argv[2], "test", "BadInputs", "Inputs"))
+import edit_engine
 model = os.path.join(seeds, "model")
 def put(target, name, data):
     d = os.path.join(seeds, target)
@@ -52,15 +56,11 @@ put("json", "config.json", config)
 small = os.path.join(seeds, "small", "model.safetensors")
 data = open(small, "rb").read()
 put("safetensors", "small.safetensors", data[:8 + struct.unpack("<Q", data[:8])[0] + 64])
-def fnv1a64(data, h=0xCBF29CE484222325):
-    for b in data:
-        h = ((h ^ b) * 0x100000001B3) & 0xFFFFFFFFFFFFFFFF
-    return h
 for name in ("model", "small"):
     engine = open(os.path.join(seeds, name + ".kiln"), "rb").read()
     # Sections after the 88-byte header: kind (u32), 4 bytes, size (u64).
     pos, count = 88, struct.unpack_from("<I", engine, 12)[0]
-    body = b""
+    kernels = None
     for _ in range(count):
         kind, size = struct.unpack_from("<I", engine, pos)[0], struct.unpack_from("<Q", engine, pos + 8)[0]
         data = engine[pos + 16:pos + 16 + size]
@@ -68,16 +68,15 @@ for name in ("model", "small"):
             put("plan", name + ".json", data)
             put("json", name + "-plan.json", data)
         if kind == 2:
-            # The reader never looks inside the kernels' shared object; its
-            # first 256 bytes keep the section while the seed shrinks from
-            # 100-145 KB to 5-33 KB, which the fuzzer runs several times
-            # faster (every input is copied and checksummed whole).
-            data = data[:256]
-        body += engine[pos:pos + 8] + struct.pack("<Q", len(data)) + data
+            kernels = data
         pos += 16 + size
-    # The checksum covers the header's first 80 bytes, then the sections.
-    checksum = fnv1a64(body, fnv1a64(engine[:80]))
-    put("engine", name + ".kiln", engine[:80] + struct.pack("<Q", checksum) + body)
+    # The reader never looks inside the kernels' shared object; its first
+    # 256 bytes keep the section while the seed shrinks from 100-145 KB to
+    # 5-33 KB, which the fuzzer runs several times faster (every input is
+    # copied and checksummed whole).
+    if kernels is not None:
+        engine = edit_engine.edit(engine, kernels, kernels[:256])
+    put("engine", name + ".kiln", engine)
 header = "{'descr': '<f4', 'fortran_order': False, 'shape': (2, 3), }"
 header += " " * ((64 - (10 + len(header) + 1) % 64) % 64) + "\n"
 put("npy", "2x3.npy", b"\x93NUMPY\x01\x00" + struct.pack("<H", len(header)) + header.encode() + struct.pack("<6f", *range(6)))

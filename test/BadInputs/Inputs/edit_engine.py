@@ -22,7 +22,9 @@ def edit(data, old, new, keep_checksum=False):
         pos = 88
         for _ in range(count):
             size = struct.unpack_from("<Q", data, pos + 8)[0]
-            if pos + 16 <= at < pos + 16 + size + len(old) - len(new):
+            # Sections before the edit have not moved: the one it starts in
+            # is the one whose stored (old) extent holds `at`.
+            if pos + 16 <= at < pos + 16 + size:
                 size += len(new) - len(old)
                 struct.pack_into("<Q", data, pos + 8, size)
             pos += 16 + size
