@@ -92,6 +92,22 @@ LogicalResult KilnDialect::verifyOperationAttribute(Operation *op,
       return failure(failed(assignStages(graph)));
     return success();
   }
+  if (name == getAttentionReplicasAttrName()) {
+    auto count = dyn_cast<IntegerAttr>(attr.getValue());
+    auto ranks = op->getAttrOfType<IntegerAttr>(getTensorParallelAttrName());
+    if (!isa<ModuleOp>(op) || !count || count.getInt() < 2 || !ranks ||
+        ranks.getInt() % count.getInt() != 0)
+      return op->emitError()
+             << "'" << name
+             << "' must be an integer of at least 2 on a module whose '"
+             << getTensorParallelAttrName() << "' it divides";
+    // The stages' groups and transfers assume replicated attention.
+    if (op->hasAttr(getPipelineStagesAttrName()))
+      return op->emitError()
+             << "'" << name << "' and '" << getPipelineStagesAttrName()
+             << "' cannot be combined yet";
+    return success();
+  }
   if (name != getKernelAttrName())
     return op->emitError() << "unknown kiln attribute '" << name << "'";
   if (!isa<KernelKindAttr>(attr.getValue()))

@@ -45,6 +45,11 @@ def Kiln_Dialect : Dialect {
     static constexpr ::llvm::StringLiteral getTensorParallelAttrName() {
       return ::llvm::StringLiteral("kiln.tensor_parallel");
     }
+    /// Module attribute: the data-parallel attention replicas of a
+    /// tensor-parallel graph (each runs its own sequence).
+    static constexpr ::llvm::StringLiteral getAttentionReplicasAttrName() {
+      return ::llvm::StringLiteral("kiln.attention_replicas");
+    }
     /// Module attribute: the pipeline stages of a pipeline-parallel graph.
     static constexpr ::llvm::StringLiteral getPipelineStagesAttrName() {
       return ::llvm::StringLiteral("kiln.pipeline_stages");

@@ -605,19 +605,87 @@ LogicalResult ExpertDownOp::verify() {
   return success();
 }
 
+/// The data-parallel attention replicas of the module around `op` (1 when
+/// attention is not replicated).
+static int64_t attentionReplicasOf(Operation *op) {
+  auto module = op->getParentOfType<ModuleOp>();
+  auto replicas = module ? module->getAttrOfType<IntegerAttr>(
+                               KilnDialect::getAttentionReplicasAttrName())
+                         : IntegerAttr();
+  return replicas ? replicas.getInt() : 1;
+}
+
+/// The ranks of the tensor-parallel module around `op` (0 when it is not
+/// one).
+static int64_t tensorParallelRanksOf(Operation *op) {
+  auto module = op->getParentOfType<ModuleOp>();
+  auto ranks = module ? module->getAttrOfType<IntegerAttr>(
+                            KilnDialect::getTensorParallelAttrName())
+                      : IntegerAttr();
+  return ranks ? ranks.getInt() : 0;
+}
+
 LogicalResult AllReduceOp::verify() {
   if (getRanks() < 2)
     return emitOpError() << "needs at least 2 ranks, got "
                          << getRanks(); // all_reduce_c1
-  auto module = (*this)->getParentOfType<ModuleOp>();
-  auto ranks = module ? module->getAttrOfType<IntegerAttr>(
-                            KilnDialect::getTensorParallelAttrName())
-                      : IntegerAttr();
-  if (!ranks || ranks.getInt() != static_cast<int64_t>(getRanks()))
+  int64_t ranks = tensorParallelRanksOf(*this),
+          replicas = attentionReplicasOf(*this);
+  if (ranks == 0 || ranks / replicas != static_cast<int64_t>(getRanks()))
     return emitOpError() << "reduces over " << getRanks()
                          << " ranks but the module is not a tensor-parallel "
-                            "graph of that many ranks (kiln.tensor_parallel)";
+                            "graph of that many ranks per attention replica "
+                            "(kiln.tensor_parallel / "
+                            "kiln.attention_replicas)";
   // all_reduce_c2
+  return success();
+}
+
+/// Checks shared by kiln.all_gather and kiln.reduce_scatter: the module
+/// has `replicas` data-parallel attention replicas over `ranks` ranks
+/// (exchange_c1, exchange_c2), and `rows` and `other` are [N, H] tensors of
+/// the same H (exchange_c3).
+static LogicalResult verifyTokenExchange(Operation *op, int64_t ranks,
+                                         int64_t replicas, Type rows,
+                                         Type other) {
+  if (replicas < 2)
+    return op->emitOpError()
+           << "needs at least 2 replicas, got " << replicas; // exchange_c1
+  if (tensorParallelRanksOf(op) != ranks || attentionReplicasOf(op) != replicas)
+    return op->emitOpError()
+           << "exchanges rows of " << replicas << " replicas over " << ranks
+           << " ranks but the module is not a graph of that many "
+              "data-parallel attention replicas and ranks "
+              "(kiln.attention_replicas, kiln.tensor_parallel)"; // exchange_c2
+  auto a = cast<RankedTensorType>(rows), b = cast<RankedTensorType>(other);
+  if (a.getRank() != 2 || b.getRank() != 2 ||
+      a.getDimSize(1) != b.getDimSize(1) ||
+      ShapedType::isDynamic(a.getDimSize(1)))
+    return op->emitOpError() << "needs [tokens, width] tensors of one static "
+                                "width, got "
+                             << rows << " and " << other; // exchange_c3
+  return success();
+}
+
+LogicalResult AllGatherOp::verify() {
+  if (failed(verifyTokenExchange(*this, getRanks(), getReplicas(),
+                                 getInput().getType(), getType())))
+    return failure();
+  // The gathered row count depends on the other replicas.
+  if (!ShapedType::isDynamic(getType().getDimSize(0)))
+    return emitOpError() << "must have a dynamic row count, got "
+                         << getType(); // all_gather_c1
+  return success();
+}
+
+LogicalResult ReduceScatterOp::verify() {
+  if (failed(verifyTokenExchange(*this, getRanks(), getReplicas(),
+                                 getInput().getType(), getLike().getType())))
+    return failure();
+  if (!ShapedType::isDynamic(getInput().getType().getDimSize(0)))
+    return emitOpError() << "must take gathered rows (a dynamic row count), "
+                            "got "
+                         << getInput().getType(); // reduce_scatter_c1
   return success();
 }
 

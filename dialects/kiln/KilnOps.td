@@ -508,7 +508,9 @@ def Kiln_AllReduceOp : Kiln_Op<"all_reduce", [SameOperandsAndResultType]> {
     the weights; `result` is the element-wise sum of `input` over the R
     ranks, the same on every rank. Placed by kiln-shard-tensor-parallel
     after the row-split GEMMs, whose per-rank products are partial sums.
-    Every rank must reach the collectives in the same order. See
+    Every rank must reach the collectives in the same order. With
+    data-parallel attention (`kiln.attention_replicas = D`), the group is
+    the R / D ranks of one replica (`ranks` is then R / D). See
     docs/dialect.md#kilnall_reduce.
 
     ```mlir
@@ -518,6 +520,57 @@ def Kiln_AllReduceOp : Kiln_Op<"all_reduce", [SameOperandsAndResultType]> {
   let arguments = (ins Kiln_FloatTensor:$input, I64Attr:$ranks);
   let results = (outs Kiln_FloatTensor:$result);
   let assemblyFormat = "$input attr-dict `:` type($result)";
+  let hasVerifier = 1;
+}
+
+def Kiln_AllGatherOp : Kiln_Op<"all_gather", [AllElementTypesMatch<["input", "result"]>]> {
+  let summary = "the rows of every data-parallel attention replica";
+  let description = [{
+    In a graph with data-parallel attention (module attributes
+    `kiln.tensor_parallel = R`, `kiln.attention_replicas = D`), rank r
+    belongs to replica `r / (R / D)` and each replica runs its own sequence.
+    `result` is the rows of `input` of every replica, in replica order (one
+    copy per replica: the ranks of a replica hold the same rows), the same
+    on every rank. Replicas may hold different numbers of rows, none
+    included. Placed by kiln-shard-tensor-parallel before a MoE block whose
+    experts are divided over all R ranks. See docs/dialect.md#kilnall_gather.
+
+    ```mlir
+    %all = kiln.all_gather %h {ranks = 8 : i64, replicas = 2 : i64}
+        : tensor<?x5120xf32> -> tensor<?x5120xf32>
+    ```
+  }];
+  let arguments = (ins Kiln_FloatTensor:$input, I64Attr:$ranks,
+                   I64Attr:$replicas);
+  let results = (outs Kiln_FloatTensor:$result);
+  let assemblyFormat = "$input attr-dict `:` type($input) `->` type($result)";
+  let hasVerifier = 1;
+}
+
+def Kiln_ReduceScatterOp : Kiln_Op<"reduce_scatter", [
+    AllElementTypesMatch<["input", "like", "result"]>,
+    AllTypesMatch<["like", "result"]>]> {
+  let summary = "sum over all ranks, each replica keeping its own rows";
+  let description = [{
+    The inverse of `kiln.all_gather` with a sum: `input` holds rows of the
+    gathered order (every replica's rows of `like`, in replica order) and is
+    a partial sum on each of the R ranks; `result` is the sum over the R
+    ranks (in rank order) of the rows of this rank's replica, as many as
+    `like` has on it. `like` is the value that was gathered: it gives the
+    rows and places them. See docs/dialect.md#kilnreduce_scatter.
+
+    ```mlir
+    %mine = kiln.reduce_scatter %partial like %h
+        {ranks = 8 : i64, replicas = 2 : i64}
+        : tensor<?x5120xf32> -> tensor<?x5120xf32>
+    ```
+  }];
+  let arguments = (ins Kiln_FloatTensor:$input, Kiln_FloatTensor:$like,
+                   I64Attr:$ranks, I64Attr:$replicas);
+  let results = (outs Kiln_FloatTensor:$result);
+  let assemblyFormat = [{
+    $input `like` $like attr-dict `:` type($input) `->` type($result)
+  }];
   let hasVerifier = 1;
 }
 

@@ -571,6 +571,12 @@ LogicalResult mlir::kiln::writeCostReport(ModuleOp module,
   func::FuncOp graph = graphFunctionOf(module);
   if (!graph)
     return module.emitError("cost report: no public function to report on");
+  // Between a gather and its scatter a replica's rows become every
+  // replica's: per-token sizes no longer hold.
+  if (module->hasAttr(KilnDialect::getAttentionReplicasAttrName()))
+    return module.emitError("cost report: data-parallel attention replicas "
+                            "are not modelled yet (kilnc --plan estimates "
+                            "such layouts)");
   bool partitioned = true;
   graph.walk([&](Operation *op) {
     if (op->getDialect() && isa<KilnDialect>(op->getDialect()) &&

@@ -28,6 +28,21 @@ using ::kiln::ref::Precision;
 
 Evaluator::~Evaluator() = default;
 
+llvm::Error
+Evaluator::runReplicas(llvm::ArrayRef<std::vector<int64_t>> tokens,
+                       llvm::ArrayRef<std::vector<int64_t>> positions,
+                       std::vector<std::vector<double>> &results,
+                       int64_t &width) {
+  if (tokens.size() != 1 || positions.size() != 1)
+    return llvm::createStringError(
+        llvm::inconvertibleErrorCode(),
+        llvm::formatv("the graph has one replica, but {0} sequences were "
+                      "given",
+                      tokens.size()));
+  results.resize(1);
+  return run(tokens[0], positions[0], results[0], width);
+}
+
 static llvm::Error makeError(const llvm::Twine &message) {
   return llvm::createStringError(llvm::inconvertibleErrorCode(), message);
 }
@@ -86,11 +101,20 @@ public:
   void setGroup(llvm::ArrayRef<EvaluatorImpl *> peers) {
     group.assign(peers.begin(), peers.end());
   }
+  /// Every rank of a graph with data-parallel attention, in rank order, and
+  /// this rank's place: kiln.all_gather and kiln.reduce_scatter exchange
+  /// rows between the replicas (`replicaRanks` consecutive ranks each).
+  void setWorld(llvm::ArrayRef<EvaluatorImpl *> ranks, int64_t worldRank,
+                int64_t replicaRanks) {
+    world.assign(ranks.begin(), ranks.end());
+    this->worldRank = worldRank;
+    this->replicaRanks = replicaRanks;
+  }
   /// Evaluation in steps, so that the ranks of a tensor-parallel graph can
   /// go op by op together: begin, then step and releaseAfter for each op
   /// up to the return, then finish.
   llvm::Error begin(llvm::ArrayRef<int64_t> tokens,
-                    llvm::ArrayRef<int64_t> positions);
+                    llvm::ArrayRef<int64_t> positions, bool allowEmpty = false);
   llvm::Error step(Operation *op) { return evaluate(op); }
   void releaseAfter(Operation *op) {
     for (Value v : dying.lookup(op))
@@ -159,6 +183,8 @@ private:
   func::FuncOp func;
   int64_t rank, ranks;
   std::vector<EvaluatorImpl *> group;
+  std::vector<EvaluatorImpl *> world;
+  int64_t worldRank = 0, replicaRanks = 1;
   llvm::DenseMap<Value, Buffer<T>> weights;
   /// Intermediate values. A node-based map: kernels hold references to
   /// their operands while their result is inserted.
@@ -287,11 +313,12 @@ EvaluatorImpl<T>::sliceForRank(const Buffer<T> &full,
 
 template <typename T>
 llvm::Error EvaluatorImpl<T>::begin(llvm::ArrayRef<int64_t> tokens,
-                                    llvm::ArrayRef<int64_t> positions) {
+                                    llvm::ArrayRef<int64_t> positions,
+                                    bool allowEmpty) {
   if (tokens.size() != positions.size())
     return makeError(llvm::formatv("{0} tokens but {1} positions",
                                    tokens.size(), positions.size()));
-  if (tokens.empty())
+  if (tokens.empty() && !allowEmpty)
     return makeError("no tokens to evaluate");
   for (int64_t p : positions)
     if (p < 0)
@@ -336,7 +363,22 @@ llvm::Error EvaluatorImpl<T>::run(llvm::ArrayRef<int64_t> tokens,
 }
 
 template <typename T> llvm::Error EvaluatorImpl<T>::evaluate(Operation *op) {
+  // An op works on the rows of its activation operand (dynamic leading
+  // dimension): the step's tokens, or every replica's between a
+  // kiln.all_gather and its kiln.reduce_scatter. An expert_down's first
+  // operand is dispatch rows; its addend has the tokens'.
   int64_t numTokens = static_cast<int64_t>(currentTokens.size());
+  SmallVector<Value> rowOperands(op->getOperands());
+  if (auto down = dyn_cast<mlir::kiln::ExpertDownOp>(op))
+    rowOperands.assign({down.getAddend()});
+  for (Value operand : rowOperands) {
+    auto type = dyn_cast<RankedTensorType>(operand.getType());
+    if (type && type.getRank() == 2 && type.isDynamicDim(0) &&
+        isa<FloatType>(type.getElementType()) && !weights.count(operand)) {
+      numTokens = get(operand).rows();
+      break;
+    }
+  }
   auto output = [&](Value v, int64_t cols) -> Buffer<T> & {
     Buffer<T> &b = values[v.getAsOpaquePointer()];
     b.shape = {numTokens, cols};
@@ -662,6 +704,65 @@ template <typename T> llvm::Error EvaluatorImpl<T>::evaluate(Operation *op) {
         }
         return llvm::Error::success();
       })
+      .Case([&](mlir::kiln::AllGatherOp g) -> llvm::Error {
+        if (currentCall)
+          return opError(op, "collectives must be in the graph, not in a "
+                             "kernel function");
+        if (world.size() != g.getRanks() ||
+            g.getRanks() / replicaRanks != g.getReplicas())
+          return opError(op, llvm::formatv("gathers {0} replicas of {1} ranks "
+                                           "but {2} ranks are being "
+                                           "evaluated as {3} replicas",
+                                           g.getReplicas(), g.getRanks(),
+                                           world.size(),
+                                           world.size() / replicaRanks));
+        int64_t cols = width(g.getInput());
+        Buffer<T> all;
+        all.shape = {0, cols};
+        // One copy per replica: the rank at this rank's place in it.
+        for (int64_t d = 0, e = g.getReplicas(); d < e; ++d) {
+          const Buffer<T> &part =
+              world[d * replicaRanks + worldRank % replicaRanks]->get(
+                  g.getInput());
+          all.data.insert(all.data.end(), part.data.begin(), part.data.end());
+          all.shape[0] += part.rows();
+        }
+        values[g.getResult().getAsOpaquePointer()] = std::move(all);
+        return llvm::Error::success();
+      })
+      .Case([&](mlir::kiln::ReduceScatterOp r) -> llvm::Error {
+        if (currentCall)
+          return opError(op, "collectives must be in the graph, not in a "
+                             "kernel function");
+        if (world.size() != r.getRanks() ||
+            r.getRanks() / replicaRanks != r.getReplicas())
+          return opError(op, llvm::formatv("scatters to {0} replicas of {1} "
+                                           "ranks but {2} ranks are being "
+                                           "evaluated as {3} replicas",
+                                           r.getReplicas(), r.getRanks(),
+                                           world.size(),
+                                           world.size() / replicaRanks));
+        int64_t cols = width(r.getInput()), replica = worldRank / replicaRanks;
+        int64_t first = 0;
+        for (int64_t d = 0; d < replica; ++d)
+          first += world[d * replicaRanks]->get(r.getLike()).rows();
+        int64_t mine = get(r.getLike()).rows();
+        Buffer<T> &out = values[r.getResult().getAsOpaquePointer()];
+        out.shape = {mine, cols};
+        out.data.assign(static_cast<size_t>(mine * cols), T(0));
+        // Every rank adds in rank order: the same sum on a replica's ranks.
+        for (EvaluatorImpl *peer : world) {
+          const Buffer<T> &part = peer->get(r.getInput());
+          if (part.rows() < first + mine)
+            return opError(op, llvm::formatv("has {0} rows on a rank, fewer "
+                                             "than the gathered {1}",
+                                             part.rows(), first + mine));
+          const T *from = part.data.data() + first * cols;
+          for (size_t i = 0; i < out.data.size(); ++i)
+            out.data[i] += from[i];
+        }
+        return llvm::Error::success();
+      })
       .Default([&](Operation *other) -> llvm::Error {
         return opError(other, "the reference evaluator does not support this "
                               "op");
@@ -815,24 +916,34 @@ namespace {
 
 /// A tensor- or pipeline-parallel graph: one evaluator per rank, each bound
 /// to its slices of the weights, stepped op by op together so that a
-/// kiln.all_reduce sees every rank of its stage's group and a stage
-/// transfer finds its value on the sending ranks. A rank evaluates only the
-/// ops of its stage (rank r of tp x stages is in stage r / tp). Every rank
-/// ends with the same logits; rank 0's are returned.
+/// kiln.all_reduce sees every rank of its group and a stage transfer finds
+/// its value on the sending ranks. A rank evaluates only the ops of its
+/// stage (rank r of tp x stages is in stage r / tp). With data-parallel
+/// attention the tp ranks form replicas of tp / replicas ranks, each with
+/// its own sequence, and the all-reduces sum over a replica. A replica's
+/// ranks end with the same logits; its first rank's are returned.
 template <typename T> class TensorParallelEvaluator final : public Evaluator {
 public:
-  TensorParallelEvaluator(func::FuncOp func, int64_t tp,
+  TensorParallelEvaluator(func::FuncOp func, int64_t tp, int64_t replicas,
                           mlir::kiln::StageAssignment stages)
-      : func(func), tp(tp), stages(std::move(stages)) {
+      : func(func), tp(tp), replicas(replicas), stages(std::move(stages)) {
     for (int64_t r = 0; r < tp * this->stages.stages; ++r)
       evaluators.push_back(
           std::make_unique<EvaluatorImpl<T>>(func, r % tp, tp));
-    for (int64_t s = 0; s < this->stages.stages; ++s) {
+    int64_t groupSize = tp / replicas;
+    for (size_t first = 0; first < evaluators.size(); first += groupSize) {
       std::vector<EvaluatorImpl<T> *> group;
-      for (int64_t r = 0; r < tp; ++r)
-        group.push_back(evaluators[s * tp + r].get());
+      for (int64_t r = 0; r < groupSize; ++r)
+        group.push_back(evaluators[first + r].get());
       for (EvaluatorImpl<T> *e : group)
         e->setGroup(group);
+    }
+    if (replicas > 1) {
+      std::vector<EvaluatorImpl<T> *> world;
+      for (auto &e : evaluators)
+        world.push_back(e.get());
+      for (size_t r = 0; r < evaluators.size(); ++r)
+        evaluators[r]->setWorld(world, static_cast<int64_t>(r), groupSize);
     }
   }
 
@@ -843,17 +954,73 @@ public:
     return llvm::Error::success();
   }
 
+  int64_t numReplicas() const override { return replicas; }
+
   llvm::Error run(llvm::ArrayRef<int64_t> tokens,
                   llvm::ArrayRef<int64_t> positions,
                   std::vector<double> &result, int64_t &width) override {
+    if (replicas > 1)
+      return makeError(llvm::formatv(
+          "the graph has {0} data-parallel attention replicas, each with its "
+          "own sequence: give one per replica",
+          replicas));
+    std::vector<std::vector<double>> results;
+    if (llvm::Error err =
+            runAll({std::vector<int64_t>(tokens.begin(), tokens.end())},
+                   {std::vector<int64_t>(positions.begin(), positions.end())},
+                   results, width))
+      return err;
+    result = std::move(results[0]);
+    return llvm::Error::success();
+  }
+
+  llvm::Error runReplicas(llvm::ArrayRef<std::vector<int64_t>> tokens,
+                          llvm::ArrayRef<std::vector<int64_t>> positions,
+                          std::vector<std::vector<double>> &results,
+                          int64_t &width) override {
+    if (static_cast<int64_t>(tokens.size()) != replicas ||
+        positions.size() != tokens.size())
+      return makeError(llvm::formatv("the graph has {0} replicas, but {1} "
+                                     "sequences were given",
+                                     replicas, tokens.size()));
+    if (llvm::all_of(tokens, [](const auto &t) { return t.empty(); }))
+      return makeError("no tokens to evaluate in any replica");
+    return runAll(tokens, positions, results, width);
+  }
+
+  void reset() override {
     for (auto &e : evaluators)
-      if (llvm::Error err = e->begin(tokens, positions))
+      e->reset();
+  }
+  int64_t numCachedTokens() const override {
+    return evaluators.front()->numCachedTokens();
+  }
+
+private:
+  llvm::Error runAll(llvm::ArrayRef<std::vector<int64_t>> tokens,
+                     llvm::ArrayRef<std::vector<int64_t>> positions,
+                     std::vector<std::vector<double>> &results,
+                     int64_t &width) {
+    int64_t groupSize = tp / replicas;
+    results.assign(tokens.size(), {});
+    // Rank r (of stage r / tp) runs the sequence of replica r % tp /
+    // groupSize.
+    auto replicaOf = [&](size_t r) {
+      return static_cast<int64_t>(r) % tp / groupSize;
+    };
+    for (size_t r = 0; r < evaluators.size(); ++r)
+      if (llvm::Error err = evaluators[r]->begin(
+              tokens[replicaOf(r)], positions[replicaOf(r)], replicas > 1))
         return err;
     for (Operation &op : func.getBody().front()) {
       if (auto ret = dyn_cast<func::ReturnOp>(op)) {
-        for (auto [r, e] : llvm::enumerate(evaluators))
-          e->finish(ret, r == 0 ? &result : nullptr, &width,
-                    static_cast<int64_t>(tokens.size()));
+        for (auto [r, e] : llvm::enumerate(evaluators)) {
+          int64_t d = replicaOf(r);
+          e->finish(ret,
+                    static_cast<int64_t>(r) == d * groupSize ? &results[d]
+                                                             : nullptr,
+                    &width, static_cast<int64_t>(tokens[d].size()));
+        }
         break;
       }
       if (llvm::Error err = stepAll(op)) {
@@ -868,15 +1035,7 @@ public:
     }
     return llvm::Error::success();
   }
-  void reset() override {
-    for (auto &e : evaluators)
-      e->reset();
-  }
-  int64_t numCachedTokens() const override {
-    return evaluators.front()->numCachedTokens();
-  }
 
-private:
   llvm::Error stepAll(Operation &op) {
     int64_t stage = stages.of(&op);
     if (auto send = dyn_cast<mlir::kiln::StageSendOp>(op)) {
@@ -904,7 +1063,7 @@ private:
   }
 
   func::FuncOp func;
-  int64_t tp;
+  int64_t tp, replicas;
   mlir::kiln::StageAssignment stages;
   std::vector<std::unique_ptr<EvaluatorImpl<T>>> evaluators;
 };
@@ -912,9 +1071,10 @@ private:
 template <typename T>
 llvm::Expected<std::unique_ptr<Evaluator>>
 createTensorParallel(func::FuncOp func, const Checkpoint &checkpoint,
-                     int64_t ranks, mlir::kiln::StageAssignment stages) {
+                     int64_t ranks, int64_t replicas,
+                     mlir::kiln::StageAssignment stages) {
   auto evaluator = std::make_unique<TensorParallelEvaluator<T>>(
-      func, ranks, std::move(stages));
+      func, ranks, replicas, std::move(stages));
   if (llvm::Error e = evaluator->bindWeights(checkpoint))
     return std::move(e);
   return std::unique_ptr<Evaluator>(std::move(evaluator));
@@ -943,10 +1103,18 @@ Evaluator::create(func::FuncOp func, const Checkpoint &checkpoint,
       return makeError("@" + func.getName() +
                        ": inconsistent pipeline stages (see the error above)");
     int64_t tp = ranks ? ranks.getInt() : 1;
+    auto replicasAttr = module->getAttrOfType<IntegerAttr>(
+        mlir::kiln::KilnDialect::getAttentionReplicasAttrName());
+    int64_t replicas = replicasAttr ? replicasAttr.getInt() : 1;
+    if (replicas < 1 || tp % replicas != 0 ||
+        (replicas > 1 && stages->stages > 1))
+      return makeError(llvm::formatv("{0} attention replicas do not divide "
+                                     "{1} ranks of a single-stage graph",
+                                     replicas, tp));
     if (precision == Precision::F64)
-      return createTensorParallel<double>(func, checkpoint, tp,
+      return createTensorParallel<double>(func, checkpoint, tp, replicas,
                                           std::move(*stages));
-    return createTensorParallel<float>(func, checkpoint, tp,
+    return createTensorParallel<float>(func, checkpoint, tp, replicas,
                                        std::move(*stages));
   }
   if (func.getBody().empty())

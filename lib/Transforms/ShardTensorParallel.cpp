@@ -13,9 +13,16 @@
 // replicated on every rank (attention is tensor-parallel), so no token
 // exchange is needed: a rank runs its experts on the tokens routed to them
 // and the MoE block's all-reduce, needed anyway for the split shared expert,
-// also combines the groups. Expert parallelism wider than tensor
-// parallelism (attention data-parallel, tokens exchanged all-to-all) is a
-// different graph, not built here.
+// also combines the groups.
+//
+// Expert parallelism wider than tensor parallelism needs attention to be
+// data-parallel: the ranks form replicas, each with its own sequence and
+// attention split within it, and the MoE blocks exchange tokens. The
+// exchange is an all-gather of every replica's rows before the block and a
+// reduce-scatter after it, which folds the sum of the ranks' partial sums
+// into the way back; an all-to-all that sends each row only to the ranks
+// holding its experts would move fewer bytes at large replica counts and is
+// not built yet.
 //
 //===----------------------------------------------------------------------===//
 
@@ -61,6 +68,13 @@ struct ShardTensorParallelPass
                          << static_cast<int64_t>(ranks) << " ranks";
       return signalPassFailure();
     }
+    if (attentionReplicas < 1 || ranks % attentionReplicas != 0) {
+      module.emitError() << "kiln-shard-tensor-parallel: "
+                         << static_cast<int64_t>(attentionReplicas)
+                         << " attention replicas do not divide "
+                         << static_cast<int64_t>(ranks) << " ranks";
+      return signalPassFailure();
+    }
     if (module->hasAttr(KilnDialect::getTensorParallelAttrName())) {
       module.emitError() << "the graph is already tensor-parallel";
       return signalPassFailure();
@@ -71,9 +85,23 @@ struct ShardTensorParallelPass
       if (failed(shardFunction(func)))
         return signalPassFailure();
     }
-    module->setAttr(
-        KilnDialect::getTensorParallelAttrName(),
-        Builder(module).getI64IntegerAttr(static_cast<int64_t>(ranks)));
+    Builder b(module);
+    module->setAttr(KilnDialect::getTensorParallelAttrName(),
+                    b.getI64IntegerAttr(static_cast<int64_t>(ranks)));
+    if (attentionReplicas > 1)
+      module->setAttr(
+          KilnDialect::getAttentionReplicasAttrName(),
+          b.getI64IntegerAttr(static_cast<int64_t>(attentionReplicas)));
+  }
+
+  /// The ranks attention and the dense FFN are split over: those of one
+  /// replica.
+  int64_t splitRanks() const { return ranks / attentionReplicas; }
+  /// The `kiln.shard` stride of a split within a replica: rank r holds
+  /// part (r / stride) mod parts, i.e. its place in the replica. 0 (part
+  /// r * parts / R) without replicas.
+  int64_t withinReplica(int64_t parts) const {
+    return attentionReplicas > 1 ? splitRanks() / parts : 0;
   }
 
   LogicalResult shardFunction(func::FuncOp func) {
@@ -156,12 +184,14 @@ struct ShardTensorParallelPass
     return success();
   }
 
-  /// Sums `partial` (the result of `op`) over the ranks for its users.
+  /// Sums `partial` (the result of `op`) over the ranks of a replica for its
+  /// users.
   void allReduceAfter(Operation *op, Value partial) {
     OpBuilder b(op->getContext());
     b.setInsertionPointAfter(op);
-    auto reduce = AllReduceOp::create(b, op->getLoc(), partial.getType(),
-                                      partial, b.getI64IntegerAttr(ranks));
+    auto reduce =
+        AllReduceOp::create(b, op->getLoc(), partial.getType(), partial,
+                            b.getI64IntegerAttr(splitRanks()));
     partial.replaceAllUsesExcept(reduce.getResult(), reduce);
   }
 
@@ -198,19 +228,23 @@ struct ShardTensorParallelPass
   }
 
   LogicalResult shardAttention(func::FuncOp func, AttentionOp a) {
+    int64_t group = splitRanks();
+    // One rank per replica: every rank runs all heads of its own sequence.
+    if (group == 1)
+      return success();
     int64_t heads = a.getNumHeads(), kvHeads = a.getNumKvHeads();
-    if (heads % ranks != 0)
+    if (heads % group != 0)
       return a.emitOpError()
              << "has " << heads << " query heads, which do not split over "
-             << static_cast<int64_t>(ranks) << " ranks";
+             << group << " ranks";
     // Fewer KV heads than ranks: ranks share one (each rank's query heads
     // then lie in one GQA group).
-    int64_t kvParts = kvHeads >= ranks ? ranks : kvHeads;
-    if (kvHeads % kvParts != 0 || (kvHeads < ranks && ranks % kvHeads != 0))
+    int64_t kvParts = kvHeads >= group ? group : kvHeads;
+    if (kvHeads % kvParts != 0 || (kvHeads < group && group % kvHeads != 0))
       return a.emitOpError() << "has " << kvHeads
                              << " KV heads, which neither split over nor "
                                 "divide "
-                             << static_cast<int64_t>(ranks) << " ranks";
+                             << group << " ranks";
     if (!a.getResult().hasOneUse())
       return a.emitOpError("has more than one user; the output projection "
                            "must be its only one");
@@ -229,11 +263,15 @@ struct ShardTensorParallelPass
 
     int64_t headDim =
         cast<RankedTensorType>(a.getQuery().getType()).getDimSize(1) / heads;
-    int64_t localHeads = heads / ranks, localKv = kvHeads / kvParts;
-    if (failed(shardWeight(func, *q, q->getWeight(), 0, ranks)) ||
-        failed(shardWeight(func, *k, k->getWeight(), 0, kvParts)) ||
-        failed(shardWeight(func, *v, v->getWeight(), 0, kvParts)) ||
-        failed(shardWeight(func, out, out.getWeight(), 1, ranks)))
+    int64_t localHeads = heads / group, localKv = kvHeads / kvParts;
+    if (failed(shardWeight(func, *q, q->getWeight(), 0, group, 1,
+                           withinReplica(group))) ||
+        failed(shardWeight(func, *k, k->getWeight(), 0, kvParts, 1,
+                           withinReplica(kvParts))) ||
+        failed(shardWeight(func, *v, v->getWeight(), 0, kvParts, 1,
+                           withinReplica(kvParts))) ||
+        failed(shardWeight(func, out, out.getWeight(), 1, group, 1,
+                           withinReplica(group))))
       return failure();
     narrow(*q, qChain, localHeads, localHeads * headDim);
     narrow(*k, kChain, localKv, localKv * headDim);
@@ -247,6 +285,9 @@ struct ShardTensorParallelPass
   }
 
   LogicalResult shardFeedForward(func::FuncOp func, SwiGluOp s) {
+    int64_t group = splitRanks();
+    if (group == 1)
+      return success();
     auto gate = s.getGate().getDefiningOp<LinearOp>();
     auto up = s.getUp().getDefiningOp<LinearOp>();
     if (!gate || !up || !gate.getResult().hasOneUse() ||
@@ -256,9 +297,11 @@ struct ShardTensorParallelPass
     auto down = dyn_cast<LinearOp>(*s.getResult().getUsers().begin());
     if (!down || down.getInput() != s.getResult())
       return s.emitOpError("is not followed by its down projection");
-    if (failed(shardWeight(func, gate, gate.getWeight(), 0, ranks)) ||
-        failed(shardWeight(func, up, up.getWeight(), 0, ranks)) ||
-        failed(shardWeight(func, down, down.getWeight(), 1, ranks)))
+    int64_t stride = withinReplica(group);
+    if (failed(
+            shardWeight(func, gate, gate.getWeight(), 0, group, 1, stride)) ||
+        failed(shardWeight(func, up, up.getWeight(), 0, group, 1, stride)) ||
+        failed(shardWeight(func, down, down.getWeight(), 1, group, 1, stride)))
       return failure();
     int64_t width =
         cast<RankedTensorType>(gate.getWeight().getType()).getDimSize(0);
@@ -303,7 +346,28 @@ struct ShardTensorParallelPass
          failed(shardWeight(func, moe, moe.getSharedUp(), 0, ranks)) ||
          failed(shardWeight(func, moe, moe.getSharedDown(), 1, ranks))))
       return failure();
-    allReduceAfter(moe, moe.getResult());
+    if (attentionReplicas == 1) {
+      allReduceAfter(moe, moe.getResult());
+      return success();
+    }
+    // The block runs on every replica's rows; the way back sums the ranks'
+    // partial sums and returns each replica its own.
+    OpBuilder b(moe);
+    Value local = moe.getInput();
+    auto localType = cast<RankedTensorType>(local.getType());
+    auto gatheredType =
+        RankedTensorType::get({ShapedType::kDynamic, localType.getDimSize(1)},
+                              localType.getElementType());
+    auto replicas = b.getI64IntegerAttr(attentionReplicas);
+    auto all = AllGatherOp::create(b, moe.getLoc(), gatheredType, local,
+                                   b.getI64IntegerAttr(ranks), replicas);
+    moe.getInputMutable().assign(all.getResult());
+    moe.getResult().setType(gatheredType);
+    b.setInsertionPointAfter(moe);
+    auto mine =
+        ReduceScatterOp::create(b, moe.getLoc(), localType, moe.getResult(),
+                                local, b.getI64IntegerAttr(ranks), replicas);
+    moe.getResult().replaceAllUsesExcept(mine.getResult(), mine);
     return success();
   }
 

@@ -60,3 +60,24 @@ func.func @kinds(%x: tensor<?x16xf32>, %pos: tensor<?xi64>, %w: tensor<16x16xbf1
       : tensor<?x16xf32>, tensor<4x16xbf16>, tensor<4x16x24xbf16>, tensor<4x12x16xbf16>
   return %m, %y : tensor<?x16xf32>, tensor<?x16xf32>
 }
+
+// -----
+
+// The token exchange of data-parallel attention is made of steps between
+// kernels: the gather and the scatter stay in the graph around the MoE
+// kernel.
+// CHECK-LABEL: func.func @token_exchange
+// CHECK: %[[G:.*]] = kiln.all_gather
+// CHECK-NEXT: %[[M:.*]] = call @moe_0(%[[G]]
+// CHECK-NEXT: kiln.reduce_scatter %[[M]] like
+module attributes {kiln.tensor_parallel = 2 : i64, kiln.attention_replicas = 2 : i64} {
+func.func @token_exchange(%x: tensor<?x16xf32>, %wr: tensor<4x16xbf16>,
+                          %gu: tensor<4x16x24xbf16>, %dn: tensor<4x12x16xbf16>)
+    -> tensor<?x16xf32> {
+  %g = kiln.all_gather %x {ranks = 2 : i64, replicas = 2 : i64} : tensor<?x16xf32> -> tensor<?x16xf32>
+  %m = kiln.moe %g router %wr experts %gu, %dn {top_k = 1 : i64}
+      : tensor<?x16xf32>, tensor<4x16xbf16>, tensor<4x16x24xbf16>, tensor<4x12x16xbf16>
+  %y = kiln.reduce_scatter %m like %x {ranks = 2 : i64, replicas = 2 : i64} : tensor<?x16xf32> -> tensor<?x16xf32>
+  return %y : tensor<?x16xf32>
+}
+}

@@ -3,6 +3,9 @@
 //   kiln-ref <checkpoint-dir> (--tokens 1,2,3 | --tokens-file FILE)
 //            [--dump-logits OUT.npy] [--max-new-tokens N] [--f64]
 //
+// A graph with data-parallel attention replicas (--graph, from kilnc --dp)
+// takes one --tokens-file and, if any, one --dump-logits per replica.
+//
 // Imports the checkpoint, evaluates the prompt with the reference evaluator
 // and optionally continues it greedily. This command line is a contract other
 // tools and checks depend on: change it only compatibly.
@@ -37,14 +40,15 @@ static cl::opt<std::string> checkpointDir(cl::Positional, cl::Required,
                                           cl::cat(category));
 static cl::opt<std::string> tokensText("tokens", cl::cat(category),
                                        cl::desc("Prompt token ids: 1,2,3"));
-static cl::opt<std::string>
-    tokensFile("tokens-file", cl::cat(category),
-               cl::desc("File of token ids separated by white space and/or "
-                        "commas"));
-static cl::opt<std::string>
+static cl::list<std::string>
+    tokensFiles("tokens-file", cl::cat(category),
+                cl::desc("File of token ids separated by white space and/or "
+                         "commas (one per replica of a graph with "
+                         "data-parallel attention)"));
+static cl::list<std::string>
     dumpLogits("dump-logits", cl::cat(category),
                cl::desc("Write the float32 logits of every prompt position "
-                        "([T, vocab], .npy)"));
+                        "([T, vocab], .npy; one per replica)"));
 static cl::opt<unsigned> maxNewTokens("max-new-tokens", cl::init(0),
                                       cl::cat(category),
                                       cl::desc("Greedy continuation length"));
@@ -80,6 +84,53 @@ static int64_t argmax(const std::vector<double> &row, size_t begin,
   return static_cast<int64_t>(best);
 }
 
+/// Evaluates each replica's prompt, all replicas stepped together (a
+/// replica whose prompt is done takes no tokens in a step), and prints and
+/// dumps each one's results.
+static int runReplicas(kiln::ref::Evaluator &evaluator,
+                       const std::vector<std::vector<int64_t>> &prompts) {
+  if (maxNewTokens > 0)
+    return fail("--max-new-tokens is not supported with data-parallel "
+                "attention replicas yet");
+  size_t replicas = prompts.size(), longest = 0;
+  for (const std::vector<int64_t> &p : prompts) {
+    if (p.empty())
+      return fail("every replica needs a prompt of at least one token");
+    longest = std::max(longest, p.size());
+  }
+  size_t step = stepSize == 0 ? longest : stepSize;
+  std::vector<std::vector<double>> logits(replicas);
+  int64_t vocab = 0;
+  for (size_t begin = 0; begin < longest; begin += step) {
+    std::vector<std::vector<int64_t>> tokens(replicas), positions(replicas);
+    for (size_t d = 0; d < replicas; ++d)
+      for (size_t i = begin; i < std::min(begin + step, prompts[d].size());
+           ++i) {
+        tokens[d].push_back(prompts[d][i]);
+        positions[d].push_back(static_cast<int64_t>(i));
+      }
+    std::vector<std::vector<double>> part;
+    if (Error e = evaluator.runReplicas(tokens, positions, part, vocab))
+      return fail(toString(std::move(e)));
+    for (size_t d = 0; d < replicas; ++d)
+      logits[d].insert(logits[d].end(), part[d].begin(), part[d].end());
+  }
+  std::string error;
+  for (size_t d = 0; d < replicas; ++d) {
+    const std::vector<int64_t> &prompt = prompts[d];
+    if (!dumpLogits.empty()) {
+      std::vector<float> narrow(logits[d].begin(), logits[d].end());
+      if (!kiln::writeNpyF32(dumpLogits[d],
+                             {static_cast<int64_t>(prompt.size()), vocab},
+                             narrow.data(), error))
+        return fail(error);
+    }
+    outs() << "replica " << d << " next token: "
+           << argmax(logits[d], (prompt.size() - 1) * vocab, vocab) << "\n";
+  }
+  return 0;
+}
+
 int main(int argc, char **argv) {
   InitLLVM init(argc, argv);
   // After InitLLVM, whose own out-of-memory handler aborts with a stack dump.
@@ -88,16 +139,21 @@ int main(int argc, char **argv) {
   cl::ParseCommandLineOptions(argc, argv,
                               "Kiln reference evaluator (the oracle)\n");
 
-  if (tokensText.empty() == tokensFile.empty())
+  if (tokensText.empty() == tokensFiles.empty())
     return fail("give exactly one of --tokens and --tokens-file");
-  std::vector<int64_t> prompt;
+  std::vector<std::vector<int64_t>> prompts;
   std::string error;
-  if (!tokensFile.empty()) {
-    if (!kiln::readTokenFile(tokensFile, prompt, error))
+  for (const std::string &file : tokensFiles)
+    if (!kiln::readTokenFile(file, prompts.emplace_back(), error))
       return fail(error);
-  } else if (!kiln::parseTokenList(tokensText, "--tokens", prompt, error)) {
+  if (!tokensText.empty() &&
+      !kiln::parseTokenList(tokensText, "--tokens", prompts.emplace_back(),
+                            error))
     return fail(error);
-  }
+  if (!dumpLogits.empty() && dumpLogits.size() != prompts.size())
+    return fail(std::to_string(prompts.size()) + " prompts but " +
+                std::to_string(dumpLogits.size()) + " --dump-logits files");
+  const std::vector<int64_t> &prompt = prompts.front();
 
   mlir::DialectRegistry registry;
   mlir::kiln::registerAllKilnDialects(registry);
@@ -127,17 +183,19 @@ int main(int argc, char **argv) {
           "kiln.max_position_embeddings");
       positions && allowed == 0)
     allowed = positions.getInt();
-  int64_t length = static_cast<int64_t>(prompt.size()) + maxNewTokens;
-  if (allowed > 0 && length > allowed)
-    return fail("the prompt (" + std::to_string(prompt.size()) +
-                " tokens) and --max-new-tokens " +
-                std::to_string(maxNewTokens) + " reach position " +
-                std::to_string(length) + ", past the " +
-                (maxContext > 0 ? std::string("--max-context ")
-                                : std::string("model's "
-                                              "max_position_embeddings ")) +
-                std::to_string(allowed) +
-                (maxContext > 0 ? "" : " (--max-context N raises it)"));
+  for (const std::vector<int64_t> &p : prompts) {
+    int64_t length = static_cast<int64_t>(p.size()) + maxNewTokens;
+    if (allowed > 0 && length > allowed)
+      return fail("the prompt (" + std::to_string(p.size()) +
+                  " tokens) and --max-new-tokens " +
+                  std::to_string(maxNewTokens) + " reach position " +
+                  std::to_string(length) + ", past the " +
+                  (maxContext > 0 ? std::string("--max-context ")
+                                  : std::string("model's "
+                                                "max_position_embeddings ")) +
+                  std::to_string(allowed) +
+                  (maxContext > 0 ? "" : " (--max-context N raises it)"));
+  }
 
   std::unique_ptr<kiln::Checkpoint> checkpoint =
       kiln::Checkpoint::open(checkpointDir, error);
@@ -152,6 +210,16 @@ int main(int argc, char **argv) {
       useF64 ? kiln::ref::Precision::F64 : kiln::ref::Precision::F32);
   if (!evaluator)
     return fail(toString(evaluator.takeError()));
+  int64_t replicas = (*evaluator)->numReplicas();
+  if (static_cast<int64_t>(prompts.size()) != replicas)
+    return fail("the graph has " + std::to_string(replicas) +
+                (replicas == 1 ? " replica"
+                               : " data-parallel attention "
+                                 "replicas") +
+                ", but " + std::to_string(prompts.size()) +
+                " prompts were given (one --tokens-file per replica)");
+  if (replicas > 1)
+    return runReplicas(**evaluator, prompts);
 
   std::vector<int64_t> positions(prompt.size());
   for (size_t i = 0; i < prompt.size(); ++i)
@@ -179,7 +247,7 @@ int main(int argc, char **argv) {
 
   if (!dumpLogits.empty()) {
     std::vector<float> narrow(logits.begin(), logits.end());
-    if (!kiln::writeNpyF32(dumpLogits,
+    if (!kiln::writeNpyF32(dumpLogits.front(),
                            {static_cast<int64_t>(prompt.size()), vocab},
                            narrow.data(), error))
       return fail(error);

@@ -117,10 +117,19 @@ static cl::opt<int64_t> pipelineParallel(
 static cl::opt<int64_t> expertParallel(
     "ep", cl::init(1),
     cl::desc("Divide the routed experts into this many expert-parallel "
-             "groups of the --tp ranks (whole experts per group, each split "
-             "--tp / --ep ways within it); --ep alone implies --tp of the "
-             "same size"),
+             "groups of the tp x dp ranks (whole experts per group, each "
+             "split within it); --ep alone implies --tp of the same size, "
+             "--ep above --tp implies --dp"),
     cl::value_desc("groups"), cl::cat(parallelCategory));
+
+static cl::opt<int64_t> attentionReplicas(
+    "dp", cl::init(1),
+    cl::desc("Data-parallel attention: this many replicas of --tp ranks, "
+             "each running its own sequence, with the routed experts "
+             "divided over all tp x dp ranks and tokens exchanged around "
+             "each MoE block; --ep wider than --tp implies --dp ep / tp. "
+             "Evaluated by kiln-ref --graph; no engine runs it yet"),
+    cl::value_desc("replicas"), cl::cat(parallelCategory));
 
 static cl::opt<bool>
     plan("plan",
@@ -200,21 +209,45 @@ static int runCompile() {
     WithColor::error(errs(), "kilnc") << "--ep must be at least 1\n";
     return 1;
   }
-  if (expertParallel > 1 && tensorParallel.getNumOccurrences() == 0)
+  if (attentionReplicas < 1) {
+    WithColor::error(errs(), "kilnc") << "--dp must be at least 1\n";
+    return 1;
+  }
+  if (expertParallel > 1 && tensorParallel.getNumOccurrences() == 0 &&
+      attentionReplicas.getNumOccurrences() == 0)
     tensorParallel = expertParallel;
-  if (tensorParallel % expertParallel != 0) {
+  // Expert parallelism wider than tensor parallelism: the extra ranks are
+  // attention replicas.
+  if (attentionReplicas.getNumOccurrences() == 0 &&
+      expertParallel > tensorParallel && expertParallel % tensorParallel == 0)
+    attentionReplicas = expertParallel / tensorParallel;
+  int64_t worldRanks = tensorParallel * attentionReplicas;
+  if (worldRanks % expertParallel != 0) {
     WithColor::error(errs(), "kilnc")
-        << "--ep " << expertParallel << " does not divide --tp "
-        << tensorParallel
-        << ": expert-parallel groups are made of tensor-parallel ranks\n";
+        << "--ep " << expertParallel << " does not divide the " << worldRanks
+        << " ranks (--tp x --dp): expert-parallel groups are made of "
+           "whole ranks\n";
+    return 1;
+  }
+  if (attentionReplicas > 1 && pipelineParallel > 1) {
+    WithColor::error(errs(), "kilnc")
+        << "--dp and --pp cannot be combined yet\n";
+    return 1;
+  }
+  if (attentionReplicas > 1 && (report || !target.empty())) {
+    WithColor::error(errs(), "kilnc")
+        << "--dp " << attentionReplicas
+        << ": data-parallel attention has no engine runtime or cost report "
+           "yet (no token exchange between replicas); write the graph with "
+           "-o and evaluate it with kiln-ref --graph\n";
     return 1;
   }
   stage("fusing and partitioning");
   mlir::PassManager pm(&context);
-  if (tensorParallel > 1)
+  if (worldRanks > 1)
     pm.addPass(mlir::kiln::createShardTensorParallel(
-        mlir::kiln::ShardTensorParallelOptions{tensorParallel,
-                                               expertParallel}));
+        mlir::kiln::ShardTensorParallelOptions{worldRanks, expertParallel,
+                                               attentionReplicas}));
   if (pipelineParallel > 1)
     pm.addPass(mlir::kiln::createPipelineStages(
         mlir::kiln::PipelineStagesOptions{pipelineParallel}));

@@ -44,6 +44,18 @@ public:
                           llvm::ArrayRef<int64_t> positions,
                           std::vector<double> &result, int64_t &width) = 0;
 
+  /// Data-parallel attention replicas of the graph (module attribute
+  /// kiln.attention_replicas), each running its own sequence; 1 otherwise.
+  virtual int64_t numReplicas() const { return 1; }
+
+  /// One step of every replica together: replica d evaluates `tokens[d]` at
+  /// `positions[d]` (a replica may have none in a step, not all of them)
+  /// and `results[d]` receives its rows. With one replica this is run().
+  virtual llvm::Error
+  runReplicas(llvm::ArrayRef<std::vector<int64_t>> tokens,
+              llvm::ArrayRef<std::vector<int64_t>> positions,
+              std::vector<std::vector<double>> &results, int64_t &width);
+
   /// Forgets every token seen so far.
   virtual void reset() = 0;
 

@@ -156,6 +156,16 @@ def ShardTensorParallel
     - after each row-split product (attention output, FFN down, MoE), a
       `kiln.all_reduce` sums the ranks' partial sums.
 
+    With `attention-replicas=D` (data-parallel attention, so that expert
+    parallelism can be wider than tensor parallelism), the R ranks form D
+    replicas of R / D ranks, each running its own sequence
+    (`kiln.attention_replicas = D`): attention and the dense FFN are split
+    R / D ways within a replica (rank r holding part r mod R / D) and
+    all-reduced over it, while the MoE blocks still divide their experts
+    over all R ranks: a `kiln.all_gather` gives every rank the rows of every
+    replica, the block runs on them, and a `kiln.reduce_scatter` sums the
+    R partial sums and hands each replica its own rows back.
+
     Embedding, norms and the LM head stay replicated. Head counts and
     intermediate sizes must divide by R (KV heads: or R by them); the pass
     fails naming the op otherwise.
@@ -174,6 +184,9 @@ def ShardTensorParallel
     Option<"expertGroups", "expert-groups", "int64_t", "1",
            "Expert-parallel groups the routed experts are divided into "
            "(1: none; must divide ranks and the expert count)">,
+    Option<"attentionReplicas", "attention-replicas", "int64_t", "1",
+           "Data-parallel attention replicas the ranks form (1: none; must "
+           "divide ranks); MoE blocks then exchange tokens between them">,
   ];
   let dependentDialects = ["mlir::kiln::KilnDialect"];
 }

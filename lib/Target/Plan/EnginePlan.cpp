@@ -66,6 +66,12 @@ llvm::Expected<plan::Plan> mlir::kiln::buildEnginePlan(
     Type t = storageOf ? storageOf(v) : Type();
     return t ? t : cast<RankedTensorType>(v.getType()).getElementType();
   };
+  // The runtime has no token exchange between replicas yet.
+  if (module->hasAttr(KilnDialect::getAttentionReplicasAttrName()))
+    return makeError("data-parallel attention replicas ('" +
+                     KilnDialect::getAttentionReplicasAttrName() +
+                     "') cannot be built into an engine yet: the runtime "
+                     "cannot exchange tokens between replicas");
   func::FuncOp graph = graphFunctionOf(module);
   if (!graph)
     return makeError("no graph function to compile");

@@ -481,10 +481,16 @@ CASES = [
              "none/config.json: cannot open: No such file or directory"),
     cli_case("cli-kilnc-tp", ["kilnc", "{ckpt}", "--tp", "0", "-o", "{d}/x"],
              "--tp must be at least 1"),
-    cli_case("cli-kilnc-ep", ["kilnc", "{ckpt}", "--tp", "2", "--ep", "4",
+    cli_case("cli-kilnc-ep", ["kilnc", "{ckpt}", "--tp", "2", "--ep", "3",
                               "-o", "{d}/x"],
-             "--ep 4 does not divide --tp 2: expert-parallel groups are made "
-             "of tensor-parallel ranks"),
+             "--ep 3 does not divide the 2 ranks (--tp x --dp): "
+             "expert-parallel groups are made of whole ranks"),
+    cli_case("cli-kilnc-dp", ["kilnc", "{ckpt}", "--dp", "0", "-o", "{d}/x"],
+             "--dp must be at least 1"),
+    cli_case("cli-kilnc-dp-engine", ["kilnc", "{ckpt}", "--dp", "2",
+                                     "--target", "host", "-o", "{d}/x"],
+             "--dp 2: data-parallel attention has no engine runtime or cost "
+             "report yet"),
     cli_case("cli-kilnc-pp", ["kilnc", "{ckpt}", "--pp", "0", "-o", "{d}/x"],
              "--pp must be at least 1"),
     cli_case("cli-kilnc-pp-layers", ["kilnc", "{ckpt}", "--pp", "9", "-o",

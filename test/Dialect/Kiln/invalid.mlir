@@ -751,6 +751,94 @@ func.func @all_reduce_outside_tensor_parallel(%x: tensor<?x8xf32>) -> tensor<?x8
 
 // -----
 
+module attributes {kiln.tensor_parallel = 4 : i64, kiln.attention_replicas = 2 : i64} {
+func.func @all_reduce_over_world_with_replicas(%x: tensor<?x8xf32>) -> tensor<?x8xf32> {
+  // expected-error @+1 {{reduces over 4 ranks but the module is not a tensor-parallel graph of that many ranks per attention replica}}
+  %y = kiln.all_reduce %x {ranks = 4 : i64} : tensor<?x8xf32>
+  return %y : tensor<?x8xf32>
+}
+}
+
+// -----
+
+// expected-error @+1 {{'kiln.attention_replicas' must be an integer of at least 2 on a module whose 'kiln.tensor_parallel' it divides}}
+module attributes {kiln.tensor_parallel = 4 : i64, kiln.attention_replicas = 3 : i64} {
+}
+
+// -----
+
+// expected-error @+1 {{'kiln.attention_replicas' must be an integer of at least 2 on a module whose 'kiln.tensor_parallel' it divides}}
+module attributes {kiln.attention_replicas = 2 : i64} {
+}
+
+// -----
+
+// expected-error @+1 {{'kiln.attention_replicas' and 'kiln.pipeline_stages' cannot be combined yet}}
+module attributes {kiln.tensor_parallel = 2 : i64, kiln.attention_replicas = 2 : i64, kiln.pipeline_stages = 2 : i64} {
+}
+
+// -----
+
+module attributes {kiln.tensor_parallel = 2 : i64, kiln.attention_replicas = 2 : i64} {
+func.func @all_gather_one_replica(%x: tensor<?x8xf32>) -> tensor<?x8xf32> {
+  // expected-error @+1 {{needs at least 2 replicas, got 1}}
+  %y = kiln.all_gather %x {ranks = 2 : i64, replicas = 1 : i64} : tensor<?x8xf32> -> tensor<?x8xf32>
+  return %y : tensor<?x8xf32>
+}
+}
+
+// -----
+
+module attributes {kiln.tensor_parallel = 4 : i64} {
+func.func @all_gather_without_replicas(%x: tensor<?x8xf32>) -> tensor<?x8xf32> {
+  // expected-error @+1 {{exchanges rows of 2 replicas over 4 ranks but the module is not a graph of that many data-parallel attention replicas and ranks}}
+  %y = kiln.all_gather %x {ranks = 4 : i64, replicas = 2 : i64} : tensor<?x8xf32> -> tensor<?x8xf32>
+  return %y : tensor<?x8xf32>
+}
+}
+
+// -----
+
+module attributes {kiln.tensor_parallel = 2 : i64, kiln.attention_replicas = 2 : i64} {
+func.func @all_gather_width(%x: tensor<?x8xf32>) -> tensor<?x4xf32> {
+  // expected-error @+1 {{needs [tokens, width] tensors of one static width, got 'tensor<?x8xf32>' and 'tensor<?x4xf32>'}}
+  %y = kiln.all_gather %x {ranks = 2 : i64, replicas = 2 : i64} : tensor<?x8xf32> -> tensor<?x4xf32>
+  return %y : tensor<?x4xf32>
+}
+}
+
+// -----
+
+module attributes {kiln.tensor_parallel = 2 : i64, kiln.attention_replicas = 2 : i64} {
+func.func @all_gather_static_rows(%x: tensor<3x8xf32>) -> tensor<6x8xf32> {
+  // expected-error @+1 {{must have a dynamic row count, got 'tensor<6x8xf32>'}}
+  %y = kiln.all_gather %x {ranks = 2 : i64, replicas = 2 : i64} : tensor<3x8xf32> -> tensor<6x8xf32>
+  return %y : tensor<6x8xf32>
+}
+}
+
+// -----
+
+module attributes {kiln.tensor_parallel = 2 : i64, kiln.attention_replicas = 2 : i64} {
+func.func @reduce_scatter_static_rows(%x: tensor<6x8xf32>, %like: tensor<3x8xf32>) -> tensor<3x8xf32> {
+  // expected-error @+1 {{must take gathered rows (a dynamic row count), got 'tensor<6x8xf32>'}}
+  %y = kiln.reduce_scatter %x like %like {ranks = 2 : i64, replicas = 2 : i64} : tensor<6x8xf32> -> tensor<3x8xf32>
+  return %y : tensor<3x8xf32>
+}
+}
+
+// -----
+
+module attributes {kiln.tensor_parallel = 2 : i64, kiln.attention_replicas = 2 : i64} {
+func.func @reduce_scatter_width(%x: tensor<?x4xf32>, %like: tensor<?x8xf32>) -> tensor<?x8xf32> {
+  // expected-error @+1 {{needs [tokens, width] tensors of one static width, got 'tensor<?x4xf32>' and 'tensor<?x8xf32>'}}
+  %y = kiln.reduce_scatter %x like %like {ranks = 2 : i64, replicas = 2 : i64} : tensor<?x4xf32> -> tensor<?x8xf32>
+  return %y : tensor<?x8xf32>
+}
+}
+
+// -----
+
 // expected-error @+1 {{'kiln.tensor_parallel' must be an integer of at least 2 on the module}}
 module attributes {kiln.tensor_parallel = 1 : i64} {
 }

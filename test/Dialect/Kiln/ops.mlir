@@ -108,6 +108,23 @@ func.func @tensor_parallel(%x: tensor<?x8xf32>, %w: tensor<4x8x6xbf16> {kiln.wei
 }
 }
 
+// Data-parallel attention: 2 replicas of 2 ranks; the MoE block's rows
+// gathered from both replicas and scattered back, attention all-reduced
+// within a replica.
+// CHECK: module attributes {kiln.attention_replicas = 2 : i64, kiln.tensor_parallel = 4 : i64}
+// CHECK-LABEL: func.func @attention_replicas
+// CHECK: %[[A:.*]] = kiln.all_reduce %{{.*}} {ranks = 2 : i64} : tensor<?x8xf32>
+// CHECK: %[[G:.*]] = kiln.all_gather %[[A]] {ranks = 4 : i64, replicas = 2 : i64} : tensor<?x8xf32> -> tensor<?x8xf32>
+// CHECK: kiln.reduce_scatter %[[G]] like %[[A]] {ranks = 4 : i64, replicas = 2 : i64} : tensor<?x8xf32> -> tensor<?x8xf32>
+module attributes {kiln.tensor_parallel = 4 : i64, kiln.attention_replicas = 2 : i64} {
+func.func @attention_replicas(%x: tensor<?x8xf32>) -> tensor<?x8xf32> {
+  %a = kiln.all_reduce %x {ranks = 2 : i64} : tensor<?x8xf32>
+  %g = kiln.all_gather %a {ranks = 4 : i64, replicas = 2 : i64} : tensor<?x8xf32> -> tensor<?x8xf32>
+  %y = kiln.reduce_scatter %g like %a {ranks = 4 : i64, replicas = 2 : i64} : tensor<?x8xf32> -> tensor<?x8xf32>
+  return %y : tensor<?x8xf32>
+}
+}
+
 // Expert parallelism: a weight split along two dimensions, the rank input,
 // and the expert-parallel MoE block and route (2 of 4 experts per group).
 // CHECK-LABEL: func.func @expert_parallel
