@@ -101,6 +101,28 @@ public:
       if (std::optional<uint64_t> groups = r.getExpertGroups())
         expertShare = 1.0 / static_cast<double>(*groups);
     });
+    // With data-parallel attention, what a kiln.all_gather starts and its
+    // kiln.reduce_scatter ends holds every replica's rows: `replicas` rows
+    // per token of one replica (replicas assumed equally loaded).
+    if (auto r = module->getAttrOfType<IntegerAttr>(
+            KilnDialect::getAttentionReplicasAttrName()))
+      replicas = r.getInt();
+    for (Operation &op : graph.getBody().front()) {
+      if (auto gather = dyn_cast<AllGatherOp>(op)) {
+        gathered.insert(gather.getResult());
+      } else if (auto call = dyn_cast<func::CallOp>(op)) {
+        if (llvm::any_of(call.getOperands(),
+                         [&](Value v) { return gathered.contains(v); })) {
+          gatheredCalls.insert(call);
+          gathered.insert(call.getResults().begin(), call.getResults().end());
+        }
+      }
+    }
+  }
+
+  /// Rows per token of a replica that `call` works on.
+  int64_t rowScale(func::CallOp call) const {
+    return gatheredCalls.contains(call) ? replicas : 1;
   }
 
   /// Bytes of one tensor crossing HBM in a step of `tokens` tokens.
@@ -249,25 +271,30 @@ public:
   void reportStep(const Step &step) {
     struct Row {
       func::FuncOp kernel;
-      int64_t launches = 0;
+      int64_t launches = 0, scale = 1;
       Cost perLaunch;
     };
-    llvm::MapVector<Operation *, Row> rows;
+    // Keyed by kernel and row scale: one kernel may run on a replica's rows
+    // and on every replica's.
+    llvm::MapVector<std::pair<Operation *, int64_t>, Row> rows;
     llvm::DenseSet<Value> weightsSeen;
     double idealWeights = 0, idealKv = 0;
     graph.walk([&](func::CallOp call) {
       auto kernel = SymbolTable::lookupNearestSymbolFrom<func::FuncOp>(
           call, call.getCalleeAttr());
-      Row &row = rows[kernel];
+      int64_t scale = rowScale(call);
+      Step scaled{step.name, step.tokens * scale, step.start};
+      Row &row = rows[{kernel, scale}];
       if (row.launches++ == 0) {
         row.kernel = kernel;
-        row.perLaunch = kernelCost(kernel, step);
+        row.scale = scale;
+        row.perLaunch = kernelCost(kernel, scaled);
       }
       // Ideal traffic: every weight once (what a step can reach of it) and
       // the KV cache once. Counted from the same per-launch rules.
       Block &body = kernel.getBody().front();
       llvm::DenseMap<Value, double> fractions =
-          argFractions(kernel, step.tokens);
+          argFractions(kernel, scaled.tokens);
       for (auto [operand, arg] :
            llvm::zip(call.getOperands(), body.getArguments())) {
         auto t = cast<RankedTensorType>(operand.getType());
@@ -304,7 +331,7 @@ public:
                                        one.bytes / kDevices[i].bytesPerSecond);
         time[i] += t[i];
       }
-      std::string shape = shapeSummary(row.kernel, step.tokens);
+      std::string shape = shapeSummary(row.kernel, step.tokens * row.scale);
       if (shape.size() > 44)
         shape = shape.substr(0, 41) + "...";
       os << llvm::format(
@@ -331,6 +358,38 @@ public:
           reduceSeconds * 1e6, reduceSeconds * 1e6);
       time[0] += reduceSeconds;
       time[1] += reduceSeconds;
+    }
+    // The token exchange of data-parallel attention: a rank receives the
+    // other replicas' rows; the scatter reduces every replica's rows over
+    // all ranks, then a replica's ranks share its rows.
+    int64_t exchanges = 0;
+    double exchangeBytes = 0, exchangeSeconds = 0;
+    int64_t world = worldSize(), replicaRanks = world / replicas;
+    graph.walk([&](AllGatherOp g) {
+      double all = tensorBytes(g.getType(), step.tokens * replicas);
+      ++exchanges;
+      exchangeBytes += all * (replicas - 1) / replicas;
+      exchangeSeconds += gatherSeconds(replicas, all, world);
+    });
+    graph.walk([&](ReduceScatterOp r) {
+      double all = tensorBytes(r.getInput().getType(), step.tokens * replicas);
+      double mine = tensorBytes(r.getType(), step.tokens);
+      ++exchanges;
+      exchangeBytes +=
+          all * (world - 1) / world + mine * (replicaRanks - 1) / replicaRanks;
+      exchangeSeconds += gatherSeconds(world, all, world) +
+                         gatherSeconds(replicaRanks, mine, world);
+    });
+    if (exchanges) {
+      os << llvm::format("%-16s %-12s %8lld  %-44s %12s %12.4f %12.1f %12.1f\n",
+                         "gather/scatter", "collective",
+                         static_cast<long long>(exchanges),
+                         world > 8 ? "InfiniBand (GB moved per rank)"
+                                   : "NVLink (GB moved per rank)",
+                         "", exchangeBytes / 1e9, exchangeSeconds * 1e6,
+                         exchangeSeconds * 1e6);
+      time[0] += exchangeSeconds;
+      time[1] += exchangeSeconds;
     }
     // Pipeline hand-overs: the stages run one after another for one
     // request, so every stage's launches above count, plus these.
@@ -372,7 +431,8 @@ public:
     SmallVector<func::CallOp> calls;
     graph.walk([&](func::CallOp call) { calls.push_back(call); });
     ActivationPlan activations = planActivations(graph, [&](Value v) {
-      return static_cast<int64_t>(tensorBytes(v.getType(), 1));
+      return static_cast<int64_t>(
+          tensorBytes(v.getType(), gathered.contains(v) ? replicas : 1));
     });
     int64_t peak = activations.peakPerToken;
     int64_t naive = activations.totalPerToken;
@@ -484,6 +544,10 @@ public:
         ++blocks;
       });
     });
+    if (replicas > 1) {
+      reportReplicaExchange(groups ? groups : 1, topK);
+      return;
+    }
     if (!groups)
       return;
     double g = static_cast<double>(groups);
@@ -512,6 +576,48 @@ public:
     }
   }
 
+  /// Data-parallel attention: the exchange built (all-gather +
+  /// reduce-scatter) against an all-to-all, per rank and MoE block.
+  void reportReplicaExchange(int64_t groups, int64_t topK) {
+    int64_t world = worldSize(), replicaRanks = world / replicas, blocks = 0,
+            hidden = 0;
+    graph.walk([&](AllGatherOp g) {
+      ++blocks;
+      hidden = cast<RankedTensorType>(g.getType()).getDimSize(1);
+    });
+    double d = static_cast<double>(replicas), r = static_cast<double>(world),
+           tr = static_cast<double>(replicaRanks),
+           g = static_cast<double>(groups);
+    os << "\ndata-parallel attention: " << replicas << " replicas of "
+       << replicaRanks << " ranks, each with its own sequence; experts in "
+       << groups << " groups of " << world / groups
+       << " ranks. Chosen token exchange: all-gather + reduce-scatter (the "
+          "only one built): every rank routes every replica's rows, so the "
+          "exchange needs no routing-dependent sizes, and the sum of the "
+          "ranks' partial outputs rides on the way back. An all-to-all "
+          "would send each of a replica's rows (split over its "
+       << replicaRanks << " ranks) to the ranks holding its top-" << topK
+       << " experts (" << world / groups
+       << " per expert) and back. Per rank and MoE block (" << blocks
+       << " blocks), at activations of " << options.activationBytes
+       << " B, tokens per replica:\n";
+    for (int64_t tokens : {options.prefillTokens, int64_t(1)}) {
+      double row = static_cast<double>(hidden) * options.activationBytes;
+      double t = static_cast<double>(tokens);
+      double gatherScatter = (d - 1) * t * row + (r - 1) / r * d * t * row +
+                             (tr - 1) / tr * t * row;
+      double allToAll = 2.0 * t / tr * topK * (r / g) * row * (r - 1) / r;
+      os << llvm::format("  %lld tokens: all-gather + reduce-scatter %.4f MB, "
+                         "all-to-all dispatch + combine %.4f MB%s\n",
+                         static_cast<long long>(tokens), gatherScatter / 1e6,
+                         allToAll / 1e6,
+                         allToAll < gatherScatter
+                             ? " (fewer bytes: the all-to-all is the next "
+                               "step)"
+                             : "");
+    }
+  }
+
   LogicalResult run() {
     int64_t kernels = 0;
     for (auto f : module.getOps<func::FuncOp>())
@@ -530,6 +636,10 @@ public:
       os << "tensor-parallel over " << ranks.getInt()
          << " ranks: every figure is one rank's; all-reduces at "
             "kilnc --plan's NVLink model\n";
+    if (replicas > 1)
+      os << replicas << " data-parallel attention replicas: token counts "
+         << "are per replica, each replica running its own sequence; a MoE "
+            "block runs on every replica's rows\n";
     if (auto stages = module->getAttrOfType<IntegerAttr>(
             KilnDialect::getPipelineStagesAttrName()))
       os << "pipeline of " << stages.getInt() << " stages on " << worldSize()
@@ -558,6 +668,9 @@ private:
   const ReportOptions &options;
   llvm::raw_ostream &os;
   int64_t routedPerToken = 1;
+  int64_t replicas = 1;
+  llvm::DenseSet<Value> gathered;
+  llvm::DenseSet<Operation *> gatheredCalls;
   /// The share of the routed pairs one rank computes, on average (1 / G
   /// with G expert-parallel groups).
   double expertShare = 1.0;
@@ -571,16 +684,11 @@ LogicalResult mlir::kiln::writeCostReport(ModuleOp module,
   func::FuncOp graph = graphFunctionOf(module);
   if (!graph)
     return module.emitError("cost report: no public function to report on");
-  // Between a gather and its scatter a replica's rows become every
-  // replica's: per-token sizes no longer hold.
-  if (module->hasAttr(KilnDialect::getAttentionReplicasAttrName()))
-    return module.emitError("cost report: data-parallel attention replicas "
-                            "are not modelled yet (kilnc --plan estimates "
-                            "such layouts)");
   bool partitioned = true;
   graph.walk([&](Operation *op) {
     if (op->getDialect() && isa<KilnDialect>(op->getDialect()) &&
-        !isa<ConcatOp, AllReduceOp, StageSendOp, StageBroadcastOp>(op))
+        !isa<ConcatOp, AllReduceOp, AllGatherOp, ReduceScatterOp, StageSendOp,
+             StageBroadcastOp>(op))
       partitioned = false;
   });
   if (!partitioned)

@@ -79,6 +79,16 @@ double mlir::kiln::allReduceSeconds(int64_t ranks, double bytes) {
          2.0 * (r - 1) / r * bytes / hw.nvlink;
 }
 
+double mlir::kiln::gatherSeconds(int64_t ranks, double bytes, int64_t span) {
+  if (ranks <= 1)
+    return 0;
+  Hardware hw;
+  bool inNode = span <= hw.gpusPerNode;
+  double r = static_cast<double>(ranks);
+  return std::log2(r) * (inNode ? hw.nvlinkLatency : hw.ibLatency) +
+         (r - 1) / r * bytes / (inNode ? hw.nvlink : hw.infiniband);
+}
+
 double mlir::kiln::stageTransferSeconds(int64_t ranks, double bytes) {
   Hardware hw;
   bool inNode = ranks <= hw.gpusPerNode;

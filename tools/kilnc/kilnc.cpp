@@ -128,7 +128,8 @@ static cl::opt<int64_t> attentionReplicas(
              "each running its own sequence, with the routed experts "
              "divided over all tp x dp ranks and tokens exchanged around "
              "each MoE block; --ep wider than --tp implies --dp ep / tp. "
-             "Evaluated by kiln-ref --graph; no engine runs it yet"),
+             "Evaluated by kiln-ref --graph and costed by --report; no "
+             "engine runs it yet"),
     cl::value_desc("replicas"), cl::cat(parallelCategory));
 
 static cl::opt<bool>
@@ -234,12 +235,13 @@ static int runCompile() {
         << "--dp and --pp cannot be combined yet\n";
     return 1;
   }
-  if (attentionReplicas > 1 && (report || !target.empty())) {
+  if (attentionReplicas > 1 && !target.empty()) {
     WithColor::error(errs(), "kilnc")
         << "--dp " << attentionReplicas
-        << ": data-parallel attention has no engine runtime or cost report "
-           "yet (no token exchange between replicas); write the graph with "
-           "-o and evaluate it with kiln-ref --graph\n";
+        << ": data-parallel attention has no engine runtime yet (no token "
+           "exchange between replicas); write the graph with -o and "
+           "evaluate it with kiln-ref --graph, or see its costs with "
+           "--report\n";
     return 1;
   }
   stage("fusing and partitioning");

@@ -76,6 +76,12 @@ double allReduceSeconds(int64_t ranks, double bytes);
 /// node, InfiniBand otherwise.
 double stageTransferSeconds(int64_t ranks, double bytes);
 
+/// Seconds for an all-gather over `ranks` GPUs whose gathered result is
+/// `bytes` (or a reduce-scatter whose input is), by the planner's model:
+/// half an all-reduce's traffic, on NVLink when the job's `span` GPUs fit
+/// one node and InfiniBand otherwise.
+double gatherSeconds(int64_t ranks, double bytes, int64_t span);
+
 /// Every layout of exactly `options.gpus` GPUs, estimated.
 std::vector<LayoutEstimate> estimateLayouts(const ModelShape &model,
                                             const PlanOptions &options);

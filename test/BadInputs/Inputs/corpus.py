@@ -489,8 +489,7 @@ CASES = [
              "--dp must be at least 1"),
     cli_case("cli-kilnc-dp-engine", ["kilnc", "{ckpt}", "--dp", "2",
                                      "--target", "host", "-o", "{d}/x"],
-             "--dp 2: data-parallel attention has no engine runtime or cost "
-             "report yet"),
+             "--dp 2: data-parallel attention has no engine runtime yet"),
     cli_case("cli-kilnc-pp", ["kilnc", "{ckpt}", "--pp", "0", "-o", "{d}/x"],
              "--pp must be at least 1"),
     cli_case("cli-kilnc-pp-layers", ["kilnc", "{ckpt}", "--pp", "9", "-o",
