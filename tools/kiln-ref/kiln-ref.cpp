@@ -85,13 +85,11 @@ static int64_t argmax(const std::vector<double> &row, size_t begin,
 }
 
 /// Evaluates each replica's prompt, all replicas stepped together (a
-/// replica whose prompt is done takes no tokens in a step), and prints and
-/// dumps each one's results.
+/// replica whose prompt or continuation is done takes no tokens in a
+/// step), and prints and dumps each one's results.
 static int runReplicas(kiln::ref::Evaluator &evaluator,
-                       const std::vector<std::vector<int64_t>> &prompts) {
-  if (maxNewTokens > 0)
-    return fail("--max-new-tokens is not supported with data-parallel "
-                "attention replicas yet");
+                       const std::vector<std::vector<int64_t>> &prompts,
+                       const std::vector<int64_t> &eosIds) {
   size_t replicas = prompts.size(), longest = 0;
   for (const std::vector<int64_t> &p : prompts) {
     if (p.empty())
@@ -116,6 +114,7 @@ static int runReplicas(kiln::ref::Evaluator &evaluator,
       logits[d].insert(logits[d].end(), part[d].begin(), part[d].end());
   }
   std::string error;
+  std::vector<int64_t> next(replicas);
   for (size_t d = 0; d < replicas; ++d) {
     const std::vector<int64_t> &prompt = prompts[d];
     if (!dumpLogits.empty()) {
@@ -125,8 +124,47 @@ static int runReplicas(kiln::ref::Evaluator &evaluator,
                              narrow.data(), error))
         return fail(error);
     }
-    outs() << "replica " << d << " next token: "
-           << argmax(logits[d], (prompt.size() - 1) * vocab, vocab) << "\n";
+    next[d] = argmax(logits[d], (prompt.size() - 1) * vocab, vocab);
+    outs() << "replica " << d << " next token: " << next[d] << "\n";
+  }
+  if (maxNewTokens == 0)
+    return 0;
+
+  // Greedy continuation in lockstep, as the single-sequence path does it.
+  std::vector<std::vector<int64_t>> generated(replicas);
+  std::vector<bool> active(replicas, true), stoppedAtEos(replicas, false);
+  size_t running = replicas;
+  while (running > 0) {
+    std::vector<std::vector<int64_t>> tokens(replicas), positions(replicas);
+    for (size_t d = 0; d < replicas; ++d) {
+      if (!active[d])
+        continue;
+      generated[d].push_back(next[d]);
+      bool eos = !ignoreEos && llvm::is_contained(eosIds, next[d]);
+      stoppedAtEos[d] = eos;
+      if (eos || generated[d].size() == maxNewTokens) {
+        active[d] = false;
+        --running;
+        continue;
+      }
+      tokens[d] = {next[d]};
+      positions[d] = {
+          static_cast<int64_t>(prompts[d].size() + generated[d].size() - 1)};
+    }
+    if (running == 0)
+      break;
+    std::vector<std::vector<double>> step;
+    if (Error e = evaluator.runReplicas(tokens, positions, step, vocab))
+      return fail(toString(std::move(e)));
+    for (size_t d = 0; d < replicas; ++d)
+      if (active[d])
+        next[d] = argmax(step[d], 0, vocab);
+  }
+  for (size_t d = 0; d < replicas; ++d) {
+    outs() << "replica " << d << " generated:";
+    for (int64_t t : generated[d])
+      outs() << " " << t;
+    outs() << (stoppedAtEos[d] ? " (end of sequence)" : "") << "\n";
   }
   return 0;
 }
@@ -219,7 +257,7 @@ int main(int argc, char **argv) {
                 ", but " + std::to_string(prompts.size()) +
                 " prompts were given (one --tokens-file per replica)");
   if (replicas > 1)
-    return runReplicas(**evaluator, prompts);
+    return runReplicas(**evaluator, prompts, eosIds);
 
   std::vector<int64_t> positions(prompt.size());
   for (size_t i = 0; i < prompt.size(); ++i)
