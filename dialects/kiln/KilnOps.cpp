@@ -605,24 +605,24 @@ LogicalResult ExpertDownOp::verify() {
   return success();
 }
 
+/// The integer attribute `name` of the module around `op`, or `absent`.
+static int64_t moduleCount(Operation *op, StringRef name, int64_t absent) {
+  auto module = op->getParentOfType<ModuleOp>();
+  auto count =
+      module ? module->getAttrOfType<IntegerAttr>(name) : IntegerAttr();
+  return count ? count.getInt() : absent;
+}
+
 /// The data-parallel attention replicas of the module around `op` (1 when
 /// attention is not replicated).
 static int64_t attentionReplicasOf(Operation *op) {
-  auto module = op->getParentOfType<ModuleOp>();
-  auto replicas = module ? module->getAttrOfType<IntegerAttr>(
-                               KilnDialect::getAttentionReplicasAttrName())
-                         : IntegerAttr();
-  return replicas ? replicas.getInt() : 1;
+  return moduleCount(op, KilnDialect::getAttentionReplicasAttrName(), 1);
 }
 
 /// The ranks of the tensor-parallel module around `op` (0 when it is not
 /// one).
 static int64_t tensorParallelRanksOf(Operation *op) {
-  auto module = op->getParentOfType<ModuleOp>();
-  auto ranks = module ? module->getAttrOfType<IntegerAttr>(
-                            KilnDialect::getTensorParallelAttrName())
-                      : IntegerAttr();
-  return ranks ? ranks.getInt() : 0;
+  return moduleCount(op, KilnDialect::getTensorParallelAttrName(), 0);
 }
 
 LogicalResult AllReduceOp::verify() {
@@ -691,11 +691,7 @@ LogicalResult ReduceScatterOp::verify() {
 
 /// The pipeline stages of the module around `op` (0 when it has none).
 static int64_t pipelineStagesOf(Operation *op) {
-  auto module = op->getParentOfType<ModuleOp>();
-  auto stages = module ? module->getAttrOfType<IntegerAttr>(
-                             KilnDialect::getPipelineStagesAttrName())
-                       : IntegerAttr();
-  return stages ? stages.getInt() : 0;
+  return moduleCount(op, KilnDialect::getPipelineStagesAttrName(), 0);
 }
 
 LogicalResult StageSendOp::verify() {

@@ -398,6 +398,19 @@ template <typename T> llvm::Error EvaluatorImpl<T>::evaluate(Operation *op) {
   auto ints = [&](Value v) -> const std::vector<int64_t> & {
     return indexValues(v);
   };
+  // A token exchange sees every rank, grouped into replicas as the op says.
+  auto checkExchange = [&](uint64_t ranks, uint64_t replicas) -> llvm::Error {
+    if (currentCall)
+      return opError(op, "collectives must be in the graph, not in a kernel "
+                         "function");
+    if (world.size() != ranks || ranks / replicaRanks != replicas)
+      return opError(op, llvm::formatv("exchanges rows of {0} replicas of {1} "
+                                       "ranks but {2} ranks are being "
+                                       "evaluated as {3} replicas",
+                                       replicas, ranks, world.size(),
+                                       world.size() / replicaRanks));
+    return llvm::Error::success();
+  };
 
   return llvm::TypeSwitch<Operation *, llvm::Error>(op)
       .Case([&](mlir::kiln::EmbeddingOp e) -> llvm::Error {
@@ -705,17 +718,8 @@ template <typename T> llvm::Error EvaluatorImpl<T>::evaluate(Operation *op) {
         return llvm::Error::success();
       })
       .Case([&](mlir::kiln::AllGatherOp g) -> llvm::Error {
-        if (currentCall)
-          return opError(op, "collectives must be in the graph, not in a "
-                             "kernel function");
-        if (world.size() != g.getRanks() ||
-            g.getRanks() / replicaRanks != g.getReplicas())
-          return opError(op, llvm::formatv("gathers {0} replicas of {1} ranks "
-                                           "but {2} ranks are being "
-                                           "evaluated as {3} replicas",
-                                           g.getReplicas(), g.getRanks(),
-                                           world.size(),
-                                           world.size() / replicaRanks));
+        if (llvm::Error err = checkExchange(g.getRanks(), g.getReplicas()))
+          return err;
         int64_t cols = width(g.getInput());
         Buffer<T> all;
         all.shape = {0, cols};
@@ -731,17 +735,8 @@ template <typename T> llvm::Error EvaluatorImpl<T>::evaluate(Operation *op) {
         return llvm::Error::success();
       })
       .Case([&](mlir::kiln::ReduceScatterOp r) -> llvm::Error {
-        if (currentCall)
-          return opError(op, "collectives must be in the graph, not in a "
-                             "kernel function");
-        if (world.size() != r.getRanks() ||
-            r.getRanks() / replicaRanks != r.getReplicas())
-          return opError(op, llvm::formatv("scatters to {0} replicas of {1} "
-                                           "ranks but {2} ranks are being "
-                                           "evaluated as {3} replicas",
-                                           r.getReplicas(), r.getRanks(),
-                                           world.size(),
-                                           world.size() / replicaRanks));
+        if (llvm::Error err = checkExchange(r.getRanks(), r.getReplicas()))
+          return err;
         int64_t cols = width(r.getInput()), replica = worldRank / replicaRanks;
         int64_t first = 0;
         for (int64_t d = 0; d < replica; ++d)

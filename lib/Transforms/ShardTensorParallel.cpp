@@ -61,17 +61,14 @@ struct ShardTensorParallelPass
                          << static_cast<int64_t>(ranks);
       return signalPassFailure();
     }
-    if (expertGroups < 1 || ranks % expertGroups != 0) {
-      module.emitError() << "kiln-shard-tensor-parallel: "
-                         << static_cast<int64_t>(expertGroups)
-                         << " expert-parallel groups do not divide "
-                         << static_cast<int64_t>(ranks) << " ranks";
-      return signalPassFailure();
-    }
-    if (attentionReplicas < 1 || ranks % attentionReplicas != 0) {
-      module.emitError() << "kiln-shard-tensor-parallel: "
-                         << static_cast<int64_t>(attentionReplicas)
-                         << " attention replicas do not divide "
+    // Expert groups and attention replicas are both made of whole ranks.
+    for (auto [count, what] : {std::pair<int64_t, const char *>{
+                                   expertGroups, "expert-parallel groups"},
+                               {attentionReplicas, "attention replicas"}}) {
+      if (count >= 1 && ranks % count == 0)
+        continue;
+      module.emitError() << "kiln-shard-tensor-parallel: " << count << " "
+                         << what << " do not divide "
                          << static_cast<int64_t>(ranks) << " ranks";
       return signalPassFailure();
     }
