@@ -198,21 +198,24 @@ static int runCompile() {
     if (target.empty() && !report && mainOutput.empty())
       return 0;
   }
-  if (tensorParallel < 1) {
-    WithColor::error(errs(), "kilnc") << "--tp must be at least 1\n";
-    return 1;
-  }
-  if (pipelineParallel < 1) {
-    WithColor::error(errs(), "kilnc") << "--pp must be at least 1\n";
-    return 1;
-  }
-  if (expertParallel < 1) {
-    WithColor::error(errs(), "kilnc") << "--ep must be at least 1\n";
-    return 1;
-  }
-  if (attentionReplicas < 1) {
-    WithColor::error(errs(), "kilnc") << "--dp must be at least 1\n";
-    return 1;
+  // Bounded so that products of them cannot overflow; no model has more
+  // heads, layers or experts to split.
+  constexpr int64_t kMaxSplit = 1 << 20;
+  for (auto [flag, value] :
+       {std::pair<const char *, int64_t>{"--tp", tensorParallel},
+        {"--pp", pipelineParallel},
+        {"--ep", expertParallel},
+        {"--dp", attentionReplicas}}) {
+    if (value < 1) {
+      WithColor::error(errs(), "kilnc") << flag << " must be at least 1\n";
+      return 1;
+    }
+    if (value > kMaxSplit) {
+      WithColor::error(errs(), "kilnc")
+          << flag << " " << value << " is above the largest split, "
+          << kMaxSplit << "\n";
+      return 1;
+    }
   }
   if (expertParallel > 1 && tensorParallel.getNumOccurrences() == 0 &&
       attentionReplicas.getNumOccurrences() == 0)
