@@ -101,11 +101,6 @@ LogicalResult KilnDialect::verifyOperationAttribute(Operation *op,
              << "'" << name
              << "' must be an integer of at least 2 on a module whose '"
              << getTensorParallelAttrName() << "' it divides";
-    // The stages' groups and transfers assume replicated attention.
-    if (op->hasAttr(getPipelineStagesAttrName()))
-      return op->emitError()
-             << "'" << name << "' and '" << getPipelineStagesAttrName()
-             << "' cannot be combined yet";
     return success();
   }
   if (name != getKernelAttrName())

@@ -364,7 +364,8 @@ public:
     // all ranks, then a replica's ranks share its rows.
     int64_t exchanges = 0;
     double exchangeBytes = 0, exchangeSeconds = 0;
-    int64_t world = worldSize(), replicaRanks = world / replicas;
+    // The exchange is within a pipeline stage: its tensor-parallel ranks.
+    int64_t world = stageRanks(), replicaRanks = world / replicas;
     graph.walk([&](AllGatherOp g) {
       double all = tensorBytes(g.getType(), step.tokens * replicas);
       ++exchanges;
@@ -579,7 +580,7 @@ public:
   /// Data-parallel attention: the exchange built (all-gather +
   /// reduce-scatter) against an all-to-all, per rank and MoE block.
   void reportReplicaExchange(int64_t groups, int64_t topK) {
-    int64_t world = worldSize(), replicaRanks = world / replicas, blocks = 0,
+    int64_t world = stageRanks(), replicaRanks = world / replicas, blocks = 0,
             hidden = 0;
     graph.walk([&](AllGatherOp g) {
       ++blocks;
@@ -654,6 +655,11 @@ public:
   }
 
 private:
+  int64_t stageRanks() const {
+    auto a = module->getAttrOfType<IntegerAttr>(
+        KilnDialect::getTensorParallelAttrName());
+    return a ? a.getInt() : 1;
+  }
   int64_t worldSize() const {
     int64_t n = 1;
     for (StringRef name : {KilnDialect::getTensorParallelAttrName(),

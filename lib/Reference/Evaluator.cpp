@@ -933,13 +933,15 @@ public:
       for (EvaluatorImpl<T> *e : group)
         e->setGroup(group);
     }
-    if (replicas > 1) {
-      std::vector<EvaluatorImpl<T> *> world;
-      for (auto &e : evaluators)
-        world.push_back(e.get());
-      for (size_t r = 0; r < evaluators.size(); ++r)
-        evaluators[r]->setWorld(world, static_cast<int64_t>(r), groupSize);
-    }
+    // Replicas exchange rows within a pipeline stage: its tp ranks.
+    if (replicas > 1)
+      for (int64_t s = 0; s < this->stages.stages; ++s) {
+        std::vector<EvaluatorImpl<T> *> world;
+        for (int64_t r = 0; r < tp; ++r)
+          world.push_back(evaluators[s * tp + r].get());
+        for (int64_t r = 0; r < tp; ++r)
+          world[r]->setWorld(world, r, groupSize);
+      }
   }
 
   llvm::Error bindWeights(const Checkpoint &checkpoint) {
@@ -1101,10 +1103,9 @@ Evaluator::create(func::FuncOp func, const Checkpoint &checkpoint,
     auto replicasAttr = module->getAttrOfType<IntegerAttr>(
         mlir::kiln::KilnDialect::getAttentionReplicasAttrName());
     int64_t replicas = replicasAttr ? replicasAttr.getInt() : 1;
-    if (replicas < 1 || tp % replicas != 0 ||
-        (replicas > 1 && stages->stages > 1))
+    if (replicas < 1 || tp % replicas != 0)
       return makeError(llvm::formatv("{0} attention replicas do not divide "
-                                     "{1} ranks of a single-stage graph",
+                                     "{1} ranks",
                                      replicas, tp));
     if (precision == Precision::F64)
       return createTensorParallel<double>(func, checkpoint, tp, replicas,

@@ -233,11 +233,6 @@ static int runCompile() {
            "whole ranks\n";
     return 1;
   }
-  if (attentionReplicas > 1 && pipelineParallel > 1) {
-    WithColor::error(errs(), "kilnc")
-        << "--dp and --pp cannot be combined yet\n";
-    return 1;
-  }
   if (attentionReplicas > 1 && !target.empty()) {
     WithColor::error(errs(), "kilnc")
         << "--dp " << attentionReplicas

@@ -773,12 +773,6 @@ module attributes {kiln.attention_replicas = 2 : i64} {
 
 // -----
 
-// expected-error @+1 {{'kiln.attention_replicas' and 'kiln.pipeline_stages' cannot be combined yet}}
-module attributes {kiln.tensor_parallel = 2 : i64, kiln.attention_replicas = 2 : i64, kiln.pipeline_stages = 2 : i64} {
-}
-
-// -----
-
 module attributes {kiln.tensor_parallel = 2 : i64, kiln.attention_replicas = 2 : i64} {
 func.func @all_gather_one_replica(%x: tensor<?x8xf32>) -> tensor<?x8xf32> {
   // expected-error @+1 {{needs at least 2 replicas, got 1}}
