@@ -269,17 +269,16 @@ std::vector<LayoutEstimate> mlir::kiln::estimateLayouts(const ModelShape &m,
 
 /// The kilnc flags that build one replica of `l`, or why none do yet.
 static std::string buildCommand(const Layout &l) {
-  if (l.ep > l.tp && l.pp > 1)
-    return "not buildable yet: expert parallelism wider than tensor "
-           "parallelism (data-parallel attention) with pipeline stages";
   if (l.ep > l.tp) {
     // One expert-parallel group spans ep / tp attention replicas.
     std::string out = "kilnc <dir> --tp " + std::to_string(l.tp) + " --ep " +
-                      std::to_string(l.ep) + " -o graph.mlir (a graph of " +
-                      std::to_string(l.ep) + " ranks, " +
+                      std::to_string(l.ep) +
+                      (l.pp > 1 ? " --pp " + std::to_string(l.pp) : "") +
+                      " -o graph.mlir (a graph of " +
+                      std::to_string(l.ep * l.pp) + " ranks, " +
                       std::to_string(l.ep / l.tp) + " attention replicas";
     if (l.dp * l.tp > l.ep)
-      out += "; " + std::to_string(l.dp * l.tp / l.ep) + " such groups";
+      out += "; " + std::to_string(l.dp * l.tp / l.ep) + " such graphs";
     return out + "; kiln-ref and --report only: no engine runs data-parallel "
                  "attention yet)";
   }
