@@ -20,9 +20,9 @@
 // attention split within it, and the MoE blocks exchange tokens. The
 // exchange is an all-gather of every replica's rows before the block and a
 // reduce-scatter after it, which folds the sum of the ranks' partial sums
-// into the way back; an all-to-all that sends each row only to the ranks
-// holding its experts would move fewer bytes at large replica counts and is
-// not built yet.
+// into the way back. An all-to-all that sends each row only to the ranks
+// holding its experts moves fewer bytes (8x fewer for Scout at TP 4 x DP 2
+// x EP 8, by the cost report) and is not built yet.
 //
 //===----------------------------------------------------------------------===//
 
