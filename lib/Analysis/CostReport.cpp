@@ -110,19 +110,19 @@ public:
     for (Operation &op : graph.getBody().front()) {
       if (auto gather = dyn_cast<AllGatherOp>(op)) {
         gathered.insert(gather.getResult());
-      } else if (auto call = dyn_cast<func::CallOp>(op)) {
-        if (llvm::any_of(call.getOperands(),
-                         [&](Value v) { return gathered.contains(v); })) {
-          gatheredCalls.insert(call);
-          gathered.insert(call.getResults().begin(), call.getResults().end());
-        }
+      } else if (auto call = dyn_cast<func::CallOp>(op);
+                 call && rowScale(call) > 1) {
+        gathered.insert(call.getResults().begin(), call.getResults().end());
       }
     }
   }
 
   /// Rows per token of a replica that `call` works on.
   int64_t rowScale(func::CallOp call) const {
-    return gatheredCalls.contains(call) ? replicas : 1;
+    return llvm::any_of(call.getOperands(),
+                        [&](Value v) { return gathered.contains(v); })
+               ? replicas
+               : 1;
   }
 
   /// Bytes of one tensor crossing HBM in a step of `tokens` tokens.
@@ -675,8 +675,8 @@ private:
   llvm::raw_ostream &os;
   int64_t routedPerToken = 1;
   int64_t replicas = 1;
+  /// Values holding every replica's rows.
   llvm::DenseSet<Value> gathered;
-  llvm::DenseSet<Operation *> gatheredCalls;
   /// The share of the routed pairs one rank computes, on average (1 / G
   /// with G expert-parallel groups).
   double expertShare = 1.0;

@@ -70,15 +70,6 @@ int64_t bytesOf(Type element) {
 /// The latency of a recursive-doubling reduce and broadcast (2 log2(ranks)
 /// steps, what small decode messages pay) plus the bandwidth term of a ring
 /// (2 (R-1)/R of the message, what large prefill messages pay).
-double mlir::kiln::allReduceSeconds(int64_t ranks, double bytes) {
-  if (ranks <= 1)
-    return 0;
-  Hardware hw;
-  double r = static_cast<double>(ranks);
-  return 2.0 * std::log2(r) * hw.nvlinkLatency +
-         2.0 * (r - 1) / r * bytes / hw.nvlink;
-}
-
 double mlir::kiln::gatherSeconds(int64_t ranks, double bytes, int64_t span) {
   if (ranks <= 1)
     return 0;
@@ -87,6 +78,11 @@ double mlir::kiln::gatherSeconds(int64_t ranks, double bytes, int64_t span) {
   double r = static_cast<double>(ranks);
   return std::log2(r) * (inNode ? hw.nvlinkLatency : hw.ibLatency) +
          (r - 1) / r * bytes / (inNode ? hw.nvlink : hw.infiniband);
+}
+
+double mlir::kiln::allReduceSeconds(int64_t ranks, double bytes) {
+  // A reduce-scatter then an all-gather, within one node.
+  return 2.0 * gatherSeconds(ranks, bytes, /*span=*/1);
 }
 
 double mlir::kiln::stageTransferSeconds(int64_t ranks, double bytes) {

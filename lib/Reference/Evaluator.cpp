@@ -28,23 +28,21 @@ using ::kiln::ref::Precision;
 
 Evaluator::~Evaluator() = default;
 
+static llvm::Error makeError(const llvm::Twine &message) {
+  return llvm::createStringError(llvm::inconvertibleErrorCode(), message);
+}
+
 llvm::Error
 Evaluator::runReplicas(llvm::ArrayRef<std::vector<int64_t>> tokens,
                        llvm::ArrayRef<std::vector<int64_t>> positions,
                        std::vector<std::vector<double>> &results,
                        int64_t &width) {
   if (tokens.size() != 1 || positions.size() != 1)
-    return llvm::createStringError(
-        llvm::inconvertibleErrorCode(),
-        llvm::formatv("the graph has one replica, but {0} sequences were "
-                      "given",
-                      tokens.size()));
+    return makeError(llvm::formatv("the graph has one replica, but {0} "
+                                   "sequences were given",
+                                   tokens.size()));
   results.resize(1);
   return run(tokens[0], positions[0], results[0], width);
-}
-
-static llvm::Error makeError(const llvm::Twine &message) {
-  return llvm::createStringError(llvm::inconvertibleErrorCode(), message);
 }
 
 static std::string locString(Location loc) {

@@ -84,21 +84,25 @@ static int64_t argmax(const std::vector<double> &row, size_t begin,
   return static_cast<int64_t>(best);
 }
 
-/// Evaluates each replica's prompt, all replicas stepped together (a
-/// replica whose prompt or continuation is done takes no tokens in a
-/// step), and prints and dumps each one's results.
-static int runReplicas(kiln::ref::Evaluator &evaluator,
-                       const std::vector<std::vector<int64_t>> &prompts,
-                       const std::vector<int64_t> &eosIds) {
-  size_t replicas = prompts.size(), longest = 0;
+/// Evaluates each replica's prompt (one, unless the graph has data-parallel
+/// attention replicas), all replicas stepped together: a replica whose
+/// prompt or continuation is done takes no tokens in a step. Prints and
+/// dumps each one's results; a lone sequence's lines carry no replica.
+static int evaluatePrompts(kiln::ref::Evaluator &evaluator,
+                           const std::vector<std::vector<int64_t>> &prompts,
+                           const std::vector<int64_t> &eosIds) {
+  size_t replicas = prompts.size(), longest = 0, total = 0;
   for (const std::vector<int64_t> &p : prompts) {
-    if (p.empty())
-      return fail("every replica needs a prompt of at least one token");
     longest = std::max(longest, p.size());
+    total += p.size();
   }
+  auto label = [&](size_t d) {
+    return replicas == 1 ? std::string() : "replica " + std::to_string(d) + " ";
+  };
   size_t step = stepSize == 0 ? longest : stepSize;
   std::vector<std::vector<double>> logits(replicas);
   int64_t vocab = 0;
+  auto start = std::chrono::steady_clock::now();
   for (size_t begin = 0; begin < longest; begin += step) {
     std::vector<std::vector<int64_t>> tokens(replicas), positions(replicas);
     for (size_t d = 0; d < replicas; ++d)
@@ -113,6 +117,12 @@ static int runReplicas(kiln::ref::Evaluator &evaluator,
     for (size_t d = 0; d < replicas; ++d)
       logits[d].insert(logits[d].end(), part[d].begin(), part[d].end());
   }
+  double seconds =
+      std::chrono::duration<double>(std::chrono::steady_clock::now() - start)
+          .count();
+  errs() << "kiln-ref: prefill of " << total << " tokens in "
+         << format("%.2f", seconds) << " s (" << (useF64 ? "f64" : "f32")
+         << ")\n";
   std::string error;
   std::vector<int64_t> next(replicas);
   for (size_t d = 0; d < replicas; ++d) {
@@ -125,7 +135,7 @@ static int runReplicas(kiln::ref::Evaluator &evaluator,
         return fail(error);
     }
     next[d] = argmax(logits[d], (prompt.size() - 1) * vocab, vocab);
-    outs() << "replica " << d << " next token: " << next[d] << "\n";
+    outs() << label(d) << "next token: " << next[d] << "\n";
   }
   if (maxNewTokens == 0)
     return 0;
@@ -161,7 +171,7 @@ static int runReplicas(kiln::ref::Evaluator &evaluator,
         next[d] = argmax(step[d], 0, vocab);
   }
   for (size_t d = 0; d < replicas; ++d) {
-    outs() << "replica " << d << " generated:";
+    outs() << label(d) << "generated:";
     for (int64_t t : generated[d])
       outs() << " " << t;
     outs() << (stoppedAtEos[d] ? " (end of sequence)" : "") << "\n";
@@ -191,7 +201,6 @@ int main(int argc, char **argv) {
   if (!dumpLogits.empty() && dumpLogits.size() != prompts.size())
     return fail(std::to_string(prompts.size()) + " prompts but " +
                 std::to_string(dumpLogits.size()) + " --dump-logits files");
-  const std::vector<int64_t> &prompt = prompts.front();
 
   mlir::DialectRegistry registry;
   mlir::kiln::registerAllKilnDialects(registry);
@@ -256,66 +265,5 @@ int main(int argc, char **argv) {
                                  "replicas") +
                 ", but " + std::to_string(prompts.size()) +
                 " prompts were given (one --tokens-file per replica)");
-  if (replicas > 1)
-    return runReplicas(**evaluator, prompts, eosIds);
-
-  std::vector<int64_t> positions(prompt.size());
-  for (size_t i = 0; i < prompt.size(); ++i)
-    positions[i] = static_cast<int64_t>(i);
-  std::vector<double> logits;
-  int64_t vocab = 0;
-  auto start = std::chrono::steady_clock::now();
-  size_t step = stepSize == 0 ? prompt.size() : stepSize;
-  for (size_t begin = 0; begin < prompt.size(); begin += step) {
-    size_t count = std::min(step, prompt.size() - begin);
-    std::vector<double> part;
-    if (Error e =
-            (*evaluator)
-                ->run(ArrayRef(prompt).slice(begin, count),
-                      ArrayRef(positions).slice(begin, count), part, vocab))
-      return fail(toString(std::move(e)));
-    logits.insert(logits.end(), part.begin(), part.end());
-  }
-  double seconds =
-      std::chrono::duration<double>(std::chrono::steady_clock::now() - start)
-          .count();
-  errs() << "kiln-ref: prefill of " << prompt.size() << " tokens in "
-         << format("%.2f", seconds) << " s (" << (useF64 ? "f64" : "f32")
-         << ")\n";
-
-  if (!dumpLogits.empty()) {
-    std::vector<float> narrow(logits.begin(), logits.end());
-    if (!kiln::writeNpyF32(dumpLogits.front(),
-                           {static_cast<int64_t>(prompt.size()), vocab},
-                           narrow.data(), error))
-      return fail(error);
-  }
-
-  int64_t next = argmax(logits, (prompt.size() - 1) * vocab, vocab);
-  outs() << "next token: " << next << "\n";
-  if (maxNewTokens == 0)
-    return 0;
-
-  std::vector<int64_t> generated;
-  int64_t position = static_cast<int64_t>(prompt.size());
-  bool stoppedAtEos = false;
-  for (unsigned step = 0; step < maxNewTokens; ++step) {
-    generated.push_back(next);
-    if (!ignoreEos && llvm::is_contained(eosIds, next)) {
-      stoppedAtEos = true;
-      break;
-    }
-    if (step + 1 == maxNewTokens)
-      break;
-    std::vector<double> stepLogits;
-    if (Error e = (*evaluator)->run({next}, {position}, stepLogits, vocab))
-      return fail(toString(std::move(e)));
-    ++position;
-    next = argmax(stepLogits, 0, vocab);
-  }
-  outs() << "generated:";
-  for (int64_t t : generated)
-    outs() << " " << t;
-  outs() << (stoppedAtEos ? " (end of sequence)" : "") << "\n";
-  return 0;
+  return evaluatePrompts(**evaluator, prompts, eosIds);
 }
