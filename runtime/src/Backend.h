@@ -93,6 +93,13 @@ struct BoundPlan {
   /// group, its rank in that group and its stage.
   std::shared_ptr<Communicator> comm, group;
   int64_t rank = 0, groupRank = 0, stage = 0;
+  /// With data-parallel attention replicas: `group` is this rank's replica
+  /// (its all-reduces), `exchange` every rank of the stage in rank order
+  /// (the rows' gather and scatter), and `replica` its replica's index.
+  /// `groupRank` stays the rank in the stage (the weights' shards and the
+  /// `rank` input count all of them).
+  std::shared_ptr<Communicator> exchange;
+  int64_t replica = 0;
   /// Whether this rank runs launch `l` / binds value `v` (a pipeline rank
   /// holds only its stage's).
   bool runs(const plan::Launch &l) const {
@@ -149,6 +156,10 @@ struct Step {
   const int64_t *positions = nullptr;
   /// Per plan value: its first extent in this step (inputs and buffers).
   std::vector<int64_t> rows;
+  /// With attention replicas: every replica's token count in this step
+  /// (this rank's replica's is tokenCount; a replica with none is idle:
+  /// its ranks only take part in the exchanges).
+  std::vector<int64_t> replicaTokens;
   /// Per launch: it computes the last token's row only.
   std::vector<bool> lastRowOnly;
   std::vector<SlotStep> slots;

@@ -216,6 +216,14 @@ int64_t kiln_model_ranks(const kiln_model *model) {
   return model ? model->model->ranks() : 1;
 }
 
+int64_t kiln_model_replicas(const kiln_model *model) {
+  return model ? model->model->replicas() : 1;
+}
+
+int64_t kiln_model_replica(const kiln_model *model) {
+  return model ? model->model->replica() : 0;
+}
+
 int64_t kiln_model_max_positions(const kiln_model *model) {
   return model ? model->model->maxPositions() : 0;
 }
@@ -339,6 +347,15 @@ kiln_status *kiln_session_run(kiln_session *session, const int64_t *tokens,
       std::memcpy(output->logits, logits.data(), logits.size() * sizeof(float));
     output->logits_written = logits.size();
     return nullptr;
+  });
+}
+
+kiln_status *kiln_session_idle(kiln_session *session) {
+  return guarded("kiln_session_idle", [&]() -> kiln_status * {
+    if (!session)
+      return invalid("kiln_session_idle: NULL session");
+    kiln::Status status = session->session->idle();
+    return status.ok() ? nullptr : fromStatus(status);
   });
 }
 

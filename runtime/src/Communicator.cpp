@@ -42,6 +42,20 @@ public:
                                                    std::to_string(from) +
                                                    " in a one-rank run");
   }
+  Status allGather(const float *in, float *out,
+                   const std::vector<size_t> &counts) override {
+    std::copy(in, in + counts.at(0), out);
+    return {};
+  }
+  Status reduceScatterSum(const float *in, float *out,
+                          const std::vector<size_t> &counts) override {
+    std::copy(in, in + counts.at(0), out);
+    return {};
+  }
+  Status allGatherCounts(int64_t value, std::vector<int64_t> &out) override {
+    out.assign(1, value);
+    return {};
+  }
   Status broadcast(float *, size_t, int64_t) override { return {}; }
   Status broadcastBytes(void *, size_t, int64_t) override { return {}; }
   Status split(int64_t, std::shared_ptr<Communicator> &out) override {
@@ -71,6 +85,12 @@ struct MpiApi {
   int (*commDup)(void *, void **) = nullptr;
   int (*allgather)(const void *, int, void *, void *, int, void *,
                    void *) = nullptr;
+  int (*iallgather)(const void *, int, void *, void *, int, void *, void *,
+                    void **) = nullptr;
+  int (*iallgatherv)(const void *, int, void *, void *, const int *,
+                     const int *, void *, void *, void **) = nullptr;
+  int (*ireduceScatter)(const void *, void *, const int *, void *, void *,
+                        void *, void **) = nullptr;
   void *intType = nullptr;
   int (*commSplit)(void *, int, int, void **) = nullptr;
   int (*abort)(void *, int) = nullptr;
@@ -107,9 +127,15 @@ public:
       api.commSetErrhandler(control, api.errorsReturn);
     else
       control = nullptr;
+    if (control)
+      live().push_back(this);
     const char *limit = std::getenv("KILN_COLLECTIVE_TIMEOUT");
     if (limit && *limit && std::atof(limit) > 0)
       timeoutSeconds = std::atof(limit);
+  }
+  ~MpiWorld() override {
+    auto &all = live();
+    all.erase(std::remove(all.begin(), all.end(), this), all.end());
   }
   int64_t rank() const override { return r; }
   int64_t size() const override { return n; }
@@ -120,6 +146,37 @@ public:
           return api.iallreduce(in + at, out + at, piece, api.floatType,
                                 api.sum, comm, request);
         });
+  }
+  Status allGather(const float *in, float *out,
+                   const std::vector<size_t> &counts) override {
+    MpiApi &api = mpi();
+    std::vector<int> sizes, offsets;
+    if (Status s = blocks(counts, "MPI_Allgatherv", sizes, offsets); !s.ok())
+      return s;
+    return once("MPI_Allgatherv", [&](void **request) {
+      return api.iallgatherv(in, sizes[r], api.floatType, out, sizes.data(),
+                             offsets.data(), api.floatType, comm, request);
+    });
+  }
+  Status reduceScatterSum(const float *in, float *out,
+                          const std::vector<size_t> &counts) override {
+    MpiApi &api = mpi();
+    std::vector<int> sizes, offsets;
+    if (Status s = blocks(counts, "MPI_Reduce_scatter", sizes, offsets);
+        !s.ok())
+      return s;
+    return once("MPI_Reduce_scatter", [&](void **request) {
+      return api.ireduceScatter(in, out, sizes.data(), api.floatType, api.sum,
+                                comm, request);
+    });
+  }
+  Status allGatherCounts(int64_t value, std::vector<int64_t> &out) override {
+    MpiApi &api = mpi();
+    out.assign(static_cast<size_t>(n), 0);
+    return once("MPI_Allgather", [&](void **request) {
+      return api.iallgather(&value, sizeof value, api.byteType, out.data(),
+                            sizeof value, api.byteType, comm, request);
+    });
   }
   Status send(const float *data, size_t count, int64_t to) override {
     MpiApi &api = mpi();
@@ -187,6 +244,20 @@ private:
     size_t count;
   };
 
+  /// This process's communicators that answer liveness questions: a rank
+  /// waiting in one collective answers on all of them, so a rank asking on
+  /// another (a replica's group, the stage's exchange) does not take it for
+  /// stopped.
+  static std::vector<MpiWorld *> &live() {
+    // Never destroyed: the world communicator may outlive static storage.
+    static auto *all = new std::vector<MpiWorld *>;
+    return *all;
+  }
+  static void answerAllPings() {
+    for (MpiWorld *c : live())
+      c->answerPings();
+  }
+
   /// Answers the liveness questions other ranks have sent this one.
   void answerPings() {
     MpiApi &api = mpi();
@@ -232,7 +303,7 @@ private:
     while (
         std::chrono::duration<double>(std::chrono::steady_clock::now() - start)
             .count() < seconds) {
-      answerPings();
+      answerAllPings();
       bool all = true;
       for (int peer = 0; peer < n; ++peer) {
         if (!answered[peer]) {
@@ -269,7 +340,7 @@ private:
       if (spin % 256 != 255)
         continue;
       if (control)
-        answerPings();
+        answerAllPings();
       double waited = std::chrono::duration<double>(
                           std::chrono::steady_clock::now() - start)
                           .count();
@@ -293,7 +364,8 @@ private:
                            "rank " + std::to_string(worldRanks[r]) + ": " +
                                what + " did not complete in " + seconds +
                                " s: " + who +
-                               " does not answer (stopped, hung or dead)");
+                               (who.rfind("ranks ", 0) == 0 ? " do" : " does") +
+                               " not answer (stopped, hung or dead)");
     }
   }
 
@@ -307,6 +379,35 @@ private:
     return Status::error(StatusCode::Internal,
                          "rank " + std::to_string(worldRanks[r]) + ": " + what +
                              " failed: " + why);
+  }
+  /// One nonblocking call (`call` starts it), waited for like the others.
+  template <typename Call> Status once(const std::string &what, Call call) {
+    void *request = nullptr;
+    if (int rc = call(&request); rc != 0)
+      return failed(what, rc);
+    return complete(request, what);
+  }
+  /// The per-rank sizes and offsets of a gather or scatter, in MPI's ints:
+  /// such an exchange is one call, so its whole buffer must fit them.
+  Status blocks(const std::vector<size_t> &counts, const std::string &what,
+                std::vector<int> &sizes, std::vector<int> &offsets) const {
+    if (counts.size() != static_cast<size_t>(n))
+      return Status::error(StatusCode::Internal,
+                           what + ": " + std::to_string(counts.size()) +
+                               " blocks for " + std::to_string(n) + " ranks");
+    size_t total = 0;
+    for (size_t c : counts) {
+      sizes.push_back(static_cast<int>(c));
+      offsets.push_back(static_cast<int>(total));
+      total += c;
+      if (total > static_cast<size_t>(INT32_MAX))
+        return Status::error(StatusCode::InvalidArgument,
+                             "rank " + std::to_string(worldRanks[r]) + ": " +
+                                 what + " of " + std::to_string(total) +
+                                 "+ floats is more than one MPI call moves "
+                                 "(2^31 - 1): take fewer tokens a step");
+    }
+    return {};
   }
   /// MPI counts are ints: large buffers go in pieces.
   template <typename Call>
@@ -389,6 +490,16 @@ Status openMpi(std::shared_ptr<Communicator> &out) {
   api.allgather =
       reinterpret_cast<int (*)(const void *, int, void *, void *, int, void *,
                                void *)>(symbol("MPI_Allgather"));
+  api.iallgather =
+      reinterpret_cast<int (*)(const void *, int, void *, void *, int, void *,
+                               void *, void **)>(symbol("MPI_Iallgather"));
+  api.iallgatherv =
+      reinterpret_cast<int (*)(const void *, int, void *, void *, const int *,
+                               const int *, void *, void *, void **)>(
+          symbol("MPI_Iallgatherv"));
+  api.ireduceScatter = reinterpret_cast<int (*)(
+      const void *, void *, const int *, void *, void *, void *, void **)>(
+      symbol("MPI_Ireduce_scatter"));
   api.intType = symbol("ompi_mpi_int");
   api.commSplit = reinterpret_cast<int (*)(void *, int, int, void **)>(
       symbol("MPI_Comm_split"));
@@ -401,7 +512,8 @@ Status openMpi(std::shared_ptr<Communicator> &out) {
   if (!api.initialized || !api.finalized || !api.init || !api.finalize ||
       !api.commRank || !api.commSize || !api.commSetErrhandler ||
       !api.iallreduce || !api.isend || !api.irecv || !api.ibcast || !api.test ||
-      !api.iprobe || !api.commDup || !api.allgather || !api.intType ||
+      !api.iprobe || !api.commDup || !api.allgather || !api.iallgather ||
+      !api.iallgatherv || !api.ireduceScatter || !api.intType ||
       !api.commSplit || !api.abort || !api.commWorld || !api.floatType ||
       !api.byteType || !api.sum || !api.errorsReturn)
     return Status::error(StatusCode::NotFound,

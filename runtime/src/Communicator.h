@@ -16,6 +16,7 @@
 #include <cstddef>
 #include <cstdint>
 #include <memory>
+#include <vector>
 
 namespace kiln {
 
@@ -28,6 +29,17 @@ public:
   /// and `out` do not overlap); every rank calls it in the same order with
   /// the same count.
   virtual Status allReduceSum(const float *in, float *out, size_t count) = 0;
+  /// Data-parallel attention: every rank's block of `counts[rank]` floats,
+  /// concatenated in rank order, into `out` (the sum of `counts` floats) on
+  /// every rank; this rank gives `in`, counts[rank()] floats.
+  virtual Status allGather(const float *in, float *out,
+                           const std::vector<size_t> &counts) = 0;
+  /// The sum over the ranks of their `in` (the sum of `counts` floats each),
+  /// of which this rank keeps its block, counts[rank()] floats, in `out`.
+  virtual Status reduceScatterSum(const float *in, float *out,
+                                  const std::vector<size_t> &counts) = 0;
+  /// Every rank's `value`, in rank order (a step's token counts).
+  virtual Status allGatherCounts(int64_t value, std::vector<int64_t> &out) = 0;
   /// Point to point between two ranks (pipeline stages): `count` floats.
   virtual Status send(const float *data, size_t count, int64_t to) = 0;
   virtual Status receive(float *data, size_t count, int64_t from) = 0;

@@ -335,6 +335,8 @@ std::string kiln::plan::writePlan(const Plan &plan) {
       o.integer("tensor_parallel", plan.tensorParallel);
     if (plan.pipelineStages > 1)
       o.integer("pipeline_stages", plan.pipelineStages);
+    if (plan.attentionReplicas > 1)
+      o.integer("attention_replicas", plan.attentionReplicas);
     writeArray(o.key("values"), plan.values, [&](const Value &v) {
       ObjectWriter e(out);
       e.integer("id", &v - plan.values.data());
@@ -363,6 +365,8 @@ std::string kiln::plan::writePlan(const Plan &plan) {
           e.integer("rows_per_token", v.rowsPerToken);
         if (v.arenaOffset >= 0)
           e.integer("arena_offset", v.arenaOffset);
+        if (v.gathered)
+          e.integer("gathered", 1);
         break;
       }
       if (v.stage >= 0)
@@ -379,6 +383,10 @@ std::string kiln::plan::writePlan(const Plan &plan) {
         e.string("collective", "stage_send");
       else if (l.kind == LaunchKind::StageBroadcast)
         e.string("collective", "stage_broadcast");
+      else if (l.kind == LaunchKind::AllGather)
+        e.string("collective", "all_gather");
+      else if (l.kind == LaunchKind::ReduceScatter)
+        e.string("collective", "reduce_scatter");
       else
         e.string("kernel", l.kernel);
       if (l.stage >= 0)
@@ -444,6 +452,13 @@ bool kiln::plan::readPlan(const std::string &text, const std::string &path,
   top.inRange("tensor_parallel", plan.tensorParallel, 1, int64_t(1) << 20);
   plan.pipelineStages = top.integer("pipeline_stages", 1);
   top.inRange("pipeline_stages", plan.pipelineStages, 1, int64_t(1) << 12);
+  plan.attentionReplicas = top.integer("attention_replicas", 1);
+  top.inRange("attention_replicas", plan.attentionReplicas, 1,
+              plan.tensorParallel + 1);
+  if (problem.empty() && plan.tensorParallel % plan.attentionReplicas != 0)
+    top.fail("attention_replicas " + std::to_string(plan.attentionReplicas) +
+             " does not divide tensor_parallel " +
+             std::to_string(plan.tensorParallel));
   const std::vector<json::Value> *values = top.list("values", true);
   for (size_t i = 0; values && i < values->size() && problem.empty(); ++i) {
     FieldReader r((*values)[i], "value " + std::to_string(i), problem);
@@ -532,6 +547,11 @@ bool kiln::plan::readPlan(const std::string &text, const std::string &path,
       v.rowsPerToken = r.integer("rows_per_token", 1);
       r.inRange("rows_per_token", v.rowsPerToken, 1, 1 << 16);
       v.arenaOffset = r.integer("arena_offset", -1);
+      v.gathered = r.integer("gathered", 0) != 0;
+      if (r.ok() && v.gathered &&
+          (plan.attentionReplicas < 2 || !v.isDynamic() || v.arenaOffset >= 0))
+        r.fail("a gathered value needs attention replicas, a dynamic first "
+               "extent and storage of its own");
       break;
     }
     plan.values.push_back(std::move(v));
@@ -563,6 +583,10 @@ bool kiln::plan::readPlan(const std::string &text, const std::string &path,
       l.kind = LaunchKind::StageSend;
     else if (collective == "stage_broadcast")
       l.kind = LaunchKind::StageBroadcast;
+    else if (collective == "all_gather")
+      l.kind = LaunchKind::AllGather;
+    else if (collective == "reduce_scatter")
+      l.kind = LaunchKind::ReduceScatter;
     else
       r.fail("unknown collective '" + collective + "'");
     l.stage = r.integer("stage", -1);
@@ -603,6 +627,28 @@ bool kiln::plan::readPlan(const std::string &text, const std::string &path,
                plan.values[l.results[0]].dtype != DType::F32)
         r.fail("an all_reduce needs one F32 argument and one result of its "
                "shape");
+    }
+    if (r.ok() && (l.kind == LaunchKind::AllGather ||
+                   l.kind == LaunchKind::ReduceScatter)) {
+      // The gather's result holds every replica's rows, the scatter's
+      // argument too; the other side holds this rank's replica's.
+      bool gather = l.kind == LaunchKind::AllGather;
+      if (plan.attentionReplicas < 2)
+        r.fail("a " + collective + " in an engine without attention replicas");
+      else if (l.args.size() != 1 || l.results.size() != 1)
+        r.fail("a " + collective + " needs one argument and one result");
+      else {
+        const Value &in = plan.values[l.args[0]];
+        const Value &out = plan.values[l.results[0]];
+        const Value &all = gather ? out : in, &mine = gather ? in : out;
+        if (in.dtype != DType::F32 || out.dtype != DType::F32 ||
+            in.shape.size() != 2 || in.shape != out.shape || !in.isDynamic() ||
+            in.rowsPerToken != 1 || out.rowsPerToken != 1 || !all.gathered ||
+            mine.gathered)
+          r.fail("a " + collective +
+                 " needs a 2-D F32 argument and result of one shape, with "
+                 "a row per token, the gathered one marked so");
+      }
     }
     if (const std::vector<json::Value> *uses = r.list("attention", false))
       for (size_t a = 0; a < uses->size() && r.ok(); ++a) {

@@ -120,6 +120,14 @@ private:
   /// The step's activations and the KV pools after it, against the memory
   /// this process may hold, before any of it is allocated.
   Status checkStepMemory(const Step &step) const;
+  /// Whether launch `li` has an operand with a token dimension that is
+  /// empty in this step (an idle replica's own rows).
+  bool hasNoRows(const Step &step, size_t li) const;
+  /// An AllGather or ReduceScatter launch of an engine with attention
+  /// replicas.
+  Status exchangeRows(const Step &step, const plan::Launch &l);
+  /// This rank's piece of its replica's rows in an exchange.
+  std::vector<float> piece;
 
   const HostModel &model;
   std::vector<KvPool> pools;
@@ -475,6 +483,51 @@ void HostSession::printProfile() const {
                  1000.0 * total.ms / total.calls);
 }
 
+bool HostSession::hasNoRows(const Step &step, size_t li) const {
+  const plan::Plan &plan = model.bound->plan;
+  const plan::Launch &l = plan.launches[li];
+  for (size_t i = 0; i < l.operandCount(); ++i) {
+    int64_t id = l.operand(i);
+    if (plan.values[id].isDynamic() && step.rows[id] == 0)
+      return true;
+  }
+  return false;
+}
+
+Status HostSession::exchangeRows(const Step &step, const plan::Launch &l) {
+  // A replica's rows are split evenly over its ranks, each rank moving its
+  // piece: the gather takes every piece of every replica (replica order is
+  // the stage's rank order), and the scatter sums each rank's piece over
+  // the stage, after which a replica's ranks put their pieces together.
+  const BoundPlan &bound = *model.bound;
+  const plan::Plan &plan = bound.plan;
+  int64_t perReplica = plan.replicaRanks();
+  size_t width = static_cast<size_t>(plan.values[l.args[0]].shape[1]);
+  auto pieceRows = [&](int64_t tokens, int64_t part) {
+    return std::pair{tokens * part / perReplica,
+                     tokens * (part + 1) / perReplica};
+  };
+  std::vector<size_t> counts, replicaCounts;
+  for (int64_t k = 0; k < plan.tensorParallel; ++k) {
+    auto [begin, end] =
+        pieceRows(step.replicaTokens[k / perReplica], k % perReplica);
+    counts.push_back(static_cast<size_t>(end - begin) * width);
+    if (k / perReplica == bound.replica)
+      replicaCounts.push_back(counts.back());
+  }
+  int64_t part = bound.groupRank % perReplica;
+  auto [begin, end] = pieceRows(step.tokenCount, part);
+  const float *in = static_cast<const float *>(data[l.args[0]]);
+  float *out = static_cast<float *>(const_cast<void *>(data[l.results[0]]));
+  if (l.kind == plan::LaunchKind::AllGather)
+    return bound.exchange->allGather(in + begin * width, out, counts);
+  piece.resize(static_cast<size_t>(end - begin) * width);
+  if (Status s = bound.exchange->reduceScatterSum(in, piece.data(), counts);
+      !s.ok())
+    return s;
+  return bound.group->allGather(piece.data(), out, replicaCounts);
+}
+
 Status HostSession::run(const Step &step, StepOutput &out) {
   const plan::Plan &plan = model.bound->plan;
   int64_t t = step.tokenCount;
@@ -518,6 +571,12 @@ Status HostSession::run(const Step &step, StepOutput &out) {
     const plan::Launch &l = plan.launches[li];
     if (!bound.takesPart(l))
       continue; // another pipeline stage's
+    // An idle replica's ranks (no tokens of their own in this step) run only
+    // the exchanges and the kernels on every replica's rows; a step where
+    // every replica is idle runs nothing.
+    if (l.kind != plan::LaunchKind::AllGather &&
+        l.kind != plan::LaunchKind::ReduceScatter && hasNoRows(step, li))
+      continue;
     bool receives = bound.receives(l);
     for (int64_t id : l.results) {
       const plan::Value &v = plan.values[id];
@@ -540,6 +599,12 @@ Status HostSession::run(const Step &step, StepOutput &out) {
       float *sum = static_cast<float *>(const_cast<void *>(data[l.results[0]]));
       const float *part = static_cast<const float *>(data[l.args[0]]);
       if (Status s = bound.group->allReduceSum(part, sum, count); !s.ok())
+        return s;
+      continue;
+    }
+    if (l.kind == plan::LaunchKind::AllGather ||
+        l.kind == plan::LaunchKind::ReduceScatter) {
+      if (Status s = exchangeRows(step, l); !s.ok())
         return s;
       continue;
     }
@@ -619,7 +684,10 @@ Status HostSession::run(const Step &step, StepOutput &out) {
   int64_t vocab = plan.vocab();
   int64_t rows = step.rows[plan.logits];
   int64_t from = step.mode == OutputMode::AllLogits ? 0 : rows - 1;
-  out.logits.assign(logits + from * vocab, logits + rows * vocab);
+  if (rows > 0)
+    out.logits.assign(logits + from * vocab, logits + rows * vocab);
+  else
+    out.logits.clear(); // an idle replica's step
   if (model.profile) {
     // What the step spent around its kernels: KV appends, buffers, logits.
     Total &total = totals[{"(outside kernels)", t}];

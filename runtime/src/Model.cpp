@@ -167,6 +167,8 @@ Model::~Model() {
 int64_t Model::vocabSize() const { return impl->bound.plan.vocab(); }
 int64_t Model::rank() const { return impl->bound.rank; }
 int64_t Model::ranks() const { return impl->bound.plan.worldSize(); }
+int64_t Model::replicas() const { return impl->bound.plan.attentionReplicas; }
+int64_t Model::replica() const { return impl->bound.replica; }
 int64_t Model::maxPositions() const { return impl->bound.plan.maxPositions; }
 
 const std::vector<int64_t> &Model::eosTokenIds() const {
@@ -343,8 +345,14 @@ std::shared_ptr<Model> Model::load(const std::string &enginePath,
       return nullptr;
     }
     if (bound.comm->size() != ranks) {
+      const plan::Plan &p = bound.plan;
       std::string layout =
-          bound.plan.pipelineStages > 1
+          p.attentionReplicas > 1 && p.pipelineStages == 1
+              ? std::to_string(ranks) + " ranks (" +
+                    std::to_string(p.attentionReplicas) +
+                    " attention replicas of " +
+                    std::to_string(p.replicaRanks()) + ")"
+          : bound.plan.pipelineStages > 1
               ? std::to_string(bound.plan.tensorParallel) +
                     " tensor-parallel ranks x " +
                     std::to_string(bound.plan.pipelineStages) +
@@ -361,7 +369,15 @@ std::shared_ptr<Model> Model::load(const std::string &enginePath,
     bound.rank = bound.comm->rank();
     bound.stage = bound.rank / bound.plan.tensorParallel;
     bound.groupRank = bound.rank % bound.plan.tensorParallel;
-    if (status = bound.comm->split(bound.stage, bound.group); !status.ok()) {
+    // With attention replicas an all-reduce sums over one replica, and the
+    // stage's ranks exchange rows.
+    int64_t replicas = bound.plan.attentionReplicas;
+    bound.replica = bound.groupRank / bound.plan.replicaRanks();
+    if (status = bound.comm->split(bound.stage * replicas + bound.replica,
+                                   bound.group);
+        status.ok() && replicas > 1)
+      status = bound.comm->split(bound.stage, bound.exchange);
+    if (!status.ok()) {
       status = Status::error(status.code, enginePath + ": " + status.message);
       return nullptr;
     }
@@ -458,6 +474,53 @@ Status Session::run(const int64_t *tokens, const int64_t *positions,
                            "position " + std::to_string(positions[i]) +
                                " is outside [0, 2^31)");
 
+  return runStep(tokens, positions, count, mode, sampler, logits, token);
+}
+
+Status Session::idle() {
+  const plan::Plan &plan = owner->impl->bound.plan;
+  if (plan.attentionReplicas < 2)
+    return Status::error(StatusCode::InvalidArgument,
+                         "an idle step needs an engine with data-parallel "
+                         "attention replicas; this one has none");
+  std::vector<float> logits;
+  int64_t token = -1;
+  return runStep(nullptr, nullptr, 0, OutputMode::LastLogits, nullptr, logits,
+                 token);
+}
+
+/// With attention replicas, every replica's token count in this step: the
+/// ranks of a stage say theirs, and a replica's ranks must agree.
+static Status replicaTokenCounts(const BoundPlan &bound, int64_t mine,
+                                 std::vector<int64_t> &out) {
+  std::vector<int64_t> counts;
+  if (Status s = bound.exchange->allGatherCounts(mine, counts); !s.ok())
+    return s;
+  int64_t perReplica = bound.plan.replicaRanks();
+  out.assign(static_cast<size_t>(bound.plan.attentionReplicas), 0);
+  for (size_t k = 0; k < counts.size(); ++k) {
+    size_t replica = k / static_cast<size_t>(perReplica);
+    if (k % perReplica == 0)
+      out[replica] = counts[k];
+    else if (counts[k] != out[replica])
+      return Status::error(StatusCode::InvalidArgument,
+                           "replica " + std::to_string(replica) +
+                               "'s ranks run different "
+                               "steps (" +
+                               std::to_string(out[replica]) + " and " +
+                               std::to_string(counts[k]) +
+                               " tokens): every rank of a replica "
+                               "runs the same calls");
+  }
+  return {};
+}
+
+Status Session::runStep(const int64_t *tokens, const int64_t *positions,
+                        size_t count, OutputMode mode, Sampler *sampler,
+                        std::vector<float> &logits, int64_t &token) {
+  const Model::Impl &m = *owner->impl;
+  const plan::Plan &plan = m.bound.plan;
+  int64_t vocab = plan.vocab();
   Step step;
   step.index = ++impl->steps;
   step.tokenCount = static_cast<int64_t>(count);
@@ -466,6 +529,13 @@ Status Session::run(const int64_t *tokens, const int64_t *positions,
   step.mode = mode;
   step.dumpDir = m.options.dumpDir;
   int64_t t = step.tokenCount;
+  int64_t gatheredTokens = 0;
+  if (plan.attentionReplicas > 1) {
+    if (Status s = replicaTokenCounts(m.bound, t, step.replicaTokens); !s.ok())
+      return s;
+    for (int64_t n : step.replicaTokens)
+      gatheredTokens += n;
+  }
   step.rows.assign(plan.values.size(), 0);
   step.lastRowOnly.assign(plan.launches.size(), false);
   for (size_t id = 0; id < plan.values.size(); ++id)
@@ -477,14 +547,17 @@ Status Session::run(const int64_t *tokens, const int64_t *positions,
     step.lastRowOnly[li] =
         mode != OutputMode::AllLogits && t > 1 && plan::producesLogits(plan, l);
     for (int64_t id : l.results)
-      step.rows[id] =
-          step.lastRowOnly[li] ? 1 : t * plan.values[id].rowsPerToken;
+      step.rows[id] = step.lastRowOnly[li] ? 1
+                      : plan.values[id].gathered
+                          ? gatheredTokens * plan.values[id].rowsPerToken
+                          : t * plan.values[id].rowsPerToken;
   }
 
   // KV slots: a chunked layer never sees keys before the chunk of the
   // step's first token, so its pool drops them and holds at most one chunk
   // plus the step.
-  int64_t first = *std::min_element(positions, positions + count);
+  int64_t first =
+      count ? *std::min_element(positions, positions + count) : int64_t(0);
   step.slots.resize(plan.slots.size());
   for (size_t i = 0; i < plan.slots.size(); ++i) {
     std::vector<int64_t> &kept = impl->slotPositions[i];

@@ -222,6 +222,26 @@ int main(int argc, char **argv) {
     kiln_status_free(status);
     return 1;
   }
+  /* An engine of one rank has no replicas to idle for. */
+  if (kiln_model_replicas(model) != 1 || kiln_model_replica(model) != 0) {
+    fprintf(stderr, "kiln-capi-sessions: replicas in a one-rank engine\n");
+    return 1;
+  }
+  kiln_session *probe = NULL;
+  if ((status = kiln_session_create(model, NULL, &probe))) {
+    fprintf(stderr, "kiln-capi-sessions: %s\n", kiln_status_message(status));
+    kiln_status_free(status);
+    return 1;
+  }
+  status = kiln_session_idle(probe);
+  if (!status || kiln_status_get_code(status) != KILN_STATUS_INVALID_ARGUMENT ||
+      !strstr(kiln_status_message(status), "data-parallel attention")) {
+    fprintf(stderr, "kiln-capi-sessions: kiln_session_idle on a one-rank "
+                    "engine did not refuse\n");
+    return 1;
+  }
+  kiln_status_free(status);
+  kiln_session_free(probe);
   pthread_t threads[2];
   for (int i = 0; i < 2; ++i)
     jobs[i].model = model;

@@ -147,6 +147,11 @@ TEST(CApiTest, NullHandlesAreHarmless) {
   EXPECT_EQ(kiln_model_vocab_size(nullptr), 0);
   EXPECT_EQ(kiln_model_rank(nullptr), 0);
   EXPECT_EQ(kiln_model_ranks(nullptr), 1);
+  EXPECT_EQ(kiln_model_replicas(nullptr), 1);
+  EXPECT_EQ(kiln_model_replica(nullptr), 0);
+  kiln_status *idle = kiln_session_idle(nullptr);
+  EXPECT_EQ(kiln_status_get_code(idle), KILN_STATUS_INVALID_ARGUMENT);
+  EXPECT_NE(messageOf(idle).find("NULL session"), std::string::npos);
   const int64_t *eos = nullptr;
   EXPECT_EQ(kiln_model_eos_tokens(nullptr, &eos), 0u);
   EXPECT_STREQ(kiln_model_target(nullptr), "");

@@ -42,6 +42,42 @@ Plan tensorParallelPlan() {
   return p;
 }
 
+/// Four ranks in two attention replicas: a kernel's rows of this replica,
+/// their gather, a kernel on every replica's rows and the scatter of its
+/// result back into the logits.
+Plan replicaPlan() {
+  Plan p;
+  p.tensorParallel = 4;
+  p.attentionReplicas = 2;
+  Value tokens;
+  tokens.kind = ValueKind::Input;
+  tokens.input = "tokens";
+  tokens.dtype = DType::I32;
+  tokens.shape = {-1};
+  Value mine, all, partial, sum;
+  mine.shape = all.shape = partial.shape = sum.shape = {-1, 8};
+  mine.arenaOffset = 0;
+  all.gathered = partial.gathered = true;
+  p.values = {tokens, mine, all, partial, sum};
+  p.arenaBytesPerToken = 32;
+  Launch embed, gather, experts, scatter;
+  embed.kernel = "embed_0";
+  embed.args = {0};
+  embed.results = {1};
+  gather.kind = LaunchKind::AllGather;
+  gather.args = {1};
+  gather.results = {2};
+  experts.kernel = "moe_0";
+  experts.args = {2};
+  experts.results = {3};
+  scatter.kind = LaunchKind::ReduceScatter;
+  scatter.args = {3};
+  scatter.results = {4};
+  p.launches = {embed, gather, experts, scatter};
+  p.logits = 4;
+  return p;
+}
+
 std::string errorOf(const std::string &text) {
   Plan out;
   std::string error;
@@ -142,6 +178,57 @@ Plan pipelinePlan() {
   return p;
 }
 
+TEST(EnginePlanTest, ReplicaFieldsRoundTrip) {
+  std::string text = writePlan(replicaPlan());
+  Plan back;
+  std::string error;
+  ASSERT_TRUE(readPlan(text, "dp.kiln", back, error)) << error;
+  EXPECT_EQ(back.attentionReplicas, 2);
+  EXPECT_EQ(back.replicaRanks(), 2);
+  EXPECT_EQ(back.worldSize(), 4);
+  EXPECT_FALSE(back.values[1].gathered);
+  EXPECT_TRUE(back.values[2].gathered);
+  EXPECT_TRUE(back.values[3].gathered);
+  EXPECT_FALSE(back.values[4].gathered);
+  ASSERT_EQ(back.launches.size(), 4u);
+  EXPECT_EQ(back.launches[1].kind, LaunchKind::AllGather);
+  EXPECT_EQ(back.launches[3].kind, LaunchKind::ReduceScatter);
+  EXPECT_EQ(writePlan(back), text);
+}
+
+TEST(EnginePlanTest, MalformedReplicaPlansAreNamed) {
+  std::string text = writePlan(replicaPlan());
+  struct Case {
+    std::string text, message;
+  } cases[] = {
+      {replaced(text, "\"attention_replicas\":2", "\"attention_replicas\":3"),
+       "attention_replicas 3 does not divide tensor_parallel 4"},
+      {replaced(text, "\"attention_replicas\":2", "\"attention_replicas\":8"),
+       "attention_replicas"},
+      {replaced(text, "\"attention_replicas\":2,", ""),
+       "a gathered value needs attention replicas"},
+      {replaced(text, "\"arena_offset\":0",
+                "\"arena_offset\":0,\"gathered\":1"),
+       "a gathered value needs attention replicas, a dynamic first extent "
+       "and storage of its own"},
+      {replaced(text, "\"collective\":\"all_gather\",\"args\":[1]",
+                "\"collective\":\"all_gather\",\"args\":[3]"),
+       "a all_gather needs a 2-D F32 argument and result of one shape"},
+      {replaced(text, "\"collective\":\"reduce_scatter\",\"args\":[3]",
+                "\"collective\":\"reduce_scatter\",\"args\":[1]"),
+       "a reduce_scatter needs a 2-D F32 argument and result of one shape"},
+      {replaced(text, "\"results\":[4]", "\"results\":[4,2]"),
+       "a reduce_scatter needs one argument and one result"},
+  };
+  for (const Case &c : cases) {
+    std::string error = errorOf(c.text);
+    EXPECT_NE(error.find("tp.kiln: malformed plan:"), std::string::npos)
+        << error;
+    EXPECT_NE(error.find(c.message), std::string::npos)
+        << c.message << " -> " << error;
+  }
+}
+
 TEST(EnginePlanTest, PipelineFieldsRoundTrip) {
   std::string text = writePlan(pipelinePlan());
   Plan back;
@@ -204,8 +291,10 @@ TEST(EnginePlanTest, MalformedTensorParallelPlansAreNamed) {
        "two shards along one dimension"},
       {replaced(text, "\"input\":\"tokens\"", "\"input\":\"rank\""),
        "the rank input is not i64 [1]"},
+      {replaced(text, "\"all_reduce\"", "\"all_scatter\""),
+       "unknown collective 'all_scatter'"},
       {replaced(text, "\"all_reduce\"", "\"all_gather\""),
-       "unknown collective 'all_gather'"},
+       "a all_gather in an engine without attention replicas"},
       {replaced(text, "\"args\":[2]", "\"args\":[2,2]"),
        "an all_reduce needs one F32 argument and one result of its shape"},
       {replaced(text, "\"tensor_parallel\":2", "\"tensor_parallel\":0"),

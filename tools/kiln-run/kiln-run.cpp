@@ -7,6 +7,10 @@
 //
 // Same logits contract as kiln-ref (float32 [T, vocab] .npy of every prompt
 // position); prints the continuation and prefill / decode tokens per second.
+// An engine with data-parallel attention replicas (kilnc --dp) takes one
+// prompt and one dump per replica (--tokens / --tokens-file and
+// --dump-logits repeated, in replica order) or one prompt for all; the
+// first rank of each replica prints its lines, named by the replica.
 // MLIR-free: it links only the runtime, through its C API (kiln/kiln.h).
 //
 //===----------------------------------------------------------------------===//
@@ -55,6 +59,9 @@ void usage() {
                "             --max-new-tokens; 0 grows them as needed)\n"
                "--max-context: the longest run allowed (default: the model's "
                "max_position_embeddings)\n"
+               "engines with attention replicas: --tokens/--tokens-file and "
+               "--dump-logits once per\n"
+               "             replica, in order (or one prompt for all)\n"
                "--threads: threads of the host kernels (default: every core; "
                "KILN_THREADS)\n");
 }
@@ -69,7 +76,11 @@ bool parseNumber(const char *text, double &out) {
 
 int main(int argc, char **argv) {
   kiln::installToolGuards("kiln-run");
-  std::string engine, checkpoint, tokensText, tokensFile, dumpLogits;
+  std::string engine, checkpoint;
+  // One prompt (and dump) per data-parallel attention replica, or one for
+  // all of them; each from --tokens or --tokens-file, in order.
+  std::vector<std::pair<std::string, bool>> promptArgs; // text, is a file
+  std::vector<std::string> dumps;
   std::string device = "auto";
   long maxNew = 0, step = 0, decodeFrom = 0, kvTokens = -1, maxContext = 0;
   long threads = 0;
@@ -90,11 +101,11 @@ int main(int argc, char **argv) {
     if (arg == "--checkpoint")
       checkpoint = value("--checkpoint");
     else if (arg == "--tokens")
-      tokensText = value("--tokens");
+      promptArgs.push_back({value("--tokens"), false});
     else if (arg == "--tokens-file")
-      tokensFile = value("--tokens-file");
+      promptArgs.push_back({value("--tokens-file"), true});
     else if (arg == "--dump-logits")
-      dumpLogits = value("--dump-logits");
+      dumps.push_back(value("--dump-logits"));
     else if (arg == "--ignore-eos")
       ignoreEos = true;
     else if (arg == "--device") {
@@ -157,14 +168,18 @@ int main(int argc, char **argv) {
     usage();
     return fail("an engine and --checkpoint are required");
   }
-  if (tokensText.empty() == tokensFile.empty())
-    return fail("give exactly one of --tokens and --tokens-file");
-  std::vector<int64_t> prompt;
+  if (promptArgs.empty())
+    return fail("give --tokens or --tokens-file (one per attention replica, "
+                "or one for all)");
+  std::vector<std::vector<int64_t>> prompts;
   std::string error;
-  if (!(tokensFile.empty()
-            ? kiln::parseTokenList(tokensText, "--tokens", prompt, error)
-            : kiln::readTokenFile(tokensFile, prompt, error)))
-    return fail(error);
+  for (const auto &[text, isFile] : promptArgs) {
+    std::vector<int64_t> prompt;
+    if (!(isFile ? kiln::readTokenFile(text, prompt, error)
+                 : kiln::parseTokenList(text, "--tokens", prompt, error)))
+      return fail(error);
+    prompts.push_back(std::move(prompt));
+  }
 
   // An engine is compiled for one target: `auto` runs it there (an sm_90a
   // engine on the GPU), `host` and `cuda` insist on one and say why not.
@@ -185,6 +200,23 @@ int main(int argc, char **argv) {
                                       static_cast<int>(threads));
   if (!model)
     return fail(error);
+  // Data-parallel attention: replica r runs prompt r (or the one prompt)
+  // and writes dump r; its first rank prints, with the replica named.
+  int64_t replicas = model->replicas(), replica = model->replica();
+  if (prompts.size() != 1 && static_cast<int64_t>(prompts.size()) != replicas)
+    return fail(std::to_string(prompts.size()) + " prompts for an engine of " +
+                std::to_string(replicas) + " attention replica" +
+                (replicas == 1 ? "" : "s") + ": give one, or one per replica");
+  if (!dumps.empty() && static_cast<int64_t>(dumps.size()) != replicas)
+    return fail(std::to_string(dumps.size()) +
+                " --dump-logits files for an engine of " +
+                std::to_string(replicas) + " attention replica" +
+                (replicas == 1 ? "" : "s") + ": give one per replica");
+  auto promptOf = [&](int64_t r) -> const std::vector<int64_t> & {
+    return prompts[prompts.size() == 1 ? 0 : static_cast<size_t>(r)];
+  };
+  const std::vector<int64_t> &prompt = promptOf(replica);
+  std::string dumpLogits = dumps.empty() ? "" : dumps[replica];
   // A run past the model's context is refused before anything is sized
   // for it, unless the caller raises the bound.
   long context = maxContext > 0 ? maxContext : model->maxPositions();
@@ -204,27 +236,55 @@ int main(int argc, char **argv) {
   if (!session)
     return fail(error);
   int64_t vocab = model->vocabSize();
-  // Every rank of a tensor-parallel engine runs the same steps and computes
-  // the same logits: rank 0 prints them and writes the dump.
-  bool leader = model->rank() == 0;
+  // Every rank of a tensor-parallel group runs the same steps and computes
+  // the same logits: the first rank of each replica prints them and writes
+  // the dump.
+  int64_t perReplica = model->ranks() / replicas;
+  bool leader = model->rank() % perReplica == 0;
   if (!leader && !std::freopen("/dev/null", "w", stdout))
     return fail("cannot silence the output of rank " +
                 std::to_string(model->rank()));
+  std::string who =
+      replicas > 1 ? "replica " + std::to_string(replica) + ": " : "";
+
+  // The prompt goes in one step, or in steps of --step tokens, or (with
+  // --decode-from N) as an N-token prefill followed by one token at a time.
+  auto chunksOf = [&](const std::vector<int64_t> &p) {
+    std::vector<std::pair<size_t, size_t>> chunks;
+    size_t chunk = step > 0 ? static_cast<size_t>(step) : p.size();
+    for (size_t begin = 0; begin < p.size();) {
+      size_t n = std::min(chunk, p.size() - begin);
+      if (decodeFrom > 0)
+        n = begin == 0 ? std::min<size_t>(decodeFrom, p.size()) : 1;
+      chunks.push_back({begin, n});
+      begin += n;
+    }
+    return chunks;
+  };
+  std::vector<std::pair<size_t, size_t>> chunks = chunksOf(prompt);
+  // Replicas step together: every rank takes as many steps as the longest
+  // replica's prefill and whole generation; a replica with nothing left
+  // (done, or stopped at an end-of-sequence token) takes idle steps.
+  long decodeSteps = maxNew > 0 ? maxNew - 1 : 0;
+  size_t lockstep = 0;
+  for (int64_t r = 0; replicas > 1 && r < replicas; ++r)
+    lockstep = std::max(lockstep, chunksOf(promptOf(r)).size() + decodeSteps);
+  auto idleUntil = [&](size_t &taken) -> std::string {
+    for (; taken < lockstep; ++taken)
+      if (std::string e = session->idle(); !e.empty())
+        return e;
+    return "";
+  };
+  size_t taken = 0; // steps, this replica's and idle
 
   using Clock = std::chrono::steady_clock;
   std::vector<float> logits, part;
   auto start = Clock::now();
-  // The prompt goes in one step, or in steps of --step tokens, or (with
-  // --decode-from N) as an N-token prefill followed by one token at a time.
-  size_t chunk = step > 0 ? static_cast<size_t>(step) : prompt.size();
   // Without dumps each token is picked where the engine runs (on the GPU
   // for sm_90a engines, greedy or sampled): no logits are copied back.
   bool onDevice = dumpLogits.empty();
   int64_t next = -1;
-  for (size_t begin = 0; begin < prompt.size();) {
-    size_t n = std::min(chunk, prompt.size() - begin);
-    if (decodeFrom > 0)
-      n = begin == 0 ? std::min<size_t>(decodeFrom, prompt.size()) : 1;
+  for (auto [begin, n] : chunks) {
     std::vector<int64_t> ids(prompt.begin() + begin,
                              prompt.begin() + begin + n);
     std::vector<int64_t> positions(n);
@@ -238,15 +298,15 @@ int main(int argc, char **argv) {
                       : session->next(ids, positions, nullptr, next);
     if (!error.empty())
       return fail(error);
+    ++taken;
     if (dumpLogits.empty())
       logits = part;
     else
       logits.insert(logits.end(), part.begin(), part.end());
-    begin += n;
   }
   double prefill = std::chrono::duration<double>(Clock::now() - start).count();
-  std::printf("prefill: %zu tokens in %.3f s (%.1f tokens/s)\n", prompt.size(),
-              prefill, prompt.size() / prefill);
+  std::printf("%sprefill: %zu tokens in %.3f s (%.1f tokens/s)\n", who.c_str(),
+              prompt.size(), prefill, prompt.size() / prefill);
   if (!dumpLogits.empty() && leader &&
       !kiln::writeNpyF32(dumpLogits,
                          {static_cast<int64_t>(prompt.size()), vocab},
@@ -255,9 +315,8 @@ int main(int argc, char **argv) {
 
   if (!onDevice)
     next = sampler->pick(logits.data() + logits.size() - vocab, vocab);
-  std::printf("next token: %lld\n", static_cast<long long>(next));
-  if (maxNew == 0)
-    return 0;
+  std::printf("%snext token: %lld\n", who.c_str(),
+              static_cast<long long>(next));
   std::vector<int64_t> generated;
   const std::vector<int64_t> eos = model->eosTokens();
   int64_t position = static_cast<int64_t>(prompt.size());
@@ -277,17 +336,22 @@ int main(int argc, char **argv) {
                      : session->logits({next}, {at}, part);
     if (!error.empty())
       return fail(error);
+    ++taken;
     ++decoded;
     if (!onDevice)
       next = sampler->pick(part.data(), vocab);
   }
   double decode = std::chrono::duration<double>(Clock::now() - start).count();
-  std::printf("generated:");
+  if (!(error = idleUntil(taken)).empty())
+    return fail(error);
+  if (maxNew == 0)
+    return 0;
+  std::printf("%sgenerated:", who.c_str());
   for (int64_t t : generated)
     std::printf(" %lld", static_cast<long long>(t));
   std::printf("%s\n", stopped ? " (end of sequence)" : "");
   if (decoded > 0)
-    std::printf("decode: %ld steps in %.3f s (%.1f tokens/s)\n", decoded,
-                decode, decoded / decode);
+    std::printf("%sdecode: %ld steps in %.3f s (%.1f tokens/s)\n", who.c_str(),
+                decoded, decode, decoded / decode);
   return 0;
 }

@@ -128,8 +128,8 @@ static cl::opt<int64_t> attentionReplicas(
              "each running its own sequence, with the routed experts "
              "divided over all tp x dp ranks and tokens exchanged around "
              "each MoE block; --ep wider than --tp implies --dp ep / tp. "
-             "Evaluated by kiln-ref --graph and costed by --report; no "
-             "engine runs it yet"),
+             "Host engines run it (one process per rank, a sequence per "
+             "replica); sm_90a engines and --pp do not yet"),
     cl::value_desc("replicas"), cl::cat(parallelCategory));
 
 static cl::opt<bool>
@@ -233,13 +233,20 @@ static int runCompile() {
            "whole ranks\n";
     return 1;
   }
-  if (attentionReplicas > 1 && !target.empty()) {
+  // The host runtime exchanges replicas' rows over MPI; NCCL's exchange and
+  // pipelines of replicas are not built yet.
+  if (attentionReplicas > 1 && !target.empty() &&
+      (target != "host" || pipelineParallel > 1)) {
     WithColor::error(errs(), "kilnc")
         << "--dp " << attentionReplicas
-        << ": data-parallel attention has no engine runtime yet (no token "
-           "exchange between replicas); write the graph with -o and "
-           "evaluate it with kiln-ref --graph, or see its costs with "
-           "--report\n";
+        << (pipelineParallel > 1
+                ? " with --pp: engines of data-parallel attention run in one "
+                  "pipeline stage only so far"
+                : ": data-parallel attention runs in host engines only so far "
+                  "(--target host); the CUDA runtime has no token exchange "
+                  "between replicas yet")
+        << "; write the graph with -o and evaluate it with kiln-ref "
+           "--graph, or see its costs with --report\n";
     return 1;
   }
   stage("fusing and partitioning");

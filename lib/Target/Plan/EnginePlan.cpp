@@ -12,6 +12,7 @@
 #include "kiln/Analysis/MemoryPlan.h"
 
 #include "mlir/IR/SymbolTable.h"
+#include "llvm/ADT/DenseSet.h"
 
 using namespace mlir;
 using namespace mlir::kiln;
@@ -66,12 +67,6 @@ llvm::Expected<plan::Plan> mlir::kiln::buildEnginePlan(
     Type t = storageOf ? storageOf(v) : Type();
     return t ? t : cast<RankedTensorType>(v.getType()).getElementType();
   };
-  // The runtime has no token exchange between replicas yet.
-  if (module->hasAttr(KilnDialect::getAttentionReplicasAttrName()))
-    return makeError("data-parallel attention replicas ('" +
-                     KilnDialect::getAttentionReplicasAttrName() +
-                     "') cannot be built into an engine yet: the runtime "
-                     "cannot exchange tokens between replicas");
   func::FuncOp graph = graphFunctionOf(module);
   if (!graph)
     return makeError("no graph function to compile");
@@ -114,10 +109,33 @@ llvm::Expected<plan::Plan> mlir::kiln::buildEnginePlan(
   if (auto ranks = module->getAttrOfType<IntegerAttr>(
           KilnDialect::getTensorParallelAttrName()))
     result.tensorParallel = ranks.getInt();
+  if (auto replicas = module->getAttrOfType<IntegerAttr>(
+          KilnDialect::getAttentionReplicasAttrName()))
+    result.attentionReplicas = replicas.getInt();
   FailureOr<StageAssignment> stages = assignStages(graph);
   if (failed(stages))
     return makeError("the graph's pipeline stages are inconsistent");
   result.pipelineStages = stages->stages;
+  // The runtime exchanges rows between replicas within one stage's ranks;
+  // a pipeline would also need each replica's own hand-overs and logits.
+  if (result.attentionReplicas > 1 && result.pipelineStages > 1)
+    return makeError("data-parallel attention replicas ('" +
+                     KilnDialect::getAttentionReplicasAttrName() +
+                     "') with pipeline stages cannot be built into an engine "
+                     "yet: the runtime exchanges replicas' rows only in an "
+                     "engine of one stage");
+  // What an all_gather starts and its reduce_scatter ends holds every
+  // replica's rows: the kernels in between read only such values, weights
+  // and the rank.
+  llvm::DenseSet<Value> gathered;
+  for (Operation &op : body)
+    if (auto gather = dyn_cast<AllGatherOp>(op))
+      gathered.insert(gather.getResult());
+    else if (auto call = dyn_cast<func::CallOp>(op);
+             call && llvm::any_of(call.getOperands(), [&](Value v) {
+               return gathered.contains(v);
+             }))
+      gathered.insert(call.getResults().begin(), call.getResults().end());
   auto stageOf = [&](int64_t s) {
     return result.pipelineStages > 1 ? s : int64_t(-1);
   };
@@ -133,6 +151,20 @@ llvm::Expected<plan::Plan> mlir::kiln::buildEnginePlan(
       launch.stage = stageOf(stages->of(&op));
       launch.args.push_back(ids.lookup(op.getOperand(0)));
       auto id = addValue(op.getResult(0), plan::Value());
+      if (!id)
+        return id.takeError();
+      launch.results.push_back(*id);
+      result.launches.push_back(std::move(launch));
+    } else if (isa<AllGatherOp, ReduceScatterOp>(op)) {
+      // The scatter's `like` only gives the rows of this rank's replica,
+      // which the runtime knows from the step.
+      plan::Launch launch;
+      launch.kind = isa<AllGatherOp>(op) ? plan::LaunchKind::AllGather
+                                         : plan::LaunchKind::ReduceScatter;
+      launch.args.push_back(ids.lookup(op.getOperand(0)));
+      plan::Value entry;
+      entry.gathered = gathered.contains(op.getResult(0));
+      auto id = addValue(op.getResult(0), std::move(entry));
       if (!id)
         return id.takeError();
       launch.results.push_back(*id);
@@ -170,8 +202,10 @@ llvm::Expected<plan::Plan> mlir::kiln::buildEnginePlan(
       for (auto [i, res] : llvm::enumerate(call.getResults())) {
         plan::Value entry;
         entry.kind = plan::ValueKind::Buffer;
-        if (cast<RankedTensorType>(res.getType()).isDynamicDim(0))
+        if (cast<RankedTensorType>(res.getType()).isDynamicDim(0)) {
           entry.rowsPerToken = rowsPerToken(kernel, i);
+          entry.gathered = gathered.contains(res);
+        }
         auto id = addValue(res, std::move(entry));
         if (!id)
           return id.takeError();
@@ -219,7 +253,8 @@ llvm::Expected<plan::Plan> mlir::kiln::buildEnginePlan(
           call, call.getCalleeAttr());
       for (auto [i, res] : llvm::enumerate(call.getResults()))
         rowsPerTokenOf[res] = rowsPerToken(kernel, i);
-    } else if (isa<AllReduceOp, StageSendOp>(op)) {
+    } else if (isa<AllReduceOp, StageSendOp, AllGatherOp, ReduceScatterOp>(
+                   op)) {
       rowsPerTokenOf[op.getResult(0)] = rowsPerTokenOf.lookup(op.getOperand(0));
     }
   // The logits live outside the arena: a step that wants only its last
@@ -230,8 +265,13 @@ llvm::Expected<plan::Plan> mlir::kiln::buildEnginePlan(
   Value logitsSource = logits;
   if (auto broadcast = logits.getDefiningOp<StageBroadcastOp>())
     logitsSource = broadcast.getInput();
+  // Gathered values scale with every replica's tokens, not the rank's:
+  // they keep storage of their own too.
+  auto ownStorage = [&](Value v) {
+    return v == logits || v == logitsSource || gathered.contains(v);
+  };
   ActivationPlan arena = planActivations(graph, [&](Value v) {
-    if (v == logits || v == logitsSource)
+    if (ownStorage(v))
       return int64_t(0);
     auto type = cast<RankedTensorType>(v.getType());
     int64_t row = elementOf(v).getIntOrFloatBitWidth() / 8;
@@ -240,7 +280,7 @@ llvm::Expected<plan::Plan> mlir::kiln::buildEnginePlan(
     return rowsPerTokenOf.lookup(v) * row;
   });
   for (const BufferPlacement &b : arena.buffers)
-    if (b.value != logits && b.value != logitsSource)
+    if (!ownStorage(b.value))
       result.values[ids.lookup(b.value)].arenaOffset = b.offsetPerToken;
   result.arenaBytesPerToken = arena.peakPerToken;
   result.logits = ids.lookup(logits);

@@ -133,6 +133,13 @@ KILN_API const char *kiln_model_target(const kiln_model *model);
  * usually print on rank 0 only. */
 KILN_API int64_t kiln_model_rank(const kiln_model *model);
 KILN_API int64_t kiln_model_ranks(const kiln_model *model);
+/* Data-parallel attention (kilnc --tp T --dp D, or --ep above --tp): the
+ * ranks form D replicas of T consecutive ranks, each running a sequence of
+ * its own, and exchange rows around every MoE block; every rank of a
+ * replica runs the same calls and computes the same logits. The number of
+ * replicas (1 without them) and this rank's replica (0 without them). */
+KILN_API int64_t kiln_model_replicas(const kiln_model *model);
+KILN_API int64_t kiln_model_replica(const kiln_model *model);
 /* After an error in a multi-rank run: ends every rank of the job with
  * `exit_code` (MPI_Abort), so that no rank waits forever in a collective
  * for this one. Returns (doing nothing) in a single-rank process. */
@@ -228,6 +235,14 @@ KILN_API kiln_status *kiln_session_run(kiln_session *session,
                                        const int64_t *tokens,
                                        const int64_t *positions, size_t count,
                                        kiln_output *output);
+
+/* On an engine with data-parallel attention replicas, whose ranks all step
+ * together: takes part in one step of the other replicas without tokens of
+ * this replica's (its ranks still run their experts on the others' rows).
+ * A replica with nothing to run calls this instead of kiln_session_run;
+ * every rank makes the same number of kiln_session_run and
+ * kiln_session_idle calls. KILN_STATUS_INVALID_ARGUMENT on other engines. */
+KILN_API kiln_status *kiln_session_idle(kiln_session *session);
 
 /*===-- Devices ---------------------------------------------------------===*/
 

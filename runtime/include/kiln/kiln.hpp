@@ -87,6 +87,8 @@ public:
   int64_t vocabSize() const { return kiln_model_vocab_size(handle); }
   int64_t rank() const { return kiln_model_rank(handle); }
   int64_t ranks() const { return kiln_model_ranks(handle); }
+  int64_t replicas() const { return kiln_model_replicas(handle); }
+  int64_t replica() const { return kiln_model_replica(handle); }
   int64_t maxPositions() const { return kiln_model_max_positions(handle); }
   /// See kiln_abort_ranks.
   static void abortRanks(int exitCode) { kiln_abort_ranks(exitCode); }
@@ -151,6 +153,8 @@ public:
     token = o.token;
     return error;
   }
+  /// See kiln_session_idle. Empty string on success.
+  std::string idle() { return consume(kiln_session_idle(handle)); }
   void reset() { kiln_session_reset(handle); }
   int64_t position() const { return kiln_session_position(handle); }
 

@@ -383,6 +383,15 @@ Status kiln::openCudaBackend(const EngineFile &engine, const BoundPlan &bound,
                              std::unique_ptr<Backend> &out) {
   const std::string &enginePath = bound.enginePath;
   const plan::Plan &plan = bound.plan;
+  // Exchanging replicas' rows over NCCL is not built yet (kilnc does not
+  // build such engines; this catches one made otherwise).
+  if (plan.attentionReplicas > 1)
+    return Status::error(StatusCode::InvalidEngine,
+                         enginePath + ": " +
+                             std::to_string(plan.attentionReplicas) +
+                             " data-parallel attention replicas: the CUDA "
+                             "runtime cannot exchange rows between replicas "
+                             "yet (host engines can)");
   auto s = std::make_unique<CudaModel>();
   s->bound = &bound;
   s->options = options;

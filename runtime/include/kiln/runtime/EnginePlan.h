@@ -73,6 +73,10 @@ struct Value {
   /// weight as panels of this many columns, [..., N / panel, K, panel]; the
   /// runtime lays it out so at load (packPanels).
   int64_t panel = 0;
+  /// Buffers of an engine with data-parallel attention replicas that hold
+  /// every replica's rows (from an AllGather to its ReduceScatter): the first
+  /// extent counts the tokens of all replicas in the step, not this rank's.
+  bool gathered = false;
 
   bool isDynamic() const { return !shape.empty() && shape[0] < 0; }
 };
@@ -166,11 +170,22 @@ struct GpuStep {
 };
 
 /// What a launch does: run a kernel; sum its one argument over the ranks
-/// of the stage's tensor-parallel group into its one result; send its
-/// argument from the ranks of `stage` to those of the next stage, which
-/// receive it as the result; or give the one value (argument and result)
-/// of `stage`'s ranks to every rank.
-enum class LaunchKind { Kernel, AllReduce, StageSend, StageBroadcast };
+/// of the stage's tensor-parallel group (of the rank's replica, with
+/// data-parallel attention) into its one result; send its argument from
+/// the ranks of `stage` to those of the next stage, which receive it as the
+/// result; give the one value (argument and result) of `stage`'s ranks to
+/// every rank; with attention replicas, give every rank of the stage every
+/// replica's rows of the argument, in replica order (AllGather); or sum
+/// the gathered argument over the stage's ranks, each replica keeping its
+/// own rows (ReduceScatter).
+enum class LaunchKind {
+  Kernel,
+  AllReduce,
+  StageSend,
+  StageBroadcast,
+  AllGather,
+  ReduceScatter
+};
 
 struct Launch {
   LaunchKind kind = LaunchKind::Kernel;
@@ -214,6 +229,12 @@ struct Plan {
   /// r / tensorParallel.
   int64_t pipelineStages = 1;
   int64_t worldSize() const { return tensorParallel * pipelineStages; }
+  /// Data-parallel attention replicas (kiln.attention_replicas): the
+  /// tensorParallel ranks of a stage form this many replicas of
+  /// tensorParallel / attentionReplicas consecutive ranks, each running its
+  /// own sequence; 1: none.
+  int64_t attentionReplicas = 1;
+  int64_t replicaRanks() const { return tensorParallel / attentionReplicas; }
   std::vector<Value> values;
   std::vector<Launch> launches;
   std::vector<Slot> slots;

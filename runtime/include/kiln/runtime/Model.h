@@ -117,6 +117,11 @@ public:
   /// group's size (0 and 1 for an engine of one rank).
   int64_t rank() const;
   int64_t ranks() const;
+  /// Data-parallel attention: the engine's replicas, each running its own
+  /// sequence on ranks() / replicas() consecutive ranks, and this rank's
+  /// replica (1 and 0 without them).
+  int64_t replicas() const;
+  int64_t replica() const;
   const std::vector<int64_t> &eosTokenIds() const;
   /// The model's max_position_embeddings; 0 when the engine does not say.
   int64_t maxPositions() const;
@@ -145,6 +150,13 @@ public:
              OutputMode mode, Sampler *sampler, std::vector<float> &logits,
              int64_t &token);
 
+  /// On an engine with data-parallel attention replicas, whose ranks all
+  /// step together: takes part in a step of the other replicas with no
+  /// tokens of this one (its ranks still run the experts they hold on the
+  /// others' rows). A replica with nothing to run calls this rather than
+  /// run(); every rank makes the same number of run() and idle() calls.
+  Status idle();
+
   /// Forgets every token run so far.
   void reset();
   /// One past the largest position run so far (0 after a reset).
@@ -155,6 +167,10 @@ public:
 
 private:
   Session(std::shared_ptr<Model> owner, std::unique_ptr<Impl> impl);
+  /// run() and idle() after their checks: `count` 0 is an idle step.
+  Status runStep(const int64_t *tokens, const int64_t *positions, size_t count,
+                 OutputMode mode, Sampler *sampler, std::vector<float> &logits,
+                 int64_t &token);
   std::shared_ptr<Model> owner;
   std::unique_ptr<Impl> impl;
   friend class Model;
