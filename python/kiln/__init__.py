@@ -110,6 +110,7 @@ _status_fns = {
                          ctypes.POINTER(_Output)],
     "kiln_sampler_create": [ctypes.POINTER(_SamplerParams),
                             ctypes.POINTER(_p)],
+    "kiln_session_idle": [_p],
 }
 for _name, _args in _status_fns.items():
     getattr(_lib, _name).argtypes = _args
@@ -129,6 +130,8 @@ for _name, _restype, _args in [
         ("kiln_model_vocab_size", ctypes.c_int64, [_p]),
         ("kiln_model_rank", ctypes.c_int64, [_p]),
         ("kiln_model_ranks", ctypes.c_int64, [_p]),
+        ("kiln_model_replicas", ctypes.c_int64, [_p]),
+        ("kiln_model_replica", ctypes.c_int64, [_p]),
         ("kiln_model_max_positions", ctypes.c_int64, [_p]),
         ("kiln_model_target", ctypes.c_char_p, [_p]),
         ("kiln_model_eos_tokens", ctypes.c_size_t,
@@ -214,6 +217,17 @@ class Model:
         return _lib.kiln_model_ranks(self._handle)
 
     @property
+    def replicas(self):
+        """Data-parallel attention replicas (kilnc --dp), each running its
+        own sequence on ranks / replicas ranks; 1 without them."""
+        return _lib.kiln_model_replicas(self._handle)
+
+    @property
+    def replica(self):
+        """This rank's replica (0 without replicas)."""
+        return _lib.kiln_model_replica(self._handle)
+
+    @property
     def max_positions(self):
         """The model's max_position_embeddings (0 when the engine does not
         say): prompts plus generation past it should be refused."""
@@ -257,6 +271,11 @@ class Session:
 
     def reset(self):
         _lib.kiln_session_reset(self._handle)
+
+    def idle(self):
+        """With attention replicas: take part in the other replicas' step
+        without tokens of this one (see kiln_session_idle)."""
+        _check(_lib.kiln_session_idle(self._handle))
 
     def _run(self, tokens, positions, output):
         tokens = np.ascontiguousarray(tokens, dtype=np.int64).reshape(-1)

@@ -28,6 +28,12 @@ model = kiln.Model(engine, checkpoint)
 assert model.target == "host-x86_64", model.target
 assert model.vocab_size == ref.shape[1]
 assert (model.rank, model.ranks) == (0, 1)  # an engine of one rank
+assert (model.replica, model.replicas) == (0, 1)
+try:
+    model.session().idle()
+    raise AssertionError("idle() on an engine without replicas")
+except kiln.KilnError as e:
+    assert "data-parallel attention" in str(e), str(e)
 assert model.max_positions > 0, model.max_positions  # from the config
 
 # Five lines: a model, a session, logits, a continuation.
