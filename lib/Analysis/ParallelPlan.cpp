@@ -266,21 +266,15 @@ std::vector<LayoutEstimate> mlir::kiln::estimateLayouts(const ModelShape &m,
 /// The kilnc flags that build one replica of `l`, or why none do yet.
 static std::string buildCommand(const Layout &l) {
   if (l.ep > l.tp) {
-    // One expert-parallel group spans ep / tp attention replicas. Host
-    // engines run it in one stage; GPU engines and stages do not yet.
-    std::string flags = " --tp " + std::to_string(l.tp) + " --ep " +
-                        std::to_string(l.ep) +
-                        (l.pp > 1 ? " --pp " + std::to_string(l.pp) : "");
-    std::string out = "kilnc <dir>" + flags +
-                      (l.pp > 1 ? " -o graph.mlir (" : " --target host (") +
-                      std::to_string(l.ep * l.pp) + " ranks, " +
+    // One expert-parallel group spans ep / tp attention replicas.
+    std::string out = "kilnc <dir> --tp " + std::to_string(l.tp) + " --ep " +
+                      std::to_string(l.ep) +
+                      (l.pp > 1 ? " --pp " + std::to_string(l.pp) : "") +
+                      " (mpirun -np " + std::to_string(l.ep * l.pp) + ", " +
                       std::to_string(l.ep / l.tp) + " attention replicas";
     if (l.dp * l.tp > l.ep)
       out += "; " + std::to_string(l.dp * l.tp / l.ep) + " such groups";
-    return out + (l.pp > 1 ? "; kiln-ref and --report only: engines of "
-                             "data-parallel attention have one stage so far)"
-                           : "; no GPU engine runs data-parallel attention "
-                             "yet)");
+    return out + ")";
   }
   std::string flags;
   if (l.tp > 1)

@@ -132,6 +132,7 @@ for _name, _restype, _args in [
         ("kiln_model_ranks", ctypes.c_int64, [_p]),
         ("kiln_model_replicas", ctypes.c_int64, [_p]),
         ("kiln_model_replica", ctypes.c_int64, [_p]),
+        ("kiln_model_replica_rank", ctypes.c_int64, [_p]),
         ("kiln_model_max_positions", ctypes.c_int64, [_p]),
         ("kiln_model_target", ctypes.c_char_p, [_p]),
         ("kiln_model_eos_tokens", ctypes.c_size_t,
@@ -226,6 +227,12 @@ class Model:
     def replica(self):
         """This rank's replica (0 without replicas)."""
         return _lib.kiln_model_replica(self._handle)
+
+    @property
+    def replica_rank(self):
+        """This rank's place among its replica's ranks: 0 for the one that
+        usually prints for it (the rank, without replicas)."""
+        return _lib.kiln_model_replica_rank(self._handle)
 
     @property
     def max_positions(self):

@@ -100,6 +100,10 @@ struct BoundPlan {
   /// `rank` input count all of them).
   std::shared_ptr<Communicator> exchange;
   int64_t replica = 0;
+  /// The ranks whose stage broadcasts reach this one: every rank, or with
+  /// replicas this rank's replica in every stage (in rank order, so stage
+  /// s's first rank of it is s * replicaRanks()).
+  std::shared_ptr<Communicator> line;
   /// Whether this rank runs launch `l` / binds value `v` (a pipeline rank
   /// holds only its stage's).
   bool runs(const plan::Launch &l) const {

@@ -224,6 +224,10 @@ int64_t kiln_model_replica(const kiln_model *model) {
   return model ? model->model->replica() : 0;
 }
 
+int64_t kiln_model_replica_rank(const kiln_model *model) {
+  return model ? model->model->replicaRank() : 0;
+}
+
 int64_t kiln_model_max_positions(const kiln_model *model) {
   return model ? model->model->maxPositions() : 0;
 }

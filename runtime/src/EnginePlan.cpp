@@ -641,13 +641,18 @@ bool kiln::plan::readPlan(const std::string &text, const std::string &path,
         const Value &in = plan.values[l.args[0]];
         const Value &out = plan.values[l.results[0]];
         const Value &all = gather ? out : in, &mine = gather ? in : out;
-        if (in.dtype != DType::F32 || out.dtype != DType::F32 ||
-            in.shape.size() != 2 || in.shape != out.shape || !in.isDynamic() ||
-            in.rowsPerToken != 1 || out.rowsPerToken != 1 || !all.gathered ||
-            mine.gathered)
+        // A gather moves rows as stored (bf16 on GPUs); a scatter sums f32.
+        bool typed =
+            gather ? (in.dtype == DType::F32 || in.dtype == DType::BF16) &&
+                         in.dtype == out.dtype
+                   : in.dtype == DType::F32 && out.dtype == DType::F32;
+        if (!typed || in.shape.size() != 2 || in.shape != out.shape ||
+            !in.isDynamic() || in.rowsPerToken != 1 || out.rowsPerToken != 1 ||
+            !all.gathered || mine.gathered)
           r.fail("a " + collective +
-                 " needs a 2-D F32 argument and result of one shape, with "
-                 "a row per token, the gathered one marked so");
+                 " needs a 2-D argument and result of one shape and type "
+                 "(F32, or BF16 for a gather), with a row per token, the "
+                 "gathered one marked so");
       }
     }
     if (const std::vector<json::Value> *uses = r.list("attention", false))

@@ -618,7 +618,7 @@ Status HostSession::run(const Step &step, StepOutput &out) {
       int64_t tp = plan.tensorParallel;
       Status s;
       if (l.kind == plan::LaunchKind::StageBroadcast)
-        s = bound.comm->broadcast(out, count, l.stage * tp);
+        s = bound.line->broadcast(out, count, l.stage * plan.replicaRanks());
       else if (receives)
         s = bound.comm->receive(out, count, bound.rank - tp);
       else

@@ -169,6 +169,9 @@ int64_t Model::rank() const { return impl->bound.rank; }
 int64_t Model::ranks() const { return impl->bound.plan.worldSize(); }
 int64_t Model::replicas() const { return impl->bound.plan.attentionReplicas; }
 int64_t Model::replica() const { return impl->bound.replica; }
+int64_t Model::replicaRank() const {
+  return impl->bound.line ? impl->bound.line->rank() : 0;
+}
 int64_t Model::maxPositions() const { return impl->bound.plan.maxPositions; }
 
 const std::vector<int64_t> &Model::eosTokenIds() const {
@@ -347,8 +350,11 @@ std::shared_ptr<Model> Model::load(const std::string &enginePath,
     if (bound.comm->size() != ranks) {
       const plan::Plan &p = bound.plan;
       std::string layout =
-          p.attentionReplicas > 1 && p.pipelineStages == 1
+          p.attentionReplicas > 1
               ? std::to_string(ranks) + " ranks (" +
+                    (p.pipelineStages > 1
+                         ? std::to_string(p.pipelineStages) + " stages of "
+                         : std::string()) +
                     std::to_string(p.attentionReplicas) +
                     " attention replicas of " +
                     std::to_string(p.replicaRanks()) + ")"
@@ -375,8 +381,13 @@ std::shared_ptr<Model> Model::load(const std::string &enginePath,
     bound.replica = bound.groupRank / bound.plan.replicaRanks();
     if (status = bound.comm->split(bound.stage * replicas + bound.replica,
                                    bound.group);
-        status.ok() && replicas > 1)
+        status.ok() && replicas > 1) {
       status = bound.comm->split(bound.stage, bound.exchange);
+      if (status.ok())
+        status = bound.comm->split(bound.replica, bound.line);
+    } else {
+      bound.line = bound.comm;
+    }
     if (!status.ok()) {
       status = Status::error(status.code, enginePath + ": " + status.message);
       return nullptr;

@@ -10,12 +10,13 @@
 // (which rank 0 makes and MPI hands out, as with NCCL). Each collective is
 // enqueued on the CUDA stream as a host function (cuLaunchHostFunc), so it
 // runs in stream order and is captured into CUDA graphs like NCCL's kernels.
-// All-reduce and broadcast go through per-rank slots and a barrier, sums in
-// rank order; send/receive through a mailbox per ordered pair of ranks. A
-// peer that does not arrive within KILN_STANDIN_NCCL_TIMEOUT seconds (20)
-// makes the communicator fail with ncclRemoteError, which
-// ncclCommGetAsyncError reports, as NCCL reports a lost peer.
-// KILN_STANDIN_NCCL_STOP_RANK=R stops rank R (SIGSTOP) in ncclCommInitRank.
+// All-reduce, broadcast, all-gather and reduce-scatter go through per-rank
+// slots and a barrier, sums in rank order; send/receive through a mailbox per
+// ordered pair of ranks. A peer that does not arrive within
+// KILN_STANDIN_NCCL_TIMEOUT seconds (20) makes the communicator fail with
+// ncclRemoteError, which ncclCommGetAsyncError reports, as NCCL reports a lost
+// peer. KILN_STANDIN_NCCL_STOP_RANK=R stops rank R (SIGSTOP) in
+// ncclCommInitRank.
 //
 //===----------------------------------------------------------------------===//
 
@@ -129,7 +130,14 @@ bool findDriver() {
   return launchHostFunc != nullptr;
 }
 
-enum class Kind { AllReduce, Broadcast, Send, Receive };
+enum class Kind {
+  AllReduce,
+  Broadcast,
+  Send,
+  Receive,
+  AllGather,
+  ReduceScatter
+};
 struct Work {
   Comm *comm;
   Kind kind;
@@ -137,6 +145,7 @@ struct Work {
   float *out;
   size_t count;
   int peer;
+  size_t elementBytes;
 };
 
 void run(void *arg) {
@@ -155,6 +164,31 @@ void run(void *arg) {
       float sum = 0;
       for (int r = 0; r < c.ranks; ++r)
         sum += s.slot[r][i];
+      w.out[i] = sum;
+    }
+    barrier(c);
+    return;
+  }
+  case Kind::AllGather: { // `count` elements from each rank, in rank order
+    size_t bytes = w.count * w.elementBytes;
+    std::memcpy(s.slot[c.rank], w.in, bytes);
+    if (!barrier(c))
+      return;
+    for (int r = 0; r < c.ranks; ++r)
+      std::memcpy(reinterpret_cast<char *>(w.out) + r * bytes, s.slot[r],
+                  bytes);
+    barrier(c);
+    return;
+  }
+  case Kind::ReduceScatter: { // block `rank` of `count` floats of the sum
+    std::memcpy(s.slot[c.rank], w.in, w.count * c.ranks * sizeof(float));
+    if (!barrier(c))
+      return;
+    const size_t first = static_cast<size_t>(c.rank) * w.count;
+    for (size_t i = 0; i < w.count; ++i) {
+      float sum = 0;
+      for (int r = 0; r < c.ranks; ++r)
+        sum += s.slot[r][first + i];
       w.out[i] = sum;
     }
     barrier(c);
@@ -190,10 +224,14 @@ void run(void *arg) {
 
 ncclResult_t enqueue(Comm *c, Kind kind, const void *in, void *out,
                      size_t count, int type, int peer, void *stream) {
-  if (!c || type != 7 /* ncclFloat32 */ || peer < 0 || peer >= c->ranks)
+  // ncclFloat32 everywhere; ncclBfloat16 (9) for an all-gather.
+  bool bf16 = kind == Kind::AllGather && type == 9;
+  if (!c || (type != 7 && !bf16) || peer < 0 || peer >= c->ranks)
     return ncclInvalidArgument;
   size_t limit = kind == Kind::Send || kind == Kind::Receive
                      ? kSlotFloats / kMaxRanks
+                 : kind == Kind::ReduceScatter
+                     ? kSlotFloats / static_cast<size_t>(c ? c->ranks : 1)
                      : kSlotFloats;
   if (count > limit) {
     std::fprintf(stderr,
@@ -205,9 +243,9 @@ ncclResult_t enqueue(Comm *c, Kind kind, const void *in, void *out,
     return c->error;
   if (!findDriver())
     return ncclSystemError;
-  c->work.push_back(
-      std::make_unique<Work>(Work{c, kind, static_cast<const float *>(in),
-                                  static_cast<float *>(out), count, peer}));
+  c->work.push_back(std::make_unique<Work>(
+      Work{c, kind, static_cast<const float *>(in), static_cast<float *>(out),
+           count, peer, bf16 ? size_t(2) : sizeof(float)}));
   Work *work = c->work.back().get();
   return launchHostFunc(stream, run, work) == 0 ? ncclSuccess : ncclSystemError;
 }
@@ -332,6 +370,20 @@ __attribute__((visibility("default"))) ncclResult_t
 ncclBroadcast(const void *in, void *out, size_t count, int type, int root,
               Comm *c, void *stream) {
   return enqueue(c, Kind::Broadcast, in, out, count, type, root, stream);
+}
+
+__attribute__((visibility("default"))) ncclResult_t
+ncclAllGather(const void *in, void *out, size_t count, int type, Comm *c,
+              void *stream) {
+  return enqueue(c, Kind::AllGather, in, out, count, type, 0, stream);
+}
+
+__attribute__((visibility("default"))) ncclResult_t
+ncclReduceScatter(const void *in, void *out, size_t count, int type, int op,
+                  Comm *c, void *stream) {
+  if (op != 0 /* ncclSum */)
+    return ncclInvalidArgument;
+  return enqueue(c, Kind::ReduceScatter, in, out, count, type, 0, stream);
 }
 
 __attribute__((visibility("default"))) ncclResult_t

@@ -213,10 +213,18 @@ TEST(EnginePlanTest, MalformedReplicaPlansAreNamed) {
        "and storage of its own"},
       {replaced(text, "\"collective\":\"all_gather\",\"args\":[1]",
                 "\"collective\":\"all_gather\",\"args\":[3]"),
-       "a all_gather needs a 2-D F32 argument and result of one shape"},
+       "a all_gather needs a 2-D argument and result of one shape and type"},
       {replaced(text, "\"collective\":\"reduce_scatter\",\"args\":[3]",
                 "\"collective\":\"reduce_scatter\",\"args\":[1]"),
-       "a reduce_scatter needs a 2-D F32 argument and result of one shape"},
+       "a reduce_scatter needs a 2-D argument and result of one shape and "
+       "type"},
+      {replaced(text,
+                "\"id\":4,\"kind\":\"buffer\",\"rows_per_token\":1,"
+                "\"dtype\":\"F32\"",
+                "\"id\":4,\"kind\":\"buffer\",\"rows_per_token\":1,"
+                "\"dtype\":\"BF16\""),
+       "a reduce_scatter needs a 2-D argument and result of one shape and "
+       "type (F32, or BF16 for a gather)"},
       {replaced(text, "\"results\":[4]", "\"results\":[4,2]"),
        "a reduce_scatter needs one argument and one result"},
   };

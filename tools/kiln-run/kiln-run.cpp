@@ -239,8 +239,7 @@ int main(int argc, char **argv) {
   // Every rank of a tensor-parallel group runs the same steps and computes
   // the same logits: the first rank of each replica prints them and writes
   // the dump.
-  int64_t perReplica = model->ranks() / replicas;
-  bool leader = model->rank() % perReplica == 0;
+  bool leader = model->replicaRank() == 0;
   if (!leader && !std::freopen("/dev/null", "w", stdout))
     return fail("cannot silence the output of rank " +
                 std::to_string(model->rank()));

@@ -128,8 +128,8 @@ static cl::opt<int64_t> attentionReplicas(
              "each running its own sequence, with the routed experts "
              "divided over all tp x dp ranks and tokens exchanged around "
              "each MoE block; --ep wider than --tp implies --dp ep / tp. "
-             "Host engines run it (one process per rank, a sequence per "
-             "replica); sm_90a engines and --pp do not yet"),
+             "Engines run it (one process per rank, a sequence per "
+             "replica)"),
     cl::value_desc("replicas"), cl::cat(parallelCategory));
 
 static cl::opt<bool>
@@ -231,22 +231,6 @@ static int runCompile() {
         << "--ep " << expertParallel << " does not divide the " << worldRanks
         << " ranks (--tp x --dp): expert-parallel groups are made of "
            "whole ranks\n";
-    return 1;
-  }
-  // The host runtime exchanges replicas' rows over MPI; NCCL's exchange and
-  // pipelines of replicas are not built yet.
-  if (attentionReplicas > 1 && !target.empty() &&
-      (target != "host" || pipelineParallel > 1)) {
-    WithColor::error(errs(), "kilnc")
-        << "--dp " << attentionReplicas
-        << (pipelineParallel > 1
-                ? " with --pp: engines of data-parallel attention run in one "
-                  "pipeline stage only so far"
-                : ": data-parallel attention runs in host engines only so far "
-                  "(--target host); the CUDA runtime has no token exchange "
-                  "between replicas yet")
-        << "; write the graph with -o and evaluate it with kiln-ref "
-           "--graph, or see its costs with --report\n";
     return 1;
   }
   stage("fusing and partitioning");

@@ -90,11 +90,14 @@ LogicalResult mlir::kiln::convertKernelsToGpu(ModuleOp module) {
                                    module.getLoc()));
   }
 
-  // The element type each call result is stored in on the GPU.
+  // The element type each call (and all-gather) result is stored in on the
+  // GPU.
   Builder b(context);
-  module.walk([&](func::CallOp call) {
+  module.walk([&](Operation *call) {
+    if (!isa<func::CallOp, AllGatherOp>(call))
+      return;
     SmallVector<Attribute> types;
-    for (Value r : call.getResults()) {
+    for (Value r : call->getResults()) {
       Type t = program->storage.lookup(r);
       if (!t)
         t = cast<RankedTensorType>(r.getType()).getElementType();

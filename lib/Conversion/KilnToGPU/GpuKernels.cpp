@@ -72,6 +72,13 @@ FailureOr<GpuProgram> mlir::kiln::cuda::generateGpuKernels(ModuleOp module) {
   llvm::StringMap<SmallVector<Type>> operandTypes;
   Builder b(module.getContext());
   for (Operation &op : graph.getBody().front()) {
+    // An all-gather moves rows as they are stored (the normed bf16 rows a
+    // MoE block's GEMMs read); sums stay in f32.
+    if (auto gather = dyn_cast<AllGatherOp>(op)) {
+      if (Type t = program.storage.lookup(gather.getInput()))
+        program.storage[gather.getResult()] = t;
+      continue;
+    }
     auto call = dyn_cast<func::CallOp>(op);
     if (!call)
       continue;

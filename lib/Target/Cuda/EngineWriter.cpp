@@ -1,7 +1,6 @@
 //===- EngineWriter.cpp - sm_90a engines from kernel graphs ---------------===//
 
 #include "kiln/Target/Cuda/EngineWriter.h"
-#include "dialects/kiln/KilnOps.h"
 #include "kiln/Conversion/KilnToGPU/GpuKernels.h"
 #include "kiln/Conversion/KilnToGPU/LaunchAttrs.h"
 #include "kiln/Target/EnginePlan.h"
@@ -21,12 +20,6 @@ static llvm::Error makeError(const llvm::Twine &message) {
 
 llvm::Expected<CudaEngine>
 mlir::kiln::cuda::buildCudaEngine(ModuleOp module, StringRef workDir) {
-  // The CUDA runtime has no exchange of rows between replicas yet.
-  if (module->hasAttr(KilnDialect::getAttentionReplicasAttrName()))
-    return makeError("data-parallel attention replicas ('" +
-                     KilnDialect::getAttentionReplicasAttrName() +
-                     "') cannot be built into an sm_90a engine yet: the CUDA "
-                     "runtime cannot exchange rows between replicas");
   // The GPU functions and their launch descriptions, generated here unless
   // kiln-convert-kernels-to-gpu ran already.
   auto kernels = module.lookupSymbol<gpu::GPUModuleOp>(kKernelModuleName);

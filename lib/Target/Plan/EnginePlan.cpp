@@ -116,14 +116,6 @@ llvm::Expected<plan::Plan> mlir::kiln::buildEnginePlan(
   if (failed(stages))
     return makeError("the graph's pipeline stages are inconsistent");
   result.pipelineStages = stages->stages;
-  // The runtime exchanges rows between replicas within one stage's ranks;
-  // a pipeline would also need each replica's own hand-overs and logits.
-  if (result.attentionReplicas > 1 && result.pipelineStages > 1)
-    return makeError("data-parallel attention replicas ('" +
-                     KilnDialect::getAttentionReplicasAttrName() +
-                     "') with pipeline stages cannot be built into an engine "
-                     "yet: the runtime exchanges replicas' rows only in an "
-                     "engine of one stage");
   // What an all_gather starts and its reduce_scatter ends holds every
   // replica's rows: the kernels in between read only such values, weights
   // and the rank.
@@ -161,6 +153,7 @@ llvm::Expected<plan::Plan> mlir::kiln::buildEnginePlan(
       plan::Launch launch;
       launch.kind = isa<AllGatherOp>(op) ? plan::LaunchKind::AllGather
                                          : plan::LaunchKind::ReduceScatter;
+      launch.stage = stageOf(stages->of(&op));
       launch.args.push_back(ids.lookup(op.getOperand(0)));
       plan::Value entry;
       entry.gathered = gathered.contains(op.getResult(0));

@@ -140,6 +140,10 @@ KILN_API int64_t kiln_model_ranks(const kiln_model *model);
  * replicas (1 without them) and this rank's replica (0 without them). */
 KILN_API int64_t kiln_model_replicas(const kiln_model *model);
 KILN_API int64_t kiln_model_replica(const kiln_model *model);
+/* This rank's place among its replica's ranks (in every pipeline stage), in
+ * rank order: 0 for one rank of each replica, the one that usually prints
+ * for it. Without replicas, kiln_model_rank. */
+KILN_API int64_t kiln_model_replica_rank(const kiln_model *model);
 /* After an error in a multi-rank run: ends every rank of the job with
  * `exit_code` (MPI_Abort), so that no rank waits forever in a collective
  * for this one. Returns (doing nothing) in a single-rank process. */

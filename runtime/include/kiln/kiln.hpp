@@ -89,6 +89,7 @@ public:
   int64_t ranks() const { return kiln_model_ranks(handle); }
   int64_t replicas() const { return kiln_model_replicas(handle); }
   int64_t replica() const { return kiln_model_replica(handle); }
+  int64_t replicaRank() const { return kiln_model_replica_rank(handle); }
   int64_t maxPositions() const { return kiln_model_max_positions(handle); }
   /// See kiln_abort_ranks.
   static void abortRanks(int exitCode) { kiln_abort_ranks(exitCode); }

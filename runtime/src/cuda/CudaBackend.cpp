@@ -163,7 +163,16 @@ public:
 
 private:
   /// What a prepared entry enqueues: a kernel, or an NCCL collective.
-  enum class Op { Kernel, AllReduce, Send, Receive, Broadcast };
+  enum class Op {
+    Kernel,
+    AllReduce,
+    Send,
+    Receive,
+    Broadcast,
+    AllGather,
+    ReduceScatter,
+    Copy
+  };
   struct Prepared {
     /// The plan launch this GPU launch belongs to.
     size_t launch = 0;
@@ -172,10 +181,13 @@ private:
     unsigned grid[3] = {1, 1, 1};
     unsigned block = 0, shared = 0;
     std::vector<int64_t> fields;
-    /// Collectives: buffers, float count, peer (send / receive) or root
-    /// (broadcast), in the communicator `comm`.
+    /// Collectives: buffers, element count (per rank for a gather or
+    /// scatter; f32 unless `bf16`), peer (send / receive) or root
+    /// (broadcast), in the communicator `comm`. Copy: `count` elements from
+    /// `in` to `out`.
     CUdeviceptr in = 0, out = 0;
     size_t count = 0;
+    bool bf16 = false;
     int peer = 0;
     nccl::ncclComm_t comm = nullptr;
     std::string name; // "function (kernel k)", for errors
@@ -184,8 +196,8 @@ private:
       return op == o.op && function == o.function &&
              std::equal(grid, grid + 3, o.grid) && block == o.block &&
              shared == o.shared && fields == o.fields && in == o.in &&
-             out == o.out && count == o.count && peer == o.peer &&
-             comm == o.comm;
+             out == o.out && count == o.count && bf16 == o.bf16 &&
+             peer == o.peer && comm == o.comm;
     }
   };
   struct Timed {
@@ -206,6 +218,8 @@ private:
   }
   /// Makes room for the step's rows in every pool and counts them.
   bool prepareSlots(const Step &step, std::string &error);
+  /// The copies and collectives of an AllGather or ReduceScatter launch.
+  bool prepareExchange(const Step &step, size_t li, std::string &error);
   bool enqueue(const Prepared &p, std::string &error);
   /// Waits for the stream: cuStreamSynchronize, or with collectives a poll
   /// of the stream and of NCCL's asynchronous errors.
@@ -222,6 +236,9 @@ private:
   std::vector<CUdeviceptr> valuePtr;    // per plan value
   std::vector<DeviceBuffer> ownBuffers; // per plan value (non-arena)
   DeviceBuffer arena, tokens, positions, scratch, greedy, sampleRequest, rank;
+  /// Attention replicas' exchanges: this rank's piece of rows, padded, and
+  /// every rank's pieces, padded.
+  DeviceBuffer piece, pieces;
   int64_t rankHost = 0;
   /// {temperature, top_k, top_p, u} of the step being sampled.
   double sampleHost[4] = {};
@@ -259,10 +276,28 @@ public:
   /// Per plan value: the device copy of a weight or repacking.
   std::vector<CUdeviceptr> weightPtr;
   /// Multi-rank engines: NCCL, a communicator over every rank (stage
-  /// hand-overs, the logits' broadcast) and one over the stage's
-  /// tensor-parallel group (all-reduces; the same one without stages).
+  /// hand-overs), one over the stage's tensor-parallel group (all-reduces;
+  /// the same one without stages or replicas), and with attention replicas
+  /// one over the stage's ranks (the exchanges) and one over the replica's
+  /// ranks of every stage (the logits' broadcast); each is `world` where it
+  /// would hold the same ranks.
   std::unique_ptr<nccl::Library> nccl;
-  nccl::ncclComm_t world = nullptr, group = nullptr;
+  nccl::ncclComm_t world = nullptr, group = nullptr, exchange = nullptr,
+                   line = nullptr;
+  /// The distinct communicators, `world` first.
+  std::vector<nccl::ncclComm_t> communicators() const {
+    std::vector<nccl::ncclComm_t> all;
+    for (nccl::ncclComm_t c : {world, group, exchange, line})
+      if (c && std::find(all.begin(), all.end(), c) == all.end())
+        all.push_back(c);
+    return all;
+  }
+  /// After a failure: aborts every communicator (no collective can follow).
+  void abortCommunicators() {
+    for (nccl::ncclComm_t c : communicators())
+      nccl->commAbort(c);
+    world = group = exchange = line = nullptr;
+  }
   bool ncclFailed = false;
   /// Polls NCCL's asynchronous errors; on one, aborts the communicators
   /// and says which rank saw what.
@@ -278,7 +313,7 @@ public:
 bool CudaModel::collectiveError(std::string &error) {
   if (!nccl)
     return false;
-  for (nccl::ncclComm_t comm : {world, group}) {
+  for (nccl::ncclComm_t comm : communicators()) {
     nccl::ncclResult_t async = nccl::ncclSuccess;
     if (!comm || nccl->commGetAsyncError(comm, &async) != nccl::ncclSuccess ||
         async == nccl::ncclSuccess || async == nccl::ncclInProgress)
@@ -287,10 +322,7 @@ bool CudaModel::collectiveError(std::string &error) {
             nccl->describe("a collective", async) +
             "; another rank failed or left";
     ncclFailed = true;
-    nccl->commAbort(world);
-    if (group != world)
-      nccl->commAbort(group);
-    world = group = nullptr;
+    abortCommunicators();
     return true;
   }
   return false;
@@ -301,12 +333,9 @@ CudaModel::~CudaModel() {
     return;
   if (context)
     driver->cuCtxSetCurrent(context);
-  if (nccl) {
-    if (group && group != world)
-      nccl->commDestroy(group);
-    if (world)
-      nccl->commDestroy(world);
-  }
+  if (nccl)
+    for (nccl::ncclComm_t c : communicators())
+      nccl->commDestroy(c);
   Allocator memory{*driver, false};
   for (DeviceBuffer &b : weights)
     memory.release(b);
@@ -383,15 +412,6 @@ Status kiln::openCudaBackend(const EngineFile &engine, const BoundPlan &bound,
                              std::unique_ptr<Backend> &out) {
   const std::string &enginePath = bound.enginePath;
   const plan::Plan &plan = bound.plan;
-  // Exchanging replicas' rows over NCCL is not built yet (kilnc does not
-  // build such engines; this catches one made otherwise).
-  if (plan.attentionReplicas > 1)
-    return Status::error(StatusCode::InvalidEngine,
-                         enginePath + ": " +
-                             std::to_string(plan.attentionReplicas) +
-                             " data-parallel attention replicas: the CUDA "
-                             "runtime cannot exchange rows between replicas "
-                             "yet (host engines can)");
   auto s = std::make_unique<CudaModel>();
   s->bound = &bound;
   s->options = options;
@@ -539,9 +559,17 @@ Status kiln::openCudaBackend(const EngineFile &engine, const BoundPlan &bound,
     };
     if (Status st = open(*bound.comm, s->world); !st.ok())
       return st;
-    s->group = s->world;
-    if (plan.pipelineStages > 1 && plan.tensorParallel > 1)
+    s->group = s->exchange = s->line = s->world;
+    bool replicas = plan.attentionReplicas > 1,
+         stages = plan.pipelineStages > 1;
+    if ((stages && plan.tensorParallel > 1) || replicas)
       if (Status st = open(*bound.group, s->group); !st.ok())
+        return st;
+    if (replicas && stages)
+      if (Status st = open(*bound.exchange, s->exchange); !st.ok())
+        return st;
+    if (replicas && stages)
+      if (Status st = open(*bound.line, s->line); !st.ok())
         return st;
   }
 
@@ -756,7 +784,12 @@ bool CudaSession::enqueue(const Prepared &p, std::string &error) {
     timed = {p.profileKey, event(), event()};
     driver.cuEventRecord(timed.begin, stream);
   }
-  if (p.op != Op::Kernel) {
+  if (p.op == Op::Copy) {
+    if (!check(driver.cuMemcpyDtoDAsync(p.out, p.in, p.count * (p.bf16 ? 2 : 4),
+                                        stream),
+               "cuMemcpyDtoDAsync(" + p.name + ")", error))
+      return false;
+  } else if (p.op != Op::Kernel) {
     nccl::Library &n = *model.nccl;
     auto *s = reinterpret_cast<nccl::cudaStream_t>(stream);
     const void *in = reinterpret_cast<const void *>(p.in);
@@ -772,6 +805,15 @@ bool CudaSession::enqueue(const Prepared &p, std::string &error) {
       break;
     case Op::Receive:
       r = n.recv(out, p.count, nccl::ncclFloat32, p.peer, p.comm, s);
+      break;
+    case Op::AllGather:
+      r = n.allGather(in, out, p.count,
+                      p.bf16 ? nccl::ncclBfloat16 : nccl::ncclFloat32, p.comm,
+                      s);
+      break;
+    case Op::ReduceScatter:
+      r = n.reduceScatter(in, out, p.count, nccl::ncclFloat32, nccl::ncclSum,
+                          p.comm, s);
       break;
     default: // in place: the root's buffer is the value
       r = n.broadcast(out, out, p.count, nccl::ncclFloat32, p.peer, p.comm, s);
@@ -817,14 +859,115 @@ bool CudaSession::wait(const std::string &what, std::string &error) {
               " did not finish in " + std::to_string(seconds) +
               " s (a collective waits for a rank that stopped); "
               "aborting NCCL";
-      model.nccl->commAbort(model.world);
-      if (model.group != model.world)
-        model.nccl->commAbort(model.group);
-      model.world = model.group = nullptr;
+      model.abortCommunicators();
       return false;
     }
     std::this_thread::sleep_for(std::chrono::microseconds(50));
   }
+}
+
+bool CudaSession::prepareExchange(const Step &step, size_t li,
+                                  std::string &error) {
+  // NCCL's all-gather and reduce-scatter move one size from every rank, and
+  // a replica's rows are split over its ranks in pieces that differ between
+  // replicas: each piece travels padded to the step's largest, copied in
+  // and out on the stream (so a decode step stays one captured graph).
+  const plan::Plan &plan = model.bound->plan;
+  const BoundPlan &bound = *model.bound;
+  const plan::Launch &l = plan.launches[li];
+  int64_t perReplica = plan.replicaRanks(), ranks = plan.tensorParallel;
+  size_t width = static_cast<size_t>(plan.values[l.args[0]].shape[1]);
+  bool bf16 = plan.values[l.args[0]].dtype == plan::DType::BF16;
+  size_t element = bf16 ? 2 : 4;
+  // Rank k's piece: its rows in its replica's rows and in the gathered rows.
+  std::vector<int64_t> begin(ranks), rows(ranks), at(ranks);
+  int64_t gathered = 0, padded = 0;
+  for (int64_t k = 0; k < ranks; ++k) {
+    int64_t tokens = step.replicaTokens[k / perReplica];
+    int64_t part = k % perReplica;
+    begin[k] = tokens * part / perReplica;
+    rows[k] = tokens * (part + 1) / perReplica - begin[k];
+    at[k] = gathered + begin[k];
+    if (part + 1 == perReplica)
+      gathered += tokens;
+    padded = std::max(padded, rows[k]);
+  }
+  if (padded == 0)
+    return true;                                     // every replica is idle
+  size_t slab = static_cast<size_t>(padded) * width; // elements per piece
+  // Sized for the widest exchange of the plan in f32, so that no exchange
+  // of the step moves the buffers under the ones prepared before it.
+  size_t widest = 0;
+  for (const plan::Launch &other : plan.launches)
+    if (other.kind == plan::LaunchKind::AllGather ||
+        other.kind == plan::LaunchKind::ReduceScatter)
+      widest = std::max(
+          widest, static_cast<size_t>(plan.values[other.args[0]].shape[1]));
+  size_t room = static_cast<size_t>(padded) * widest * sizeof(float);
+  if (!ensure(piece, room, error) || !ensure(pieces, room * ranks, error))
+    return false;
+  if (!model.exchange || !model.group) {
+    error = "rank " + std::to_string(bound.rank) +
+            ": the NCCL communicators were aborted after an earlier failure";
+    return false;
+  }
+  auto rowPtr = [&](CUdeviceptr base, int64_t row) {
+    return base + static_cast<CUdeviceptr>(row) * width * element;
+  };
+  auto slot = [&](CUdeviceptr base, int64_t k) {
+    return base + static_cast<CUdeviceptr>(k) * slab * element;
+  };
+  std::string suffix = " (plan launch " + std::to_string(li) + ")";
+  auto copy = [&](CUdeviceptr from, CUdeviceptr to, int64_t n) {
+    if (n == 0)
+      return;
+    Prepared p;
+    p.launch = li;
+    p.op = Op::Copy;
+    p.in = from;
+    p.out = to;
+    p.count = static_cast<size_t>(n) * width;
+    p.bf16 = bf16;
+    p.name = "exchange copy" + suffix;
+    p.profileKey = "exchange-copy@" + std::to_string(step.tokenCount);
+    prepared.push_back(std::move(p));
+  };
+  auto collective = [&](Op op, const char *name, CUdeviceptr in,
+                        CUdeviceptr out, nccl::ncclComm_t comm) {
+    Prepared p;
+    p.launch = li;
+    p.op = op;
+    p.in = in;
+    p.out = out;
+    p.count = slab;
+    p.bf16 = bf16;
+    p.comm = comm;
+    p.name = name + suffix;
+    p.profileKey = std::string(name) + "@" + std::to_string(step.tokenCount);
+    prepared.push_back(std::move(p));
+  };
+  CUdeviceptr in = valuePtr[l.args[0]], out = valuePtr[l.results[0]];
+  int64_t me = bound.groupRank;
+  if (l.kind == plan::LaunchKind::AllGather) {
+    copy(rowPtr(in, begin[me]), piece.ptr, rows[me]);
+    collective(Op::AllGather, "ncclAllGather", piece.ptr, pieces.ptr,
+               model.exchange);
+    for (int64_t k = 0; k < ranks; ++k)
+      copy(slot(pieces.ptr, k), rowPtr(out, at[k]), rows[k]);
+    return true;
+  }
+  // The sum of every rank's piece k lands on rank k; the replica's ranks
+  // then put their pieces together.
+  for (int64_t k = 0; k < ranks; ++k)
+    copy(rowPtr(in, at[k]), slot(pieces.ptr, k), rows[k]);
+  collective(Op::ReduceScatter, "ncclReduceScatter", pieces.ptr, piece.ptr,
+             model.exchange);
+  collective(Op::AllGather, "ncclAllGather", piece.ptr, pieces.ptr,
+             model.group);
+  int64_t first = bound.replica * perReplica;
+  for (int64_t j = 0; j < perReplica; ++j)
+    copy(slot(pieces.ptr, j), rowPtr(out, begin[first + j]), rows[first + j]);
+  return true;
 }
 
 bool CudaSession::prepareSlots(const Step &step, std::string &error) {
@@ -920,8 +1063,8 @@ bool CudaSession::runStep(const Step &step, StepOutput &out,
 
   for (size_t id = 0; id < plan.values.size(); ++id) {
     const plan::Value &v = plan.values[id];
-    if (v.kind != plan::ValueKind::Input)
-      continue;
+    if (v.kind != plan::ValueKind::Input || (t == 0 && v.input != "rank"))
+      continue; // an idle replica's step has no tokens
     if (v.input == "rank") {
       // Expert-parallel routing reads the rank in its tensor-parallel group.
       rankHost = model.bound->groupRank;
@@ -955,6 +1098,18 @@ bool CudaSession::runStep(const Step &step, StepOutput &out,
     const plan::Launch &l = plan.launches[li];
     if (!bound.takesPart(l))
       continue; // another pipeline stage's
+    bool exchange = l.kind == plan::LaunchKind::AllGather ||
+                    l.kind == plan::LaunchKind::ReduceScatter;
+    // An idle replica's ranks (no tokens of their own in this step) run only
+    // the exchanges and the kernels on every replica's rows.
+    if (!exchange && [&] {
+          for (size_t i = 0; i < l.operandCount(); ++i)
+            if (plan.values[l.operand(i)].isDynamic() &&
+                step.rows[l.operand(i)] == 0)
+              return true;
+          return false;
+        }())
+      continue;
     bool receives = bound.receives(l);
     for (int64_t id : l.results) {
       const plan::Value &v = plan.values[id];
@@ -968,6 +1123,11 @@ bool CudaSession::runStep(const Step &step, StepOutput &out,
       if (!ensure(ownBuffers[id], n * plan::elementSize(v.dtype), error))
         return false;
       valuePtr[id] = ownBuffers[id].ptr;
+    }
+    if (exchange) {
+      if (!prepareExchange(step, li, error))
+        return false;
+      continue;
     }
     if (l.kind != plan::LaunchKind::Kernel) {
       Prepared p;
@@ -991,9 +1151,11 @@ bool CudaSession::runStep(const Step &step, StepOutput &out,
         p.name = receives ? "ncclRecv" : "ncclSend";
         break;
       default:
+        // Over the ranks whose stages broadcast to this one: every rank, or
+        // this rank's replica in every stage.
         p.op = Op::Broadcast;
-        p.peer = static_cast<int>(l.stage * tp);
-        p.comm = model.world;
+        p.peer = static_cast<int>(l.stage * plan.replicaRanks());
+        p.comm = model.line;
         p.name = "ncclBroadcast";
         break;
       }
@@ -1307,6 +1469,8 @@ bool CudaSession::runStep(const Step &step, StepOutput &out,
   std::vector<float> &logits = out.logits;
   int64_t logitRows = step.rows[plan.logits];
   logits.resize(static_cast<size_t>(logitRows * vocab));
+  if (logitRows == 0) // an idle replica's step
+    return wait("the step (last launch: " + lastKernel + ")", error);
   // The last row only, when that is all the caller wants.
   CUdeviceptr from = valuePtr[plan.logits];
   if (step.mode != OutputMode::AllLogits && logitRows > 1) {

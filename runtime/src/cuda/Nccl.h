@@ -25,7 +25,8 @@ struct ncclUniqueId {
 constexpr ncclResult_t ncclSuccess = 0;
 constexpr ncclResult_t ncclInProgress = 7;
 constexpr int ncclFloat32 = 7; // ncclDataType_t
-constexpr int ncclSum = 0;     // ncclRedOp_t
+constexpr int ncclBfloat16 = 9;
+constexpr int ncclSum = 0; // ncclRedOp_t
 
 // One line per entry point: member, symbol, signature.
 #define KILN_NCCL_ENTRY_POINTS(X)                                              \
@@ -38,6 +39,12 @@ constexpr int ncclSum = 0;     // ncclRedOp_t
   X(commGetAsyncError, "ncclCommGetAsyncError",                                \
     ncclResult_t (*)(ncclComm_t, ncclResult_t *))                              \
   X(allReduce, "ncclAllReduce",                                                \
+    ncclResult_t (*)(const void *, void *, size_t, int, int, ncclComm_t,       \
+                     cudaStream_t))                                            \
+  X(allGather, "ncclAllGather",                                                \
+    ncclResult_t (*)(const void *, void *, size_t, int, ncclComm_t,            \
+                     cudaStream_t))                                            \
+  X(reduceScatter, "ncclReduceScatter",                                        \
     ncclResult_t (*)(const void *, void *, size_t, int, int, ncclComm_t,       \
                      cudaStream_t))                                            \
   X(broadcast, "ncclBroadcast",                                                \

@@ -122,6 +122,10 @@ public:
   /// replica (1 and 0 without them).
   int64_t replicas() const;
   int64_t replica() const;
+  /// This rank's place among its replica's ranks (every stage's), in rank
+  /// order: 0 for the rank that prints for the replica. rank() without
+  /// replicas.
+  int64_t replicaRank() const;
   const std::vector<int64_t> &eosTokenIds() const;
   /// The model's max_position_embeddings; 0 when the engine does not say.
   int64_t maxPositions() const;
