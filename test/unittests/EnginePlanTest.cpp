@@ -4,6 +4,7 @@
 
 #include <cstring>
 #include <gtest/gtest.h>
+#include <vector>
 
 using namespace kiln::plan;
 
@@ -83,6 +84,22 @@ std::string errorOf(const std::string &text) {
   std::string error;
   EXPECT_FALSE(readPlan(text, "tp.kiln", out, error)) << text;
   return error;
+}
+
+/// A malformed plan and what its error must say.
+struct PlanCase {
+  std::string text, message;
+};
+
+/// Every case is refused, naming the engine and its problem.
+void expectNamed(const std::vector<PlanCase> &cases) {
+  for (const PlanCase &c : cases) {
+    std::string error = errorOf(c.text);
+    EXPECT_NE(error.find("tp.kiln: malformed plan:"), std::string::npos)
+        << error;
+    EXPECT_NE(error.find(c.message), std::string::npos)
+        << c.message << " -> " << error;
+  }
 }
 
 std::string replaced(std::string text, const std::string &from,
@@ -198,9 +215,7 @@ TEST(EnginePlanTest, ReplicaFieldsRoundTrip) {
 
 TEST(EnginePlanTest, MalformedReplicaPlansAreNamed) {
   std::string text = writePlan(replicaPlan());
-  struct Case {
-    std::string text, message;
-  } cases[] = {
+  expectNamed({
       {replaced(text, "\"attention_replicas\":2", "\"attention_replicas\":3"),
        "attention_replicas 3 does not divide tensor_parallel 4"},
       {replaced(text, "\"attention_replicas\":2", "\"attention_replicas\":8"),
@@ -227,14 +242,7 @@ TEST(EnginePlanTest, MalformedReplicaPlansAreNamed) {
        "type (F32, or BF16 for a gather)"},
       {replaced(text, "\"results\":[4]", "\"results\":[4,2]"),
        "a reduce_scatter needs one argument and one result"},
-  };
-  for (const Case &c : cases) {
-    std::string error = errorOf(c.text);
-    EXPECT_NE(error.find("tp.kiln: malformed plan:"), std::string::npos)
-        << error;
-    EXPECT_NE(error.find(c.message), std::string::npos)
-        << c.message << " -> " << error;
-  }
+  });
 }
 
 TEST(EnginePlanTest, PipelineFieldsRoundTrip) {
@@ -255,9 +263,7 @@ TEST(EnginePlanTest, PipelineFieldsRoundTrip) {
 
 TEST(EnginePlanTest, MalformedPipelinePlansAreNamed) {
   std::string text = writePlan(pipelinePlan());
-  struct Case {
-    std::string text, message;
-  } cases[] = {
+  expectNamed({
       {replaced(text, "\"pipeline_stages\":2", "\"pipeline_stages\":1"),
        "value 1: stage 1 is outside [-1, 0)"},
       {replaced(text, "\"collective\":\"stage_send\",\"stage\":0",
@@ -268,21 +274,12 @@ TEST(EnginePlanTest, MalformedPipelinePlansAreNamed) {
        "the same value for a broadcast"},
       {replaced(text, "\"stage\":1,\"dtype\"", "\"stage\":2,\"dtype\""),
        "stage"},
-  };
-  for (const Case &c : cases) {
-    std::string error = errorOf(c.text);
-    EXPECT_NE(error.find("tp.kiln: malformed plan:"), std::string::npos)
-        << error;
-    EXPECT_NE(error.find(c.message), std::string::npos)
-        << c.message << " -> " << error;
-  }
+  });
 }
 
 TEST(EnginePlanTest, MalformedTensorParallelPlansAreNamed) {
   std::string text = writePlan(tensorParallelPlan());
-  struct Case {
-    std::string text, message;
-  } cases[] = {
+  expectNamed({
       {replaced(text, "\"tensor_parallel\":2", "\"tensor_parallel\":1"),
        "a sharded weight in an engine of one rank"},
       {replaced(text, "\"shard\":[1,2,1,0]", "\"shard\":[2,2,1,0]"),
@@ -307,14 +304,7 @@ TEST(EnginePlanTest, MalformedTensorParallelPlansAreNamed) {
        "an all_reduce needs one F32 argument and one result of its shape"},
       {replaced(text, "\"tensor_parallel\":2", "\"tensor_parallel\":0"),
        "tensor_parallel"},
-  };
-  for (const Case &c : cases) {
-    std::string error = errorOf(c.text);
-    EXPECT_NE(error.find("tp.kiln: malformed plan:"), std::string::npos)
-        << error;
-    EXPECT_NE(error.find(c.message), std::string::npos)
-        << c.message << " -> " << error;
-  }
+  });
 }
 
 TEST(EnginePlanTest, PanelsLayColumnBlocksOutOneAfterAnother) {
