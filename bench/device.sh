@@ -141,9 +141,9 @@ if [ $gpu = 1 ]; then
     --device cuda > "$txt" 2>&1
   line=$(grep 'NCCL self-test' "$txt" | tail -1)
   result=FAIL
-  grep -q 'returned its input' <<<"$line" && result=pass
+  grep -q 'returned their input' <<<"$line" && result=pass
   log "NCCL one-rank: ${line:-$(tail -1 "$txt")} ($result)"
-  echo "{\"model\":\"NCCL one-rank all-reduce\",\"result\":\"$result\"}" >> "$logs/correctness.jsonl"
+  echo "{\"model\":\"NCCL one-rank all-reduce, all-gather, reduce-scatter\",\"result\":\"$result\"}" >> "$logs/correctness.jsonl"
 fi
 
 # --- speed ----------------------------------------------------------------

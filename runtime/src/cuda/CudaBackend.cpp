@@ -392,6 +392,29 @@ static Status ncclSelfTest(CudaModel &m, const std::string &enginePath) {
                     "cuMemcpyDtoH", error);
   if (ok && back != host)
     error = "a one-rank all-reduce changed its input", ok = false;
+  // The exchanges of data-parallel attention: the same bytes gathered as
+  // bf16 (2 per float) and reduce-scattered as f32 must come back as given.
+  for (int which = 0; ok && which < 2; ++which) {
+    const char *call = which == 0 ? "ncclAllGather" : "ncclReduceScatter";
+    auto *s = reinterpret_cast<nccl::cudaStream_t>(stream);
+    const void *from = reinterpret_cast<const void *>(in.ptr);
+    void *to = reinterpret_cast<void *>(out.ptr);
+    ok =
+        memory.check(d.cuMemsetD8(out.ptr, 0, kCount * 4), "cuMemsetD8", error);
+    r = !ok ? nccl::ncclSuccess
+        : which == 0
+            ? lib->allGather(from, to, 2 * kCount, nccl::ncclBfloat16, comm, s)
+            : lib->reduceScatter(from, to, kCount, nccl::ncclFloat32,
+                                 nccl::ncclSum, comm, s);
+    if (ok && r != nccl::ncclSuccess)
+      error = lib->describe(call, r), ok = false;
+    ok = ok && memory.check(d.cuStreamSynchronize(stream), call, error) &&
+         memory.check(d.cuMemcpyDtoH(back.data(), out.ptr, kCount * 4),
+                      "cuMemcpyDtoH", error);
+    if (ok && back != host)
+      error = std::string("a one-rank ") + call + " changed its input",
+      ok = false;
+  }
   lib->commDestroy(comm);
   if (stream)
     d.cuStreamDestroy(stream);
@@ -401,8 +424,9 @@ static Status ncclSelfTest(CudaModel &m, const std::string &enginePath) {
     return Status::error(StatusCode::DeviceError,
                          enginePath + ": NCCL self-test: " + error);
   std::fprintf(stderr,
-               "kiln: NCCL self-test: %s (version %d): one-rank all-reduce "
-               "of %zu floats on the stream returned its input\n",
+               "kiln: NCCL self-test: %s (version %d): one-rank all-reduce, "
+               "all-gather (bf16) and reduce-scatter of %zu floats on the "
+               "stream returned their input\n",
                lib->path().c_str(), version, kCount);
   return {};
 }
