@@ -10,7 +10,8 @@
 // An engine with data-parallel attention replicas (kilnc --dp) takes one
 // prompt and one dump per replica (--tokens / --tokens-file and
 // --dump-logits repeated, in replica order) or one prompt for all; the
-// first rank of each replica prints its lines, named by the replica.
+// first rank of each replica prints its lines, named by the replica, and
+// replica r samples with seed S + r.
 // MLIR-free: it links only the runtime, through its C API (kiln/kiln.h).
 //
 //===----------------------------------------------------------------------===//
@@ -44,26 +45,28 @@ int fail(const std::string &message) {
 }
 
 void usage() {
-  std::fprintf(stderr,
-               "usage: kiln-run MODEL.kiln --checkpoint DIR (--tokens LIST | "
-               "--tokens-file FILE)\n"
-               "                [--dump-logits OUT.npy] [--max-new-tokens N]\n"
-               "                [--temperature T] [--top-k K] [--top-p P] "
-               "[--seed S]\n"
-               "                [--ignore-eos] [--step N | --decode-from N]\n"
-               "                [--device auto|host|cuda] [--kv-tokens N] "
-               "[--max-context N]\n"
-               "                [--threads N]\n"
-               "--kv-tokens: context to reserve KV caches for (default: the "
-               "prompt plus\n"
-               "             --max-new-tokens; 0 grows them as needed)\n"
-               "--max-context: the longest run allowed (default: the model's "
-               "max_position_embeddings)\n"
-               "engines with attention replicas: --tokens/--tokens-file and "
-               "--dump-logits once per\n"
-               "             replica, in order (or one prompt for all)\n"
-               "--threads: threads of the host kernels (default: every core; "
-               "KILN_THREADS)\n");
+  std::fprintf(
+      stderr,
+      "usage: kiln-run MODEL.kiln --checkpoint DIR (--tokens LIST | "
+      "--tokens-file FILE)\n"
+      "                [--dump-logits OUT.npy] [--max-new-tokens N]\n"
+      "                [--temperature T] [--top-k K] [--top-p P] "
+      "[--seed S]\n"
+      "                [--ignore-eos] [--step N | --decode-from N]\n"
+      "                [--device auto|host|cuda] [--kv-tokens N] "
+      "[--max-context N]\n"
+      "                [--threads N]\n"
+      "--kv-tokens: context to reserve KV caches for (default: the "
+      "prompt plus\n"
+      "             --max-new-tokens; 0 grows them as needed)\n"
+      "--max-context: the longest run allowed (default: the model's "
+      "max_position_embeddings)\n"
+      "engines with attention replicas: --tokens/--tokens-file and "
+      "--dump-logits once per\n"
+      "             replica, in order (or one prompt for all); replica r "
+      "samples with --seed S + r\n"
+      "--threads: threads of the host kernels (default: every core; "
+      "KILN_THREADS)\n");
 }
 
 bool parseNumber(const char *text, double &out) {
@@ -217,6 +220,12 @@ int main(int argc, char **argv) {
   };
   const std::vector<int64_t> &prompt = promptOf(replica);
   std::string dumpLogits = dumps.empty() ? "" : dumps[replica];
+  // Replicas sampling one prompt draw different continuations: replica r
+  // draws with seed S + r (replica 0 as a one-replica engine would).
+  if (replica > 0 && !(sampler = kiln::api::Sampler::create(
+                           temperature, topK, topP,
+                           seed + static_cast<uint64_t>(replica), error)))
+    return fail(error);
   // A run past the model's context is refused before anything is sized
   // for it, unless the caller raises the bound.
   long context = maxContext > 0 ? maxContext : model->maxPositions();
