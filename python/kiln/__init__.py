@@ -324,7 +324,11 @@ class Session:
         return int(output.token)
 
     def generate(self, prompt, count, sampler=None, stop_at_eos=True):
-        """The next `count` tokens after `prompt`, as a list."""
+        """The next `count` tokens after `prompt`, as a list.
+
+        With attention replicas every rank must take the same number of
+        steps: give every replica a prompt whose steps match, pass
+        stop_at_eos=False, or step with next_token() and idle()."""
         eos = set(self._model.eos_tokens) if stop_at_eos else set()
         tokens, step = [], prompt
         for _ in range(count):
