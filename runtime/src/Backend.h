@@ -164,6 +164,11 @@ struct Step {
   /// (this rank's replica's is tokenCount; a replica with none is idle:
   /// its ranks only take part in the exchanges).
   std::vector<int64_t> replicaTokens;
+  /// With attention replicas, per rank of the stage: the piece of its
+  /// replica's rows it moves in an exchange (a replica's rows split evenly
+  /// over its ranks), as its first row in the replica's rows, its row
+  /// count, and its first row in the gathered rows (replica order).
+  std::vector<int64_t> pieceBegin, pieceRows, pieceAt;
   /// Per launch: it computes the last token's row only.
   std::vector<bool> lastRowOnly;
   std::vector<SlotStep> slots;
@@ -178,6 +183,10 @@ struct Step {
   std::vector<int64_t> shapeOf(const plan::Plan &plan, int64_t id) const;
   /// Operand `i` of launch `launch`.
   OperandView operand(const plan::Plan &plan, size_t launch, size_t i) const;
+  /// Whether launch `launch` has nothing to do in this step: an operand
+  /// with a token dimension is empty (an idle replica's own rows). Exchanges
+  /// always take part.
+  bool skips(const plan::Plan &plan, size_t launch) const;
 };
 
 struct StepOutput {

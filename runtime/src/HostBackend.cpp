@@ -120,9 +120,6 @@ private:
   /// The step's activations and the KV pools after it, against the memory
   /// this process may hold, before any of it is allocated.
   Status checkStepMemory(const Step &step) const;
-  /// Whether launch `li` has an operand with a token dimension that is
-  /// empty in this step (an idle replica's own rows).
-  bool hasNoRows(const Step &step, size_t li) const;
   /// An AllGather or ReduceScatter launch of an engine with attention
   /// replicas.
   Status exchangeRows(const Step &step, const plan::Launch &l);
@@ -483,45 +480,28 @@ void HostSession::printProfile() const {
                  1000.0 * total.ms / total.calls);
 }
 
-bool HostSession::hasNoRows(const Step &step, size_t li) const {
-  const plan::Plan &plan = model.bound->plan;
-  const plan::Launch &l = plan.launches[li];
-  for (size_t i = 0; i < l.operandCount(); ++i) {
-    int64_t id = l.operand(i);
-    if (plan.values[id].isDynamic() && step.rows[id] == 0)
-      return true;
-  }
-  return false;
-}
-
 Status HostSession::exchangeRows(const Step &step, const plan::Launch &l) {
-  // A replica's rows are split evenly over its ranks, each rank moving its
-  // piece: the gather takes every piece of every replica (replica order is
-  // the stage's rank order), and the scatter sums each rank's piece over
-  // the stage, after which a replica's ranks put their pieces together.
+  // Each rank moves its piece of its replica's rows: the gather takes every
+  // piece of every replica (replica order is the stage's rank order), and
+  // the scatter sums each rank's piece over the stage, after which a
+  // replica's ranks put their pieces together.
   const BoundPlan &bound = *model.bound;
   const plan::Plan &plan = bound.plan;
   int64_t perReplica = plan.replicaRanks();
   size_t width = static_cast<size_t>(plan.values[l.args[0]].shape[1]);
-  auto pieceRows = [&](int64_t tokens, int64_t part) {
-    return std::pair{tokens * part / perReplica,
-                     tokens * (part + 1) / perReplica};
-  };
   std::vector<size_t> counts, replicaCounts;
   for (int64_t k = 0; k < plan.tensorParallel; ++k) {
-    auto [begin, end] =
-        pieceRows(step.replicaTokens[k / perReplica], k % perReplica);
-    counts.push_back(static_cast<size_t>(end - begin) * width);
+    counts.push_back(static_cast<size_t>(step.pieceRows[k]) * width);
     if (k / perReplica == bound.replica)
       replicaCounts.push_back(counts.back());
   }
-  int64_t part = bound.groupRank % perReplica;
-  auto [begin, end] = pieceRows(step.tokenCount, part);
+  int64_t me = bound.groupRank;
   const float *in = static_cast<const float *>(data[l.args[0]]);
   float *out = static_cast<float *>(const_cast<void *>(data[l.results[0]]));
   if (l.kind == plan::LaunchKind::AllGather)
-    return bound.exchange->allGather(in + begin * width, out, counts);
-  piece.resize(static_cast<size_t>(end - begin) * width);
+    return bound.exchange->allGather(in + step.pieceBegin[me] * width, out,
+                                     counts);
+  piece.resize(counts[me]);
   if (Status s = bound.exchange->reduceScatterSum(in, piece.data(), counts);
       !s.ok())
     return s;
@@ -574,8 +554,7 @@ Status HostSession::run(const Step &step, StepOutput &out) {
     // An idle replica's ranks (no tokens of their own in this step) run only
     // the exchanges and the kernels on every replica's rows; a step where
     // every replica is idle runs nothing.
-    if (l.kind != plan::LaunchKind::AllGather &&
-        l.kind != plan::LaunchKind::ReduceScatter && hasNoRows(step, li))
+    if (step.skips(plan, li))
       continue;
     bool receives = bound.receives(l);
     for (int64_t id : l.results) {

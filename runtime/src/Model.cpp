@@ -131,6 +131,17 @@ std::vector<int64_t> Step::shapeOf(const plan::Plan &plan, int64_t id) const {
   return shape;
 }
 
+bool Step::skips(const plan::Plan &plan, size_t launch) const {
+  const plan::Launch &l = plan.launches[launch];
+  if (l.kind == plan::LaunchKind::AllGather ||
+      l.kind == plan::LaunchKind::ReduceScatter)
+    return false;
+  for (size_t i = 0; i < l.operandCount(); ++i)
+    if (plan.values[l.operand(i)].isDynamic() && rows[l.operand(i)] == 0)
+      return true;
+  return false;
+}
+
 OperandView Step::operand(const plan::Plan &plan, size_t launch,
                           size_t i) const {
   const plan::Launch &l = plan.launches[launch];
@@ -544,8 +555,17 @@ Status Session::runStep(const int64_t *tokens, const int64_t *positions,
   if (plan.attentionReplicas > 1) {
     if (Status s = replicaTokenCounts(m.bound, t, step.replicaTokens); !s.ok())
       return s;
-    for (int64_t n : step.replicaTokens)
-      gatheredTokens += n;
+    int64_t perReplica = plan.replicaRanks();
+    for (int64_t k = 0; k < plan.tensorParallel; ++k) {
+      int64_t tokens = step.replicaTokens[k / perReplica];
+      int64_t part = k % perReplica;
+      int64_t begin = tokens * part / perReplica;
+      step.pieceBegin.push_back(begin);
+      step.pieceRows.push_back(tokens * (part + 1) / perReplica - begin);
+      step.pieceAt.push_back(gatheredTokens + begin);
+      if (part + 1 == perReplica)
+        gatheredTokens += tokens;
+    }
   }
   step.rows.assign(plan.values.size(), 0);
   step.lastRowOnly.assign(plan.launches.size(), false);

@@ -284,6 +284,8 @@ public:
   std::unique_ptr<nccl::Library> nccl;
   nccl::ncclComm_t world = nullptr, group = nullptr, exchange = nullptr,
                    line = nullptr;
+  /// Columns of the plan's widest all-gather or reduce-scatter (0: none).
+  size_t exchangeWidth = 0;
   /// The distinct communicators, `world` first.
   std::vector<nccl::ncclComm_t> communicators() const {
     std::vector<nccl::ncclComm_t> all;
@@ -555,6 +557,12 @@ Status kiln::openCudaBackend(const EngineFile &engine, const BoundPlan &bound,
     s->functions[fn->function] = f;
   }
 
+  for (const plan::Launch &l : plan.launches)
+    if (l.kind == plan::LaunchKind::AllGather ||
+        l.kind == plan::LaunchKind::ReduceScatter)
+      s->exchangeWidth =
+          std::max(s->exchangeWidth,
+                   static_cast<size_t>(plan.values[l.args[0]].shape[1]));
   if (plan.worldSize() == 1 && std::getenv("KILN_NCCL_SELFTEST"))
     if (Status st = ncclSelfTest(*s, enginePath); !st.ok())
       return st;
@@ -903,31 +911,15 @@ bool CudaSession::prepareExchange(const Step &step, size_t li,
   size_t width = static_cast<size_t>(plan.values[l.args[0]].shape[1]);
   bool bf16 = plan.values[l.args[0]].dtype == plan::DType::BF16;
   size_t element = bf16 ? 2 : 4;
-  // Rank k's piece: its rows in its replica's rows and in the gathered rows.
-  std::vector<int64_t> begin(ranks), rows(ranks), at(ranks);
-  int64_t gathered = 0, padded = 0;
-  for (int64_t k = 0; k < ranks; ++k) {
-    int64_t tokens = step.replicaTokens[k / perReplica];
-    int64_t part = k % perReplica;
-    begin[k] = tokens * part / perReplica;
-    rows[k] = tokens * (part + 1) / perReplica - begin[k];
-    at[k] = gathered + begin[k];
-    if (part + 1 == perReplica)
-      gathered += tokens;
-    padded = std::max(padded, rows[k]);
-  }
+  const std::vector<int64_t> &begin = step.pieceBegin, &rows = step.pieceRows,
+                             &at = step.pieceAt;
+  int64_t padded = *std::max_element(rows.begin(), rows.end());
   if (padded == 0)
     return true;                                     // every replica is idle
   size_t slab = static_cast<size_t>(padded) * width; // elements per piece
-  // Sized for the widest exchange of the plan in f32, so that no exchange
-  // of the step moves the buffers under the ones prepared before it.
-  size_t widest = 0;
-  for (const plan::Launch &other : plan.launches)
-    if (other.kind == plan::LaunchKind::AllGather ||
-        other.kind == plan::LaunchKind::ReduceScatter)
-      widest = std::max(
-          widest, static_cast<size_t>(plan.values[other.args[0]].shape[1]));
-  size_t room = static_cast<size_t>(padded) * widest * sizeof(float);
+  // Sized for the plan's widest exchange in f32, so that no exchange of
+  // the step moves the buffers under the ones prepared before it.
+  size_t room = static_cast<size_t>(padded) * model.exchangeWidth * 4;
   if (!ensure(piece, room, error) || !ensure(pieces, room * ranks, error))
     return false;
   if (!model.exchange || !model.group) {
@@ -1122,18 +1114,12 @@ bool CudaSession::runStep(const Step &step, StepOutput &out,
     const plan::Launch &l = plan.launches[li];
     if (!bound.takesPart(l))
       continue; // another pipeline stage's
-    bool exchange = l.kind == plan::LaunchKind::AllGather ||
-                    l.kind == plan::LaunchKind::ReduceScatter;
     // An idle replica's ranks (no tokens of their own in this step) run only
     // the exchanges and the kernels on every replica's rows.
-    if (!exchange && [&] {
-          for (size_t i = 0; i < l.operandCount(); ++i)
-            if (plan.values[l.operand(i)].isDynamic() &&
-                step.rows[l.operand(i)] == 0)
-              return true;
-          return false;
-        }())
+    if (step.skips(plan, li))
       continue;
+    bool exchange = l.kind == plan::LaunchKind::AllGather ||
+                    l.kind == plan::LaunchKind::ReduceScatter;
     bool receives = bound.receives(l);
     for (int64_t id : l.results) {
       const plan::Value &v = plan.values[id];
