@@ -438,8 +438,19 @@ LogicalResult AddRmsNormOp::verify() {
     return emitOpError() << "weight size " << dimStr(weight.getDimSize(0))
                          << " does not match feature dimension "
                          << dimStr(input.getDimSize(1)); // add_rms_norm_c2
-  return checkEpsilon(*this,
-                      getEpsilon().convertToDouble()); // add_rms_norm_c3
+  if (failed(checkEpsilon(*this, getEpsilon().convertToDouble())))
+    return failure(); // add_rms_norm_c3
+  auto residual = getResidual().getType();
+  int64_t partials = static_cast<int64_t>(getPartials());
+  if (partials < 1)
+    return emitOpError() << "needs at least 1 partial, got "
+                         << partials; // add_rms_norm_c4
+  // add_rms_norm_c5: blocks of the residual's rows, so a dynamic count.
+  if (partials > 1 && !ShapedType::isDynamic(residual.getDimSize(0)))
+    return emitOpError() << "sums " << partials
+                         << " partials, which needs a dynamic row count, got "
+                         << residual;
+  return success();
 }
 
 //===----------------------------------------------------------------------===//
@@ -638,6 +649,32 @@ LogicalResult AllReduceOp::verify() {
                             "(kiln.tensor_parallel / "
                             "kiln.attention_replicas)";
   // all_reduce_c2
+  return success();
+}
+
+LogicalResult GatherPartialsOp::verify() {
+  if (getRanks() < 2)
+    return emitOpError() << "needs at least 2 ranks, got "
+                         << getRanks(); // gather_partials_c1
+  int64_t ranks = tensorParallelRanksOf(*this),
+          replicas = attentionReplicasOf(*this);
+  if (ranks == 0 || ranks / replicas != static_cast<int64_t>(getRanks()))
+    return emitOpError() << "gathers over " << getRanks()
+                         << " ranks but the module is not a tensor-parallel "
+                            "graph of that many ranks per attention replica "
+                            "(kiln.tensor_parallel / "
+                            "kiln.attention_replicas)"; // gather_partials_c2
+  if (std::optional<uint64_t> most = getMaxRows();
+      most && static_cast<int64_t>(*most) < 0)
+    return emitOpError() << "max_rows must be >= 0, got "
+                         << static_cast<int64_t>(*most);
+  // gather_partials_c3
+  RankedTensorType input = getInput().getType();
+  if (input.getRank() != 2 || !ShapedType::isDynamic(input.getDimSize(0)))
+    return emitOpError() << "needs [tokens, width] rows of a dynamic count "
+                            "(the result has "
+                         << getRanks() << " times as many), got "
+                         << input; // gather_partials_c4
   return success();
 }
 

@@ -346,7 +346,15 @@ def Kiln_AddRmsNormOp : Kiln_Op<"add_rms_norm", [Pure,
   let description = [{
     `sum = input + residual`; `normed = rms_norm(sum, weight, epsilon)`. One
     pass over the residual stream yields both the new residual and the
-    normalised input of the next block. See docs/dialect.md#kilnadd_rms_norm.
+    normalised input of the next block.
+
+    With `partials = P` (from kiln-fuse-all-reduce-norm), `input` holds the
+    P ranks' partial sums as consecutive blocks of the residual's rows
+    (`kiln.gather_partials`; the row count is dynamic, so the types still
+    match), and `sum = input[0] + ... + input[P-1] + residual`: the all-reduce's sum is formed here, in the same pass. A
+    backend may hand the op fewer blocks whose sum is the same (one block:
+    the all-reduced sum) when that is cheaper; the op sums the blocks it
+    gets. See docs/dialect.md#kilnadd_rms_norm.
 
     ```mlir
     %x1, %h = kiln.add_rms_norm %x, %attn, %w {epsilon = 1.0e-05 : f64}
@@ -354,7 +362,8 @@ def Kiln_AddRmsNormOp : Kiln_Op<"add_rms_norm", [Pure,
     ```
   }];
   let arguments = (ins Kiln_FloatTensor:$input, Kiln_FloatTensor:$residual,
-                   Kiln_FloatTensor:$weight, F64Attr:$epsilon);
+                   Kiln_FloatTensor:$weight, F64Attr:$epsilon,
+                   DefaultValuedAttr<I64Attr, "1">:$partials);
   let results = (outs Kiln_FloatTensor:$sum, Kiln_FloatTensor:$normed);
   let assemblyFormat = [{
     $input `,` $residual `,` $weight attr-dict `:` type($input) `,`
@@ -571,6 +580,35 @@ def Kiln_ReduceScatterOp : Kiln_Op<"reduce_scatter", [
   let assemblyFormat = [{
     $input `like` $like attr-dict `:` type($input) `->` type($result)
   }];
+  let hasVerifier = 1;
+}
+
+def Kiln_GatherPartialsOp : Kiln_Op<"gather_partials", [
+    AllTypesMatch<["input", "result"]>]> {
+  let summary = "every rank's partial sum, stacked, for a fused reduction";
+  let description = [{
+    The all-gather half of an all-reduce whose sum is formed by its reader
+    (`kiln.add_rms_norm` with `partials = ranks`): `result` holds the
+    `input` of each of the `ranks` ranks of the group (the ranks of one
+    attention replica, as for `kiln.all_reduce`), in rank order, as
+    consecutive blocks of `input`'s rows (so the row count must be dynamic:
+    the result has `ranks` times as many). An all-gather takes one
+    communication step where a ring all-reduce takes two, and the reader
+    reads the partials once instead of a summed buffer written in between;
+    but it moves `ranks - 1` partials to every rank. So for steps of more
+    than `max_rows` rows per rank (when given) a backend all-reduces
+    instead and hands the reader the sum as a single block
+    (kiln-fuse-all-reduce-norm sets `max_rows` from the cost model). See docs/dialect.md#kilngather_partials.
+
+    ```mlir
+    %p = kiln.gather_partials %partial {ranks = 8 : i64, max_rows = 28 : i64}
+        : tensor<?x5120xf32>
+    ```
+  }];
+  let arguments = (ins Kiln_FloatTensor:$input, I64Attr:$ranks,
+                   OptionalAttr<I64Attr>:$max_rows);
+  let results = (outs Kiln_FloatTensor:$result);
+  let assemblyFormat = "$input attr-dict `:` type($result)";
   let hasVerifier = 1;
 }
 

@@ -16,8 +16,8 @@ mlir::kiln::planActivations(func::FuncOp graph,
   // The graph's steps: kernel calls and collectives, in order.
   SmallVector<Operation *> calls;
   for (Operation &op : graph.getBody().front())
-    if (isa<func::CallOp, AllReduceOp, AllGatherOp, ReduceScatterOp,
-            StageSendOp, StageBroadcastOp>(op))
+    if (isa<func::CallOp, AllReduceOp, GatherPartialsOp, AllGatherOp,
+            ReduceScatterOp, StageSendOp, StageBroadcastOp>(op))
       calls.push_back(&op);
   llvm::DenseMap<Operation *, int64_t> index;
   for (auto [i, call] : llvm::enumerate(calls))

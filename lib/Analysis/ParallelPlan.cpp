@@ -85,6 +85,31 @@ double mlir::kiln::allReduceSeconds(int64_t ranks, double bytes) {
   return 2.0 * gatherSeconds(ranks, bytes, /*span=*/1);
 }
 
+// An all-reduce of B bytes a rank, then a reader of the sum, against a
+// gather of the R partials read by the reader:
+//   all-reduce: 2 (log2 R latency + (R-1)/R B / NVLink), and the sum is
+//               written and read back (2 B / HBM);
+//   gather:     log2 R latency + (R-1) B / NVLink, and R-1 more partials
+//               read ((R-1) B / HBM).
+// The gather is no slower while
+//   B [(R-1)(1 - 2/R) / NVLink + (R-3) / HBM] <= log2 R latency.
+double mlir::kiln::partialGatherSeconds(int64_t ranks, double bytes) {
+  Hardware hw;
+  double r = static_cast<double>(ranks);
+  return gatherSeconds(ranks, r * bytes, /*span=*/1) + (r - 1) * bytes / hw.hbm;
+}
+
+std::optional<int64_t> mlir::kiln::partialGatherMaxRows(int64_t ranks,
+                                                        double rowBytes) {
+  Hardware hw;
+  double r = static_cast<double>(ranks);
+  double perByte = (r - 1) * (1 - 2 / r) / hw.nvlink + (r - 3) / hw.hbm;
+  if (perByte <= 0 || rowBytes <= 0)
+    return std::nullopt;
+  return static_cast<int64_t>(std::log2(r) * hw.nvlinkLatency / perByte /
+                              rowBytes);
+}
+
 double mlir::kiln::stageTransferSeconds(int64_t ranks, double bytes) {
   Hardware hw;
   bool inNode = ranks <= hw.gpusPerNode;

@@ -9,7 +9,8 @@
 
 using namespace mlir;
 
-void mlir::kiln::buildGraphPipeline(OpPassManager &pm) {
+void mlir::kiln::buildGraphPipeline(OpPassManager &pm,
+                                    const GraphPipelineOptions &options) {
   OpPassManager &func = pm.nest<func::FuncOp>();
   // MoE first (its shared expert comes out already fused); QKV before its
   // epilogue; the add + norm fusion does not touch projections.
@@ -18,6 +19,8 @@ void mlir::kiln::buildGraphPipeline(OpPassManager &pm) {
   func.addPass(createFuseQkvEpilogue());
   func.addPass(createFuseGateUp());
   func.addPass(createFuseAddRmsNorm());
+  func.addPass(createFuseAllReduceNorm(
+      FuseAllReduceNormOptions{options.fusedAllReduceMaxRows}));
   pm.addPass(createCanonicalizerPass());
   pm.addPass(createPartitionKernels());
 }

@@ -364,11 +364,15 @@ template <typename T> llvm::Error EvaluatorImpl<T>::evaluate(Operation *op) {
   // An op works on the rows of its activation operand (dynamic leading
   // dimension): the step's tokens, or every replica's between a
   // kiln.all_gather and its kiln.reduce_scatter. An expert_down's first
-  // operand is dispatch rows; its addend has the tokens'.
+  // operand is dispatch rows; its addend has the tokens'. A norm summing
+  // gathered partials has a block of rows per rank; its residual the
+  // tokens'. Gathered partials have a block per rank.
   int64_t numTokens = static_cast<int64_t>(currentTokens.size());
   SmallVector<Value> rowOperands(op->getOperands());
   if (auto down = dyn_cast<mlir::kiln::ExpertDownOp>(op))
     rowOperands.assign({down.getAddend()});
+  if (auto norm = dyn_cast<mlir::kiln::AddRmsNormOp>(op))
+    rowOperands.assign({norm.getResidual()});
   for (Value operand : rowOperands) {
     auto type = dyn_cast<RankedTensorType>(operand.getType());
     if (type && type.getRank() == 2 && type.isDynamicDim(0) &&
@@ -590,8 +594,20 @@ template <typename T> llvm::Error EvaluatorImpl<T>::evaluate(Operation *op) {
         const Buffer<T> &l = get(a.getInput());
         const Buffer<T> &r = get(a.getResidual());
         Buffer<T> &sum = output(a.getSum(), l.cols());
-        for (size_t i = 0; i < sum.data.size(); ++i)
-          sum.data[i] = l.data[i] + r.data[i];
+        // The input's blocks (one, or a rank's partial sum each) summed in
+        // order, then the residual: an all-reduce's order and then its add.
+        size_t block = sum.data.size();
+        if (static_cast<int64_t>(a.getPartials()) * r.rows() != l.rows())
+          return opError(op, llvm::formatv("sums {0} blocks of {1} rows but "
+                                           "its input has {2} rows",
+                                           a.getPartials(), r.rows(),
+                                           l.rows()));
+        for (size_t i = 0; i < block; ++i) {
+          T acc = l.data[i];
+          for (size_t p = 1; p < a.getPartials(); ++p)
+            acc += l.data[p * block + i];
+          sum.data[i] = acc + r.data[i];
+        }
         Buffer<T> &normed = output(a.getNormed(), l.cols());
         ::kiln::ref::rmsNorm(sum.data.data(), numTokens, l.cols(),
                              get(a.getWeight()).data.data(),
@@ -713,6 +729,25 @@ template <typename T> llvm::Error EvaluatorImpl<T>::evaluate(Operation *op) {
           for (size_t i = 0; i < out.data.size(); ++i)
             out.data[i] += part.data[i];
         }
+        return llvm::Error::success();
+      })
+      .Case([&](mlir::kiln::GatherPartialsOp g) -> llvm::Error {
+        if (currentCall)
+          return opError(op, "collectives must be in the graph, not in a "
+                             "kernel function");
+        if (group.size() != g.getRanks())
+          return opError(op, llvm::formatv("gathers over {0} ranks but {1} "
+                                           "are being evaluated",
+                                           g.getRanks(), group.size()));
+        Buffer<T> all;
+        all.shape = {0, width(g.getInput())};
+        // Rank order, like an all-reduce's sum.
+        for (EvaluatorImpl *peer : group) {
+          const Buffer<T> &part = peer->get(g.getInput());
+          all.data.insert(all.data.end(), part.data.begin(), part.data.end());
+          all.shape[0] += part.rows();
+        }
+        values[g.getResult().getAsOpaquePointer()] = std::move(all);
         return llvm::Error::success();
       })
       .Case([&](mlir::kiln::AllGatherOp g) -> llvm::Error {

@@ -42,8 +42,8 @@ SmallVector<KernelGroup> formGroups(Block &block) {
     // Weight repacking happens once at bind time and collectives are steps
     // of their own between kernels: both stay in the graph.
     if (taken.contains(&op) ||
-        isa<ConcatOp, AllReduceOp, AllGatherOp, ReduceScatterOp, StageSendOp,
-            StageBroadcastOp>(op))
+        isa<ConcatOp, AllReduceOp, GatherPartialsOp, AllGatherOp,
+            ReduceScatterOp, StageSendOp, StageBroadcastOp>(op))
       continue;
     KernelGroup group;
     group.ops.push_back(&op);

@@ -387,10 +387,14 @@ std::string kiln::plan::writePlan(const Plan &plan) {
         e.string("collective", "all_gather");
       else if (l.kind == LaunchKind::ReduceScatter)
         e.string("collective", "reduce_scatter");
+      else if (l.kind == LaunchKind::GatherPartials)
+        e.string("collective", "gather_partials");
       else
         e.string("kernel", l.kernel);
       if (l.stage >= 0)
         e.integer("stage", l.stage);
+      if (l.maxRows >= 0)
+        e.integer("max_rows", l.maxRows);
       e.integers("args", l.args);
       e.integers("results", l.results);
       writeArray(e.key("attention"), l.attention, [&](const AttentionUse &a) {
@@ -587,6 +591,8 @@ bool kiln::plan::readPlan(const std::string &text, const std::string &path,
       l.kind = LaunchKind::AllGather;
     else if (collective == "reduce_scatter")
       l.kind = LaunchKind::ReduceScatter;
+    else if (collective == "gather_partials")
+      l.kind = LaunchKind::GatherPartials;
     else
       r.fail("unknown collective '" + collective + "'");
     l.stage = r.integer("stage", -1);
@@ -627,6 +633,29 @@ bool kiln::plan::readPlan(const std::string &text, const std::string &path,
                plan.values[l.results[0]].dtype != DType::F32)
         r.fail("an all_reduce needs one F32 argument and one result of its "
                "shape");
+    }
+    l.maxRows = r.integer("max_rows", -1);
+    r.inRange("max_rows", l.maxRows, -1, int64_t(1) << 40);
+    if (r.ok() && l.kind == LaunchKind::GatherPartials) {
+      int64_t ranks = plan.replicaRanks();
+      if (r.ok() && ranks < 2)
+        r.fail("a gather_partials in an engine of one rank per replica");
+      else if (r.ok() && (l.args.size() != 1 || l.results.size() != 1))
+        r.fail("a gather_partials needs one argument and one result");
+      else if (r.ok()) {
+        const Value &in = plan.values[l.args[0]];
+        const Value &out = plan.values[l.results[0]];
+        if (in.dtype != DType::F32 || out.dtype != DType::F32 ||
+            in.shape.size() != 2 || in.shape != out.shape || !in.isDynamic() ||
+            in.rowsPerToken != 1 || out.rowsPerToken != ranks || in.gathered ||
+            out.gathered)
+          r.fail("a gather_partials needs a 2-D F32 argument of a row per "
+                 "token and an F32 result of its shape with a row per token "
+                 "and rank (" +
+                 std::to_string(ranks) + ")");
+      }
+    } else if (r.ok() && l.maxRows >= 0) {
+      r.fail("max_rows on a launch that is not a gather_partials");
     }
     if (r.ok() && (l.kind == LaunchKind::AllGather ||
                    l.kind == LaunchKind::ReduceScatter)) {

@@ -581,6 +581,24 @@ Status HostSession::run(const Step &step, StepOutput &out) {
         return s;
       continue;
     }
+    if (l.kind == plan::LaunchKind::GatherPartials) {
+      // Every rank's partial sum as a block of the result, or above the
+      // launch's limit their sum as the only block.
+      size_t count = static_cast<size_t>(t) *
+                     static_cast<size_t>(plan.values[l.args[0]].shape[1]);
+      float *out = static_cast<float *>(const_cast<void *>(data[l.results[0]]));
+      const float *part = static_cast<const float *>(data[l.args[0]]);
+      Status s =
+          l.gathersPartials(t)
+              ? bound.group->allGather(
+                    part, out,
+                    std::vector<size_t>(
+                        static_cast<size_t>(plan.replicaRanks()), count))
+              : bound.group->allReduceSum(part, out, count);
+      if (!s.ok())
+        return s;
+      continue;
+    }
     if (l.kind == plan::LaunchKind::AllGather ||
         l.kind == plan::LaunchKind::ReduceScatter) {
       if (Status s = exchangeRows(step, l); !s.ok())

@@ -582,6 +582,9 @@ Status Session::runStep(const int64_t *tokens, const int64_t *positions,
                       : plan.values[id].gathered
                           ? gatheredTokens * plan.values[id].rowsPerToken
                           : t * plan.values[id].rowsPerToken;
+    // Above its limit the partials are all-reduced: one block, the sum.
+    if (l.kind == plan::LaunchKind::GatherPartials && !l.gathersPartials(t))
+      step.rows[l.results[0]] = t;
   }
 
   // KV slots: a chunked layer never sees keys before the chunk of the

@@ -245,6 +245,58 @@ TEST(EnginePlanTest, MalformedReplicaPlansAreNamed) {
   });
 }
 
+/// The tensor-parallel plan with its all-reduce fused into the kernel that
+/// reads it: the ranks' partials gathered up to 4 rows per rank.
+Plan fusedAllReducePlan() {
+  Plan p = tensorParallelPlan();
+  p.values[3].rowsPerToken = 2;
+  p.launches[1].kind = LaunchKind::GatherPartials;
+  p.launches[1].maxRows = 4;
+  return p;
+}
+
+TEST(EnginePlanTest, FusedAllReduceFieldsRoundTrip) {
+  std::string text = writePlan(fusedAllReducePlan());
+  Plan back;
+  std::string error;
+  ASSERT_TRUE(readPlan(text, "tp.kiln", back, error)) << error;
+  ASSERT_EQ(back.launches.size(), 2u);
+  const Launch &gather = back.launches[1];
+  EXPECT_EQ(gather.kind, LaunchKind::GatherPartials);
+  EXPECT_EQ(gather.maxRows, 4);
+  EXPECT_TRUE(gather.gathersPartials(4));
+  EXPECT_FALSE(gather.gathersPartials(5));
+  EXPECT_EQ(back.values[3].rowsPerToken, 2);
+  EXPECT_EQ(writePlan(back), text);
+  // No limit: every step gathers.
+  Plan unlimited = fusedAllReducePlan();
+  unlimited.launches[1].maxRows = -1;
+  ASSERT_TRUE(readPlan(writePlan(unlimited), "tp.kiln", back, error)) << error;
+  EXPECT_TRUE(back.launches[1].gathersPartials(int64_t(1) << 30));
+}
+
+TEST(EnginePlanTest, MalformedFusedAllReducePlansAreNamed) {
+  std::string text = writePlan(fusedAllReducePlan());
+  std::string gather = "\"collective\":\"gather_partials\",\"max_rows\":4";
+  expectNamed({
+      {replaced(text, "\"max_rows\":4", "\"max_rows\":-3"), "max_rows"},
+      {replaced(text, "\"tensor_parallel\":2,",
+                "\"tensor_parallel\":2,\"attention_replicas\":2,"),
+       "a gather_partials in an engine of one rank per replica"},
+      {replaced(text, "\"id\":3,\"kind\":\"buffer\",\"rows_per_token\":2",
+                "\"id\":3,\"kind\":\"buffer\",\"rows_per_token\":1"),
+       "a gather_partials needs a 2-D F32 argument of a row per token and an "
+       "F32 result of its shape with a row per token and rank (2)"},
+      {replaced(text, gather + ",\"args\":[2]", gather + ",\"args\":[1]"),
+       "a gather_partials needs a 2-D F32 argument"},
+      {replaced(text, "\"results\":[3]", "\"results\":[3,2]"),
+       "a gather_partials needs one argument and one result"},
+      {replaced(text, "\"kernel\":\"gemm_0\",",
+                "\"kernel\":\"gemm_0\",\"max_rows\":2,"),
+       "max_rows on a launch that is not a gather_partials"},
+  });
+}
+
 TEST(EnginePlanTest, PipelineFieldsRoundTrip) {
   std::string text = writePlan(pipelinePlan());
   Plan back;

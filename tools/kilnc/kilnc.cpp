@@ -132,6 +132,15 @@ static cl::opt<int64_t> attentionReplicas(
              "replica)"),
     cl::value_desc("replicas"), cl::cat(parallelCategory));
 
+static cl::opt<int64_t> fusedAllReduceRows(
+    "fused-all-reduce-rows", cl::init(-1),
+    cl::desc("Largest step, in rows per rank, for which a block-ending "
+             "all-reduce becomes a gather of the ranks' partial sums that "
+             "the next residual add + RMS norm sums (one communication "
+             "step, no summed buffer); larger steps all-reduce. -1: the "
+             "cost model's limit (none at 2 ranks); 0: always all-reduce"),
+    cl::value_desc("rows"), cl::cat(parallelCategory));
+
 static cl::opt<bool>
     plan("plan",
          cl::desc("Print memory per GPU and estimated step times of every TP x "
@@ -242,7 +251,15 @@ static int runCompile() {
   if (pipelineParallel > 1)
     pm.addPass(mlir::kiln::createPipelineStages(
         mlir::kiln::PipelineStagesOptions{pipelineParallel}));
-  mlir::kiln::buildGraphPipeline(pm);
+  if (fusedAllReduceRows < -1) {
+    WithColor::error(errs(), "kilnc")
+        << "--fused-all-reduce-rows must be -1 (the cost model's limit) or "
+           ">= 0, got "
+        << fusedAllReduceRows << "\n";
+    return 1;
+  }
+  mlir::kiln::buildGraphPipeline(
+      pm, mlir::kiln::GraphPipelineOptions{fusedAllReduceRows});
   if (mlir::failed(pm.run(**module)))
     return 1;
   if (report) {

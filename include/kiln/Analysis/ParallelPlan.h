@@ -16,6 +16,7 @@
 #include "mlir/IR/BuiltinOps.h"
 #include "llvm/Support/raw_ostream.h"
 
+#include <optional>
 #include <vector>
 
 namespace mlir::kiln {
@@ -81,6 +82,17 @@ double stageTransferSeconds(int64_t ranks, double bytes);
 /// half an all-reduce's traffic, on NVLink when the job's `span` GPUs fit
 /// one node and InfiniBand otherwise.
 double gatherSeconds(int64_t ranks, double bytes, int64_t span);
+
+/// The most rows per rank for which gathering `ranks` partial sums of
+/// `rowBytes` a row and summing them in the reader (kiln.gather_partials)
+/// is no slower than an all-reduce followed by a reader of the sum, by the
+/// planner's NVLink and HBM model; none when the gather is never slower
+/// (two ranks: both move one partial per rank).
+std::optional<int64_t> partialGatherMaxRows(int64_t ranks, double rowBytes);
+
+/// Seconds for a kiln.gather_partials of `bytes` a rank at `ranks` ranks
+/// plus the reads of the extra partials by its reader.
+double partialGatherSeconds(int64_t ranks, double bytes);
 
 /// Every layout of exactly `options.gpus` GPUs, estimated.
 std::vector<LayoutEstimate> estimateLayouts(const ModelShape &model,

@@ -12,9 +12,16 @@
 
 namespace mlir::kiln {
 
-/// Fusion (QKV, QKV epilogue, gate/up, add + RMS norm), canonicalization
-/// and dead-code removal, then the kernel partition.
-void buildGraphPipeline(OpPassManager &pm);
+struct GraphPipelineOptions {
+  /// kiln-fuse-all-reduce-norm's max-rows: -1 for the cost model's limit.
+  int64_t fusedAllReduceMaxRows = -1;
+};
+
+/// Fusion (QKV, QKV epilogue, gate/up, add + RMS norm, all-reduce into the
+/// norm), canonicalization and dead-code removal, then the kernel
+/// partition.
+void buildGraphPipeline(OpPassManager &pm,
+                        const GraphPipelineOptions &options = {});
 
 /// Registers `kiln-graph-pipeline` for kiln-opt.
 void registerGraphPipeline();

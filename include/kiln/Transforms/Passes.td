@@ -34,6 +34,41 @@ def FuseAddRmsNorm : Pass<"kiln-fuse-add-rms-norm", "mlir::func::FuncOp"> {
   let dependentDialects = ["mlir::kiln::KilnDialect"];
 }
 
+def FuseAllReduceNorm
+    : Pass<"kiln-fuse-all-reduce-norm", "mlir::func::FuncOp"> {
+  let summary = "Form an all-reduce's sum in the residual add + RMS norm "
+                "that reads it";
+  let description = [{
+    In a tensor-parallel graph every block ends with an all-reduce of the
+    ranks' partial sums whose only reader is the next `kiln.add_rms_norm`.
+    The pass replaces the all-reduce with a `kiln.gather_partials` and lets
+    the norm sum the gathered partials (`partials = R`): one communication
+    step instead of a ring all-reduce's two, and no summed buffer written
+    and read back in between. Because the gather moves R - 1 partials to
+    every rank instead of about two, it only pays for small steps (decode):
+    `max_rows` on the gather, from the planner's NVLink and HBM figures
+    (`partialGatherMaxRows`), is the step size above which backends
+    all-reduce instead; with 2 ranks the gather never moves more, so there
+    is no limit.
+
+    ```mlir
+    %s = kiln.all_reduce %p {ranks = 4 : i64} : tensor<?x64xf32>
+    %x1, %h = kiln.add_rms_norm %s, %x, %w {epsilon = 1.0e-05 : f64} : tensor<?x64xf32>, tensor<64xbf16>
+    // becomes
+    %g = kiln.gather_partials %p {max_rows = 670 : i64, ranks = 4 : i64} : tensor<?x64xf32>
+    %x1, %h = kiln.add_rms_norm %g, %x, %w {epsilon = 1.0e-05 : f64, partials = 4 : i64} : tensor<?x64xf32>, tensor<64xbf16>
+    ```
+    Run after kiln-fuse-add-rms-norm. All-reduces read by anything else
+    (a stage hand-over, a plain add) stay.
+  }];
+  let options = [
+    Option<"maxRows", "max-rows", "int64_t", "-1",
+           "Rows per rank above which backends all-reduce instead of "
+           "gathering (-1: from the cost model; 0: always all-reduce)">,
+  ];
+  let dependentDialects = ["mlir::kiln::KilnDialect"];
+}
+
 def FuseGateUp : Pass<"kiln-fuse-gate-up", "mlir::func::FuncOp"> {
   let summary = "Fuse the gate and up projections of a SwiGLU into one GEMM";
   let description = [{

@@ -169,6 +169,29 @@ LogicalResult mlir::kiln::cuda::generateMemoryKernel(const KernelContext &ctx,
               n.getEpsilon().convertToDouble(), n.getResult());
   } else if (auto n = dyn_cast<AddRmsNormOp>(op)) {
     SmallVector<Value> a = rowLoads(n.getInput());
+    if (n.getPartials() > 1) {
+      // The partial sums of the ranks, block after block of the residual's
+      // rows (or, above the gather's limit, their all-reduced sum alone):
+      // summed in rank order, as the all-reduce would.
+      Value x = operand(n.getInput());
+      Value rows = memref::DimOp::create(*e.b, e.loc, operand(n.getResidual()),
+                                         e.index(0));
+      Value blocks = e.divIndex(
+          memref::DimOp::create(*e.b, e.loc, x, e.index(0)), rows);
+      ValueRange summed = e.loopWith(
+          e.index(1), blocks, a,
+          [&](Value p, ValueRange acc) -> SmallVector<Value> {
+            Value at = e.addIndex(arith::MulIOp::create(*e.b, e.loc, p, rows),
+                                  r.row);
+            SmallVector<Value> next;
+            for (int64_t c = 0; c < r.chunks; ++c) {
+              auto [col, ok] = r.column(c);
+              next.push_back(e.add(acc[c], r.load(x, at, col, ok)));
+            }
+            return next;
+          });
+      a.assign(summed.begin(), summed.end());
+    }
     SmallVector<Value> b = rowLoads(n.getResidual());
     SmallVector<Value> sum;
     for (int64_t c = 0; c < r.chunks; ++c)

@@ -147,6 +147,22 @@ llvm::Expected<plan::Plan> mlir::kiln::buildEnginePlan(
         return id.takeError();
       launch.results.push_back(*id);
       result.launches.push_back(std::move(launch));
+    } else if (auto gather = dyn_cast<GatherPartialsOp>(op)) {
+      // Own storage, sized by the step: R blocks when gathered, one when
+      // all-reduced, and never R blocks of a long prefill in the arena.
+      plan::Launch launch;
+      launch.kind = plan::LaunchKind::GatherPartials;
+      launch.stage = stageOf(stages->of(&op));
+      if (std::optional<uint64_t> most = gather.getMaxRows())
+        launch.maxRows = static_cast<int64_t>(*most);
+      launch.args.push_back(ids.lookup(gather.getInput()));
+      plan::Value entry;
+      entry.rowsPerToken = static_cast<int64_t>(gather.getRanks());
+      auto id = addValue(gather.getResult(), std::move(entry));
+      if (!id)
+        return id.takeError();
+      launch.results.push_back(*id);
+      result.launches.push_back(std::move(launch));
     } else if (isa<AllGatherOp, ReduceScatterOp>(op)) {
       // The scatter's `like` only gives the rows of this rank's replica,
       // which the runtime knows from the step.
@@ -249,6 +265,10 @@ llvm::Expected<plan::Plan> mlir::kiln::buildEnginePlan(
     } else if (isa<AllReduceOp, StageSendOp, AllGatherOp, ReduceScatterOp>(
                    op)) {
       rowsPerTokenOf[op.getResult(0)] = rowsPerTokenOf.lookup(op.getOperand(0));
+    } else if (auto gather = dyn_cast<GatherPartialsOp>(op)) {
+      rowsPerTokenOf[gather.getResult()] =
+          rowsPerTokenOf.lookup(gather.getInput()) *
+          static_cast<int64_t>(gather.getRanks());
     }
   // The logits live outside the arena: a step that wants only its last
   // row's logits allocates one row, not tokens x vocab (0.8 MB a token for
@@ -261,7 +281,8 @@ llvm::Expected<plan::Plan> mlir::kiln::buildEnginePlan(
   // Gathered values scale with every replica's tokens, not the rank's:
   // they keep storage of their own too.
   auto ownStorage = [&](Value v) {
-    return v == logits || v == logitsSource || gathered.contains(v);
+    return v == logits || v == logitsSource || gathered.contains(v) ||
+           v.getDefiningOp<GatherPartialsOp>();
   };
   ActivationPlan arena = planActivations(graph, [&](Value v) {
     if (ownStorage(v))

@@ -1154,6 +1154,22 @@ bool CudaSession::runStep(const Step &step, StepOutput &out,
         p.comm = model.group;
         p.name = "ncclAllReduce";
         break;
+      case plan::LaunchKind::GatherPartials:
+        // Every rank's partial sum into its block of the result (the kernel
+        // reading it sums them), or above the launch's limit one all-reduced
+        // block.
+        p.count = 1;
+        for (int64_t dim : shapeOf(l.args[0]))
+          p.count *= static_cast<size_t>(dim);
+        p.comm = model.group;
+        if (l.gathersPartials(t)) {
+          p.op = Op::AllGather;
+          p.name = "ncclAllGather";
+        } else {
+          p.op = Op::AllReduce;
+          p.name = "ncclAllReduce";
+        }
+        break;
       case plan::LaunchKind::StageSend:
         p.op = receives ? Op::Receive : Op::Send;
         p.peer = static_cast<int>(receives ? bound.rank - tp : bound.rank + tp);

@@ -1037,3 +1037,59 @@ func.func @send_wrong_stage(%x: tensor<?x8xf32>, %w: tensor<8xbf16> {kiln.weight
   return %t : tensor<?x8xf32>
 }
 }
+
+// -----
+
+module attributes {kiln.tensor_parallel = 2 : i64} {
+func.func @gather_partials_one_rank(%x: tensor<?x8xf32>) -> tensor<?x8xf32> {
+  // expected-error @+1 {{needs at least 2 ranks, got 1}}
+  %y = kiln.gather_partials %x {ranks = 1 : i64} : tensor<?x8xf32>
+  return %y : tensor<?x8xf32>
+}
+}
+
+// -----
+
+module attributes {kiln.tensor_parallel = 4 : i64, kiln.attention_replicas = 2 : i64} {
+func.func @gather_partials_over_world_with_replicas(%x: tensor<?x8xf32>) -> tensor<?x8xf32> {
+  // expected-error @+1 {{gathers over 4 ranks but the module is not a tensor-parallel graph of that many ranks per attention replica}}
+  %y = kiln.gather_partials %x {ranks = 4 : i64} : tensor<?x8xf32>
+  return %y : tensor<?x8xf32>
+}
+}
+
+// -----
+
+module attributes {kiln.tensor_parallel = 2 : i64} {
+func.func @gather_partials_negative_rows(%x: tensor<?x8xf32>) -> tensor<?x8xf32> {
+  // expected-error @+1 {{max_rows must be >= 0, got -1}}
+  %y = kiln.gather_partials %x {ranks = 2 : i64, max_rows = -1 : i64} : tensor<?x8xf32>
+  return %y : tensor<?x8xf32>
+}
+}
+
+// -----
+
+module attributes {kiln.tensor_parallel = 2 : i64} {
+func.func @gather_partials_static_rows(%x: tensor<4x8xf32>) -> tensor<4x8xf32> {
+  // expected-error @+1 {{needs [tokens, width] rows of a dynamic count (the result has 2 times as many), got 'tensor<4x8xf32>'}}
+  %y = kiln.gather_partials %x {ranks = 2 : i64} : tensor<4x8xf32>
+  return %y : tensor<4x8xf32>
+}
+}
+
+// -----
+
+func.func @add_rms_norm_no_partials(%x: tensor<?x8xf32>, %w: tensor<8xbf16>) -> tensor<?x8xf32> {
+  // expected-error @+1 {{needs at least 1 partial, got 0}}
+  %s, %h = kiln.add_rms_norm %x, %x, %w {epsilon = 1.0e-05 : f64, partials = 0 : i64} : tensor<?x8xf32>, tensor<8xbf16>
+  return %h : tensor<?x8xf32>
+}
+
+// -----
+
+func.func @add_rms_norm_static_partials(%x: tensor<4x8xf32>, %w: tensor<8xbf16>) -> tensor<4x8xf32> {
+  // expected-error @+1 {{sums 2 partials, which needs a dynamic row count, got 'tensor<4x8xf32>'}}
+  %s, %h = kiln.add_rms_norm %x, %x, %w {epsilon = 1.0e-05 : f64, partials = 2 : i64} : tensor<4x8xf32>, tensor<8xbf16>
+  return %h : tensor<4x8xf32>
+}

@@ -108,6 +108,19 @@ func.func @tensor_parallel(%x: tensor<?x8xf32>, %w: tensor<4x8x6xbf16> {kiln.wei
 }
 }
 
+// A fused all-reduce: the 4 ranks' partials gathered (all-reduced above 16
+// rows per rank) and summed by the residual add + norm.
+// CHECK-LABEL: func.func @fused_all_reduce
+// CHECK: %[[P:.*]] = kiln.gather_partials %{{.*}} {max_rows = 16 : i64, ranks = 4 : i64} : tensor<?x8xf32>
+// CHECK: kiln.add_rms_norm %[[P]], %{{.*}}, %{{.*}} {epsilon = 1.000000e-05 : f64, partials = 4 : i64} : tensor<?x8xf32>, tensor<8xbf16>
+module attributes {kiln.tensor_parallel = 4 : i64} {
+func.func @fused_all_reduce(%x: tensor<?x8xf32>, %r: tensor<?x8xf32>, %w: tensor<8xbf16>) -> tensor<?x8xf32> {
+  %p = kiln.gather_partials %x {ranks = 4 : i64, max_rows = 16 : i64} : tensor<?x8xf32>
+  %s, %h = kiln.add_rms_norm %p, %r, %w {epsilon = 1.0e-05 : f64, partials = 4 : i64} : tensor<?x8xf32>, tensor<8xbf16>
+  return %h : tensor<?x8xf32>
+}
+}
+
 // Data-parallel attention: 2 replicas of 2 ranks; the MoE block's rows
 // gathered from both replicas and scattered back, attention all-reduced
 // within a replica.

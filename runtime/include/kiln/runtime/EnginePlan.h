@@ -184,7 +184,11 @@ enum class LaunchKind {
   StageSend,
   StageBroadcast,
   AllGather,
-  ReduceScatter
+  ReduceScatter,
+  /// The partial sums of the replica's ranks stacked for a kernel that sums
+  /// them (kiln.gather_partials); above `maxRows` rows per rank, an
+  /// all-reduce handing the kernel the sum as one block.
+  GatherPartials
 };
 
 struct Launch {
@@ -198,6 +202,14 @@ struct Launch {
   /// Pipeline-parallel engines: the stage whose ranks run it (the sending
   /// stage of a StageSend, the source of a StageBroadcast); -1: all.
   int64_t stage = -1;
+  /// GatherPartials: the most rows per rank it gathers for (-1: any).
+  int64_t maxRows = -1;
+
+  /// GatherPartials: whether a step of `rows` rows per rank gathers the
+  /// partials (rather than all-reducing them).
+  bool gathersPartials(int64_t rows) const {
+    return maxRows < 0 || rows <= maxRows;
+  }
 
   /// Operand `i`: args then results.
   int64_t operand(size_t i) const {
