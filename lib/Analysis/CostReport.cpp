@@ -394,16 +394,15 @@ public:
     std::optional<std::string> fusedNote;
     if (gathers)
       fusedNote =
-          llvm::formatv("fused all-reduce: {0} gathered into the norm at {1} "
-                        "rows per rank, {2:F1} us against {3:F1} us "
-                        "all-reduced ({4})\n",
-                        gathers, step.tokens, chosenSeconds * 1e6,
-                        otherSeconds * 1e6,
-                        gatherLimit
-                            ? llvm::formatv("the gather pays up to {0} rows",
-                                            *gatherLimit)
-                                  .str()
-                            : "2 ranks: the gather never moves more")
+          llvm::formatv(
+              "fused all-reduce: {0} gathered into the norm at {1} "
+              "rows per rank, {2:F1} us against {3:F1} us "
+              "all-reduced ({4})\n",
+              gathers, step.tokens, chosenSeconds * 1e6, otherSeconds * 1e6,
+              gatherLimit ? llvm::formatv("the gather pays up to {0} rows",
+                                          *gatherLimit)
+                                .str()
+                          : "2 ranks: the gather never moves more")
               .str();
     else if (gatherLimit)
       fusedNote = llvm::formatv("fused all-reduce: all-reduced at {0} rows "

@@ -598,10 +598,10 @@ template <typename T> llvm::Error EvaluatorImpl<T>::evaluate(Operation *op) {
         // order, then the residual: an all-reduce's order and then its add.
         size_t block = sum.data.size();
         if (static_cast<int64_t>(a.getPartials()) * r.rows() != l.rows())
-          return opError(op, llvm::formatv("sums {0} blocks of {1} rows but "
-                                           "its input has {2} rows",
-                                           a.getPartials(), r.rows(),
-                                           l.rows()));
+          return opError(op,
+                         llvm::formatv("sums {0} blocks of {1} rows but "
+                                       "its input has {2} rows",
+                                       a.getPartials(), r.rows(), l.rows()));
         for (size_t i = 0; i < block; ++i) {
           T acc = l.data[i];
           for (size_t p = 1; p < a.getPartials(); ++p)

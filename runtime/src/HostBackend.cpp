@@ -588,13 +588,12 @@ Status HostSession::run(const Step &step, StepOutput &out) {
                      static_cast<size_t>(plan.values[l.args[0]].shape[1]);
       float *out = static_cast<float *>(const_cast<void *>(data[l.results[0]]));
       const float *part = static_cast<const float *>(data[l.args[0]]);
-      Status s =
-          l.gathersPartials(t)
-              ? bound.group->allGather(
-                    part, out,
-                    std::vector<size_t>(
-                        static_cast<size_t>(plan.replicaRanks()), count))
-              : bound.group->allReduceSum(part, out, count);
+      Status s = l.gathersPartials(t)
+                     ? bound.group->allGather(
+                           part, out,
+                           std::vector<size_t>(
+                               static_cast<size_t>(plan.replicaRanks()), count))
+                     : bound.group->allReduceSum(part, out, count);
       if (!s.ok())
         return s;
       continue;

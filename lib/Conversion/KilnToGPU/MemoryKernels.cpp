@@ -176,20 +176,20 @@ LogicalResult mlir::kiln::cuda::generateMemoryKernel(const KernelContext &ctx,
       Value x = operand(n.getInput());
       Value rows = memref::DimOp::create(*e.b, e.loc, operand(n.getResidual()),
                                          e.index(0));
-      Value blocks = e.divIndex(
-          memref::DimOp::create(*e.b, e.loc, x, e.index(0)), rows);
-      ValueRange summed = e.loopWith(
-          e.index(1), blocks, a,
-          [&](Value p, ValueRange acc) -> SmallVector<Value> {
-            Value at = e.addIndex(arith::MulIOp::create(*e.b, e.loc, p, rows),
-                                  r.row);
-            SmallVector<Value> next;
-            for (int64_t c = 0; c < r.chunks; ++c) {
-              auto [col, ok] = r.column(c);
-              next.push_back(e.add(acc[c], r.load(x, at, col, ok)));
-            }
-            return next;
-          });
+      Value blocks =
+          e.divIndex(memref::DimOp::create(*e.b, e.loc, x, e.index(0)), rows);
+      ValueRange summed =
+          e.loopWith(e.index(1), blocks, a,
+                     [&](Value p, ValueRange acc) -> SmallVector<Value> {
+                       Value at = e.addIndex(
+                           arith::MulIOp::create(*e.b, e.loc, p, rows), r.row);
+                       SmallVector<Value> next;
+                       for (int64_t c = 0; c < r.chunks; ++c) {
+                         auto [col, ok] = r.column(c);
+                         next.push_back(e.add(acc[c], r.load(x, at, col, ok)));
+                       }
+                       return next;
+                     });
       a.assign(summed.begin(), summed.end());
     }
     SmallVector<Value> b = rowLoads(n.getResidual());

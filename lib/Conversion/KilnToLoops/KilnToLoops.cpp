@@ -254,27 +254,25 @@ LogicalResult KernelLowering::lowerOp(Operation *op, Emitter &e) {
         Value normed = destination(n.getNormed(), t, e);
         int64_t cols = width(n.getInput());
         if (n.getPartials() == 1) {
-          emitRowLoops(e, shape.parallel, {t, e.index(cols)},
-                       [&](ValueRange ivs) {
-                         e.store(e.add(e.load(x, ivs), e.load(r, ivs)), sum,
-                                 ivs);
-                       });
+          emitRowLoops(
+              e, shape.parallel, {t, e.index(cols)}, [&](ValueRange ivs) {
+                e.store(e.add(e.load(x, ivs), e.load(r, ivs)), sum, ivs);
+              });
         } else {
           // As many blocks as the runtime handed over: every rank's partial
           // sum, or (above the gather's limit) their all-reduced sum alone.
           Value empty = e.cmpIndex(arith::CmpIPredicate::eq, t, e.index(0));
           Value blocks =
               e.divIndex(e.dim(x, 0), e.select(empty, e.index(1), t));
-          emitRowLoops(e, shape.parallel, {t, e.index(cols)},
-                       [&](ValueRange ivs) {
-                         Value partialSum = e.sum(blocks, [&](Value p) {
-                           Value row = e.addIndex(
-                               arith::MulIOp::create(*e.b, e.loc, p, t),
-                               ivs[0]);
-                           return e.load(x, {row, ivs[1]});
-                         });
-                         e.store(e.add(partialSum, e.load(r, ivs)), sum, ivs);
-                       });
+          emitRowLoops(
+              e, shape.parallel, {t, e.index(cols)}, [&](ValueRange ivs) {
+                Value partialSum = e.sum(blocks, [&](Value p) {
+                  Value row = e.addIndex(
+                      arith::MulIOp::create(*e.b, e.loc, p, t), ivs[0]);
+                  return e.load(x, {row, ivs[1]});
+                });
+                e.store(e.add(partialSum, e.load(r, ivs)), sum, ivs);
+              });
         }
         emitRmsNorm(e, shape.parallel, sum, buffer(n.getWeight()), normed, t,
                     cols, n.getEpsilon().convertToDouble());
