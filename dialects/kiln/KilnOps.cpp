@@ -726,6 +726,96 @@ LogicalResult ReduceScatterOp::verify() {
   return success();
 }
 
+LogicalResult ExpertDownPairsOp::verify() {
+  auto hidden = getHidden().getType();
+  auto down = getDown().getType();
+  auto result = getResult().getType();
+  if (failed(checkRank(*this, "hidden", hidden, 2)) ||
+      failed(checkRank(*this, "down", down, 3)) ||
+      failed(checkRank(*this, "result", result, 2)))
+    return failure(); // expert_down_pairs_c1
+  if (!down.hasStaticShape() ||
+      !compatibleDims(down.getDimSize(1), hidden.getDimSize(1)) ||
+      !compatibleDims(down.getDimSize(2), result.getDimSize(1)))
+    return emitOpError() << "down must be a static [E, "
+                         << dimStr(hidden.getDimSize(1)) << ", "
+                         << dimStr(result.getDimSize(1)) << "], got "
+                         << down; // expert_down_pairs_c2
+  if (!compatibleDims(hidden.getDimSize(0), result.getDimSize(0)))
+    return emitOpError() << "has " << dimStr(hidden.getDimSize(0))
+                         << " pairs but " << dimStr(result.getDimSize(0))
+                         << " result rows"; // expert_down_pairs_c3
+  return checkDispatch(
+      *this,
+      RankedTensorType::get({ShapedType::kDynamic},
+                            IntegerType::get(getContext(), 64)),
+      getExpertOffsets().getType(), nullptr, down.getDimSize(0));
+}
+
+/// Checks shared by kiln.token_dispatch and kiln.token_combine: the module
+/// has `replicas` attention replicas over `ranks` ranks (all_to_all_c1),
+/// `groups` expert groups divide the ranks and the router's experts
+/// (all_to_all_c2), `rows` is [N, H] with N dynamic and H static and the
+/// routing is a router's over all experts (all_to_all_c3).
+static LogicalResult
+verifyAllToAll(Operation *op, int64_t ranks, int64_t replicas, int64_t groups,
+               RankedTensorType rows, RankedTensorType indices,
+               RankedTensorType offsets, RankedTensorType gates) {
+  if (replicas < 2 || tensorParallelRanksOf(op) != ranks ||
+      attentionReplicasOf(op) != replicas)
+    return op->emitOpError()
+           << "exchanges rows of " << replicas << " replicas over " << ranks
+           << " ranks but the module is not a graph of at least 2 "
+              "data-parallel attention replicas of that many ranks "
+              "(kiln.attention_replicas, kiln.tensor_parallel)";
+  if (failed(checkRank(op, "expert_offsets", offsets, 1)))
+    return failure();
+  int64_t experts = offsets.getDimSize(0) - 1;
+  if (groups < 1 || ranks % groups != 0 || experts < 1 || experts % groups != 0)
+    return op->emitOpError()
+           << experts << " experts in " << groups << " expert groups over "
+           << ranks << " ranks: the groups must divide both"; // all_to_all_c2
+  if (rows.getRank() != 2 || !ShapedType::isDynamic(rows.getDimSize(0)) ||
+      ShapedType::isDynamic(rows.getDimSize(1)))
+    return op->emitOpError() << "needs [tokens, width] rows of a dynamic "
+                                "count and a static width, got "
+                             << rows; // all_to_all_c3
+  return checkDispatch(op, indices, offsets, gates, experts);
+}
+
+LogicalResult TokenDispatchOp::verify() {
+  int64_t groups = static_cast<int64_t>(getExpertGroups());
+  if (failed(verifyAllToAll(*this, getRanks(), getReplicas(), groups,
+                            getInput().getType(), getTokenIndices().getType(),
+                            getExpertOffsets().getType(),
+                            getGates().getType())))
+    return failure();
+  int64_t experts = getExpertOffsets().getType().getDimSize(0) - 1;
+  auto rows = getRows().getType();
+  if (rows != getInput().getType())
+    return emitOpError() << "sends rows of " << getInput().getType()
+                         << " but receives " << rows; // token_dispatch_c1
+  return checkDispatch(*this, getPairIndices().getType(),
+                       getReceivedOffsets().getType(),
+                       getReceivedGates().getType(), experts / groups);
+  // token_dispatch_c2: the received routing covers the group's experts.
+}
+
+LogicalResult TokenCombineOp::verify() {
+  auto outputs = getPairOutputs().getType();
+  if (failed(verifyAllToAll(*this, getRanks(), getReplicas(),
+                            static_cast<int64_t>(getExpertGroups()),
+                            getInput().getType(), getTokenIndices().getType(),
+                            getExpertOffsets().getType(), nullptr)))
+    return failure();
+  if (outputs.getRank() != 2 ||
+      outputs.getDimSize(1) != getInput().getType().getDimSize(1))
+    return emitOpError() << "pair outputs " << outputs
+                         << " are not rows of the input's width "
+                         << getInput().getType(); // token_combine_c1
+  return success();
+}
+
 /// The pipeline stages of the module around `op` (0 when it has none).
 static int64_t pipelineStagesOf(Operation *op) {
   return moduleCount(op, KilnDialect::getPipelineStagesAttrName(), 0);

@@ -505,6 +505,33 @@ def Kiln_ExpertDownOp : Kiln_Op<"expert_down", [Pure,
   let hasVerifier = 1;
 }
 
+def Kiln_ExpertDownPairsOp : Kiln_Op<"expert_down_pairs", [Pure]> {
+  let summary = "grouped down GEMM of the routed experts, a row per pair";
+  let description = [{
+    For every pair i of expert e (`expert_offsets[e] <= i <
+    expert_offsets[e + 1]`): `result[i] = hidden[i] Dn_e` with
+    `Dn_e = down[e]` ([E, F, D]). Unlike `kiln.expert_down` nothing is
+    combined per token: the pairs came from other ranks
+    (`kiln.token_dispatch`) and go back to them (`kiln.token_combine`).
+    See docs/dialect.md#kilnexpert_down_pairs.
+
+    ```mlir
+    %out = kiln.expert_down_pairs %h, %offsets, %down
+        : tensor<?x8192xf32>, tensor<3xi64>, tensor<2x8192x5120xbf16>
+        -> tensor<?x5120xf32>
+    ```
+  }];
+  let arguments = (ins Kiln_FloatTensor:$hidden,
+                   Kiln_PositionTensor:$expert_offsets,
+                   Kiln_FloatTensor:$down);
+  let results = (outs Kiln_FloatTensor:$result);
+  let assemblyFormat = [{
+    $hidden `,` $expert_offsets `,` $down attr-dict `:` type($hidden) `,`
+    type($expert_offsets) `,` type($down) `->` type($result)
+  }];
+  let hasVerifier = 1;
+}
+
 //===----------------------------------------------------------------------===//
 // Collectives (tensor-parallel graphs)
 //===----------------------------------------------------------------------===//
@@ -609,6 +636,84 @@ def Kiln_GatherPartialsOp : Kiln_Op<"gather_partials", [
                    OptionalAttr<I64Attr>:$max_rows);
   let results = (outs Kiln_FloatTensor:$result);
   let assemblyFormat = "$input attr-dict `:` type($result)";
+  let hasVerifier = 1;
+}
+
+def Kiln_TokenDispatchOp : Kiln_Op<"token_dispatch", []> {
+  let summary = "send each routed row to the ranks holding its expert";
+  let description = [{
+    The all-to-all way into a MoE block whose experts are divided over all
+    `ranks` ranks of a graph with `replicas` data-parallel attention
+    replicas (module attributes `kiln.tensor_parallel`,
+    `kiln.attention_replicas`): `expert_groups = G` groups of consecutive
+    ranks, group g holding experts `g E / G .. (g + 1) E / G - 1`.
+
+    Every rank holds its replica's rows (`input`, [T, D]) and their routing
+    over all E experts (`token_indices`, `expert_offsets` [E + 1] and
+    `gates`, as `kiln.moe_route` gives them). The replica's T rows are
+    split into pieces over its `ranks / replicas` ranks, rank j of a
+    replica sending rows `T j / n .. T (j + 1) / n - 1`: each routed pair
+    of a row of the piece goes, with its gate, to every rank of its
+    expert's group. On the receiver the results are a router's over the
+    group's E / G experts, ready for `kiln.expert_gate_up`: `rows` (one per
+    received pair), `pair_indices` (0, 1, ...: pair i reads row i),
+    `received_offsets` ([E / G + 1]) and `received_gates`, pairs ordered by
+    expert, then sender rank, then the sender's order. The counts depend on
+    the routing of every rank. See docs/dialect.md#kilntoken_dispatch.
+
+    ```mlir
+    %rows, %pairs, %offsets, %gates = kiln.token_dispatch %u, %idx, %off,
+        %g rank %rank {ranks = 8 : i64, replicas = 2 : i64,
+        expert_groups = 8 : i64} : (...) -> (...)
+    ```
+  }];
+  let arguments = (ins Kiln_FloatTensor:$input,
+                   Kiln_PositionTensor:$token_indices,
+                   Kiln_PositionTensor:$expert_offsets,
+                   Kiln_FloatTensor:$gates, Kiln_RankTensor:$rank,
+                   I64Attr:$ranks, I64Attr:$replicas, I64Attr:$expert_groups);
+  let results = (outs Kiln_FloatTensor:$rows,
+                      Kiln_PositionTensor:$pair_indices,
+                      Kiln_PositionTensor:$received_offsets,
+                      Kiln_FloatTensor:$received_gates);
+  let assemblyFormat = [{
+    $input `,` $token_indices `,` $expert_offsets `,` $gates `rank` $rank
+    attr-dict `:` functional-type(operands, results)
+  }];
+  let hasVerifier = 1;
+}
+
+def Kiln_TokenCombineOp : Kiln_Op<"token_combine", [
+    AllTypesMatch<["input", "result"]>]> {
+  let summary = "return the experts' outputs to the rows they came from";
+  let description = [{
+    The way back of `kiln.token_dispatch` (same operands for the routing,
+    same attributes): `pair_outputs` holds, on each rank, one row of
+    output per pair it received. `result` has `input`'s rows; the rows of
+    this rank's piece get, for each of their routed pairs, the pair's
+    output from every rank of the expert's group, summed (pair by pair in
+    the rank's routing order, ranks in order; a group's ranks hold slices
+    of the expert, so their outputs are partial sums); every other row is
+    zero, so a sum over the replica's ranks (the all-reduce the block has
+    for its shared expert) assembles the replica's rows.
+    See docs/dialect.md#kilntoken_combine.
+
+    ```mlir
+    %mine = kiln.token_combine %out, %u, %idx, %off rank %rank
+        {ranks = 8 : i64, replicas = 2 : i64, expert_groups = 8 : i64}
+        : (...) -> tensor<?x5120xf32>
+    ```
+  }];
+  let arguments = (ins Kiln_FloatTensor:$pair_outputs,
+                   Kiln_FloatTensor:$input,
+                   Kiln_PositionTensor:$token_indices,
+                   Kiln_PositionTensor:$expert_offsets, Kiln_RankTensor:$rank,
+                   I64Attr:$ranks, I64Attr:$replicas, I64Attr:$expert_groups);
+  let results = (outs Kiln_FloatTensor:$result);
+  let assemblyFormat = [{
+    $pair_outputs `,` $input `,` $token_indices `,` $expert_offsets `rank`
+    $rank attr-dict `:` functional-type(operands, results)
+  }];
   let hasVerifier = 1;
 }
 

@@ -79,6 +79,8 @@ Value expertWeights(Operation *op) {
     return g.getGateUp();
   if (auto d = dyn_cast<ExpertDownOp>(op))
     return d.getDown();
+  if (auto d = dyn_cast<ExpertDownPairsOp>(op))
+    return d.getDown();
   return nullptr;
 }
 
@@ -108,6 +110,12 @@ public:
     if (auto r = module->getAttrOfType<IntegerAttr>(
             KilnDialect::getAttentionReplicasAttrName()))
       replicas = r.getInt();
+    // With the all-to-all exchange a rank runs its group's experts on the
+    // pairs every replica sends it: D / G of a replica's pairs on average.
+    module.walk([&](TokenDispatchOp d) {
+      expertShare = static_cast<double>(replicas) /
+                    static_cast<double>(d.getExpertGroups());
+    });
     for (Operation &op : graph.getBody().front()) {
       if (auto gather = dyn_cast<AllGatherOp>(op)) {
         gathered.insert(gather.getResult());
@@ -641,45 +649,57 @@ public:
     }
   }
 
-  /// Data-parallel attention: the exchange built (all-gather +
-  /// reduce-scatter) against an all-to-all, per rank and MoE block.
+  /// Data-parallel attention: the exchange the graph has against the
+  /// other, per rank and MoE block.
   void reportReplicaExchange(int64_t groups, int64_t topK) {
     int64_t world = stageRanks(), replicaRanks = world / replicas, blocks = 0,
             hidden = 0;
+    bool allToAll = false;
     graph.walk([&](AllGatherOp g) {
       ++blocks;
       hidden = cast<RankedTensorType>(g.getType()).getDimSize(1);
     });
-    double d = static_cast<double>(replicas), r = static_cast<double>(world),
-           tr = static_cast<double>(replicaRanks),
-           g = static_cast<double>(groups);
+    graph.walk([&](TokenDispatchOp d) {
+      ++blocks;
+      allToAll = true;
+      groups = static_cast<int64_t>(d.getExpertGroups());
+      hidden = cast<RankedTensorType>(d.getInput().getType()).getDimSize(1);
+    });
+    graph.walk([&](func::CallOp call) {
+      auto kernel = SymbolTable::lookupNearestSymbolFrom<func::FuncOp>(
+          call, call.getCalleeAttr());
+      kernel.walk([&](MoeRouteOp r) { topK = r.getTopK(); });
+    });
     os << "\ndata-parallel attention: " << replicas << " replicas of "
        << replicaRanks << " ranks, each with its own sequence; experts in "
-       << groups << " groups of " << world / groups
-       << " ranks. Chosen token exchange: all-gather + reduce-scatter (the "
-          "only one built): every rank routes every replica's rows, so the "
-          "exchange needs no routing-dependent sizes, and the sum of the "
-          "ranks' partial outputs rides on the way back. An all-to-all "
-          "would send each of a replica's rows (split over its "
-       << replicaRanks << " ranks) to the ranks holding its top-" << topK
-       << " experts (" << world / groups
-       << " per expert) and back. Per rank and MoE block (" << blocks
+       << groups << " groups of " << world / groups << " ranks. ";
+    if (allToAll)
+      os << "Chosen token exchange: all-to-all: each rank routes its "
+            "replica's rows and sends its piece of them (split over the "
+         << replicaRanks << " ranks) to the ranks holding its top-" << topK
+         << " experts (" << world / groups
+         << " per expert) and back; the replica's all-reduce, which the "
+            "split shared expert needs anyway, assembles the pieces.";
+    else
+      os << "Chosen token exchange: all-gather + reduce-scatter: every rank "
+            "routes every replica's rows, so the exchange needs no "
+            "routing-dependent sizes, and the sum of the ranks' partial "
+            "outputs rides on the way back.";
+    os << " Per rank and MoE block (" << blocks
        << " blocks), at activations of " << options.activationBytes
        << " B, tokens per replica:\n";
     for (int64_t tokens : {options.prefillTokens, int64_t(1)}) {
       double row = static_cast<double>(hidden) * options.activationBytes;
-      double t = static_cast<double>(tokens);
-      double gatherScatter = (d - 1) * t * row + (r - 1) / r * d * t * row +
-                             (tr - 1) / tr * t * row;
-      double allToAll = 2.0 * t / tr * topK * (r / g) * row * (r - 1) / r;
+      ReplicaExchangeBytes bytes =
+          replicaExchangeBytes(replicas, world, groups, topK, row, tokens);
+      bool fewer = allToAll ? bytes.gatherScatter < bytes.allToAll
+                            : bytes.allToAll < bytes.gatherScatter;
       os << llvm::format("  %lld tokens: all-gather + reduce-scatter %.4f MB, "
                          "all-to-all dispatch + combine %.4f MB%s\n",
-                         static_cast<long long>(tokens), gatherScatter / 1e6,
-                         allToAll / 1e6,
-                         allToAll < gatherScatter
-                             ? " (fewer bytes: the all-to-all is the next "
-                               "step)"
-                             : "");
+                         static_cast<long long>(tokens),
+                         bytes.gatherScatter / 1e6, bytes.allToAll / 1e6,
+                         fewer ? " (the other exchange moves fewer bytes)"
+                               : "");
     }
   }
 
@@ -758,7 +778,8 @@ LogicalResult mlir::kiln::writeCostReport(ModuleOp module,
   graph.walk([&](Operation *op) {
     if (op->getDialect() && isa<KilnDialect>(op->getDialect()) &&
         !isa<ConcatOp, AllReduceOp, GatherPartialsOp, AllGatherOp,
-             ReduceScatterOp, StageSendOp, StageBroadcastOp>(op))
+             ReduceScatterOp, TokenDispatchOp, TokenCombineOp, StageSendOp,
+             StageBroadcastOp>(op))
       partitioned = false;
   });
   if (!partitioned)

@@ -17,7 +17,8 @@ mlir::kiln::planActivations(func::FuncOp graph,
   SmallVector<Operation *> calls;
   for (Operation &op : graph.getBody().front())
     if (isa<func::CallOp, AllReduceOp, GatherPartialsOp, AllGatherOp,
-            ReduceScatterOp, StageSendOp, StageBroadcastOp>(op))
+            ReduceScatterOp, TokenDispatchOp, TokenCombineOp, StageSendOp,
+            StageBroadcastOp>(op))
       calls.push_back(&op);
   llvm::DenseMap<Operation *, int64_t> index;
   for (auto [i, call] : llvm::enumerate(calls))

@@ -110,6 +110,21 @@ std::optional<int64_t> mlir::kiln::partialGatherMaxRows(int64_t ranks,
                               rowBytes);
 }
 
+ReplicaExchangeBytes
+mlir::kiln::replicaExchangeBytes(int64_t replicas, int64_t ranks,
+                                 int64_t groups, int64_t topK, double rowBytes,
+                                 int64_t tokens) {
+  double d = static_cast<double>(replicas), r = static_cast<double>(ranks),
+         tr = r / d, g = static_cast<double>(std::max<int64_t>(groups, 1)),
+         t = static_cast<double>(tokens);
+  ReplicaExchangeBytes b;
+  b.gatherScatter = (d - 1) * t * rowBytes + (r - 1) / r * d * t * rowBytes +
+                    (tr - 1) / tr * t * rowBytes;
+  b.allToAll = 2.0 * t / tr * static_cast<double>(topK) * (r / g) * rowBytes *
+               (r - 1) / r;
+  return b;
+}
+
 double mlir::kiln::stageTransferSeconds(int64_t ranks, double bytes) {
   Hardware hw;
   bool inNode = ranks <= hw.gpusPerNode;

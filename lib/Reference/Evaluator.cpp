@@ -174,6 +174,42 @@ private:
   }
   llvm::Error evaluate(Operation *op);
   llvm::Error evaluateCall(func::CallOp call);
+  /// The expert of pair `pair` of a router's results.
+  static int64_t expertOfPair(const std::vector<int64_t> &offsets,
+                              int64_t pair) {
+    return static_cast<int64_t>(
+               std::upper_bound(offsets.begin(), offsets.end(), pair) -
+               offsets.begin()) -
+           1;
+  }
+  /// The (sender, pair) list rank `receiver` gets from a
+  /// kiln.token_dispatch of `input` routed by `indices` / `offsets` (all
+  /// experts) in `groups` expert groups: pairs of the experts of the
+  /// receiver's group whose token lies in the sender's piece of its
+  /// replica's rows, by expert, then sender, then the sender's order.
+  std::vector<std::pair<int64_t, int64_t>>
+  receivedPairs(int64_t receiver, Value input, Value indices, Value offsets,
+                int64_t groups) {
+    int64_t ranksPerGroup = static_cast<int64_t>(world.size()) / groups;
+    int64_t experts =
+        cast<RankedTensorType>(offsets.getType()).getDimSize(0) - 1;
+    int64_t local = experts / groups, group = receiver / ranksPerGroup;
+    std::vector<std::pair<int64_t, int64_t>> pairs;
+    for (int64_t e = group * local; e < (group + 1) * local; ++e)
+      for (size_t s = 0; s < world.size(); ++s) {
+        EvaluatorImpl *from = world[s];
+        int64_t rows = from->get(input).rows();
+        int64_t piece = static_cast<int64_t>(s) % replicaRanks;
+        int64_t begin = rows * piece / replicaRanks,
+                end = rows * (piece + 1) / replicaRanks;
+        const std::vector<int64_t> &idx = from->indexValues(indices);
+        const std::vector<int64_t> &off = from->indexValues(offsets);
+        for (int64_t p = off[e]; p < off[e + 1]; ++p)
+          if (idx[p] >= begin && idx[p] < end)
+            pairs.push_back({static_cast<int64_t>(s), p});
+      }
+    return pairs;
+  }
   Buffer<T> sliceForRank(const Buffer<T> &full,
                          llvm::ArrayRef<mlir::kiln::ShardAttr> shards,
                          llvm::ArrayRef<int64_t> local) const;
@@ -713,6 +749,102 @@ template <typename T> llvm::Error EvaluatorImpl<T>::evaluate(Operation *op) {
             addend.cols(), out.data.data());
         return llvm::Error::success();
       })
+      .Case([&](mlir::kiln::ExpertDownPairsOp d) -> llvm::Error {
+        const Buffer<T> &h = get(d.getHidden());
+        const std::vector<int64_t> &offsets = ints(d.getExpertOffsets());
+        int64_t pairs = h.rows(), cols = width(d.getResult());
+        Buffer<T> &out = values[d.getResult().getAsOpaquePointer()];
+        out.shape = {pairs, cols};
+        // Pair i of the identity dispatch is row i: expert_down's
+        // combination onto zero rows, one per pair.
+        std::vector<int64_t> identity(static_cast<size_t>(pairs));
+        for (int64_t i = 0; i < pairs; ++i)
+          identity[i] = i;
+        std::vector<T> zeros(static_cast<size_t>(pairs * cols), T(0));
+        out.data.assign(zeros.size(), T(0));
+        ::kiln::ref::expertDown(h.data.data(), h.cols(), identity.data(),
+                                offsets.data(),
+                                static_cast<int64_t>(offsets.size()) - 1,
+                                get(d.getDown()).data.data(), zeros.data(),
+                                pairs, cols, out.data.data());
+        return llvm::Error::success();
+      })
+      .Case([&](mlir::kiln::TokenDispatchOp d) -> llvm::Error {
+        if (llvm::Error err = checkExchange(d.getRanks(), d.getReplicas()))
+          return err;
+        std::vector<std::pair<int64_t, int64_t>> pairs =
+            receivedPairs(worldRank, d.getInput(), d.getTokenIndices(),
+                          d.getExpertOffsets(), d.getExpertGroups());
+        int64_t cols = width(d.getInput());
+        int64_t local = d.getReceivedOffsets().getType().getDimSize(0) - 1;
+        Buffer<T> rows, gates;
+        rows.shape = {static_cast<int64_t>(pairs.size()), cols};
+        gates.shape = {static_cast<int64_t>(pairs.size())};
+        std::vector<int64_t> indices,
+            offsets(static_cast<size_t>(local + 1), 0);
+        int64_t first =
+            worldRank /
+            (static_cast<int64_t>(world.size()) / d.getExpertGroups()) * local;
+        for (auto [sender, pair] : pairs) {
+          EvaluatorImpl *from = world[sender];
+          const Buffer<T> &x = from->get(d.getInput());
+          int64_t token = from->indexValues(d.getTokenIndices())[pair];
+          rows.data.insert(rows.data.end(), x.data.begin() + token * cols,
+                           x.data.begin() + (token + 1) * cols);
+          gates.data.push_back(from->get(d.getGates()).data[pair]);
+          indices.push_back(static_cast<int64_t>(indices.size()));
+          int64_t e =
+              expertOfPair(from->indexValues(d.getExpertOffsets()), pair);
+          ++offsets[e - first + 1];
+        }
+        for (int64_t e = 0; e < local; ++e)
+          offsets[e + 1] += offsets[e];
+        values[d.getRows().getAsOpaquePointer()] = std::move(rows);
+        values[d.getReceivedGates().getAsOpaquePointer()] = std::move(gates);
+        intValues[d.getPairIndices().getAsOpaquePointer()] = std::move(indices);
+        intValues[d.getReceivedOffsets().getAsOpaquePointer()] =
+            std::move(offsets);
+        return llvm::Error::success();
+      })
+      .Case([&](mlir::kiln::TokenCombineOp c) -> llvm::Error {
+        if (llvm::Error err = checkExchange(c.getRanks(), c.getReplicas()))
+          return err;
+        const Buffer<T> &x = get(c.getInput());
+        int64_t cols = x.cols();
+        Buffer<T> &out = values[c.getResult().getAsOpaquePointer()];
+        out.shape = {x.rows(), cols};
+        out.data.assign(x.data.size(), T(0));
+        int64_t ranksPerGroup =
+            static_cast<int64_t>(world.size()) / c.getExpertGroups();
+        int64_t experts = c.getExpertOffsets().getType().getDimSize(0) - 1;
+        int64_t local = experts / c.getExpertGroups();
+        // Where each rank put each of this rank's pairs.
+        std::vector<std::map<int64_t, int64_t>> placeOnRank(world.size());
+        for (size_t r = 0; r < world.size(); ++r) {
+          std::vector<std::pair<int64_t, int64_t>> got = receivedPairs(
+              static_cast<int64_t>(r), c.getInput(), c.getTokenIndices(),
+              c.getExpertOffsets(), c.getExpertGroups());
+          for (auto [i, sp] : llvm::enumerate(got))
+            if (sp.first == worldRank)
+              placeOnRank[r][sp.second] = static_cast<int64_t>(i);
+        }
+        const std::vector<int64_t> &indices = ints(c.getTokenIndices());
+        const std::vector<int64_t> &offsets = ints(c.getExpertOffsets());
+        for (size_t p = 0; p < indices.size(); ++p) {
+          int64_t group =
+              expertOfPair(offsets, static_cast<int64_t>(p)) / local;
+          for (int64_t r = group * ranksPerGroup;
+               r < (group + 1) * ranksPerGroup; ++r) {
+            auto at = placeOnRank[r].find(static_cast<int64_t>(p));
+            if (at == placeOnRank[r].end())
+              continue; // a row of another rank's piece
+            const Buffer<T> &o = world[r]->get(c.getPairOutputs());
+            for (int64_t k = 0; k < cols; ++k)
+              out.data[indices[p] * cols + k] += o.data[at->second * cols + k];
+          }
+        }
+        return llvm::Error::success();
+      })
       .Case([&](mlir::kiln::AllReduceOp r) -> llvm::Error {
         if (currentCall)
           return opError(op, "collectives must be in the graph, not in a "
@@ -859,8 +991,8 @@ EvaluatorImpl<T>::runKernel(llvm::ArrayRef<::kiln::ref::KernelValue> args) {
       if (isa<mlir::kiln::ExpertGateUpOp>(user))
         return arg != user->getOperand(0); // all but the token rows
       if (isa<mlir::kiln::ExpertDownOp>(user))
-        return arg != user->getOperand(4); // all but the addend
-      return false;
+        return arg != user->getOperand(4);             // all but the addend
+      return isa<mlir::kiln::ExpertDownPairsOp>(user); // pairs throughout
     });
     if (isa<IntegerType>(type.getElementType())) {
       bool isTokens = llvm::any_of(arg.getUsers(), [&](Operation *user) {

@@ -43,7 +43,8 @@ SmallVector<KernelGroup> formGroups(Block &block) {
     // of their own between kernels: both stay in the graph.
     if (taken.contains(&op) ||
         isa<ConcatOp, AllReduceOp, GatherPartialsOp, AllGatherOp,
-            ReduceScatterOp, StageSendOp, StageBroadcastOp>(op))
+            ReduceScatterOp, TokenDispatchOp, TokenCombineOp, StageSendOp,
+            StageBroadcastOp>(op))
       continue;
     KernelGroup group;
     group.ops.push_back(&op);
@@ -64,7 +65,7 @@ SmallVector<KernelGroup> formGroups(Block &block) {
       group.kind = KernelKind::Moe;
     } else if (isa<MoeRouteOp>(op)) {
       group.kind = KernelKind::Router;
-    } else if (isa<ExpertGateUpOp, ExpertDownOp>(op)) {
+    } else if (isa<ExpertGateUpOp, ExpertDownOp, ExpertDownPairsOp>(op)) {
       group.kind = KernelKind::GroupedGemm;
     } else {
       group.kind = KernelKind::Memory;

@@ -20,9 +20,14 @@
 // attention split within it, and the MoE blocks exchange tokens. The
 // exchange is an all-gather of every replica's rows before the block and a
 // reduce-scatter after it, which folds the sum of the ranks' partial sums
-// into the way back. An all-to-all that sends each row only to the ranks
-// holding its experts moves fewer bytes (8x fewer for Scout at TP 4 x DP 2
-// x EP 8, by the cost report) and is not built yet.
+// into the way back. An all-to-all (`all-to-all`) sends each routed row only
+// to the ranks holding its expert instead, which moves fewer bytes once
+// replicas are many (8x fewer for Scout at TP 4 x DP 2 x EP 8, by the cost
+// report): each rank of a replica routes the replica's rows, sends its
+// piece of them (kiln.token_dispatch), runs its experts on what it
+// receives and sends the outputs back (kiln.token_combine) into its piece;
+// the shared expert, which needs every row, is split within the replica,
+// and the all-reduce its split needs anyway also assembles the pieces.
 //
 //===----------------------------------------------------------------------===//
 
@@ -338,6 +343,8 @@ struct ShardTensorParallelPass
          failed(shardWeight(func, moe, moe.getDown(), 1, within, 1,
                             groups > 1 ? 1 : 0, groups > 1))))
       return failure();
+    if (attentionReplicas > 1 && allToAll)
+      return exchangeAllToAll(func, moe, groups);
     if (moe.getSharedGate() &&
         (failed(shardWeight(func, moe, moe.getSharedGate(), 0, ranks)) ||
          failed(shardWeight(func, moe, moe.getSharedUp(), 0, ranks)) ||
@@ -365,6 +372,80 @@ struct ShardTensorParallelPass
         ReduceScatterOp::create(b, moe.getLoc(), localType, moe.getResult(),
                                 local, b.getI64IntegerAttr(ranks), replicas);
     moe.getResult().replaceAllUsesExcept(mine.getResult(), mine);
+    return success();
+  }
+
+  /// The MoE block of a graph with attention replicas as routing on the
+  /// replica's rows, an all-to-all to the experts' ranks and back, and the
+  /// shared expert split within the replica (expert weights already
+  /// sharded over the `groups` expert groups).
+  LogicalResult exchangeAllToAll(func::FuncOp func, MoeOp moe, int64_t groups) {
+    if (!moe.getSharedGate())
+      return moe.emitOpError("has no shared expert; the all-to-all exchange "
+                             "is built for Llama 4's MoE blocks, which have "
+                             "one");
+    int64_t split = splitRanks(), stride = withinReplica(split);
+    if (split > 1 && (failed(shardWeight(func, moe, moe.getSharedGate(), 0,
+                                         split, 1, stride)) ||
+                      failed(shardWeight(func, moe, moe.getSharedUp(), 0, split,
+                                         1, stride)) ||
+                      failed(shardWeight(func, moe, moe.getSharedDown(), 1,
+                                         split, 1, stride))))
+      return failure();
+    Value rank = rankOf(func);
+    if (!rank)
+      return moe.emitOpError("could not add the rank input");
+    OpBuilder b(moe);
+    Location loc = moe.getLoc();
+    Value input = moe.getInput();
+    auto rowsType = cast<RankedTensorType>(input.getType());
+    Type element = rowsType.getElementType();
+    int64_t dyn = ShapedType::kDynamic;
+    int64_t experts =
+        cast<RankedTensorType>(moe.getRouter().getType()).getDimSize(0);
+    auto indexType = RankedTensorType::get({dyn}, b.getI64Type());
+    auto gatesType = RankedTensorType::get({dyn}, element);
+    auto route = MoeRouteOp::create(
+        b, loc, indexType, RankedTensorType::get({experts + 1}, b.getI64Type()),
+        gatesType, input, moe.getRouter(), Value(), moe.getTopKAttr(),
+        IntegerAttr(), IntegerAttr());
+    auto ranksAttr = b.getI64IntegerAttr(ranks);
+    auto replicasAttr = b.getI64IntegerAttr(attentionReplicas);
+    auto groupsAttr = b.getI64IntegerAttr(groups);
+    auto dispatch = TokenDispatchOp::create(
+        b, loc, rowsType, indexType,
+        RankedTensorType::get({experts / groups + 1}, b.getI64Type()),
+        gatesType, input, route.getTokenIndices(), route.getExpertOffsets(),
+        route.getGates(), rank, ranksAttr, replicasAttr, groupsAttr);
+    auto down = cast<RankedTensorType>(moe.getDown().getType());
+    Value hidden = ExpertGateUpOp::create(
+        b, loc, RankedTensorType::get({dyn, down.getDimSize(1)}, element),
+        dispatch.getRows(), dispatch.getPairIndices(),
+        dispatch.getReceivedOffsets(), dispatch.getReceivedGates(),
+        moe.getGateUp());
+    Value outputs = ExpertDownPairsOp::create(
+        b, loc, RankedTensorType::get({dyn, down.getDimSize(2)}, element),
+        hidden, dispatch.getReceivedOffsets(), moe.getDown());
+    Value routed = TokenCombineOp::create(
+        b, loc, rowsType, outputs, input, route.getTokenIndices(),
+        route.getExpertOffsets(), rank, ranksAttr, replicasAttr, groupsAttr);
+
+    // The shared expert as a dense SwiGLU block (the fusions pack its gate
+    // and up projections like the FFN's).
+    auto sharedGate = cast<RankedTensorType>(moe.getSharedGate().getType());
+    auto ffnType =
+        RankedTensorType::get({dyn, sharedGate.getDimSize(0)}, element);
+    Value gate = LinearOp::create(b, loc, ffnType, input, moe.getSharedGate());
+    Value up = LinearOp::create(b, loc, ffnType, input, moe.getSharedUp());
+    Value activated = SwiGluOp::create(b, loc, ffnType, gate, up);
+    Value shared =
+        LinearOp::create(b, loc, rowsType, activated, moe.getSharedDown());
+    Value sum = AddOp::create(b, loc, rowsType, routed, shared);
+    if (split > 1)
+      sum = AllReduceOp::create(b, loc, rowsType, sum,
+                                b.getI64IntegerAttr(split));
+    moe.getResult().replaceAllUsesWith(sum);
+    moe.erase();
     return success();
   }
 

@@ -12,6 +12,7 @@
 //
 //===----------------------------------------------------------------------===//
 
+#include "dialects/kiln/KilnOps.h"
 #include "kiln/Analysis/CostReport.h"
 #include "kiln/Analysis/ParallelPlan.h"
 #include "kiln/Import/Llama4Import.h"
@@ -28,6 +29,7 @@
 #include "mlir/Support/FileUtilities.h"
 #include "llvm/Support/CommandLine.h"
 #include "llvm/Support/FileSystem.h"
+#include "llvm/Support/Format.h"
 #include "llvm/Support/InitLLVM.h"
 #include "llvm/Support/Process.h"
 #include "llvm/Support/ToolOutputFile.h"
@@ -131,6 +133,15 @@ static cl::opt<int64_t> attentionReplicas(
              "Engines run it (one process per rank, a sequence per "
              "replica)"),
     cl::value_desc("replicas"), cl::cat(parallelCategory));
+
+static cl::opt<std::string> tokenExchange(
+    "exchange", cl::init("auto"),
+    cl::desc("How MoE blocks of a graph with attention replicas exchange "
+             "tokens: all-to-all (each routed row to the ranks holding its "
+             "expert), gather (all-gather + reduce-scatter), or auto (the one "
+             "that moves fewer bytes by the cost model; engines run only "
+             "the gather so far and get it)"),
+    cl::value_desc("auto|all-to-all|gather"), cl::cat(parallelCategory));
 
 static cl::opt<int64_t> fusedAllReduceRows(
     "fused-all-reduce-rows", cl::init(-1),
@@ -242,12 +253,47 @@ static int runCompile() {
            "whole ranks\n";
     return 1;
   }
+  if (tokenExchange != "auto" && tokenExchange != "all-to-all" &&
+      tokenExchange != "gather") {
+    WithColor::error(errs(), "kilnc")
+        << "--exchange must be auto, all-to-all or gather, got '"
+        << tokenExchange << "'\n";
+    return 1;
+  }
+  bool allToAll = false;
+  if (attentionReplicas > 1) {
+    bool engine = !target.empty();
+    if (tokenExchange == "all-to-all" && engine) {
+      WithColor::error(errs(), "kilnc")
+          << "--exchange all-to-all: engines do not run the all-to-all token "
+             "exchange yet (the graph does: -o graph.mlir, kiln-ref --graph); "
+             "use --exchange gather\n";
+      return 1;
+    }
+    // Both exchanges move bytes in proportion to the tokens, so the one
+    // that moves fewer at one token does at every step size.
+    int64_t topK = 1;
+    (*module)->walk([&](mlir::kiln::MoeOp moe) { topK = moe.getTopK(); });
+    mlir::kiln::ReplicaExchangeBytes bytes = mlir::kiln::replicaExchangeBytes(
+        attentionReplicas, worldRanks, expertParallel, topK, 1.0, 1);
+    allToAll =
+        tokenExchange == "all-to-all" || (tokenExchange == "auto" && !engine &&
+                                          bytes.allToAll < bytes.gatherScatter);
+    if (tokenExchange == "auto" && engine &&
+        bytes.allToAll < bytes.gatherScatter)
+      WithColor::note(errs(), "kilnc")
+          << "the all-to-all token exchange would move "
+          << llvm::format("%.2f", bytes.allToAll) << " rows per rank and MoE "
+          << "block for every replica token, the all-gather + reduce-scatter "
+          << llvm::format("%.2f", bytes.gatherScatter)
+          << "; engines run only the latter so far\n";
+  }
   stage("fusing and partitioning");
   mlir::PassManager pm(&context);
   if (worldRanks > 1)
     pm.addPass(mlir::kiln::createShardTensorParallel(
         mlir::kiln::ShardTensorParallelOptions{worldRanks, expertParallel,
-                                               attentionReplicas}));
+                                               attentionReplicas, allToAll}));
   if (pipelineParallel > 1)
     pm.addPass(mlir::kiln::createPipelineStages(
         mlir::kiln::PipelineStagesOptions{pipelineParallel}));

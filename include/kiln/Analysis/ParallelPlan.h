@@ -94,6 +94,20 @@ std::optional<int64_t> partialGatherMaxRows(int64_t ranks, double rowBytes);
 /// plus the reads of the extra partials by its reader.
 double partialGatherSeconds(int64_t ranks, double bytes);
 
+/// Bytes a rank moves per MoE block for `tokens` tokens per replica of
+/// `rowBytes` rows, with `replicas` attention replicas over `ranks` ranks
+/// (a pipeline stage's) and the experts in `groups` groups, top-`topK`
+/// routing: the all-gather + reduce-scatter exchange (a rank receives the
+/// other replicas' rows, then the reduce-scatter's and the replica's
+/// shares) and the all-to-all (a rank's piece of its replica's rows, k
+/// pairs a row, to the R / G ranks of the expert's group and back).
+struct ReplicaExchangeBytes {
+  double gatherScatter = 0, allToAll = 0;
+};
+ReplicaExchangeBytes replicaExchangeBytes(int64_t replicas, int64_t ranks,
+                                          int64_t groups, int64_t topK,
+                                          double rowBytes, int64_t tokens);
+
 /// Every layout of exactly `options.gpus` GPUs, estimated.
 std::vector<LayoutEstimate> estimateLayouts(const ModelShape &model,
                                             const PlanOptions &options);

@@ -222,6 +222,11 @@ def ShardTensorParallel
     Option<"attentionReplicas", "attention-replicas", "int64_t", "1",
            "Data-parallel attention replicas the ranks form (1: none; must "
            "divide ranks); MoE blocks then exchange tokens between them">,
+    Option<"allToAll", "all-to-all", "bool", "false",
+           "With attention replicas, exchange a MoE block's tokens with an "
+           "all-to-all (each routed row to the ranks holding its expert; "
+           "the shared expert split within the replica) instead of an "
+           "all-gather and reduce-scatter">,
   ];
   let dependentDialects = ["mlir::kiln::KilnDialect"];
 }

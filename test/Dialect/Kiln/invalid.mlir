@@ -1093,3 +1093,85 @@ func.func @add_rms_norm_static_partials(%x: tensor<4x8xf32>, %w: tensor<8xbf16>)
   %s, %h = kiln.add_rms_norm %x, %x, %w {epsilon = 1.0e-05 : f64, partials = 2 : i64} : tensor<4x8xf32>, tensor<8xbf16>
   return %h : tensor<4x8xf32>
 }
+
+// -----
+
+module attributes {kiln.tensor_parallel = 4 : i64} {
+func.func @token_dispatch_without_replicas(%u: tensor<?x8xf32>, %idx: tensor<?xi64>, %off: tensor<5xi64>, %g: tensor<?xf32>, %rank: tensor<1xi64>) -> tensor<?x8xf32> {
+  // expected-error @+1 {{exchanges rows of 2 replicas over 4 ranks but the module is not a graph of at least 2 data-parallel attention replicas of that many ranks}}
+  %rows, %pairs, %roff, %rg = kiln.token_dispatch %u, %idx, %off, %g rank %rank {ranks = 4 : i64, replicas = 2 : i64, expert_groups = 2 : i64}
+      : (tensor<?x8xf32>, tensor<?xi64>, tensor<5xi64>, tensor<?xf32>, tensor<1xi64>) -> (tensor<?x8xf32>, tensor<?xi64>, tensor<3xi64>, tensor<?xf32>)
+  return %rows : tensor<?x8xf32>
+}
+}
+
+// -----
+
+module attributes {kiln.tensor_parallel = 4 : i64, kiln.attention_replicas = 2 : i64} {
+func.func @token_dispatch_groups(%u: tensor<?x8xf32>, %idx: tensor<?xi64>, %off: tensor<5xi64>, %g: tensor<?xf32>, %rank: tensor<1xi64>) -> tensor<?x8xf32> {
+  // expected-error @+1 {{4 experts in 3 expert groups over 4 ranks: the groups must divide both}}
+  %rows, %pairs, %roff, %rg = kiln.token_dispatch %u, %idx, %off, %g rank %rank {ranks = 4 : i64, replicas = 2 : i64, expert_groups = 3 : i64}
+      : (tensor<?x8xf32>, tensor<?xi64>, tensor<5xi64>, tensor<?xf32>, tensor<1xi64>) -> (tensor<?x8xf32>, tensor<?xi64>, tensor<3xi64>, tensor<?xf32>)
+  return %rows : tensor<?x8xf32>
+}
+}
+
+// -----
+
+module attributes {kiln.tensor_parallel = 4 : i64, kiln.attention_replicas = 2 : i64} {
+func.func @token_dispatch_local_offsets(%u: tensor<?x8xf32>, %idx: tensor<?xi64>, %off: tensor<5xi64>, %g: tensor<?xf32>, %rank: tensor<1xi64>) -> tensor<?x8xf32> {
+  // expected-error @+1 {{expert_offsets must have 3 entries (experts + 1), got 5}}
+  %rows, %pairs, %roff, %rg = kiln.token_dispatch %u, %idx, %off, %g rank %rank {ranks = 4 : i64, replicas = 2 : i64, expert_groups = 2 : i64}
+      : (tensor<?x8xf32>, tensor<?xi64>, tensor<5xi64>, tensor<?xf32>, tensor<1xi64>) -> (tensor<?x8xf32>, tensor<?xi64>, tensor<5xi64>, tensor<?xf32>)
+  return %rows : tensor<?x8xf32>
+}
+}
+
+// -----
+
+module attributes {kiln.tensor_parallel = 4 : i64, kiln.attention_replicas = 2 : i64} {
+func.func @token_dispatch_static_rows(%u: tensor<3x8xf32>, %idx: tensor<?xi64>, %off: tensor<5xi64>, %g: tensor<?xf32>, %rank: tensor<1xi64>) -> tensor<3x8xf32> {
+  // expected-error @+1 {{needs [tokens, width] rows of a dynamic count and a static width, got 'tensor<3x8xf32>'}}
+  %rows, %pairs, %roff, %rg = kiln.token_dispatch %u, %idx, %off, %g rank %rank {ranks = 4 : i64, replicas = 2 : i64, expert_groups = 2 : i64}
+      : (tensor<3x8xf32>, tensor<?xi64>, tensor<5xi64>, tensor<?xf32>, tensor<1xi64>) -> (tensor<3x8xf32>, tensor<?xi64>, tensor<3xi64>, tensor<?xf32>)
+  return %rows : tensor<3x8xf32>
+}
+}
+
+// -----
+
+module attributes {kiln.tensor_parallel = 4 : i64, kiln.attention_replicas = 2 : i64} {
+func.func @token_dispatch_row_type(%u: tensor<?x8xf32>, %idx: tensor<?xi64>, %off: tensor<5xi64>, %g: tensor<?xf32>, %rank: tensor<1xi64>) -> tensor<?x4xf32> {
+  // expected-error @+1 {{sends rows of 'tensor<?x8xf32>' but receives 'tensor<?x4xf32>'}}
+  %rows, %pairs, %roff, %rg = kiln.token_dispatch %u, %idx, %off, %g rank %rank {ranks = 4 : i64, replicas = 2 : i64, expert_groups = 2 : i64}
+      : (tensor<?x8xf32>, tensor<?xi64>, tensor<5xi64>, tensor<?xf32>, tensor<1xi64>) -> (tensor<?x4xf32>, tensor<?xi64>, tensor<3xi64>, tensor<?xf32>)
+  return %rows : tensor<?x4xf32>
+}
+}
+
+// -----
+
+module attributes {kiln.tensor_parallel = 4 : i64, kiln.attention_replicas = 2 : i64} {
+func.func @token_combine_width(%o: tensor<?x4xf32>, %u: tensor<?x8xf32>, %idx: tensor<?xi64>, %off: tensor<5xi64>, %rank: tensor<1xi64>) -> tensor<?x8xf32> {
+  // expected-error @+1 {{pair outputs 'tensor<?x4xf32>' are not rows of the input's width 'tensor<?x8xf32>'}}
+  %y = kiln.token_combine %o, %u, %idx, %off rank %rank {ranks = 4 : i64, replicas = 2 : i64, expert_groups = 2 : i64}
+      : (tensor<?x4xf32>, tensor<?x8xf32>, tensor<?xi64>, tensor<5xi64>, tensor<1xi64>) -> tensor<?x8xf32>
+  return %y : tensor<?x8xf32>
+}
+}
+
+// -----
+
+func.func @expert_down_pairs_down(%h: tensor<?x6xf32>, %off: tensor<3xi64>, %dn: tensor<2x5x8xbf16>) -> tensor<?x8xf32> {
+  // expected-error @+1 {{down must be a static [E, 6, 8], got 'tensor<2x5x8xbf16>'}}
+  %o = kiln.expert_down_pairs %h, %off, %dn : tensor<?x6xf32>, tensor<3xi64>, tensor<2x5x8xbf16> -> tensor<?x8xf32>
+  return %o : tensor<?x8xf32>
+}
+
+// -----
+
+func.func @expert_down_pairs_offsets(%h: tensor<?x6xf32>, %off: tensor<4xi64>, %dn: tensor<2x6x8xbf16>) -> tensor<?x8xf32> {
+  // expected-error @+1 {{expert_offsets must have 3 entries (experts + 1), got 4}}
+  %o = kiln.expert_down_pairs %h, %off, %dn : tensor<?x6xf32>, tensor<4xi64>, tensor<2x6x8xbf16> -> tensor<?x8xf32>
+  return %o : tensor<?x8xf32>
+}

@@ -108,6 +108,26 @@ func.func @tensor_parallel(%x: tensor<?x8xf32>, %w: tensor<4x8x6xbf16> {kiln.wei
 }
 }
 
+// The all-to-all exchange of a MoE block: 2 replicas over 4 ranks, 4
+// experts in 2 groups; the received pairs' experts, one output row a pair.
+// CHECK-LABEL: func.func @token_all_to_all
+// CHECK: kiln.token_dispatch %{{.*}} rank %{{.*}} {expert_groups = 2 : i64, ranks = 4 : i64, replicas = 2 : i64} : (tensor<?x8xf32>, tensor<?xi64>, tensor<5xi64>, tensor<?xf32>, tensor<1xi64>) -> (tensor<?x8xf32>, tensor<?xi64>, tensor<3xi64>, tensor<?xf32>)
+// CHECK: kiln.expert_down_pairs %{{.*}} : tensor<?x6xf32>, tensor<3xi64>, tensor<2x6x8xbf16> -> tensor<?x8xf32>
+// CHECK: kiln.token_combine
+module attributes {kiln.tensor_parallel = 4 : i64, kiln.attention_replicas = 2 : i64} {
+func.func @token_all_to_all(%u: tensor<?x8xf32>, %idx: tensor<?xi64>, %off: tensor<5xi64>, %g: tensor<?xf32>,
+                            %rank: tensor<1xi64>, %gu: tensor<2x8x12xbf16>, %dn: tensor<2x6x8xbf16>) -> tensor<?x8xf32> {
+  %rows, %pairs, %roff, %rg = kiln.token_dispatch %u, %idx, %off, %g rank %rank {ranks = 4 : i64, replicas = 2 : i64, expert_groups = 2 : i64}
+      : (tensor<?x8xf32>, tensor<?xi64>, tensor<5xi64>, tensor<?xf32>, tensor<1xi64>) -> (tensor<?x8xf32>, tensor<?xi64>, tensor<3xi64>, tensor<?xf32>)
+  %h = kiln.expert_gate_up %rows, %pairs, %roff, %rg, %gu
+      : tensor<?x8xf32>, tensor<?xi64>, tensor<3xi64>, tensor<?xf32>, tensor<2x8x12xbf16> -> tensor<?x6xf32>
+  %o = kiln.expert_down_pairs %h, %roff, %dn : tensor<?x6xf32>, tensor<3xi64>, tensor<2x6x8xbf16> -> tensor<?x8xf32>
+  %y = kiln.token_combine %o, %u, %idx, %off rank %rank {ranks = 4 : i64, replicas = 2 : i64, expert_groups = 2 : i64}
+      : (tensor<?x8xf32>, tensor<?x8xf32>, tensor<?xi64>, tensor<5xi64>, tensor<1xi64>) -> tensor<?x8xf32>
+  return %y : tensor<?x8xf32>
+}
+}
+
 // A fused all-reduce: the 4 ranks' partials gathered (all-reduced above 16
 // rows per rank) and summed by the residual add + norm.
 // CHECK-LABEL: func.func @fused_all_reduce
