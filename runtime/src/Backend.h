@@ -159,7 +159,9 @@ struct Step {
   const int64_t *tokens = nullptr;
   const int64_t *positions = nullptr;
   /// Per plan value: its first extent in this step (inputs and buffers).
-  std::vector<int64_t> rows;
+  /// Mutable: the received values' extent is set mid-step by the token
+  /// dispatch (setReceived).
+  mutable std::vector<int64_t> rows;
   /// With attention replicas: every replica's token count in this step
   /// (this rank's replica's is tokenCount; a replica with none is idle:
   /// its ranks only take part in the exchanges).
@@ -187,6 +189,8 @@ struct Step {
   /// with a token dimension is empty (an idle replica's own rows). Exchanges
   /// always take part.
   bool skips(const plan::Plan &plan, size_t launch) const;
+  /// The token dispatch has run: this rank received `pairs` pairs.
+  void setReceived(const plan::Plan &plan, int64_t pairs) const;
 };
 
 struct StepOutput {

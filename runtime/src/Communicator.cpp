@@ -56,6 +56,16 @@ public:
     out.assign(1, value);
     return {};
   }
+  Status allToAll(const float *in, const std::vector<size_t> &sendCounts,
+                  float *out, const std::vector<size_t> &) override {
+    std::copy(in, in + sendCounts.at(0), out);
+    return {};
+  }
+  Status allToAllCounts(const std::vector<int64_t> &counts, size_t,
+                        std::vector<int64_t> &out) override {
+    out = counts;
+    return {};
+  }
   Status broadcast(float *, size_t, int64_t) override { return {}; }
   Status broadcastBytes(void *, size_t, int64_t) override { return {}; }
   Status split(int64_t, std::shared_ptr<Communicator> &out) override {
@@ -91,6 +101,11 @@ struct MpiApi {
                      const int *, void *, void *, void **) = nullptr;
   int (*ireduceScatter)(const void *, void *, const int *, void *, void *,
                         void *, void **) = nullptr;
+  int (*ialltoall)(const void *, int, void *, void *, int, void *, void *,
+                   void **) = nullptr;
+  int (*ialltoallv)(const void *, const int *, const int *, void *, void *,
+                    const int *, const int *, void *, void *,
+                    void **) = nullptr;
   void *intType = nullptr;
   int (*commSplit)(void *, int, int, void **) = nullptr;
   int (*abort)(void *, int) = nullptr;
@@ -168,6 +183,35 @@ public:
     return once("MPI_Reduce_scatter", [&](void **request) {
       return api.ireduceScatter(in, out, sizes.data(), api.floatType, api.sum,
                                 comm, request);
+    });
+  }
+  Status allToAll(const float *in, const std::vector<size_t> &sendCounts,
+                  float *out,
+                  const std::vector<size_t> &receiveCounts) override {
+    MpiApi &api = mpi();
+    std::vector<int> sendSizes, sendOffsets, receiveSizes, receiveOffsets;
+    if (Status s = blocks(sendCounts, "MPI_Alltoallv", sendSizes, sendOffsets);
+        !s.ok())
+      return s;
+    if (Status s = blocks(receiveCounts, "MPI_Alltoallv", receiveSizes,
+                          receiveOffsets);
+        !s.ok())
+      return s;
+    return once("MPI_Alltoallv", [&](void **request) {
+      return api.ialltoallv(in, sendSizes.data(), sendOffsets.data(),
+                            api.floatType, out, receiveSizes.data(),
+                            receiveOffsets.data(), api.floatType, comm,
+                            request);
+    });
+  }
+  Status allToAllCounts(const std::vector<int64_t> &counts, size_t per,
+                        std::vector<int64_t> &out) override {
+    MpiApi &api = mpi();
+    out.assign(counts.size(), 0);
+    int bytes = static_cast<int>(per * sizeof(int64_t));
+    return once("MPI_Alltoall", [&](void **request) {
+      return api.ialltoall(counts.data(), bytes, api.byteType, out.data(),
+                           bytes, api.byteType, comm, request);
     });
   }
   Status allGatherCounts(int64_t value, std::vector<int64_t> &out) override {
@@ -351,11 +395,19 @@ private:
       }
       std::string who = "a peer rank";
       if (control) {
-        std::vector<int> silent = silentRanks(2.0);
+        // Asked on the widest communicator: the peer this one waits for may
+        // itself wait on a rank outside it (a replica's rank held up in an
+        // all-to-all with a stopped rank of another replica).
+        MpiWorld *asked = this;
+        for (MpiWorld *c : live())
+          if (c->n > asked->n)
+            asked = c;
+        std::vector<int> silent = asked->silentRanks(2.0);
         if (!silent.empty()) {
           who = silent.size() == 1 ? "rank " : "ranks ";
           for (size_t i = 0; i < silent.size(); ++i)
-            who += (i ? ", " : "") + std::to_string(worldRanks[silent[i]]);
+            who +=
+                (i ? ", " : "") + std::to_string(asked->worldRanks[silent[i]]);
         }
       }
       char seconds[32];
@@ -500,6 +552,12 @@ Status openMpi(std::shared_ptr<Communicator> &out) {
   api.ireduceScatter = reinterpret_cast<int (*)(
       const void *, void *, const int *, void *, void *, void *, void **)>(
       symbol("MPI_Ireduce_scatter"));
+  api.ialltoall =
+      reinterpret_cast<int (*)(const void *, int, void *, void *, int, void *,
+                               void *, void **)>(symbol("MPI_Ialltoall"));
+  api.ialltoallv = reinterpret_cast<int (*)(
+      const void *, const int *, const int *, void *, void *, const int *,
+      const int *, void *, void *, void **)>(symbol("MPI_Ialltoallv"));
   api.intType = symbol("ompi_mpi_int");
   api.commSplit = reinterpret_cast<int (*)(void *, int, int, void **)>(
       symbol("MPI_Comm_split"));
@@ -513,9 +571,10 @@ Status openMpi(std::shared_ptr<Communicator> &out) {
       !api.commRank || !api.commSize || !api.commSetErrhandler ||
       !api.iallreduce || !api.isend || !api.irecv || !api.ibcast || !api.test ||
       !api.iprobe || !api.commDup || !api.allgather || !api.iallgather ||
-      !api.iallgatherv || !api.ireduceScatter || !api.intType ||
-      !api.commSplit || !api.abort || !api.commWorld || !api.floatType ||
-      !api.byteType || !api.sum || !api.errorsReturn)
+      !api.iallgatherv || !api.ireduceScatter || !api.ialltoall ||
+      !api.ialltoallv || !api.intType || !api.commSplit || !api.abort ||
+      !api.commWorld || !api.floatType || !api.byteType || !api.sum ||
+      !api.errorsReturn)
     return Status::error(StatusCode::NotFound,
                          name + " is not OpenMPI's libmpi (Kiln calls "
                                 "OpenMPI's C ABI)");

@@ -38,6 +38,16 @@ public:
   /// of which this rank keeps its block, counts[rank()] floats, in `out`.
   virtual Status reduceScatterSum(const float *in, float *out,
                                   const std::vector<size_t> &counts) = 0;
+  /// The all-to-all of a MoE block's routed rows: this rank sends
+  /// `sendCounts[k]` floats of `in` (blocks in rank order) to rank k and
+  /// receives `receiveCounts[k]` floats from it into `out` (rank order).
+  virtual Status allToAll(const float *in,
+                          const std::vector<size_t> &sendCounts, float *out,
+                          const std::vector<size_t> &receiveCounts) = 0;
+  /// `counts` holds `per` values for each rank; `out` gets the `per` values
+  /// every rank holds for this one, in rank order.
+  virtual Status allToAllCounts(const std::vector<int64_t> &counts, size_t per,
+                                std::vector<int64_t> &out) = 0;
   /// Every rank's `value`, in rank order (a step's token counts).
   virtual Status allGatherCounts(int64_t value, std::vector<int64_t> &out) = 0;
   /// Point to point between two ranks (pipeline stages): `count` floats.

@@ -286,6 +286,77 @@ void readGpuLaunch(const json::Value &entry, const std::string &what,
   }
 }
 
+/// The operands of a token dispatch or combine (kiln.token_dispatch /
+/// kiln.token_combine): the routed rows of this rank's replica and their
+/// routing over all E experts, the rank, and (dispatch) a router's
+/// results over the E / G experts of the rank's group as received, or
+/// (combine) the received pairs' outputs and the replica's rows.
+void checkTokenExchange(const Plan &plan, const Launch &l,
+                        const std::string &collective, FieldReader &r) {
+  auto bad = [&](const std::string &why) {
+    r.fail("a " + collective + " " + why);
+  };
+  bool dispatch = l.kind == LaunchKind::TokenDispatch;
+  int64_t groups = l.expertGroups;
+  if (plan.attentionReplicas < 2)
+    return bad("in an engine without attention replicas");
+  if (groups < 1 || plan.tensorParallel % groups != 0)
+    return bad("needs expert_groups dividing the " +
+               std::to_string(plan.tensorParallel) + " ranks");
+  if (l.args.size() != 5 || l.results.size() != (dispatch ? 4u : 1u))
+    return bad(dispatch ? "needs 5 arguments and 4 results"
+                        : "needs 5 arguments and 1 result");
+  auto value = [&](int64_t id) -> const Value & { return plan.values[id]; };
+  auto rowsOf = [&](const Value &v, DType type) {
+    return v.dtype == type && v.shape.size() == 2 && v.isDynamic() &&
+           v.shape[1] > 0 && v.rowsPerToken == 1 && !v.gathered;
+  };
+  auto listOf = [&](const Value &v, DType type) {
+    return v.dtype == type && v.shape.size() == 1 && v.isDynamic();
+  };
+  auto offsetsOf = [&](const Value &v) {
+    return v.dtype == DType::I64 && v.shape.size() == 1 && v.shape[0] >= 2;
+  };
+  size_t routing = dispatch ? 0 : 1;
+  const Value &rows = value(l.args[routing]);
+  const Value &offsets = value(l.args[routing + 2]);
+  const Value &rank = value(l.args[4]);
+  if (!rowsOf(rows, DType::F32) || rows.received ||
+      !listOf(value(l.args[routing + 1]), DType::I64) || !offsetsOf(offsets) ||
+      (dispatch && !listOf(value(l.args[3]), DType::F32)) ||
+      rank.kind != ValueKind::Input || rank.input != "rank")
+    return bad("needs its replica's F32 rows, their I64 token indices and "
+               "expert offsets, " +
+               std::string(dispatch ? "their F32 gates, " : "") +
+               "and the rank input");
+  int64_t experts = offsets.shape[0] - 1;
+  if (experts % groups != 0)
+    return bad("divides " + std::to_string(experts) + " experts into " +
+               std::to_string(groups) + " groups");
+  if (!dispatch) {
+    const Value &outputs = value(l.args[0]);
+    const Value &result = value(l.results[0]);
+    if (!outputs.received || !rowsOf(outputs, DType::F32) ||
+        outputs.shape[1] != rows.shape[1] || result.received ||
+        !rowsOf(result, DType::F32) || result.shape != rows.shape)
+      bad("needs the received pairs' F32 outputs of the rows' width and a "
+          "result shaped like the rows");
+    return;
+  }
+  const Value &got = value(l.results[0]);
+  const Value &pairs = value(l.results[1]);
+  const Value &gotOffsets = value(l.results[2]);
+  const Value &gates = value(l.results[3]);
+  if (!got.received || !rowsOf(got, DType::F32) || got.shape != rows.shape ||
+      !pairs.received || !listOf(pairs, DType::I64) ||
+      gotOffsets.dtype != DType::I64 ||
+      gotOffsets.shape != std::vector<int64_t>{experts / groups + 1} ||
+      !gates.received || !listOf(gates, DType::F32))
+    bad("needs received rows like the sent ones, received I64 pair indices "
+        "and F32 gates, and I64 offsets of the group's " +
+        std::to_string(experts / groups) + " experts");
+}
+
 } // namespace
 
 const char *kiln::plan::dtypeName(DType dtype) {
@@ -367,6 +438,8 @@ std::string kiln::plan::writePlan(const Plan &plan) {
           e.integer("arena_offset", v.arenaOffset);
         if (v.gathered)
           e.integer("gathered", 1);
+        if (v.received)
+          e.integer("received", 1);
         break;
       }
       if (v.stage >= 0)
@@ -389,12 +462,18 @@ std::string kiln::plan::writePlan(const Plan &plan) {
         e.string("collective", "reduce_scatter");
       else if (l.kind == LaunchKind::GatherPartials)
         e.string("collective", "gather_partials");
+      else if (l.kind == LaunchKind::TokenDispatch)
+        e.string("collective", "token_dispatch");
+      else if (l.kind == LaunchKind::TokenCombine)
+        e.string("collective", "token_combine");
       else
         e.string("kernel", l.kernel);
       if (l.stage >= 0)
         e.integer("stage", l.stage);
       if (l.maxRows >= 0)
         e.integer("max_rows", l.maxRows);
+      if (l.expertGroups > 0)
+        e.integer("expert_groups", l.expertGroups);
       e.integers("args", l.args);
       e.integers("results", l.results);
       writeArray(e.key("attention"), l.attention, [&](const AttentionUse &a) {
@@ -556,6 +635,12 @@ bool kiln::plan::readPlan(const std::string &text, const std::string &path,
           (plan.attentionReplicas < 2 || !v.isDynamic() || v.arenaOffset >= 0))
         r.fail("a gathered value needs attention replicas, a dynamic first "
                "extent and storage of its own");
+      v.received = r.integer("received", 0) != 0;
+      if (r.ok() && v.received &&
+          (plan.attentionReplicas < 2 || !v.isDynamic() || v.arenaOffset >= 0 ||
+           v.gathered || v.rowsPerToken != 1))
+        r.fail("a received value needs attention replicas, a dynamic first "
+               "extent of a row per pair and storage of its own");
       break;
     }
     plan.values.push_back(std::move(v));
@@ -593,6 +678,10 @@ bool kiln::plan::readPlan(const std::string &text, const std::string &path,
       l.kind = LaunchKind::ReduceScatter;
     else if (collective == "gather_partials")
       l.kind = LaunchKind::GatherPartials;
+    else if (collective == "token_dispatch")
+      l.kind = LaunchKind::TokenDispatch;
+    else if (collective == "token_combine")
+      l.kind = LaunchKind::TokenCombine;
     else
       r.fail("unknown collective '" + collective + "'");
     l.stage = r.integer("stage", -1);
@@ -657,6 +746,13 @@ bool kiln::plan::readPlan(const std::string &text, const std::string &path,
     } else if (r.ok() && l.maxRows >= 0) {
       r.fail("max_rows on a launch that is not a gather_partials");
     }
+    l.expertGroups = r.integer("expert_groups", 0);
+    bool tokenExchange = l.kind == LaunchKind::TokenDispatch ||
+                         l.kind == LaunchKind::TokenCombine;
+    if (r.ok() && !tokenExchange && l.expertGroups != 0)
+      r.fail("expert_groups on a launch that is not a token exchange");
+    if (r.ok() && tokenExchange)
+      checkTokenExchange(plan, l, collective, r);
     if (r.ok() && (l.kind == LaunchKind::AllGather ||
                    l.kind == LaunchKind::ReduceScatter)) {
       // The gather's result holds every replica's rows, the scatter's

@@ -125,6 +125,18 @@ private:
   Status exchangeRows(const Step &step, const plan::Launch &l);
   /// This rank's piece of its replica's rows in an exchange.
   std::vector<float> piece;
+  /// A TokenDispatch or TokenCombine launch (the all-to-all exchange).
+  Status dispatchTokens(const Step &step, size_t launch);
+  Status combineTokens(const Step &step, size_t launch);
+  /// What the last token dispatch sent and received, for its combine: per
+  /// expert group, the pairs (indices into this rank's routing) sent to
+  /// each of its ranks; per sending rank and local expert, the pairs
+  /// received.
+  struct TokenExchange {
+    std::vector<std::vector<int64_t>> sentToGroup;
+    std::vector<int64_t> received;
+    std::vector<float> sendBuffer, receiveBuffer;
+  } tokenExchange;
 
   const HostModel &model;
   std::vector<KvPool> pools;
@@ -508,6 +520,184 @@ Status HostSession::exchangeRows(const Step &step, const plan::Launch &l) {
   return bound.group->allGather(piece.data(), out, replicaCounts);
 }
 
+Status HostSession::dispatchTokens(const Step &step, size_t launch) {
+  // Pairs go out sorted as the router sorted them (by expert, then token),
+  // the pairs of one expert group as one block sent to each of the group's
+  // ranks; each pair is its row followed by its gate. The receiver files
+  // them by expert, then sender, then the sender's order (the reference's
+  // order, docs/dialect.md#kilntoken_dispatch).
+  const BoundPlan &bound = *model.bound;
+  const plan::Plan &plan = bound.plan;
+  const plan::Launch &l = plan.launches[launch];
+  Communicator &world = *bound.exchange;
+  int64_t ranks = world.size(), me = world.rank();
+  int64_t groups = l.expertGroups, perGroup = ranks / groups;
+  int64_t width = plan.values[l.args[0]].shape[1];
+  int64_t experts = plan.values[l.args[2]].shape[0] - 1;
+  int64_t local = experts / groups;
+  int64_t t = step.tokenCount;
+  const float *rows = static_cast<const float *>(data[l.args[0]]);
+  const int64_t *indices = static_cast<const int64_t *>(data[l.args[1]]);
+  const int64_t *offsets = static_cast<const int64_t *>(data[l.args[2]]);
+  const float *gates = static_cast<const float *>(data[l.args[3]]);
+  int64_t pieces = plan.replicaRanks(), part = me % pieces;
+  int64_t begin = t * part / pieces, end = t * (part + 1) / pieces;
+
+  TokenExchange &x = tokenExchange;
+  x.sentToGroup.assign(static_cast<size_t>(groups), {});
+  std::vector<int64_t> counts(static_cast<size_t>(ranks * local), 0);
+  // An idle replica's rank routed nothing this step (its router skipped):
+  // it sends nothing and only receives.
+  if (t > 0)
+    for (int64_t e = 0; e < experts; ++e)
+      for (int64_t p = offsets[e]; p < offsets[e + 1]; ++p)
+        if (indices[p] >= begin && indices[p] < end) {
+          int64_t g = e / local;
+          x.sentToGroup[g].push_back(p);
+          for (int64_t r = g * perGroup; r < (g + 1) * perGroup; ++r)
+            ++counts[r * local + e % local];
+        }
+  if (Status s =
+          world.allToAllCounts(counts, static_cast<size_t>(local), x.received);
+      !s.ok())
+    return s;
+  size_t pairWidth = static_cast<size_t>(width) + 1;
+  std::vector<size_t> sendCounts, receiveCounts;
+  x.sendBuffer.clear();
+  for (int64_t r = 0; r < ranks; ++r) {
+    const std::vector<int64_t> &sent = x.sentToGroup[r / perGroup];
+    for (int64_t p : sent) {
+      const float *row = rows + indices[p] * width;
+      x.sendBuffer.insert(x.sendBuffer.end(), row, row + width);
+      x.sendBuffer.push_back(gates[p]);
+    }
+    sendCounts.push_back(sent.size() * pairWidth);
+    int64_t from = 0;
+    for (int64_t e = 0; e < local; ++e)
+      from += x.received[r * local + e];
+    receiveCounts.push_back(static_cast<size_t>(from) * pairWidth);
+  }
+  size_t pairs = 0;
+  for (size_t c : receiveCounts)
+    pairs += c / pairWidth;
+  x.receiveBuffer.resize(pairs * pairWidth);
+  if (Status s = world.allToAll(x.sendBuffer.data(), sendCounts,
+                                x.receiveBuffer.data(), receiveCounts);
+      !s.ok())
+    return s;
+
+  step.setReceived(plan, static_cast<int64_t>(pairs));
+  for (int64_t id : l.results) {
+    size_t n = plan::elementSize(plan.values[id].dtype);
+    for (int64_t d : step.shapeOf(plan, id))
+      n *= static_cast<size_t>(d);
+    owned[id].resize(std::max<size_t>(n, 1));
+    data[id] = owned[id].data();
+  }
+  float *gotRows = static_cast<float *>(const_cast<void *>(data[l.results[0]]));
+  int64_t *pairIndices =
+      static_cast<int64_t *>(const_cast<void *>(data[l.results[1]]));
+  int64_t *gotOffsets =
+      static_cast<int64_t *>(const_cast<void *>(data[l.results[2]]));
+  float *gotGates =
+      static_cast<float *>(const_cast<void *>(data[l.results[3]]));
+  // Sender s's block starts at senderStart[s]; within it, expert e's pairs
+  // follow those of the experts before it.
+  std::vector<size_t> senderStart(static_cast<size_t>(ranks), 0);
+  for (int64_t s = 1; s < ranks; ++s)
+    senderStart[s] = senderStart[s - 1] + receiveCounts[s - 1] / pairWidth;
+  size_t at = 0;
+  gotOffsets[0] = 0;
+  for (int64_t e = 0; e < local; ++e) {
+    for (int64_t s = 0; s < ranks; ++s) {
+      size_t first = senderStart[s];
+      for (int64_t before = 0; before < e; ++before)
+        first += static_cast<size_t>(x.received[s * local + before]);
+      for (int64_t k = 0; k < x.received[s * local + e]; ++k, ++at) {
+        const float *pair = x.receiveBuffer.data() + (first + k) * pairWidth;
+        std::copy(pair, pair + width, gotRows + at * width);
+        gotGates[at] = pair[width];
+        pairIndices[at] = static_cast<int64_t>(at);
+      }
+    }
+    gotOffsets[e + 1] = static_cast<int64_t>(at);
+  }
+  return {};
+}
+
+Status HostSession::combineTokens(const Step &step, size_t launch) {
+  // The received pairs' outputs go back to their senders in the order they
+  // came (per sender, by expert); a sender adds, pair by pair in its
+  // routing order, the outputs of every rank of the pair's group.
+  const BoundPlan &bound = *model.bound;
+  const plan::Plan &plan = bound.plan;
+  const plan::Launch &l = plan.launches[launch];
+  Communicator &world = *bound.exchange;
+  int64_t ranks = world.size();
+  int64_t groups = l.expertGroups, perGroup = ranks / groups;
+  int64_t width = plan.values[l.args[1]].shape[1];
+  int64_t experts = plan.values[l.args[3]].shape[0] - 1;
+  int64_t local = experts / groups;
+  const float *outputs = static_cast<const float *>(data[l.args[0]]);
+  const int64_t *indices = static_cast<const int64_t *>(data[l.args[2]]);
+  TokenExchange &x = tokenExchange;
+  if (x.received.size() != static_cast<size_t>(ranks * local))
+    return Status::error(StatusCode::Internal,
+                         "a token combine without its dispatch");
+
+  // Received order is expert-major; senders get theirs sender-major.
+  std::vector<size_t> sendCounts, receiveCounts;
+  x.sendBuffer.clear();
+  std::vector<size_t> expertStart(static_cast<size_t>(local + 1), 0);
+  for (int64_t e = 0; e < local; ++e) {
+    expertStart[e + 1] = expertStart[e];
+    for (int64_t s = 0; s < ranks; ++s)
+      expertStart[e + 1] += static_cast<size_t>(x.received[s * local + e]);
+  }
+  for (int64_t s = 0; s < ranks; ++s) {
+    size_t n = 0;
+    for (int64_t e = 0; e < local; ++e) {
+      size_t first = expertStart[e];
+      for (int64_t before = 0; before < s; ++before)
+        first += static_cast<size_t>(x.received[before * local + e]);
+      const float *block = outputs + first * width;
+      size_t count = static_cast<size_t>(x.received[s * local + e]);
+      x.sendBuffer.insert(x.sendBuffer.end(), block, block + count * width);
+      n += count;
+    }
+    sendCounts.push_back(n * static_cast<size_t>(width));
+    receiveCounts.push_back(x.sentToGroup[s / perGroup].size() *
+                            static_cast<size_t>(width));
+  }
+  size_t total = 0;
+  for (size_t c : receiveCounts)
+    total += c;
+  x.receiveBuffer.resize(total);
+  if (Status s = world.allToAll(x.sendBuffer.data(), sendCounts,
+                                x.receiveBuffer.data(), receiveCounts);
+      !s.ok())
+    return s;
+
+  int64_t t = step.tokenCount;
+  float *out = static_cast<float *>(const_cast<void *>(data[l.results[0]]));
+  std::fill(out, out + t * width, 0.0f);
+  std::vector<size_t> fromRank(static_cast<size_t>(ranks), 0);
+  for (int64_t r = 1; r < ranks; ++r)
+    fromRank[r] = fromRank[r - 1] + receiveCounts[r - 1];
+  for (int64_t g = 0; g < groups; ++g) {
+    const std::vector<int64_t> &sent = x.sentToGroup[g];
+    for (size_t q = 0; q < sent.size(); ++q) {
+      float *row = out + indices[sent[q]] * width;
+      for (int64_t r = g * perGroup; r < (g + 1) * perGroup; ++r) {
+        const float *got = x.receiveBuffer.data() + fromRank[r] + q * width;
+        for (int64_t c = 0; c < width; ++c)
+          row[c] += got[c];
+      }
+    }
+  }
+  return {};
+}
+
 Status HostSession::run(const Step &step, StepOutput &out) {
   const plan::Plan &plan = model.bound->plan;
   int64_t t = step.tokenCount;
@@ -601,6 +791,15 @@ Status HostSession::run(const Step &step, StepOutput &out) {
     if (l.kind == plan::LaunchKind::AllGather ||
         l.kind == plan::LaunchKind::ReduceScatter) {
       if (Status s = exchangeRows(step, l); !s.ok())
+        return s;
+      continue;
+    }
+    if (l.kind == plan::LaunchKind::TokenDispatch ||
+        l.kind == plan::LaunchKind::TokenCombine) {
+      Status s = l.kind == plan::LaunchKind::TokenDispatch
+                     ? dispatchTokens(step, li)
+                     : combineTokens(step, li);
+      if (!s.ok())
         return s;
       continue;
     }

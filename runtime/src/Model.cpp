@@ -134,12 +134,20 @@ std::vector<int64_t> Step::shapeOf(const plan::Plan &plan, int64_t id) const {
 bool Step::skips(const plan::Plan &plan, size_t launch) const {
   const plan::Launch &l = plan.launches[launch];
   if (l.kind == plan::LaunchKind::AllGather ||
-      l.kind == plan::LaunchKind::ReduceScatter)
+      l.kind == plan::LaunchKind::ReduceScatter ||
+      l.kind == plan::LaunchKind::TokenDispatch ||
+      l.kind == plan::LaunchKind::TokenCombine)
     return false;
   for (size_t i = 0; i < l.operandCount(); ++i)
     if (plan.values[l.operand(i)].isDynamic() && rows[l.operand(i)] == 0)
       return true;
   return false;
+}
+
+void Step::setReceived(const plan::Plan &plan, int64_t pairs) const {
+  for (size_t id = 0; id < plan.values.size(); ++id)
+    if (plan.values[id].received)
+      rows[id] = pairs;
 }
 
 OperandView Step::operand(const plan::Plan &plan, size_t launch,
@@ -577,11 +585,15 @@ Status Session::runStep(const int64_t *tokens, const int64_t *positions,
     // The LM head of a last-row-only step reads the last row and writes one.
     step.lastRowOnly[li] =
         mode != OutputMode::AllLogits && t > 1 && plan::producesLogits(plan, l);
-    for (int64_t id : l.results)
-      step.rows[id] = step.lastRowOnly[li] ? 1
-                      : plan.values[id].gathered
-                          ? gatheredTokens * plan.values[id].rowsPerToken
-                          : t * plan.values[id].rowsPerToken;
+    for (int64_t id : l.results) {
+      const plan::Value &v = plan.values[id];
+      if (v.received)
+        step.rows[id] = 0; // until the token dispatch says (setReceived)
+      else if (step.lastRowOnly[li])
+        step.rows[id] = 1;
+      else
+        step.rows[id] = (v.gathered ? gatheredTokens : t) * v.rowsPerToken;
+    }
     // Above its limit the partials are all-reduced: one block, the sum.
     if (l.kind == plan::LaunchKind::GatherPartials && !l.gathersPartials(t))
       step.rows[l.results[0]] = t;

@@ -139,8 +139,8 @@ static cl::opt<std::string> tokenExchange(
     cl::desc("How MoE blocks of a graph with attention replicas exchange "
              "tokens: all-to-all (each routed row to the ranks holding its "
              "expert), gather (all-gather + reduce-scatter), or auto (the one "
-             "that moves fewer bytes by the cost model; engines run only "
-             "the gather so far and get it)"),
+             "that moves fewer bytes by the cost model; sm_90a engines run "
+             "only the gather so far and get it)"),
     cl::value_desc("auto|all-to-all|gather"), cl::cat(parallelCategory));
 
 static cl::opt<int64_t> fusedAllReduceRows(
@@ -262,12 +262,13 @@ static int runCompile() {
   }
   bool allToAll = false;
   if (attentionReplicas > 1) {
-    bool engine = !target.empty();
+    // Host engines and graphs run the all-to-all; sm_90a engines not yet.
+    bool engine = target == "sm_90a";
     if (tokenExchange == "all-to-all" && engine) {
       WithColor::error(errs(), "kilnc")
-          << "--exchange all-to-all: engines do not run the all-to-all token "
-             "exchange yet (the graph does: -o graph.mlir, kiln-ref --graph); "
-             "use --exchange gather\n";
+          << "--exchange all-to-all: sm_90a engines do not run the all-to-all "
+             "token exchange yet (host engines and the graph do); use "
+             "--exchange gather\n";
       return 1;
     }
     // Both exchanges move bytes in proportion to the tokens, so the one
@@ -286,7 +287,7 @@ static int runCompile() {
           << llvm::format("%.2f", bytes.allToAll) << " rows per rank and MoE "
           << "block for every replica token, the all-gather + reduce-scatter "
           << llvm::format("%.2f", bytes.gatherScatter)
-          << "; engines run only the latter so far\n";
+          << "; sm_90a engines run only the latter so far\n";
   }
   stage("fusing and partitioning");
   mlir::PassManager pm(&context);

@@ -446,6 +446,32 @@ LogicalResult KernelLowering::lowerOp(Operation *op, Emitter &e) {
         });
         return success();
       })
+      .Case([&](ExpertDownPairsOp dn) {
+        // A row per received pair (no combination per token: that is the
+        // token combine's, on the rank the pair came from). Scalar loops;
+        // the panel-vectorized form is expert_down's.
+        Value h = buffer(dn.getHidden()), off = buffer(dn.getExpertOffsets());
+        Value w = buffer(dn.getDown());
+        Value pairs = rows(dn.getHidden(), e);
+        Value out = destination(dn.getResult(), pairs, e);
+        auto wType = cast<RankedTensorType>(dn.getDown().getType());
+        int64_t experts = wType.getDimSize(0), f = wType.getDimSize(1);
+        int64_t d = wType.getDimSize(2);
+        e.loops({e.index(experts)}, [&](ValueRange ex) {
+          Value begin = e.loadIndex(off, {ex[0]});
+          Value end = e.loadIndex(off, {e.addIndex(ex[0], e.index(1))});
+          e.loopWith(begin, end, {}, [&](Value i, ValueRange) {
+            e.loops({e.index(d)}, [&](ValueRange c) {
+              Value acc = e.sum(e.index(f), [&](Value j) {
+                return e.mul(e.load(h, {i, j}), e.load(w, {ex[0], j, c[0]}));
+              });
+              e.store(acc, out, {i, c[0]});
+            });
+            return SmallVector<Value>();
+          });
+        });
+        return success();
+      })
       .Default([&](Operation *other) {
         return other->emitOpError()
                << "has no host loop lowering yet (kernel kind '"

@@ -128,6 +128,22 @@ llvm::Expected<plan::Plan> mlir::kiln::buildEnginePlan(
                return gathered.contains(v);
              }))
       gathered.insert(call.getResults().begin(), call.getResults().end());
+  // What a token dispatch yields and the kernels compute from it holds the
+  // pairs this rank received, as many as the step's routing sends.
+  llvm::DenseSet<Value> received;
+  for (Operation &op : body)
+    if (auto dispatch = dyn_cast<TokenDispatchOp>(op)) {
+      for (Value v : dispatch.getResults())
+        if (cast<RankedTensorType>(v.getType()).isDynamicDim(0))
+          received.insert(v);
+    } else if (auto call = dyn_cast<func::CallOp>(op);
+               call && llvm::any_of(call.getOperands(), [&](Value v) {
+                 return received.contains(v);
+               })) {
+      for (Value v : call.getResults())
+        if (cast<RankedTensorType>(v.getType()).isDynamicDim(0))
+          received.insert(v);
+    }
   auto stageOf = [&](int64_t s) {
     return result.pipelineStages > 1 ? s : int64_t(-1);
   };
@@ -162,6 +178,26 @@ llvm::Expected<plan::Plan> mlir::kiln::buildEnginePlan(
       if (!id)
         return id.takeError();
       launch.results.push_back(*id);
+      result.launches.push_back(std::move(launch));
+    } else if (isa<TokenDispatchOp, TokenCombineOp>(op)) {
+      plan::Launch launch;
+      auto dispatch = dyn_cast<TokenDispatchOp>(op);
+      launch.kind = dispatch ? plan::LaunchKind::TokenDispatch
+                             : plan::LaunchKind::TokenCombine;
+      launch.stage = stageOf(stages->of(&op));
+      launch.expertGroups = static_cast<int64_t>(
+          dispatch ? dispatch.getExpertGroups()
+                   : cast<TokenCombineOp>(op).getExpertGroups());
+      for (Value operand : op.getOperands())
+        launch.args.push_back(ids.lookup(operand));
+      for (Value res : op.getResults()) {
+        plan::Value entry;
+        entry.received = received.contains(res);
+        auto id = addValue(res, std::move(entry));
+        if (!id)
+          return id.takeError();
+        launch.results.push_back(*id);
+      }
       result.launches.push_back(std::move(launch));
     } else if (isa<AllGatherOp, ReduceScatterOp>(op)) {
       // The scatter's `like` only gives the rows of this rank's replica,
@@ -212,7 +248,8 @@ llvm::Expected<plan::Plan> mlir::kiln::buildEnginePlan(
         plan::Value entry;
         entry.kind = plan::ValueKind::Buffer;
         if (cast<RankedTensorType>(res.getType()).isDynamicDim(0)) {
-          entry.rowsPerToken = rowsPerToken(kernel, i);
+          entry.received = received.contains(res);
+          entry.rowsPerToken = entry.received ? 1 : rowsPerToken(kernel, i);
           entry.gathered = gathered.contains(res);
         }
         auto id = addValue(res, std::move(entry));
@@ -265,6 +302,9 @@ llvm::Expected<plan::Plan> mlir::kiln::buildEnginePlan(
     } else if (isa<AllReduceOp, StageSendOp, AllGatherOp, ReduceScatterOp>(
                    op)) {
       rowsPerTokenOf[op.getResult(0)] = rowsPerTokenOf.lookup(op.getOperand(0));
+    } else if (isa<TokenDispatchOp, TokenCombineOp>(op)) {
+      for (Value res : op.getResults())
+        rowsPerTokenOf[res] = 1;
     } else if (auto gather = dyn_cast<GatherPartialsOp>(op)) {
       rowsPerTokenOf[gather.getResult()] =
           rowsPerTokenOf.lookup(gather.getInput()) *
@@ -282,7 +322,7 @@ llvm::Expected<plan::Plan> mlir::kiln::buildEnginePlan(
   // they keep storage of their own too.
   auto ownStorage = [&](Value v) {
     return v == logits || v == logitsSource || gathered.contains(v) ||
-           v.getDefiningOp<GatherPartialsOp>();
+           received.contains(v) || v.getDefiningOp<GatherPartialsOp>();
   };
   ActivationPlan arena = planActivations(graph, [&](Value v) {
     if (ownStorage(v))

@@ -516,6 +516,12 @@ Status kiln::openCudaBackend(const EngineFile &engine, const BoundPlan &bound,
   d.cuDeviceGetAttribute(
       &optIn, CU_DEVICE_ATTRIBUTE_MAX_SHARED_MEMORY_PER_BLOCK_OPTIN, s->device);
   for (const plan::Launch &l : plan.launches) {
+    if (l.kind == plan::LaunchKind::TokenDispatch ||
+        l.kind == plan::LaunchKind::TokenCombine)
+      return Status::error(
+          StatusCode::InvalidEngine,
+          enginePath + ": the CUDA backend does not run the all-to-all token "
+                       "exchange yet; compile with --exchange gather");
     if (l.kind != plan::LaunchKind::Kernel)
       continue; // collectives: NCCL
     if (l.gpu.empty())

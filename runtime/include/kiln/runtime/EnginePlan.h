@@ -77,6 +77,10 @@ struct Value {
   /// every replica's rows (from an AllGather to its ReduceScatter): the first
   /// extent counts the tokens of all replicas in the step, not this rank's.
   bool gathered = false;
+  /// Buffers between a TokenDispatch and its TokenCombine that hold the
+  /// pairs this rank received: the first extent is their count, known
+  /// only once the dispatch has run.
+  bool received = false;
 
   bool isDynamic() const { return !shape.empty() && shape[0] < 0; }
 };
@@ -188,7 +192,14 @@ enum class LaunchKind {
   /// The partial sums of the replica's ranks stacked for a kernel that sums
   /// them (kiln.gather_partials); above `maxRows` rows per rank, an
   /// all-reduce handing the kernel the sum as one block.
-  GatherPartials
+  GatherPartials,
+  /// The all-to-all of a MoE block (kiln.token_dispatch): a rank's piece of
+  /// its replica's routed rows to the ranks of each pair's expert group;
+  /// the results are a router's over the rank's experts, as received.
+  TokenDispatch,
+  /// Its way back (kiln.token_combine): the received pairs' outputs to the
+  /// ranks they came from, summed into the rows of their pieces.
+  TokenCombine
 };
 
 struct Launch {
@@ -204,6 +215,9 @@ struct Launch {
   int64_t stage = -1;
   /// GatherPartials: the most rows per rank it gathers for (-1: any).
   int64_t maxRows = -1;
+  /// TokenDispatch / TokenCombine: the expert groups the stage's ranks
+  /// form (group g: ranks g R / G .. (g + 1) R / G - 1).
+  int64_t expertGroups = 0;
 
   /// GatherPartials: whether a step of `rows` rows per rank gathers the
   /// partials (rather than all-reducing them).
