@@ -30,9 +30,13 @@ rm -rf "$seeds" && mkdir -p "$seeds"
 "$bin/kiln-mkmodel" --preset tiny-scout --layers 1 --experts 2 --top-k 1 \
   -o "$seeds/small" > /dev/null
 "$bin/kilnc" "$seeds/small" --target host -o "$seeds/small.kiln"
-# Two data-parallel attention replicas: gathered values and the exchange.
+# Two data-parallel attention replicas: the all-to-all exchange (auto's
+# choice: received values, token dispatch and combine) and the gather one
+# (gathered values, all-gather and reduce-scatter).
 "$bin/kilnc" "$seeds/small" --dp 2 --ep 2 --target host \
   -o "$seeds/small-dp2.kiln"
+"$bin/kilnc" "$seeds/small" --dp 2 --ep 2 --exchange gather --target host \
+  -o "$seeds/small-dp2-gather.kiln"
 python3 - "$seeds" "$root" <<'PY'
 import json, os, struct, sys
 seeds = sys.argv[1]
@@ -59,7 +63,7 @@ put("json", "config.json", config)
 small = os.path.join(seeds, "small", "model.safetensors")
 data = open(small, "rb").read()
 put("safetensors", "small.safetensors", data[:8 + struct.unpack("<Q", data[:8])[0] + 64])
-for name in ("model", "small", "small-dp2"):
+for name in ("model", "small", "small-dp2", "small-dp2-gather"):
     engine = open(os.path.join(seeds, name + ".kiln"), "rb").read()
     # Sections after the 88-byte header: kind (u32), 4 bytes, size (u64).
     pos, count = 88, struct.unpack_from("<I", engine, 12)[0]

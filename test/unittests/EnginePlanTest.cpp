@@ -79,6 +79,64 @@ Plan replicaPlan() {
   return p;
 }
 
+/// Four ranks in two attention replicas exchanging a MoE block's tokens
+/// with the all-to-all: the router's results over 4 experts, their
+/// dispatch to 2 expert groups, a kernel on the received pairs and the
+/// combine back into the replica's rows.
+Plan allToAllPlan() {
+  Plan p;
+  p.tensorParallel = 4;
+  p.attentionReplicas = 2;
+  auto input = [](const char *name, DType type, std::vector<int64_t> shape) {
+    Value v;
+    v.kind = ValueKind::Input;
+    v.input = name;
+    v.dtype = type;
+    v.shape = std::move(shape);
+    return v;
+  };
+  auto buffer = [](DType type, std::vector<int64_t> shape, bool received) {
+    Value v;
+    v.dtype = type;
+    v.shape = std::move(shape);
+    v.received = received;
+    return v;
+  };
+  p.values = {input("tokens", DType::I32, {-1}),   // 0
+              input("rank", DType::I64, {1}),      // 1
+              buffer(DType::F32, {-1, 8}, false),  // 2 rows
+              buffer(DType::I64, {-1}, false),     // 3 token indices
+              buffer(DType::I64, {5}, false),      // 4 offsets
+              buffer(DType::F32, {-1}, false),     // 5 gates
+              buffer(DType::F32, {-1, 8}, true),   // 6 received rows
+              buffer(DType::I64, {-1}, true),      // 7 pair indices
+              buffer(DType::I64, {3}, false),      // 8 received offsets
+              buffer(DType::F32, {-1}, true),      // 9 received gates
+              buffer(DType::F32, {-1, 8}, true),   // 10 pair outputs
+              buffer(DType::F32, {-1, 8}, false)}; // 11 combined
+  Launch embed, route, dispatch, experts, combine;
+  embed.kernel = "embed_0";
+  embed.args = {0};
+  embed.results = {2};
+  route.kernel = "router_0";
+  route.args = {2};
+  route.results = {3, 4, 5};
+  dispatch.kind = LaunchKind::TokenDispatch;
+  dispatch.expertGroups = 2;
+  dispatch.args = {2, 3, 4, 5, 1};
+  dispatch.results = {6, 7, 8, 9};
+  experts.kernel = "grouped_gemm_0";
+  experts.args = {6, 7, 8, 9};
+  experts.results = {10};
+  combine.kind = LaunchKind::TokenCombine;
+  combine.expertGroups = 2;
+  combine.args = {10, 2, 3, 4, 1};
+  combine.results = {11};
+  p.launches = {embed, route, dispatch, experts, combine};
+  p.logits = 11;
+  return p;
+}
+
 std::string errorOf(const std::string &text) {
   Plan out;
   std::string error;
@@ -294,6 +352,54 @@ TEST(EnginePlanTest, MalformedFusedAllReducePlansAreNamed) {
       {replaced(text, "\"kernel\":\"gemm_0\",",
                 "\"kernel\":\"gemm_0\",\"max_rows\":2,"),
        "max_rows on a launch that is not a gather_partials"},
+  });
+}
+
+TEST(EnginePlanTest, AllToAllFieldsRoundTrip) {
+  std::string text = writePlan(allToAllPlan());
+  Plan back;
+  std::string error;
+  ASSERT_TRUE(readPlan(text, "dp.kiln", back, error)) << error;
+  ASSERT_EQ(back.launches.size(), 5u);
+  EXPECT_EQ(back.launches[2].kind, LaunchKind::TokenDispatch);
+  EXPECT_EQ(back.launches[2].expertGroups, 2);
+  EXPECT_EQ(back.launches[4].kind, LaunchKind::TokenCombine);
+  EXPECT_EQ(back.launches[4].expertGroups, 2);
+  EXPECT_TRUE(back.values[6].received);
+  EXPECT_FALSE(back.values[8].received);
+  EXPECT_TRUE(back.values[10].received);
+  EXPECT_FALSE(back.values[11].received);
+  EXPECT_EQ(writePlan(back), text);
+}
+
+TEST(EnginePlanTest, MalformedAllToAllPlansAreNamed) {
+  std::string text = writePlan(allToAllPlan());
+  std::string dispatch =
+      "\"collective\":\"token_dispatch\",\"expert_groups\":2";
+  std::string combine = "\"collective\":\"token_combine\",\"expert_groups\":2";
+  expectNamed({
+      {replaced(text, "\"attention_replicas\":2,", ""),
+       "a received value needs attention replicas"},
+      {replaced(text, dispatch,
+                "\"collective\":\"token_dispatch\",\"expert_groups\":3"),
+       "a token_dispatch needs expert_groups dividing the 4 ranks"},
+      {replaced(text, dispatch, "\"collective\":\"token_dispatch\""),
+       "a token_dispatch needs expert_groups dividing the 4 ranks"},
+      {replaced(text, dispatch + ",\"args\":[2,3,4,5,1]",
+                dispatch + ",\"args\":[2,3,4,5,0]"),
+       "a token_dispatch needs its replica's F32 rows"},
+      {replaced(text, dispatch + ",\"args\":[2,3,4,5,1],\"results\":[6,7,8,9]",
+                dispatch + ",\"args\":[2,3,4,5,1],\"results\":[6,7,4,9]"),
+       "a token_dispatch needs received rows like the sent ones, received I64 "
+       "pair indices and F32 gates, and I64 offsets of the group's 2 experts"},
+      {replaced(text, dispatch + ",\"args\":[2,3,4,5,1],\"results\":[6,7,8,9]",
+                dispatch + ",\"args\":[2,3,4,5,1],\"results\":[6,7,8]"),
+       "a token_dispatch needs 5 arguments and 4 results"},
+      {replaced(text, combine + ",\"args\":[10,", combine + ",\"args\":[11,"),
+       "a token_combine needs the received pairs' F32 outputs"},
+      {replaced(text, "\"kernel\":\"embed_0\",",
+                "\"kernel\":\"embed_0\",\"expert_groups\":2,"),
+       "expert_groups on a launch that is not a token exchange"},
   });
 }
 
