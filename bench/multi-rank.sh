@@ -2,7 +2,8 @@
 # Host engines split over ranks (one process per rank under OpenMPI's
 # mpirun): prefill and decode tokens/s of one rank against TP 2, EP 2, PP 2
 # and data-parallel attention (DP 2: two replicas, each with its own
-# sequence, the experts divided over both ranks) on a mid-size random
+# sequence, the experts divided over both ranks; the all-to-all token
+# exchange and the all-gather + reduce-scatter one) on a mid-size random
 # Llama 4 MoE model. For DP the aggregate is both replicas' tokens over the
 # slower replica's time. Each rank takes its share of the cores (the
 # runtime divides them by OMPI_COMM_WORLD_LOCAL_SIZE), so on one machine
@@ -49,4 +50,5 @@ measure "one rank" 1 "" "--tokens-file $work/a"
 measure "TP 2" 2 "--tp 2" "--tokens-file $work/a"
 measure "EP 2" 2 "--ep 2" "--tokens-file $work/a"
 measure "PP 2" 2 "--pp 2" "--tokens-file $work/a"
-measure "DP 2 (EP 2), 2 sequences" 2 "--tp 1 --dp 2 --ep 2" "--tokens-file $work/a --tokens-file $work/b"
+measure "DP 2 (EP 2) all-to-all, 2 sequences" 2 "--tp 1 --dp 2 --ep 2 --exchange all-to-all" "--tokens-file $work/a --tokens-file $work/b"
+measure "DP 2 (EP 2) gather, 2 sequences" 2 "--tp 1 --dp 2 --ep 2 --exchange gather" "--tokens-file $work/a --tokens-file $work/b"
