@@ -462,6 +462,34 @@ public:
       time[0] += exchangeSeconds;
       time[1] += exchangeSeconds;
     }
+    // The all-to-all exchange: per MoE block, a count exchange and the
+    // pairs out, then the outputs back (allToAllSeconds).
+    int64_t allToAlls = 0;
+    double allToAllBytes = 0, allToAllTime = 0;
+    graph.walk([&](TokenDispatchOp d) {
+      int64_t hidden =
+          cast<RankedTensorType>(d.getInput().getType()).getDimSize(1);
+      double bytes =
+          replicaExchangeBytes(
+              replicas, world, static_cast<int64_t>(d.getExpertGroups()),
+              routedPerToken,
+              static_cast<double>(hidden) * options.activationBytes,
+              step.tokens)
+              .allToAll;
+      ++allToAlls;
+      allToAllBytes += bytes;
+      allToAllTime += allToAllSeconds(world, bytes);
+    });
+    if (allToAlls) {
+      os << llvm::format(
+          "%-16s %-12s %8lld  %-44s %12s %12.4f %12.1f %12.1f\n", "all-to-all",
+          "collective", static_cast<long long>(allToAlls),
+          world > 8 ? "InfiniBand (GB moved per rank)"
+                    : "NVLink (GB moved per rank)",
+          "", allToAllBytes / 1e9, allToAllTime * 1e6, allToAllTime * 1e6);
+      time[0] += allToAllTime;
+      time[1] += allToAllTime;
+    }
     // Pipeline hand-overs: the stages run one after another for one
     // request, so every stage's launches above count, plus these.
     int64_t sends = 0;

@@ -125,6 +125,16 @@ mlir::kiln::replicaExchangeBytes(int64_t replicas, int64_t ranks,
   return b;
 }
 
+double mlir::kiln::allToAllSeconds(int64_t ranks, double bytes) {
+  if (ranks <= 1)
+    return 0;
+  Hardware hw;
+  bool inNode = ranks <= hw.gpusPerNode;
+  double latency = inNode ? hw.nvlinkLatency : hw.ibLatency;
+  return 2.0 *
+         (2.0 * latency + bytes / 2.0 / (inNode ? hw.nvlink : hw.infiniband));
+}
+
 double mlir::kiln::stageTransferSeconds(int64_t ranks, double bytes) {
   Hardware hw;
   bool inNode = ranks <= hw.gpusPerNode;

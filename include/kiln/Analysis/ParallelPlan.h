@@ -108,6 +108,12 @@ ReplicaExchangeBytes replicaExchangeBytes(int64_t replicas, int64_t ranks,
                                           int64_t groups, int64_t topK,
                                           double rowBytes, int64_t tokens);
 
+/// Seconds for a MoE block's all-to-all exchange moving `bytes` per rank
+/// (dispatch and combine together) over `ranks` GPUs: each way a count
+/// exchange and a data exchange, one latency each, and half the bytes over
+/// NVLink (InfiniBand beyond a node).
+double allToAllSeconds(int64_t ranks, double bytes);
+
 /// Every layout of exactly `options.gpus` GPUs, estimated.
 std::vector<LayoutEstimate> estimateLayouts(const ModelShape &model,
                                             const PlanOptions &options);
