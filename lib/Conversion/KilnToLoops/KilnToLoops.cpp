@@ -183,6 +183,27 @@ static Value emitVisible(Emitter &e, Value q, Value k, int64_t chunk) {
   return arith::AndIOp::create(*e.b, e.loc, causal, same);
 }
 
+/// The down GEMM of each pair of each expert (`off`: [E + 1] offsets),
+/// one output column at a time in f32: `write(pair, column, h[pair] .
+/// w[e, :, column])`.
+static void emitExpertDownLoops(Emitter &e, Value h, Value off, Value w,
+                                int64_t experts, int64_t f, int64_t d,
+                                function_ref<void(Value, Value, Value)> write) {
+  e.loops({e.index(experts)}, [&](ValueRange ex) {
+    Value begin = e.loadIndex(off, {ex[0]});
+    Value end = e.loadIndex(off, {e.addIndex(ex[0], e.index(1))});
+    e.loopWith(begin, end, {}, [&](Value i, ValueRange) {
+      e.loops({e.index(d)}, [&](ValueRange c) {
+        Value acc = e.sum(e.index(f), [&](Value j) {
+          return e.mul(e.load(h, {i, j}), e.load(w, {ex[0], j, c[0]}));
+        });
+        write(i, c[0], acc);
+      });
+      return SmallVector<Value>();
+    });
+  });
+}
+
 static int64_t width(Value v) {
   return cast<RankedTensorType>(v.getType()).getDimSize(1);
 }
@@ -429,21 +450,11 @@ LogicalResult KernelLowering::lowerOp(Operation *op, Emitter &e) {
         e.loops({t, e.index(d)}, [&](ValueRange ivs) {
           e.store(e.load(addend, ivs), out, ivs);
         });
-        e.loops({e.index(experts)}, [&](ValueRange ex) {
-          Value begin = e.loadIndex(off, {ex[0]});
-          Value end = e.loadIndex(off, {e.addIndex(ex[0], e.index(1))});
-          e.loopWith(begin, end, {}, [&](Value i, ValueRange) {
-            Value token = e.loadIndex(idx, {i});
-            e.loops({e.index(d)}, [&](ValueRange c) {
-              Value acc = e.sum(e.index(f), [&](Value j) {
-                return e.mul(e.load(h, {i, j}), e.load(w, {ex[0], j, c[0]}));
-              });
-              e.store(e.add(e.load(out, {token, c[0]}), acc), out,
-                      {token, c[0]});
+        emitExpertDownLoops(
+            e, h, off, w, experts, f, d, [&](Value pair, Value col, Value acc) {
+              Value token = e.loadIndex(idx, {pair});
+              e.store(e.add(e.load(out, {token, col}), acc), out, {token, col});
             });
-            return SmallVector<Value>();
-          });
-        });
         return success();
       })
       .Case([&](ExpertDownPairsOp dn) {
@@ -457,19 +468,10 @@ LogicalResult KernelLowering::lowerOp(Operation *op, Emitter &e) {
         auto wType = cast<RankedTensorType>(dn.getDown().getType());
         int64_t experts = wType.getDimSize(0), f = wType.getDimSize(1);
         int64_t d = wType.getDimSize(2);
-        e.loops({e.index(experts)}, [&](ValueRange ex) {
-          Value begin = e.loadIndex(off, {ex[0]});
-          Value end = e.loadIndex(off, {e.addIndex(ex[0], e.index(1))});
-          e.loopWith(begin, end, {}, [&](Value i, ValueRange) {
-            e.loops({e.index(d)}, [&](ValueRange c) {
-              Value acc = e.sum(e.index(f), [&](Value j) {
-                return e.mul(e.load(h, {i, j}), e.load(w, {ex[0], j, c[0]}));
-              });
-              e.store(acc, out, {i, c[0]});
-            });
-            return SmallVector<Value>();
-          });
-        });
+        emitExpertDownLoops(e, h, off, w, experts, f, d,
+                            [&](Value pair, Value col, Value acc) {
+                              e.store(acc, out, {pair, col});
+                            });
         return success();
       })
       .Default([&](Operation *other) {
