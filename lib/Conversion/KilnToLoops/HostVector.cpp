@@ -377,8 +377,14 @@ void mlir::kiln::emitVectorExpertDown(Emitter &e, const HostVectorShape &shape,
   VectorType type = VectorType::get({lanes}, e.b->getF32Type());
   bool packed = expertPanel(shape, d) != 0;
   Value panels = packed ? panelView(e, w, cols) : Value();
-  emitRowLoops(e, shape.parallel, {rows, e.index(d)},
-               [&](ValueRange ivs) { e.store(e.load(addend, ivs), out, ivs); });
+  // Without indices and addend (expert_down_pairs): pair i is row i, from
+  // zero.
+  auto tokenOf = [&](Value pair) {
+    return indices ? e.loadIndex(indices, {pair}) : pair;
+  };
+  emitRowLoops(e, shape.parallel, {rows, e.index(d)}, [&](ValueRange ivs) {
+    e.store(addend ? e.load(addend, ivs) : e.f32(0.0), out, ivs);
+  });
   auto overExperts = [&](function_ref<void(Value, Value, Value)> body) {
     e.loops({e.index(experts)}, [&](ValueRange ex) {
       Value begin = e.loadIndex(offsets, {ex[0]});
@@ -414,7 +420,7 @@ void mlir::kiln::emitVectorExpertDown(Emitter &e, const HostVectorShape &shape,
           return next;
         });
     for (int64_t r = 0; r < m; ++r) {
-      Value token = e.loadIndex(indices, {pairs[r]});
+      Value token = tokenOf(pairs[r]);
       for (int64_t v = 0; v < nv; ++v) {
         Value current = loadWide(e, out, {token, colIv[v]}, lanes);
         storeNarrow(e, e.add(current, acc[r * nv + v]), out, {token, colIv[v]});
@@ -434,7 +440,7 @@ void mlir::kiln::emitVectorExpertDown(Emitter &e, const HostVectorShape &shape,
     return;
   overExperts([&](Value ex, Value begin, Value end) {
     e.loopStep(begin, end, e.index(1), [&](Value i) {
-      Value token = e.loadIndex(indices, {i});
+      Value token = tokenOf(i);
       e.loopStep(e.index(blocks * cols), e.index(d), e.index(1), [&](Value c) {
         Value acc = e.sum(e.index(f), [&](Value j) {
           return e.mul(e.load(hidden, {i, j}), e.load(w, {ex, j, c}));

@@ -70,7 +70,8 @@ void emitVectorExpertGateUp(Emitter &e, const HostVectorShape &shape,
 /// of its pairs i, out[token[i], :] += hidden[i, :] . w[x]; w is
 /// [experts, f, d], in panels when expertPanel(shape, d) says so.
 /// Outer-product tiles; column blocks are the unit of threading, so no two
-/// threads add into one element.
+/// threads add into one element. Null `indices` and `addend`: a row per pair
+/// from zero (expert_down_pairs).
 void emitVectorExpertDown(Emitter &e, const HostVectorShape &shape,
                           Value hidden, Value indices, Value offsets, Value w,
                           Value addend, Value out, Value rows, int64_t experts,

@@ -459,8 +459,7 @@ LogicalResult KernelLowering::lowerOp(Operation *op, Emitter &e) {
       })
       .Case([&](ExpertDownPairsOp dn) {
         // A row per received pair (no combination per token: that is the
-        // token combine's, on the rank the pair came from). Scalar loops;
-        // the panel-vectorized form is expert_down's.
+        // token combine's, on the rank the pair came from).
         Value h = buffer(dn.getHidden()), off = buffer(dn.getExpertOffsets());
         Value w = buffer(dn.getDown());
         Value pairs = rows(dn.getHidden(), e);
@@ -468,6 +467,12 @@ LogicalResult KernelLowering::lowerOp(Operation *op, Emitter &e) {
         auto wType = cast<RankedTensorType>(dn.getDown().getType());
         int64_t experts = wType.getDimSize(0), f = wType.getDimSize(1);
         int64_t d = wType.getDimSize(2);
+        if (vectorized()) {
+          notePanel(dn.getDown(), expertPanel(shape, d));
+          emitVectorExpertDown(e, shape, h, Value(), off, w, Value(), out,
+                               pairs, experts, f, d);
+          return success();
+        }
         emitExpertDownLoops(e, h, off, w, experts, f, d,
                             [&](Value pair, Value col, Value acc) {
                               e.store(acc, out, {pair, col});
