@@ -52,6 +52,11 @@ private:
                                             Value pairGate, Value counts,
                                             Value indices, Value offsets,
                                             Value gates);
+  /// The grouped down GEMM of expert_down (`indices` and `addend`: the
+  /// rows combine per token onto the addend) and of expert_down_pairs (both
+  /// null: a row per pair, from zero); `rows` rows of output.
+  void lowerExpertDown(Value down, Value h, Value indices, Value offsets,
+                       Value addend, Value out, Value rows, Emitter &e);
   Value buffer(Value tensor) { return buffers.lookup(tensor); }
   /// The destination of a result: the output argument when the result is
   /// returned, else a fresh allocation freed at the end of the kernel.
@@ -206,6 +211,29 @@ static void emitExpertDownLoops(Emitter &e, Value h, Value off, Value w,
 
 static int64_t width(Value v) {
   return cast<RankedTensorType>(v.getType()).getDimSize(1);
+}
+
+void KernelLowering::lowerExpertDown(Value down, Value h, Value indices,
+                                     Value offsets, Value addend, Value out,
+                                     Value rows, Emitter &e) {
+  auto wType = cast<RankedTensorType>(down.getType());
+  int64_t experts = wType.getDimSize(0), f = wType.getDimSize(1);
+  int64_t d = wType.getDimSize(2);
+  Value w = buffer(down);
+  if (vectorized()) {
+    notePanel(down, expertPanel(shape, d));
+    emitVectorExpertDown(e, shape, h, indices, offsets, w, addend, out, rows,
+                         experts, f, d);
+    return;
+  }
+  e.loops({rows, e.index(d)}, [&](ValueRange ivs) {
+    e.store(addend ? e.load(addend, ivs) : e.f32(0.0), out, ivs);
+  });
+  emitExpertDownLoops(
+      e, h, offsets, w, experts, f, d, [&](Value pair, Value col, Value acc) {
+        Value row = indices ? e.loadIndex(indices, {pair}) : pair;
+        e.store(e.add(e.load(out, {row, col}), acc), out, {row, col});
+      });
 }
 
 LogicalResult KernelLowering::lowerOp(Operation *op, Emitter &e) {
@@ -433,50 +461,20 @@ LogicalResult KernelLowering::lowerOp(Operation *op, Emitter &e) {
         return success();
       })
       .Case([&](ExpertDownOp dn) {
-        Value h = buffer(dn.getHidden()), idx = buffer(dn.getTokenIndices());
-        Value off = buffer(dn.getExpertOffsets()), w = buffer(dn.getDown());
-        Value addend = buffer(dn.getAddend());
         Value t = rows(dn.getAddend(), e);
-        Value out = destination(dn.getResult(), t, e);
-        auto wType = cast<RankedTensorType>(dn.getDown().getType());
-        int64_t experts = wType.getDimSize(0), f = wType.getDimSize(1);
-        int64_t d = wType.getDimSize(2);
-        if (vectorized()) {
-          notePanel(dn.getDown(), expertPanel(shape, d));
-          emitVectorExpertDown(e, shape, h, idx, off, w, addend, out, t,
-                               experts, f, d);
-          return success();
-        }
-        e.loops({t, e.index(d)}, [&](ValueRange ivs) {
-          e.store(e.load(addend, ivs), out, ivs);
-        });
-        emitExpertDownLoops(
-            e, h, off, w, experts, f, d, [&](Value pair, Value col, Value acc) {
-              Value token = e.loadIndex(idx, {pair});
-              e.store(e.add(e.load(out, {token, col}), acc), out, {token, col});
-            });
+        lowerExpertDown(dn.getDown(), buffer(dn.getHidden()),
+                        buffer(dn.getTokenIndices()),
+                        buffer(dn.getExpertOffsets()), buffer(dn.getAddend()),
+                        destination(dn.getResult(), t, e), t, e);
         return success();
       })
       .Case([&](ExpertDownPairsOp dn) {
         // A row per received pair (no combination per token: that is the
         // token combine's, on the rank the pair came from).
-        Value h = buffer(dn.getHidden()), off = buffer(dn.getExpertOffsets());
-        Value w = buffer(dn.getDown());
         Value pairs = rows(dn.getHidden(), e);
-        Value out = destination(dn.getResult(), pairs, e);
-        auto wType = cast<RankedTensorType>(dn.getDown().getType());
-        int64_t experts = wType.getDimSize(0), f = wType.getDimSize(1);
-        int64_t d = wType.getDimSize(2);
-        if (vectorized()) {
-          notePanel(dn.getDown(), expertPanel(shape, d));
-          emitVectorExpertDown(e, shape, h, Value(), off, w, Value(), out,
-                               pairs, experts, f, d);
-          return success();
-        }
-        emitExpertDownLoops(e, h, off, w, experts, f, d,
-                            [&](Value pair, Value col, Value acc) {
-                              e.store(acc, out, {pair, col});
-                            });
+        lowerExpertDown(dn.getDown(), buffer(dn.getHidden()), Value(),
+                        buffer(dn.getExpertOffsets()), Value(),
+                        destination(dn.getResult(), pairs, e), pairs, e);
         return success();
       })
       .Default([&](Operation *other) {
