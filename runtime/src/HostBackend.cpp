@@ -131,10 +131,11 @@ private:
   /// What the last token dispatch sent and received, for its combine: per
   /// expert group, the pairs (indices into this rank's routing) sent to
   /// each of its ranks; per sending rank and local expert, the pairs
-  /// received.
+  /// received and where the first of them was filed (expert-major order).
   struct TokenExchange {
     std::vector<std::vector<int64_t>> sentToGroup;
     std::vector<int64_t> received;
+    std::vector<size_t> filedAt;
     std::vector<float> sendBuffer, receiveBuffer;
   } tokenExchange;
 
@@ -540,8 +541,7 @@ Status HostSession::dispatchTokens(const Step &step, size_t launch) {
   const int64_t *indices = static_cast<const int64_t *>(data[l.args[1]]);
   const int64_t *offsets = static_cast<const int64_t *>(data[l.args[2]]);
   const float *gates = static_cast<const float *>(data[l.args[3]]);
-  int64_t pieces = plan.replicaRanks(), part = me % pieces;
-  int64_t begin = t * part / pieces, end = t * (part + 1) / pieces;
+  int64_t begin = step.pieceBegin[me], end = begin + step.pieceRows[me];
 
   TokenExchange &x = tokenExchange;
   x.sentToGroup.assign(static_cast<size_t>(groups), {});
@@ -601,18 +601,18 @@ Status HostSession::dispatchTokens(const Step &step, size_t launch) {
       static_cast<int64_t *>(const_cast<void *>(data[l.results[2]]));
   float *gotGates =
       static_cast<float *>(const_cast<void *>(data[l.results[3]]));
-  // Sender s's block starts at senderStart[s]; within it, expert e's pairs
-  // follow those of the experts before it.
-  std::vector<size_t> senderStart(static_cast<size_t>(ranks), 0);
-  for (int64_t s = 1; s < ranks; ++s)
-    senderStart[s] = senderStart[s - 1] + receiveCounts[s - 1] / pairWidth;
+  // Sender s's block arrives sender-major (by expert within it); its pairs
+  // of expert e are filed at filedAt[s][e] of the expert-major order.
+  std::vector<size_t> arrivedAt(static_cast<size_t>(ranks * local), 0);
+  for (size_t i = 1; i < arrivedAt.size(); ++i)
+    arrivedAt[i] = arrivedAt[i - 1] + static_cast<size_t>(x.received[i - 1]);
+  x.filedAt.assign(arrivedAt.size(), 0);
   size_t at = 0;
   gotOffsets[0] = 0;
   for (int64_t e = 0; e < local; ++e) {
     for (int64_t s = 0; s < ranks; ++s) {
-      size_t first = senderStart[s];
-      for (int64_t before = 0; before < e; ++before)
-        first += static_cast<size_t>(x.received[s * local + before]);
+      size_t first = arrivedAt[s * local + e];
+      x.filedAt[s * local + e] = at;
       for (int64_t k = 0; k < x.received[s * local + e]; ++k, ++at) {
         const float *pair = x.receiveBuffer.data() + (first + k) * pairWidth;
         std::copy(pair, pair + width, gotRows + at * width);
@@ -648,19 +648,10 @@ Status HostSession::combineTokens(const Step &step, size_t launch) {
   // Received order is expert-major; senders get theirs sender-major.
   std::vector<size_t> sendCounts, receiveCounts;
   x.sendBuffer.clear();
-  std::vector<size_t> expertStart(static_cast<size_t>(local + 1), 0);
-  for (int64_t e = 0; e < local; ++e) {
-    expertStart[e + 1] = expertStart[e];
-    for (int64_t s = 0; s < ranks; ++s)
-      expertStart[e + 1] += static_cast<size_t>(x.received[s * local + e]);
-  }
   for (int64_t s = 0; s < ranks; ++s) {
     size_t n = 0;
     for (int64_t e = 0; e < local; ++e) {
-      size_t first = expertStart[e];
-      for (int64_t before = 0; before < s; ++before)
-        first += static_cast<size_t>(x.received[before * local + e]);
-      const float *block = outputs + first * width;
+      const float *block = outputs + x.filedAt[s * local + e] * width;
       size_t count = static_cast<size_t>(x.received[s * local + e]);
       x.sendBuffer.insert(x.sendBuffer.end(), block, block + count * width);
       n += count;
