@@ -60,9 +60,10 @@ LogicalResult KilnDialect::verifyOperationAttribute(Operation *op,
   // Recorded by kiln-convert-kernels-to-gpu for the sm_90a engine writer,
   // which checks their contents field by field.
   if (name == "kiln.gpu_steps") {
-    if (!isa<FunctionOpInterface>(op) || !isa<ArrayAttr>(attr.getValue()))
-      return op->emitError()
-             << "'kiln.gpu_steps' must be an array on a kernel function";
+    if (!isa<FunctionOpInterface, TokenDispatchOp, TokenCombineOp>(op) ||
+        !isa<ArrayAttr>(attr.getValue()))
+      return op->emitError() << "'kiln.gpu_steps' must be an array on a "
+                                "kernel function or a token exchange";
     return success();
   }
   if (name == "kiln.storage") {

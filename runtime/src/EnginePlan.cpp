@@ -321,11 +321,15 @@ void checkTokenExchange(const Plan &plan, const Launch &l,
   const Value &rows = value(l.args[routing]);
   const Value &offsets = value(l.args[routing + 2]);
   const Value &rank = value(l.args[4]);
-  if (!rowsOf(rows, DType::F32) || rows.received ||
+  // The routed rows as stored (bf16 on GPUs), which a dispatch moves and
+  // a combine takes only the shape of; a combine sums f32.
+  DType rowType = rows.dtype == DType::BF16 ? DType::BF16 : DType::F32;
+  if (!rowsOf(rows, rowType) || rows.received ||
       !listOf(value(l.args[routing + 1]), DType::I64) || !offsetsOf(offsets) ||
       (dispatch && !listOf(value(l.args[3]), DType::F32)) ||
       rank.kind != ValueKind::Input || rank.input != "rank")
-    return bad("needs its replica's F32 rows, their I64 token indices and "
+    return bad("needs its replica's F32 (or BF16) rows, their I64 token "
+               "indices and "
                "expert offsets, " +
                std::string(dispatch ? "their F32 gates, " : "") +
                "and the rank input");
@@ -347,7 +351,7 @@ void checkTokenExchange(const Plan &plan, const Launch &l,
   const Value &pairs = value(l.results[1]);
   const Value &gotOffsets = value(l.results[2]);
   const Value &gates = value(l.results[3]);
-  if (!got.received || !rowsOf(got, DType::F32) || got.shape != rows.shape ||
+  if (!got.received || !rowsOf(got, rowType) || got.shape != rows.shape ||
       !pairs.received || !listOf(pairs, DType::I64) ||
       gotOffsets.dtype != DType::I64 ||
       gotOffsets.shape != std::vector<int64_t>{experts / groups + 1} ||
@@ -753,6 +757,14 @@ bool kiln::plan::readPlan(const std::string &text, const std::string &path,
       r.fail("expert_groups on a launch that is not a token exchange");
     if (r.ok() && tokenExchange)
       checkTokenExchange(plan, l, collective, r);
+    // A token exchange's GPU code (sm_90a engines): its row gather-sum.
+    if (r.ok() && tokenExchange) {
+      const std::vector<json::Value> *steps = r.list("gpu", false);
+      if (steps && (steps->size() != 1 || !(*steps)[0].isArray() ||
+                    (*steps)[0].array.size() != 1))
+        r.fail("a " + collective +
+               " has one GPU step of one variant (its row gather-sum)");
+    }
     if (r.ok() && (l.kind == LaunchKind::AllGather ||
                    l.kind == LaunchKind::ReduceScatter)) {
       // The gather's result holds every replica's rows, the scatter's

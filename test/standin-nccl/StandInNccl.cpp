@@ -12,7 +12,11 @@
 // runs in stream order and is captured into CUDA graphs like NCCL's kernels.
 // All-reduce, broadcast, all-gather and reduce-scatter go through per-rank
 // slots and a barrier, sums in rank order; send/receive through a mailbox per
-// ordered pair of ranks. A peer that does not arrive within
+// ordered pair of ranks. Sends and receives between ncclGroupStart and
+// ncclGroupEnd become one host function that moves whichever of them can
+// move until all have (as NCCL runs a group's operations concurrently, so
+// ranks that send to each other before receiving do not deadlock); those to
+// one peer keep their order. A peer that does not arrive within
 // KILN_STANDIN_NCCL_TIMEOUT seconds (20) makes the communicator fail with
 // ncclRemoteError, which ncclCommGetAsyncError reports, as NCCL reports a lost
 // peer. KILN_STANDIN_NCCL_STOP_RANK=R stops rank R (SIGSTOP) in
@@ -136,7 +140,8 @@ enum class Kind {
   Send,
   Receive,
   AllGather,
-  ReduceScatter
+  ReduceScatter,
+  Group
 };
 struct Work {
   Comm *comm;
@@ -146,7 +151,57 @@ struct Work {
   size_t count;
   int peer;
   size_t elementBytes;
+  /// Group: its sends and receives, in the order they were called.
+  std::vector<Work> members;
 };
+
+/// Moves one send or receive if its mailbox lets it; true once it has.
+bool tryPointToPoint(const Work &w) {
+  Comm &c = *w.comm;
+  Shared &s = *c.shared;
+  size_t bytes = w.count * w.elementBytes;
+  if (w.kind == Kind::Send) {
+    std::atomic<int> &full = s.full[c.rank][w.peer];
+    if (full.load() != 0)
+      return false;
+    std::memcpy(s.mailbox[c.rank][w.peer], w.in, bytes);
+    full = 1;
+    return true;
+  }
+  std::atomic<int> &full = s.full[w.peer][c.rank];
+  if (full.load() != 1)
+    return false;
+  std::memcpy(w.out, s.mailbox[w.peer][c.rank], bytes);
+  full = 0;
+  return true;
+}
+
+/// A group: every member moves as soon as its mailbox allows, those of one
+/// kind to one peer in order.
+void runGroup(const Work &g) {
+  Comm &c = *g.comm;
+  std::vector<bool> done(g.members.size(), false);
+  size_t left = g.members.size();
+  auto moved = [&] {
+    // One pass: the first pending member per (kind, peer) may move.
+    std::vector<bool> blocked(2 * kMaxRanks, false);
+    for (size_t i = 0; i < g.members.size(); ++i) {
+      if (done[i])
+        continue;
+      const Work &w = g.members[i];
+      size_t lane = (w.kind == Kind::Send ? 0 : kMaxRanks) + w.peer;
+      if (blocked[lane])
+        continue;
+      blocked[lane] = true;
+      if (tryPointToPoint(w)) {
+        done[i] = true;
+        --left;
+      }
+    }
+    return left == 0;
+  };
+  await(c, moved);
+}
 
 void run(void *arg) {
   // Work items live as long as the graphs that replay them.
@@ -203,49 +258,62 @@ void run(void *arg) {
       std::memcpy(w.out, s.slot[w.peer], w.count * sizeof(float));
     barrier(c);
     return;
-  case Kind::Send: {
-    std::atomic<int> &full = s.full[c.rank][w.peer];
-    if (!await(c, [&] { return full.load() == 0; }))
-      return;
-    std::memcpy(s.mailbox[c.rank][w.peer], w.in, w.count * sizeof(float));
-    full = 1;
+  case Kind::Send:
+  case Kind::Receive:
+    await(c, [&] { return tryPointToPoint(w); });
     return;
-  }
-  case Kind::Receive: {
-    std::atomic<int> &full = s.full[w.peer][c.rank];
-    if (!await(c, [&] { return full.load() == 1; }))
-      return;
-    std::memcpy(w.out, s.mailbox[w.peer][c.rank], w.count * sizeof(float));
-    full = 0;
+  case Kind::Group:
+    runGroup(w);
     return;
-  }
   }
 }
 
+/// Sends and receives called between ncclGroupStart and ncclGroupEnd.
+int groupDepth = 0;
+Work pendingGroup{};
+void *pendingStream = nullptr;
+
 ncclResult_t enqueue(Comm *c, Kind kind, const void *in, void *out,
                      size_t count, int type, int peer, void *stream) {
-  // ncclFloat32 everywhere; ncclBfloat16 (9) for an all-gather.
-  bool bf16 = kind == Kind::AllGather && type == 9;
+  // ncclFloat32 everywhere; ncclBfloat16 (9) for an all-gather, a send or a
+  // receive (they only move the bytes).
+  bool pointToPoint = kind == Kind::Send || kind == Kind::Receive;
+  bool bf16 = (kind == Kind::AllGather || pointToPoint) && type == 9;
   if (!c || (type != 7 && !bf16) || peer < 0 || peer >= c->ranks)
     return ncclInvalidArgument;
-  size_t limit = kind == Kind::Send || kind == Kind::Receive
-                     ? kSlotFloats / kMaxRanks
+  size_t elementBytes = bf16 ? size_t(2) : sizeof(float);
+  size_t limit = pointToPoint ? kSlotFloats / kMaxRanks
                  : kind == Kind::ReduceScatter
                      ? kSlotFloats / static_cast<size_t>(c ? c->ranks : 1)
                      : kSlotFloats;
-  if (count > limit) {
-    std::fprintf(stderr,
-                 "stand-in NCCL: %zu floats in one call; it holds %zu\n", count,
-                 limit);
+  if (count * elementBytes > limit * sizeof(float)) {
+    std::fprintf(stderr, "stand-in NCCL: %zu bytes in one call; it holds %zu\n",
+                 count * elementBytes, limit * sizeof(float));
     return ncclInvalidUsage;
   }
   if (c->error != ncclSuccess)
     return c->error;
   if (!findDriver())
     return ncclSystemError;
-  c->work.push_back(std::make_unique<Work>(
-      Work{c, kind, static_cast<const float *>(in), static_cast<float *>(out),
-           count, peer, bf16 ? size_t(2) : sizeof(float)}));
+  Work item{c,
+            kind,
+            static_cast<const float *>(in),
+            static_cast<float *>(out),
+            count,
+            peer,
+            elementBytes,
+            {}};
+  if (groupDepth > 0) {
+    // One communicator and one stream per group: all Kiln needs.
+    if (!pointToPoint || (pendingGroup.comm &&
+                          (pendingGroup.comm != c || pendingStream != stream)))
+      return ncclInvalidUsage;
+    pendingGroup.comm = c;
+    pendingStream = stream;
+    pendingGroup.members.push_back(item);
+    return ncclSuccess;
+  }
+  c->work.push_back(std::make_unique<Work>(std::move(item)));
   Work *work = c->work.back().get();
   return launchHostFunc(stream, run, work) == 0 ? ncclSuccess : ncclSystemError;
 }
@@ -395,6 +463,25 @@ ncclSend(const void *in, size_t count, int type, int peer, Comm *c,
 __attribute__((visibility("default"))) ncclResult_t
 ncclRecv(void *out, size_t count, int type, int peer, Comm *c, void *stream) {
   return enqueue(c, Kind::Receive, nullptr, out, count, type, peer, stream);
+}
+
+__attribute__((visibility("default"))) ncclResult_t ncclGroupStart() {
+  ++groupDepth;
+  return ncclSuccess;
+}
+
+__attribute__((visibility("default"))) ncclResult_t ncclGroupEnd() {
+  if (groupDepth == 0)
+    return ncclInvalidUsage;
+  if (--groupDepth > 0 || !pendingGroup.comm)
+    return ncclSuccess;
+  Comm *c = pendingGroup.comm;
+  pendingGroup.kind = Kind::Group;
+  c->work.push_back(std::make_unique<Work>(std::move(pendingGroup)));
+  pendingGroup = Work{};
+  Work *work = c->work.back().get();
+  return launchHostFunc(pendingStream, run, work) == 0 ? ncclSuccess
+                                                       : ncclSystemError;
 }
 
 } // extern "C"

@@ -139,8 +139,7 @@ static cl::opt<std::string> tokenExchange(
     cl::desc("How MoE blocks of a graph with attention replicas exchange "
              "tokens: all-to-all (each routed row to the ranks holding its "
              "expert), gather (all-gather + reduce-scatter), or auto (the one "
-             "that moves fewer bytes by the cost model; sm_90a engines run "
-             "only the gather so far and get it)"),
+             "that moves fewer bytes by the cost model)"),
     cl::value_desc("auto|all-to-all|gather"), cl::cat(parallelCategory));
 
 static cl::opt<int64_t> fusedAllReduceRows(
@@ -262,15 +261,6 @@ static int runCompile() {
   }
   bool allToAll = false;
   if (attentionReplicas > 1) {
-    // Host engines and graphs run the all-to-all; sm_90a engines not yet.
-    bool engine = target == "sm_90a";
-    if (tokenExchange == "all-to-all" && engine) {
-      WithColor::error(errs(), "kilnc")
-          << "--exchange all-to-all: sm_90a engines do not run the all-to-all "
-             "token exchange yet (host engines and the graph do); use "
-             "--exchange gather\n";
-      return 1;
-    }
     // Both exchanges move bytes in proportion to the tokens, so the one
     // that moves fewer at one token does at every step size.
     int64_t topK = 1;
@@ -278,16 +268,13 @@ static int runCompile() {
     mlir::kiln::ReplicaExchangeBytes bytes = mlir::kiln::replicaExchangeBytes(
         attentionReplicas, worldRanks, expertParallel, topK, 1.0, 1);
     allToAll =
-        tokenExchange == "all-to-all" || (tokenExchange == "auto" && !engine &&
-                                          bytes.allToAll < bytes.gatherScatter);
-    if (tokenExchange == "auto" && engine &&
-        bytes.allToAll < bytes.gatherScatter)
+        tokenExchange == "all-to-all" ||
+        (tokenExchange == "auto" && bytes.allToAll < bytes.gatherScatter);
+    if (allToAll && target == "sm_90a")
       WithColor::note(errs(), "kilnc")
-          << "the all-to-all token exchange would move "
-          << llvm::format("%.2f", bytes.allToAll) << " rows per rank and MoE "
-          << "block for every replica token, the all-gather + reduce-scatter "
-          << llvm::format("%.2f", bytes.gatherScatter)
-          << "; sm_90a engines run only the latter so far\n";
+          << "sm_90a: a step with the all-to-all token exchange waits on the "
+             "host for the routing counts at each MoE block, so its decode "
+             "steps are not replayed as one CUDA graph\n";
   }
   stage("fusing and partitioning");
   mlir::PassManager pm(&context);

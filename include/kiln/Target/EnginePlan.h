@@ -23,10 +23,11 @@ FailureOr<::kiln::plan::DType> planDType(Type type);
 
 /// Builds the plan of `module` (after kiln-graph-pipeline). `storageOf` may
 /// override the element type a value is stored in (null: its tensor type);
-/// `decorateLaunch` adds target fields to each launch.
+/// `decorateLaunch` adds target fields to the launch of each kernel call
+/// and token exchange (the op it comes from).
 llvm::Expected<::kiln::plan::Plan>
 buildEnginePlan(ModuleOp module, function_ref<Type(Value)> storageOf = nullptr,
-                function_ref<llvm::Error(func::CallOp, ::kiln::plan::Launch &)>
+                function_ref<llvm::Error(Operation *, ::kiln::plan::Launch &)>
                     decorateLaunch = nullptr);
 
 } // namespace mlir::kiln

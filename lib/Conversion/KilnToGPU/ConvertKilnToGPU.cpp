@@ -79,6 +79,13 @@ LogicalResult mlir::kiln::convertKernelsToGpu(ModuleOp module) {
             relocate(gpuFn, NameLoc::get(StringAttr::get(context, l.function),
                                          fn.getLoc()));
   }
+  for (auto &[op, launch] : program->exchanges) {
+    op->setAttr(kGpuStepsAttrName,
+                encodeGpuSteps(context, {GpuStep{{launch}}}));
+    if (auto gpuFn = gpuModule.lookupSymbol<gpu::GPUFuncOp>(launch.function))
+      relocate(gpuFn, NameLoc::get(StringAttr::get(context, launch.function),
+                                   op->getLoc()));
+  }
   for (auto [attrName, launch] :
        {std::pair{kArgmaxAttrName, &program->argmax},
         std::pair{kSampleAttrName, &program->sample}}) {
@@ -94,7 +101,7 @@ LogicalResult mlir::kiln::convertKernelsToGpu(ModuleOp module) {
   // GPU.
   Builder b(context);
   module.walk([&](Operation *call) {
-    if (!isa<func::CallOp, AllGatherOp>(call))
+    if (!isa<func::CallOp, AllGatherOp, TokenDispatchOp>(call))
       return;
     SmallVector<Attribute> types;
     for (Value r : call->getResults()) {

@@ -68,6 +68,12 @@ GpuLaunch buildArgmax(gpu::GPUModuleOp module, Location loc, int64_t vocab);
 /// vocabularies of 2^22 or more.
 GpuLaunch buildSampler(gpu::GPUModuleOp module, Location loc, int64_t vocab);
 
+/// The row gather-sum of the token exchanges (ExchangeKernels.cpp): out[r]
+/// = sum of in[sources[j]] for j in [starts[r], starts[r + 1]), rows of
+/// `width` elements of `element`; one function per element type and width.
+GpuLaunch buildRowGatherSum(gpu::GPUModuleOp module, Location loc, Type element,
+                            int64_t width);
+
 /// expert_down's first launch: the result starts as the addend (the shared
 /// expert's output), one block per row (MoeKernels.cpp).
 void addExpertDownInit(const KernelContext &ctx, int addend, int result,

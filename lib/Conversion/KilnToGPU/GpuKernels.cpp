@@ -79,6 +79,12 @@ FailureOr<GpuProgram> mlir::kiln::cuda::generateGpuKernels(ModuleOp module) {
         program.storage[gather.getResult()] = t;
       continue;
     }
+    // A token dispatch moves the routed rows as stored too.
+    if (auto dispatch = dyn_cast<TokenDispatchOp>(op)) {
+      if (Type t = program.storage.lookup(dispatch.getInput()))
+        program.storage[dispatch.getRows()] = t;
+      continue;
+    }
     auto call = dyn_cast<func::CallOp>(op);
     if (!call)
       continue;
@@ -159,6 +165,24 @@ FailureOr<GpuProgram> mlir::kiln::cuda::generateGpuKernels(ModuleOp module) {
     if (failed(ok))
       return failure();
     program.kernels.push_back(std::move(out));
+  }
+  // The token exchanges' row gathers: the dispatch gathers the routed rows
+  // as stored, the combine sums f32 outputs.
+  for (Operation &op : graph.getBody().front()) {
+    Value rows;
+    if (auto dispatch = dyn_cast<TokenDispatchOp>(op))
+      rows = dispatch.getRows();
+    else if (auto combine = dyn_cast<TokenCombineOp>(op))
+      rows = combine.getPairOutputs();
+    else
+      continue;
+    auto type = cast<RankedTensorType>(rows.getType());
+    Type element = program.storage.lookup(rows);
+    if (!element)
+      element = type.getElementType();
+    program.exchanges.push_back(
+        {&op, buildRowGatherSum(program.gpuModule, op.getLoc(), element,
+                                type.getDimSize(1))});
   }
   auto ret = cast<func::ReturnOp>(graph.getBody().front().getTerminator());
   if (ret.getNumOperands() == 1) {

@@ -24,7 +24,8 @@
 // - down reads its A (the gate_up output, already in pair order) by TMA and
 //   adds each row into the token's output row with global atomic adds
 //   (the top-k pairs of one token add up); a first launch copies the shared
-//   expert's output (the addend) into the result.
+//   expert's output (the addend) into the result. expert_down_pairs (pairs
+//   received from other ranks) stores each pair's row in its own place.
 //
 //===----------------------------------------------------------------------===//
 
@@ -362,6 +363,20 @@ private:
                       e->vectorStore(pair, out, {row, col}, /*alignment=*/0);
                     });
           }
+        } else if (s.indices < 0) {
+          // expert_down_pairs: pair `row` owns output row `row`.
+          Value outBase = e->mulI(tileX, e->index(kTileN));
+          for (int64_t j = 0; j < blocks; ++j) {
+            Value col =
+                e->addIndex(e->addIndex(outBase, e->index(8 * j)), pairCol);
+            e->when(e->cmpIndex(CmpIPredicate::ult, col, e->index(s.n)), [&] {
+              Value pair = vector::FromElementsOp::create(
+                  *e->b, e->loc, VectorType::get({2}, element),
+                  ValueRange{fragment(acc, 4 * j + 2 * half),
+                             fragment(acc, 4 * j + 2 * half + 1)});
+              e->vectorStore(pair, out, {row, col}, /*alignment=*/0);
+            });
+          }
         } else {
           Value token = e->loadIndex(mem(s.indices), {row});
           Value outBase = e->mulI(tileX, e->index(kTileN));
@@ -397,6 +412,9 @@ bool mlir::kiln::cuda::groupedWgmmaFits(const KernelContext &ctx) {
   } else if (auto down = dyn_cast<ExpertDownOp>(op)) {
     weight = down.getDown();
     input = down.getHidden();
+  } else if (auto pairs = dyn_cast<ExpertDownPairsOp>(op)) {
+    weight = pairs.getDown();
+    input = pairs.getHidden();
   } else {
     return false;
   }
@@ -424,6 +442,11 @@ LogicalResult mlir::kiln::cuda::generateGroupedWgmmaKernel(
     s.offsets = ctx.operandOf(down.getExpertOffsets());
     s.weight = ctx.operandOf(down.getDown());
     s.addend = ctx.operandOf(down.getAddend());
+  } else if (auto pairs = dyn_cast<ExpertDownPairsOp>(op)) {
+    // A row per pair, stored (no token indices, no addend).
+    s.input = ctx.operandOf(pairs.getHidden());
+    s.offsets = ctx.operandOf(pairs.getExpertOffsets());
+    s.weight = ctx.operandOf(pairs.getDown());
   } else {
     return ctx.kernel.emitError("a grouped GEMM kernel holds one expert op");
   }
@@ -441,8 +464,10 @@ LogicalResult mlir::kiln::cuda::generateGroupedWgmmaKernel(
            << kBoxN << " (K = " << s.k << ", N = " << s.n << ")";
   std::string name = ctx.name();
 
-  if (!s.gateUp)
+  if (s.addend >= 0)
     addExpertDownInit(ctx, s.addend, s.result, out, module);
+  // Rows: the pairs (token indices), or the pairs' hidden rows.
+  int pairRows = s.indices >= 0 ? s.indices : s.input;
 
   GpuStep step;
   struct Variant {
@@ -460,7 +485,7 @@ LogicalResult mlir::kiln::cuda::generateGroupedWgmmaKernel(
     // At most ceil(pairs / rows) row tiles plus one partial tile per
     // expert, each across every N tile; blocks past the count exit.
     GridExtent blocks =
-        rowsGrid(s.indices, writer.tileM(), /*perRow=*/writer.tilesN());
+        rowsGrid(pairRows, writer.tileM(), /*perRow=*/writer.tilesN());
     blocks.constant = s.experts * writer.tileM() * writer.tilesN();
     launch.grid[0] = blocks;
     GpuParam b{GpuParam::Kind::TensorMap, static_cast<unsigned>(s.weight),
@@ -472,7 +497,7 @@ LogicalResult mlir::kiln::cuda::generateGroupedWgmmaKernel(
                                static_cast<unsigned>(s.input), kTileK,
                                writer.tileM()});
     addOperandParams(ctx, launch);
-    launch.selectOperand = s.indices;
+    launch.selectOperand = pairRows;
     launch.maxRows = v.maxRows;
     step.variants.push_back(std::move(launch));
   }

@@ -314,14 +314,22 @@ LogicalResult mlir::kiln::cuda::generateGroupedGemmKernel(
   Operation *op = &ctx.kernel.getBody().front().front();
   auto up = dyn_cast<ExpertGateUpOp>(op);
   auto down = dyn_cast<ExpertDownOp>(op);
-  if (!up && !down)
+  auto pairs = dyn_cast<ExpertDownPairsOp>(op);
+  if (!up && !down && !pairs)
     return ctx.kernel.emitError("a grouped GEMM kernel holds one expert op");
-  int in = ctx.operandOf(up ? up.getInput() : down.getHidden());
-  int indices =
-      ctx.operandOf(up ? up.getTokenIndices() : down.getTokenIndices());
-  int offsets =
-      ctx.operandOf(up ? up.getExpertOffsets() : down.getExpertOffsets());
-  int weight = ctx.operandOf(up ? up.getGateUp() : down.getDown());
+  int in = ctx.operandOf(up     ? up.getInput()
+                         : down ? down.getHidden()
+                                : pairs.getHidden());
+  // expert_down_pairs writes pair i's row i: no token indices, no addend.
+  int indices = up     ? ctx.operandOf(up.getTokenIndices())
+                : down ? ctx.operandOf(down.getTokenIndices())
+                       : -1;
+  int offsets = ctx.operandOf(up     ? up.getExpertOffsets()
+                              : down ? down.getExpertOffsets()
+                                     : pairs.getExpertOffsets());
+  int weight = ctx.operandOf(up     ? up.getGateUp()
+                             : down ? down.getDown()
+                                    : pairs.getDown());
   int result = ctx.numArgs;
   auto wType = ctx.types[weight];
   int64_t experts = wType.getDimSize(0), inner = wType.getDimSize(1),
@@ -414,6 +422,8 @@ LogicalResult mlir::kiln::cuda::generateGroupedGemmKernel(
           Value g = e.load(mem(ctx.operandOf(up.getGates())), {pair});
           Value y = e.swiglu(e.mul(g, sums[2 * r]), e.mul(g, sums[2 * r + 1]));
           e.store(y, mem(result), {pair, col});
+        } else if (pairs) {
+          e.store(sums[r], mem(result), {pair, col});
         } else {
           Value token = e.loadIndex(mem(indices), {pair});
           // Several pairs of one token (top_k > 1) add into the same row.
@@ -430,7 +440,7 @@ LogicalResult mlir::kiln::cuda::generateGroupedGemmKernel(
   launch.blockThreads = kColumns;
   launch.grid[0] = fixedGrid((outCols + kColumns - 1) / kColumns);
   // At most ceil(pairs / rows) tiles plus one partial tile per expert.
-  GridExtent y = rowsGrid(indices, kTileRows);
+  GridExtent y = rowsGrid(pairs ? in : indices, kTileRows);
   y.constant = experts * kTileRows;
   launch.grid[1] = y;
   addOperandParams(ctx, launch);

@@ -63,8 +63,25 @@ mlir::kiln::cuda::buildCudaEngine(ModuleOp module, StringRef workDir) {
     auto type = dyn_cast<TypeAttr>(types[result.getResultNumber()]);
     return type ? type.getValue() : nullptr;
   };
-  auto decorate = [&](func::CallOp call,
+  auto decorate = [&](Operation *op,
                       ::kiln::plan::Launch &launch) -> llvm::Error {
+    auto call = dyn_cast<func::CallOp>(op);
+    if (!call) {
+      // A token exchange: its row gather-sum.
+      Attribute attr = op->getAttr(kGpuStepsAttrName);
+      FailureOr<std::vector<GpuStep>> steps =
+          attr ? decodeGpuSteps(attr, [&] { return op->emitError(); })
+               : FailureOr<std::vector<GpuStep>>(failure());
+      if (failed(steps) || steps->size() != 1 ||
+          (*steps)[0].variants.size() != 1)
+        return makeError(op->getName().getStringRef() +
+                         " has no GPU row gather (run "
+                         "kiln-convert-kernels-to-gpu)");
+      const GpuLaunch &g = (*steps)[0].variants[0];
+      engine.launchShapes[g.function] = {g.blockThreads, 0};
+      launch.gpu = std::move(*steps);
+      return llvm::Error::success();
+    }
     auto it = stepsOf.find(call.getCallee());
     if (it == stepsOf.end())
       return makeError("no GPU code for @" + call.getCallee());

@@ -62,7 +62,7 @@ static int64_t rowsPerToken(func::FuncOp kernel, unsigned resultIndex) {
 
 llvm::Expected<plan::Plan> mlir::kiln::buildEnginePlan(
     ModuleOp module, function_ref<Type(Value)> storageOf,
-    function_ref<llvm::Error(func::CallOp, plan::Launch &)> decorateLaunch) {
+    function_ref<llvm::Error(Operation *, plan::Launch &)> decorateLaunch) {
   auto elementOf = [&](Value v) {
     Type t = storageOf ? storageOf(v) : Type();
     return t ? t : cast<RankedTensorType>(v.getType()).getElementType();
@@ -198,6 +198,9 @@ llvm::Expected<plan::Plan> mlir::kiln::buildEnginePlan(
           return id.takeError();
         launch.results.push_back(*id);
       }
+      if (decorateLaunch)
+        if (llvm::Error e = decorateLaunch(&op, launch))
+          return std::move(e);
       result.launches.push_back(std::move(launch));
     } else if (isa<AllGatherOp, ReduceScatterOp>(op)) {
       // The scatter's `like` only gives the rows of this rank's replica,
@@ -277,7 +280,7 @@ llvm::Expected<plan::Plan> mlir::kiln::buildEnginePlan(
           result.slots.push_back(slot);
         }
       if (decorateLaunch)
-        if (llvm::Error e = decorateLaunch(call, launch))
+        if (llvm::Error e = decorateLaunch(call.getOperation(), launch))
           return std::move(e);
       result.launches.push_back(std::move(launch));
     } else if (auto ret = dyn_cast<func::ReturnOp>(op)) {

@@ -220,6 +220,37 @@ private:
   bool prepareSlots(const Step &step, std::string &error);
   /// The copies and collectives of an AllGather or ReduceScatter launch.
   bool prepareExchange(const Step &step, size_t li, std::string &error);
+  /// Binds the storage of launch `li`'s results in this step.
+  bool bindResults(const Step &step, size_t li, std::string &error);
+  /// Appends launch `li`'s GPU launches (variants, grids, parameters) or
+  /// collectives to `prepared`.
+  bool prepareLaunch(const Step &step, size_t li, std::string &error);
+  /// Enqueues `prepared` without a graph, with KILN_DUMP_DIR's dumps, and
+  /// empties it.
+  bool enqueuePrepared(const Step &step, std::string &error);
+  /// KILN_DUMP_DIR: launch `li`'s results once `after` has run.
+  bool dumpResults(const Step &step, size_t li, const std::string &after,
+                   std::string &error);
+  /// The all-to-all token exchange of launch `li` (a TokenDispatch or
+  /// TokenCombine), enqueued once everything before it has run.
+  bool exchangeTokens(const Step &step, size_t li, std::string &error);
+  bool dispatchTokens(const Step &step, size_t li, std::string &error);
+  bool combineTokens(const Step &step, size_t li, std::string &error);
+  /// Enqueues launch `li`'s row gather-sum: `outRows` rows of `width` from
+  /// the `inRows` rows at `in` into `out`, row r summing the rows
+  /// lists[lists[r] .. lists[r + 1] - 1] (offsets past the outRows + 1
+  /// starts).
+  bool gatherRows(size_t li, CUdeviceptr in, int64_t inRows, CUdeviceptr out,
+                  int64_t outRows, int64_t width, std::string &error);
+  /// Sends and receives of one NCCL group on the session's stream.
+  struct PointToPoint {
+    bool send;
+    CUdeviceptr data;
+    size_t count;
+    int peer;
+  };
+  bool pointToPoint(size_t li, const std::vector<PointToPoint> &moves,
+                    bool bf16, const std::string &what, std::string &error);
   bool enqueue(const Prepared &p, std::string &error);
   /// Waits for the stream: cuStreamSynchronize, or with collectives a poll
   /// of the stream and of NCCL's asynchronous errors.
@@ -246,6 +277,28 @@ private:
   DeviceBuffer counts; // int64 key count per slot, this step's rows included
   std::vector<int64_t> countsHost;
   std::vector<Prepared> prepared, graphed;
+  /// The last GPU launch enqueued in this step before `prepared` (a step
+  /// with token exchanges enqueues in several parts).
+  std::string lastEnqueued;
+  /// The all-to-all token exchange of the MoE block in flight: what the
+  /// dispatch sent and received, kept for its combine.
+  struct TokenExchange {
+    /// The routing of this rank's replica's rows, copied from the device.
+    std::vector<int64_t> indices, offsets;
+    std::vector<float> gates;
+    /// Per expert group: the pairs of this rank's piece sent to it, in
+    /// routing order (so by expert); per group and local expert, how many.
+    std::vector<std::vector<int64_t>> sentToGroup;
+    std::vector<int64_t> sentCount;
+    /// Per sender and local expert: pairs received, and where the
+    /// expert-major received order files them.
+    std::vector<int64_t> received, filedAt;
+    /// Host staging of the received routing and of the gather lists (kept
+    /// until the next exchange, which starts after a synchronization).
+    std::vector<float> sendGates, arrivedGates, gotGates;
+    std::vector<int64_t> pairIndices, gotOffsets, lists;
+    DeviceBuffer sendRows, backRows, listBuffer;
+  } exchangeState;
   void *graph = nullptr, *graphExec = nullptr;
   int64_t graphLaunches = 0, graphCaptures = 0;
   std::map<std::tuple<size_t, size_t, size_t, size_t>, CachedMap> maps;
@@ -286,6 +339,9 @@ public:
                    line = nullptr;
   /// Columns of the plan's widest all-gather or reduce-scatter (0: none).
   size_t exchangeWidth = 0;
+  /// The plan exchanges tokens all-to-all: its steps wait on the host for
+  /// the routing at each dispatch, so none is replayed as a graph.
+  bool tokenExchange = false;
   /// The distinct communicators, `world` first.
   std::vector<nccl::ncclComm_t> communicators() const {
     std::vector<nccl::ncclComm_t> all;
@@ -516,13 +572,18 @@ Status kiln::openCudaBackend(const EngineFile &engine, const BoundPlan &bound,
   d.cuDeviceGetAttribute(
       &optIn, CU_DEVICE_ATTRIBUTE_MAX_SHARED_MEMORY_PER_BLOCK_OPTIN, s->device);
   for (const plan::Launch &l : plan.launches) {
-    if (l.kind == plan::LaunchKind::TokenDispatch ||
-        l.kind == plan::LaunchKind::TokenCombine)
-      return Status::error(
-          StatusCode::InvalidEngine,
-          enginePath + ": the CUDA backend does not run the all-to-all token "
-                       "exchange yet; compile with --exchange gather");
-    if (l.kind != plan::LaunchKind::Kernel)
+    bool tokenExchange = l.kind == plan::LaunchKind::TokenDispatch ||
+                         l.kind == plan::LaunchKind::TokenCombine;
+    // A token exchange gathers rows with a function of the engine.
+    if (tokenExchange && (l.gpu.size() != 1 || l.gpu[0].variants.size() != 1 ||
+                          l.gpu[0].variants[0].function.empty()))
+      return Status::error(StatusCode::InvalidEngine,
+                           enginePath +
+                               ": a token exchange without its GPU row "
+                               "gather (an engine from an older kilnc: "
+                               "compile it again)");
+    s->tokenExchange = s->tokenExchange || tokenExchange;
+    if (l.kind != plan::LaunchKind::Kernel && !tokenExchange)
       continue; // collectives: NCCL
     if (l.gpu.empty())
       return Status::error(StatusCode::InvalidEngine,
@@ -747,8 +808,10 @@ CudaSession::~CudaSession() {
       driver.cuEventDestroy(e);
   for (DeviceBuffer &b : ownBuffers)
     memory.release(b);
-  for (DeviceBuffer *b : {&arena, &tokens, &positions, &scratch, &counts,
-                          &greedy, &sampleRequest, &rank})
+  for (DeviceBuffer *b :
+       {&arena, &tokens, &positions, &scratch, &counts, &greedy, &sampleRequest,
+        &rank, &piece, &pieces, &exchangeState.sendRows,
+        &exchangeState.backRows, &exchangeState.listBuffer})
     memory.release(*b);
   for (GpuSlot &s : slots) {
     memory.release(s.keys);
@@ -1051,6 +1114,656 @@ bool CudaSession::prepareSlots(const Step &step, std::string &error) {
   return true;
 }
 
+bool CudaSession::dumpResults(const Step &step, size_t li,
+                              const std::string &after, std::string &error) {
+  const plan::Plan &plan = model.bound->plan;
+  const plan::Launch &l = plan.launches[li];
+  for (size_t r = 0; r < l.results.size(); ++r) {
+    int64_t id = l.results[r];
+    std::vector<int64_t> shape = step.shapeOf(plan, id);
+    int64_t n = 1;
+    for (int64_t dim : shape)
+      n *= dim;
+    std::vector<uint8_t> host(n * plan::elementSize(plan.values[id].dtype));
+    if (!check(driver.cuMemcpyDtoHAsync(host.data(), valuePtr[id], host.size(),
+                                        stream),
+               "cuMemcpyDtoHAsync(dump)", error) ||
+        !wait("running " + after, error))
+      return false;
+    std::string name = l.kernel.empty() ? "exchange" : l.kernel;
+    if (Status s = dumpValue(step.dumpDir, step.index, li, name, r,
+                             plan.values[id].dtype, shape, host.data());
+        !s.ok()) {
+      error = s.message;
+      return false;
+    }
+  }
+  return true;
+}
+
+bool CudaSession::enqueuePrepared(const Step &step, std::string &error) {
+  const plan::Plan &plan = model.bound->plan;
+  for (size_t i = 0; i < prepared.size(); ++i) {
+    if (!enqueue(prepared[i], error))
+      return false;
+    // KILN_DUMP_DIR: after a plan launch's last GPU launch, its results.
+    size_t li = prepared[i].launch;
+    if (step.dumpDir.empty() || li >= plan.launches.size() ||
+        (i + 1 < prepared.size() && prepared[i + 1].launch == li))
+      continue;
+    if (!dumpResults(step, li, prepared[i].name, error))
+      return false;
+  }
+  if (!prepared.empty())
+    lastEnqueued = prepared.back().name;
+  prepared.clear();
+  return true;
+}
+
+bool CudaSession::bindResults(const Step &step, size_t li, std::string &error) {
+  const plan::Plan &plan = model.bound->plan;
+  const plan::Launch &l = plan.launches[li];
+  int64_t t = step.tokenCount;
+  for (int64_t id : l.results) {
+    const plan::Value &v = plan.values[id];
+    if (v.arenaOffset >= 0) {
+      valuePtr[id] = arena.ptr + v.arenaOffset * t;
+      continue;
+    }
+    int64_t n = 1;
+    for (int64_t dim : step.shapeOf(plan, id))
+      n *= dim;
+    if (!ensure(ownBuffers[id], n * plan::elementSize(v.dtype), error))
+      return false;
+    valuePtr[id] = ownBuffers[id].ptr;
+  }
+  return true;
+}
+
+bool CudaSession::prepareLaunch(const Step &step, size_t li,
+                                std::string &error) {
+  const plan::Plan &plan = model.bound->plan;
+  const BoundPlan &bound = *model.bound;
+  Driver &d = driver;
+  int64_t t = step.tokenCount;
+  auto shapeOf = [&](int64_t id) { return step.shapeOf(plan, id); };
+  const plan::Launch &l = plan.launches[li];
+  if (!bound.takesPart(l))
+    return true; // another pipeline stage's
+  // An idle replica's ranks (no tokens of their own in this step) run only
+  // the exchanges and the kernels on every replica's rows.
+  if (step.skips(plan, li))
+    return true;
+  bool exchange = l.kind == plan::LaunchKind::AllGather ||
+                  l.kind == plan::LaunchKind::ReduceScatter;
+  bool receives = bound.receives(l);
+  if (!bindResults(step, li, error))
+    return false;
+  if (exchange) {
+    return prepareExchange(step, li, error);
+  }
+  if (l.kind != plan::LaunchKind::Kernel) {
+    Prepared p;
+    p.launch = li;
+    p.in = valuePtr[l.args[0]];
+    p.out = valuePtr[l.results[0]];
+    p.count = 1;
+    for (int64_t dim : shapeOf(l.results[0]))
+      p.count *= static_cast<size_t>(dim);
+    int64_t tp = plan.tensorParallel;
+    switch (l.kind) {
+    case plan::LaunchKind::AllReduce:
+      p.op = Op::AllReduce;
+      p.comm = model.group;
+      p.name = "ncclAllReduce";
+      break;
+    case plan::LaunchKind::GatherPartials:
+      // Every rank's partial sum into its block of the result (the kernel
+      // reading it sums them), or above the launch's limit one all-reduced
+      // block.
+      p.count = 1;
+      for (int64_t dim : shapeOf(l.args[0]))
+        p.count *= static_cast<size_t>(dim);
+      p.comm = model.group;
+      if (l.gathersPartials(t)) {
+        p.op = Op::AllGather;
+        p.name = "ncclAllGather";
+      } else {
+        p.op = Op::AllReduce;
+        p.name = "ncclAllReduce";
+      }
+      break;
+    case plan::LaunchKind::StageSend:
+      p.op = receives ? Op::Receive : Op::Send;
+      p.peer = static_cast<int>(receives ? bound.rank - tp : bound.rank + tp);
+      p.comm = model.world;
+      p.name = receives ? "ncclRecv" : "ncclSend";
+      break;
+    default:
+      // Over the ranks whose stages broadcast to this one: every rank, or
+      // this rank's replica in every stage.
+      p.op = Op::Broadcast;
+      p.peer = static_cast<int>(l.stage * plan.replicaRanks());
+      p.comm = model.line;
+      p.name = "ncclBroadcast";
+      break;
+    }
+    if (!p.comm) {
+      error = "rank " + std::to_string(bound.rank) +
+              ": the NCCL communicators were aborted after an earlier "
+              "failure";
+      return false;
+    }
+    p.name += " (plan launch " + std::to_string(li) + ")";
+    p.profileKey = p.name.substr(0, p.name.find(' ')) + "@" + std::to_string(t);
+    prepared.push_back(std::move(p));
+    return true;
+  }
+  struct Operand {
+    CUdeviceptr ptr;
+    std::vector<int64_t> shape;
+  };
+  std::vector<Operand> operands(l.operandCount());
+  for (size_t i = 0; i < operands.size(); ++i) {
+    OperandView view = step.operand(plan, li, i);
+    operands[i] = {valuePtr[view.value] +
+                       view.firstRow * plan::rowBytes(plan.values[view.value]),
+                   view.shape};
+  }
+  // The KV slot bound to a key or value operand, and which of the two.
+  std::map<int64_t, std::pair<int64_t, bool>> slotOf;
+  for (const plan::AttentionUse &a : l.attention) {
+    slotOf[a.keyArg] = {a.slot, true};
+    slotOf[a.valueArg] = {a.slot, false};
+  }
+  auto rowsOf = [&](int64_t operand) {
+    const std::vector<int64_t> &shape = operands[operand].shape;
+    return shape.empty() ? int64_t(1) : shape[0];
+  };
+
+  for (size_t si = 0; si < l.gpu.size(); ++si) {
+    const std::vector<GpuLaunch> &variants = l.gpu[si].variants;
+    size_t vi = variants.size() - 1;
+    for (size_t i = 0; i + 1 < variants.size(); ++i)
+      if (variants[i].selectOperand >= 0 &&
+          rowsOf(variants[i].selectOperand) <= variants[i].maxRows) {
+        vi = i;
+        break;
+      }
+    const GpuLaunch &v = variants[vi];
+    if (v.function.empty())
+      continue;
+    Prepared p;
+    p.launch = li;
+    p.function = model.functions[v.function];
+    p.block = static_cast<unsigned>(v.blockThreads);
+    p.shared = static_cast<unsigned>(v.dynamicSharedBytes);
+    p.name = v.function + " (kernel " + l.kernel + ")";
+    p.profileKey = v.function + "@" + std::to_string(t);
+    std::vector<int64_t> &fields = p.fields;
+    for (size_t pi = 0; pi < v.params.size(); ++pi) {
+      const GpuParam &param = v.params[pi];
+      const Operand &op = operands[param.operand];
+      GpuSlot *slot = nullptr;
+      int64_t slotIndex = -1;
+      bool isKey = false;
+      if (auto it = slotOf.find(param.operand); it != slotOf.end()) {
+        slotIndex = it->second.first;
+        slot = &slots[slotIndex];
+        isKey = it->second.second;
+      }
+      if (param.readsKvSlot() && !slot) {
+        error = "engine: " + v.function +
+                " reads a KV pool through an operand without a KV slot";
+        return false;
+      }
+      switch (param.kind) {
+      case GpuParam::Kind::Memref:
+        appendDescriptor(fields, op.ptr, op.shape);
+        break;
+      case GpuParam::Kind::KvPool: {
+        size_t row = slot->width * slot->elementBytes;
+        CUdeviceptr base = isKey ? slot->keys.ptr : slot->values.ptr;
+        appendDescriptor(fields, base + slot->start * row,
+                         {slot->capacity - slot->start, slot->width});
+        break;
+      }
+      case GpuParam::Kind::KeyPositions:
+        appendDescriptor(fields, slot->positions.ptr + slot->start * 8,
+                         {slot->capacity - slot->start});
+        break;
+      case GpuParam::Kind::KeyCount:
+        appendDescriptor(fields, counts.ptr + slotIndex * 8, {1});
+        break;
+      case GpuParam::Kind::Scratch: {
+        int64_t n = std::max<int64_t>(rowsOf(param.operand) * param.perRow, 1);
+        if (!ensure(scratch, n * (param.floatScratch ? 4 : 8), error))
+          return false;
+        appendDescriptor(fields, scratch.ptr, {n});
+        break;
+      }
+      case GpuParam::Kind::TensorMap: {
+        // bf16 viewed as [rows, cols]: 3-D weights fold their first two
+        // dimensions. A pool map covers exactly the keys of this step
+        // (prepareSlots counted its rows in): TMA fills the rows of a
+        // K/V tile past them with zeros. Covering the whole capacity let
+        // the flash kernel multiply never-written pool rows (NaN/Inf bit
+        // patterns on a GPU, poison in the emulator) by P = 0, which is
+        // NaN. Pool maps are only read by the flash kernel, which serves
+        // steps of more than 8 rows and is never in a replayed graph, so
+        // re-encoding one per step costs a 128-byte copy.
+        Operand target = op;
+        if (param.pool) {
+          size_t row = slot->width * slot->elementBytes;
+          target.ptr =
+              (isKey ? slot->keys.ptr : slot->values.ptr) + slot->start * row;
+          target.shape = {slot->count, slot->width};
+        }
+        int64_t cols = target.shape.back(), total = 1;
+        for (int64_t dim : target.shape)
+          total *= dim;
+        int64_t mapRows = total / cols;
+        CachedMap &cache = maps[{li, si, vi, pi}];
+        if (cache.source != target.ptr || cache.rows != mapRows) {
+          // 2-D: [rows, cols]; 3-D: [d0, d1, d2] innermost first.
+          bool three = param.box3 && target.shape.size() == 3;
+          unsigned rank = three ? 3 : 2;
+          TensorMapBytes map;
+          uint64_t dims[3] = {static_cast<uint64_t>(cols),
+                              static_cast<uint64_t>(mapRows), 1};
+          uint64_t strides[2] = {static_cast<uint64_t>(cols * 2), 0};
+          if (three) {
+            dims[1] = static_cast<uint64_t>(target.shape[1]);
+            dims[2] = static_cast<uint64_t>(target.shape[0]);
+            strides[1] = static_cast<uint64_t>(target.shape[1] * cols * 2);
+          }
+          unsigned box[3] = {static_cast<unsigned>(param.boxCols),
+                             static_cast<unsigned>(param.boxRows), 1};
+          unsigned elementStrides[3] = {1, 1, 1};
+          if (!check(d.cuTensorMapEncodeTiled(
+                         &map, CU_TENSOR_MAP_DATA_TYPE_BFLOAT16, rank,
+                         reinterpret_cast<void *>(target.ptr), dims, strides,
+                         box, elementStrides, CU_TENSOR_MAP_INTERLEAVE_NONE,
+                         CU_TENSOR_MAP_SWIZZLE_128B,
+                         CU_TENSOR_MAP_L2_PROMOTION_L2_256B,
+                         CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE),
+                     "cuTensorMapEncodeTiled(" + v.function + ")", error) ||
+              !ensure(cache.device, sizeof map, error) ||
+              !check(d.cuMemcpyHtoD(cache.device.ptr, &map, sizeof map),
+                     "cuMemcpyHtoD(tensor map)", error))
+            return false;
+          cache.source = target.ptr;
+          cache.rows = mapRows;
+        }
+        fields.push_back(static_cast<int64_t>(cache.device.ptr));
+        break;
+      }
+      }
+    }
+    for (int dim = 0; dim < 3; ++dim) {
+      const plan::GridExtent &g = v.grid[dim];
+      int64_t numerator =
+          (g.rowsOf >= 0 ? rowsOf(g.rowsOf) * g.perRow : 0) + g.constant;
+      int64_t n = g.perSm > 0 ? g.perSm * model.sms
+                              : (numerator + g.divisor - 1) / g.divisor;
+      p.grid[dim] = static_cast<unsigned>(std::max<int64_t>(n, 1));
+    }
+    prepared.push_back(std::move(p));
+  }
+  return true;
+}
+
+//===----------------------------------------------------------------------===//
+// The all-to-all token exchange
+//===----------------------------------------------------------------------===//
+//
+// The pairs a rank sends depend on the step's routing, which is on the
+// device: a dispatch waits for the stream, copies the routing to the host,
+// exchanges the per-expert counts and the gates over MPI (a few bytes per
+// pair), and moves the rows themselves GPU to GPU with NCCL sends and
+// receives in one group, a block per (peer, expert), each landing at its
+// place in the expert-major received order (docs/dialect.md). A row
+// gather-sum kernel of the engine packs the sent rows beforehand; on the
+// way back it sums each row's outputs in the reference's order. The
+// combine needs no routing from the device, but waits for the stream too
+// so that nothing it and the launches after it allocate is still in use.
+
+bool CudaSession::gatherRows(size_t li, CUdeviceptr in, int64_t inRows,
+                             CUdeviceptr out, int64_t outRows, int64_t width,
+                             std::string &error) {
+  if (outRows == 0)
+    return true;
+  const plan::Launch &l = model.bound->plan.launches[li];
+  const GpuLaunch &g = l.gpu[0].variants[0];
+  std::vector<int64_t> &lists = exchangeState.lists;
+  DeviceBuffer &buffer = exchangeState.listBuffer;
+  size_t sources = lists.size() - static_cast<size_t>(outRows + 1);
+  if (!ensure(buffer, lists.size() * 8, error) ||
+      !check(driver.cuMemcpyHtoDAsync(buffer.ptr, lists.data(),
+                                      lists.size() * 8, stream),
+             "cuMemcpyHtoDAsync(token exchange lists)", error))
+    return false;
+  Prepared p;
+  p.launch = li;
+  p.function = model.functions[g.function];
+  p.block = static_cast<unsigned>(g.blockThreads);
+  p.grid[0] = static_cast<unsigned>(outRows);
+  p.name = g.function + " (plan launch " + std::to_string(li) + ")";
+  p.profileKey = g.function + "@" + std::to_string(outRows);
+  appendDescriptor(p.fields, in, {inRows, width});
+  appendDescriptor(p.fields, buffer.ptr, {outRows + 1});
+  appendDescriptor(p.fields, buffer.ptr + (outRows + 1) * 8,
+                   {static_cast<int64_t>(sources)});
+  appendDescriptor(p.fields, out, {outRows, width});
+  return enqueue(p, error);
+}
+
+bool CudaSession::pointToPoint(size_t li,
+                               const std::vector<PointToPoint> &moves,
+                               bool bf16, const std::string &what,
+                               std::string &error) {
+  nccl::Library &n = *model.nccl;
+  if (!model.exchange) {
+    error = "rank " + std::to_string(model.bound->rank) +
+            ": the NCCL communicators were aborted after an earlier failure";
+    return false;
+  }
+  auto *s = reinterpret_cast<nccl::cudaStream_t>(stream);
+  int type = bf16 ? nccl::ncclBfloat16 : nccl::ncclFloat32;
+  std::string name = what + " (plan launch " + std::to_string(li) + ")";
+  Timed timed;
+  if (model.options.profile) {
+    timed = {what + "@" + std::to_string(moves.size()), event(), event()};
+    driver.cuEventRecord(timed.begin, stream);
+  }
+  nccl::ncclResult_t r = n.groupStart();
+  for (const PointToPoint &m : moves) {
+    if (r != nccl::ncclSuccess)
+      break;
+    r = m.send ? n.send(reinterpret_cast<const void *>(m.data), m.count, type,
+                        m.peer, model.exchange, s)
+               : n.recv(reinterpret_cast<void *>(m.data), m.count, type, m.peer,
+                        model.exchange, s);
+  }
+  // A group that was started is ended even after a failed call.
+  nccl::ncclResult_t ended = n.groupEnd();
+  if (r == nccl::ncclSuccess)
+    r = ended;
+  if (r != nccl::ncclSuccess) {
+    error = "rank " + std::to_string(model.bound->rank) + ": " +
+            n.describe(name.c_str(), r);
+    return false;
+  }
+  if (model.options.profile) {
+    driver.cuEventRecord(timed.end, stream);
+    pending.push_back(timed);
+  }
+  lastEnqueued = name;
+  if (model.options.syncEachLaunch && !wait("running " + name, error))
+    return false;
+  return true;
+}
+
+bool CudaSession::exchangeTokens(const Step &step, size_t li,
+                                 std::string &error) {
+  const plan::Launch &l = model.bound->plan.launches[li];
+  std::string before = lastEnqueued.empty() ? "nothing" : lastEnqueued;
+  if (!wait("the step before the token exchange (plan launch " +
+                std::to_string(li) + "; last launch: " + before + ")",
+            error))
+    return false;
+  bool ok = l.kind == plan::LaunchKind::TokenDispatch
+                ? dispatchTokens(step, li, error)
+                : combineTokens(step, li, error);
+  if (ok && !step.dumpDir.empty())
+    ok = dumpResults(step, li, "the token exchange", error);
+  return ok;
+}
+
+bool CudaSession::dispatchTokens(const Step &step, size_t li,
+                                 std::string &error) {
+  const BoundPlan &bound = *model.bound;
+  const plan::Plan &plan = bound.plan;
+  const plan::Launch &l = plan.launches[li];
+  Communicator &mpi = *bound.exchange;
+  int64_t ranks = mpi.size(), me = mpi.rank();
+  int64_t groups = l.expertGroups, perGroup = ranks / groups;
+  const plan::Value &input = plan.values[l.args[0]];
+  int64_t width = input.shape[1];
+  size_t element = plan::elementSize(input.dtype);
+  int64_t experts = plan.values[l.args[2]].shape[0] - 1;
+  int64_t local = experts / groups;
+  int64_t t = step.tokenCount;
+  TokenExchange &x = exchangeState;
+  std::string where = "rank " + std::to_string(bound.rank) +
+                      ": token dispatch (plan launch " + std::to_string(li) +
+                      ")";
+
+  // The routing of the replica's rows (an idle replica's ranks routed
+  // nothing: they send nothing and only receive).
+  int64_t routed = t > 0 ? step.rows[l.args[1]] : 0;
+  x.indices.assign(static_cast<size_t>(routed), 0);
+  x.gates.assign(static_cast<size_t>(routed), 0.0f);
+  x.offsets.assign(static_cast<size_t>(experts + 1), 0);
+  if (t > 0 &&
+      (!check(driver.cuMemcpyDtoH(x.indices.data(), valuePtr[l.args[1]],
+                                  routed * 8),
+              "cuMemcpyDtoH(token indices)", error) ||
+       !check(driver.cuMemcpyDtoH(x.offsets.data(), valuePtr[l.args[2]],
+                                  (experts + 1) * 8),
+              "cuMemcpyDtoH(expert offsets)", error) ||
+       !check(
+           driver.cuMemcpyDtoH(x.gates.data(), valuePtr[l.args[3]], routed * 4),
+           "cuMemcpyDtoH(gates)", error)))
+    return false;
+  // What the router wrote decides host indexing below: check it first.
+  for (int64_t e = 0; t > 0 && e < experts; ++e)
+    if (x.offsets[0] != 0 || x.offsets[e] > x.offsets[e + 1] ||
+        x.offsets[experts] > routed) {
+      error = where +
+              ": the router's expert offsets are not ascending "
+              "within its " +
+              std::to_string(routed) + " pairs";
+      return false;
+    }
+  int64_t begin = step.pieceBegin[me], end = begin + step.pieceRows[me];
+  x.sentToGroup.assign(static_cast<size_t>(groups), {});
+  x.sentCount.assign(static_cast<size_t>(groups * local), 0);
+  std::vector<int64_t> counts(static_cast<size_t>(ranks * local), 0);
+  for (int64_t e = 0; t > 0 && e < experts; ++e)
+    for (int64_t p = x.offsets[e]; p < x.offsets[e + 1]; ++p) {
+      int64_t row = x.indices[p];
+      if (row < 0 || row >= t) {
+        error = where + ": the router's pair " + std::to_string(p) +
+                " names row " + std::to_string(row) + " of " +
+                std::to_string(t);
+        return false;
+      }
+      if (row < begin || row >= end)
+        continue; // another rank of the replica sends it
+      int64_t g = e / local;
+      x.sentToGroup[g].push_back(p);
+      ++x.sentCount[g * local + e % local];
+      for (int64_t r = g * perGroup; r < (g + 1) * perGroup; ++r)
+        ++counts[r * local + e % local];
+    }
+  auto failed = [&](Status s) {
+    error = s.message;
+    return false;
+  };
+  if (Status s =
+          mpi.allToAllCounts(counts, static_cast<size_t>(local), x.received);
+      !s.ok())
+    return failed(s);
+  // The gates travel with the counts, on the host.
+  std::vector<size_t> sendCounts, receiveCounts;
+  x.sendGates.clear();
+  int64_t pairs = 0;
+  for (int64_t r = 0; r < ranks; ++r) {
+    const std::vector<int64_t> &sent = x.sentToGroup[r / perGroup];
+    for (int64_t p : sent)
+      x.sendGates.push_back(x.gates[p]);
+    sendCounts.push_back(sent.size());
+    int64_t from = 0;
+    for (int64_t e = 0; e < local; ++e)
+      from += x.received[r * local + e];
+    receiveCounts.push_back(static_cast<size_t>(from));
+    pairs += from;
+  }
+  x.arrivedGates.assign(static_cast<size_t>(pairs), 0.0f);
+  if (Status s = mpi.allToAll(x.sendGates.data(), sendCounts,
+                              x.arrivedGates.data(), receiveCounts);
+      !s.ok())
+    return failed(s);
+
+  step.setReceived(plan, pairs);
+  if (!bindResults(step, li, error))
+    return false;
+  // Sender s's pairs of local expert e are filed at filedAt[s][e] of the
+  // expert-major order; they arrived sender-major.
+  std::vector<int64_t> arrivedAt(static_cast<size_t>(ranks * local), 0);
+  for (size_t i = 1; i < arrivedAt.size(); ++i)
+    arrivedAt[i] = arrivedAt[i - 1] + x.received[i - 1];
+  x.filedAt.assign(arrivedAt.size(), 0);
+  x.gotGates.assign(static_cast<size_t>(pairs), 0.0f);
+  x.pairIndices.resize(static_cast<size_t>(pairs));
+  x.gotOffsets.assign(static_cast<size_t>(local + 1), 0);
+  int64_t at = 0;
+  for (int64_t e = 0; e < local; ++e) {
+    for (int64_t s = 0; s < ranks; ++s) {
+      x.filedAt[s * local + e] = at;
+      for (int64_t k = 0; k < x.received[s * local + e]; ++k, ++at) {
+        x.gotGates[at] = x.arrivedGates[arrivedAt[s * local + e] + k];
+        x.pairIndices[at] = at;
+      }
+    }
+    x.gotOffsets[e + 1] = at;
+  }
+  CUdeviceptr rows = valuePtr[l.results[0]];
+  if (!check(driver.cuMemcpyHtoDAsync(valuePtr[l.results[2]],
+                                      x.gotOffsets.data(),
+                                      x.gotOffsets.size() * 8, stream),
+             "cuMemcpyHtoDAsync(received offsets)", error) ||
+      (pairs > 0 &&
+       (!check(driver.cuMemcpyHtoDAsync(valuePtr[l.results[1]],
+                                        x.pairIndices.data(), pairs * 8,
+                                        stream),
+               "cuMemcpyHtoDAsync(pair indices)", error) ||
+        !check(driver.cuMemcpyHtoDAsync(valuePtr[l.results[3]],
+                                        x.gotGates.data(), pairs * 4, stream),
+               "cuMemcpyHtoDAsync(received gates)", error))))
+    return false;
+
+  // The sent rows, group by group in routing order, packed on the device.
+  int64_t sent = 0;
+  for (const std::vector<int64_t> &g : x.sentToGroup)
+    sent += static_cast<int64_t>(g.size());
+  x.lists.clear();
+  for (int64_t i = 0; i <= sent; ++i)
+    x.lists.push_back(i);
+  for (const std::vector<int64_t> &g : x.sentToGroup)
+    for (int64_t p : g)
+      x.lists.push_back(x.indices[p]);
+  if (!ensure(x.sendRows, sent * width * element, error) ||
+      !gatherRows(li, valuePtr[l.args[0]], t, x.sendRows.ptr, sent, width,
+                  error))
+    return false;
+
+  // A block per (peer, expert) each way, in expert order on both sides.
+  std::vector<PointToPoint> moves;
+  size_t rowBytes = static_cast<size_t>(width) * element;
+  for (int64_t r = 0; r < ranks; ++r) {
+    int64_t g = r / perGroup, from = 0;
+    for (int64_t h = 0; h < g; ++h)
+      from += static_cast<int64_t>(x.sentToGroup[h].size());
+    for (int64_t e = 0; e < local; ++e) {
+      int64_t n = x.sentCount[g * local + e];
+      if (n > 0)
+        moves.push_back({true, x.sendRows.ptr + from * rowBytes,
+                         static_cast<size_t>(n * width), static_cast<int>(r)});
+      from += n;
+    }
+  }
+  for (int64_t s = 0; s < ranks; ++s)
+    for (int64_t e = 0; e < local; ++e)
+      if (int64_t n = x.received[s * local + e])
+        moves.push_back({false, rows + x.filedAt[s * local + e] * rowBytes,
+                         static_cast<size_t>(n * width), static_cast<int>(s)});
+  return pointToPoint(li, moves, input.dtype == plan::DType::BF16,
+                      "ncclSend/ncclRecv (token dispatch)", error);
+}
+
+bool CudaSession::combineTokens(const Step &step, size_t li,
+                                std::string &error) {
+  const BoundPlan &bound = *model.bound;
+  const plan::Plan &plan = bound.plan;
+  const plan::Launch &l = plan.launches[li];
+  Communicator &mpi = *bound.exchange;
+  int64_t ranks = mpi.size();
+  int64_t groups = l.expertGroups, perGroup = ranks / groups;
+  int64_t width = plan.values[l.args[1]].shape[1];
+  int64_t experts = plan.values[l.args[3]].shape[0] - 1;
+  int64_t local = experts / groups;
+  int64_t t = step.tokenCount;
+  TokenExchange &x = exchangeState;
+  if (x.received.size() != static_cast<size_t>(ranks * local) ||
+      x.sentToGroup.size() != static_cast<size_t>(groups)) {
+    error = "rank " + std::to_string(bound.rank) +
+            ": a token combine (plan launch " + std::to_string(li) +
+            ") without its dispatch";
+    return false;
+  }
+  if (!bindResults(step, li, error))
+    return false;
+  // From rank r come the outputs of what this rank sent to r's group, in
+  // the order sent.
+  std::vector<int64_t> fromRank(static_cast<size_t>(ranks + 1), 0);
+  for (int64_t r = 0; r < ranks; ++r)
+    fromRank[r + 1] =
+        fromRank[r] + static_cast<int64_t>(x.sentToGroup[r / perGroup].size());
+  int64_t back = fromRank[ranks];
+  size_t rowBytes = static_cast<size_t>(width) * 4;
+  if (!ensure(x.backRows, back * rowBytes, error))
+    return false;
+  std::vector<PointToPoint> moves;
+  CUdeviceptr outputs = valuePtr[l.args[0]];
+  for (int64_t s = 0; s < ranks; ++s)
+    for (int64_t e = 0; e < local; ++e)
+      if (int64_t n = x.received[s * local + e])
+        moves.push_back({true, outputs + x.filedAt[s * local + e] * rowBytes,
+                         static_cast<size_t>(n * width), static_cast<int>(s)});
+  for (int64_t r = 0; r < ranks; ++r) {
+    int64_t g = r / perGroup, at = fromRank[r];
+    for (int64_t e = 0; e < local; ++e) {
+      int64_t n = x.sentCount[g * local + e];
+      if (n > 0)
+        moves.push_back({false, x.backRows.ptr + at * rowBytes,
+                         static_cast<size_t>(n * width), static_cast<int>(r)});
+      at += n;
+    }
+  }
+  if (!pointToPoint(li, moves, /*bf16=*/false,
+                    "ncclSend/ncclRecv (token combine)", error))
+    return false;
+  // Row by row, its pairs in routing order and each pair's outputs in rank
+  // order (the reference's sum); rows outside the piece stay zero.
+  std::vector<std::vector<int64_t>> sources(static_cast<size_t>(t));
+  for (int64_t g = 0; g < groups; ++g) {
+    const std::vector<int64_t> &sent = x.sentToGroup[g];
+    for (size_t q = 0; q < sent.size(); ++q)
+      for (int64_t r = g * perGroup; r < (g + 1) * perGroup; ++r)
+        sources[x.indices[sent[q]]].push_back(fromRank[r] +
+                                              static_cast<int64_t>(q));
+  }
+  x.lists.assign(1, 0);
+  for (const std::vector<int64_t> &row : sources)
+    x.lists.push_back(x.lists.back() + static_cast<int64_t>(row.size()));
+  for (const std::vector<int64_t> &row : sources)
+    x.lists.insert(x.lists.end(), row.begin(), row.end());
+  return gatherRows(li, x.backRows.ptr, back, valuePtr[l.results[0]], t, width,
+                    error);
+}
+
 Status CudaSession::run(const Step &step, StepOutput &out) {
   std::string error;
   if (runStep(step, out, error))
@@ -1067,12 +1780,8 @@ bool CudaSession::runStep(const Step &step, StepOutput &out,
   Driver &d = driver;
   int64_t vocab = plan.vocab();
   bool pickToken = step.mode == OutputMode::Token;
-  auto dumpOk = [&](Status s) {
-    if (!s.ok())
-      error = s.message;
-    return s.ok();
-  };
   bool sample = pickToken && step.sample[0] > 0;
+  lastEnqueued.clear();
   if (!check(d.cuCtxSetCurrent(model.context), "cuCtxSetCurrent", error))
     return false;
   int64_t t = step.tokenCount;
@@ -1113,249 +1822,21 @@ bool CudaSession::runStep(const Step &step, StepOutput &out,
 
   auto shapeOf = [&](int64_t id) { return step.shapeOf(plan, id); };
 
-  // Phase 1: everything that allocates, encodes or copies.
+  // Phase 1: everything that allocates, encodes or copies. A token
+  // exchange needs the routing on the host: the launches before it are
+  // enqueued first, and it runs at once (exchangeTokens).
   prepared.clear();
-  const BoundPlan &bound = *model.bound;
   for (size_t li = 0; li < plan.launches.size(); ++li) {
     const plan::Launch &l = plan.launches[li];
-    if (!bound.takesPart(l))
-      continue; // another pipeline stage's
-    // An idle replica's ranks (no tokens of their own in this step) run only
-    // the exchanges and the kernels on every replica's rows.
-    if (step.skips(plan, li))
-      continue;
-    bool exchange = l.kind == plan::LaunchKind::AllGather ||
-                    l.kind == plan::LaunchKind::ReduceScatter;
-    bool receives = bound.receives(l);
-    for (int64_t id : l.results) {
-      const plan::Value &v = plan.values[id];
-      if (v.arenaOffset >= 0) {
-        valuePtr[id] = arena.ptr + v.arenaOffset * t;
-        continue;
-      }
-      int64_t n = 1;
-      for (int64_t dim : shapeOf(id))
-        n *= dim;
-      if (!ensure(ownBuffers[id], n * plan::elementSize(v.dtype), error))
-        return false;
-      valuePtr[id] = ownBuffers[id].ptr;
-    }
-    if (exchange) {
-      if (!prepareExchange(step, li, error))
+    if ((l.kind == plan::LaunchKind::TokenDispatch ||
+         l.kind == plan::LaunchKind::TokenCombine) &&
+        model.bound->takesPart(l)) {
+      if (!enqueuePrepared(step, error) || !exchangeTokens(step, li, error))
         return false;
       continue;
     }
-    if (l.kind != plan::LaunchKind::Kernel) {
-      Prepared p;
-      p.launch = li;
-      p.in = valuePtr[l.args[0]];
-      p.out = valuePtr[l.results[0]];
-      p.count = 1;
-      for (int64_t dim : shapeOf(l.results[0]))
-        p.count *= static_cast<size_t>(dim);
-      int64_t tp = plan.tensorParallel;
-      switch (l.kind) {
-      case plan::LaunchKind::AllReduce:
-        p.op = Op::AllReduce;
-        p.comm = model.group;
-        p.name = "ncclAllReduce";
-        break;
-      case plan::LaunchKind::GatherPartials:
-        // Every rank's partial sum into its block of the result (the kernel
-        // reading it sums them), or above the launch's limit one all-reduced
-        // block.
-        p.count = 1;
-        for (int64_t dim : shapeOf(l.args[0]))
-          p.count *= static_cast<size_t>(dim);
-        p.comm = model.group;
-        if (l.gathersPartials(t)) {
-          p.op = Op::AllGather;
-          p.name = "ncclAllGather";
-        } else {
-          p.op = Op::AllReduce;
-          p.name = "ncclAllReduce";
-        }
-        break;
-      case plan::LaunchKind::StageSend:
-        p.op = receives ? Op::Receive : Op::Send;
-        p.peer = static_cast<int>(receives ? bound.rank - tp : bound.rank + tp);
-        p.comm = model.world;
-        p.name = receives ? "ncclRecv" : "ncclSend";
-        break;
-      default:
-        // Over the ranks whose stages broadcast to this one: every rank, or
-        // this rank's replica in every stage.
-        p.op = Op::Broadcast;
-        p.peer = static_cast<int>(l.stage * plan.replicaRanks());
-        p.comm = model.line;
-        p.name = "ncclBroadcast";
-        break;
-      }
-      if (!p.comm) {
-        error = "rank " + std::to_string(bound.rank) +
-                ": the NCCL communicators were aborted after an earlier "
-                "failure";
-        return false;
-      }
-      p.name += " (plan launch " + std::to_string(li) + ")";
-      p.profileKey =
-          p.name.substr(0, p.name.find(' ')) + "@" + std::to_string(t);
-      prepared.push_back(std::move(p));
-      continue;
-    }
-    struct Operand {
-      CUdeviceptr ptr;
-      std::vector<int64_t> shape;
-    };
-    std::vector<Operand> operands(l.operandCount());
-    for (size_t i = 0; i < operands.size(); ++i) {
-      OperandView view = step.operand(plan, li, i);
-      operands[i] = {valuePtr[view.value] +
-                         view.firstRow *
-                             plan::rowBytes(plan.values[view.value]),
-                     view.shape};
-    }
-    // The KV slot bound to a key or value operand, and which of the two.
-    std::map<int64_t, std::pair<int64_t, bool>> slotOf;
-    for (const plan::AttentionUse &a : l.attention) {
-      slotOf[a.keyArg] = {a.slot, true};
-      slotOf[a.valueArg] = {a.slot, false};
-    }
-    auto rowsOf = [&](int64_t operand) {
-      const std::vector<int64_t> &shape = operands[operand].shape;
-      return shape.empty() ? int64_t(1) : shape[0];
-    };
-
-    for (size_t si = 0; si < l.gpu.size(); ++si) {
-      const std::vector<GpuLaunch> &variants = l.gpu[si].variants;
-      size_t vi = variants.size() - 1;
-      for (size_t i = 0; i + 1 < variants.size(); ++i)
-        if (variants[i].selectOperand >= 0 &&
-            rowsOf(variants[i].selectOperand) <= variants[i].maxRows) {
-          vi = i;
-          break;
-        }
-      const GpuLaunch &v = variants[vi];
-      if (v.function.empty())
-        continue;
-      Prepared p;
-      p.launch = li;
-      p.function = model.functions[v.function];
-      p.block = static_cast<unsigned>(v.blockThreads);
-      p.shared = static_cast<unsigned>(v.dynamicSharedBytes);
-      p.name = v.function + " (kernel " + l.kernel + ")";
-      p.profileKey = v.function + "@" + std::to_string(t);
-      std::vector<int64_t> &fields = p.fields;
-      for (size_t pi = 0; pi < v.params.size(); ++pi) {
-        const GpuParam &param = v.params[pi];
-        const Operand &op = operands[param.operand];
-        GpuSlot *slot = nullptr;
-        int64_t slotIndex = -1;
-        bool isKey = false;
-        if (auto it = slotOf.find(param.operand); it != slotOf.end()) {
-          slotIndex = it->second.first;
-          slot = &slots[slotIndex];
-          isKey = it->second.second;
-        }
-        if (param.readsKvSlot() && !slot) {
-          error = "engine: " + v.function +
-                  " reads a KV pool through an operand without a KV slot";
-          return false;
-        }
-        switch (param.kind) {
-        case GpuParam::Kind::Memref:
-          appendDescriptor(fields, op.ptr, op.shape);
-          break;
-        case GpuParam::Kind::KvPool: {
-          size_t row = slot->width * slot->elementBytes;
-          CUdeviceptr base = isKey ? slot->keys.ptr : slot->values.ptr;
-          appendDescriptor(fields, base + slot->start * row,
-                           {slot->capacity - slot->start, slot->width});
-          break;
-        }
-        case GpuParam::Kind::KeyPositions:
-          appendDescriptor(fields, slot->positions.ptr + slot->start * 8,
-                           {slot->capacity - slot->start});
-          break;
-        case GpuParam::Kind::KeyCount:
-          appendDescriptor(fields, counts.ptr + slotIndex * 8, {1});
-          break;
-        case GpuParam::Kind::Scratch: {
-          int64_t n =
-              std::max<int64_t>(rowsOf(param.operand) * param.perRow, 1);
-          if (!ensure(scratch, n * (param.floatScratch ? 4 : 8), error))
-            return false;
-          appendDescriptor(fields, scratch.ptr, {n});
-          break;
-        }
-        case GpuParam::Kind::TensorMap: {
-          // bf16 viewed as [rows, cols]: 3-D weights fold their first two
-          // dimensions. A pool map covers exactly the keys of this step
-          // (prepareSlots counted its rows in): TMA fills the rows of a
-          // K/V tile past them with zeros. Covering the whole capacity let
-          // the flash kernel multiply never-written pool rows (NaN/Inf bit
-          // patterns on a GPU, poison in the emulator) by P = 0, which is
-          // NaN. Pool maps are only read by the flash kernel, which serves
-          // steps of more than 8 rows and is never in a replayed graph, so
-          // re-encoding one per step costs a 128-byte copy.
-          Operand target = op;
-          if (param.pool) {
-            size_t row = slot->width * slot->elementBytes;
-            target.ptr =
-                (isKey ? slot->keys.ptr : slot->values.ptr) + slot->start * row;
-            target.shape = {slot->count, slot->width};
-          }
-          int64_t cols = target.shape.back(), total = 1;
-          for (int64_t dim : target.shape)
-            total *= dim;
-          int64_t mapRows = total / cols;
-          CachedMap &cache = maps[{li, si, vi, pi}];
-          if (cache.source != target.ptr || cache.rows != mapRows) {
-            // 2-D: [rows, cols]; 3-D: [d0, d1, d2] innermost first.
-            bool three = param.box3 && target.shape.size() == 3;
-            unsigned rank = three ? 3 : 2;
-            TensorMapBytes map;
-            uint64_t dims[3] = {static_cast<uint64_t>(cols),
-                                static_cast<uint64_t>(mapRows), 1};
-            uint64_t strides[2] = {static_cast<uint64_t>(cols * 2), 0};
-            if (three) {
-              dims[1] = static_cast<uint64_t>(target.shape[1]);
-              dims[2] = static_cast<uint64_t>(target.shape[0]);
-              strides[1] = static_cast<uint64_t>(target.shape[1] * cols * 2);
-            }
-            unsigned box[3] = {static_cast<unsigned>(param.boxCols),
-                               static_cast<unsigned>(param.boxRows), 1};
-            unsigned elementStrides[3] = {1, 1, 1};
-            if (!check(d.cuTensorMapEncodeTiled(
-                           &map, CU_TENSOR_MAP_DATA_TYPE_BFLOAT16, rank,
-                           reinterpret_cast<void *>(target.ptr), dims, strides,
-                           box, elementStrides, CU_TENSOR_MAP_INTERLEAVE_NONE,
-                           CU_TENSOR_MAP_SWIZZLE_128B,
-                           CU_TENSOR_MAP_L2_PROMOTION_L2_256B,
-                           CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE),
-                       "cuTensorMapEncodeTiled(" + v.function + ")", error) ||
-                !ensure(cache.device, sizeof map, error) ||
-                !check(d.cuMemcpyHtoD(cache.device.ptr, &map, sizeof map),
-                       "cuMemcpyHtoD(tensor map)", error))
-              return false;
-            cache.source = target.ptr;
-            cache.rows = mapRows;
-          }
-          fields.push_back(static_cast<int64_t>(cache.device.ptr));
-          break;
-        }
-        }
-      }
-      for (int dim = 0; dim < 3; ++dim) {
-        const plan::GridExtent &g = v.grid[dim];
-        int64_t numerator =
-            (g.rowsOf >= 0 ? rowsOf(g.rowsOf) * g.perRow : 0) + g.constant;
-        int64_t n = g.perSm > 0 ? g.perSm * model.sms
-                                : (numerator + g.divisor - 1) / g.divisor;
-        p.grid[dim] = static_cast<unsigned>(std::max<int64_t>(n, 1));
-      }
-      prepared.push_back(std::move(p));
-    }
+    if (!prepareLaunch(step, li, error))
+      return false;
   }
 
   // The next token picked on the GPU from the last logits row: the argmax,
@@ -1396,12 +1877,13 @@ bool CudaSession::runStep(const Step &step, StepOutput &out,
   }
 
   // Phase 2: launches only, replayed from a graph for repeated decode steps.
-  std::string lastKernel =
-      prepared.empty() ? std::string("none") : prepared.back().name;
+  std::string lastKernel = !prepared.empty()       ? prepared.back().name
+                           : !lastEnqueued.empty() ? lastEnqueued
+                                                   : std::string("none");
   const std::string &dumpDir = step.dumpDir;
   bool graphable = t == 1 && model.options.cudaGraphs &&
                    !model.options.profile && !model.options.syncEachLaunch &&
-                   dumpDir.empty();
+                   dumpDir.empty() && !model.tokenExchange;
   if (graphable && (graphExec == nullptr || prepared != graphed)) {
     dropGraph();
     if (!check(d.cuStreamBeginCapture(stream, CU_STREAM_CAPTURE_MODE_RELAXED),
@@ -1428,32 +1910,8 @@ bool CudaSession::runStep(const Step &step, StepOutput &out,
                error))
       return false;
     ++graphLaunches;
-  } else {
-    for (size_t i = 0; i < prepared.size(); ++i) {
-      if (!enqueue(prepared[i], error))
-        return false;
-      // KILN_DUMP_DIR: after a plan launch's last GPU launch, its results.
-      size_t li = prepared[i].launch;
-      if (dumpDir.empty() || li >= plan.launches.size() ||
-          (i + 1 < prepared.size() && prepared[i + 1].launch == li))
-        continue;
-      const plan::Launch &l = plan.launches[li];
-      for (size_t r = 0; r < l.results.size(); ++r) {
-        int64_t id = l.results[r];
-        std::vector<int64_t> shape = shapeOf(id);
-        int64_t n = 1;
-        for (int64_t dim : shape)
-          n *= dim;
-        std::vector<uint8_t> host(n * plan::elementSize(plan.values[id].dtype));
-        if (!check(d.cuMemcpyDtoHAsync(host.data(), valuePtr[id], host.size(),
-                                       stream),
-                   "cuMemcpyDtoHAsync(dump)", error) ||
-            !wait("running " + prepared[i].name, error) ||
-            !dumpOk(dumpValue(dumpDir, step.index, li, l.kernel, r,
-                              plan.values[id].dtype, shape, host.data())))
-          return false;
-      }
-    }
+  } else if (!enqueuePrepared(step, error)) {
+    return false;
   }
 
   if (pickToken) {

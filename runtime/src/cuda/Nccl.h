@@ -55,6 +55,8 @@ constexpr int ncclSum = 0; // ncclRedOp_t
                      cudaStream_t))                                            \
   X(recv, "ncclRecv",                                                          \
     ncclResult_t (*)(void *, size_t, int, int, ncclComm_t, cudaStream_t))      \
+  X(groupStart, "ncclGroupStart", ncclResult_t (*)())                          \
+  X(groupEnd, "ncclGroupEnd", ncclResult_t (*)())                              \
   X(getErrorString, "ncclGetErrorString", const char *(*)(ncclResult_t))
 
 class Library {

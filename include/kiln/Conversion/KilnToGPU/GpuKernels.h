@@ -45,6 +45,9 @@ struct GpuProgram {
   /// Storage element type of every graph value produced by a kernel call
   /// (activations feeding GEMMs and attention are kept in bf16 on the GPU).
   llvm::DenseMap<Value, Type> storage;
+  /// Each token dispatch and combine of the graph with its row gather-sum
+  /// function (the runtime fills its parameters).
+  std::vector<std::pair<Operation *, GpuLaunch>> exchanges;
   /// Greedy sampling on the GPU: the index of the largest logit of the last
   /// row (ties to the lower index, NaN as -inf), one block; built on
   /// OpBuilder by kiln-convert-kernels-to-gpu once the text is parsed.
