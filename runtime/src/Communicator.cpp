@@ -327,6 +327,30 @@ private:
     }
   }
 
+  void answerLivenessQuestions() override {
+    if (control)
+      answerAllPings();
+  }
+
+  std::string silentRanksNamed(double seconds) override {
+    // Asked on the widest communicator: the peer this one waits for may
+    // itself wait on a rank outside it (a replica's rank held up in an
+    // all-to-all with a stopped rank of another replica).
+    MpiWorld *asked = this;
+    for (MpiWorld *c : live())
+      if (c->n > asked->n)
+        asked = c;
+    if (!asked->control)
+      return {};
+    std::vector<int> silent = asked->silentRanks(seconds);
+    std::string who;
+    if (!silent.empty())
+      who = silent.size() == 1 ? "rank " : "ranks ";
+    for (size_t i = 0; i < silent.size(); ++i)
+      who += (i ? ", " : "") + std::to_string(asked->worldRanks[silent[i]]);
+    return who;
+  }
+
   /// The ranks of this communicator that do not answer within `seconds`
   /// (stopped, hung, dead, or busy outside a collective).
   std::vector<int> silentRanks(double seconds) {
@@ -393,23 +417,9 @@ private:
           std::this_thread::sleep_for(std::chrono::microseconds(50));
         continue;
       }
-      std::string who = "a peer rank";
-      if (control) {
-        // Asked on the widest communicator: the peer this one waits for may
-        // itself wait on a rank outside it (a replica's rank held up in an
-        // all-to-all with a stopped rank of another replica).
-        MpiWorld *asked = this;
-        for (MpiWorld *c : live())
-          if (c->n > asked->n)
-            asked = c;
-        std::vector<int> silent = asked->silentRanks(2.0);
-        if (!silent.empty()) {
-          who = silent.size() == 1 ? "rank " : "ranks ";
-          for (size_t i = 0; i < silent.size(); ++i)
-            who +=
-                (i ? ", " : "") + std::to_string(asked->worldRanks[silent[i]]);
-        }
-      }
+      std::string who = control ? silentRanksNamed(2.0) : std::string();
+      if (who.empty())
+        who = "a peer rank";
       char seconds[32];
       std::snprintf(seconds, sizeof seconds, "%g", timeoutSeconds);
       return Status::error(StatusCode::Internal,

@@ -57,6 +57,17 @@ public:
   virtual Status broadcast(float *data, size_t count, int64_t root) = 0;
   /// `bytes` raw bytes from rank `root` to every rank (an NCCL unique id).
   virtual Status broadcastBytes(void *data, size_t bytes, int64_t root) = 0;
+  /// Answers other ranks' liveness questions. A rank that waits outside
+  /// this communicator's calls (on a GPU stream, for NCCL) calls it while
+  /// it waits, so that a rank asking does not take it for stopped.
+  virtual void answerLivenessQuestions() {}
+  /// The ranks of this process's widest communicator that do not answer a
+  /// liveness question within `seconds`, named by their world rank ("rank
+  /// 1", "ranks 1, 3"); empty when every rank answers.
+  virtual std::string silentRanksNamed(double seconds) {
+    (void)seconds;
+    return {};
+  }
   /// The ranks that share `color` (a tensor-parallel group of a pipeline
   /// stage), ordered by rank here. Every rank calls it.
   virtual Status split(int64_t color, std::shared_ptr<Communicator> &out) = 0;

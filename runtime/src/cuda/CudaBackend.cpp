@@ -255,6 +255,9 @@ private:
   /// Waits for the stream: cuStreamSynchronize, or with collectives a poll
   /// of the stream and of NCCL's asynchronous errors.
   bool wait(const std::string &what, std::string &error);
+  /// After a failed collective: appends the ranks that do not answer over
+  /// MPI to `error` (a stopped rank fails NCCL without a name); false.
+  bool nameSilentRanks(std::string &error);
   void dropGraph();
   CUevent event();
   void collectProfile();
@@ -280,6 +283,8 @@ private:
   /// The last GPU launch enqueued in this step before `prepared` (a step
   /// with token exchanges enqueues in several parts).
   std::string lastEnqueued;
+  /// The step's token count (profile keys).
+  int64_t stepTokens = 0;
   /// The all-to-all token exchange of the MoE block in flight: what the
   /// dispatch sent and received, kept for its combine.
   struct TokenExchange {
@@ -923,7 +928,7 @@ bool CudaSession::enqueue(const Prepared &p, std::string &error) {
     if (r != nccl::ncclSuccess) {
       error = "rank " + std::to_string(model.bound->rank) + ": " +
               n.describe(p.name.c_str(), r);
-      return false;
+      return nameSilentRanks(error);
     }
   } else if (!check(driver.cuLaunchKernel(p.function, p.grid[0], p.grid[1],
                                           p.grid[2], p.block, 1, 1, p.shared,
@@ -940,6 +945,16 @@ bool CudaSession::enqueue(const Prepared &p, std::string &error) {
   return true;
 }
 
+bool CudaSession::nameSilentRanks(std::string &error) {
+  // The others wait in wait() or in MPI, and answer.
+  Communicator *mpi = model.bound->comm.get();
+  std::string who = mpi ? mpi->silentRanksNamed(2.0) : std::string();
+  if (!who.empty())
+    error += " (" + who + (who.rfind("ranks ", 0) == 0 ? " do" : " does") +
+             " not answer: stopped, hung or dead)";
+  return false;
+}
+
 bool CudaSession::wait(const std::string &what, std::string &error) {
   if (!model.nccl)
     return check(driver.cuStreamSynchronize(stream), what, error);
@@ -948,12 +963,14 @@ bool CudaSession::wait(const std::string &what, std::string &error) {
   const char *limit = std::getenv("KILN_COLLECTIVE_TIMEOUT");
   double seconds = limit && *limit ? std::atof(limit) : 30.0;
   auto start = std::chrono::steady_clock::now();
+  Communicator *mpi = model.bound->comm.get();
+  auto nameSilent = [&] { return nameSilentRanks(error); };
   for (;;) {
     CUresult r = driver.cuStreamQuery(stream);
     if (r != CUDA_ERROR_NOT_READY)
       return check(r, what, error);
     if (model.collectiveError(error))
-      return false;
+      return nameSilent();
     if (std::chrono::duration<double>(std::chrono::steady_clock::now() - start)
             .count() > seconds) {
       error = "rank " + std::to_string(model.bound->rank) + ": " + what +
@@ -961,8 +978,10 @@ bool CudaSession::wait(const std::string &what, std::string &error) {
               " s (a collective waits for a rank that stopped); "
               "aborting NCCL";
       model.abortCommunicators();
-      return false;
+      return nameSilent();
     }
+    if (mpi)
+      mpi->answerLivenessQuestions();
     std::this_thread::sleep_for(std::chrono::microseconds(50));
   }
 }
@@ -1449,7 +1468,7 @@ bool CudaSession::gatherRows(size_t li, CUdeviceptr in, int64_t inRows,
   p.block = static_cast<unsigned>(g.blockThreads);
   p.grid[0] = static_cast<unsigned>(outRows);
   p.name = g.function + " (plan launch " + std::to_string(li) + ")";
-  p.profileKey = g.function + "@" + std::to_string(outRows);
+  p.profileKey = g.function + "@" + std::to_string(stepTokens);
   appendDescriptor(p.fields, in, {inRows, width});
   appendDescriptor(p.fields, buffer.ptr, {outRows + 1});
   appendDescriptor(p.fields, buffer.ptr + (outRows + 1) * 8,
@@ -1473,7 +1492,7 @@ bool CudaSession::pointToPoint(size_t li,
   std::string name = what + " (plan launch " + std::to_string(li) + ")";
   Timed timed;
   if (model.options.profile) {
-    timed = {what + "@" + std::to_string(moves.size()), event(), event()};
+    timed = {what + "@" + std::to_string(stepTokens), event(), event()};
     driver.cuEventRecord(timed.begin, stream);
   }
   nccl::ncclResult_t r = n.groupStart();
@@ -1492,7 +1511,7 @@ bool CudaSession::pointToPoint(size_t li,
   if (r != nccl::ncclSuccess) {
     error = "rank " + std::to_string(model.bound->rank) + ": " +
             n.describe(name.c_str(), r);
-    return false;
+    return nameSilentRanks(error);
   }
   if (model.options.profile) {
     driver.cuEventRecord(timed.end, stream);
@@ -1782,6 +1801,7 @@ bool CudaSession::runStep(const Step &step, StepOutput &out,
   bool pickToken = step.mode == OutputMode::Token;
   bool sample = pickToken && step.sample[0] > 0;
   lastEnqueued.clear();
+  stepTokens = step.tokenCount;
   if (!check(d.cuCtxSetCurrent(model.context), "cuCtxSetCurrent", error))
     return false;
   int64_t t = step.tokenCount;
