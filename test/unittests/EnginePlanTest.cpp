@@ -387,7 +387,7 @@ TEST(EnginePlanTest, MalformedAllToAllPlansAreNamed) {
        "a token_dispatch needs expert_groups dividing the 4 ranks"},
       {replaced(text, dispatch + ",\"args\":[2,3,4,5,1]",
                 dispatch + ",\"args\":[2,3,4,5,0]"),
-       "a token_dispatch needs its replica's F32 rows"},
+       "a token_dispatch needs its replica's F32 (or BF16) rows"},
       {replaced(text, dispatch + ",\"args\":[2,3,4,5,1],\"results\":[6,7,8,9]",
                 dispatch + ",\"args\":[2,3,4,5,1],\"results\":[6,7,4,9]"),
        "a token_dispatch needs received rows like the sent ones, received I64 "
@@ -400,6 +400,61 @@ TEST(EnginePlanTest, MalformedAllToAllPlansAreNamed) {
       {replaced(text, "\"kernel\":\"embed_0\",",
                 "\"kernel\":\"embed_0\",\"expert_groups\":2,"),
        "expert_groups on a launch that is not a token exchange"},
+  });
+}
+
+/// The sm_90a form: the routed rows as stored (bf16), each exchange with
+/// its row gather-sum function.
+Plan gpuAllToAllPlan() {
+  Plan p = allToAllPlan();
+  p.values[2].dtype = DType::BF16;
+  p.values[6].dtype = DType::BF16;
+  for (Launch &l : p.launches)
+    if (l.kind == LaunchKind::TokenDispatch ||
+        l.kind == LaunchKind::TokenCombine) {
+      GpuLaunch gather;
+      gather.function = l.kind == LaunchKind::TokenDispatch
+                            ? "exchange_gather_sum_bf16_8"
+                            : "exchange_gather_sum_f32_8";
+      gather.blockThreads = 128;
+      l.gpu.push_back({{gather}});
+    }
+  return p;
+}
+
+TEST(EnginePlanTest, GpuAllToAllFieldsRoundTrip) {
+  std::string text = writePlan(gpuAllToAllPlan());
+  Plan back;
+  std::string error;
+  ASSERT_TRUE(readPlan(text, "dp.kiln", back, error)) << error;
+  EXPECT_EQ(back.values[6].dtype, DType::BF16);
+  ASSERT_EQ(back.launches[2].gpu.size(), 1u);
+  EXPECT_EQ(back.launches[2].gpu[0].variants[0].function,
+            "exchange_gather_sum_bf16_8");
+  EXPECT_EQ(back.launches[4].gpu[0].variants[0].function,
+            "exchange_gather_sum_f32_8");
+  EXPECT_EQ(writePlan(back), text);
+}
+
+TEST(EnginePlanTest, MalformedGpuAllToAllPlansAreNamed) {
+  Plan twoVariants = gpuAllToAllPlan();
+  twoVariants.launches[2].gpu[0].variants.push_back(
+      twoVariants.launches[2].gpu[0].variants[0]);
+  Plan twoSteps = gpuAllToAllPlan();
+  twoSteps.launches[4].gpu.push_back(twoSteps.launches[4].gpu[0]);
+  Plan mixedRows = gpuAllToAllPlan();
+  mixedRows.values[6].dtype = DType::F32; // sent bf16, received f32
+  Plan combineBf16 = gpuAllToAllPlan();
+  combineBf16.values[10].dtype = DType::BF16; // outputs are summed in f32
+  expectNamed({
+      {writePlan(twoVariants), "a token_dispatch has one GPU step of one "
+                               "variant (its row gather-sum)"},
+      {writePlan(twoSteps), "a token_combine has one GPU step of one "
+                            "variant (its row gather-sum)"},
+      {writePlan(mixedRows), "a token_dispatch needs received rows like the "
+                             "sent ones"},
+      {writePlan(combineBf16),
+       "a token_combine needs the received pairs' F32 outputs"},
   });
 }
 

@@ -734,6 +734,16 @@ module attributes {kiln.eos_token_ids = [1, 2]} {
 // -----
 
 module attributes {kiln.tensor_parallel = 2 : i64} {
+func.func @gpu_steps_on_an_all_reduce(%x: tensor<?x8xf32>) -> tensor<?x8xf32> {
+  // expected-error @+1 {{'kiln.gpu_steps' must be an array on a kernel function or a token exchange}}
+  %y = kiln.all_reduce %x {ranks = 2 : i64, kiln.gpu_steps = []} : tensor<?x8xf32>
+  return %y : tensor<?x8xf32>
+}
+}
+
+// -----
+
+module attributes {kiln.tensor_parallel = 2 : i64} {
 func.func @all_reduce_one_rank(%x: tensor<?x8xf32>) -> tensor<?x8xf32> {
   // expected-error @+1 {{needs at least 2 ranks, got 1}}
   %y = kiln.all_reduce %x {ranks = 1 : i64} : tensor<?x8xf32>
