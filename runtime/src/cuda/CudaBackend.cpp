@@ -478,6 +478,34 @@ static Status ncclSelfTest(CudaModel &m, const std::string &enginePath) {
       error = std::string("a one-rank ") + call + " changed its input",
       ok = false;
   }
+  // The token all-to-all's sends and receives: a group with a send to
+  // itself and the matching receive (bf16, as the dispatch moves rows).
+  if (ok) {
+    auto *s = reinterpret_cast<nccl::cudaStream_t>(stream);
+    ok =
+        memory.check(d.cuMemsetD8(out.ptr, 0, kCount * 4), "cuMemsetD8", error);
+    r = ok ? lib->groupStart() : nccl::ncclSuccess;
+    if (ok && r == nccl::ncclSuccess)
+      r = lib->send(reinterpret_cast<const void *>(in.ptr), 2 * kCount,
+                    nccl::ncclBfloat16, 0, comm, s);
+    if (ok && r == nccl::ncclSuccess)
+      r = lib->recv(reinterpret_cast<void *>(out.ptr), 2 * kCount,
+                    nccl::ncclBfloat16, 0, comm, s);
+    if (ok) {
+      nccl::ncclResult_t ended = lib->groupEnd();
+      if (r == nccl::ncclSuccess)
+        r = ended;
+    }
+    if (ok && r != nccl::ncclSuccess)
+      error = lib->describe("ncclSend/ncclRecv", r), ok = false;
+    ok = ok &&
+         memory.check(d.cuStreamSynchronize(stream), "ncclSend/ncclRecv",
+                      error) &&
+         memory.check(d.cuMemcpyDtoH(back.data(), out.ptr, kCount * 4),
+                      "cuMemcpyDtoH", error);
+    if (ok && back != host)
+      error = "a one-rank send to itself changed its data", ok = false;
+  }
   lib->commDestroy(comm);
   if (stream)
     d.cuStreamDestroy(stream);
@@ -488,8 +516,9 @@ static Status ncclSelfTest(CudaModel &m, const std::string &enginePath) {
                          enginePath + ": NCCL self-test: " + error);
   std::fprintf(stderr,
                "kiln: NCCL self-test: %s (version %d): one-rank all-reduce, "
-               "all-gather (bf16) and reduce-scatter of %zu floats on the "
-               "stream returned their input\n",
+               "all-gather (bf16), reduce-scatter and a grouped send/receive "
+               "to itself (bf16) of %zu floats on the stream returned their "
+               "input\n",
                lib->path().c_str(), version, kCount);
   return {};
 }
