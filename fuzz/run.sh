@@ -37,6 +37,9 @@ rm -rf "$seeds" && mkdir -p "$seeds"
   -o "$seeds/small-dp2.kiln"
 "$bin/kilnc" "$seeds/small" --dp 2 --ep 2 --exchange gather --target host \
   -o "$seeds/small-dp2-gather.kiln"
+# And sm_90a's all-to-all (BF16 rows, exchanges with GPU functions).
+"$bin/kilnc" "$seeds/small" --dp 2 --ep 2 --target sm_90a \
+  -o "$seeds/small-dp2-gpu.kiln" 2> /dev/null
 python3 - "$seeds" "$root" <<'PY'
 import json, os, struct, sys
 seeds = sys.argv[1]
@@ -63,7 +66,7 @@ put("json", "config.json", config)
 small = os.path.join(seeds, "small", "model.safetensors")
 data = open(small, "rb").read()
 put("safetensors", "small.safetensors", data[:8 + struct.unpack("<Q", data[:8])[0] + 64])
-for name in ("model", "small", "small-dp2", "small-dp2-gather"):
+for name in ("model", "small", "small-dp2", "small-dp2-gather", "small-dp2-gpu"):
     engine = open(os.path.join(seeds, name + ".kiln"), "rb").read()
     # Sections after the 88-byte header: kind (u32), 4 bytes, size (u64).
     pos, count = 88, struct.unpack_from("<I", engine, 12)[0]
@@ -77,6 +80,8 @@ for name in ("model", "small", "small-dp2", "small-dp2-gather"):
         if kind == 2:
             kernels = data
         pos += 16 + size
+    if name.endswith("-gpu"):
+        continue  # its PTX is large: the plan is what it adds
     # The reader never looks inside the kernels' shared object; its first
     # 256 bytes keep the section while the seed shrinks from 100-145 KB to
     # 5-33 KB, which the fuzzer runs several times faster (every input is
