@@ -193,6 +193,42 @@ struct Step {
   void setReceived(const plan::Plan &plan, int64_t pairs) const;
 };
 
+/// The geometry of a token dispatch or combine (plan launch `l`) over the
+/// stage's `ranks` ranks: its expert groups of `perGroup` ranks, the
+/// experts (`local` per group) and the width of the routed rows.
+struct TokenExchangeShape {
+  int64_t ranks = 0, groups = 0, perGroup = 0, experts = 0, local = 0;
+  int64_t width = 0;
+  static TokenExchangeShape of(const plan::Plan &plan, const plan::Launch &l,
+                               int64_t ranks);
+};
+
+/// What a token dispatch sends, from its replica's routing: per expert
+/// group, the pairs of the rank's piece of rows in routing order (by
+/// expert, then token); how many of them per group and local expert
+/// ([groups * local]); and how many each rank receives per local expert
+/// ([ranks * local]: the counts the ranks exchange).
+struct TokenSends {
+  std::vector<std::vector<int64_t>> toGroup;
+  std::vector<int64_t> perGroupExpert, perRankExpert;
+};
+
+/// The pairs of rows [begin, end) under the routing `offsets` ([experts +
+/// 1]) and `indices` (a token per pair). Both backends send exactly these.
+void routeTokenSends(const TokenExchangeShape &shape, const int64_t *indices,
+                     const int64_t *offsets, int64_t begin, int64_t end,
+                     TokenSends &out);
+
+/// The received order a dispatch defines (by expert, then sender, then the
+/// sender's order; docs/dialect.md#kilntoken_dispatch) from the counts
+/// received (`received[s * local + e]`): where sender s's pairs of local
+/// expert e start in it (`filedAt`, same indexing) and the received
+/// offsets ([local + 1]).
+void fileReceivedPairs(const TokenExchangeShape &shape,
+                       const std::vector<int64_t> &received,
+                       std::vector<int64_t> &filedAt,
+                       std::vector<int64_t> &offsets);
+
 struct StepOutput {
   /// AllLogits: every row; LastLogits (and Token on a backend that does not
   /// pick tokens): the last row.

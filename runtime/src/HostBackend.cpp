@@ -133,9 +133,8 @@ private:
   /// each of its ranks; per sending rank and local expert, the pairs
   /// received and where the first of them was filed (expert-major order).
   struct TokenExchange {
-    std::vector<std::vector<int64_t>> sentToGroup;
-    std::vector<int64_t> received;
-    std::vector<size_t> filedAt;
+    TokenSends sent;
+    std::vector<int64_t> received, filedAt, offsets;
     std::vector<float> sendBuffer, receiveBuffer;
   } tokenExchange;
 
@@ -531,11 +530,10 @@ Status HostSession::dispatchTokens(const Step &step, size_t launch) {
   const plan::Plan &plan = bound.plan;
   const plan::Launch &l = plan.launches[launch];
   Communicator &world = *bound.exchange;
-  int64_t ranks = world.size(), me = world.rank();
-  int64_t groups = l.expertGroups, perGroup = ranks / groups;
-  int64_t width = plan.values[l.args[0]].shape[1];
-  int64_t experts = plan.values[l.args[2]].shape[0] - 1;
-  int64_t local = experts / groups;
+  int64_t me = world.rank();
+  TokenExchangeShape shape = TokenExchangeShape::of(plan, l, world.size());
+  int64_t ranks = shape.ranks, perGroup = shape.perGroup;
+  int64_t width = shape.width, local = shape.local;
   int64_t t = step.tokenCount;
   const float *rows = static_cast<const float *>(data[l.args[0]]);
   const int64_t *indices = static_cast<const int64_t *>(data[l.args[1]]);
@@ -544,28 +542,19 @@ Status HostSession::dispatchTokens(const Step &step, size_t launch) {
   int64_t begin = step.pieceBegin[me], end = begin + step.pieceRows[me];
 
   TokenExchange &x = tokenExchange;
-  x.sentToGroup.assign(static_cast<size_t>(groups), {});
-  std::vector<int64_t> counts(static_cast<size_t>(ranks * local), 0);
   // An idle replica's rank routed nothing this step (its router skipped):
   // it sends nothing and only receives.
-  if (t > 0)
-    for (int64_t e = 0; e < experts; ++e)
-      for (int64_t p = offsets[e]; p < offsets[e + 1]; ++p)
-        if (indices[p] >= begin && indices[p] < end) {
-          int64_t g = e / local;
-          x.sentToGroup[g].push_back(p);
-          for (int64_t r = g * perGroup; r < (g + 1) * perGroup; ++r)
-            ++counts[r * local + e % local];
-        }
-  if (Status s =
-          world.allToAllCounts(counts, static_cast<size_t>(local), x.received);
+  routeTokenSends(shape, indices, offsets, t > 0 ? begin : 0, t > 0 ? end : 0,
+                  x.sent);
+  if (Status s = world.allToAllCounts(x.sent.perRankExpert,
+                                      static_cast<size_t>(local), x.received);
       !s.ok())
     return s;
   size_t pairWidth = static_cast<size_t>(width) + 1;
   std::vector<size_t> sendCounts, receiveCounts;
   x.sendBuffer.clear();
   for (int64_t r = 0; r < ranks; ++r) {
-    const std::vector<int64_t> &sent = x.sentToGroup[r / perGroup];
+    const std::vector<int64_t> &sent = x.sent.toGroup[r / perGroup];
     for (int64_t p : sent) {
       const float *row = rows + indices[p] * width;
       x.sendBuffer.insert(x.sendBuffer.end(), row, row + width);
@@ -603,25 +592,18 @@ Status HostSession::dispatchTokens(const Step &step, size_t launch) {
       static_cast<float *>(const_cast<void *>(data[l.results[3]]));
   // Sender s's block arrives sender-major (by expert within it); its pairs
   // of expert e are filed at filedAt[s][e] of the expert-major order.
-  std::vector<size_t> arrivedAt(static_cast<size_t>(ranks * local), 0);
-  for (size_t i = 1; i < arrivedAt.size(); ++i)
-    arrivedAt[i] = arrivedAt[i - 1] + static_cast<size_t>(x.received[i - 1]);
-  x.filedAt.assign(arrivedAt.size(), 0);
-  size_t at = 0;
-  gotOffsets[0] = 0;
-  for (int64_t e = 0; e < local; ++e) {
-    for (int64_t s = 0; s < ranks; ++s) {
-      size_t first = arrivedAt[s * local + e];
-      x.filedAt[s * local + e] = at;
-      for (int64_t k = 0; k < x.received[s * local + e]; ++k, ++at) {
-        const float *pair = x.receiveBuffer.data() + (first + k) * pairWidth;
+  fileReceivedPairs(shape, x.received, x.filedAt, x.offsets);
+  std::copy(x.offsets.begin(), x.offsets.end(), gotOffsets);
+  size_t arrived = 0;
+  for (int64_t s = 0; s < ranks; ++s)
+    for (int64_t e = 0; e < local; ++e)
+      for (int64_t k = 0; k < x.received[s * local + e]; ++k, ++arrived) {
+        int64_t at = x.filedAt[s * local + e] + k;
+        const float *pair = x.receiveBuffer.data() + arrived * pairWidth;
         std::copy(pair, pair + width, gotRows + at * width);
         gotGates[at] = pair[width];
-        pairIndices[at] = static_cast<int64_t>(at);
+        pairIndices[at] = at;
       }
-    }
-    gotOffsets[e + 1] = static_cast<int64_t>(at);
-  }
   return {};
 }
 
@@ -633,11 +615,9 @@ Status HostSession::combineTokens(const Step &step, size_t launch) {
   const plan::Plan &plan = bound.plan;
   const plan::Launch &l = plan.launches[launch];
   Communicator &world = *bound.exchange;
-  int64_t ranks = world.size();
-  int64_t groups = l.expertGroups, perGroup = ranks / groups;
-  int64_t width = plan.values[l.args[1]].shape[1];
-  int64_t experts = plan.values[l.args[3]].shape[0] - 1;
-  int64_t local = experts / groups;
+  TokenExchangeShape shape = TokenExchangeShape::of(plan, l, world.size());
+  int64_t ranks = shape.ranks, groups = shape.groups, perGroup = shape.perGroup,
+          width = shape.width, local = shape.local;
   const float *outputs = static_cast<const float *>(data[l.args[0]]);
   const int64_t *indices = static_cast<const int64_t *>(data[l.args[2]]);
   TokenExchange &x = tokenExchange;
@@ -657,7 +637,7 @@ Status HostSession::combineTokens(const Step &step, size_t launch) {
       n += count;
     }
     sendCounts.push_back(n * static_cast<size_t>(width));
-    receiveCounts.push_back(x.sentToGroup[s / perGroup].size() *
+    receiveCounts.push_back(x.sent.toGroup[s / perGroup].size() *
                             static_cast<size_t>(width));
   }
   size_t total = 0;
@@ -676,7 +656,7 @@ Status HostSession::combineTokens(const Step &step, size_t launch) {
   for (int64_t r = 1; r < ranks; ++r)
     fromRank[r] = fromRank[r - 1] + receiveCounts[r - 1];
   for (int64_t g = 0; g < groups; ++g) {
-    const std::vector<int64_t> &sent = x.sentToGroup[g];
+    const std::vector<int64_t> &sent = x.sent.toGroup[g];
     for (size_t q = 0; q < sent.size(); ++q) {
       float *row = out + indices[sent[q]] * width;
       for (int64_t r = g * perGroup; r < (g + 1) * perGroup; ++r) {

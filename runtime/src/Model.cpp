@@ -150,6 +150,60 @@ void Step::setReceived(const plan::Plan &plan, int64_t pairs) const {
       rows[id] = pairs;
 }
 
+TokenExchangeShape TokenExchangeShape::of(const plan::Plan &plan,
+                                          const plan::Launch &l,
+                                          int64_t ranks) {
+  // A dispatch's routed rows are its first argument, a combine's its second
+  // (after the pairs' outputs); the routing follows them.
+  size_t rows = l.kind == plan::LaunchKind::TokenDispatch ? 0 : 1;
+  TokenExchangeShape shape;
+  shape.ranks = ranks;
+  shape.groups = l.expertGroups;
+  shape.perGroup = ranks / l.expertGroups;
+  shape.width = plan.values[l.args[rows]].shape[1];
+  shape.experts = plan.values[l.args[rows + 2]].shape[0] - 1;
+  shape.local = shape.experts / l.expertGroups;
+  return shape;
+}
+
+void kiln::routeTokenSends(const TokenExchangeShape &shape,
+                           const int64_t *indices, const int64_t *offsets,
+                           int64_t begin, int64_t end, TokenSends &out) {
+  int64_t local = shape.local;
+  out.toGroup.assign(static_cast<size_t>(shape.groups), {});
+  out.perGroupExpert.assign(static_cast<size_t>(shape.groups * local), 0);
+  out.perRankExpert.assign(static_cast<size_t>(shape.ranks * local), 0);
+  if (begin >= end)
+    return; // an idle replica's rank routed nothing: it only receives
+  for (int64_t e = 0; e < shape.experts; ++e)
+    for (int64_t p = offsets[e]; p < offsets[e + 1]; ++p) {
+      if (indices[p] < begin || indices[p] >= end)
+        continue; // another rank of the replica sends it
+      int64_t g = e / local;
+      out.toGroup[g].push_back(p);
+      ++out.perGroupExpert[g * local + e % local];
+      for (int64_t r = g * shape.perGroup; r < (g + 1) * shape.perGroup; ++r)
+        ++out.perRankExpert[r * local + e % local];
+    }
+}
+
+void kiln::fileReceivedPairs(const TokenExchangeShape &shape,
+                             const std::vector<int64_t> &received,
+                             std::vector<int64_t> &filedAt,
+                             std::vector<int64_t> &offsets) {
+  int64_t local = shape.local;
+  filedAt.assign(received.size(), 0);
+  offsets.assign(static_cast<size_t>(local + 1), 0);
+  int64_t at = 0;
+  for (int64_t e = 0; e < local; ++e) {
+    for (int64_t s = 0; s < shape.ranks; ++s) {
+      filedAt[s * local + e] = at;
+      at += received[s * local + e];
+    }
+    offsets[e + 1] = at;
+  }
+}
+
 OperandView Step::operand(const plan::Plan &plan, size_t launch,
                           size_t i) const {
   const plan::Launch &l = plan.launches[launch];

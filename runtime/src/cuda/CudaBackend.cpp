@@ -291,10 +291,8 @@ private:
     /// The routing of this rank's replica's rows, copied from the device.
     std::vector<int64_t> indices, offsets;
     std::vector<float> gates;
-    /// Per expert group: the pairs of this rank's piece sent to it, in
-    /// routing order (so by expert); per group and local expert, how many.
-    std::vector<std::vector<int64_t>> sentToGroup;
-    std::vector<int64_t> sentCount;
+    /// What this rank sent (routeTokenSends).
+    TokenSends sent;
     /// Per sender and local expert: pairs received, and where the
     /// expert-major received order files them.
     std::vector<int64_t> received, filedAt;
@@ -1574,13 +1572,12 @@ bool CudaSession::dispatchTokens(const Step &step, size_t li,
   const plan::Plan &plan = bound.plan;
   const plan::Launch &l = plan.launches[li];
   Communicator &mpi = *bound.exchange;
-  int64_t ranks = mpi.size(), me = mpi.rank();
-  int64_t groups = l.expertGroups, perGroup = ranks / groups;
+  int64_t me = mpi.rank();
+  TokenExchangeShape shape = TokenExchangeShape::of(plan, l, mpi.size());
+  int64_t ranks = shape.ranks, groups = shape.groups, perGroup = shape.perGroup;
+  int64_t width = shape.width, experts = shape.experts, local = shape.local;
   const plan::Value &input = plan.values[l.args[0]];
-  int64_t width = input.shape[1];
   size_t element = plan::elementSize(input.dtype);
-  int64_t experts = plan.values[l.args[2]].shape[0] - 1;
-  int64_t local = experts / groups;
   int64_t t = step.tokenCount;
   TokenExchange &x = exchangeState;
   std::string where = "rank " + std::to_string(bound.rank) +
@@ -1614,33 +1611,22 @@ bool CudaSession::dispatchTokens(const Step &step, size_t li,
               std::to_string(routed) + " pairs";
       return false;
     }
-  int64_t begin = step.pieceBegin[me], end = begin + step.pieceRows[me];
-  x.sentToGroup.assign(static_cast<size_t>(groups), {});
-  x.sentCount.assign(static_cast<size_t>(groups * local), 0);
-  std::vector<int64_t> counts(static_cast<size_t>(ranks * local), 0);
-  for (int64_t e = 0; t > 0 && e < experts; ++e)
-    for (int64_t p = x.offsets[e]; p < x.offsets[e + 1]; ++p) {
-      int64_t row = x.indices[p];
-      if (row < 0 || row >= t) {
-        error = where + ": the router's pair " + std::to_string(p) +
-                " names row " + std::to_string(row) + " of " +
-                std::to_string(t);
-        return false;
-      }
-      if (row < begin || row >= end)
-        continue; // another rank of the replica sends it
-      int64_t g = e / local;
-      x.sentToGroup[g].push_back(p);
-      ++x.sentCount[g * local + e % local];
-      for (int64_t r = g * perGroup; r < (g + 1) * perGroup; ++r)
-        ++counts[r * local + e % local];
+  for (int64_t p = 0; p < routed; ++p)
+    if (x.indices[p] < 0 || x.indices[p] >= t) {
+      error = where + ": the router's pair " + std::to_string(p) +
+              " names row " + std::to_string(x.indices[p]) + " of " +
+              std::to_string(t);
+      return false;
     }
+  int64_t begin = step.pieceBegin[me], end = begin + step.pieceRows[me];
+  routeTokenSends(shape, x.indices.data(), x.offsets.data(), t > 0 ? begin : 0,
+                  t > 0 ? end : 0, x.sent);
   auto failed = [&](Status s) {
     error = s.message;
     return false;
   };
-  if (Status s =
-          mpi.allToAllCounts(counts, static_cast<size_t>(local), x.received);
+  if (Status s = mpi.allToAllCounts(x.sent.perRankExpert,
+                                    static_cast<size_t>(local), x.received);
       !s.ok())
     return failed(s);
   // The gates travel with the counts, on the host.
@@ -1648,7 +1634,7 @@ bool CudaSession::dispatchTokens(const Step &step, size_t li,
   x.sendGates.clear();
   int64_t pairs = 0;
   for (int64_t r = 0; r < ranks; ++r) {
-    const std::vector<int64_t> &sent = x.sentToGroup[r / perGroup];
+    const std::vector<int64_t> &sent = x.sent.toGroup[r / perGroup];
     for (int64_t p : sent)
       x.sendGates.push_back(x.gates[p]);
     sendCounts.push_back(sent.size());
@@ -1668,25 +1654,17 @@ bool CudaSession::dispatchTokens(const Step &step, size_t li,
   if (!bindResults(step, li, error))
     return false;
   // Sender s's pairs of local expert e are filed at filedAt[s][e] of the
-  // expert-major order; they arrived sender-major.
-  std::vector<int64_t> arrivedAt(static_cast<size_t>(ranks * local), 0);
-  for (size_t i = 1; i < arrivedAt.size(); ++i)
-    arrivedAt[i] = arrivedAt[i - 1] + x.received[i - 1];
-  x.filedAt.assign(arrivedAt.size(), 0);
+  // expert-major order; their gates arrived sender-major.
+  fileReceivedPairs(shape, x.received, x.filedAt, x.gotOffsets);
   x.gotGates.assign(static_cast<size_t>(pairs), 0.0f);
   x.pairIndices.resize(static_cast<size_t>(pairs));
-  x.gotOffsets.assign(static_cast<size_t>(local + 1), 0);
-  int64_t at = 0;
-  for (int64_t e = 0; e < local; ++e) {
-    for (int64_t s = 0; s < ranks; ++s) {
-      x.filedAt[s * local + e] = at;
-      for (int64_t k = 0; k < x.received[s * local + e]; ++k, ++at) {
-        x.gotGates[at] = x.arrivedGates[arrivedAt[s * local + e] + k];
-        x.pairIndices[at] = at;
-      }
-    }
-    x.gotOffsets[e + 1] = at;
-  }
+  size_t arrived = 0;
+  for (int64_t s = 0; s < ranks; ++s)
+    for (int64_t e = 0; e < local; ++e)
+      for (int64_t k = 0; k < x.received[s * local + e]; ++k, ++arrived)
+        x.gotGates[x.filedAt[s * local + e] + k] = x.arrivedGates[arrived];
+  for (int64_t i = 0; i < pairs; ++i)
+    x.pairIndices[i] = i;
   CUdeviceptr rows = valuePtr[l.results[0]];
   if (!check(driver.cuMemcpyHtoDAsync(valuePtr[l.results[2]],
                                       x.gotOffsets.data(),
@@ -1704,12 +1682,12 @@ bool CudaSession::dispatchTokens(const Step &step, size_t li,
 
   // The sent rows, group by group in routing order, packed on the device.
   int64_t sent = 0;
-  for (const std::vector<int64_t> &g : x.sentToGroup)
+  for (const std::vector<int64_t> &g : x.sent.toGroup)
     sent += static_cast<int64_t>(g.size());
   x.lists.clear();
   for (int64_t i = 0; i <= sent; ++i)
     x.lists.push_back(i);
-  for (const std::vector<int64_t> &g : x.sentToGroup)
+  for (const std::vector<int64_t> &g : x.sent.toGroup)
     for (int64_t p : g)
       x.lists.push_back(x.indices[p]);
   if (!ensure(x.sendRows, sent * width * element, error) ||
@@ -1723,9 +1701,9 @@ bool CudaSession::dispatchTokens(const Step &step, size_t li,
   for (int64_t r = 0; r < ranks; ++r) {
     int64_t g = r / perGroup, from = 0;
     for (int64_t h = 0; h < g; ++h)
-      from += static_cast<int64_t>(x.sentToGroup[h].size());
+      from += static_cast<int64_t>(x.sent.toGroup[h].size());
     for (int64_t e = 0; e < local; ++e) {
-      int64_t n = x.sentCount[g * local + e];
+      int64_t n = x.sent.perGroupExpert[g * local + e];
       if (n > 0)
         moves.push_back({true, x.sendRows.ptr + from * rowBytes,
                          static_cast<size_t>(n * width), static_cast<int>(r)});
@@ -1746,16 +1724,14 @@ bool CudaSession::combineTokens(const Step &step, size_t li,
   const BoundPlan &bound = *model.bound;
   const plan::Plan &plan = bound.plan;
   const plan::Launch &l = plan.launches[li];
-  Communicator &mpi = *bound.exchange;
-  int64_t ranks = mpi.size();
-  int64_t groups = l.expertGroups, perGroup = ranks / groups;
-  int64_t width = plan.values[l.args[1]].shape[1];
-  int64_t experts = plan.values[l.args[3]].shape[0] - 1;
-  int64_t local = experts / groups;
+  TokenExchangeShape shape =
+      TokenExchangeShape::of(plan, l, bound.exchange->size());
+  int64_t ranks = shape.ranks, groups = shape.groups, perGroup = shape.perGroup;
+  int64_t width = shape.width, local = shape.local;
   int64_t t = step.tokenCount;
   TokenExchange &x = exchangeState;
   if (x.received.size() != static_cast<size_t>(ranks * local) ||
-      x.sentToGroup.size() != static_cast<size_t>(groups)) {
+      x.sent.toGroup.size() != static_cast<size_t>(groups)) {
     error = "rank " + std::to_string(bound.rank) +
             ": a token combine (plan launch " + std::to_string(li) +
             ") without its dispatch";
@@ -1768,7 +1744,7 @@ bool CudaSession::combineTokens(const Step &step, size_t li,
   std::vector<int64_t> fromRank(static_cast<size_t>(ranks + 1), 0);
   for (int64_t r = 0; r < ranks; ++r)
     fromRank[r + 1] =
-        fromRank[r] + static_cast<int64_t>(x.sentToGroup[r / perGroup].size());
+        fromRank[r] + static_cast<int64_t>(x.sent.toGroup[r / perGroup].size());
   int64_t back = fromRank[ranks];
   size_t rowBytes = static_cast<size_t>(width) * 4;
   if (!ensure(x.backRows, back * rowBytes, error))
@@ -1783,7 +1759,7 @@ bool CudaSession::combineTokens(const Step &step, size_t li,
   for (int64_t r = 0; r < ranks; ++r) {
     int64_t g = r / perGroup, at = fromRank[r];
     for (int64_t e = 0; e < local; ++e) {
-      int64_t n = x.sentCount[g * local + e];
+      int64_t n = x.sent.perGroupExpert[g * local + e];
       if (n > 0)
         moves.push_back({false, x.backRows.ptr + at * rowBytes,
                          static_cast<size_t>(n * width), static_cast<int>(r)});
@@ -1797,7 +1773,7 @@ bool CudaSession::combineTokens(const Step &step, size_t li,
   // order (the reference's sum); rows outside the piece stay zero.
   std::vector<std::vector<int64_t>> sources(static_cast<size_t>(t));
   for (int64_t g = 0; g < groups; ++g) {
-    const std::vector<int64_t> &sent = x.sentToGroup[g];
+    const std::vector<int64_t> &sent = x.sent.toGroup[g];
     for (size_t q = 0; q < sent.size(); ++q)
       for (int64_t r = g * perGroup; r < (g + 1) * perGroup; ++r)
         sources[x.indices[sent[q]]].push_back(fromRank[r] +
