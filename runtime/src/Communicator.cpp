@@ -128,6 +128,12 @@ void finalizeAtExit() {
 }
 
 /// A communicator of OpenMPI's: the world, or a split of it.
+/// How long a liveness question waits for answers. A live rank answers
+/// within milliseconds unless it is held inside a call of its own that
+/// waits on the stopped rank (under the emulator the stand-in NCCL blocks
+/// in the call for its timeout, 3 s in the tests).
+constexpr double kLivenessSeconds = 5.0;
+
 class MpiWorld final : public Communicator {
 public:
   /// `worldRanks`: each member's rank in MPI's world (empty: this is it).
@@ -332,7 +338,7 @@ private:
       answerAllPings();
   }
 
-  std::string silentRanksNamed(double seconds) override {
+  std::string silentRanksNamed() override {
     // Asked on the widest communicator: the peer this one waits for may
     // itself wait on a rank outside it (a replica's rank held up in an
     // all-to-all with a stopped rank of another replica).
@@ -342,7 +348,7 @@ private:
         asked = c;
     if (!asked->control)
       return {};
-    std::vector<int> silent = asked->silentRanks(seconds);
+    std::vector<int> silent = asked->silentRanks(kLivenessSeconds);
     std::string who;
     if (!silent.empty())
       who = silent.size() == 1 ? "rank " : "ranks ";
@@ -417,7 +423,7 @@ private:
           std::this_thread::sleep_for(std::chrono::microseconds(50));
         continue;
       }
-      std::string who = control ? silentRanksNamed(2.0) : std::string();
+      std::string who = control ? silentRanksNamed() : std::string();
       if (who.empty())
         who = "a peer rank";
       char seconds[32];

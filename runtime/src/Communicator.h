@@ -62,12 +62,9 @@ public:
   /// it waits, so that a rank asking does not take it for stopped.
   virtual void answerLivenessQuestions() {}
   /// The ranks of this process's widest communicator that do not answer a
-  /// liveness question within `seconds`, named by their world rank ("rank
-  /// 1", "ranks 1, 3"); empty when every rank answers.
-  virtual std::string silentRanksNamed(double seconds) {
-    (void)seconds;
-    return {};
-  }
+  /// liveness question within a few seconds, named by their world rank
+  /// ("rank 1", "ranks 1, 3"); empty when every rank answers.
+  virtual std::string silentRanksNamed() { return {}; }
   /// The ranks that share `color` (a tensor-parallel group of a pipeline
   /// stage), ordered by rank here. Every rank calls it.
   virtual Status split(int64_t color, std::shared_ptr<Communicator> &out) = 0;

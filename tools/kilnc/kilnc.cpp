@@ -273,8 +273,9 @@ static int runCompile() {
     if (allToAll && target == "sm_90a")
       WithColor::note(errs(), "kilnc")
           << "sm_90a: a step with the all-to-all token exchange waits on the "
-             "host for the routing counts at each MoE block, so its decode "
-             "steps are not replayed as one CUDA graph\n";
+             "host for the routing counts at each MoE block; a decode step "
+             "replays a CUDA graph per part between exchanges, and runs the "
+             "expert GEMMs on the received pairs launch by launch\n";
   }
   stage("fusing and partitioning");
   mlir::PassManager pm(&context);

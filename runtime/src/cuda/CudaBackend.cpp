@@ -22,7 +22,11 @@
 // captured from them: KV pools are passed by capacity and key counts are
 // read on the device, so consecutive decode steps have identical
 // parameters until a pool grows or a chunk is dropped, which recaptures.
-// RuntimeOptions::cudaGraphs (KILN_CUDA_GRAPH=0) turns graphs off.
+// RuntimeOptions::cudaGraphs (KILN_CUDA_GRAPH=0) turns graphs off. A plan
+// with the all-to-all token exchange runs a step in parts: each exchange
+// waits for the stream and needs the routing on the host, so the launches
+// between exchanges are prepared and enqueued (or replayed, one graph per
+// part) in turn.
 //
 // RuntimeOptions::profile (KILN_PROFILE=1) times every launch with events and
 // prints, when the session ends, the time per GPU function and step size
@@ -258,7 +262,12 @@ private:
   /// After a failed collective: appends the ranks that do not answer over
   /// MPI to `error` (a stopped rank fails NCCL without a name); false.
   bool nameSilentRanks(std::string &error);
-  void dropGraph();
+  void dropGraphs();
+  /// Enqueues `prepared` and empties it: replayed from graph `segment`
+  /// (captured anew when its launches differ) when `graphable` and no
+  /// launch in it has received pairs (their counts change every step),
+  /// else launch by launch.
+  bool flush(const Step &step, bool graphable, std::string &error);
   CUevent event();
   void collectProfile();
   void printProfile();
@@ -279,7 +288,7 @@ private:
   std::vector<GpuSlot> slots;
   DeviceBuffer counts; // int64 key count per slot, this step's rows included
   std::vector<int64_t> countsHost;
-  std::vector<Prepared> prepared, graphed;
+  std::vector<Prepared> prepared;
   /// The last GPU launch enqueued in this step before `prepared` (a step
   /// with token exchanges enqueues in several parts).
   std::string lastEnqueued;
@@ -302,7 +311,15 @@ private:
     std::vector<int64_t> pairIndices, gotOffsets, lists;
     DeviceBuffer sendRows, backRows, listBuffer;
   } exchangeState;
-  void *graph = nullptr, *graphExec = nullptr;
+  /// The CUDA graphs of decode steps: one for a whole step, or with token
+  /// exchanges one per part of the step between them (`segment` counts a
+  /// step's parts).
+  struct Graph {
+    void *graph = nullptr, *exec = nullptr;
+    std::vector<Prepared> launches;
+  };
+  std::vector<Graph> graphs;
+  size_t segment = 0;
   int64_t graphLaunches = 0, graphCaptures = 0;
   std::map<std::tuple<size_t, size_t, size_t, size_t>, CachedMap> maps;
   std::vector<int32_t> tokens32;
@@ -343,7 +360,8 @@ public:
   /// Columns of the plan's widest all-gather or reduce-scatter (0: none).
   size_t exchangeWidth = 0;
   /// The plan exchanges tokens all-to-all: its steps wait on the host for
-  /// the routing at each dispatch, so none is replayed as a graph.
+  /// the routing at each dispatch, so a decode step replays one graph per
+  /// part between exchanges.
   bool tokenExchange = false;
   /// The distinct communicators, `world` first.
   std::vector<nccl::ncclComm_t> communicators() const {
@@ -828,7 +846,7 @@ CudaSession::~CudaSession() {
                  "differ from the host rule\n",
                  static_cast<long long>(samplerChecks),
                  static_cast<long long>(samplerMismatches));
-  dropGraph();
+  dropGraphs();
   if (model.options.graphStats)
     std::fprintf(stderr, "kiln-cuda: %lld graph launches, %lld captures\n",
                  static_cast<long long>(graphLaunches),
@@ -894,13 +912,65 @@ void CudaSession::printProfile() {
   }
 }
 
-void CudaSession::dropGraph() {
-  if (graphExec)
-    driver.cuGraphExecDestroy(graphExec);
-  if (graph)
-    driver.cuGraphDestroy(graph);
-  graph = graphExec = nullptr;
-  graphed.clear();
+void CudaSession::dropGraphs() {
+  for (Graph &g : graphs) {
+    if (g.exec)
+      driver.cuGraphExecDestroy(g.exec);
+    if (g.graph)
+      driver.cuGraphDestroy(g.graph);
+  }
+  graphs.clear();
+}
+
+bool CudaSession::flush(const Step &step, bool graphable, std::string &error) {
+  // Parts are numbered by the exchanges before them, so a part that is
+  // empty in one step (no pairs received) leaves the others' graphs be.
+  size_t k = segment++;
+  if (prepared.empty())
+    return true;
+  const plan::Plan &plan = model.bound->plan;
+  for (const Prepared &p : prepared) {
+    if (p.launch >= plan.launches.size())
+      continue; // the next-token function
+    const plan::Launch &l = plan.launches[p.launch];
+    for (size_t i = 0; graphable && i < l.operandCount(); ++i)
+      graphable = !plan.values[l.operand(i)].received;
+  }
+  if (!graphable)
+    return enqueuePrepared(step, error);
+  if (graphs.size() <= k)
+    graphs.resize(k + 1);
+  Graph &g = graphs[k];
+  if (g.exec == nullptr || prepared != g.launches) {
+    if (g.exec)
+      driver.cuGraphExecDestroy(g.exec);
+    if (g.graph)
+      driver.cuGraphDestroy(g.graph);
+    g = Graph();
+    if (!check(
+            driver.cuStreamBeginCapture(stream, CU_STREAM_CAPTURE_MODE_RELAXED),
+            "cuStreamBeginCapture", error))
+      return false;
+    bool ok = true;
+    for (const Prepared &p : prepared)
+      if (!(ok = enqueue(p, error)))
+        break;
+    // The session owns the captured graph from here on (dropGraphs).
+    CUresult ended = driver.cuStreamEndCapture(stream, &g.graph);
+    if (!ok || !check(ended, "cuStreamEndCapture", error) ||
+        !check(driver.cuGraphInstantiateWithFlags(&g.exec, g.graph, 0),
+               "cuGraphInstantiateWithFlags", error))
+      return false;
+    g.launches = prepared;
+    ++graphCaptures;
+  }
+  if (!check(driver.cuGraphLaunch(g.exec, stream), "cuGraphLaunch(decode step)",
+             error))
+    return false;
+  ++graphLaunches;
+  lastEnqueued = prepared.back().name;
+  prepared.clear();
+  return true;
 }
 
 bool CudaSession::enqueue(const Prepared &p, std::string &error) {
@@ -973,9 +1043,10 @@ bool CudaSession::enqueue(const Prepared &p, std::string &error) {
 }
 
 bool CudaSession::nameSilentRanks(std::string &error) {
-  // The others wait in wait() or in MPI, and answer.
+  // The others wait in wait() or in MPI, and answer (within the
+  // communicator's liveness window).
   Communicator *mpi = model.bound->comm.get();
-  std::string who = mpi ? mpi->silentRanksNamed(2.0) : std::string();
+  std::string who = mpi ? mpi->silentRanksNamed() : std::string();
   if (!who.empty())
     error += " (" + who + (who.rfind("ranks ", 0) == 0 ? " do" : " does") +
              " not answer: stopped, hung or dead)";
@@ -1850,13 +1921,18 @@ bool CudaSession::runStep(const Step &step, StepOutput &out,
   // Phase 1: everything that allocates, encodes or copies. A token
   // exchange needs the routing on the host: the launches before it are
   // enqueued first, and it runs at once (exchangeTokens).
+  // Decode steps replay CUDA graphs (one per part between exchanges).
+  bool graphable = t == 1 && model.options.cudaGraphs &&
+                   !model.options.profile && !model.options.syncEachLaunch &&
+                   step.dumpDir.empty();
   prepared.clear();
+  segment = 0;
   for (size_t li = 0; li < plan.launches.size(); ++li) {
     const plan::Launch &l = plan.launches[li];
     if ((l.kind == plan::LaunchKind::TokenDispatch ||
          l.kind == plan::LaunchKind::TokenCombine) &&
         model.bound->takesPart(l)) {
-      if (!enqueuePrepared(step, error) || !exchangeTokens(step, li, error))
+      if (!flush(step, graphable, error) || !exchangeTokens(step, li, error))
         return false;
       continue;
     }
@@ -1905,39 +1981,8 @@ bool CudaSession::runStep(const Step &step, StepOutput &out,
   std::string lastKernel = !prepared.empty()       ? prepared.back().name
                            : !lastEnqueued.empty() ? lastEnqueued
                                                    : std::string("none");
-  const std::string &dumpDir = step.dumpDir;
-  bool graphable = t == 1 && model.options.cudaGraphs &&
-                   !model.options.profile && !model.options.syncEachLaunch &&
-                   dumpDir.empty() && !model.tokenExchange;
-  if (graphable && (graphExec == nullptr || prepared != graphed)) {
-    dropGraph();
-    if (!check(d.cuStreamBeginCapture(stream, CU_STREAM_CAPTURE_MODE_RELAXED),
-               "cuStreamBeginCapture", error))
-      return false;
-    bool ok = true;
-    for (const Prepared &p : prepared)
-      if (!(ok = enqueue(p, error)))
-        break;
-    // The session owns the captured graph from here on (dropGraph).
-    CUresult ended = d.cuStreamEndCapture(stream, &graph);
-    if (!ok || !check(ended, "cuStreamEndCapture", error)) {
-      dropGraph();
-      return false;
-    }
-    if (!check(d.cuGraphInstantiateWithFlags(&graphExec, graph, 0),
-               "cuGraphInstantiateWithFlags", error))
-      return false;
-    graphed = prepared;
-    ++graphCaptures;
-  }
-  if (graphable) {
-    if (!check(d.cuGraphLaunch(graphExec, stream), "cuGraphLaunch(decode step)",
-               error))
-      return false;
-    ++graphLaunches;
-  } else if (!enqueuePrepared(step, error)) {
+  if (!flush(step, graphable, error))
     return false;
-  }
 
   if (pickToken) {
     int64_t *greedyToken = &out.token;
