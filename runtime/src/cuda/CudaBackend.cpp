@@ -240,10 +240,10 @@ private:
   bool exchangeTokens(const Step &step, size_t li, std::string &error);
   bool dispatchTokens(const Step &step, size_t li, std::string &error);
   bool combineTokens(const Step &step, size_t li, std::string &error);
-  /// Enqueues launch `li`'s row gather-sum: `outRows` rows of `width` from
-  /// the `inRows` rows at `in` into `out`, row r summing the rows
-  /// lists[lists[r] .. lists[r + 1] - 1] (offsets past the outRows + 1
-  /// starts).
+  /// Enqueues launch `li`'s row gather-sum: `outRows` rows of `width` into
+  /// `out`, row r the sum of in[sources[j]] for j in [starts[r],
+  /// starts[r + 1]) over the `inRows` rows at `in`; exchangeState.lists
+  /// holds the outRows + 1 starts, then the sources.
   bool gatherRows(size_t li, CUdeviceptr in, int64_t inRows, CUdeviceptr out,
                   int64_t outRows, int64_t width, std::string &error);
   /// Sends and receives of one NCCL group on the session's stream.
@@ -359,10 +359,6 @@ public:
                    line = nullptr;
   /// Columns of the plan's widest all-gather or reduce-scatter (0: none).
   size_t exchangeWidth = 0;
-  /// The plan exchanges tokens all-to-all: its steps wait on the host for
-  /// the routing at each dispatch, so a decode step replays one graph per
-  /// part between exchanges.
-  bool tokenExchange = false;
   /// The distinct communicators, `world` first.
   std::vector<nccl::ncclComm_t> communicators() const {
     std::vector<nccl::ncclComm_t> all;
@@ -632,7 +628,6 @@ Status kiln::openCudaBackend(const EngineFile &engine, const BoundPlan &bound,
                                ": a token exchange without its GPU row "
                                "gather (an engine from an older kilnc: "
                                "compile it again)");
-    s->tokenExchange = s->tokenExchange || tokenExchange;
     if (l.kind != plan::LaunchKind::Kernel && !tokenExchange)
       continue; // collectives: NCCL
     if (l.gpu.empty())
